@@ -1,0 +1,36 @@
+"""The suite runs against the colcon install space, and the repository has one version number."""
+
+import os
+import pathlib
+import subprocess
+import xml.etree.ElementTree as ElementTree
+
+import vlm_ros
+import vlm_ros_msgs
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _under(path: str, folder: pathlib.Path) -> bool:
+    return pathlib.Path(path).resolve().is_relative_to(folder.resolve())
+
+
+def test_packages_come_from_install_space():
+    install = REPO / 'install'
+    assert _under(vlm_ros.__file__, install), vlm_ros.__file__
+    assert _under(vlm_ros_msgs.__file__, install), vlm_ros_msgs.__file__
+
+
+def test_one_version_everywhere():
+    versions = {ElementTree.parse(REPO / pkg / 'package.xml').findtext('version')
+                for pkg in ('vlm_ros', 'vlm_ros_msgs')}
+    versions.add(vlm_ros.__version__)
+    assert len(versions) == 1, versions
+
+
+def test_colcon_lists_both_packages():
+    out = subprocess.run(['colcon', 'list'], cwd=REPO, capture_output=True, text=True,
+                         env=os.environ.copy(), check=True).stdout
+    rows = {tuple(line.split('\t')[::2]) for line in out.splitlines()}
+    assert ('vlm_ros', '(ros.ament_python)') in rows, out
+    assert ('vlm_ros_msgs', '(ros.ament_cmake)') in rows, out
