@@ -1,12 +1,14 @@
 """The one start-up and shutdown pattern every vlm_ros process uses.
 
 rclpy aborts the process ("terminate called without an active exception") when a thread is still
-inside an executor while the context shuts down. So shutdown always goes: executor stopped, spin
-thread joined, nodes destroyed, then ``rclpy.try_shutdown()``. SIGINT and SIGTERM are handled by
-rclpy's signal handlers (installed by ``rclpy.init``), which shut the context down; the spinning
-executor then returns or raises, and the pattern above runs, so the process exits 0.
+inside an executor while the context shuts down, and a callback that publishes while the
+context is torn down fails ("publisher's context is invalid"). rclpy's own signal handlers shut
+the context down first, so both races are possible. Here the order is fixed instead: on SIGINT
+or SIGTERM the executor is stopped (running callbacks finish), the spin thread joined, the
+nodes destroyed, and only then ``rclpy.try_shutdown()`` runs; the process exits 0.
 """
 
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from typing import Optional
@@ -14,6 +16,7 @@ from typing import Optional
 import rclpy
 from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
 
 class SpinThread:
@@ -23,8 +26,10 @@ class SpinThread:
     this instead of ``rclpy.spin``; ``stop`` is safe to call twice.
     """
 
-    def __init__(self, nodes: Sequence[Node], executor: Optional[Executor] = None):
+    def __init__(self, nodes: Sequence[Node], executor: Optional[Executor] = None,
+                 on_exit: Optional[Callable[[], None]] = None):
         self._nodes = list(nodes)
+        self._on_exit = on_exit
         self._executor = executor or MultiThreadedExecutor()
         for node in self._nodes:
             self._executor.add_node(node)
@@ -36,6 +41,9 @@ class SpinThread:
             self._executor.spin()
         except ExternalShutdownException:
             pass
+        finally:
+            if self._on_exit is not None:
+                self._on_exit()
 
     def stop(self) -> None:
         """Stop the executor, join its thread, destroy the nodes."""
@@ -48,23 +56,25 @@ class SpinThread:
 
 def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
               executor: Optional[Executor] = None) -> int:
-    """Run one node until Ctrl-C, SIGTERM or an external shutdown; return the exit code (0).
+    """Run one node until SIGINT, SIGTERM or an external shutdown; return the exit code (0).
 
-    A ``MultiThreadedExecutor`` is the default so that services, actions and parameter callbacks
-    stay responsive while another callback group is busy.
+    The main thread only waits; a ``MultiThreadedExecutor`` (the default) spins on a
+    background thread so that services, actions and parameter callbacks stay responsive while
+    another callback group is busy.
     """
-    rclpy.init(args=args)
-    node = None
-    executor = executor or MultiThreadedExecutor()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    spinner = None
     try:
-        node = make_node()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        spinner = SpinThread([make_node()], executor, on_exit=stop.set)
+        while not stop.wait(0.5):  # timed: a missed wake-up costs half a second, not a hang
+            pass
     finally:
-        executor.shutdown()
-        if node is not None:
-            node.destroy_node()
+        if spinner is not None:
+            spinner.stop()
         rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
