@@ -29,6 +29,10 @@ setup(
     description='ROS 2 node for vision-language models: captions, visual answers, plans.',
     license='Apache-2.0',
     entry_points={
-        'console_scripts': [],
+        'console_scripts': [
+            'vlm_node = vlm_ros.node:main',
+            'vlm_client = vlm_ros.client:main',
+            'vlm_benchmark = vlm_ros.benchmark:main',
+        ],
     },
 )

@@ -31,3 +31,50 @@ def test_node(rclpy_context, request):
     node = TestNode('test_' + request.node.name.split('[')[0][:40])
     yield node
     node.close()
+
+
+@pytest.fixture(scope='session')
+def trained_tiny(tmp_path_factory):
+    """Return a factory: family -> directory of a tiny checkpoint trained on the test targets.
+
+    Built and trained once per family per test session, then loaded by path like a real model.
+    """
+    from engine_fixtures import training_samples
+    from vlm_ros.engine.tiny import build_tiny, train_tiny
+
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            out = build_tiny(family, tmp_path_factory.mktemp(f'tiny_{family}'))
+            train_tiny(out, training_samples())
+            cache[family] = out
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture
+def start_vlm_node(test_node, trained_tiny):
+    """Return a starter: params -> a running vlm_node process serving the trained tiny LLaVA.
+
+    Every node started is stopped at teardown with SIGINT, and must exit 0 without rclpy's
+    abort, so every integration test also checks clean shutdown.
+    """
+    from node_harness import VlmNodeProcess
+
+    started = []
+
+    def start(**params):
+        params = {'model': str(trained_tiny('llava')), 'device': 'cpu', 'dtype': 'float32',
+                  'max_new_tokens': 96, **params}
+        node = VlmNodeProcess(test_node, **params)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        if node.proc.poll() is None:
+            code, err = node.stop()
+            assert 'terminate called' not in err
+            assert code == 0, err[-3000:]

@@ -11,6 +11,7 @@ def test_ruff_clean():
     ruff = shutil.which('ruff')
     assert ruff, 'ruff is not installed (scripts/bootstrap installs it)'
     result = subprocess.run([ruff, 'check', '--config', str(REPO / 'ruff.toml'), '--no-cache',
-                             str(REPO / 'vlm_ros'), str(REPO / 'scripts')],
+                             str(REPO / 'vlm_ros'), str(REPO / 'scripts'),
+                             str(REPO / 'benchmarks')],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -55,26 +55,33 @@ class SpinThread:
 
 
 def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
-              executor: Optional[Executor] = None) -> int:
-    """Run one node until SIGINT, SIGTERM or an external shutdown; return the exit code (0).
+              num_threads: Optional[int] = None) -> int:
+    """Run one node until SIGINT, SIGTERM, an external shutdown, or the node is done.
 
-    The main thread only waits; a ``MultiThreadedExecutor`` (the default) spins on a
-    background thread so that services, actions and parameter callbacks stay responsive while
-    another callback group is busy.
+    The main thread only waits; a ``MultiThreadedExecutor`` with num_threads threads (default:
+    the CPU count) spins on a background thread, so services, actions and parameter callbacks
+    stay responsive while another callback group is busy. A node with a ``done`` Event (a
+    one-shot tool such as vlm_client) ends the process when it is set, with the node's
+    ``code`` as exit status; a signal means a clean exit, 0.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     spinner = None
+    code = 0
     try:
-        spinner = SpinThread([make_node()], executor, on_exit=stop.set)
-        while not stop.wait(0.5):  # timed: a missed wake-up costs half a second, not a hang
-            pass
+        node = make_node()
+        done = getattr(node, 'done', threading.Event())
+        spinner = SpinThread([node], MultiThreadedExecutor(num_threads), on_exit=stop.set)
+        while not stop.wait(0.1):  # timed: a missed wake-up costs 0.1 s, not a hang
+            if done.is_set():
+                code = node.code
+                break
     finally:
         if spinner is not None:
             spinner.stop()
         rclpy.try_shutdown()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 0
+    return code

@@ -1,0 +1,158 @@
+"""Start the installed vlm_node as a real process and talk to it over DDS.
+
+The node is the console script colcon installed (lib/vlm_ros/vlm_node), started the way
+``ros2 run`` would, with parameters as --ros-args. Readiness and results are awaited as events
+(diagnostics, messages, service responses), never with fixed sleeps.
+"""
+
+import pathlib
+import signal
+import subprocess
+
+from ament_index_python.packages import get_package_prefix
+from diagnostic_msgs.msg import DiagnosticArray
+from engine_fixtures import scene
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from ros_harness import Collector, TestNode, stop_process, wait_future, wait_until
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+from vlm_ros.image_conversion import rgb_to_compressed, rgb_to_image
+
+from vlm_ros_msgs.msg import Caption, Plan
+
+RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+TIMEOUT = 60.0
+
+
+def node_executable() -> str:
+    """Return the installed vlm_node executable (what ``ros2 run vlm_ros vlm_node`` runs)."""
+    path = pathlib.Path(get_package_prefix('vlm_ros')) / 'lib' / 'vlm_ros' / 'vlm_node'
+    assert path.is_file(), f'{path} is not installed'
+    return str(path)
+
+
+def diag_values(msg: DiagnosticArray) -> dict:
+    """Return the key/values of the vlm_node status in a DiagnosticArray."""
+    for status in msg.status:
+        if status.name.startswith('vlm_node'):
+            return {kv.key: kv.value for kv in status.values}
+    return {}
+
+
+def wait_state(diagnostics: Collector, state: str, timeout: float = TIMEOUT) -> dict:
+    """Wait until a /diagnostics collector sees vlm_node in state; return its values."""
+    msg = diagnostics.wait_for(lambda m: diag_values(m).get('state') == state, timeout,
+                               f'vlm_node to report state {state!r}')
+    return diag_values(msg)
+
+
+class VlmNodeProcess:
+    """A vlm_node process plus the test-side publishers and collectors wired to it."""
+
+    def __init__(self, test_node: TestNode, **params):
+        args = [node_executable(), '--ros-args']
+        for name, value in params.items():
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            args += ['-p', f'{name}:={text}']
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        node = test_node.node
+        self.ros = node
+        self.plans = test_node.collect(Plan, 'plan', RELIABLE)
+        self.captions = test_node.collect(Caption, 'caption')
+        self.vla = test_node.collect(String, 'vla_instruction', RELIABLE)
+        self.diagnostics = test_node.collect(DiagnosticArray, '/diagnostics')
+        self.image_pub = node.create_publisher(Image, 'image', 10)
+        self.compressed_pub = node.create_publisher(CompressedImage, 'image/compressed', 10)
+        self.instruction_pub = node.create_publisher(String, 'instruction', RELIABLE)
+        self._streaming = None
+
+    def wait_state(self, state: str, timeout: float = TIMEOUT) -> dict:
+        """Wait until /diagnostics reports the lifecycle state; return its values."""
+        return wait_state(self.diagnostics, state, timeout)
+
+    def wait_diag(self, predicate, timeout: float, what: str) -> dict:
+        """Wait for a diagnostics message whose values satisfy predicate."""
+        return diag_values(self.diagnostics.wait_for(lambda m: predicate(diag_values(m)),
+                                                     timeout, what))
+
+    def instruct(self, text: str) -> None:
+        """Publish one instruction, once the node's subscription is matched."""
+        wait_matched(self.instruction_pub, 'the instruction subscription')
+        self.instruction_pub.publish(String(data=text))
+
+    def stream(self, make_msg, rate_hz: float = 20.0) -> Collector:
+        """Publish make_msg() at rate_hz from a node timer; return what was sent."""
+        sent = Collector()
+
+        def tick():
+            msg = make_msg(self.ros.get_clock().now().to_msg())
+            (self.compressed_pub if isinstance(msg, CompressedImage) else self.image_pub
+             ).publish(msg)
+            sent(msg)
+        self._streaming = self.ros.create_timer(1.0 / rate_hz, tick)
+        return sent
+
+    def stop_stream(self) -> None:
+        """Stop the image stream started by stream()."""
+        if self._streaming is not None:
+            self.ros.destroy_timer(self._streaming)
+            self._streaming = None
+
+    def stop(self, sig=signal.SIGINT):
+        """Stop the node process; return (exit code, stderr)."""
+        self.stop_stream()
+        code, _, err = stop_process(self.proc, sig, timeout=30.0)
+        return code, err
+
+
+def wait_matched(publisher, what: str, timeout: float = 30.0) -> None:
+    """Wait until publisher has a subscriber (discovery done), with a deadline."""
+    wait_until(lambda: publisher.get_subscription_count() > 0, timeout, what)
+
+
+def call(test_node: TestNode, srv_type, name: str, request, timeout: float = 60.0):
+    """Call a service of the node under test and return the response."""
+    client = test_node.node.create_client(srv_type, name)
+    try:
+        assert client.wait_for_service(timeout_sec=timeout), f'{name} never appeared'
+        return wait_future(client.call_async(request), timeout, f'the {name} response')
+    finally:
+        test_node.node.destroy_client(client)
+
+
+def set_params(test_node: TestNode, **values) -> list:
+    """Set vlm_node parameters through its set_parameters service; return the results."""
+    request = SetParameters.Request(parameters=[
+        Parameter(name, value=value).to_parameter_msg() for name, value in values.items()])
+    return call(test_node, SetParameters, '/vlm_node/set_parameters', request).results
+
+
+def transition(test_node: TestNode, label: str) -> bool:
+    """Ask vlm_node for a lifecycle transition by label ('configure', ...); return success."""
+    ids = {'configure': Transition.TRANSITION_CONFIGURE,
+           'activate': Transition.TRANSITION_ACTIVATE,
+           'deactivate': Transition.TRANSITION_DEACTIVATE,
+           'cleanup': Transition.TRANSITION_CLEANUP}
+    request = ChangeState.Request(transition=Transition(id=ids[label]))
+    return call(test_node, ChangeState, '/vlm_node/change_state', request).success
+
+
+def lifecycle_state(test_node: TestNode) -> str:
+    """Return vlm_node's lifecycle state label from its get_state service."""
+    return call(test_node, GetState, '/vlm_node/get_state', GetState.Request()).current_state.label
+
+
+def camera(frame_id: str, fmt: str = 'raw'):
+    """Make camera messages of the red scene, stamped now, with a unique frame id."""
+    def make(stamp):
+        msg = rgb_to_image(scene('red')) if fmt == 'raw' else \
+            rgb_to_compressed(scene('red'), fmt)
+        msg.header.stamp = stamp
+        msg.header.frame_id = frame_id
+        return msg
+    return make

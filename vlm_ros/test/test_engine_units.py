@@ -1,0 +1,123 @@
+"""Engine stages alone: loading errors, image checks and resizing, prompts, ROS independence."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from vlm_ros.engine import EngineConfig, VlmEngine, VlmError
+from vlm_ros.engine.loader import classify_error, load, resolve_device, resolve_dtype
+from vlm_ros.engine.preprocess import check_image, resize_max_side
+from vlm_ros.engine.prompts import load_templates, render_task
+
+
+def test_missing_model_directory_names_model_and_device(tmp_path):
+    missing = str(tmp_path / 'no_such_model')
+    with pytest.raises(VlmError) as info:
+        load(EngineConfig(model=missing, device='cpu', local_files_only=True))
+    assert info.value.kind == 'not_found'
+    assert missing in str(info.value) and "'cpu'" in str(info.value)
+
+
+def test_unknown_hub_id_offline_is_not_found():
+    with pytest.raises(VlmError) as info:
+        load(EngineConfig(model='vlm-ros-test/does-not-exist', device='cpu',
+                          local_files_only=True))
+    assert info.value.kind == 'not_found'
+    assert 'vlm-ros-test/does-not-exist' in str(info.value)
+
+
+def test_unsupported_architecture(tmp_path, trained_tiny):
+    from engine_fixtures import FAMILIES
+
+    source = trained_tiny(FAMILIES[0])
+    model_dir = tmp_path / 'odd'
+    model_dir.mkdir()
+    for item in source.iterdir():
+        (model_dir / item.name).write_bytes(item.read_bytes())
+    config = json.loads((model_dir / 'config.json').read_text())
+    config['model_type'] = 'not_a_real_vlm'
+    (model_dir / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(VlmError) as info:
+        load(EngineConfig(model=str(model_dir), device='cpu', local_files_only=True))
+    assert info.value.kind == 'unsupported', str(info.value)
+    assert 'not_a_real_vlm' in str(info.value)
+
+
+def test_out_of_memory_is_classified():
+    assert classify_error(torch.OutOfMemoryError('CUDA out of memory. Tried to allocate')) == \
+        'out_of_memory'
+    assert classify_error(RuntimeError('something else')) == 'load_failed'
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the no-GPU message')
+def test_cuda_without_gpu_says_so():
+    with pytest.raises(VlmError, match='CUDA is not available'):
+        resolve_device('cuda:0')
+    assert resolve_device('auto') == torch.device('cpu')
+
+
+def test_device_and_dtype_validation():
+    with pytest.raises(VlmError, match='unknown device'):
+        resolve_device('tpu')
+    with pytest.raises(VlmError, match='unknown dtype'):
+        resolve_dtype('int4', torch.device('cpu'))
+    assert resolve_dtype('auto', torch.device('cpu')) == torch.float32
+    assert resolve_dtype('bfloat16', torch.device('cpu')) == torch.bfloat16
+
+
+def test_run_before_load_is_an_error():
+    engine = VlmEngine(EngineConfig(model='unused'))
+    assert not engine.is_loaded
+    with pytest.raises(VlmError, match='not loaded'):
+        engine.loaded  # noqa: B018 - the property raises
+
+
+@pytest.mark.parametrize('image, reason', [
+    (np.zeros((4, 4), np.uint8), 'HxWx3'),
+    (np.zeros((4, 4, 4), np.uint8), 'HxWx3'),
+    (np.zeros((0, 4, 3), np.uint8), 'empty'),
+    (np.zeros((4, 4, 3), np.float32), 'uint8'),
+    ([[1, 2, 3]], 'numpy array'),
+])
+def test_bad_images_are_rejected_with_reason(image, reason):
+    with pytest.raises(VlmError, match=reason) as info:
+        check_image(image)
+    assert info.value.kind == 'bad_input'
+
+
+@pytest.mark.parametrize('shape, max_side, expected', [
+    ((480, 640, 3), 320, (320, 240)),
+    ((1080, 1920, 3), 640, (640, 360)),
+    ((640, 480, 3), 320, (240, 320)),
+    ((100, 50, 3), 640, (50, 100)),   # never enlarged
+    ((480, 640, 3), 0, (640, 480)),   # 0 = keep
+])
+def test_resize_keeps_aspect(shape, max_side, expected):
+    assert resize_max_side(np.zeros(shape, np.uint8), max_side).size == expected
+
+
+def test_prompt_overrides_and_validation():
+    templates = load_templates({'vqa': 'Q: {question} A:', 'caption': ''})
+    assert render_task(templates, 'vqa', ' what? ') == 'Q: what? A:'
+    assert render_task(templates, 'caption') == load_templates()['caption']
+    assert 'red block' in render_task(templates, 'plan', 'pick up the red block')
+    with pytest.raises(VlmError, match='must contain'):
+        load_templates({'plan': 'no placeholder'})
+    with pytest.raises(VlmError, match='invalid'):
+        load_templates({'vqa': '{question} {nope}'})
+    with pytest.raises(VlmError, match='unknown prompt task'):
+        load_templates({'dance': 'x'})
+    with pytest.raises(VlmError, match='non-empty'):
+        render_task(templates, 'plan', '  ')
+
+
+def test_engine_imports_without_rclpy():
+    code = ('import sys; sys.modules["rclpy"] = None\n'
+            'import vlm_ros.engine, vlm_ros.engine.tiny\n'
+            'assert "rclpy" not in [m for m in sys.modules if sys.modules[m] is not None]\n'
+            'print("ok")')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr

@@ -1,0 +1,80 @@
+"""vlm_node's ~/query service and ~/generate_plan action, with and without explicit images."""
+
+import threading
+import uuid
+
+from engine_fixtures import TARGETS, scene
+from node_harness import TIMEOUT, call, camera
+from rclpy.action import ActionClient
+from ros_harness import wait_future
+from vlm_ros.image_conversion import rgb_to_image
+
+from vlm_ros_msgs.action import GeneratePlan
+from vlm_ros_msgs.msg import Plan
+from vlm_ros_msgs.srv import Query
+
+QUESTION = TARGETS['vqa'][0]
+
+
+def test_query_with_an_explicit_image(start_vlm_node, test_node):
+    node = start_vlm_node()
+    node.wait_state('active')
+    request = Query.Request(question=QUESTION, image=rgb_to_image(scene('blue')))
+    request.image.header.frame_id = uuid.uuid4().hex
+    response = call(test_node, Query, '/vlm_node/query', request)
+    assert response.success, response.message
+    assert response.answer == TARGETS['vqa'][1]
+    assert response.image_header.frame_id == request.image.header.frame_id
+
+
+def test_query_without_an_image_uses_the_latest_frame(start_vlm_node, test_node):
+    node = start_vlm_node(wait_for_image=1.0)
+    node.wait_state('active')
+    missing = call(test_node, Query, '/vlm_node/query', Query.Request(question=QUESTION))
+    assert not missing.success and 'no image' in missing.message
+    frame_id = uuid.uuid4().hex
+    node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+    response = call(test_node, Query, '/vlm_node/query', Query.Request(question=QUESTION))
+    assert response.success, response.message
+    assert response.image_header.frame_id == frame_id and response.answer
+
+
+def _send_goal(test_node, instruction, on_feedback):
+    client = ActionClient(test_node.node, GeneratePlan, '/vlm_node/generate_plan')
+    assert client.wait_for_server(timeout_sec=TIMEOUT), 'generate_plan never appeared'
+    goal = GeneratePlan.Goal(instruction=instruction, image=rgb_to_image(scene('red')))
+    goal.image.header.frame_id = uuid.uuid4().hex
+    handle = wait_future(client.send_goal_async(goal, feedback_callback=on_feedback), TIMEOUT,
+                         'goal acceptance')
+    assert handle.accepted
+    return client, goal, handle
+
+
+def test_action_streams_feedback_before_the_result(start_vlm_node, test_node):
+    node = start_vlm_node()
+    node.wait_state('active')
+    feedback = []
+    client, goal, handle = _send_goal(test_node, TARGETS['plan'][0],
+                                      lambda msg: feedback.append(msg.feedback))
+    result = wait_future(handle.get_result_async(), TIMEOUT, 'the action result').result
+    plan = result.plan
+    assert plan.status == Plan.STATUS_OK, plan.message
+    assert plan.header.frame_id == goal.image.header.frame_id
+    assert plan.text == TARGETS['plan'][1]
+    assert len(feedback) > 1, 'feedback must stream while generating'
+    assert feedback[-1].partial_text == plan.text
+    assert [f.tokens for f in feedback] == sorted(f.tokens for f in feedback)
+    client.destroy()
+
+
+def test_action_cancel_stops_generation(start_vlm_node, test_node):
+    node = start_vlm_node()
+    node.wait_state('active')
+    first = threading.Event()
+    client, _, handle = _send_goal(test_node, TARGETS['plan'][0], lambda _: first.set())
+    assert first.wait(TIMEOUT), 'no feedback arrived'
+    wait_future(handle.cancel_goal_async(), TIMEOUT, 'the cancel response')
+    plan = wait_future(handle.get_result_async(), TIMEOUT, 'the result').result.plan
+    assert plan.status == Plan.STATUS_CANCELLED, plan.message
+    assert plan.text != TARGETS['plan'][1]
+    client.destroy()

@@ -1,0 +1,157 @@
+"""vlm_node over topics: plans stamped with their image, the answering contract, inputs."""
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+from engine_fixtures import TARGETS, scene
+from node_harness import TIMEOUT, camera
+from vlm_ros.image_conversion import rgb_to_image
+
+from vlm_ros_msgs.msg import Plan
+
+INSTRUCTION = TARGETS['plan'][0]
+
+
+def _stamp_key(stamp):
+    return stamp.sec, stamp.nanosec
+
+
+def test_plan_round_trip_keeps_the_image_stamp(start_vlm_node):
+    node = start_vlm_node()
+    node.wait_state('active')
+    frame_id = uuid.uuid4().hex
+    sent = node.stream(camera(frame_id))
+    sent.wait_for(lambda m: True, TIMEOUT, 'the first camera frame to go out')
+    node.instruct(INSTRUCTION)
+    plan = node.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the plan')
+    assert plan.status == Plan.STATUS_OK, plan.message
+    assert _stamp_key(plan.header.stamp) in {_stamp_key(m.header.stamp) for m in sent.items()}
+    assert plan.instruction == INSTRUCTION and plan.request_id
+    assert [(s.instruction, s.skill, s.target) for s in plan.steps] == [
+        ('pick up the red block', 'pick', 'red block'), ('place it in the bin', 'place', 'bin')]
+    assert plan.text == TARGETS['plan'][1]
+    assert 0 < plan.time_to_first_token <= plan.total_time and plan.output_tokens > 0
+    node.vla.wait_for(lambda m: m.data == 'pick up the red block', TIMEOUT, 'vla_instruction')
+    values = node.wait_diag(lambda v: int(v.get('status_ok', 0)) >= 1, TIMEOUT, 'ok counted')
+    assert int(values['frames_received']) > 0 and float(values['latency_p50_s']) > 0
+    assert values['model_loaded'] == 'True' and values['device'] == 'cpu'
+
+
+def test_burst_of_20_with_queue_4_answers_each_exactly_once(start_vlm_node):
+    node = start_vlm_node(queue_size=4)
+    node.wait_state('active')
+    frame_id = uuid.uuid4().hex
+    node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+    texts = [f'{INSTRUCTION} #{uuid.uuid4().hex[:8]}' for _ in range(20)]
+    for text in texts:
+        node.instruct(text)
+    node.wait_diag(lambda v: int(v.get('requests_served', 0)) >= 20, TIMEOUT, '20 answers')
+    plans = [p for p in node.plans.items() if p.instruction in texts]
+    assert sorted(p.instruction for p in plans) == sorted(texts)
+    assert len({p.request_id for p in plans}) == 20
+    dropped = [p for p in plans if p.status == Plan.STATUS_DROPPED]
+    assert dropped and all('queue full' in p.message for p in dropped)
+    assert len(dropped) <= 20 - 4 - 1  # 4 wait, 1 runs: those are never dropped
+
+
+def test_no_image_answers_within_wait_for_image(start_vlm_node):
+    node = start_vlm_node(wait_for_image=1.0)
+    node.wait_state('active')
+    start = time.monotonic()
+    node.instruct(INSTRUCTION)
+    plan = node.plans.wait_for(lambda p: True, TIMEOUT, 'the NO_IMAGE plan')
+    assert plan.status == Plan.STATUS_NO_IMAGE and 'no image' in plan.message
+    assert time.monotonic() - start < 1.0 + 2.0
+
+
+def test_old_stamp_is_stale(start_vlm_node):
+    node = start_vlm_node(max_image_age=0.5, wait_for_image=0.5)
+    node.wait_state('active')
+    frame_id = uuid.uuid4().hex
+    fresh = camera(frame_id)
+
+    def old(stamp):
+        stamp.sec -= 10
+        return fresh(stamp)
+    node.stream(old).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+    node.instruct(INSTRUCTION)
+    plan = node.plans.wait_for(lambda p: True, TIMEOUT, 'the STALE plan')
+    assert plan.status == Plan.STATUS_STALE_IMAGE, plan.message
+    assert plan.header.frame_id == frame_id and 'old' in plan.message
+
+
+@pytest.mark.parametrize('fmt', ['png', 'jpeg'])
+def test_compressed_input(start_vlm_node, fmt):
+    node = start_vlm_node(image_transport='compressed')
+    node.wait_state('active')
+    frame_id = uuid.uuid4().hex
+    node.stream(camera(frame_id, fmt)).wait_for(lambda m: True, TIMEOUT, 'a frame')
+    node.instruct(INSTRUCTION)
+    plan = node.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the plan')
+    assert plan.status in (Plan.STATUS_OK, Plan.STATUS_INVALID_OUTPUT), plan.message
+    if fmt == 'png':  # lossless: the trained answer exactly
+        assert plan.status == Plan.STATUS_OK and plan.text == TARGETS['plan'][1]
+
+
+def _malformed(kind: str):
+    msg = rgb_to_image(scene('red'))
+    if kind == 'size_mismatch':
+        msg.data = bytes(msg.data)[:-7]
+    elif kind == 'step_too_small':
+        msg.step = msg.width
+    elif kind == 'unknown_encoding':
+        msg.encoding = 'not_an_encoding'
+    elif kind == 'zero_size':
+        msg.width = msg.height = msg.step = 0
+        msg.data = b''
+    return msg
+
+
+def test_malformed_images_give_bad_input_and_the_node_keeps_serving(start_vlm_node):
+    node = start_vlm_node(wait_for_image=1.0)
+    node.wait_state('active')
+    for kind in ('size_mismatch', 'step_too_small', 'unknown_encoding', 'zero_size'):
+        frame_id = f'{kind}-{uuid.uuid4().hex}'
+
+        def make(stamp, kind=kind, frame_id=frame_id):
+            msg = _malformed(kind)
+            msg.header.stamp, msg.header.frame_id = stamp, frame_id
+            return msg
+        node.stream(make).wait_for(lambda m: True, TIMEOUT, 'a malformed frame')
+        node.instruct(INSTRUCTION)
+        plan = node.plans.wait_for(lambda p, f=frame_id: p.header.frame_id == f, TIMEOUT, kind)
+        node.stop_stream()
+        assert plan.status == Plan.STATUS_BAD_INPUT, (kind, plan.message)
+        assert plan.message
+    good = uuid.uuid4().hex
+    node.stream(camera(good)).wait_for(lambda m: True, TIMEOUT, 'a good frame')
+    node.instruct(INSTRUCTION)
+    plan = node.plans.wait_for(lambda p: p.header.frame_id == good, TIMEOUT, 'the good plan')
+    assert plan.status == Plan.STATUS_OK, plan.message
+    values = node.wait_diag(lambda v: int(v.get('frames_invalid', 0)) >= 4, TIMEOUT, 'invalid')
+    assert int(values['status_bad_input']) >= 4
+
+
+def test_empty_instruction_is_bad_input(start_vlm_node):
+    node = start_vlm_node()
+    node.wait_state('active')
+    node.instruct('   ')
+    plan = node.plans.wait_for(lambda p: True, TIMEOUT, 'the BAD_INPUT plan')
+    assert plan.status == Plan.STATUS_BAD_INPUT and 'empty' in plan.message
+
+
+def test_captions_at_caption_rate(start_vlm_node):
+    node = start_vlm_node(caption_rate=4.0)
+    node.wait_state('active')
+    frame_id = uuid.uuid4().hex
+    sent = node.stream(camera(frame_id), rate_hz=30.0)
+    first = node.captions.wait_for(lambda c: c.header.frame_id == frame_id, TIMEOUT, 'caption')
+    node.captions.wait_for(lambda c: c.header.stamp != first.header.stamp, TIMEOUT, 'another')
+    captions = [c for c in node.captions.items() if c.header.frame_id == frame_id]
+    assert all(c.text == TARGETS['caption'][1] for c in captions)
+    stamps = {_stamp_key(m.header.stamp) for m in sent.items()}
+    assert all(_stamp_key(c.header.stamp) in stamps for c in captions)
+    assert np.all(np.diff([c.header.stamp.sec + c.header.stamp.nanosec * 1e-9
+                           for c in captions[:3]]) > 0)

@@ -1,0 +1,62 @@
+"""
+The one place that turns a user prompt into the processor's text input.
+
+Training (engine.tiny.train) and inference both call render_prompt, so a fine-tuned model is
+always queried with exactly the prompt layout it was trained on.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def user_message(prompt: str) -> list[dict]:
+    """Return the chat of one user turn holding one image followed by the prompt."""
+    return [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': prompt}]}]
+
+
+def _processor_places_image(processor, image_token: str) -> bool:
+    """
+    Tell whether the processor puts the image placeholder into the text by itself.
+
+    Florence-2 and BLIP-2 prepend their image tokens to whatever text they get, while LLaVA-like
+    processors require the caller to mark where the image goes. The processor's own layout step
+    is run on a dummy one-pixel image to find out, rather than keeping a list of family names.
+    """
+    layout = getattr(processor, 'prepare_inputs_layout', None)
+    if layout is None:
+        return False
+    text = layout(images=[Image.new('RGB', (1, 1))], text=[''])[1]
+    return bool(text) and image_token in text[0]
+
+
+def render_prompt(processor, prompt: str) -> str:
+    """
+    Return the text to pass as processor(text=..., images=[image]) for one image and prompt.
+
+    With a chat template, the user turn (image then prompt) is rendered with the generation
+    prompt appended. Without one (Florence-2, BLIP-2), the prompt stays plain and the image
+    token is prepended only when the processor does not insert it itself.
+    """
+    if getattr(processor, 'chat_template', None):
+        return processor.apply_chat_template(user_message(prompt), add_generation_prompt=True,
+                                             tokenize=False)
+    image_token = getattr(processor, 'image_token', None)
+    if image_token is None or _processor_places_image(processor, image_token):
+        return prompt
+    return image_token + prompt
+
+
+def build_inputs(processor, images: Sequence, prompts: Sequence[str]):
+    """
+    Encode one image and prompt per row into padded PyTorch model inputs.
+
+    Images may be numpy uint8 HxWx3 RGB arrays or PIL images: arrays are converted because some
+    processors (Idefics2) accept only PIL images. Each row's image is wrapped in its own list,
+    the layout every processor accepts and the one Mllama requires to pair images with rows.
+    """
+    pil = [Image.fromarray(np.asarray(image, dtype=np.uint8)).convert('RGB')
+           if not isinstance(image, Image.Image) else image for image in images]
+    return processor(text=[render_prompt(processor, prompt) for prompt in prompts],
+                     images=[[image] for image in pil], padding=True, return_tensors='pt')

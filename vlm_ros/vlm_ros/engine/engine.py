@@ -1,0 +1,143 @@
+"""The engine: requests in, results out, through preprocess -> generate -> parse.
+
+Plain types only (numpy images, strings, dataclasses), no rclpy: the ROS node, the offline
+evaluator and the benchmark all drive this same class.
+"""
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
+
+from . import loader
+from .chat import build_inputs
+from .config import EngineConfig
+from .errors import VlmError
+from .generate import generate
+from .plan_parser import parse_plan
+from .preprocess import resize_max_side, to_device
+from .prompts import load_templates, render_task
+
+
+@dataclass
+class Request:
+    """One task on one image: 'caption', 'vqa' (text = question) or 'plan' (text = instruction).
+
+    ``image`` is an HxWx3 uint8 RGB array; ``max_new_tokens`` 0 means the engine's default.
+    """
+
+    task: str
+    image: object
+    text: str = ''
+    max_new_tokens: int = 0
+
+
+@dataclass
+class Result:
+    """What the model said, parsed, with timings.
+
+    ``valid`` is False when the model answered but nothing usable could be parsed (a plan with
+    no steps, an empty caption); the raw ``text`` is always kept.
+    """
+
+    task: str
+    text: str
+    steps: tuple
+    valid: bool
+    form: str
+    output_tokens: int
+    time_to_first_token: float
+    total_time: float
+    cancelled: bool = False
+
+
+def parse_output(task: str, text: str) -> tuple:
+    """Stage 3 of 3: (steps, valid, form) of the model's text for the task."""
+    if task == 'plan':
+        parsed = parse_plan(text)
+        return parsed.steps, parsed.valid, parsed.form
+    return (), bool(text.strip()), 'text'
+
+
+class VlmEngine:
+    """Loads one VLM and answers batches of requests; load() before run(), unload() to free."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.templates = load_templates(config.prompts)
+        self._loaded: Optional[loader.LoadedModel] = None
+
+    @property
+    def loaded(self) -> loader.LoadedModel:
+        """The loaded model, or VlmError when load() has not run."""
+        if self._loaded is None:
+            raise VlmError('load_failed', 'the model is not loaded', self.config.model,
+                           self.config.device)
+        return self._loaded
+
+    @property
+    def is_loaded(self) -> bool:
+        """Tell whether load() has run and unload() has not."""
+        return self._loaded is not None
+
+    def load(self) -> None:
+        """Load weights and processor (downloads from the hub when model is a hub id)."""
+        self._loaded = loader.load(self.config)
+        tokenizer = self._loaded.processor.tokenizer
+        if not self._loaded.is_encoder_decoder:
+            tokenizer.padding_side = 'left'  # new tokens follow the last prompt token per row
+
+    def unload(self) -> None:
+        """Free the model (and cached GPU memory)."""
+        if self._loaded is not None:
+            loader.unload(self._loaded)
+            self._loaded = None
+
+    def preprocess(self, requests: list):
+        """Stage 1: resize images, fill prompt templates, tokenize into one batch."""
+        images = [resize_max_side(r.image, self.config.max_image_side) for r in requests]
+        prompts = [render_task(self.templates, r.task, r.text) for r in requests]
+        loaded = self.loaded
+        return to_device(build_inputs(loaded.processor, images, prompts), loaded.device,
+                         loaded.dtype)
+
+    def _sampling(self) -> dict:
+        if not self.config.do_sample:
+            return {'do_sample': False}
+        return {'do_sample': True, 'temperature': self.config.temperature,
+                'top_p': self.config.top_p}
+
+    def run(self, requests: list, on_text: Optional[Callable[[str], None]] = None,
+            cancel: Optional[threading.Event] = None) -> list:
+        """Answer requests in one batched generate; results in request order.
+
+        ``on_text`` streams text increments (one request only); setting ``cancel`` stops the
+        generation between two decoding steps and marks the results cancelled.
+        Raises VlmError ('bad_input' for a bad image or text, 'out_of_memory' or
+        'generation_failed' for the model), never a bare exception.
+        """
+        if not requests:
+            return []
+        inputs = self.preprocess(requests)
+        limits = [r.max_new_tokens or self.config.max_new_tokens for r in requests]
+        try:
+            generated = generate(self.loaded, inputs, max(limits), self._sampling(), on_text,
+                                 cancel)
+        except VlmError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the caller answers with a status, not a crash
+            kind = 'out_of_memory' if loader.classify_error(exc) == 'out_of_memory' \
+                else 'generation_failed'
+            raise VlmError(kind, f'generation failed: {exc}', self.config.model,
+                           str(self.loaded.device), exc) from exc
+        tokenizer = self.loaded.processor.tokenizer
+        results = []
+        for request, limit, tokens in zip(requests, limits, generated.tokens, strict=True):
+            tokens = tokens[:limit]
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            steps, valid, form = parse_output(request.task, text)
+            results.append(Result(request.task, text, steps, valid, form, len(tokens),
+                                  generated.time_to_first_token, generated.total_time,
+                                  generated.cancelled))
+        return results
+

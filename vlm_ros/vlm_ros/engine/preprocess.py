@@ -1,0 +1,45 @@
+"""Stage 1 of 3: images and request texts in, model-ready tensors out.
+
+The longer image side is capped at ``max_image_side`` (aspect kept) before the processor sees
+the image: a 1920x1080 frame costs a dynamic-resolution model (Qwen2-VL, Idefics3) many more
+visual tokens than the scene needs, and resizing once here is cheaper than in every processor.
+"""
+
+import numpy as np
+from PIL import Image
+
+from .errors import VlmError
+
+
+def check_image(image) -> np.ndarray:
+    """Return image as an HxWx3 uint8 RGB array, or raise VlmError('bad_input') saying why."""
+    if not isinstance(image, np.ndarray):
+        raise VlmError('bad_input', f'image must be a numpy array, not {type(image).__name__}')
+    if image.dtype != np.uint8:
+        raise VlmError('bad_input', f'image must be uint8, not {image.dtype}')
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise VlmError('bad_input', f'image must be HxWx3 RGB, got shape {image.shape}')
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise VlmError('bad_input', f'image is empty (shape {image.shape})')
+    return image
+
+
+def resize_max_side(image: np.ndarray, max_side: int) -> Image.Image:
+    """Convert to PIL, shrinking so the longer side is at most max_side (0 = keep size)."""
+    pil = Image.fromarray(np.ascontiguousarray(check_image(image)))
+    height, width = image.shape[:2]
+    longer = max(height, width)
+    if max_side and longer > max_side:
+        scale = max_side / longer
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        pil = pil.resize(size, Image.Resampling.BICUBIC)
+    return pil
+
+
+def to_device(inputs, device, dtype):
+    """Move a processor batch to device, casting floating tensors (pixels) to the model dtype."""
+    inputs = inputs.to(device)
+    for name, tensor in inputs.items():
+        if tensor.is_floating_point():
+            inputs[name] = tensor.to(dtype)
+    return inputs

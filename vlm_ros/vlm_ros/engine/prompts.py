@@ -1,0 +1,53 @@
+"""Prompt templates per task, from the packaged YAML, overridable by the user."""
+
+import pathlib
+from collections.abc import Mapping
+
+import yaml
+
+from .errors import VlmError
+
+TASKS = ('caption', 'vqa', 'plan')
+_FIELDS = {'caption': (), 'vqa': ('question',), 'plan': ('instruction',)}
+_DEFAULTS = pathlib.Path(__file__).with_name('prompts.yaml')
+
+
+def load_templates(overrides: Mapping = None) -> dict:
+    """Return the default templates with ``overrides`` (task -> template) applied.
+
+    An empty override keeps the default, so a launch file can pass '' to mean "unchanged".
+    Unknown tasks and templates that lack or misuse a placeholder fail here, at configuration
+    time, rather than on the first request.
+    """
+    templates = yaml.safe_load(_DEFAULTS.read_text())
+    for task, template in (overrides or {}).items():
+        if task not in TASKS:
+            raise VlmError('bad_input', f'unknown prompt task {task!r}; tasks are {TASKS}')
+        if template:
+            templates[task] = str(template)
+    for task in TASKS:
+        check_template(task, templates[task])
+    return templates
+
+
+def check_template(task: str, template: str) -> None:
+    """Raise VlmError unless template formats with exactly the task's placeholder."""
+    values = {name: 'x' for name in _FIELDS[task]}
+    try:
+        template.format(**values)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise VlmError('bad_input', f'prompt template for {task!r} is invalid ({exc!r}); '
+                       f'placeholders allowed: {_FIELDS[task] or "none"}') from exc
+    for name in _FIELDS[task]:
+        if '{' + name + '}' not in template:
+            raise VlmError('bad_input', f'prompt template for {task!r} must contain {{{name}}}')
+
+
+def render_task(templates: Mapping, task: str, text: str = '') -> str:
+    """Fill the task's template with the request text (question or instruction)."""
+    if task not in TASKS:
+        raise VlmError('bad_input', f'unknown task {task!r}; tasks are {TASKS}')
+    fields = _FIELDS[task]
+    if fields and not text.strip():
+        raise VlmError('bad_input', f'{task} needs a non-empty {fields[0]}')
+    return templates[task].format(**{name: text.strip() for name in fields})

@@ -1,0 +1,39 @@
+"""Counters and latency percentiles for /diagnostics, kept without ROS."""
+
+import threading
+from collections import Counter, deque
+
+
+class Stats:
+    """Requests served, outcomes by status name, and recent end-to-end latencies."""
+
+    def __init__(self, window: int = 1000):
+        self._lock = threading.Lock()
+        self._latencies = deque(maxlen=window)
+        self.by_status = Counter()
+        self.captions_skipped = 0
+
+    def record(self, status_name: str, latency: float) -> None:
+        """Count one answered request and its latency (seconds)."""
+        with self._lock:
+            self.by_status[status_name] += 1
+            self._latencies.append(latency)
+
+    def skip_caption(self) -> None:
+        """Count a caption that was due while the worker was busy."""
+        with self._lock:
+            self.captions_skipped += 1
+
+    def percentile(self, q: float) -> float:
+        """Return the q-th percentile (0-100, nearest rank) of recent latencies (0: none)."""
+        with self._lock:
+            values = sorted(self._latencies)
+        if not values:
+            return 0.0
+        rank = max(0, min(len(values) - 1, round(q / 100 * len(values) + 0.5) - 1))
+        return values[rank]
+
+    def served(self) -> int:
+        """How many requests were answered, whatever their status."""
+        with self._lock:
+            return sum(self.by_status.values())
