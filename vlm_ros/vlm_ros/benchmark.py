@@ -10,6 +10,7 @@ one warm-up. A benchmark, not a test: it asserts nothing.
 """
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -107,6 +108,8 @@ def parse_args(argv):
     parser.add_argument('--new-tokens', type=int, default=64)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--image', default='480x640', help='HxW of the test frame')
+    parser.add_argument('--processor-kwargs', type=json.loads, default={},
+                        help='JSON for the processor call, e.g. {"do_image_splitting": false}')
     parser.add_argument('--static-cache', action='store_true',
                         help="generate with cache_implementation='static' (transformers then "
                         'compiles the decoding step with torch.compile)')
@@ -119,12 +122,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model
         if args.random:
-            from .engine.tiny import build_random
+            from .engine.tiny.real_size import build_random
 
             model = str(build_random(args.random, scratch))
         engine = VlmEngine(EngineConfig(model=model, device=args.device, dtype=args.dtype,
                                         attn_implementation=args.attn or None,
-                                        max_image_side=640))
+                                        max_image_side=640,
+                                        processor_kwargs=args.processor_kwargs))
         start = time.perf_counter()
         engine.load()
         loaded = engine.loaded
@@ -136,7 +140,9 @@ def main(argv=None) -> int:
     params = sum(p.numel() for p in loaded.model.parameters()) / 1e6
     title = (f'{args.random or args.model}: {params:.0f} M params, {loaded.device} '
              f'{str(loaded.dtype).replace("torch.", "")}, attn {args.attn or "default"}'
-             f'{", static cache" if args.static_cache else ""}, {width}x{height} image, '
+             f'{", static cache" if args.static_cache else ""}'
+             f'{", " + json.dumps(args.processor_kwargs) if args.processor_kwargs else ""}, '
+             f'{width}x{height} image, '
              f'load {load_s:.1f} s')
     print(format_table(title, rows), flush=True)
     return 0

@@ -28,3 +28,4 @@ class EngineConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     prompts: dict = field(default_factory=dict)  # task -> template overrides
+    processor_kwargs: dict = field(default_factory=dict)  # e.g. {'do_image_splitting': False}

@@ -98,7 +98,8 @@ class VlmEngine:
         images = [resize_max_side(r.image, self.config.max_image_side) for r in requests]
         prompts = [render_task(self.templates, r.task, r.text) for r in requests]
         loaded = self.loaded
-        return to_device(build_inputs(loaded.processor, images, prompts), loaded.device,
+        return to_device(build_inputs(loaded.processor, images, prompts,
+                                      **self.config.processor_kwargs), loaded.device,
                          loaded.dtype)
 
     def _sampling(self) -> dict:

@@ -120,11 +120,10 @@ def _save(model, processor, out_dir, stop_tokens: list[str], **generation) -> pa
     return out
 
 
-def build_llava(out_dir, seed: int = 0) -> pathlib.Path:
+def build_llava(out_dir) -> pathlib.Path:
     """Decoder-only with a fixed-resolution CLIP ViT and an MLP projector (LLaVA-1.5)."""
     tokenizer = build_tokenizer(bos_token='<s>', eos_token='</s>', pad_token='<pad>',
                                 named_tokens={'image_token': '<image>'}, add_bos=True)
-    torch.manual_seed(seed)
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                               num_attention_heads=2, image_size=32, patch_size=8,
                               projection_dim=32)
@@ -140,7 +139,7 @@ def build_llava(out_dir, seed: int = 0) -> pathlib.Path:
     return _save(LlavaForConditionalGeneration(config), processor, out_dir, ['</s>'])
 
 
-def build_idefics3(out_dir, seed: int = 0) -> pathlib.Path:
+def build_idefics3(out_dir) -> pathlib.Path:
     """Decoder-only with dynamic resolution: the image is split into a grid of 32 px tiles."""
     grid = [f'<row_{row}_col_{col}>' for row in range(1, 7) for col in range(1, 7)]
     tokenizer = build_tokenizer(
@@ -148,7 +147,6 @@ def build_idefics3(out_dir, seed: int = 0) -> pathlib.Path:
         pad_token='<|finetune_right_pad_id|>',
         special_tokens=['<fake_token_around_image>', '<image>', '<global-img>',
                         '<|end_of_text|>', *grid])
-    torch.manual_seed(seed)
     vision = {'hidden_size': 32, 'intermediate_size': 64, 'num_hidden_layers': 2,
               'num_attention_heads': 2, 'image_size': 32, 'patch_size': 8}
     config = Idefics3Config(vision_config=vision,
@@ -164,12 +162,11 @@ def build_idefics3(out_dir, seed: int = 0) -> pathlib.Path:
                  ['<end_of_utterance>', '<|end_of_text|>'])
 
 
-def build_idefics2(out_dir, seed: int = 0) -> pathlib.Path:
+def build_idefics2(out_dir) -> pathlib.Path:
     """Decoder-only with a perceiver resampler that pools any image into a few latents."""
     tokenizer = build_tokenizer(bos_token='<s>', eos_token='</s>', pad_token='<pad>',
                                 special_tokens=['<fake_token_around_image>', '<image>',
                                                 '<end_of_utterance>'], add_bos=True)
-    torch.manual_seed(seed)
     vision = {'hidden_size': 32, 'intermediate_size': 64, 'num_hidden_layers': 2,
               'num_attention_heads': 2, 'image_size': 56, 'patch_size': 14}
     perceiver = {'hidden_size': TEXT_SIZES['hidden_size'], 'resampler_n_latents': 4,
@@ -185,14 +182,13 @@ def build_idefics2(out_dir, seed: int = 0) -> pathlib.Path:
                  ['<end_of_utterance>', '</s>'])
 
 
-def build_mllama(out_dir, seed: int = 0) -> pathlib.Path:
+def build_mllama(out_dir) -> pathlib.Path:
     """Cross-attention fusion (Flamingo-style): text layer 1 attends to the image tiles."""
     tokenizer = build_tokenizer(
         bos_token='<|begin_of_text|>', eos_token='<|eot_id|>',
         pad_token='<|finetune_right_pad_id|>', named_tokens={'image_token': '<|image|>'},
         special_tokens=['<|python_tag|>', '<|start_header_id|>', '<|end_header_id|>',
                         '<|end_of_text|>'])
-    torch.manual_seed(seed)
     vision = {'hidden_size': 32, 'intermediate_size': 64, 'num_hidden_layers': 2,
               'num_global_layers': 1, 'attention_heads': 2, 'image_size': 28, 'patch_size': 14,
               'max_num_tiles': 2, 'supported_aspect_ratios': [[1, 1], [1, 2], [2, 1]],
@@ -208,7 +204,7 @@ def build_mllama(out_dir, seed: int = 0) -> pathlib.Path:
                  ['<|eot_id|>', '<|end_of_text|>'])
 
 
-def build_florence2(out_dir, seed: int = 0) -> pathlib.Path:
+def build_florence2(out_dir) -> pathlib.Path:
     """
     Encoder-decoder: DaViT image tokens and the prompt feed a BART encoder.
 
@@ -217,13 +213,13 @@ def build_florence2(out_dir, seed: int = 0) -> pathlib.Path:
     """
     tokenizer = build_tokenizer(bos_token='<s>', eos_token='</s>', pad_token='<pad>',
                                 named_tokens={'image_token': '<image>'}, padding_side='right')
-    torch.manual_seed(seed)
     vision = Florence2VisionConfig(depths=(1, 1, 1, 1), embed_dim=(8, 16, 32, 64),
                                    num_heads=(1, 1, 2, 2), num_groups=(1, 1, 2, 2),
                                    window_size=2, drop_path_rate=0.0, projection_dim=64)
     text = BartConfig(d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
                       decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
                       max_position_embeddings=256, decoder_start_token_id=tokenizer.eos_token_id,
+                      # BART's default (2) is an id of BART's vocabulary, not of this one.
                       forced_eos_token_id=None, **_token_ids(tokenizer))
     config = Florence2Config(vision_config=vision, text_config=text,
                              image_token_id=tokenizer.image_token_id)
@@ -237,6 +233,7 @@ def build_florence2(out_dir, seed: int = 0) -> pathlib.Path:
                  decoder_start_token_id=tokenizer.eos_token_id)
 
 
+# family -> builder(out_dir): each draws its random weights from torch's global generator.
 FAMILIES: dict[str, Callable[..., pathlib.Path]] = {
     'llava': build_llava,
     'idefics3': build_idefics3,
@@ -247,7 +244,13 @@ FAMILIES: dict[str, Callable[..., pathlib.Path]] = {
 
 
 def build_tiny(family: str, out_dir, seed: int = 0) -> pathlib.Path:
-    """Build the tiny checkpoint of one family into out_dir and return its path."""
+    """
+    Build the tiny checkpoint of one family into out_dir and return its path.
+
+    The same seed gives the same weights; the caller's random state is left as it was.
+    """
     if family not in FAMILIES:
         raise ValueError(f'unknown family {family!r}; choose from {sorted(FAMILIES)}')
-    return FAMILIES[family](out_dir, seed=seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return FAMILIES[family](out_dir)

@@ -12,6 +12,9 @@ from collections.abc import Iterable, Mapping
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+# Upper bound; the corpus is small, so training stops at about 490 tokens.
+VOCAB_SIZE = 512
+
 # Words the planner prompts and JSON plans are made of, so that BPE learns merges for them.
 CORPUS = (
     'pick up the red block',
@@ -42,8 +45,6 @@ def build_tokenizer(
     special_tokens: Iterable[str] = (),
     add_bos: bool = False,
     padding_side: str = 'left',
-    vocab_size: int = 512,
-    chat_template: str | None = None,
 ) -> PreTrainedTokenizerFast:
     """
     Train a byte-level BPE on CORPUS and wrap it the way the processors expect.
@@ -62,7 +63,7 @@ def build_tokenizer(
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=VOCAB_SIZE,
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -72,20 +73,16 @@ def build_tokenizer(
         bos = (bos_token, backend.token_to_id(bos_token))
         backend.post_processor = processors.TemplateProcessing(
             single=f'{bos_token} $A', pair=f'{bos_token} $A {bos_token} $B', special_tokens=[bos])
-    extra = [token for token in specials if token not in first]
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=bos_token,
         eos_token=eos_token,
         pad_token=pad_token,
-        extra_special_tokens=named or extra,
+        extra_special_tokens=named,
         padding_side=padding_side,
         clean_up_tokenization_spaces=False,
     )
-    if named:
-        unnamed = [token for token in extra if token not in named.values()]
-        tokenizer.add_special_tokens({'extra_special_tokens': unnamed},
-                                     replace_extra_special_tokens=False)
-    if chat_template is not None:
-        tokenizer.chat_template = chat_template
+    unnamed = [token for token in specials if token not in first and token not in named.values()]
+    tokenizer.add_special_tokens({'extra_special_tokens': unnamed},
+                                 replace_extra_special_tokens=False)
     return tokenizer

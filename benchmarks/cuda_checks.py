@@ -1,0 +1,68 @@
+"""Checks of the engine's CUDA paths, for a machine with a GPU (CI has none). Prints results.
+
+    PYTHONPATH=vlm_ros python3 benchmarks/cuda_checks.py
+
+device/dtype resolution, batched == single greedy tokens on the GPU (float32), streaming,
+memory given back by unload(), and a real CUDA out-of-memory error mapped to its kind.
+"""
+
+import sys
+import tempfile
+
+import numpy as np
+import torch
+from vlm_ros.engine import EngineConfig, Request, VlmEngine
+from vlm_ros.engine.loader import classify_error, resolve_device, resolve_dtype
+from vlm_ros.engine.tiny import build_tiny
+
+
+def check(name: str, ok: bool, detail: str = '') -> bool:
+    """Print one result line."""
+    print(f"{'PASS' if ok else 'FAIL'} {name} {detail}", flush=True)
+    return ok
+
+
+def main() -> int:
+    """Run every check; exit 1 when one fails."""
+    results = []
+    device = resolve_device('auto')
+    results.append(check('auto device is cuda', device.type == 'cuda', str(device)))
+    results.append(check('auto dtype', True, str(resolve_dtype('auto', device))))
+    images = [np.random.default_rng(i).integers(0, 255, (480, 640, 3), np.uint8)
+              for i in range(3)]
+    requests = [Request('caption', images[0]), Request('vqa', images[1], 'what is it?'),
+                Request('plan', images[2], 'pick up the red block')]
+    # cuBLAS allocates its workspace (~34 MiB) through the caching allocator on first use and
+    # keeps it: make that happen before the memory baseline, so unload() is judged on the model.
+    warm = torch.randn(64, 64, device=device)
+    (warm @ warm).sum().item()
+    with tempfile.TemporaryDirectory() as scratch:
+        for family in ('llava', 'idefics3', 'idefics2', 'mllama', 'florence2'):
+            path = build_tiny(family, f'{scratch}/{family}')
+            before = torch.cuda.memory_allocated()
+            engine = VlmEngine(EngineConfig(model=str(path), device='cuda', dtype='float32',
+                                            max_new_tokens=24))
+            engine.load()
+            loaded = torch.cuda.memory_allocated()
+            batched = [r.text for r in engine.run(requests)]
+            single = [engine.run([r])[0].text for r in requests]
+            results.append(check(f'{family}: batched == single on cuda', batched == single))
+            pieces = []
+            streamed = engine.run([requests[2]], on_text=pieces.append)[0].text
+            results.append(check(f'{family}: stream concatenation', ''.join(pieces) == streamed))
+            engine.unload()
+            after = torch.cuda.memory_allocated()
+            results.append(check(f'{family}: unload frees memory', after <= before,
+                                 f'{before} -> {loaded} -> {after} bytes'))
+    try:
+        torch.empty(1 << 45, dtype=torch.uint8, device='cuda')  # 32 TiB: more than any card
+        results.append(check('cuda OOM raised', False))
+    except Exception as exc:  # noqa: BLE001 - the point is which kind it maps to
+        kind = classify_error(exc)
+        results.append(check('cuda OOM maps to out_of_memory', kind == 'out_of_memory',
+                             type(exc).__name__))
+    return 0 if all(results) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
