@@ -139,26 +139,42 @@ def build_llava(out_dir) -> pathlib.Path:
     return _save(LlavaForConditionalGeneration(config), processor, out_dir, ['</s>'])
 
 
-def build_idefics3(out_dir) -> pathlib.Path:
-    """Decoder-only with dynamic resolution: the image is split into a grid of 32 px tiles."""
+IDEFICS3_TINY = {
+    'text': TEXT_SIZES,
+    'vision': {'hidden_size': 32, 'intermediate_size': 64, 'num_hidden_layers': 2,
+               'num_attention_heads': 2, 'image_size': 32, 'patch_size': 8},
+    'scale_factor': 2, 'longest_edge': 64,
+}
+
+
+def build_idefics3(out_dir, sizes: dict = IDEFICS3_TINY, dtype=torch.float32) -> pathlib.Path:
+    """
+    Decoder-only with dynamic resolution: the image is split into a grid of tiles.
+
+    sizes holds the text and vision configuration, the pixel-shuffle scale factor and the
+    longest edge the processor resizes to (tiles are vision image_size pixels); the defaults
+    are tiny, real_size.py passes SmolVLM's.
+    """
     grid = [f'<row_{row}_col_{col}>' for row in range(1, 7) for col in range(1, 7)]
     tokenizer = build_tokenizer(
         bos_token='<|begin_of_text|>', eos_token='<end_of_utterance>',
         pad_token='<|finetune_right_pad_id|>',
         special_tokens=['<fake_token_around_image>', '<image>', '<global-img>',
                         '<|end_of_text|>', *grid])
-    vision = {'hidden_size': 32, 'intermediate_size': 64, 'num_hidden_layers': 2,
-              'num_attention_heads': 2, 'image_size': 32, 'patch_size': 8}
+    vision, scale = sizes['vision'], sizes['scale_factor']
     config = Idefics3Config(vision_config=vision,
-                            text_config=LlamaConfig(**TEXT_SIZES, **_token_ids(tokenizer)),
+                            text_config=LlamaConfig(**{**sizes['text'], **_token_ids(tokenizer),
+                                                       **sizes.get('vocab', {})}),
                             image_token_id=tokenizer.convert_tokens_to_ids('<image>'),
-                            scale_factor=2)
-    image_processor = Idefics3ImageProcessorPil(size={'longest_edge': 64},
-                                                max_image_size={'longest_edge': 32})
+                            scale_factor=scale)
+    image_processor = Idefics3ImageProcessorPil(
+        size={'longest_edge': sizes['longest_edge']},
+        max_image_size={'longest_edge': vision['image_size']})
+    patches = vision['image_size'] // vision['patch_size']
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                  image_seq_len=4, chat_template='<|begin_of_text|>'
-                                  + IDEFICS_TEMPLATE)
-    return _save(Idefics3ForConditionalGeneration(config), processor, out_dir,
+                                  image_seq_len=patches ** 2 // scale ** 2,
+                                  chat_template='<|begin_of_text|>' + IDEFICS_TEMPLATE)
+    return _save(Idefics3ForConditionalGeneration(config).to(dtype), processor, out_dir,
                  ['<end_of_utterance>', '<|end_of_text|>'])
 
 
@@ -204,33 +220,43 @@ def build_mllama(out_dir) -> pathlib.Path:
                  ['<|eot_id|>', '<|end_of_text|>'])
 
 
-def build_florence2(out_dir) -> pathlib.Path:
+FLORENCE2_TINY = {
+    'vision': {'depths': (1, 1, 1, 1), 'embed_dim': (8, 16, 32, 64), 'num_heads': (1, 1, 2, 2),
+               'num_groups': (1, 1, 2, 2), 'window_size': 2, 'drop_path_rate': 0.0,
+               'projection_dim': 64},
+    'text': {'d_model': 64, 'encoder_layers': 1, 'decoder_layers': 1,
+             'encoder_attention_heads': 4, 'decoder_attention_heads': 4, 'encoder_ffn_dim': 128,
+             'decoder_ffn_dim': 128, 'max_position_embeddings': 256},
+    # A 64 px image leaves 2x2 DaViT cells after stride 32, plus one pooled (temporal) token.
+    'image_px': 64, 'image_seq_length': 5,
+}
+
+
+def build_florence2(out_dir, sizes: dict = FLORENCE2_TINY, dtype=torch.float32) -> pathlib.Path:
     """
     Encoder-decoder: DaViT image tokens and the prompt feed a BART encoder.
 
     The prompt is plain text (Florence-2 has no chat template) and is right-padded: BART's
-    learned positions count from the first token, so left padding would shift them.
+    learned positions count from the first token, so left padding would shift them. sizes
+    holds the vision and BART configuration and the image resolution (tiny by default).
     """
     tokenizer = build_tokenizer(bos_token='<s>', eos_token='</s>', pad_token='<pad>',
                                 named_tokens={'image_token': '<image>'}, padding_side='right')
-    vision = Florence2VisionConfig(depths=(1, 1, 1, 1), embed_dim=(8, 16, 32, 64),
-                                   num_heads=(1, 1, 2, 2), num_groups=(1, 1, 2, 2),
-                                   window_size=2, drop_path_rate=0.0, projection_dim=64)
-    text = BartConfig(d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
-                      decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-                      max_position_embeddings=256, decoder_start_token_id=tokenizer.eos_token_id,
+    vision = Florence2VisionConfig(**sizes['vision'])
+    text = BartConfig(**sizes['text'], decoder_start_token_id=tokenizer.eos_token_id,
                       # BART's default (2) is an id of BART's vocabulary, not of this one.
-                      forced_eos_token_id=None, **_token_ids(tokenizer))
+                      forced_eos_token_id=None,
+                      **{**_token_ids(tokenizer), **sizes.get('vocab', {})})
     config = Florence2Config(vision_config=vision, text_config=text,
                              image_token_id=tokenizer.image_token_id)
-    # A 64 px image leaves 2x2 DaViT cells after stride 32, plus one pooled (temporal) token.
-    image_processor = CLIPImageProcessorPil(size={'height': 64, 'width': 64},
-                                            crop_size={'height': 64, 'width': 64},
+    side = sizes['image_px']
+    image_processor = CLIPImageProcessorPil(size={'height': side, 'width': side},
+                                            crop_size={'height': side, 'width': side},
                                             do_center_crop=False)
-    image_processor.image_seq_length = 5
+    image_processor.image_seq_length = sizes['image_seq_length']
     processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer)
-    return _save(Florence2ForConditionalGeneration(config), processor, out_dir, ['</s>'],
-                 decoder_start_token_id=tokenizer.eos_token_id)
+    return _save(Florence2ForConditionalGeneration(config).to(dtype), processor, out_dir,
+                 ['</s>'], decoder_start_token_id=tokenizer.eos_token_id)
 
 
 # family -> builder(out_dir): each draws its random weights from torch's global generator.
