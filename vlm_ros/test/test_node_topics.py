@@ -155,3 +155,33 @@ def test_captions_at_caption_rate(start_vlm_node):
     assert all(_stamp_key(c.header.stamp) in stamps for c in captions)
     assert np.all(np.diff([c.header.stamp.sec + c.header.stamp.nanosec * 1e-9
                            for c in captions[:3]]) > 0)
+
+
+def test_undecodable_compressed_frame_is_bad_input(start_vlm_node):
+    node = start_vlm_node(image_transport='compressed', wait_for_image=1.0)
+    node.wait_state('active')
+    frame_id = uuid.uuid4().hex
+    good = camera(frame_id, 'png')
+
+    def garbage(stamp):
+        msg = good(stamp)
+        msg.data = b'\x89PNG not really an image'
+        return msg
+    node.stream(garbage).wait_for(lambda m: True, TIMEOUT, 'a corrupt frame')
+    node.instruct(INSTRUCTION)
+    plan = node.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the plan')
+    assert plan.status == Plan.STATUS_BAD_INPUT and 'decode' in plan.message, plan.message
+
+
+def test_replan_period_replans_the_last_instruction_on_fresh_frames(start_vlm_node):
+    node = start_vlm_node(replan_period=0.5)
+    node.wait_state('active')
+    frame_id = uuid.uuid4().hex
+    node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+    node.instruct(INSTRUCTION)
+    first = node.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the plan')
+    again = node.plans.wait_for(
+        lambda p: p.header.frame_id == frame_id and p.request_id != first.request_id,
+        TIMEOUT, 'a re-plan')
+    assert again.instruction == INSTRUCTION and again.status == Plan.STATUS_OK
+    assert _stamp_key(again.header.stamp) != _stamp_key(first.header.stamp)

@@ -49,6 +49,7 @@ class VlmNode(LifecycleNode):
         self.frames = None
         self._io = []
         self._image_sub = None
+        self._instruction_sub = None
         self._last_instruction = ''
         self._last_planned_seq = 0
         self._last_captioned_seq = 0
@@ -121,18 +122,20 @@ class VlmNode(LifecycleNode):
         self._caption_pub = self.create_publisher(Caption, 'caption', 10)
         self._vla_pub = self.create_publisher(String, 'vla_instruction', deep)
         self._io = [self._plan_pub, self._caption_pub, self._vla_pub,
-                    self.create_subscription(String, 'instruction', self._on_instruction,
-                                             deep, callback_group=self._input_group),
                     self.create_service(Query, '~/query', self._on_query,
                                         callback_group=self._answer_group)]
+        self._instruction_sub = self.create_subscription(
+            String, 'instruction', self._on_instruction, deep, callback_group=self._input_group)
         self._action = ActionServer(self, GeneratePlan, '~/generate_plan', self._on_goal,
                                     cancel_callback=self._on_cancel,
                                     callback_group=self._answer_group)
         self._subscribe_images({})
-        self._periodic = [self.create_timer(1.0 / rate, self._on_caption_due)
-                        for rate in [self.p('caption_rate')] if rate > 0]
-        self._periodic += [self.create_timer(period, self._on_replan_due)
-                         for period in [self.p('replan_period')] if period > 0]
+        if self.p('caption_rate') > 0:
+            self._periodic.append(self.create_timer(1.0 / self.p('caption_rate'),
+                                                    self._on_caption_due))
+        if self.p('replan_period') > 0:
+            self._periodic.append(self.create_timer(self.p('replan_period'),
+                                                    self._on_replan_due))
         self.get_logger().info('active')
         return TransitionCallbackReturn.SUCCESS
 
@@ -154,20 +157,23 @@ class VlmNode(LifecycleNode):
         return self.on_cleanup(state)
 
     def _stop_io(self) -> None:
-        if self.worker is not None:
-            self.worker.stop('node deactivated')
-            self.worker = None
+        """Close inputs first (no new work), answer what is pending, then close outputs."""
         for timer in self._periodic:
             self.destroy_timer(timer)
         self._periodic = []
         if self._image_sub is not None:
             self.destroy_subscription(self._image_sub)
             self._image_sub = None
+        if self._instruction_sub is not None:
+            self.destroy_subscription(self._instruction_sub)
+            self._instruction_sub = None
+        if self.worker is not None:
+            self.worker.stop('node deactivated')
+            self.worker = None
         if self._io:
             self._action.destroy()
             for entity in self._io:
-                for destroy in (self.destroy_publisher, self.destroy_subscription,
-                                self.destroy_service):
+                for destroy in (self.destroy_publisher, self.destroy_service):
                     if destroy(entity):
                         break
             self._io = []
