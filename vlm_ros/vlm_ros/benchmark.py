@@ -138,7 +138,7 @@ def main(argv=None) -> int:
         rows = run(engine, args.batch_sizes, args.new_tokens, args.repeats, (height, width),
                    extra)
     params = sum(p.numel() for p in loaded.model.parameters()) / 1e6
-    title = (f'{args.random or args.model}: {params:.0f} M params, {loaded.device} '
+    title = (f'{args.random or args.model}: {params:.2f} M params, {loaded.device} '
              f'{str(loaded.dtype).replace("torch.", "")}, attn {args.attn or "default"}'
              f'{", static cache" if args.static_cache else ""}'
              f'{", " + json.dumps(args.processor_kwargs) if args.processor_kwargs else ""}, '
