@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 
-import rclpy
 from rclpy.node import Node
 from vlm_ros.spin import SpinThread
 
@@ -103,8 +102,3 @@ def stop_process(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 20.
         _, err = proc.communicate()
         raise AssertionError(f'no exit within {timeout} s of {sig!r}: {err}') from exc
     return proc.returncode, out, err
-
-
-def ros_ok() -> bool:
-    """Tell whether the test process's rclpy context is up."""
-    return rclpy.ok()

@@ -124,8 +124,6 @@ class VlmEngine:
         try:
             generated = generate(self.loaded, inputs, max(limits), self._sampling(), on_text,
                                  cancel)
-        except VlmError:
-            raise
         except Exception as exc:  # noqa: BLE001 - the caller answers with a status, not a crash
             kind = 'out_of_memory' if loader.classify_error(exc) == 'out_of_memory' \
                 else 'generation_failed'

@@ -70,7 +70,7 @@ def classify_error(exc: BaseException) -> str:
     """Map an exception from loading or generating to a VlmError kind."""
     if isinstance(exc, torch.OutOfMemoryError) or 'out of memory' in str(exc).lower():
         return 'out_of_memory'
-    if isinstance(exc, (FileNotFoundError, OSError)) and not isinstance(exc, MemoryError):
+    if isinstance(exc, OSError):  # FileNotFoundError, hub 'not a valid model identifier'
         return 'not_found'
     if isinstance(exc, (KeyError, ValueError)) and (
             'model_type' in str(exc) or 'Unrecognized' in str(exc) or 'does not recognize'
@@ -121,8 +121,6 @@ def load(config: EngineConfig) -> LoadedModel:
         if device.type != 'cuda':
             model.to(device)
         model.eval()
-    except VlmError:
-        raise
     except Exception as exc:  # noqa: BLE001 - every loader failure becomes a VlmError
         kind = classify_error(exc)
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
