@@ -33,6 +33,8 @@ setup(
             'vlm_node = vlm_ros.node:main',
             'vlm_client = vlm_ros.client:main',
             'vlm_benchmark = vlm_ros.benchmark:main',
+            'vlm_replay = vlm_ros.replay:main',
+            'vlm_eval = vlm_ros.evaluate:main',
         ],
     },
 )

@@ -54,20 +54,75 @@ def trained_tiny(tmp_path_factory):
     return get
 
 
+def _served(trained_tiny, tmp_path_factory, name: str, copy: bool):
+    """Start transformers serve on the trained tiny LLaVA (a copy of it, when copy is set)."""
+    import shutil
+
+    from serve_harness import ServedModel
+
+    folder = tmp_path_factory.mktemp(name)
+    model = trained_tiny('llava')
+    if copy:
+        model = shutil.copytree(model, folder / 'llava')
+    server = ServedModel(model, folder / 'serve.log')
+    server.start()
+    return server
+
+
+@pytest.fixture(scope='session')
+def tiny_server(trained_tiny, tmp_path_factory):
+    """Serve the trained tiny LLaVA from a real OpenAI-compatible server (transformers serve).
+
+    Shared by the session and never disturbed: tests that stop or break a server use
+    fault_server.
+    """
+    server = _served(trained_tiny, tmp_path_factory, 'tiny_server', copy=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope='session')
+def _fault_server_process(trained_tiny, tmp_path_factory):
+    server = _served(trained_tiny, tmp_path_factory, 'fault_server', copy=True)
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def start_vlm_node(test_node, trained_tiny):
+def fault_server(_fault_server_process):
+    """Return a second server, which tests may stop, block, kill and break.
+
+    It serves its own copy of the checkpoint; every test gets it running and unblocked.
+    """
+    _fault_server_process.ensure_running()
+    return _fault_server_process
+
+
+@pytest.fixture
+def backend(request):
+    """Return the backend of a node test: 'transformers' unless parametrized (both_backends)."""
+    return getattr(request, 'param', 'transformers')
+
+
+@pytest.fixture
+def start_vlm_node(test_node, trained_tiny, backend, request):
     """Return a starter: params -> a running vlm_node process serving the trained tiny LLaVA.
 
+    With backend 'openai' the node asks tiny_server, which serves the same checkpoint.
     Every node started is stopped at teardown with SIGINT, and must exit 0 without rclpy's
     abort, so every integration test also checks clean shutdown.
     """
     from node_harness import VlmNodeProcess
 
     started = []
+    remote = {}
+    if backend == 'openai':
+        remote = {'backend': 'openai',
+                  'base_url': request.getfixturevalue('tiny_server').base_url}
 
     def start(**params):
         params = {'model': str(trained_tiny('llava')), 'device': 'cpu', 'dtype': 'float32',
-                  'max_new_tokens': 96, **params}
+                  'max_new_tokens': 96, **remote, **params}
         node = VlmNodeProcess(test_node, **params)
         started.append(node)
         return node

@@ -95,10 +95,15 @@ def stop_process(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 20.
     """Signal a process and return (returncode, stdout, stderr) once it has exited."""
     if proc.poll() is None:
         proc.send_signal(sig)
+    return wait_exit(proc, timeout, f'{sig!r}')
+
+
+def wait_exit(proc: subprocess.Popen, timeout: float, after: str = 'its start'):
+    """Wait for a process to end by itself; return (returncode, stdout, stderr)."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         proc.kill()
         _, err = proc.communicate()
-        raise AssertionError(f'no exit within {timeout} s of {sig!r}: {err}') from exc
+        raise AssertionError(f'no exit within {timeout} s of {after}: {err}') from exc
     return proc.returncode, out, err

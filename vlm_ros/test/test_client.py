@@ -8,6 +8,7 @@ import cv2
 from ament_index_python.packages import get_package_prefix
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, camera
+from serve_harness import both_backends
 
 CLIENT = pathlib.Path(get_package_prefix('vlm_ros')) / 'lib' / 'vlm_ros' / 'vlm_client'
 
@@ -17,6 +18,7 @@ def _client(*args, timeout=TIMEOUT):
                           timeout=timeout)
 
 
+@both_backends
 def test_plan_query_and_caption(start_vlm_node, tmp_path):
     node = start_vlm_node(caption_rate=2.0)
     node.wait_state('active')

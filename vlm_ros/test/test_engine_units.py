@@ -1,5 +1,6 @@
-"""Engine stages alone: loading errors, image checks and resizing, prompts, ROS independence."""
+"""Engine stages alone: loading errors, images (resize, JPEG), prompts, backends, no ROS."""
 
+import io
 import json
 import subprocess
 import sys
@@ -7,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from vlm_ros.engine import EngineConfig, VlmEngine, VlmError
+from PIL import Image
+from vlm_ros.engine import EngineConfig, VlmEngine, VlmError, make_engine
 from vlm_ros.engine.loader import classify_error, load, resolve_device, resolve_dtype
-from vlm_ros.engine.preprocess import check_image, resize_max_side
+from vlm_ros.engine.preprocess import check_image, encode_jpeg, resize_max_side
 from vlm_ros.engine.prompts import load_templates, render_task
 
 
@@ -97,6 +99,26 @@ def test_bad_images_are_rejected_with_reason(image, reason):
 ])
 def test_resize_keeps_aspect(shape, max_side, expected):
     assert resize_max_side(np.zeros(shape, np.uint8), max_side).size == expected
+
+
+def test_jpeg_for_a_server_is_resized_like_the_local_input_and_keeps_colour_edges():
+    image = np.full((480, 640, 3), 128, np.uint8)
+    image[160:320, 200:330] = (220, 30, 30)
+    local = np.asarray(resize_max_side(image, 320), dtype=int)
+    sent = np.asarray(Image.open(io.BytesIO(encode_jpeg(image, 320, 90))), dtype=int)
+    assert sent.shape == local.shape == (240, 320, 3)
+    assert np.abs(sent - local).max() <= 12  # 4:2:0 chroma: off by 57 at the edges
+    with pytest.raises(VlmError, match='HxWx3'):
+        encode_jpeg(np.zeros((4, 4), np.uint8), 320, 90)
+
+
+def test_make_engine_picks_the_backend():
+    assert isinstance(make_engine(EngineConfig(model='unused')), VlmEngine)
+    remote = make_engine(EngineConfig(model='m', backend='openai'))
+    assert remote.model_name == 'm' and not remote.is_loaded and remote.concurrency == 4
+    with pytest.raises(VlmError, match='unknown backend') as info:
+        make_engine(EngineConfig(model='m', backend='grpc'))
+    assert info.value.kind == 'bad_input'
 
 
 def test_prompt_overrides_and_validation():

@@ -28,7 +28,7 @@ def _resolve(text: str, args: dict) -> str:
 
 def test_launch_and_config_files_are_installed():
     assert [p.name for p in LAUNCH_FILES] == ['vlm.launch.xml']
-    assert {p.name for p in PARAMS_FILES} == {'vlm.yaml', 'vlm_gpu.yaml'}
+    assert {p.name for p in PARAMS_FILES} == {'vlm.yaml', 'vlm_gpu.yaml', 'vlm_remote.yaml'}
 
 
 @pytest.mark.parametrize('launch_file', LAUNCH_FILES, ids=lambda p: p.name)
@@ -36,7 +36,8 @@ def test_launch_file_refers_to_installed_things(launch_file):
     root = ElementTree.parse(launch_file).getroot()
     assert root.tag == 'launch'
     args = {arg.get('name'): arg.get('default', '') for arg in root.iter('arg')}
-    assert {'model', 'device', 'image', 'instruction', 'namespace', 'params_file'} <= args.keys()
+    assert {'model', 'device', 'backend', 'base_url', 'image', 'instruction', 'namespace',
+            'params_file'} <= args.keys()
     nodes = list(root.iter('node'))
     assert nodes, 'the launch file starts no node'
     for node in nodes:

@@ -4,6 +4,7 @@ import signal
 
 from engine_fixtures import TARGETS
 from node_harness import TIMEOUT, camera, lifecycle_state, set_params, transition
+from vlm_ros.params import processor_kwargs, validate
 
 from vlm_ros_msgs.msg import Plan
 
@@ -60,6 +61,14 @@ def test_runtime_parameters_are_validated(start_vlm_node, test_node):
     transport = set_params(test_node, image_transport='webm')[0]
     assert not transport.successful and 'raw' in transport.reason
     assert all(r.successful for r in set_params(test_node, queue_size=2, max_image_age=1.5))
+
+
+def test_processor_kwargs_must_be_a_json_object():
+    assert validate('processor_kwargs', '') is None
+    assert validate('processor_kwargs', '{"do_image_splitting": false}') is None
+    assert 'not valid JSON' in validate('processor_kwargs', '{do_image_splitting: no}')
+    assert 'JSON object' in validate('processor_kwargs', '[1, 2]')
+    assert processor_kwargs(' ') == {} and processor_kwargs('{"a": 1}') == {'a': 1}
 
 
 def test_sigterm_exits_cleanly(start_vlm_node):

@@ -7,6 +7,7 @@ from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, call, camera
 from rclpy.action import ActionClient
 from ros_harness import wait_future
+from serve_harness import both_backends
 from vlm_ros.image_conversion import rgb_to_image
 
 from vlm_ros_msgs.action import GeneratePlan
@@ -16,6 +17,7 @@ from vlm_ros_msgs.srv import Query
 QUESTION = TARGETS['vqa'][0]
 
 
+@both_backends
 def test_query_with_an_explicit_image(start_vlm_node, test_node):
     node = start_vlm_node()
     node.wait_state('active')
@@ -27,6 +29,7 @@ def test_query_with_an_explicit_image(start_vlm_node, test_node):
     assert response.image_header.frame_id == request.image.header.frame_id
 
 
+@both_backends
 def test_query_without_an_image_uses_the_latest_frame(start_vlm_node, test_node):
     node = start_vlm_node(wait_for_image=1.0)
     node.wait_state('active')
@@ -50,6 +53,7 @@ def _send_goal(test_node, instruction, on_feedback):
     return client, goal, handle
 
 
+@both_backends
 def test_action_streams_feedback_before_the_result(start_vlm_node, test_node):
     node = start_vlm_node()
     node.wait_state('active')
@@ -67,6 +71,7 @@ def test_action_streams_feedback_before_the_result(start_vlm_node, test_node):
     client.destroy()
 
 
+@both_backends
 def test_action_cancel_stops_generation(start_vlm_node, test_node):
     node = start_vlm_node()
     node.wait_state('active')

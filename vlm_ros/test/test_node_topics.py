@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, camera
+from serve_harness import both_backends
 from vlm_ros.image_conversion import rgb_to_image
 
 from vlm_ros_msgs.msg import Plan
@@ -18,7 +19,8 @@ def _stamp_key(stamp):
     return stamp.sec, stamp.nanosec
 
 
-def test_plan_round_trip_keeps_the_image_stamp(start_vlm_node):
+@both_backends
+def test_plan_round_trip_keeps_the_image_stamp(start_vlm_node, backend):
     node = start_vlm_node()
     node.wait_state('active')
     frame_id = uuid.uuid4().hex
@@ -36,7 +38,11 @@ def test_plan_round_trip_keeps_the_image_stamp(start_vlm_node):
     node.vla.wait_for(lambda m: m.data == 'pick up the red block', TIMEOUT, 'vla_instruction')
     values = node.wait_diag(lambda v: int(v.get('status_ok', 0)) >= 1, TIMEOUT, 'ok counted')
     assert int(values['frames_received']) > 0 and float(values['latency_p50_s']) > 0
-    assert values['model_loaded'] == 'True' and values['device'] == 'cpu'
+    assert values['model_loaded'] == 'True' and values['backend'] == backend
+    if backend == 'openai':
+        assert values['device'] == values['base_url'] and values['backend_reachable'] == 'True'
+    else:
+        assert values['device'] == 'cpu'
 
 
 def test_burst_of_20_with_queue_4_answers_each_exactly_once(start_vlm_node):

@@ -18,8 +18,9 @@ import time
 
 import numpy as np
 
-from .engine import EngineConfig, Request, VlmEngine
+from .engine import Request, VlmEngine
 from .engine.generate import generate
+from .engine_cli import add_engine_args, engine_config
 
 
 def peak_memory_mib(device) -> float:
@@ -101,15 +102,12 @@ def parse_args(argv):
     source.add_argument('--model', help='hub id or save_pretrained directory')
     source.add_argument('--random', help='random weights: a real-size config name, or '
                         'tiny:FAMILY for a test checkpoint')
-    parser.add_argument('--device', default='auto')
-    parser.add_argument('--dtype', default='auto')
+    add_engine_args(parser)
     parser.add_argument('--attn', default='sdpa', help="attn_implementation ('' = default)")
     parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 4, 8])
     parser.add_argument('--new-tokens', type=int, default=64)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--image', default='480x640', help='HxW of the test frame')
-    parser.add_argument('--processor-kwargs', type=json.loads, default={},
-                        help='JSON for the processor call, e.g. {"do_image_splitting": false}')
     parser.add_argument('--static-cache', action='store_true',
                         help="generate with cache_implementation='static' (transformers then "
                         'compiles the decoding step with torch.compile)')
@@ -125,10 +123,8 @@ def main(argv=None) -> int:
             from .engine.tiny.real_size import build_random
 
             model = str(build_random(args.random, scratch))
-        engine = VlmEngine(EngineConfig(model=model, device=args.device, dtype=args.dtype,
-                                        attn_implementation=args.attn or None,
-                                        max_image_side=640,
-                                        processor_kwargs=args.processor_kwargs))
+        engine = VlmEngine(engine_config(args, model, attn_implementation=args.attn or None,
+                                         max_image_side=640))
         start = time.perf_counter()
         engine.load()
         loaded = engine.loaded

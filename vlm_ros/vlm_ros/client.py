@@ -49,6 +49,12 @@ def format_plan(plan: Plan) -> str:
     return '\n'.join(lines)
 
 
+def format_caption(msg: Caption) -> str:
+    """Render a Caption for a terminal: source image stamp and frame, then the text."""
+    stamp = f'{msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}'
+    return f'[{stamp} {msg.header.frame_id}] {msg.text}'
+
+
 class Client(Node):
     """One command: send it, print what comes back, and signal when done."""
 
@@ -106,8 +112,7 @@ class Client(Node):
         self.create_subscription(Caption, self.args.topic, self._on_caption, 10)
 
     def _on_caption(self, msg: Caption) -> None:
-        stamp = f'{msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}'
-        print(f'[{stamp} {msg.header.frame_id}] {msg.text}', flush=True)
+        print(format_caption(msg), flush=True)
         if not self.args.follow:
             self._finish(0)
 

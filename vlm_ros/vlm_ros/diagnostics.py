@@ -1,20 +1,14 @@
-"""The node's /diagnostics: model, device, state, counters and latency, once a second."""
+"""The node's /diagnostics: model, backend, device, state, counters and latency, once a second.
+
+The engine adds its own values (``status()``): GPU memory in process; the server's URL and
+whether it is reachable for the openai backend.
+"""
 
 from diagnostic_msgs.msg import DiagnosticArray
 
 from .jobs import Outcome, Status
 from .messages import diagnostics_msg
 from .stats import Stats
-
-
-def gpu_memory(device) -> dict:
-    """Allocated and reserved CUDA memory in MiB, when the model is on a GPU."""
-    if device is None or device.type != 'cuda':
-        return {}
-    import torch
-
-    return {'gpu_memory_allocated_mib': round(torch.cuda.memory_allocated(device) / 2**20),
-            'gpu_memory_reserved_mib': round(torch.cuda.memory_reserved(device) / 2**20)}
 
 
 class DiagnosticsReporter:
@@ -41,14 +35,16 @@ class DiagnosticsReporter:
         """Everything reported, as plain values (tests read the same keys)."""
         node = self._node
         engine, worker, frames = node.engine, node.worker, node.frames
-        loaded = engine.loaded if engine is not None and engine.is_loaded else None
+        loaded = engine is not None and engine.is_loaded
         stats = self.stats
         values = {
-            'model': node.p('model'),
-            'device': str(loaded.device) if loaded else node.p('device'),
+            'model': node.model_name(),
+            'backend': node.p('backend'),
+            'device': node.p('device'),
             'state': node._state_machine.current_state[1],
-            'model_loaded': loaded is not None,
+            'model_loaded': loaded,
             'requests_served': stats.served(),
+            'requests_in_progress': worker.serving() if worker else 0,
             'latency_p50_s': f'{stats.percentile(50):.3f}',
             'latency_p95_s': f'{stats.percentile(95):.3f}',
             'queue_length': worker.queue_length() if worker else 0,
@@ -60,13 +56,15 @@ class DiagnosticsReporter:
         }
         values.update({f'status_{status.name.lower()}': stats.by_status[status.name]
                        for status in Status})
-        values.update(gpu_memory(loaded.device if loaded else None))
+        if loaded:
+            values.update(engine.status())
         return values
 
     def publish(self) -> None:
-        """Publish the current values (the timer's callback)."""
+        """Publish the current values (the timer's callback); WARN when a server is away."""
         values = self.values()
-        ok = values['state'] == 'active' and not self.last_error
+        ok = values['state'] == 'active' and not self.last_error and \
+            values.get('backend_reachable') is not False
         summary = f"{values['state']}; {values['requests_served']} requests served"
         self._pub.publish(diagnostics_msg(f'{self._node.get_name()}: vlm', ok, summary, values,
                                           self._node.get_clock().now().to_msg()))

@@ -1,8 +1,10 @@
-"""Requests, their outcomes, and the one worker thread that runs inference.
+"""Requests, their outcomes, and the worker threads that run inference.
 
 Executor callbacks only enqueue; the worker takes requests in FIFO order, picks the image
 (an explicit one, or the latest fresh camera frame), runs the engine and hands every request
 exactly one outcome, whatever happens: the node's answering contract lives here, without ROS.
+An in-process model gets one thread; a remote server, which batches what arrives together,
+gets as many as the engine's concurrency.
 """
 
 import enum
@@ -72,12 +74,15 @@ class Limits:
 
 
 class Worker:
-    """A bounded FIFO of jobs served by one thread; every job gets exactly one outcome."""
+    """A bounded FIFO of jobs served by ``threads`` threads; every job gets exactly one outcome.
+
+    Jobs start in FIFO order; with more than one thread they may finish out of order.
+    """
 
     _ids = itertools.count(1)
 
     def __init__(self, engine, frames: FrameStore, convert: Callable, now: Callable[[], float],
-                 limits: Limits, log_error: Callable[[str], None]):
+                 limits: Limits, log_error: Callable[[str], None], threads: int = 1):
         self._engine = engine
         self._frames = frames
         self._convert = convert
@@ -86,10 +91,12 @@ class Worker:
         self._log_error = log_error
         self._queue = deque()
         self._cond = threading.Condition()
-        self._current: Optional[Job] = None
+        self._current = {}  # id -> job being served (a Job compares by value: no set)
         self._running = True
-        self._thread = threading.Thread(target=self._loop, name='vlm-worker', daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name=f'vlm-worker-{index}',
+                                          daemon=True) for index in range(threads)]
+        for thread in self._threads:
+            thread.start()
 
     def new_request_id(self) -> str:
         """Return a process-unique id, so answers match requests in logs and bags."""
@@ -113,25 +120,31 @@ class Worker:
     def idle(self) -> bool:
         """Tell whether nothing runs and nothing waits: a due caption may go."""
         with self._cond:
-            return self._current is None and not self._queue
+            return not self._current and not self._queue
+
+    def serving(self) -> int:
+        """Jobs being served right now."""
+        with self._cond:
+            return len(self._current)
 
     def queue_length(self) -> int:
-        """Jobs waiting (not counting the one running)."""
+        """Jobs waiting (not counting those being served)."""
         with self._cond:
             return len(self._queue)
 
     def stop(self, message: str) -> None:
-        """Cancel the running job, answer waiting ones CANCELLED, and join the thread."""
+        """Cancel the running jobs, answer waiting ones CANCELLED, and join the threads."""
         with self._cond:
             self._running = False
             pending = list(self._queue)
             self._queue.clear()
-            if self._current is not None:
-                self._current.cancel.set()
+            for job in self._current.values():
+                job.cancel.set()
             self._cond.notify_all()
         for job in pending:
             self._finish(Outcome(job, Status.CANCELLED, message))
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
     def _loop(self) -> None:
         while True:
@@ -140,11 +153,11 @@ class Worker:
                     self._cond.wait()
                 if not self._running:
                     return
-                self._current = self._queue.popleft()
-            job = self._current
+                job = self._queue.popleft()
+                self._current[id(job)] = job
             self._finish(self._serve(job))
             with self._cond:
-                self._current = None
+                del self._current[id(job)]
 
     def _finish(self, outcome: Outcome) -> None:
         try:

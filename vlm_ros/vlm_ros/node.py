@@ -1,9 +1,10 @@
 """vlm_node: the managed ROS 2 node around the engine.
 
-Lifecycle: configure loads the model, activate creates the topics, service and action server
-and starts the worker, deactivate stops taking work (pending requests are answered), cleanup
-frees the model. The node only converts messages and schedules: inference runs on the worker
-thread, never in an executor callback.
+Lifecycle: configure loads the model (or, with backend 'openai', connects a client to its
+server), activate creates the topics, service and action server and starts the worker,
+deactivate stops taking work (pending requests are answered), cleanup frees the model. The node
+only converts messages and schedules: inference runs on worker threads, never in an executor
+callback.
 """
 
 import sys
@@ -24,7 +25,7 @@ from vlm_ros_msgs.srv import Query
 
 from . import params
 from .diagnostics import DiagnosticsReporter
-from .engine import EngineConfig, VlmEngine, VlmError
+from .engine import EngineConfig, RemoteConfig, VlmError, make_engine
 from .frames import FrameStore
 from .image_conversion import compressed_to_rgb, image_to_rgb
 from .jobs import Job, Limits, Outcome, Status, Worker
@@ -82,31 +83,45 @@ class VlmNode(LifecycleNode):
             if name in values:
                 setattr(limits, name, values[name])
 
+    def model_name(self) -> str:
+        """Return the model answers are attributed to: the loaded one's, else the parameter."""
+        return self.engine.model_name if self.engine is not None else self.p('model')
+
     def _engine_config(self) -> EngineConfig:
         prompts = {task: self.p(name) for name, task in params.PROMPT_PARAMS.items()}
+        remote = RemoteConfig(
+            base_url=self.p('base_url'), model=self.p('remote_model'),
+            api_key_env=self.p('api_key_env'), request_timeout=self.p('request_timeout'),
+            max_retries=self.p('max_retries'), max_concurrency=self.p('max_concurrency'),
+            jpeg_quality=self.p('jpeg_quality'))
         return EngineConfig(
             model=self.p('model'), device=self.p('device'), dtype=self.p('dtype'),
             attn_implementation=self.p('attn_implementation') or None,
             trust_remote_code=self.p('trust_remote_code'),
             local_files_only=self.p('local_files_only'),
             max_new_tokens=self.p('max_new_tokens'), max_image_side=self.p('max_image_side'),
-            prompts=prompts)
+            processor_kwargs=params.processor_kwargs(self.p('processor_kwargs')),
+            prompts=prompts, backend=self.p('backend'), remote=remote)
 
     # Lifecycle transitions -------------------------------------------------------------
 
     def on_configure(self, state) -> TransitionCallbackReturn:
-        """Load the model; on failure log why and stay unconfigured (configure may retry)."""
+        """Load the model; on failure log why and stay unconfigured (configure may retry).
+
+        With the openai backend the server need not be up: requests answer
+        STATUS_MODEL_ERROR until it is, and /diagnostics shows whether it is reachable.
+        """
         try:
-            engine = VlmEngine(self._engine_config())
-            self.get_logger().info(f'loading {engine.config.model} on {engine.config.device}')
+            engine = make_engine(self._engine_config())
+            self.get_logger().info(f'loading {engine.config.model} ({engine.config.backend} '
+                                   'backend)')
             engine.load()
         except VlmError as exc:
             self.get_logger().error(f'configure failed: {exc}')
             self.diagnostics.last_error = str(exc)
             return TransitionCallbackReturn.FAILURE
         self.engine = engine
-        loaded = engine.loaded
-        self.get_logger().info(f'loaded {loaded.name} on {loaded.device} ({loaded.dtype})')
+        self.get_logger().info(f'loaded {engine.describe()}')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state) -> TransitionCallbackReturn:
@@ -114,7 +129,7 @@ class VlmNode(LifecycleNode):
         self.frames = FrameStore(raw_to_rgb)  # _subscribe_images sets the transport's
         limits = Limits(self.p('wait_for_image'), self.p('max_image_age'), self.p('queue_size'))
         self.worker = Worker(self.engine, self.frames, raw_to_rgb, self._now, limits,
-                             self.get_logger().error)
+                             self.get_logger().error, self.engine.concurrency)
         deep = QoSProfile(depth=self.p('instruction_qos_depth'),
                           reliability=ReliabilityPolicy.RELIABLE,
                           history=HistoryPolicy.KEEP_LAST)
@@ -234,7 +249,7 @@ class VlmNode(LifecycleNode):
 
     def _publish_plan(self, outcome) -> None:
         fallback = Header(stamp=self.get_clock().now().to_msg())
-        plan = plan_msg(outcome, self.p('model'), fallback)
+        plan = plan_msg(outcome, self.model_name(), fallback)
         self._plan_pub.publish(plan)
         if outcome.status == Status.OK and plan.steps:
             self._vla_pub.publish(String(data=plan.steps[0].instruction))
@@ -247,7 +262,7 @@ class VlmNode(LifecycleNode):
     def _publish_caption(self, outcome) -> None:
         self.diagnostics.record(outcome)
         if outcome.status == Status.OK:
-            self._caption_pub.publish(caption_msg(outcome, self.p('model')))
+            self._caption_pub.publish(caption_msg(outcome, self.model_name()))
 
     # Service and action (waiting on the reentrant group, never on the worker) ----------
 
@@ -279,7 +294,7 @@ class VlmNode(LifecycleNode):
     def _on_cancel(self, goal_handle) -> CancelResponse:
         job = self._goals.get(bytes(goal_handle.goal_id.uuid))
         if job is not None:
-            job.cancel.set()  # the worker stops between two decoding steps
+            job.cancel.set()  # generation stops between two decoding steps or chunks
         return CancelResponse.ACCEPT
 
     def _on_goal(self, goal_handle):
@@ -304,7 +319,7 @@ class VlmNode(LifecycleNode):
             result.plan.status, result.plan.message = Status.MODEL_ERROR, 'no answer in time'
             return result
         self.diagnostics.record(outcome)
-        result.plan = plan_msg(outcome, self.p('model'),
+        result.plan = plan_msg(outcome, self.model_name(),
                                Header(stamp=self.get_clock().now().to_msg()))
         if outcome.status == Status.CANCELLED and goal_handle.is_cancel_requested:
             goal_handle.canceled()

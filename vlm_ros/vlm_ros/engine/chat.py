@@ -7,6 +7,7 @@ always queried with exactly the prompt layout it was trained on.
 
 import weakref
 from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -15,9 +16,14 @@ from PIL import Image
 _PLACES_IMAGE = weakref.WeakKeyDictionary()
 
 
-def user_message(prompt: str) -> list[dict]:
-    """Return the chat of one user turn holding one image followed by the prompt."""
-    return [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': prompt}]}]
+def user_message(prompt: str, image: Optional[dict] = None) -> list[dict]:
+    """Return the chat of one user turn holding one image followed by the prompt.
+
+    ``image`` is the image's content part: a bare placeholder for a local processor (the
+    default), an ``image_url`` part for an OpenAI-compatible server, so both see one layout.
+    """
+    return [{'role': 'user', 'content': [image or {'type': 'image'},
+                                         {'type': 'text', 'text': prompt}]}]
 
 
 def _processor_places_image(processor, image_token: str) -> bool:

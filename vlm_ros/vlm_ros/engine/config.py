@@ -5,6 +5,32 @@ from typing import Optional
 
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
+# 'transformers' runs the model in this process; 'openai' asks an OpenAI-compatible server
+# (vLLM, SGLang, TGI, Ollama, transformers serve) through its chat completions API.
+BACKENDS = ('transformers', 'openai')
+
+
+@dataclass
+class RemoteConfig:
+    """How the 'openai' backend reaches its server; ignored by the 'transformers' backend.
+
+    ``model`` is the name the server knows the model by ('' = EngineConfig.model, which is
+    what vLLM and SGLang serve a hub id as). The API key is read from the environment variable
+    named by ``api_key_env`` when the engine loads, so it is never a parameter, never in a
+    launch file, and never in a log; '' means the server needs none. ``request_timeout`` bounds
+    the wait for a connection and for each streamed piece, not the whole answer, so a long
+    answer that keeps streaming is never cut. Images go as JPEG: a 640x480 frame is 922 kB of
+    raw RGB, and tens of kB at ``jpeg_quality`` 90 (10 kB for the benchmark's frame).
+    """
+
+    base_url: str = 'http://127.0.0.1:8000/v1'
+    model: str = ''
+    api_key_env: str = ''
+    request_timeout: float = 30.0
+    max_retries: int = 2
+    max_concurrency: int = 4
+    jpeg_quality: int = 90
+    probe_period: float = 2.0  # s between reachability checks (GET {base_url}/models)
 
 
 @dataclass
@@ -13,7 +39,8 @@ class EngineConfig:
 
     ``model`` is a Hugging Face hub id or a local directory written by ``save_pretrained``.
     Greedy decoding is the default because a robot should get the same plan for the same
-    image and instruction; sampling is used only when ``do_sample`` is set.
+    image and instruction; sampling is used only when ``do_sample`` is set. ``backend`` picks
+    where the model runs (see make_engine), and ``remote`` how to reach it on a server.
     """
 
     model: str
@@ -29,3 +56,5 @@ class EngineConfig:
     top_p: float = 1.0
     prompts: dict = field(default_factory=dict)  # task -> template overrides
     processor_kwargs: dict = field(default_factory=dict)  # e.g. {'do_image_splitting': False}
+    backend: str = 'transformers'
+    remote: RemoteConfig = field(default_factory=RemoteConfig)

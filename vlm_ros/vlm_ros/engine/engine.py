@@ -59,8 +59,22 @@ def parse_output(task: str, text: str) -> tuple:
     return (), bool(text.strip()), 'text'
 
 
+def make_result(task: str, text: str, output_tokens: int, time_to_first_token: float,
+                total_time: float, cancelled: bool) -> Result:
+    """Parse text and wrap it with its timings: every backend's answers end here alike."""
+    steps, valid, form = parse_output(task, text)
+    return Result(task, text, steps, valid, form, output_tokens, time_to_first_token, total_time,
+                  cancelled)
+
+
 class VlmEngine:
-    """Loads one VLM and answers batches of requests; load() before run(), unload() to free."""
+    """Loads one VLM and answers batches of requests; load() before run(), unload() to free.
+
+    ``concurrency`` is 1: one model in one process runs one ``generate`` at a time, so callers
+    batch requests instead of running them side by side.
+    """
+
+    concurrency = 1
 
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -79,6 +93,20 @@ class VlmEngine:
     def is_loaded(self) -> bool:
         """Tell whether load() has run and unload() has not."""
         return self._loaded is not None
+
+    @property
+    def model_name(self) -> str:
+        """The model's name as answers report it."""
+        return self.config.model
+
+    def describe(self) -> str:
+        """Say what is loaded and where, for a log line."""
+        loaded = self.loaded
+        return f'{loaded.name} on {loaded.device} ({loaded.dtype})'
+
+    def status(self) -> dict:
+        """Plain values for diagnostics: the device, and GPU memory when on a GPU."""
+        return {'device': str(self.loaded.device), **loader.gpu_memory(self.loaded.device)}
 
     def load(self) -> None:
         """Load weights and processor (downloads from the hub when model is a hub id)."""
@@ -133,10 +161,9 @@ class VlmEngine:
         results = []
         for request, limit, tokens in zip(requests, limits, generated.tokens, strict=True):
             tokens = tokens[:limit]
-            text = tokenizer.decode(tokens, skip_special_tokens=True)
-            steps, valid, form = parse_output(request.task, text)
-            results.append(Result(request.task, text, steps, valid, form, len(tokens),
-                                  generated.time_to_first_token, generated.total_time,
-                                  generated.cancelled))
+            results.append(make_result(request.task,
+                                       tokenizer.decode(tokens, skip_special_tokens=True),
+                                       len(tokens), generated.time_to_first_token,
+                                       generated.total_time, generated.cancelled))
         return results
 

@@ -7,7 +7,9 @@ class VlmError(Exception):
     """A failure of loading or running a VLM, naming the model, the device and the cause.
 
     ``kind`` lets callers map failures to statuses without parsing messages: 'not_found',
-    'unsupported', 'out_of_memory', 'load_failed', 'bad_input', 'generation_failed'.
+    'unsupported', 'out_of_memory', 'load_failed', 'bad_input', 'generation_failed', and for
+    a remote server 'backend_unreachable', 'backend_timeout', 'backend_http_error',
+    'backend_bad_response'.
     """
 
     def __init__(self, kind: str, message: str, model: str = '', device: str = '',

@@ -129,6 +129,14 @@ def load(config: EngineConfig) -> LoadedModel:
     return LoadedModel(model, processor, device, dtype, config.model)
 
 
+def gpu_memory(device: torch.device) -> dict:
+    """Allocated and reserved CUDA memory in MiB on a GPU; nothing on a CPU."""
+    if device.type != 'cuda':
+        return {}
+    return {'gpu_memory_allocated_mib': round(torch.cuda.memory_allocated(device) / 2**20),
+            'gpu_memory_reserved_mib': round(torch.cuda.memory_reserved(device) / 2**20)}
+
+
 def unload(loaded: LoadedModel) -> None:
     """Drop the model's tensors and give cached GPU memory back to the driver."""
     on_cuda = loaded.device.type == 'cuda'

@@ -5,6 +5,8 @@ the image: a 1920x1080 frame costs a dynamic-resolution model (Qwen2-VL, Idefics
 visual tokens than the scene needs, and resizing once here is cheaper than in every processor.
 """
 
+import io
+
 import numpy as np
 from PIL import Image
 
@@ -34,6 +36,18 @@ def resize_max_side(image: np.ndarray, max_side: int) -> Image.Image:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         pil = pil.resize(size, Image.Resampling.BICUBIC)
     return pil
+
+
+def encode_jpeg(image: np.ndarray, max_side: int, quality: int) -> bytes:
+    """Resize as for an in-process model, then JPEG-encode for a remote one.
+
+    Chroma is kept at full resolution (4:4:4): the default 4:2:0 halves it, which blurs the
+    colour edges of small objects (a red block's edge is off by about 70 levels at quality 90,
+    against 5 with 4:4:4), and colour is often what an instruction names.
+    """
+    buffer = io.BytesIO()
+    resize_max_side(image, max_side).save(buffer, 'JPEG', quality=quality, subsampling=0)
+    return buffer.getvalue()
 
 
 def to_device(inputs, device, dtype):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vlm_ros.engine.chat import build_inputs
+from vlm_ros.engine.teacher_forcing import target_log_probs, teacher_forced_batch
 
 # Measured over seeds 0-11 of every family: three targets, two of them for one prompt and told
 # apart by the image alone, reach STOP_PROB within 126 steps (Idefics2; the others within 93),
@@ -26,67 +26,6 @@ STOP_PROB = 0.9
 # Gradient-norm clipping (the transformers Trainer default) stops the loss spikes that Adam
 # otherwise hits late in training at this learning rate (seen with Idefics2).
 MAX_GRAD_NORM = 1.0
-IGNORE_INDEX = -100
-# Model inputs with one entry per prompt token; all others (pixels, tiles) are per image.
-TOKEN_KEYS = ('input_ids', 'attention_mask', 'cross_attention_mask', 'mm_token_type_ids',
-              'token_type_ids')
-
-
-def _answer_ids(processor, model, target: str) -> torch.Tensor:
-    """Tokenize a target and close it with the token that stops generation."""
-    eos = model.generation_config.eos_token_id
-    eos = eos[0] if isinstance(eos, list) else eos
-    ids = processor.tokenizer(target, add_special_tokens=False)['input_ids']
-    return torch.tensor([*ids, eos])
-
-
-def _pad_right(rows: list[torch.Tensor], value) -> torch.Tensor:
-    """Stack sequences of different lengths, padding after the end of each."""
-    length = max(row.shape[0] for row in rows)
-    padded = [torch.cat([row, row.new_full((length - row.shape[0], *row.shape[1:]), value)])
-              for row in rows]
-    return torch.stack(padded)
-
-
-def _decoder_only_batch(inputs, answers: list[torch.Tensor], pad_id: int) -> dict:
-    """
-    Append each answer right after its row's prompt tokens and mask the prompt out of the loss.
-
-    Prompt tokens are taken where the attention mask is set, whatever the padding side, and rows
-    are right-padded, so every row keeps the positions it has in an unpadded inference call.
-    Per-token inputs other than ids (attention and cross-attention masks) extend their last
-    prompt position over the answer, as generate() does for every new token.
-    """
-    batch = {key: value for key, value in inputs.items() if key not in TOKEN_KEYS}
-    keys = [key for key in TOKEN_KEYS if key in inputs]
-    rows = {key: [] for key in [*keys, 'labels']}
-    for index, answer in enumerate(answers):
-        keep = inputs['attention_mask'][index].bool()
-        for key in keys:
-            prompt = inputs[key][index][keep]
-            extra = answer if key == 'input_ids' else prompt[-1:].expand(
-                len(answer), *prompt.shape[1:])
-            rows[key].append(torch.cat([prompt, extra]))
-        rows['labels'].append(torch.cat([torch.full((int(keep.sum()),), IGNORE_INDEX), answer]))
-    pads = {'input_ids': pad_id, 'labels': IGNORE_INDEX}
-    batch.update({key: _pad_right(value, pads.get(key, 0)) for key, value in rows.items()})
-    return batch
-
-
-def training_batch(processor, model, samples: Sequence[tuple]) -> dict:
-    """
-    Build one batch of model inputs with labels from (image, prompt, target) samples.
-
-    The prompt side is encoded by chat.build_inputs, exactly as inference encodes it. For an
-    encoder-decoder the answer becomes the decoder labels (the model shifts them right behind
-    its decoder start token); for a decoder-only model it continues the prompt.
-    """
-    images, prompts, targets = zip(*samples, strict=True)
-    inputs = build_inputs(processor, images, prompts)
-    answers = [_answer_ids(processor, model, target) for target in targets]
-    if model.config.is_encoder_decoder:
-        return {**inputs, 'labels': _pad_right(answers, IGNORE_INDEX)}
-    return _decoder_only_batch(inputs, answers, processor.tokenizer.pad_token_id)
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
@@ -106,12 +45,8 @@ def trainable_parameters(model) -> list[torch.nn.Parameter]:
 
 def _min_answer_prob(model, logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Return the lowest probability the model gives to any answer token (teacher-forced)."""
-    if not model.config.is_encoder_decoder:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    answer = labels != IGNORE_INDEX
-    log_probs = logits.detach().float().log_softmax(-1)
-    picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return picked[answer].min().exp().item()
+    log_probs, answer = target_log_probs(model, logits.detach(), labels)
+    return log_probs[answer].min().exp().item()
 
 
 def train_tiny(model_dir, samples: Sequence[tuple[np.ndarray, str, str]],
@@ -135,7 +70,7 @@ def train_tiny(model_dir, samples: Sequence[tuple[np.ndarray, str, str]],
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     model.eval()
-    batch = training_batch(processor, model, samples)
+    batch = teacher_forced_batch(processor, model, samples)
     parameters = trainable_parameters(model)
     optimizer = torch.optim.Adam(parameters, lr=lr)
     threads = torch.get_num_threads()

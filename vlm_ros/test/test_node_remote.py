@@ -1,0 +1,127 @@
+"""vlm_node on the openai backend when its server fails, and with an API key.
+
+The server is a real transformers serve process (fault_server); the node is never restarted.
+"""
+
+import uuid
+
+from engine_fixtures import TARGETS, scene
+from node_harness import TIMEOUT, call, camera
+from rclpy.action import ActionClient
+from ros_harness import wait_future
+from vlm_ros.image_conversion import rgb_to_image
+
+from vlm_ros_msgs.action import GeneratePlan
+from vlm_ros_msgs.msg import Plan
+from vlm_ros_msgs.srv import Query
+
+INSTRUCTION = TARGETS['plan'][0]
+
+
+def _remote_node(start_vlm_node, server, **params):
+    node = start_vlm_node(backend='openai', base_url=server.base_url, model=server.model,
+                          **params)
+    node.wait_state('active')
+    return node
+
+
+def test_server_killed_mid_request_then_the_next_instruction_succeeds(start_vlm_node,
+                                                                      fault_server):
+    node = _remote_node(start_vlm_node, fault_server, max_retries=1)
+    node.wait_diag(lambda v: v.get('backend_reachable') == 'True', TIMEOUT, 'reachable')
+    frame_id = uuid.uuid4().hex
+    node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+
+    fault_server.block()
+    node.instruct(INSTRUCTION)
+    fault_server.wait_for_request()  # the request sits in the frozen server's socket
+    fault_server.kill()
+    plan = node.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the plan')
+    assert plan.status == Plan.STATUS_MODEL_ERROR, plan.message
+    assert fault_server.base_url in plan.message and 'ConnectionResetError' in plan.message
+    values = node.wait_diag(lambda v: v.get('backend_reachable') == 'False', TIMEOUT,
+                            'the server seen as unreachable')
+    assert fault_server.base_url in values['last_error'] and values['state'] == 'active'
+
+    fault_server.start()
+    node.wait_diag(lambda v: v.get('backend_reachable') == 'True', TIMEOUT, 'reachable again')
+    node.instruct(INSTRUCTION)  # the trained instruction: the plan must be the trained one
+    again = node.plans.wait_for(lambda p: p.request_id != plan.request_id, TIMEOUT, 'a plan')
+    assert again.status == Plan.STATUS_OK and again.text == TARGETS['plan'][1], again.message
+    assert node.proc.poll() is None
+
+
+def test_blocked_server_answers_model_error_then_recovers(start_vlm_node, fault_server,
+                                                          test_node):
+    node = _remote_node(start_vlm_node, fault_server, max_retries=0, request_timeout=1.0)
+    fault_server.block()
+    try:
+        response = call(test_node, Query, '/vlm_node/query', Query.Request(
+            question=TARGETS['vqa'][0], image=rgb_to_image(scene('blue'))))
+    finally:
+        fault_server.unblock()
+    assert not response.success and 'request_timeout 1 s' in response.message
+    response = call(test_node, Query, '/vlm_node/query', Query.Request(
+        question=TARGETS['vqa'][0], image=rgb_to_image(scene('blue'))))
+    assert response.success and response.answer == TARGETS['vqa'][1], response.message
+    assert node.proc.poll() is None
+
+
+def test_action_goal_cancelled_while_the_server_is_silent(start_vlm_node, fault_server,
+                                                          test_node):
+    _remote_node(start_vlm_node, fault_server, request_timeout=60.0)
+    client = ActionClient(test_node.node, GeneratePlan, '/vlm_node/generate_plan')
+    assert client.wait_for_server(timeout_sec=TIMEOUT)
+    fault_server.block()
+    try:
+        goal = GeneratePlan.Goal(instruction=INSTRUCTION, image=rgb_to_image(scene('blue')))
+        handle = wait_future(client.send_goal_async(goal), TIMEOUT, 'goal acceptance')
+        fault_server.wait_for_request()
+        wait_future(handle.cancel_goal_async(), TIMEOUT, 'the cancel response')
+        plan = wait_future(handle.get_result_async(), 10.0, 'the result').result.plan
+    finally:
+        fault_server.unblock()
+        client.destroy()
+    assert plan.status == Plan.STATUS_CANCELLED, plan.message
+
+
+def test_max_concurrency_requests_are_at_the_server_together(start_vlm_node, fault_server,
+                                                             test_node):
+    node = _remote_node(start_vlm_node, fault_server, max_concurrency=2)
+    client = test_node.node.create_client(Query, '/vlm_node/query')
+    assert client.wait_for_service(timeout_sec=TIMEOUT)
+    fault_server.block()
+    try:
+        futures = [client.call_async(Query.Request(question=TARGETS['vqa'][0],
+                                                   image=rgb_to_image(scene('blue'))))
+                   for _ in range(2)]
+        fault_server.wait_for_request(count=2)
+        node.wait_diag(lambda v: v.get('requests_in_progress') == '2', TIMEOUT, 'two served')
+    finally:
+        fault_server.unblock()
+    for future in futures:
+        response = wait_future(future, TIMEOUT, 'a query response')
+        assert response.success and response.answer == TARGETS['vqa'][1], response.message
+    test_node.node.destroy_client(client)
+
+
+def test_api_key_comes_from_the_environment_and_is_never_shown(start_vlm_node, tiny_server,
+                                                               test_node, monkeypatch):
+    key = f'sk-vlm-node-{uuid.uuid4().hex}'
+    monkeypatch.setenv('VLM_NODE_TEST_KEY', key)  # the node process inherits it
+    node = _remote_node(start_vlm_node, tiny_server, api_key_env='VLM_NODE_TEST_KEY')
+    response = call(test_node, Query, '/vlm_node/query', Query.Request(
+        question=TARGETS['vqa'][0], image=rgb_to_image(scene('blue'))))
+    assert response.success and response.answer == TARGETS['vqa'][1], response.message
+    values = node.wait_diag(lambda v: int(v.get('status_ok', 0)) >= 1, TIMEOUT, 'ok counted')
+    assert key not in str(values)
+    code, err = node.stop()
+    assert code == 0 and 'loaded' in err and key not in err  # the node's log output
+
+
+def test_unset_key_variable_fails_configure_naming_it(start_vlm_node, tiny_server):
+    name = f'VLM_ABSENT_{uuid.uuid4().hex[:8].upper()}'
+    node = start_vlm_node(backend='openai', base_url=tiny_server.base_url, api_key_env=name)
+    values = node.wait_diag(lambda v: name in v.get('last_error', ''), TIMEOUT,
+                            'the configure error')
+    assert values['state'] == 'unconfigured' and values['model_loaded'] == 'False'

@@ -1,0 +1,96 @@
+"""The vlm_eval HTML report: self-contained, escaped, and really drawn by a browser.
+
+The browser test renders a report in headless Chromium and looks at the pixels: a page that
+parses but shows nothing (a broken data URL, a style hiding everything) fails here.
+"""
+
+import pathlib
+import re
+
+import numpy as np
+import pytest
+from engine_fixtures import PLAN_JSON, scene
+from vlm_ros.bag_inputs import FrameRef
+from vlm_ros.engine import parse_plan
+from vlm_ros.eval_records import image_info, result_record, summarize
+from vlm_ros.report import latency_png, render, thumbnail_jpeg
+from vlm_ros.screenshot import CHROMIUM, ScreenshotError, screenshot
+
+COLOURS = {'red': (220, 30, 30), 'blue': (30, 60, 220), 'green': (30, 200, 60)}
+START = 10**18
+EVIL = '<img src=http://example.com/x.png onerror=alert(1)>'
+
+
+def make_report(tmp_path: pathlib.Path) -> pathlib.Path:
+    """Render a report of three frames: a valid plan, an invalid one, a caption, a NO_IMAGE."""
+    frames = [FrameRef(i, START + (i + 1) * 10**9, START + i * 10**9) for i in range(3)]
+    images = {i: scene(colour, 240, 320) for i, colour in enumerate(COLOURS)}
+    plan = parse_plan(PLAN_JSON)
+
+    def record(task, frame, text, status, result_text, **timing):
+        image = image_info('/cam', frame)
+        when = frame.bag_time_ns + 10**8 if frame else START
+        return result_record(task, text, image, when, START, status, text=result_text,
+                             **timing)
+
+    timing = {'time_to_first_token': 0.05, 'total_time': 0.4, 'output_tokens': 9, 'batch': 0}
+    records = [
+        record('plan', None, 'too early', 'NO_IMAGE', ''),
+        record('caption', frames[0], '', 'OK', f'red {EVIL}', valid=True, form='text',
+               **timing),
+        record('plan', frames[0], 'put the red block in the bin', 'OK', PLAN_JSON,
+               steps=plan.steps, valid=True, form='json', **timing),
+        record('plan', frames[1], f'do {EVIL}', 'INVALID_OUTPUT', '</pre><h1>junk', **timing),
+        record('caption', frames[2], '', 'OK', 'a green block', valid=True, form='text',
+               **timing)]
+    summary = summarize(records, {'mode': 'engine', 'model': f'm{EVIL}', 'device': 'cpu',
+                                  'images_per_s': 2.5})
+    page = render(summary, records, {i: thumbnail_jpeg(a) for i, a in images.items()},
+                  latency_png(records, 'tiny on cpu'))
+    path = tmp_path / 'report.html'
+    path.write_text(page, encoding='utf-8')
+    return path
+
+
+def test_report_is_self_contained_and_escaped(tmp_path):
+    page = make_report(tmp_path).read_text()
+    tags = re.findall(r'<(img|script|link|iframe|object|embed|source)\b([^>]*)>', page)
+    assert len(tags) == 4  # three thumbnails and the plot, nothing else that loads
+    assert all(name == 'img' and re.search(r' src="data:image/(jpeg|png);base64,', attrs)
+               for name, attrs in tags)
+    assert len(re.findall(r'class="thumb"[^>]*src="data:image/jpeg;base64,', page)) == 3
+    assert '<img src=http' not in page and '</pre><h1>junk' not in page
+    assert '&lt;img src=http://example.com/x.png onerror=alert(1)&gt;' in page
+    assert 'no image' in page and '&#10007; invalid (INVALID_OUTPUT)' in page
+
+
+def test_thumbnail_keeps_aspect_and_shrinks_only():
+    import cv2
+
+    big = cv2.imdecode(np.frombuffer(thumbnail_jpeg(scene('red', 480, 640)), np.uint8),
+                       cv2.IMREAD_COLOR)
+    small = cv2.imdecode(np.frombuffer(thumbnail_jpeg(scene('red')), np.uint8),
+                         cv2.IMREAD_COLOR)
+    assert big.shape == (168, 224, 3) and small.shape == (48, 64, 3)
+
+
+def test_screenshot_errors_are_clear(tmp_path):
+    with pytest.raises(ScreenshotError, match='no browser at /nonexistent/chromium'):
+        screenshot(tmp_path / 'r.html', tmp_path / 'r.png', browser='/nonexistent/chromium')
+
+
+@pytest.mark.skipif(not pathlib.Path(CHROMIUM).is_file(),
+                    reason=f'no {CHROMIUM}: run scripts/install-test-deps to install chromium')
+def test_browser_draws_the_report(tmp_path):
+    from PIL import Image
+
+    png = screenshot(make_report(tmp_path), tmp_path / 'shot.png', width=1280, height=1600)
+    pixels = np.asarray(Image.open(png).convert('RGB')).reshape(-1, 3).astype(np.int16)
+    assert len(pixels) == 1280 * 1600
+    distinct = len(np.unique(pixels, axis=0))
+    assert distinct > 500, f'only {distinct} colours: the page is nearly blank'
+    ink = np.any(np.abs(pixels - 255) > 24, axis=1).mean()
+    assert ink > 0.04, f'only {ink:.1%} of the page differs from the white background'
+    for name, colour in COLOURS.items():
+        near = np.all(np.abs(pixels - colour) <= 12, axis=1).sum()
+        assert near > 800, f'the {name} thumbnail is missing: {near} pixels of its colour'
