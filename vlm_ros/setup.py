@@ -20,7 +20,7 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),
         ('share/' + PACKAGE + '/launch', glob.glob('launch/*.xml')),
-        ('share/' + PACKAGE + '/config', glob.glob('config/*.yaml')),
+        ('share/' + PACKAGE + '/config', glob.glob('config/*.yaml') + glob.glob('config/*.xml')),
     ],
     install_requires=['setuptools'],
     zip_safe=True,
