@@ -17,7 +17,7 @@ from rclpy.serialization import deserialize_message
 from ros_harness import stop_process, wait_exit
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
-from vlm_ros.bags import add_topic, bag_writer, header, open_bag, serialize, stamp_ns
+from vlm_ros.bags import BagError, add_topic, bag_writer, header, open_bag, serialize, stamp_ns
 from vlm_ros.playback import Clock, Progress, parse_remaps, select_connections
 
 T0 = 1_767_225_600 * 10**9  # 2026-01-01: recordings are replayed long after they were made
@@ -214,7 +214,7 @@ def test_playback_rules():
     assert clock.bag_time(101.0) == T0 + 2_000_000_000
     assert parse_remaps(['/a:=/b', 'c:=d']) == {'/a': '/b', 'c': 'd'}
     for bad in ('/a', ':=/b', '/a:='):
-        with pytest.raises(Exception, match='FROM:=TO'):
+        with pytest.raises(BagError, match='FROM:=TO'):
             parse_remaps([bad])
 
     class Conn:
@@ -224,6 +224,6 @@ def test_playback_rules():
     connections = [Conn('/a'), Conn('/b')]
     assert select_connections(connections, []) == connections
     assert [c.topic for c in select_connections(connections, ['/b'])] == ['/b']
-    with pytest.raises(Exception, match=r"\['/c'\]"):
+    with pytest.raises(BagError, match=r"\['/c'\]"):
         select_connections(connections, ['/c'])
     assert Progress(10.0, enabled=False).line(5.0, 3).startswith('[' + '#' * 15 + '.' * 15)

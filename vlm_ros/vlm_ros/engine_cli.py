@@ -5,28 +5,24 @@ alike in every tool, and one builder turns them into the EngineConfig each tool 
 """
 
 import argparse
-import json
 
-from .engine import EngineConfig
-from .engine.config import DEVICES_HELP, DTYPES
+from .engine import EngineConfig, VlmError
+from .engine.config import DEVICES_HELP, DTYPES, parse_processor_kwargs
 
 
-def json_object(text: str) -> dict:
-    """Parse a JSON object argument; argparse reports the error next to the option name."""
+def _processor_kwargs(text: str) -> dict:
+    """Parse --processor-kwargs; argparse reports the error next to the option name."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f'not valid JSON ({exc}): {text!r}') from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f'need a JSON object like {{"key": 1}}, got {text!r}')
-    return value
+        return parse_processor_kwargs(text, '--processor-kwargs')
+    except VlmError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     """Add the options of where and how a model runs (the model itself is each tool's own)."""
     parser.add_argument('--device', default='auto', help=DEVICES_HELP)
     parser.add_argument('--dtype', default='auto', choices=DTYPES)
-    parser.add_argument('--processor-kwargs', type=json_object, default={},
+    parser.add_argument('--processor-kwargs', type=_processor_kwargs, default={},
                         help='JSON for the processor call, e.g. {"do_image_splitting": false}')
 
 

@@ -38,9 +38,13 @@ from .eval_records import (
     score_record,
     summarize,
 )
+from .params import BY_NAME
 from .recorded import recorded_records
 from .references import load_references, reference_frames
 from .report import latency_png, render, thumbnail_jpeg
+
+# The live node's defaults: offline answers are comparable only under the same limits.
+NODE_DEFAULTS = {name: BY_NAME[name].default for name in ('max_new_tokens', 'max_image_side')}
 
 
 @dataclass(frozen=True)
@@ -174,9 +178,10 @@ def parse_args(argv):
     parser.add_argument('--no-captions', dest='captions', action='store_false',
                         help='skip captioning the frames the instructions used')
     add_engine_args(parser)
-    parser.add_argument('--max-new-tokens', type=int, default=128,
+    parser.add_argument('--max-new-tokens', type=int, default=NODE_DEFAULTS['max_new_tokens'],
                         help='generation limit per request (as vlm_node)')
-    parser.add_argument('--max-image-side', type=int, default=640,
+    parser.add_argument('--max-image-side', type=int,
+                        default=NODE_DEFAULTS['max_image_side'],
                         help="longer image side fed to the model, pixels (as vlm_node's)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:

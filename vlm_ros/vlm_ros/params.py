@@ -8,11 +8,10 @@ without a restart.
 ``validate`` is used by the node's set-parameters callback and tested without ROS.
 """
 
-import json
 from dataclasses import dataclass
 from typing import Optional
 
-from .engine.config import BACKENDS, DTYPES
+from .engine.config import BACKENDS, DTYPES, parse_processor_kwargs
 from .engine.errors import VlmError
 from .engine.prompts import check_template
 
@@ -97,15 +96,15 @@ PROMPT_PARAMS = {'prompt_caption': 'caption', 'prompt_vqa': 'vqa', 'prompt_plan'
 
 def processor_kwargs(text: str) -> dict:
     """Parse the processor_kwargs parameter ('' = none) into keyword arguments, or VlmError."""
-    try:
-        value = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise VlmError('bad_input', f'processor_kwargs is not valid JSON ({exc}): {text!r}') \
-            from exc
-    if not isinstance(value, dict):
-        raise VlmError('bad_input', f'processor_kwargs must be a JSON object like '
-                       f'{{"do_image_splitting": false}}, got {text!r}')
-    return value
+    return parse_processor_kwargs(text) if text.strip() else {}
+
+
+def _check_value(name: str, value) -> None:
+    """Raise VlmError when a parameter's text does not parse (JSON, prompt templates)."""
+    if name == 'processor_kwargs':
+        processor_kwargs(value)
+    elif name in PROMPT_PARAMS and value:
+        check_template(PROMPT_PARAMS[name], value)
 
 
 def validate(name: str, value, model_loaded: bool = False) -> Optional[str]:
@@ -122,16 +121,10 @@ def validate(name: str, value, model_loaded: bool = False) -> Optional[str]:
         return f'{name} must be one of {", ".join(spec.choices)}; got {value!r}'
     if spec.low is not None and not spec.low <= value <= spec.high:
         return f'{name} must be within [{spec.low}, {spec.high}]; got {value!r}'
-    if name == 'processor_kwargs':
-        try:
-            processor_kwargs(value)
-        except VlmError as exc:
-            return str(exc)
-    if name in PROMPT_PARAMS and value:
-        try:
-            check_template(PROMPT_PARAMS[name], value)
-        except VlmError as exc:
-            return str(exc)
+    try:
+        _check_value(name, value)
+    except VlmError as exc:
+        return str(exc)
     return None
 
 

@@ -1,13 +1,32 @@
 """Plain configuration of the engine: what to load, where, and how to decode."""
 
+import json
 from dataclasses import dataclass, field
 from typing import Optional
+
+from .errors import VlmError
 
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 # 'transformers' runs the model in this process; 'openai' asks an OpenAI-compatible server
 # (vLLM, SGLang, TGI, Ollama, transformers serve) through its chat completions API.
 BACKENDS = ('transformers', 'openai')
+
+
+def parse_processor_kwargs(text: str, name: str = 'processor_kwargs') -> dict:
+    """Parse processor keyword arguments written as a JSON object, or raise VlmError.
+
+    The node's parameter and the tools' --processor-kwargs option both go through this, so a
+    value is accepted or refused alike everywhere; name says which one the error is about.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise VlmError('bad_input', f'{name} is not valid JSON ({exc}): {text!r}') from exc
+    if not isinstance(value, dict):
+        raise VlmError('bad_input', f'{name} must be a JSON object like '
+                       f'{{"do_image_splitting": false}}, got {text!r}')
+    return value
 
 
 @dataclass
