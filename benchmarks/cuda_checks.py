@@ -11,9 +11,10 @@ import tempfile
 
 import numpy as np
 import torch
-from vlm_ros.engine import EngineConfig, Request, VlmEngine
-from vlm_ros.engine.loader import classify_error, resolve_device, resolve_dtype
-from vlm_ros.engine.tiny import build_tiny
+from vlm_ros.demo.tiny import build_tiny
+from vlm_ros.engine import EngineConfig, Request
+from vlm_ros.engine.local import VlmEngine
+from vlm_ros.engine.local.loader import classify_error, resolve_device, resolve_dtype
 
 
 def check(name: str, ok: bool, detail: str = '') -> bool:

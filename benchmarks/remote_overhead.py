@@ -22,7 +22,8 @@ import time
 
 import openai
 from ros_overhead import INSTRUCTION, frame, tiny_model
-from vlm_ros.engine import EngineConfig, RemoteConfig, Request, VlmEngine, make_engine
+from vlm_ros.engine import EngineConfig, RemoteConfig, Request, make_engine
+from vlm_ros.engine.local import VlmEngine
 from vlm_ros.engine.preprocess import encode_jpeg, resize_max_side
 
 # The test suite's harness starts, checks and stops the real server; one copy of that code.

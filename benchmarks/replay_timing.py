@@ -23,7 +23,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
-from vlm_ros.bags import add_topic, bag_writer, header, serialize
+from vlm_ros.bag.storage import add_topic, bag_writer, header, serialize
 from vlm_ros.spin import SpinThread
 
 IMAGE, INSTRUCTION = '/bench/image', '/bench/instruction'

@@ -28,9 +28,10 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
-from vlm_ros.engine import EngineConfig, Request, VlmEngine
+from vlm_ros.engine import EngineConfig, Request
+from vlm_ros.engine.local import VlmEngine
 from vlm_ros.engine.prompts import load_templates, render_task
-from vlm_ros.image_conversion import rgb_to_image
+from vlm_ros.node.image_conversion import rgb_to_image
 from vlm_ros.spin import SpinThread
 
 from vlm_ros_msgs.msg import Plan
@@ -50,7 +51,7 @@ def frame(height: int, width: int) -> np.ndarray:
 
 def tiny_model(scratch: str) -> str:
     """Build and train a tiny LLaVA to answer INSTRUCTION with PLAN."""
-    from vlm_ros.engine.tiny import build_tiny, train_tiny
+    from vlm_ros.demo.tiny import build_tiny, train_tiny
 
     path = build_tiny('llava', pathlib.Path(scratch) / 'llava')
     prompt = render_task(load_templates(), 'plan', INSTRUCTION)

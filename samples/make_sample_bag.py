@@ -12,7 +12,7 @@ import pathlib
 import shutil
 import sys
 
-from vlm_ros.tabletop import write_recording, write_references
+from vlm_ros.demo.tabletop import write_recording, write_references
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / 'tabletop'
 

@@ -30,11 +30,11 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
-            'vlm_node = vlm_ros.node:main',
-            'vlm_client = vlm_ros.client:main',
-            'vlm_benchmark = vlm_ros.benchmark:main',
-            'vlm_replay = vlm_ros.replay:main',
-            'vlm_eval = vlm_ros.evaluate:main',
+            'vlm_node = vlm_ros.node.node:main',
+            'vlm_client = vlm_ros.tools.client:main',
+            'vlm_benchmark = vlm_ros.tools.benchmark:main',
+            'vlm_replay = vlm_ros.tools.replay:main',
+            'vlm_eval = vlm_ros.tools.evaluate:main',
         ],
     },
 )

@@ -40,7 +40,7 @@ def trained_tiny(tmp_path_factory):
     Built and trained once per family per test session, then loaded by path like a real model.
     """
     from engine_fixtures import training_samples
-    from vlm_ros.engine.tiny import build_tiny, train_tiny
+    from vlm_ros.demo.tiny import build_tiny, train_tiny
 
     cache = {}
 
@@ -120,10 +120,10 @@ def start_vlm_node(test_node, trained_tiny, backend, request):
         remote = {'backend': 'openai',
                   'base_url': request.getfixturevalue('tiny_server').base_url}
 
-    def start(**params):
+    def start(env=None, **params):
         params = {'model': str(trained_tiny('llava')), 'device': 'cpu', 'dtype': 'float32',
                   'max_new_tokens': 96, **remote, **params}
-        node = VlmNodeProcess(test_node, **params)
+        node = VlmNodeProcess(test_node, env, **params)
         started.append(node)
         return node
 

@@ -3,8 +3,8 @@
 import json
 
 import numpy as np
+from vlm_ros.demo.tiny import FAMILIES as _FAMILIES
 from vlm_ros.engine.prompts import load_templates, render_task
-from vlm_ros.engine.tiny import FAMILIES as _FAMILIES
 
 FAMILIES = tuple(_FAMILIES)
 PLAN_JSON = json.dumps({'steps': [

@@ -20,7 +20,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_harness import Collector, TestNode, stop_process, wait_future, wait_until
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
-from vlm_ros.image_conversion import rgb_to_compressed, rgb_to_image
+from vlm_ros.node.image_conversion import rgb_to_compressed, rgb_to_image
 
 from vlm_ros_msgs.msg import Caption, Plan
 
@@ -53,13 +53,13 @@ def wait_state(diagnostics: Collector, state: str, timeout: float = TIMEOUT) -> 
 class VlmNodeProcess:
     """A vlm_node process plus the test-side publishers and collectors wired to it."""
 
-    def __init__(self, test_node: TestNode, **params):
+    def __init__(self, test_node: TestNode, env=None, **params):
         args = [node_executable(), '--ros-args']
         for name, value in params.items():
             text = str(value).lower() if isinstance(value, bool) else str(value)
             args += ['-p', f'{name}:={text}']
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+                                     text=True, env=env)
         node = test_node.node
         self.ros = node
         self.plans = test_node.collect(Plan, 'plan', RELIABLE)

@@ -10,10 +10,10 @@ import pytest
 import yaml
 from ament_index_python.packages import get_package_prefix
 from ros_harness import wait_exit
-from vlm_ros.bags import PLAN_TYPE, open_bag
-from vlm_ros.demo_model import build as build_demo_model
-from vlm_ros.screenshot import CHROMIUM, screenshot
-from vlm_ros.tabletop import draw_tabletop
+from vlm_ros.bag.storage import PLAN_TYPE, open_bag
+from vlm_ros.demo.model import build as build_demo_model
+from vlm_ros.demo.tabletop import draw_tabletop
+from vlm_ros.eval.screenshot import CHROMIUM, screenshot
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / 'samples' / 'tabletop'

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 from engine_fixtures import FAMILIES, PLAN_JSON, TARGETS, scene
-from vlm_ros.engine import EngineConfig, Request, VlmEngine
+from vlm_ros.engine import EngineConfig, Request
+from vlm_ros.engine.local import VlmEngine
 
 
 @pytest.fixture(scope='module', params=FAMILIES)

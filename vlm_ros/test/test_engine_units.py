@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from vlm_ros.engine import EngineConfig, VlmEngine, VlmError, make_engine
-from vlm_ros.engine.loader import classify_error, load, resolve_device, resolve_dtype
+from vlm_ros.engine import EngineConfig, VlmError, make_engine
+from vlm_ros.engine.local import VlmEngine
+from vlm_ros.engine.local.loader import classify_error, load, resolve_device, resolve_dtype
 from vlm_ros.engine.preprocess import check_image, encode_jpeg, resize_max_side
 from vlm_ros.engine.prompts import load_templates, render_task
 
@@ -138,7 +139,7 @@ def test_prompt_overrides_and_validation():
 
 def test_engine_imports_without_rclpy():
     code = ('import sys; sys.modules["rclpy"] = None\n'
-            'import vlm_ros.engine, vlm_ros.engine.tiny\n'
+            'import vlm_ros.engine, vlm_ros.demo.tiny\n'
             'assert "rclpy" not in [m for m in sys.modules if sys.modules[m] is not None]\n'
             'print("ok")')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)

@@ -14,11 +14,11 @@ import subprocess
 
 import numpy as np
 import pytest
-import vlm_ros.bags as bags
+import vlm_ros.bag.storage as bags
 from ament_index_python.packages import get_package_prefix
 from engine_fixtures import PLAN_JSON, TARGETS, scene
-from vlm_ros.bag_inputs import latest_at_or_before, read_inputs
 from vlm_ros.engine import VlmError
+from vlm_ros.eval.inputs import latest_at_or_before, read_inputs
 
 T0 = 1_700_000_000 * 10**9  # bag log time of the start of the recording
 SECOND = 10**9
@@ -335,7 +335,7 @@ def test_reference_without_a_frame_names_its_stamp(tmp_path):
     ({'stamp_ns': 1, 'task': 'vqa', 'target': 'x', 'stamp': 2}, 'unknown field'),
 ])
 def test_references_file_errors_name_entry_and_field(tmp_path, entry, complaint):
-    from vlm_ros.references import load_references
+    from vlm_ros.eval.references import load_references
 
     path = tmp_path / 'refs.yaml'
     path.write_text(json.dumps([{'stamp_ns': 5, 'task': 'caption', 'target': 'ok'}, entry]))
@@ -345,9 +345,9 @@ def test_references_file_errors_name_entry_and_field(tmp_path, entry, complaint)
 
 def test_failed_batches_and_bad_inputs_become_records(tmp_path):
     """Empty instructions, undecodable frames and failing batches are records, not crashes."""
-    from vlm_ros.bag_inputs import FrameRef
     from vlm_ros.engine import Result
-    from vlm_ros.evaluate import Pending, run_engine
+    from vlm_ros.eval.inputs import FrameRef
+    from vlm_ros.eval.offline import Pending, run_engine
 
     class Engine:
         def __init__(self):

@@ -15,7 +15,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vlm_ros.engine.errors import VlmError
-from vlm_ros.image_conversion import (
+from vlm_ros.node.image_conversion import (
     SUPPORTED_ENCODINGS,
     ImageConversionError,
     compressed_to_rgb,

@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 import yaml
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
-from vlm_ros.params import BY_NAME, validate
+from vlm_ros.node.params import BY_NAME, validate
 
 SHARE = pathlib.Path(get_package_share_directory('vlm_ros'))
 LAUNCH_FILES = sorted((SHARE / 'launch').glob('*.launch.xml'))

@@ -4,7 +4,7 @@ import signal
 
 from engine_fixtures import TARGETS
 from node_harness import TIMEOUT, camera, lifecycle_state, set_params, transition
-from vlm_ros.params import processor_kwargs, validate
+from vlm_ros.node.params import processor_kwargs, validate
 
 from vlm_ros_msgs.msg import Plan
 

@@ -3,13 +3,14 @@
 The server is a real transformers serve process (fault_server); the node is never restarted.
 """
 
+import os
 import uuid
 
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, call, camera
 from rclpy.action import ActionClient
 from ros_harness import wait_future
-from vlm_ros.image_conversion import rgb_to_image
+from vlm_ros.node.image_conversion import rgb_to_image
 
 from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.msg import Plan
@@ -23,6 +24,33 @@ def _remote_node(start_vlm_node, server, **params):
                           **params)
     node.wait_state('active')
     return node
+
+
+def test_openai_backend_runs_where_torch_and_transformers_cannot_be_imported(
+        start_vlm_node, tiny_server, tmp_path):
+    """A robot that sends all inference to a server needs neither torch nor transformers."""
+    for name in ('torch', 'transformers'):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / '__init__.py').write_text(
+            f'raise ImportError("{name} is not installed on this robot (test)")\n')
+    env = {**os.environ, 'PYTHONPATH': f'{tmp_path}{os.pathsep}{os.environ["PYTHONPATH"]}'}
+    node = start_vlm_node(env=env, backend='openai', base_url=tiny_server.base_url,
+                          model=tiny_server.model)
+    node.wait_state('active')
+    frame_id = uuid.uuid4().hex
+    node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+    node.instruct(INSTRUCTION)
+    plan = node.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the plan')
+    assert plan.status == Plan.STATUS_OK and plan.text == TARGETS['plan'][1], plan.message
+
+    code, err = node.stop()
+    assert code == 0, err[-3000:]
+
+    # The same environment really has no torch: the in-process backend cannot load there.
+    blocked = start_vlm_node(env=env, backend='transformers')
+    values = blocked.wait_diag(lambda v: 'needs torch and transformers' in
+                               v.get('last_error', ''), TIMEOUT, 'the configure failure')
+    assert values['state'] == 'unconfigured', values
 
 
 def test_server_killed_mid_request_then_the_next_instruction_succeeds(start_vlm_node,

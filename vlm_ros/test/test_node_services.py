@@ -8,7 +8,7 @@ from node_harness import TIMEOUT, call, camera
 from rclpy.action import ActionClient
 from ros_harness import wait_future
 from serve_harness import both_backends
-from vlm_ros.image_conversion import rgb_to_image
+from vlm_ros.node.image_conversion import rgb_to_image
 
 from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.msg import Plan

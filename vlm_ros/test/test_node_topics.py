@@ -8,7 +8,7 @@ import pytest
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, camera
 from serve_harness import both_backends
-from vlm_ros.image_conversion import rgb_to_image
+from vlm_ros.node.image_conversion import rgb_to_image
 
 from vlm_ros_msgs.msg import Plan
 

@@ -12,7 +12,8 @@ import pytest
 from engine_fixtures import PLAN_JSON, TARGETS, scene
 from ros_harness import wait_until
 from serve_harness import remote_config
-from vlm_ros.engine import EngineConfig, Request, VlmEngine, VlmError, make_engine
+from vlm_ros.engine import EngineConfig, Request, VlmError, make_engine
+from vlm_ros.engine.local import VlmEngine
 
 
 @pytest.fixture(scope='module')

@@ -17,8 +17,16 @@ from rclpy.serialization import deserialize_message
 from ros_harness import stop_process, wait_exit
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
-from vlm_ros.bags import BagError, add_topic, bag_writer, header, open_bag, serialize, stamp_ns
-from vlm_ros.playback import Clock, Progress, parse_remaps, select_connections
+from vlm_ros.bag.playback import Clock, Progress, parse_remaps, select_connections
+from vlm_ros.bag.storage import (
+    BagError,
+    add_topic,
+    bag_writer,
+    header,
+    open_bag,
+    serialize,
+    stamp_ns,
+)
 
 T0 = 1_767_225_600 * 10**9  # 2026-01-01: recordings are replayed long after they were made
 IMAGE, INSTRUCTION = '/camera/image_raw', '/instruction'

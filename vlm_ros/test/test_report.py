@@ -10,11 +10,11 @@ import re
 import numpy as np
 import pytest
 from engine_fixtures import PLAN_JSON, scene
-from vlm_ros.bag_inputs import FrameRef
 from vlm_ros.engine import parse_plan
-from vlm_ros.eval_records import image_info, result_record, summarize
-from vlm_ros.report import latency_png, render, thumbnail_jpeg
-from vlm_ros.screenshot import CHROMIUM, ScreenshotError, screenshot
+from vlm_ros.eval.inputs import FrameRef
+from vlm_ros.eval.records import image_info, result_record, summarize
+from vlm_ros.eval.report import latency_png, render, thumbnail_jpeg
+from vlm_ros.eval.screenshot import CHROMIUM, ScreenshotError, screenshot
 
 COLOURS = {'red': (220, 30, 30), 'blue': (30, 60, 220), 'green': (30, 200, 60)}
 START = 10**18

@@ -11,9 +11,11 @@ import math
 import pytest
 import torch
 from engine_fixtures import FAMILIES, TARGETS, scene, training_samples
-from vlm_ros.engine import EngineConfig, Reference, Score, VlmEngine, VlmError, mean_score, score
+from vlm_ros.demo.tiny.train import STOP_PROB
+from vlm_ros.engine import EngineConfig, VlmError
 from vlm_ros.engine.chat import build_inputs
-from vlm_ros.engine.tiny.train import STOP_PROB
+from vlm_ros.engine.local import VlmEngine
+from vlm_ros.eval.scoring import Reference, Score, mean_score, score
 
 DIRECT_FAMILIES = ('llava', 'florence2')
 # A wrong answer per task for the trained references' image and prompt.

@@ -7,10 +7,8 @@ import pathlib
 import numpy as np
 import pytest
 import yaml
-from vlm_ros.bags import deserialize, open_bag, stamp_ns
-from vlm_ros.engine.plan_parser import parse_plan
-from vlm_ros.image_conversion import compressed_to_rgb, image_to_rgb
-from vlm_ros.tabletop import (
+from vlm_ros.bag.storage import deserialize, open_bag, stamp_ns
+from vlm_ros.demo.tabletop import (
     INSTRUCTIONS,
     START_NS,
     TOPICS,
@@ -19,6 +17,8 @@ from vlm_ros.tabletop import (
     write_recording,
     write_references,
 )
+from vlm_ros.engine.plan_parser import parse_plan
+from vlm_ros.node.image_conversion import compressed_to_rgb, image_to_rgb
 
 SAMPLE = pathlib.Path(__file__).resolve().parents[2] / 'samples' / 'tabletop'
 TYPES = {TOPICS['image']: 'sensor_msgs/msg/Image',

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
+from vlm_ros.demo.tiny import FAMILIES, build_tiny, train_tiny
+from vlm_ros.demo.tiny.__main__ import main
 from vlm_ros.engine.chat import build_inputs, render_prompt
-from vlm_ros.engine.tiny import FAMILIES, build_tiny, train_tiny
-from vlm_ros.engine.tiny.__main__ import main
 
 CLASSES = {
     'llava': ('LlavaProcessor', 'LlavaForConditionalGeneration'),

@@ -49,11 +49,3 @@ def encode_jpeg(image: np.ndarray, max_side: int, quality: int) -> bytes:
     resize_max_side(image, max_side).save(buffer, 'JPEG', quality=quality, subsampling=0)
     return buffer.getvalue()
 
-
-def to_device(inputs, device, dtype):
-    """Move a processor batch to device, casting floating tensors (pixels) to the model dtype."""
-    inputs = inputs.to(device)
-    for name, tensor in inputs.items():
-        if tensor.is_floating_point():
-            inputs[name] = tensor.to(dtype)
-    return inputs

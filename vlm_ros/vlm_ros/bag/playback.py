@@ -1,0 +1,86 @@
+"""The timing and selection rules of vlm_replay, apart from ROS so they can be tested alone.
+
+A recording is played on its own clock: message k is published when the wall clock has advanced
+(t_k - t_first) / rate since playback began, where t are the bag's log times. Sleeping until
+an absolute deadline, rather than for each gap in turn, keeps publishing and reading time from
+accumulating into drift over a long bag.
+"""
+
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from .storage import BagError
+
+
+def parse_remaps(items: list) -> dict:
+    """Turn ['FROM:=TO', ...] (ros2 bag play's --remap syntax) into {FROM: TO}."""
+    remaps = {}
+    for item in items:
+        source, sep, target = item.partition(':=')
+        if not sep or not source or not target:
+            raise BagError(f'bad remap {item!r}; write FROM:=TO, e.g. /camera/image_raw:=/image')
+        remaps[source] = target
+    return remaps
+
+
+def select_connections(connections, topics: list) -> list:
+    """Return the bag connections on the chosen topics (all when none chosen)."""
+    if not topics:
+        return list(connections)
+    known = {connection.topic for connection in connections}
+    missing = sorted(set(topics) - known)
+    if missing:
+        raise BagError(f'topics {missing} are not in the recording; it has {sorted(known)}')
+    return [connection for connection in connections if connection.topic in topics]
+
+
+@dataclass
+class Clock:
+    """Maps bag log times (ns) to wall-clock deadlines (time.monotonic seconds)."""
+
+    first_ns: int
+    rate: float
+    started: float
+
+    def deadline(self, log_ns: int) -> float:
+        """Return when the message logged at log_ns is due."""
+        return self.started + (log_ns - self.first_ns) / 1e9 / self.rate
+
+    def bag_time(self, now: float) -> int:
+        """Return the bag log time (ns) being played at monotonic time now."""
+        return self.first_ns + int((now - self.started) * self.rate * 1e9)
+
+    def wait(self, log_ns: int, stop: threading.Event) -> bool:
+        """Wait until log_ns is due; False when stop was set first."""
+        left = self.deadline(log_ns) - time.monotonic()
+        return not stop.wait(left) if left > 0 else not stop.is_set()
+
+
+class Progress:
+    """A one-line progress bar on stderr, redrawn at most 10 times a second, only on a terminal."""
+
+    WIDTH = 30
+
+    def __init__(self, total_s: float, enabled=None, stream=sys.stderr):
+        self.total_s = max(total_s, 1e-9)
+        self.stream = stream
+        self.enabled = stream.isatty() if enabled is None else enabled
+        self._last = 0.0
+
+    def line(self, bag_s: float, count: int) -> str:
+        """Return the bar for bag_s seconds played and count messages sent."""
+        done = min(max(bag_s / self.total_s, 0.0), 1.0)
+        filled = round(done * self.WIDTH)
+        return (f'[{"#" * filled}{"." * (self.WIDTH - filled)}] {bag_s:7.2f} / '
+                f'{self.total_s:.2f} s  {count} msgs')
+
+    def update(self, bag_s: float, count: int, final: bool = False) -> None:
+        """Redraw the bar (throttled) and end the line when final."""
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self._last < 0.1):
+            return
+        self._last = now
+        self.stream.write('\r' + self.line(bag_s, count) + ('\n' if final else ''))
+        self.stream.flush()

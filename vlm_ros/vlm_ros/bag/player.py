@@ -1,0 +1,151 @@
+"""The playback node behind vlm_replay: recorded bytes out on the recorded timing, answers in.
+
+Messages are published as the recorded serialized bytes, so any type in the bag replays
+without being decoded (its Python package must be installed). With a recorder, playback ends
+once every replayed instruction has its Plan (or the linger time has passed).
+"""
+
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+
+from builtin_interfaces.msg import Time
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock as ClockMsg
+
+from .playback import Clock, Progress, parse_remaps, select_connections
+from .recorder import Recorder, message_class
+from .storage import PLAN_TYPE, BagError, open_bag
+
+# Reliable publishers reach best-effort subscribers too (a camera subscription) and lose nothing
+# on the way to reliable ones (instructions); depth covers a burst of frames on loopback.
+PLAY_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+GRACE_S = 0.5  # recording time after the last Plan, for the messages published along with it
+
+
+def is_instruction_topic(topic: str) -> bool:
+    """Tell whether a played topic feeds vlm_node's instruction input (each gets one Plan)."""
+    return topic.rstrip('/').rsplit('/', 1)[-1] == 'instruction'
+
+
+class Replay(Node):
+    """Plays the bag on its own thread, so the executor stays free for the recorder."""
+
+    def __init__(self, args):
+        super().__init__('vlm_replay')
+        self.args = args
+        self.done = threading.Event()
+        self.code = 0
+        self._stop = threading.Event()
+        self._thread = self._recorder = self._clock = self._reader = None
+        self._reader = open_bag(args.bag)
+        self._connections = select_connections(self._reader.connections, args.topics)
+        remaps = parse_remaps(args.remap)
+        self._outputs = {}
+        for connection in self._connections:
+            topic = remaps.get(connection.topic, connection.topic)
+            if topic not in self._outputs:
+                self._outputs[topic] = self.create_publisher(
+                    message_class(connection.msgtype), topic, PLAY_QOS)
+        self._targets = {c.id: remaps.get(c.topic, c.topic) for c in self._connections}
+        self.sent = Counter()
+        self._recorder = Recorder(self, args.record, args.record_topics, args.storage,
+                                  args.echo) if args.record else None
+        if args.clock:
+            self._clock_pub = self.create_publisher(ClockMsg, '/clock', 10)
+            self.create_timer(1.0 / args.clock, self._publish_clock)
+        self._thread = threading.Thread(target=self._run, name='replay', daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._wait_for_peers()
+            started = time.monotonic()
+            while not self._stop.is_set():
+                self._play_once()
+                if not self.args.loop:
+                    break
+            self._linger()
+            self._report(time.monotonic() - started)
+        except BagError as exc:
+            self.get_logger().error(str(exc))
+            self.code = 1
+        except Exception:  # noqa: BLE001 - reported; the exit status tells the caller
+            self.get_logger().error(traceback.format_exc())
+            self.code = 1
+        finally:
+            self.done.set()
+
+    def _wait_for_peers(self) -> None:
+        """Wait (bounded) for discovery, so the first messages are not lost to an empty graph."""
+        deadline = time.monotonic() + self.args.wait_for_subscribers
+        while not self._stop.wait(0.05) and time.monotonic() < deadline:
+            if all(p.get_subscription_count() for p in self._outputs.values()) and (
+                    self._recorder is None or self._recorder.matched()):
+                return
+        lonely = [t for t, p in self._outputs.items() if not p.get_subscription_count()]
+        if lonely:
+            self.get_logger().warning(f'playing although nothing subscribes to {lonely} after '
+                                      f'{self.args.wait_for_subscribers} s')
+
+    def _play_once(self) -> None:
+        start_ns = self._reader.start_time + int(self.args.start * 1e9)
+        progress = Progress((self._reader.end_time - start_ns) / 1e9,
+                            None if self.args.progress else False)
+        clock = self._clock = Clock(start_ns, self.args.rate, time.monotonic())
+        count = 0
+        for connection, log_ns, data in self._reader.messages(self._connections, start=start_ns):
+            if not clock.wait(log_ns, self._stop):
+                break
+            topic = self._targets[connection.id]
+            self._outputs[topic].publish(bytes(data))
+            self.sent[topic] += 1
+            count += 1
+            progress.update((log_ns - start_ns) / 1e9, count)
+        progress.update((self._reader.end_time - start_ns) / 1e9, count, final=True)
+
+    def _publish_clock(self) -> None:
+        """Publish the bag time now being played (as ros2 bag play --clock does)."""
+        clock = self._clock
+        if clock is not None and not self.done.is_set():
+            now_ns = clock.bag_time(time.monotonic())
+            self._clock_pub.publish(ClockMsg(clock=Time(sec=now_ns // 10**9,
+                                                        nanosec=now_ns % 10**9)))
+
+    def _linger(self) -> None:
+        """With --record, wait until every replayed instruction has been answered by a Plan."""
+        if self._recorder is None or self._stop.is_set():
+            return
+        wanted = sum(n for topic, n in self.sent.items() if is_instruction_topic(topic))
+        if PLAN_TYPE not in self._recorder.types.values() or not wanted:
+            return
+        if self._recorder.wait_for(PLAN_TYPE, wanted, self.args.linger, self._stop):
+            # vlm_node publishes vla_instruction right after the Plan it comes from.
+            self._stop.wait(GRACE_S)
+        else:
+            got = self._recorder.count(PLAN_TYPE)
+            self.get_logger().warning(f'{got} Plans for {wanted} instructions after waiting '
+                                      f'{self.args.linger} s (--linger)')
+
+    def _report(self, seconds: float) -> None:
+        sent = ', '.join(f'{topic} {n}' for topic, n in sorted(self.sent.items()))
+        print(f'vlm_replay: played {sum(self.sent.values())} messages in {seconds:.2f} s '
+              f'({sent})', file=sys.stderr, flush=True)
+        if self._recorder is not None:
+            got = ', '.join(f'{t} {n}' for t, n in sorted(self._recorder.counts.items()))
+            print(f'vlm_replay: recorded {got or "nothing"} into {self.args.record}',
+                  file=sys.stderr, flush=True)
+
+    def destroy_node(self) -> None:
+        """Stop playback, finish the recorded bag and close the recording, then the node."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._recorder is not None:
+            self._recorder.close()
+        if self._reader is not None:
+            self._reader.close()
+        super().destroy_node()

@@ -1,0 +1,118 @@
+"""Record topics of the live graph into a new rosbag2 (MCAP), as ``ros2 bag record`` would.
+
+Messages are taken as serialized bytes (raw subscriptions) and written unchanged, with the
+receive time as log time, so the bag holds exactly what went over the wire. Each connection
+carries its full message definition from storage.typestore(), which is what lets ``ros2 bag info``
+and ``ros2 bag play`` open the result on a machine with ROS 2 installed.
+"""
+
+import importlib
+import threading
+import time
+from collections import Counter
+from contextlib import ExitStack
+from functools import partial
+
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
+
+from vlm_ros_msgs.msg import Caption, Plan
+
+from ..node.messages import format_caption, format_plan
+from .storage import CAPTION_TYPE, PLAN_TYPE, STRING_TYPE, BagError, add_topic, bag_writer
+
+# vlm_node's outputs: their types are known before the node is up.
+KNOWN_TYPES = {'plan': PLAN_TYPE, 'caption': CAPTION_TYPE, 'vla_instruction': STRING_TYPE}
+RECORD_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def message_class(msgtype: str):
+    """Return the rclpy class of 'pkg/msg/Name', or BagError naming the package to install."""
+    package, _, name = msgtype.rpartition('/')
+    try:
+        return getattr(importlib.import_module(package.replace('/', '.')), name)
+    except (ImportError, AttributeError) as exc:
+        raise BagError(f'message type {msgtype} is not installed here; install or build the '
+                       f'{msgtype.split("/")[0]} package', exc) from exc
+
+
+def topic_type(node: Node, topic: str) -> str:
+    """Tell the type of an output topic: from the graph if it is there, else by its name."""
+    resolved = node.resolve_topic_name(topic)
+    for name, types in node.get_topic_names_and_types():
+        if name == resolved and types:
+            return types[0]
+    known = KNOWN_TYPES.get(resolved.rsplit('/', 1)[-1])
+    if known is None:
+        raise BagError(f'cannot tell the message type of {resolved}: nothing publishes it yet '
+                       f"and it is not one of vlm_node's outputs {sorted(KNOWN_TYPES)}")
+    return known
+
+
+def _format(msg) -> str:
+    if isinstance(msg, Plan):
+        return format_plan(msg)
+    if isinstance(msg, Caption):
+        return format_caption(msg)
+    return str(getattr(msg, 'data', msg))  # std_msgs/String (vla_instruction): just the text
+
+
+class Recorder:
+    """Raw subscriptions to topics, written into one bag; close() finishes the file."""
+
+    def __init__(self, node: Node, out, topics: list, storage: str = 'mcap',
+                 echo: bool = False):
+        self._cond = threading.Condition()
+        self.counts = Counter()
+        self._echo = echo
+        self._stack = ExitStack()
+        self._writer = self._stack.enter_context(bag_writer(out, storage))
+        self._subscriptions = []
+        self.types = {}
+        for topic in topics:
+            msgtype = topic_type(node, topic)
+            resolved = node.resolve_topic_name(topic)
+            connection = add_topic(self._writer, resolved, msgtype)
+            cls = message_class(msgtype)
+            self.types[resolved] = msgtype
+            self._subscriptions.append(node.create_subscription(
+                cls, resolved, partial(self._on_message, connection, cls), RECORD_QOS,
+                raw=True))
+
+    def _on_message(self, connection, cls, data: bytes) -> None:
+        with self._cond:
+            if self._writer is None:
+                return
+            self._writer.write(connection, time.time_ns(), data)
+            self.counts[connection.topic] += 1
+            self._cond.notify_all()
+        if self._echo:
+            print(f'[{connection.topic}] {_format(deserialize_message(data, cls))}', flush=True)
+
+    def matched(self) -> bool:
+        """Tell whether every recorded topic has a publisher."""
+        return all(sub.get_publisher_count() for sub in self._subscriptions)
+
+    def count(self, msgtype: str) -> int:
+        """Return how many messages of msgtype were recorded so far."""
+        with self._cond:
+            return sum(n for topic, n in self.counts.items() if self.types[topic] == msgtype)
+
+    def wait_for(self, msgtype: str, count: int, timeout: float,
+                 stop: threading.Event) -> bool:
+        """Wait until count messages of msgtype are recorded; False on timeout or stop."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.count(msgtype) < count:
+                left = deadline - time.monotonic()
+                if left <= 0 or stop.is_set():
+                    return False
+                self._cond.wait(min(left, 0.1))  # 0.1: notice stop without its own wake-up
+        return True
+
+    def close(self) -> None:
+        """Finish the bag (metadata.yaml and the MCAP summary); later messages are ignored."""
+        with self._cond:
+            self._writer = None
+        self._stack.close()

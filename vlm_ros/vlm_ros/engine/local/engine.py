@@ -1,0 +1,120 @@
+"""The in-process engine: requests in, results out, through preprocess -> generate -> parse.
+
+Plain types only (numpy images, strings, dataclasses), no rclpy: the ROS node, the offline
+evaluator and the benchmark all drive this same class.
+"""
+
+import threading
+from collections.abc import Callable
+from typing import Optional
+
+from ..chat import build_inputs
+from ..config import EngineConfig
+from ..errors import VlmError
+from ..preprocess import resize_max_side
+from ..prompts import load_templates, render_task
+from ..results import make_result
+from . import loader
+from .generate import generate
+
+
+class VlmEngine:
+    """Loads one VLM and answers batches of requests; load() before run(), unload() to free.
+
+    ``concurrency`` is 1: one model in one process runs one ``generate`` at a time, so callers
+    batch requests instead of running them side by side.
+    """
+
+    concurrency = 1
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.templates = load_templates(config.prompts)
+        self._loaded: Optional[loader.LoadedModel] = None
+
+    @property
+    def loaded(self) -> loader.LoadedModel:
+        """The loaded model, or VlmError when load() has not run."""
+        if self._loaded is None:
+            raise VlmError('load_failed', 'the model is not loaded', self.config.model,
+                           self.config.device)
+        return self._loaded
+
+    @property
+    def is_loaded(self) -> bool:
+        """Tell whether load() has run and unload() has not."""
+        return self._loaded is not None
+
+    @property
+    def model_name(self) -> str:
+        """The model's name as answers report it."""
+        return self.config.model
+
+    def describe(self) -> str:
+        """Say what is loaded and where, for a log line."""
+        loaded = self.loaded
+        return f'{loaded.name} on {loaded.device} ({loaded.dtype})'
+
+    def status(self) -> dict:
+        """Plain values for diagnostics: the device, and GPU memory when on a GPU."""
+        return {'device': str(self.loaded.device), **loader.gpu_memory(self.loaded.device)}
+
+    def load(self) -> None:
+        """Load weights and processor (downloads from the hub when model is a hub id)."""
+        self._loaded = loader.load(self.config)
+        tokenizer = self._loaded.processor.tokenizer
+        if not self._loaded.is_encoder_decoder:
+            tokenizer.padding_side = 'left'  # new tokens follow the last prompt token per row
+
+    def unload(self) -> None:
+        """Free the model (and cached GPU memory)."""
+        if self._loaded is not None:
+            loader.unload(self._loaded)
+            self._loaded = None
+
+    def preprocess(self, requests: list):
+        """Stage 1: resize images, fill prompt templates, tokenize into one batch."""
+        images = [resize_max_side(r.image, self.config.max_image_side) for r in requests]
+        prompts = [render_task(self.templates, r.task, r.text) for r in requests]
+        loaded = self.loaded
+        return loader.to_device(build_inputs(loaded.processor, images, prompts,
+                                      **self.config.processor_kwargs), loaded.device,
+                         loaded.dtype)
+
+    def _sampling(self) -> dict:
+        if not self.config.do_sample:
+            return {'do_sample': False}
+        return {'do_sample': True, 'temperature': self.config.temperature,
+                'top_p': self.config.top_p}
+
+    def run(self, requests: list, on_text: Optional[Callable[[str], None]] = None,
+            cancel: Optional[threading.Event] = None) -> list:
+        """Answer requests in one batched generate; results in request order.
+
+        ``on_text`` streams text increments (one request only); setting ``cancel`` stops the
+        generation between two decoding steps and marks the results cancelled.
+        Raises VlmError ('bad_input' for a bad image or text, 'out_of_memory' or
+        'generation_failed' for the model), never a bare exception.
+        """
+        if not requests:
+            return []
+        inputs = self.preprocess(requests)
+        limits = [r.max_new_tokens or self.config.max_new_tokens for r in requests]
+        try:
+            generated = generate(self.loaded, inputs, max(limits), self._sampling(), on_text,
+                                 cancel)
+        except Exception as exc:  # noqa: BLE001 - the caller answers with a status, not a crash
+            kind = 'out_of_memory' if loader.classify_error(exc) == 'out_of_memory' \
+                else 'generation_failed'
+            raise VlmError(kind, f'generation failed: {exc}', self.config.model,
+                           str(self.loaded.device), exc) from exc
+        tokenizer = self.loaded.processor.tokenizer
+        results = []
+        for request, limit, tokens in zip(requests, limits, generated.tokens, strict=True):
+            tokens = tokens[:limit]
+            results.append(make_result(request.task,
+                                       tokenizer.decode(tokens, skip_special_tokens=True),
+                                       len(tokens), generated.time_to_first_token,
+                                       generated.total_time, generated.cancelled))
+        return results
+

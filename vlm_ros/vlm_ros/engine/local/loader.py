@@ -1,0 +1,155 @@
+"""Load a VLM and its processor from a hub id or a local ``save_pretrained`` directory.
+
+One loader serves real models and the tests' tiny checkpoints, so the tests exercise the path
+a robot uses. Failures become ``VlmError`` naming the model, the device and the cause.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import transformers
+
+from ..config import DEVICES_HELP, DTYPES, EngineConfig
+from ..errors import VlmError
+
+# Tried in order: decoder-only and cross-attention families map to ImageTextToText; some
+# encoder-decoder families are registered only as Vision2Seq or Seq2SeqLM.
+_AUTO_CLASSES = ('AutoModelForImageTextToText', 'AutoModelForVision2Seq', 'AutoModelForSeq2SeqLM')
+_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for ``generate``, with what the engine needs to know about it."""
+
+    model: object
+    processor: object
+    device: torch.device
+    dtype: torch.dtype
+    name: str
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        """Tell whether generate returns only new tokens (encoder-decoder) or prompt + new."""
+        return bool(getattr(self.model.config, 'is_encoder_decoder', False))
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn 'auto'/'cpu'/'cuda[:N]' into a torch device, failing early when CUDA is absent."""
+    if device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if device != 'cpu' and not device.startswith('cuda'):
+        raise VlmError('bad_input', f'unknown device {device!r}; use {DEVICES_HELP}')
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise VlmError('bad_input', f'unknown device {device!r}; use {DEVICES_HELP}') from exc
+    if resolved.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise VlmError('bad_input', f'device {device!r} asked for, but CUDA is not available'
+                           ' (no GPU, or a CPU-only torch build)')
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise VlmError('bad_input', f'device {device!r} asked for, but only '
+                           f'{torch.cuda.device_count()} CUDA device(s) exist')
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """Pick the weights' dtype: 'auto' is bfloat16 on GPUs that support it, else float32."""
+    if dtype not in DTYPES:
+        raise VlmError('bad_input', f'unknown dtype {dtype!r}; use one of {DTYPES}')
+    if dtype != 'auto':
+        return _DTYPES[dtype]
+    if device.type == 'cuda' and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16 if device.type == 'cuda' else torch.float32
+
+
+def classify_error(exc: BaseException) -> str:
+    """Map an exception from loading or generating to a VlmError kind."""
+    if isinstance(exc, torch.OutOfMemoryError) or 'out of memory' in str(exc).lower():
+        return 'out_of_memory'
+    if isinstance(exc, OSError):  # FileNotFoundError, hub 'not a valid model identifier'
+        return 'not_found'
+    if isinstance(exc, (KeyError, ValueError)) and (
+            'model_type' in str(exc) or 'Unrecognized' in str(exc) or 'does not recognize'
+            in str(exc) or 'not supported' in str(exc)):
+        return 'unsupported'
+    return 'load_failed'
+
+
+def _kwargs(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> dict:
+    kwargs = {'dtype': dtype, 'trust_remote_code': config.trust_remote_code,
+              'local_files_only': config.local_files_only}
+    if config.attn_implementation:
+        kwargs['attn_implementation'] = config.attn_implementation
+    if device.type == 'cuda':
+        kwargs['device_map'] = {'': device}
+    return kwargs
+
+
+def _load_model(config: EngineConfig, kwargs: dict):
+    """Try the Auto classes in order; remember why each refused the config."""
+    refusals = []
+    for name in _AUTO_CLASSES:
+        auto = getattr(transformers, name, None)
+        if auto is None:
+            continue
+        try:
+            return auto.from_pretrained(config.model, **kwargs)
+        except ValueError as exc:
+            if 'Unrecognized configuration class' not in str(exc):
+                raise
+            refusals.append(f'{name}: {str(exc).splitlines()[0]}')
+    raise ValueError('architecture not supported by the installed transformers '
+                     f'{transformers.__version__}: ' + '; '.join(refusals))
+
+
+def load(config: EngineConfig) -> LoadedModel:
+    """Load model and processor onto the configured device, in eval mode."""
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    if os.path.sep in config.model and not os.path.isdir(config.model):
+        raise VlmError('not_found', f'model directory {config.model!r} does not exist',
+                       config.model, str(device))
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(
+            config.model, trust_remote_code=config.trust_remote_code,
+            local_files_only=config.local_files_only)
+        model = _load_model(config, _kwargs(config, device, dtype))
+        if device.type != 'cuda':
+            model.to(device)
+        model.eval()
+    except Exception as exc:  # noqa: BLE001 - every loader failure becomes a VlmError
+        kind = classify_error(exc)
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VlmError(kind, f'cannot load the model: {kind.replace("_", " ")}: {first_line}',
+                       config.model, str(device), exc) from exc
+    return LoadedModel(model, processor, device, dtype, config.model)
+
+
+def gpu_memory(device: torch.device) -> dict:
+    """Allocated and reserved CUDA memory in MiB on a GPU; nothing on a CPU."""
+    if device.type != 'cuda':
+        return {}
+    return {'gpu_memory_allocated_mib': round(torch.cuda.memory_allocated(device) / 2**20),
+            'gpu_memory_reserved_mib': round(torch.cuda.memory_reserved(device) / 2**20)}
+
+
+def unload(loaded: LoadedModel) -> None:
+    """Drop the model's tensors and give cached GPU memory back to the driver."""
+    on_cuda = loaded.device.type == 'cuda'
+    loaded.model = None
+    loaded.processor = None
+    if on_cuda:
+        torch.cuda.empty_cache()
+
+
+def to_device(inputs, device, dtype):
+    """Move a processor batch to device, casting floating tensors (pixels) to the model dtype."""
+    inputs = inputs.to(device)
+    for name, tensor in inputs.items():
+        if tensor.is_floating_point():
+            inputs[name] = tensor.to(dtype)
+    return inputs

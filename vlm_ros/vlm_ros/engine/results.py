@@ -1,0 +1,57 @@
+"""What every backend takes and returns: requests, parsed results, and stage 3 (parse).
+
+Plain dataclasses with no torch and no rclpy, so the remote backend, the node and the offline
+tools share them without importing a model runtime.
+"""
+
+from dataclasses import dataclass
+
+from .plan_parser import parse_plan
+
+
+@dataclass
+class Request:
+    """One task on one image: 'caption', 'vqa' (text = question) or 'plan' (text = instruction).
+
+    ``image`` is an HxWx3 uint8 RGB array; ``max_new_tokens`` 0 means the engine's default.
+    """
+
+    task: str
+    image: object
+    text: str = ''
+    max_new_tokens: int = 0
+
+
+@dataclass
+class Result:
+    """What the model said, parsed, with timings.
+
+    ``valid`` is False when the model answered but nothing usable could be parsed (a plan with
+    no steps, an empty caption); the raw ``text`` is always kept.
+    """
+
+    task: str
+    text: str
+    steps: tuple
+    valid: bool
+    form: str
+    output_tokens: int
+    time_to_first_token: float
+    total_time: float
+    cancelled: bool = False
+
+
+def parse_output(task: str, text: str) -> tuple:
+    """Stage 3 of 3: (steps, valid, form) of the model's text for the task."""
+    if task == 'plan':
+        parsed = parse_plan(text)
+        return parsed.steps, parsed.valid, parsed.form
+    return (), bool(text.strip()), 'text'
+
+
+def make_result(task: str, text: str, output_tokens: int, time_to_first_token: float,
+                total_time: float, cancelled: bool) -> Result:
+    """Parse text and wrap it with its timings: every backend's answers end here alike."""
+    steps, valid, form = parse_output(task, text)
+    return Result(task, text, steps, valid, form, output_tokens, time_to_first_token, total_time,
+                  cancelled)

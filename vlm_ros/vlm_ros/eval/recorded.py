@@ -1,0 +1,96 @@
+"""vlm_eval --recorded: the records of a live vlm_node's answers, taken from a recording of them.
+
+Replaying a bag through the running node and recording its Plans and Captions measures what a
+robot gets (queueing, dropped frames, the node's own pairing), where running the engine offline
+measures the model alone. Both make the same records, so one report format serves both.
+Answers are matched to input frames by header stamp, which the node copies from the frame it
+used, and Plans to input instructions by text in order, since every instruction gets exactly
+one Plan; log times of the two bags come from different clocks and are never compared.
+"""
+
+import contextlib
+from collections import defaultdict, deque
+
+from ..bag.storage import CAPTION_TYPE, PLAN_TYPE, BagError, open_bag, stamp_ns
+from ..engine import parse_plan
+from .inputs import BagInputs, describe_topics, frames_by_stamp
+from .records import (
+    ANSWERED,
+    STATUS_NAMES,
+    image_info,
+    result_record,
+)
+
+
+def _answer_topics(reader) -> dict:
+    """Return {topic: type} of the one Plan topic and the one Caption topic the bag has."""
+    chosen = {}
+    for msgtype in (PLAN_TYPE, CAPTION_TYPE):
+        found = sorted(t for t, info in reader.topics.items() if info.msgtype == msgtype)
+        if len(found) > 1:
+            raise BagError(f'{len(found)} {msgtype} topics in {reader.paths[0]}: '
+                           f'{", ".join(found)}; record one node per bag to evaluate it')
+        chosen.update(dict.fromkeys(found, msgtype))
+    if not chosen:
+        raise BagError(f'no {PLAN_TYPE} or {CAPTION_TYPE} topic in {reader.paths[0]}; record '
+                       f"the node's plan and caption topics. Topics: {describe_topics(reader)}")
+    return chosen
+
+
+def _plan_record(msg, inputs: BagInputs, frame, pending: dict) -> dict:
+    """Record one recorded Plan; its bag time is that of the instruction it answered."""
+    status = STATUS_NAMES.get(msg.status, f'UNKNOWN_{msg.status}')
+    queue = pending.get(msg.instruction)
+    if queue:
+        bag_time = queue.popleft()
+    else:  # a replan, or an instruction not in the input bag: the frame's time is the best
+        bag_time = frame.bag_time_ns if frame else None
+    answered = status in ANSWERED
+    return result_record(
+        'plan', msg.instruction, image_info(inputs.image_topic, frame), bag_time, inputs.start_ns,
+        status, message=msg.message, text=msg.text, steps=msg.steps, valid=status == 'OK',
+        form=parse_plan(msg.text).form if answered else 'none',
+        output_tokens=int(msg.output_tokens) if answered else None,
+        time_to_first_token=float(msg.time_to_first_token) if answered else None,
+        total_time=float(msg.total_time))
+
+
+def _caption_record(msg, inputs: BagInputs, frame) -> dict:
+    """Record one recorded Caption: the node publishes only captions whose status was OK."""
+    return result_record(
+        'caption', '', image_info(inputs.image_topic, frame),
+        frame.bag_time_ns if frame else None, inputs.start_ns, 'OK', text=msg.text,
+        valid=bool(msg.text.strip()), form='text', total_time=float(msg.total_time))
+
+
+def recorded_records(inputs: BagInputs, path) -> tuple:
+    """Read the answers recorded in the bag at path; return (records, run facts for summary).
+
+    The run's images per second count answered requests from the first request's arrival
+    (its answer's log time less its total_time) to the last answer, in the recording's clock.
+    """
+    by_stamp = frames_by_stamp(inputs)
+    pending = defaultdict(deque)
+    for instruction in inputs.instructions:
+        pending[instruction.text].append(instruction.bag_time_ns)
+    records, models, spans = [], set(), []
+    with contextlib.closing(open_bag(path)) as reader:
+        topics = _answer_topics(reader)
+        connections = [c for c in reader.connections if c.topic in topics]
+        for connection, log_ns, raw in reader.messages(connections):
+            msg = reader.deserialize(raw, connection.msgtype)
+            frame = by_stamp.get(stamp_ns(msg))
+            if topics[connection.topic] == PLAN_TYPE:
+                records.append(_plan_record(msg, inputs, frame, pending))
+            else:
+                records.append(_caption_record(msg, inputs, frame))
+            models.add(msg.model)
+            if records[-1]['status'] in ANSWERED:
+                spans.append((log_ns - int(msg.total_time * 1e9), log_ns))
+    seconds = (max(end for _, end in spans) - min(start for start, _ in spans)) / 1e9 \
+        if spans else 0.0
+    run = {'mode': 'recorded', 'recorded_bag': str(path), 'model': ', '.join(sorted(models)),
+           'device': 'live vlm_node', 'answer_topics': sorted(topics),
+           'images_per_s': len(spans) / seconds if seconds > 0 else None}
+    records.sort(key=lambda r: (r['bag_time_ns'] is None, r['bag_time_ns'] or 0))
+    return records, run

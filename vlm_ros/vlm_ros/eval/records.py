@@ -1,0 +1,135 @@
+"""The records and summary vlm_eval writes, the same whether a model ran or a recording answered.
+
+One record per request (kind 'result') and one per reference (kind 'score'), as JSON objects,
+so that a run of the evaluator and a recording of the live node compare line by line, and the
+summary, the printed table and the HTML report are all computed from the records alone.
+Status names are vlm_ros_msgs/Plan's STATUS_* constants without the prefix, read from the
+message definition so they cannot drift from what the node publishes.
+"""
+
+import math
+from collections import Counter
+from typing import Optional
+
+from ..bag.storage import PLAN_TYPE, typestore
+from ..node.stats import Stats
+
+STATUS_NAMES = {value: name.removeprefix('STATUS_')
+                for name, _, value in typestore().fielddefs[PLAN_TYPE][0]}
+ANSWERED = ('OK', 'INVALID_OUTPUT')  # the statuses under which the model produced the text
+
+
+def stamp_text(ns: int) -> str:
+    """Format a stamp as sec.nanosec, the way ROS prints builtin_interfaces/Time."""
+    return f'{ns // 10**9}.{ns % 10**9:09d}'
+
+
+def image_info(topic: str, frame) -> Optional[dict]:
+    """Describe the input frame a request used (None: no frame), for matching and the report."""
+    if frame is None:
+        return None
+    return {'topic': topic, 'frame': frame.index, 'stamp_ns': frame.stamp_ns,
+            'stamp': stamp_text(frame.stamp_ns), 'bag_time_ns': frame.bag_time_ns}
+
+
+def result_record(task: str, request: str, image: Optional[dict], bag_time_ns: Optional[int],
+                  start_ns: int, status: str, message: str = '', text: str = '', steps=(),
+                  valid: bool = False, form: str = 'none', output_tokens=None,
+                  time_to_first_token=None, total_time=None, batch=None) -> dict:
+    """Build the record of one request; timings and tokens stay None where nothing ran.
+
+    ``steps`` are PlanSteps of the engine or of a recorded Plan (both have the three fields);
+    ``bag_time_s`` counts from the start of the input recording, for plots.
+    """
+    return {
+        'kind': 'result', 'task': task, 'request': request, 'image': image,
+        'bag_time_ns': bag_time_ns,
+        'bag_time_s': None if bag_time_ns is None else (bag_time_ns - start_ns) / 1e9,
+        'status': status, 'message': message, 'text': text,
+        'steps': [{'instruction': s.instruction, 'skill': s.skill, 'target': s.target}
+                  for s in steps],
+        'valid': valid, 'form': form, 'output_tokens': output_tokens,
+        'time_to_first_token': time_to_first_token, 'total_time': total_time, 'batch': batch}
+
+
+def score_record(reference: dict, image: dict, score) -> dict:
+    """Build the record of one scored reference (a references-file entry and its Score)."""
+    return {'kind': 'score', 'task': reference['task'], 'request': reference['text'],
+            'target': reference['target'], 'image': image, 'ce': score.ce,
+            'perplexity': score.perplexity, 'tokens': score.tokens}
+
+
+def _rate(hits: int, total: int) -> Optional[float]:
+    return hits / total if total else None
+
+
+def summarize(records: list, run: dict, mean=None) -> dict:
+    """Compute the summary of a run from its records.
+
+    ``run`` holds what records cannot tell (mode, model, device, bag, topics, and answered
+    requests per second of the run); ``mean`` is the pooled Score of the references, if any.
+    Rates count only answered requests: a plan that had no image says nothing of the model.
+    """
+    results = [r for r in records if r['kind'] == 'result']
+    answered = [r for r in results if r['status'] in ANSWERED]
+    plans = [r for r in answered if r['task'] == 'plan']
+    captions = [r for r in answered if r['task'] == 'caption']
+    latencies = Stats(window=max(1, len(answered)))
+    for record in answered:
+        latencies.record(record['status'], record['total_time'])
+    summary = {
+        **run,
+        'requests': len(results), 'answered': len(answered),
+        'plans': sum(r['task'] == 'plan' for r in results), 'plans_answered': len(plans),
+        'captions': sum(r['task'] == 'caption' for r in results),
+        'by_status': dict(sorted(Counter(r['status'] for r in results).items())),
+        'plan_validity_rate': _rate(sum(r['valid'] for r in plans), len(plans)),
+        'caption_nonempty_rate': _rate(sum(bool(r['text'].strip()) for r in captions),
+                                       len(captions)),
+        'latency_p50_s': latencies.percentile(50) if answered else None,
+        'latency_p95_s': latencies.percentile(95) if answered else None,
+        'references': sum(r['kind'] == 'score' for r in records),
+    }
+    if mean is not None:
+        summary.update(mean_ce=mean.ce, mean_perplexity=mean.perplexity,
+                       scored_tokens=mean.tokens)
+    return summary
+
+
+def _value(value) -> str:
+    if value is None:
+        return '-'
+    if isinstance(value, float):
+        return f'{value:.4g}' if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return ', '.join(f'{k} {v}' for k, v in value.items()) or '-'
+    return str(value)
+
+
+_ROWS = (('mode', 'mode'), ('model', 'model'), ('device', 'device'), ('bag', 'bag'),
+         ('image topic', 'image_topic'), ('instruction topic', 'instruction_topic'),
+         ('requests', 'requests'), ('answered by the model', 'answered'),
+         ('plans (answered)', 'plans', 'plans_answered'), ('captions', 'captions'),
+         ('by status', 'by_status'), ('plan validity rate', 'plan_validity_rate'),
+         ('caption non-empty rate', 'caption_nonempty_rate'),
+         ('latency p50 (s)', 'latency_p50_s'), ('latency p95 (s)', 'latency_p95_s'),
+         ('images/s (whole run)', 'images_per_s'), ('references scored', 'references'),
+         ('mean CE (nats/token)', 'mean_ce'), ('perplexity', 'mean_perplexity'))
+
+
+def summary_rows(summary: dict) -> list:
+    """Return (label, text) rows of the summary: the one layout of the printed and HTML tables."""
+    rows = []
+    for label, key, *extra in _ROWS:
+        if key not in summary:
+            continue
+        text = _value(summary[key])
+        rows.append((label, f'{text} ({_value(summary[extra[0]])})' if extra else text))
+    return rows
+
+
+def format_table(summary: dict) -> str:
+    """Render the summary rows as an aligned two-column text table for the terminal."""
+    rows = summary_rows(summary)
+    width = max(len(label) for label, _ in rows)
+    return '\n'.join(f'{label:<{width}}  {text}' for label, text in rows)

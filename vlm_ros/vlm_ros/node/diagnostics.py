@@ -1,0 +1,70 @@
+"""The node's /diagnostics: model, backend, device, state, counters and latency, once a second.
+
+The engine adds its own values (``status()``): GPU memory in process; the server's URL and
+whether it is reachable for the openai backend.
+"""
+
+from diagnostic_msgs.msg import DiagnosticArray
+
+from .messages import diagnostics_msg
+from .scheduler import Outcome, Status
+from .stats import Stats
+
+
+class DiagnosticsReporter:
+    """Counts outcomes and publishes a DiagnosticArray on /diagnostics every second.
+
+    The publisher and timer exist in every lifecycle state, so a monitor sees an unconfigured
+    or failed node too, with the last error.
+    """
+
+    def __init__(self, node):
+        self._node = node
+        self.stats = Stats()
+        self.last_error = ''
+        self._pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        node.create_timer(1.0, self.publish)
+
+    def record(self, outcome: Outcome) -> None:
+        """Count one answered request."""
+        self.stats.record(outcome.status.name, outcome.total_time)
+        if outcome.status == Status.MODEL_ERROR:
+            self.last_error = outcome.message
+
+    def values(self) -> dict:
+        """Everything reported, as plain values (tests read the same keys)."""
+        node = self._node
+        engine, worker, frames = node.engine, node.worker, node.frames
+        loaded = engine is not None and engine.is_loaded
+        stats = self.stats
+        values = {
+            'model': node.model_name(),
+            'backend': node.p('backend'),
+            'device': node.p('device'),
+            'state': node._state_machine.current_state[1],
+            'model_loaded': loaded,
+            'requests_served': stats.served(),
+            'requests_in_progress': worker.serving() if worker else 0,
+            'latency_p50_s': f'{stats.percentile(50):.3f}',
+            'latency_p95_s': f'{stats.percentile(95):.3f}',
+            'queue_length': worker.queue_length() if worker else 0,
+            'frames_received': frames.received if frames else 0,
+            'frames_dropped': frames.dropped if frames else 0,
+            'frames_invalid': frames.invalid if frames else 0,
+            'captions_skipped': stats.captions_skipped,
+            'last_error': self.last_error,
+        }
+        values.update({f'status_{status.name.lower()}': stats.by_status[status.name]
+                       for status in Status})
+        if loaded:
+            values.update(engine.status())
+        return values
+
+    def publish(self) -> None:
+        """Publish the current values (the timer's callback); WARN when a server is away."""
+        values = self.values()
+        ok = values['state'] == 'active' and not self.last_error and \
+            values.get('backend_reachable') is not False
+        summary = f"{values['state']}; {values['requests_served']} requests served"
+        self._pub.publish(diagnostics_msg(f'{self._node.get_name()}: vlm', ok, summary, values,
+                                          self._node.get_clock().now().to_msg()))

@@ -1,0 +1,83 @@
+"""Outcomes to ROS messages, and Plans and Captions back to text for a terminal.
+
+The node builds plans, captions, query responses and diagnostics here; vlm_client and
+vlm_replay --echo print with the same formatting.
+"""
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from std_msgs.msg import Header
+
+from vlm_ros_msgs.msg import Caption, Plan, PlanStep
+
+from .scheduler import Outcome, Status
+
+
+def stamp_seconds(stamp) -> float:
+    """Convert a builtin_interfaces/Time to float seconds."""
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def plan_msg(outcome: Outcome, model: str, fallback: Header) -> Plan:
+    """Build the Plan answering outcome's job; fallback header when no image was used."""
+    result = outcome.result
+    plan = Plan(request_id=outcome.job.request_id, instruction=outcome.job.text,
+                status=int(outcome.status), message=outcome.message, model=model,
+                total_time=float(outcome.total_time))
+    plan.header = outcome.header if outcome.header is not None else fallback
+    if result is not None:
+        plan.text = result.text
+        plan.steps = [PlanStep(instruction=s.instruction, skill=s.skill, target=s.target)
+                      for s in result.steps]
+        plan.time_to_first_token = float(result.time_to_first_token)
+        plan.output_tokens = result.output_tokens
+    return plan
+
+
+def caption_msg(outcome: Outcome, model: str) -> Caption:
+    """Build the Caption of an OK caption outcome."""
+    return Caption(header=outcome.header, text=outcome.result.text, model=model,
+                   total_time=float(outcome.total_time))
+
+
+def fill_query_response(response, outcome: Outcome):
+    """Fill a Query response: success, the reason when not, the answer and image header."""
+    response.success = outcome.status == Status.OK
+    response.message = outcome.message
+    if outcome.result is not None:
+        response.answer = outcome.result.text
+    if outcome.header is not None:
+        response.image_header = outcome.header
+    return response
+
+
+def diagnostics_msg(name: str, level_ok: bool, summary: str, values: dict,
+                    stamp) -> DiagnosticArray:
+    """One DiagnosticStatus named name with values as key/value strings."""
+    status = DiagnosticStatus(
+        level=DiagnosticStatus.OK if level_ok else DiagnosticStatus.WARN, name=name,
+        message=summary, hardware_id=str(values.get('device', '')),
+        values=[KeyValue(key=key, value=str(value)) for key, value in values.items()])
+    array = DiagnosticArray(status=[status])
+    array.header.stamp = stamp
+    return array
+
+
+def format_plan(plan: Plan) -> str:
+    """Render a Plan for a terminal: status, steps, timings."""
+    status = {v: k for k, v in vars(Plan).items() if k.startswith('STATUS_')}.get(plan.status)
+    lines = [f'{status} {plan.request_id} (image {plan.header.frame_id or "-"} '
+             f'{plan.header.stamp.sec}.{plan.header.stamp.nanosec:09d})']
+    if plan.message:
+        lines.append(f'  reason: {plan.message}')
+    lines += [f'  {i}. {s.instruction}' + (f'  [{s.skill} {s.target}]'.rstrip()
+                                          if s.skill or s.target else '')
+              for i, s in enumerate(plan.steps, 1)]
+    lines.append(f'  {plan.output_tokens} tokens, first after {plan.time_to_first_token:.3f} s,'
+                 f' total {plan.total_time:.3f} s')
+    return '\n'.join(lines)
+
+
+def format_caption(msg: Caption) -> str:
+    """Render a Caption for a terminal: source image stamp and frame, then the text."""
+    stamp = f'{msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}'
+    return f'[{stamp} {msg.header.frame_id}] {msg.text}'

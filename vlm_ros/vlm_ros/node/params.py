@@ -1,0 +1,158 @@
+"""The node's parameters: one table of specs, and validation as a pure function.
+
+Defaults live in config/vlm.yaml (a ROS params file); the table here gives types, ranges,
+descriptions and which parameters need a reload (model, device, backend, base_url, ...): those
+are read-only while a model is loaded and may change only in the unconfigured state, so that a
+configure that failed on a bad model or an unset key can succeed after the parameter is fixed,
+without a restart.
+``validate`` is used by the node's set-parameters callback and tested without ROS.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..engine.config import BACKENDS, DTYPES, parse_processor_kwargs
+from ..engine.errors import VlmError
+from ..engine.prompts import check_template
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A parameter's default, meaning, and the values it accepts."""
+
+    name: str
+    default: object
+    description: str
+    needs_reload: bool = False  # read-only while a model is loaded
+    choices: tuple = ()
+    low: Optional[float] = None
+    high: Optional[float] = None
+
+
+SPECS = (
+    ParamSpec('model', 'HuggingFaceTB/SmolVLM-256M-Instruct', 'Hugging Face hub id or local '
+              'save_pretrained directory of the VLM', needs_reload=True),
+    ParamSpec('device', 'auto', "'auto', 'cpu', 'cuda' or 'cuda:N'", needs_reload=True),
+    ParamSpec('dtype', 'auto', 'weights dtype; auto = bfloat16 on GPUs that support it, '
+              'else float32', needs_reload=True, choices=DTYPES),
+    ParamSpec('attn_implementation', '', "attention kernel ('' = transformers default, "
+              "'sdpa', 'eager', 'flash_attention_2')", needs_reload=True),
+    ParamSpec('trust_remote_code', False, 'run model code from the hub (off: safer)',
+              needs_reload=True),
+    ParamSpec('local_files_only', False, 'never download; use the local cache only',
+              needs_reload=True),
+    ParamSpec('backend', 'transformers', "'transformers' runs the model in this process; "
+              "'openai' asks an OpenAI-compatible server (vLLM, SGLang, TGI, Ollama) at "
+              'base_url', needs_reload=True, choices=BACKENDS),
+    ParamSpec('base_url', 'http://127.0.0.1:8000/v1', "openai backend: the server's API root, "
+              'up to and including /v1', needs_reload=True),
+    ParamSpec('remote_model', '', "openai backend: the model's name on the server ('' = the "
+              'model parameter)', needs_reload=True),
+    ParamSpec('api_key_env', '', 'openai backend: the environment variable holding the API key '
+              "('' = the server needs none); the key itself is never a parameter",
+              needs_reload=True),
+    ParamSpec('request_timeout', 30.0, 'openai backend: seconds to wait for a connection and for '
+              'each streamed piece of an answer', needs_reload=True, low=0.1, high=3600.0),
+    ParamSpec('max_retries', 2, 'openai backend: retries of a refused, timed-out, 429 or 5xx '
+              'request before any text arrived, with exponential backoff from 0.5 s',
+              needs_reload=True, low=0, high=10),
+    ParamSpec('max_concurrency', 4, 'openai backend: requests this node has at the server at '
+              'once (the server batches them)', needs_reload=True, low=1, high=256),
+    ParamSpec('jpeg_quality', 90, 'openai backend: JPEG quality of the images sent',
+              needs_reload=True, low=1, high=100),
+    ParamSpec('autostart', True, 'configure and activate at start-up; false: wait for a '
+              'lifecycle manager'),
+    ParamSpec('max_new_tokens', 128, 'generation limit per request', low=1, high=4096),
+    ParamSpec('processor_kwargs', '', 'JSON object for the processor call, e.g. '
+              '{"do_image_splitting": false}: one SmolVLM tile instead of a grid of 17, '
+              'about 10x faster on a CPU', needs_reload=True),
+    ParamSpec('max_image_side', 640, 'longer image side fed to the model, pixels (0 = as is)',
+              low=0, high=8192),
+    ParamSpec('image_transport', 'raw', "'raw' subscribes to image (sensor_msgs/Image), "
+              "'compressed' to image/compressed", choices=('raw', 'compressed')),
+    ParamSpec('image_reliability', 'best_effort', 'QoS reliability of the image subscription',
+              choices=('best_effort', 'reliable')),
+    ParamSpec('image_qos_depth', 1, 'QoS depth of the image subscription (the node keeps '
+              'only the latest frame)', low=1, high=100),
+    ParamSpec('instruction_qos_depth', 100, 'QoS depth of the instruction subscription and '
+              'the plan publisher (reliable): a burst must not be lost', low=1, high=10000),
+    ParamSpec('max_image_age', 0.0, 'seconds; older images give STATUS_STALE_IMAGE '
+              '(0 = no limit)', low=0.0, high=3600.0),
+    ParamSpec('wait_for_image', 2.0, 'seconds a request may wait for a first or fresh frame',
+              low=0.0, high=600.0),
+    ParamSpec('caption_rate', 0.0, 'Hz of captions of the latest frame (0 = off); skipped '
+              'while busy', low=0.0, high=100.0),
+    ParamSpec('replan_period', 0.0, 'seconds between re-plans of the last instruction on '
+              'fresh frames (0 = off)', low=0.0, high=3600.0),
+    ParamSpec('queue_size', 8, 'requests that may wait; more are answered STATUS_DROPPED',
+              low=1, high=1000),
+    ParamSpec('prompt_caption', '', "caption prompt template ('' = built-in)"),
+    ParamSpec('prompt_vqa', '', "question template with {question} ('' = built-in)"),
+    ParamSpec('prompt_plan', '', "plan template with {instruction} ('' = built-in)"),
+)
+BY_NAME = {spec.name: spec for spec in SPECS}
+PROMPT_PARAMS = {'prompt_caption': 'caption', 'prompt_vqa': 'vqa', 'prompt_plan': 'plan'}
+
+
+def processor_kwargs(text: str) -> dict:
+    """Parse the processor_kwargs parameter ('' = none) into keyword arguments, or VlmError."""
+    return parse_processor_kwargs(text) if text.strip() else {}
+
+
+def _check_value(name: str, value) -> None:
+    """Raise VlmError when a parameter's text does not parse (JSON, prompt templates)."""
+    if name == 'processor_kwargs':
+        processor_kwargs(value)
+    elif name in PROMPT_PARAMS and value:
+        check_template(PROMPT_PARAMS[name], value)
+
+
+def validate(name: str, value, model_loaded: bool = False) -> Optional[str]:
+    """Return why value is not acceptable for parameter name, or None when it is."""
+    spec = BY_NAME.get(name)
+    if spec is None:
+        return None  # not ours (e.g. use_sim_time): rclpy validates it
+    if spec.needs_reload and model_loaded:
+        return f'{name} needs a model reload: deactivate and cleanup the node, then set it'
+    if type(value) is not type(spec.default):
+        return (f'{name} must be {type(spec.default).__name__}, '
+                f'got {type(value).__name__} {value!r}')
+    if spec.choices and value not in spec.choices:
+        return f'{name} must be one of {", ".join(spec.choices)}; got {value!r}'
+    if spec.low is not None and not spec.low <= value <= spec.high:
+        return f'{name} must be within [{spec.low}, {spec.high}]; got {value!r}'
+    try:
+        _check_value(name, value)
+    except VlmError as exc:
+        return str(exc)
+    return None
+
+
+def validate_all(values: dict, model_loaded: bool = False) -> Optional[str]:
+    """Return the reasons (joined) why any of values is unacceptable, or None."""
+    reasons = [reason for name, value in values.items()
+               if (reason := validate(name, value, model_loaded)) is not None]
+    return '; '.join(reasons) or None
+
+
+def descriptor(spec: ParamSpec):
+    """Build the rcl ParameterDescriptor of spec: description, choices and range for tools.
+
+    ``read_only`` stays False even for reload parameters: ROS would then refuse every later
+    change, and the lifecycle allows one after cleanup; validate() enforces the rest.
+    """
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    text = spec.description
+    if spec.needs_reload:
+        text += ' [read-only while a model is loaded]'
+    if spec.choices:
+        text += f" [one of: {', '.join(spec.choices)}]"
+    result = ParameterDescriptor(description=text)
+    if spec.low is not None and isinstance(spec.default, int):
+        result.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high),
+                                             step=0)]
+    elif spec.low is not None:
+        result.floating_point_range = [FloatingPointRange(from_value=float(spec.low),
+                                                          to_value=float(spec.high), step=0.0)]
+    return result

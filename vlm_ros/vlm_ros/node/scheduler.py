@@ -1,0 +1,217 @@
+"""Requests, their outcomes, and the worker threads that run inference.
+
+Executor callbacks only enqueue; the worker takes requests in FIFO order, picks the image
+(an explicit one, or the latest fresh camera frame), runs the engine and hands every request
+exactly one outcome, whatever happens: the node's answering contract lives here, without ROS.
+An in-process model gets one thread; a remote server, which batches what arrives together,
+gets as many as the engine's concurrency.
+"""
+
+import enum
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..engine import Request, Result, VlmError
+from .frames import FrameStore
+
+
+class Status(enum.IntEnum):
+    """Outcome of a request; the values are vlm_ros_msgs/Plan's STATUS_* constants."""
+
+    OK = 0
+    INVALID_OUTPUT = 1
+    NO_IMAGE = 2
+    STALE_IMAGE = 3
+    BAD_INPUT = 4
+    MODEL_ERROR = 5
+    DROPPED = 6
+    CANCELLED = 7
+
+
+@dataclass
+class Job:
+    """One request: a task on an explicit image or on the latest camera frame."""
+
+    task: str
+    text: str
+    done: Callable[['Outcome'], None]
+    image_msg: object = None  # None: use the latest camera frame
+    max_new_tokens: int = 0
+    on_text: Optional[Callable[[str], None]] = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    received: float = field(default_factory=time.monotonic)
+    request_id: str = ''
+
+
+@dataclass
+class Outcome:
+    """What a job ended with; header is the used image's header (None when none was used)."""
+
+    job: Job
+    status: Status
+    message: str = ''
+    header: object = None
+    result: Optional[Result] = None
+
+    @property
+    def total_time(self) -> float:
+        """Seconds from the request's arrival to now (the outcome is published right away)."""
+        return time.monotonic() - self.job.received
+
+
+@dataclass
+class Limits:
+    """The run-time adjustable limits the worker reads for every job."""
+
+    wait_for_image: float = 2.0
+    max_image_age: float = 0.0
+    queue_size: int = 8
+
+
+class Worker:
+    """A bounded FIFO of jobs served by ``threads`` threads; every job gets exactly one outcome.
+
+    Jobs start in FIFO order; with more than one thread they may finish out of order.
+    """
+
+    _ids = itertools.count(1)
+
+    def __init__(self, engine, frames: FrameStore, convert: Callable, now: Callable[[], float],
+                 limits: Limits, log_error: Callable[[str], None], threads: int = 1):
+        self._engine = engine
+        self._frames = frames
+        self._convert = convert
+        self._now = now
+        self.limits = limits
+        self._log_error = log_error
+        self._queue = deque()
+        self._cond = threading.Condition()
+        self._current = {}  # id -> job being served (a Job compares by value: no set)
+        self._running = True
+        self._threads = [threading.Thread(target=self._loop, name=f'vlm-worker-{index}',
+                                          daemon=True) for index in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def new_request_id(self) -> str:
+        """Return a process-unique id, so answers match requests in logs and bags."""
+        return f'{next(self._ids)}-{int(time.time() * 1000) % 100000000:08d}'
+
+    def submit(self, job: Job) -> bool:
+        """Enqueue job; when the queue is full, answer it STATUS_DROPPED at once (False)."""
+        job.request_id = job.request_id or self.new_request_id()
+        with self._cond:
+            accepted = self._running and len(self._queue) < self.limits.queue_size
+            if accepted:
+                self._queue.append(job)
+                self._cond.notify()
+        if not accepted:
+            reason = (f'request queue full (queue_size={self.limits.queue_size})'
+                      if self._running else 'node is not active')
+            status = Status.DROPPED if self._running else Status.CANCELLED
+            self._finish(Outcome(job, status, reason))
+        return accepted
+
+    def idle(self) -> bool:
+        """Tell whether nothing runs and nothing waits: a due caption may go."""
+        with self._cond:
+            return not self._current and not self._queue
+
+    def serving(self) -> int:
+        """Jobs being served right now."""
+        with self._cond:
+            return len(self._current)
+
+    def queue_length(self) -> int:
+        """Jobs waiting (not counting those being served)."""
+        with self._cond:
+            return len(self._queue)
+
+    def stop(self, message: str) -> None:
+        """Cancel the running jobs, answer waiting ones CANCELLED, and join the threads."""
+        with self._cond:
+            self._running = False
+            pending = list(self._queue)
+            self._queue.clear()
+            for job in self._current.values():
+                job.cancel.set()
+            self._cond.notify_all()
+        for job in pending:
+            self._finish(Outcome(job, Status.CANCELLED, message))
+        for thread in self._threads:
+            thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._running and not self._queue:
+                    self._cond.wait()
+                if not self._running:
+                    return
+                job = self._queue.popleft()
+                self._current[id(job)] = job
+            self._finish(self._serve(job))
+            with self._cond:
+                del self._current[id(job)]
+
+    def _finish(self, outcome: Outcome) -> None:
+        try:
+            outcome.job.done(outcome)
+        except Exception as exc:  # noqa: BLE001 - one bad answer must not stop the worker
+            self._log_error(f'answering request {outcome.job.request_id} failed: {exc!r}')
+
+    def _fresh(self, frame) -> bool:
+        max_age = self.limits.max_image_age
+        return max_age <= 0 or self._now() - frame.stamp <= max_age
+
+    def _image(self, job: Job):
+        """Return (header, rgb) for job, or an Outcome saying why there is none."""
+        if job.image_msg is not None:
+            return self._converted(job, job.image_msg.header, self._convert, job.image_msg)
+        wait = self.limits.wait_for_image
+        frame = self._frames.wait_for(self._fresh, wait)
+        if frame is None:
+            return Outcome(job, Status.NO_IMAGE, f'no image arrived within {wait:g} s')
+        if not self._fresh(frame):
+            age = self._now() - frame.stamp
+            return Outcome(job, Status.STALE_IMAGE, f'latest image is {age:.2f} s old '
+                           f'(max_image_age {self.limits.max_image_age:g} s) and no fresh '
+                           f'one arrived within {wait:g} s', frame.header)
+        return self._converted(job, frame.header, self._frames.image, frame)
+
+    @staticmethod
+    def _converted(job: Job, header, convert: Callable, source):
+        """Return (header, rgb), or a BAD_INPUT outcome that still names the bad image."""
+        try:
+            return header, convert(source)
+        except VlmError as exc:
+            return Outcome(job, Status.BAD_INPUT, str(exc), header)
+
+    def _serve(self, job: Job) -> Outcome:
+        header = None
+        try:
+            if job.cancel.is_set():
+                return Outcome(job, Status.CANCELLED, 'cancelled before it started')
+            found = self._image(job)
+            if isinstance(found, Outcome):
+                return found
+            header, image = found
+            request = Request(job.task, image, job.text, job.max_new_tokens)
+            result = self._engine.run([request], on_text=job.on_text, cancel=job.cancel)[0]
+        except VlmError as exc:
+            status = Status.BAD_INPUT if exc.kind == 'bad_input' else Status.MODEL_ERROR
+            return Outcome(job, status, str(exc), header)
+        except Exception as exc:  # noqa: BLE001 - answered as a model error, never silence
+            return Outcome(job, Status.MODEL_ERROR, f'inference failed: {exc!r}', header)
+        if result.cancelled:
+            return Outcome(job, Status.CANCELLED, 'cancelled during generation', header, result)
+        if not result.valid:
+            what = 'no plan steps could be parsed' if job.task == 'plan' else 'empty answer'
+            return Outcome(job, Status.INVALID_OUTPUT, f'model output invalid: {what}', header,
+                           result)
+        return Outcome(job, Status.OK, '', header, result)

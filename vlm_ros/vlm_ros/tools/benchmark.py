@@ -1,0 +1,149 @@
+"""vlm_benchmark: how fast a VLM answers through the engine, per batch size. Prints a table.
+
+    vlm_benchmark --model DIR_OR_HUB_ID [--batch-sizes 1 4 8] [--device cuda] [--dtype bfloat16]
+    vlm_benchmark --random smolvlm-256m|qwen2-vl-2b|florence-2-base   (no download needed)
+    vlm_benchmark --random tiny:llava                                  (the test checkpoints)
+
+Each row: one 640x480 image and one plan prompt per request, exactly --new-tokens generated
+(EOS suppressed, so random weights are timed like real ones), median of --repeats runs after
+one warm-up. A benchmark, not a test: it asserts nothing.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from ..engine import Request
+from ..engine.local import VlmEngine
+from ..engine.local.generate import generate
+from .engine_args import add_engine_args, engine_config
+
+
+def peak_memory_mib(device) -> float:
+    """Peak memory since the last reset: CUDA allocations on a GPU, process RSS on a CPU."""
+    import torch
+
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def scene(height: int, width: int) -> np.ndarray:
+    """Draw a deterministic tabletop-like test frame (gradient plus a block)."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
+    image[..., 1] = np.linspace(0, 255, height, dtype=np.uint8)[:, None]
+    image[height // 3:height // 2, width // 3:width // 2] = (220, 30, 30)
+    return image
+
+
+def time_batch(engine: VlmEngine, batch: int, new_tokens: int, image, extra: dict) -> dict:
+    """Run one batched generate of exactly new_tokens tokens; return its timings."""
+    import torch
+
+    loaded = engine.loaded
+    if loaded.device.type == 'cuda':
+        torch.cuda.synchronize(loaded.device)
+    start = time.perf_counter()
+    requests = [Request('plan', image, 'pick up the red block and put it in the bin')] * batch
+    inputs = engine.preprocess(requests)
+    prep = time.perf_counter() - start
+    out = generate(loaded, inputs, new_tokens,
+                   {'do_sample': False, 'min_new_tokens': new_tokens, **extra})
+    total = prep + out.total_time
+    return {'ttft': prep + out.time_to_first_token, 'total': total,
+            'tokens': sum(len(t) for t in out.tokens),
+            'decode_tps': batch * (new_tokens - 1) / max(out.total_time -
+                                                         out.time_to_first_token, 1e-9)}
+
+
+def run(engine: VlmEngine, batch_sizes, new_tokens: int, repeats: int, image_hw,
+        extra: dict) -> list:
+    """Benchmark every batch size; return one row of medians each."""
+    import torch
+
+    image = scene(*image_hw)
+    rows = []
+    for batch in batch_sizes:
+        time_batch(engine, batch, new_tokens, image, extra)  # warm-up (and compilation)
+        if engine.loaded.device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(engine.loaded.device)
+        runs = [time_batch(engine, batch, new_tokens, image, extra) for _ in range(repeats)]
+        total = statistics.median(r['total'] for r in runs)
+        rows.append({'batch': batch, 'ttft_ms': 1000 * statistics.median(r['ttft'] for r in runs),
+                     'decode_tok_s': statistics.median(r['decode_tps'] for r in runs),
+                     'total_ms': 1000 * total, 'images_s': batch / total,
+                     'peak_mib': peak_memory_mib(engine.loaded.device),
+                     'tokens': runs[0]['tokens'] // batch})
+    return rows
+
+
+def format_table(title: str, rows: list) -> str:
+    """Render rows as a Markdown table (pasted as is into docs/BENCHMARKS.md)."""
+    lines = [f'### {title}', '',
+             '| batch | new tokens | TTFT ms | decode tok/s | total ms | images/s | peak MiB |',
+             '|---:|---:|---:|---:|---:|---:|---:|']
+    lines += [f"| {r['batch']} | {r['tokens']} | {r['ttft_ms']:.1f} | {r['decode_tok_s']:.1f} | "
+              f"{r['total_ms']:.1f} | {r['images_s']:.2f} | {r['peak_mib']:.0f} |" for r in rows]
+    return '\n'.join(lines)
+
+
+def parse_args(argv):
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(prog='vlm_benchmark', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--model', help='hub id or save_pretrained directory')
+    source.add_argument('--random', help='random weights: a real-size config name, or '
+                        'tiny:FAMILY for a test checkpoint')
+    add_engine_args(parser)
+    parser.add_argument('--attn', default='sdpa', help="attn_implementation ('' = default)")
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 4, 8])
+    parser.add_argument('--new-tokens', type=int, default=64)
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--image', default='480x640', help='HxW of the test frame')
+    parser.add_argument('--static-cache', action='store_true',
+                        help="generate with cache_implementation='static' (transformers then "
+                        'compiles the decoding step with torch.compile)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    """Console script vlm_benchmark."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        model = args.model
+        if args.random:
+            from ..demo.tiny.real_size import build_random
+
+            model = str(build_random(args.random, scratch))
+        engine = VlmEngine(engine_config(args, model, attn_implementation=args.attn or None,
+                                         max_image_side=640))
+        start = time.perf_counter()
+        engine.load()
+        loaded = engine.loaded
+        load_s = time.perf_counter() - start
+        extra = {'cache_implementation': 'static'} if args.static_cache else {}
+        height, width = (int(v) for v in args.image.split('x'))
+        rows = run(engine, args.batch_sizes, args.new_tokens, args.repeats, (height, width),
+                   extra)
+    params = sum(p.numel() for p in loaded.model.parameters()) / 1e6
+    title = (f'{args.random or args.model}: {params:.2f} M params, {loaded.device} '
+             f'{str(loaded.dtype).replace("torch.", "")}, attn {args.attn or "default"}'
+             f'{", static cache" if args.static_cache else ""}'
+             f'{", " + json.dumps(args.processor_kwargs) if args.processor_kwargs else ""}, '
+             f'{width}x{height} image, '
+             f'load {load_s:.1f} s')
+    print(format_table(title, rows), flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

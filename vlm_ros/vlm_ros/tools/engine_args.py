@@ -1,0 +1,32 @@
+"""The engine's command-line options, shared by the tools that load a model (benchmark, eval).
+
+One definition keeps --device, --dtype and --processor-kwargs spelled, checked and documented
+alike in every tool, and one builder turns them into the EngineConfig each tool loads.
+"""
+
+import argparse
+
+from ..engine import EngineConfig, VlmError
+from ..engine.config import DEVICES_HELP, DTYPES, parse_processor_kwargs
+
+
+def _processor_kwargs(text: str) -> dict:
+    """Parse --processor-kwargs; argparse reports the error next to the option name."""
+    try:
+        return parse_processor_kwargs(text, '--processor-kwargs')
+    except VlmError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """Add the options of where and how a model runs (the model itself is each tool's own)."""
+    parser.add_argument('--device', default='auto', help=DEVICES_HELP)
+    parser.add_argument('--dtype', default='auto', choices=DTYPES)
+    parser.add_argument('--processor-kwargs', type=_processor_kwargs, default={},
+                        help='JSON for the processor call, e.g. {"do_image_splitting": false}')
+
+
+def engine_config(args: argparse.Namespace, model: str, **fields) -> EngineConfig:
+    """Build the EngineConfig of model from add_engine_args' options plus the tool's fields."""
+    return EngineConfig(model=model, device=args.device, dtype=args.dtype,
+                        processor_kwargs=args.processor_kwargs, **fields)

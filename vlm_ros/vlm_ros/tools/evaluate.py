@@ -1,0 +1,122 @@
+"""vlm_eval: evaluate a VLM offline on a rosbag2 recording, without a ROS graph.
+
+    vlm_eval BAG --model DIR_OR_HUB_ID [--out eval_out] [--batch-size 4] [--no-captions]
+    vlm_eval BAG --recorded ANSWERS_BAG [--out DIR]         (answers of a live vlm_node)
+    vlm_eval BAG --model M --references refs.yaml            (also cross-entropy of references)
+
+Every instruction in the bag is answered with the latest camera frame logged at or before it,
+as the live node would have seen it, and every frame so used is also captioned. Writes
+results.jsonl (one record per request and per reference), summary.json, latency.png and a
+self-contained report.html into --out, and prints the summary table.
+"""
+
+import argparse
+import contextlib
+import pathlib
+import sys
+
+from ..bag.storage import open_bag
+from ..engine import VlmError
+from ..engine.local import VlmEngine
+from ..eval.inputs import decode_frames, frames_by_stamp, read_inputs
+from ..eval.offline import plan_requests, run_engine, score_references, write_outputs
+from ..eval.recorded import recorded_records
+from ..eval.records import ANSWERED, format_table, summarize
+from ..eval.references import load_references, reference_frames
+from ..eval.report import thumbnail_jpeg
+from ..node.params import BY_NAME
+from .engine_args import add_engine_args, engine_config
+
+# The live node's defaults: offline answers are comparable only under the same limits.
+NODE_DEFAULTS = {name: BY_NAME[name].default for name in ('max_new_tokens', 'max_image_side')}
+
+
+def parse_args(argv):
+    """Parse the command line; --model is needed unless --recorded answers without references."""
+    parser = argparse.ArgumentParser(prog='vlm_eval', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('bag', help='rosbag2 directory (or .mcap / .db3 file) with the inputs')
+    parser.add_argument('--model', help='hub id or save_pretrained directory')
+    parser.add_argument('--recorded', metavar='OUT_BAG',
+                        help='take the answers from this recording of a live vlm_node instead '
+                        'of running a model')
+    parser.add_argument('--references', metavar='FILE',
+                        help='YAML or JSONL list of {stamp_ns, task, text, target} to score')
+    parser.add_argument('--image-topic', help='default: the one Image topic, else the one '
+                        'CompressedImage topic')
+    parser.add_argument('--instruction-topic', help="default: the one std_msgs/String topic "
+                        "whose name ends in 'instruction'")
+    parser.add_argument('--out', default='eval_out', help='output directory')
+    parser.add_argument('--batch-size', type=int, default=4)
+    parser.add_argument('--no-captions', dest='captions', action='store_false',
+                        help='skip captioning the frames the instructions used')
+    add_engine_args(parser)
+    parser.add_argument('--max-new-tokens', type=int, default=NODE_DEFAULTS['max_new_tokens'],
+                        help='generation limit per request (as vlm_node)')
+    parser.add_argument('--max-image-side', type=int,
+                        default=NODE_DEFAULTS['max_image_side'],
+                        help="longer image side fed to the model, pixels (as vlm_node's)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f'--batch-size must be at least 1, not {args.batch_size}')
+    if args.model is None and (args.recorded is None or args.references):
+        parser.error('--model is required' + (' to score --references' if args.recorded
+                                               else ' (or --recorded ANSWERS_BAG)'))
+    return args
+
+
+def evaluate(args) -> dict:
+    """Run the evaluation args describe, write its outputs; return the summary."""
+    with contextlib.closing(open_bag(args.bag)) as reader:
+        inputs = read_inputs(reader, args.image_topic, args.instruction_topic)
+        entries = load_references(args.references) if args.references else []
+        ref_frames = reference_frames(entries, frames_by_stamp(inputs), inputs.image_topic)
+        if args.recorded:
+            records, run = recorded_records(inputs, args.recorded)
+            pending = []
+        else:
+            pending = plan_requests(inputs, args.captions)
+            records, run = [], {'mode': 'engine'}
+        used = [r['image']['frame'] for r in records if r['image']] + \
+            [p.frame.index for p in pending if p.frame] + [f.index for f in ref_frames]
+        images = decode_frames(reader, inputs, used)
+    engine, mean = None, None
+    if pending or entries:
+        engine = VlmEngine(engine_config(args, args.model, max_new_tokens=args.max_new_tokens,
+                                         max_image_side=args.max_image_side))
+        engine.load()
+        run.update(model=args.model, device=str(engine.loaded.device),
+                   dtype=str(engine.loaded.dtype).replace('torch.', ''))
+    if pending:
+        records, seconds = run_engine(engine, inputs, pending, images, args.batch_size)
+        answered = sum(r['status'] in ANSWERED for r in records)
+        run['images_per_s'] = answered / seconds if seconds > 0 else None
+    if entries:
+        scored, mean = score_references(engine, inputs, entries, ref_frames, images,
+                                        args.batch_size)
+        records += scored
+    run.update(bag=inputs.path, image_topic=inputs.image_topic,
+               instruction_topic=inputs.instruction_topic, frames=len(inputs.frames),
+               instructions=len(inputs.instructions))
+    summary = summarize(records, run, mean)
+    thumbnails = {index: thumbnail_jpeg(image) for index, image in images.items()
+                  if not isinstance(image, Exception)}
+    write_outputs(pathlib.Path(args.out), records, summary, thumbnails)
+    return summary
+
+
+def main(argv=None) -> int:
+    """Console script vlm_eval: exit 0 with a report, 1 with the reason on stderr."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        summary = evaluate(args)
+    except VlmError as exc:
+        print(f'vlm_eval: error: {exc}', file=sys.stderr)
+        return 1
+    print(format_table(summary))
+    print(f'wrote {args.out}/results.jsonl, summary.json, latency.png, report.html', flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
