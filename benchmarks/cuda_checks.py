@@ -28,7 +28,10 @@ def main() -> int:
     results = []
     device = resolve_device('auto')
     results.append(check('auto device is cuda', device.type == 'cuda', str(device)))
-    results.append(check('auto dtype', True, str(resolve_dtype('auto', device))))
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtype = resolve_dtype('auto', device)
+    results.append(check('auto dtype is bf16 where supported, else fp16', dtype == expected,
+                         f'{dtype} on {torch.cuda.get_device_name(device)}'))
     images = [np.random.default_rng(i).integers(0, 255, (480, 640, 3), np.uint8)
               for i in range(3)]
     requests = [Request('caption', images[0]), Request('vqa', images[1], 'what is it?'),

@@ -19,7 +19,7 @@ setup(
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),
-        ('share/' + PACKAGE + '/launch', glob.glob('launch/*.xml')),
+        ('share/' + PACKAGE + '/launch', glob.glob('launch/*.launch.py')),
         ('share/' + PACKAGE + '/config', glob.glob('config/*.yaml') + glob.glob('config/*.xml')),
     ],
     install_requires=['setuptools'],

@@ -54,6 +54,33 @@ def trained_tiny(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope='session')
+def untrained_llava(tmp_path_factory):
+    """Return a tiny LLaVA with random weights, whose generations run long.
+
+    It rarely stops by itself, so a generation runs as long as max_new_tokens allows (about
+    1 ms a token here): long enough to signal or deactivate a node in the middle of it.
+    """
+    from vlm_ros.demo.tiny import build_tiny
+
+    return build_tiny('llava', tmp_path_factory.mktemp('untrained_llava'))
+
+
+@pytest.fixture(scope='session')
+def hub_home(trained_tiny, tmp_path_factory):
+    """Return an offline Hugging Face cache (HF_HOME) holding hub ids of tiny checkpoints.
+
+    'vlm-ros-test/tiny-llava' is the trained LLaVA; the README's default model id holds the
+    trained Idefics3 (the architecture and processor of that checkpoint).
+    """
+    from engine_fixtures import DEFAULT_MODEL, add_to_hub_cache
+
+    home = tmp_path_factory.mktemp('hf_home')
+    add_to_hub_cache(home, 'vlm-ros-test/tiny-llava', trained_tiny('llava'))
+    add_to_hub_cache(home, DEFAULT_MODEL, trained_tiny('idefics3'))
+    return home
+
+
 def _served(trained_tiny, tmp_path_factory, name: str, copy: bool):
     """Start transformers serve on the trained tiny LLaVA (a copy of it, when copy is set)."""
     import shutil
@@ -108,13 +135,16 @@ def backend(request):
 def start_vlm_node(test_node, trained_tiny, backend, request):
     """Return a starter: params -> a running vlm_node process serving the trained tiny LLaVA.
 
+    A parameter given as None is not passed (the node's default applies); env replaces the
+    process environment.
+
     With backend 'openai' the node asks tiny_server, which serves the same checkpoint.
     Every node started is stopped at teardown with SIGINT, and must exit 0 without rclpy's
     abort, so every integration test also checks clean shutdown.
     """
     from node_harness import VlmNodeProcess
+    from ros_harness import stopped_cleanly
 
-    started = []
     remote = {}
     if backend == 'openai':
         remote = {'backend': 'openai',
@@ -123,13 +153,7 @@ def start_vlm_node(test_node, trained_tiny, backend, request):
     def start(env=None, **params):
         params = {'model': str(trained_tiny('llava')), 'device': 'cpu', 'dtype': 'float32',
                   'max_new_tokens': 96, **remote, **params}
-        node = VlmNodeProcess(test_node, env, **params)
-        started.append(node)
-        return node
+        params = {name: value for name, value in params.items() if value is not None}
+        return VlmNodeProcess(test_node, env, **params)
 
-    yield start
-    for node in started:
-        if node.proc.poll() is None:
-            code, err = node.stop()
-            assert 'terminate called' not in err
-            assert code == 0, err[-3000:]
+    yield from stopped_cleanly(start)

@@ -1,7 +1,11 @@
 """Shared test data: synthetic camera scenes and the answers tiny checkpoints are trained on."""
 
 import json
+import os
+import pathlib
+import shutil
 
+import cv2
 import numpy as np
 from vlm_ros.demo.tiny import FAMILIES as _FAMILIES
 from vlm_ros.engine.prompts import load_templates, render_task
@@ -26,11 +30,48 @@ def scene(colour: str, height: int = 48, width: int = 64) -> np.ndarray:
     return image
 
 
+def jpeg_round_trip(image: np.ndarray) -> np.ndarray:
+    """Return image as a camera's JPEG stream delivers it (quality 90, 4:2:0 chroma)."""
+    ok, encoded = cv2.imencode('.jpg', cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
 def training_samples() -> list:
-    """(image, prompt, target) triples, prompts rendered exactly as the engine renders them."""
+    """(image, prompt, target) triples, prompts rendered exactly as the engine renders them.
+
+    The plan is also taught on the JPEG-compressed frame: a compressed camera must get the
+    same plan, as a real model would give it.
+    """
     templates = load_templates()
+    plan_prompt = render_task(templates, 'plan', TARGETS['plan'][0])
     return [
         (scene('red'), render_task(templates, 'caption'), TARGETS['caption'][1]),
         (scene('blue'), render_task(templates, 'vqa', TARGETS['vqa'][0]), TARGETS['vqa'][1]),
-        (scene('red'), render_task(templates, 'plan', TARGETS['plan'][0]), TARGETS['plan'][1]),
+        (scene('red'), plan_prompt, TARGETS['plan'][1]),
+        (jpeg_round_trip(scene('red')), plan_prompt, TARGETS['plan'][1]),
     ]
+
+
+# The README's default model id: its checkpoint is an Idefics3 (Idefics3Processor), the family
+# the tiny idefics3 checkpoint is; the tests put one under this id into an offline hub cache.
+DEFAULT_MODEL = 'HuggingFaceTB/SmolVLM-256M-Instruct'
+HUB_REVISION = '0123456789abcdef0123456789abcdef01234567'
+
+
+def add_to_hub_cache(hf_home: pathlib.Path, repo_id: str, model_dir) -> None:
+    """Lay model_dir out as repo_id in the Hugging Face cache under hf_home.
+
+    The layout huggingface_hub downloads into (hub/models--ORG--NAME/refs/main naming a
+    snapshot folder), so with HF_HUB_OFFLINE=1 the id loads through the real cache lookup.
+    """
+    repo = hf_home / 'hub' / ('models--' + repo_id.replace('/', '--'))
+    shutil.copytree(model_dir, repo / 'snapshots' / HUB_REVISION)
+    (repo / 'refs').mkdir(parents=True)
+    (repo / 'refs' / 'main').write_text(HUB_REVISION)
+
+
+def offline_hub_env(hf_home: pathlib.Path) -> dict:
+    """Return the environment of a process that sees only hf_home's cache, never the network."""
+    return {**os.environ, 'HF_HOME': str(hf_home), 'HF_HUB_OFFLINE': '1'}

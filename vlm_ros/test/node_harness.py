@@ -8,6 +8,8 @@ The node is the console script colcon installed (lib/vlm_ros/vlm_node), started 
 import pathlib
 import signal
 import subprocess
+import tempfile
+import uuid
 
 from ament_index_python.packages import get_package_prefix
 from diagnostic_msgs.msg import DiagnosticArray
@@ -15,6 +17,7 @@ from engine_fixtures import scene
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.srv import SetParameters
+from rclpy.action import ActionClient
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_harness import Collector, TestNode, stop_process, wait_future, wait_until
@@ -22,6 +25,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from vlm_ros.node.image_conversion import rgb_to_compressed, rgb_to_image
 
+from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.msg import Caption, Plan
 
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -35,19 +39,20 @@ def node_executable() -> str:
     return str(path)
 
 
-def diag_values(msg: DiagnosticArray) -> dict:
-    """Return the key/values of the vlm_node status in a DiagnosticArray."""
+def diag_values(msg: DiagnosticArray, node: str = '/vlm_node') -> dict:
+    """Return the key/values of node's status (by its full name) in a DiagnosticArray."""
     for status in msg.status:
-        if status.name.startswith('vlm_node'):
+        if status.name == f'{node}: vlm':
             return {kv.key: kv.value for kv in status.values}
     return {}
 
 
-def wait_state(diagnostics: Collector, state: str, timeout: float = TIMEOUT) -> dict:
-    """Wait until a /diagnostics collector sees vlm_node in state; return its values."""
-    msg = diagnostics.wait_for(lambda m: diag_values(m).get('state') == state, timeout,
-                               f'vlm_node to report state {state!r}')
-    return diag_values(msg)
+def wait_state(diagnostics: Collector, state: str, timeout: float = TIMEOUT,
+               node: str = '/vlm_node') -> dict:
+    """Wait until a /diagnostics collector sees node in state; return its values."""
+    msg = diagnostics.wait_for(lambda m: diag_values(m, node).get('state') == state, timeout,
+                               f'{node} to report state {state!r}')
+    return diag_values(msg, node)
 
 
 class VlmNodeProcess:
@@ -58,7 +63,10 @@ class VlmNodeProcess:
         for name, value in params.items():
             text = str(value).lower() if isinstance(value, bool) else str(value)
             args += ['-p', f'{name}:={text}']
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # The log goes to a file: a pipe nobody reads until stop() fills up after 64 kB, and
+        # the node would then block in its next log call.
+        self.log = tempfile.TemporaryFile('w+')
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
                                      text=True, env=env)
         node = test_node.node
         self.ros = node
@@ -106,8 +114,9 @@ class VlmNodeProcess:
     def stop(self, sig=signal.SIGINT):
         """Stop the node process; return (exit code, stderr)."""
         self.stop_stream()
-        code, _, err = stop_process(self.proc, sig, timeout=30.0)
-        return code, err
+        code, _, _ = stop_process(self.proc, sig, timeout=30.0)
+        self.log.seek(0)
+        return code, self.log.read()
 
 
 def wait_matched(publisher, what: str, timeout: float = 30.0) -> None:
@@ -145,6 +154,23 @@ def transition(test_node: TestNode, label: str) -> bool:
 def lifecycle_state(test_node: TestNode) -> str:
     """Return vlm_node's lifecycle state label from its get_state service."""
     return call(test_node, GetState, '/vlm_node/get_state', GetState.Request()).current_state.label
+
+
+def send_goal(test_node: TestNode, instruction: str, on_feedback, image=True):
+    """Send a generate_plan goal on the red scene (or the latest frame); return the handles.
+
+    Returns (client, goal, accepted goal handle).
+    """
+    client = ActionClient(test_node.node, GeneratePlan, '/vlm_node/generate_plan')
+    assert client.wait_for_server(timeout_sec=TIMEOUT), 'generate_plan never appeared'
+    goal = GeneratePlan.Goal(instruction=instruction)
+    if image:
+        goal.image = rgb_to_image(scene('red'))
+        goal.image.header.frame_id = uuid.uuid4().hex
+    handle = wait_future(client.send_goal_async(goal, feedback_callback=on_feedback), TIMEOUT,
+                         'goal acceptance')
+    assert handle.accepted
+    return client, goal, handle
 
 
 def camera(frame_id: str, fmt: str = 'raw'):

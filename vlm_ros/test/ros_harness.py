@@ -107,3 +107,21 @@ def wait_exit(proc: subprocess.Popen, timeout: float, after: str = 'its start'):
         _, err = proc.communicate()
         raise AssertionError(f'no exit within {timeout} s of {after}: {err}') from exc
     return proc.returncode, out, err
+
+
+def stopped_cleanly(make):
+    """Fixture body: yield a starter of processes (make's), then stop each one still running.
+
+    Every stop must end the process cleanly: exit 0, without rclpy's abort, so every test that
+    starts a process also checks its shutdown. Use as ``yield from stopped_cleanly(make)``.
+    """
+    started = []
+
+    def start(*args, **kwargs):
+        started.append(make(*args, **kwargs))
+        return started[-1]
+    yield start
+    for item in started:
+        if item.proc.poll() is None:
+            code, output = item.stop()
+            assert code == 0 and 'terminate called' not in output, output[-3000:]

@@ -144,3 +144,28 @@ def test_engine_imports_without_rclpy():
             'print("ok")')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr
+
+
+def test_processor_errors_become_bad_input_not_bare_exceptions(trained_tiny):
+    from engine_fixtures import scene
+    from vlm_ros.engine import Request
+
+    # A keyword the engine passes itself: the processor call raises TypeError.
+    engine = VlmEngine(EngineConfig(model=str(trained_tiny('llava')), device='cpu',
+                                    processor_kwargs={'return_tensors': 'np'}))
+    engine.load()
+    with pytest.raises(VlmError) as info:
+        engine.run([Request('caption', scene('red'))])
+    assert info.value.kind == 'bad_input' and 'preprocessing failed' in str(info.value)
+
+
+def test_run_time_update_changes_the_next_request_only_with_valid_templates():
+    engine = make_engine(EngineConfig(model='m', backend='openai'))
+    engine.update(max_new_tokens=5, prompts={'plan': 'Do: {instruction}'})
+    assert engine.config.max_new_tokens == 5
+    assert render_task(engine.templates, 'plan', 'x') == 'Do: x'
+    with pytest.raises(VlmError, match='must contain'):
+        engine.update(prompts={'plan': 'no placeholder'})
+    assert render_task(engine.templates, 'plan', 'x') == 'Do: x'  # unchanged
+    with pytest.raises(VlmError, match='cannot change'):
+        engine.update(model='other')

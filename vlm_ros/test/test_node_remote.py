@@ -4,12 +4,13 @@ The server is a real transformers serve process (fault_server); the node is neve
 """
 
 import os
+import signal
 import uuid
 
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, call, camera
 from rclpy.action import ActionClient
-from ros_harness import wait_future
+from ros_harness import start_process, stop_process, wait_future
 from vlm_ros.node.image_conversion import rgb_to_image
 
 from vlm_ros_msgs.action import GeneratePlan
@@ -51,6 +52,30 @@ def test_openai_backend_runs_where_torch_and_transformers_cannot_be_imported(
     values = blocked.wait_diag(lambda v: 'needs torch and transformers' in
                                v.get('last_error', ''), TIMEOUT, 'the configure failure')
     assert values['state'] == 'unconfigured', values
+
+
+def test_a_server_that_echoes_the_key_never_gets_it_into_any_output(start_vlm_node):
+    secret = 'sk-' + uuid.uuid4().hex
+    echo = start_process(['echo_server.py'])
+    try:
+        base_url = f'http://127.0.0.1:{echo.stdout.readline().strip()}/v1'
+        node = start_vlm_node(env={**os.environ, 'VLM_TEST_KEY': secret}, backend='openai',
+                              base_url=base_url, api_key_env='VLM_TEST_KEY', max_retries=0)
+        node.wait_state('active')
+        frame_id = uuid.uuid4().hex
+        node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+        node.instruct(INSTRUCTION)
+        plan = node.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the plan')
+        assert plan.status == Plan.STATUS_MODEL_ERROR and 'HTTP 401' in plan.message
+        assert 'Bearer <' in plan.message  # the echo arrived, redacted
+        values = node.wait_diag(lambda v: 'HTTP 401' in v.get('backend_checked', '') and
+                                'HTTP 401' in v.get('last_error', ''), TIMEOUT, 'the 401s')
+        code, err = node.stop()
+        assert code == 0, err[-3000:]
+        outputs = [plan.message, plan.text, *values.values(), err]
+        assert not [text for text in outputs if secret in text or secret[3:15] in text]
+    finally:
+        stop_process(echo, signal.SIGTERM)
 
 
 def test_server_killed_mid_request_then_the_next_instruction_succeeds(start_vlm_node,

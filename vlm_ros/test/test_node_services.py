@@ -4,13 +4,11 @@ import threading
 import uuid
 
 from engine_fixtures import TARGETS, scene
-from node_harness import TIMEOUT, call, camera
-from rclpy.action import ActionClient
+from node_harness import TIMEOUT, call, camera, send_goal
 from ros_harness import wait_future
 from serve_harness import both_backends
 from vlm_ros.node.image_conversion import rgb_to_image
 
-from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.msg import Plan
 from vlm_ros_msgs.srv import Query
 
@@ -42,23 +40,12 @@ def test_query_without_an_image_uses_the_latest_frame(start_vlm_node, test_node)
     assert response.image_header.frame_id == frame_id and response.answer
 
 
-def _send_goal(test_node, instruction, on_feedback):
-    client = ActionClient(test_node.node, GeneratePlan, '/vlm_node/generate_plan')
-    assert client.wait_for_server(timeout_sec=TIMEOUT), 'generate_plan never appeared'
-    goal = GeneratePlan.Goal(instruction=instruction, image=rgb_to_image(scene('red')))
-    goal.image.header.frame_id = uuid.uuid4().hex
-    handle = wait_future(client.send_goal_async(goal, feedback_callback=on_feedback), TIMEOUT,
-                         'goal acceptance')
-    assert handle.accepted
-    return client, goal, handle
-
-
 @both_backends
 def test_action_streams_feedback_before_the_result(start_vlm_node, test_node):
     node = start_vlm_node()
     node.wait_state('active')
     feedback = []
-    client, goal, handle = _send_goal(test_node, TARGETS['plan'][0],
+    client, goal, handle = send_goal(test_node, TARGETS['plan'][0],
                                       lambda msg: feedback.append(msg.feedback))
     result = wait_future(handle.get_result_async(), TIMEOUT, 'the action result').result
     plan = result.plan
@@ -76,7 +63,7 @@ def test_action_cancel_stops_generation(start_vlm_node, test_node):
     node = start_vlm_node()
     node.wait_state('active')
     first = threading.Event()
-    client, _, handle = _send_goal(test_node, TARGETS['plan'][0], lambda _: first.set())
+    client, _, handle = send_goal(test_node, TARGETS['plan'][0], lambda _: first.set())
     assert first.wait(TIMEOUT), 'no feedback arrived'
     wait_future(handle.cancel_goal_async(), TIMEOUT, 'the cancel response')
     plan = wait_future(handle.get_result_async(), TIMEOUT, 'the result').result.plan

@@ -1,12 +1,21 @@
-"""A spinning vlm_ros process exits 0 on SIGINT and SIGTERM, without rclpy's abort."""
+"""Shutdown contract: SIGINT, SIGTERM and deactivate answer everything pending, then stop.
+
+Signals come from this (another) process while a generation runs and requests wait; every
+process must exit 0 without rclpy's abort ("terminate called ..."), and fast.
+"""
 
 import signal
+import threading
+import time
 import uuid
 
 import pytest
-from ros_harness import start_process, stop_process
+from node_harness import TIMEOUT, camera, send_goal, transition
+from ros_harness import start_process, stop_process, wait_future
 
+from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.msg import Plan
+from vlm_ros_msgs.srv import Query
 
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
@@ -21,3 +30,121 @@ def test_signal_exits_cleanly(test_node, sig):
         code, _, err = stop_process(peer, sig)
     assert 'terminate called' not in err
     assert code == 0, err
+
+
+LONG = {'max_new_tokens': 4096, 'wait_for_image': 30.0}  # each answer: seconds of generation
+EXIT_LIMIT = 2.0  # s from the signal to the exit, while generating on a CPU
+
+
+def _busy_node(start_vlm_node, untrained_llava, waiting: int):
+    """Start a node generating one answer with `waiting` instructions queued behind it."""
+    node = start_vlm_node(model=str(untrained_llava), queue_size=waiting + 2, **LONG)
+    node.wait_state('active')
+    node.stream(camera(uuid.uuid4().hex)).wait_for(lambda m: True, TIMEOUT, 'a frame')
+    texts = [f'instruction {i} {uuid.uuid4().hex}' for i in range(waiting + 1)]
+    for text in texts:
+        node.instruct(text)
+    node.wait_diag(lambda v: v.get('requests_in_progress') == '1' and
+                   v.get('queue_length') == str(waiting), TIMEOUT,
+                   f'one generation running and {waiting} waiting')
+    return node, texts
+
+
+def _signal_and_time(node, sig):
+    started = time.monotonic()
+    code, err = node.stop(sig)
+    return code, err, time.monotonic() - started
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
+def test_signal_while_generating_answers_every_instruction(start_vlm_node, untrained_llava,
+                                                           sig):
+    node, texts = _busy_node(start_vlm_node, untrained_llava, waiting=6)
+    code, err, took = _signal_and_time(node, sig)
+    assert 'terminate called' not in err
+    assert code == 0, err[-3000:]
+    assert took < EXIT_LIMIT, f'exit took {took:.2f} s'
+    answered = [p for p in node.plans.items() if p.instruction in texts]
+    assert sorted(p.instruction for p in answered) == sorted(texts), 'one Plan each'
+    cancelled = [p for p in answered if p.status == Plan.STATUS_CANCELLED]
+    assert len(cancelled) >= 6 and all('shutting down' in p.message for p in cancelled)
+    assert any('during generation' in p.message for p in cancelled), \
+        [p.message for p in cancelled]
+
+
+def test_signal_answers_a_running_goal_and_a_waiting_query(start_vlm_node, untrained_llava,
+                                                           test_node):
+    node = start_vlm_node(model=str(untrained_llava), **LONG)
+    node.wait_state('active')
+    streaming = threading.Event()
+    client, _, handle = send_goal(test_node, 'keep going', lambda _: streaming.set())
+    result = handle.get_result_async()  # as clients do: asked for at once, answered at the end
+    assert streaming.wait(TIMEOUT), 'no feedback: not generating'
+    query = test_node.node.create_client(Query, '/vlm_node/query')
+    assert query.wait_for_service(timeout_sec=TIMEOUT)
+    response = query.call_async(Query.Request(question='what is there?'))
+    node.wait_diag(lambda v: v.get('queue_length') == '1', TIMEOUT, 'the query queued')
+    code, err, took = _signal_and_time(node, signal.SIGTERM)
+    assert code == 0 and 'terminate called' not in err, err[-3000:]
+    assert took < EXIT_LIMIT, f'exit took {took:.2f} s'
+    result = wait_future(result, TIMEOUT, 'the goal result')
+    assert result.result.plan.status == Plan.STATUS_CANCELLED, result.result.plan.message
+    answer = wait_future(response, TIMEOUT, 'the query response')
+    assert not answer.success and 'shutting down' in answer.message
+    client.destroy()
+
+
+def test_idle_node_exits_within_a_second(start_vlm_node):
+    node = start_vlm_node()
+    node.wait_state('active')
+    code, err, took = _signal_and_time(node, signal.SIGINT)
+    assert code == 0, err[-3000:]
+    assert took < 1.0, f'idle exit took {took:.2f} s'
+
+
+def test_deactivate_wakes_a_query_waiting_for_an_image(start_vlm_node, test_node):
+    node = start_vlm_node(wait_for_image=60.0)  # no camera: the query waits for a frame
+    node.wait_state('active')
+    query = test_node.node.create_client(Query, '/vlm_node/query')
+    assert query.wait_for_service(timeout_sec=TIMEOUT)
+    response = query.call_async(Query.Request(question='anything?'))
+    node.wait_diag(lambda v: v.get('requests_in_progress') == '1', TIMEOUT, 'the query waiting')
+    started = time.monotonic()
+    assert transition(test_node, 'deactivate')
+    took = time.monotonic() - started
+    answer = wait_future(response, TIMEOUT, 'the query response')
+    assert took < 1.0, f'deactivate took {took:.2f} s'
+    assert not answer.success and 'deactivated' in answer.message, answer.message
+
+
+def test_deactivate_gives_a_running_goal_its_result(start_vlm_node, untrained_llava, test_node):
+    node = start_vlm_node(model=str(untrained_llava), **LONG)
+    node.wait_state('active')
+    streaming = threading.Event()
+    client, _, handle = send_goal(test_node, 'keep going', lambda _: streaming.set())
+    assert streaming.wait(TIMEOUT), 'no feedback: not generating'
+    started = time.monotonic()
+    assert transition(test_node, 'deactivate')
+    took = time.monotonic() - started
+    result = wait_future(handle.get_result_async(), TIMEOUT, 'the goal result')
+    assert took < 1.0, f'deactivate took {took:.2f} s'
+    assert result.result.plan.status == Plan.STATUS_CANCELLED
+    assert 'deactivated' in result.result.plan.message
+    rejected = wait_future(client.send_goal_async(GeneratePlan.Goal(instruction='x')), TIMEOUT,
+                           'the goal response of an inactive node')
+    assert not rejected.accepted
+    client.destroy()
+
+
+def test_deactivate_while_generating_answers_every_instruction_within_a_second(
+        start_vlm_node, untrained_llava, test_node):
+    node, texts = _busy_node(start_vlm_node, untrained_llava, waiting=6)
+    started = time.monotonic()
+    assert transition(test_node, 'deactivate')
+    took = time.monotonic() - started
+    assert took < 1.0, f'deactivate took {took:.2f} s'
+    answered = [node.plans.wait_for(lambda p, t=text: p.instruction == t, TIMEOUT, text)
+                for text in texts]
+    assert all(p.status == Plan.STATUS_CANCELLED and 'deactivated' in p.message
+               for p in answered), [p.message for p in answered]
+    assert len([p for p in node.plans.items() if p.instruction in texts]) == len(texts)

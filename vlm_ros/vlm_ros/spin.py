@@ -9,11 +9,14 @@ nodes destroyed, and only then ``rclpy.try_shutdown()`` runs; the process exits 
 """
 
 import signal
+import sys
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Optional
 
 import rclpy
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
@@ -30,6 +33,8 @@ class SpinThread:
                  on_exit: Optional[Callable[[], None]] = None):
         self._nodes = list(nodes)
         self._on_exit = on_exit
+        self.error: Optional[BaseException] = None  # what ended spinning, if not a shutdown
+        self.races = 0
         self._executor = executor or MultiThreadedExecutor()
         for node in self._nodes:
             self._executor.add_node(node)
@@ -38,12 +43,33 @@ class SpinThread:
 
     def _spin(self) -> None:
         try:
-            self._executor.spin()
+            self._spin_through_races()
         except ExternalShutdownException:
             pass
+        except Exception as exc:  # noqa: BLE001 - kept for the caller: the exit status says it
+            self.error = exc
+            traceback.print_exc()
         finally:
             if self._on_exit is not None:
                 self._on_exit()
+
+    def _spin_through_races(self) -> None:
+        """Spin; when rclpy trips over an entity destroyed under its wait set, spin on.
+
+        rclpy's executor builds its wait set from the nodes' entities, and raises InvalidHandle
+        when one of them was destroyed meanwhile by another thread (ros2/rclpy#1206, #1355,
+        #1491: a lifecycle transition destroying a subscription or timer, say). That entity
+        is gone and the executor's state is intact (its callback generator is rebuilt), so the
+        process spins on instead of dying; ``races`` counts how often.
+        """
+        while True:
+            try:
+                self._executor.spin()
+                return
+            except InvalidHandle as exc:
+                self.races += 1
+                print(f'vlm_ros.spin: the executor raced a destroyed entity ({exc}); spinning '
+                      'on', file=sys.stderr, flush=True)
 
     def stop(self) -> None:
         """Stop the executor, join its thread, destroy the nodes."""
@@ -62,7 +88,10 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
     the CPU count) spins on a background thread, so services, actions and parameter callbacks
     stay responsive while another callback group is busy. A node with a ``done`` Event (a
     one-shot tool such as vlm_client) ends the process when it is set, with the node's
-    ``code`` as exit status; a signal means a clean exit, 0.
+    ``code`` as exit status; a signal means a clean exit, 0, and an executor that dies of an
+    exception means 1 (the traceback is printed). On a signal, a node's
+    ``shutdown_gracefully()`` (vlm_node: the lifecycle shutdown transition) runs first, while
+    the executor still spins, so what it answers on the way out is still sent.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
@@ -78,6 +107,10 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
             if done.is_set():
                 code = node.code
                 break
+        else:
+            getattr(node, 'shutdown_gracefully', lambda: None)()
+            if spinner.error is not None:
+                code = 1  # the executor died of an exception (printed): not a clean stop
     finally:
         if spinner is not None:
             spinner.stop()

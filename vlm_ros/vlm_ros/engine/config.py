@@ -11,6 +11,9 @@ DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 # 'transformers' runs the model in this process; 'openai' asks an OpenAI-compatible server
 # (vLLM, SGLang, TGI, Ollama, transformers serve) through its chat completions API.
 BACKENDS = ('transformers', 'openai')
+# processor_kwargs come from anyone on the DDS domain: bounded before they are parsed.
+MAX_KWARGS_CHARS = 4096
+MAX_KWARGS_DEPTH = 8
 
 
 def parse_processor_kwargs(text: str, name: str = 'processor_kwargs') -> dict:
@@ -19,14 +22,29 @@ def parse_processor_kwargs(text: str, name: str = 'processor_kwargs') -> dict:
     The node's parameter and the tools' --processor-kwargs option both go through this, so a
     value is accepted or refused alike everywhere; name says which one the error is about.
     """
+    if len(text) > MAX_KWARGS_CHARS:
+        raise VlmError('bad_input', f'{name} has {len(text)} characters; at most '
+                       f'{MAX_KWARGS_CHARS}')
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise VlmError('bad_input', f'{name} is not valid JSON ({exc}): {text!r}') from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or nested too deep
+        raise VlmError('bad_input', f'{name} is not valid JSON ({exc}): {text[:200]!r}') \
+            from exc
     if not isinstance(value, dict):
         raise VlmError('bad_input', f'{name} must be a JSON object like '
-                       f'{{"do_image_splitting": false}}, got {text!r}')
+                       f'{{"do_image_splitting": false}}, got {text[:200]!r}')
+    if _depth(value) > MAX_KWARGS_DEPTH:
+        raise VlmError('bad_input', f'{name} nests deeper than {MAX_KWARGS_DEPTH} levels')
     return value
+
+
+def _depth(value) -> int:
+    """Nesting depth of a parsed JSON value (bounded: the text is at most MAX_KWARGS_CHARS)."""
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
 
 
 @dataclass

@@ -26,16 +26,21 @@ def check_image(image) -> np.ndarray:
     return image
 
 
+def fitted_size(image: np.ndarray, max_side: int) -> tuple:
+    """Return (width, height) of image once its longer side is at most max_side (0 = as is)."""
+    height, width = image.shape[:2]
+    longer = max(height, width)
+    if not max_side or longer <= max_side:
+        return width, height
+    scale = max_side / longer
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def resize_max_side(image: np.ndarray, max_side: int) -> Image.Image:
     """Convert to PIL, shrinking so the longer side is at most max_side (0 = keep size)."""
     pil = Image.fromarray(np.ascontiguousarray(check_image(image)))
-    height, width = image.shape[:2]
-    longer = max(height, width)
-    if max_side and longer > max_side:
-        scale = max_side / longer
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        pil = pil.resize(size, Image.Resampling.BICUBIC)
-    return pil
+    size = fitted_size(image, max_side)
+    return pil if size == pil.size else pil.resize(size, Image.Resampling.BICUBIC)
 
 
 def encode_jpeg(image: np.ndarray, max_side: int, quality: int) -> bytes:

@@ -1,6 +1,7 @@
 """Prompt templates per task, from the packaged YAML, overridable by the user."""
 
 import pathlib
+import string
 from collections.abc import Mapping
 
 import yaml
@@ -10,6 +11,7 @@ from .errors import VlmError
 TASKS = ('caption', 'vqa', 'plan')
 _FIELDS = {'caption': (), 'vqa': ('question',), 'plan': ('instruction',)}
 _DEFAULTS = pathlib.Path(__file__).with_name('prompts.yaml')
+MAX_TEMPLATE_CHARS = 8192
 
 
 def load_templates(overrides: Mapping = None) -> dict:
@@ -31,13 +33,29 @@ def load_templates(overrides: Mapping = None) -> dict:
 
 
 def check_template(task: str, template: str) -> None:
-    """Raise VlmError unless template formats with exactly the task's placeholder."""
-    values = {name: 'x' for name in _FIELDS[task]}
+    """Raise VlmError unless template is text, {{ }} escapes and the task's bare placeholder.
+
+    Anything on the DDS domain may set a template, so str.format's mini-language is refused:
+    attribute and index lookups ({instruction.x}), conversions and format specs
+    ({instruction:>1000000000}) could raise or allocate without bound. What is accepted
+    renders to at most the template's length plus the request text per placeholder.
+    """
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise VlmError('bad_input', f'prompt template for {task!r} has {len(template)} '
+                       f'characters; at most {MAX_TEMPLATE_CHARS}')
+    allowed = _FIELDS[task] or 'none'
     try:
-        template.format(**values)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise VlmError('bad_input', f'prompt template for {task!r} is invalid ({exc!r}); '
-                       f'placeholders allowed: {_FIELDS[task] or "none"}') from exc
+        fields = [(name, spec, conversion) for _, name, spec, conversion
+                  in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise VlmError('bad_input', f'prompt template for {task!r} is invalid ({exc}); '
+                       f'placeholders allowed: {allowed}; write braces as {{{{ and }}}}') from exc
+    for name, spec, conversion in fields:
+        if name not in _FIELDS[task] or spec or conversion:
+            shown = '{' + name + (f'!{conversion}' if conversion else '') + \
+                (f':{spec}' if spec else '') + '}'
+            raise VlmError('bad_input', f'prompt template for {task!r} is invalid: {shown} '
+                           f'is not a bare placeholder; placeholders allowed: {allowed}')
     for name in _FIELDS[task]:
         if '{' + name + '}' not in template:
             raise VlmError('bad_input', f'prompt template for {task!r} must contain {{{name}}}')

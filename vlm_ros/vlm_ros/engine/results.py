@@ -39,6 +39,7 @@ class Result:
     time_to_first_token: float
     total_time: float
     cancelled: bool = False
+    image_size: tuple = (0, 0)  # (width, height) the model was given, after max_image_side
 
 
 def parse_output(task: str, text: str) -> tuple:
@@ -50,8 +51,8 @@ def parse_output(task: str, text: str) -> tuple:
 
 
 def make_result(task: str, text: str, output_tokens: int, time_to_first_token: float,
-                total_time: float, cancelled: bool) -> Result:
+                total_time: float, cancelled: bool, image_size: tuple = (0, 0)) -> Result:
     """Parse text and wrap it with its timings: every backend's answers end here alike."""
     steps, valid, form = parse_output(task, text)
     return Result(task, text, steps, valid, form, output_tokens, time_to_first_token, total_time,
-                  cancelled)
+                  cancelled, image_size)

@@ -5,6 +5,7 @@ whether it is reachable for the openai backend.
 """
 
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.clock import Clock, ClockType
 
 from .messages import diagnostics_msg
 from .scheduler import Outcome, Status
@@ -22,14 +23,19 @@ class DiagnosticsReporter:
         self._node = node
         self.stats = Stats()
         self.last_error = ''
+        self.last_image_size = ''  # what the model was last given, after max_image_side
         self._pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        node.create_timer(1.0, self.publish)
+        # Wall time: with use_sim_time and no /clock yet (a bag not playing), a monitor must
+        # still hear from the node.
+        node.create_timer(1.0, self.publish, clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def record(self, outcome: Outcome) -> None:
         """Count one answered request."""
         self.stats.record(outcome.status.name, outcome.total_time)
         if outcome.status == Status.MODEL_ERROR:
             self.last_error = outcome.message
+        if outcome.result is not None and outcome.result.image_size != (0, 0):
+            self.last_image_size = '{}x{}'.format(*outcome.result.image_size)
 
     def values(self) -> dict:
         """Everything reported, as plain values (tests read the same keys)."""
@@ -53,6 +59,7 @@ class DiagnosticsReporter:
             'frames_invalid': frames.invalid if frames else 0,
             'captions_skipped': stats.captions_skipped,
             'last_error': self.last_error,
+            'last_image_size': self.last_image_size,
         }
         values.update({f'status_{status.name.lower()}': stats.by_status[status.name]
                        for status in Status})
@@ -60,11 +67,15 @@ class DiagnosticsReporter:
             values.update(engine.status())
         return values
 
+    def status_name(self) -> str:
+        """Name the status by the node's full name: robots sharing a domain stay apart."""
+        return f'{self._node.get_fully_qualified_name()}: vlm'
+
     def publish(self) -> None:
         """Publish the current values (the timer's callback); WARN when a server is away."""
         values = self.values()
         ok = values['state'] == 'active' and not self.last_error and \
             values.get('backend_reachable') is not False
         summary = f"{values['state']}; {values['requests_served']} requests served"
-        self._pub.publish(diagnostics_msg(f'{self._node.get_name()}: vlm', ok, summary, values,
+        self._pub.publish(diagnostics_msg(self.status_name(), ok, summary, values,
                                           self._node.get_clock().now().to_msg()))

@@ -25,7 +25,7 @@ class Frame:
 class FrameStore:
     """Thread-safe holder of the latest frame, with counters for diagnostics."""
 
-    def __init__(self, convert: Callable[[object], object]):
+    def __init__(self, convert: Optional[Callable[[object], object]]):
         # convert is public: the node swaps it when image_transport changes at run time.
         self.convert = convert
         self._cond = threading.Condition()
@@ -51,16 +51,26 @@ class FrameStore:
         with self._cond:
             return self._latest
 
-    def wait_for(self, good: Callable[[Frame], bool], timeout: float) -> Optional[Frame]:
-        """Wait up to timeout s for a frame that satisfies good; return the latest either way."""
+    def wait_for(self, good: Callable[[Frame], bool], timeout: float,
+                 stop: Callable[[], bool] = lambda: False) -> Optional[Frame]:
+        """Wait up to timeout s for a frame that satisfies good; return the latest either way.
+
+        stop() is checked whenever the store is woken (a new frame, or wake()), so a cancelled
+        request stops waiting at once instead of after timeout.
+        """
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._latest is None or not good(self._latest):
+            while not stop() and (self._latest is None or not good(self._latest)):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
             return self._latest
+
+    def wake(self) -> None:
+        """Wake every wait_for, so that each checks its stop condition."""
+        with self._cond:
+            self._cond.notify_all()
 
     def image(self, frame: Frame):
         """Convert frame to an RGB array (once per frame); raise the conversion error."""

@@ -14,9 +14,11 @@ a view too; sensors that fill only 10 or 12 of the 16 bits therefore look dark.
 """
 
 import array
+import io
 
 import cv2
 import numpy as np
+from PIL import Image as PilImage
 
 from ..engine.errors import VlmError
 
@@ -73,7 +75,26 @@ def _geometry(msg):
             f'not a sensor_msgs/Image ({type(msg).__name__}): {exc}', exc) from exc
 
 
-def image_to_rgb(msg, copy: bool = False) -> np.ndarray:
+def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+    """Refuse an image of more than max_pixels pixels (0 = no limit), before any decoding."""
+    if max_pixels and width * height > max_pixels:
+        raise ImageConversionError(
+            f'{what} is {width}x{height} = {width * height / 1e6:.1f} MP, more than '
+            f'max_image_pixels {max_pixels / 1e6:.1f} MP; send smaller frames or raise the limit')
+
+
+def _compressed_size(buffer: np.ndarray, what: str):
+    """Return (width, height) from a JPEG/PNG header without decoding, or None if unreadable."""
+    try:
+        with PilImage.open(io.BytesIO(buffer.tobytes())) as image:
+            return image.size
+    except PilImage.DecompressionBombError as exc:  # over PIL's own limit (178 MP)
+        raise ImageConversionError(f'{what} is too large to decode: {exc}', exc) from exc
+    except Exception:  # noqa: BLE001 - not PIL-readable: OpenCV decides below
+        return None
+
+
+def image_to_rgb(msg, copy: bool = False, max_pixels: int = 0) -> np.ndarray:
     """Return a sensor_msgs/Image (or any object with its fields) as HxWx3 uint8 RGB.
 
     ``copy=True`` returns a new C-contiguous array instead of a view: a caller that needs one
@@ -88,6 +109,7 @@ def image_to_rgb(msg, copy: bool = False) -> np.ndarray:
                                    f'supported: {", ".join(SUPPORTED_ENCODINGS)}')
     if height <= 0 or width <= 0:
         raise ImageConversionError(f'image is empty: width {width} x height {height}')
+    check_pixels(width, height, max_pixels, f'{encoding} image')
     channels, depth, first, direction = _VIEWS.get(encoding, (2, 1, 0, 1))  # YUV: 2 B/pixel
     pixel = channels * depth
     if step < width * pixel:
@@ -119,8 +141,11 @@ def image_to_rgb(msg, copy: bool = False) -> np.ndarray:
         pixels[..., 0] if channels == 1 else pixels, code)
 
 
-def compressed_to_rgb(msg) -> np.ndarray:
-    """Decode a JPEG or PNG sensor_msgs/CompressedImage to HxWx3 uint8 RGB (a new array)."""
+def compressed_to_rgb(msg, max_pixels: int = 0) -> np.ndarray:
+    """Decode a JPEG or PNG sensor_msgs/CompressedImage to HxWx3 uint8 RGB (a new array).
+
+    The size is read from the header first: a few hundred kB of PNG can decode to gigabytes.
+    """
     try:
         fmt, data = str(msg.format), msg.data
     except AttributeError as exc:
@@ -132,6 +157,10 @@ def compressed_to_rgb(msg) -> np.ndarray:
             f'unsupported compressed image format {fmt!r}; supported: jpeg, png (image_transport '
             f'formats such as "rgb8; jpeg compressed bgr8" included)')
     buffer = _buffer(data)
+    what = f'{fmt!r} compressed image'
+    size = _compressed_size(buffer, what) if max_pixels else None
+    if size is not None:
+        check_pixels(*size, max_pixels, what)
     try:
         decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
     except cv2.error as exc:

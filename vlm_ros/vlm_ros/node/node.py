@@ -1,27 +1,28 @@
 """vlm_node: the managed ROS 2 node around the engine.
 
 Lifecycle: configure loads the model (or, with backend 'openai', connects a client to its
-server), activate creates the topics, service and action server and starts the worker,
-deactivate stops taking work (pending requests are answered), cleanup frees the model. The node
-only converts messages and schedules: inference runs on worker threads, never in an executor
+server), activate creates the topics and timers and starts the worker, deactivate stops taking
+work (pending requests are answered CANCELLED), cleanup frees the model, and shutdown (also
+what SIGINT and SIGTERM run) answers what is pending and frees everything. The node only
+converts messages and schedules: inference runs on worker threads, never in an executor
 callback.
 """
 
+import os
 import sys
 import threading
+import time
 from functools import partial
 
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.action import ActionServer, CancelResponse
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
-from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.msg import Caption, Plan
-from vlm_ros_msgs.srv import Query
 
 from ..engine import EngineConfig, RemoteConfig, VlmError, make_engine
 from ..spin import spin_main
@@ -29,12 +30,18 @@ from . import params
 from .diagnostics import DiagnosticsReporter
 from .frames import FrameStore
 from .image_conversion import compressed_to_rgb, image_to_rgb
-from .messages import caption_msg, fill_query_response, plan_msg, stamp_seconds
+from .messages import caption_msg, plan_msg, stamp_seconds
+from .requests import RequestEndpoints
 from .scheduler import Job, Limits, Outcome, Status, Worker
 
-# A contiguous copy: OpenCV makes it in ~0.2 ms at 1080p, numpy from a view takes 7-15 ms.
-raw_to_rgb = partial(image_to_rgb, copy=True)
-WAIT_MARGIN = 600.0  # s a service/action waits beyond generation before giving up
+# Every instruction is kept until taken: with KEEP_LAST a burst overwrites the oldest ones
+# before the callback drains them, and those never get their Plan. With KEEP_ALL, DDS flow
+# control slows a sender down instead.
+INSTRUCTIONS_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL,
+                              reliability=ReliabilityPolicy.RELIABLE)
+ANSWER_MARGIN = 600.0  # s a query waits beyond wait_for_image before its job is cancelled
+ACK_TIMEOUT = 0.5  # s the last answers may take to be acknowledged before outputs close
+DRAIN_TIMEOUT = 1.0  # s queries and goals answered on the way out may take to be sent
 
 
 class VlmNode(LifecycleNode):
@@ -48,47 +55,76 @@ class VlmNode(LifecycleNode):
         self.engine = None
         self.worker = None
         self.frames = None
-        self._io = []
+        self._outputs = []
         self._image_sub = None
         self._instruction_sub = None
         self._last_instruction = ''
         self._last_planned_seq = 0
         self._last_captioned_seq = 0
-        self._goals = {}  # action goal id -> job, so a cancel request reaches the worker
         self._periodic = []  # caption and replan timers (rclpy's Node owns self._timers)
-        self._answer_group = ReentrantCallbackGroup()
         self._input_group = MutuallyExclusiveCallbackGroup()
         self.diagnostics = DiagnosticsReporter(self)
+        self.requests = RequestEndpoints(
+            self, lambda: self.worker,
+            lambda: self.p('wait_for_image') + ANSWER_MARGIN, self._fallback_header,
+            self.diagnostics.record)
 
     def p(self, name: str):
         """Return the current value of one of our parameters."""
         return self.get_parameter(name).value
 
     def _on_set_parameters(self, changes) -> SetParametersResult:
-        reason = params.validate_all({change.name: change.value for change in changes},
-                                     model_loaded=self.engine is not None)
+        """Validate, then apply each run-time group (params.APPLIES) to what runs now.
+
+        rclpy stores the new values only after this returns, so the appliers read the changed
+        values from ``values`` and the others from the current parameters.
+        """
+        values = {change.name: change.value for change in changes}
+        reason = params.validate_all(values, model_loaded=self.engine is not None)
         if reason:
             return SetParametersResult(successful=False, reason=reason)
-        values = {change.name: change.value for change in changes}
-        if self.worker is not None:
-            self._apply_limits(values)
-        if self._image_sub is not None and {'image_transport', 'image_reliability',
-                                            'image_qos_depth'} & values.keys():
-            self._subscribe_images(values)
+        try:
+            self._apply(values)
+        except Exception as exc:  # noqa: BLE001 - refused with the reason; the node lives on
+            self.get_logger().error(f'applying {sorted(values)} failed: {exc!r}')
+            return SetParametersResult(successful=False, reason=f'cannot apply: {exc!r}')
         return SetParametersResult(successful=True)
 
-    def _apply_limits(self, values: dict) -> None:
-        limits = self.worker.limits
-        for name in ('wait_for_image', 'max_image_age', 'queue_size'):
-            if name in values:
-                setattr(limits, name, values[name])
+    def _apply(self, values: dict) -> None:
+        """Apply validated run-time values to the engine, limits, timers or image input."""
+        groups = {params.BY_NAME[name].applies for name in values if name in params.BY_NAME}
+        current = partial(self._value, values)
+        if 'engine' in groups and self.engine is not None:
+            self.engine.update(**self._run_time_engine_fields(current))
+        if 'limits' in groups and self.worker is not None:
+            self.worker.limits = self._limits(current)
+        if 'timers' in groups and self.worker is not None:
+            self._start_timers(current)
+            if 'caption_rate' in values and values['caption_rate'] > 0:
+                self._on_caption_due()  # the first caption now, not one period later
+        if 'images' in groups and self._image_sub is not None:
+            self._subscribe_images(current)
+
+    def _value(self, changes: dict, name: str):
+        """Return a parameter's value: the one being set, else the current one."""
+        return changes[name] if name in changes else self.p(name)
+
+    @staticmethod
+    def _run_time_engine_fields(value) -> dict:
+        prompts = {task: value(name) for name, task in params.PROMPT_PARAMS.items()}
+        return {'max_new_tokens': value('max_new_tokens'),
+                'max_image_side': value('max_image_side'), 'prompts': prompts}
+
+    @staticmethod
+    def _limits(value) -> Limits:
+        return Limits(value('wait_for_image'), value('max_image_age'), value('queue_size'),
+                      value('max_text_chars'))
 
     def model_name(self) -> str:
         """Return the model answers are attributed to: the loaded one's, else the parameter."""
         return self.engine.model_name if self.engine is not None else self.p('model')
 
     def _engine_config(self) -> EngineConfig:
-        prompts = {task: self.p(name) for name, task in params.PROMPT_PARAMS.items()}
         remote = RemoteConfig(
             base_url=self.p('base_url'), model=self.p('remote_model'),
             api_key_env=self.p('api_key_env'), request_timeout=self.p('request_timeout'),
@@ -99,9 +135,8 @@ class VlmNode(LifecycleNode):
             attn_implementation=self.p('attn_implementation') or None,
             trust_remote_code=self.p('trust_remote_code'),
             local_files_only=self.p('local_files_only'),
-            max_new_tokens=self.p('max_new_tokens'), max_image_side=self.p('max_image_side'),
             processor_kwargs=params.processor_kwargs(self.p('processor_kwargs')),
-            prompts=prompts, backend=self.p('backend'), remote=remote)
+            backend=self.p('backend'), remote=remote, **self._run_time_engine_fields(self.p))
 
     # Lifecycle transitions -------------------------------------------------------------
 
@@ -122,57 +157,94 @@ class VlmNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.engine = engine
         self.get_logger().info(f'loaded {engine.describe()}')
+        # Outputs live from configure to cleanup (as lifecycle publishers do): answers made on
+        # deactivate go out through them, and subscribers stay matched across re-activation.
+        self._plan_pub = self.create_publisher(Plan, 'plan', self._deep_qos())
+        self._caption_pub = self.create_publisher(Caption, 'caption', 10)
+        self._vla_pub = self.create_publisher(String, 'vla_instruction', self._deep_qos())
+        self._outputs = [self._plan_pub, self._caption_pub, self._vla_pub]
         return TransitionCallbackReturn.SUCCESS
 
+    def _deep_qos(self) -> QoSProfile:
+        return QoSProfile(depth=self.p('instruction_qos_depth'),
+                          reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+
     def on_activate(self, state) -> TransitionCallbackReturn:
-        """Create subscriptions, publishers, service, action server and timers; start work."""
-        self.frames = FrameStore(raw_to_rgb)  # _subscribe_images sets the transport's
-        limits = Limits(self.p('wait_for_image'), self.p('max_image_age'), self.p('queue_size'))
-        self.worker = Worker(self.engine, self.frames, raw_to_rgb, self._now, limits,
-                             self.get_logger().error, self.engine.concurrency)
-        deep = QoSProfile(depth=self.p('instruction_qos_depth'),
-                          reliability=ReliabilityPolicy.RELIABLE,
-                          history=HistoryPolicy.KEEP_LAST)
-        self._plan_pub = self.create_publisher(Plan, 'plan', deep)
-        self._caption_pub = self.create_publisher(Caption, 'caption', 10)
-        self._vla_pub = self.create_publisher(String, 'vla_instruction', deep)
-        self._io = [self._plan_pub, self._caption_pub, self._vla_pub,
-                    self.create_service(Query, '~/query', self._on_query,
-                                        callback_group=self._answer_group)]
+        """Create the subscriptions and timers; start the worker."""
+        self.frames = FrameStore(None)  # _subscribe_images sets the converters
+        self.worker = Worker(self.engine, self.frames, None, self._now,
+                             self._limits(self.p), self.get_logger().error,
+                             self.engine.concurrency)
         self._instruction_sub = self.create_subscription(
-            String, 'instruction', self._on_instruction, deep, callback_group=self._input_group)
-        self._action = ActionServer(self, GeneratePlan, '~/generate_plan', self._on_goal,
-                                    cancel_callback=self._on_cancel,
-                                    callback_group=self._answer_group)
-        self._subscribe_images({})
-        if self.p('caption_rate') > 0:
-            self._periodic.append(self.create_timer(1.0 / self.p('caption_rate'),
-                                                    self._on_caption_due))
-        if self.p('replan_period') > 0:
-            self._periodic.append(self.create_timer(self.p('replan_period'),
-                                                    self._on_replan_due))
+            String, 'instruction', self._on_instruction, INSTRUCTIONS_QOS,
+            callback_group=self._input_group)
+        self._subscribe_images(self.p)
+        self._start_timers(self.p)
         self.get_logger().info('active')
         return TransitionCallbackReturn.SUCCESS
 
+    def _start_timers(self, value) -> None:
+        """(Re)start the caption and replan timers at the rates value() gives (0 = off)."""
+        for timer in self._periodic:
+            self.destroy_timer(timer)
+        self._periodic = []
+        if value('caption_rate') > 0:
+            self._periodic.append(self.create_timer(1.0 / value('caption_rate'),
+                                                    self._on_caption_due))
+        if value('replan_period') > 0:
+            self._periodic.append(self.create_timer(value('replan_period'),
+                                                    self._on_replan_due))
+
     def on_deactivate(self, state) -> TransitionCallbackReturn:
         """Stop taking work: the running and waiting requests are answered CANCELLED."""
-        self._stop_io()
+        self._stop_io('node deactivated')
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
-        """Release the model and its (GPU) memory."""
+        """Close the outputs once the last answers are acknowledged; release the model.
+
+        Reliable subscribers acknowledge on the writer's next heartbeat, so the wait is bounded
+        (ACK_TIMEOUT): what was published has left the process by then in any case.
+        """
+        for publisher in self._outputs:
+            publisher.wait_for_all_acked(Duration(seconds=ACK_TIMEOUT))
+            self.destroy_publisher(publisher)
+        self._outputs = []
         if self.engine is not None:
             self.engine.unload()
             self.engine = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
-        """Answer what is pending, then free everything."""
-        self._stop_io()
+        """Answer what is pending (CANCELLED), then free everything."""
+        self._stop_io('node shutting down')
         return self.on_cleanup(state)
 
-    def _stop_io(self) -> None:
-        """Close inputs first (no new work), answer what is pending, then close outputs."""
+    def shutdown_gracefully(self) -> None:
+        """Run the shutdown transition on SIGINT/SIGTERM, while the executor still spins.
+
+        spin_main calls this before it stops the executor, so the queries and goals answered
+        here still get their responses sent.
+        """
+        if self._state_machine.current_state[1] in ('unconfigured', 'inactive', 'active'):
+            self.trigger_shutdown()
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while self.requests.busy() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # An action result goes out in an executor task scheduled after its execute callback:
+        # two round trips through the executor let those tasks run before it stops.
+        for _ in range(2):
+            through = threading.Event()
+            self.executor.create_task(through.set)
+            through.wait(max(0.0, deadline - time.monotonic()))
+
+    def destroy_node(self) -> None:
+        """Destroy the request endpoints with the node."""
+        self.requests.destroy()
+        super().destroy_node()
+
+    def _stop_io(self, reason: str = 'node deactivated') -> None:
+        """Close inputs first (no new work), then answer what is pending: CANCELLED, reason."""
         for timer in self._periodic:
             self.destroy_timer(timer)
         self._periodic = []
@@ -183,29 +255,24 @@ class VlmNode(LifecycleNode):
             self.destroy_subscription(self._instruction_sub)
             self._instruction_sub = None
         if self.worker is not None:
-            self.worker.stop('node deactivated')
+            self.worker.stop(reason)
             self.worker = None
-        if self._io:
-            self._action.destroy()
-            for entity in self._io:
-                for destroy in (self.destroy_publisher, self.destroy_service):
-                    if destroy(entity):
-                        break
-            self._io = []
 
     # Inputs ----------------------------------------------------------------------------
 
-    def _subscribe_images(self, changes: dict) -> None:
-        value = {spec.name: changes.get(spec.name, self.p(spec.name)) for spec in params.SPECS
-                 if spec.name.startswith('image_')}
+    def _subscribe_images(self, value) -> None:
+        """(Re)subscribe to the camera with the transport and reliability value() gives."""
         if self._image_sub is not None:
             self.destroy_subscription(self._image_sub)
-        reliability = ReliabilityPolicy.RELIABLE if value['image_reliability'] == 'reliable' \
+        reliability = ReliabilityPolicy.RELIABLE if value('image_reliability') == 'reliable' \
             else ReliabilityPolicy.BEST_EFFORT
-        qos = QoSProfile(depth=value['image_qos_depth'], reliability=reliability,
-                         history=HistoryPolicy.KEEP_LAST)
-        compressed = value['image_transport'] == 'compressed'
-        self.frames.convert = compressed_to_rgb if compressed else raw_to_rgb
+        qos = QoSProfile(depth=1, reliability=reliability, history=HistoryPolicy.KEEP_LAST)
+        compressed = value('image_transport') == 'compressed'
+        limit = value('max_image_pixels')
+        # A contiguous copy: OpenCV makes it in ~0.2 ms at 1080p, numpy from a view 7-15 ms.
+        raw = partial(image_to_rgb, copy=True, max_pixels=limit)
+        self.worker.convert = raw
+        self.frames.convert = partial(compressed_to_rgb, max_pixels=limit) if compressed else raw
         self._image_sub = self.create_subscription(
             CompressedImage if compressed else Image,
             'image/compressed' if compressed else 'image', self._on_image, qos,
@@ -247,9 +314,12 @@ class VlmNode(LifecycleNode):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
+    def _fallback_header(self) -> Header:
+        """Return the header of an answer that used no image: now, no frame."""
+        return Header(stamp=self.get_clock().now().to_msg())
+
     def _publish_plan(self, outcome) -> None:
-        fallback = Header(stamp=self.get_clock().now().to_msg())
-        plan = plan_msg(outcome, self.model_name(), fallback)
+        plan = plan_msg(outcome, self.model_name(), self._fallback_header())
         self._plan_pub.publish(plan)
         if outcome.status == Status.OK and plan.steps:
             self._vla_pub.publish(String(data=plan.steps[0].instruction))
@@ -264,74 +334,12 @@ class VlmNode(LifecycleNode):
         if outcome.status == Status.OK:
             self._caption_pub.publish(caption_msg(outcome, self.model_name()))
 
-    # Service and action (waiting on the reentrant group, never on the worker) ----------
 
-    def _wait(self, job: Job):
-        done = threading.Event()
-        outcomes = []
+def main(args=None) -> None:
+    """Console script vlm_node: run the node; with autostart, configure and activate it.
 
-        def finish(outcome):
-            outcomes.append(outcome)
-            done.set()
-        job.done = finish
-        if self.worker is None:
-            return None
-        self.worker.submit(job)
-        done.wait(self.p('wait_for_image') + WAIT_MARGIN)
-        return outcomes[0] if outcomes else None
-
-    def _on_query(self, request, response):
-        job = Job('vqa', request.question.strip(), done=None,
-                  image_msg=request.image if request.image.width else None,
-                  max_new_tokens=request.max_new_tokens)
-        outcome = self._wait(job)
-        if outcome is None:
-            response.success, response.message = False, 'node is not active or timed out'
-            return response
-        self.diagnostics.record(outcome)
-        return fill_query_response(response, outcome)
-
-    def _on_cancel(self, goal_handle) -> CancelResponse:
-        job = self._goals.get(bytes(goal_handle.goal_id.uuid))
-        if job is not None:
-            job.cancel.set()  # generation stops between two decoding steps or chunks
-        return CancelResponse.ACCEPT
-
-    def _on_goal(self, goal_handle):
-        goal = goal_handle.request
-        pieces = []
-
-        def feedback(text):
-            pieces.append(text)
-            goal_handle.publish_feedback(GeneratePlan.Feedback(partial_text=''.join(pieces),
-                                                               tokens=len(pieces)))
-        job = Job('plan', goal.instruction.strip(), done=None, on_text=feedback,
-                  image_msg=goal.image if goal.image.width else None)
-        key = bytes(goal_handle.goal_id.uuid)
-        self._goals[key] = job
-        try:
-            outcome = self._wait(job)
-        finally:
-            self._goals.pop(key, None)
-        result = GeneratePlan.Result()
-        if outcome is None:
-            goal_handle.abort()
-            result.plan.status, result.plan.message = Status.MODEL_ERROR, 'no answer in time'
-            return result
-        self.diagnostics.record(outcome)
-        result.plan = plan_msg(outcome, self.model_name(),
-                               Header(stamp=self.get_clock().now().to_msg()))
-        if outcome.status == Status.CANCELLED and goal_handle.is_cancel_requested:
-            goal_handle.canceled()
-        elif outcome.status == Status.OK:
-            goal_handle.succeed()
-        else:
-            goal_handle.abort()
-        return result
-
-
-def main(args=None) -> int:
-    """Console script vlm_node: run the node; with autostart, configure and activate it."""
+    Exits the process with spin_main's code (0 on SIGINT/SIGTERM) instead of returning.
+    """
     def make():
         node = VlmNode()
         if node.p('autostart'):
@@ -339,8 +347,14 @@ def main(args=None) -> int:
             if node.engine is not None:
                 node.trigger_activate()
         return node
-    # Service and action callbacks wait for the worker on executor threads: have plenty.
-    return spin_main(make, args, num_threads=16)
+    # Query callbacks wait for the worker on executor threads: have plenty.
+    code = spin_main(make, args, num_threads=16)
+    # Everything is answered, destroyed and shut down by now. What is left is the interpreter's
+    # teardown of torch and transformers, over a second of garbage collection that would make
+    # the process miss a launch system's SIGINT-to-SIGTERM escalation: skip it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == '__main__':

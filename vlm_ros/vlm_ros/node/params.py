@@ -1,10 +1,17 @@
 """The node's parameters: one table of specs, and validation as a pure function.
 
 Defaults live in config/vlm.yaml (a ROS params file); the table here gives types, ranges,
-descriptions and which parameters need a reload (model, device, backend, base_url, ...): those
-are read-only while a model is loaded and may change only in the unconfigured state, so that a
-configure that failed on a bad model or an unset key can succeed after the parameter is fixed,
-without a restart.
+descriptions and when a change takes effect (``applies``):
+
+- 'reload': needs a model reload (model, device, backend, ...): refused while a model is loaded,
+  accepted in the unconfigured state, so a configure that failed on a bad model or an unset key
+  can succeed once the parameter is fixed, without a restart;
+- 'launch': read-only, set at start-up (ROS refuses every later change);
+- 'engine' and 'limits': the next request uses the new value;
+- 'timers' and 'images': the node restarts its timers or image subscription at once.
+
+The node applies each group (node.py), and test_node_parameters.py observes every run-time
+parameter's effect on a live node, driven by this same table.
 ``validate`` is used by the node's set-parameters callback and tested without ROS.
 """
 
@@ -23,7 +30,7 @@ class ParamSpec:
     name: str
     default: object
     description: str
-    needs_reload: bool = False  # read-only while a model is loaded
+    applies: str = 'engine'  # one of APPLIES
     choices: tuple = ()
     low: Optional[float] = None
     high: Optional[float] = None
@@ -31,66 +38,85 @@ class ParamSpec:
 
 SPECS = (
     ParamSpec('model', 'HuggingFaceTB/SmolVLM-256M-Instruct', 'Hugging Face hub id or local '
-              'save_pretrained directory of the VLM', needs_reload=True),
-    ParamSpec('device', 'auto', "'auto', 'cpu', 'cuda' or 'cuda:N'", needs_reload=True),
+              'save_pretrained directory of the VLM', applies='reload'),
+    ParamSpec('device', 'auto', "'auto', 'cpu', 'cuda' or 'cuda:N'", applies='reload'),
     ParamSpec('dtype', 'auto', 'weights dtype; auto = bfloat16 on GPUs that support it, '
-              'else float32', needs_reload=True, choices=DTYPES),
+              'float16 on older GPUs, float32 on a CPU', applies='reload', choices=DTYPES),
     ParamSpec('attn_implementation', '', "attention kernel ('' = transformers default, "
-              "'sdpa', 'eager', 'flash_attention_2')", needs_reload=True),
-    ParamSpec('trust_remote_code', False, 'run model code from the hub (off: safer)',
-              needs_reload=True),
+              "'sdpa', 'eager', 'flash_attention_2')", applies='reload'),
+    ParamSpec('trust_remote_code', False, 'run model code from the hub (off: safer); decides '
+              'what code runs, so it is set at launch only', applies='launch'),
     ParamSpec('local_files_only', False, 'never download; use the local cache only',
-              needs_reload=True),
+              applies='reload'),
     ParamSpec('backend', 'transformers', "'transformers' runs the model in this process; "
               "'openai' asks an OpenAI-compatible server (vLLM, SGLang, TGI, Ollama) at "
-              'base_url', needs_reload=True, choices=BACKENDS),
+              'base_url; decides where camera images go, so it is set at launch only',
+              applies='launch', choices=BACKENDS),
     ParamSpec('base_url', 'http://127.0.0.1:8000/v1', "openai backend: the server's API root, "
-              'up to and including /v1', needs_reload=True),
+              'up to and including /v1; where images and the key go, so set at launch only',
+              applies='launch'),
     ParamSpec('remote_model', '', "openai backend: the model's name on the server ('' = the "
-              'model parameter)', needs_reload=True),
+              'model parameter)', applies='reload'),
     ParamSpec('api_key_env', '', 'openai backend: the environment variable holding the API key '
-              "('' = the server needs none); the key itself is never a parameter",
-              needs_reload=True),
+              "('' = the server needs none); the key itself is never a parameter; set at launch "
+              'only, so nobody on the DDS domain can send another variable as a key',
+              applies='launch'),
     ParamSpec('request_timeout', 30.0, 'openai backend: seconds to wait for a connection and for '
-              'each streamed piece of an answer', needs_reload=True, low=0.1, high=3600.0),
+              'each streamed piece of an answer', applies='reload', low=0.1, high=3600.0),
     ParamSpec('max_retries', 2, 'openai backend: retries of a refused, timed-out, 429 or 5xx '
               'request before any text arrived, with exponential backoff from 0.5 s',
-              needs_reload=True, low=0, high=10),
+              applies='reload', low=0, high=10),
     ParamSpec('max_concurrency', 4, 'openai backend: requests this node has at the server at '
-              'once (the server batches them)', needs_reload=True, low=1, high=256),
+              'once (the server batches them)', applies='reload', low=1, high=256),
     ParamSpec('jpeg_quality', 90, 'openai backend: JPEG quality of the images sent',
-              needs_reload=True, low=1, high=100),
+              applies='reload', low=1, high=100),
     ParamSpec('autostart', True, 'configure and activate at start-up; false: wait for a '
-              'lifecycle manager'),
+              'lifecycle manager', applies='launch'),
     ParamSpec('max_new_tokens', 128, 'generation limit per request', low=1, high=4096),
     ParamSpec('processor_kwargs', '', 'JSON object for the processor call, e.g. '
               '{"do_image_splitting": false}: one SmolVLM tile instead of a grid of 17, '
-              'about 10x faster on a CPU', needs_reload=True),
+              'about 10x faster on a CPU', applies='reload'),
     ParamSpec('max_image_side', 640, 'longer image side fed to the model, pixels (0 = as is)',
               low=0, high=8192),
     ParamSpec('image_transport', 'raw', "'raw' subscribes to image (sensor_msgs/Image), "
-              "'compressed' to image/compressed", choices=('raw', 'compressed')),
-    ParamSpec('image_reliability', 'best_effort', 'QoS reliability of the image subscription',
+              "'compressed' to image/compressed", applies='images', choices=('raw', 'compressed')),
+    ParamSpec('image_reliability', 'best_effort', 'QoS reliability of the image subscription '
+              '(depth 1: the node keeps only the latest frame)', applies='images',
               choices=('best_effort', 'reliable')),
-    ParamSpec('image_qos_depth', 1, 'QoS depth of the image subscription (the node keeps '
-              'only the latest frame)', low=1, high=100),
-    ParamSpec('instruction_qos_depth', 100, 'QoS depth of the instruction subscription and '
-              'the plan publisher (reliable): a burst must not be lost', low=1, high=10000),
+    ParamSpec('instruction_qos_depth', 100, 'QoS depth of the plan and vla_instruction '
+              'publishers (reliable; the instruction subscription keeps every message); a QoS '
+              'change needs new endpoints, so it is set at launch', applies='launch', low=1,
+              high=10000),
+    ParamSpec('max_image_pixels', 33_554_432, 'largest image accepted, in pixels (width x '
+              'height, read from a compressed header before decoding); larger ones give '
+              'STATUS_BAD_INPUT (0 = no limit)', applies='images', low=0, high=2**31 - 1),
+    ParamSpec('max_text_chars', 4096, 'longest instruction or question, in characters; longer '
+              'ones are answered STATUS_BAD_INPUT at once', applies='limits', low=1,
+              high=1_000_000),
     ParamSpec('max_image_age', 0.0, 'seconds; older images give STATUS_STALE_IMAGE '
-              '(0 = no limit)', low=0.0, high=3600.0),
+              '(0 = no limit)', applies='limits', low=0.0, high=3600.0),
     ParamSpec('wait_for_image', 2.0, 'seconds a request may wait for a first or fresh frame',
-              low=0.0, high=600.0),
+              applies='limits', low=0.0, high=600.0),
     ParamSpec('caption_rate', 0.0, 'Hz of captions of the latest frame (0 = off); skipped '
-              'while busy', low=0.0, high=100.0),
+              'while busy', applies='timers', low=0.0, high=100.0),
     ParamSpec('replan_period', 0.0, 'seconds between re-plans of the last instruction on '
-              'fresh frames (0 = off)', low=0.0, high=3600.0),
+              'fresh frames (0 = off)', applies='timers', low=0.0, high=3600.0),
     ParamSpec('queue_size', 8, 'requests that may wait; more are answered STATUS_DROPPED',
-              low=1, high=1000),
+              applies='limits', low=1, high=1000),
     ParamSpec('prompt_caption', '', "caption prompt template ('' = built-in)"),
     ParamSpec('prompt_vqa', '', "question template with {question} ('' = built-in)"),
     ParamSpec('prompt_plan', '', "plan template with {instruction} ('' = built-in)"),
 )
+APPLIES = {
+    'reload': 'read-only while a model is loaded; change it after cleanup',
+    'launch': 'read-only: set it at launch',
+    'engine': 'applies from the next request',
+    'limits': 'applies from the next request',
+    'timers': 'restarts its timer at once',
+    'images': 'subscribes again at once',
+}
 BY_NAME = {spec.name: spec for spec in SPECS}
+RUN_TIME = tuple(spec.name for spec in SPECS if spec.applies not in ('reload', 'launch'))
 PROMPT_PARAMS = {'prompt_caption': 'caption', 'prompt_vqa': 'vqa', 'prompt_plan': 'plan'}
 
 
@@ -112,7 +138,7 @@ def validate(name: str, value, model_loaded: bool = False) -> Optional[str]:
     spec = BY_NAME.get(name)
     if spec is None:
         return None  # not ours (e.g. use_sim_time): rclpy validates it
-    if spec.needs_reload and model_loaded:
+    if spec.applies == 'reload' and model_loaded:
         return f'{name} needs a model reload: deactivate and cleanup the node, then set it'
     if type(value) is not type(spec.default):
         return (f'{name} must be {type(spec.default).__name__}, '
@@ -125,6 +151,8 @@ def validate(name: str, value, model_loaded: bool = False) -> Optional[str]:
         _check_value(name, value)
     except VlmError as exc:
         return str(exc)
+    except Exception as exc:  # noqa: BLE001 - a hostile value is refused, never a crash
+        return f'{name} cannot be used: {type(exc).__name__}: {str(exc)[:200]}'
     return None
 
 
@@ -136,19 +164,18 @@ def validate_all(values: dict, model_loaded: bool = False) -> Optional[str]:
 
 
 def descriptor(spec: ParamSpec):
-    """Build the rcl ParameterDescriptor of spec: description, choices and range for tools.
+    """Build the rcl ParameterDescriptor of spec: description, when it applies, choices, range.
 
-    ``read_only`` stays False even for reload parameters: ROS would then refuse every later
-    change, and the lifecycle allows one after cleanup; validate() enforces the rest.
+    ``read_only`` is set for 'launch' parameters only. Reload parameters stay writable: ROS
+    would refuse every later change, and the lifecycle allows one after cleanup; validate()
+    enforces the rest.
     """
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-    text = spec.description
-    if spec.needs_reload:
-        text += ' [read-only while a model is loaded]'
+    text = f'{spec.description} [{APPLIES[spec.applies]}]'
     if spec.choices:
         text += f" [one of: {', '.join(spec.choices)}]"
-    result = ParameterDescriptor(description=text)
+    result = ParameterDescriptor(description=text, read_only=spec.applies == 'launch')
     if spec.low is not None and isinstance(spec.default, int):
         result.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high),
                                              step=0)]

@@ -46,6 +46,7 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     received: float = field(default_factory=time.monotonic)
     request_id: str = ''
+    cancel_reason: str = 'cancelled'
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Limits:
     wait_for_image: float = 2.0
     max_image_age: float = 0.0
     queue_size: int = 8
+    max_text_chars: int = 4096
 
 
 class Worker:
@@ -85,7 +87,7 @@ class Worker:
                  limits: Limits, log_error: Callable[[str], None], threads: int = 1):
         self._engine = engine
         self._frames = frames
-        self._convert = convert
+        self.convert = convert  # explicit images (query, goal); the node swaps it
         self._now = now
         self.limits = limits
         self._log_error = log_error
@@ -105,6 +107,10 @@ class Worker:
     def submit(self, job: Job) -> bool:
         """Enqueue job; when the queue is full, answer it STATUS_DROPPED at once (False)."""
         job.request_id = job.request_id or self.new_request_id()
+        if len(job.text) > self.limits.max_text_chars:  # refused before it costs anything
+            self._finish(Outcome(job, Status.BAD_INPUT, f'{job.task} text has {len(job.text)} '
+                                 f'characters; max_text_chars is {self.limits.max_text_chars}'))
+            return False
         with self._cond:
             accepted = self._running and len(self._queue) < self.limits.queue_size
             if accepted:
@@ -132,15 +138,36 @@ class Worker:
         with self._cond:
             return len(self._queue)
 
+    def cancel(self, job: Job, reason: str) -> None:
+        """Cancel one job: answered CANCELLED at once if waiting, by its thread if running.
+
+        A running job stops waiting for an image, or generating, at its next check.
+        """
+        with self._cond:
+            job.cancel_reason = reason
+            job.cancel.set()
+            queued = any(j is job for j in self._queue)  # a Job compares by value
+            if queued:
+                self._queue = deque(j for j in self._queue if j is not job)
+        self._frames.wake()
+        if queued:
+            self._finish(Outcome(job, Status.CANCELLED, reason))
+
     def stop(self, message: str) -> None:
-        """Cancel the running jobs, answer waiting ones CANCELLED, and join the threads."""
+        """Cancel the running jobs, answer waiting ones CANCELLED, and join the threads.
+
+        A job waiting for an image is woken at once; a generation stops between two decoding
+        steps (or streamed pieces), so this returns as soon as the current step is done.
+        """
         with self._cond:
             self._running = False
             pending = list(self._queue)
             self._queue.clear()
             for job in self._current.values():
+                job.cancel_reason = message
                 job.cancel.set()
             self._cond.notify_all()
+        self._frames.wake()
         for job in pending:
             self._finish(Outcome(job, Status.CANCELLED, message))
         for thread in self._threads:
@@ -172,9 +199,11 @@ class Worker:
     def _image(self, job: Job):
         """Return (header, rgb) for job, or an Outcome saying why there is none."""
         if job.image_msg is not None:
-            return self._converted(job, job.image_msg.header, self._convert, job.image_msg)
+            return self._converted(job, job.image_msg.header, self.convert, job.image_msg)
         wait = self.limits.wait_for_image
-        frame = self._frames.wait_for(self._fresh, wait)
+        frame = self._frames.wait_for(self._fresh, wait, job.cancel.is_set)
+        if job.cancel.is_set():
+            return Outcome(job, Status.CANCELLED, job.cancel_reason)
         if frame is None:
             return Outcome(job, Status.NO_IMAGE, f'no image arrived within {wait:g} s')
         if not self._fresh(frame):
@@ -196,12 +225,17 @@ class Worker:
         header = None
         try:
             if job.cancel.is_set():
-                return Outcome(job, Status.CANCELLED, 'cancelled before it started')
+                return Outcome(job, Status.CANCELLED, job.cancel_reason)
             found = self._image(job)
             if isinstance(found, Outcome):
                 return found
             header, image = found
-            request = Request(job.task, image, job.text, job.max_new_tokens)
+            if job.cancel.is_set():  # e.g. while the frame was converted
+                return Outcome(job, Status.CANCELLED, job.cancel_reason, header)
+            # A request may ask for fewer tokens than the node allows, never for more.
+            limit = self._engine.config.max_new_tokens
+            request = Request(job.task, image, job.text,
+                              min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else 0)
             result = self._engine.run([request], on_text=job.on_text, cancel=job.cancel)[0]
         except VlmError as exc:
             status = Status.BAD_INPUT if exc.kind == 'bad_input' else Status.MODEL_ERROR
@@ -209,7 +243,8 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - answered as a model error, never silence
             return Outcome(job, Status.MODEL_ERROR, f'inference failed: {exc!r}', header)
         if result.cancelled:
-            return Outcome(job, Status.CANCELLED, 'cancelled during generation', header, result)
+            return Outcome(job, Status.CANCELLED, f'{job.cancel_reason} during generation',
+                           header, result)
         if not result.valid:
             what = 'no plan steps could be parsed' if job.task == 'plan' else 'empty answer'
             return Outcome(job, Status.INVALID_OUTPUT, f'model output invalid: {what}', header,

@@ -1,5 +1,6 @@
 """Counters and latency percentiles for /diagnostics, kept without ROS."""
 
+import math
 import threading
 from collections import Counter, deque
 
@@ -30,7 +31,7 @@ class Stats:
             values = sorted(self._latencies)
         if not values:
             return 0.0
-        rank = max(0, min(len(values) - 1, round(q / 100 * len(values) + 0.5) - 1))
+        rank = max(0, min(len(values) - 1, math.ceil(q / 100 * len(values)) - 1))
         return values[rank]
 
     def served(self) -> int:

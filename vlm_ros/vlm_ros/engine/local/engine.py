@@ -8,17 +8,18 @@ import threading
 from collections.abc import Callable
 from typing import Optional
 
+from ..base import EngineBase
 from ..chat import build_inputs
 from ..config import EngineConfig
 from ..errors import VlmError
-from ..preprocess import resize_max_side
-from ..prompts import load_templates, render_task
+from ..preprocess import fitted_size, resize_max_side
+from ..prompts import render_task
 from ..results import make_result
 from . import loader
 from .generate import generate
 
 
-class VlmEngine:
+class VlmEngine(EngineBase):
     """Loads one VLM and answers batches of requests; load() before run(), unload() to free.
 
     ``concurrency`` is 1: one model in one process runs one ``generate`` at a time, so callers
@@ -28,8 +29,7 @@ class VlmEngine:
     concurrency = 1
 
     def __init__(self, config: EngineConfig):
-        self.config = config
-        self.templates = load_templates(config.prompts)
+        super().__init__(config)
         self._loaded: Optional[loader.LoadedModel] = None
 
     @property
@@ -98,23 +98,31 @@ class VlmEngine:
         """
         if not requests:
             return []
-        inputs = self.preprocess(requests)
+        loaded = self.loaded
+        try:
+            inputs = self.preprocess(requests)
+        except VlmError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the processor refused this input
+            raise VlmError('bad_input', f'preprocessing failed: {exc!r}', self.config.model,
+                           str(loaded.device), exc) from exc
+        if cancel is not None and cancel.is_set():  # cancelled while preprocessing: no prefill
+            return [make_result(r.task, '', 0, 0.0, 0.0, True,
+                                fitted_size(r.image, self.config.max_image_side))
+                    for r in requests]
         limits = [r.max_new_tokens or self.config.max_new_tokens for r in requests]
         try:
-            generated = generate(self.loaded, inputs, max(limits), self._sampling(), on_text,
-                                 cancel)
+            generated = generate(loaded, inputs, max(limits), self._sampling(), on_text, cancel)
+            rows = [tokens[:limit] for limit, tokens in zip(limits, generated.tokens,
+                                                            strict=True)]
+            texts = [loaded.processor.tokenizer.decode(tokens, skip_special_tokens=True)
+                     for tokens in rows]
         except Exception as exc:  # noqa: BLE001 - the caller answers with a status, not a crash
             kind = 'out_of_memory' if loader.classify_error(exc) == 'out_of_memory' \
                 else 'generation_failed'
             raise VlmError(kind, f'generation failed: {exc}', self.config.model,
-                           str(self.loaded.device), exc) from exc
-        tokenizer = self.loaded.processor.tokenizer
-        results = []
-        for request, limit, tokens in zip(requests, limits, generated.tokens, strict=True):
-            tokens = tokens[:limit]
-            results.append(make_result(request.task,
-                                       tokenizer.decode(tokens, skip_special_tokens=True),
-                                       len(tokens), generated.time_to_first_token,
-                                       generated.total_time, generated.cancelled))
-        return results
-
+                           str(loaded.device), exc) from exc
+        return [make_result(request.task, text, len(tokens), generated.time_to_first_token,
+                            generated.total_time, generated.cancelled,
+                            fitted_size(request.image, self.config.max_image_side))
+                for request, text, tokens in zip(requests, texts, rows, strict=True)]

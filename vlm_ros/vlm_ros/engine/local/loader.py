@@ -5,10 +5,17 @@ a robot uses. Failures become ``VlmError`` naming the model, the device and the 
 """
 
 import os
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import transformers
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from ..config import DEVICES_HELP, DTYPES, EngineConfig
 from ..errors import VlmError
@@ -16,6 +23,7 @@ from ..errors import VlmError
 # Tried in order: decoder-only and cross-attention families map to ImageTextToText; some
 # encoder-decoder families are registered only as Vision2Seq or Seq2SeqLM.
 _AUTO_CLASSES = ('AutoModelForImageTextToText', 'AutoModelForVision2Seq', 'AutoModelForSeq2SeqLM')
+HUB_PROBE_TIMEOUT = 5.0  # s for one HEAD request to the hub before a download
 _DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
@@ -89,7 +97,7 @@ def _kwargs(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> d
     return kwargs
 
 
-def _load_model(config: EngineConfig, kwargs: dict):
+def _load_model(source: str, kwargs: dict):
     """Try the Auto classes in order; remember why each refused the config."""
     refusals = []
     for name in _AUTO_CLASSES:
@@ -97,7 +105,7 @@ def _load_model(config: EngineConfig, kwargs: dict):
         if auto is None:
             continue
         try:
-            return auto.from_pretrained(config.model, **kwargs)
+            return auto.from_pretrained(source, **kwargs)
         except ValueError as exc:
             if 'Unrecognized configuration class' not in str(exc):
                 raise
@@ -106,18 +114,73 @@ def _load_model(config: EngineConfig, kwargs: dict):
                      f'{transformers.__version__}: ' + '; '.join(refusals))
 
 
+def _looks_like_path(name: str) -> bool:
+    """Tell a local path from a hub id: hub ids are NAME or ORG/NAME, never more or rooted."""
+    return name.startswith(('/', '.', '~')) or name.endswith('/') or name.count('/') > 1 \
+        or '\\' in name
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> Optional[str]:
+    """Return None when the hub's endpoint answers HTTP, else why not (one short try).
+
+    huggingface_hub retries a refused or unresolvable connection for minutes; a robot without
+    network should hear at once that the model is neither cached nor downloadable.
+    """
+    try:
+        urllib.request.urlopen(urllib.request.Request(hub_constants.ENDPOINT, method='HEAD'),
+                               timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (OSError, ValueError) as exc:
+        return str(getattr(exc, 'reason', exc))
+    return None
+
+
+def locate(config: EngineConfig) -> str:
+    """Return what from_pretrained should load: a local directory or a hub id, or VlmError.
+
+    An existing directory wins; a name shaped like a path that does not exist fails at once
+    (not_found); anything else is a hub id (ORG/NAME), loaded from the Hugging Face cache
+    (HF_HOME) or downloaded. Offline (HF_HUB_OFFLINE=1 or local_files_only) with nothing
+    cached, or online with the hub unreachable, fails at once saying how to get the model.
+    """
+    name = config.model
+    if os.path.isdir(os.path.expanduser(name)):
+        return os.path.expanduser(name)
+    if _looks_like_path(name):
+        raise VlmError('not_found', f'model directory {name!r} does not exist', name,
+                       config.device)
+    try:
+        validate_repo_id(name)
+    except HFValidationError as exc:
+        raise VlmError('not_found', f'{name!r} is neither a directory nor a hub id (ORG/NAME): '
+                       f'{exc}', name, config.device) from exc
+    if isinstance(try_to_load_from_cache(name, 'config.json'), str):
+        return name
+    get = (f'download it once where the hub is reachable (`hf download {name}`, into '
+           f'{hub_constants.HF_HUB_CACHE}), or give a save_pretrained directory')
+    if config.local_files_only or hub_constants.HF_HUB_OFFLINE:
+        why = 'local_files_only is set' if config.local_files_only else 'HF_HUB_OFFLINE is set'
+        raise VlmError('not_found', f'hub model {name} is not in the local cache and {why}; '
+                       + get, name, config.device)
+    unreachable = _hub_reachable()
+    if unreachable is not None:
+        raise VlmError('not_found', f'hub model {name} is not in the local cache and '
+                       f'{hub_constants.ENDPOINT} cannot be reached ({unreachable}); ' + get,
+                       name, config.device)
+    return name
+
+
 def load(config: EngineConfig) -> LoadedModel:
     """Load model and processor onto the configured device, in eval mode."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    if os.path.sep in config.model and not os.path.isdir(config.model):
-        raise VlmError('not_found', f'model directory {config.model!r} does not exist',
-                       config.model, str(device))
+    source = locate(config)
     try:
         processor = transformers.AutoProcessor.from_pretrained(
-            config.model, trust_remote_code=config.trust_remote_code,
+            source, trust_remote_code=config.trust_remote_code,
             local_files_only=config.local_files_only)
-        model = _load_model(config, _kwargs(config, device, dtype))
+        model = _load_model(source, _kwargs(config, device, dtype))
         if device.type != 'cuda':
             model.to(device)
         model.eval()

@@ -15,6 +15,7 @@ instead of only between two streamed pieces.
 import asyncio
 import base64
 import os
+import re
 import threading
 import time
 import urllib.parse
@@ -23,11 +24,12 @@ from typing import Optional
 
 import openai
 
+from ..base import EngineBase
 from ..chat import user_message
 from ..config import EngineConfig
 from ..errors import VlmError
-from ..preprocess import encode_jpeg
-from ..prompts import load_templates, render_task
+from ..preprocess import encode_jpeg, fitted_size
+from ..prompts import render_task
 from ..results import make_result
 
 # Answers that say "try again later"; 4xx (bad model name, bad key) stay wrong however often
@@ -38,6 +40,8 @@ MAX_BACKOFF = 8.0
 CANCEL_POLL = 0.05  # s between looks at the cancel event while the server sends nothing
 PROBE_TIMEOUT = 5.0  # s a reachability check may take (capped by request_timeout)
 NO_KEY = 'EMPTY'  # what vLLM's docs send to a server without a key; the client wants one
+# "Bearer <token>", "api_key": "<key>", "x-api-key: <key>" as a server may echo them back.
+SECRET_PATTERN = re.compile(r'(?i)(bearer\s+|api[-_]?key["\']?\s*[:=]\s*["\']?)[^\s"\',;}]+')
 
 
 @dataclass
@@ -51,7 +55,7 @@ class _Answer:
     finished: bool = False  # a finish_reason arrived: the answer is complete
 
 
-class RemoteEngine:
+class RemoteEngine(EngineBase):
     """Answers batches of requests through an OpenAI-compatible server; the VlmEngine interface.
 
     load() reads the API key and starts the client and a reachability check every
@@ -61,9 +65,8 @@ class RemoteEngine:
     """
 
     def __init__(self, config: EngineConfig):
-        self.config = config
+        super().__init__(config)
         self.remote = config.remote
-        self.templates = load_templates(config.prompts)
         self.reachable: Optional[bool] = None
         self.checked = 'not checked yet'
         self._client: Optional[openai.AsyncOpenAI] = None
@@ -166,7 +169,8 @@ class RemoteEngine:
         return [make_result(request.task, ''.join(answer.pieces),
                             len(answer.pieces) if answer.tokens is None else answer.tokens,
                             answer.first_at - start if answer.first_at else total, total,
-                            cancel.is_set())
+                            cancel.is_set(), fitted_size(request.image,
+                                                         self.config.max_image_side))
                 for request, answer in zip(requests, answers, strict=True)]
 
     def payload(self, request) -> dict:
@@ -253,7 +257,20 @@ class RemoteEngine:
                               'finish_reason (not a chat completion stream, or cut short)', 1)
 
     def _classify(self, exc: Exception, answer: _Answer) -> tuple:
-        """Return (kind, cause, transient) for a failed request."""
+        """Return (kind, cause, transient) for a failed request, secrets redacted."""
+        kind, cause, transient = self._describe(exc, answer)
+        return kind, self._redact(cause), transient
+
+    def _redact(self, text: str) -> str:
+        """Remove the API key, and any bearer token or key a server echoed, from text.
+
+        Messages go to Plans, /diagnostics and logs, which anyone on the DDS domain reads.
+        """
+        if self._key != NO_KEY:
+            text = text.replace(self._key, '<api key>')
+        return SECRET_PATTERN.sub(lambda m: m.group(1) + '<redacted>', text)
+
+    def _describe(self, exc: Exception, answer: _Answer) -> tuple:
         if isinstance(exc, openai.APITimeoutError):
             return ('backend_timeout', f'no answer within request_timeout '
                     f'{self.remote.request_timeout:g} s', True)
@@ -265,8 +282,8 @@ class RemoteEngine:
             if answer.responded:
                 return 'backend_bad_response', f'the answer was cut off ({cause})', True
             return 'backend_unreachable', f'cannot reach the server ({cause})', True
-        if isinstance(exc, openai.APIStatusError):
-            body = ' '.join(exc.response.text.split())[:300]
+        if isinstance(exc, openai.APIStatusError):  # redacted before it is cut short
+            body = self._redact(' '.join(exc.response.text.split()))[:300]
             return ('backend_http_error', f'HTTP {exc.status_code}: {body}',
                     exc.status_code in RETRY_STATUS)
         if isinstance(exc, openai.APIError):  # an error event inside a 200 stream
@@ -276,9 +293,7 @@ class RemoteEngine:
     def _error(self, kind: str, cause: str, attempts: int) -> VlmError:
         tries = f' (after {attempts} attempts)' if attempts > 1 else ''
         message = f'openai backend at {self.remote.base_url}: {cause}{tries}'
-        if self._key != NO_KEY:  # a server may echo request headers; the key stays secret
-            message = message.replace(self._key, '<api key>')
-        return VlmError(kind, message, self.model_name)
+        return VlmError(kind, self._redact(message), self.model_name)
 
     def _reach(self, reachable: bool, note: str) -> None:
         self.reachable, self.checked = reachable, note

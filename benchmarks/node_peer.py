@@ -1,0 +1,55 @@
+"""The test peer of the node benchmarks: a camera, an instruction publisher, and collectors.
+
+Used by shutdown_soak.py and lifecycle_storm.py (run from this folder's parent with
+scripts/with-env python3 benchmarks/NAME.py).
+"""
+
+import threading
+import time
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+from vlm_ros.node.image_conversion import rgb_to_image
+
+from vlm_ros_msgs.msg import Plan
+
+RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class Peer(Node):
+    """Camera, instruction publisher, Plan and diagnostics collector."""
+
+    def __init__(self):
+        super().__init__('bench_peer')
+        self.plans, self.diag = [], {}
+        self.lock = threading.Lock()
+        self.create_subscription(Plan, 'plan', self._plan, RELIABLE)
+        self.create_subscription(DiagnosticArray, '/diagnostics', self._diag, 10)
+        self.tasks = self.create_publisher(String, 'instruction', RELIABLE)
+        images = self.create_publisher(Image, 'image', 10)
+        frame = rgb_to_image(np.full((48, 64, 3), 128, np.uint8))
+        self.create_timer(0.05, lambda: images.publish(frame))
+
+    def _plan(self, msg):
+        with self.lock:
+            self.plans.append(msg.instruction)
+
+    def _diag(self, msg):
+        for status in msg.status:
+            if status.name == '/vlm_node: vlm':
+                with self.lock:
+                    self.diag = {kv.key: kv.value for kv in status.values}
+
+    def wait(self, predicate, timeout: float) -> bool:
+        """Poll predicate(self) under the lock until true (True) or timeout (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if predicate(self):
+                    return True
+            time.sleep(0.02)
+        return False

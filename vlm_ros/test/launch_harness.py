@@ -1,0 +1,84 @@
+"""`ros2 launch vlm_ros vlm.launch.py ...` as a user runs it, where ROS 2 launch can be had.
+
+On a machine without a ROS 2 distro, scripts/bootstrap builds launch and launch_ros from
+../shared/ros2-launch into the workspace, and that folder's ros2-launch script does what
+`ros2 launch` does. Where neither exists, the launch tests skip with that reason. Every
+launch gets a unique namespace, so a test only ever looks at its own node.
+"""
+
+import importlib.util
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import tempfile
+import uuid
+
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from node_harness import RELIABLE, TIMEOUT, diag_values, wait_state
+from ros_harness import wait_exit
+
+from vlm_ros_msgs.msg import Plan
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SHARED_LAUNCH = REPO.parent / 'shared' / 'ros2-launch' / 'ros2-launch'
+
+
+def launch_command() -> list:
+    """Return the `ros2 launch` command of this machine, or skip saying why there is none."""
+    if importlib.util.find_spec('launch_ros') is None:
+        pytest.skip('ROS 2 launch is not installed, and ../shared/ros2-launch (which '
+                    'scripts/bootstrap builds) is not beside this checkout')
+    if shutil.which('ros2'):
+        return ['ros2', 'launch']
+    return [str(SHARED_LAUNCH)]
+
+
+class Launch:
+    """One `ros2 launch vlm_ros vlm.launch.py` process in its own namespace."""
+
+    def __init__(self, test_node, *arguments: str, env=None):
+        self.namespace = 'launch_' + uuid.uuid4().hex[:12]
+        self.node_name = f'/{self.namespace}/vlm_node'
+        args = [*launch_command(), 'vlm_ros', 'vlm.launch.py', f'namespace:={self.namespace}',
+                *arguments]
+        # Its own process group, as in a terminal: Ctrl-C reaches launch and its node alike.
+        # Output to a file: an unread pipe fills up (64 kB) and blocks the node's logging.
+        self.log = tempfile.TemporaryFile('w+')
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     text=True, env=env or os.environ.copy(),
+                                     start_new_session=True)
+        self.diagnostics = test_node.collect(DiagnosticArray, '/diagnostics')
+        self.test_node = test_node
+
+    def topic(self, name: str) -> str:
+        """Resolve one of the node's relative topic names in its namespace."""
+        return f'/{self.namespace}/{name}'
+
+    def wait_state(self, state: str, timeout: float = TIMEOUT) -> dict:
+        """Wait until this launch's node reports state; return its diagnostics values."""
+        return wait_state(self.diagnostics, state, timeout, self.node_name)
+
+    def wait_diag(self, predicate, what: str, timeout: float = TIMEOUT) -> dict:
+        """Wait for diagnostics of this launch's node that satisfy predicate."""
+        msg = self.diagnostics.wait_for(lambda m: predicate(diag_values(m, self.node_name)),
+                                        timeout, what)
+        return diag_values(msg, self.node_name)
+
+    def plans(self, topic: str = 'plan'):
+        """Collect Plans from the node's (namespaced) plan topic."""
+        return self.test_node.collect(Plan, self.topic(topic), RELIABLE)
+
+    def stop(self):
+        """Press Ctrl-C: SIGINT to the launch's process group; return (exit code, output).
+
+        Interactive launch does not forward a SIGINT of its own to its processes, because a
+        terminal already sends Ctrl-C to the whole foreground group.
+        """
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        code, _, _ = wait_exit(self.proc, 30.0, 'Ctrl-C')
+        self.log.seek(0)
+        return code, self.log.read()

@@ -1,0 +1,206 @@
+"""Every run-time parameter takes effect on a live node: set it, then observe what changed.
+
+The list comes from the node's own table (params.RUN_TIME): a parameter added there without an
+observer here fails test_every_run_time_parameter_is_observed.
+"""
+
+import time
+import uuid
+
+import pytest
+from engine_fixtures import TARGETS, scene
+from node_harness import TIMEOUT, call, camera, set_params, transition
+from rclpy.qos import QoSReliabilityPolicy
+from vlm_ros.engine.prompts import load_templates
+from vlm_ros.node import params
+from vlm_ros.node.image_conversion import rgb_to_image
+
+from vlm_ros_msgs.msg import Plan
+from vlm_ros_msgs.srv import Query
+
+INSTRUCTION = TARGETS['plan'][0]
+
+
+def _set(test_node, **values) -> None:
+    results = set_params(test_node, **values)
+    assert all(r.successful for r in results), [r.reason for r in results]
+
+
+def _plan(node, text=INSTRUCTION) -> Plan:
+    """Send one instruction and return its Plan."""
+    before = {p.request_id for p in node.plans.items()}
+    node.instruct(text)
+    return node.plans.wait_for(lambda p: p.request_id not in before and p.instruction == text,
+                               TIMEOUT, 'the plan')
+
+
+def _streaming(node, fmt='raw', stamp_offset=0.0) -> str:
+    frame_id = uuid.uuid4().hex
+    make = camera(frame_id, fmt)
+
+    def old(stamp):
+        msg = make(stamp)
+        msg.header.stamp.sec -= int(stamp_offset)
+        return msg
+    node.stream(old).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+    return frame_id
+
+
+def observe_max_new_tokens(node, test_node):
+    _streaming(node)
+    assert _plan(node).output_tokens > 3
+    _set(test_node, max_new_tokens=3)
+    plan = _plan(node)
+    assert plan.output_tokens == 3 and TARGETS['plan'][1].startswith(plan.text.strip()), plan
+
+
+def observe_max_image_side(node, test_node):
+    _streaming(node)
+    _plan(node)
+    assert node.wait_diag(lambda v: v.get('last_image_size'), TIMEOUT, 'an image size')[
+        'last_image_size'] == '64x48'
+    _set(test_node, max_image_side=32)
+    _plan(node)
+    node.wait_diag(lambda v: v.get('last_image_size') == '32x24', TIMEOUT, 'the smaller size')
+
+
+def observe_image_transport(node, test_node):
+    _set(test_node, image_transport='compressed')
+    frame_id = _streaming(node, fmt='png')
+    plan = _plan(node)
+    assert plan.status == Plan.STATUS_OK and plan.header.frame_id == frame_id, plan.message
+
+
+def observe_image_reliability(node, test_node):
+    def reliability():
+        return [info.qos_profile.reliability
+                for info in test_node.node.get_subscriptions_info_by_topic('/image')]
+    assert reliability() == [QoSReliabilityPolicy.BEST_EFFORT]
+    _set(test_node, image_reliability='reliable')
+    deadline = time.monotonic() + TIMEOUT
+    while reliability() != [QoSReliabilityPolicy.RELIABLE]:
+        assert time.monotonic() < deadline, reliability()
+        time.sleep(0.05)
+
+
+def observe_max_image_age(node, test_node):
+    _streaming(node, stamp_offset=10.0)
+    assert _plan(node).status == Plan.STATUS_OK
+    _set(test_node, max_image_age=1.0)
+    plan = _plan(node)
+    assert plan.status == Plan.STATUS_STALE_IMAGE and 'max_image_age 1 s' in plan.message
+
+
+def observe_wait_for_image(node, test_node):
+    _set(test_node, wait_for_image=0.3)
+    started = time.monotonic()
+    plan = _plan(node)
+    assert plan.status == Plan.STATUS_NO_IMAGE and 'within 0.3 s' in plan.message
+    assert time.monotonic() - started < 1.5  # the default would wait 2 s
+
+
+def observe_caption_rate(node, test_node):
+    _streaming(node)
+    _set(test_node, caption_rate=2.0)
+    started = time.monotonic()
+    node.captions.wait_for(lambda c: True, TIMEOUT, 'a caption')
+    took = time.monotonic() - started
+    assert took < 1.0, f'first caption after {took:.2f} s'
+
+
+def observe_replan_period(node, test_node):
+    _streaming(node)
+    first = _plan(node)
+    _set(test_node, replan_period=0.3)
+    node.plans.wait_for(lambda p: p.request_id != first.request_id and
+                        p.instruction == INSTRUCTION, TIMEOUT, 'a re-plan without instruction')
+
+
+def observe_queue_size(node, test_node):
+    _set(test_node, queue_size=1, wait_for_image=30.0)  # no camera: the first request waits
+    texts = [f'queued {i} {uuid.uuid4().hex}' for i in range(4)]
+    for text in texts:
+        node.instruct(text)
+    dropped = node.plans.wait_for(lambda p: p.status == Plan.STATUS_DROPPED, TIMEOUT, 'a drop')
+    assert 'queue_size=1' in dropped.message and dropped.instruction in texts[2:]
+
+
+def observe_prompt_plan(node, test_node):
+    _streaming(node)
+    assert _plan(node).text == TARGETS['plan'][1]
+    _set(test_node, prompt_plan='Robot, what now? {instruction}')
+    assert _plan(node).text != TARGETS['plan'][1]
+    _set(test_node, prompt_plan='')
+    assert _plan(node).text == TARGETS['plan'][1]
+
+
+def observe_prompt_vqa(node, test_node):
+    def ask(question, colour):
+        request = Query.Request(question=question, image=rgb_to_image(scene(colour)))
+        return call(test_node, Query, '/vlm_node/query', request).answer
+    assert ask(TARGETS['vqa'][0], 'blue') == TARGETS['vqa'][1]
+    # Questions rendered with the plan's template are plan prompts: the model plans.
+    plan_template = load_templates()['plan'].replace('{instruction}', '{question}')
+    _set(test_node, prompt_vqa=plan_template)
+    assert ask(TARGETS['plan'][0], 'red') == TARGETS['plan'][1]
+
+
+def observe_prompt_caption(node, test_node):
+    _streaming(node)
+    _set(test_node, caption_rate=5.0)
+    node.captions.wait_for(lambda c: c.text == TARGETS['caption'][1], TIMEOUT, 'the caption')
+    _set(test_node, prompt_caption='Say anything at all.')
+    changed = test_node.node.get_clock().now().nanoseconds  # frames are stamped with this clock
+    caption = node.captions.wait_for(
+        lambda c: c.header.stamp.sec * 10**9 + c.header.stamp.nanosec > changed, TIMEOUT,
+        'a caption of a frame taken after the change')
+    assert caption.text != TARGETS['caption'][1]
+
+
+def observe_max_text_chars(node, test_node):
+    _set(test_node, max_text_chars=10)
+    started = time.monotonic()
+    plan = _plan(node, text='x' * 11)
+    assert plan.status == Plan.STATUS_BAD_INPUT and 'max_text_chars is 10' in plan.message
+    assert time.monotonic() - started < 1.0  # refused before it waits for an image
+
+
+def observe_max_image_pixels(node, test_node):
+    _streaming(node)  # 64x48 = 3072 pixels
+    assert _plan(node).status == Plan.STATUS_OK
+    _set(test_node, max_image_pixels=3000)
+    plan = _plan(node)
+    assert plan.status == Plan.STATUS_BAD_INPUT and 'max_image_pixels' in plan.message
+
+
+OBSERVERS = {name[len('observe_'):]: value for name, value in globals().items()
+             if name.startswith('observe_')}
+
+
+def test_every_run_time_parameter_is_observed():
+    assert sorted(OBSERVERS) == sorted(params.RUN_TIME)
+
+
+@pytest.mark.parametrize('name', params.RUN_TIME)
+def test_run_time_parameter_takes_effect(name, start_vlm_node, test_node):
+    node = start_vlm_node()
+    node.wait_state('active')
+    OBSERVERS[name](node, test_node)
+
+
+def test_launch_only_parameters_are_refused_at_run_time(start_vlm_node, test_node):
+    node = start_vlm_node()
+    node.wait_state('active')
+    launch_only = [spec.name for spec in params.SPECS if spec.applies == 'launch']
+    # What decides which code runs and where images and keys go is never set over DDS.
+    assert sorted(launch_only) == ['api_key_env', 'autostart', 'backend', 'base_url',
+                                   'instruction_qos_depth', 'trust_remote_code']
+    hostile = {'api_key_env': 'HOME', 'autostart': False, 'backend': 'openai',
+               'base_url': 'http://attacker.example/v1', 'instruction_qos_depth': 1,
+               'trust_remote_code': True}
+    for name in launch_only:
+        result = set_params(test_node, **{name: hostile[name]})[0]
+        assert not result.successful and 'read-only' in result.reason, result.reason
+    assert transition(test_node, 'deactivate') and transition(test_node, 'cleanup')
+    for name in launch_only:  # not after a cleanup either
+        assert not set_params(test_node, **{name: hostile[name]})[0].successful, name

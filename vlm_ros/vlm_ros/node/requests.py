@@ -1,0 +1,159 @@
+"""The query service and the generate_plan action: requests that wait for their own answer.
+
+Both exist for the node's whole life, in every lifecycle state: a service that disappears on
+deactivate leaves its callers waiting for it, one that answers "not active" tells them why.
+
+The action uses the accepted/execute pattern (ros2/examples server_queue_goals.py): an
+accepted goal becomes a job for the worker and holds no executor thread; when the worker has
+answered it, the goal is executed, and the execute callback only turns the outcome into the
+result. Cancel requests reach the job at once. The service must return its response from its
+callback (rclpy has no deferred response), so it waits on an executor thread, bounded by
+answer_timeout(); a call that gives up cancels its job.
+"""
+
+import threading
+from collections.abc import Callable
+
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from vlm_ros_msgs.action import GeneratePlan
+from vlm_ros_msgs.srv import Query
+
+from .messages import fill_query_response, plan_msg
+from .scheduler import Job, Outcome, Status
+
+CANCEL_GRACE = 5.0  # s a given-up query waits for its cancelled job's answer
+# The default service QoS keeps the last 10 requests: an 11th arriving before the executor
+# takes them overwrites one, and its caller waits forever. Every request is kept instead, and
+# one the worker has no room for is answered at once (STATUS_DROPPED, queue full).
+REQUESTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class RequestEndpoints:
+    """The node's ~/query service and ~/generate_plan action server.
+
+    ``worker()`` returns the active node's Worker or None; ``answer_timeout()`` bounds how long
+    a query may wait; ``header()`` is the fallback header of plans that used no image;
+    ``record(outcome)`` counts an answer in the diagnostics.
+    """
+
+    def __init__(self, node, worker: Callable, answer_timeout: Callable[[], float],
+                 header: Callable, record: Callable[[Outcome], None]):
+        self._node = node
+        self._worker = worker
+        self._answer_timeout = answer_timeout
+        self._header = header
+        self._record = record
+        self._lock = threading.Lock()
+        self._goals = {}  # goal id -> [job, outcome or None]
+        self._waiting = 0  # query callbacks waiting for their answer
+        group = ReentrantCallbackGroup()
+        self._service = node.create_service(Query, '~/query', self._on_query,
+                                            qos_profile=REQUESTS_QOS, callback_group=group)
+        self._action = ActionServer(
+            node, GeneratePlan, '~/generate_plan', execute_callback=self._execute,
+            goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
+            cancel_callback=self._on_cancel, goal_service_qos_profile=REQUESTS_QOS,
+            result_service_qos_profile=REQUESTS_QOS, cancel_service_qos_profile=REQUESTS_QOS,
+            callback_group=group)
+
+    def busy(self) -> bool:
+        """Tell whether a query or goal still waits for its answer to be sent."""
+        with self._lock:
+            return bool(self._goals) or self._waiting > 0
+
+    def destroy(self) -> None:
+        """Destroy the service and action server (when the node is destroyed)."""
+        self._action.destroy()
+        self._node.destroy_service(self._service)
+
+    # Query -----------------------------------------------------------------------------
+
+    def _on_query(self, request, response):
+        worker = self._worker()
+        job = Job('vqa', request.question.strip(), done=None,
+                  image_msg=request.image if request.image.width else None,
+                  max_new_tokens=request.max_new_tokens)
+        if worker is None:
+            response.success, response.message = False, 'node is not active'
+            return response
+        done = threading.Event()
+        outcomes = []
+
+        def finish(outcome):
+            outcomes.append(outcome)
+            done.set()
+        job.done = finish
+        with self._lock:
+            self._waiting += 1
+        try:
+            worker.submit(job)
+            timeout = self._answer_timeout()
+            if not done.wait(timeout):
+                worker.cancel(job, f'no answer within {timeout:g} s')
+                done.wait(CANCEL_GRACE)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        if not outcomes:
+            response.success, response.message = False, 'no answer in time'
+            return response
+        self._record(outcomes[0])
+        return fill_query_response(response, outcomes[0])
+
+    # GeneratePlan (accepted/execute) ---------------------------------------------------
+
+    def _on_goal(self, goal) -> GoalResponse:
+        return GoalResponse.ACCEPT if self._worker() is not None else GoalResponse.REJECT
+
+    def _on_accepted(self, goal_handle) -> None:
+        goal = goal_handle.request
+        key = bytes(goal_handle.goal_id.uuid)
+        pieces = []
+
+        def feedback(text):
+            pieces.append(text)
+            goal_handle.publish_feedback(GeneratePlan.Feedback(partial_text=''.join(pieces),
+                                                               tokens=len(pieces)))
+
+        def answered(outcome):
+            with self._lock:
+                self._goals[key][1] = outcome
+            goal_handle.execute()
+
+        job = Job('plan', goal.instruction.strip(), done=answered, on_text=feedback,
+                  image_msg=goal.image if goal.image.width else None)
+        with self._lock:
+            self._goals[key] = [job, None]
+        worker = self._worker()
+        if worker is None:
+            answered(Outcome(job, Status.CANCELLED, 'node is not active'))
+        else:
+            worker.submit(job)
+
+    def _on_cancel(self, goal_handle) -> CancelResponse:
+        with self._lock:
+            entry = self._goals.get(bytes(goal_handle.goal_id.uuid))
+        worker = self._worker()
+        if entry is not None and worker is not None:
+            worker.cancel(entry[0], 'cancelled by the action client')
+        elif entry is not None:
+            entry[0].cancel.set()
+        return CancelResponse.ACCEPT
+
+    def _execute(self, goal_handle):
+        """Turn the worker's outcome into the result; runs once the goal has its answer."""
+        with self._lock:
+            _, outcome = self._goals.pop(bytes(goal_handle.goal_id.uuid))
+        self._record(outcome)
+        result = GeneratePlan.Result()
+        result.plan = plan_msg(outcome, self._node.model_name(), self._header())
+        if outcome.status == Status.CANCELLED and goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        elif outcome.status == Status.OK:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return result
