@@ -11,6 +11,7 @@ import pytest
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, call, camera, set_params, transition
 from rclpy.qos import QoSReliabilityPolicy
+from ros_harness import wait_until
 from vlm_ros.engine.prompts import load_templates
 from vlm_ros.node import params
 from vlm_ros.node.image_conversion import rgb_to_image
@@ -77,10 +78,8 @@ def observe_image_reliability(node, test_node):
                 for info in test_node.node.get_subscriptions_info_by_topic('/image')]
     assert reliability() == [QoSReliabilityPolicy.BEST_EFFORT]
     _set(test_node, image_reliability='reliable')
-    deadline = time.monotonic() + TIMEOUT
-    while reliability() != [QoSReliabilityPolicy.RELIABLE]:
-        assert time.monotonic() < deadline, reliability()
-        time.sleep(0.05)
+    wait_until(lambda: reliability() == [QoSReliabilityPolicy.RELIABLE], TIMEOUT,
+               'a reliable image subscription')
 
 
 def observe_max_image_age(node, test_node):
@@ -123,11 +122,11 @@ def observe_queue_size(node, test_node):
         node.instruct(text)
     # One waits in the worker, at most one in the queue: at least two of four are dropped
     # (three when the second arrives before the worker took the first).
-    deadline = time.monotonic() + TIMEOUT
-    while len(dropped := [p for p in node.plans.items() if p.instruction in texts
-                          and p.status == Plan.STATUS_DROPPED]) < 2:
-        assert time.monotonic() < deadline, f'{len(dropped)} dropped'
-        time.sleep(0.02)
+    def dropped_plans():
+        return [p for p in node.plans.items()
+                if p.instruction in texts and p.status == Plan.STATUS_DROPPED]
+    wait_until(lambda: len(dropped_plans()) >= 2, TIMEOUT, 'two of four instructions dropped')
+    dropped = dropped_plans()
     assert all('queue_size=1' in p.message for p in dropped)
     assert texts[0] not in {p.instruction for p in dropped}  # the first always gets in
 

@@ -243,7 +243,7 @@ class VlmNode(LifecycleNode):
         self.requests.destroy()
         super().destroy_node()
 
-    def _stop_io(self, reason: str = 'node deactivated') -> None:
+    def _stop_io(self, reason: str) -> None:
         """Close inputs first (no new work), then answer what is pending: CANCELLED, reason."""
         for timer in self._periodic:
             self.destroy_timer(timer)
