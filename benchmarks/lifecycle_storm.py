@@ -10,8 +10,10 @@ its resident memory after cleanup (model released), so growth per cycle shows.
 
 import argparse
 import os
+import pathlib
 import random
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -25,18 +27,13 @@ from std_msgs.msg import String
 from vlm_ros.demo.tiny import build_tiny
 from vlm_ros.spin import SpinThread
 
+# The test suite's harness reads process memory; one copy of that code.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'vlm_ros' / 'test'))
+from ros_harness import rss_mib  # noqa: E402
+
 NODE = os.path.join(get_package_prefix('vlm_ros'), 'lib', 'vlm_ros', 'vlm_node')
 CYCLE = (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE,
          Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP)
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process, MiB (Linux /proc)."""
-    with open(f'/proc/{pid}/status') as status:
-        for line in status:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) / 1024
-    return float('nan')
 
 
 def main() -> int:

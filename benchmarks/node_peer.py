@@ -10,7 +10,7 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from vlm_ros.node.image_conversion import rgb_to_image
@@ -18,6 +18,8 @@ from vlm_ros.node.image_conversion import rgb_to_image
 from vlm_ros_msgs.msg import Plan
 
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+KEEP_ALL = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+STATUS_NAMES = {getattr(Plan, name): name for name in dir(Plan) if name.startswith('STATUS_')}
 
 
 class Peer(Node):
@@ -25,9 +27,9 @@ class Peer(Node):
 
     def __init__(self):
         super().__init__('bench_peer')
-        self.plans, self.diag = [], {}
+        self.plans, self.statuses, self.diag = [], [], {}
         self.lock = threading.Lock()
-        self.create_subscription(Plan, 'plan', self._plan, RELIABLE)
+        self.create_subscription(Plan, 'plan', self._plan, KEEP_ALL)
         self.create_subscription(DiagnosticArray, '/diagnostics', self._diag, 10)
         self.tasks = self.create_publisher(String, 'instruction', RELIABLE)
         images = self.create_publisher(Image, 'image', 10)
@@ -37,6 +39,14 @@ class Peer(Node):
     def _plan(self, msg):
         with self.lock:
             self.plans.append(msg.instruction)
+            self.statuses.append(STATUS_NAMES.get(msg.status, str(msg.status)))
+
+    def status_of(self, instruction: str) -> str:
+        """Return the status name of the last Plan for instruction ('' when none came)."""
+        with self.lock:
+            found = [s for i, s in zip(self.plans, self.statuses, strict=True)
+                     if i == instruction]
+        return found[-1] if found else ''
 
     def _diag(self, msg):
         for status in msg.status:

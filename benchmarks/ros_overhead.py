@@ -36,6 +36,10 @@ from vlm_ros.spin import SpinThread
 
 from vlm_ros_msgs.msg import Plan
 
+# The test suite's harness reads process memory; one copy of that code.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'vlm_ros' / 'test'))
+from ros_harness import rss_mib  # noqa: E402
+
 INSTRUCTION = 'put the red block in the bin'
 PLAN = json.dumps({'steps': [{'instruction': 'pick up the red block', 'skill': 'pick',
                               'target': 'red block'}]})
@@ -142,14 +146,6 @@ def latency(args, model: str, bench: Bench) -> None:
         print(f'| {width}x{height} | {raw_ms:.1f} | {e2e_ms:.1f} | '
               f'{1000 * statistics.median(node_total):.1f} | {e2e_ms - raw_ms:.1f} | '
               f'{sorted(status)} |', flush=True)
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process, MiB, from /proc."""
-    for line in pathlib.Path(f'/proc/{pid}/status').read_text().splitlines():
-        if line.startswith('VmRSS:'):
-            return int(line.split()[1]) / 1024
-    return float('nan')
 
 
 def soak(args, bench: Bench, node: subprocess.Popen) -> None:

@@ -13,6 +13,18 @@ os.environ.setdefault('ROS_LOCALHOST_ONLY', '1')  # Humble
 os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Print what tests measured (``record_property``): CI logs carry the numbers."""
+    reports = [report for outcome in ('passed', 'failed')
+               for report in terminalreporter.stats.get(outcome, [])
+               if getattr(report, 'when', '') == 'call' and report.user_properties]
+    if reports:
+        terminalreporter.section('measured')
+        for report in reports:
+            for name, value in report.user_properties:
+                terminalreporter.write_line(f'{report.nodeid}: {name} = {value}')
+
+
 @pytest.fixture(scope='session')
 def rclpy_context():
     """Initialise rclpy once for the test process, and shut it down cleanly at the end."""

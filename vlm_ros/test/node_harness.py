@@ -32,9 +32,9 @@ RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 TIMEOUT = 60.0
 
 
-def node_executable() -> str:
-    """Return the installed vlm_node executable (what ``ros2 run vlm_ros vlm_node`` runs)."""
-    path = pathlib.Path(get_package_prefix('vlm_ros')) / 'lib' / 'vlm_ros' / 'vlm_node'
+def node_executable(name: str = 'vlm_node') -> str:
+    """Return an installed executable (what ``ros2 run vlm_ros NAME`` runs)."""
+    path = pathlib.Path(get_package_prefix('vlm_ros')) / 'lib' / 'vlm_ros' / name
     assert path.is_file(), f'{path} is not installed'
     return str(path)
 

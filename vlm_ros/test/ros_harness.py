@@ -84,6 +84,14 @@ def wait_future(future, timeout: float, what: str):
     return future.result()
 
 
+def rss_mib(pid: int) -> float:
+    """Return a process's resident memory in MiB (Linux /proc)."""
+    for line in pathlib.Path(f'/proc/{pid}/status').read_text().splitlines():
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) / 1024
+    return float('nan')
+
+
 def start_process(args: list, **kwargs) -> subprocess.Popen:
     """Start a Python helper script from the test folder as its own process."""
     script = str(HERE / args[0])

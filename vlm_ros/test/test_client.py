@@ -1,20 +1,19 @@
 """vlm_client, the CLI for machines without ros2cli, against a live vlm_node."""
 
-import pathlib
 import subprocess
+import time
 import uuid
 
 import cv2
-from ament_index_python.packages import get_package_prefix
 from engine_fixtures import TARGETS, scene
-from node_harness import TIMEOUT, camera
+from node_harness import TIMEOUT, camera, node_executable, set_params
 from serve_harness import both_backends
 
-CLIENT = pathlib.Path(get_package_prefix('vlm_ros')) / 'lib' / 'vlm_ros' / 'vlm_client'
+CLIENT = node_executable('vlm_client')
 
 
 def _client(*args, timeout=TIMEOUT):
-    return subprocess.run([str(CLIENT), *args], capture_output=True, text=True,
+    return subprocess.run([CLIENT, *args], capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -47,4 +46,18 @@ def test_missing_node_and_bad_image_fail_with_reason(tmp_path, rclpy_context):
                       'anything')
     assert missing.returncode == 2 and 'no /absent_' in missing.stderr
     bad = _client('query', 'x', '--image', str(tmp_path / 'nope.png'))
-    assert bad.returncode != 0 and 'cannot read image' in bad.stderr
+    assert bad.returncode == 2 and 'cannot read image' in bad.stderr
+
+
+def test_caption_says_when_the_node_does_not_caption_and_honours_timeout(start_vlm_node,
+                                                                         test_node):
+    node = start_vlm_node()  # caption_rate 0, the default
+    node.wait_state('active')
+    off = _client('--timeout', '10', 'caption')
+    assert off.returncode == 2 and 'caption_rate is 0' in off.stderr, off.stderr
+    assert set_params(test_node, caption_rate=1.0)[0].successful
+    started = time.monotonic()
+    waited = _client('--timeout', '8', 'caption')  # captioning, but no camera: no caption
+    assert waited.returncode == 1 and 'no caption on caption within 8 s' in waited.stderr, \
+        waited.stderr
+    assert time.monotonic() - started < TIMEOUT

@@ -8,6 +8,7 @@ real processors, real ``generate``, the real parser.
 import threading
 
 import pytest
+import torch
 from engine_fixtures import FAMILIES, PLAN_JSON, TARGETS, scene
 from vlm_ros.engine import EngineConfig, Request
 from vlm_ros.engine.local import VlmEngine
@@ -67,6 +68,28 @@ def test_cancel_stops_generation(engine):
     result = engine.run([_requests()[2]], on_text=cancel_after_first, cancel=cancel)[0]
     assert result.cancelled
     assert result.output_tokens <= 2 < engine.run([_requests()[2]])[0].output_tokens
+
+
+def test_cancel_during_vision_encoding_runs_no_further_layer(engine):
+    """A long prefill is interruptible: no layer runs after the cancel, not even the decoder."""
+    layers = [(name, layer) for name, module in engine.loaded.model.named_modules()
+              if isinstance(module, torch.nn.ModuleList) for layer in module]
+    vision = [layer for name, layer in layers if 'vision' in name]
+    assert vision, 'every family has a vision encoder with layers'
+    cancel = threading.Event()
+    ran_after_cancel = []
+    handles = [vision[0].register_forward_hook(lambda *args: cancel.set())]
+    handles += [layer.register_forward_hook(
+        lambda module, *args, name=name: ran_after_cancel.append(name) if cancel.is_set() and
+        module is not vision[0] else None) for name, layer in layers]
+    try:
+        result = engine.run([_requests()[2]], cancel=cancel)[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert result.cancelled and result.output_tokens == 0 and result.text == ''
+    assert ran_after_cancel == []
+    assert engine.run([_requests()[2]])[0].text == PLAN_JSON, 'the hooks are gone afterwards'
 
 
 def test_per_request_token_limit(engine):

@@ -234,7 +234,8 @@ def write_recorded_bag(path):
                 request_id=str(number), instruction=text, status=status,
                 message='no image' if status == 2 else '', steps=plan_steps, text=raw,
                 model='tiny-live', time_to_first_token=total / 4 if raw else 0.0,
-                total_time=total, output_tokens=7 if raw else 0)))
+                total_time=total, output_tokens=7 if raw else 0,
+                form='json' if plan_steps else 'none')))
         for offset, stamp, text, total in captions:
             messages.append((offset, caption_conn, bags.serialize(
                 'vlm_ros_msgs/msg/Caption', header=bags.header(stamp, 'camera'), text=text,
@@ -323,7 +324,7 @@ def test_reference_without_a_frame_names_its_stamp(tmp_path):
         {'stamp_ns': 123456789, 'task': 'caption', 'text': '', 'target': 'x'}) + '\n')
     done = vlm_eval(write_input_bag(tmp_path / 'bag'), '--model', tmp_path / 'never-loaded',
                     '--references', tmp_path / 'refs.jsonl', '--out', tmp_path / 'out')
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert 'reference 1' in done.stderr and '123456789 (0.123456789)' in done.stderr
     assert not (tmp_path / 'out').exists()
 

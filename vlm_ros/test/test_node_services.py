@@ -1,10 +1,11 @@
 """vlm_node's ~/query service and ~/generate_plan action, with and without explicit images."""
 
+import subprocess
 import threading
 import uuid
 
 from engine_fixtures import TARGETS, scene
-from node_harness import TIMEOUT, call, camera, send_goal
+from node_harness import TIMEOUT, call, camera, node_executable, send_goal
 from ros_harness import wait_future
 from serve_harness import both_backends
 from vlm_ros.node.image_conversion import rgb_to_image
@@ -70,3 +71,26 @@ def test_action_cancel_stops_generation(start_vlm_node, test_node):
     assert plan.status == Plan.STATUS_CANCELLED, plan.message
     assert plan.text != TARGETS['plan'][1]
     client.destroy()
+
+
+def test_goal_of_a_killed_client_is_cancelled_and_frees_the_worker(start_vlm_node):
+    """vlm_client sends a goal that waits for a camera, and is killed: nobody takes the result."""
+    node = start_vlm_node(wait_for_image=600.0)
+    node.wait_state('active')
+    client = subprocess.Popen([node_executable('vlm_client'), 'plan', uuid.uuid4().hex],
+                              start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        node.wait_diag(lambda v: int(v['requests_in_progress']) == 1, TIMEOUT, 'the goal runs')
+    finally:
+        client.kill()
+        client.wait()
+    # A killed process leaves the DDS graph when its participant's lease (20 s) runs out.
+    values = node.wait_diag(lambda v: int(v['status_cancelled']) == 1, TIMEOUT + 30.0,
+                            'the orphaned goal cancelled')
+    assert int(values['requests_in_progress']) == 0
+    frame_id = uuid.uuid4().hex
+    node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+    node.instruct(TARGETS['plan'][0])
+    plan = node.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the next plan')
+    assert plan.status == Plan.STATUS_OK, plan.message

@@ -5,8 +5,12 @@ import uuid
 
 import numpy as np
 import pytest
+import rclpy
+from builtin_interfaces.msg import Time
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, camera
+from ros_harness import wait_until
+from sensor_msgs.msg import CompressedImage
 from serve_harness import both_backends
 from vlm_ros.node.image_conversion import rgb_to_image
 
@@ -136,6 +140,81 @@ def test_malformed_images_give_bad_input_and_the_node_keeps_serving(start_vlm_no
     assert plan.status == Plan.STATUS_OK, plan.message
     values = node.wait_diag(lambda v: int(v.get('frames_invalid', 0)) >= 4, TIMEOUT, 'invalid')
     assert int(values['status_bad_input']) >= 4
+
+
+def test_frames_lost_before_the_node_are_estimated_from_stamp_gaps(start_vlm_node):
+    """A 30 Hz camera whose every fifth frame never arrives (after 20 that all did)."""
+    node = start_vlm_node()
+    node.wait_state('active')
+    make, index = camera(uuid.uuid4().hex), [-1]
+    skipped = 0
+
+    def gappy(_now):
+        nonlocal skipped
+        index[0] += 1
+        if index[0] > 20 and index[0] % 5 == 0:
+            index[0] += 1  # this stamp's frame is lost on the way
+            skipped += 1
+        return make(Time(sec=1000 + index[0] // 30, nanosec=(index[0] % 30) * 33_333_333))
+    sent = node.stream(gappy, rate_hz=30.0)
+    sent.wait_for(lambda m: len(sent.items()) >= 120, TIMEOUT, '120 frames sent')
+    node.stop_stream()
+    stamps = index[0] + 1
+    values = node.wait_diag(lambda v: int(v['frames_received']) + int(
+        v['frames_lost_estimate']) >= stamps, TIMEOUT, 'every stamp accounted for')
+    assert int(values['frames_received']) + int(values['frames_lost_estimate']) == stamps
+    assert int(values['frames_lost_estimate']) >= skipped
+
+
+def test_auto_transport_prefers_raw_frames_when_a_camera_publishes_both(start_vlm_node):
+    """image_transport publishers offer raw and compressed of each frame: one is used."""
+    node = start_vlm_node()  # image_transport auto
+    node.wait_state('active')
+    raw, compressed = camera('raw-' + uuid.uuid4().hex), camera('jpeg-' + uuid.uuid4().hex,
+                                                                'jpeg')
+
+    def both():
+        stamp = node.ros.get_clock().now().to_msg()
+        node.image_pub.publish(raw(stamp))
+        node.compressed_pub.publish(compressed(stamp))
+    timer = node.ros.create_timer(0.05, both)
+    try:
+        node.wait_diag(lambda v: int(v['frames_received']) >= 5, TIMEOUT, 'frames')
+        node.instruct(INSTRUCTION)
+        plan = node.plans.wait_for(lambda p: p.instruction == INSTRUCTION, TIMEOUT, 'the plan')
+    finally:
+        node.ros.destroy_timer(timer)
+    assert plan.status == Plan.STATUS_OK and plan.header.frame_id.startswith('raw-')
+
+
+def test_a_camera_on_another_topic_is_named_when_no_image_comes(start_vlm_node):
+    """A camera under its own name, and one remapped onto image with the wrong type."""
+    node = start_vlm_node(wait_for_image=0.5)
+    node.wait_state('active')
+    for publisher in (node.image_pub, node.compressed_pub):  # the harness's own camera
+        node.ros.destroy_publisher(publisher)
+    # Its own participant: one participant cannot use a topic name with two types.
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    other = rclpy.create_node('other_camera', context=context)
+    try:
+        elsewhere = other.create_publisher(CompressedImage, '/raspicam/image/compressed', 10)
+        mistyped = other.create_publisher(CompressedImage, '/image', 10)
+        wait_until(lambda: [i.topic_type for i in node.ros.get_publishers_info_by_topic(
+            '/image')] == ['sensor_msgs/msg/CompressedImage'], TIMEOUT, 'the mistyped one')
+        node.wait_diag(lambda v: '/raspicam/image/compressed' in v['image_input'], TIMEOUT,
+                       'the hint in /diagnostics')
+        for publisher in (elsewhere, mistyped):
+            publisher.publish(camera('x', 'jpeg')(other.get_clock().now().to_msg()))
+        node.instruct(INSTRUCTION)
+        plan = node.plans.wait_for(lambda p: p.instruction == INSTRUCTION, TIMEOUT, 'the plan')
+    finally:
+        other.destroy_node()
+        rclpy.try_shutdown(context=context)
+    assert plan.status == Plan.STATUS_NO_IMAGE
+    assert 'nothing publishes on /image or /image/compressed' in plan.message, plan.message
+    assert '/image (CompressedImage), /raspicam/image/compressed (CompressedImage)' in \
+        plan.message, plan.message
 
 
 def test_empty_instruction_is_bad_input(start_vlm_node):

@@ -1,6 +1,9 @@
 """The node's ROS-free parts alone: latency percentiles, parameter validation."""
 
+import random
+
 import pytest
+from vlm_ros.node.frames import StampGaps
 from vlm_ros.node.params import validate
 from vlm_ros.node.stats import Stats
 
@@ -44,3 +47,31 @@ def test_a_validator_that_raises_anything_refuses_instead(monkeypatch):
         raise MemoryError('no room')
     monkeypatch.setattr(params, '_check_value', explode)
     assert 'MemoryError' in params.validate('prompt_plan', 'x {instruction}')
+
+
+def _gaps(stamps) -> StampGaps:
+    gaps = StampGaps()
+    for stamp in stamps:
+        gaps.add(stamp)
+    return gaps
+
+
+def test_stamp_gaps_count_the_frames_missing_from_a_steady_camera():
+    arrived = [i / 30 for i in range(300) if i < 10 or i % 7]  # every 7th lost
+    assert _gaps(arrived).lost == len([i for i in range(10, 300) if i % 7 == 0])
+
+
+def test_stamp_gaps_count_a_burst_of_lost_frames():
+    assert _gaps([i / 10 for i in [*range(20), *range(25, 40)]]).lost == 5
+
+
+@pytest.mark.parametrize(('why', 'stamps'), [
+    ('a camera that paused for 5 s', [*(i / 30 for i in range(30)),
+                                       *(5 + i / 30 for i in range(30))]),
+    ('an unstamped camera', [0.0] * 50),
+    ('a bag played twice', [*(i / 30 for i in range(30)), *(i / 30 for i in range(30))]),
+    ('stamping jitter of up to 20 %', [i / 30 + random.Random(i).uniform(-0.2, 0.2) / 30
+                                       for i in range(300)]),
+])
+def test_stamp_gaps_do_not_count(why, stamps):
+    assert _gaps(stamps).lost == 0, why

@@ -120,6 +120,11 @@ CASES = [
      '{"instruction": "把杯子放在盘子上"}, {"instruction": "caf\\u00e9 \\ud83d\\ude00"}]}',
      (S('prends le bloc rouge 🟥', '', 'bloc rouge'), S('把杯子放在盘子上'), S('café 😀')),
      'json'),
+    ('value_missing_salvaged',
+     '{"steps": [{"instruction": "pick up the cup"}, {"instruction": }]}',
+     (S('pick up the cup'),), 'json_salvaged'),
+    ('prose_brackets_then_plan', 'Objects: [cup bowl]. {"steps": ["pick up the cup"]}',
+     (S('pick up the cup'),), 'json'),
     ('escapes', '{"steps": ["say \\"hi\\"", "line\\none"]}',
      (S('say "hi"'), S('line\none')), 'json'),
 ]
@@ -165,7 +170,7 @@ def test_never_raises_on_random_input():
     for text in texts:
         plan = parse_plan(text)
         assert plan.valid == bool(plan.steps)
-        assert plan.form in ('json', 'json_truncated', 'list', 'none')
+        assert plan.form in ('json', 'json_truncated', 'json_salvaged', 'list', 'none')
         assert all(step.instruction and step.instruction == step.instruction.strip()
                    for step in plan.steps)
 

@@ -35,6 +35,7 @@ class SpinThread:
         self._on_exit = on_exit
         self.error: Optional[BaseException] = None  # what ended spinning, if not a shutdown
         self.races = 0
+        self._stopping = False
         self._executor = executor or MultiThreadedExecutor()
         for node in self._nodes:
             self._executor.add_node(node)
@@ -50,6 +51,10 @@ class SpinThread:
             self.error = exc
             traceback.print_exc()
         finally:
+            if self.error is None and not self._stopping:  # unasked: say so, exit status 1
+                self.error = RuntimeError('the executor stopped spinning although stop() was '
+                                          'not called: the ROS context was shut down')
+                print(f'vlm_ros.spin: {self.error}', file=sys.stderr, flush=True)
             if self._on_exit is not None:
                 self._on_exit()
 
@@ -73,6 +78,7 @@ class SpinThread:
 
     def stop(self) -> None:
         """Stop the executor, join its thread, destroy the nodes."""
+        self._stopping = True
         self._executor.shutdown()
         self._thread.join()
         for node in self._nodes:
@@ -95,8 +101,12 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    received = []
+
+    def on_signal(number, _frame):
+        received.append(signal.Signals(number).name)  # printed outside the handler
+        stop.set()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     spinner = None
     code = 0
     try:
@@ -108,6 +118,8 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
                 code = node.code
                 break
         else:
+            if received:
+                print(f'vlm_ros.spin: {received[0]}: stopping', file=sys.stderr, flush=True)
             getattr(node, 'shutdown_gracefully', lambda: None)()
             if spinner.error is not None:
                 code = 1  # the executor died of an exception (printed): not a clean stop

@@ -1,10 +1,14 @@
 """The playback node behind vlm_replay: recorded bytes out on the recorded timing, answers in.
 
-Messages are published as the recorded serialized bytes, so any type in the bag replays
-without being decoded (its Python package must be installed). With a recorder, playback ends
-once every replayed instruction has its Plan (or the linger time has passed).
+Messages of a rosbag2 recording are published as the recorded serialized bytes, so any type
+replays without being decoded (its Python package must be installed); those of a ROS 1 bag are
+converted to CDR first. Instructions the command line gives are published live on
+``instruction`` at their bag times (the recording's own instruction topic is then left out).
+With a recorder, playback ends once every replayed instruction has its Plan (or the linger
+time has passed).
 """
 
+import heapq
 import sys
 import threading
 import time
@@ -15,20 +19,18 @@ from builtin_interfaces.msg import Time
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock as ClockMsg
+from std_msgs.msg import String
 
+from . import instructions, topics
 from .playback import Clock, Progress, parse_remaps, select_connections
 from .recorder import Recorder, message_class
-from .storage import PLAN_TYPE, BagError, open_bag
+from .storage import PLAN_TYPE, BagError, cdr_converter, open_bag
 
 # Reliable publishers reach best-effort subscribers too (a camera subscription) and lose nothing
 # on the way to reliable ones (instructions); depth covers a burst of frames on loopback.
 PLAY_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+ASKED_TOPIC = 'instruction'  # vlm_node's input, relative: a namespaced replay follows it
 GRACE_S = 0.5  # recording time after the last Plan, for the messages published along with it
-
-
-def is_instruction_topic(topic: str) -> bool:
-    """Tell whether a played topic feeds vlm_node's instruction input (each gets one Plan)."""
-    return topic.rstrip('/').rsplit('/', 1)[-1] == 'instruction'
 
 
 class Replay(Node):
@@ -42,7 +44,16 @@ class Replay(Node):
         self._stop = threading.Event()
         self._thread = self._recorder = self._clock = self._reader = None
         self._reader = open_bag(args.bag)
+        length = (self._reader.end_time - self._reader.start_time) / 1e9
+        if args.start > length:
+            raise BagError(f'--start {args.start:g} is past the end of {args.bag} '
+                           f'({length:.3f} s long)')
         self._connections = select_connections(self._reader.connections, args.topics)
+        self._asked = []  # instructions the command line gives: published on ASKED_TOPIC
+        if instructions.given(args):
+            self._asked = self._instructions_from_args()
+            recorded = topics.instruction_topic(self._reader, None, required=False)
+            self._connections = [c for c in self._connections if c.topic != recorded]
         remaps = parse_remaps(args.remap)
         self._outputs = {}
         for connection in self._connections:
@@ -50,7 +61,11 @@ class Replay(Node):
             if topic not in self._outputs:
                 self._outputs[topic] = self.create_publisher(
                     message_class(connection.msgtype), topic, PLAY_QOS)
+        if self._asked:
+            self._asked_pub = self.create_publisher(String, ASKED_TOPIC, PLAY_QOS)
+            self._outputs.setdefault(ASKED_TOPIC, self._asked_pub)
         self._targets = {c.id: remaps.get(c.topic, c.topic) for c in self._connections}
+        self._to_cdr = {c.id: cdr_converter(self._reader, c.msgtype) for c in self._connections}
         self.sent = Counter()
         self._recorder = Recorder(self, args.record, args.record_topics, args.storage,
                                   args.echo) if args.record else None
@@ -59,6 +74,16 @@ class Replay(Node):
             self.create_timer(1.0 / args.clock, self._publish_clock)
         self._thread = threading.Thread(target=self._run, name='replay', daemon=True)
         self._thread.start()
+
+    def _instructions_from_args(self) -> list:
+        """Return what --instructions / --instruction ask, at bag times (bag/instructions.py)."""
+        reader, args = self._reader, self.args
+        frame_times = []
+        if args.instruction is not None and args.at is None:  # asked at camera frames
+            camera = topics.image_topic(reader, args.image_topic)
+            frame_times = [log_ns for _, log_ns, _ in reader.messages(
+                [c for c in reader.connections if c.topic == camera])]
+        return instructions.from_args(args, reader.start_time, reader.end_time, frame_times)
 
     def _run(self) -> None:
         try:
@@ -81,7 +106,8 @@ class Replay(Node):
 
     def _wait_for_peers(self) -> None:
         """Wait (bounded) for discovery, so the first messages are not lost to an empty graph."""
-        deadline = time.monotonic() + self.args.wait_for_subscribers
+        started = time.monotonic()
+        deadline = started + self.args.wait_for_subscribers
         while not self._stop.wait(0.05) and time.monotonic() < deadline:
             if all(p.get_subscription_count() for p in self._outputs.values()) and (
                     self._recorder is None or self._recorder.matched()):
@@ -89,7 +115,7 @@ class Replay(Node):
         lonely = [t for t, p in self._outputs.items() if not p.get_subscription_count()]
         if lonely:
             self.get_logger().warning(f'playing although nothing subscribes to {lonely} after '
-                                      f'{self.args.wait_for_subscribers} s')
+                                      f'{time.monotonic() - started:.1f} s')
 
     def _play_once(self) -> None:
         start_ns = self._reader.start_time + int(self.args.start * 1e9)
@@ -97,11 +123,22 @@ class Replay(Node):
                             None if self.args.progress else False)
         clock = self._clock = Clock(start_ns, self.args.rate, time.monotonic())
         count = 0
-        for connection, log_ns, data in self._reader.messages(self._connections, start=start_ns):
+        recorded = ((log_ns, 0, connection, data) for connection, log_ns, data in
+                    self._reader.messages(self._connections, start=start_ns))
+        asked = ((i.bag_time_ns, 1, None, i.text) for i in self._asked
+                 if i.bag_time_ns >= start_ns)
+        # On equal times the recorded message goes first: a frame logged with an instruction
+        # was there to be seen, as vlm_eval pairs them.
+        for log_ns, _, connection, data in heapq.merge(recorded, asked,
+                                                       key=lambda e: e[:2]):
             if not clock.wait(log_ns, self._stop):
                 break
-            topic = self._targets[connection.id]
-            self._outputs[topic].publish(bytes(data))
+            if connection is None:
+                topic = ASKED_TOPIC
+                self._asked_pub.publish(String(data=data))
+            else:
+                topic = self._targets[connection.id]
+                self._outputs[topic].publish(self._to_cdr[connection.id](data))
             self.sent[topic] += 1
             count += 1
             progress.update((log_ns - start_ns) / 1e9, count)
@@ -119,7 +156,7 @@ class Replay(Node):
         """With --record, wait until every replayed instruction has been answered by a Plan."""
         if self._recorder is None or self._stop.is_set():
             return
-        wanted = sum(n for topic, n in self.sent.items() if is_instruction_topic(topic))
+        wanted = sum(n for topic, n in self.sent.items() if topics.is_instruction_name(topic))
         if PLAN_TYPE not in self._recorder.types.values() or not wanted:
             return
         if self._recorder.wait_for(PLAN_TYPE, wanted, self.args.linger, self._stop):

@@ -1,18 +1,21 @@
-"""rosbag2 recordings (MCAP and SQLite3) without rosbag2_py: open, write, and our message types.
+"""Recordings without rosbag2_py: open rosbag2 (MCAP, SQLite3) and ROS 1 bags, write rosbag2.
 
 ``ros2 bag`` and rosbag2_py are not installable from wheels, so vlm_replay, vlm_eval and the
 sample recording use the pure-Python ``rosbags`` library instead. Its type store knows the
 standard messages of the Kilted release; the vlm_ros_msgs definitions are added from the
 installed .msg files, so that recorded Plans and Captions carry their full definitions and open
-with ``ros2 bag info`` / ``ros2 bag play`` on a ROS 2 machine. No rclpy here: offline evaluation
-reads bags without a ROS graph.
+with ``ros2 bag info`` / ``ros2 bag play`` on a ROS 2 machine. ROS 1 bags (many public robot
+recordings) are read too; their messages are converted to CDR, the ROS 2 wire format, where
+they are published. No rclpy here: offline evaluation reads bags without a ROS graph.
 """
 
+import contextlib
 import functools
+import io
 import pathlib
-from contextlib import contextmanager
 
 from ament_index_python.packages import get_package_share_directory
+from rosbags.convert.converter import generate_message_converter
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
@@ -23,7 +26,10 @@ STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 STRING_TYPE = 'std_msgs/msg/String'
 PLAN_TYPE, CAPTION_TYPE = 'vlm_ros_msgs/msg/Plan', 'vlm_ros_msgs/msg/Caption'
-BAG_VERSION = 9  # the metadata version that Kilted's rosbag2 writes
+# Metadata version 9 (what Kilted writes) stores each topic's QoS profiles as a YAML list, which
+# Humble's rosbag2 (reading versions up to 5, QoS as a YAML string) fails to decode
+# (ros2/rosbag2#1895). Version 8 keeps the string form; every newer distro reads older versions.
+BAG_VERSION = 8
 
 
 class BagError(VlmError):
@@ -52,23 +58,44 @@ class OpenBag(AnyReader):
         return self
 
 
+READABLE = 'a rosbag2 directory (MCAP or SQLite3), one .mcap or .db3 file, or a ROS 1 .bag'
+
+
 def open_bag(path) -> OpenBag:
-    """Open a rosbag2 directory (or one .mcap / .db3 file) for reading; close() or use ``with``.
+    """Open a recording (READABLE) for reading; close() or use ``with``.
 
     Opening happens here, so a bad path or file fails at once with a BagError that names it.
     """
     path = pathlib.Path(path)
     if not path.exists():
         raise BagError(f'no recording at {path}')
-    reader = OpenBag([path], default_typestore=typestore())
+    if path.is_file() and path.suffix not in ('.mcap', '.db3', '.bag'):
+        raise BagError(f'{path} is not a recording: expected {READABLE}')
     try:
+        reader = OpenBag([path], default_typestore=typestore())
         reader.open()
     except Exception as exc:  # noqa: BLE001 - rosbags raises several unrelated types
-        raise BagError(f'cannot open {path} as a rosbag2 recording: {exc}', exc) from exc
+        raise BagError(f'cannot open {path} as {READABLE}: {exc}', exc) from exc
     return reader
 
 
-@contextmanager
+def cdr_converter(reader, msgtype: str):
+    """Return a function from one recorded message's bytes to its CDR bytes (for publishing).
+
+    rosbag2 stores CDR already. A ROS 1 message is decoded with the bag's own definitions and
+    encoded as the ROS 2 type of the same name (a ROS 1 Header's seq is dropped, say).
+    """
+    if reader.is2:
+        return bytes
+    if msgtype not in typestore().fielddefs:
+        raise BagError(f'{msgtype} of the ROS 1 recording has no ROS 2 counterpart here')
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints which types it migrates
+        convert = generate_message_converter(reader.typestore, typestore(), msgtype, msgtype,
+                                             {}, src_is2=False, dst_is2=True)
+    return lambda data: bytes(convert(data))
+
+
+@contextlib.contextmanager
 def bag_writer(path, storage: str = 'mcap'):
     """
     Yield a rosbags Writer for a new rosbag2 directory at path.

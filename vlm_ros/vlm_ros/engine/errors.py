@@ -21,3 +21,8 @@ class VlmError(Exception):
         self.model = model
         self.device = device
         self.__cause__ = cause
+
+    @property
+    def exit_code(self) -> int:
+        """The tools' exit status: 2 for what the user gave (a path, a file, a value), else 1."""
+        return 2 if self.kind in ('bad_input', 'not_found', 'unsupported') else 1

@@ -25,7 +25,8 @@ class ParsedPlan:
     """
     The steps and how they were found.
 
-    ``form`` is 'json', 'json_truncated' (the text ended inside the JSON), 'list' or 'none';
+    ``form`` is 'json', 'json_truncated' (the text ended inside the JSON), 'json_salvaged' (the
+    JSON was malformed and the steps come from a part of it that parsed), 'list' or 'none';
     ``valid`` is True when at least one step was parsed. A JSON plan with no usable step keeps its
     JSON form with ``valid=False``: "planned nothing" or "cut before the first step" is not "did
     not answer in a known format".
@@ -37,6 +38,7 @@ class ParsedPlan:
 
 
 _NONE = ParsedPlan((), False, 'none')
+CLEAN_FORMS = ('json', 'list')  # the plan the model meant, not one salvaged from broken JSON
 _MAX_DEPTH = 32  # Deeper nesting is not a plan; the bound also keeps recursion safe.
 _MAX_ATTEMPTS = 32  # JSON starts tried per source: bounds the work on bracket-rich prose.
 
@@ -221,6 +223,7 @@ def _plan_items(obj: dict):
 def _parse_json(source: str) -> ParsedPlan:
     """Try JSON at successive '{' or '[': the first plan with steps wins, else the first plan."""
     match, empty = _OPEN.search(source), _NONE
+    malformed_to = -1  # how far a JSON value that turned out malformed had been read
     for _ in range(_MAX_ATTEMPTS):
         if not match:
             break
@@ -228,9 +231,11 @@ def _parse_json(source: str) -> ParsedPlan:
         try:
             value = reader.value()
         except _NotValueError:
+            malformed_to = max(malformed_to, reader.pos)
             match = _OPEN.search(source, match.start() + 1)
             continue
-        form = 'json_truncated' if reader.cut else 'json'
+        form = 'json_truncated' if reader.cut else \
+            'json_salvaged' if match.start() < malformed_to else 'json'
         items = _plan_items(value) if isinstance(value, dict) else value
         steps = _steps(items or [])
         if steps:

@@ -1,19 +1,22 @@
 """What a VLM was shown and asked in a recording: frames, instructions, and which goes with which.
 
 vlm_eval answers every instruction with the camera frame the live node would have had: the
-latest one logged at or before the instruction. Topics are found by type so that a plain
-recording of a robot evaluates without options, and a bag that leaves the choice open is
-refused with its topics listed rather than guessed at. Frames are read twice, first for their
-times and stamps only, then decoded just where a request uses them: a long recording of raw
-camera frames does not fit in memory, the few frames that get asked about do.
+latest one logged at or before the instruction. Topics are found by the rules vlm_replay uses
+too (bag/topics.py); instructions come from the recording or from the command line
+(bag/instructions.py). Frames are read twice, first for their times and stamps only, then
+decoded just where a request uses them: a long recording of raw camera frames does not fit in
+memory, the few frames that get asked about do.
 """
 
 import bisect
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
-from ..bag.storage import IMAGE_TYPES, STRING_TYPE, BagError, stamp_ns
+from ..bag import topics
+from ..bag.instructions import Instruction
+from ..bag.storage import IMAGE_TYPES, stamp_ns
 from ..node.image_conversion import ImageConversionError, compressed_to_rgb, image_to_rgb
 
 IMAGE_TYPE = IMAGE_TYPES[0]  # raw frames; IMAGE_TYPES[1] is CompressedImage
@@ -26,14 +29,6 @@ class FrameRef:
     index: int
     bag_time_ns: int
     stamp_ns: int
-
-
-@dataclass(frozen=True)
-class Instruction:
-    """One instruction message: its log time (ns) and text as the node reads it (stripped)."""
-
-    bag_time_ns: int
-    text: str
 
 
 @dataclass
@@ -49,56 +44,32 @@ class BagInputs:
     instructions: list
 
 
-def describe_topics(reader) -> str:
-    """List a bag's topics with type and message count, for errors that ask the user to choose."""
-    return '; '.join(f'{topic} ({info.msgtype}, {info.msgcount} msgs)'
-                     for topic, info in sorted(reader.topics.items())) or 'no topics'
-
-
-def _choose(reader, wanted: Optional[str], types: tuple, what: str, option: str,
-            name_suffix: str = '') -> str:
-    """Return the topic given (checked) or the one topic of the first type that has any."""
-    topics = reader.topics
-    if wanted is not None:
-        info = topics.get(wanted)
-        if info is None or info.msgtype not in types:
-            found = 'is not in' if info is None else f'is a {info.msgtype} topic in'
-            raise BagError(f'{option} {wanted} {found} {reader.paths[0]}; need a '
-                           f'{" or ".join(types)} topic. Topics: {describe_topics(reader)}')
-        return wanted
-    for msgtype in types:
-        found = sorted(t for t, i in topics.items()
-                       if i.msgtype == msgtype and t.endswith(name_suffix))
-        if len(found) == 1:
-            return found[0]
-        if found:
-            raise BagError(f'{len(found)} {msgtype} topics in {reader.paths[0]} could be the '
-                           f'{what}: {", ".join(found)}; pick one with {option}')
-    named = f' whose name ends in {name_suffix!r}' if name_suffix else ''
-    raise BagError(f'no {" or ".join(types)} topic{named} in {reader.paths[0]} for the {what}; '
-                   f'name one with {option}. Topics: {describe_topics(reader)}')
-
-
 def read_inputs(reader, image_topic: Optional[str] = None,
-                instruction_topic: Optional[str] = None) -> BagInputs:
-    """Find the image and instruction topics (auto-detected when None) and index their messages.
+                instruction_topic: Optional[str] = None,
+                ask: Optional[Callable[[int, int, list], list]] = None) -> BagInputs:
+    """Find the image and instruction topics (bag/topics.py) and index their messages.
 
-    Raises BagError naming the bag's topics when a topic is missing, of the wrong type, or when
+    ``ask(start_ns, end_ns, frame_times)`` gives the instructions when the command line does
+    (bag/instructions.py); the recording's own instruction topic is then not read. Raises
+    BagError naming the bag's topics when a topic is missing, of the wrong type, or when
     several would fit.
     """
-    image_topic = _choose(reader, image_topic, IMAGE_TYPES, 'camera images',
-                          '--image-topic')
-    instruction_topic = _choose(reader, instruction_topic, (STRING_TYPE,), 'instructions',
-                                '--instruction-topic', 'instruction')
+    image_topic = topics.image_topic(reader, image_topic)
+    if ask is None:
+        instruction_topic = topics.instruction_topic(reader, instruction_topic)
     image_type = reader.topics[image_topic].msgtype
     frames, instructions = [], []
-    wanted = [c for c in reader.connections if c.topic in (image_topic, instruction_topic)]
+    wanted = [c for c in reader.connections if c.topic == image_topic or
+              (ask is None and c.topic == instruction_topic)]
     for connection, log_ns, raw in reader.messages(wanted):
         msg = reader.deserialize(raw, connection.msgtype)
         if connection.topic == image_topic:
             frames.append(FrameRef(len(frames), log_ns, stamp_ns(msg)))
         else:
             instructions.append(Instruction(log_ns, msg.data.strip()))
+    if ask is not None:
+        instructions = ask(reader.start_time, reader.end_time, [f.bag_time_ns for f in frames])
+        instruction_topic = '(command line)'
     return BagInputs(str(reader.paths[0]), image_topic, image_type, instruction_topic,
                      reader.start_time, frames, instructions)
 

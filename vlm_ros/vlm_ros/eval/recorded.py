@@ -12,8 +12,9 @@ import contextlib
 from collections import defaultdict, deque
 
 from ..bag.storage import CAPTION_TYPE, PLAN_TYPE, BagError, open_bag, stamp_ns
+from ..bag.topics import describe_topics
 from ..engine import parse_plan
-from .inputs import BagInputs, describe_topics, frames_by_stamp
+from .inputs import BagInputs, frames_by_stamp
 from .records import (
     ANSWERED,
     STATUS_NAMES,

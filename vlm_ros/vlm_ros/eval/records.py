@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Optional
 
 from ..bag.storage import PLAN_TYPE, typestore
+from ..engine.plan_parser import CLEAN_FORMS
 from ..node.stats import Stats
 
 STATUS_NAMES = {value: name.removeprefix('STATUS_')
@@ -83,7 +84,10 @@ def summarize(records: list, run: dict, mean=None) -> dict:
         'plans': sum(r['task'] == 'plan' for r in results), 'plans_answered': len(plans),
         'captions': sum(r['task'] == 'caption' for r in results),
         'by_status': dict(sorted(Counter(r['status'] for r in results).items())),
-        'plan_validity_rate': _rate(sum(r['valid'] for r in plans), len(plans)),
+        # A plan salvaged from cut or malformed JSON has steps, yet not the plan the model meant.
+        'plan_validity_rate': _rate(sum(r['valid'] and r['form'] in CLEAN_FORMS for r in plans),
+                                    len(plans)),
+        'plans_by_form': dict(sorted(Counter(r['form'] for r in plans).items())),
         'caption_nonempty_rate': _rate(sum(bool(r['text'].strip()) for r in captions),
                                        len(captions)),
         'latency_p50_s': latencies.percentile(50) if answered else None,
@@ -111,6 +115,7 @@ _ROWS = (('mode', 'mode'), ('model', 'model'), ('device', 'device'), ('bag', 'ba
          ('requests', 'requests'), ('answered by the model', 'answered'),
          ('plans (answered)', 'plans', 'plans_answered'), ('captions', 'captions'),
          ('by status', 'by_status'), ('plan validity rate', 'plan_validity_rate'),
+         ('plans by form', 'plans_by_form'),
          ('caption non-empty rate', 'caption_nonempty_rate'),
          ('latency p50 (s)', 'latency_p50_s'), ('latency p95 (s)', 'latency_p95_s'),
          ('images/s (whole run)', 'images_per_s'), ('references scored', 'references'),

@@ -57,9 +57,12 @@ class DiagnosticsReporter:
             'frames_received': frames.received if frames else 0,
             'frames_dropped': frames.dropped if frames else 0,
             'frames_invalid': frames.invalid if frames else 0,
+            'frames_lost_estimate': frames.gaps.lost if frames else 0,
             'captions_skipped': stats.captions_skipped,
             'last_error': self.last_error,
             'last_image_size': self.last_image_size,
+            # Why no frame comes, when nothing publishes where the node listens ('' if fine).
+            'image_input': node.images.hint() if node.images else '',
         }
         values.update({f'status_{status.name.lower()}': stats.by_status[status.name]
                        for status in Status})

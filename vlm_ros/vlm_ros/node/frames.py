@@ -1,12 +1,14 @@
 """The latest camera frame, kept once and converted only when a request uses it.
 
 A camera publishes faster than a VLM answers, so only the newest frame matters: each new one
-replaces the last (counted as dropped when nobody used it). Conversion to RGB happens on use,
-once per frame, so frames that are never used cost nothing beyond the subscription.
+replaces the last (counted as dropped when nobody used it), and gaps in the stamps count the
+frames that never arrived. Conversion to RGB happens on use, once per frame, so frames that
+are never used cost nothing beyond the subscription.
 """
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
@@ -14,20 +16,61 @@ from typing import Optional
 
 @dataclass(frozen=True)
 class Frame:
-    """One received image message with its header and source stamp (seconds)."""
+    """One received image message with its header, source stamp (s) and transport."""
 
     seq: int
     header: object
     stamp: float
     msg: object
+    transport: str  # 'raw' or 'compressed': which converter turns it into RGB
+
+
+class StampGaps:
+    """Estimate frames lost before they reached the node, from gaps in the source stamps.
+
+    A camera stamps frames at a steady rate, so a frame lost in transport (or overwritten in a
+    full reader queue) leaves a gap of whole periods between two stamps that did arrive. The
+    period is the median of the last WINDOW intervals: right while fewer than half of them hold
+    a gap, and unmoved by stamping jitter. A gap longer than PAUSE s is a camera that stopped
+    publishing, not loss; stamps that repeat or go back (an unstamped camera, a bag played
+    again) restart the estimate.
+    """
+
+    WINDOW = 32
+    MIN_INTERVALS = 8
+    PAUSE = 1.0
+
+    def __init__(self):
+        self._last = None
+        self._intervals = deque(maxlen=self.WINDOW)
+        self.lost = 0
+
+    def period(self) -> float:
+        """Return the observed camera period in s (0.0 while too few intervals are known)."""
+        if len(self._intervals) < self.MIN_INTERVALS:
+            return 0.0
+        return sorted(self._intervals)[len(self._intervals) // 2]
+
+    def add(self, stamp: float) -> None:
+        """Account for one received frame's stamp (seconds)."""
+        last, self._last = self._last, stamp
+        if last is None:
+            return
+        interval = stamp - last
+        if interval <= 0:
+            self._intervals.clear()
+            return
+        period = self.period()
+        if period and 1.5 * period < interval <= self.PAUSE:
+            self.lost += round(interval / period) - 1
+        self._intervals.append(interval)
 
 
 class FrameStore:
     """Thread-safe holder of the latest frame, with counters for diagnostics."""
 
-    def __init__(self, convert: Optional[Callable[[object], object]]):
-        # convert is public: the node swaps it when image_transport changes at run time.
-        self.convert = convert
+    def __init__(self):
+        self._converters = {}
         self._cond = threading.Condition()
         self._latest: Optional[Frame] = None
         self._latest_used = False
@@ -35,14 +78,26 @@ class FrameStore:
         self.received = 0
         self.dropped = 0
         self.invalid = 0
+        self.gaps = StampGaps()
 
-    def put(self, header, stamp: float, msg) -> None:
-        """Store a new frame; called from the subscription callback, so it only swaps."""
+    def set_converters(self, converters: dict) -> None:
+        """Set the transport -> RGB converters; a frame converted before is converted again.
+
+        Limits such as max_image_pixels live in the converters, so a change applies to the
+        next use of any frame, also one received before it.
+        """
+        with self._cond:
+            self._converters = dict(converters)
+            self.converted = None
+
+    def put(self, header, stamp: float, msg, transport: str) -> None:
+        """Store a new frame (only swaps: it runs in the subscription callback)."""
         with self._cond:
             if self._latest is not None and not self._latest_used:
                 self.dropped += 1
             self.received += 1
-            self._latest = Frame(self.received, header, stamp, msg)
+            self.gaps.add(stamp)
+            self._latest = Frame(self.received, header, stamp, msg, transport)
             self._latest_used = False
             self._cond.notify_all()
 
@@ -78,9 +133,10 @@ class FrameStore:
             if frame is self._latest:
                 self._latest_used = True
             cached = self.converted
+            convert = self._converters[frame.transport]
         if cached is None or cached[0] != frame.seq:
             try:
-                cached = (frame.seq, self.convert(frame.msg))
+                cached = (frame.seq, convert(frame.msg))
             except Exception as exc:  # noqa: BLE001 - stored, re-raised to every user
                 cached = (frame.seq, exc)
                 with self._cond:

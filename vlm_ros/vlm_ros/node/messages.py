@@ -22,10 +22,11 @@ def plan_msg(outcome: Outcome, model: str, fallback: Header) -> Plan:
     result = outcome.result
     plan = Plan(request_id=outcome.job.request_id, instruction=outcome.job.text,
                 status=int(outcome.status), message=outcome.message, model=model,
-                total_time=float(outcome.total_time))
+                total_time=float(outcome.total_time), form=Plan.FORM_NONE)
     plan.header = outcome.header if outcome.header is not None else fallback
     if result is not None:
         plan.text = result.text
+        plan.form = result.form
         plan.steps = [PlanStep(instruction=s.instruction, skill=s.skill, target=s.target)
                       for s in result.steps]
         plan.time_to_first_token = float(result.time_to_first_token)
@@ -69,6 +70,8 @@ def format_plan(plan: Plan) -> str:
              f'{plan.header.stamp.sec}.{plan.header.stamp.nanosec:09d})']
     if plan.message:
         lines.append(f'  reason: {plan.message}')
+    if plan.steps and plan.form not in (Plan.FORM_JSON, Plan.FORM_LIST):
+        lines.append(f'  form: {plan.form} (not the complete plan the model meant)')
     lines += [f'  {i}. {s.instruction}' + (f'  [{s.skill} {s.target}]'.rstrip()
                                           if s.skill or s.target else '')
               for i, s in enumerate(plan.steps, 1)]

@@ -78,8 +78,9 @@ SPECS = (
               'about 10x faster on a CPU', applies='reload'),
     ParamSpec('max_image_side', 640, 'longer image side fed to the model, pixels (0 = as is)',
               low=0, high=8192),
-    ParamSpec('image_transport', 'raw', "'raw' subscribes to image (sensor_msgs/Image), "
-              "'compressed' to image/compressed", applies='images', choices=('raw', 'compressed')),
+    ParamSpec('image_transport', 'auto', "'raw' subscribes to image (sensor_msgs/Image), "
+              "'compressed' to image/compressed, 'auto' to both (raw frames win when both "
+              'publish)', applies='images', choices=('auto', 'raw', 'compressed')),
     ParamSpec('image_reliability', 'best_effort', 'QoS reliability of the image subscription '
               '(depth 1: the node keeps only the latest frame)', applies='images',
               choices=('best_effort', 'reliable')),

@@ -6,16 +6,19 @@ deactivate leaves its callers waiting for it, one that answers "not active" tell
 The action uses the accepted/execute pattern (ros2/examples server_queue_goals.py): an
 accepted goal becomes a job for the worker and holds no executor thread; when the worker has
 answered it, the goal is executed, and the execute callback only turns the outcome into the
-result. Cancel requests reach the job at once. The service must return its response from its
+result. Cancel requests reach the job at once, and goals whose client has left the graph are
+cancelled (nobody would take their result). The service must return its response from its
 callback (rclpy has no deferred response), so it waits on an executor thread, bounded by
 answer_timeout(); a call that gives up cancels its job.
 """
 
 import threading
+import time
 from collections.abc import Callable
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from vlm_ros_msgs.action import GeneratePlan
@@ -29,6 +32,11 @@ CANCEL_GRACE = 5.0  # s a given-up query waits for its cancelled job's answer
 # takes them overwrites one, and its caller waits forever. Every request is kept instead, and
 # one the worker has no room for is answered at once (STATUS_DROPPED, queue full).
 REQUESTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+# Every action client subscribes to the feedback topic, so its subscriber count is the number
+# of clients that could still take a result.
+FEEDBACK_TOPIC = '~/generate_plan/_action/feedback'
+CLIENT_CHECK_PERIOD = 1.0  # s between looks at the graph while goals run
+ORPHAN_CHECKS = 2  # looks in a row without a client before goals are cancelled
 
 
 class RequestEndpoints:
@@ -58,6 +66,9 @@ class RequestEndpoints:
             cancel_callback=self._on_cancel, goal_service_qos_profile=REQUESTS_QOS,
             result_service_qos_profile=REQUESTS_QOS, cancel_service_qos_profile=REQUESTS_QOS,
             callback_group=group)
+        self._clientless = 0  # looks in a row that found no action client
+        node.create_timer(CLIENT_CHECK_PERIOD, self._cancel_orphaned_goals, callback_group=group,
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def busy(self) -> bool:
         """Tell whether a query or goal still waits for its answer to be sent."""
@@ -142,6 +153,31 @@ class RequestEndpoints:
         elif entry is not None:
             entry[0].cancel.set()
         return CancelResponse.ACCEPT
+
+    def _cancel_orphaned_goals(self) -> None:
+        """Cancel the running and queued goals once no action client is left on the graph.
+
+        A client that exits leaves the graph at once; one that is killed, when DDS notices its
+        participant is gone (its lease: 20 s with Fast DDS's defaults). Goals younger than the
+        looks are kept, so a client whose feedback subscription is not yet discovered is not
+        taken for gone. With several clients a vanished one's goals run on until the last
+        client leaves: a goal does not say which client sent it.
+        """
+        with self._lock:
+            jobs = [job for job, outcome in self._goals.values() if outcome is None]
+        if not jobs or self._node.count_subscribers(FEEDBACK_TOPIC) > 0:
+            self._clientless = 0
+            return
+        self._clientless += 1
+        if self._clientless < ORPHAN_CHECKS:
+            return
+        oldest = time.monotonic() - ORPHAN_CHECKS * CLIENT_CHECK_PERIOD
+        worker = self._worker()
+        for job in (job for job in jobs if job.received < oldest):
+            if worker is not None:
+                worker.cancel(job, 'the action client is gone')
+            else:
+                job.cancel.set()
 
     def _execute(self, goal_handle):
         """Turn the worker's outcome into the result; runs once the goal has its answer."""

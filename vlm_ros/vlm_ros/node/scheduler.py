@@ -88,6 +88,7 @@ class Worker:
         self._engine = engine
         self._frames = frames
         self.convert = convert  # explicit images (query, goal); the node swaps it
+        self.no_image_hint: Callable[[], str] = str  # why no frame may have come ('' if unknown)
         self._now = now
         self.limits = limits
         self._log_error = log_error
@@ -205,7 +206,9 @@ class Worker:
         if job.cancel.is_set():
             return Outcome(job, Status.CANCELLED, job.cancel_reason)
         if frame is None:
-            return Outcome(job, Status.NO_IMAGE, f'no image arrived within {wait:g} s')
+            hint = self.no_image_hint()
+            return Outcome(job, Status.NO_IMAGE, f'no image arrived within {wait:g} s' +
+                           (f': {hint}' if hint else ''))
         if not self._fresh(frame):
             age = self._now() - frame.stamp
             return Outcome(job, Status.STALE_IMAGE, f'latest image is {age:.2f} s old '

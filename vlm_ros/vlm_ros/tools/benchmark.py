@@ -18,7 +18,10 @@ import time
 
 import numpy as np
 
-from ..engine import Request
+from ..bag.arguments import ArgumentParser, positive_int
+from ..demo.tiny import FAMILIES
+from ..demo.tiny.real_size import SIZES, build_random
+from ..engine import Request, VlmError
 from ..engine.local import VlmEngine
 from ..engine.local.generate import generate
 from .engine_args import add_engine_args, engine_config
@@ -97,7 +100,7 @@ def format_table(title: str, rows: list) -> str:
 
 def parse_args(argv):
     """Parse the command line."""
-    parser = argparse.ArgumentParser(prog='vlm_benchmark', description=__doc__,
+    parser = ArgumentParser(prog='vlm_benchmark', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--model', help='hub id or save_pretrained directory')
@@ -105,24 +108,42 @@ def parse_args(argv):
                         'tiny:FAMILY for a test checkpoint')
     add_engine_args(parser)
     parser.add_argument('--attn', default='sdpa', help="attn_implementation ('' = default)")
-    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 4, 8])
-    parser.add_argument('--new-tokens', type=int, default=64)
-    parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--image', default='480x640', help='HxW of the test frame')
+    parser.add_argument('--batch-sizes', type=positive_int, nargs='+', default=[1, 4, 8])
+    parser.add_argument('--new-tokens', type=positive_int, default=64)
+    parser.add_argument('--repeats', type=positive_int, default=3)
+    parser.add_argument('--image', type=_image_size, default='480x640',
+                        help='HxW of the test frame')
     parser.add_argument('--static-cache', action='store_true',
                         help="generate with cache_implementation='static' (transformers then "
                         'compiles the decoding step with torch.compile)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    known = [*sorted(SIZES), *(f'tiny:{family}' for family in FAMILIES)]
+    if args.random is not None and args.random not in known:
+        parser.error(f'--random {args.random}: choose one of {", ".join(known)}')
+    return args
+
+
+def _image_size(text: str) -> tuple:
+    height, sep, width = text.partition('x')
+    if not (sep and height.isdigit() and width.isdigit() and int(height) and int(width)):
+        raise argparse.ArgumentTypeError(f'write HEIGHTxWIDTH in pixels, e.g. 480x640, not {text}')
+    return int(height), int(width)
 
 
 def main(argv=None) -> int:
-    """Console script vlm_benchmark."""
+    """Console script vlm_benchmark: a table, or the reason on stderr (exit 2: bad input)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return _benchmark(args)
+    except VlmError as exc:
+        print(f'vlm_benchmark: error: {exc}', file=sys.stderr)
+        return exc.exit_code
+
+
+def _benchmark(args) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model
         if args.random:
-            from ..demo.tiny.real_size import build_random
-
             model = str(build_random(args.random, scratch))
         engine = VlmEngine(engine_config(args, model, attn_implementation=args.attn or None,
                                          max_image_side=640))
@@ -131,7 +152,7 @@ def main(argv=None) -> int:
         loaded = engine.loaded
         load_s = time.perf_counter() - start
         extra = {'cache_implementation': 'static'} if args.static_cache else {}
-        height, width = (int(v) for v in args.image.split('x'))
+        height, width = args.image
         rows = run(engine, args.batch_sizes, args.new_tokens, args.repeats, (height, width),
                    extra)
     params = sum(p.numel() for p in loaded.model.parameters()) / 1e6

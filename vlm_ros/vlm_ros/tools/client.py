@@ -3,12 +3,15 @@
 vlm_client plan "pick up the red block"            # streams the text, prints the plan
 vlm_client query "what is on the table?" [--image FILE]
 vlm_client caption [--follow]                      # the next caption, or every caption
+Bad input (a missing node or image file, a node that does not caption) exits 2 with the reason.
 """
 
 import argparse
 import sys
 import threading
 
+from rcl_interfaces.msg import ParameterType
+from rcl_interfaces.srv import GetParameters
 from rclpy.action import ActionClient
 from rclpy.node import Node
 from rclpy.utilities import remove_ros_args
@@ -17,6 +20,7 @@ from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.msg import Caption, Plan
 from vlm_ros_msgs.srv import Query
 
+from ..bag.arguments import ArgumentParser, positive
 from ..node.messages import format_caption, format_plan
 from ..spin import spin_main
 
@@ -29,7 +33,8 @@ def read_image(path: str):
 
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
-        sys.exit(f'vlm_client: cannot read image {path!r}')
+        print(f'vlm_client: cannot read image {path!r}', file=sys.stderr)
+        sys.exit(2)
     msg = rgb_to_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     msg.header.frame_id = path
     return msg
@@ -89,9 +94,39 @@ class Client(Node):
         self._finish(0 if response.success else 1)
 
     def _caption(self) -> None:
+        """Ask the node whether it captions at all (caption_rate 0 is the default), then wait.
+
+        --timeout bounds the wait for the node and for the first caption.
+        """
+        client = self.create_client(GetParameters, f'{self.node}/get_parameters')
+        if not client.wait_for_service(timeout_sec=self.args.timeout):
+            print(f'vlm_client: no {self.node} node (its parameter service did not appear '
+                  f'within {self.args.timeout:g} s)', file=sys.stderr)
+            return self._finish(2)
+        self._captions = 0
         self.create_subscription(Caption, self.args.topic, self._on_caption, 10)
+        client.call_async(GetParameters.Request(names=['caption_rate'])).add_done_callback(
+            self._on_caption_rate)
+        self._deadline = self.create_timer(self.args.timeout, self._on_no_caption)
+
+    def _on_caption_rate(self, future) -> None:
+        values = future.result().values
+        if values and values[0].type == ParameterType.PARAMETER_DOUBLE and \
+                values[0].double_value <= 0:
+            print(f'vlm_client: {self.node} publishes no captions: its caption_rate is 0 '
+                  f'(start it with: ros2 param set {self.node} caption_rate 1.0)',
+                  file=sys.stderr)
+            self._finish(2)
+
+    def _on_no_caption(self) -> None:
+        self.destroy_timer(self._deadline)
+        if not self._captions:
+            print(f'vlm_client: no caption on {self.args.topic} within {self.args.timeout:g} s',
+                  file=sys.stderr)
+            self._finish(1)
 
     def _on_caption(self, msg: Caption) -> None:
+        self._captions += 1
         print(format_caption(msg), flush=True)
         if not self.args.follow:
             self._finish(0)
@@ -99,11 +134,12 @@ class Client(Node):
 
 def parse_args(argv):
     """Parse the command line (ROS arguments removed)."""
-    parser = argparse.ArgumentParser(prog='vlm_client', description=__doc__,
+    parser = ArgumentParser(prog='vlm_client', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--node', default='/vlm_node', help='vlm_node name (default /vlm_node)')
-    parser.add_argument('--timeout', type=float, default=30.0,
-                        help='seconds to wait for the node to appear')
+    parser.add_argument('--timeout', type=positive, default=30.0,
+                        help='seconds to wait for the node to appear (caption: and for the '
+                        'first caption)')
     commands = parser.add_subparsers(dest='command', required=True)
     for name, what in (('plan', 'instruction'), ('query', 'question')):
         command = commands.add_parser(name, help=f'send an {what}')

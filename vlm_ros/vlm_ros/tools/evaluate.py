@@ -1,8 +1,10 @@
-"""vlm_eval: evaluate a VLM offline on a rosbag2 recording, without a ROS graph.
+"""vlm_eval: evaluate a VLM offline on a recording (rosbag2 or ROS 1), without a ROS graph.
 
     vlm_eval BAG --model DIR_OR_HUB_ID [--out eval_out] [--batch-size 4] [--no-captions]
     vlm_eval BAG --recorded ANSWERS_BAG [--out DIR]         (answers of a live vlm_node)
     vlm_eval BAG --model M --references refs.yaml            (also cross-entropy of references)
+    vlm_eval BAG --model M --instruction TEXT [--every N | --at S]   (a recording without
+    vlm_eval BAG --model M --instructions FILE                         instructions)
 
 Every instruction in the bag is answered with the latest camera frame logged at or before it,
 as the live node would have seen it, and every frame so used is also captioned. Writes
@@ -14,8 +16,12 @@ import argparse
 import contextlib
 import pathlib
 import sys
+from functools import partial
 
-from ..bag.storage import open_bag
+from ..bag import instructions
+from ..bag.arguments import ArgumentParser
+from ..bag.instructions import add_instruction_args, check_instruction_args
+from ..bag.storage import READABLE, open_bag
 from ..engine import VlmError
 from ..engine.local import VlmEngine
 from ..eval.inputs import decode_frames, frames_by_stamp, read_inputs
@@ -33,9 +39,9 @@ NODE_DEFAULTS = {name: BY_NAME[name].default for name in ('max_new_tokens', 'max
 
 def parse_args(argv):
     """Parse the command line; --model is needed unless --recorded answers without references."""
-    parser = argparse.ArgumentParser(prog='vlm_eval', description=__doc__,
+    parser = ArgumentParser(prog='vlm_eval', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('bag', help='rosbag2 directory (or .mcap / .db3 file) with the inputs')
+    parser.add_argument('bag', help=f'the inputs: {READABLE}')
     parser.add_argument('--model', help='hub id or save_pretrained directory')
     parser.add_argument('--recorded', metavar='OUT_BAG',
                         help='take the answers from this recording of a live vlm_node instead '
@@ -44,8 +50,9 @@ def parse_args(argv):
                         help='YAML or JSONL list of {stamp_ns, task, text, target} to score')
     parser.add_argument('--image-topic', help='default: the one Image topic, else the one '
                         'CompressedImage topic')
-    parser.add_argument('--instruction-topic', help="default: the one std_msgs/String topic "
-                        "whose name ends in 'instruction'")
+    parser.add_argument('--instruction-topic', help='default: the one std_msgs/String topic '
+                        'named .../instruction')
+    add_instruction_args(parser)
     parser.add_argument('--out', default='eval_out', help='output directory')
     parser.add_argument('--batch-size', type=int, default=4)
     parser.add_argument('--no-captions', dest='captions', action='store_false',
@@ -57,6 +64,7 @@ def parse_args(argv):
                         default=NODE_DEFAULTS['max_image_side'],
                         help="longer image side fed to the model, pixels (as vlm_node's)")
     args = parser.parse_args(argv)
+    check_instruction_args(parser, args)
     if args.batch_size < 1:
         parser.error(f'--batch-size must be at least 1, not {args.batch_size}')
     if args.model is None and (args.recorded is None or args.references):
@@ -68,7 +76,8 @@ def parse_args(argv):
 def evaluate(args) -> dict:
     """Run the evaluation args describe, write its outputs; return the summary."""
     with contextlib.closing(open_bag(args.bag)) as reader:
-        inputs = read_inputs(reader, args.image_topic, args.instruction_topic)
+        ask = partial(instructions.from_args, args) if instructions.given(args) else None
+        inputs = read_inputs(reader, args.image_topic, args.instruction_topic, ask)
         entries = load_references(args.references) if args.references else []
         ref_frames = reference_frames(entries, frames_by_stamp(inputs), inputs.image_topic)
         if args.recorded:
@@ -106,13 +115,17 @@ def evaluate(args) -> dict:
 
 
 def main(argv=None) -> int:
-    """Console script vlm_eval: exit 0 with a report, 1 with the reason on stderr."""
+    """Console script vlm_eval: exit 0 with a report, else the reason on stderr.
+
+    Exit 2 for bad input (arguments, recordings, files), as argparse does; 1 when the model
+    fails.
+    """
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         summary = evaluate(args)
     except VlmError as exc:
         print(f'vlm_eval: error: {exc}', file=sys.stderr)
-        return 1
+        return exc.exit_code
     print(format_table(summary))
     print(f'wrote {args.out}/results.jsonl, summary.json, latency.png, report.html', flush=True)
     return 0

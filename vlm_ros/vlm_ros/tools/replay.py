@@ -1,12 +1,15 @@
-"""vlm_replay: play a rosbag2 recording into the live ROS graph, and record what comes back.
+"""vlm_replay: play a recording (rosbag2 or ROS 1) into the live ROS graph, record the answers.
 
 vlm_replay BAG [--topics T ...] [--remap FROM:=TO ...] [--rate R] [--start S] [--loop]
                [--record OUT [--record-topics plan caption vla_instruction]] [--echo]
+               [--instructions FILE | --instruction TEXT [--every N | --at S]]
 
 ``ros2 bag play`` cannot be installed from wheels, and teams judge a perception-planning node
 by replaying what their robot saw. Messages are published as the recorded serialized bytes, so
 any type in the bag replays without being decoded (its Python package must be installed),
-on the recording's own timing scaled by --rate. With --record, the node's answers are written
+on the recording's own timing scaled by --rate; a ROS 1 bag's messages are converted to CDR.
+A recording without instructions gets them from --instructions or --instruction, published on
+`instruction` at their bag times. With --record, the node's answers are written
 into a new MCAP bag while the recording plays, and playback ends once every replayed
 instruction has its Plan (or --linger seconds have passed).
 """
@@ -14,30 +17,33 @@ instruction has its Plan (or --linger seconds have passed).
 import argparse
 import sys
 
+from ..bag.arguments import ArgumentParser, not_negative, positive
+from ..bag.instructions import add_instruction_args, check_instruction_args
 from ..bag.player import Replay
-from ..bag.storage import STORAGES, BagError
+from ..bag.storage import READABLE, STORAGES
+from ..engine import VlmError
 from ..spin import spin_main
 
 
 def parse_args(argv):
     """Parse the command line (ROS arguments removed)."""
-    parser = argparse.ArgumentParser(prog='vlm_replay', description=__doc__,
+    parser = ArgumentParser(prog='vlm_replay', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('bag', help='rosbag2 directory (MCAP or SQLite3), or one .mcap/.db3')
+    parser.add_argument('bag', help=READABLE)
     parser.add_argument('--topics', nargs='+', default=[], help='play only these topics')
     parser.add_argument('--remap', nargs='+', default=[], metavar='FROM:=TO',
                         help='publish a recorded topic under another name')
-    parser.add_argument('--rate', type=_positive, default=1.0,
+    parser.add_argument('--rate', type=positive, default=1.0,
                         help='speed factor of the recorded timing (default 1.0)')
-    parser.add_argument('--start', type=_not_negative, default=0.0,
+    parser.add_argument('--start', type=not_negative, default=0.0,
                         help='skip the first START seconds of the recording')
     parser.add_argument('--loop', action='store_true', help='play again until interrupted')
     parser.add_argument('--no-progress', dest='progress', action='store_false',
                         help='no progress bar (it is drawn only on a terminal anyway)')
-    parser.add_argument('--wait-for-subscribers', type=_not_negative, default=5.0,
+    parser.add_argument('--wait-for-subscribers', type=not_negative, default=5.0,
                         metavar='SECONDS', help='wait up to this long for every played topic '
                         'to have a subscriber before playing (default 5)')
-    parser.add_argument('--clock', type=_positive, nargs='?', const=40.0, metavar='HZ',
+    parser.add_argument('--clock', type=positive, nargs='?', const=40.0, metavar='HZ',
                         help='publish the bag time on /clock (default 40 Hz) for nodes '
                         'started with use_sim_time:=true')
     parser.add_argument('--record', metavar='OUT', help='record answers into a new bag OUT')
@@ -46,26 +52,17 @@ def parse_args(argv):
                         help='topics to record (default: plan caption vla_instruction)')
     parser.add_argument('--storage', choices=sorted(STORAGES), default='mcap',
                         help='storage of the recorded bag (default mcap)')
-    parser.add_argument('--linger', type=_not_negative, default=30.0, metavar='SECONDS',
+    parser.add_argument('--linger', type=not_negative, default=30.0, metavar='SECONDS',
                         help='with --record: wait up to this long after playback for a Plan '
                         'per replayed instruction (default 30)')
     parser.add_argument('--echo', action='store_true',
                         help='print recorded plans and captions as they arrive')
-    return parser.parse_args(argv)
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f'must be > 0, got {text}')
-    return value
-
-
-def _not_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
-    return value
+    add_instruction_args(parser)
+    parser.add_argument('--image-topic', help='with --instruction: the camera topic whose '
+                        'frames it is asked at (default: found as vlm_eval finds it)')
+    args = parser.parse_args(argv)
+    check_instruction_args(parser, args)
+    return args
 
 
 def main(argv=None) -> int:
@@ -79,9 +76,9 @@ def main(argv=None) -> int:
     args = parse_args(argv[1:split])
     try:
         return spin_main(lambda: Replay(args), args=[argv[0], *argv[split:]])
-    except BagError as exc:
+    except VlmError as exc:  # bad input: the recording, an option, an instructions file
         print(f'vlm_replay: {exc}', file=sys.stderr)
-        return 2
+        return exc.exit_code
 
 
 if __name__ == '__main__':

@@ -2,9 +2,12 @@
 
 A streamer watches every decoding step: it times the first new token (time to first token is
 what a robot feels), feeds text increments to a callback when one is given, and a stopping
-criterion lets another thread cancel a long generation between two steps.
+criterion lets another thread cancel a long generation between two steps. The first forward
+(vision encoder, then prefill of the whole prompt) can take seconds on a large input: until
+the first token, a check before every layer interrupts it too.
 """
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -78,6 +81,32 @@ class _Cancelled(StoppingCriteria):
                           device=input_ids.device)
 
 
+class _InterruptedError(Exception):
+    """Raised inside the first forward when the request is cancelled."""
+
+
+@contextlib.contextmanager
+def _interruptible_first_forward(model, cancel: threading.Event, streamer: _Streamer):
+    """Check cancel before each layer (every ModuleList element) until the first token.
+
+    Vision encoders, text encoders and decoders all keep their layers in ModuleLists, so this
+    covers preprocessing -> vision encoding -> prefill in every family without knowing its
+    module names. After the first token the stopping criterion takes over, which keeps the
+    tokens decoded so far.
+    """
+    def check(module, args):
+        if streamer.first_token_at is None and cancel.is_set():
+            raise _InterruptedError()
+
+    handles = [layer.register_forward_pre_hook(check) for module in model.modules()
+               if isinstance(module, torch.nn.ModuleList) for layer in module]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def cut_at_eos(row: list, eos_ids: set) -> list:
     """Keep tokens up to and including the first EOS; padding after it is not output."""
     for index, token in enumerate(row):
@@ -106,11 +135,16 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
     streamer = _Streamer(tokenizer, on_text)
     cancel = cancel or threading.Event()
     start = time.perf_counter()
-    with torch.inference_mode():
-        output = loaded.model.generate(
-            **inputs, max_new_tokens=max_new_tokens, streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
-            pad_token_id=tokenizer.pad_token_id, **sampling)
+    try:
+        with torch.inference_mode(), \
+                _interruptible_first_forward(loaded.model, cancel, streamer):
+            output = loaded.model.generate(
+                **inputs, max_new_tokens=max_new_tokens, streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+                pad_token_id=tokenizer.pad_token_id, **sampling)
+    except _InterruptedError:
+        total = time.perf_counter() - start
+        return Generated([[] for _ in range(batch)], total, total, True)
     if loaded.device.type == 'cuda':
         torch.cuda.synchronize(loaded.device)
     total = time.perf_counter() - start

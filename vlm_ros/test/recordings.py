@@ -1,0 +1,55 @@
+"""Recordings as robots make them, for the tools' tests: ROS 1 bags of a compressed camera.
+
+Public robot recordings are often ROS 1 bags of a Raspberry Pi camera: sensor_msgs/
+CompressedImage, format 'jpg', a relative topic name, and no instruction topic at all. These
+helpers write such bags with rosbags' ROS 1 writer and the Noetic type store.
+"""
+
+import cv2
+import numpy as np
+from rosbags.rosbag1 import Writer as Ros1Writer
+from rosbags.typesys import Stores, get_typestore
+
+ROS1_CAMERA = 'raspicam_node/image/compressed'  # relative, as in the recordings we met
+ROS1_INSTRUCTION = '/instruction'
+
+
+def jpeg(rgb: np.ndarray) -> np.ndarray:
+    """Encode an RGB frame as a camera's JPEG bytes (quality 90, as the tiny models learnt)."""
+    ok, encoded = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return encoded.reshape(-1)
+
+
+def write_ros1_bag(path, frames: list, instructions: list = ()) -> list:
+    """Write (log_ns, rgb, frame_id) frames and (log_ns, text) instructions into a ROS 1 bag.
+
+    Frames are stamped with their log time and numbered in the header's seq, as a ROS 1 driver
+    does. Returns the frames' (stamp_ns, frame_id).
+    """
+    store = get_typestore(Stores.ROS1_NOETIC)
+    types = store.types
+    written = []
+    with Ros1Writer(path) as writer:
+        camera = writer.add_connection(ROS1_CAMERA, 'sensor_msgs/msg/CompressedImage',
+                                       typestore=store)
+        told = writer.add_connection(ROS1_INSTRUCTION, 'std_msgs/msg/String', typestore=store) \
+            if instructions else None
+        events = [(t, 'frame', (rgb, frame_id)) for t, rgb, frame_id in frames]
+        events += [(t, 'text', text) for t, text in instructions]
+        for seq, (log_ns, kind, payload) in enumerate(sorted(events, key=lambda e: e[0])):
+            if kind == 'text':
+                msg = types['std_msgs/msg/String'](data=payload)
+                writer.write(told, log_ns, store.serialize_ros1(msg, 'std_msgs/msg/String'))
+                continue
+            rgb, frame_id = payload
+            stamp = types['builtin_interfaces/msg/Time'](sec=log_ns // 10**9,
+                                                         nanosec=log_ns % 10**9)
+            msg = types['sensor_msgs/msg/CompressedImage'](
+                header=types['std_msgs/msg/Header'](seq=seq, stamp=stamp, frame_id=frame_id),
+                format='jpg', data=jpeg(rgb))
+            writer.write(camera, log_ns,
+                         store.serialize_ros1(msg, 'sensor_msgs/msg/CompressedImage'))
+            written.append((log_ns, frame_id))
+    return written

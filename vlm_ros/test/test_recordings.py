@@ -1,0 +1,116 @@
+"""Real robot recordings in, answers out: ROS 1 bags, compressed cameras, no instruction topic.
+
+The recordings are written as robots make them (recordings.py): a ROS 1 bag of a Raspberry Pi
+camera publishing CompressedImage 'jpg' frames on a relative topic, and nothing else. Both
+tools get the instructions from the command line, by the same rules.
+"""
+
+import json
+import subprocess
+
+import pytest
+from engine_fixtures import TARGETS, scene
+from node_harness import TIMEOUT, node_executable
+from recordings import ROS1_CAMERA, write_ros1_bag
+from ros_harness import wait_exit
+from test_replay import start_replay
+from vlm_ros.bag.instructions import from_file, repeated
+from vlm_ros.bag.storage import BagError, open_bag, stamp_ns
+
+from vlm_ros_msgs.msg import Plan
+
+T0 = 1_767_225_600 * 10**9
+INSTRUCTION = TARGETS['plan'][0]
+
+
+def _frames(count: int, period_ns: int = 200_000_000) -> list:
+    return [(T0 + k * period_ns, scene('red'), f'pi-{k}') for k in range(count)]
+
+
+def test_a_ros1_compressed_camera_replays_into_the_node_with_an_instruction(start_vlm_node,
+                                                                             tmp_path):
+    """No image_transport parameter, no instruction topic: the defaults and --instruction."""
+    node = start_vlm_node()  # image_transport auto
+    node.wait_state('active')
+    written = write_ros1_bag(tmp_path / 'pi.bag', _frames(5))
+    out = tmp_path / 'answers'
+    proc = start_replay(tmp_path / 'pi.bag', '--remap', f'{ROS1_CAMERA}:=/image/compressed',
+                        '--instruction', INSTRUCTION, '--every', 2, '--record', out,
+                        '--wait-for-subscribers', TIMEOUT, '--linger', TIMEOUT)
+    code, _, err = wait_exit(proc, 2 * TIMEOUT)
+    assert code == 0, err
+    assert 'instruction 2' in err  # frames 2 and 4 of 5
+    with open_bag(out) as reader:
+        plans = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()
+                 if c.msgtype == 'vlm_ros_msgs/msg/Plan']
+    assert len(plans) == 2
+    for plan in plans:
+        assert plan.status == Plan.STATUS_OK, plan.message
+        assert plan.instruction == INSTRUCTION and plan.text == TARGETS['plan'][1]
+        assert plan.form == Plan.FORM_JSON
+        assert (stamp_ns(plan), plan.header.frame_id) in written
+
+
+def _vlm_eval(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([node_executable('vlm_eval'), *map(str, args)], capture_output=True,
+                          text=True, timeout=10 * TIMEOUT)
+
+
+@pytest.mark.parametrize('how', ['every', 'jsonl', 'lines'])
+def test_vlm_eval_asks_a_ros1_recording_what_the_command_line_gives(trained_tiny, tmp_path,
+                                                                     how):
+    write_ros1_bag(tmp_path / 'pi.bag', _frames(6))
+    if how == 'every':
+        given = ['--instruction', INSTRUCTION, '--every', 3]
+    elif how == 'jsonl':
+        (tmp_path / 'asked.jsonl').write_text(
+            json.dumps({'time': 0.5, 'text': INSTRUCTION}) + '\n' +
+            json.dumps({'stamp': (T0 + 900_000_000) / 1e9, 'text': INSTRUCTION}) + '\n')
+        given = ['--instructions', tmp_path / 'asked.jsonl']
+    else:
+        (tmp_path / 'asked.txt').write_text(f'{INSTRUCTION}\n\n{INSTRUCTION}\n')
+        given = ['--instructions', tmp_path / 'asked.txt']
+    done = _vlm_eval(tmp_path / 'pi.bag', '--model', trained_tiny('llava'), '--out',
+                     tmp_path / 'out', '--no-captions', *given)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    assert summary['plans'] == 2 and summary['by_status'] == {'OK': 2}
+    assert summary['image_topic'] == ROS1_CAMERA
+    assert summary['plan_validity_rate'] == 1.0 and summary['plans_by_form'] == {'json': 2}
+
+
+def test_instruction_schedules(tmp_path):
+    frames = [T0 + k * 10 for k in range(7)]
+    assert [i.bag_time_ns for i in repeated(' go ', frames, T0, T0 + 60, every=3)] == [
+        T0 + 20, T0 + 50]
+    assert [(i.bag_time_ns, i.text) for i in repeated('go', frames, T0, T0 + 60)] == [(T0, 'go')]
+    assert repeated('go', frames, T0, T0 + 60, at=0.00000003)[0].bag_time_ns == T0 + 30
+    (tmp_path / 'three.txt').write_text('a\nb\n\nc\n')
+    assert [(i.bag_time_ns - T0, i.text) for i in from_file(tmp_path / 'three.txt', T0,
+                                                             T0 + 400)] == [
+        (100, 'a'), (200, 'b'), (300, 'c')]
+    (tmp_path / 'timed.yaml').write_text(f'- {{stamp: {(T0 + 500_000_000) / 1e9}, text: late}}\n'
+                                         '- {time: 0, text: early}\n')
+    assert [i.text for i in from_file(tmp_path / 'timed.yaml', T0, T0 + 10**9)] == [
+        'early', 'late']
+
+
+@pytest.mark.parametrize(('content', 'reason'), [
+    ('- {time: 99, text: x}\n', 'outside the recording'),
+    ('- {time: 1, stamp: 2, text: x}\n', 'either time'),
+    ('- {time: .nan, text: x}\n', 'non-negative number'),
+    ('- {time: 1, text: ""}\n', 'non-empty string'),
+    ('- {time: 1, text: x, task: vqa}\n', 'need a mapping'),
+    ('[]\n', 'no instructions'),
+])
+def test_bad_instruction_files_name_the_entry(tmp_path, content, reason):
+    (tmp_path / 'bad.yaml').write_text(content)
+    with pytest.raises(Exception, match=reason):
+        from_file(tmp_path / 'bad.yaml', T0, T0 + 10**9)
+
+
+def test_schedules_outside_the_recording_are_refused():
+    with pytest.raises(BagError, match='after the end'):
+        repeated('go', [T0], T0, T0 + 10**9, at=5.0)
+    with pytest.raises(BagError, match='only 2 frames'):
+        repeated('go', [T0, T0 + 1], T0, T0 + 10**9, every=3)

@@ -1,0 +1,54 @@
+"""Every tool answers bad input with one line on stderr naming the problem, and exit code 2.
+
+A traceback tells a user nothing they can act on; a zero exit after doing nothing tells a
+script that all went well.
+"""
+
+import subprocess
+
+import pytest
+from engine_fixtures import scene
+from node_harness import TIMEOUT, node_executable
+from recordings import write_ros1_bag
+
+CASES = [
+    ('vlm_replay', ['{txt}'], 'is not a recording'),
+    ('vlm_replay', ['{garbage}'], 'cannot open'),
+    ('vlm_eval', ['{txt}', '--model', 'm'], 'is not a recording'),
+    ('vlm_eval', ['{pi}', '--model', 'm'], '--instructions FILE or --instruction TEXT'),
+    ('vlm_eval', ['{pi}', '--model', 'm', '--instruction', 'go', '--every', '9'],
+     'only 3 frames'),
+    ('vlm_eval', ['{pi}', '--model', 'm', '--instructions', '{txt}', '--at', '1'],
+     '--every and --at go with --instruction'),
+    ('vlm_replay', ['{pi}', '--rate', 'nan'], 'must be finite'),
+    ('vlm_replay', ['{pi}', '--rate', 'inf'], 'must be finite'),
+    ('vlm_replay', ['{pi}', '--rate', '0'], 'must be > 0'),
+    ('vlm_replay', ['{pi}', '--start', '99'], 'past the end'),
+    ('vlm_replay', ['{pi}', '--instruction', 'go', '--at', '99'], 'after the end'),
+    ('vlm_benchmark', ['--model', '{missing}'], 'missing'),
+    ('vlm_benchmark', ['--random', 'nosuch'], 'choose one of'),
+    ('vlm_benchmark', ['--random', 'tiny:llava', '--image', '640'], 'HEIGHTxWIDTH'),
+    ('vlm_client', ['--timeout', 'nan', 'query', 'x'], 'must be finite'),
+]
+
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+    where = tmp_path_factory.mktemp('inputs')
+    (where / 'notes.txt').write_text('not a recording\n')
+    (where / 'garbage.bag').write_bytes(b'#ROSBAG V2.0\n' + bytes(range(256)) * 4)
+    write_ros1_bag(where / 'pi.bag', [(10**18 + k * 10**8, scene('red'), f'f{k}')
+                                      for k in range(3)])
+    return {'txt': where / 'notes.txt', 'garbage': where / 'garbage.bag',
+            'pi': where / 'pi.bag', 'missing': where / 'missing-model'}
+
+
+@pytest.mark.parametrize(('tool', 'args', 'reason'), CASES,
+                         ids=[f'{c[0]}-{c[2][:20]}' for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(inputs, rclpy_context, tool, args, reason):
+    done = subprocess.run([node_executable(tool), *(a.format(**inputs) for a in args)],
+                          capture_output=True, text=True, timeout=2 * TIMEOUT)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and reason in lines[0], done.stderr
+    assert lines[0].startswith(f'{tool}:')
