@@ -171,7 +171,10 @@ def test_lifecycle_storm_with_traffic_keeps_the_node_alive(start_vlm_node, test_
 def test_thirty_simultaneous_queries_all_get_an_answer(start_vlm_node, test_node):
     node = start_vlm_node()
     node.wait_state('active')
-    client = test_node.node.create_client(Query, '/vlm_node/query')
+    # The refusals come back in a burst: a client keeping the last 10 responses (ROS's default
+    # service QoS) loses some of them on its own side, so this one keeps them all.
+    client = test_node.node.create_client(Query, '/vlm_node/query', qos_profile=QoSProfile(
+        history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE))
     assert client.wait_for_service(timeout_sec=TIMEOUT)
     request = Query.Request(question=TARGETS['vqa'][0], image=rgb_to_image(scene('blue')))
     futures = [client.call_async(request) for _ in range(30)]
