@@ -92,6 +92,26 @@ def test_cancel_during_vision_encoding_runs_no_further_layer(engine):
     assert engine.run([_requests()[2]])[0].text == PLAN_JSON, 'the hooks are gone afterwards'
 
 
+def test_each_row_of_a_batch_streams_its_own_text(engine):
+    requests = _requests()
+    pieces = [[] for _ in requests]
+    for request, row in zip(requests, pieces, strict=True):
+        request.on_text = row.append
+    results = engine.run(requests)
+    assert [''.join(row) for row in pieces] == [r.text for r in results]
+    assert all(len(row) > 1 for row in pieces)
+
+
+def test_cancel_of_one_row_leaves_the_others_intact(engine):
+    requests = _requests()
+    requests[2].cancel = threading.Event()
+    requests[2].on_text = lambda text: requests[2].cancel.set()
+    batched = engine.run(requests)
+    singles = [engine.run([r])[0] for r in _requests()]
+    assert batched[2].cancelled and batched[2].output_tokens <= 2
+    assert [(r.text, r.cancelled) for r in batched[:2]] == [(r.text, False) for r in singles[:2]]
+
+
 def test_per_request_token_limit(engine):
     request = _requests()[2]
     request.max_new_tokens = 3

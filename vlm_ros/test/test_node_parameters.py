@@ -179,6 +179,38 @@ def observe_max_image_pixels(node, test_node):
     assert plan.status == Plan.STATUS_BAD_INPUT and 'max_image_pixels' in plan.message
 
 
+def observe_max_batch_size(node, test_node):
+    """Eight instructions at once, twice: one engine run each, then fewer runs than eight."""
+    _streaming(node)
+
+    def burst(total: int) -> tuple:
+        texts = [f'{INSTRUCTION} #{uuid.uuid4().hex[:6]}' for _ in range(8)]
+        for text in texts:
+            node.instruct(text)
+        plans = [node.plans.wait_for(lambda p, t=text: p.instruction == t, TIMEOUT, text)
+                 for text in texts]
+        # Unique texts are not the trained instruction: answered by the model, not all OK.
+        assert all(p.status in (Plan.STATUS_OK, Plan.STATUS_INVALID_OUTPUT) for p in plans), \
+            [p.message for p in plans]
+        values = node.wait_diag(lambda v: int(v['engine_requests']) >= total, TIMEOUT,
+                                f'{total} requests counted')
+        return int(values['engine_runs']), int(values['engine_requests'])
+    assert burst(8) == (8, 8)
+    _set(test_node, max_batch_size=8)
+    runs, requests = burst(16)
+    assert requests == 16 and runs - 8 < 8
+
+
+def observe_batch_wait(node, test_node):
+    """Check that a lone request waits batch_wait for company, then runs alone."""
+    _streaming(node)
+    _set(test_node, max_batch_size=8, batch_wait=0.0)
+    assert _plan(node).total_time < 0.5
+    _set(test_node, batch_wait=0.8)
+    plan = _plan(node)
+    assert plan.status == Plan.STATUS_OK and plan.total_time >= 0.8, plan
+
+
 OBSERVERS = {name[len('observe_'):]: value for name, value in globals().items()
              if name.startswith('observe_')}
 

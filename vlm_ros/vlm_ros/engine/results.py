@@ -4,7 +4,10 @@ Plain dataclasses with no torch and no rclpy, so the remote backend, the node an
 tools share them without importing a model runtime.
 """
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Optional
 
 from .plan_parser import parse_plan
 
@@ -14,12 +17,16 @@ class Request:
     """One task on one image: 'caption', 'vqa' (text = question) or 'plan' (text = instruction).
 
     ``image`` is an HxWx3 uint8 RGB array; ``max_new_tokens`` 0 means the engine's default.
+    ``on_text`` receives this request's text increments as they are generated, and setting
+    ``cancel`` stops this request alone, also inside a batch (in-process engine).
     """
 
     task: str
     image: object
     text: str = ''
     max_new_tokens: int = 0
+    on_text: Optional[Callable[[str], None]] = None
+    cancel: Optional[threading.Event] = None
 
 
 @dataclass

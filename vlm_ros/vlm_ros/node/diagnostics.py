@@ -54,6 +54,9 @@ class DiagnosticsReporter:
             'latency_p50_s': f'{stats.percentile(50):.3f}',
             'latency_p95_s': f'{stats.percentile(95):.3f}',
             'queue_length': worker.queue_length() if worker else 0,
+            # Engine runs and the requests they answered: more requests than runs is batching.
+            'engine_runs': worker.batches if worker else 0,
+            'engine_requests': worker.batched if worker else 0,
             'frames_received': frames.received if frames else 0,
             'frames_dropped': frames.dropped if frames else 0,
             'frames_invalid': frames.invalid if frames else 0,

@@ -118,7 +118,7 @@ class VlmNode(LifecycleNode):
     @staticmethod
     def _limits(value) -> Limits:
         return Limits(value('wait_for_image'), value('max_image_age'), value('queue_size'),
-                      value('max_text_chars'))
+                      value('max_text_chars'), value('max_batch_size'), value('batch_wait'))
 
     def model_name(self) -> str:
         """Return the model answers are attributed to: the loaded one's, else the parameter."""

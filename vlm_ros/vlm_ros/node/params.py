@@ -91,6 +91,12 @@ SPECS = (
     ParamSpec('max_image_pixels', 33_554_432, 'largest image accepted, in pixels (width x '
               'height, read from a compressed header before decoding); larger ones give '
               'STATUS_BAD_INPUT (0 = no limit)', applies='images', low=0, high=2**31 - 1),
+    ParamSpec('max_batch_size', 1, 'in-process backend: up to this many waiting requests are '
+              "answered by one batched generate (1 = one at a time; the openai backend's "
+              'server batches by itself)', applies='limits', low=1, high=64),
+    ParamSpec('batch_wait', 0.005, 'with max_batch_size > 1: s the worker waits for more '
+              'requests to fill a batch before it starts one', applies='limits', low=0.0,
+              high=1.0),
     ParamSpec('max_text_chars', 4096, 'longest instruction or question, in characters; longer '
               'ones are answered STATUS_BAD_INPUT at once', applies='limits', low=1,
               high=1_000_000),

@@ -73,12 +73,17 @@ class Limits:
     max_image_age: float = 0.0
     queue_size: int = 8
     max_text_chars: int = 4096
+    max_batch_size: int = 1
+    batch_wait: float = 0.005
 
 
 class Worker:
     """A bounded FIFO of jobs served by ``threads`` threads; every job gets exactly one outcome.
 
-    Jobs start in FIFO order; with more than one thread they may finish out of order.
+    Jobs start in FIFO order; with more than one thread they may finish out of order. With one
+    thread (an in-process model), the thread takes up to ``limits.max_batch_size`` waiting
+    jobs at once and answers them with one batched generate; each keeps its own image, status,
+    text stream and cancel.
     """
 
     _ids = itertools.count(1)
@@ -96,6 +101,8 @@ class Worker:
         self._cond = threading.Condition()
         self._current = {}  # id -> job being served (a Job compares by value: no set)
         self._running = True
+        self.batches = 0  # engine runs, and the requests they answered: the batching ratio
+        self.batched = 0
         self._threads = [threading.Thread(target=self._loop, name=f'vlm-worker-{index}',
                                           daemon=True) for index in range(threads)]
         for thread in self._threads:
@@ -181,11 +188,31 @@ class Worker:
                     self._cond.wait()
                 if not self._running:
                     return
-                job = self._queue.popleft()
-                self._current[id(job)] = job
-            self._finish(self._serve(job))
+                size = self.limits.max_batch_size if len(self._threads) == 1 else 1
+                self._gather(size)
+                if not self._running:
+                    return
+                jobs = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
+                for job in jobs:
+                    self._current[id(job)] = job
+            for outcome in self._serve(jobs):
+                self._finish(outcome)
             with self._cond:
-                del self._current[id(job)]
+                for job in jobs:
+                    del self._current[id(job)]
+
+    def _gather(self, size: int) -> None:
+        """Wait up to limits.batch_wait s for the queue to hold size jobs (called locked).
+
+        Requests that arrive together (streams answered by one batch send their next ones
+        within milliseconds) then share a batch instead of the first running alone.
+        """
+        deadline = time.monotonic() + self.limits.batch_wait
+        while self._running and size > 1 and len(self._queue) < size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _finish(self, outcome: Outcome) -> None:
         try:
@@ -224,8 +251,29 @@ class Worker:
         except VlmError as exc:
             return Outcome(job, Status.BAD_INPUT, str(exc), header)
 
-    def _serve(self, job: Job) -> Outcome:
-        header = None
+    def _serve(self, jobs: list) -> list:
+        """Return one outcome per job: those without an image at once, the rest batched."""
+        outcomes, ready = [], []
+        for job in jobs:
+            found = self._prepared(job)
+            (outcomes if isinstance(found, Outcome) else ready).append(found)
+        if len(ready) > 1:
+            try:
+                return outcomes + self._answered(ready)
+            except Exception as exc:  # noqa: BLE001 - answered as statuses, never silence
+                if not (isinstance(exc, VlmError) and exc.kind == 'bad_input'):
+                    return outcomes + [self._failed(job, header, exc)
+                                       for job, header, _ in ready]
+                # One request the processor refused fails its batch: answer each on its own.
+        for item in ready:
+            try:
+                outcomes += self._answered([item])
+            except Exception as exc:  # noqa: BLE001 - answered as a status, never silence
+                outcomes.append(self._failed(item[0], item[1], exc))
+        return outcomes
+
+    def _prepared(self, job: Job):
+        """Return (job, header, Request) ready to run, or the Outcome that answers job now."""
         try:
             if job.cancel.is_set():
                 return Outcome(job, Status.CANCELLED, job.cancel_reason)
@@ -235,16 +283,36 @@ class Worker:
             header, image = found
             if job.cancel.is_set():  # e.g. while the frame was converted
                 return Outcome(job, Status.CANCELLED, job.cancel_reason, header)
-            # A request may ask for fewer tokens than the node allows, never for more.
-            limit = self._engine.config.max_new_tokens
-            request = Request(job.task, image, job.text,
-                              min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else 0)
-            result = self._engine.run([request], on_text=job.on_text, cancel=job.cancel)[0]
-        except VlmError as exc:
+        except Exception as exc:  # noqa: BLE001 - answered as a model error, never silence
+            return self._failed(job, None, exc)
+        # A request may ask for fewer tokens than the node allows, never for more.
+        limit = self._engine.config.max_new_tokens
+        tokens = min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else 0
+        return job, header, Request(job.task, image, job.text, tokens, on_text=job.on_text,
+                                    cancel=job.cancel)
+
+    def _answered(self, ready: list) -> list:
+        """Run the requests of ready in one engine call; return their outcomes in order."""
+        requests = [request for _, _, request in ready]
+        if len(requests) == 1:  # every backend takes a single request's stream and cancel
+            results = self._engine.run(requests, on_text=requests[0].on_text,
+                                       cancel=requests[0].cancel)
+        else:  # the in-process engine reads them from each request
+            results = self._engine.run(requests)
+        self.batches += 1
+        self.batched += len(ready)
+        return [self._outcome(job, header, result)
+                for (job, header, _), result in zip(ready, results, strict=True)]
+
+    @staticmethod
+    def _failed(job: Job, header, exc: Exception) -> Outcome:
+        if isinstance(exc, VlmError):
             status = Status.BAD_INPUT if exc.kind == 'bad_input' else Status.MODEL_ERROR
             return Outcome(job, status, str(exc), header)
-        except Exception as exc:  # noqa: BLE001 - answered as a model error, never silence
-            return Outcome(job, Status.MODEL_ERROR, f'inference failed: {exc!r}', header)
+        return Outcome(job, Status.MODEL_ERROR, f'inference failed: {exc!r}', header)
+
+    @staticmethod
+    def _outcome(job: Job, header, result: Result) -> Outcome:
         if result.cancelled:
             return Outcome(job, Status.CANCELLED, f'{job.cancel_reason} during generation',
                            header, result)

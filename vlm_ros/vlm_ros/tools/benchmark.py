@@ -3,6 +3,7 @@
     vlm_benchmark --model DIR_OR_HUB_ID [--batch-sizes 1 4 8] [--device cuda] [--dtype bfloat16]
     vlm_benchmark --random smolvlm-256m|qwen2-vl-2b|florence-2-base   (no download needed)
     vlm_benchmark --random tiny:llava                                  (the test checkpoints)
+    vlm_benchmark --node --random tiny:llava [--streams 8] [--batch-sizes 1 8]   (a vlm_node)
 
 Each row: one 640x480 image and one plan prompt per request, exactly --new-tokens generated
 (EOS suppressed, so random weights are timed like real ones), median of --repeats runs after
@@ -18,13 +19,14 @@ import time
 
 import numpy as np
 
-from ..bag.arguments import ArgumentParser, positive_int
+from ..bag.arguments import ArgumentParser, not_negative, positive_int
 from ..demo.tiny import FAMILIES
 from ..demo.tiny.real_size import SIZES, build_random
 from ..engine import Request, VlmError
 from ..engine.local import VlmEngine
 from ..engine.local.generate import generate
 from .engine_args import add_engine_args, engine_config
+from .node_benchmark import run_node_benchmark
 
 
 def peak_memory_mib(device) -> float:
@@ -47,8 +49,46 @@ def scene(height: int, width: int) -> np.ndarray:
     return image
 
 
+class VisionTimer:
+    """Time the vision encoder inside the first forward: before its first layer, after its last.
+
+    The layers are the ModuleList elements under a module named like 'vision' (every tested
+    family). On a GPU each mark synchronizes, so the marks are exact and the run slightly slower.
+    """
+
+    def __init__(self, model, device):
+        import torch
+
+        layers = [layer for name, module in model.named_modules()
+                  if 'vision' in name and isinstance(module, torch.nn.ModuleList)
+                  for layer in module]
+        self._sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' \
+            else (lambda: None)
+        self.start = self.end = None
+        self._handles = [layers[0].register_forward_pre_hook(self._mark_start),
+                         layers[-1].register_forward_hook(self._mark_end)] if layers else []
+
+    def _mark_start(self, *args) -> None:
+        if self.start is None:
+            self._sync()
+            self.start = time.perf_counter()
+
+    def _mark_end(self, *args) -> None:
+        self._sync()
+        self.end = time.perf_counter()  # the last call: encoders may run per tile
+
+    def close(self) -> None:
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+
+
 def time_batch(engine: VlmEngine, batch: int, new_tokens: int, image, extra: dict) -> dict:
-    """Run one batched generate of exactly new_tokens tokens; return its timings."""
+    """Run one batched generate of exactly new_tokens tokens; return its timings.
+
+    Time to first token splits into preprocessing (processor, to the device), the vision
+    encoder, and the rest up to the first token (projector, prefill, sampling).
+    """
     import torch
 
     loaded = engine.loaded
@@ -58,10 +98,17 @@ def time_batch(engine: VlmEngine, batch: int, new_tokens: int, image, extra: dic
     requests = [Request('plan', image, 'pick up the red block and put it in the bin')] * batch
     inputs = engine.preprocess(requests)
     prep = time.perf_counter() - start
-    out = generate(loaded, inputs, new_tokens,
-                   {'do_sample': False, 'min_new_tokens': new_tokens, **extra})
+    timer = VisionTimer(loaded.model, loaded.device)
+    try:
+        out = generate(loaded, inputs, new_tokens,
+                       {'do_sample': False, 'min_new_tokens': new_tokens, **extra})
+    finally:
+        timer.close()
     total = prep + out.total_time
-    return {'ttft': prep + out.time_to_first_token, 'total': total,
+    vision = timer.end - timer.start if timer.start and timer.end else float('nan')
+    return {'ttft': prep + out.time_to_first_token, 'total': total, 'prep': prep,
+            'vision': vision,
+            'prefill': out.time_to_first_token - vision,
             'tokens': sum(len(t) for t in out.tokens),
             'decode_tps': batch * (new_tokens - 1) / max(out.total_time -
                                                          out.time_to_first_token, 1e-9)}
@@ -81,6 +128,8 @@ def run(engine: VlmEngine, batch_sizes, new_tokens: int, repeats: int, image_hw,
         runs = [time_batch(engine, batch, new_tokens, image, extra) for _ in range(repeats)]
         total = statistics.median(r['total'] for r in runs)
         rows.append({'batch': batch, 'ttft_ms': 1000 * statistics.median(r['ttft'] for r in runs),
+                     **{f'{part}_ms': 1000 * statistics.median(r[part] for r in runs)
+                        for part in ('prep', 'vision', 'prefill')},
                      'decode_tok_s': statistics.median(r['decode_tps'] for r in runs),
                      'total_ms': 1000 * total, 'images_s': batch / total,
                      'peak_mib': peak_memory_mib(engine.loaded.device),
@@ -91,9 +140,11 @@ def run(engine: VlmEngine, batch_sizes, new_tokens: int, repeats: int, image_hw,
 def format_table(title: str, rows: list) -> str:
     """Render rows as a Markdown table (pasted as is into docs/BENCHMARKS.md)."""
     lines = [f'### {title}', '',
-             '| batch | new tokens | TTFT ms | decode tok/s | total ms | images/s | peak MiB |',
-             '|---:|---:|---:|---:|---:|---:|---:|']
-    lines += [f"| {r['batch']} | {r['tokens']} | {r['ttft_ms']:.1f} | {r['decode_tok_s']:.1f} | "
+             '| batch | new tokens | TTFT ms | = preprocess + vision encoder + prefill ms | '
+             'decode tok/s | total ms | images/s | peak MiB |',
+             '|---:|---:|---:|---|---:|---:|---:|---:|']
+    lines += [f"| {r['batch']} | {r['tokens']} | {r['ttft_ms']:.1f} | {r['prep_ms']:.1f} + "
+              f"{r['vision_ms']:.1f} + {r['prefill_ms']:.1f} | {r['decode_tok_s']:.1f} | "
               f"{r['total_ms']:.1f} | {r['images_s']:.2f} | {r['peak_mib']:.0f} |" for r in rows]
     return '\n'.join(lines)
 
@@ -101,7 +152,7 @@ def format_table(title: str, rows: list) -> str:
 def parse_args(argv):
     """Parse the command line."""
     parser = ArgumentParser(prog='vlm_benchmark', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--model', help='hub id or save_pretrained directory')
     source.add_argument('--random', help='random weights: a real-size config name, or '
@@ -116,6 +167,16 @@ def parse_args(argv):
     parser.add_argument('--static-cache', action='store_true',
                         help="generate with cache_implementation='static' (transformers then "
                         'compiles the decoding step with torch.compile)')
+    parser.add_argument('--node', action='store_true',
+                        help='measure a vlm_node process instead of the engine: --streams '
+                        'concurrent instruction streams, the node at each --batch-sizes value '
+                        '(its max_batch_size)')
+    parser.add_argument('--streams', type=positive_int, default=8,
+                        help='with --node: concurrent instruction streams (default 8)')
+    parser.add_argument('--requests', type=positive_int, default=4,
+                        help='with --node: instructions per stream (default 4)')
+    parser.add_argument('--batch-wait', type=not_negative, default=0.005,
+                        help="with --node: the node's batch_wait, s (default 0.005)")
     args = parser.parse_args(argv)
     known = [*sorted(SIZES), *(f'tiny:{family}' for family in FAMILIES)]
     if args.random is not None and args.random not in known:
@@ -145,6 +206,9 @@ def _benchmark(args) -> int:
         model = args.model
         if args.random:
             model = str(build_random(args.random, scratch))
+        if args.node:
+            print(run_node_benchmark(model, args), flush=True)
+            return 0
         engine = VlmEngine(engine_config(args, model, attn_implementation=args.attn or None,
                                          max_image_side=640))
         start = time.perf_counter()

@@ -135,7 +135,7 @@ class Client(Node):
 def parse_args(argv):
     """Parse the command line (ROS arguments removed)."""
     parser = ArgumentParser(prog='vlm_client', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--node', default='/vlm_node', help='vlm_node name (default /vlm_node)')
     parser.add_argument('--timeout', type=positive, default=30.0,
                         help='seconds to wait for the node to appear (caption: and for the '

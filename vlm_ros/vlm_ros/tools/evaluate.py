@@ -40,7 +40,7 @@ NODE_DEFAULTS = {name: BY_NAME[name].default for name in ('max_new_tokens', 'max
 def parse_args(argv):
     """Parse the command line; --model is needed unless --recorded answers without references."""
     parser = ArgumentParser(prog='vlm_eval', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('bag', help=f'the inputs: {READABLE}')
     parser.add_argument('--model', help='hub id or save_pretrained directory')
     parser.add_argument('--recorded', metavar='OUT_BAG',

@@ -28,7 +28,7 @@ from ..spin import spin_main
 def parse_args(argv):
     """Parse the command line (ROS arguments removed)."""
     parser = ArgumentParser(prog='vlm_replay', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('bag', help=READABLE)
     parser.add_argument('--topics', nargs='+', default=[], help='play only these topics')
     parser.add_argument('--remap', nargs='+', default=[], metavar='FROM:=TO',

@@ -91,14 +91,20 @@ class VlmEngine(EngineBase):
             cancel: Optional[threading.Event] = None) -> list:
         """Answer requests in one batched generate; results in request order.
 
-        ``on_text`` streams text increments (one request only); setting ``cancel`` stops the
-        generation between two decoding steps and marks the results cancelled.
-        Raises VlmError ('bad_input' for a bad image or text, 'out_of_memory' or
+        Each request may carry its own ``on_text`` and ``cancel`` (Request); the arguments are
+        for a single request's text stream, and the cancel of the requests without their own
+        event. A cancelled
+        request stops between two decoding steps (the others go on) and its result is marked
+        cancelled. Raises VlmError ('bad_input' for a bad image or text, 'out_of_memory' or
         'generation_failed' for the model), never a bare exception.
         """
         if not requests:
             return []
+        if on_text is not None and len(requests) != 1:
+            raise VlmError('bad_input', 'on_text streams a single request; give each request '
+                           'of a batch its own Request.on_text', self.config.model)
         loaded = self.loaded
+        cancels = [r.cancel or cancel or threading.Event() for r in requests]
         try:
             inputs = self.preprocess(requests)
         except VlmError:
@@ -106,13 +112,15 @@ class VlmEngine(EngineBase):
         except Exception as exc:  # noqa: BLE001 - the processor refused this input
             raise VlmError('bad_input', f'preprocessing failed: {exc!r}', self.config.model,
                            str(loaded.device), exc) from exc
-        if cancel is not None and cancel.is_set():  # cancelled while preprocessing: no prefill
+        if all(event.is_set() for event in cancels):  # cancelled while preprocessing
             return [make_result(r.task, '', 0, 0.0, 0.0, True,
                                 fitted_size(r.image, self.config.max_image_side))
                     for r in requests]
         limits = [r.max_new_tokens or self.config.max_new_tokens for r in requests]
+        on_texts = [r.on_text or on_text for r in requests]
         try:
-            generated = generate(loaded, inputs, max(limits), self._sampling(), on_text, cancel)
+            generated = generate(loaded, inputs, max(limits), self._sampling(), on_texts,
+                                 cancels)
             rows = [tokens[:limit] for limit, tokens in zip(limits, generated.tokens,
                                                             strict=True)]
             texts = [loaded.processor.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -123,6 +131,8 @@ class VlmEngine(EngineBase):
             raise VlmError(kind, f'generation failed: {exc}', self.config.model,
                            str(loaded.device), exc) from exc
         return [make_result(request.task, text, len(tokens), generated.time_to_first_token,
-                            generated.total_time, generated.cancelled,
+                            generated.total_time, cancelled,
                             fitted_size(request.image, self.config.max_image_side))
-                for request, text, tokens in zip(requests, texts, rows, strict=True)]
+                for request, text, tokens, cancelled in zip(requests, texts, rows,
+                                                            generated.cancelled, strict=True)]
+

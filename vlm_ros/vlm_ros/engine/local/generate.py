@@ -1,10 +1,11 @@
 """Stage 2 of 3: model-ready tensors in, new token ids and timings out.
 
 A streamer watches every decoding step: it times the first new token (time to first token is
-what a robot feels), feeds text increments to a callback when one is given, and a stopping
-criterion lets another thread cancel a long generation between two steps. The first forward
-(vision encoder, then prefill of the whole prompt) can take seconds on a large input: until
-the first token, a check before every layer interrupts it too.
+what a robot feels) and feeds each row's text increments to that row's callback, and a
+stopping criterion lets another thread cancel one row of a batch between two steps. The first
+forward (vision encoder, then prefill of the whole prompt) can take seconds on a large input:
+until the first token, a check before every layer interrupts it too, once every row is
+cancelled.
 """
 
 import contextlib
@@ -26,41 +27,28 @@ class Generated:
     tokens: list  # list[list[int]], one per request
     time_to_first_token: float
     total_time: float
-    cancelled: bool
+    cancelled: list  # list[bool], one per request
 
 
-class _Streamer(BaseStreamer):
-    """Time the first new token; optionally stream decoded text increments of row 0.
+class _RowText:
+    """Text increments of one row: the difference between successive decodes of its tokens.
 
-    generate() first puts the prompt (decoder-only) or the decoder start token
-    (encoder-decoder), then one token per row per step. Increments are the difference between
-    successive decodes of all tokens so far, held back while the text ends inside a multi-byte
-    character, so their concatenation equals the final decode.
+    Held back while the text ends inside a multi-byte character, so the increments'
+    concatenation equals the final decode; nothing after the row's EOS.
     """
 
-    def __init__(self, tokenizer, on_text: Optional[Callable[[str], None]]):
-        self._tokenizer = tokenizer
-        self._on_text = on_text
-        self._seen_prompt = False
-        self._tokens = []
-        self._emitted = ''
-        self.first_token_at = None
+    def __init__(self, tokenizer, on_text: Callable[[str], None], eos: set):
+        self._tokenizer, self._on_text, self._eos = tokenizer, on_text, eos
+        self._tokens, self._emitted, self.done = [], '', False
 
-    def put(self, value) -> None:
-        if not self._seen_prompt:
-            self._seen_prompt = True
+    def add(self, token: int) -> None:
+        if self.done:
             return
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-        if self._on_text is not None:
-            self._tokens.extend(value.reshape(-1).tolist()[:1] if value.dim() else [int(value)])
-            self._emit(final=False)
+        self._tokens.append(token)
+        self.done = token in self._eos
+        self.emit(final=self.done)
 
-    def end(self) -> None:
-        if self._on_text is not None:
-            self._emit(final=True)
-
-    def _emit(self, final: bool) -> None:
+    def emit(self, final: bool) -> None:
         text = self._tokenizer.decode(self._tokens, skip_special_tokens=True)
         if not final and text.endswith('\ufffd'):
             return
@@ -70,15 +58,46 @@ class _Streamer(BaseStreamer):
             self._on_text(delta)
 
 
-class _Cancelled(StoppingCriteria):
-    """Stop every row as soon as the cancel event is set."""
+class _Streamer(BaseStreamer):
+    """Time the first new token; stream each row's text to its callback, when it has one.
 
-    def __init__(self, event: threading.Event):
-        self._event = event
+    generate() first puts the prompt (decoder-only) or the decoder start token
+    (encoder-decoder), then one token per row per step.
+    """
+
+    def __init__(self, tokenizer, on_texts: list, eos: set):
+        self._rows = [_RowText(tokenizer, on_text, eos) if on_text else None
+                      for on_text in on_texts]
+        self._streaming = any(self._rows)
+        self._seen_prompt = False
+        self.first_token_at = None
+
+    def put(self, value) -> None:
+        if not self._seen_prompt:
+            self._seen_prompt = True
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        if self._streaming:
+            for row, token in zip(self._rows, value.reshape(-1).tolist(), strict=True):
+                if row is not None:
+                    row.add(token)
+
+    def end(self) -> None:
+        for row in self._rows:
+            if row is not None:
+                row.emit(final=True)
+
+
+class _Cancelled(StoppingCriteria):
+    """Stop each row as soon as its cancel event is set; the other rows go on."""
+
+    def __init__(self, events: list):
+        self._events = events
 
     def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self._event.is_set(), dtype=torch.bool,
-                          device=input_ids.device)
+        return torch.tensor([event.is_set() for event in self._events], dtype=torch.bool,
+                            device=input_ids.device)
 
 
 class _InterruptedError(Exception):
@@ -86,8 +105,8 @@ class _InterruptedError(Exception):
 
 
 @contextlib.contextmanager
-def _interruptible_first_forward(model, cancel: threading.Event, streamer: _Streamer):
-    """Check cancel before each layer (every ModuleList element) until the first token.
+def _interruptible_first_forward(model, cancels: list, streamer: _Streamer):
+    """Until the first token, stop before any layer once every row is cancelled.
 
     Vision encoders, text encoders and decoders all keep their layers in ModuleLists, so this
     covers preprocessing -> vision encoding -> prefill in every family without knowing its
@@ -95,7 +114,7 @@ def _interruptible_first_forward(model, cancel: threading.Event, streamer: _Stre
     tokens decoded so far.
     """
     def check(module, args):
-        if streamer.first_token_at is None and cancel.is_set():
+        if streamer.first_token_at is None and all(event.is_set() for event in cancels):
             raise _InterruptedError()
 
     handles = [layer.register_forward_pre_hook(check) for module in model.modules()
@@ -125,33 +144,51 @@ def eos_token_ids(model, tokenizer) -> set:
 
 
 def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
-             on_text: Optional[Callable[[str], None]] = None,
-             cancel: Optional[threading.Event] = None) -> Generated:
-    """Run one batched generate; streaming (on_text) is for a batch of one request."""
+             on_texts: Optional[list] = None, cancels: Optional[list] = None) -> Generated:
+    """Run one batched generate.
+
+    ``on_texts`` holds one text callback (or None) per row, ``cancels`` one Event per row:
+    setting a row's event stops that row at its next step (and the first forward once every
+    row's is set), and its result is marked cancelled.
+    """
     batch = int(inputs['input_ids'].shape[0])
-    if on_text is not None and batch != 1:
-        raise ValueError('streaming needs a batch of one request')
+    on_texts = on_texts or [None] * batch
+    cancels = cancels or [threading.Event() for _ in range(batch)]
+    if len(on_texts) != batch or len(cancels) != batch:
+        raise ValueError(f'{len(on_texts)} callbacks and {len(cancels)} cancel events for a '
+                         f'batch of {batch}')
     tokenizer = loaded.processor.tokenizer
-    streamer = _Streamer(tokenizer, on_text)
-    cancel = cancel or threading.Event()
+    eos = eos_token_ids(loaded.model, tokenizer)
+    streamer = _Streamer(tokenizer, on_texts, eos)
     start = time.perf_counter()
     try:
         with torch.inference_mode(), \
-                _interruptible_first_forward(loaded.model, cancel, streamer):
+                _interruptible_first_forward(loaded.model, cancels, streamer):
             output = loaded.model.generate(
                 **inputs, max_new_tokens=max_new_tokens, streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+                stopping_criteria=StoppingCriteriaList([_Cancelled(cancels)]),
                 pad_token_id=tokenizer.pad_token_id, **sampling)
     except _InterruptedError:
         total = time.perf_counter() - start
-        return Generated([[] for _ in range(batch)], total, total, True)
+        return Generated([[] for _ in range(batch)], total, total, [True] * batch)
     if loaded.device.type == 'cuda':
         torch.cuda.synchronize(loaded.device)
     total = time.perf_counter() - start
     new = output if loaded.is_encoder_decoder else output[:, inputs['input_ids'].shape[1]:]
     if loaded.is_encoder_decoder:
         new = new[:, 1:]  # the decoder start token is not output
-    eos = eos_token_ids(loaded.model, tokenizer)
-    tokens = [cut_at_eos(row, eos) for row in new.tolist()]
+    cancelled = [event.is_set() for event in cancels]
+    # A row stopped by its cancel is padded to the batch's length: the padding is not output.
+    tokens = [_without_padding(cut_at_eos(row, eos), tokenizer.pad_token_id) if stopped
+              else cut_at_eos(row, eos)
+              for row, stopped in zip(new.tolist(), cancelled, strict=True)]
     first = (streamer.first_token_at - start) if streamer.first_token_at else total
-    return Generated(tokens, first, total, cancel.is_set())
+    return Generated(tokens, first, total, cancelled)
+
+
+def _without_padding(row: list, pad_id) -> list:
+    """Drop the pad tokens generate() appended to a row after it stopped."""
+    end = len(row)
+    while end and row[end - 1] == pad_id:
+        end -= 1
+    return row[:end]
