@@ -16,20 +16,17 @@ import argparse
 import collections
 import os
 import pathlib
-import random
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
 import numpy as np
 import rclpy
 from ament_index_python.packages import get_package_prefix
-from node_peer import KEEP_ALL, Peer
+from node_peer import KEEP_ALL, Peer, session
 from rclpy._rclpy_pybind11 import RCLError
 from std_msgs.msg import String
-from vlm_ros.demo.tiny import build_tiny
 from vlm_ros.node.image_conversion import rgb_to_image
 from vlm_ros.spin import SpinThread
 
@@ -142,12 +139,7 @@ def main() -> int:
     parser.add_argument('--minutes', type=float, default=5.0)
     parser.add_argument('--rate', type=float, default=1000.0, help='instructions per second')
     args = parser.parse_args()
-    os.environ.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 101)))
-    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    with tempfile.TemporaryDirectory() as scratch:
-        model = args.model or str(build_tiny('llava', os.path.join(scratch, 'llava')))
-        rclpy.init()
-        peer = Peer()
+    with session(args.model) as (peer, model, scratch):
         # Answers refused at once come in bursts: a client keeping the last 10 would lose some.
         query = peer.create_client(Query, '/vlm_node/query', qos_profile=KEEP_ALL)
         spinner = SpinThread([peer])

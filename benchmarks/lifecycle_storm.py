@@ -11,10 +11,8 @@ its resident memory after cleanup (model released), so growth per cycle shows.
 import argparse
 import os
 import pathlib
-import random
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
@@ -22,9 +20,8 @@ import rclpy
 from ament_index_python.packages import get_package_prefix
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
-from node_peer import Peer
+from node_peer import session
 from std_msgs.msg import String
-from vlm_ros.demo.tiny import build_tiny
 from vlm_ros.spin import SpinThread
 
 # The test suite's harness reads process memory; one copy of that code.
@@ -43,12 +40,7 @@ def main() -> int:
     parser.add_argument('--cycles', type=int, default=100)
     parser.add_argument('--model', help='default: a tiny LLaVA with random weights')
     args = parser.parse_args()
-    os.environ.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 101)))
-    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    with tempfile.TemporaryDirectory() as scratch:
-        model = args.model or str(build_tiny('llava', os.path.join(scratch, 'llava')))
-        rclpy.init()
-        peer = Peer()
+    with session(args.model) as (peer, model, scratch):
         client = peer.create_client(ChangeState, '/vlm_node/change_state')
         peer.create_timer(0.05, lambda: peer.tasks.publish(String(data=uuid.uuid4().hex)))
         spinner = SpinThread([peer])

@@ -4,15 +4,21 @@ Used by shutdown_soak.py and lifecycle_storm.py (run from this folder's parent w
 scripts/with-env python3 benchmarks/NAME.py).
 """
 
+import contextlib
+import os
+import random
+import tempfile
 import threading
 import time
 
 import numpy as np
+import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
+from vlm_ros.demo.tiny import build_tiny
 from vlm_ros.node.image_conversion import rgb_to_image
 
 from vlm_ros_msgs.msg import Plan
@@ -20,6 +26,28 @@ from vlm_ros_msgs.msg import Plan
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 KEEP_ALL = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 STATUS_NAMES = {getattr(Plan, name): name for name in dir(Plan) if name.startswith('STATUS_')}
+
+
+def isolate() -> None:
+    """Use a random DDS domain on this machine only: a run never meets another's nodes."""
+    os.environ.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 101)))
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+
+
+@contextlib.contextmanager
+def session(model):
+    """Yield (Peer, model, scratch dir) in an isolated domain; model None: a random tiny LLaVA.
+
+    rclpy is initialised for the peer and shut down after it.
+    """
+    isolate()
+    with tempfile.TemporaryDirectory() as scratch:
+        model = model or str(build_tiny('llava', os.path.join(scratch, 'llava')))
+        rclpy.init()
+        try:
+            yield Peer(), model, scratch
+        finally:
+            rclpy.try_shutdown()
 
 
 class Peer(Node):
