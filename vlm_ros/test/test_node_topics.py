@@ -160,9 +160,11 @@ def test_frames_lost_before_the_node_are_estimated_from_stamp_gaps(start_vlm_nod
     sent.wait_for(lambda m: len(sent.items()) >= 120, TIMEOUT, '120 frames sent')
     node.stop_stream()
     stamps = index[0] + 1
+    # A frame lost before the period is known (the first 8) cannot be counted: allow for one.
     values = node.wait_diag(lambda v: int(v['frames_received']) + int(
-        v['frames_lost_estimate']) >= stamps, TIMEOUT, 'every stamp accounted for')
-    assert int(values['frames_received']) + int(values['frames_lost_estimate']) == stamps
+        v['frames_lost_estimate']) >= stamps - 1, TIMEOUT, 'every stamp accounted for')
+    assert stamps - 1 <= int(values['frames_received']) + int(
+        values['frames_lost_estimate']) <= stamps
     assert int(values['frames_lost_estimate']) >= skipped
 
 
