@@ -6,10 +6,12 @@ import uuid
 
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, call, camera, node_executable, send_goal
+from rclpy.action import ActionClient
 from ros_harness import wait_future
 from serve_harness import both_backends
 from vlm_ros.node.image_conversion import rgb_to_image
 
+from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.msg import Plan
 from vlm_ros_msgs.srv import Query
 
@@ -94,3 +96,29 @@ def test_goal_of_a_killed_client_is_cancelled_and_frees_the_worker(start_vlm_nod
     node.instruct(TARGETS['plan'][0])
     plan = node.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the next plan')
     assert plan.status == Plan.STATUS_OK, plan.message
+
+
+def test_goals_batched_together_each_stream_their_own_text(start_vlm_node, test_node):
+    """Three goals in one batched generate: per-row feedback, results and image headers."""
+    node = start_vlm_node(max_batch_size=3, batch_wait=1.0)  # waits until all three are in
+    node.wait_state('active')
+    client = ActionClient(test_node.node, GeneratePlan, '/vlm_node/generate_plan')
+    assert client.wait_for_server(timeout_sec=TIMEOUT)
+    asked = [('red', TARGETS['plan'][0]), ('blue', TARGETS['plan'][0]),
+             ('red', TARGETS['vqa'][0])]
+    goals, feedback, handles = [], [[] for _ in asked], []
+    for (colour, text), pieces in zip(asked, feedback, strict=True):
+        goal = GeneratePlan.Goal(instruction=text, image=rgb_to_image(scene(colour)))
+        goal.image.header.frame_id = uuid.uuid4().hex
+        goals.append(goal)
+        handles.append(wait_future(client.send_goal_async(
+            goal, feedback_callback=lambda msg, p=pieces: p.append(msg.feedback)), TIMEOUT,
+            'goal acceptance'))
+    plans = [wait_future(h.get_result_async(), TIMEOUT, 'a result').result.plan for h in handles]
+    values = node.wait_diag(lambda v: int(v['engine_requests']) >= 3, TIMEOUT, 'the batch')
+    assert (int(values['engine_runs']), int(values['engine_requests'])) == (1, 3)
+    assert plans[0].text == TARGETS['plan'][1] and len({p.text for p in plans}) > 1
+    for goal, plan, pieces in zip(goals, plans, feedback, strict=True):
+        assert plan.header.frame_id == goal.image.header.frame_id
+        assert pieces and pieces[-1].partial_text == plan.text, (plan.text, pieces[-1:])
+    client.destroy()
