@@ -8,7 +8,7 @@ helpers write such bags with rosbags' ROS 1 writer and the Noetic type store.
 import cv2
 import numpy as np
 from rosbags.rosbag1 import Writer as Ros1Writer
-from rosbags.typesys import Stores, get_typestore
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 ROS1_CAMERA = 'raspicam_node/image/compressed'  # relative, as in the recordings we met
 ROS1_INSTRUCTION = '/instruction'
@@ -53,3 +53,13 @@ def write_ros1_bag(path, frames: list, instructions: list = ()) -> list:
                          store.serialize_ros1(msg, 'sensor_msgs/msg/CompressedImage'))
             written.append((log_ns, frame_id))
     return written
+
+
+def write_ros1_custom_bag(path) -> None:
+    """Write a ROS 1 bag holding one message of a robot's own type (no ROS 2 counterpart)."""
+    store = get_typestore(Stores.ROS1_NOETIC)
+    store.register(get_types_from_msg('string state\n', 'my_robot/msg/Status'))
+    with Ros1Writer(path) as writer:
+        status = writer.add_connection('/status', 'my_robot/msg/Status', typestore=store)
+        writer.write(status, 10**18, store.serialize_ros1(
+            store.types['my_robot/msg/Status'](state='idle'), 'my_robot/msg/Status'))

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from engine_fixtures import scene
 from node_harness import TIMEOUT, node_executable
-from recordings import write_ros1_bag
+from recordings import write_ros1_bag, write_ros1_custom_bag
 
 CASES = [
     ('vlm_replay', ['{txt}'], 'is not a recording'),
@@ -20,6 +20,7 @@ CASES = [
      'only 3 frames'),
     ('vlm_eval', ['{pi}', '--model', 'm', '--instructions', '{txt}', '--at', '1'],
      '--every and --at go with --instruction'),
+    ('vlm_replay', ['{custom}'], 'my_robot/msg/Status is not installed here'),
     ('vlm_replay', ['{pi}', '--rate', 'nan'], 'must be finite'),
     ('vlm_replay', ['{pi}', '--rate', 'inf'], 'must be finite'),
     ('vlm_replay', ['{pi}', '--rate', '0'], 'must be > 0'),
@@ -39,7 +40,9 @@ def inputs(tmp_path_factory):
     (where / 'garbage.bag').write_bytes(b'#ROSBAG V2.0\n' + bytes(range(256)) * 4)
     write_ros1_bag(where / 'pi.bag', [(10**18 + k * 10**8, scene('red'), f'f{k}')
                                       for k in range(3)])
+    write_ros1_custom_bag(where / 'custom.bag')
     return {'txt': where / 'notes.txt', 'garbage': where / 'garbage.bag',
+            'custom': where / 'custom.bag',
             'pi': where / 'pi.bag', 'missing': where / 'missing-model'}
 
 

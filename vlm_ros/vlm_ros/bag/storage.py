@@ -88,7 +88,8 @@ def cdr_converter(reader, msgtype: str):
     if reader.is2:
         return bytes
     if msgtype not in typestore().fielddefs:
-        raise BagError(f'{msgtype} of the ROS 1 recording has no ROS 2 counterpart here')
+        raise BagError(f'{msgtype} of the ROS 1 recording has no ROS 2 counterpart here; '
+                       'play the other topics with --topics')
     with contextlib.redirect_stdout(io.StringIO()):  # it prints which types it migrates
         convert = generate_message_converter(reader.typestore, typestore(), msgtype, msgtype,
                                              {}, src_is2=False, dst_is2=True)
