@@ -13,7 +13,7 @@ from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, node_executable
 from recordings import ROS1_CAMERA, write_ros1_bag
 from ros_harness import wait_exit
-from test_replay import start_replay
+from test_replay import irregular_events, start_replay, write_bag
 from vlm_ros.bag.instructions import from_file, repeated
 from vlm_ros.bag.storage import BagError, open_bag, stamp_ns
 
@@ -114,3 +114,19 @@ def test_schedules_outside_the_recording_are_refused():
         repeated('go', [T0], T0, T0 + 10**9, at=5.0)
     with pytest.raises(BagError, match='only 2 frames'):
         repeated('go', [T0, T0 + 1], T0, T0 + 10**9, every=3)
+
+
+@pytest.mark.parametrize(('storage', 'suffix'), [('mcap', '.mcap'), ('sqlite3', '.db3')])
+def test_a_single_storage_file_without_its_directory_replays(rclpy_context, tmp_path, storage,
+                                                             suffix):
+    """Recordings get passed around as one .mcap or .db3 file, without metadata.yaml."""
+    written = write_bag(tmp_path / 'bag', irregular_events(8), storage)
+    files = list((tmp_path / 'bag').glob(f'*{suffix}'))
+    assert len(files) == 1
+    alone = tmp_path / f'alone{suffix}'
+    files[0].rename(alone)
+    with open_bag(alone) as reader:
+        assert [bytes(raw) for _, _, raw in reader.messages()] == [w[2] for w in written]
+    proc = start_replay(alone, '--wait-for-subscribers', 0, '--rate', 100)
+    code, _, err = wait_exit(proc, TIMEOUT)
+    assert code == 0 and f'played {len(written)} messages' in err, err
