@@ -293,12 +293,8 @@ class Worker:
 
     def _answered(self, ready: list) -> list:
         """Run the requests of ready in one engine call; return their outcomes in order."""
-        requests = [request for _, _, request in ready]
-        if len(requests) == 1:  # every backend takes a single request's stream and cancel
-            results = self._engine.run(requests, on_text=requests[0].on_text,
-                                       cancel=requests[0].cancel)
-        else:  # the in-process engine reads them from each request
-            results = self._engine.run(requests)
+        # Each request carries its own text stream and cancel (engine.Request).
+        results = self._engine.run([request for _, _, request in ready])
         self.batches += 1
         self.batched += len(ready)
         return [self._outcome(job, header, result)

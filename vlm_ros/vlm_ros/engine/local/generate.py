@@ -71,6 +71,7 @@ class _Streamer(BaseStreamer):
         self._streaming = any(self._rows)
         self._seen_prompt = False
         self.first_token_at = None
+        self.on_first_token: Callable[[], None] = lambda: None
 
     def put(self, value) -> None:
         if not self._seen_prompt:
@@ -78,6 +79,7 @@ class _Streamer(BaseStreamer):
             return
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
+            self.on_first_token()
         if self._streaming:
             for row, token in zip(self._rows, value.reshape(-1).tolist(), strict=True):
                 if row is not None:
@@ -110,20 +112,24 @@ def _interruptible_first_forward(model, cancels: list, streamer: _Streamer):
 
     Vision encoders, text encoders and decoders all keep their layers in ModuleLists, so this
     covers preprocessing -> vision encoding -> prefill in every family without knowing its
-    module names. After the first token the stopping criterion takes over, which keeps the
-    tokens decoded so far.
+    module names. The hooks are removed at the first token, so decoding steps do not pay for
+    them; the stopping criterion takes over, which keeps the tokens decoded so far.
     """
     def check(module, args):
-        if streamer.first_token_at is None and all(event.is_set() for event in cancels):
+        if all(event.is_set() for event in cancels):
             raise _InterruptedError()
 
     handles = [layer.register_forward_pre_hook(check) for module in model.modules()
                if isinstance(module, torch.nn.ModuleList) for layer in module]
+
+    def remove():
+        for handle in handles:
+            handle.remove()
+    streamer.on_first_token = remove
     try:
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        remove()
 
 
 def cut_at_eos(row: list, eos_ids: set) -> list:

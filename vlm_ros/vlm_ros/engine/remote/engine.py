@@ -148,7 +148,8 @@ class RemoteEngine(EngineBase):
         """Answer requests, one chat completion each, concurrently; results in request order.
 
         ``on_text`` streams text increments (one request only); setting ``cancel`` closes the
-        streams, which makes the server stop generating, and marks the results cancelled.
+        streams, which makes the server stop generating, and marks the results cancelled. A
+        single request's own ``Request.on_text`` and ``Request.cancel`` serve the same way.
         Timings start after JPEG encoding, as in-process ones start after preprocessing.
         Raises VlmError: 'bad_input' for a bad image or text, and for the server
         'backend_unreachable', 'backend_timeout', 'backend_http_error' or
@@ -158,6 +159,9 @@ class RemoteEngine(EngineBase):
             return []
         if self._client is None:
             raise VlmError('load_failed', 'the openai backend is not loaded', self.model_name)
+        if len(requests) == 1:
+            on_text = on_text or requests[0].on_text
+            cancel = cancel or requests[0].cancel
         if on_text is not None and len(requests) != 1:
             raise VlmError('bad_input', 'streaming needs a batch of one request')
         payloads = [self.payload(request) for request in requests]
