@@ -68,14 +68,18 @@ def trained_tiny(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def untrained_llava(tmp_path_factory):
-    """Return a tiny LLaVA with random weights, whose generations run long.
+    """Return a tiny LLaVA with random weights, whose generations never stop by themselves.
 
-    It rarely stops by itself, so a generation runs as long as max_new_tokens allows (about
-    1 ms a token here): long enough to signal or deactivate a node in the middle of it.
+    A generation runs as long as max_new_tokens allows (about 1 ms a token here): long enough
+    to signal or deactivate a node in the middle of it. Random weights alone end about one
+    prompt in four early (measured), so the end-of-sequence row of the output layer is zeroed:
+    its logit is then 0, below the largest of the other 490 random logits.
     """
+    from engine_fixtures import never_ending
+
     from vlm_ros.demo.tiny import build_tiny
 
-    return build_tiny('llava', tmp_path_factory.mktemp('untrained_llava'))
+    return never_ending(build_tiny('llava', tmp_path_factory.mktemp('untrained_llava')))
 
 
 @pytest.fixture(scope='session')

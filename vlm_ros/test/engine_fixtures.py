@@ -75,3 +75,26 @@ def add_to_hub_cache(hf_home: pathlib.Path, repo_id: str, model_dir) -> None:
 def offline_hub_env(hf_home: pathlib.Path) -> dict:
     """Return the environment of a process that sees only hf_home's cache, never the network."""
     return {**os.environ, 'HF_HOME': str(hf_home), 'HF_HUB_OFFLINE': '1'}
+
+
+def never_ending(model_dir: pathlib.Path) -> pathlib.Path:
+    """Zero the output-layer rows of the end-of-sequence tokens of a checkpoint, in place.
+
+    Their logits become 0 whatever the input, and greedy decoding picks the largest logit,
+    which among hundreds of random ones is above 0: the model then never ends a generation.
+    """
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    config = json.loads((model_dir / 'generation_config.json').read_text())
+    eos = config.get('eos_token_id')
+    eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    eos.add(AutoTokenizer.from_pretrained(model_dir).eos_token_id)
+    weights_file = model_dir / 'model.safetensors'
+    weights = load_file(weights_file)
+    heads = [name for name in weights if name.endswith('lm_head.weight')]
+    assert len(heads) == 1, f'expected one output layer in {sorted(weights)}'
+    for token in eos - {None}:
+        weights[heads[0]][token] = 0.0
+    save_file(weights, weights_file, metadata={'format': 'pt'})
+    return model_dir
