@@ -76,7 +76,6 @@ def untrained_llava(tmp_path_factory):
     its logit is then 0, below the largest of the other 490 random logits.
     """
     from engine_fixtures import never_ending
-
     from vlm_ros.demo.tiny import build_tiny
 
     return never_ending(build_tiny('llava', tmp_path_factory.mktemp('untrained_llava')))
