@@ -3,7 +3,8 @@
     PYTHONPATH=vlm_ros python3 benchmarks/cuda_checks.py
 
 device/dtype resolution, batched == single greedy tokens on the GPU (float32), streaming,
-memory given back by unload(), and a real CUDA out-of-memory error mapped to its kind.
+memory given back by unload(), the default compiled decoding (answers as eager, compiled at
+load only), and a real CUDA out-of-memory error mapped to its kind.
 """
 
 import sys
@@ -14,6 +15,7 @@ import torch
 from vlm_ros.demo.tiny import build_tiny
 from vlm_ros.engine import EngineConfig, Request
 from vlm_ros.engine.local import VlmEngine
+from vlm_ros.engine.local.decoding import compiled_graphs
 from vlm_ros.engine.local.loader import classify_error, resolve_device, resolve_dtype
 
 
@@ -21,6 +23,22 @@ def check(name: str, ok: bool, detail: str = '') -> bool:
     """Print one result line."""
     print(f"{'PASS' if ok else 'FAIL'} {name} {detail}", flush=True)
     return ok
+
+
+def _check_compiled(path, requests, eager: list) -> bool:
+    """decode_mode auto on CUDA: compiled at load, eager's answers, no compile per request."""
+    engine = VlmEngine(EngineConfig(model=str(path), device='cuda', dtype='float32',
+                                    max_new_tokens=24))
+    engine.load()
+    graphs = compiled_graphs()
+    answers = [r.text for r in engine.run(requests)]
+    engine.run(requests[:2])
+    engine.run([requests[2]] * 5)
+    ok = engine.decode_mode == 'compiled' and answers == eager and compiled_graphs() == graphs
+    engine.unload()
+    return check(f'{path.name}: auto decode compiles at load, answers as eager', ok,
+                 f'{engine.decode_mode}, warm-up {engine.warm_up_seconds:.1f} s, '
+                 f'{graphs} -> {compiled_graphs()} graphs')
 
 
 def main() -> int:
@@ -45,7 +63,7 @@ def main() -> int:
             path = build_tiny(family, f'{scratch}/{family}')
             before = torch.cuda.memory_allocated()
             engine = VlmEngine(EngineConfig(model=str(path), device='cuda', dtype='float32',
-                                            max_new_tokens=24))
+                                            max_new_tokens=24, decode_mode='eager'))
             engine.load()
             loaded = torch.cuda.memory_allocated()
             batched = [r.text for r in engine.run(requests)]
@@ -58,6 +76,8 @@ def main() -> int:
             after = torch.cuda.memory_allocated()
             results.append(check(f'{family}: unload frees memory', after <= before,
                                  f'{before} -> {loaded} -> {after} bytes'))
+            if family in ('llava', 'florence2'):
+                results.append(_check_compiled(path, requests, batched))
     try:
         torch.empty(1 << 45, dtype=torch.uint8, device='cuda')  # 32 TiB: more than any card
         results.append(check('cuda OOM raised', False))

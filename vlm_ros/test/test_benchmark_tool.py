@@ -1,5 +1,7 @@
 """vlm_benchmark's modes run and print their tables (the numbers are in docs/BENCHMARKS.md)."""
 
+import os
+import re
 import subprocess
 
 from node_harness import node_executable
@@ -10,7 +12,9 @@ def test_node_mode_drives_a_vlm_node_at_each_batch_size(rclpy_context):
     proc = subprocess.Popen([node_executable('vlm_benchmark'), '--node', '--random',
                              'tiny:llava', '--device', 'cpu', '--streams', '3', '--requests',
                              '2', '--batch-sizes', '1', '3', '--new-tokens', '4', '--image',
-                             '48x64'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             '48x64', '--decode-mode', 'static', '--processor-kwargs',
+                             '{"truncation": false}'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     code, stdout, err = wait_exit(proc, 600)
     assert code == 0, err[-3000:]
     rows = [line.split('|') for line in stdout.splitlines() if line.startswith('| ') and
@@ -18,3 +22,19 @@ def test_node_mode_drives_a_vlm_node_at_each_batch_size(rclpy_context):
     assert [row[1].strip() for row in rows] == ['1', '3'], stdout
     assert all(int(row[3]) + int(row[4]) == 6 for row in rows), stdout  # 3 streams x 2 each
     assert 'concurrent instruction streams' in stdout
+    assert 'static decoding' in stdout  # what the node reported, from --decode-mode
+
+
+def test_engine_mode_compiles_before_it_measures(tmp_path):
+    proc = subprocess.Popen([node_executable('vlm_benchmark'), '--random', 'tiny:llava',
+                             '--device', 'cpu', '--decode-mode', 'compiled', '--batch-sizes', '1',
+                             '2', '--new-tokens', '4', '--repeats', '1', '--image', '48x64'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, 'TORCHINDUCTOR_CACHE_DIR': str(tmp_path)})
+    code, stdout, err = wait_exit(proc, 600)
+    assert code == 0, err[-3000:]
+    warm_up = re.search(r'decode compiled \(warm-up ([0-9.]+) s\)', stdout)
+    assert warm_up and float(warm_up.group(1)) > 0, stdout
+    rows = [line.split('|') for line in stdout.splitlines() if line.startswith('| ') and
+            line.split('|')[1].strip().isdigit()]
+    assert [row[1].strip() for row in rows] == ['1', '2'], stdout

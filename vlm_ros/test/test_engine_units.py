@@ -169,3 +169,32 @@ def test_run_time_update_changes_the_next_request_only_with_valid_templates():
     assert render_task(engine.templates, 'plan', 'x') == 'Do: x'  # unchanged
     with pytest.raises(VlmError, match='cannot change'):
         engine.update(model='other')
+
+
+@pytest.mark.parametrize('height, width, tiles', [
+    (30, 30, 1),  # fits one 32 px tile: the processor would upscale it to 64 px, 4 tiles + 1
+    (40, 56, 5),  # needs 64 px: the processor's own longest edge, nothing to change
+    (20, 90, 3),  # larger than the longest edge: downscaled as the processor does
+])
+def test_a_tiling_processor_gets_the_size_the_frame_needs(trained_tiny, height, width, tiles):
+    from engine_fixtures import scene
+    from vlm_ros.engine import Request
+
+    engine = VlmEngine(EngineConfig(model=str(trained_tiny('idefics3')), device='cpu'))
+    engine.load()
+    request = Request('caption', scene('red', height, width))
+    assert engine.preprocess([request])['pixel_values'].shape[1] == tiles
+    engine.config.processor_kwargs = {'size': {'longest_edge': 64}}  # the user's choice wins
+    assert engine.preprocess([request])['pixel_values'].shape[1] == (5 if tiles == 1 else tiles)
+
+
+def test_a_processor_that_does_not_tile_is_left_as_it_is(trained_tiny):
+    from engine_fixtures import scene
+    from vlm_ros.engine import Request
+    from vlm_ros.engine.tiling import fitted_size_kwargs
+
+    engine = VlmEngine(EngineConfig(model=str(trained_tiny('llava')), device='cpu'))
+    engine.load()
+    image = resize_max_side(scene('red', 20, 20), 0)
+    assert fitted_size_kwargs(engine.loaded.processor, [image], {}) == {}
+    assert engine.run([Request('caption', scene('red', 20, 20))])[0].output_tokens > 0

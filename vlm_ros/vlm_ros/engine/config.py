@@ -11,6 +11,9 @@ DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 # 'transformers' runs the model in this process; 'openai' asks an OpenAI-compatible server
 # (vLLM, SGLang, TGI, Ollama, transformers serve) through its chat completions API.
 BACKENDS = ('transformers', 'openai')
+# How the in-process engine decodes: 'auto' = 'compiled' on CUDA, 'eager' elsewhere;
+# 'static' = a static KV cache without compilation (see engine/local/decoding.py).
+DECODE_MODES = ('auto', 'eager', 'static', 'compiled')
 # processor_kwargs come from anyone on the DDS domain: bounded before they are parsed.
 MAX_KWARGS_CHARS = 4096
 MAX_KWARGS_DEPTH = 8
@@ -93,5 +96,6 @@ class EngineConfig:
     top_p: float = 1.0
     prompts: dict = field(default_factory=dict)  # task -> template overrides
     processor_kwargs: dict = field(default_factory=dict)  # e.g. {'do_image_splitting': False}
+    decode_mode: str = 'auto'  # one of DECODE_MODES
     backend: str = 'transformers'
     remote: RemoteConfig = field(default_factory=RemoteConfig)

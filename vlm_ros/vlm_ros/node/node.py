@@ -136,6 +136,7 @@ class VlmNode(LifecycleNode):
             trust_remote_code=self.p('trust_remote_code'),
             local_files_only=self.p('local_files_only'),
             processor_kwargs=params.processor_kwargs(self.p('processor_kwargs')),
+            decode_mode=self.p('decode_mode'),
             backend=self.p('backend'), remote=remote, **self._run_time_engine_fields(self.p))
 
     # Lifecycle transitions -------------------------------------------------------------

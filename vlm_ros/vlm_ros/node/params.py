@@ -18,7 +18,7 @@ parameter's effect on a live node, driven by this same table.
 from dataclasses import dataclass
 from typing import Optional
 
-from ..engine.config import BACKENDS, DTYPES, parse_processor_kwargs
+from ..engine.config import BACKENDS, DECODE_MODES, DTYPES, parse_processor_kwargs
 from ..engine.errors import VlmError
 from ..engine.prompts import check_template
 
@@ -44,6 +44,10 @@ SPECS = (
               'float16 on older GPUs, float32 on a CPU', applies='reload', choices=DTYPES),
     ParamSpec('attn_implementation', '', "attention kernel ('' = transformers default, "
               "'sdpa', 'eager', 'flash_attention_2')", applies='reload'),
+    ParamSpec('decode_mode', 'auto', "in-process backend: 'auto' = a static KV cache with "
+              "compiled decoding on CUDA (compiled while configuring), eager elsewhere; 'static' "
+              "= static cache, not compiled; 'compiled' also on a CPU", applies='reload',
+              choices=DECODE_MODES),
     ParamSpec('trust_remote_code', False, 'run model code from the hub (off: safer); decides '
               'what code runs, so it is set at launch only', applies='launch'),
     ParamSpec('local_files_only', False, 'never download; use the local cache only',

@@ -83,7 +83,7 @@ class VisionTimer:
             handle.remove()
 
 
-def time_batch(engine: VlmEngine, batch: int, new_tokens: int, image, extra: dict) -> dict:
+def time_batch(engine: VlmEngine, batch: int, new_tokens: int, image) -> dict:
     """Run one batched generate of exactly new_tokens tokens; return its timings.
 
     Time to first token splits into preprocessing (processor, to the device), the vision
@@ -101,7 +101,7 @@ def time_batch(engine: VlmEngine, batch: int, new_tokens: int, image, extra: dic
     timer = VisionTimer(loaded.model, loaded.device)
     try:
         out = generate(loaded, inputs, new_tokens,
-                       {'do_sample': False, 'min_new_tokens': new_tokens, **extra})
+                       {**engine.generate_kwargs(), 'min_new_tokens': new_tokens})
     finally:
         timer.close()
     total = prep + out.total_time
@@ -114,18 +114,17 @@ def time_batch(engine: VlmEngine, batch: int, new_tokens: int, image, extra: dic
                                                          out.time_to_first_token, 1e-9)}
 
 
-def run(engine: VlmEngine, batch_sizes, new_tokens: int, repeats: int, image_hw,
-        extra: dict) -> list:
+def run(engine: VlmEngine, batch_sizes, new_tokens: int, repeats: int, image_hw) -> list:
     """Benchmark every batch size; return one row of medians each."""
     import torch
 
     image = scene(*image_hw)
     rows = []
     for batch in batch_sizes:
-        time_batch(engine, batch, new_tokens, image, extra)  # warm-up (and compilation)
+        time_batch(engine, batch, new_tokens, image)  # warm-up (and compilation)
         if engine.loaded.device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(engine.loaded.device)
-        runs = [time_batch(engine, batch, new_tokens, image, extra) for _ in range(repeats)]
+        runs = [time_batch(engine, batch, new_tokens, image) for _ in range(repeats)]
         total = statistics.median(r['total'] for r in runs)
         rows.append({'batch': batch, 'ttft_ms': 1000 * statistics.median(r['ttft'] for r in runs),
                      **{f'{part}_ms': 1000 * statistics.median(r[part] for r in runs)
@@ -164,9 +163,6 @@ def parse_args(argv):
     parser.add_argument('--repeats', type=positive_int, default=3)
     parser.add_argument('--image', type=_image_size, default='480x640',
                         help='HxW of the test frame')
-    parser.add_argument('--static-cache', action='store_true',
-                        help="generate with cache_implementation='static' (transformers then "
-                        'compiles the decoding step with torch.compile)')
     parser.add_argument('--node', action='store_true',
                         help='measure a vlm_node process instead of the engine: --streams '
                         'concurrent instruction streams, the node at each --batch-sizes value '
@@ -215,14 +211,12 @@ def _benchmark(args) -> int:
         engine.load()
         loaded = engine.loaded
         load_s = time.perf_counter() - start
-        extra = {'cache_implementation': 'static'} if args.static_cache else {}
         height, width = args.image
-        rows = run(engine, args.batch_sizes, args.new_tokens, args.repeats, (height, width),
-                   extra)
+        rows = run(engine, args.batch_sizes, args.new_tokens, args.repeats, (height, width))
     params = sum(p.numel() for p in loaded.model.parameters()) / 1e6
     title = (f'{args.random or args.model}: {params:.2f} M params, {loaded.device} '
              f'{str(loaded.dtype).replace("torch.", "")}, attn {args.attn or "default"}'
-             f'{", static cache" if args.static_cache else ""}'
+             f', decode {engine.decode_mode} (warm-up {engine.warm_up_seconds:.1f} s)'
              f'{", " + json.dumps(args.processor_kwargs) if args.processor_kwargs else ""}, '
              f'{width}x{height} image, '
              f'load {load_s:.1f} s')

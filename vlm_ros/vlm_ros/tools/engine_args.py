@@ -7,7 +7,7 @@ alike in every tool, and one builder turns them into the EngineConfig each tool 
 import argparse
 
 from ..engine import EngineConfig, VlmError
-from ..engine.config import DEVICES_HELP, DTYPES, parse_processor_kwargs
+from ..engine.config import DECODE_MODES, DEVICES_HELP, DTYPES, parse_processor_kwargs
 
 
 def _processor_kwargs(text: str) -> dict:
@@ -24,9 +24,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--dtype', default='auto', choices=DTYPES)
     parser.add_argument('--processor-kwargs', type=_processor_kwargs, default={},
                         help='JSON for the processor call, e.g. {"do_image_splitting": false}')
+    parser.add_argument('--decode-mode', default='auto', choices=DECODE_MODES,
+                        help="auto = a static KV cache with compiled decoding on CUDA (warmed "
+                        "up at load), eager elsewhere; 'static' = static cache, not compiled")
 
 
 def engine_config(args: argparse.Namespace, model: str, **fields) -> EngineConfig:
     """Build the EngineConfig of model from add_engine_args' options plus the tool's fields."""
     return EngineConfig(model=model, device=args.device, dtype=args.dtype,
-                        processor_kwargs=args.processor_kwargs, **fields)
+                        processor_kwargs=args.processor_kwargs, decode_mode=args.decode_mode,
+                        **fields)

@@ -8,6 +8,7 @@ node's time to first token, and end-to-end latency (instruction published -> Pla
 p50 and p95. A benchmark, not a test: it asserts nothing.
 """
 
+import json
 import os
 import statistics
 import subprocess
@@ -137,6 +138,17 @@ def _run_streams(driver: _Driver, streams: int, per_stream: int, timeout: float)
             'e2e_p95': e2e[min(len(e2e) - 1, int(0.95 * len(e2e)))] if e2e else float('nan')}
 
 
+def _node_params(model: str, args) -> dict:
+    """Return the node's parameters: the command line's engine options, and the streams'."""
+    return {'model': model, 'device': args.device, 'dtype': args.dtype,
+            'decode_mode': args.decode_mode, 'max_new_tokens': args.new_tokens,
+            # A YAML string: the JSON object would otherwise be read as a YAML mapping.
+            'processor_kwargs': json.dumps(json.dumps(args.processor_kwargs)
+                                           if args.processor_kwargs else ''),
+            'queue_size': args.streams + 1, 'wait_for_image': 10.0,
+            'batch_wait': args.batch_wait}
+
+
 def run_node_benchmark(model: str, args) -> str:
     """Start vlm_node on model, run every batch size, stop it; return the table."""
     from ament_index_python.packages import get_package_prefix
@@ -144,13 +156,11 @@ def run_node_benchmark(model: str, args) -> str:
     namespace = f'/vlm_benchmark_{os.getpid()}'
     executable = os.path.join(get_package_prefix('vlm_ros'), 'lib', 'vlm_ros', 'vlm_node')
     streams = args.streams
+    command = [executable, '--ros-args', '-r', f'__ns:={namespace}']
+    for name, value in _node_params(model, args).items():
+        command += ['-p', f'{name}:={value}']
     with tempfile.TemporaryFile('w+') as log:  # a pipe would fill and block the node
-        proc = subprocess.Popen(
-            [executable, '--ros-args', '-r', f'__ns:={namespace}', '-p', f'model:={model}',
-             '-p', f'device:={args.device}', '-p', f'dtype:={args.dtype}',
-             '-p', f'max_new_tokens:={args.new_tokens}', '-p', f'queue_size:={streams + 1}',
-             '-p', 'wait_for_image:=10.0', '-p', f'batch_wait:={args.batch_wait}'],
-            stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         rclpy.init()
         driver = _Driver(namespace, args.image)
         spinner = SpinThread([driver])
@@ -167,26 +177,29 @@ def run_node_benchmark(model: str, args) -> str:
                 after = driver.engine_counts()
                 measured['per_run'] = (after[1] - requests) / max(1, after[0] - runs)
                 rows.append((size, measured))
+            decoding = driver.diagnostics.get('decode_mode', '?')
         finally:
             spinner.stop()
             rclpy.try_shutdown()
             proc.terminate()
             proc.wait(timeout=60)
-    return _table(model, args, rows)
+    return _table(model, args, rows, decoding)
 
 
-def _table(model: str, args, rows: list) -> str:
+def _table(model: str, args, rows: list, decoding: str) -> str:
     base = rows[0][1]['per_s'] if rows else float('nan')
     lines = [f'vlm_node on {model}: {args.streams} concurrent instruction streams x '
              f'{args.requests} each, {args.new_tokens} new tokens max, batch_wait '
              f'{args.batch_wait:g} s, '
-             f'{args.image[1]}x{args.image[0]} camera, device {args.device}', '',
+             f'{args.image[1]}x{args.image[0]} camera, device {args.device}, '
+             f'{decoding} decoding', '',
              '| max_batch_size | requests per engine run | answers | other | answers/s | '
              'vs first row | TTFT p50 (node) | end-to-end p50 | p95 |',
              '|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for size, m in rows:
         lines.append(f"| {size} | {m['per_run']:.1f} | {m['answers']} | {m['other']} | "
                      f"{m['per_s']:.2f} | "
-                     f"{m['per_s'] / base:.2f}x | {1000 * m['ttft_p50']:.1f} ms | "
+                     f"{m['per_s'] / base if base else float('nan'):.2f}x | "
+                     f"{1000 * m['ttft_p50']:.1f} ms | "
                      f"{1000 * m['e2e_p50']:.1f} ms | {1000 * m['e2e_p95']:.1f} ms |")
     return '\n'.join(lines)

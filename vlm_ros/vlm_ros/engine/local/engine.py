@@ -5,6 +5,7 @@ evaluator and the benchmark all drive this same class.
 """
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Optional
 
@@ -14,8 +15,9 @@ from ..config import EngineConfig
 from ..errors import VlmError
 from ..preprocess import fitted_size, resize_max_side
 from ..prompts import render_task
-from ..results import make_result
-from . import loader
+from ..results import Request, make_result
+from ..tiling import fitted_size_kwargs
+from . import decoding, loader
 from .generate import generate
 
 
@@ -31,6 +33,9 @@ class VlmEngine(EngineBase):
     def __init__(self, config: EngineConfig):
         super().__init__(config)
         self._loaded: Optional[loader.LoadedModel] = None
+        self.decode_mode = 'eager'  # resolved from config.decode_mode at load()
+        self._decode: dict = {}  # generate's arguments of the decode mode
+        self.warm_up_seconds = 0.0
 
     @property
     def loaded(self) -> loader.LoadedModel:
@@ -53,18 +58,47 @@ class VlmEngine(EngineBase):
     def describe(self) -> str:
         """Say what is loaded and where, for a log line."""
         loaded = self.loaded
-        return f'{loaded.name} on {loaded.device} ({loaded.dtype})'
+        return (f'{loaded.name} on {loaded.device} ({loaded.dtype}, {self.decode_mode} decoding, '
+                f'warm-up {self.warm_up_seconds:.1f} s)')
 
     def status(self) -> dict:
         """Plain values for diagnostics: the device, and GPU memory when on a GPU."""
-        return {'device': str(self.loaded.device), **loader.gpu_memory(self.loaded.device)}
+        return {'device': str(self.loaded.device), 'decode_mode': self.decode_mode,
+                'warm_up_s': f'{self.warm_up_seconds:.2f}',
+                'compiled_graphs': decoding.compiled_graphs(),
+                **loader.gpu_memory(self.loaded.device)}
 
     def load(self) -> None:
-        """Load weights and processor (downloads from the hub when model is a hub id)."""
-        self._loaded = loader.load(self.config)
-        tokenizer = self._loaded.processor.tokenizer
-        if not self._loaded.is_encoder_decoder:
+        """Load weights and processor (downloads from the hub when model is a hub id).
+
+        Then warm up (decoding.py) where the first request would otherwise pay for compiling
+        or for CUDA's start-up; a warm-up that fails unloads and raises VlmError.
+        """
+        loaded = loader.load(self.config)
+        tokenizer = loaded.processor.tokenizer
+        if not loaded.is_encoder_decoder:
             tokenizer.padding_side = 'left'  # new tokens follow the last prompt token per row
+        self._loaded = loaded
+        self.decode_mode = decoding.resolve(self.config.decode_mode, loaded.device)
+        self._decode = decoding.generate_kwargs(self.decode_mode)
+        if decoding.needs_warm_up(self.decode_mode, loaded.device):
+            start = time.perf_counter()
+            try:
+                self._warm_up()
+            except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for torch.compile
+                self.unload()
+                raise VlmError('load_failed', f'the {self.decode_mode} decode mode failed to '
+                               f'warm up ({type(exc).__name__}: {str(exc)[:300]}); set '
+                               "decode_mode to 'eager'", self.config.model,
+                               str(loaded.device), exc) from exc
+            self.warm_up_seconds = time.perf_counter() - start
+
+    def _warm_up(self) -> None:
+        for images, prompts, tokens in decoding.warm_up_batches(self.config.max_image_side):
+            requests = [Request('plan', image, prompt)
+                        for image, prompt in zip(images, prompts, strict=True)]
+            generate(self.loaded, self.preprocess(requests), tokens,
+                     {'do_sample': False, 'min_new_tokens': tokens, **self._decode})
 
     def unload(self) -> None:
         """Free the model (and cached GPU memory)."""
@@ -73,19 +107,25 @@ class VlmEngine(EngineBase):
             self._loaded = None
 
     def preprocess(self, requests: list):
-        """Stage 1: resize images, fill prompt templates, tokenize into one batch."""
+        """Stage 1: resize images, fill prompt templates, tokenize into one batch.
+
+        Tiling processors get the size the frames need (tiling.py) unless processor_kwargs
+        set one.
+        """
         images = [resize_max_side(r.image, self.config.max_image_side) for r in requests]
         prompts = [render_task(self.templates, r.task, r.text) for r in requests]
         loaded = self.loaded
-        return loader.to_device(build_inputs(loaded.processor, images, prompts,
-                                      **self.config.processor_kwargs), loaded.device,
-                         loaded.dtype)
+        kwargs = {**fitted_size_kwargs(loaded.processor, images, self.config.processor_kwargs),
+                  **self.config.processor_kwargs}
+        return loader.to_device(build_inputs(loaded.processor, images, prompts, **kwargs),
+                                loaded.device, loaded.dtype)
 
-    def _sampling(self) -> dict:
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments of model.generate: sampling, and the decode mode's cache."""
         if not self.config.do_sample:
-            return {'do_sample': False}
+            return {'do_sample': False, **self._decode}
         return {'do_sample': True, 'temperature': self.config.temperature,
-                'top_p': self.config.top_p}
+                'top_p': self.config.top_p, **self._decode}
 
     def run(self, requests: list, on_text: Optional[Callable[[str], None]] = None,
             cancel: Optional[threading.Event] = None) -> list:
@@ -119,7 +159,7 @@ class VlmEngine(EngineBase):
         limits = [r.max_new_tokens or self.config.max_new_tokens for r in requests]
         on_texts = [r.on_text or on_text for r in requests]
         try:
-            generated = generate(loaded, inputs, max(limits), self._sampling(), on_texts,
+            generated = generate(loaded, inputs, max(limits), self.generate_kwargs(), on_texts,
                                  cancels)
             rows = [tokens[:limit] for limit, tokens in zip(limits, generated.tokens,
                                                             strict=True)]
