@@ -35,6 +35,7 @@ setup(
             'vlm_benchmark = vlm_ros.tools.benchmark:main',
             'vlm_replay = vlm_ros.tools.replay:main',
             'vlm_eval = vlm_ros.tools.evaluate:main',
+            'scripted_vla_head = vlm_ros.tools.scripted_vla_head:main',
         ],
     },
 )

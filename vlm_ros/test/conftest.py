@@ -82,6 +82,17 @@ def untrained_llava(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def closed_loop_llava(tmp_path_factory):
+    """Return a tiny LLaVA trained on the usual answers and the closed-loop prompts."""
+    from engine_fixtures import closed_loop_samples, training_samples
+    from vlm_ros.demo.tiny import build_tiny, train_tiny
+
+    out = build_tiny('llava', tmp_path_factory.mktemp('closed_loop_llava'))
+    train_tiny(out, training_samples() + closed_loop_samples())
+    return out
+
+
+@pytest.fixture(scope='session')
 def hub_home(trained_tiny, tmp_path_factory):
     """Return an offline Hugging Face cache (HF_HOME) holding hub ids of tiny checkpoints.
 

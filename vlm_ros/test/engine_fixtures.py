@@ -54,6 +54,39 @@ def training_samples() -> list:
     ]
 
 
+# Closed-loop plans (execute_plans): a 3-step plan, its re-plans, and the yes/no step checks.
+def _plan(*steps) -> str:
+    return json.dumps({'steps': [{'instruction': i, 'skill': k, 'target': t}
+                                 for i, k, t in steps]})
+
+
+PICK = ('pick up the red block', 'pick', 'red block')
+PLACE = ('place it in the bin', 'place', 'bin')
+CLOSE = ('close the lid', 'close', 'lid')
+LOOP_INSTRUCTION = 'put the red block in the bin and close the lid'
+LOOP_PLAN = _plan(PICK, PLACE, CLOSE)
+# After step 2 failed: the rest of the plan, from the step that failed.
+LOOP_REPLAN = _plan(PLACE, CLOSE)
+
+
+def closed_loop_samples() -> list:
+    """(image, prompt, target) triples for the closed loop, on top of training_samples().
+
+    The re-plan after a failed 'place it in the bin' (step 1 done) continues from it; the
+    re-plan after a silent first step plans everything again; a step check answers yes on the
+    red scene and no on the blue one.
+    """
+    templates = load_templates()
+    replan = [({'done': PICK[0], 'failed': PLACE[0]}, LOOP_REPLAN),
+              ({'done': 'none', 'failed': PICK[0]}, LOOP_PLAN)]
+    return [(scene('red'), render_task(templates, 'plan', LOOP_INSTRUCTION), LOOP_PLAN),
+            *[(scene('red'), render_task(templates, 'replan', LOOP_INSTRUCTION, context), target)
+              for context, target in replan],
+            *[(scene('red'), render_task(templates, 'verify', step[0]), 'yes')
+              for step in (PICK, PLACE, CLOSE)],
+            (scene('blue'), render_task(templates, 'verify', PICK[0]), 'no')]
+
+
 # The README's default model id: its checkpoint is an Idefics3 (Idefics3Processor), the family
 # the tiny idefics3 checkpoint is; the tests put one under this id into an offline hub cache.
 DEFAULT_MODEL = 'HuggingFaceTB/SmolVLM-256M-Instruct'

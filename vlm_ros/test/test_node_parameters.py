@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 from engine_fixtures import TARGETS, scene
+from loop_harness import LOOP_OBSERVERS
 from node_harness import TIMEOUT, call, camera, set_params, transition
 from rclpy.qos import QoSReliabilityPolicy
 from ros_harness import wait_until
@@ -211,8 +212,8 @@ def observe_batch_wait(node, test_node):
     assert plan.status == Plan.STATUS_OK and plan.total_time >= 0.8, plan
 
 
-OBSERVERS = {name[len('observe_'):]: value for name, value in globals().items()
-             if name.startswith('observe_')}
+OBSERVERS = {**{name[len('observe_'):]: value for name, value in globals().items()
+                if name.startswith('observe_')}, **LOOP_OBSERVERS}
 
 
 def test_every_run_time_parameter_is_observed():
@@ -220,8 +221,11 @@ def test_every_run_time_parameter_is_observed():
 
 
 @pytest.mark.parametrize('name', params.RUN_TIME)
-def test_run_time_parameter_takes_effect(name, start_vlm_node, test_node):
-    node = start_vlm_node()
+def test_run_time_parameter_takes_effect(name, start_vlm_node, test_node, request):
+    # The closed loop's observers need the model trained on the re-plan and verify prompts.
+    loop = {'model': str(request.getfixturevalue('closed_loop_llava')),
+            'max_new_tokens': 160} if name in LOOP_OBSERVERS else {}
+    node = start_vlm_node(**loop)
     node.wait_state('active')
     OBSERVERS[name](node, test_node)
 

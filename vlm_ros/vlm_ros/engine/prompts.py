@@ -3,13 +3,18 @@
 import pathlib
 import string
 from collections.abc import Mapping
+from typing import Optional
 
 import yaml
 
 from .errors import VlmError
 
-TASKS = ('caption', 'vqa', 'plan')
-_FIELDS = {'caption': (), 'vqa': ('question',), 'plan': ('instruction',)}
+TASKS = ('caption', 'vqa', 'plan', 'replan', 'verify')
+# Each task's placeholders; the first is the request's text, the others come with its context.
+# replan: the instruction again, the steps done so far and the step that failed (closed-loop
+# execution); verify: a yes/no check that a step is done, on the newest frame.
+_FIELDS = {'caption': (), 'vqa': ('question',), 'plan': ('instruction',),
+           'replan': ('instruction', 'done', 'failed'), 'verify': ('step',)}
 _DEFAULTS = pathlib.Path(__file__).with_name('prompts.yaml')
 MAX_TEMPLATE_CHARS = 8192
 
@@ -61,11 +66,15 @@ def check_template(task: str, template: str) -> None:
             raise VlmError('bad_input', f'prompt template for {task!r} must contain {{{name}}}')
 
 
-def render_task(templates: Mapping, task: str, text: str = '') -> str:
-    """Fill the task's template with the request text (question or instruction)."""
+def render_task(templates: Mapping, task: str, text: str = '',
+                context: Optional[Mapping] = None) -> str:
+    """Fill the task's template: its first placeholder with text, the others from context."""
     if task not in TASKS:
         raise VlmError('bad_input', f'unknown task {task!r}; tasks are {TASKS}')
     fields = _FIELDS[task]
     if fields and not text.strip():
         raise VlmError('bad_input', f'{task} needs a non-empty {fields[0]}')
-    return templates[task].format(**{name: text.strip() for name in fields})
+    values = {name: str((context or {}).get(name, '')).strip() for name in fields[1:]}
+    if fields:
+        values[fields[0]] = text.strip()
+    return templates[task].format(**values)

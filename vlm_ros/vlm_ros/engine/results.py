@@ -14,7 +14,11 @@ from .plan_parser import parse_plan
 
 @dataclass
 class Request:
-    """One task on one image: 'caption', 'vqa' (text = question) or 'plan' (text = instruction).
+    """One task on one image, with the text (and context) its prompt template needs.
+
+    Tasks: 'caption', 'vqa' (text = question), 'plan' (text = instruction), 'replan' (text =
+    instruction, context = {'done': ..., 'failed': ...}) and 'verify' (text = the step to
+    check; answered yes or no, read by verdict.parse_yes_no).
 
     ``image`` is an HxWx3 uint8 RGB array; ``max_new_tokens`` 0 means the engine's default.
     ``on_text`` receives this request's text increments as they are generated, and setting
@@ -27,6 +31,7 @@ class Request:
     max_new_tokens: int = 0
     on_text: Optional[Callable[[str], None]] = None
     cancel: Optional[threading.Event] = None
+    context: Optional[dict] = None  # the template's other placeholders (prompts.py)
 
 
 @dataclass
@@ -51,7 +56,7 @@ class Result:
 
 def parse_output(task: str, text: str) -> tuple:
     """Stage 3 of 3: (steps, valid, form) of the model's text for the task."""
-    if task == 'plan':
+    if task in ('plan', 'replan'):
         parsed = parse_plan(text)
         return parsed.steps, parsed.valid, parsed.form
     return (), bool(text.strip()), 'text'

@@ -69,6 +69,8 @@ class DiagnosticsReporter:
         }
         values.update({f'status_{status.name.lower()}': stats.by_status[status.name]
                        for status in Status})
+        if node.execution is not None:
+            values.update(node.execution.values())
         if loaded:
             values.update(engine.status())
         return values

@@ -31,6 +31,7 @@ from .frames import FrameStore
 from .image_conversion import image_to_rgb
 from .image_input import ImageInput
 from .messages import caption_msg, plan_msg
+from .plan_execution import PlanExecution
 from .requests import RequestEndpoints
 from .scheduler import Job, Limits, Outcome, Status, Worker
 
@@ -58,6 +59,7 @@ class VlmNode(LifecycleNode):
         self._outputs = []
         self.images = None
         self._instruction_sub = None
+        self.execution = None  # closed-loop plans (execute_plans), from configure to cleanup
         self._last_instruction = ''
         self._last_planned_seq = 0
         self._last_captioned_seq = 0
@@ -163,7 +165,9 @@ class VlmNode(LifecycleNode):
         self._plan_pub = self.create_publisher(Plan, 'plan', self._deep_qos())
         self._caption_pub = self.create_publisher(Caption, 'caption', 10)
         self._vla_pub = self.create_publisher(String, 'vla_instruction', self._deep_qos())
-        self._outputs = [self._plan_pub, self._caption_pub, self._vla_pub]
+        self.execution = PlanExecution(self, self._deep_qos(), self._vla_pub)
+        self._outputs = [self._plan_pub, self._caption_pub, self._vla_pub,
+                         *self.execution.publishers()]
         return TransitionCallbackReturn.SUCCESS
 
     def _deep_qos(self) -> QoSProfile:
@@ -183,6 +187,7 @@ class VlmNode(LifecycleNode):
             callback_group=self._input_group)
         self._subscribe_images(self.p)
         self._start_timers(self.p)
+        self.execution.activate(self._input_group)
         self.get_logger().info('active')
         return TransitionCallbackReturn.SUCCESS
 
@@ -213,6 +218,7 @@ class VlmNode(LifecycleNode):
             publisher.wait_for_all_acked(Duration(seconds=ACK_TIMEOUT))
             self.destroy_publisher(publisher)
         self._outputs = []
+        self.execution = None
         if self.engine is not None:
             self.engine.unload()
             self.engine = None
@@ -257,6 +263,8 @@ class VlmNode(LifecycleNode):
         if self._instruction_sub is not None:
             self.destroy_subscription(self._instruction_sub)
             self._instruction_sub = None
+        if self.execution is not None:  # PREEMPTED goes out before the worker is stopped
+            self.execution.deactivate(reason)
         if self.worker is not None:
             self.worker.stop(reason)
             self.worker = None
@@ -272,7 +280,9 @@ class VlmNode(LifecycleNode):
 
     def _on_instruction(self, msg: String) -> None:
         text = msg.data.strip()
-        job = Job('plan', text, done=self._publish_plan)
+        job = Job('plan', text, done=self._execute_plan)
+        if self.p('execute_plans'):  # the robot stops the old plan now, not once this is planned
+            self.execution.runner.preempt('preempted by a new instruction')
         if not text:
             job.request_id = self.worker.new_request_id()
             self._publish_plan(Outcome(job, Status.BAD_INPUT, 'empty instruction'))
@@ -307,16 +317,25 @@ class VlmNode(LifecycleNode):
         """Return the header of an answer that used no image: now, no frame."""
         return Header(stamp=self.get_clock().now().to_msg())
 
-    def _publish_plan(self, outcome) -> None:
+    def _execute_plan(self, outcome) -> None:
+        """Publish an instruction's Plan; with execute_plans, start executing an OK one."""
+        plan = self._publish_plan(outcome)
+        execution = self.execution
+        if plan.status == Plan.STATUS_OK and plan.steps and execution is not None and \
+                self.p('execute_plans'):
+            execution.start(plan)
+
+    def _publish_plan(self, outcome) -> Plan:
         plan = plan_msg(outcome, self.model_name(), self._fallback_header())
         self._plan_pub.publish(plan)
-        if outcome.status == Status.OK and plan.steps:
+        if outcome.status == Status.OK and plan.steps and not self.p('execute_plans'):
             self._vla_pub.publish(String(data=plan.steps[0].instruction))
         self.diagnostics.record(outcome)
         if outcome.status != Status.OK:
             self.get_logger().warning(
                 f'plan {plan.request_id}: {outcome.status.name}: {outcome.message}',
                 throttle_duration_sec=1.0)
+        return plan
 
     def _publish_caption(self, outcome) -> None:
         self.diagnostics.record(outcome)

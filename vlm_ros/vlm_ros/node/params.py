@@ -114,9 +114,25 @@ SPECS = (
               'fresh frames (0 = off)', applies='timers', low=0.0, high=3600.0),
     ParamSpec('queue_size', 8, 'requests that may wait; more are answered STATUS_DROPPED',
               applies='limits', low=1, high=1000),
+    ParamSpec('execute_plans', False, "execute each OK instruction Plan with a VLA action head: "
+              "steps one at a time on 'step' (and 'vla_instruction'), the head's 'step_feedback' "
+              "moves on or re-plans; false: only the first step goes to 'vla_instruction'",
+              applies='plans'),
+    ParamSpec('step_timeout', 30.0, 's a step may go without feedback (SUCCEEDED, FAILED or '
+              'RUNNING) before the node re-plans', applies='plans', low=0.1, high=3600.0),
+    ParamSpec('max_replans', 2, 're-plans of one instruction (after failed, silent or '
+              'unconfirmed steps) before its execution ends FAILED', applies='plans', low=0,
+              high=20),
+    ParamSpec('verify_steps', False, 'ask the VLM (prompt_verify, newest frame) whether each '
+              'step the head reports SUCCEEDED is done; anything but yes re-plans',
+              applies='plans'),
     ParamSpec('prompt_caption', '', "caption prompt template ('' = built-in)"),
     ParamSpec('prompt_vqa', '', "question template with {question} ('' = built-in)"),
     ParamSpec('prompt_plan', '', "plan template with {instruction} ('' = built-in)"),
+    ParamSpec('prompt_replan', '', 're-plan template with {instruction}, {done} (the steps done) '
+              "and {failed} (the step that failed) ('' = built-in)"),
+    ParamSpec('prompt_verify', '', "step check template with {step}, answered yes or no "
+              "('' = built-in)"),
 )
 APPLIES = {
     'reload': 'read-only while a model is loaded; change it after cleanup',
@@ -125,10 +141,12 @@ APPLIES = {
     'limits': 'applies from the next request',
     'timers': 'restarts its timer at once',
     'images': 'subscribes again at once',
+    'plans': 'applies from the next step, feedback or re-plan',
 }
 BY_NAME = {spec.name: spec for spec in SPECS}
 RUN_TIME = tuple(spec.name for spec in SPECS if spec.applies not in ('reload', 'launch'))
-PROMPT_PARAMS = {'prompt_caption': 'caption', 'prompt_vqa': 'vqa', 'prompt_plan': 'plan'}
+PROMPT_PARAMS = {'prompt_caption': 'caption', 'prompt_vqa': 'vqa', 'prompt_plan': 'plan',
+                 'prompt_replan': 'replan', 'prompt_verify': 'verify'}
 
 
 def processor_kwargs(text: str) -> dict:

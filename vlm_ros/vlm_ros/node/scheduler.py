@@ -47,6 +47,7 @@ class Job:
     received: float = field(default_factory=time.monotonic)
     request_id: str = ''
     cancel_reason: str = 'cancelled'
+    context: Optional[dict] = None  # the prompt's other placeholders (replan: done, failed)
 
 
 @dataclass
@@ -289,7 +290,7 @@ class Worker:
         limit = self._engine.config.max_new_tokens
         tokens = min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else 0
         return job, header, Request(job.task, image, job.text, tokens, on_text=job.on_text,
-                                    cancel=job.cancel)
+                                    cancel=job.cancel, context=job.context)
 
     def _answered(self, ready: list) -> list:
         """Run the requests of ready in one engine call; return their outcomes in order."""

@@ -113,7 +113,7 @@ class VlmEngine(EngineBase):
         set one.
         """
         images = [resize_max_side(r.image, self.config.max_image_side) for r in requests]
-        prompts = [render_task(self.templates, r.task, r.text) for r in requests]
+        prompts = [render_task(self.templates, r.task, r.text, r.context) for r in requests]
         loaded = self.loaded
         kwargs = {**fitted_size_kwargs(loaded.processor, images, self.config.processor_kwargs),
                   **self.config.processor_kwargs}

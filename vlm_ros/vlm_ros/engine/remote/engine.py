@@ -182,7 +182,7 @@ class RemoteEngine(EngineBase):
         jpeg = encode_jpeg(request.image, self.config.max_image_side, self.remote.jpeg_quality)
         image = {'type': 'image_url', 'image_url': {
             'url': 'data:image/jpeg;base64,' + base64.b64encode(jpeg).decode('ascii')}}
-        prompt = render_task(self.templates, request.task, request.text)
+        prompt = render_task(self.templates, request.task, request.text, request.context)
         sampling = {'temperature': self.config.temperature, 'top_p': self.config.top_p} \
             if self.config.do_sample else {'temperature': 0.0}  # 0: greedy on every server
         # include_usage: vLLM and SGLang report token counts in a stream only when asked.

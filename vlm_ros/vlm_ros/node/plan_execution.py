@@ -1,0 +1,136 @@
+"""The ROS side of closed-loop plans: `step`, `plan_progress`, `step_feedback`, and VLM asks.
+
+With execute_plans, each OK Plan of an instruction is executed by plan_runner.PlanRunner: its
+steps go out one at a time as StepCommand on `step` (and as plain text on `vla_instruction`,
+for heads that take a string), a VLA action head answers on `step_feedback`, and failures,
+silences and unconfirmed successes become re-plan (and verify) requests to the worker, on the
+freshest frame. PlanProgress on `plan_progress` tells every change.
+"""
+
+import time
+
+from rclpy.clock import Clock, ClockType
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
+
+from vlm_ros_msgs.msg import PlanProgress, PlanStep, StepCommand, StepFeedback
+
+from ..engine.verdict import parse_yes_no
+from .plan_runner import Execution, Outputs, PlanRunner, Settings
+from .scheduler import Job, Outcome, Status
+
+TICK_PERIOD = 0.05  # s between step_timeout checks
+FEEDBACK_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class PlanExecution:
+    """Publishers from configure to cleanup; the feedback input and timer while active."""
+
+    def __init__(self, node, qos: QoSProfile, vla_publisher):
+        self._node = node
+        self._vla = vla_publisher
+        self.step_pub = node.create_publisher(StepCommand, 'step', qos)
+        self.progress_pub = node.create_publisher(PlanProgress, 'plan_progress', qos)
+        self._pending = None  # the re-plan or verify Job in flight
+        self.runner = PlanRunner(Outputs(self._command, self._progress, self._replan,
+                                         self._verify, self._cancel), self._settings,
+                                 time.monotonic)
+        self._sub = None
+        self._timer = None
+
+    def activate(self, group) -> None:
+        """Take feedback and watch step timeouts."""
+        self._sub = self._node.create_subscription(
+            StepFeedback, 'step_feedback', self._on_feedback, FEEDBACK_QOS, callback_group=group)
+        self._timer = self._node.create_timer(TICK_PERIOD, self.runner.tick, callback_group=group,
+                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    def deactivate(self, reason: str) -> None:
+        """End the running plan PREEMPTED (published), then stop the input and the timer."""
+        self.runner.preempt(reason)
+        if self._sub is not None:
+            self._node.destroy_subscription(self._sub)
+            self._node.destroy_timer(self._timer)
+            self._sub = self._timer = None
+
+    def publishers(self) -> list:
+        """Return the publishers the node closes at cleanup."""
+        return [self.step_pub, self.progress_pub]
+
+    def start(self, plan) -> None:
+        """Execute an OK Plan (vlm_ros_msgs/Plan) of an instruction, unless going down."""
+        if self._sub is None:  # answered while deactivating: nobody would report on it
+            return
+        self.runner.start(plan.request_id, plan.instruction, plan.header, list(plan.steps))
+
+    def values(self) -> dict:
+        """Diagnostics: the plan executing, and what the runner counted."""
+        runner = self.runner
+        current = runner.current
+        return {'plan_executing': current.plan_id if current else '',
+                # Who takes the steps: 0 while a plan executes means no head listens.
+                'step_subscribers': self.step_pub.get_subscription_count(),
+                'plan_replans': runner.replans,
+                'plan_feedback_ignored': runner.feedback_ignored,
+                **{f'plans_{state.name.lower()}': count
+                   for state, count in runner.finished.items()}}
+
+    # Runner outputs --------------------------------------------------------------------
+
+    def _settings(self) -> Settings:
+        p = self._node.p
+        return Settings(p('step_timeout'), p('max_replans'), p('verify_steps'))
+
+    def _command(self, ex: Execution) -> None:
+        step = ex.step
+        self.step_pub.publish(StepCommand(
+            header=ex.header, plan_id=ex.plan_id, index=ex.index, count=len(ex.steps),
+            instruction=step.instruction, skill=step.skill, target=step.target,
+            attempt=ex.attempt))
+        self._vla.publish(String(data=step.instruction))
+
+    def _progress(self, ex: Execution) -> None:
+        self.progress_pub.publish(PlanProgress(
+            header=ex.header, plan_id=ex.plan_id, instruction=ex.instruction,
+            state=int(ex.state), index=ex.index,
+            steps=[PlanStep(instruction=s.instruction, skill=s.skill, target=s.target)
+                   for s in ex.steps],
+            done=list(ex.done), attempt=ex.attempt, message=ex.message))
+
+    def _submit(self, job: Job) -> None:
+        self._pending = job
+        worker = self._node.worker
+        if worker is None:
+            job.done(Outcome(job, Status.CANCELLED, 'node is not active'))
+        else:
+            worker.submit(job)
+
+    def _replan(self, ex: Execution, ticket: int, failed: str) -> None:
+        context = {'done': '; '.join(ex.done) or 'none', 'failed': failed}
+
+        def answered(outcome):
+            self._node.diagnostics.record(outcome)
+            ok = outcome.status == Status.OK
+            problem = '' if ok else f'{outcome.status.name}: {outcome.message}'
+            steps = outcome.result.steps if ok else []
+            self.runner.replanned(ticket, outcome.header or ex.header, steps, problem)
+        self._submit(Job('replan', ex.instruction, done=answered, context=context))
+
+    def _verify(self, ex: Execution, ticket: int) -> None:
+        def answered(outcome):
+            self._node.diagnostics.record(outcome)
+            text = outcome.result.text if outcome.result is not None else ''
+            verdict = parse_yes_no(text) if outcome.status == Status.OK else None
+            self.runner.verified(ticket, verdict, text or f'{outcome.status.name}: '
+                                 f'{outcome.message}')
+        self._submit(Job('verify', ex.step.instruction, done=answered))
+
+    def _cancel(self) -> None:
+        job, self._pending = self._pending, None
+        worker = self._node.worker
+        if job is not None and worker is not None:
+            worker.cancel(job, 'its plan was preempted')
+
+    def _on_feedback(self, msg: StepFeedback) -> None:
+        self.runner.feedback(msg.plan_id, msg.index, msg.attempt, msg.status, msg.message)
+
