@@ -11,10 +11,13 @@ import subprocess
 import sys
 
 import pytest
-from engine_fixtures import CLOSE, PICK, PLACE
+from action_msgs.msg import GoalStatus
+from engine_fixtures import CLOSE, LOOP_INSTRUCTION, PICK, PLACE
 from loop_harness import DONE, FAILED, PREEMPTED, Loop, start_head, stop_head
-from ros_harness import stop_process
+from rclpy.action import ActionClient
+from ros_harness import stop_process, wait_future
 
+from vlm_ros_msgs.action import ExecutePlan
 from vlm_ros_msgs.msg import Plan
 
 STEPS = [PICK[0], PLACE[0], CLOSE[0]]
@@ -24,7 +27,8 @@ STEPS = [PICK[0], PLACE[0], CLOSE[0]]
 def loop(start_vlm_node, closed_loop_llava, test_node):
     """Return a starter: node parameters -> a Loop on an executing node, camera on red."""
     def start(**values):
-        node = start_vlm_node(model=str(closed_loop_llava), execute_plans=True, **values)
+        node = start_vlm_node(**{'model': str(closed_loop_llava), 'execute_plans': True,
+                                 **values})
         node.wait_state('active')
         running = Loop(node, test_node)
         running.camera('red')
@@ -157,3 +161,59 @@ def test_the_readme_vla_head_drives_a_plan_to_done(loop, tmp_path):
     finally:
         code, _, err = stop_process(readme_head)
     assert code == 0, err[-2000:]
+
+
+def _execute_goal(test_node, instruction=LOOP_INSTRUCTION):
+    """Send an ~/execute_plan goal; return (client, accepted handle, feedback list)."""
+    client = ActionClient(test_node.node, ExecutePlan, '/vlm_node/execute_plan')
+    assert client.wait_for_server(timeout_sec=30.0), 'execute_plan never appeared'
+    feedback = []
+    handle = wait_future(client.send_goal_async(
+        ExecutePlan.Goal(instruction=instruction),
+        feedback_callback=lambda msg: feedback.append(msg.feedback.progress)), 30.0,
+        'goal acceptance')
+    assert handle.accepted
+    return client, handle, feedback
+
+
+def test_the_execute_plan_action_streams_progress_and_succeeds_when_done(loop, head,
+                                                                        test_node):
+    running = loop(execute_plans=False)  # the action executes whatever the parameter says
+    head(running)
+    client, handle, feedback = _execute_goal(test_node)
+    result = wait_future(handle.get_result_async(), 60.0, 'the result')
+    assert result.status == GoalStatus.STATUS_SUCCEEDED
+    assert result.result.progress.state == DONE and list(result.result.progress.done) == STEPS
+    assert [(p.state, p.index) for p in feedback] == [(0, 0), (0, 1), (0, 2), (DONE, 2)]
+    assert running.commands_of(result.result.progress.plan_id) == [
+        (0, i, s) for i, s in enumerate(STEPS)]
+    client.destroy()
+
+
+def test_cancelling_an_execute_plan_goal_preempts_its_plan(loop, head, test_node):
+    running = loop()
+    head(running, 'silent')
+    client, handle, feedback = _execute_goal(test_node)
+    step = running.steps.wait_for(lambda s: s.index == 0, 30.0, 'step 0')
+    wait_future(handle.cancel_goal_async(), 30.0, 'the cancel response')
+    result = wait_future(handle.get_result_async(), 30.0, 'the result')
+    assert result.status == GoalStatus.STATUS_CANCELED
+    progress = result.result.progress
+    assert progress.state == PREEMPTED and progress.plan_id == step.plan_id
+    assert 'cancelled by the action client' in progress.message
+    client.destroy()
+
+
+def test_sigterm_answers_an_executing_goal_preempted_before_the_exit(loop, head, test_node):
+    running = loop()
+    head(running, 'silent')
+    client, handle, _ = _execute_goal(test_node)
+    running.steps.wait_for(lambda s: s.index == 0, 30.0, 'step 0')
+    results = handle.get_result_async()
+    code, err = running.node.stop(signal.SIGTERM)
+    assert code == 0, err[-3000:]
+    result = wait_future(results, 5.0, 'the result, sent before the exit')
+    assert result.status == GoalStatus.STATUS_ABORTED
+    assert result.result.progress.state == PREEMPTED
+    assert 'shutting down' in result.result.progress.message
+    client.destroy()

@@ -71,5 +71,14 @@ def test_demo_command_runs_offline_with_model_tiny(tmp_path):
     assert len(plans) == 4
     summary = json.loads((out / 'report' / 'summary.json').read_text())
     assert summary['plan_validity_rate'] == 1.0
+    # The scripted head fails the second step once: the first instruction is re-planned, and
+    # its execution resumes from the failed step to DONE.
+    first = summary['plan_executions'][0]
+    assert first['instruction'] == REFERENCES[0]['text'], first
+    assert first['outcome'] == 'DONE' and len(first['replans']) == 1, first
+    assert [(s['attempt'], s['instruction']) for s in first['steps']] == [
+        (0, 'pick up the red block'), (0, 'place it in the bin'), (1, 'place it in the bin')]
+    assert summary['replans'] == 1 and summary['executions'].get('DONE', 0) >= 1, summary
+    assert 'Plan executions' in (out / 'report' / 'report.html').read_text()
     assert (out / 'report' / 'report.html').is_file()
     assert (out / 'report' / 'report.png').is_file() == pathlib.Path(CHROMIUM).is_file()

@@ -144,6 +144,8 @@ def test_hostile_feedback_is_ignored():
     loop.report(2**32 - 1, Feedback.SUCCEEDED)
     loop.report(0, Feedback.SUCCEEDED, plan_id='x' * 100000)
     assert loop.runner.feedback_ignored == 3 and loop.commands == [(0, 0, STEPS[0].instruction)]
+    loop.report(0, Feedback.FAILED, message='y' * 1_000_000)
+    assert len(loop.progress[-1][2]) < 1000  # the reason is bounded
 
 
 @pytest.mark.parametrize('text, verdict', [

@@ -153,15 +153,23 @@ class Replay(Node):
                                                         nanosec=now_ns % 10**9)))
 
     def _linger(self) -> None:
-        """With --record, wait until every replayed instruction has been answered by a Plan."""
+        """With --record, wait until every replayed instruction has been answered by a Plan.
+
+        Plans the node executes (execute_plans) are waited for too, until they end.
+        """
         if self._recorder is None or self._stop.is_set():
             return
         wanted = sum(n for topic, n in self.sent.items() if topics.is_instruction_name(topic))
         if PLAN_TYPE not in self._recorder.types.values() or not wanted:
             return
+        deadline = time.monotonic() + self.args.linger
         if self._recorder.wait_for(PLAN_TYPE, wanted, self.args.linger, self._stop):
             # vlm_node publishes vla_instruction right after the Plan it comes from.
             self._stop.wait(GRACE_S)
+            if not self._recorder.wait_settled(deadline - time.monotonic(), self._stop):
+                self.get_logger().warning(
+                    f'plans still executing after {self.args.linger} s (--linger): '
+                    f'{", ".join(sorted(self._recorder.executing))}')
         else:
             got = self._recorder.count(PLAN_TYPE)
             self.get_logger().warning(f'{got} Plans for {wanted} instructions after waiting '

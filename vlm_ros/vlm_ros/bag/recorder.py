@@ -17,13 +17,22 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 
-from vlm_ros_msgs.msg import Caption, Plan
+from vlm_ros_msgs.msg import Caption, Plan, PlanProgress
 
-from ..node.messages import format_caption, format_plan
-from .storage import CAPTION_TYPE, PLAN_TYPE, STRING_TYPE, BagError, add_topic, bag_writer
+from ..node.messages import format_caption, format_plan, format_progress
+from .storage import (
+    CAPTION_TYPE,
+    PLAN_TYPE,
+    PROGRESS_TYPE,
+    STRING_TYPE,
+    BagError,
+    add_topic,
+    bag_writer,
+)
 
 # vlm_node's outputs: their types are known before the node is up.
-KNOWN_TYPES = {'plan': PLAN_TYPE, 'caption': CAPTION_TYPE, 'vla_instruction': STRING_TYPE}
+KNOWN_TYPES = {'plan': PLAN_TYPE, 'caption': CAPTION_TYPE, 'vla_instruction': STRING_TYPE,
+               'plan_progress': PROGRESS_TYPE}
 RECORD_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -55,6 +64,8 @@ def _format(msg) -> str:
         return format_plan(msg)
     if isinstance(msg, Caption):
         return format_caption(msg)
+    if isinstance(msg, PlanProgress):
+        return format_progress(msg)
     return str(getattr(msg, 'data', msg))  # std_msgs/String (vla_instruction): just the text
 
 
@@ -69,6 +80,7 @@ class Recorder:
         self._stack = ExitStack()
         self._writer = self._stack.enter_context(bag_writer(out, storage))
         self._subscriptions = []
+        self.executing = set()  # plan_ids whose recorded PlanProgress has not ended yet
         self.types = {}
         for topic in topics:
             msgtype = topic_type(node, topic)
@@ -86,6 +98,12 @@ class Recorder:
                 return
             self._writer.write(connection, time.time_ns(), data)
             self.counts[connection.topic] += 1
+            if cls is PlanProgress:
+                progress = deserialize_message(data, cls)
+                if progress.state == PlanProgress.STATE_EXECUTING:
+                    self.executing.add(progress.plan_id)
+                else:
+                    self.executing.discard(progress.plan_id)
             self._cond.notify_all()
         if self._echo:
             print(f'[{connection.topic}] {_format(deserialize_message(data, cls))}', flush=True)
@@ -109,6 +127,17 @@ class Recorder:
                 if left <= 0 or stop.is_set():
                     return False
                 self._cond.wait(min(left, 0.1))  # 0.1: notice stop without its own wake-up
+        return True
+
+    def wait_settled(self, timeout: float, stop: threading.Event) -> bool:
+        """Wait until no recorded plan execution is still running; False on timeout or stop."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.executing:
+                left = deadline - time.monotonic()
+                if left <= 0 or stop.is_set():
+                    return False
+                self._cond.wait(min(left, 0.1))
         return True
 
     def close(self) -> None:

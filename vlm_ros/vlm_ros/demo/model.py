@@ -4,13 +4,16 @@
 answers gibberish, so this one is trained with the VLM objective (cross-entropy on the target
 tokens) on references.yaml: each reference's frame is read from the bag by its stamp, the prompt
 is rendered from the same templates the node uses, and the target is the reference answer. The
-node then reproduces the reference plans when the recording is replayed into it.
+node then reproduces the reference plans when the recording is replayed into it. For the closed
+loop (execute_plans with scripted_vla_head), each plan of two or more steps also teaches its
+re-plan after the second step failed: the plan's rest, from the step that failed.
 
     python -m vlm_ros.demo.model OUT_DIR --bag samples/tabletop/bag \
         --references samples/tabletop/references.yaml
 """
 
 import argparse
+import json
 import pathlib
 import sys
 
@@ -31,8 +34,27 @@ def training_samples(bag, references_path) -> list:
         inputs = read_inputs(reader)
         frames = reference_frames(entries, frames_by_stamp(inputs), inputs.image_topic)
         images = decode_frames(reader, inputs, [frame.index for frame in frames])
-    return [(images[frame.index], render_task(templates, entry['task'], entry['text']),
-             entry['target']) for entry, frame in zip(entries, frames, strict=True)]
+    samples = []
+    for entry, frame in zip(entries, frames, strict=True):
+        image = images[frame.index]
+        samples.append((image, render_task(templates, entry['task'], entry['text']),
+                        entry['target']))
+        steps = _steps(entry)
+        if len(steps) >= 2:
+            context = {'done': steps[0]['instruction'], 'failed': steps[1]['instruction']}
+            samples.append((image, render_task(templates, 'replan', entry['text'], context),
+                            json.dumps({'steps': steps[1:]})))
+    return samples
+
+
+def _steps(entry: dict) -> list:
+    """Return the steps of a plan reference's JSON target ([] for other tasks)."""
+    if entry['task'] != 'plan':
+        return []
+    try:
+        return list(json.loads(entry['target']).get('steps', []))
+    except (ValueError, AttributeError):
+        return []
 
 
 def build(out_dir, bag, references) -> dict:

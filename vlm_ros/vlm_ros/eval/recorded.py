@@ -14,6 +14,7 @@ from collections import defaultdict, deque
 from ..bag.storage import CAPTION_TYPE, PLAN_TYPE, BagError, open_bag, stamp_ns
 from ..bag.topics import describe_topics
 from ..engine import parse_plan
+from .executions import execution_summary, read_executions
 from .inputs import BagInputs, frames_by_stamp
 from .records import (
     ANSWERED,
@@ -88,10 +89,12 @@ def recorded_records(inputs: BagInputs, path) -> tuple:
             models.add(msg.model)
             if records[-1]['status'] in ANSWERED:
                 spans.append((log_ns - int(msg.total_time * 1e9), log_ns))
+        executions = read_executions(reader)
     seconds = (max(end for _, end in spans) - min(start for start, _ in spans)) / 1e9 \
         if spans else 0.0
     run = {'mode': 'recorded', 'recorded_bag': str(path), 'model': ', '.join(sorted(models)),
            'device': 'live vlm_node', 'answer_topics': sorted(topics),
-           'images_per_s': len(spans) / seconds if seconds > 0 else None}
+           'images_per_s': len(spans) / seconds if seconds > 0 else None,
+           **execution_summary(executions), 'plan_executions': executions}
     records.sort(key=lambda r: (r['bag_time_ns'] is None, r['bag_time_ns'] or 0))
     return records, run

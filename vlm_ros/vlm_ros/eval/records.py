@@ -118,7 +118,9 @@ _ROWS = (('mode', 'mode'), ('model', 'model'), ('device', 'device'), ('bag', 'ba
          ('plans by form', 'plans_by_form'),
          ('caption non-empty rate', 'caption_nonempty_rate'),
          ('latency p50 (s)', 'latency_p50_s'), ('latency p95 (s)', 'latency_p95_s'),
-         ('images/s (whole run)', 'images_per_s'), ('references scored', 'references'),
+         ('images/s (whole run)', 'images_per_s'),
+         ('plan executions (re-plans)', 'executions', 'replans'),
+         ('references scored', 'references'),
          ('mean CE (nats/token)', 'mean_ce'), ('perplexity', 'mean_perplexity'))
 
 

@@ -159,6 +159,23 @@ def _scores(records: list) -> str:
             f'<th>tokens</th></tr>{body}</table>')
 
 
+def _executions(executions: list) -> str:
+    """Render the plan executions: steps in the order they went out, re-plans, outcome."""
+    if not executions:
+        return ''
+    rows = []
+    for ex in executions:
+        steps = '<br>'.join(f'{s["attempt"]}.{s["index"] + 1} {_esc(s["instruction"])}'
+                            for s in ex['steps']) or '-'
+        replans = '<br>'.join(_esc(reason) for reason in ex['replans']) or '-'
+        rows.append(f'<tr><td>{_esc(ex["instruction"])}<br><span class="meta">'
+                    f'{_esc(ex["plan_id"])}</span></td><td>{steps}</td><td>{replans}</td>'
+                    f'<td><b>{_esc(ex["outcome"])}</b>: {_esc(ex["message"])}</td></tr>')
+    return ('<h2>Plan executions</h2><table><tr><th>instruction</th>'
+            '<th>steps commanded (attempt.step)</th><th>re-plans</th><th>outcome</th></tr>'
+            f'{"".join(rows)}</table>')
+
+
 def render(summary: dict, records: list, thumbnails: dict, plot_png: bytes) -> str:
     """Return the report page: summary table, latency plot, frames with answers, scores.
 
@@ -174,5 +191,6 @@ def render(summary: dict, records: list, thumbnails: dict, plot_png: bytes) -> s
         f'<table class="summary">{table}</table></div><div><h2>Latency</h2>'
         f'<img class="plot" alt="latency per request over time in the recording" '
         f'src="{_data_url("image/png", plot_png)}"></div></div>'
+        f'{_executions(summary.get("plan_executions", []))}'
         f'<h2>Frames, captions and plans</h2>{frames or "<p>no requests</p>"}'
         f'{_scores(records)}</body></html>\n')

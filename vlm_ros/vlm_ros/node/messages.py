@@ -7,7 +7,7 @@ vlm_replay --echo print with the same formatting.
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
-from vlm_ros_msgs.msg import Caption, Plan, PlanStep
+from vlm_ros_msgs.msg import Caption, Plan, PlanProgress, PlanStep
 
 from .scheduler import Outcome, Status
 
@@ -84,3 +84,10 @@ def format_caption(msg: Caption) -> str:
     """Render a Caption for a terminal: source image stamp and frame, then the text."""
     stamp = f'{msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}'
     return f'[{stamp} {msg.header.frame_id}] {msg.text}'
+
+
+def format_progress(msg: PlanProgress) -> str:
+    """Render a PlanProgress in one line: state, plan, attempt, and what changed."""
+    state = {v: k for k, v in vars(PlanProgress).items() if k.startswith('STATE_')}.get(
+        msg.state, str(msg.state))
+    return f'{state[len("STATE_"):]} {msg.plan_id} (attempt {msg.attempt}): {msg.message}'

@@ -27,6 +27,7 @@ from ..engine import EngineConfig, RemoteConfig, VlmError, make_engine
 from ..spin import spin_main
 from . import params
 from .diagnostics import DiagnosticsReporter
+from .execute_action import ExecutePlanServer
 from .frames import FrameStore
 from .image_conversion import image_to_rgb
 from .image_input import ImageInput
@@ -70,6 +71,7 @@ class VlmNode(LifecycleNode):
             self, lambda: self.worker,
             lambda: self.p('wait_for_image') + ANSWER_MARGIN, self._fallback_header,
             self.diagnostics.record)
+        self.execute_server = ExecutePlanServer(self, self._fallback_header)
 
     def p(self, name: str):
         """Return the current value of one of our parameters."""
@@ -238,7 +240,8 @@ class VlmNode(LifecycleNode):
         if self._state_machine.current_state[1] in ('unconfigured', 'inactive', 'active'):
             self.trigger_shutdown()
         deadline = time.monotonic() + DRAIN_TIMEOUT
-        while self.requests.busy() and time.monotonic() < deadline:
+        while (self.requests.busy() or self.execute_server.busy()) and \
+                time.monotonic() < deadline:
             time.sleep(0.01)
         # An action result goes out in an executor task scheduled after its execute callback:
         # two round trips through the executor let those tasks run before it stops.
@@ -250,6 +253,7 @@ class VlmNode(LifecycleNode):
     def destroy_node(self) -> None:
         """Destroy the request endpoints with the node."""
         self.requests.destroy()
+        self.execute_server.destroy()
         super().destroy_node()
 
     def _stop_io(self, reason: str) -> None:

@@ -37,6 +37,7 @@ class PlanExecution:
                                  time.monotonic)
         self._sub = None
         self._timer = None
+        self._watchers = {}  # plan_id -> callback(PlanProgress): ~/execute_plan goals
 
     def activate(self, group) -> None:
         """Take feedback and watch step timeouts."""
@@ -57,9 +58,26 @@ class PlanExecution:
         """Return the publishers the node closes at cleanup."""
         return [self.step_pub, self.progress_pub]
 
+    def watch(self, plan_id: str, callback) -> None:
+        """Call callback(PlanProgress) on every change of plan_id's execution, to its end."""
+        self._watchers[plan_id] = callback
+
+    def preempt(self, plan_id: str, reason: str) -> None:
+        """End plan_id's execution PREEMPTED, if it is the one executing."""
+        runner = self.runner
+        with runner.lock:
+            if runner.current is not None and runner.current.plan_id == plan_id:
+                runner.preempt(reason)
+
     def start(self, plan) -> None:
         """Execute an OK Plan (vlm_ros_msgs/Plan) of an instruction, unless going down."""
         if self._sub is None:  # answered while deactivating: nobody would report on it
+            watcher = self._watchers.pop(plan.request_id, None)
+            if watcher is not None:
+                watcher(PlanProgress(header=plan.header, plan_id=plan.request_id,
+                                     instruction=plan.instruction,
+                                     state=PlanProgress.STATE_PREEMPTED,
+                                     message='the node stopped before it could execute'))
             return
         self.runner.start(plan.request_id, plan.instruction, plan.header, list(plan.steps))
 
@@ -90,12 +108,18 @@ class PlanExecution:
         self._vla.publish(String(data=step.instruction))
 
     def _progress(self, ex: Execution) -> None:
-        self.progress_pub.publish(PlanProgress(
+        progress = PlanProgress(
             header=ex.header, plan_id=ex.plan_id, instruction=ex.instruction,
             state=int(ex.state), index=ex.index,
             steps=[PlanStep(instruction=s.instruction, skill=s.skill, target=s.target)
                    for s in ex.steps],
-            done=list(ex.done), attempt=ex.attempt, message=ex.message))
+            done=list(ex.done), attempt=ex.attempt, message=ex.message)
+        self.progress_pub.publish(progress)
+        watcher = self._watchers.get(ex.plan_id)
+        if watcher is not None:
+            if progress.state != PlanProgress.STATE_EXECUTING:
+                del self._watchers[ex.plan_id]
+            watcher(progress)
 
     def _submit(self, job: Job) -> None:
         self._pending = job

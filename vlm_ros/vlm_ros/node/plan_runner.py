@@ -35,6 +35,7 @@ class Feedback(enum.IntEnum):
     FAILED = 2
 
 
+MAX_REASON_CHARS = 500  # of a head's failure message: anyone on the DDS domain can send one
 _FEEDBACK = frozenset(int(status) for status in Feedback)
 
 
@@ -88,7 +89,7 @@ class PlanRunner:
         self._out = outputs
         self._settings = settings
         self._now = now
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()  # callers may hold it to act on .current atomically
         self._tickets = itertools.count(1)
         self.current: Optional[Execution] = None
         self.feedback_ignored = 0
@@ -97,14 +98,14 @@ class PlanRunner:
 
     def start(self, plan_id: str, instruction: str, header, steps: list) -> None:
         """Execute a new plan from its first step, preempting the one running."""
-        with self._lock:
+        with self.lock:
             self.preempt('preempted by a new instruction')
             self.current = Execution(plan_id, instruction, header, list(steps))
             self._command()
 
     def preempt(self, reason: str) -> None:
         """End the running execution PREEMPTED (a new instruction, deactivate, shutdown)."""
-        with self._lock:
+        with self.lock:
             if self.current is not None:
                 self._end(State.PREEMPTED, reason)  # first: the cancelled answer is then stale
                 self._out.cancel()
@@ -112,7 +113,7 @@ class PlanRunner:
     def feedback(self, plan_id: str, index: int, attempt: int, status: int,
                  message: str) -> None:
         """Take a head's report on the current step; anything else is counted and ignored."""
-        with self._lock:
+        with self.lock:
             ex = self.current
             if ex is None or (plan_id, index, attempt) != (ex.plan_id, ex.index, ex.attempt) or \
                     ex.deadline is None or status not in _FEEDBACK:
@@ -122,7 +123,7 @@ class PlanRunner:
                 ex.deadline = self._now() + self._settings().step_timeout
             elif status == Feedback.FAILED:
                 self._replan(f'step {ex.index + 1} ({ex.step.instruction!r}) failed'
-                             + (f': {message}' if message else ''))
+                             + (f': {message[:MAX_REASON_CHARS]}' if message else ''))
             elif self._settings().verify_steps:
                 ex.deadline, ex.ticket = None, next(self._tickets)
                 self._out.verify(ex, ex.ticket)
@@ -131,7 +132,7 @@ class PlanRunner:
 
     def verified(self, ticket: int, verdict: Optional[bool], answer: str) -> None:
         """Take the VLM's yes/no on a reported success: yes moves on, anything else re-plans."""
-        with self._lock:
+        with self.lock:
             ex = self._awaiting(ticket)
             if ex is None:
                 return
@@ -145,7 +146,7 @@ class PlanRunner:
 
     def replanned(self, ticket: int, header, steps: list, problem: str) -> None:
         """Take a re-plan's answer: its steps replace the plan's rest, or why it has none."""
-        with self._lock:
+        with self.lock:
             ex = self._awaiting(ticket)
             if ex is None:
                 return
@@ -157,7 +158,7 @@ class PlanRunner:
 
     def tick(self) -> None:
         """Re-plan when the head has said nothing about the current step within step_timeout."""
-        with self._lock:
+        with self.lock:
             ex = self.current
             if ex is not None and ex.deadline is not None and self._now() > ex.deadline:
                 timeout = self._settings().step_timeout

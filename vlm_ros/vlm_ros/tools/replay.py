@@ -1,7 +1,7 @@
 """vlm_replay: play a recording (rosbag2 or ROS 1) into the live ROS graph, record the answers.
 
 vlm_replay BAG [--topics T ...] [--remap FROM:=TO ...] [--rate R] [--start S] [--loop]
-               [--record OUT [--record-topics plan caption vla_instruction]] [--echo]
+               [--record OUT [--record-topics plan caption vla_instruction plan_progress]] [--echo]
                [--instructions FILE | --instruction TEXT [--every N | --at S]]
 
 ``ros2 bag play`` cannot be installed from wheels, and teams judge a perception-planning node
@@ -48,8 +48,9 @@ def parse_args(argv):
                         'started with use_sim_time:=true')
     parser.add_argument('--record', metavar='OUT', help='record answers into a new bag OUT')
     parser.add_argument('--record-topics', nargs='+',
-                        default=['plan', 'caption', 'vla_instruction'],
-                        help='topics to record (default: plan caption vla_instruction)')
+                        default=['plan', 'caption', 'vla_instruction', 'plan_progress'],
+                        help='topics to record (default: plan caption vla_instruction '
+                        'plan_progress)')
     parser.add_argument('--storage', choices=sorted(STORAGES), default='mcap',
                         help='storage of the recorded bag (default mcap)')
     parser.add_argument('--linger', type=not_negative, default=30.0, metavar='SECONDS',

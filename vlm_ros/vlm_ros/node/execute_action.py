@@ -1,0 +1,124 @@
+"""The ~/execute_plan action: an instruction planned, then executed step by step by the head.
+
+For callers that prefer an action to topics (a behaviour tree, a mission executive): the goal
+is planned by the worker like an instruction, then executed by the node's PlanRunner; every
+PlanProgress of its execution is the goal's feedback, and the last one its result. It uses the
+accepted/execute pattern, like ~/generate_plan: no executor thread waits for the robot.
+"""
+
+import threading
+
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+
+from vlm_ros_msgs.action import ExecutePlan
+from vlm_ros_msgs.msg import PlanProgress
+
+from .messages import plan_msg
+from .requests import REQUESTS_QOS
+from .scheduler import Job, Status
+
+
+class _Goal:
+    """One goal: its planning job, then the plan_id it executes, then its result."""
+
+    def __init__(self, handle, job: Job):
+        self.handle, self.job = handle, job
+        self.plan_id = ''
+        self.result = None  # the final PlanProgress
+
+
+class ExecutePlanServer:
+    """The node's ~/execute_plan action server (exists in every lifecycle state)."""
+
+    def __init__(self, node, header):
+        self._node = node
+        self._header = header  # the fallback header of a plan made without an image
+        self._lock = threading.Lock()
+        self._goals = {}  # goal id -> _Goal
+        self._server = ActionServer(
+            node, ExecutePlan, '~/execute_plan', execute_callback=self._execute,
+            goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
+            cancel_callback=self._on_cancel, goal_service_qos_profile=REQUESTS_QOS,
+            result_service_qos_profile=REQUESTS_QOS, cancel_service_qos_profile=REQUESTS_QOS,
+            callback_group=ReentrantCallbackGroup())
+
+    def busy(self) -> bool:
+        """Tell whether a goal still waits for its result to be sent."""
+        with self._lock:
+            return bool(self._goals)
+
+    def destroy(self) -> None:
+        """Destroy the action server (with the node)."""
+        self._server.destroy()
+
+    def _on_goal(self, goal) -> GoalResponse:
+        node = self._node
+        active = node.worker is not None and node.execution is not None
+        return GoalResponse.ACCEPT if active else GoalResponse.REJECT
+
+    def _on_accepted(self, handle) -> None:
+        key = bytes(handle.goal_id.uuid)
+        goal = _Goal(handle, Job('plan', handle.request.instruction.strip(), done=None))
+        goal.job.done = lambda outcome: self._planned(goal, outcome)
+        with self._lock:
+            self._goals[key] = goal
+        worker = self._node.worker
+        if worker is None:
+            self._finish(goal, PlanProgress.STATE_PREEMPTED, 'node is not active')
+        else:
+            worker.submit(goal.job)
+
+    def _planned(self, goal: _Goal, outcome) -> None:
+        """Start executing an OK plan; any other answer ends the goal with its reason."""
+        node = self._node
+        node.diagnostics.record(outcome)
+        plan = plan_msg(outcome, node.model_name(), self._header())
+        execution = node.execution
+        if outcome.status != Status.OK or not plan.steps or execution is None:
+            state = PlanProgress.STATE_PREEMPTED if outcome.status == Status.CANCELLED \
+                else PlanProgress.STATE_FAILED
+            self._finish(goal, state, f'no plan to execute: {Status(outcome.status).name}'
+                         + (f': {outcome.message}' if outcome.message else ''))
+            return
+        goal.plan_id = plan.request_id
+        execution.watch(plan.request_id, lambda progress: self._progress(goal, progress))
+        execution.start(plan)
+
+    def _progress(self, goal: _Goal, progress: PlanProgress) -> None:
+        goal.handle.publish_feedback(ExecutePlan.Feedback(progress=progress))
+        if progress.state != PlanProgress.STATE_EXECUTING:
+            goal.result = progress
+            goal.handle.execute()
+
+    def _finish(self, goal: _Goal, state: int, message: str) -> None:
+        goal.result = PlanProgress(state=state, instruction=goal.job.text, message=message,
+                                   plan_id=goal.job.request_id)
+        goal.handle.execute()
+
+    def _on_cancel(self, handle) -> CancelResponse:
+        with self._lock:
+            goal = self._goals.get(bytes(handle.goal_id.uuid))
+        node = self._node
+        if goal is None:
+            return CancelResponse.REJECT
+        if goal.plan_id and node.execution is not None:
+            node.execution.preempt(goal.plan_id, 'cancelled by the action client')
+        elif node.worker is not None:
+            node.worker.cancel(goal.job, 'cancelled by the action client')
+        else:
+            goal.job.cancel.set()
+        return CancelResponse.ACCEPT
+
+    def _execute(self, handle):
+        """Return the final PlanProgress; runs once the goal's execution has ended."""
+        with self._lock:
+            goal = self._goals.pop(bytes(handle.goal_id.uuid))
+        result = goal.result
+        if result.state == PlanProgress.STATE_DONE:
+            handle.succeed()
+        elif result.state == PlanProgress.STATE_PREEMPTED and handle.is_cancel_requested:
+            handle.canceled()
+        else:
+            handle.abort()
+        return ExecutePlan.Result(progress=result)
