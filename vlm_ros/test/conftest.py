@@ -4,13 +4,22 @@ import os
 import random
 
 import pytest
+from vlm_ros.compat import loopback_discovery
 
 # Each test run gets its own DDS domain, and discovery stays on this machine: concurrent runs
 # (a developer's and CI's) never see each other's topics, and nothing goes onto the network.
 os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(1, 101)))
-os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')  # Iron and newer
-os.environ.setdefault('ROS_LOCALHOST_ONLY', '1')  # Humble
+for _name, _value in loopback_discovery().items():  # the distro's own variable, not both
+    os.environ.setdefault(_name, _value)
 os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+
+
+def pytest_report_header(config):
+    """Say which ROS 2 distro this leg of scripts/test runs on."""
+    import rclpy
+    from vlm_ros.compat import distro
+
+    return f'ROS 2 {distro()} (rclpy from {os.path.dirname(rclpy.__file__)})'
 
 
 def pytest_terminal_summary(terminalreporter):

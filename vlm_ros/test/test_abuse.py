@@ -137,6 +137,26 @@ def test_an_executor_that_dies_or_stops_unasked_exits_non_zero(callback, error):
     assert result.returncode == 1 and error in result.stderr, result.stderr
 
 
+def test_a_signal_after_a_tool_finished_still_exits_0():
+    """A tool that ended by itself may get its stop signal while it exits: still exit 0."""
+    code = ('import os, signal, threading, time\n'
+            'from rclpy.node import Node\n'
+            'from vlm_ros.spin import spin_main\n'
+            'def make():\n'
+            '    node = Node("finished")\n'
+            '    node.done, node.code = threading.Event(), 0\n'
+            '    node.done.set()\n'
+            '    return node\n'
+            'result = spin_main(make)\n'
+            'os.kill(os.getpid(), signal.SIGINT)\n'
+            'os.kill(os.getpid(), signal.SIGTERM)\n'
+            'time.sleep(0.2)\n'
+            'raise SystemExit(result)\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
 def test_lifecycle_storm_with_traffic_keeps_the_node_alive(start_vlm_node, test_node,
                                                            record_property):
     """Full cycles as fast as a client can send them, while frames and instructions flow.

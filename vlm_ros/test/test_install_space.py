@@ -16,7 +16,8 @@ def _under(path: str, folder: pathlib.Path) -> bool:
 
 
 def test_packages_come_from_install_space():
-    install = REPO / 'install'
+    distro = os.environ.get('ROS_WHEELS', 'kilted')  # scripts/wheels-distro's layout
+    install = REPO / ('install' if distro == 'kilted' else f'install-{distro}')
     assert _under(vlm_ros.__file__, install), vlm_ros.__file__
     assert _under(vlm_ros_msgs.__file__, install), vlm_ros_msgs.__file__
 

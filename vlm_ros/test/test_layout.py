@@ -1,9 +1,10 @@
 """The package's layout is its architecture: one folder per concern, imports run one way.
 
-Layers, lowest first: engine (ROS-free) < spin < node < bag < eval < demo < tools. A module
-may import its own layer and lower ones, never a higher one; engine/ imports no rclpy, and its
-top level and remote/ import no torch or transformers (checked both from the source text and by
-importing them where torch cannot be imported).
+Layers, lowest first: engine (ROS-free) < compat (what differs between ROS 2 distros) < spin
+< node < bag < eval < demo < tools. A module may import its own layer and lower ones, never a
+higher one; engine/ imports no rclpy, and its top level and remote/ import no torch or
+transformers (checked both from the source text and by importing them where torch cannot be
+imported).
 """
 
 import ast
@@ -14,7 +15,7 @@ import sys
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'vlm_ros'
-LAYERS = ('engine', 'spin', 'node', 'bag', 'eval', 'demo', 'tools')
+LAYERS = ('engine', 'compat', 'spin', 'node', 'bag', 'eval', 'demo', 'tools')
 ROS = ('rclpy', 'rcl_interfaces', 'lifecycle_msgs', 'sensor_msgs', 'std_msgs', 'vlm_ros_msgs',
        'diagnostic_msgs', 'builtin_interfaces', 'rosgraph_msgs', 'ament_index_python')
 MODEL_RUNTIME = ('torch', 'transformers', 'tokenizers', 'accelerate', 'safetensors')

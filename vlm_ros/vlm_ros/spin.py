@@ -106,7 +106,11 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
     def on_signal(number, _frame):
         received.append(signal.Signals(number).name)  # printed outside the handler
         stop.set()
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Kept after the return too: the caller exits next, and a SIGINT or SIGTERM that arrives
+    # meanwhile (a launch system's, a test's) asks for what is happening anyway. Python's own
+    # handlers would turn it into a KeyboardInterrupt or a death by signal, not exit 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     spinner = None
     code = 0
     try:
@@ -127,6 +131,4 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
         if spinner is not None:
             spinner.stop()
         rclpy.try_shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     return code

@@ -19,6 +19,7 @@ from rclpy.serialization import deserialize_message
 
 from vlm_ros_msgs.msg import Caption, Plan, PlanProgress
 
+from ..compat import publisher_count
 from ..node.messages import format_caption, format_plan, format_progress
 from .storage import (
     CAPTION_TYPE,
@@ -74,6 +75,7 @@ class Recorder:
 
     def __init__(self, node: Node, out, topics: list, storage: str = 'mcap',
                  echo: bool = False):
+        self._node = node
         self._cond = threading.Condition()
         self.counts = Counter()
         self._echo = echo
@@ -110,7 +112,7 @@ class Recorder:
 
     def matched(self) -> bool:
         """Tell whether every recorded topic has a publisher."""
-        return all(sub.get_publisher_count() for sub in self._subscriptions)
+        return all(publisher_count(self._node, sub) for sub in self._subscriptions)
 
     def count(self, msgtype: str) -> int:
         """Return how many messages of msgtype were recorded so far."""

@@ -5,11 +5,13 @@ whether it is reachable for the openai backend.
 """
 
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.clock import Clock, ClockType
 
+from ..compat import distro, steady_timer
 from .messages import diagnostics_msg
 from .scheduler import Outcome, Status
 from .stats import Stats
+
+ROS_DISTRO = distro()
 
 
 class DiagnosticsReporter:
@@ -27,7 +29,7 @@ class DiagnosticsReporter:
         self._pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
         # Wall time: with use_sim_time and no /clock yet (a bag not playing), a monitor must
         # still hear from the node.
-        node.create_timer(1.0, self.publish, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        steady_timer(node, 1.0, self.publish)
 
     def record(self, outcome: Outcome) -> None:
         """Count one answered request."""
@@ -46,6 +48,7 @@ class DiagnosticsReporter:
         values = {
             'model': node.model_name(),
             'backend': node.p('backend'),
+            'ros_distro': ROS_DISTRO,
             'device': node.p('device'),
             'state': node._state_machine.current_state[1],
             'model_loaded': loaded,

@@ -9,12 +9,12 @@ freshest frame. PlanProgress on `plan_progress` tells every change.
 
 import time
 
-from rclpy.clock import Clock, ClockType
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
 from vlm_ros_msgs.msg import PlanProgress, PlanStep, StepCommand, StepFeedback
 
+from ..compat import steady_timer
 from ..engine.verdict import parse_yes_no
 from .plan_runner import Execution, Outputs, PlanRunner, Settings
 from .scheduler import Job, Outcome, Status
@@ -43,8 +43,7 @@ class PlanExecution:
         """Take feedback and watch step timeouts."""
         self._sub = self._node.create_subscription(
             StepFeedback, 'step_feedback', self._on_feedback, FEEDBACK_QOS, callback_group=group)
-        self._timer = self._node.create_timer(TICK_PERIOD, self.runner.tick, callback_group=group,
-                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._timer = steady_timer(self._node, TICK_PERIOD, self.runner.tick, group)
 
     def deactivate(self, reason: str) -> None:
         """End the running plan PREEMPTED (published), then stop the input and the timer."""

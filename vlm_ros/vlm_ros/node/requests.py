@@ -18,12 +18,12 @@ from collections.abc import Callable
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.clock import Clock, ClockType
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.srv import Query
 
+from ..compat import steady_timer
 from .messages import fill_query_response, plan_msg
 from .scheduler import Job, Outcome, Status
 
@@ -67,8 +67,7 @@ class RequestEndpoints:
             result_service_qos_profile=REQUESTS_QOS, cancel_service_qos_profile=REQUESTS_QOS,
             callback_group=group)
         self._clientless = 0  # looks in a row that found no action client
-        node.create_timer(CLIENT_CHECK_PERIOD, self._cancel_orphaned_goals, callback_group=group,
-                          clock=Clock(clock_type=ClockType.STEADY_TIME))
+        steady_timer(node, CLIENT_CHECK_PERIOD, self._cancel_orphaned_goals, group)
 
     def busy(self) -> bool:
         """Tell whether a query or goal still waits for its answer to be sent."""

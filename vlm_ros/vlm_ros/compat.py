@@ -1,0 +1,59 @@
+"""What differs between the ROS 2 distros vlm_ros runs on, in one place.
+
+Tested on Kilted (rclpy 9.1) and Jazzy (rclpy 7.1), both from PyPI wheels (scripts/test runs
+the suite on each); reviewed against Humble (rclpy 3.3), which has no wheels. Everything else
+vlm_ros calls exists alike in all three (README, "ROS 2 distros"):
+
+- ``Subscription.get_publisher_count()`` came with rclpy 4.0 (Iron): on Humble the graph is
+  asked instead (publisher_count);
+- ``rclpy.clock_type`` is Jazzy's new home of ClockType: ``rclpy.clock`` still has it
+  everywhere, and so does every timer here (steady_timer);
+- the ROS distro itself is not in the environment of a wheels install: it is told from
+  rclpy's major version (distro);
+- discovery on this machine only is ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST from Iron on, and
+  ROS_LOCALHOST_ONLY=1 on Humble; Jazzy warns on every process start when both are set
+  (loopback_discovery).
+"""
+
+from importlib import metadata
+
+from rclpy.clock import Clock, ClockType
+
+# rclpy's major version per distro (ros2/rclpy's release branches).
+DISTROS = {3: 'humble', 4: 'iron', 7: 'jazzy', 9: 'kilted', 10: 'rolling'}
+
+
+def publisher_count(node, subscription) -> int:
+    """Return how many publishers the subscription is matched with (a graph count on Humble)."""
+    count = getattr(subscription, 'get_publisher_count', None)
+    if count is not None:
+        return count()
+    return node.count_publishers(subscription.topic_name)
+
+
+def steady_timer(node, period: float, callback, callback_group=None):
+    """Create a timer on the steady clock.
+
+    With use_sim_time a ROS-clock timer stops while no /clock arrives (a bag not playing), yet
+    diagnostics, client checks and step timeouts must go on.
+    """
+    return node.create_timer(period, callback, callback_group=callback_group,
+                             clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+
+def distro() -> str:
+    """Name the ROS 2 distro of the rclpy in use ('unknown' for an unlisted version)."""
+    try:
+        version = metadata.version('ros-rclpy')  # the PyPI wheels
+    except metadata.PackageNotFoundError:
+        import os
+
+        return os.environ.get('ROS_DISTRO', 'unknown')  # a sourced distro says so itself
+    return DISTROS.get(int(version.split('.')[0]), f'unknown (rclpy {version})')
+
+
+def loopback_discovery() -> dict:
+    """Return the environment variables that keep DDS discovery on this machine."""
+    if distro() == 'humble':
+        return {'ROS_LOCALHOST_ONLY': '1'}
+    return {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
