@@ -15,7 +15,7 @@ from action_msgs.msg import GoalStatus
 from engine_fixtures import CLOSE, LOOP_INSTRUCTION, PICK, PLACE
 from loop_harness import DONE, FAILED, PREEMPTED, Loop, start_head, stop_head
 from rclpy.action import ActionClient
-from ros_harness import stop_process, wait_future
+from ros_harness import stop_process, wait_future, wait_until
 
 from vlm_ros_msgs.action import ExecutePlan
 from vlm_ros_msgs.msg import Plan
@@ -184,6 +184,8 @@ def test_the_execute_plan_action_streams_progress_and_succeeds_when_done(loop, h
     result = wait_future(handle.get_result_async(), 60.0, 'the result')
     assert result.status == GoalStatus.STATUS_SUCCEEDED
     assert result.result.progress.state == DONE and list(result.result.progress.done) == STEPS
+    # Feedback is a topic and the result a service: the last progress may land after it.
+    wait_until(lambda: len(feedback) == 4, 10.0, 'the DONE progress as feedback')
     assert [(p.state, p.index) for p in feedback] == [(0, 0), (0, 1), (0, 2), (DONE, 2)]
     assert running.commands_of(result.result.progress.plan_id) == [
         (0, i, s) for i, s in enumerate(STEPS)]
