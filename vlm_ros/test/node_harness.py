@@ -141,6 +141,12 @@ def set_params(test_node: TestNode, **values) -> list:
     return call(test_node, SetParameters, '/vlm_node/set_parameters', request).results
 
 
+def set_ok(test_node: TestNode, **values) -> None:
+    """Set parameters of /vlm_node; fail the test unless every one is accepted."""
+    results = set_params(test_node, **values)
+    assert all(r.successful for r in results), [r.reason for r in results]
+
+
 def transition(test_node: TestNode, label: str) -> bool:
     """Ask vlm_node for a lifecycle transition by label ('configure', ...); return success."""
     ids = {'configure': Transition.TRANSITION_CONFIGURE,

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from engine_fixtures import TARGETS, scene
 from loop_harness import LOOP_OBSERVERS
-from node_harness import TIMEOUT, call, camera, set_params, transition
+from node_harness import TIMEOUT, call, camera, set_ok, set_params, transition
 from rclpy.qos import QoSReliabilityPolicy
 from ros_harness import wait_until
 from vlm_ros.engine.prompts import load_templates
@@ -22,10 +22,6 @@ from vlm_ros_msgs.srv import Query
 
 INSTRUCTION = TARGETS['plan'][0]
 
-
-def _set(test_node, **values) -> None:
-    results = set_params(test_node, **values)
-    assert all(r.successful for r in results), [r.reason for r in results]
 
 
 def _plan(node, text=INSTRUCTION) -> Plan:
@@ -51,7 +47,7 @@ def _streaming(node, fmt='raw', stamp_offset=0.0) -> str:
 def observe_max_new_tokens(node, test_node):
     _streaming(node)
     assert _plan(node).output_tokens > 3
-    _set(test_node, max_new_tokens=3)
+    set_ok(test_node, max_new_tokens=3)
     plan = _plan(node)
     assert plan.output_tokens == 3 and TARGETS['plan'][1].startswith(plan.text.strip()), plan
 
@@ -61,13 +57,13 @@ def observe_max_image_side(node, test_node):
     _plan(node)
     assert node.wait_diag(lambda v: v.get('last_image_size'), TIMEOUT, 'an image size')[
         'last_image_size'] == '64x48'
-    _set(test_node, max_image_side=32)
+    set_ok(test_node, max_image_side=32)
     _plan(node)
     node.wait_diag(lambda v: v.get('last_image_size') == '32x24', TIMEOUT, 'the smaller size')
 
 
 def observe_image_transport(node, test_node):
-    _set(test_node, image_transport='compressed')
+    set_ok(test_node, image_transport='compressed')
     frame_id = _streaming(node, fmt='png')
     plan = _plan(node)
     assert plan.status == Plan.STATUS_OK and plan.header.frame_id == frame_id, plan.message
@@ -78,7 +74,7 @@ def observe_image_reliability(node, test_node):
         return [info.qos_profile.reliability
                 for info in test_node.node.get_subscriptions_info_by_topic('/image')]
     assert reliability() == [QoSReliabilityPolicy.BEST_EFFORT]
-    _set(test_node, image_reliability='reliable')
+    set_ok(test_node, image_reliability='reliable')
     wait_until(lambda: reliability() == [QoSReliabilityPolicy.RELIABLE], TIMEOUT,
                'a reliable image subscription')
 
@@ -86,13 +82,13 @@ def observe_image_reliability(node, test_node):
 def observe_max_image_age(node, test_node):
     _streaming(node, stamp_offset=10.0)
     assert _plan(node).status == Plan.STATUS_OK
-    _set(test_node, max_image_age=1.0)
+    set_ok(test_node, max_image_age=1.0)
     plan = _plan(node)
     assert plan.status == Plan.STATUS_STALE_IMAGE and 'max_image_age 1 s' in plan.message
 
 
 def observe_wait_for_image(node, test_node):
-    _set(test_node, wait_for_image=0.3)
+    set_ok(test_node, wait_for_image=0.3)
     started = time.monotonic()
     plan = _plan(node)
     assert plan.status == Plan.STATUS_NO_IMAGE and 'within 0.3 s' in plan.message
@@ -101,7 +97,7 @@ def observe_wait_for_image(node, test_node):
 
 def observe_caption_rate(node, test_node):
     _streaming(node)
-    _set(test_node, caption_rate=2.0)
+    set_ok(test_node, caption_rate=2.0)
     started = time.monotonic()
     node.captions.wait_for(lambda c: True, TIMEOUT, 'a caption')
     took = time.monotonic() - started
@@ -111,13 +107,13 @@ def observe_caption_rate(node, test_node):
 def observe_replan_period(node, test_node):
     _streaming(node)
     first = _plan(node)
-    _set(test_node, replan_period=0.3)
+    set_ok(test_node, replan_period=0.3)
     node.plans.wait_for(lambda p: p.request_id != first.request_id and
                         p.instruction == INSTRUCTION, TIMEOUT, 'a re-plan without instruction')
 
 
 def observe_queue_size(node, test_node):
-    _set(test_node, queue_size=1, wait_for_image=30.0)  # no camera: the first request waits
+    set_ok(test_node, queue_size=1, wait_for_image=30.0)  # no camera: the first request waits
     texts = [f'queued {i} {uuid.uuid4().hex}' for i in range(4)]
     for text in texts:
         node.instruct(text)
@@ -135,9 +131,9 @@ def observe_queue_size(node, test_node):
 def observe_prompt_plan(node, test_node):
     _streaming(node)
     assert _plan(node).text == TARGETS['plan'][1]
-    _set(test_node, prompt_plan='Robot, what now? {instruction}')
+    set_ok(test_node, prompt_plan='Robot, what now? {instruction}')
     assert _plan(node).text != TARGETS['plan'][1]
-    _set(test_node, prompt_plan='')
+    set_ok(test_node, prompt_plan='')
     assert _plan(node).text == TARGETS['plan'][1]
 
 
@@ -148,15 +144,15 @@ def observe_prompt_vqa(node, test_node):
     assert ask(TARGETS['vqa'][0], 'blue') == TARGETS['vqa'][1]
     # Questions rendered with the plan's template are plan prompts: the model plans.
     plan_template = load_templates()['plan'].replace('{instruction}', '{question}')
-    _set(test_node, prompt_vqa=plan_template)
+    set_ok(test_node, prompt_vqa=plan_template)
     assert ask(TARGETS['plan'][0], 'red') == TARGETS['plan'][1]
 
 
 def observe_prompt_caption(node, test_node):
     _streaming(node)
-    _set(test_node, caption_rate=5.0)
+    set_ok(test_node, caption_rate=5.0)
     node.captions.wait_for(lambda c: c.text == TARGETS['caption'][1], TIMEOUT, 'the caption')
-    _set(test_node, prompt_caption='Say anything at all.')
+    set_ok(test_node, prompt_caption='Say anything at all.')
     changed = test_node.node.get_clock().now().nanoseconds  # frames are stamped with this clock
     caption = node.captions.wait_for(
         lambda c: c.header.stamp.sec * 10**9 + c.header.stamp.nanosec > changed, TIMEOUT,
@@ -165,7 +161,7 @@ def observe_prompt_caption(node, test_node):
 
 
 def observe_max_text_chars(node, test_node):
-    _set(test_node, max_text_chars=10)
+    set_ok(test_node, max_text_chars=10)
     started = time.monotonic()
     plan = _plan(node, text='x' * 11)
     assert plan.status == Plan.STATUS_BAD_INPUT and 'max_text_chars is 10' in plan.message
@@ -175,7 +171,7 @@ def observe_max_text_chars(node, test_node):
 def observe_max_image_pixels(node, test_node):
     _streaming(node)  # 64x48 = 3072 pixels
     assert _plan(node).status == Plan.STATUS_OK
-    _set(test_node, max_image_pixels=3000)
+    set_ok(test_node, max_image_pixels=3000)
     plan = _plan(node)
     assert plan.status == Plan.STATUS_BAD_INPUT and 'max_image_pixels' in plan.message
 
@@ -197,7 +193,7 @@ def observe_max_batch_size(node, test_node):
                                 f'{total} requests counted')
         return int(values['engine_runs']), int(values['engine_requests'])
     assert burst(8) == (8, 8)
-    _set(test_node, max_batch_size=8)
+    set_ok(test_node, max_batch_size=8)
     runs, requests = burst(16)
     assert requests == 16 and runs - 8 < 8
 
@@ -205,9 +201,9 @@ def observe_max_batch_size(node, test_node):
 def observe_batch_wait(node, test_node):
     """Check that a lone request waits batch_wait for company, then runs alone."""
     _streaming(node)
-    _set(test_node, max_batch_size=8, batch_wait=0.0)
+    set_ok(test_node, max_batch_size=8, batch_wait=0.0)
     assert _plan(node).total_time < 0.5
-    _set(test_node, batch_wait=0.8)
+    set_ok(test_node, batch_wait=0.8)
     plan = _plan(node)
     assert plan.status == Plan.STATUS_OK and plan.total_time >= 0.8, plan
 

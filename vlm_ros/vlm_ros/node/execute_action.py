@@ -16,7 +16,7 @@ from vlm_ros_msgs.msg import PlanProgress
 
 from .messages import plan_msg
 from .requests import REQUESTS_QOS
-from .scheduler import Job, Status
+from .scheduler import Job, Status, cancel_job
 
 
 class _Goal:
@@ -104,10 +104,8 @@ class ExecutePlanServer:
             return CancelResponse.REJECT
         if goal.plan_id and node.execution is not None:
             node.execution.preempt(goal.plan_id, 'cancelled by the action client')
-        elif node.worker is not None:
-            node.worker.cancel(goal.job, 'cancelled by the action client')
         else:
-            goal.job.cancel.set()
+            cancel_job(node.worker, goal.job, 'cancelled by the action client')
         return CancelResponse.ACCEPT
 
     def _execute(self, handle):

@@ -17,7 +17,7 @@ from vlm_ros_msgs.msg import PlanProgress, PlanStep, StepCommand, StepFeedback
 from ..compat import steady_timer
 from ..engine.verdict import parse_yes_no
 from .plan_runner import Execution, Outputs, PlanRunner, Settings
-from .scheduler import Job, Outcome, Status
+from .scheduler import Job, Outcome, Status, cancel_job
 
 TICK_PERIOD = 0.05  # s between step_timeout checks
 FEEDBACK_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
@@ -150,9 +150,8 @@ class PlanExecution:
 
     def _cancel(self) -> None:
         job, self._pending = self._pending, None
-        worker = self._node.worker
-        if job is not None and worker is not None:
-            worker.cancel(job, 'its plan was preempted')
+        if job is not None:
+            cancel_job(self._node.worker, job, 'its plan was preempted')
 
     def _on_feedback(self, msg: StepFeedback) -> None:
         self.runner.feedback(msg.plan_id, msg.index, msg.attempt, msg.status, msg.message)

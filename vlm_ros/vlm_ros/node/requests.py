@@ -25,7 +25,7 @@ from vlm_ros_msgs.srv import Query
 
 from ..compat import steady_timer
 from .messages import fill_query_response, plan_msg
-from .scheduler import Job, Outcome, Status
+from .scheduler import Job, Outcome, Status, cancel_job
 
 CANCEL_GRACE = 5.0  # s a given-up query waits for its cancelled job's answer
 # The default service QoS keeps the last 10 requests: an 11th arriving before the executor
@@ -146,11 +146,8 @@ class RequestEndpoints:
     def _on_cancel(self, goal_handle) -> CancelResponse:
         with self._lock:
             entry = self._goals.get(bytes(goal_handle.goal_id.uuid))
-        worker = self._worker()
-        if entry is not None and worker is not None:
-            worker.cancel(entry[0], 'cancelled by the action client')
-        elif entry is not None:
-            entry[0].cancel.set()
+        if entry is not None:
+            cancel_job(self._worker(), entry[0], 'cancelled by the action client')
         return CancelResponse.ACCEPT
 
     def _cancel_orphaned_goals(self) -> None:
@@ -173,10 +170,7 @@ class RequestEndpoints:
         oldest = time.monotonic() - ORPHAN_CHECKS * CLIENT_CHECK_PERIOD
         worker = self._worker()
         for job in (job for job in jobs if job.received < oldest):
-            if worker is not None:
-                worker.cancel(job, 'the action client is gone')
-            else:
-                job.cancel.set()
+            cancel_job(worker, job, 'the action client is gone')
 
     def _execute(self, goal_handle):
         """Turn the worker's outcome into the result; runs once the goal has its answer."""

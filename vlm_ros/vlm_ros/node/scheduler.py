@@ -50,6 +50,14 @@ class Job:
     context: Optional[dict] = None  # the prompt's other placeholders (replan: done, failed)
 
 
+def cancel_job(worker, job: Job, reason: str) -> None:
+    """Cancel job through the worker that holds it; with none running (going down), mark it."""
+    if worker is not None:
+        worker.cancel(job, reason)
+    else:
+        job.cancel.set()
+
+
 @dataclass
 class Outcome:
     """What a job ended with; header is the used image's header (None when none was used)."""
