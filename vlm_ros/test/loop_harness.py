@@ -11,7 +11,7 @@ import subprocess
 import uuid
 
 from engine_fixtures import LOOP_INSTRUCTION, LOOP_REPLAN, PICK, PLACE
-from node_harness import RELIABLE, TIMEOUT, node_executable, set_params
+from node_harness import RELIABLE, TIMEOUT, node_executable, set_ok
 from ros_harness import stop_process
 
 from vlm_ros_msgs.msg import PlanProgress, StepCommand, StepFeedback
@@ -49,11 +49,12 @@ class Loop:
                             f'the node to receive {colour} frames')
 
     def instruct(self, text: str = LOOP_INSTRUCTION):
-        """Send an instruction; return its (OK) Plan."""
+        """Send an instruction; return its Plan."""
         before = {p.request_id for p in self.node.plans.items()}
         self.node.instruct(text)
         return self.node.plans.wait_for(
-            lambda p: p.request_id not in before and p.instruction == text, TIMEOUT, 'the Plan')
+            lambda p: p.request_id not in before and p.instruction == text.strip(), TIMEOUT,
+            'the Plan')
 
     def step(self, plan_id: str, index: int, attempt: int = 0) -> StepCommand:
         """Wait for the StepCommand of plan_id's step index in attempt."""
@@ -99,15 +100,11 @@ def stop_head(head: subprocess.Popen) -> str:
     return out + err
 
 
-def _set(test_node, **values) -> None:
-    results = set_params(test_node, **values)
-    assert all(r.successful for r in results), [r.reason for r in results]
-
 
 def _executing(node, test_node, **values) -> Loop:
     loop = Loop(node, test_node)
     loop.camera('red')
-    _set(test_node, **values)
+    set_ok(test_node, **values)
     return loop
 
 
@@ -118,7 +115,7 @@ def observe_execute_plans(node, test_node):
     plan = loop.instruct()
     node.vla.wait_for(lambda m: m.data == PICK[0], TIMEOUT, 'step 0 as text')
     assert not loop.commands_of(plan.request_id), 'no StepCommand without execute_plans'
-    _set(test_node, execute_plans=True)
+    set_ok(test_node, execute_plans=True)
     plan = loop.instruct()
     assert loop.step(plan.request_id, 0).instruction == PICK[0]
 
@@ -156,7 +153,7 @@ def observe_verify_steps(node, test_node):
 
 
 def observe_prompt_verify(node, test_node):
-    _set(test_node, prompt_verify='Is {step} over? Say yes or no.')
+    set_ok(test_node, prompt_verify='Is {step} over? Say yes or no.')
     after = _verified_pick(node, test_node, 'blue')
     assert 're-plan' in after.message and "answered 'no'" not in after.message, after
 
@@ -175,7 +172,7 @@ def observe_prompt_replan(node, test_node):
         return [s.instruction for s in got.steps] if got.message.startswith('step') else []
     trained = [s['instruction'] for s in json.loads(LOOP_REPLAN)['steps']]
     assert replan_after_place_failed() == trained == [PLACE[0], 'close the lid']
-    _set(test_node, prompt_replan='Again: {instruction} | {done} | {failed}')
+    set_ok(test_node, prompt_replan='Again: {instruction} | {done} | {failed}')
     assert replan_after_place_failed() != trained
 
 

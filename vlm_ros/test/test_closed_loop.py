@@ -102,6 +102,11 @@ def test_a_new_instruction_preempts_the_running_plan(loop, head):
     head(running, 'silent')
     first = running.instruct()
     running.step(first.request_id, 0)
+    refused = running.instruct('   ')  # an empty instruction is refused and stops nothing
+    assert refused.status == Plan.STATUS_BAD_INPUT
+    values = running.node.wait_diag(lambda v: v.get('status_bad_input') == '1', 10.0,
+                                    'the refusal counted')
+    assert values['plan_executing'] == first.request_id, values
     second = running.instruct()
     end = running.ended(first.request_id)
     assert end.state == PREEMPTED and 'new instruction' in end.message

@@ -285,12 +285,12 @@ class VlmNode(LifecycleNode):
     def _on_instruction(self, msg: String) -> None:
         text = msg.data.strip()
         job = Job('plan', text, done=self._execute_plan)
-        if self.p('execute_plans'):  # the robot stops the old plan now, not once this is planned
-            self.execution.runner.preempt('preempted by a new instruction')
-        if not text:
+        if not text:  # refused: it stops nothing the robot is doing
             job.request_id = self.worker.new_request_id()
             self._publish_plan(Outcome(job, Status.BAD_INPUT, 'empty instruction'))
             return
+        if self.p('execute_plans'):  # the robot stops the old plan now, not once this is planned
+            self.execution.runner.preempt('preempted by a new instruction')
         self._last_instruction = text
         self.worker.submit(job)
 
