@@ -38,3 +38,15 @@ def test_engine_mode_compiles_before_it_measures(tmp_path):
     rows = [line.split('|') for line in stdout.splitlines() if line.startswith('| ') and
             line.split('|')[1].strip().isdigit()]
     assert [row[1].strip() for row in rows] == ['1', '2'], stdout
+
+
+def test_engine_mode_times_distinct_frames_and_frames_a_batch_shares():
+    proc = subprocess.Popen([node_executable('vlm_benchmark'), '--random', 'tiny:idefics3',
+                             '--device', 'cpu', '--batch-sizes', '3', '--new-tokens', '2',
+                             '--repeats', '1', '--image', '48x64', '--frames', 'distinct',
+                             'shared'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    code, stdout, err = wait_exit(proc, 600)
+    assert code == 0, err[-3000:]
+    titles = [line for line in stdout.splitlines() if line.startswith('### ')]
+    assert [t.split(', ')[-2] for t in titles] == ['distinct frames', 'shared frames'], stdout

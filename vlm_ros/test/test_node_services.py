@@ -119,6 +119,8 @@ def test_goals_batched_together_each_stream_their_own_text(start_vlm_node, test_
     plans = [wait_future(h.get_result_async(), TIMEOUT, 'a result').result.plan for h in handles]
     values = node.wait_diag(lambda v: int(v['engine_requests']) >= 3, TIMEOUT, 'the batch')
     assert (int(values['engine_runs']), int(values['engine_requests'])) == (1, 3)
+    # Two goals carry the same red scene: it is preprocessed once for both.
+    assert (values['frames_preprocessed'], values['frames_reused']) == ('2', '1')
     assert plans[0].text == TARGETS['plan'][1] and len({p.text for p in plans}) > 1
     for goal, plan, pieces in zip(goals, plans, feedback, strict=True):
         assert plan.header.frame_id == goal.image.header.frame_id

@@ -12,6 +12,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from .frame_cache import DIGEST, frame_digest
+
 # processor -> whether it inserts the image placeholder itself (see _processor_places_image).
 _PLACES_IMAGE = weakref.WeakKeyDictionary()
 
@@ -73,8 +75,15 @@ def build_inputs(processor, images: Sequence, prompts: Sequence[str], **processo
     processors (Idefics2) accept only PIL images. Each row's image is wrapped in its own list,
     the layout every processor accepts and the one Mllama requires to pair images with rows.
     """
-    pil = [Image.fromarray(np.asarray(image, dtype=np.uint8)).convert('RGB')
-           if not isinstance(image, Image.Image) else image for image in images]
+    pil = [image if isinstance(image, Image.Image) else _to_pil(image) for image in images]
     return processor(text=[render_prompt(processor, prompt) for prompt in prompts],
                      images=[[image] for image in pil], padding=True, return_tensors='pt',
                      **processor_kwargs)
+
+
+def _to_pil(image) -> Image.Image:
+    """Convert an RGB array to a PIL image that carries its pixels' digest (frame_cache.py)."""
+    array = np.asarray(image, dtype=np.uint8)
+    pil = Image.fromarray(array).convert('RGB')
+    setattr(pil, DIGEST, frame_digest(array))
+    return pil

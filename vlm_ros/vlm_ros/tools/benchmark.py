@@ -11,6 +11,7 @@ one warm-up. A benchmark, not a test: it asserts nothing.
 """
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -26,7 +27,6 @@ from ..engine import Request, VlmError
 from ..engine.local import VlmEngine
 from ..engine.local.generate import generate
 from .engine_args import add_engine_args, engine_config
-from .node_benchmark import run_node_benchmark
 
 
 def peak_memory_mib(device) -> float:
@@ -83,7 +83,25 @@ class VisionTimer:
             handle.remove()
 
 
-def time_batch(engine: VlmEngine, batch: int, new_tokens: int, image) -> dict:
+_FRAME_NUMBERS = itertools.count()
+
+
+def new_frames(image, batch: int, shared: bool) -> list:
+    """Return a batch of frames never seen before: one per row, or one that every row shares.
+
+    The engine preprocesses each distinct frame once (frame_cache.py): a frame repeated from
+    an earlier run would time a cache hit, not the preprocessing.
+    """
+    frames = []
+    for _ in range(1 if shared else batch):
+        frame = image.copy()
+        frame[0, :8, 0] = np.frombuffer(next(_FRAME_NUMBERS).to_bytes(8, 'little'), np.uint8)
+        frames.append(frame)
+    return frames * batch if shared else frames
+
+
+def time_batch(engine: VlmEngine, batch: int, new_tokens: int, image,
+               shared: bool = False) -> dict:
     """Run one batched generate of exactly new_tokens tokens; return its timings.
 
     Time to first token splits into preprocessing (processor, to the device), the vision
@@ -92,11 +110,15 @@ def time_batch(engine: VlmEngine, batch: int, new_tokens: int, image) -> dict:
     import torch
 
     loaded = engine.loaded
+    frames = new_frames(image, batch, shared)
     if loaded.device.type == 'cuda':
         torch.cuda.synchronize(loaded.device)
     start = time.perf_counter()
-    requests = [Request('plan', image, 'pick up the red block and put it in the bin')] * batch
+    requests = [Request('plan', frame, 'pick up the red block and put it in the bin')
+                for frame in frames]
     inputs = engine.preprocess(requests)
+    if loaded.device.type == 'cuda':
+        torch.cuda.synchronize(loaded.device)  # GPU preprocessing (gpu_preprocess.py) included
     prep = time.perf_counter() - start
     timer = VisionTimer(loaded.model, loaded.device)
     try:
@@ -114,17 +136,18 @@ def time_batch(engine: VlmEngine, batch: int, new_tokens: int, image) -> dict:
                                                          out.time_to_first_token, 1e-9)}
 
 
-def run(engine: VlmEngine, batch_sizes, new_tokens: int, repeats: int, image_hw) -> list:
+def run(engine: VlmEngine, batch_sizes, new_tokens: int, repeats: int, image_hw,
+        shared: bool = False) -> list:
     """Benchmark every batch size; return one row of medians each."""
     import torch
 
     image = scene(*image_hw)
     rows = []
     for batch in batch_sizes:
-        time_batch(engine, batch, new_tokens, image)  # warm-up (and compilation)
+        time_batch(engine, batch, new_tokens, image, shared)  # warm-up (and compilation)
         if engine.loaded.device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(engine.loaded.device)
-        runs = [time_batch(engine, batch, new_tokens, image) for _ in range(repeats)]
+        runs = [time_batch(engine, batch, new_tokens, image, shared) for _ in range(repeats)]
         total = statistics.median(r['total'] for r in runs)
         rows.append({'batch': batch, 'ttft_ms': 1000 * statistics.median(r['ttft'] for r in runs),
                      **{f'{part}_ms': 1000 * statistics.median(r[part] for r in runs)
@@ -163,6 +186,11 @@ def parse_args(argv):
     parser.add_argument('--repeats', type=positive_int, default=3)
     parser.add_argument('--image', type=_image_size, default='480x640',
                         help='HxW of the test frame')
+    parser.add_argument('--frames', choices=('distinct', 'shared'), nargs='+',
+                        default=['distinct'],
+                        help="a new frame per request (distinct, the default), or one new "
+                        "frame shared by a batch's requests (shared: preprocessed once); one "
+                        'table each')
     parser.add_argument('--node', action='store_true',
                         help='measure a vlm_node process instead of the engine: --streams '
                         'concurrent instruction streams, the node at each --batch-sizes value '
@@ -202,7 +230,9 @@ def _benchmark(args) -> int:
         model = args.model
         if args.random:
             model = str(build_random(args.random, scratch))
-        if args.node:
+        if args.node:  # imported here: the engine's benchmark runs where ROS 2 is not installed
+            from .node_benchmark import run_node_benchmark
+
             print(run_node_benchmark(model, args), flush=True)
             return 0
         engine = VlmEngine(engine_config(args, model, attn_implementation=args.attn or None,
@@ -212,15 +242,16 @@ def _benchmark(args) -> int:
         loaded = engine.loaded
         load_s = time.perf_counter() - start
         height, width = args.image
-        rows = run(engine, args.batch_sizes, args.new_tokens, args.repeats, (height, width))
-    params = sum(p.numel() for p in loaded.model.parameters()) / 1e6
-    title = (f'{args.random or args.model}: {params:.2f} M params, {loaded.device} '
-             f'{str(loaded.dtype).replace("torch.", "")}, attn {args.attn or "default"}'
-             f', decode {engine.decode_mode} (warm-up {engine.warm_up_seconds:.1f} s)'
-             f'{", " + json.dumps(args.processor_kwargs) if args.processor_kwargs else ""}, '
-             f'{width}x{height} image, '
-             f'load {load_s:.1f} s')
-    print(format_table(title, rows), flush=True)
+        params = sum(p.numel() for p in loaded.model.parameters()) / 1e6
+        for frames in args.frames:
+            rows = run(engine, args.batch_sizes, args.new_tokens, args.repeats,
+                       (height, width), frames == 'shared')
+            title = (f'{args.random or args.model}: {params:.2f} M params, {loaded.device} '
+                     f'{str(loaded.dtype).replace("torch.", "")}, attn {args.attn or "default"}'
+                     f', decode {engine.decode_mode} (warm-up {engine.warm_up_seconds:.1f} s)'
+                     f'{", " + json.dumps(args.processor_kwargs) if args.processor_kwargs else ""}'
+                     f', {width}x{height} image, {frames} frames, load {load_s:.1f} s')
+            print(format_table(title, rows), flush=True)
     return 0
 
 

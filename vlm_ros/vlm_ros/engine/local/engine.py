@@ -13,6 +13,8 @@ from ..base import EngineBase
 from ..chat import build_inputs
 from ..config import EngineConfig
 from ..errors import VlmError
+from ..frame_cache import FrameCache
+from ..gpu_preprocess import device_kwargs
 from ..preprocess import fitted_size, resize_max_side
 from ..prompts import render_task
 from ..results import Request, make_result
@@ -36,6 +38,7 @@ class VlmEngine(EngineBase):
         self.decode_mode = 'eager'  # resolved from config.decode_mode at load()
         self._decode: dict = {}  # generate's arguments of the decode mode
         self.warm_up_seconds = 0.0
+        self._frames: Optional[FrameCache] = None  # wraps the loaded image processor
 
     @property
     def loaded(self) -> loader.LoadedModel:
@@ -63,9 +66,12 @@ class VlmEngine(EngineBase):
 
     def status(self) -> dict:
         """Plain values for diagnostics: the device, and GPU memory when on a GPU."""
+        frames = self._frames
         return {'device': str(self.loaded.device), 'decode_mode': self.decode_mode,
                 'warm_up_s': f'{self.warm_up_seconds:.2f}',
                 'compiled_graphs': decoding.compiled_graphs(),
+                'frames_preprocessed': getattr(frames, 'frames_processed', 0),
+                'frames_reused': getattr(frames, 'frames_reused', 0),
                 **loader.gpu_memory(self.loaded.device)}
 
     def load(self) -> None:
@@ -75,6 +81,7 @@ class VlmEngine(EngineBase):
         or for CUDA's start-up; a warm-up that fails unloads and raises VlmError.
         """
         loaded = loader.load(self.config)
+        self._frames = _cache_frames(loaded.processor)
         tokenizer = loaded.processor.tokenizer
         if not loaded.is_encoder_decoder:
             tokenizer.padding_side = 'left'  # new tokens follow the last prompt token per row
@@ -103,20 +110,25 @@ class VlmEngine(EngineBase):
     def unload(self) -> None:
         """Free the model (and cached GPU memory)."""
         if self._loaded is not None:
+            if self._frames is not None:
+                self._frames.clear()
+                self._frames = None
             loader.unload(self._loaded)
             self._loaded = None
 
     def preprocess(self, requests: list):
         """Stage 1: resize images, fill prompt templates, tokenize into one batch.
 
-        Tiling processors get the size the frames need (tiling.py) unless processor_kwargs
-        set one.
+        Tiling processors get the size the frames need (tiling.py), and processors that can
+        preprocess on the model's GPU do so (gpu_preprocess.py), unless processor_kwargs say
+        otherwise.
         """
         images = [resize_max_side(r.image, self.config.max_image_side) for r in requests]
         prompts = [render_task(self.templates, r.task, r.text, r.context) for r in requests]
         loaded = self.loaded
-        kwargs = {**fitted_size_kwargs(loaded.processor, images, self.config.processor_kwargs),
-                  **self.config.processor_kwargs}
+        own = self.config.processor_kwargs
+        kwargs = {**fitted_size_kwargs(loaded.processor, images, own),
+                  **device_kwargs(loaded.processor, str(loaded.device), own), **own}
         return loader.to_device(build_inputs(loaded.processor, images, prompts, **kwargs),
                                 loaded.device, loaded.dtype)
 
@@ -176,3 +188,10 @@ class VlmEngine(EngineBase):
                 for request, text, tokens, cancelled in zip(requests, texts, rows,
                                                             generated.cancelled, strict=True)]
 
+
+def _cache_frames(processor) -> Optional[FrameCache]:
+    """Preprocess each distinct frame once (frame_cache.py); None without an image processor."""
+    if getattr(processor, 'image_processor', None) is None:
+        return None
+    processor.image_processor = FrameCache(processor.image_processor)
+    return processor.image_processor
