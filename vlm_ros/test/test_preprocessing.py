@@ -17,17 +17,19 @@ from vlm_ros.engine.chat import build_inputs
 from vlm_ros.engine.frame_cache import FrameCache
 from vlm_ros.engine.gpu_preprocess import device_kwargs
 from vlm_ros.engine.local import VlmEngine
+from vlm_ros.engine.local.engine import concatenate_rows
 
-# Rows of each batch, as indices into three frames; sent one batch after another.
-BATCHES = ([0, 1, 0], [0], [0], [1, 1], [2, 0, 1, 2], [0, 1, 0])
+# Rows of each batch, as indices into four frames (the last one smaller: a tiling processor
+# pads its fewer tiles to the others'); sent one batch after another.
+BATCHES = ([0, 1, 0], [0], [0], [1, 1], [2, 0, 1, 2], [0, 1, 0], [3, 0, 3])
 
 
 @pytest.mark.parametrize('family', FAMILIES)
 def test_cached_inputs_equal_the_processors_own_for_every_mix_of_frames(family, trained_tiny):
-    frames = [scene(colour) for colour in ('red', 'blue', 'green')]
+    frames = [scene(colour) for colour in ('red', 'blue', 'green')] + [scene('red', 30, 30)]
     plain = transformers.AutoProcessor.from_pretrained(trained_tiny(family))
     cached = transformers.AutoProcessor.from_pretrained(trained_tiny(family))
-    cached.image_processor = FrameCache(cached.image_processor)
+    cached.image_processor = FrameCache(cached.image_processor, concatenate_rows)
     for batch in BATCHES:
         prompts = [f'question {row} ' * (row + 1) for row in range(len(batch))]
         want = build_inputs(plain, [frames[i] for i in batch], prompts)
@@ -35,7 +37,7 @@ def test_cached_inputs_equal_the_processors_own_for_every_mix_of_frames(family, 
         assert set(got) == set(want)
         for name, value in want.items():
             assert torch.equal(got[name], value), f'{family} {batch}: {name} differs'
-    assert cached.image_processor.frames_reused >= 7  # 1 + 0 + 1 + 1 + 1 + 3
+    assert cached.image_processor.frames_reused >= 11  # 1 + 1 + 1 + 2 + 3 + 3 (+ 1)
     assert repr(cached) == repr(plain)  # transformers deep-copies the processor to show it
 
 
@@ -55,7 +57,7 @@ def test_an_engine_preprocesses_a_frame_shared_by_requests_once(trained_tiny):
 def test_only_the_newest_frames_are_kept():
     calls = []
     cache = FrameCache(lambda images, **kwargs: calls.append(len(images)) or
-                       {'pixel_values': np.zeros((len(images), 3))}, kept=2)
+                       {'pixel_values': np.zeros((len(images), 3))}, np.concatenate, kept=2)
     frames = [Image.fromarray(scene(c)) for c in ('red', 'blue', 'green')]
     for frame in [*frames, frames[2], frames[0]]:
         cache([[frame]])
@@ -70,7 +72,7 @@ def test_a_layout_without_one_entry_per_frame_gets_the_processors_own_call():
         return {'pixel_values': np.arange(4 * len(images)).reshape(4 * len(images), 1),
                 'image_grid_thw': np.ones((len(images), 3))}
 
-    cache = FrameCache(flattening)
+    cache = FrameCache(flattening, np.concatenate)
     red = Image.fromarray(scene('red'))
     out = cache([[red], [red]])
     assert out['pixel_values'].shape == (8, 1) and out['image_grid_thw'].shape == (2, 3)
@@ -78,14 +80,14 @@ def test_a_layout_without_one_entry_per_frame_gets_the_processors_own_call():
 
 
 def test_other_image_layouts_pass_straight_through():
-    cache = FrameCache(lambda images, **kwargs: {'seen': images})
+    cache = FrameCache(lambda images, **kwargs: {'seen': images}, np.concatenate)
     assert cache(None)['seen'] is None and cache([['a', 'b']])['seen'] == [['a', 'b']]
     assert cache.frames_processed == 0
 
 
 def _processor(backend, resample=3, name='ClipImageProcessor'):
     image_processor = type(name, (), {'backend': backend, 'resample': resample})()
-    return types.SimpleNamespace(image_processor=FrameCache(image_processor))
+    return types.SimpleNamespace(image_processor=FrameCache(image_processor, np.concatenate))
 
 
 @pytest.mark.parametrize('processor, device, own, expected', [

@@ -1,37 +1,50 @@
-"""Each camera frame is preprocessed once: within a batch and back to back.
+"""Each camera frame is preprocessed once, and a batch's distinct frames side by side.
 
 A caption and a plan on the latest frame, or eight instructions that arrive together, all
 carry the same pixels; the image processor (resize, tiling, normalisation: on a CPU the largest
 part of SmolVLM's time to first token) would run once per request. ``FrameCache`` wraps a
-processor's image processor: a batch's frames are preprocessed once per distinct frame and
-the rows are copied out, and the outputs of the last frames are kept for the next requests.
+processor's image processor and preprocesses frame by frame: each distinct frame once, the
+missing ones of a batch in parallel threads (PIL's resizes and numpy release the GIL), and
+the outputs of the last frames are kept for the next requests. The rows are then put together
+as the processor's batched call would: equal, tensor for tensor (test_preprocessing.py).
 
 Frames are keyed by their pixels (a SHA-1 digest of the array, 0.5 ms for 640x480, taken when
 ``chat.build_inputs`` makes the PIL image), not by their header stamps: a bag played twice, or
-an unstamped camera, repeats stamps, not pixels.
-Outputs are reused only where every per-image output has one entry per image; other layouts
-(Qwen2-VL's flattened patches) get the processor's own call.
+an unstamped camera, repeats stamps, not pixels. Where frames cannot be put together (their
+sizes differ, so the processor pads them to each other; or a layout without one entry per
+frame, like Qwen2-VL's flattened patches) the processor's own call runs instead.
 """
 
 import copy
 import hashlib
+import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
 
 DIGEST = 'vlm_ros_frame_digest'  # the attribute of a PIL image that carries frame_digest()
 KEPT_FRAMES = 8  # frames whose outputs are kept: a batch of max_batch_size 8 hits after the first
+THREADS = min(8, os.cpu_count() or 1)
 
 
 class FrameCache:
-    """An image processor that preprocesses each distinct frame once; otherwise the same."""
+    """An image processor that preprocesses each distinct frame once; otherwise the same.
 
-    def __init__(self, image_processor, kept: int = KEPT_FRAMES):
+    ``concatenate`` joins one value's per-frame tensors along the batch (``torch.cat``): the
+    engine's top level imports no torch.
+    """
+
+    def __init__(self, image_processor, concatenate, kept: int = KEPT_FRAMES,
+                 threads: int = THREADS):
         self.wrapped = image_processor
+        self._concatenate = concatenate
         self._kept = kept
-        self._outputs: OrderedDict = OrderedDict()  # (frame digests, kwargs) -> outputs
+        self._threads = threads
+        self._pool = None  # made at the first batch with several new frames
+        self._frames: OrderedDict = OrderedDict()  # (digest, options) -> that frame's outputs
         self._lock = threading.Lock()
         self.frames_processed = 0  # what the processor ran on
         self.frames_reused = 0  # what it did not have to
@@ -58,37 +71,61 @@ class FrameCache:
         frames = _frames(images)
         if frames is None:
             return self.wrapped(images, **kwargs)
-        keys = [_digest(frame) for frame in frames]
-        distinct = list(dict.fromkeys(keys))
-        key = (tuple(distinct), repr(sorted(kwargs.items())))
+        options = repr(sorted(kwargs.items()))
+        keys = [(_digest(frame), options) for frame in frames]
         with self._lock:
-            outputs = self._outputs.get(key)
-            if outputs is not None:
-                self._outputs.move_to_end(key)
-        ran = 0
-        if outputs is None:
-            outputs = self.wrapped([images[keys.index(k)] for k in distinct], **kwargs)
-            self._keep(key, outputs)
-            ran = len(distinct)
-        expanded = _expand(outputs, [distinct.index(k) for k in keys], len(distinct))
-        if expanded is None:  # a layout without one entry per image: the processor's own call
-            expanded = self.wrapped(images, **kwargs)
-            ran += len(keys)
-        self.frames_processed += ran
-        self.frames_reused += max(0, len(keys) - ran)
-        return expanded
+            known = {key: self._frames[key] for key in keys if key in self._frames}
+        missing = [key for key in dict.fromkeys(keys) if key not in known]
+        computed = self._preprocess([images[keys.index(key)] for key in missing], kwargs)
+        combined = None
+        if computed is not None:
+            known.update(zip(missing, computed, strict=True))
+            self._keep(keys, known)
+            combined = _combine([known[key] for key in keys], self._concatenate)
+        if combined is None:
+            self.frames_processed += len(keys)
+            return self.wrapped(images, **kwargs)
+        self.frames_processed += len(missing)
+        self.frames_reused += len(keys) - len(missing)
+        return combined
 
-    def _keep(self, key, outputs) -> None:
-        """Keep the newest outputs, dropping the oldest beyond ``kept`` frames (not the newest)."""
+    def _preprocess(self, rows: list, kwargs: dict):
+        """Preprocess each row's frame alone, in parallel; None unless one entry per frame."""
+        if len(rows) > 1 and self._threads > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._threads, 'vlm-preprocess')
+            outputs = list(self._pool.map(lambda row: self.wrapped([row], **kwargs), rows))
+        else:
+            outputs = [self.wrapped([row], **kwargs) for row in rows]
+        return outputs if all(_one_per_frame(output) for output in outputs) else None
+
+    def _keep(self, keys: list, known: dict) -> None:
+        """Keep the batch's frames as the newest, dropping the oldest beyond ``kept``."""
         with self._lock:
-            self._outputs[key] = outputs
-            while len(self._outputs) > 1 and sum(len(k[0]) for k in self._outputs) > self._kept:
-                self._outputs.popitem(last=False)
+            for key in keys:
+                self._frames[key] = known[key]
+                self._frames.move_to_end(key)
+            while len(self._frames) > self._kept:
+                self._frames.popitem(last=False)
 
     def clear(self) -> None:
-        """Forget the kept outputs (they may hold GPU memory)."""
+        """Forget the kept outputs (they may hold GPU memory) and stop the threads."""
         with self._lock:
-            self._outputs.clear()
+            self._frames.clear()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+                self._pool = None
+
+
+def frame_digest(array: np.ndarray) -> tuple:
+    """Key a frame by its pixels: shape and SHA-1 of the bytes, read in place (no copy)."""
+    array = np.ascontiguousarray(array)
+    return array.shape, str(array.dtype), hashlib.sha1(array.data, usedforsecurity=False).digest()
+
+
+def _digest(frame: Image.Image) -> tuple:
+    """Return the digest build_inputs gave the image, else one of its pixels (a copy)."""
+    return getattr(frame, DIGEST, None) or frame_digest(np.asarray(frame))
 
 
 def _frames(images):
@@ -105,28 +142,26 @@ def _frames(images):
     return frames
 
 
-def frame_digest(array: np.ndarray) -> tuple:
-    """Key a frame by its pixels: shape and SHA-1 of the bytes, read in place (no copy)."""
-    array = np.ascontiguousarray(array)
-    return array.shape, str(array.dtype), hashlib.sha1(array.data, usedforsecurity=False).digest()
+def _one_per_frame(outputs) -> bool:
+    """Tell whether every value of one frame's outputs has one entry (or is a scalar)."""
+    for value in outputs.values():
+        if isinstance(value, (list, tuple)) or getattr(value, 'ndim', 0) > 0:
+            if len(value) != 1:
+                return False
+    return True
 
 
-def _digest(frame: Image.Image) -> tuple:
-    """Return the digest build_inputs gave the image, else one of its pixels (a copy)."""
-    return getattr(frame, DIGEST, None) or frame_digest(np.asarray(frame))
-
-
-def _expand(outputs, rows: list, distinct: int):
-    """Copy the outputs of distinct frames out to one per row; None when a value has no rows."""
-    result = copy.copy(outputs)  # the processor pops entries: the kept outputs stay whole
-    if rows == list(range(distinct)):
-        return result
-    for name, value in outputs.items():
-        try:
-            if len(value) != distinct:
+def _combine(rows: list, concatenate):
+    """Put per-frame outputs together along the batch; None where their shapes differ."""
+    result = copy.copy(rows[0])  # the processor pops entries: the kept outputs stay whole
+    for name, value in rows[0].items():
+        values = [row[name] for row in rows]
+        if isinstance(value, (list, tuple)):
+            result[name] = [entry for each in values for entry in each]
+        elif getattr(value, 'ndim', 0) > 0:
+            if any(each.shape != value.shape for each in values):
                 return None
-        except TypeError:  # a scalar: the same for every row
-            continue
-        result[name] = [value[row] for row in rows] if isinstance(value, (list, tuple)) \
-            else value[rows]
+            result[name] = concatenate(values) if len(values) > 1 else value
+        elif any(each != value for each in values):
+            return None
     return result

@@ -9,6 +9,9 @@ import time
 from collections.abc import Callable
 from typing import Optional
 
+import numpy as np
+import torch
+
 from ..base import EngineBase
 from ..chat import build_inputs
 from ..config import EngineConfig
@@ -193,5 +196,12 @@ def _cache_frames(processor) -> Optional[FrameCache]:
     """Preprocess each distinct frame once (frame_cache.py); None without an image processor."""
     if getattr(processor, 'image_processor', None) is None:
         return None
-    processor.image_processor = FrameCache(processor.image_processor)
+    processor.image_processor = FrameCache(processor.image_processor, concatenate_rows)
     return processor.image_processor
+
+
+def concatenate_rows(values: list):
+    """Join per-frame tensors (or numpy arrays) along the batch, as a batched call stacks them."""
+    if isinstance(values[0], torch.Tensor):
+        return torch.cat(values)
+    return np.concatenate(values)
