@@ -68,7 +68,10 @@ def test_only_the_newest_frames_are_kept():
 
 def test_a_layout_without_one_entry_per_frame_gets_the_processors_own_call():
     # Qwen2-VL flattens every frame's patches into one tensor: its rows cannot be copied out.
+    calls = []
+
     def flattening(images, **kwargs):
+        calls.append(len(images))
         return {'pixel_values': np.arange(4 * len(images)).reshape(4 * len(images), 1),
                 'image_grid_thw': np.ones((len(images), 3))}
 
@@ -77,6 +80,8 @@ def test_a_layout_without_one_entry_per_frame_gets_the_processors_own_call():
     out = cache([[red], [red]])
     assert out['pixel_values'].shape == (8, 1) and out['image_grid_thw'].shape == (2, 3)
     assert cache.frames_reused == 0
+    cache([[red], [red]])  # known now: no per-frame try before the processor's own call
+    assert calls == [1, 2, 2] and cache.frames_processed == 4
 
 
 def test_other_image_layouts_pass_straight_through():

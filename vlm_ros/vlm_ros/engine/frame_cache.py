@@ -44,6 +44,7 @@ class FrameCache:
         self._kept = kept
         self._threads = threads
         self._pool = None  # made at the first batch with several new frames
+        self._splits = True  # False once its outputs proved not to have one entry per frame
         self._frames: OrderedDict = OrderedDict()  # (digest, options) -> that frame's outputs
         self._lock = threading.Lock()
         self.frames_processed = 0  # what the processor ran on
@@ -71,6 +72,9 @@ class FrameCache:
         frames = _frames(images)
         if frames is None:
             return self.wrapped(images, **kwargs)
+        if not self._splits:  # no per-frame outputs to keep: straight to the processor
+            self.frames_processed += len(frames)
+            return self.wrapped(images, **kwargs)
         options = repr(sorted(kwargs.items()))
         keys = [(_digest(frame), options) for frame in frames]
         with self._lock:
@@ -97,7 +101,8 @@ class FrameCache:
             outputs = list(self._pool.map(lambda row: self.wrapped([row], **kwargs), rows))
         else:
             outputs = [self.wrapped([row], **kwargs) for row in rows]
-        return outputs if all(_one_per_frame(output) for output in outputs) else None
+        self._splits = all(_one_per_frame(output) for output in outputs)
+        return outputs if self._splits else None
 
     def _keep(self, keys: list, known: dict) -> None:
         """Keep the batch's frames as the newest, dropping the oldest beyond ``kept``."""
