@@ -179,6 +179,27 @@ def send_goal(test_node: TestNode, instruction: str, on_feedback, image=True):
     return client, goal, handle
 
 
+class ActionFeedback:
+    """Every feedback message of an action, per goal, read from the action's feedback topic.
+
+    rclpy's ActionClient forgets a goal's feedback callback once the goal's result arrives, and
+    the feedback topic may lag the result service: the last feedback can reach no callback. A
+    test that waits for the last feedback reads it here. Make it before sending the goal.
+    """
+
+    def __init__(self, test_node: TestNode, action: str, action_type):
+        topic = f'{action}/_action/feedback'
+        self._messages = test_node.collect(action_type.Impl.FeedbackMessage, topic, QoSProfile(
+            depth=10000, reliability=ReliabilityPolicy.RELIABLE))
+        wait_until(lambda: test_node.node.count_publishers(topic) > 0, TIMEOUT,
+                   f'the publisher of {topic}')
+
+    def of(self, handle) -> list:
+        """Return the feedback the goal of handle got so far, in order."""
+        goal = bytes(handle.goal_id.uuid)
+        return [msg.feedback for msg in self._messages.items() if bytes(msg.goal_id.uuid) == goal]
+
+
 def camera(frame_id: str, fmt: str = 'raw'):
     """Make camera messages of the red scene, stamped now, with a unique frame id."""
     def make(stamp):

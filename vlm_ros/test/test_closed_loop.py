@@ -14,6 +14,7 @@ import pytest
 from action_msgs.msg import GoalStatus
 from engine_fixtures import CLOSE, LOOP_INSTRUCTION, PICK, PLACE
 from loop_harness import DONE, FAILED, PREEMPTED, Loop, start_head, stop_head
+from node_harness import ActionFeedback
 from rclpy.action import ActionClient
 from ros_harness import stop_process, wait_future, wait_until
 
@@ -169,16 +170,17 @@ def test_the_readme_vla_head_drives_a_plan_to_done(loop, tmp_path):
 
 
 def _execute_goal(test_node, instruction=LOOP_INSTRUCTION):
-    """Send an ~/execute_plan goal; return (client, accepted handle, feedback list)."""
+    """Send an ~/execute_plan goal; return (client, accepted handle, its feedback so far).
+
+    The last is a function: each call returns the goal's feedback progress received until then.
+    """
     client = ActionClient(test_node.node, ExecutePlan, '/vlm_node/execute_plan')
     assert client.wait_for_server(timeout_sec=30.0), 'execute_plan never appeared'
-    feedback = []
-    handle = wait_future(client.send_goal_async(
-        ExecutePlan.Goal(instruction=instruction),
-        feedback_callback=lambda msg: feedback.append(msg.feedback.progress)), 30.0,
-        'goal acceptance')
+    recorded = ActionFeedback(test_node, '/vlm_node/execute_plan', ExecutePlan)
+    handle = wait_future(client.send_goal_async(ExecutePlan.Goal(instruction=instruction)), 30.0,
+                         'goal acceptance')
     assert handle.accepted
-    return client, handle, feedback
+    return client, handle, lambda: [feedback.progress for feedback in recorded.of(handle)]
 
 
 def test_the_execute_plan_action_streams_progress_and_succeeds_when_done(loop, head,
@@ -190,8 +192,8 @@ def test_the_execute_plan_action_streams_progress_and_succeeds_when_done(loop, h
     assert result.status == GoalStatus.STATUS_SUCCEEDED
     assert result.result.progress.state == DONE and list(result.result.progress.done) == STEPS
     # Feedback is a topic and the result a service: the last progress may land after it.
-    wait_until(lambda: len(feedback) == 4, 10.0, 'the DONE progress as feedback')
-    assert [(p.state, p.index) for p in feedback] == [(0, 0), (0, 1), (0, 2), (DONE, 2)]
+    wait_until(lambda: len(feedback()) == 4, 10.0, 'the DONE progress as feedback')
+    assert [(p.state, p.index) for p in feedback()] == [(0, 0), (0, 1), (0, 2), (DONE, 2)]
     assert running.commands_of(result.result.progress.plan_id) == [
         (0, i, s) for i, s in enumerate(STEPS)]
     client.destroy()
@@ -200,7 +202,7 @@ def test_the_execute_plan_action_streams_progress_and_succeeds_when_done(loop, h
 def test_cancelling_an_execute_plan_goal_preempts_its_plan(loop, head, test_node):
     running = loop()
     head(running, 'silent')
-    client, handle, feedback = _execute_goal(test_node)
+    client, handle, _ = _execute_goal(test_node)
     step = running.steps.wait_for(lambda s: s.index == 0, 30.0, 'step 0')
     wait_future(handle.cancel_goal_async(), 30.0, 'the cancel response')
     result = wait_future(handle.get_result_async(), 30.0, 'the result')

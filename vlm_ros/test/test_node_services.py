@@ -5,7 +5,7 @@ import threading
 import uuid
 
 from engine_fixtures import TARGETS, scene
-from node_harness import TIMEOUT, call, camera, node_executable, send_goal
+from node_harness import TIMEOUT, ActionFeedback, call, camera, node_executable, send_goal
 from rclpy.action import ActionClient
 from ros_harness import wait_future, wait_until
 from serve_harness import both_backends
@@ -47,17 +47,17 @@ def test_query_without_an_image_uses_the_latest_frame(start_vlm_node, test_node)
 def test_action_streams_feedback_before_the_result(start_vlm_node, test_node):
     node = start_vlm_node()
     node.wait_state('active')
-    feedback = []
-    client, goal, handle = send_goal(test_node, TARGETS['plan'][0],
-                                      lambda msg: feedback.append(msg.feedback))
+    recorded = ActionFeedback(test_node, '/vlm_node/generate_plan', GeneratePlan)
+    client, goal, handle = send_goal(test_node, TARGETS['plan'][0], None)
     result = wait_future(handle.get_result_async(), TIMEOUT, 'the action result').result
     plan = result.plan
     assert plan.status == Plan.STATUS_OK, plan.message
     assert plan.header.frame_id == goal.image.header.frame_id
     assert plan.text == TARGETS['plan'][1]
     # Feedback is a topic and the result a service: the last piece may land after the result.
-    wait_until(lambda: feedback and feedback[-1].partial_text == plan.text, TIMEOUT,
-               'the feedback to end in the result text')
+    wait_until(lambda: recorded.of(handle) and recorded.of(handle)[-1].partial_text == plan.text,
+               TIMEOUT, 'the feedback to end in the result text')
+    feedback = recorded.of(handle)
     assert len(feedback) > 1, 'feedback must stream while generating'
     assert [f.tokens for f in feedback] == sorted(f.tokens for f in feedback)
     client.destroy()
@@ -108,23 +108,23 @@ def test_goals_batched_together_each_stream_their_own_text(start_vlm_node, test_
     assert client.wait_for_server(timeout_sec=TIMEOUT)
     asked = [('red', TARGETS['plan'][0]), ('blue', TARGETS['plan'][0]),
              ('red', TARGETS['vqa'][0])]
-    goals, feedback, handles = [], [[] for _ in asked], []
-    for (colour, text), pieces in zip(asked, feedback, strict=True):
+    recorded = ActionFeedback(test_node, '/vlm_node/generate_plan', GeneratePlan)
+    goals, handles = [], []
+    for colour, text in asked:
         goal = GeneratePlan.Goal(instruction=text, image=rgb_to_image(scene(colour)))
         goal.image.header.frame_id = uuid.uuid4().hex
         goals.append(goal)
-        handles.append(wait_future(client.send_goal_async(
-            goal, feedback_callback=lambda msg, p=pieces: p.append(msg.feedback)), TIMEOUT,
-            'goal acceptance'))
+        handles.append(wait_future(client.send_goal_async(goal), TIMEOUT, 'goal acceptance'))
     plans = [wait_future(h.get_result_async(), TIMEOUT, 'a result').result.plan for h in handles]
     values = node.wait_diag(lambda v: int(v['engine_requests']) >= 3, TIMEOUT, 'the batch')
     assert (int(values['engine_runs']), int(values['engine_requests'])) == (1, 3)
     # Two goals carry the same red scene: it is preprocessed once for both.
     assert (values['frames_preprocessed'], values['frames_reused']) == ('2', '1')
     assert plans[0].text == TARGETS['plan'][1] and len({p.text for p in plans}) > 1
-    for goal, plan, pieces in zip(goals, plans, feedback, strict=True):
+    for goal, plan, handle in zip(goals, plans, handles, strict=True):
         assert plan.header.frame_id == goal.image.header.frame_id
         # A topic and a service: the last feedback may land after the result.
-        wait_until(lambda p=pieces, t=plan.text: p and p[-1].partial_text == t, TIMEOUT,
+        wait_until(lambda h=handle, t=plan.text: recorded.of(h) and
+                   recorded.of(h)[-1].partial_text == t, TIMEOUT,
                    f'the feedback to end in {plan.text!r}')
     client.destroy()
