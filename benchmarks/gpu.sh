@@ -51,7 +51,7 @@ from vlm_ros.demo.tiny.real_size import build_random
 print(build_random(sys.argv[1], sys.argv[2]))' "$model_name" "$scratch" >"$scratch/path"
 model=$(cat "$scratch/path")
 echo "### $model_name (random weights), built in $model" | tee -a "$out/bench.md"
-bench 'new default' 240 --model "$model" --batch-sizes 1 8 --frames distinct shared
+bench 'new default' 240 --model "$model" --batch-sizes 1 8 --frames distinct shared queued
 bench 'old default' 90 --model "$model" --decode-mode eager \
   --processor-kwargs '{"size": {"longest_edge": 1536}, "device": "cpu"}' --batch-sizes 1 8
 step 'CUDA checks' 120 python3 benchmarks/cuda_checks.py 2>&1 | tee "$out/cuda_checks.txt"

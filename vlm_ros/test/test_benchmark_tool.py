@@ -23,6 +23,7 @@ def test_node_mode_drives_a_vlm_node_at_each_batch_size(rclpy_context):
     assert all(int(row[3]) + int(row[4]) == 6 for row in rows), stdout  # 3 streams x 2 each
     assert 'concurrent instruction streams' in stdout
     assert 'static decoding' in stdout  # what the node reported, from --decode-mode
+    assert 'DDS profile fastdds_large_frames.xml' in stdout  # raw frames over shared memory
 
 
 def test_engine_mode_compiles_before_it_measures(tmp_path):
@@ -40,13 +41,14 @@ def test_engine_mode_compiles_before_it_measures(tmp_path):
     assert [row[1].strip() for row in rows] == ['1', '2'], stdout
 
 
-def test_engine_mode_times_distinct_frames_and_frames_a_batch_shares():
+def test_engine_mode_times_distinct_shared_and_queued_frames():
     proc = subprocess.Popen([node_executable('vlm_benchmark'), '--random', 'tiny:idefics3',
                              '--device', 'cpu', '--batch-sizes', '3', '--new-tokens', '2',
                              '--repeats', '1', '--image', '48x64', '--frames', 'distinct',
-                             'shared'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             'shared', 'queued'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     code, stdout, err = wait_exit(proc, 600)
     assert code == 0, err[-3000:]
     titles = [line for line in stdout.splitlines() if line.startswith('### ')]
-    assert [t.split(', ')[-2] for t in titles] == ['distinct frames', 'shared frames'], stdout
+    assert [t.split(', ')[-2] for t in titles] == ['distinct frames', 'shared frames',
+                                                   'queued frames'], stdout

@@ -16,7 +16,7 @@ def test_manual_lifecycle_with_a_bad_then_good_model(start_vlm_node, test_node, 
     good = str(trained_tiny('llava'))
     node = start_vlm_node(autostart=False, model=str(tmp_path / 'missing_model'))
     values = node.wait_state('unconfigured')
-    assert values['model_loaded'] == 'False'
+    assert values['model_loaded'] == 'False' and values['gc_frozen_objects'] == '0'
     assert lifecycle_state(test_node) == 'unconfigured'
 
     assert not transition(test_node, 'configure')
@@ -27,7 +27,9 @@ def test_manual_lifecycle_with_a_bad_then_good_model(start_vlm_node, test_node, 
 
     assert all(r.successful for r in set_params(test_node, model=good))
     assert transition(test_node, 'configure')
-    assert node.wait_state('inactive')['model_loaded'] == 'True'
+    values = node.wait_state('inactive')
+    # The loaded model and libraries are out of the garbage collector's walks from now on.
+    assert values['model_loaded'] == 'True' and int(values['gc_frozen_objects']) > 100000
     refused = set_params(test_node, model='other')[0]
     assert not refused.successful and 'reload' in refused.reason
 
@@ -42,7 +44,8 @@ def test_manual_lifecycle_with_a_bad_then_good_model(start_vlm_node, test_node, 
     assert transition(test_node, 'deactivate')
     node.wait_state('inactive')
     assert transition(test_node, 'cleanup')
-    assert node.wait_state('unconfigured')['model_loaded'] == 'False'
+    values = node.wait_state('unconfigured')
+    assert values['model_loaded'] == 'False' and values['gc_frozen_objects'] == '0'
 
 
 def test_autostart_false_stays_unconfigured(start_vlm_node, test_node):

@@ -12,7 +12,7 @@ from engine_fixtures import TARGETS, scene
 from loop_harness import LOOP_OBSERVERS
 from node_harness import TIMEOUT, call, camera, set_ok, set_params, transition
 from rclpy.qos import QoSReliabilityPolicy
-from ros_harness import wait_until
+from ros_harness import wait_future, wait_until
 from vlm_ros.engine.prompts import load_templates
 from vlm_ros.node import params
 from vlm_ros.node.image_conversion import rgb_to_image
@@ -199,13 +199,55 @@ def observe_max_batch_size(node, test_node):
 
 
 def observe_batch_wait(node, test_node):
-    """Check that a lone request waits batch_wait for company, then runs alone."""
+    """Check that a lone request waits batch_wait for company, then runs alone.
+
+    Requests that keep coming, each within batch_wait of the one before, join the batch even
+    after batch_wait has passed since the first.
+    """
     _streaming(node)
     set_ok(test_node, max_batch_size=8, batch_wait=0.0)
     assert _plan(node).total_time < 0.5
     set_ok(test_node, batch_wait=0.8)
     plan = _plan(node)
     assert plan.status == Plan.STATUS_OK and plan.total_time >= 0.8, plan
+    set_ok(test_node, batch_wait=1.0)
+    texts = [f'{INSTRUCTION} #{uuid.uuid4().hex[:6]}' for _ in range(4)]
+    for text in texts:  # the last one 1.5 s after the first, each 0.5 s after the one before
+        node.instruct(text)
+        time.sleep(0.5)
+    for text in texts:
+        node.plans.wait_for(lambda p, t=text: p.instruction == t, TIMEOUT, text)
+    values = node.wait_diag(lambda v: int(v['engine_requests']) == 6, TIMEOUT, '6 requests')
+    assert values['engine_runs'] == '3', values  # the two plans above, then one batch of 4
+
+
+def observe_preprocess_ahead(node, test_node):
+    """Check that queries waiting behind a running one get their images preprocessed.
+
+    Six queries on six new frames, sent at once, are answered one at a time: with the
+    look-ahead, the frame cache counts frames prepared ahead as reused by their own batch.
+    """
+    client = test_node.node.create_client(Query, '/vlm_node/query')
+    assert client.wait_for_service(timeout_sec=TIMEOUT)
+
+    def burst(first: int) -> int:
+        frames = [scene('blue') for _ in range(6)]
+        for index, frame in enumerate(frames):
+            frame[0, 0] = first + index  # pixels never seen before
+        futures = [client.call_async(Query.Request(question=TARGETS['vqa'][0],
+                                                   image=rgb_to_image(frame)))
+                   for frame in frames]
+        answers = [wait_future(f, TIMEOUT, 'an answer').answer for f in futures]
+        assert answers == [TARGETS['vqa'][1]] * 6  # prepared ahead or not, the same inputs
+        values = node.wait_diag(lambda v: int(v['engine_requests']) == first + 6, TIMEOUT,
+                                f'{first + 6} requests')
+        return int(values['frames_reused'])
+    set_ok(test_node, preprocess_ahead=True)
+    assert burst(0) >= 1
+    set_ok(test_node, preprocess_ahead=False)
+    reused = node.wait_diag(lambda v: int(v['engine_requests']) == 6, TIMEOUT, '6')[
+        'frames_reused']
+    assert burst(6) == int(reused)
 
 
 OBSERVERS = {**{name[len('observe_'):]: value for name, value in globals().items()

@@ -4,6 +4,7 @@ The frame cache must not change a single input value: the model sees what the pr
 call would give it, for every family, whatever the batch's mix of frames.
 """
 
+import threading
 import types
 
 import numpy as np
@@ -51,6 +52,30 @@ def test_an_engine_preprocesses_a_frame_shared_by_requests_once(trained_tiny):
     engine.run([Request('vqa', red, 'what is red?')])  # back to back on the same frame
     engine.run([Request('caption', blue)])
     assert (engine.status()['frames_preprocessed'], engine.status()['frames_reused']) == (2, 2)
+    engine.unload()
+
+
+def test_frames_prepared_from_another_thread_during_runs_give_the_same_answers(trained_tiny):
+    """The worker's look-ahead calls prepare() while run() generates: no race, same answers."""
+    engine = VlmEngine(EngineConfig(model=str(trained_tiny('idefics3')), device='cpu',
+                                    max_new_tokens=8))
+    engine.load()
+    frames = [scene(colour) for colour in ('red', 'blue', 'green')]
+    plain = [engine.run([Request('caption', frame)])[0].text for frame in frames]
+    engine.unload()
+    engine.load()
+    ahead = [frame.copy() for frame in frames]
+    for index, frame in enumerate(ahead):
+        frame[0, 0] = index  # new pixels: nothing kept from before
+    preparing = threading.Thread(target=lambda: [engine.prepare([frame]) for frame in ahead])
+    preparing.start()
+    during = [engine.run([Request('caption', frame)])[0].text for frame in frames]
+    preparing.join()
+    prepared = engine.status()['frames_preprocessed']
+    after = [engine.run([Request('caption', frame)])[0].text for frame in ahead]
+    assert during == plain and after == plain  # a pixel apart: the same scene
+    assert engine.status()['frames_preprocessed'] == prepared == 6  # prepare() ran each once
+    assert engine.status()['frames_reused'] == 3
     engine.unload()
 
 

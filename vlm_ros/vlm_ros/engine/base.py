@@ -32,3 +32,10 @@ class EngineBase:
         templates = load_templates(fields['prompts']) if 'prompts' in fields else self.templates
         self.config = dataclasses.replace(self.config, **fields)
         self.templates = templates
+
+    def prepare(self, images: list) -> None:
+        """Preprocess images that waiting requests carry, before run() is asked to answer them.
+
+        A hint for overlapping a batch's preprocessing with the previous batch's generation;
+        this base does nothing, as a remote server preprocesses what it receives itself.
+        """

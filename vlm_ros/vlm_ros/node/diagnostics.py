@@ -4,6 +4,8 @@ The engine adds its own values (``status()``): GPU memory in process; the server
 whether it is reachable for the openai backend.
 """
 
+import gc
+
 from diagnostic_msgs.msg import DiagnosticArray
 
 from ..compat import distro, steady_timer
@@ -65,6 +67,8 @@ class DiagnosticsReporter:
             'frames_invalid': frames.invalid if frames else 0,
             'frames_lost_estimate': frames.gaps.lost if frames else 0,
             'captions_skipped': stats.captions_skipped,
+            # Objects the garbage collector no longer walks: the model and libraries (node.py).
+            'gc_frozen_objects': gc.get_freeze_count(),
             'last_error': self.last_error,
             'last_image_size': self.last_image_size,
             # Why no frame comes, when nothing publishes where the node listens ('' if fine).

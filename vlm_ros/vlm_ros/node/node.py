@@ -8,6 +8,7 @@ converts messages and schedules: inference runs on worker threads, never in an e
 callback.
 """
 
+import gc
 import os
 import sys
 import threading
@@ -122,7 +123,8 @@ class VlmNode(LifecycleNode):
     @staticmethod
     def _limits(value) -> Limits:
         return Limits(value('wait_for_image'), value('max_image_age'), value('queue_size'),
-                      value('max_text_chars'), value('max_batch_size'), value('batch_wait'))
+                      value('max_text_chars'), value('max_batch_size'), value('batch_wait'),
+                      value('preprocess_ahead'))
 
     def model_name(self) -> str:
         """Return the model answers are attributed to: the loaded one's, else the parameter."""
@@ -161,6 +163,10 @@ class VlmNode(LifecycleNode):
             self.diagnostics.last_error = str(exc)
             return TransitionCallbackReturn.FAILURE
         self.engine = engine
+        # The model, torch and transformers are millions of long-lived objects: a full garbage
+        # collection walked them all (0.2 s on 2 cores), stalling every answer in flight.
+        # Frozen, the collector walks only what requests create; cleanup thaws them.
+        gc.freeze()
         self.get_logger().info(f'loaded {engine.describe()}')
         # Outputs live from configure to cleanup (as lifecycle publishers do): answers made on
         # deactivate go out through them, and subscribers stay matched across re-activation.
@@ -224,6 +230,7 @@ class VlmNode(LifecycleNode):
         if self.engine is not None:
             self.engine.unload()
             self.engine = None
+            gc.unfreeze()  # the model's reference cycles are collectable again
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:

@@ -98,9 +98,13 @@ SPECS = (
     ParamSpec('max_batch_size', 1, 'in-process backend: up to this many waiting requests are '
               "answered by one batched generate (1 = one at a time; the openai backend's "
               'server batches by itself)', applies='limits', low=1, high=64),
-    ParamSpec('batch_wait', 0.005, 'with max_batch_size > 1: s the worker waits for more '
-              'requests to fill a batch before it starts one', applies='limits', low=0.0,
-              high=1.0),
+    ParamSpec('batch_wait', 0.005, 'with max_batch_size > 1: a batch starts when it is full '
+              'or when no request came for this many s (at most max_batch_size x batch_wait '
+              'after the first)', applies='limits', low=0.0, high=1.0),
+    ParamSpec('preprocess_ahead', False, 'in-process backend: while a batch generates, convert '
+              'and preprocess the images that waiting queries and goals carry (camera requests '
+              'take the frame that is newest when their batch starts); on for a GPU, off where '
+              "the model's CPU threads would share the cores with it", applies='limits'),
     ParamSpec('max_text_chars', 4096, 'longest instruction or question, in characters; longer '
               'ones are answered STATUS_BAD_INPUT at once', applies='limits', low=1,
               high=1_000_000),

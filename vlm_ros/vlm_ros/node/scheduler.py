@@ -48,6 +48,8 @@ class Job:
     request_id: str = ''
     cancel_reason: str = 'cancelled'
     context: Optional[dict] = None  # the prompt's other placeholders (replan: done, failed)
+    converted: object = None  # image_msg as RGB, when converted ahead of the job's batch
+    looked_ahead: bool = False
 
 
 def cancel_job(worker, job: Job, reason: str) -> None:
@@ -84,6 +86,7 @@ class Limits:
     max_text_chars: int = 4096
     max_batch_size: int = 1
     batch_wait: float = 0.005
+    preprocess_ahead: bool = False
 
 
 class Worker:
@@ -92,7 +95,8 @@ class Worker:
     Jobs start in FIFO order; with more than one thread they may finish out of order. With one
     thread (an in-process model), the thread takes up to ``limits.max_batch_size`` waiting
     jobs at once and answers them with one batched generate; each keeps its own image, status,
-    text stream and cancel.
+    text stream and cancel. Meanwhile a look-ahead thread preprocesses the images that waiting
+    jobs carry (``limits.preprocess_ahead``), so the next batch starts generating sooner.
     """
 
     _ids = itertools.count(1)
@@ -114,6 +118,10 @@ class Worker:
         self.batched = 0
         self._threads = [threading.Thread(target=self._loop, name=f'vlm-worker-{index}',
                                           daemon=True) for index in range(threads)]
+        self._batching = threads == 1  # with several, waiting jobs start as soon as taken
+        if self._batching:
+            self._threads.append(threading.Thread(target=self._look_ahead, daemon=True,
+                                                  name='vlm-look-ahead'))
         for thread in self._threads:
             thread.start()
 
@@ -132,7 +140,7 @@ class Worker:
             accepted = self._running and len(self._queue) < self.limits.queue_size
             if accepted:
                 self._queue.append(job)
-                self._cond.notify()
+                self._cond.notify_all()  # a worker thread, and the look-ahead while busy
         if not accepted:
             reason = (f'request queue full (queue_size={self.limits.queue_size})'
                       if self._running else 'node is not active')
@@ -197,31 +205,65 @@ class Worker:
                     self._cond.wait()
                 if not self._running:
                     return
-                size = self.limits.max_batch_size if len(self._threads) == 1 else 1
+                size = self.limits.max_batch_size if self._batching else 1
                 self._gather(size)
                 if not self._running:
                     return
                 jobs = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
                 for job in jobs:
                     self._current[id(job)] = job
+                self._cond.notify_all()  # busy now: the look-ahead may start on the rest
             for outcome in self._serve(jobs):
                 self._finish(outcome)
             with self._cond:
                 for job in jobs:
                     del self._current[id(job)]
 
-    def _gather(self, size: int) -> None:
-        """Wait up to limits.batch_wait s for the queue to hold size jobs (called locked).
+    def _look_ahead(self) -> None:
+        """While a batch runs, convert and preprocess the images that waiting jobs carry.
 
-        Requests that arrive together (streams answered by one batch send their next ones
-        within milliseconds) then share a batch instead of the first running alone.
+        Only explicit images (queries, goals) are known ahead: a camera job takes the frame
+        that is newest when its batch starts, which usually arrives after this one started.
         """
-        deadline = time.monotonic() + self.limits.batch_wait
+        while True:
+            with self._cond:
+                while self._running and self._ahead() is None:
+                    self._cond.wait()
+                if not self._running:
+                    return
+                job = self._ahead()
+                job.looked_ahead = True
+            try:
+                job.converted = self.convert(job.image_msg)
+                self._engine.prepare([job.converted])
+            except Exception:  # noqa: BLE001 - its own batch converts it again and says why
+                job.converted = None
+
+    def _ahead(self) -> Optional[Job]:
+        """Return the first waiting job with an image not looked at yet (called locked)."""
+        if not (self._current and self.limits.preprocess_ahead):
+            return None
+        return next((job for job in self._queue if job.image_msg is not None
+                     and not job.looked_ahead), None)
+
+    def _gather(self, size: int) -> None:
+        """Wait while requests keep coming, until the queue holds size jobs (called locked).
+
+        The batch starts once the queue holds size jobs, or no request came for
+        limits.batch_wait s, and after size x batch_wait s at most. Streams answered by one
+        batch send their next requests within milliseconds of each other, not at once: a fixed
+        wait from the first one started most batches before the last ones were in.
+        """
+        wait = self.limits.batch_wait
+        start = time.monotonic()
+        deadline, seen = start + wait, len(self._queue)
         while self._running and size > 1 and len(self._queue) < size:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if len(self._queue) > seen:  # one more came: give the next one as long again
+                deadline, seen = min(now + wait, start + size * wait), len(self._queue)
+            if now >= deadline:
                 return
-            self._cond.wait(left)
+            self._cond.wait(deadline - now)
 
     def _finish(self, outcome: Outcome) -> None:
         try:
@@ -236,6 +278,8 @@ class Worker:
     def _image(self, job: Job):
         """Return (header, rgb) for job, or an Outcome saying why there is none."""
         if job.image_msg is not None:
+            if job.converted is not None:  # by the look-ahead
+                return job.image_msg.header, job.converted
             return self._converted(job, job.image_msg.header, self.convert, job.image_msg)
         wait = self.limits.wait_for_image
         frame = self._frames.wait_for(self._fresh, wait, job.cancel.is_set)

@@ -16,7 +16,9 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -100,17 +102,19 @@ def new_frames(image, batch: int, shared: bool) -> list:
     return frames * batch if shared else frames
 
 
-def time_batch(engine: VlmEngine, batch: int, new_tokens: int, image,
-               shared: bool = False) -> dict:
+def time_batch(engine: VlmEngine, new_tokens: int, frames: list,
+               ahead: Optional[list] = None) -> dict:
     """Run one batched generate of exactly new_tokens tokens; return its timings.
 
     Time to first token splits into preprocessing (processor, to the device), the vision
-    encoder, and the rest up to the first token (projector, prefill, sampling).
+    encoder, and the rest up to the first token (projector, prefill, sampling). With ``ahead``,
+    those frames (the next batch's) are preprocessed on a second thread while this batch
+    generates, as vlm_node's look-ahead does; the total includes waiting for it to finish.
     """
     import torch
 
     loaded = engine.loaded
-    frames = new_frames(image, batch, shared)
+    batch = len(frames)
     if loaded.device.type == 'cuda':
         torch.cuda.synchronize(loaded.device)
     start = time.perf_counter()
@@ -120,13 +124,17 @@ def time_batch(engine: VlmEngine, batch: int, new_tokens: int, image,
     if loaded.device.type == 'cuda':
         torch.cuda.synchronize(loaded.device)  # GPU preprocessing (gpu_preprocess.py) included
     prep = time.perf_counter() - start
+    preparing = threading.Thread(target=lambda: [engine.prepare([frame])  # as the node does
+                                                 for frame in ahead or []])
+    preparing.start()
     timer = VisionTimer(loaded.model, loaded.device)
     try:
         out = generate(loaded, inputs, new_tokens,
                        {**engine.generate_kwargs(), 'min_new_tokens': new_tokens})
     finally:
         timer.close()
-    total = prep + out.total_time
+        preparing.join()
+    total = time.perf_counter() - start
     vision = timer.end - timer.start if timer.start and timer.end else float('nan')
     return {'ttft': prep + out.time_to_first_token, 'total': total, 'prep': prep,
             'vision': vision,
@@ -137,17 +145,25 @@ def time_batch(engine: VlmEngine, batch: int, new_tokens: int, image,
 
 
 def run(engine: VlmEngine, batch_sizes, new_tokens: int, repeats: int, image_hw,
-        shared: bool = False) -> list:
-    """Benchmark every batch size; return one row of medians each."""
+        frames: str = 'distinct') -> list:
+    """Benchmark every batch size; return one row of medians each.
+
+    frames: 'distinct' (a new frame per request), 'shared' (one new frame per batch) or
+    'queued' (new frames, each batch's preprocessed during the previous batch's generation).
+    """
     import torch
 
     image = scene(*image_hw)
     rows = []
     for batch in batch_sizes:
-        time_batch(engine, batch, new_tokens, image, shared)  # warm-up (and compilation)
+        batches = [new_frames(image, batch, frames == 'shared') for _ in range(repeats + 2)]
+        queued = frames == 'queued'
+        time_batch(engine, new_tokens, batches[0], batches[1] if queued else None)  # warm-up
         if engine.loaded.device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(engine.loaded.device)
-        runs = [time_batch(engine, batch, new_tokens, image, shared) for _ in range(repeats)]
+        runs = [time_batch(engine, new_tokens, batches[index],
+                           batches[index + 1] if queued else None)
+                for index in range(1, repeats + 1)]
         total = statistics.median(r['total'] for r in runs)
         rows.append({'batch': batch, 'ttft_ms': 1000 * statistics.median(r['ttft'] for r in runs),
                      **{f'{part}_ms': 1000 * statistics.median(r[part] for r in runs)
@@ -186,11 +202,12 @@ def parse_args(argv):
     parser.add_argument('--repeats', type=positive_int, default=3)
     parser.add_argument('--image', type=_image_size, default='480x640',
                         help='HxW of the test frame')
-    parser.add_argument('--frames', choices=('distinct', 'shared'), nargs='+',
+    parser.add_argument('--frames', choices=('distinct', 'shared', 'queued'), nargs='+',
                         default=['distinct'],
-                        help="a new frame per request (distinct, the default), or one new "
-                        "frame shared by a batch's requests (shared: preprocessed once); one "
-                        'table each')
+                        help="a new frame per request (distinct, the default), one new "
+                        "frame shared by a batch's requests (shared: preprocessed once), or "
+                        "new frames preprocessed while the previous batch generates (queued: "
+                        "vlm_node's preprocess_ahead); one table each")
     parser.add_argument('--node', action='store_true',
                         help='measure a vlm_node process instead of the engine: --streams '
                         'concurrent instruction streams, the node at each --batch-sizes value '
@@ -245,7 +262,7 @@ def _benchmark(args) -> int:
         params = sum(p.numel() for p in loaded.model.parameters()) / 1e6
         for frames in args.frames:
             rows = run(engine, args.batch_sizes, args.new_tokens, args.repeats,
-                       (height, width), frames == 'shared')
+                       (height, width), frames)
             title = (f'{args.random or args.model}: {params:.2f} M params, {loaded.device} '
                      f'{str(loaded.dtype).replace("torch.", "")}, attn {args.attn or "default"}'
                      f', decode {engine.decode_mode} (warm-up {engine.warm_up_seconds:.1f} s)'

@@ -8,10 +8,12 @@ node's time to first token, and end-to-end latency (instruction published -> Pla
 p50 and p95. A benchmark, not a test: it asserts nothing.
 """
 
+import gc
 import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,7 +32,7 @@ from std_msgs.msg import String
 from vlm_ros_msgs.msg import Plan
 
 from ..node.image_conversion import rgb_to_image
-from ..spin import SpinThread
+from ..spin import SWITCH_INTERVAL, SpinThread
 
 KEEP_ALL = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 INSTRUCTION = 'pick up the red block and put it in the bin'
@@ -149,6 +151,24 @@ def _node_params(model: str, args) -> dict:
             'batch_wait': args.batch_wait}
 
 
+def _dds_profile() -> str:
+    """Give the driver and the node the large-frames Fast DDS profile, unless one is chosen.
+
+    The camera's 640x480 raw frames do not fit Fast DDS's default shared-memory segments, so
+    they cross as fragmented UDP; the bursts overflowed the socket buffers and instructions
+    and Plans lost on the way waited for a retransmission: 2-3 s in a p95 otherwise of about
+    0.4 s. The README asks for the profile on every process on a machine that moves such
+    frames; the environment variable reaches the node's process too. Return its file name.
+    """
+    from ament_index_python.packages import get_package_share_directory
+
+    name = 'FASTDDS_DEFAULT_PROFILES_FILE'
+    if not os.environ.get(name):
+        os.environ[name] = os.path.join(get_package_share_directory('vlm_ros'), 'config',
+                                        'fastdds_large_frames.xml')
+    return os.path.basename(os.environ[name])
+
+
 def run_node_benchmark(model: str, args) -> str:
     """Start vlm_node on model, run every batch size, stop it; return the table."""
     from ament_index_python.packages import get_package_prefix
@@ -156,6 +176,7 @@ def run_node_benchmark(model: str, args) -> str:
     namespace = f'/vlm_benchmark_{os.getpid()}'
     executable = os.path.join(get_package_prefix('vlm_ros'), 'lib', 'vlm_ros', 'vlm_node')
     streams = args.streams
+    profile = _dds_profile()
     command = [executable, '--ros-args', '-r', f'__ns:={namespace}']
     for name, value in _node_params(model, args).items():
         command += ['-p', f'{name}:={value}']
@@ -163,6 +184,11 @@ def run_node_benchmark(model: str, args) -> str:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         rclpy.init()
         driver = _Driver(namespace, args.image)
+        # The driver is a Python process of 9 threads beside torch: as vlm_node does (spin.py,
+        # node.py), hand the GIL over quickly and keep the collector off the imported modules,
+        # so that its own stalls are not counted as the node's latency.
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        gc.freeze()
         spinner = SpinThread([driver])
         try:
             if not driver.wait_for_node(timeout=120) or driver.ask(timeout=120) is None:
@@ -183,16 +209,15 @@ def run_node_benchmark(model: str, args) -> str:
             rclpy.try_shutdown()
             proc.terminate()
             proc.wait(timeout=60)
-    return _table(model, args, rows, decoding)
+    return _table(model, args, rows, f'{decoding} decoding, DDS profile {profile}')
 
 
-def _table(model: str, args, rows: list, decoding: str) -> str:
+def _table(model: str, args, rows: list, setup: str) -> str:
     base = rows[0][1]['per_s'] if rows else float('nan')
     lines = [f'vlm_node on {model}: {args.streams} concurrent instruction streams x '
              f'{args.requests} each, {args.new_tokens} new tokens max, batch_wait '
              f'{args.batch_wait:g} s, '
-             f'{args.image[1]}x{args.image[0]} camera, device {args.device}, '
-             f'{decoding} decoding', '',
+             f'{args.image[1]}x{args.image[0]} camera, device {args.device}, {setup}', '',
              '| max_batch_size | requests per engine run | answers | other | answers/s | '
              'vs first row | TTFT p50 (node) | end-to-end p50 | p95 |',
              '|---:|---:|---:|---:|---:|---:|---:|---:|---:|']

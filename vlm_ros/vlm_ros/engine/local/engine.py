@@ -42,6 +42,7 @@ class VlmEngine(EngineBase):
         self._decode: dict = {}  # generate's arguments of the decode mode
         self.warm_up_seconds = 0.0
         self._frames: Optional[FrameCache] = None  # wraps the loaded image processor
+        self._processor_lock = threading.Lock()  # run() and prepare() share the processor
 
     @property
     def loaded(self) -> loader.LoadedModel:
@@ -126,14 +127,30 @@ class VlmEngine(EngineBase):
         preprocess on the model's GPU do so (gpu_preprocess.py), unless processor_kwargs say
         otherwise.
         """
+        loaded = self.loaded
+        return loader.to_device(self._encode(requests), loaded.device, loaded.dtype)
+
+    def prepare(self, images: list) -> None:
+        """Preprocess the frames of requests still waiting, while the current batch generates.
+
+        The frame cache keeps each frame's outputs, so the run() that answers those requests
+        skips the image processor for them. Called from another thread than run(): the
+        processor runs under a lock (a fast tokenizer refuses calls from two threads at once),
+        and the model is not touched.
+        """
+        if self._frames is not None and images:
+            self._encode([Request('caption', image) for image in images])
+
+    def _encode(self, requests: list):
+        """Run the processor over requests' images and rendered prompts (one call at a time)."""
         images = [resize_max_side(r.image, self.config.max_image_side) for r in requests]
         prompts = [render_task(self.templates, r.task, r.text, r.context) for r in requests]
         loaded = self.loaded
         own = self.config.processor_kwargs
         kwargs = {**fitted_size_kwargs(loaded.processor, images, own),
                   **device_kwargs(loaded.processor, str(loaded.device), own), **own}
-        return loader.to_device(build_inputs(loaded.processor, images, prompts, **kwargs),
-                                loaded.device, loaded.dtype)
+        with self._processor_lock:
+            return build_inputs(loaded.processor, images, prompts, **kwargs)
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments of model.generate: sampling, and the decode mode's cache."""
