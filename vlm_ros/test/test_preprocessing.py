@@ -53,6 +53,7 @@ def test_an_engine_preprocesses_a_frame_shared_by_requests_once(trained_tiny):
     engine.run([Request('caption', blue)])
     assert (engine.status()['frames_preprocessed'], engine.status()['frames_reused']) == (2, 2)
     engine.unload()
+    assert engine.status() == {}  # a diagnostics timer may ask while a shutdown unloads
 
 
 def test_frames_prepared_from_another_thread_during_runs_give_the_same_answers(trained_tiny):

@@ -87,8 +87,17 @@ class DiagnosticsReporter:
         return f'{self._node.get_fully_qualified_name()}: vlm'
 
     def publish(self) -> None:
-        """Publish the current values (the timer's callback); WARN when a server is away."""
-        values = self.values()
+        """Publish the current values (the timer's callback); WARN when a server is away.
+
+        A value that cannot be read skips this second's message, with the reason logged: an
+        exception here would end the executor, and the node with it.
+        """
+        try:
+            values = self.values()
+        except Exception as exc:  # noqa: BLE001 - the next second tries again
+            self._node.get_logger().error(f'diagnostics skipped: {exc!r}',
+                                          throttle_duration_sec=10.0)
+            return
         ok = values['state'] == 'active' and not self.last_error and \
             values.get('backend_reachable') is not False
         summary = f"{values['state']}; {values['requests_served']} requests served"

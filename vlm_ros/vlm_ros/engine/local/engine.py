@@ -69,14 +69,19 @@ class VlmEngine(EngineBase):
                 f'warm-up {self.warm_up_seconds:.1f} s)')
 
     def status(self) -> dict:
-        """Plain values for diagnostics: the device, and GPU memory when on a GPU."""
-        frames = self._frames
-        return {'device': str(self.loaded.device), 'decode_mode': self.decode_mode,
+        """Plain values for diagnostics: the device, and GPU memory when on a GPU.
+
+        Empty once unloaded: the node's diagnostics timer may ask while a shutdown unloads.
+        """
+        loaded, frames = self._loaded, self._frames
+        if loaded is None:
+            return {}
+        return {'device': str(loaded.device), 'decode_mode': self.decode_mode,
                 'warm_up_s': f'{self.warm_up_seconds:.2f}',
                 'compiled_graphs': decoding.compiled_graphs(),
                 'frames_preprocessed': getattr(frames, 'frames_processed', 0),
                 'frames_reused': getattr(frames, 'frames_reused', 0),
-                **loader.gpu_memory(self.loaded.device)}
+                **loader.gpu_memory(loaded.device)}
 
     def load(self) -> None:
         """Load weights and processor (downloads from the hub when model is a hub id).
