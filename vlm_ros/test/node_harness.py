@@ -114,7 +114,11 @@ class VlmNodeProcess:
     def stop(self, sig=signal.SIGINT):
         """Stop the node process; return (exit code, stderr)."""
         self.stop_stream()
-        code, _, _ = stop_process(self.proc, sig, timeout=30.0)
+        try:
+            code, _, _ = stop_process(self.proc, sig, timeout=30.0)
+        except AssertionError as exc:  # a stop that hung: its log has the threads' stacks
+            self.log.seek(0)
+            raise AssertionError(f'{exc}\nnode log:\n{self.log.read()[-6000:]}') from exc
         self.log.seek(0)
         return code, self.log.read()
 

@@ -90,9 +90,10 @@ def test_goal_of_a_killed_client_is_cancelled_and_frees_the_worker(start_vlm_nod
         client.kill()
         client.wait()
     # A killed process leaves the DDS graph when its participant's lease (20 s) runs out.
-    values = node.wait_diag(lambda v: int(v['status_cancelled']) == 1, TIMEOUT + 30.0,
-                            'the orphaned goal cancelled')
-    assert int(values['requests_in_progress']) == 0
+    # Answered, then taken off the worker: a diagnostics message may fall in between.
+    node.wait_diag(lambda v: int(v['status_cancelled']) == 1 and
+                   int(v['requests_in_progress']) == 0, TIMEOUT + 30.0,
+                   'the orphaned goal cancelled, the worker free')
     frame_id = uuid.uuid4().hex
     node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
     node.instruct(TARGETS['plan'][0])

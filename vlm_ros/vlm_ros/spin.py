@@ -8,6 +8,7 @@ or SIGTERM the executor is stopped (running callbacks finish), the spin thread j
 nodes destroyed, and only then ``rclpy.try_shutdown()`` runs; the process exits 0.
 """
 
+import faulthandler
 import signal
 import sys
 import threading
@@ -27,6 +28,9 @@ from rclpy.signals import SignalHandlerOptions
 # per hand-over, 8 instructions arriving together took up to 0.6 s to be taken in (vlm_node, 8
 # streams, 2 cores); with 0.5 ms, 0.05 s.
 SWITCH_INTERVAL = 0.0005
+# s after a signal before every thread's stack is printed to stderr, if the process is still
+# stopping by then: a stop that hangs says where.
+STUCK_STOP_DUMP = 15.0
 
 
 class SpinThread:
@@ -132,6 +136,7 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
         else:
             if received:
                 print(f'vlm_ros.spin: {received[0]}: stopping', file=sys.stderr, flush=True)
+                faulthandler.dump_traceback_later(STUCK_STOP_DUMP)
             getattr(node, 'shutdown_gracefully', lambda: None)()
             if spinner.error is not None:
                 code = 1  # the executor died of an exception (printed): not a clean stop
@@ -139,4 +144,5 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
         if spinner is not None:
             spinner.stop()
         rclpy.try_shutdown()
+        faulthandler.cancel_dump_traceback_later()
     return code
