@@ -155,10 +155,10 @@ def _dds_profile() -> str:
     """Give the driver and the node the large-frames Fast DDS profile, unless one is chosen.
 
     The camera's 640x480 raw frames do not fit Fast DDS's default shared-memory segments, so
-    they cross as fragmented UDP; the bursts overflowed the socket buffers and instructions
-    and Plans lost on the way waited for a retransmission: 2-3 s in a p95 otherwise of about
-    0.4 s. The README asks for the profile on every process on a machine that moves such
-    frames; the environment variable reaches the node's process too. Return its file name.
+    they cross as fragmented UDP; instructions sent beside them reached every subscriber up to
+    2.8 s late (it looks like a reliable retransmission), in a p95 otherwise of about 0.4 s.
+    The README asks for the profile on every process on a machine that moves such frames; the
+    environment variable reaches the node's process too. Return its file name.
     """
     from ament_index_python.packages import get_package_share_directory
 
