@@ -3,16 +3,21 @@
 vlm_client plan "pick up the red block"            # streams the text, prints the plan
 vlm_client query "what is on the table?" [--image FILE]
 vlm_client caption [--follow]                      # the next caption, or every caption
-Bad input (a missing node or image file, a node that does not caption) exits 2 with the reason.
+vlm_client state                                   # the lifecycle state, e.g. active
+vlm_client configure|activate|deactivate|cleanup|shutdown
+vlm_client param get NAME
+vlm_client param set NAME VALUE                    # VALUE as in ros2 param set
+A failure prints one line on stderr that says why, and exits non-zero (see below).
 """
 
 import argparse
 import sys
 import threading
 
+from action_msgs.msg import GoalStatus
 from rcl_interfaces.msg import ParameterType
-from rcl_interfaces.srv import GetParameters
 from rclpy.action import ActionClient
+from rclpy.exceptions import NameValidationException
 from rclpy.node import Node
 from rclpy.utilities import remove_ros_args
 
@@ -23,131 +28,197 @@ from vlm_ros_msgs.srv import Query
 from ..bag.arguments import ArgumentParser, positive
 from ..node.messages import format_caption, format_plan
 from ..spin import spin_main
+from .client_ops import (
+    BAD_INPUT,
+    EXIT_CODES,
+    NO_REPLY,
+    NOT_ACTIVE,
+    NOT_OK,
+    TRANSITIONS,
+    ClientError,
+    Remote,
+    format_value,
+    one_line,
+)
+
+PLAN_STATUS = {v: k for k, v in vars(Plan).items() if k.startswith('STATUS_')}
 
 
 def read_image(path: str):
-    """Load an image file as a sensor_msgs/Image (rgb8), or exit with the reason."""
+    """Load an image file as a sensor_msgs/Image (rgb8), or fail with the reason."""
     import cv2
 
     from ..node.image_conversion import rgb_to_image
 
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
-        print(f'vlm_client: cannot read image {path!r}', file=sys.stderr)
-        sys.exit(2)
+        raise ClientError(BAD_INPUT, f'cannot read image {path!r}')
     msg = rgb_to_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     msg.header.frame_id = path
     return msg
 
 
 class Client(Node):
-    """One command: send it, print what comes back, and signal when done."""
+    """One command, run on its own thread: the executor spins while it waits on replies.
+
+    ``done`` and ``code`` tell spin_main when to exit and with which status.
+    """
 
     def __init__(self, args):
         super().__init__('vlm_client')
         self.args = args
         self.done = threading.Event()
         self.code = 0
-        self.node = args.node.rstrip('/')
-        getattr(self, f'_{args.command}')()
+        self.remote = Remote(self, '/' + args.node.strip('/'), args.timeout)
+        self._first_caption = threading.Event()
+        self._streamed = False
+        verb = args.command if args.command not in TRANSITIONS else 'transition'
+        threading.Thread(target=self._run, args=(getattr(self, f'_{verb}'),),
+                         name='vlm_client', daemon=True).start()
 
-    def _finish(self, code: int = 0) -> None:
-        self.code = code
+    def _run(self, verb) -> None:
+        try:
+            verb()
+        except ClientError as exc:
+            self._fail(exc.code, str(exc))
+        except NameValidationException as exc:
+            self._fail(BAD_INPUT, f'bad --node: {one_line(exc)}')
+        except Exception as exc:  # noqa: BLE001 - one line and an exit status, no traceback
+            self._fail(NO_REPLY, one_line(exc))
         self.done.set()
 
+    def _fail(self, code: int, reason: str) -> None:
+        """Print the reason as one line (a node's message may hold newlines); keep the code."""
+        print(f"vlm_client: {' '.join(reason.split())}", file=sys.stderr, flush=True)
+        self.code = code
+
+    # plan, query, caption --------------------------------------------------------------
+
     def _plan(self) -> None:
-        client = ActionClient(self, GeneratePlan, f'{self.node}/generate_plan')
         goal = GeneratePlan.Goal(instruction=self.args.text)
         if self.args.image:
             goal.image = read_image(self.args.image)
-        if not client.wait_for_server(timeout_sec=self.args.timeout):
-            print(f'vlm_client: no {self.node}/generate_plan action server', file=sys.stderr)
-            return self._finish(2)
-        sent = client.send_goal_async(goal, feedback_callback=self._on_feedback)
-        sent.add_done_callback(lambda f: f.result().get_result_async().add_done_callback(
-            self._on_result))
+        remote = self.remote
+        client = ActionClient(self, GeneratePlan, f'{remote.name}/generate_plan')
+        if not client.wait_for_server(timeout_sec=remote.timeout):
+            raise remote.absent('generate_plan action server')
+        handle = remote.wait(client.send_goal_async(goal, feedback_callback=self._on_feedback),
+                             'the goal', remote.timeout, client.server_is_ready)
+        if not handle.accepted:
+            raise remote.not_active('rejected the goal')
+        # Generation takes as long as it takes; the node bounds it (its answer timeout).
+        result = remote.wait(handle.get_result_async(), 'the goal', None,
+                             client.server_is_ready)
+        plan = result.result.plan
+        if self._streamed:
+            print('', file=sys.stderr)  # ends the progress line
+        print(format_plan(plan), flush=True)
+        if result.status != GoalStatus.STATUS_SUCCEEDED and plan.status == Plan.STATUS_OK:
+            raise ClientError(NOT_OK, f'{remote.name} ended the goal with status {result.status} '
+                              'and no plan')
+        if plan.status != Plan.STATUS_OK:
+            raise ClientError(NOT_OK, f'{PLAN_STATUS.get(plan.status, plan.status)}: '
+                              f'{plan.message or "no reason given"}')
 
     def _on_feedback(self, msg) -> None:
+        self._streamed = True
         print(f'\r... {msg.feedback.tokens} tokens: {msg.feedback.partial_text[-60:]!r}',
               end='', file=sys.stderr, flush=True)
 
-    def _on_result(self, future) -> None:
-        plan = future.result().result.plan
-        print('', file=sys.stderr)
-        print(format_plan(plan), flush=True)
-        self._finish(0 if plan.status == Plan.STATUS_OK else 1)
-
     def _query(self) -> None:
-        client = self.create_client(Query, f'{self.node}/query')
         request = Query.Request(question=self.args.text)
         if self.args.image:
             request.image = read_image(self.args.image)
-        if not client.wait_for_service(timeout_sec=self.args.timeout):
-            print(f'vlm_client: no {self.node}/query service', file=sys.stderr)
-            return self._finish(2)
-        client.call_async(request).add_done_callback(self._on_answer)
-
-    def _on_answer(self, future) -> None:
-        response = future.result()
-        print(response.answer if response.success else f'failed: {response.message}',
-              flush=True)
-        self._finish(0 if response.success else 1)
+        response = self.remote.call(Query, 'query', request, None)
+        if not response.success:
+            failed = self.remote.not_active('could not answer')
+            if failed.code == NOT_ACTIVE:
+                raise failed
+            raise ClientError(NOT_OK, f'{self.remote.name} could not answer: {response.message}')
+        print(response.answer, flush=True)
 
     def _caption(self) -> None:
-        """Ask the node whether it captions at all (caption_rate 0 is the default), then wait.
+        """Check that the node is active and captions at all (caption_rate 0 is the default).
 
         --timeout bounds the wait for the node and for the first caption.
         """
-        client = self.create_client(GetParameters, f'{self.node}/get_parameters')
-        if not client.wait_for_service(timeout_sec=self.args.timeout):
-            print(f'vlm_client: no {self.node} node (its parameter service did not appear '
-                  f'within {self.args.timeout:g} s)', file=sys.stderr)
-            return self._finish(2)
-        self._captions = 0
+        remote = self.remote
         self.create_subscription(Caption, self.args.topic, self._on_caption, 10)
-        client.call_async(GetParameters.Request(names=['caption_rate'])).add_done_callback(
-            self._on_caption_rate)
-        self._deadline = self.create_timer(self.args.timeout, self._on_no_caption)
-
-    def _on_caption_rate(self, future) -> None:
-        values = future.result().values
-        if values and values[0].type == ParameterType.PARAMETER_DOUBLE and \
-                values[0].double_value <= 0:
-            print(f'vlm_client: {self.node} publishes no captions: its caption_rate is 0 '
-                  f'(start it with: ros2 param set {self.node} caption_rate 1.0)',
-                  file=sys.stderr)
-            self._finish(2)
-
-    def _on_no_caption(self) -> None:
-        self.destroy_timer(self._deadline)
-        if not self._captions:
-            print(f'vlm_client: no caption on {self.args.topic} within {self.args.timeout:g} s',
-                  file=sys.stderr)
-            self._finish(1)
+        state = remote.state()
+        if state != 'active':
+            raise ClientError(NOT_ACTIVE, remote.describe(state))
+        rate = remote.parameter('caption_rate')
+        if rate.type == ParameterType.PARAMETER_DOUBLE and rate.double_value <= 0:
+            node = '' if remote.name == '/vlm_node' else f' --node {remote.name}'
+            raise ClientError(BAD_INPUT, f'{remote.name} publishes no captions: its caption_rate '
+                              f'is 0 (start it with: vlm_client{node} param set caption_rate 1)')
+        if not self._first_caption.wait(remote.timeout):
+            raise ClientError(NOT_OK, f'no caption on {self.args.topic} within '
+                              f'{remote.timeout:g} s')
+        if self.args.follow:
+            threading.Event().wait()  # until a signal ends the process
 
     def _on_caption(self, msg: Caption) -> None:
-        self._captions += 1
-        print(format_caption(msg), flush=True)
-        if not self.args.follow:
-            self._finish(0)
+        if self.args.follow or not self._first_caption.is_set():
+            print(format_caption(msg), flush=True)
+        self._first_caption.set()
+
+    # state, transitions, parameters ----------------------------------------------------
+
+    def _state(self) -> None:
+        state = self.remote.state()
+        print(state, flush=True)
+        if state == 'unconfigured':
+            why = self.remote.describe(state)
+            if ': configure failed: ' in why:
+                print(f'vlm_client: {why}', file=sys.stderr, flush=True)
+
+    def _transition(self) -> None:
+        print(self.remote.transition(self.args.command), flush=True)
+
+    def _param(self) -> None:
+        if self.args.action == 'get':
+            print(format_value(self.remote.parameter(self.args.name)), flush=True)
+        else:
+            self.remote.set_parameter(self.args.name, self.args.value)
+
+
+def _connection_options(parser, default) -> None:
+    """--node and --timeout, before the verb (defaults) or after it (then no default)."""
+    parser.add_argument('--node', default=default or '/vlm_node',
+                        help='vlm_node name (default /vlm_node)')
+    parser.add_argument('--timeout', type=positive, default=default or 30.0,
+                        help='seconds to wait for the node to appear and for its quick replies '
+                        '(caption: and for the first caption); a plan, an answer or a '
+                        'transition is awaited while the node is there (default 30)')
 
 
 def parse_args(argv):
     """Parse the command line (ROS arguments removed)."""
-    parser = ArgumentParser(prog='vlm_client', description=__doc__,
+    parser = ArgumentParser(prog='vlm_client', description=__doc__, epilog=EXIT_CODES,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--node', default='/vlm_node', help='vlm_node name (default /vlm_node)')
-    parser.add_argument('--timeout', type=positive, default=30.0,
-                        help='seconds to wait for the node to appear (caption: and for the '
-                        'first caption)')
+    _connection_options(parser, None)
+    after = ArgumentParser(add_help=False)
+    _connection_options(after, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest='command', required=True)
-    for name, what in (('plan', 'instruction'), ('query', 'question')):
-        command = commands.add_parser(name, help=f'send an {what}')
-        command.add_argument('text', help=f'the {what}')
+    for name, what in (('plan', 'an instruction'), ('query', 'a question')):
+        command = commands.add_parser(name, help=f'send {what}', parents=[after])
+        command.add_argument('text', help=what)
         command.add_argument('--image', help='image file to use instead of the camera frame')
-    caption = commands.add_parser('caption', help='print captions')
+    caption = commands.add_parser('caption', help='print captions', parents=[after])
     caption.add_argument('--follow', action='store_true', help='keep printing every caption')
     caption.add_argument('--topic', default='caption', help='caption topic (default caption)')
+    commands.add_parser('state', help='print the lifecycle state', parents=[after])
+    for name in TRANSITIONS:
+        commands.add_parser(name, help=f'lifecycle transition {name}; prints the new state',
+                            parents=[after])
+    param = commands.add_parser('param', help='get or set a parameter')
+    actions = param.add_subparsers(dest='action', required=True)
+    actions.add_parser('get', help='print a parameter', parents=[after]).add_argument('name')
+    setter = actions.add_parser('set', parents=[after], help='set a parameter (VALUE: a YAML '
+                                'scalar, typed like the current value)')
+    setter.add_argument('name')
+    setter.add_argument('value')
     return parser.parse_args(argv)
 
 

@@ -1,0 +1,222 @@
+"""The exchanges behind vlm_client's verbs: one request, one checked reply, one reason.
+
+Every reply is awaited with a deadline or while the node is still there, and every way a verb
+can fail ends in ``ClientError`` (an exit status and one line for stderr). When the node refuses a
+goal or a query, or a transition fails, the reason a user needs is its lifecycle state (its
+``get_state`` service) and why its last configure failed (its /diagnostics status
+``<node>: vlm``, key ``configure_error``; older nodes: ``last_error``).
+"""
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Optional
+
+from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetAvailableTransitions, GetState
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import GetParameters, SetParameters
+from rclpy.node import Node
+from rclpy.parameter import get_parameter_value, parameter_value_to_python
+
+# Exit statuses (documented in --help and the README).
+OK, NOT_OK, BAD_INPUT, NOT_ACTIVE, NO_REPLY = 0, 1, 2, 3, 4
+EXIT_CODES = """exit status:
+  0  done, and the answer is OK
+  1  the node answered, not OK: a plan's status, a failed query, a refused transition or
+     parameter value, no caption within --timeout
+  2  bad input: usage, an unreadable image, no such node (nothing within --timeout), no such
+     parameter, a node that does not caption
+  3  the node is not active: its state, and why its last configure failed
+  4  no reply: the node went away or did not answer within --timeout, or the exchange failed
+"""
+TRANSITIONS = ('configure', 'activate', 'deactivate', 'cleanup', 'shutdown')
+# s: /diagnostics comes once a second; a bit more covers a late message.
+DIAGNOSTICS_WAIT = 2.5
+# s without the node's server in the graph before a reply awaited without deadline is given
+# up: the node went away (crashed, killed) and will never answer.
+GONE_AFTER = 3.0
+
+
+class ClientError(Exception):
+    """A verb's failure: the exit status and the one line that says why."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+
+
+class Remote:
+    """The node a verb talks to (``--node``), reached through a client-side rclpy node."""
+
+    def __init__(self, node: Node, name: str, timeout: float):
+        self.ros = node
+        self.name = name
+        self.timeout = timeout
+        self._diag_lock = threading.Condition()
+        self._diag = ({}, 0.0)  # values of the node's status, monotonic time received
+        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
+
+    # Waiting ---------------------------------------------------------------------------
+
+    def wait(self, future, what: str, timeout: Optional[float] = None,
+             alive: Optional[Callable[[], bool]] = None):
+        """Return a future's result, waiting up to timeout, or (None) while alive() holds.
+
+        An exception in the future (any type) becomes ``ClientError`` with its one-line text.
+        """
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        deadline = None if timeout is None else time.monotonic() + timeout
+        gone_since = None
+        while not done.wait(0.5):
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
+                future.cancel()
+                raise ClientError(NO_REPLY, f'{self.name} did not answer {what} within '
+                                  f'{timeout:g} s')
+            if alive is not None:
+                gone_since = None if alive() else (gone_since or now)
+                if gone_since is not None and now - gone_since > GONE_AFTER:
+                    future.cancel()
+                    raise ClientError(NO_REPLY, f'{self.name} went away before it answered {what}')
+        exc = future.exception()
+        if exc is not None:
+            raise ClientError(NO_REPLY, f'{what} failed: {one_line(exc)}')
+        return future.result()
+
+    def absent(self, what: str) -> ClientError:
+        """Say that the node's service or action server did not appear."""
+        return ClientError(BAD_INPUT, f'no {self.name} node: its {what} did not appear within '
+                           f'{self.timeout:g} s')
+
+    def call(self, srv_type, service: str, request, timeout: Optional[float] = -1.0):
+        """Call one of the node's services; timeout -1: --timeout; None: while it is there."""
+        client = self.ros.create_client(srv_type, f'{self.name}/{service}')
+        if not client.wait_for_service(timeout_sec=self.timeout):
+            raise self.absent(f'{service} service')
+        return self.wait(client.call_async(request), f'{service}',
+                         self.timeout if timeout == -1.0 else timeout, client.service_is_ready)
+
+    # Lifecycle -------------------------------------------------------------------------
+
+    def state(self) -> str:
+        """Return the node's lifecycle state label (its get_state service)."""
+        return self.call(GetState, 'get_state', GetState.Request()).current_state.label
+
+    def describe(self, state: str, since: float = 0.0) -> str:
+        """Say the node's state and, when it has one, why its last configure failed.
+
+        since: use only a /diagnostics message received after this monotonic time (one that
+        reflects a transition just made).
+        """
+        values = self.diagnostics(since)
+        error = values.get('configure_error')
+        if error is None and state == 'unconfigured':  # a node without configure_error
+            error = values.get('last_error')
+        return f'{self.name} is {state}' + (f': configure failed: {error}' if error else '')
+
+    def not_active(self, refused: str) -> ClientError:
+        """Explain a refusal: NOT_ACTIVE with the state and reason, else NOT_OK."""
+        state = self.state()
+        if state != 'active':
+            return ClientError(NOT_ACTIVE, self.describe(state))
+        return ClientError(NOT_OK, f'{self.name} {refused} although it is active')
+
+    def transition(self, label: str) -> str:
+        """Run a lifecycle transition by label; return the state after it, or fail saying why."""
+        available = self.call(GetAvailableTransitions, 'get_available_transitions',
+                              GetAvailableTransitions.Request()).available_transitions
+        ids = {t.transition.label: t.transition.id for t in available}
+        if label not in ids:
+            state = self.state()
+            raise ClientError(NOT_OK, f'cannot {label}: {self.describe(state)}; from {state}: '
+                              f'{", ".join(sorted(ids)) or "no transition"}')
+        # Loading a model may take minutes: waited for while the node is there.
+        response = self.call(ChangeState, 'change_state',
+                             ChangeState.Request(transition=Transition(id=ids[label])), None)
+        answered = time.monotonic()
+        state = self.state()
+        if not response.success:
+            raise ClientError(NOT_OK, f'could not {label}: {self.describe(state, answered)}')
+        return state
+
+    # Parameters ------------------------------------------------------------------------
+
+    def parameter(self, name: str) -> ParameterValue:
+        """Return a parameter's value; no such parameter: BAD_INPUT."""
+        values = self.call(GetParameters, 'get_parameters',
+                           GetParameters.Request(names=[name])).values
+        if not values or values[0].type == ParameterType.PARAMETER_NOT_SET:
+            raise ClientError(BAD_INPUT, f'{self.name} has no parameter {name!r}')
+        return values[0]
+
+    def set_parameter(self, name: str, text: str) -> None:
+        """Set a parameter from its command-line text, typed like its current value."""
+        value = typed(get_parameter_value(text), self.parameter(name).type, text)
+        results = self.call(SetParameters, 'set_parameters', SetParameters.Request(
+            parameters=[Parameter(name=name, value=value)])).results
+        if not results:
+            raise ClientError(NO_REPLY, f'{self.name} answered set_parameters with no result')
+        if not results[0].successful:
+            raise ClientError(NOT_OK, f'{self.name} refused {name} = {text!r}: '
+                              f'{results[0].reason or "no reason given"}')
+
+    # Diagnostics -----------------------------------------------------------------------
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name == f'{self.name}: vlm':
+                with self._diag_lock:
+                    self._diag = ({kv.key: kv.value for kv in status.values}, time.monotonic())
+                    self._diag_lock.notify_all()
+
+    def diagnostics(self, since: float = 0.0) -> dict:
+        """Return the node's latest /diagnostics values received after since ({} if none)."""
+        with self._diag_lock:
+            self._diag_lock.wait_for(lambda: self._diag[1] > since, DIAGNOSTICS_WAIT)
+            values, received = self._diag
+        return values if received > since else {}
+
+
+def typed(value: ParameterValue, current: int, text: str) -> ParameterValue:
+    """Type a parsed value like the parameter's current value, where the text allows it.
+
+    ``ros2 param set`` parses VALUE as a YAML scalar; here a whole number given for a double
+    becomes that double, and anything given for a string is that string (a model directory
+    named 123, a key 'true'). Other mismatches go as parsed: the node refuses them, saying why.
+    """
+    if current == ParameterType.PARAMETER_STRING and value.type != current:
+        return ParameterValue(type=current, string_value=text)
+    if current == ParameterType.PARAMETER_DOUBLE and value.type != current:
+        try:
+            return ParameterValue(type=current, double_value=float(text))
+        except ValueError:
+            return value
+    if current == ParameterType.PARAMETER_DOUBLE_ARRAY and \
+            value.type == ParameterType.PARAMETER_INTEGER_ARRAY:
+        return ParameterValue(type=current,
+                              double_array_value=[float(v) for v in value.integer_array_value])
+    return value
+
+
+def format_value(value: ParameterValue) -> str:
+    """Render a parameter value as ``ros2 param set`` would take it back."""
+    python = parameter_value_to_python(value)
+    if isinstance(python, bool):
+        return str(python).lower()
+    if isinstance(python, (list, tuple)) or type(python).__name__ == 'array':
+        return '[' + ', '.join(format_scalar(v) for v in python) + ']'
+    return str(python)
+
+
+def format_scalar(value) -> str:
+    """Render one array element (bools lower case, as YAML writes them)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def one_line(exc: BaseException) -> str:
+    """Render an exception as one line: its type and its text."""
+    text = ' '.join(str(exc).split())
+    return f'{type(exc).__name__}: {text}' if text else type(exc).__name__
