@@ -1,7 +1,8 @@
 """The node's /diagnostics: model, backend, device, state, counters and latency, once a second.
 
 The engine adds its own values (``status()``): GPU memory in process; the server's URL and
-whether it is reachable for the openai backend.
+whether it is reachable for the openai backend. The level says how the node is doing now, from
+its recent faults and healthy answers (health.py has the rule); the message says why.
 """
 
 import gc
@@ -9,6 +10,7 @@ import gc
 from diagnostic_msgs.msg import DiagnosticArray
 
 from ..compat import distro, steady_timer
+from .health import Health
 from .messages import diagnostics_msg
 from .scheduler import Outcome, Status
 from .stats import Stats
@@ -26,23 +28,41 @@ class DiagnosticsReporter:
     def __init__(self, node):
         self._node = node
         self.stats = Stats()
-        self.last_error = ''
+        self.health = Health()
+        self._reachable = None  # the inference server's reachability at the last look
         self.last_image_size = ''  # what the model was last given, after max_image_side
         self._pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
         # Wall time: with use_sim_time and no /clock yet (a bag not playing), a monitor must
         # still hear from the node.
         steady_timer(node, 1.0, self.publish)
 
+    def fault(self, kind: str, message: str) -> None:
+        """Record a fault now: 'model', 'image' or 'configure' (health.KINDS), and why."""
+        self.health.fault(kind, message)
+
     def record(self, outcome: Outcome) -> None:
-        """Count one answered request."""
+        """Count one answered request: OK is a healthy answer, some failures are faults.
+
+        A model error is a fault, and so is a camera frame the node could not use (BAD_INPUT
+        on the latest frame); a bad image or text a client sent is that client's error.
+        """
+        # Health first: a message that counts this answer has its effect on the level too.
+        if outcome.status == Status.OK:
+            self.health.healthy()
+        elif outcome.status == Status.MODEL_ERROR:
+            self.fault('model', outcome.message)
+        elif outcome.status == Status.BAD_INPUT and outcome.job.image_msg is None and \
+                outcome.header is not None:
+            self.fault('image', outcome.message)
         self.stats.record(outcome.status.name, outcome.total_time)
-        if outcome.status == Status.MODEL_ERROR:
-            self.last_error = outcome.message
         if outcome.result is not None and outcome.result.image_size != (0, 0):
             self.last_image_size = '{}x{}'.format(*outcome.result.image_size)
 
     def values(self) -> dict:
-        """Everything reported, as plain values (tests read the same keys)."""
+        """Everything reported, as plain values (tests read the same keys).
+
+        An inference server seen unreachable here, after it was not, is a model fault.
+        """
         node = self._node
         engine, worker, frames = node.engine, node.worker, node.frames
         loaded = engine is not None and engine.is_loaded
@@ -69,7 +89,6 @@ class DiagnosticsReporter:
             'captions_skipped': stats.captions_skipped,
             # Objects the garbage collector no longer walks: the model and libraries (node.py).
             'gc_frozen_objects': gc.get_freeze_count(),
-            'last_error': self.last_error,
             'last_image_size': self.last_image_size,
             # Why no frame comes, when nothing publishes where the node listens ('' if fine).
             'image_input': node.images.hint() if node.images else '',
@@ -80,14 +99,24 @@ class DiagnosticsReporter:
             values.update(node.execution.values())
         if loaded:
             values.update(engine.status())
+        self._look_at_backend(values)
+        values['configure_error'] = node.configure_error  # '' once a configure succeeded
+        values.update(self.health.values())
         return values
+
+    def _look_at_backend(self, values: dict) -> None:
+        reachable = values.get('backend_reachable')
+        if reachable is False and self._reachable is not False:
+            self.fault('model', f"the inference server at {values.get('base_url')} is "
+                                f"unreachable: {values.get('backend_checked')}")
+        self._reachable = reachable
 
     def status_name(self) -> str:
         """Name the status by the node's full name: robots sharing a domain stay apart."""
         return f'{self._node.get_fully_qualified_name()}: vlm'
 
     def publish(self) -> None:
-        """Publish the current values (the timer's callback); WARN when a server is away.
+        """Publish the current values with the level and why (the timer's callback).
 
         A value that cannot be read skips this second's message, with the reason logged: an
         exception here would end the executor, and the node with it.
@@ -98,8 +127,9 @@ class DiagnosticsReporter:
             self._node.get_logger().error(f'diagnostics skipped: {exc!r}',
                                           throttle_duration_sec=10.0)
             return
-        ok = values['state'] == 'active' and not self.last_error and \
-            values.get('backend_reachable') is not False
-        summary = f"{values['state']}; {values['requests_served']} requests served"
-        self._pub.publish(diagnostics_msg(self.status_name(), ok, summary, values,
+        level, why = self.health.assess(values['state'], values['configure_error'],
+                                        values.get('backend_reachable'),
+                                        values.get('backend_checked', ''))
+        summary = f"{why}; {values['requests_served']} requests served"
+        self._pub.publish(diagnostics_msg(self.status_name(), level, summary, values,
                                           self._node.get_clock().now().to_msg()))

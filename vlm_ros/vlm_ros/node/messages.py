@@ -51,11 +51,11 @@ def fill_query_response(response, outcome: Outcome):
     return response
 
 
-def diagnostics_msg(name: str, level_ok: bool, summary: str, values: dict,
+def diagnostics_msg(name: str, level: int, summary: str, values: dict,
                     stamp) -> DiagnosticArray:
-    """One DiagnosticStatus named name with values as key/value strings."""
+    """One DiagnosticStatus named name, level 0-2 (OK, WARN, ERROR), values as strings."""
     status = DiagnosticStatus(
-        level=DiagnosticStatus.OK if level_ok else DiagnosticStatus.WARN, name=name,
+        level=bytes([level]), name=name,
         message=summary, hardware_id=str(values.get('device', '')),
         values=[KeyValue(key=key, value=str(value)) for key, value in values.items()])
     array = DiagnosticArray(status=[status])
