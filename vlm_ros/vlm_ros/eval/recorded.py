@@ -11,6 +11,7 @@ one Plan; log times of the two bags come from different clocks and are never com
 import contextlib
 from collections import defaultdict, deque
 
+from ..bag.node_settings import read_settings
 from ..bag.storage import CAPTION_TYPE, PLAN_TYPE, BagError, open_bag, stamp_ns
 from ..bag.topics import describe_topics
 from ..engine import parse_plan
@@ -22,6 +23,7 @@ from .records import (
     image_info,
     result_record,
 )
+from .settings import node_settings
 
 
 def _answer_topics(reader) -> dict:
@@ -70,6 +72,7 @@ def recorded_records(inputs: BagInputs, path) -> tuple:
 
     The run's images per second count answered requests from the first request's arrival
     (its answer's log time less its total_time) to the last answer, in the recording's clock.
+    The node's settings are those vlm_replay --record stored beside the answers, if any.
     """
     by_stamp = frames_by_stamp(inputs)
     pending = defaultdict(deque)
@@ -92,8 +95,11 @@ def recorded_records(inputs: BagInputs, path) -> tuple:
         executions = read_executions(reader)
     seconds = (max(end for _, end in spans) - min(start for start, _ in spans)) / 1e9 \
         if spans else 0.0
+    settings = node_settings(read_settings(path))
+    device = settings['values'].get('device') if settings else None
     run = {'mode': 'recorded', 'recorded_bag': str(path), 'model': ', '.join(sorted(models)),
-           'device': 'live vlm_node', 'answer_topics': sorted(topics),
+           'device': f'{device} (live vlm_node)' if device else 'live vlm_node',
+           'answer_topics': sorted(topics), 'settings': settings,
            'images_per_s': len(spans) / seconds if seconds > 0 else None,
            **execution_summary(executions), 'plan_executions': executions}
     records.sort(key=lambda r: (r['bag_time_ns'] is None, r['bag_time_ns'] or 0))

@@ -8,6 +8,7 @@ message definition so they cannot drift from what the node publishes.
 """
 
 import math
+import statistics
 from collections import Counter
 from typing import Optional
 
@@ -40,7 +41,9 @@ def result_record(task: str, request: str, image: Optional[dict], bag_time_ns: O
     """Build the record of one request; timings and tokens stay None where nothing ran.
 
     ``steps`` are PlanSteps of the engine or of a recorded Plan (both have the three fields);
-    ``bag_time_s`` counts from the start of the input recording, for plots.
+    ``bag_time_s`` counts from the start of the input recording, for plots. ``tokens_per_s``
+    is output tokens per second of total_time: what the requester waited for, so on a live
+    node it includes the time the request queued.
     """
     return {
         'kind': 'result', 'task': task, 'request': request, 'image': image,
@@ -50,7 +53,9 @@ def result_record(task: str, request: str, image: Optional[dict], bag_time_ns: O
         'steps': [{'instruction': s.instruction, 'skill': s.skill, 'target': s.target}
                   for s in steps],
         'valid': valid, 'form': form, 'output_tokens': output_tokens,
-        'time_to_first_token': time_to_first_token, 'total_time': total_time, 'batch': batch}
+        'time_to_first_token': time_to_first_token, 'total_time': total_time,
+        'tokens_per_s': output_tokens / total_time if output_tokens and total_time else None,
+        'batch': batch}
 
 
 def score_record(reference: dict, image: dict, score) -> dict:
@@ -62,6 +67,10 @@ def score_record(reference: dict, image: dict, score) -> dict:
 
 def _rate(hits: int, total: int) -> Optional[float]:
     return hits / total if total else None
+
+
+def _median(values: list) -> Optional[float]:
+    return statistics.median(values) if values else None
 
 
 def summarize(records: list, run: dict, mean=None) -> dict:
@@ -92,6 +101,10 @@ def summarize(records: list, run: dict, mean=None) -> dict:
                                        len(captions)),
         'latency_p50_s': latencies.percentile(50) if answered else None,
         'latency_p95_s': latencies.percentile(95) if answered else None,
+        'ttft_p50_s': _median([r['time_to_first_token'] for r in answered
+                               if r['time_to_first_token'] is not None]),
+        'tokens_per_s_p50': _median([r['tokens_per_s'] for r in answered
+                                     if r['tokens_per_s'] is not None]),
         'references': sum(r['kind'] == 'score' for r in records),
     }
     if mean is not None:
@@ -118,20 +131,31 @@ _ROWS = (('mode', 'mode'), ('model', 'model'), ('device', 'device'), ('bag', 'ba
          ('plans by form', 'plans_by_form'),
          ('caption non-empty rate', 'caption_nonempty_rate'),
          ('latency p50 (s)', 'latency_p50_s'), ('latency p95 (s)', 'latency_p95_s'),
+         ('time to first token p50 (s)', 'ttft_p50_s'),
+         ('tokens/s p50 (of total time)', 'tokens_per_s_p50'),
          ('images/s (whole run)', 'images_per_s'),
          ('plan executions (re-plans)', 'executions', 'replans'),
          ('references scored', 'references'),
          ('mean CE (nats/token)', 'mean_ce'), ('perplexity', 'mean_perplexity'))
 
 
-def summary_rows(summary: dict) -> list:
-    """Return (label, text) rows of the summary: the one layout of the printed and HTML tables."""
+def summary_rows(summary: dict, settings: bool = True) -> list:
+    """Return (label, text) rows of the summary: the one layout of the printed and HTML tables.
+
+    settings=False leaves the settings out, for a page that shows them in a table of their own.
+    """
     rows = []
     for label, key, *extra in _ROWS:
         if key not in summary:
             continue
         text = _value(summary[key])
         rows.append((label, f'{text} ({_value(summary[extra[0]])})' if extra else text))
+    settings = summary.get('settings') if settings else None
+    if settings:
+        rows.append(('settings from', settings['source']))
+        rows.append(('settings (not default)', _value({
+            name: value for name, value in settings['values'].items()
+            if value != settings['defaults'].get(name)})))
     return rows
 
 

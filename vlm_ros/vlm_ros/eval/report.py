@@ -33,6 +33,7 @@ th { background: #eef1f5; }
 .answer.valid { border-color: #2a9d3a; } .answer.invalid { border-color: #d33; }
 .mark { font-weight: bold; } .valid .mark { color: #2a7d32; } .invalid .mark { color: #c62828; }
 pre { white-space: pre-wrap; font-size: 12px; margin: 4px 0; }
+.step.succeeded { color: #2a7d32; } .step.failed { color: #c62828; font-weight: bold; }
 """
 
 
@@ -104,6 +105,12 @@ def _answer(record: dict) -> str:
         else []
     if record['total_time'] is not None:
         timing.append(f'answered in {record["total_time"]:.3f} s')
+    if record['time_to_first_token'] is not None:
+        timing.append(f'TTFT {record["time_to_first_token"]:.3f} s')
+    if record['output_tokens'] is not None:
+        timing.append(f'{record["output_tokens"]} tokens')
+    if record['tokens_per_s'] is not None:
+        timing.append(f'{record["tokens_per_s"]:.1f} tokens/s')
     head += f' <span class="meta">{", ".join(timing)}</span>'
     parts = [f'<div class="answer {"valid" if ok else "invalid"}"><div>{head}</div>']
     if record['message']:
@@ -159,36 +166,63 @@ def _scores(records: list) -> str:
             f'<th>tokens</th></tr>{body}</table>')
 
 
+_OUTCOME_MARKS = {'succeeded': '&#10003;', 'failed': '&#10007;'}
+
+
+def _step(step: dict) -> str:
+    """One commanded step: attempt.step, instruction, outcome, time, and why it failed."""
+    outcome, time_s = step['outcome'], step['time_s']
+    line = (f'{step["attempt"]}.{step["index"] + 1} {_esc(step["instruction"])} '
+            f'<span class="step {_esc(outcome)}">{_OUTCOME_MARKS.get(outcome, "&#8230;")} '
+            f'{_esc(outcome)}</span>'
+            + (f' <span class="meta">in {time_s:.3f} s</span>' if time_s is not None else ''))
+    if step['reason'] and outcome != 'succeeded':
+        line += f'<div class="meta">{_esc(step["reason"])}</div>'
+    return f'<div>{line}</div>'
+
+
 def _executions(executions: list) -> str:
-    """Render the plan executions: steps in the order they went out, re-plans, outcome."""
+    """Render the plan executions: each step's outcome and time, re-plans, the outcome."""
     if not executions:
         return ''
     rows = []
     for ex in executions:
-        steps = '<br>'.join(f'{s["attempt"]}.{s["index"] + 1} {_esc(s["instruction"])}'
-                            for s in ex['steps']) or '-'
+        steps = ''.join(_step(s) for s in ex['steps']) or '-'
         replans = '<br>'.join(_esc(reason) for reason in ex['replans']) or '-'
         rows.append(f'<tr><td>{_esc(ex["instruction"])}<br><span class="meta">'
                     f'{_esc(ex["plan_id"])}</span></td><td>{steps}</td><td>{replans}</td>'
                     f'<td><b>{_esc(ex["outcome"])}</b>: {_esc(ex["message"])}</td></tr>')
     return ('<h2>Plan executions</h2><table><tr><th>instruction</th>'
-            '<th>steps commanded (attempt.step)</th><th>re-plans</th><th>outcome</th></tr>'
-            f'{"".join(rows)}</table>')
+            '<th>steps commanded (attempt.step): outcome, time</th><th>re-plans</th>'
+            f'<th>outcome</th></tr>{"".join(rows)}</table>')
+
+
+def _settings(settings) -> str:
+    """Render the run's settings: the model, the device and every value not at its default."""
+    if not settings:
+        return ''
+    rows = ''.join(f'<tr><th>{_esc(name)}</th><td>{_esc(value)}</td>'
+                   f'<td>{_esc(settings["defaults"].get(name))}</td></tr>'
+                   for name, value in settings['values'].items())
+    return (f'<div><h2>Settings</h2><p class="meta">{_esc(settings["source"])}, where not at '
+            f'vlm_node\'s defaults</p><table class="settings"><tr><th>setting</th>'
+            f'<th>value</th><th>default</th></tr>{rows}</table></div>')
 
 
 def render(summary: dict, records: list, thumbnails: dict, plot_png: bytes) -> str:
-    """Return the report page: summary table, latency plot, frames with answers, scores.
+    """Return the report page: summary, settings, latency plot, executions, frames, scores.
 
     ``thumbnails`` maps frame index (a record's image['frame']) to JPEG bytes.
     """
     table = ''.join(f'<tr><th>{_esc(label)}</th><td>{_esc(text)}</td></tr>'
-                    for label, text in summary_rows(summary))
+                    for label, text in summary_rows(summary, settings=False))
     frames = ''.join(_frame(group, thumbnails) for group in _groups(records))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<title>vlm_eval: {_esc(summary.get("bag"))}</title><style>{_STYLE}</style></head>'
         f'<body><h1>vlm_eval report</h1><div class="top"><div><h2>Summary</h2>'
-        f'<table class="summary">{table}</table></div><div><h2>Latency</h2>'
+        f'<table class="summary">{table}</table></div>{_settings(summary.get("settings"))}'
+        f'<div><h2>Latency</h2>'
         f'<img class="plot" alt="latency per request over time in the recording" '
         f'src="{_data_url("image/png", plot_png)}"></div></div>'
         f'{_executions(summary.get("plan_executions", []))}'

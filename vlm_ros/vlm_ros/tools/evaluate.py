@@ -30,6 +30,7 @@ from ..eval.recorded import recorded_records
 from ..eval.records import ANSWERED, format_table, summarize
 from ..eval.references import load_references, reference_frames
 from ..eval.report import thumbnail_jpeg
+from ..eval.settings import engine_settings
 from ..node.params import BY_NAME
 from .engine_args import add_engine_args, engine_config
 
@@ -91,11 +92,14 @@ def evaluate(args) -> dict:
         images = decode_frames(reader, inputs, used)
     engine, mean = None, None
     if pending or entries:
-        engine = VlmEngine(engine_config(args, args.model, max_new_tokens=args.max_new_tokens,
-                                         max_image_side=args.max_image_side))
+        config = engine_config(args, args.model, max_new_tokens=args.max_new_tokens,
+                               max_image_side=args.max_image_side)
+        engine = VlmEngine(config)
         engine.load()
         run.update(model=args.model, device=str(engine.loaded.device),
                    dtype=str(engine.loaded.dtype).replace('torch.', ''))
+        if pending:  # the settings the answers were made under (scores have none of their own)
+            run['settings'] = engine_settings(config)
     if pending:
         records, seconds = run_engine(engine, inputs, pending, images, args.batch_size)
         answered = sum(r['status'] in ANSWERED for r in records)
