@@ -22,18 +22,22 @@ def jpeg(rgb: np.ndarray) -> np.ndarray:
     return encoded.reshape(-1)
 
 
-def write_ros1_bag(path, frames: list, instructions: list = ()) -> list:
+def write_ros1_bag(path, frames: list, instructions: list = (), topic: str = ROS1_CAMERA,
+                   camera_info: str = '') -> list:
     """Write (log_ns, rgb, frame_id) frames and (log_ns, text) instructions into a ROS 1 bag.
 
     Frames are stamped with their log time and numbered in the header's seq, as a ROS 1 driver
-    does. Returns the frames' (stamp_ns, frame_id).
+    does; with camera_info (a topic name), each frame has its CameraInfo there, as a camera
+    driver publishes it. Returns the frames' (stamp_ns, frame_id).
     """
     store = get_typestore(Stores.ROS1_NOETIC)
     types = store.types
     written = []
     with Ros1Writer(path) as writer:
-        camera = writer.add_connection(ROS1_CAMERA, 'sensor_msgs/msg/CompressedImage',
+        camera = writer.add_connection(topic, 'sensor_msgs/msg/CompressedImage',
                                        typestore=store)
+        info = writer.add_connection(camera_info, 'sensor_msgs/msg/CameraInfo',
+                                     typestore=store) if camera_info else None
         told = writer.add_connection(ROS1_INSTRUCTION, 'std_msgs/msg/String', typestore=store) \
             if instructions else None
         events = [(t, 'frame', (rgb, frame_id)) for t, rgb, frame_id in frames]
@@ -51,8 +55,23 @@ def write_ros1_bag(path, frames: list, instructions: list = ()) -> list:
                 format='jpg', data=jpeg(rgb))
             writer.write(camera, log_ns,
                          store.serialize_ros1(msg, 'sensor_msgs/msg/CompressedImage'))
+            if info is not None:
+                writer.write(info, log_ns, store.serialize_ros1(
+                    _camera_info(types, msg.header, rgb.shape), 'sensor_msgs/msg/CameraInfo'))
             written.append((log_ns, frame_id))
     return written
+
+
+def _camera_info(types, header, shape):
+    """Return a ROS 1 CameraInfo of a pinhole camera without distortion for a frame's shape."""
+    height, width = shape[:2]
+    return types['sensor_msgs/msg/CameraInfo'](
+        header=header, height=height, width=width, distortion_model='plumb_bob',
+        D=np.zeros(5), K=np.array([width, 0, width / 2, 0, width, height / 2, 0, 0, 1.0]),
+        R=np.eye(3).reshape(-1), P=np.array([width, 0, width / 2, 0, 0, width, height / 2, 0,
+                                             0, 0, 1.0, 0]),
+        binning_x=0, binning_y=0, roi=types['sensor_msgs/msg/RegionOfInterest'](
+            x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
 
 
 def write_ros1_custom_bag(path) -> None:

@@ -7,12 +7,15 @@ tools get the instructions from the command line, by the same rules.
 
 import json
 import subprocess
+import uuid
 
 import pytest
 from engine_fixtures import TARGETS, scene
-from node_harness import TIMEOUT, node_executable
-from recordings import ROS1_CAMERA, write_ros1_bag
-from ros_harness import wait_exit
+from node_harness import RELIABLE, TIMEOUT, node_executable
+from recordings import ROS1_CAMERA, ROS1_INSTRUCTION, write_ros1_bag
+from ros_harness import Collector, wait_exit, wait_until
+from sensor_msgs.msg import CompressedImage
+from std_msgs.msg import String
 from test_replay import irregular_events, start_replay, write_bag
 from vlm_ros.bag.instructions import from_file, repeated
 from vlm_ros.bag.storage import BagError, open_bag, stamp_ns
@@ -130,3 +133,25 @@ def test_a_single_storage_file_without_its_directory_replays(rclpy_context, tmp_
     proc = start_replay(alone, '--wait-for-subscribers', 0, '--rate', 100)
     code, _, err = wait_exit(proc, TIMEOUT)
     assert code == 0 and f'played {len(written)} messages' in err, err
+
+
+def test_playback_waits_for_a_camera_and_instruction_subscriber_not_for_camera_info(
+        test_node, tmp_path):
+    """What vlm_node consumes is waited for; camera_info, which nobody subscribes to, is not.
+
+    The instruction subscription is made only once the camera's has matched the replay: the
+    instruction still arrives, so playback waited for it; and playback ends well within the
+    600 s it would have waited for a camera_info subscriber.
+    """
+    told = f'pick up the block {uuid.uuid4().hex}'
+    write_ros1_bag(tmp_path / 'pi.bag', _frames(3), [(T0 + 100_000_000, told)],
+                   camera_info='raspicam_node/camera_info')
+    proc = start_replay(tmp_path / 'pi.bag', '--wait-for-subscribers', 600)
+    frames, texts = Collector(), Collector()
+    camera = test_node.node.create_subscription(CompressedImage, ROS1_CAMERA, frames, RELIABLE)
+    wait_until(lambda: camera.get_publisher_count() > 0, TIMEOUT, 'the camera publisher')
+    test_node.node.create_subscription(String, ROS1_INSTRUCTION, texts, RELIABLE)
+    code, _, err = wait_exit(proc, 2 * TIMEOUT)
+    assert code == 0 and 'nothing subscribes' not in err, err
+    assert [m.data for m in texts.items()] == [told]
+    assert [m.header.frame_id for m in frames.items()] == ['pi-0', 'pi-1', 'pi-2']

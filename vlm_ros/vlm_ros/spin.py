@@ -6,9 +6,16 @@ context is torn down fails ("publisher's context is invalid"). rclpy's own signa
 the context down first, so both races are possible. Here the order is fixed instead: on SIGINT
 or SIGTERM the executor is stopped (running callbacks finish), the spin thread joined, the
 nodes destroyed, and only then ``rclpy.try_shutdown()`` runs; the process exits 0.
+
+Before ``rclpy.init`` every such process also takes the large-frames Fast DDS profile
+(config/fastdds_large_frames.xml) unless the user chose a transport (large_frames_transport):
+with Fast DDS's default 512 KB shared-memory segments, larger frames go out as fragmented UDP,
+and a best-effort subscriber on this machine (vlm_node's camera input) got 1 to 2 of 50 such
+frames a publisher sent at 10 Hz; with the profile on the publisher, all 50.
 """
 
 import faulthandler
+import os
 import signal
 import sys
 import threading
@@ -22,6 +29,8 @@ from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedEx
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
+from .compat import distro
+
 # s a thread holding the GIL runs before a waiting one gets it (Python's default: 0.005). A
 # worker running a model's Python-heavy decoding loop holds the GIL most of the time, and the
 # executor thread needs it at every wake-up (a message, a service request, a timer): with 5 ms
@@ -31,6 +40,52 @@ SWITCH_INTERVAL = 0.0005
 # s after a signal before every thread's stack is printed to stderr, if the process is still
 # stopping by then: a stop that hangs says where.
 STUCK_STOP_DUMP = 15.0
+PROFILE = 'fastdds_large_frames.xml'  # in share/vlm_ros/config
+FAST_DDS = ('rmw_fastrtps_cpp', 'rmw_fastrtps_dynamic_cpp')
+# A profiles file Fast DDS reads by itself: one named by either variable (Fast DDS 3 reads the
+# FASTDDS_ one, Fast DDS 2 the FASTRTPS_ one), or the default file in the working directory.
+PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
+DEFAULT_PROFILE_FILES = ('DEFAULT_FASTDDS_PROFILES.xml', 'DEFAULT_FASTRTPS_PROFILES.xml')
+
+
+def profile_variable() -> str:
+    """Name the profiles variable this distro's Fast DDS reads: each version ignores the other."""
+    fast_dds_2 = distro() in ('humble', 'iron', 'jazzy')
+    return PROFILE_VARIABLES[1] if fast_dds_2 else PROFILE_VARIABLES[0]
+
+
+def large_frames_profile() -> str:
+    """Return the installed large-frames profile's path ('' when vlm_ros is not installed)."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+    try:
+        return os.path.join(get_package_share_directory('vlm_ros'), 'config', PROFILE)
+    except (PackageNotFoundError, ValueError):
+        return ''
+
+
+def large_frames_transport(environ=os.environ, cwd: str = '.') -> str:
+    """Give this process (and its children) the large-frames profile unless a transport is chosen.
+
+    Chosen means: another RMW than Fast DDS, a profiles variable set (even empty: the way to
+    keep Fast DDS's built-in transports), or a default profiles file in the working directory.
+    Must run before ``rclpy.init``: Fast DDS reads the variable when the first participant is
+    created. Return what the process uses, in words, for the log.
+    """
+    rmw = environ.get('RMW_IMPLEMENTATION') or 'rmw_fastrtps_cpp'  # the distros' default
+    if rmw not in FAST_DDS:
+        return f'{rmw} with its own transports'
+    for name in PROFILE_VARIABLES:
+        if name in environ:
+            return f"DDS profile {os.path.basename(environ[name]) or 'none'} ({name}, the user's)"
+    for name in DEFAULT_PROFILE_FILES:
+        if os.path.isfile(os.path.join(cwd, name)):
+            return f'DDS profile {name} (in the working directory)'
+    path = large_frames_profile()
+    if not path or not os.path.isfile(path):
+        return f"Fast DDS's default transports ({PROFILE} is not installed)"
+    environ[profile_variable()] = path
+    return f'DDS profile {PROFILE} (via {profile_variable()})'
 
 
 class SpinThread:
@@ -111,7 +166,9 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
     the executor still spins, so what it answers on the way out is still sent.
     """
     sys.setswitchinterval(SWITCH_INTERVAL)
+    transport = large_frames_transport()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    rclpy.logging.get_logger('vlm_ros').debug(f'transport: {transport}')
     stop = threading.Event()
     received = []
 

@@ -22,9 +22,10 @@ from rosgraph_msgs.msg import Clock as ClockMsg
 from std_msgs.msg import String
 
 from . import instructions, topics
+from .node_settings import record_settings
 from .playback import Clock, Progress, parse_remaps, select_connections
 from .recorder import Recorder, message_class
-from .storage import PLAN_TYPE, BagError, cdr_converter, open_bag
+from .storage import IMAGE_TYPES, PLAN_TYPE, STRING_TYPE, BagError, cdr_converter, open_bag
 
 # Reliable publishers reach best-effort subscribers too (a camera subscription) and lose nothing
 # on the way to reliable ones (instructions); depth covers a burst of frames on loopback.
@@ -55,15 +56,20 @@ class Replay(Node):
             recorded = topics.instruction_topic(self._reader, None, required=False)
             self._connections = [c for c in self._connections if c.topic != recorded]
         remaps = parse_remaps(args.remap)
-        self._outputs = {}
+        self._outputs, types = {}, {}
         for connection in self._connections:
             topic = remaps.get(connection.topic, connection.topic)
             if topic not in self._outputs:
                 self._outputs[topic] = self.create_publisher(
                     message_class(connection.msgtype), topic, PLAY_QOS)
+                types[topic] = connection.msgtype
         if self._asked:
             self._asked_pub = self.create_publisher(String, ASKED_TOPIC, PLAY_QOS)
             self._outputs.setdefault(ASKED_TOPIC, self._asked_pub)
+            types.setdefault(ASKED_TOPIC, STRING_TYPE)
+        self._cameras = [t for t in self._outputs if types[t] in IMAGE_TYPES]
+        self._inputs = [t for t in self._outputs if types[t] == STRING_TYPE and
+                        topics.is_instruction_name(t)]
         self._targets = {c.id: remaps.get(c.topic, c.topic) for c in self._connections}
         self._to_cdr = {c.id: cdr_converter(self._reader, c.msgtype) for c in self._connections}
         self.sent = Counter()
@@ -88,6 +94,7 @@ class Replay(Node):
     def _run(self) -> None:
         try:
             self._wait_for_peers()
+            self._record_settings()
             started = time.monotonic()
             while not self._stop.is_set():
                 self._play_once()
@@ -104,18 +111,43 @@ class Replay(Node):
         finally:
             self.done.set()
 
+    def _unsubscribed(self) -> list:
+        """Return what vlm_node consumes and nobody subscribes to: instructions, or the camera.
+
+        One camera topic subscribed is enough, and a camera's other topics (camera_info, a
+        second camera) have no subscriber where the node is the only listener: waiting for
+        them held playback for all of --wait-for-subscribers. A recording of neither camera
+        nor instructions waits for every topic it plays.
+        """
+        lonely = [t for t, p in self._outputs.items() if not p.get_subscription_count()]
+        if not self._cameras and not self._inputs:
+            return lonely
+        cameras = [t for t in self._cameras if t in lonely]
+        return [t for t in self._inputs if t in lonely] + (
+            cameras if len(cameras) == len(self._cameras) else [])
+
     def _wait_for_peers(self) -> None:
         """Wait (bounded) for discovery, so the first messages are not lost to an empty graph."""
         started = time.monotonic()
         deadline = started + self.args.wait_for_subscribers
         while not self._stop.wait(0.05) and time.monotonic() < deadline:
-            if all(p.get_subscription_count() for p in self._outputs.values()) and (
-                    self._recorder is None or self._recorder.matched()):
+            if not self._unsubscribed() and (self._recorder is None or self._recorder.matched()):
                 return
-        lonely = [t for t, p in self._outputs.items() if not p.get_subscription_count()]
+        lonely = self._unsubscribed()
         if lonely:
             self.get_logger().warning(f'playing although nothing subscribes to {lonely} after '
                                       f'{time.monotonic() - started:.1f} s')
+
+    def _record_settings(self) -> None:
+        """With --record, store the answering node's parameters beside its answers."""
+        plans = [t for t, msgtype in (self._recorder.types if self._recorder else {}).items()
+                 if msgtype == PLAN_TYPE]
+        if not plans:
+            return
+        try:
+            record_settings(self, plans[0], self.args.record, self._stop)
+        except BagError as exc:  # the answers are still worth recording
+            self.get_logger().warning(f'no settings recorded: {exc}')
 
     def _play_once(self) -> None:
         start_ns = self._reader.start_time + int(self.args.start * 1e9)

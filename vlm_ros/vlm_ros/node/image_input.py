@@ -9,15 +9,21 @@ publish; set ``raw`` or ``compressed`` to take one.
 
 When a request finds no image, the most common cause is a camera on another topic name. The
 hint names the topics the node listens to that nobody publishes, and the topics on the graph
-that do carry images, so the remap to write is in the message.
+that do carry images, so the remap to write is in the message. The next most common: a camera
+publishes where the node listens, and no frame has arrived since it subscribed. With Fast DDS's
+default transport, frames over 512 KB reached a best-effort subscriber on the same machine 1 to
+2 times in 50: the hint then names the publishers and the profile to start the driver with
+(vlm_ros's own processes take it by themselves, spin.py).
 """
 
 import time
 from functools import partial
 
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.utilities import get_rmw_implementation_identifier
 from sensor_msgs.msg import CompressedImage, Image
 
+from ..spin import FAST_DDS, large_frames_profile, profile_variable
 from .image_conversion import compressed_to_rgb, image_to_rgb
 from .messages import stamp_seconds
 
@@ -30,6 +36,25 @@ def _type_name(msg_type) -> str:
     return f'{msg_type.__module__.split(".")[0]}/msg/{msg_type.__name__}'
 
 
+def transport_fix(rmw: str) -> str:
+    """Return the environment to start a camera driver with ('' when no profile applies)."""
+    path = large_frames_profile()
+    return f'{profile_variable()}={path}' if rmw in FAST_DDS and path else ''
+
+
+def lost_hint(publishers: dict, fix: str) -> str:
+    """Say that frames are published (topic -> publishing nodes) but none arrived, and why."""
+    named = ', '.join(f'{topic} ({", ".join(sorted(nodes))})'
+                      for topic, nodes in sorted(publishers.items()))
+    many = len(publishers) > 1 or any(len(nodes) > 1 for nodes in publishers.values())
+    text = f'{named} {"have publishers" if many else "has a publisher"}, but no frame has ' \
+        'arrived since the node subscribed: what is published is lost on the way'
+    if not fix:
+        return text
+    return (f"{text} (Fast DDS's default transport loses most frames over 512 KB); start the "
+            f'camera driver with {fix}')
+
+
 class ImageInput:
     """The node's image subscriptions, feeding a FrameStore."""
 
@@ -39,10 +64,13 @@ class ImageInput:
         self._group = group
         self._subs = []
         self._last_raw = -float('inf')
+        self._received = 0  # frames since the last subscribe()
+        self._fix = transport_fix(get_rmw_implementation_identifier())
 
     def subscribe(self, transport: str, reliable: bool, max_pixels: int) -> None:
         """(Re)subscribe for transport 'raw', 'compressed' or 'auto'."""
         self.close()
+        self._received = 0
         qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                          reliability=ReliabilityPolicy.RELIABLE if reliable
                          else ReliabilityPolicy.BEST_EFFORT)
@@ -65,10 +93,12 @@ class ImageInput:
         self._subs = []
 
     def _on_raw(self, msg) -> None:
+        self._received += 1
         self._last_raw = time.monotonic()
         self._frames.put(msg.header, stamp_seconds(msg.header.stamp), msg, 'raw')
 
     def _on_compressed(self, msg) -> None:
+        self._received += 1
         if time.monotonic() - self._last_raw < RAW_PREFERRED and len(self._subs) > 1:
             return  # the same camera's raw frames are arriving: use those
         self._frames.put(msg.header, stamp_seconds(msg.header.stamp), msg, 'compressed')
@@ -84,10 +114,22 @@ class ImageInput:
                            self._node.get_publishers_info_by_topic(sub.topic_name))]
 
     def hint(self) -> str:
-        """Say why no image may have come ('' when a subscribed topic has a publisher)."""
+        """Say why no image may come ('' while a publisher is there and frames have come)."""
         silent = self.silent_topics()
-        if not silent or len(silent) < len(self._subs):
+        if silent and len(silent) == len(self._subs):
+            return self._silent_hint(silent)
+        if not self._subs or self._received:
             return ''
+        node = self._node
+        publishers = {sub.topic_name: {
+            f'{info.node_namespace.rstrip("/")}/{info.node_name}'
+            for info in node.get_publishers_info_by_topic(sub.topic_name)
+            if info.topic_type == _type_name(sub.msg_type)} for sub in self._subs}
+        return lost_hint({topic: nodes for topic, nodes in publishers.items() if nodes},
+                         self._fix)
+
+    def _silent_hint(self, silent: list) -> str:
+        """Name the silent topics and the topics on the graph that carry images."""
         node = self._node
         carrying = sorted({f'{name} ({info.topic_type.rsplit("/", 1)[-1]})'
                            for name, kinds in node.get_topic_names_and_types()

@@ -32,7 +32,7 @@ from std_msgs.msg import String
 from vlm_ros_msgs.msg import Plan
 
 from ..node.image_conversion import rgb_to_image
-from ..spin import SWITCH_INTERVAL, SpinThread
+from ..spin import SWITCH_INTERVAL, SpinThread, large_frames_transport
 
 KEEP_ALL = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 INSTRUCTION = 'pick up the red block and put it in the bin'
@@ -151,24 +151,6 @@ def _node_params(model: str, args) -> dict:
             'batch_wait': args.batch_wait}
 
 
-def _dds_profile() -> str:
-    """Give the driver and the node the large-frames Fast DDS profile, unless one is chosen.
-
-    The camera's 640x480 raw frames do not fit Fast DDS's default shared-memory segments, so
-    they cross as fragmented UDP; instructions sent beside them reached every subscriber up to
-    2.8 s late (it looks like a reliable retransmission), in a p95 otherwise of about 0.4 s.
-    The README asks for the profile on every process on a machine that moves such frames; the
-    environment variable reaches the node's process too. Return its file name.
-    """
-    from ament_index_python.packages import get_package_share_directory
-
-    name = 'FASTDDS_DEFAULT_PROFILES_FILE'
-    if not os.environ.get(name):
-        os.environ[name] = os.path.join(get_package_share_directory('vlm_ros'), 'config',
-                                        'fastdds_large_frames.xml')
-    return os.path.basename(os.environ[name])
-
-
 def run_node_benchmark(model: str, args) -> str:
     """Start vlm_node on model, run every batch size, stop it; return the table."""
     from ament_index_python.packages import get_package_prefix
@@ -176,7 +158,12 @@ def run_node_benchmark(model: str, args) -> str:
     namespace = f'/vlm_benchmark_{os.getpid()}'
     executable = os.path.join(get_package_prefix('vlm_ros'), 'lib', 'vlm_ros', 'vlm_node')
     streams = args.streams
-    profile = _dds_profile()
+    # The camera's 640x480 raw frames do not fit Fast DDS's default shared-memory segments;
+    # instructions sent beside them as fragmented UDP reached every subscriber up to 2.8 s late
+    # (a reliable retransmission, it looks like), in a p95 otherwise of about 0.4 s. The driver
+    # and the node (the variable reaches its process) take the large-frames profile as every
+    # vlm_ros process does (spin.py), before the driver's rclpy.init.
+    transport = large_frames_transport()
     command = [executable, '--ros-args', '-r', f'__ns:={namespace}']
     for name, value in _node_params(model, args).items():
         command += ['-p', f'{name}:={value}']
@@ -209,7 +196,7 @@ def run_node_benchmark(model: str, args) -> str:
             rclpy.try_shutdown()
             proc.terminate()
             proc.wait(timeout=60)
-    return _table(model, args, rows, f'{decoding} decoding, DDS profile {profile}')
+    return _table(model, args, rows, f'{decoding} decoding, {transport}')
 
 
 def _table(model: str, args, rows: list, setup: str) -> str:
