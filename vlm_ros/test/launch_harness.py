@@ -1,14 +1,14 @@
-"""`ros2 launch vlm_ros vlm.launch.py ...` as a user runs it, where ROS 2 launch can be had.
+"""`ros2 launch vlm_ros vlm.launch.py ...` as a user runs it, where the `ros2` command exists.
 
-On a machine without a ROS 2 distro, scripts/bootstrap builds launch and launch_ros from
-../shared/ros2-launch into the workspace, and that folder's ros2-launch script does what
-`ros2 launch` does. Where neither exists, the launch tests skip with that reason. Every
-launch gets a unique namespace, so a test only ever looks at its own node.
+A ROS 2 distro brings `ros2` (ros2cli and ros2launch); on a machine without one,
+scripts/bootstrap builds them from ../shared/ros2-launch into the workspace, and
+scripts/with-env puts them on PATH. Where neither exists, the launch tests skip with that
+reason. Every launch gets a unique namespace unless a test asks for the root one, so a test
+only ever looks at its own node.
 """
 
 import importlib.util
 import os
-import pathlib
 import shutil
 import signal
 import subprocess
@@ -22,28 +22,24 @@ from ros_harness import wait_exit
 
 from vlm_ros_msgs.msg import Plan
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-SHARED_LAUNCH = REPO.parent / 'shared' / 'ros2-launch' / 'ros2-launch'
-
 
 def launch_command() -> list:
-    """Return the `ros2 launch` command of this machine, or skip saying why there is none."""
-    if importlib.util.find_spec('launch_ros') is None:
-        pytest.skip('ROS 2 launch is not installed, and ../shared/ros2-launch (which '
-                    'scripts/bootstrap builds) is not beside this checkout')
-    if shutil.which('ros2'):
-        return ['ros2', 'launch']
-    return [str(SHARED_LAUNCH)]
+    """Return `ros2 launch`, or skip saying why this machine has no such command."""
+    if shutil.which('ros2') is None or importlib.util.find_spec('ros2launch') is None:
+        pytest.skip('the ros2 command (ros2cli, ros2launch) is not installed: source a ROS 2 '
+                    'distro, or put ../shared beside this checkout and run scripts/bootstrap')
+    return ['ros2', 'launch']
 
 
 class Launch:
-    """One `ros2 launch vlm_ros vlm.launch.py` process in its own namespace."""
+    """One `ros2 launch vlm_ros vlm.launch.py` process, by default in its own namespace."""
 
-    def __init__(self, test_node, *arguments: str, env=None):
-        self.namespace = 'launch_' + uuid.uuid4().hex[:12]
-        self.node_name = f'/{self.namespace}/vlm_node'
-        args = [*launch_command(), 'vlm_ros', 'vlm.launch.py', f'namespace:={self.namespace}',
-                *arguments]
+    def __init__(self, test_node, *arguments: str, env=None, namespace=None):
+        """Start the launch; namespace '' leaves it out (the root one, as a user's launch)."""
+        self.namespace = 'launch_' + uuid.uuid4().hex[:12] if namespace is None else namespace
+        self.node_name = self.topic('vlm_node')
+        given = [f'namespace:={self.namespace}'] if self.namespace else []
+        args = [*launch_command(), 'vlm_ros', 'vlm.launch.py', *given, *arguments]
         # Its own process group, as in a terminal: Ctrl-C reaches launch and its node alike.
         # Output to a file: an unread pipe fills up (64 kB) and blocks the node's logging.
         self.log = tempfile.TemporaryFile('w+')
@@ -55,7 +51,7 @@ class Launch:
 
     def topic(self, name: str) -> str:
         """Resolve one of the node's relative topic names in its namespace."""
-        return f'/{self.namespace}/{name}'
+        return f'/{self.namespace}/{name}' if self.namespace else f'/{name}'
 
     def wait_state(self, state: str, timeout: float = TIMEOUT) -> dict:
         """Wait until this launch's node reports state; return its diagnostics values."""

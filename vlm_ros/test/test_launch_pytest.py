@@ -1,7 +1,7 @@
 """vlm.launch.py under launch_pytest: the launch brings its own node to active, and it plans.
 
-launch_pytest comes with a ROS 2 distro, or from ../shared/ros2-launch built by
-scripts/bootstrap; where neither exists the test skips with that reason.
+launch_pytest comes with a ROS 2 distro; without one, scripts/bootstrap builds it from
+../shared/ros2-launch into the workspace. Where neither exists the test skips with that reason.
 """
 
 import importlib.util
@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 if importlib.util.find_spec('launch_pytest') is None:
-    pytest.skip('launch_pytest is not installed, and ../shared/ros2-launch (which '
-                'scripts/bootstrap builds) is not beside this checkout', allow_module_level=True)
+    pytest.skip('launch_pytest is not installed: source a ROS 2 distro, or put ../shared '
+                'beside this checkout and run scripts/bootstrap', allow_module_level=True)
 
 import launch_pytest  # noqa: E402
 from ament_index_python.packages import get_package_share_directory  # noqa: E402

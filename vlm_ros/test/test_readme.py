@@ -24,6 +24,8 @@ BLOCKS = [(kind, marker, language, body) for kind, marker, language, body in
           BLOCK.findall(README)]
 LAUNCH_ARGUMENTS = {'namespace', 'params_file', 'model', 'device', 'backend', 'base_url',
                     'autostart', 'use_sim_time', 'image', 'instruction', 'log_level'}
+OPERATOR_COMMANDS = {'launch vlm_ros', 'lifecycle get', 'lifecycle set', 'param get',
+                     'param set', 'topic pub', 'topic echo', 'action send_goal'}
 TOOLS = ('vlm_node', 'vlm_client', 'vlm_replay', 'vlm_eval', 'vlm_benchmark')
 
 
@@ -63,6 +65,14 @@ def test_launch_arguments_in_the_readme_exist():
         used |= set(re.findall(r'(\w+):=', line))
     assert used and used <= LAUNCH_ARGUMENTS, used - LAUNCH_ARGUMENTS
     assert 'vlm.launch.xml' not in README
+
+
+def test_operator_block_shows_each_operator_command():
+    """The `ros2` operator block (run by test_operator_cli.py) keeps every command it teaches."""
+    block = _block('ros2 launch vlm_ros vlm.launch.py model:=')
+    used = {' '.join(shlex.split(line)[1:3]) for line in block.replace('\\\n', ' ').splitlines()
+            if line.startswith('ros2 ')}
+    assert used >= OPERATOR_COMMANDS, OPERATOR_COMMANDS - used
 
 
 def test_tools_are_reachable_by_name_inside_with_env():
