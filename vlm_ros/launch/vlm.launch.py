@@ -4,7 +4,14 @@ Parameters come from params_file (default config/vlm.yaml; presets: config/vlm_g
 config/vlm_remote.yaml). The model, device, backend, base_url, autostart and use_sim_time
 arguments override it only when given: left empty, the params file decides. That is why this is
 a Python launch file: XML cannot leave a parameter out when an argument is empty.
+
+An argument this file does not declare fails the launch, naming the nearest one: launch itself
+ignores it, so `modle:=DIR` would start the default model. A parent launch file that includes
+this one with arguments of its own includes it inside GroupAction(scoped=True,
+forwarding=False, launch_configurations={...}), so that only this file's arguments reach it.
 """
+
+import difflib
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -23,6 +30,21 @@ OVERRIDES = {
     'use_sim_time': (bool, 'true: take time from /clock (replayed bags with --clock)'),
 }
 BOOLEANS = {'true': True, 'false': False}
+ARGUMENTS = ('namespace', 'params_file', *OVERRIDES, 'image', 'instruction', 'log_level')
+
+
+def _check_arguments(given) -> None:
+    """Raise naming every given launch argument that this file does not declare."""
+    unknown = sorted(set(given) - set(ARGUMENTS))
+    if not unknown:
+        return
+
+    def hint(name):
+        near = difflib.get_close_matches(name, ARGUMENTS, n=1, cutoff=0.6)
+        return f'{name!r} (did you mean {near[0]!r}?)' if near else repr(name)
+    raise RuntimeError(f"vlm.launch.py has no argument {', '.join(map(hint, unknown))}; its "
+                       f"arguments: {', '.join(ARGUMENTS)} (node parameters go in "
+                       'params_file)')
 
 
 def _typed(name: str, kind: type, text: str):
@@ -37,6 +59,7 @@ def _node(context):
     def value(name):
         return LaunchConfiguration(name).perform(context)
 
+    _check_arguments(context.launch_configurations)
     overrides = {name: _typed(name, kind, value(name))
                  for name, (kind, _) in OVERRIDES.items() if value(name) != ''}
     image = value('image')

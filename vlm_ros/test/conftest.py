@@ -185,10 +185,10 @@ def start_vlm_node(test_node, trained_tiny, backend, request):
         remote = {'backend': 'openai',
                   'base_url': request.getfixturevalue('tiny_server').base_url}
 
-    def start(env=None, **params):
+    def start(env=None, ros_args=(), **params):
         params = {'model': str(trained_tiny('llava')), 'device': 'cpu', 'dtype': 'float32',
                   'max_new_tokens': 96, **remote, **params}
         params = {name: value for name, value in params.items() if value is not None}
-        return VlmNodeProcess(test_node, env, **params)
+        return VlmNodeProcess(test_node, env, ros_args, **params)
 
     yield from stopped_cleanly(start)

@@ -58,8 +58,8 @@ def wait_state(diagnostics: Collector, state: str, timeout: float = TIMEOUT,
 class VlmNodeProcess:
     """A vlm_node process plus the test-side publishers and collectors wired to it."""
 
-    def __init__(self, test_node: TestNode, env=None, **params):
-        args = [node_executable(), '--ros-args']
+    def __init__(self, test_node: TestNode, env=None, ros_args=(), **params):
+        args = [node_executable(), '--ros-args', *ros_args]  # e.g. --params-file FILE
         for name, value in params.items():
             text = str(value).lower() if isinstance(value, bool) else str(value)
             args += ['-p', f'{name}:={text}']
@@ -92,6 +92,16 @@ class VlmNodeProcess:
         """Publish one instruction, once the node's subscription is matched."""
         wait_matched(self.instruction_pub, 'the instruction subscription')
         self.instruction_pub.publish(String(data=text))
+
+    def plan_on_a_new_frame(self, instruction: str, what: str = 'the plan') -> Plan:
+        """Stream frames with a fresh frame_id, instruct, return the plan stamped with it.
+
+        The unique frame_id tells this plan from any earlier one still in flight.
+        """
+        frame_id = uuid.uuid4().hex
+        self.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+        self.instruct(instruction)
+        return self.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, what)
 
     def stream(self, make_msg, rate_hz: float = 20.0) -> Collector:
         """Publish make_msg() at rate_hz from a node timer; return what was sent."""

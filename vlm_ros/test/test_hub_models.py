@@ -134,3 +134,12 @@ def test_demo_default_command_with_the_default_model_from_the_cache(hub_home, tm
     assert f'model {DEFAULT_MODEL}' in stdout
     summary = json.loads((out / 'report' / 'summary.json').read_text())
     assert summary['requests'] >= 4 and summary['model'] == DEFAULT_MODEL, summary
+
+
+def test_a_relative_path_that_does_not_exist_says_both_readings(hub_home, tmp_path):
+    name = f'demo_out_{uuid.uuid4().hex[:8]}/tiny_mdl'  # shaped like ORG/NAME, meant as a path
+    result = run_engine(name, offline_hub_env(hub_home))
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert 'neither an existing directory' in result.stdout, result.stdout
+    assert os.path.abspath(name) in result.stdout and 'nor a hub id in the local cache' in \
+        result.stdout, result.stdout

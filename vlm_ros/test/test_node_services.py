@@ -94,10 +94,7 @@ def test_goal_of_a_killed_client_is_cancelled_and_frees_the_worker(start_vlm_nod
     node.wait_diag(lambda v: int(v['status_cancelled']) == 1 and
                    int(v['requests_in_progress']) == 0, TIMEOUT + 30.0,
                    'the orphaned goal cancelled, the worker free')
-    frame_id = uuid.uuid4().hex
-    node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
-    node.instruct(TARGETS['plan'][0])
-    plan = node.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the next plan')
+    plan = node.plan_on_a_new_frame(TARGETS['plan'][0], 'the next plan')
     assert plan.status == Plan.STATUS_OK, plan.message
 
 

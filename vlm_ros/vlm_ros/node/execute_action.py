@@ -65,7 +65,8 @@ class ExecutePlanServer:
             self._goals[key] = goal
         worker = self._node.worker
         if worker is None:
-            self._finish(goal, PlanProgress.STATE_PREEMPTED, 'node is not active')
+            self._finish(goal, PlanProgress.STATE_PREEMPTED,
+                         self._node.not_ready() or 'not active')
         else:
             worker.submit(goal.job)
 

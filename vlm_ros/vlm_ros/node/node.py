@@ -24,7 +24,7 @@ from std_msgs.msg import Header, String
 
 from vlm_ros_msgs.msg import Caption, Plan
 
-from ..engine import EngineConfig, RemoteConfig, VlmError, make_engine
+from ..engine import VlmError, make_engine
 from ..spin import spin_main
 from . import params
 from .diagnostics import DiagnosticsReporter
@@ -35,7 +35,7 @@ from .image_input import ImageInput
 from .messages import caption_msg, plan_msg
 from .plan_execution import PlanExecution
 from .requests import RequestEndpoints
-from .scheduler import Job, Limits, Outcome, Status, Worker
+from .scheduler import Job, Outcome, Status, Worker
 
 # Every instruction is kept until taken: with KEEP_LAST a burst overwrites the oldest ones
 # before the callback drains them, and those never get their Plan. With KEEP_ALL, DDS flow
@@ -62,6 +62,7 @@ class VlmNode(LifecycleNode):
         self.images = None
         self._instruction_sub = None
         self.execution = None  # closed-loop plans (execute_plans), from configure to cleanup
+        self.configure_error = ''  # why the last configure failed; '' once one succeeds
         self._last_instruction = ''
         self._last_planned_seq = 0
         self._last_captioned_seq = 0
@@ -69,10 +70,25 @@ class VlmNode(LifecycleNode):
         self._input_group = MutuallyExclusiveCallbackGroup()
         self.diagnostics = DiagnosticsReporter(self)
         self.requests = RequestEndpoints(
-            self, lambda: self.worker,
+            self, lambda: self.worker, self.not_ready,
             lambda: self.p('wait_for_image') + ANSWER_MARGIN, self._fallback_header,
             self.diagnostics.record)
         self.execute_server = ExecutePlanServer(self, self._fallback_header)
+
+    def not_ready(self) -> str:
+        """Say why requests cannot be served now, or '' when they can (the worker runs).
+
+        Callers get the lifecycle state and, after a failed configure, its reason: 'not
+        active' alone leaves an operator guessing whether to configure, activate or fix a
+        parameter.
+        """
+        if self.worker is not None:
+            return ''
+        state = self._state_machine.current_state[1]
+        reason = f'{self.get_fully_qualified_name()} is {state}'
+        if state == 'unconfigured' and self.configure_error:
+            reason += f': configure failed: {self.configure_error}'
+        return reason
 
     def p(self, name: str):
         """Return the current value of one of our parameters."""
@@ -100,9 +116,9 @@ class VlmNode(LifecycleNode):
         groups = {params.BY_NAME[name].applies for name in values if name in params.BY_NAME}
         current = partial(self._value, values)
         if 'engine' in groups and self.engine is not None:
-            self.engine.update(**self._run_time_engine_fields(current))
+            self.engine.update(**params.run_time_engine_fields(current))
         if 'limits' in groups and self.worker is not None:
-            self.worker.limits = self._limits(current)
+            self.worker.limits = params.limits(current)
         if 'timers' in groups and self.worker is not None:
             self._start_timers(current)
             if 'caption_rate' in values and values['caption_rate'] > 0:
@@ -114,36 +130,9 @@ class VlmNode(LifecycleNode):
         """Return a parameter's value: the one being set, else the current one."""
         return changes[name] if name in changes else self.p(name)
 
-    @staticmethod
-    def _run_time_engine_fields(value) -> dict:
-        prompts = {task: value(name) for name, task in params.PROMPT_PARAMS.items()}
-        return {'max_new_tokens': value('max_new_tokens'),
-                'max_image_side': value('max_image_side'), 'prompts': prompts}
-
-    @staticmethod
-    def _limits(value) -> Limits:
-        return Limits(value('wait_for_image'), value('max_image_age'), value('queue_size'),
-                      value('max_text_chars'), value('max_batch_size'), value('batch_wait'),
-                      value('preprocess_ahead'))
-
     def model_name(self) -> str:
         """Return the model answers are attributed to: the loaded one's, else the parameter."""
         return self.engine.model_name if self.engine is not None else self.p('model')
-
-    def _engine_config(self) -> EngineConfig:
-        remote = RemoteConfig(
-            base_url=self.p('base_url'), model=self.p('remote_model'),
-            api_key_env=self.p('api_key_env'), request_timeout=self.p('request_timeout'),
-            max_retries=self.p('max_retries'), max_concurrency=self.p('max_concurrency'),
-            jpeg_quality=self.p('jpeg_quality'))
-        return EngineConfig(
-            model=self.p('model'), device=self.p('device'), dtype=self.p('dtype'),
-            attn_implementation=self.p('attn_implementation') or None,
-            trust_remote_code=self.p('trust_remote_code'),
-            local_files_only=self.p('local_files_only'),
-            processor_kwargs=params.processor_kwargs(self.p('processor_kwargs')),
-            decode_mode=self.p('decode_mode'),
-            backend=self.p('backend'), remote=remote, **self._run_time_engine_fields(self.p))
 
     # Lifecycle transitions -------------------------------------------------------------
 
@@ -153,15 +142,19 @@ class VlmNode(LifecycleNode):
         With the openai backend the server need not be up: requests answer
         STATUS_MODEL_ERROR until it is, and /diagnostics shows whether it is reachable.
         """
+        # rclpy keeps every value given for this node (command line, params files, launch), also
+        # for names it never declares: a misspelt one would otherwise be dropped in silence.
+        unknown = params.unknown_parameters(self._parameter_overrides)
+        if unknown:
+            return self._configure_failed(unknown)
         try:
-            engine = make_engine(self._engine_config())
+            engine = make_engine(params.engine_config(self.p))
             self.get_logger().info(f'loading {engine.config.model} ({engine.config.backend} '
                                    'backend)')
             engine.load()
         except VlmError as exc:
-            self.get_logger().error(f'configure failed: {exc}')
-            self.diagnostics.last_error = str(exc)
-            return TransitionCallbackReturn.FAILURE
+            return self._configure_failed(str(exc))
+        self.configure_error = ''
         self.engine = engine
         # The model, torch and transformers are millions of long-lived objects: a full garbage
         # collection walked them all (0.2 s on 2 cores), stalling every answer in flight.
@@ -178,6 +171,13 @@ class VlmNode(LifecycleNode):
                          *self.execution.publishers()]
         return TransitionCallbackReturn.SUCCESS
 
+    def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
+        """Log why, keep it for /diagnostics and refusals, and stay unconfigured (retryable)."""
+        self.get_logger().error(f'configure failed: {reason}')
+        self.configure_error = reason
+        self.diagnostics.fault('configure', reason)
+        return TransitionCallbackReturn.FAILURE
+
     def _deep_qos(self) -> QoSProfile:
         return QoSProfile(depth=self.p('instruction_qos_depth'),
                           reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
@@ -187,7 +187,7 @@ class VlmNode(LifecycleNode):
         self.frames = FrameStore()
         self.images = ImageInput(self, self.frames, self._input_group)
         self.worker = Worker(self.engine, self.frames, None, self._now,
-                             self._limits(self.p), self.get_logger().error,
+                             params.limits(self.p), self.get_logger().error,
                              self.engine.concurrency)
         self.worker.no_image_hint = self.images.hint
         self._instruction_sub = self.create_subscription(
@@ -366,8 +366,9 @@ def main(args=None) -> None:
             if node.engine is not None:
                 node.trigger_activate()
         return node
-    # Query callbacks wait for the worker on executor threads: have plenty.
-    code = spin_main(make, args, num_threads=16)
+    # No callback waits for the model (queries await their answer as coroutines, goals use
+    # accepted/execute), so a few threads serve any number of waiting requests.
+    code = spin_main(make, args, num_threads=4)
     # Everything is answered, destroyed and shut down by now. What is left is the interpreter's
     # teardown of torch and transformers, over a second of garbage collection that would make
     # the process miss a launch system's SIGINT-to-SIGTERM escalation: skip it.

@@ -8,17 +8,21 @@ accepted goal becomes a job for the worker and holds no executor thread; when th
 answered it, the goal is executed, and the execute callback only turns the outcome into the
 result. Cancel requests reach the job at once, and goals whose client has left the graph are
 cancelled (nobody would take their result). The service must return its response from its
-callback (rclpy has no deferred response), so it waits on an executor thread, bounded by
-answer_timeout(); a call that gives up cancels its job.
+callback (rclpy has no deferred response), so its callback is a coroutine: it awaits the
+worker's answer as an rclpy Future, and the executor thread is free meanwhile (a blocking wait
+held one of the executor's threads per waiting call: 40 calls starved everything else). A call
+with no answer after answer_timeout() cancels its job, and after CANCEL_GRACE more is refused.
 """
 
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.task import Future
 
 from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.srv import Query
@@ -39,24 +43,37 @@ CLIENT_CHECK_PERIOD = 1.0  # s between looks at the graph while goals run
 ORPHAN_CHECKS = 2  # looks in a row without a client before goals are cancelled
 
 
+@dataclass
+class _Query:
+    """A ~/query call awaiting its answer."""
+
+    job: Job
+    answered: Future
+    deadline: float  # time.monotonic() past which its job is cancelled
+    cancelled: bool = False
+
+
 class RequestEndpoints:
     """The node's ~/query service and ~/generate_plan action server.
 
-    ``worker()`` returns the active node's Worker or None; ``answer_timeout()`` bounds how long
-    a query may wait; ``header()`` is the fallback header of plans that used no image;
-    ``record(outcome)`` counts an answer in the diagnostics.
+    ``worker()`` returns the active node's Worker or None; ``not_ready()`` says why requests
+    cannot be served ('' when they can); ``answer_timeout()`` bounds how long a query may
+    wait; ``header()`` is the fallback header of plans that used no image; ``record(outcome)``
+    counts an answer in the diagnostics.
     """
 
-    def __init__(self, node, worker: Callable, answer_timeout: Callable[[], float],
-                 header: Callable, record: Callable[[Outcome], None]):
+    def __init__(self, node, worker: Callable, not_ready: Callable[[], str],
+                 answer_timeout: Callable[[], float], header: Callable,
+                 record: Callable[[Outcome], None]):
         self._node = node
         self._worker = worker
+        self._not_ready = not_ready
         self._answer_timeout = answer_timeout
         self._header = header
         self._record = record
         self._lock = threading.Lock()
         self._goals = {}  # goal id -> [job, outcome or None]
-        self._waiting = 0  # query callbacks waiting for their answer
+        self._queries = {}  # id(job) -> _Query, while unanswered
         group = ReentrantCallbackGroup()
         self._service = node.create_service(Query, '~/query', self._on_query,
                                             qos_profile=REQUESTS_QOS, callback_group=group)
@@ -67,12 +84,12 @@ class RequestEndpoints:
             result_service_qos_profile=REQUESTS_QOS, cancel_service_qos_profile=REQUESTS_QOS,
             callback_group=group)
         self._clientless = 0  # looks in a row that found no action client
-        steady_timer(node, CLIENT_CHECK_PERIOD, self._cancel_orphaned_goals, group)
+        steady_timer(node, CLIENT_CHECK_PERIOD, self._every_period, group)
 
     def busy(self) -> bool:
         """Tell whether a query or goal still waits for its answer to be sent."""
         with self._lock:
-            return bool(self._goals) or self._waiting > 0
+            return bool(self._goals) or bool(self._queries)
 
     def destroy(self) -> None:
         """Destroy the service and action server (when the node is destroyed)."""
@@ -81,41 +98,51 @@ class RequestEndpoints:
 
     # Query -----------------------------------------------------------------------------
 
-    def _on_query(self, request, response):
+    async def _on_query(self, request, response):
+        """Submit the question, then await its answer without holding an executor thread."""
         worker = self._worker()
-        job = Job('vqa', request.question.strip(), done=None,
+        if worker is None:
+            response.success, response.message = False, self._not_ready() or 'not active'
+            return response
+        answered = Future(executor=self._node.executor)
+        # Future.set_result wakes the executor only through a done callback (rclpy then
+        # schedules it); a woken executor resumes every waiting coroutine, this one too.
+        answered.add_done_callback(lambda _: None)
+        job = Job('vqa', request.question.strip(), done=answered.set_result,
                   image_msg=request.image if request.image.width else None,
                   max_new_tokens=request.max_new_tokens)
-        if worker is None:
-            response.success, response.message = False, 'node is not active'
-            return response
-        done = threading.Event()
-        outcomes = []
-
-        def finish(outcome):
-            outcomes.append(outcome)
-            done.set()
-        job.done = finish
         with self._lock:
-            self._waiting += 1
+            self._queries[id(job)] = _Query(job, answered,
+                                            time.monotonic() + self._answer_timeout())
         try:
             worker.submit(job)
-            timeout = self._answer_timeout()
-            if not done.wait(timeout):
-                worker.cancel(job, f'no answer within {timeout:g} s')
-                done.wait(CANCEL_GRACE)
+            outcome = await answered
         finally:
             with self._lock:
-                self._waiting -= 1
-        if not outcomes:
+                self._queries.pop(id(job), None)
+        if outcome is None:
             response.success, response.message = False, 'no answer in time'
             return response
-        self._record(outcomes[0])
-        return fill_query_response(response, outcomes[0])
+        self._record(outcome)
+        return fill_query_response(response, outcome)
+
+    def _expire_queries(self) -> None:
+        """Cancel the job of a query past its deadline; give up on it CANCEL_GRACE later."""
+        now = time.monotonic()
+        with self._lock:
+            late = [query for query in self._queries.values() if now > query.deadline]
+        for query in late:
+            if not query.cancelled:
+                query.cancelled = True
+                cancel_job(self._worker(), query.job,
+                           f'no answer within {self._answer_timeout():g} s')
+            elif now > query.deadline + CANCEL_GRACE and not query.answered.done():
+                query.answered.set_result(None)
 
     # GeneratePlan (accepted/execute) ---------------------------------------------------
 
     def _on_goal(self, goal) -> GoalResponse:
+        """Refuse goals while not active: a rejected goal tells its client at once."""
         return GoalResponse.ACCEPT if self._worker() is not None else GoalResponse.REJECT
 
     def _on_accepted(self, goal_handle) -> None:
@@ -138,8 +165,8 @@ class RequestEndpoints:
         with self._lock:
             self._goals[key] = [job, None]
         worker = self._worker()
-        if worker is None:
-            answered(Outcome(job, Status.CANCELLED, 'node is not active'))
+        if worker is None:  # deactivated between the goal's acceptance and now
+            answered(Outcome(job, Status.CANCELLED, self._not_ready() or 'not active'))
         else:
             worker.submit(job)
 
@@ -149,6 +176,10 @@ class RequestEndpoints:
         if entry is not None:
             cancel_job(self._worker(), entry[0], 'cancelled by the action client')
         return CancelResponse.ACCEPT
+
+    def _every_period(self) -> None:
+        self._expire_queries()
+        self._cancel_orphaned_goals()
 
     def _cancel_orphaned_goals(self) -> None:
         """Cancel the running and queued goals once no action client is left on the graph.

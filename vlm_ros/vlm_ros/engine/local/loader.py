@@ -157,17 +157,20 @@ def locate(config: EngineConfig) -> str:
                        f'{exc}', name, config.device) from exc
     if isinstance(try_to_load_from_cache(name, 'config.json'), str):
         return name
-    get = (f'download it once where the hub is reachable (`hf download {name}`, into '
-           f'{hub_constants.HF_HUB_CACHE}), or give a save_pretrained directory')
+    # ORG/NAME is also a relative path (demo_out/tiny_model): say both readings, or a user who
+    # meant a directory reads only about a hub cache.
+    neither = (f'model {name!r} is neither an existing directory (no '
+               f'{os.path.abspath(os.path.expanduser(name))}) nor a hub id in the local cache '
+               f'({hub_constants.HF_HUB_CACHE})')
+    get = (f'give a save_pretrained directory, or download the hub model once where the hub is '
+           f'reachable (`hf download {name}`)')
     if config.local_files_only or hub_constants.HF_HUB_OFFLINE:
         why = 'local_files_only is set' if config.local_files_only else 'HF_HUB_OFFLINE is set'
-        raise VlmError('not_found', f'hub model {name} is not in the local cache and {why}; '
-                       + get, name, config.device)
+        raise VlmError('not_found', f'{neither}, and {why}; ' + get, name, config.device)
     unreachable = _hub_reachable()
     if unreachable is not None:
-        raise VlmError('not_found', f'hub model {name} is not in the local cache and '
-                       f'{hub_constants.ENDPOINT} cannot be reached ({unreachable}); ' + get,
-                       name, config.device)
+        raise VlmError('not_found', f'{neither}, and {hub_constants.ENDPOINT} cannot be '
+                       f'reached ({unreachable}); ' + get, name, config.device)
     return name
 
 
