@@ -4,16 +4,18 @@ Imports no rclpy and no other part of vlm_ros, so the engine runs in notebooks, 
 evaluation and on machines without ROS 2. This level (config, errors, prompts, chat,
 preprocess, plan_parser, results) imports no torch either: local/ holds the in-process model
 (torch + transformers), remote/ the OpenAI-compatible client, and make_engine imports only the
-one a config asks for.
+one a config asks for. Both implement interface.Engine, whose CONTRACT says what each
+operation returns and raises.
 """
 
 from .config import BACKENDS, EngineConfig, RemoteConfig
 from .errors import VlmError
+from .interface import CONTRACT, Engine
 from .plan_parser import ParsedPlan, PlanStep, parse_plan
 from .results import Request, Result, parse_output
 
 
-def make_engine(config: EngineConfig):
+def make_engine(config: EngineConfig) -> Engine:
     """Return the engine of config.backend (not loaded yet): VlmEngine or RemoteEngine.
 
     The backend's package is imported here, not above: the openai client costs 0.5 s to
@@ -37,5 +39,6 @@ def make_engine(config: EngineConfig):
                        exc) from exc
 
 
-__all__ = ['BACKENDS', 'EngineConfig', 'ParsedPlan', 'PlanStep', 'RemoteConfig', 'Request',
-           'Result', 'VlmError', 'make_engine', 'parse_output', 'parse_plan']
+__all__ = ['BACKENDS', 'CONTRACT', 'Engine', 'EngineConfig', 'ParsedPlan', 'PlanStep',
+           'RemoteConfig', 'Request', 'Result', 'VlmError', 'make_engine', 'parse_output',
+           'parse_plan']

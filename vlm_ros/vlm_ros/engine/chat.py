@@ -1,7 +1,7 @@
 """
 The one place that turns a user prompt into the processor's text input.
 
-Training (demo.tiny.train) and inference both call render_prompt, so a fine-tuned model is
+Training (models.train) and inference both call render_prompt, so a fine-tuned model is
 always queried with exactly the prompt layout it was trained on.
 """
 

@@ -22,7 +22,7 @@ class Request:
 
     ``image`` is an HxWx3 uint8 RGB array; ``max_new_tokens`` 0 means the engine's default.
     ``on_text`` receives this request's text increments as they are generated, and setting
-    ``cancel`` stops this request alone, also inside a batch (in-process engine).
+    ``cancel`` stops this request alone, also inside a batch (every engine: interface.py).
     """
 
     task: str
@@ -52,6 +52,31 @@ class Result:
     total_time: float
     cancelled: bool = False
     image_size: tuple = (0, 0)  # (width, height) the model was given, after max_image_side
+
+
+# A Result's status (status_of): what the node maps to STATUS_OK, _INVALID_OUTPUT, _CANCELLED.
+RESULT_STATUSES = ('ok', 'invalid', 'cancelled')
+
+
+def status_of(result: Result) -> str:
+    """Return the RESULT_STATUSES entry of a result: cancelled first, then (in)valid."""
+    if result.cancelled:
+        return 'cancelled'
+    return 'ok' if result.valid else 'invalid'
+
+
+@dataclass
+class Score:
+    """How well a model predicts a target answer, teacher-forced (Engine.score).
+
+    ``ce`` is the mean negative log-likelihood per target token (natural log), ``perplexity``
+    is exp(ce), and ``tokens`` counts the target tokens scored, including the closing token
+    that stops generation: the model is scored on stopping too, as training teaches it.
+    """
+
+    ce: float
+    perplexity: float
+    tokens: int
 
 
 def parse_output(task: str, text: str) -> tuple:

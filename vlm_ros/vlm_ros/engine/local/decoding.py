@@ -9,10 +9,14 @@ after which torch.compile has marked those dimensions dynamic, and later request
 length and batch size reuse the graphs (test_decoding.py counts them).
 """
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..config import DECODE_MODES
 from ..errors import VlmError
+from ..results import Request
+from .generate import generate
 
 WARM_UP_PROMPTS = ('x', 'a longer warm-up instruction, so that the prompt length changes too')
 
@@ -69,3 +73,16 @@ def warm_up_batches(max_image_side: int) -> list:
     short, longer = WARM_UP_PROMPTS
     return [([frame], [short], 4), ([frame], [longer], 6), ([frame] * 2, [short, longer], 8),
             ([frame] * 3, [longer, short, longer], 5)]
+
+
+def warm_up(loaded, preprocess: Callable, decode: dict, max_image_side: int) -> None:
+    """Generate the warm-up batches greedily, each to its full length, as requests generate.
+
+    ``preprocess`` is the engine's (VlmEngine.preprocess), so the warm-up sees the same inputs
+    as a request; ``decode`` is the decode mode's arguments of generate.
+    """
+    for images, prompts, tokens in warm_up_batches(max_image_side):
+        requests = [Request('plan', image, prompt)
+                    for image, prompt in zip(images, prompts, strict=True)]
+        generate(loaded, preprocess(requests), tokens,
+                 {'do_sample': False, 'min_new_tokens': tokens, **decode})

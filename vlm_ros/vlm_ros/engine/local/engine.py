@@ -9,25 +9,20 @@ import time
 from collections.abc import Callable
 from typing import Optional
 
-import numpy as np
-import torch
-
-from ..base import EngineBase
-from ..chat import build_inputs
+from ..base import CancelSignal, EngineBase
 from ..config import EngineConfig
 from ..errors import VlmError
-from ..frame_cache import FrameCache
-from ..gpu_preprocess import device_kwargs
-from ..preprocess import fitted_size, resize_max_side
-from ..prompts import render_task
-from ..results import Request, make_result
-from ..tiling import fitted_size_kwargs
-from . import decoding, loader
+from ..preprocess import fitted_size
+from ..results import make_result
+from . import decoding, loader, teacher_forcing
 from .generate import generate
+from .inputs import InputStage
 
 
 class VlmEngine(EngineBase):
     """Loads one VLM and answers batches of requests; load() before run(), unload() to free.
+
+    Implements interface.Engine with the model in this process.
 
     ``concurrency`` is 1: one model in one process runs one ``generate`` at a time, so callers
     batch requests instead of running them side by side.
@@ -41,8 +36,7 @@ class VlmEngine(EngineBase):
         self.decode_mode = 'eager'  # resolved from config.decode_mode at load()
         self._decode: dict = {}  # generate's arguments of the decode mode
         self.warm_up_seconds = 0.0
-        self._frames: Optional[FrameCache] = None  # wraps the loaded image processor
-        self._processor_lock = threading.Lock()  # run() and prepare() share the processor
+        self._stage = InputStage()  # the processor, its lock and the frame cache (inputs.py)
 
     @property
     def loaded(self) -> loader.LoadedModel:
@@ -73,7 +67,7 @@ class VlmEngine(EngineBase):
 
         Empty once unloaded: the node's diagnostics timer may ask while a shutdown unloads.
         """
-        loaded, frames = self._loaded, self._frames
+        loaded, frames = self._loaded, self._stage.frames
         if loaded is None:
             return {}
         return {'device': str(loaded.device), 'decode_mode': self.decode_mode,
@@ -90,7 +84,7 @@ class VlmEngine(EngineBase):
         or for CUDA's start-up; a warm-up that fails unloads and raises VlmError.
         """
         loaded = loader.load(self.config)
-        self._frames = _cache_frames(loaded.processor)
+        self._stage.attach(loaded.processor)
         tokenizer = loaded.processor.tokenizer
         if not loaded.is_encoder_decoder:
             tokenizer.padding_side = 'left'  # new tokens follow the last prompt token per row
@@ -100,7 +94,8 @@ class VlmEngine(EngineBase):
         if decoding.needs_warm_up(self.decode_mode, loaded.device):
             start = time.perf_counter()
             try:
-                self._warm_up()
+                decoding.warm_up(loaded, self.preprocess, self._decode,
+                                 self.config.max_image_side)
             except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for torch.compile
                 self.unload()
                 raise VlmError('load_failed', f'the {self.decode_mode} decode mode failed to '
@@ -109,31 +104,18 @@ class VlmEngine(EngineBase):
                                str(loaded.device), exc) from exc
             self.warm_up_seconds = time.perf_counter() - start
 
-    def _warm_up(self) -> None:
-        for images, prompts, tokens in decoding.warm_up_batches(self.config.max_image_side):
-            requests = [Request('plan', image, prompt)
-                        for image, prompt in zip(images, prompts, strict=True)]
-            generate(self.loaded, self.preprocess(requests), tokens,
-                     {'do_sample': False, 'min_new_tokens': tokens, **self._decode})
-
     def unload(self) -> None:
         """Free the model (and cached GPU memory)."""
         if self._loaded is not None:
-            if self._frames is not None:
-                self._frames.clear()
-                self._frames = None
+            self._stage.detach()
             loader.unload(self._loaded)
             self._loaded = None
 
     def preprocess(self, requests: list):
-        """Stage 1: resize images, fill prompt templates, tokenize into one batch.
-
-        Tiling processors get the size the frames need (tiling.py), and processors that can
-        preprocess on the model's GPU do so (gpu_preprocess.py), unless processor_kwargs say
-        otherwise.
-        """
+        """Stage 1: resize images, fill prompt templates, tokenize into one batch (inputs.py)."""
         loaded = self.loaded
-        return loader.to_device(self._encode(requests), loaded.device, loaded.dtype)
+        return loader.to_device(self._stage.encode(loaded, requests, self.config, self.templates),
+                                loaded.device, loaded.dtype)
 
     def prepare(self, images: list) -> None:
         """Preprocess the frames of requests still waiting, while the current batch generates.
@@ -143,19 +125,8 @@ class VlmEngine(EngineBase):
         processor runs under a lock (a fast tokenizer refuses calls from two threads at once),
         and the model is not touched.
         """
-        if self._frames is not None and images:
-            self._encode([Request('caption', image) for image in images])
-
-    def _encode(self, requests: list):
-        """Run the processor over requests' images and rendered prompts (one call at a time)."""
-        images = [resize_max_side(r.image, self.config.max_image_side) for r in requests]
-        prompts = [render_task(self.templates, r.task, r.text, r.context) for r in requests]
-        loaded = self.loaded
-        own = self.config.processor_kwargs
-        kwargs = {**fitted_size_kwargs(loaded.processor, images, own),
-                  **device_kwargs(loaded.processor, str(loaded.device), own), **own}
-        with self._processor_lock:
-            return build_inputs(loaded.processor, images, prompts, **kwargs)
+        if self._stage.frames is not None and images:
+            self._stage.prepare(self.loaded, images, self.config, self.templates)
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments of model.generate: sampling, and the decode mode's cache."""
@@ -170,25 +141,23 @@ class VlmEngine(EngineBase):
 
         Each request may carry its own ``on_text`` and ``cancel`` (Request); the arguments are
         for a single request's text stream, and the cancel of the requests without their own
-        event. A cancelled
-        request stops between two decoding steps (the others go on) and its result is marked
-        cancelled. Raises VlmError ('bad_input' for a bad image or text, 'out_of_memory' or
-        'generation_failed' for the model), never a bare exception.
+        event. A cancelled request (or every one, on cancel()) stops between two decoding
+        steps (the others go on) and its result is marked cancelled. Raises VlmError
+        ('bad_input' for a bad image or text, 'out_of_memory' or 'generation_failed' for the
+        model), never a bare exception.
         """
         if not requests:
             return []
         if on_text is not None and len(requests) != 1:
             raise VlmError('bad_input', 'on_text streams a single request; give each request '
                            'of a batch its own Request.on_text', self.config.model)
+        with self.running() as stop:  # cancel() sets stop
+            cancels = [CancelSignal(r.cancel or cancel, stop) for r in requests]
+            return self._run(requests, on_text, cancels)
+
+    def _run(self, requests: list, on_text, cancels: list) -> list:
         loaded = self.loaded
-        cancels = [r.cancel or cancel or threading.Event() for r in requests]
-        try:
-            inputs = self.preprocess(requests)
-        except VlmError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the processor refused this input
-            raise VlmError('bad_input', f'preprocessing failed: {exc!r}', self.config.model,
-                           str(loaded.device), exc) from exc
+        inputs = self._inputs(requests)
         if all(event.is_set() for event in cancels):  # cancelled while preprocessing
             return [make_result(r.task, '', 0, 0.0, 0.0, True,
                                 fitted_size(r.image, self.config.max_image_side))
@@ -203,27 +172,36 @@ class VlmEngine(EngineBase):
             texts = [loaded.processor.tokenizer.decode(tokens, skip_special_tokens=True)
                      for tokens in rows]
         except Exception as exc:  # noqa: BLE001 - the caller answers with a status, not a crash
-            kind = 'out_of_memory' if loader.classify_error(exc) == 'out_of_memory' \
-                else 'generation_failed'
-            raise VlmError(kind, f'generation failed: {exc}', self.config.model,
-                           str(loaded.device), exc) from exc
+            raise loader.model_failure('generation', exc, self.config.model,
+                                       loaded.device) from exc
         return [make_result(request.task, text, len(tokens), generated.time_to_first_token,
                             generated.total_time, cancelled,
                             fitted_size(request.image, self.config.max_image_side))
                 for request, text, tokens, cancelled in zip(requests, texts, rows,
                                                             generated.cancelled, strict=True)]
 
+    def _inputs(self, requests: list):
+        """Preprocess requests for the model; VlmError('bad_input') when the processor refuses."""
+        try:
+            return self.preprocess(requests)
+        except VlmError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the processor refused this input
+            raise VlmError('bad_input', f'preprocessing failed: {exc!r}', self.config.model,
+                           str(self.loaded.device), exc) from exc
 
-def _cache_frames(processor) -> Optional[FrameCache]:
-    """Preprocess each distinct frame once (frame_cache.py); None without an image processor."""
-    if getattr(processor, 'image_processor', None) is None:
-        return None
-    processor.image_processor = FrameCache(processor.image_processor, concatenate_rows)
-    return processor.image_processor
+    def score(self, requests: list, targets: list) -> list:
+        """Score each target as the answer to its request, teacher-forced, in one forward pass.
 
-
-def concatenate_rows(values: list):
-    """Join per-frame tensors (or numpy arrays) along the batch, as a batched call stacks them."""
-    if isinstance(values[0], torch.Tensor):
-        return torch.cat(values)
-    return np.concatenate(values)
+        Prompts go through preprocess(), so a model is scored on exactly the inputs it answers
+        at run time (teacher_forcing.py). Errors as the interface declares (interface.py).
+        """
+        teacher_forcing.check_targets(requests, targets, self.config.model)
+        if not requests:
+            return []
+        loaded = self.loaded
+        inputs = self._inputs(requests)
+        try:
+            return teacher_forcing.score_batch(loaded.model, loaded.processor, inputs, targets)
+        except Exception as exc:  # noqa: BLE001 - the caller gets a kind, not a crash
+            raise loader.model_failure('scoring', exc, self.config.model, loaded.device) from exc

@@ -87,6 +87,12 @@ def classify_error(exc: BaseException) -> str:
     return 'load_failed'
 
 
+def model_failure(action: str, exc: BaseException, model: str, device) -> VlmError:
+    """Make the VlmError of a model that failed to run: 'out_of_memory' or 'generation_failed'."""
+    kind = 'out_of_memory' if classify_error(exc) == 'out_of_memory' else 'generation_failed'
+    return VlmError(kind, f'{action} failed: {exc}', model, str(device), exc)
+
+
 def _kwargs(config: EngineConfig, device: torch.device, dtype: torch.dtype) -> dict:
     kwargs = {'dtype': dtype, 'trust_remote_code': config.trust_remote_code,
               'local_files_only': config.local_files_only}

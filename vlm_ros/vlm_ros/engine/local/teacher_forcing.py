@@ -1,17 +1,24 @@
 """
 Teacher forcing: a model's encoded prompts plus target answers, and the answers' log-probs.
 
-Training (demo.tiny.train) fits a model to these batches and scoring (eval.scoring)
-measures a model on them, so both see exactly the same token layout: the standard VLM
-objective, cross-entropy on the answer tokens only, each answer closed by the token that stops
-generation.
+Training (models.train) fits a model to these batches and scoring (VlmEngine.score, which
+eval.scoring batches) measures a model on them, so both see exactly the same token layout: the
+standard VLM objective, cross-entropy on the answer tokens only, each answer closed by the
+token that stops generation.
+
+Generated text compares two models only through exact matches or fuzzy metrics; the
+teacher-forced cross-entropy of a reference answer (what fine-tuning minimises) ranks them on
+one's own data even when neither reproduces the reference word for word.
 """
 
+import math
 from collections.abc import Sequence
 
 import torch
 
-from ..engine.chat import build_inputs
+from ..chat import build_inputs
+from ..errors import VlmError
+from ..results import Score
 
 IGNORE_INDEX = -100  # the label of a position outside every answer, as transformers uses it
 # Model inputs with one entry per prompt token; all others (pixels, tiles) are per image.
@@ -104,3 +111,34 @@ def target_log_probs(model, logits: torch.Tensor,
     picked = logits[answer].float().log_softmax(-1)
     log_probs[answer] = picked.gather(-1, labels[answer].unsqueeze(-1)).squeeze(-1)
     return log_probs, answer
+
+
+def check_targets(requests: Sequence, targets: Sequence, model: str) -> None:
+    """Refuse (VlmError 'bad_input') anything but one non-empty target string per request."""
+    if len(requests) != len(targets):
+        raise VlmError('bad_input', f'{len(requests)} requests but {len(targets)} targets: '
+                       'score needs one target per request', model)
+    for index, target in enumerate(targets):
+        if not isinstance(target, str) or not target.strip():
+            raise VlmError('bad_input', f'target {index} is empty ({target!r}): nothing to '
+                           'score', model)
+
+
+def score_batch(model, processor, inputs, targets: Sequence[str]) -> list[Score]:
+    """Score targets on encoded prompts (one row each) in one forward pass.
+
+    Rows are laid out as in an unpadded call (with_targets), so a batch's scores equal
+    one-at-a-time scores up to float rounding.
+    """
+    batch = with_targets(processor, model, inputs, targets)
+    labels = batch.pop('labels')
+    if model.config.is_encoder_decoder:
+        batch['labels'] = labels  # the model builds its decoder inputs from them
+    # Without labels a decoder-only model skips the loss, and its vocabulary-wide float copy.
+    with torch.inference_mode():
+        logits = model(**batch, use_cache=False).logits
+        log_probs, answer = target_log_probs(model, logits, labels)
+    tokens = answer.sum(-1)
+    ces = (-log_probs.sum(-1) / tokens).tolist()
+    return [Score(ce, math.exp(ce), count) for ce, count in zip(ces, tokens.tolist(),
+                                                                 strict=True)]

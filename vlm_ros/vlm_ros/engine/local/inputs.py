@@ -1,0 +1,80 @@
+"""Stage 1 in process: requests in, one batch of the processor's outputs out, each frame once.
+
+run() and score() encode the requests they answer; prepare() encodes the frames of requests
+still waiting, from another thread, while a batch generates. Both share one processor, which
+runs under a lock (a fast tokenizer refuses calls from two threads at once), and the frame cache
+(frame_cache.py) keeps each frame's outputs, so the run() that answers a prepared request skips
+the image processor. Tiling processors get the size the frames need (tiling.py), and processors
+that can preprocess on the model's GPU do so (gpu_preprocess.py), unless processor_kwargs say
+otherwise.
+"""
+
+import threading
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..chat import build_inputs
+from ..config import EngineConfig
+from ..errors import VlmError
+from ..frame_cache import FrameCache
+from ..gpu_preprocess import device_kwargs
+from ..preprocess import resize_max_side
+from ..prompts import render_task
+from ..results import Request
+from ..tiling import fitted_size_kwargs
+
+
+class InputStage:
+    """The processor side of an engine: one lock for the engine's life, a frame cache per load."""
+
+    def __init__(self):
+        self.frames: Optional[FrameCache] = None  # wraps the loaded image processor
+        self._lock = threading.Lock()  # run() and prepare() share the processor
+
+    def attach(self, processor) -> None:
+        """Preprocess each distinct frame once from now on; no cache without an image processor."""
+        self.frames = _cache_frames(processor)
+
+    def detach(self) -> None:
+        """Drop the cached frames: the model is being unloaded."""
+        if self.frames is not None:
+            self.frames.clear()
+            self.frames = None
+
+    def encode(self, loaded, requests: list, config: EngineConfig, templates: dict):
+        """Run the processor over requests' images and rendered prompts (one call at a time)."""
+        images = [resize_max_side(r.image, config.max_image_side) for r in requests]
+        prompts = [render_task(templates, r.task, r.text, r.context) for r in requests]
+        own = config.processor_kwargs
+        kwargs = {**fitted_size_kwargs(loaded.processor, images, own),
+                  **device_kwargs(loaded.processor, str(loaded.device), own), **own}
+        with self._lock:
+            return build_inputs(loaded.processor, images, prompts, **kwargs)
+
+    def prepare(self, loaded, images: list, config: EngineConfig, templates: dict) -> None:
+        """Encode frames ahead into the cache; VlmError('bad_input') when the processor refuses."""
+        try:
+            self.encode(loaded, [Request('caption', image) for image in images], config,
+                        templates)
+        except VlmError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the processor refused this input
+            raise VlmError('bad_input', f'preprocessing failed: {exc!r}', config.model,
+                           config.device, exc) from exc
+
+
+def _cache_frames(processor) -> Optional[FrameCache]:
+    """Preprocess each distinct frame once (frame_cache.py); None without an image processor."""
+    if getattr(processor, 'image_processor', None) is None:
+        return None
+    processor.image_processor = FrameCache(processor.image_processor, concatenate_rows)
+    return processor.image_processor
+
+
+def concatenate_rows(values: list):
+    """Join per-frame tensors (or numpy arrays) along the batch, as a batched call stacks them."""
+    if isinstance(values[0], torch.Tensor):
+        return torch.cat(values)
+    return np.concatenate(values)

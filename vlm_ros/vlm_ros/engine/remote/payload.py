@@ -1,0 +1,26 @@
+"""One request as a streamed chat completion, built exactly as an in-process model would see it.
+
+The same resize (then JPEG, as a data URL), the same prompt templates and the same chat layout
+as the 'transformers' backend, so the two backends answer the same question.
+"""
+
+import base64
+
+from ..chat import user_message
+from ..config import EngineConfig
+from ..preprocess import encode_jpeg
+from ..prompts import render_task
+
+
+def chat_payload(request, config: EngineConfig, templates: dict, model: str) -> dict:
+    """Build the chat completion: same resize, template and chat layout as in-process."""
+    jpeg = encode_jpeg(request.image, config.max_image_side, config.remote.jpeg_quality)
+    image = {'type': 'image_url', 'image_url': {
+        'url': 'data:image/jpeg;base64,' + base64.b64encode(jpeg).decode('ascii')}}
+    prompt = render_task(templates, request.task, request.text, request.context)
+    sampling = {'temperature': config.temperature, 'top_p': config.top_p} \
+        if config.do_sample else {'temperature': 0.0}  # 0: greedy on every server
+    # include_usage: vLLM and SGLang report token counts in a stream only when asked.
+    return {'model': model, 'messages': user_message(prompt, image),
+            'max_tokens': request.max_new_tokens or config.max_new_tokens,
+            'stream': True, 'stream_options': {'include_usage': True}, **sampling}
