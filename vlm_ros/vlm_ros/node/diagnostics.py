@@ -6,31 +6,61 @@ its recent faults and healthy answers (health.py has the rule); the message says
 """
 
 import gc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
 
 from diagnostic_msgs.msg import DiagnosticArray
 
 from ..compat import distro, steady_timer
+from .frames import FrameStore
 from .health import Health
+from .jobs import Outcome, Status
 from .messages import diagnostics_msg
-from .scheduler import Outcome, Status
+from .plan_execution import PlanExecution
+from .scheduler import Worker
+from .settings import Settings
 from .stats import Stats
 
 ROS_DISTRO = distro()
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What /diagnostics reports of the node: each is called once a second.
+
+    ``engine()``, ``worker()``, ``frames()`` and ``execution()`` return the node's current
+    ones, None while it has none (they come and go with the lifecycle).
+    """
+
+    settings: Callable[[], Settings]
+    state: Callable[[], str]  # the lifecycle state: 'unconfigured', 'active', ...
+    configure_error: Callable[[], str]  # why the last configure failed; '' once one succeeds
+    model_name: Callable[[], str]
+    engine: Callable[[], object]
+    worker: Callable[[], Optional[Worker]]
+    frames: Callable[[], Optional[FrameStore]]
+    image_hint: Callable[[], str]  # why no frame comes ('' when fine or not subscribed)
+    execution: Callable[[], Optional[PlanExecution]]
 
 
 class DiagnosticsReporter:
     """Counts outcomes and publishes a DiagnosticArray on /diagnostics every second.
 
     The publisher and timer exist in every lifecycle state, so a monitor sees an unconfigured
-    or failed node too, with the last error.
+    or failed node too, with the last error. ``node`` only creates them and names the status.
     """
 
-    def __init__(self, node):
-        self._node = node
+    def __init__(self, node, sources: Sources):
+        self._sources = sources
         self.stats = Stats()
         self.health = Health()
         self._reachable = None  # the inference server's reachability at the last look
         self.last_image_size = ''  # what the model was last given, after max_image_side
+        # Named by the node's full name: robots sharing a domain stay apart.
+        self._name = f'{node.get_fully_qualified_name()}: vlm'
+        self._logger = node.get_logger()
+        self._clock = node.get_clock()
         self._pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
         # Wall time: with use_sim_time and no /clock yet (a bag not playing), a monitor must
         # still hear from the node.
@@ -63,16 +93,17 @@ class DiagnosticsReporter:
 
         An inference server seen unreachable here, after it was not, is a model fault.
         """
-        node = self._node
-        engine, worker, frames = node.engine, node.worker, node.frames
+        sources = self._sources
+        engine, worker, frames = sources.engine(), sources.worker(), sources.frames()
+        settings = sources.settings()
         loaded = engine is not None and engine.is_loaded
         stats = self.stats
         values = {
-            'model': node.model_name(),
-            'backend': node.p('backend'),
+            'model': sources.model_name(),
+            'backend': settings.backend,
             'ros_distro': ROS_DISTRO,
-            'device': node.p('device'),
-            'state': node._state_machine.current_state[1],
+            'device': settings.device,
+            'state': sources.state(),
             'model_loaded': loaded,
             'requests_served': stats.served(),
             'requests_in_progress': worker.serving() if worker else 0,
@@ -82,6 +113,8 @@ class DiagnosticsReporter:
             # Engine runs and the requests they answered: more requests than runs is batching.
             'engine_runs': worker.batches if worker else 0,
             'engine_requests': worker.batched if worker else 0,
+            # How long the last batch was held for company (batch_wait); 0 when it started at once.
+            'last_batch_wait_s': f'{worker.last_batch_wait:.3f}' if worker else '0.000',
             'frames_received': frames.received if frames else 0,
             'frames_dropped': frames.dropped if frames else 0,
             'frames_invalid': frames.invalid if frames else 0,
@@ -91,16 +124,17 @@ class DiagnosticsReporter:
             'gc_frozen_objects': gc.get_freeze_count(),
             'last_image_size': self.last_image_size,
             # Why no frame comes, when nothing publishes where the node listens ('' if fine).
-            'image_input': node.images.hint() if node.images else '',
+            'image_input': sources.image_hint(),
         }
         values.update({f'status_{status.name.lower()}': stats.by_status[status.name]
                        for status in Status})
-        if node.execution is not None:
-            values.update(node.execution.values())
+        execution = sources.execution()
+        if execution is not None:
+            values.update(execution.values())
         if loaded:
             values.update(engine.status())
         self._look_at_backend(values)
-        values['configure_error'] = node.configure_error  # '' once a configure succeeded
+        values['configure_error'] = sources.configure_error()
         values.update(self.health.values())
         return values
 
@@ -111,10 +145,6 @@ class DiagnosticsReporter:
                                 f"unreachable: {values.get('backend_checked')}")
         self._reachable = reachable
 
-    def status_name(self) -> str:
-        """Name the status by the node's full name: robots sharing a domain stay apart."""
-        return f'{self._node.get_fully_qualified_name()}: vlm'
-
     def publish(self) -> None:
         """Publish the current values with the level and why (the timer's callback).
 
@@ -124,12 +154,11 @@ class DiagnosticsReporter:
         try:
             values = self.values()
         except Exception as exc:  # noqa: BLE001 - the next second tries again
-            self._node.get_logger().error(f'diagnostics skipped: {exc!r}',
-                                          throttle_duration_sec=10.0)
+            self._logger.error(f'diagnostics skipped: {exc!r}', throttle_duration_sec=10.0)
             return
         level, why = self.health.assess(values['state'], values['configure_error'],
                                         values.get('backend_reachable'),
                                         values.get('backend_checked', ''))
         summary = f"{why}; {values['requests_served']} requests served"
-        self._pub.publish(diagnostics_msg(self.status_name(), level, summary, values,
-                                          self._node.get_clock().now().to_msg()))
+        self._pub.publish(diagnostics_msg(self._name, level, summary, values,
+                                          self._clock.now().to_msg()))

@@ -7,6 +7,8 @@ accepted/execute pattern, like ~/generate_plan: no executor thread waits for the
 """
 
 import threading
+from collections.abc import Callable
+from typing import Optional
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -14,9 +16,11 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from vlm_ros_msgs.action import ExecutePlan
 from vlm_ros_msgs.msg import PlanProgress
 
+from .jobs import Job, Status
 from .messages import plan_msg
-from .requests import REQUESTS_QOS
-from .scheduler import Job, Status, cancel_job
+from .plan_execution import PlanExecution
+from .requests import REQUESTS_QOS, Serving
+from .scheduler import cancel_job
 
 
 class _Goal:
@@ -29,11 +33,17 @@ class _Goal:
 
 
 class ExecutePlanServer:
-    """The node's ~/execute_plan action server (exists in every lifecycle state)."""
+    """The node's ~/execute_plan action server (exists in every lifecycle state).
 
-    def __init__(self, node, header):
-        self._node = node
-        self._header = header  # the fallback header of a plan made without an image
+    ``node`` only creates the action server; goals are planned through ``serving`` (as
+    ~/generate_plan's are) and executed by ``execution()``, the node's PlanExecution from
+    configure to cleanup (None otherwise).
+    """
+
+    def __init__(self, node, serving: Serving,
+                 execution: Callable[[], Optional[PlanExecution]]):
+        self._serving = serving
+        self._execution = execution
         self._lock = threading.Lock()
         self._goals = {}  # goal id -> _Goal
         self._server = ActionServer(
@@ -53,8 +63,7 @@ class ExecutePlanServer:
         self._server.destroy()
 
     def _on_goal(self, goal) -> GoalResponse:
-        node = self._node
-        active = node.worker is not None and node.execution is not None
+        active = self._serving.worker() is not None and self._execution() is not None
         return GoalResponse.ACCEPT if active else GoalResponse.REJECT
 
     def _on_accepted(self, handle) -> None:
@@ -63,19 +72,19 @@ class ExecutePlanServer:
         goal.job.done = lambda outcome: self._planned(goal, outcome)
         with self._lock:
             self._goals[key] = goal
-        worker = self._node.worker
+        worker = self._serving.worker()
         if worker is None:
             self._finish(goal, PlanProgress.STATE_PREEMPTED,
-                         self._node.not_ready() or 'not active')
+                         self._serving.not_ready() or 'not active')
         else:
             worker.submit(goal.job)
 
     def _planned(self, goal: _Goal, outcome) -> None:
         """Start executing an OK plan; any other answer ends the goal with its reason."""
-        node = self._node
-        node.diagnostics.record(outcome)
-        plan = plan_msg(outcome, node.model_name(), self._header())
-        execution = node.execution
+        serving = self._serving
+        serving.record(outcome)
+        plan = plan_msg(outcome, serving.model_name(), serving.header())
+        execution = self._execution()
         if outcome.status != Status.OK or not plan.steps or execution is None:
             state = PlanProgress.STATE_PREEMPTED if outcome.status == Status.CANCELLED \
                 else PlanProgress.STATE_FAILED
@@ -100,13 +109,13 @@ class ExecutePlanServer:
     def _on_cancel(self, handle) -> CancelResponse:
         with self._lock:
             goal = self._goals.get(bytes(handle.goal_id.uuid))
-        node = self._node
         if goal is None:
             return CancelResponse.REJECT
-        if goal.plan_id and node.execution is not None:
-            node.execution.preempt(goal.plan_id, 'cancelled by the action client')
+        execution = self._execution()
+        if goal.plan_id and execution is not None:
+            execution.preempt(goal.plan_id, 'cancelled by the action client')
         else:
-            cancel_job(node.worker, goal.job, 'cancelled by the action client')
+            cancel_job(self._serving.worker(), goal.job, 'cancelled by the action client')
         return CancelResponse.ACCEPT
 
     def _execute(self, handle):

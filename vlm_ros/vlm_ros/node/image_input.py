@@ -56,12 +56,18 @@ def lost_hint(publishers: dict, fix: str) -> str:
 
 
 class ImageInput:
-    """The node's image subscriptions, feeding a FrameStore."""
+    """The node's image subscriptions, feeding a FrameStore.
+
+    ``node`` lends the operations that create and destroy the subscriptions (in ``group``) and
+    that look at the graph for the hint; the node itself is not kept.
+    """
 
     def __init__(self, node, frames, group):
-        self._node = node
+        self._subscribe = partial(node.create_subscription, callback_group=group)
+        self._destroy_subscription = node.destroy_subscription
+        self._publishers_info = node.get_publishers_info_by_topic
+        self._topic_names_and_types = node.get_topic_names_and_types
         self._frames = frames
-        self._group = group
         self._subs = []
         self._last_raw = -float('inf')
         self._received = 0  # frames since the last subscribe()
@@ -79,17 +85,15 @@ class ImageInput:
             'raw': partial(image_to_rgb, copy=True, max_pixels=max_pixels),
             'compressed': partial(compressed_to_rgb, max_pixels=max_pixels)})
         if transport in ('raw', 'auto'):
-            self._subs.append(self._node.create_subscription(
-                Image, 'image', self._on_raw, qos, callback_group=self._group))
+            self._subs.append(self._subscribe(Image, 'image', self._on_raw, qos))
         if transport in ('compressed', 'auto'):
-            self._subs.append(self._node.create_subscription(
-                CompressedImage, 'image/compressed', self._on_compressed, qos,
-                callback_group=self._group))
+            self._subs.append(self._subscribe(CompressedImage, 'image/compressed',
+                                              self._on_compressed, qos))
 
     def close(self) -> None:
         """Destroy the subscriptions (deactivate, or before subscribing anew)."""
         for sub in self._subs:
-            self._node.destroy_subscription(sub)
+            self._destroy_subscription(sub)
         self._subs = []
 
     def _on_raw(self, msg) -> None:
@@ -111,7 +115,7 @@ class ImageInput:
         """
         return [sub.topic_name for sub in self._subs
                 if not any(info.topic_type == _type_name(sub.msg_type) for info in
-                           self._node.get_publishers_info_by_topic(sub.topic_name))]
+                           self._publishers_info(sub.topic_name))]
 
     def hint(self) -> str:
         """Say why no image may come ('' while a publisher is there and frames have come)."""
@@ -120,21 +124,19 @@ class ImageInput:
             return self._silent_hint(silent)
         if not self._subs or self._received:
             return ''
-        node = self._node
         publishers = {sub.topic_name: {
             f'{info.node_namespace.rstrip("/")}/{info.node_name}'
-            for info in node.get_publishers_info_by_topic(sub.topic_name)
+            for info in self._publishers_info(sub.topic_name)
             if info.topic_type == _type_name(sub.msg_type)} for sub in self._subs}
         return lost_hint({topic: nodes for topic, nodes in publishers.items() if nodes},
                          self._fix)
 
     def _silent_hint(self, silent: list) -> str:
         """Name the silent topics and the topics on the graph that carry images."""
-        node = self._node
         carrying = sorted({f'{name} ({info.topic_type.rsplit("/", 1)[-1]})'
-                           for name, kinds in node.get_topic_names_and_types()
+                           for name, kinds in self._topic_names_and_types()
                            if set(kinds) & set(IMAGE_TYPE_NAMES)
-                           for info in node.get_publishers_info_by_topic(name)
+                           for info in self._publishers_info(name)
                            if info.topic_type in IMAGE_TYPE_NAMES})
         where = (f'images are published on {", ".join(carrying)}: remap image:=TOPIC for '
                  'Image, image/compressed:=TOPIC for CompressedImage' if carrying

@@ -9,7 +9,7 @@ from std_msgs.msg import Header
 
 from vlm_ros_msgs.msg import Caption, Plan, PlanProgress, PlanStep
 
-from .scheduler import Outcome, Status
+from .jobs import Outcome, Status
 
 
 def stamp_seconds(stamp) -> float:

@@ -10,9 +10,9 @@ descriptions and when a change takes effect (``applies``):
 - 'engine' and 'limits': the next request uses the new value;
 - 'timers' and 'images': the node restarts its timers or image subscription at once.
 
-The node applies each group (node.py), and test_node_parameters.py observes every run-time
-parameter's effect on a live node, driven by this same table.
-``validate`` is used by the node's set-parameters callback and tested without ROS.
+settings.Settings holds one typed value per spec, validated here; the node builds a new one on
+each accepted change and applies each group to its parts (node.py). test_node_parameters.py
+observes every run-time parameter's effect on a live node, driven by this same table.
 """
 
 import difflib
@@ -20,17 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Optional
 
-from ..engine.config import (
-    BACKENDS,
-    DECODE_MODES,
-    DTYPES,
-    EngineConfig,
-    RemoteConfig,
-    parse_processor_kwargs,
-)
+from ..engine.config import BACKENDS, DECODE_MODES, DTYPES, parse_processor_kwargs
 from ..engine.errors import VlmError
 from ..engine.prompts import check_template
-from .scheduler import Limits
 
 
 @dataclass(frozen=True)
@@ -187,43 +179,12 @@ def unknown_parameters(names: Iterable[str]) -> Optional[str]:
         return f'{name!r} (did you mean {near[0]!r}?)' if near else repr(name)
     return (f"unknown parameter{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(hint(name) for name in unknown)}: vlm_node has no such parameter "
-            "(the README's parameter table lists them); correct it and start the node again")
+            "(docs/PARAMETERS.md lists them); correct it and start the node again")
 
 
 def processor_kwargs(text: str) -> dict:
     """Parse the processor_kwargs parameter ('' = none) into keyword arguments, or VlmError."""
     return parse_processor_kwargs(text) if text.strip() else {}
-
-
-def run_time_engine_fields(value) -> dict:
-    """Return the engine settings a running engine takes (``value(name)`` reads a parameter)."""
-    prompts = {task: value(name) for name, task in PROMPT_PARAMS.items()}
-    return {'max_new_tokens': value('max_new_tokens'),
-            'max_image_side': value('max_image_side'), 'prompts': prompts}
-
-
-def limits(value) -> Limits:
-    """Return the worker's limits from the parameters ``value(name)`` reads."""
-    return Limits(value('wait_for_image'), value('max_image_age'), value('queue_size'),
-                  value('max_text_chars'), value('max_batch_size'), value('batch_wait'),
-                  value('preprocess_ahead'))
-
-
-def engine_config(value) -> EngineConfig:
-    """Return the engine's whole configuration from the parameters ``value(name)`` reads."""
-    remote = RemoteConfig(
-        base_url=value('base_url'), model=value('remote_model'),
-        api_key_env=value('api_key_env'), request_timeout=value('request_timeout'),
-        max_retries=value('max_retries'), max_concurrency=value('max_concurrency'),
-        jpeg_quality=value('jpeg_quality'))
-    return EngineConfig(
-        model=value('model'), device=value('device'), dtype=value('dtype'),
-        attn_implementation=value('attn_implementation') or None,
-        trust_remote_code=value('trust_remote_code'),
-        local_files_only=value('local_files_only'),
-        processor_kwargs=processor_kwargs(value('processor_kwargs')),
-        decode_mode=value('decode_mode'),
-        backend=value('backend'), remote=remote, **run_time_engine_fields(value))
 
 
 def _check_value(name: str, value) -> None:

@@ -8,6 +8,9 @@ freshest frame. PlanProgress on `plan_progress` tells every change.
 """
 
 import time
+from collections.abc import Callable
+from functools import partial
+from typing import Optional
 
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
@@ -16,41 +19,54 @@ from vlm_ros_msgs.msg import PlanProgress, PlanStep, StepCommand, StepFeedback
 
 from ..compat import steady_timer
 from ..engine.verdict import parse_yes_no
-from .plan_runner import Execution, Outputs, PlanRunner, Settings
-from .scheduler import Job, Outcome, Status, cancel_job
+from .jobs import Job, Outcome, Status
+from .plan_runner import Execution, Outputs, PlanRunner
+from .scheduler import Worker, cancel_job
+from .settings import Settings
 
 TICK_PERIOD = 0.05  # s between step_timeout checks
 FEEDBACK_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class PlanExecution:
-    """Publishers from configure to cleanup; the feedback input and timer while active."""
+    """Publishers from configure to cleanup; the feedback input and timer while active.
 
-    def __init__(self, node, qos: QoSProfile, vla_publisher):
-        self._node = node
+    ``node`` creates the publishers now, and lends the operations that create and destroy the
+    feedback input and timer on activate and deactivate. ``settings()`` returns the node's
+    current Settings (step_timeout, max_replans, verify_steps); re-plan and verify requests go
+    to ``worker()`` (None while not active), and their answers are counted by ``record``.
+    """
+
+    def __init__(self, node, qos: QoSProfile, vla_publisher, settings: Callable[[], Settings],
+                 worker: Callable[[], Optional[Worker]], record: Callable[[Outcome], None]):
         self._vla = vla_publisher
+        self._worker = worker
+        self._record = record
         self.step_pub = node.create_publisher(StepCommand, 'step', qos)
         self.progress_pub = node.create_publisher(PlanProgress, 'plan_progress', qos)
+        self._subscribe = partial(node.create_subscription, StepFeedback, 'step_feedback',
+                                  self._on_feedback, FEEDBACK_QOS)
+        self._tick_timer = partial(steady_timer, node, TICK_PERIOD)
+        self._destroy_subscription = node.destroy_subscription
+        self._destroy_timer = node.destroy_timer
         self._pending = None  # the re-plan or verify Job in flight
         self.runner = PlanRunner(Outputs(self._command, self._progress, self._replan,
-                                         self._verify, self._cancel), self._settings,
-                                 time.monotonic)
+                                         self._verify, self._cancel), settings, time.monotonic)
         self._sub = None
         self._timer = None
         self._watchers = {}  # plan_id -> callback(PlanProgress): ~/execute_plan goals
 
     def activate(self, group) -> None:
         """Take feedback and watch step timeouts."""
-        self._sub = self._node.create_subscription(
-            StepFeedback, 'step_feedback', self._on_feedback, FEEDBACK_QOS, callback_group=group)
-        self._timer = steady_timer(self._node, TICK_PERIOD, self.runner.tick, group)
+        self._sub = self._subscribe(callback_group=group)
+        self._timer = self._tick_timer(self.runner.tick, group)
 
     def deactivate(self, reason: str) -> None:
         """End the running plan PREEMPTED (published), then stop the input and the timer."""
         self.runner.preempt(reason)
         if self._sub is not None:
-            self._node.destroy_subscription(self._sub)
-            self._node.destroy_timer(self._timer)
+            self._destroy_subscription(self._sub)
+            self._destroy_timer(self._timer)
             self._sub = self._timer = None
 
     def publishers(self) -> list:
@@ -94,10 +110,6 @@ class PlanExecution:
 
     # Runner outputs --------------------------------------------------------------------
 
-    def _settings(self) -> Settings:
-        p = self._node.p
-        return Settings(p('step_timeout'), p('max_replans'), p('verify_steps'))
-
     def _command(self, ex: Execution) -> None:
         step = ex.step
         self.step_pub.publish(StepCommand(
@@ -122,7 +134,7 @@ class PlanExecution:
 
     def _submit(self, job: Job) -> None:
         self._pending = job
-        worker = self._node.worker
+        worker = self._worker()
         if worker is None:
             job.done(Outcome(job, Status.CANCELLED, 'node is not active'))
         else:
@@ -132,7 +144,7 @@ class PlanExecution:
         context = {'done': '; '.join(ex.done) or 'none', 'failed': failed}
 
         def answered(outcome):
-            self._node.diagnostics.record(outcome)
+            self._record(outcome)
             ok = outcome.status == Status.OK
             problem = '' if ok else f'{outcome.status.name}: {outcome.message}'
             steps = outcome.result.steps if ok else []
@@ -141,7 +153,7 @@ class PlanExecution:
 
     def _verify(self, ex: Execution, ticket: int) -> None:
         def answered(outcome):
-            self._node.diagnostics.record(outcome)
+            self._record(outcome)
             text = outcome.result.text if outcome.result is not None else ''
             verdict = parse_yes_no(text) if outcome.status == Status.OK else None
             self.runner.verified(ticket, verdict, text or f'{outcome.status.name}: '
@@ -151,7 +163,7 @@ class PlanExecution:
     def _cancel(self) -> None:
         job, self._pending = self._pending, None
         if job is not None:
-            cancel_job(self._node.worker, job, 'its plan was preempted')
+            cancel_job(self._worker(), job, 'its plan was preempted')
 
     def _on_feedback(self, msg: StepFeedback) -> None:
         self.runner.feedback(msg.plan_id, msg.index, msg.attempt, msg.status, msg.message)

@@ -41,7 +41,10 @@ _FEEDBACK = frozenset(int(status) for status in Feedback)
 
 @dataclass
 class Settings:
-    """The run-time parameters the runner reads at every decision."""
+    """The run-time parameters the runner reads at every decision.
+
+    The node hands the runner its settings.Settings, which has these fields among its others.
+    """
 
     step_timeout: float = 30.0  # s without SUCCEEDED/FAILED (or RUNNING) before a re-plan
     max_replans: int = 2

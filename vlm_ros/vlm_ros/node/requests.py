@@ -18,18 +18,23 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Optional
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import Executor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
+from std_msgs.msg import Header
 
 from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.srv import Query
 
 from ..compat import steady_timer
+from .jobs import Job, Outcome, Status
 from .messages import fill_query_response, plan_msg
-from .scheduler import Job, Outcome, Status, cancel_job
+from .scheduler import Worker, cancel_job
 
 CANCEL_GRACE = 5.0  # s a given-up query waits for its cancelled job's answer
 # The default service QoS keeps the last 10 requests: an 11th arriving before the executor
@@ -53,30 +58,47 @@ class _Query:
     cancelled: bool = False
 
 
+@dataclass(frozen=True)
+class Serving:
+    """What the request endpoints need of the node, each called when it is needed.
+
+    ``worker()`` returns the active node's Worker or None; ``not_ready()`` says why requests
+    cannot be served ('' when they can); ``record(outcome)`` counts an answer in the
+    diagnostics; ``model_name()`` is the model answers are attributed to; ``header()`` is the
+    fallback header of plans that used no image.
+    """
+
+    worker: Callable[[], Optional[Worker]]
+    not_ready: Callable[[], str]
+    record: Callable[[Outcome], None]
+    model_name: Callable[[], str]
+    header: Callable[[], Header]
+
+
 class RequestEndpoints:
     """The node's ~/query service and ~/generate_plan action server.
 
-    ``worker()`` returns the active node's Worker or None; ``not_ready()`` says why requests
-    cannot be served ('' when they can); ``answer_timeout()`` bounds how long a query may
-    wait; ``header()`` is the fallback header of plans that used no image; ``record(outcome)``
-    counts an answer in the diagnostics.
+    ``node`` only creates them (and the client-check timer); what serving needs comes from
+    ``serving``. ``answer_timeout()`` bounds how long a query may wait; ``executor()`` is the
+    node's executor, which resumes a query awaiting its answer.
     """
 
-    def __init__(self, node, worker: Callable, not_ready: Callable[[], str],
-                 answer_timeout: Callable[[], float], header: Callable,
-                 record: Callable[[Outcome], None]):
-        self._node = node
-        self._worker = worker
-        self._not_ready = not_ready
+    def __init__(self, node, serving: Serving, answer_timeout: Callable[[], float],
+                 executor: Callable[[], Executor]):
+        self._serving = serving
+        self._worker = serving.worker
+        self._not_ready = serving.not_ready
+        self._record = serving.record
         self._answer_timeout = answer_timeout
-        self._header = header
-        self._record = record
+        self._executor = executor
         self._lock = threading.Lock()
         self._goals = {}  # goal id -> [job, outcome or None]
         self._queries = {}  # id(job) -> _Query, while unanswered
         group = ReentrantCallbackGroup()
         self._service = node.create_service(Query, '~/query', self._on_query,
                                             qos_profile=REQUESTS_QOS, callback_group=group)
+        self._destroy_service = node.destroy_service
+        self._clients = partial(node.count_subscribers, FEEDBACK_TOPIC)
         self._action = ActionServer(
             node, GeneratePlan, '~/generate_plan', execute_callback=self._execute,
             goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
@@ -94,7 +116,7 @@ class RequestEndpoints:
     def destroy(self) -> None:
         """Destroy the service and action server (when the node is destroyed)."""
         self._action.destroy()
-        self._node.destroy_service(self._service)
+        self._destroy_service(self._service)
 
     # Query -----------------------------------------------------------------------------
 
@@ -104,7 +126,7 @@ class RequestEndpoints:
         if worker is None:
             response.success, response.message = False, self._not_ready() or 'not active'
             return response
-        answered = Future(executor=self._node.executor)
+        answered = Future(executor=self._executor())
         # Future.set_result wakes the executor only through a done callback (rclpy then
         # schedules it); a woken executor resumes every waiting coroutine, this one too.
         answered.add_done_callback(lambda _: None)
@@ -192,7 +214,7 @@ class RequestEndpoints:
         """
         with self._lock:
             jobs = [job for job, outcome in self._goals.values() if outcome is None]
-        if not jobs or self._node.count_subscribers(FEEDBACK_TOPIC) > 0:
+        if not jobs or self._clients() > 0:
             self._clientless = 0
             return
         self._clientless += 1
@@ -209,7 +231,7 @@ class RequestEndpoints:
             _, outcome = self._goals.pop(bytes(goal_handle.goal_id.uuid))
         self._record(outcome)
         result = GeneratePlan.Result()
-        result.plan = plan_msg(outcome, self._node.model_name(), self._header())
+        result.plan = plan_msg(outcome, self._serving.model_name(), self._serving.header())
         if outcome.status == Status.CANCELLED and goal_handle.is_cancel_requested:
             goal_handle.canceled()
         elif outcome.status == Status.OK:

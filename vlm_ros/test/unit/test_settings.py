@@ -1,0 +1,88 @@
+"""The node's Settings: one typed, frozen value per parameter spec, always a valid one."""
+
+import dataclasses
+
+import pytest
+from vlm_ros.node import params, settings
+from vlm_ros.node.settings import Settings, SettingsError
+
+
+def test_settings_from_no_values_are_the_specs_defaults():
+    assert dataclasses.asdict(Settings.from_values()) == \
+        {spec.name: spec.default for spec in params.SPECS}
+
+
+def test_each_field_is_a_spec_typed_as_its_default_in_the_specs_order():
+    fields = dataclasses.fields(Settings)
+    assert [field.name for field in fields] == [spec.name for spec in params.SPECS]
+    for field, spec in zip(fields, params.SPECS, strict=True):
+        assert field.type is type(spec.default), spec.name
+
+
+def test_a_misspelt_setting_is_an_attribute_error_at_once():
+    with pytest.raises(AttributeError, match='execute_plan'):
+        Settings.from_values().execute_plan  # noqa: B018 - the read is the test
+
+
+def test_settings_are_frozen():
+    current = Settings.from_values()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        current.queue_size = 3
+    assert current.queue_size == params.BY_NAME['queue_size'].default
+
+
+def test_a_change_makes_new_settings_and_leaves_the_old_ones():
+    old = Settings.from_values({'queue_size': 5})
+    new = old.changed({'queue_size': 6, 'execute_plans': True})
+    assert (new.queue_size, new.execute_plans) == (6, True)
+    assert (old.queue_size, old.execute_plans) == (5, False)
+
+
+@pytest.mark.parametrize(('values', 'loaded', 'reason'), [
+    ({'queue_size': 0}, False, 'queue_size must be within [1, 1000]'),
+    ({'queue_size': 3, 'caption_rate': 1}, False, 'caption_rate must be float, got int 1'),
+    ({'dtype': 'float8'}, False, 'dtype must be one of'),
+    ({'processor_kwargs': '[1]'}, False, 'processor_kwargs must be a JSON object'),
+    ({'prompt_plan': 'no placeholder'}, False, 'prompt template'),
+    ({'model': '/elsewhere'}, True, 'model needs a model reload'),
+    ({'modle': '/elsewhere'}, False, "'modle' (did you mean 'model'?)"),
+])
+def test_a_refused_change_says_why_and_leaves_the_old_settings(values, loaded, reason):
+    old = Settings.from_values({'queue_size': 9})
+    with pytest.raises(SettingsError) as refused:
+        old.changed(values, model_loaded=loaded)
+    assert reason in str(refused.value)
+    assert old == Settings.from_values({'queue_size': 9})
+
+
+def test_settings_never_hold_a_value_the_specs_refuse():
+    good = dataclasses.asdict(Settings.from_values())
+    with pytest.raises(SettingsError, match='image_transport must be one of'):
+        Settings(**{**good, 'image_transport': 'carrier pigeon'})
+    with pytest.raises(SettingsError, match="'max_new_token' \\(did you mean"):
+        Settings.from_values({'max_new_token': 3})
+
+
+def test_engine_config_limits_and_prompts_come_from_the_settings():
+    current = Settings.from_values({'max_new_tokens': 7, 'queue_size': 3, 'batch_wait': 0.25,
+                                    'prompt_plan': 'Plan: {instruction}', 'backend': 'openai',
+                                    'remote_model': 'served', 'processor_kwargs': '{"a": 1}'})
+    config = current.engine_config()
+    assert (config.max_new_tokens, config.backend, config.remote.model) == \
+        (7, 'openai', 'served')
+    assert config.prompts['plan'] == 'Plan: {instruction}' and config.prompts['vqa'] == ''
+    assert config.processor_kwargs == {'a': 1} and config.attn_implementation is None
+    limits = current.limits()
+    assert (limits.queue_size, limits.batch_wait) == (3, 0.25)
+
+
+def test_fields_that_drift_from_the_specs_fail_the_import(monkeypatch):
+    extra = params.ParamSpec('frame_budget', 3, 'a spec added without its field')
+    monkeypatch.setattr(params, 'SPECS', (*params.SPECS, extra))
+    with pytest.raises(TypeError, match='frame_budget'):
+        settings._check_fields_match_specs()
+    retyped = tuple(dataclasses.replace(spec, default=float(spec.default))
+                    if spec.name == 'queue_size' else spec for spec in params.SPECS[:-1])
+    monkeypatch.setattr(params, 'SPECS', retyped)
+    with pytest.raises(TypeError, match='queue_size'):
+        settings._check_fields_match_specs()

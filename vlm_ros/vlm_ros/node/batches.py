@@ -1,0 +1,134 @@
+"""One batch of jobs answered: each job's image, one engine run, exactly one outcome per job.
+
+The Worker (scheduler.py) decides which waiting jobs run together and when; this decides what
+each of them is answered, whatever happens: it picks the image (an explicit one, or the latest
+fresh camera frame), runs the engine once for the batch, and turns each result, refusal or
+failure into the job's Outcome.
+"""
+
+from collections.abc import Callable
+
+from ..engine import Request, Result, VlmError
+from .frames import FrameStore
+from .jobs import Job, Limits, Outcome, Status
+
+
+class BatchRunner:
+    """Answer the jobs of one batch: those without an image at once, the rest in one engine run.
+
+    ``limits()``, ``convert()`` (explicit images to RGB) and ``no_image_hint()`` (why no frame
+    may have come) are read at each use: the node changes them at run time. ``batches`` and
+    ``batched`` count the engine runs and the requests they answered: the batching ratio.
+    """
+
+    def __init__(self, engine, frames: FrameStore, now: Callable[[], float],
+                 limits: Callable[[], Limits], convert: Callable[[], Callable],
+                 no_image_hint: Callable[[], str]):
+        self._engine = engine
+        self._frames = frames
+        self._now = now
+        self._limits = limits
+        self._convert = convert
+        self._no_image_hint = no_image_hint
+        self.batches = 0
+        self.batched = 0
+
+    def serve(self, jobs: list) -> list:
+        """Return one outcome per job: those without an image at once, the rest batched."""
+        outcomes, ready = [], []
+        for job in jobs:
+            found = self._prepared(job)
+            (outcomes if isinstance(found, Outcome) else ready).append(found)
+        if len(ready) > 1:
+            try:
+                return outcomes + self._answered(ready)
+            except Exception as exc:  # noqa: BLE001 - answered as statuses, never silence
+                if not (isinstance(exc, VlmError) and exc.kind == 'bad_input'):
+                    return outcomes + [self._failed(job, header, exc)
+                                       for job, header, _ in ready]
+                # One request the processor refused fails its batch: answer each on its own.
+        for item in ready:
+            try:
+                outcomes += self._answered([item])
+            except Exception as exc:  # noqa: BLE001 - answered as a status, never silence
+                outcomes.append(self._failed(item[0], item[1], exc))
+        return outcomes
+
+    def _fresh(self, frame) -> bool:
+        max_age = self._limits().max_image_age
+        return max_age <= 0 or self._now() - frame.stamp <= max_age
+
+    def _image(self, job: Job):
+        """Return (header, rgb) for job, or an Outcome saying why there is none."""
+        if job.image_msg is not None:
+            if job.converted is not None:  # by the look-ahead
+                return job.image_msg.header, job.converted
+            return self._converted(job, job.image_msg.header, self._convert(), job.image_msg)
+        wait = self._limits().wait_for_image
+        frame = self._frames.wait_for(self._fresh, wait, job.cancel.is_set)
+        if job.cancel.is_set():
+            return Outcome(job, Status.CANCELLED, job.cancel_reason)
+        if frame is None:
+            hint = self._no_image_hint()
+            return Outcome(job, Status.NO_IMAGE, f'no image arrived within {wait:g} s' +
+                           (f': {hint}' if hint else ''))
+        if not self._fresh(frame):
+            age = self._now() - frame.stamp
+            return Outcome(job, Status.STALE_IMAGE, f'latest image is {age:.2f} s old '
+                           f'(max_image_age {self._limits().max_image_age:g} s) and no fresh '
+                           f'one arrived within {wait:g} s', frame.header)
+        return self._converted(job, frame.header, self._frames.image, frame)
+
+    @staticmethod
+    def _converted(job: Job, header, convert: Callable, source):
+        """Return (header, rgb), or a BAD_INPUT outcome that still names the bad image."""
+        try:
+            return header, convert(source)
+        except VlmError as exc:
+            return Outcome(job, Status.BAD_INPUT, str(exc), header)
+
+    def _prepared(self, job: Job):
+        """Return (job, header, Request) ready to run, or the Outcome that answers job now."""
+        try:
+            if job.cancel.is_set():
+                return Outcome(job, Status.CANCELLED, job.cancel_reason)
+            found = self._image(job)
+            if isinstance(found, Outcome):
+                return found
+            header, image = found
+            if job.cancel.is_set():  # e.g. while the frame was converted
+                return Outcome(job, Status.CANCELLED, job.cancel_reason, header)
+        except Exception as exc:  # noqa: BLE001 - answered as a model error, never silence
+            return self._failed(job, None, exc)
+        # A request may ask for fewer tokens than the node allows, never for more.
+        limit = self._engine.config.max_new_tokens
+        tokens = min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else 0
+        return job, header, Request(job.task, image, job.text, tokens, on_text=job.on_text,
+                                    cancel=job.cancel, context=job.context)
+
+    def _answered(self, ready: list) -> list:
+        """Run the requests of ready in one engine call; return their outcomes in order."""
+        # Each request carries its own text stream and cancel (engine.Request).
+        results = self._engine.run([request for _, _, request in ready])
+        self.batches += 1
+        self.batched += len(ready)
+        return [self._outcome(job, header, result)
+                for (job, header, _), result in zip(ready, results, strict=True)]
+
+    @staticmethod
+    def _failed(job: Job, header, exc: Exception) -> Outcome:
+        if isinstance(exc, VlmError):
+            status = Status.BAD_INPUT if exc.kind == 'bad_input' else Status.MODEL_ERROR
+            return Outcome(job, status, str(exc), header)
+        return Outcome(job, Status.MODEL_ERROR, f'inference failed: {exc!r}', header)
+
+    @staticmethod
+    def _outcome(job: Job, header, result: Result) -> Outcome:
+        if result.cancelled:
+            return Outcome(job, Status.CANCELLED, f'{job.cancel_reason} during generation',
+                           header, result)
+        if not result.valid:
+            what = 'no plan steps could be parsed' if job.task == 'plan' else 'empty answer'
+            return Outcome(job, Status.INVALID_OUTPUT, f'model output invalid: {what}', header,
+                           result)
+        return Outcome(job, Status.OK, '', header, result)

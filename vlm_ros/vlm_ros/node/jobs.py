@@ -1,0 +1,76 @@
+"""The node's answering contract as data: requests (Job), their outcomes, and the limits.
+
+A Job is one request the node serves; every Job gets exactly one Outcome, whose Status is the
+one published (vlm_ros_msgs/Plan's STATUS_* values). Limits are the run-time adjustable bounds
+the Worker (scheduler.py) applies to each job.
+"""
+
+import enum
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..engine import Result
+
+
+class Status(enum.IntEnum):
+    """Outcome of a request; the values are vlm_ros_msgs/Plan's STATUS_* constants."""
+
+    OK = 0
+    INVALID_OUTPUT = 1
+    NO_IMAGE = 2
+    STALE_IMAGE = 3
+    BAD_INPUT = 4
+    MODEL_ERROR = 5
+    DROPPED = 6
+    CANCELLED = 7
+
+
+@dataclass
+class Job:
+    """One request: a task on an explicit image or on the latest camera frame."""
+
+    task: str
+    text: str
+    done: Callable[['Outcome'], None]
+    image_msg: object = None  # None: use the latest camera frame
+    max_new_tokens: int = 0
+    on_text: Optional[Callable[[str], None]] = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    received: float = field(default_factory=time.monotonic)
+    request_id: str = ''
+    cancel_reason: str = 'cancelled'
+    context: Optional[dict] = None  # the prompt's other placeholders (replan: done, failed)
+    converted: object = None  # image_msg as RGB, when converted ahead of the job's batch
+    looked_ahead: bool = False
+
+
+@dataclass
+class Outcome:
+    """What a job ended with; header is the used image's header (None when none was used)."""
+
+    job: Job
+    status: Status
+    message: str = ''
+    header: object = None
+    result: Optional[Result] = None
+
+    @property
+    def total_time(self) -> float:
+        """Seconds from the request's arrival to now (the outcome is published right away)."""
+        return time.monotonic() - self.job.received
+
+
+@dataclass
+class Limits:
+    """The run-time adjustable limits the worker reads for every job."""
+
+    wait_for_image: float = 2.0
+    max_image_age: float = 0.0
+    queue_size: int = 8
+    max_text_chars: int = 4096
+    max_batch_size: int = 1
+    batch_wait: float = 0.005
+    preprocess_ahead: bool = False

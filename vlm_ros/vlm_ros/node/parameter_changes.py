@@ -1,0 +1,70 @@
+"""vlm_node's parameters over its life: the launch values, then each change at run time.
+
+The node reads the values (node.py, the only part that reads parameters by name) and keeps the
+Settings these return; its parts read that Settings, never a parameter.
+"""
+
+from collections.abc import Callable
+from typing import Optional
+
+from rcl_interfaces.msg import SetParametersResult
+
+from . import params
+from .settings import Settings, SettingsError
+
+
+def launch_settings(values: dict) -> tuple[Settings, dict]:
+    """Build the first Settings from the launch values (ROS checked types and ranges).
+
+    Returns it and, by name, the reasons of the values params.validate refuses: such a value
+    keeps its default here and fails every configure, with the reason, until a parameter
+    change replaces it (accept).
+    """
+    refused = {name: reason for name, value in values.items()
+               if (reason := params.validate(name, value)) is not None}
+    settings = Settings.from_values(
+        {name: value for name, value in values.items() if name not in refused})
+    return settings, refused
+
+
+def accept(settings: Settings, changes, refused: dict, model_loaded: bool,
+           apply: Callable[[Settings, dict], None],
+           log_error: Callable[[str], None]) -> tuple[SetParametersResult, Settings]:
+    """Build the new Settings, apply each run-time group (params.APPLIES); return the one to keep.
+
+    A change refused (by validation, or because applying it failed) returns settings, so the
+    parts read what they read before. An accepted change takes its names out of refused.
+    """
+    values = {change.name: change.value for change in changes
+              if change.name in params.BY_NAME}  # not use_sim_time: rclpy checks that
+    try:
+        changed = settings.changed(values, model_loaded=model_loaded)
+        apply(changed, values)
+    except SettingsError as exc:
+        return SetParametersResult(successful=False, reason=str(exc)), settings
+    except Exception as exc:  # noqa: BLE001 - refused with the reason; the node lives on
+        log_error(f'applying {sorted(values)} failed: {exc!r}')
+        return SetParametersResult(successful=False, reason=f'cannot apply: {exc!r}'), settings
+    for name in values:
+        refused.pop(name, None)
+    return SetParametersResult(successful=True), changed
+
+
+def apply(settings: Settings, values: dict, engine, worker, topics,
+          subscribe_images: Optional[Callable[[Settings], None]]) -> None:
+    """Apply the groups of the changed values to the engine, limits, timers or images.
+
+    Each group goes to the parts that exist now: engine is None while unconfigured, worker
+    and subscribe_images (the camera input) are None while not active.
+    """
+    groups = {params.BY_NAME[name].applies for name in values}
+    if 'engine' in groups and engine is not None:
+        engine.update(**settings.run_time_engine_fields())
+    if 'limits' in groups and worker is not None:
+        worker.limits = settings.limits()
+    if 'timers' in groups and worker is not None:
+        topics.start_timers(settings)
+        if 'caption_rate' in values and values['caption_rate'] > 0:
+            topics.caption_due()  # the first caption now, not one period later
+    if 'images' in groups and subscribe_images is not None:
+        subscribe_images(settings)

@@ -1,0 +1,148 @@
+"""The node's parameters as one frozen, typed object: what its parts read, never by name.
+
+params.SPECS is the one source: the fields below are checked against it when this module is
+imported (same names, same order, each typed as its spec's default), and every Settings is
+validated by params.validate when it is made. So a Settings always holds acceptable values; a
+misspelt setting is an AttributeError at once (and a linter's error before that), and which
+part depends on which setting is written in its code. The node builds a new Settings for each
+accepted parameter change and hands it to its parts (node.py); a refused change leaves the old
+one in place.
+"""
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Optional
+
+from ..engine.config import EngineConfig, RemoteConfig
+from . import params
+from .jobs import Limits
+
+
+class SettingsError(ValueError):
+    """Values that are no parameter of vlm_node, or that their specs refuse (and why)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """One value per parameter of params.SPECS, typed as its default; see there for meanings."""
+
+    model: str
+    device: str
+    dtype: str
+    attn_implementation: str
+    decode_mode: str
+    trust_remote_code: bool
+    local_files_only: bool
+    backend: str
+    base_url: str
+    remote_model: str
+    api_key_env: str
+    request_timeout: float
+    max_retries: int
+    max_concurrency: int
+    jpeg_quality: int
+    autostart: bool
+    max_new_tokens: int
+    processor_kwargs: str
+    max_image_side: int
+    image_transport: str
+    image_reliability: str
+    instruction_qos_depth: int
+    max_image_pixels: int
+    max_batch_size: int
+    batch_wait: float
+    preprocess_ahead: bool
+    max_text_chars: int
+    max_image_age: float
+    wait_for_image: float
+    caption_rate: float
+    replan_period: float
+    queue_size: int
+    execute_plans: bool
+    step_timeout: float
+    max_replans: int
+    verify_steps: bool
+    prompt_caption: str
+    prompt_vqa: str
+    prompt_plan: str
+    prompt_replan: str
+    prompt_verify: str
+
+    def __post_init__(self):
+        """Refuse what params.validate refuses: a Settings holds acceptable values only."""
+        reason = params.validate_all(dataclasses.asdict(self))
+        if reason:
+            raise SettingsError(reason)
+
+    @classmethod
+    def from_values(cls, values: Optional[Mapping] = None) -> 'Settings':
+        """Return the settings with values (name -> value) over the specs' defaults.
+
+        Raises SettingsError naming what is no parameter or not acceptable, and why.
+        """
+        values = dict(values or {})
+        _refuse_unknown(values)
+        return cls(**{spec.name: values.get(spec.name, spec.default) for spec in params.SPECS})
+
+    def changed(self, values: Mapping, model_loaded: bool = False) -> 'Settings':
+        """Return a copy with values changed, or raise SettingsError (self stays as it is).
+
+        With model_loaded, parameters that need a model reload are refused (params.validate).
+        """
+        values = dict(values)
+        _refuse_unknown(values)
+        reason = params.validate_all(values, model_loaded)
+        if reason:
+            raise SettingsError(reason)
+        return dataclasses.replace(self, **values)
+
+    def prompts(self) -> dict:
+        """Return the prompt templates by task ('' = the built-in one)."""
+        return {task: getattr(self, name) for name, task in params.PROMPT_PARAMS.items()}
+
+    def limits(self) -> Limits:
+        """Return the worker's limits."""
+        return Limits(self.wait_for_image, self.max_image_age, self.queue_size,
+                      self.max_text_chars, self.max_batch_size, self.batch_wait,
+                      self.preprocess_ahead)
+
+    def run_time_engine_fields(self) -> dict:
+        """Return the engine settings a running engine takes (EngineBase.update)."""
+        return {'max_new_tokens': self.max_new_tokens, 'max_image_side': self.max_image_side,
+                'prompts': self.prompts()}
+
+    def engine_config(self) -> EngineConfig:
+        """Return the engine's whole configuration."""
+        remote = RemoteConfig(
+            base_url=self.base_url, model=self.remote_model, api_key_env=self.api_key_env,
+            request_timeout=self.request_timeout, max_retries=self.max_retries,
+            max_concurrency=self.max_concurrency, jpeg_quality=self.jpeg_quality)
+        return EngineConfig(
+            model=self.model, device=self.device, dtype=self.dtype,
+            attn_implementation=self.attn_implementation or None,
+            trust_remote_code=self.trust_remote_code, local_files_only=self.local_files_only,
+            processor_kwargs=params.processor_kwargs(self.processor_kwargs),
+            decode_mode=self.decode_mode, backend=self.backend, remote=remote,
+            **self.run_time_engine_fields())
+
+
+def _refuse_unknown(values: Mapping) -> None:
+    unknown = sorted(name for name in values if name not in params.BY_NAME)
+    if unknown:
+        raise SettingsError(params.unknown_parameters(unknown)
+                            or f'not settings of vlm_node: {", ".join(unknown)}')
+
+
+def _check_fields_match_specs() -> None:
+    """Raise TypeError when the fields and params.SPECS disagree (run at import)."""
+    fields = {field.name: field.type for field in dataclasses.fields(Settings)}
+    specs = {spec.name: type(spec.default) for spec in params.SPECS}
+    if list(fields.items()) != list(specs.items()):
+        differ = sorted(name for name in fields.keys() | specs.keys()
+                        if fields.get(name) is not specs.get(name))
+        raise TypeError('Settings fields differ from params.SPECS in '
+                        f"{', '.join(differ) or 'order'}: one field per spec, typed as its "
+                        "default, in the specs' order")
+
+
+_check_fields_match_specs()

@@ -1,0 +1,167 @@
+"""The node's topics: instructions in; plans, captions and vla_instruction out.
+
+Each instruction becomes a plan request for the worker; its Plan goes out on `plan`, and its
+first step on `vla_instruction` (or, with execute_plans, the whole plan to PlanExecution).
+Timers caption the latest frame (caption_rate) and re-plan the last instruction on fresh
+frames (replan_period), skipped while the worker is busy.
+"""
+
+from collections.abc import Callable
+from functools import partial
+from typing import Optional
+
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
+
+from vlm_ros_msgs.msg import Caption, Plan
+
+from .frames import FrameStore
+from .jobs import Job, Outcome, Status
+from .messages import caption_msg, plan_msg
+from .plan_execution import PlanExecution
+from .requests import Serving
+from .settings import Settings
+
+# Every instruction is kept until taken: with KEEP_LAST a burst overwrites the oldest ones
+# before the callback drains them, and those never get their Plan. With KEEP_ALL, DDS flow
+# control slows a sender down instead.
+INSTRUCTIONS_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL,
+                              reliability=ReliabilityPolicy.RELIABLE)
+
+
+def deep_qos(depth: int) -> QoSProfile:
+    """Return the QoS of the plan, vla_instruction, step and plan_progress publishers."""
+    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE,
+                      history=HistoryPolicy.KEEP_LAST)
+
+
+class Topics:
+    """Publishers from configure to cleanup; the instruction input and the timers while active.
+
+    ``node`` lends the operations that create and destroy them; the node itself is not kept.
+    Requests go to ``serving.worker()``; ``settings()`` is the node's current Settings,
+    ``frames()`` its FrameStore and ``execution()`` its PlanExecution (None while it has none);
+    ``skip_caption()`` counts a caption skipped while busy.
+    """
+
+    def __init__(self, node, serving: Serving, settings: Callable[[], Settings],
+                 frames: Callable[[], Optional[FrameStore]],
+                 execution: Callable[[], Optional[PlanExecution]],
+                 skip_caption: Callable[[], None]):
+        self._serving = serving
+        self._settings = settings
+        self._frames = frames
+        self._execution = execution
+        self._skip_caption = skip_caption
+        self._create_publisher = node.create_publisher
+        self._subscribe = partial(node.create_subscription, String, 'instruction',
+                                  self._on_instruction, INSTRUCTIONS_QOS)
+        self._create_timer = node.create_timer
+        self._destroy_subscription = node.destroy_subscription
+        self._destroy_timer = node.destroy_timer
+        self._logger = node.get_logger()
+        self._plan_pub = self._caption_pub = self.vla_pub = None
+        self._sub = None
+        self._periodic = []  # caption and replan timers
+        self._last_instruction = ''
+        self._last_planned_seq = 0
+        self._last_captioned_seq = 0
+
+    def open(self, qos: QoSProfile) -> list:
+        """Create the publishers (configure); return them, for the node to close at cleanup."""
+        self._plan_pub = self._create_publisher(Plan, 'plan', qos)
+        self._caption_pub = self._create_publisher(Caption, 'caption', 10)
+        self.vla_pub = self._create_publisher(String, 'vla_instruction', qos)
+        return [self._plan_pub, self._caption_pub, self.vla_pub]
+
+    def activate(self, group) -> None:
+        """Take instructions (in group) and start the timers."""
+        self._sub = self._subscribe(callback_group=group)
+        self.start_timers(self._settings())
+
+    def start_timers(self, settings: Settings) -> None:
+        """(Re)start the caption and replan timers at the settings' rates (0 = off)."""
+        self._stop_timers()
+        if settings.caption_rate > 0:
+            self._periodic.append(self._create_timer(1.0 / settings.caption_rate,
+                                                     self.caption_due))
+        if settings.replan_period > 0:
+            self._periodic.append(self._create_timer(settings.replan_period,
+                                                     self._on_replan_due))
+
+    def deactivate(self) -> None:
+        """Stop the timers and the instruction input (no new work)."""
+        self._stop_timers()
+        if self._sub is not None:
+            self._destroy_subscription(self._sub)
+            self._sub = None
+
+    def _stop_timers(self) -> None:
+        for timer in self._periodic:
+            self._destroy_timer(timer)
+        self._periodic = []
+
+    # Inputs ----------------------------------------------------------------------------
+
+    def _on_instruction(self, msg: String) -> None:
+        worker = self._serving.worker()
+        if worker is None:  # deactivated since this message was taken
+            return
+        text = msg.data.strip()
+        job = Job('plan', text, done=self._execute_plan)
+        if not text:  # refused: it stops nothing the robot is doing
+            job.request_id = worker.new_request_id()
+            self._publish_plan(Outcome(job, Status.BAD_INPUT, 'empty instruction'))
+            return
+        execution = self._execution()
+        if self._settings().execute_plans and execution is not None:
+            # The robot stops the old plan now, not once this one is planned.
+            execution.runner.preempt('preempted by a new instruction')
+        self._last_instruction = text
+        worker.submit(job)
+
+    def caption_due(self) -> None:
+        """Caption the latest frame, unless it was captioned or the worker is busy."""
+        frame, worker = self._frames().latest(), self._serving.worker()
+        if frame is None or frame.seq == self._last_captioned_seq or worker is None:
+            return
+        if not worker.idle():
+            self._skip_caption()
+            return
+        self._last_captioned_seq = frame.seq
+        worker.submit(Job('caption', '', done=self._publish_caption))
+
+    def _on_replan_due(self) -> None:
+        frame, worker = self._frames().latest(), self._serving.worker()
+        if not self._last_instruction or frame is None or worker is None or \
+                frame.seq == self._last_planned_seq or not worker.idle():
+            return
+        self._last_planned_seq = frame.seq
+        worker.submit(Job('plan', self._last_instruction, done=self._publish_plan))
+
+    # Outputs (called on the worker thread) ---------------------------------------------
+
+    def _execute_plan(self, outcome) -> None:
+        """Publish an instruction's Plan; with execute_plans, start executing an OK one."""
+        plan = self._publish_plan(outcome)
+        execution = self._execution()
+        if plan.status == Plan.STATUS_OK and plan.steps and execution is not None and \
+                self._settings().execute_plans:
+            execution.start(plan)
+
+    def _publish_plan(self, outcome) -> Plan:
+        plan = plan_msg(outcome, self._serving.model_name(), self._serving.header())
+        self._plan_pub.publish(plan)
+        if outcome.status == Status.OK and plan.steps and not self._settings().execute_plans:
+            self.vla_pub.publish(String(data=plan.steps[0].instruction))
+        self._serving.record(outcome)
+        if outcome.status != Status.OK:
+            self._logger.warning(
+                f'plan {plan.request_id}: {outcome.status.name}: {outcome.message}',
+                throttle_duration_sec=1.0)
+        return plan
+
+    def _publish_caption(self, outcome) -> None:
+        self._serving.record(outcome)
+        if outcome.status == Status.OK:
+            self._caption_pub.publish(caption_msg(outcome, self._serving.model_name()))
