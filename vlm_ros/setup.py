@@ -32,7 +32,7 @@ setup(
         'console_scripts': [
             'vlm_node = vlm_ros.node.node:main',
             'vlm_client = vlm_ros.tools.client:main',
-            'vlm_benchmark = vlm_ros.tools.benchmark:main',
+            'vlm_benchmark = vlm_ros.benchmarks.engine_speed:main',
             'vlm_replay = vlm_ros.tools.replay:main',
             'vlm_eval = vlm_ros.tools.evaluate:main',
             'scripted_vla_head = vlm_ros.tools.scripted_vla_head:main',

@@ -1,5 +1,6 @@
-"""Synthetic data and models for the demo, the tests and the benchmarks (needs torch).
+"""The demo: the synthetic tabletop scene (also the tests' frames) and the demo's model.
 
-The tabletop scene, tiny checkpoints of real architectures with their training, the demo
-model. May import engine/, bag/ and eval/; the node never imports it.
+The model is a tiny checkpoint from models/ trained on the sample recording's references.
+May import engine/, bag/, eval/ and models/; the node, the tools and the benchmarks never
+import it.
 """

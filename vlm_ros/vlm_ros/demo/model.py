@@ -21,7 +21,7 @@ from ..bag.storage import open_bag
 from ..engine.prompts import load_templates, render_task
 from ..eval.inputs import decode_frames, frames_by_stamp, read_inputs
 from ..eval.references import load_references, reference_frames
-from .tiny import build_tiny, train_tiny
+from ..models import build_tiny, train_tiny
 
 FAMILY = 'llava'
 

@@ -20,7 +20,7 @@ from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.node import Node
 from rclpy.parameter import get_parameter_value, parameter_value_to_python
 
-# Exit statuses (documented in --help and the README).
+# Exit statuses (documented in --help and docs/CLIENT.md).
 OK, NOT_OK, BAD_INPUT, NOT_ACTIVE, NO_REPLY = 0, 1, 2, 3, 4
 EXIT_CODES = """exit status:
   0  done, and the answer is OK

@@ -1,11 +1,12 @@
 """The test peer of the node benchmarks: a camera, an instruction publisher, and collectors.
 
-Used by shutdown_soak.py and lifecycle_storm.py (run from this folder's parent with
-scripts/with-env python3 benchmarks/NAME.py).
+Used by shutdown_soak, lifecycle_storm and abuse_long
+(scripts/with-env python3 -m vlm_ros.benchmarks.NAME).
 """
 
 import contextlib
 import os
+import pathlib
 import random
 import tempfile
 import threading
@@ -18,14 +19,23 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
-from vlm_ros.demo.tiny import build_tiny
-from vlm_ros.node.image_conversion import rgb_to_image
 
 from vlm_ros_msgs.msg import Plan
+
+from ..models import build_tiny
+from ..node.image_conversion import rgb_to_image
 
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 KEEP_ALL = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 STATUS_NAMES = {getattr(Plan, name): name for name in dir(Plan) if name.startswith('STATUS_')}
+
+
+def rss_mib(pid: int) -> float:
+    """Return a process's resident memory in MiB (Linux /proc)."""
+    for line in pathlib.Path(f'/proc/{pid}/status').read_text().splitlines():
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) / 1024
+    return float('nan')
 
 
 def isolate() -> None:

@@ -1,5 +1,5 @@
 """
-Command line: build one tiny checkpoint, e.g. `python -m vlm_ros.demo.tiny llava /tmp/llava`.
+Command line: build one tiny checkpoint, e.g. `python -m vlm_ros.models llava /tmp/llava`.
 
 Lets a developer point the node or the benchmark at a test checkpoint without writing Python.
 """
@@ -11,7 +11,7 @@ from .families import FAMILIES, build_tiny
 
 def main(argv=None) -> None:
     """Parse FAMILY OUT_DIR [--seed N], build the checkpoint and print where it went."""
-    parser = argparse.ArgumentParser(prog='python -m vlm_ros.demo.tiny',
+    parser = argparse.ArgumentParser(prog='python -m vlm_ros.models',
                                      description='Build a tiny random-weight VLM checkpoint.')
     parser.add_argument('family', choices=sorted(FAMILIES))
     parser.add_argument('out_dir')

@@ -1,6 +1,7 @@
 """SIGTERM/SIGINT while vlm_node generates with instructions waiting, many times. Prints a table.
 
-    scripts/with-env python3 benchmarks/shutdown_soak.py [--runs 20] [--waiting 6] [--sig TERM]
+    scripts/with-env python3 -m vlm_ros.benchmarks.shutdown_soak [--runs 20] [--waiting 6]
+        [--sig TERM]
 
 Each run starts a vlm_node process on a random-weight tiny LLaVA (it rarely stops, so every
 answer generates max_new_tokens = 4096 tokens, seconds on a CPU), streams a camera, publishes
@@ -21,10 +22,11 @@ import uuid
 
 import rclpy
 from ament_index_python.packages import get_package_prefix
-from node_peer import Peer
 from std_msgs.msg import String
-from vlm_ros.demo.tiny import build_tiny
-from vlm_ros.spin import SpinThread
+
+from ..models import build_tiny
+from ..spin import SpinThread
+from .node_peer import Peer
 
 NODE = os.path.join(get_package_prefix('vlm_ros'), 'lib', 'vlm_ros', 'vlm_node')
 

@@ -1,6 +1,6 @@
 """Checks of the engine's CUDA paths, for a machine with a GPU (CI has none). Prints results.
 
-    PYTHONPATH=vlm_ros python3 benchmarks/cuda_checks.py
+    PYTHONPATH=vlm_ros python3 -m vlm_ros.benchmarks.cuda_checks
 
 device/dtype resolution, preprocessing on the GPU (the same inputs as on the CPU), batched ==
 single greedy tokens on the GPU (float32), streaming, memory given back by unload(), the
@@ -13,13 +13,14 @@ import tempfile
 
 import numpy as np
 import torch
-from vlm_ros.demo.tiny import build_tiny
-from vlm_ros.engine import EngineConfig, Request
-from vlm_ros.engine.chat import build_inputs
-from vlm_ros.engine.gpu_preprocess import device_kwargs
-from vlm_ros.engine.local import VlmEngine
-from vlm_ros.engine.local.decoding import compiled_graphs
-from vlm_ros.engine.local.loader import classify_error, resolve_device, resolve_dtype
+
+from ..engine import EngineConfig, Request
+from ..engine.chat import build_inputs
+from ..engine.gpu_preprocess import device_kwargs
+from ..engine.local import VlmEngine
+from ..engine.local.decoding import compiled_graphs
+from ..engine.local.loader import classify_error, resolve_device, resolve_dtype
+from ..models import build_tiny
 
 
 def check(name: str, ok: bool, detail: str = '') -> bool:

@@ -1,6 +1,6 @@
 """What the openai backend adds to an answer: the same model in process vs behind a server.
 
-    scripts/with-env python3 benchmarks/remote_overhead.py [--model DIR] [--runs 20]
+    scripts/with-env python3 -m vlm_ros.benchmarks.remote_overhead [--model DIR] [--runs 20]
 
 Both paths answer the same plan request on the same frame through the interface the node
 drives: VlmEngine.run (in this process) and RemoteEngine.run (JPEG, HTTP on loopback, SSE
@@ -14,24 +14,60 @@ built and trained on the plan (seconds, offline).
 """
 
 import argparse
+import contextlib
+import os
 import pathlib
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import openai
-from ros_overhead import INSTRUCTION, frame, tiny_model
-from vlm_ros.engine import EngineConfig, RemoteConfig, Request, make_engine
-from vlm_ros.engine.local import VlmEngine
-from vlm_ros.engine.preprocess import encode_jpeg, resize_max_side
 
-# The test suite's harness starts, checks and stops the real server; one copy of that code.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'vlm_ros' / 'test'))
-from serve_harness import ServedModel  # noqa: E402
+from ..engine import EngineConfig, RemoteConfig, Request, make_engine
+from ..engine.local import VlmEngine
+from ..engine.preprocess import encode_jpeg, resize_max_side
+from .ros_overhead import INSTRUCTION, frame, tiny_model
 
 NEW_TOKENS = 64
 FRAMES = ((480, 640), (1080, 1920))
+STARTUP_TIMEOUT = 120.0  # s; about 10 s on an idle 2-core machine
+
+
+@contextlib.contextmanager
+def served(model: str, log_path: pathlib.Path):
+    """Run ``transformers serve`` of model on a free loopback port; yield its API root.
+
+    The server's output goes to log_path, whose tail is the error when it exits or does not
+    answer /health within STARTUP_TIMEOUT.
+    """
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    executable = pathlib.Path(sys.executable).with_name('transformers')
+    with log_path.open('a') as log:
+        proc = subprocess.Popen([str(executable), 'serve', model, '--host', '127.0.0.1',
+                                 '--port', str(port), '--device', 'cpu'],
+                                env={**os.environ, 'HF_HUB_OFFLINE': '1'}, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f'transformers serve did not start:\n'
+                                   f'{log_path.read_text()[-3000:]}')
+            try:
+                with urllib.request.urlopen(f'http://127.0.0.1:{port}/health', timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield f'http://127.0.0.1:{port}/v1'
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def timed(engine, request) -> tuple:
@@ -90,33 +126,36 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model or tiny_model(scratch)
-        server = ServedModel(model, pathlib.Path(scratch) / 'serve.log')
-        server.start()
-        config = EngineConfig(model=model, device='cpu', dtype='float32',
-                              max_new_tokens=NEW_TOKENS)
-        local = VlmEngine(config)
-        remote = make_engine(EngineConfig(model=model, max_new_tokens=NEW_TOKENS,
-                                          backend='openai',
-                                          remote=RemoteConfig(base_url=server.base_url)))
-        local.load()
-        remote.load()
-        try:
-            print('| frame | in-process ms (TTFT) | remote ms (TTFT) | remote overhead ms | '
-                  'JPEG encode ms | JPEG kB | HTTP round trip ms | remote, not streamed ms | '
-                  'tokens | same text |')
-            print('|---|---:|---:|---:|---:|---:|---:|---:|---:|---|')
-            for height, width in FRAMES:
-                row = measure(local, remote, frame(height, width), args.runs)
-                print(f"| {width}x{height} | {row['local_ms']:.1f} ({row['local_ttft_ms']:.1f}) | "
-                      f"{row['remote_ms']:.1f} ({row['remote_ttft_ms']:.1f}) | "
-                      f"{row['remote_ms'] - row['local_ms']:.1f} | {row['jpeg_ms']:.1f} | "
-                      f"{row['jpeg_kb']:.1f} | {row['http_ms']:.1f} | {row['whole_ms']:.1f} | "
-                      f"{row['tokens']} | {row['same_text']} |", flush=True)
-        finally:
-            remote.unload()
-            local.unload()
-            server.stop()
+        with served(model, pathlib.Path(scratch) / 'serve.log') as base_url:
+            _compare(model, base_url, args.runs)
     return 0
+
+
+def _compare(model: str, base_url: str, runs: int) -> None:
+    """Load the model in process and through the server; print one row per frame size."""
+    config = EngineConfig(model=model, device='cpu', dtype='float32',
+                          max_new_tokens=NEW_TOKENS)
+    local = VlmEngine(config)
+    remote = make_engine(EngineConfig(model=model, max_new_tokens=NEW_TOKENS,
+                                      backend='openai',
+                                      remote=RemoteConfig(base_url=base_url)))
+    local.load()
+    remote.load()
+    try:
+        print('| frame | in-process ms (TTFT) | remote ms (TTFT) | remote overhead ms | '
+              'JPEG encode ms | JPEG kB | HTTP round trip ms | remote, not streamed ms | '
+              'tokens | same text |')
+        print('|---|---:|---:|---:|---:|---:|---:|---:|---:|---|')
+        for height, width in FRAMES:
+            row = measure(local, remote, frame(height, width), runs)
+            print(f"| {width}x{height} | {row['local_ms']:.1f} ({row['local_ttft_ms']:.1f}) | "
+                  f"{row['remote_ms']:.1f} ({row['remote_ttft_ms']:.1f}) | "
+                  f"{row['remote_ms'] - row['local_ms']:.1f} | {row['jpeg_ms']:.1f} | "
+                  f"{row['jpeg_kb']:.1f} | {row['http_ms']:.1f} | {row['whole_ms']:.1f} | "
+                  f"{row['tokens']} | {row['same_text']} |", flush=True)
+    finally:
+        remote.unload()
+        local.unload()
 
 
 if __name__ == '__main__':

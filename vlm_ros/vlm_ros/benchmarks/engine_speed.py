@@ -23,12 +23,12 @@ from typing import Optional
 import numpy as np
 
 from ..bag.arguments import ArgumentParser, not_negative, positive_int
-from ..demo.tiny import FAMILIES
-from ..demo.tiny.real_size import SIZES, build_random
 from ..engine import Request, VlmError
 from ..engine.local import VlmEngine
 from ..engine.local.generate import generate
-from .engine_args import add_engine_args, engine_config
+from ..models import FAMILIES
+from ..models.real_size import SIZES, build_random
+from ..tools.engine_args import add_engine_args, engine_config
 
 
 def peak_memory_mib(device) -> float:
@@ -248,7 +248,7 @@ def _benchmark(args) -> int:
         if args.random:
             model = str(build_random(args.random, scratch))
         if args.node:  # imported here: the engine's benchmark runs where ROS 2 is not installed
-            from .node_benchmark import run_node_benchmark
+            from .node_speed import run_node_benchmark
 
             print(run_node_benchmark(model, args), flush=True)
             return 0

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from ...eval.teacher_forcing import target_log_probs, teacher_forced_batch
+from ..engine.local.teacher_forcing import target_log_probs, teacher_forced_batch
 
 # Measured over seeds 0-11 of every family: three targets, two of them for one prompt and told
 # apart by the image alone, reach STOP_PROB within 126 steps (Idefics2; the others within 93),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How closely vlm_replay keeps a recording's timing: gap errors over real DDS. Prints a table.
 
-    scripts/with-env python benchmarks/replay_timing.py [--messages 200] [--side 640]
+    scripts/with-env python -m vlm_ros.benchmarks.replay_timing [--messages 200] [--side 640]
 
 Writes a bag of camera frames (side x 3/4 side rgb8) and instructions with gaps of 20-150 ms,
 replays it with the installed vlm_replay (a separate process) at each rate and storage, and
@@ -23,8 +23,9 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
-from vlm_ros.bag.storage import add_topic, bag_writer, header, serialize
-from vlm_ros.spin import SpinThread
+
+from ..bag.storage import add_topic, bag_writer, header, serialize
+from ..spin import SpinThread
 
 IMAGE, INSTRUCTION = '/bench/image', '/bench/instruction'
 

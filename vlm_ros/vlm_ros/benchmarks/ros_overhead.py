@@ -1,7 +1,7 @@
 """What ROS adds to a VLM answer, and whether vlm_node's memory stays flat. Prints tables.
 
-    scripts/with-env python3 benchmarks/ros_overhead.py latency [--model DIR] [--runs 10]
-    scripts/with-env python3 benchmarks/ros_overhead.py soak --minutes 10 [--model DIR]
+    scripts/with-env python3 -m vlm_ros.benchmarks.ros_overhead latency [--model DIR] [--runs 10]
+    scripts/with-env python3 -m vlm_ros.benchmarks.ros_overhead soak --minutes 10 [--model DIR]
 
 latency: the same model and frame, answered (a) by VlmEngine in this process and (b) by a
 vlm_node process over DDS (instruction published -> Plan received, camera streaming at 30 Hz),
@@ -28,17 +28,15 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
-from vlm_ros.engine import EngineConfig, Request
-from vlm_ros.engine.local import VlmEngine
-from vlm_ros.engine.prompts import load_templates, render_task
-from vlm_ros.node.image_conversion import rgb_to_image
-from vlm_ros.spin import SpinThread
 
 from vlm_ros_msgs.msg import Plan
 
-# The test suite's harness reads process memory; one copy of that code.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'vlm_ros' / 'test'))
-from ros_harness import rss_mib  # noqa: E402
+from ..engine import EngineConfig, Request
+from ..engine.local import VlmEngine
+from ..engine.prompts import load_templates, render_task
+from ..node.image_conversion import rgb_to_image
+from ..spin import SpinThread
+from .node_peer import rss_mib
 
 INSTRUCTION = 'put the red block in the bin'
 PLAN = json.dumps({'steps': [{'instruction': 'pick up the red block', 'skill': 'pick',
@@ -55,7 +53,7 @@ def frame(height: int, width: int) -> np.ndarray:
 
 def tiny_model(scratch: str) -> str:
     """Build and train a tiny LLaVA to answer INSTRUCTION with PLAN."""
-    from vlm_ros.demo.tiny import build_tiny, train_tiny
+    from ..models import build_tiny, train_tiny
 
     path = build_tiny('llava', pathlib.Path(scratch) / 'llava')
     prompt = render_task(load_templates(), 'plan', INSTRUCTION)

@@ -1,6 +1,6 @@
 """Lifecycle storm: configure/activate/deactivate/cleanup cycles with traffic. Prints a table.
 
-    scripts/with-env python3 benchmarks/lifecycle_storm.py [--cycles 100] [--model DIR]
+    scripts/with-env python3 -m vlm_ros.benchmarks.lifecycle_storm [--cycles 100] [--model DIR]
 
 A vlm_node process gets a 20 Hz camera and an instruction every 50 ms while a lifecycle client
 cycles it through configure, activate, deactivate and cleanup as fast as the transitions
@@ -10,9 +10,7 @@ its resident memory after cleanup (model released), so growth per cycle shows.
 
 import argparse
 import os
-import pathlib
 import subprocess
-import sys
 import time
 import uuid
 
@@ -20,13 +18,10 @@ import rclpy
 from ament_index_python.packages import get_package_prefix
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
-from node_peer import session
 from std_msgs.msg import String
-from vlm_ros.spin import SpinThread
 
-# The test suite's harness reads process memory; one copy of that code.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'vlm_ros' / 'test'))
-from ros_harness import rss_mib  # noqa: E402
+from ..spin import SpinThread
+from .node_peer import rss_mib, session
 
 NODE = os.path.join(get_package_prefix('vlm_ros'), 'lib', 'vlm_ros', 'vlm_node')
 CYCLE = (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE,

@@ -1,7 +1,7 @@
 """The long versions of the abuse tests: oversized inputs and minutes-long floods. Prints tables.
 
-    scripts/with-env python3 benchmarks/abuse_long.py sizes [--model DIR]
-    scripts/with-env python3 benchmarks/abuse_long.py flood [--minutes 5] [--rate 1000]
+    scripts/with-env python3 -m vlm_ros.benchmarks.abuse_long sizes [--model DIR]
+    scripts/with-env python3 -m vlm_ros.benchmarks.abuse_long flood [--minutes 5] [--rate 1000]
 
 sizes: a vlm_node process gets 1 MB and 10 MB instructions, a 10 MB question and a 10 MB raw
 frame in a query; each row shows the status that came back, how long it took and the node's
@@ -15,26 +15,21 @@ A benchmark, not a test: it prints what happened and exits 1 when an answer was 
 import argparse
 import collections
 import os
-import pathlib
 import subprocess
-import sys
 import time
 import uuid
 
 import numpy as np
 import rclpy
 from ament_index_python.packages import get_package_prefix
-from node_peer import KEEP_ALL, Peer, session
 from rclpy._rclpy_pybind11 import RCLError
 from std_msgs.msg import String
-from vlm_ros.node.image_conversion import rgb_to_image
-from vlm_ros.spin import SpinThread
 
 from vlm_ros_msgs.srv import Query
 
-# The test suite's harness reads process memory; one copy of that code.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'vlm_ros' / 'test'))
-from ros_harness import rss_mib  # noqa: E402
+from ..node.image_conversion import rgb_to_image
+from ..spin import SpinThread
+from .node_peer import KEEP_ALL, Peer, rss_mib, session
 
 NODE = os.path.join(get_package_prefix('vlm_ros'), 'lib', 'vlm_ros', 'vlm_node')
 MB = 1_000_000

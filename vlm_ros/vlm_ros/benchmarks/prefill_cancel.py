@@ -1,8 +1,9 @@
 """How fast a cancel stops a long first forward (vision encoder + prefill). Prints a table.
 
-    scripts/with-env python3 benchmarks/prefill_cancel.py [--random smolvlm-256m] [--runs 3]
+    scripts/with-env python3 -m vlm_ros.benchmarks.prefill_cancel [--random smolvlm-256m]
+        [--runs 3]
 
-A random-weight model at a real model's size (demo/tiny/real_size.py) answers a plan request
+A random-weight model at a real model's size (models/real_size.py) answers a plan request
 on a 640x480 frame on this machine's CPU, where the first forward takes seconds. The time to
 the first token is measured without cancelling; then the request is cancelled from another
 thread at 10 %, 30 % and 60 % of that time, and the table shows how long run() took to return
@@ -18,9 +19,10 @@ import threading
 import time
 
 import numpy as np
-from vlm_ros.demo.tiny.real_size import SIZES, build_random
-from vlm_ros.engine import EngineConfig, Request
-from vlm_ros.engine.local import VlmEngine
+
+from ..engine import EngineConfig, Request
+from ..engine.local import VlmEngine
+from ..models.real_size import SIZES, build_random
 
 INSTRUCTION = 'put the red block in the bin'
 
