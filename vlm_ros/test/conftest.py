@@ -6,9 +6,25 @@ import random
 import pytest
 from vlm_ros.compat import loopback_discovery
 
+
+def _domain_id() -> str:
+    """Return this test process's DDS domain: random per run, one per pytest-xdist worker.
+
+    Workers of one run take consecutive domains from a base drawn from the run's id, so two of
+    them never share one (each starts nodes of the same names); a serial run keeps a domain
+    the caller set.
+    """
+    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+    if workers == 1 and 'ROS_DOMAIN_ID' in os.environ:
+        return os.environ['ROS_DOMAIN_ID']
+    run = os.environ.get('PYTEST_XDIST_TESTRUNUID', str(os.getpid()))
+    worker = int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0')[len('gw'):])
+    return str(random.Random(run).randint(1, 102 - workers) + worker)
+
+
 # Each test run gets its own DDS domain, and discovery stays on this machine: concurrent runs
 # (a developer's and CI's) never see each other's topics, and nothing goes onto the network.
-os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(1, 101)))
+os.environ['ROS_DOMAIN_ID'] = _domain_id()
 for _name, _value in loopback_discovery().items():  # the distro's own variable, not both
     os.environ.setdefault(_name, _value)
 os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
@@ -19,7 +35,8 @@ def pytest_report_header(config):
     import rclpy
     from vlm_ros.compat import distro
 
-    return f'ROS 2 {distro()} (rclpy from {os.path.dirname(rclpy.__file__)})'
+    return (f'ROS 2 {distro()} (rclpy from {os.path.dirname(rclpy.__file__)}), '
+            f'ROS_DOMAIN_ID {os.environ["ROS_DOMAIN_ID"]}')
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -55,24 +72,28 @@ def test_node(rclpy_context, request):
 
 
 @pytest.fixture(scope='session')
-def trained_tiny(tmp_path_factory):
+def trained_tiny():
     """Return a factory: family -> directory of a tiny checkpoint trained on the test targets.
 
-    Built and trained once per family per test session, then loaded by path like a real model.
+    Built and trained once per family (for every worker and leg: model_cache), then loaded
+    by path like a real model.
     """
     from engine_fixtures import training_samples
-    from vlm_ros.demo.tiny import build_tiny, train_tiny
-
-    cache = {}
+    from model_cache import cached_model
 
     def get(family: str):
-        if family not in cache:
-            out = build_tiny(family, tmp_path_factory.mktemp(f'tiny_{family}'))
-            train_tiny(out, training_samples())
-            cache[family] = out
-        return cache[family]
+        return cached_model(f'tiny_{family}', (family, training_samples()),
+                            lambda folder: _trained(family, folder, training_samples()))
 
     return get
+
+
+def _trained(family: str, folder, samples):
+    from vlm_ros.models import build_tiny, train_tiny
+
+    out = build_tiny(family, folder / family)
+    train_tiny(out, samples)
+    return out
 
 
 @pytest.fixture(scope='session')
@@ -85,20 +106,20 @@ def untrained_llava(tmp_path_factory):
     its logit is then 0, below the largest of the other 490 random logits.
     """
     from engine_fixtures import never_ending
-    from vlm_ros.demo.tiny import build_tiny
+    from vlm_ros.models import build_tiny
 
     return never_ending(build_tiny('llava', tmp_path_factory.mktemp('untrained_llava')))
 
 
 @pytest.fixture(scope='session')
-def closed_loop_llava(tmp_path_factory):
+def closed_loop_llava():
     """Return a tiny LLaVA trained on the usual answers and the closed-loop prompts."""
     from engine_fixtures import closed_loop_samples, training_samples
-    from vlm_ros.demo.tiny import build_tiny, train_tiny
+    from model_cache import cached_model
 
-    out = build_tiny('llava', tmp_path_factory.mktemp('closed_loop_llava'))
-    train_tiny(out, training_samples() + closed_loop_samples())
-    return out
+    samples = training_samples() + closed_loop_samples()
+    return cached_model('closed_loop_llava', ('llava', samples),
+                        lambda folder: _trained('llava', folder, samples))
 
 
 @pytest.fixture(scope='session')

@@ -2,7 +2,7 @@
 
 Tested on Kilted (rclpy 9.1) and Jazzy (rclpy 7.1), both from PyPI wheels (scripts/test runs
 the suite on each); reviewed against Humble (rclpy 3.3), which has no wheels. Everything else
-vlm_ros calls exists alike in all three (README, "ROS 2 distros"):
+vlm_ros calls exists alike in all three (docs/DEVELOPING.md, "ROS 2 distros"):
 
 - ``Subscription.get_publisher_count()`` came with rclpy 4.0 (Iron): on Humble the graph is
   asked instead (publisher_count);

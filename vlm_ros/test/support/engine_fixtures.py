@@ -1,0 +1,133 @@
+"""Shared test data: synthetic camera scenes and the answers tiny checkpoints are trained on."""
+
+import json
+import os
+import pathlib
+import shutil
+
+import cv2
+import numpy as np
+from vlm_ros.engine.prompts import load_templates, render_task
+from vlm_ros.models import FAMILIES as _FAMILIES
+
+FAMILIES = tuple(_FAMILIES)
+PLAN_JSON = json.dumps({'steps': [
+    {'instruction': 'pick up the red block', 'skill': 'pick', 'target': 'red block'},
+    {'instruction': 'place it in the bin', 'skill': 'place', 'target': 'bin'}]})
+# task -> (request text, target answer)
+TARGETS = {
+    'caption': ('', 'a red block on a grey table'),
+    'vqa': ('what color is the block?', 'blue'),
+    'plan': ('put the red block in the bin', PLAN_JSON),
+}
+_COLOURS = {'red': (220, 30, 30), 'blue': (30, 60, 220), 'green': (30, 200, 60)}
+
+
+def scene(colour: str, height: int = 48, width: int = 64) -> np.ndarray:
+    """Draw a grey tabletop with one coloured block: distinct, deterministic frames."""
+    image = np.full((height, width, 3), 128, dtype=np.uint8)
+    image[height // 3:2 * height // 3, width // 3:width // 2] = _COLOURS[colour]
+    return image
+
+
+def jpeg_round_trip(image: np.ndarray) -> np.ndarray:
+    """Return image as a camera's JPEG stream delivers it (quality 90, 4:2:0 chroma)."""
+    ok, encoded = cv2.imencode('.jpg', cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def training_samples() -> list:
+    """(image, prompt, target) triples, prompts rendered exactly as the engine renders them.
+
+    The plan is also taught on the JPEG-compressed frame: a compressed camera must get the
+    same plan, as a real model would give it.
+    """
+    templates = load_templates()
+    plan_prompt = render_task(templates, 'plan', TARGETS['plan'][0])
+    return [
+        (scene('red'), render_task(templates, 'caption'), TARGETS['caption'][1]),
+        (scene('blue'), render_task(templates, 'vqa', TARGETS['vqa'][0]), TARGETS['vqa'][1]),
+        (scene('red'), plan_prompt, TARGETS['plan'][1]),
+        (jpeg_round_trip(scene('red')), plan_prompt, TARGETS['plan'][1]),
+    ]
+
+
+# Closed-loop plans (execute_plans): a 3-step plan, its re-plans, and the yes/no step checks.
+def _plan(*steps) -> str:
+    return json.dumps({'steps': [{'instruction': i, 'skill': k, 'target': t}
+                                 for i, k, t in steps]})
+
+
+PICK = ('pick up the red block', 'pick', 'red block')
+PLACE = ('place it in the bin', 'place', 'bin')
+CLOSE = ('close the lid', 'close', 'lid')
+LOOP_INSTRUCTION = 'put the red block in the bin and close the lid'
+LOOP_PLAN = _plan(PICK, PLACE, CLOSE)
+# After step 2 failed: the rest of the plan, from the step that failed.
+LOOP_REPLAN = _plan(PLACE, CLOSE)
+
+
+def closed_loop_samples() -> list:
+    """(image, prompt, target) triples for the closed loop, on top of training_samples().
+
+    The re-plan after a failed 'place it in the bin' (step 1 done) continues from it; the
+    re-plan after a silent first step plans everything again; a step check answers yes on the
+    red scene and no on the blue one.
+    """
+    templates = load_templates()
+    replan = [({'done': PICK[0], 'failed': PLACE[0]}, LOOP_REPLAN),
+              ({'done': 'none', 'failed': PICK[0]}, LOOP_PLAN)]
+    return [(scene('red'), render_task(templates, 'plan', LOOP_INSTRUCTION), LOOP_PLAN),
+            *[(scene('red'), render_task(templates, 'replan', LOOP_INSTRUCTION, context), target)
+              for context, target in replan],
+            *[(scene('red'), render_task(templates, 'verify', step[0]), 'yes')
+              for step in (PICK, PLACE, CLOSE)],
+            (scene('blue'), render_task(templates, 'verify', PICK[0]), 'no')]
+
+
+# The README's default model id: its checkpoint is an Idefics3 (Idefics3Processor), the family
+# the tiny idefics3 checkpoint is; the tests put one under this id into an offline hub cache.
+DEFAULT_MODEL = 'HuggingFaceTB/SmolVLM-256M-Instruct'
+HUB_REVISION = '0123456789abcdef0123456789abcdef01234567'
+
+
+def add_to_hub_cache(hf_home: pathlib.Path, repo_id: str, model_dir) -> None:
+    """Lay model_dir out as repo_id in the Hugging Face cache under hf_home.
+
+    The layout huggingface_hub downloads into (hub/models--ORG--NAME/refs/main naming a
+    snapshot folder), so with HF_HUB_OFFLINE=1 the id loads through the real cache lookup.
+    """
+    repo = hf_home / 'hub' / ('models--' + repo_id.replace('/', '--'))
+    shutil.copytree(model_dir, repo / 'snapshots' / HUB_REVISION)
+    (repo / 'refs').mkdir(parents=True)
+    (repo / 'refs' / 'main').write_text(HUB_REVISION)
+
+
+def offline_hub_env(hf_home: pathlib.Path) -> dict:
+    """Return the environment of a process that sees only hf_home's cache, never the network."""
+    return {**os.environ, 'HF_HOME': str(hf_home), 'HF_HUB_OFFLINE': '1'}
+
+
+def never_ending(model_dir: pathlib.Path) -> pathlib.Path:
+    """Zero the output-layer rows of the end-of-sequence tokens of a checkpoint, in place.
+
+    Their logits become 0 whatever the input, and greedy decoding picks the largest logit,
+    which among hundreds of random ones is above 0: the model then never ends a generation.
+    """
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    config = json.loads((model_dir / 'generation_config.json').read_text())
+    eos = config.get('eos_token_id')
+    eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    eos.add(AutoTokenizer.from_pretrained(model_dir).eos_token_id)
+    weights_file = model_dir / 'model.safetensors'
+    weights = load_file(weights_file)
+    heads = [name for name in weights if name.endswith('lm_head.weight')]
+    assert len(heads) == 1, f'expected one output layer in {sorted(weights)}'
+    for token in eos - {None}:
+        weights[heads[0]][token] = 0.0
+    save_file(weights, weights_file, metadata={'format': 'pt'})
+    return model_dir

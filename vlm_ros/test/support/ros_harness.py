@@ -1,0 +1,127 @@
+"""Helpers for tests that talk to real ROS 2 processes over real DDS.
+
+Every wait here is an event wait with a deadline, never a fixed sleep: a test finishes as soon
+as what it waits for happens, and fails with a reason when it does not happen in time.
+"""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from rclpy.node import Node
+from vlm_ros.spin import SpinThread
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+class Collector:
+    """Thread-safe list of received messages that a test can wait on."""
+
+    def __init__(self):
+        self._items = []
+        self._cond = threading.Condition()
+
+    def __call__(self, msg) -> None:
+        with self._cond:
+            self._items.append(msg)
+            self._cond.notify_all()
+
+    def items(self) -> list:
+        with self._cond:
+            return list(self._items)
+
+    def wait_for(self, predicate, timeout: float, what: str):
+        """Return the first item matching predicate; fail the test after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for item in self._items:
+                    if predicate(item):
+                        return item
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f'timed out after {timeout} s waiting for {what}; '
+                                         f'got {len(self._items)} other messages')
+                self._cond.wait(left)
+
+
+class TestNode:
+    """An rclpy node in the test process, spinning on a background thread."""
+
+    def __init__(self, name: str):
+        self.node = Node(name)
+        self._spin = SpinThread([self.node])
+
+    def collect(self, msg_type, topic: str, qos=10) -> Collector:
+        """Subscribe to topic and return a Collector of what arrives."""
+        collector = Collector()
+        self.node.create_subscription(msg_type, topic, collector, qos)
+        return collector
+
+    def close(self) -> None:
+        self._spin.stop()
+
+
+def wait_until(predicate, timeout: float, what: str, poll: float = 0.02) -> None:
+    """Poll a cheap predicate (e.g. a graph query) until true; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f'timed out after {timeout} s waiting for {what}')
+        time.sleep(poll)
+
+
+def wait_future(future, timeout: float, what: str):
+    """Wait for an rclpy future completed by the spin thread; return its result."""
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    if not done.wait(timeout):
+        raise AssertionError(f'timed out after {timeout} s waiting for {what}')
+    return future.result()
+
+
+def start_process(args: list, **kwargs) -> subprocess.Popen:
+    """Start a Python helper script from the test folder as its own process."""
+    script = str(HERE / args[0])
+    return subprocess.Popen([sys.executable, script, *args[1:]], env=os.environ.copy(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def stop_process(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 20.0):
+    """Signal a process and return (returncode, stdout, stderr) once it has exited."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    return wait_exit(proc, timeout, f'{sig!r}')
+
+
+def wait_exit(proc: subprocess.Popen, timeout: float, after: str = 'its start'):
+    """Wait for a process to end by itself; return (returncode, stdout, stderr)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f'no exit within {timeout} s of {after}: {err}') from exc
+    return proc.returncode, out, err
+
+
+def stopped_cleanly(make):
+    """Fixture body: yield a starter of processes (make's), then stop each one still running.
+
+    Every stop must end the process cleanly: exit 0, without rclpy's abort, so every test that
+    starts a process also checks its shutdown. Use as ``yield from stopped_cleanly(make)``.
+    """
+    started = []
+
+    def start(*args, **kwargs):
+        started.append(make(*args, **kwargs))
+        return started[-1]
+    yield start
+    for item in started:
+        if item.proc.poll() is None:
+            code, output = item.stop()
+            assert code == 0 and 'terminate called' not in output, output[-3000:]

@@ -1,0 +1,167 @@
+"""The sample recording end to end: offline evaluation with the demo model, and ./scripts/demo."""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+
+import numpy as np
+import pytest
+import yaml
+from ament_index_python.packages import get_package_prefix
+from ros_harness import wait_exit
+from vlm_ros.bag.storage import PLAN_TYPE, open_bag
+from vlm_ros.demo.model import build as build_demo_model
+from vlm_ros.demo.tabletop import draw_tabletop
+from vlm_ros.eval.screenshot import CHROMIUM, screenshot
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+SAMPLE = ROOT / 'samples' / 'tabletop'
+REFERENCES = yaml.safe_load((SAMPLE / 'references.yaml').read_text())
+
+
+@pytest.fixture(scope='module')
+def tiny_demo_model(tmp_path_factory):
+    """Build the tiny LLaVA that MODEL=tiny ./scripts/demo uses (trained on the references)."""
+    out = tmp_path_factory.mktemp('demo') / 'model'
+    report = build_demo_model(out, SAMPLE / 'bag', SAMPLE / 'references.yaml')
+    assert report['min_answer_prob'] >= 0.5, report
+    return out
+
+
+def test_vlm_eval_on_the_sample_bag_with_the_tiny_model(tiny_demo_model, tmp_path):
+    out = tmp_path / 'eval'
+    vlm_eval = pathlib.Path(get_package_prefix('vlm_ros')) / 'lib' / 'vlm_ros' / 'vlm_eval'
+    proc = subprocess.Popen([str(vlm_eval), str(SAMPLE / 'bag'), '--model', str(tiny_demo_model),
+                             '--device', 'cpu', '--dtype', 'float32', '--out', str(out),
+                             '--references', str(SAMPLE / 'references.yaml')],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code, stdout, err = wait_exit(proc, 300)
+    assert code == 0, err
+    records = [json.loads(line) for line in (out / 'results.jsonl').read_text().splitlines()]
+    answers = {(r['task'], r['image']['stamp_ns']): r['text'] for r in records
+               if r['kind'] == 'result'}
+    # Every instruction is answered from the frame its reference names, with the reference.
+    assert answers == {(r['task'], r['stamp_ns']): r['target'] for r in REFERENCES}
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['plan_validity_rate'] == 1.0 and summary['requests'] == len(REFERENCES)
+    assert summary['mean_ce'] < 0.1 and 1.0 <= summary['mean_perplexity'] < 1.1
+    assert 'plan validity rate' in stdout
+    # The settings the answers were made under, where not at vlm_node's defaults.
+    settings = summary['settings']
+    assert settings['source'] == "vlm_eval's EngineConfig", settings
+    assert settings['values']['dtype'] == 'float32' and settings['defaults']['dtype'] == 'auto'
+    assert settings['values']['model'] == str(tiny_demo_model)
+    assert 'max_new_tokens' not in settings['values']  # vlm_eval uses the node's default
+    assert summary['ttft_p50_s'] > 0 and summary['tokens_per_s_p50'] > 0, summary
+    if pathlib.Path(CHROMIUM).is_file():
+        from PIL import Image
+
+        png = screenshot(out / 'report.html', tmp_path / 'report.png', height=1400)
+        pixels = np.asarray(Image.open(png).convert('RGB')).reshape(-1, 3).astype(np.int16)
+        assert len(np.unique(pixels, axis=0)) > 500
+        wood = draw_tabletop(0.0)[440, 20].astype(np.int16)  # the table, near its front edge
+        near = np.all(np.abs(pixels - wood) <= 24, axis=1).sum()
+        assert near > 4 * 2000, f'the tabletop thumbnails are missing: {near} wood pixels'
+
+
+@pytest.fixture(scope='module')
+def demo_run(tmp_path_factory):
+    """Run MODEL=tiny ./scripts/demo once; return (OUT, stdout, summary)."""
+    out = tmp_path_factory.mktemp('demo') / 'out'
+    env = {**os.environ, 'MODEL': 'tiny', 'OUT': str(out), 'DEVICE': 'cpu'}
+    code, stdout, err = run_demo(env)
+    assert code == 0, err[-3000:]
+    return out, stdout, json.loads((out / 'report' / 'summary.json').read_text())
+
+
+def run_demo(env: dict, timeout: float = 600) -> tuple:
+    """Run ./scripts/demo as the README writes it, from the repository root."""
+    proc = subprocess.Popen('./scripts/demo', shell=True, cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return wait_exit(proc, timeout)
+
+
+def test_demo_command_runs_offline_with_model_tiny(demo_run):
+    out, stdout, summary = demo_run
+    assert stdout.count('[/plan] STATUS_OK') == 4, stdout
+    with open_bag(out / 'answers') as reader:
+        plans = [c for c, _, _ in reader.messages() if c.msgtype == PLAN_TYPE]
+    assert len(plans) == 4
+    assert summary['plan_validity_rate'] == 1.0
+    # The scripted head fails the second step once: the first instruction is re-planned, and
+    # its execution resumes from the failed step to DONE.
+    first = summary['plan_executions'][0]
+    assert first['instruction'] == REFERENCES[0]['text'], first
+    assert first['outcome'] == 'DONE' and len(first['replans']) == 1, first
+    assert [(s['attempt'], s['instruction']) for s in first['steps']] == [
+        (0, 'pick up the red block'), (0, 'place it in the bin'), (1, 'place it in the bin')]
+    assert summary['replans'] == 1 and summary['executions'].get('DONE', 0) >= 1, summary
+    assert 'Plan executions' in (out / 'report' / 'report.html').read_text()
+    assert (out / 'report' / 'report.html').is_file()
+    assert (out / 'report' / 'report.png').is_file() == pathlib.Path(CHROMIUM).is_file()
+    assert not (out / 'partial').exists()
+
+
+def test_demo_report_shows_steps_answer_speeds_and_node_settings(demo_run):
+    out, _, summary = demo_run
+    first = summary['plan_executions'][0]
+    # Each step's outcome, why it failed, and how long it took, from the recorded progress.
+    assert [s['outcome'] for s in first['steps']] == ['succeeded', 'failed', 'succeeded']
+    failed = first['steps'][1]
+    assert failed['reason'] == \
+        "step 2 ('place it in the bin') failed: the script says this step fails", failed
+    assert all(s['time_s'] > 0 for s in first['steps']), first
+    # The node's own parameters, recorded beside its answers, where not at their defaults.
+    assert json.loads((out / 'answers' / 'settings.json').read_text())['node'] == '/vlm_node'
+    settings = summary['settings']
+    assert settings['source'] == 'parameters of /vlm_node', settings
+    assert settings['values'] == {
+        'model': str(out / 'tiny_model'), 'device': 'cpu', 'caption_rate': 1.0,
+        'execute_plans': True, 'processor_kwargs': '{"do_image_splitting": false}'}, settings
+    assert settings['defaults']['execute_plans'] is False
+    assert summary['device'] == 'cpu (live vlm_node)'
+    records = [json.loads(line) for line in
+               (out / 'report' / 'results.jsonl').read_text().splitlines()]
+    plans = [r for r in records if r['kind'] == 'result' and r['task'] == 'plan']
+    assert all(r['time_to_first_token'] > 0 and r['tokens_per_s'] > 0 for r in plans), plans
+    page = (out / 'report' / 'report.html').read_text()
+    assert page.count('&#10007; failed</span>') == 1
+    assert 'failed: the script says this step fails</div>' in page
+    assert re.search(r'place it in the bin <span class="step failed">&#10007; failed</span> '
+                     r'<span class="meta">in \d+\.\d{3} s</span>', page)
+    assert page.count('TTFT ') == len(plans) and page.count(' tokens/s') == len(plans)
+    assert '<tr><th>execute_plans</th><td>True</td><td>False</td></tr>' in page
+
+
+def test_a_failed_demo_run_keeps_the_previous_report(demo_run, tmp_path):
+    out, _, _ = demo_run
+    before = {p: p.read_bytes() for p in (out / 'report').iterdir()}
+    missing = tmp_path / 'no_model'
+    env = {**os.environ, 'MODEL': str(missing), 'OUT': str(out), 'DEVICE': 'cpu'}
+    code, _, err = run_demo(env)
+    assert code != 0, err[-3000:]
+    assert {p: p.read_bytes() for p in (out / 'report').iterdir()} == before
+    assert (out / 'answers' / 'metadata.yaml').is_file()
+    last = err.strip().splitlines()[-1]
+    assert last.startswith('demo: failed') and f'{out}/partial' in last, err[-3000:]
+    assert f"model directory '{missing}' does not exist" in \
+        (out / 'partial' / 'node.log').read_text()
+    assert 'MODEL=tiny' not in err  # the hint is for a hub model that cannot be had offline
+
+
+def test_demo_default_model_offline_and_not_cached_says_to_use_model_tiny(tmp_path):
+    """./scripts/demo exactly as the README writes it, on a machine without network."""
+    hf_home = tmp_path / 'hf_home'
+    hf_home.mkdir()
+    env = {**os.environ, 'HF_HOME': str(hf_home), 'HF_HUB_OFFLINE': '1',
+           'OUT': str(tmp_path / 'demo')}
+    for name in ('MODEL', 'DEVICE'):
+        env.pop(name, None)
+    code, _, err = run_demo(env)
+    assert code != 0
+    assert err.strip().splitlines()[-1] == (
+        'demo: HuggingFaceTB/SmolVLM-256M-Instruct is not in the Hugging Face cache and cannot '
+        'be downloaded here; run the demo offline with: MODEL=tiny ./scripts/demo'), err[-3000:]
+    assert not (tmp_path / 'demo' / 'report').exists()

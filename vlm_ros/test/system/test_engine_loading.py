@@ -1,0 +1,79 @@
+"""Engine stages alone: loading errors, images (resize, JPEG), prompts, backends, no ROS."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from vlm_ros.engine import EngineConfig, VlmError
+from vlm_ros.engine.local import VlmEngine
+from vlm_ros.engine.local.loader import load
+from vlm_ros.engine.preprocess import resize_max_side
+
+
+def test_unsupported_architecture(tmp_path, trained_tiny):
+    from engine_fixtures import FAMILIES
+
+    source = trained_tiny(FAMILIES[0])
+    model_dir = tmp_path / 'odd'
+    model_dir.mkdir()
+    for item in source.iterdir():
+        (model_dir / item.name).write_bytes(item.read_bytes())
+    config = json.loads((model_dir / 'config.json').read_text())
+    config['model_type'] = 'not_a_real_vlm'
+    (model_dir / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(VlmError) as info:
+        load(EngineConfig(model=str(model_dir), device='cpu', local_files_only=True))
+    assert info.value.kind == 'unsupported', str(info.value)
+    assert 'not_a_real_vlm' in str(info.value)
+
+
+def test_engine_imports_without_rclpy():
+    code = ('import sys; sys.modules["rclpy"] = None\n'
+            'import vlm_ros.engine, vlm_ros.models\n'
+            'assert "rclpy" not in [m for m in sys.modules if sys.modules[m] is not None]\n'
+            'print("ok")')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr
+
+
+def test_processor_errors_become_bad_input_not_bare_exceptions(trained_tiny):
+    from engine_fixtures import scene
+    from vlm_ros.engine import Request
+
+    # A keyword the engine passes itself: the processor call raises TypeError.
+    engine = VlmEngine(EngineConfig(model=str(trained_tiny('llava')), device='cpu',
+                                    processor_kwargs={'return_tensors': 'np'}))
+    engine.load()
+    with pytest.raises(VlmError) as info:
+        engine.run([Request('caption', scene('red'))])
+    assert info.value.kind == 'bad_input' and 'preprocessing failed' in str(info.value)
+
+
+@pytest.mark.parametrize('height, width, tiles', [
+    (30, 30, 1),  # fits one 32 px tile: the processor would upscale it to 64 px, 4 tiles + 1
+    (40, 56, 5),  # needs 64 px: the processor's own longest edge, nothing to change
+    (20, 90, 3),  # larger than the longest edge: downscaled as the processor does
+])
+def test_a_tiling_processor_gets_the_size_the_frame_needs(trained_tiny, height, width, tiles):
+    from engine_fixtures import scene
+    from vlm_ros.engine import Request
+
+    engine = VlmEngine(EngineConfig(model=str(trained_tiny('idefics3')), device='cpu'))
+    engine.load()
+    request = Request('caption', scene('red', height, width))
+    assert engine.preprocess([request])['pixel_values'].shape[1] == tiles
+    engine.config.processor_kwargs = {'size': {'longest_edge': 64}}  # the user's choice wins
+    assert engine.preprocess([request])['pixel_values'].shape[1] == (5 if tiles == 1 else tiles)
+
+
+def test_a_processor_that_does_not_tile_is_left_as_it_is(trained_tiny):
+    from engine_fixtures import scene
+    from vlm_ros.engine import Request
+    from vlm_ros.engine.tiling import fitted_size_kwargs
+
+    engine = VlmEngine(EngineConfig(model=str(trained_tiny('llava')), device='cpu'))
+    engine.load()
+    image = resize_max_side(scene('red', 20, 20), 0)
+    assert fitted_size_kwargs(engine.loaded.processor, [image], {}) == {}
+    assert engine.run([Request('caption', scene('red', 20, 20))])[0].output_tokens > 0

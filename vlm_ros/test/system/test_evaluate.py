@@ -1,0 +1,218 @@
+"""vlm_eval end to end: a bag written here, the installed executable, the trained tiny LLaVA.
+
+The bag has three camera frames (red, blue, green blocks) and instructions before, between and
+exactly at frame times, so pairing is checked against known answers; the model is the tiny
+checkpoint trained to answer the red scene, so validity and reference scores are known too.
+"""
+
+import json
+import math
+import os
+import pathlib
+import struct
+import subprocess
+
+import pytest
+from ament_index_python.packages import get_package_prefix
+from engine_fixtures import PLAN_JSON, TARGETS
+from eval_bags import (
+    FRAME_TIMES,
+    INSTRUCTIONS,
+    SECOND,
+    STAMPS,
+    write_input_bag,
+    write_recorded_bag,
+)
+
+EXPECTED_FRAME = [None, 0, 1, 2]
+
+
+def vlm_eval(*args, timeout=600):
+    """Run the installed vlm_eval executable; return the CompletedProcess."""
+    exe = pathlib.Path(get_package_prefix('vlm_ros'), 'lib', 'vlm_ros', 'vlm_eval')
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=timeout)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines()]
+
+
+def check_pairing(records):
+    """Every answered request's frame is the latest logged at or before its bag time."""
+    for record in records:
+        image = record['image']
+        if image is None:
+            assert record['status'] == 'NO_IMAGE'
+            assert record['bag_time_ns'] < FRAME_TIMES[0]
+            continue
+        assert image['bag_time_ns'] <= record['bag_time_ns']
+        assert not any(image['bag_time_ns'] < t <= record['bag_time_ns'] for t in FRAME_TIMES)
+        assert image['stamp_ns'] == STAMPS[image['frame']]
+        assert image['stamp'] == f'{STAMPS[image["frame"]] // SECOND}.' \
+                                 f'{STAMPS[image["frame"]] % SECOND:09d}'
+
+
+def check_report(out, frames_used):
+    """report.html links nothing, has a data: JPEG per used frame, and escapes model text."""
+    import re
+
+    page = (out / 'report.html').read_text()
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert sources and all(s.startswith('data:image/') for s in sources), sources[:3]
+    assert not re.search(r'(?:src|href)\s*=\s*"?(?:https?:)?//', page)
+    thumbs = re.findall(r'<img class="thumb" alt="frame (\d+)" src="data:image/jpeg;base64,',
+                        page)
+    assert sorted(map(int, thumbs)) == sorted(frames_used)
+    assert page.count('src="data:image/png;base64,') == 1
+    assert '<script>' not in page and '<b>put</b>' not in page
+    assert '&lt;b&gt;put&lt;/b&gt; the red block in the bin &amp; &lt;script&gt;' in page
+    png = (out / 'latency.png').read_bytes()
+    assert png.startswith(b'\x89PNG\r\n\x1a\n')
+    width, height = struct.unpack('>II', png[16:24])
+    assert width > 300 and height > 200
+
+
+@pytest.fixture(scope='module')
+def engine_run(tmp_path_factory, trained_tiny):
+    """One vlm_eval run on the raw-image bag with captions, batch size 3: (out, stdout, model)."""
+    tmp = tmp_path_factory.mktemp('eval')
+    model = str(trained_tiny('llava'))
+    done = vlm_eval(write_input_bag(tmp / 'bag'), '--model', model,
+                    '--device', 'cpu', '--dtype', 'float32', '--max-new-tokens', 96,
+                    '--batch-size', 3, '--out', tmp / 'out')
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp / 'out', done.stdout, model
+
+
+def test_engine_records_pair_and_answer(engine_run):
+    out, _, _ = engine_run
+    records = read_jsonl(out / 'results.jsonl')
+    assert all(r['kind'] == 'result' for r in records)
+    plans = [r for r in records if r['task'] == 'plan']
+    captions = [r for r in records if r['task'] == 'caption']
+    assert [p['request'] for p in plans] == [t for _, t in INSTRUCTIONS]
+    assert [p['image'] and p['image']['frame'] for p in plans] == EXPECTED_FRAME
+    assert [p['bag_time_ns'] for p in plans] == [t for t, _ in INSTRUCTIONS]
+    assert sorted(c['image']['frame'] for c in captions) == [0, 1, 2]
+    check_pairing(records)
+    no_image, red = plans[0], plans[1]
+    assert no_image['status'] == 'NO_IMAGE' and no_image['batch'] is None
+    assert red['status'] == 'OK' and red['valid'] and red['form'] == 'json'
+    assert red['text'] == PLAN_JSON
+    assert red['steps'][0] == {'instruction': 'pick up the red block', 'skill': 'pick',
+                               'target': 'red block'}
+    red_caption = next(c for c in captions if c['image']['frame'] == 0)
+    assert red_caption['text'] == TARGETS['caption'][1] and red_caption['valid']
+    answered = [r for r in records if r['status'] in ('OK', 'INVALID_OUTPUT')]
+    assert len(answered) == 6
+    assert {r['batch'] for r in answered} == {0, 1}  # 6 requests in batches of 3
+    for record in answered:
+        assert 0 < record['time_to_first_token'] <= record['total_time']
+        assert record['output_tokens'] > 0
+
+
+def test_engine_summary_matches_records(engine_run):
+    out, stdout, model = engine_run
+    records = read_jsonl(out / 'results.jsonl')
+    summary = json.loads((out / 'summary.json').read_text())
+    plans = [r for r in records if r['task'] == 'plan' and r['status'] != 'NO_IMAGE']
+    latencies = sorted(r['total_time'] for r in records if r['total_time'] is not None)
+    assert summary['requests'] == len(records) == 7
+    assert summary['plans'] == 4 and summary['plans_answered'] == len(plans) == 3
+    assert summary['captions'] == 3
+    assert summary['by_status']['NO_IMAGE'] == 1
+    assert sum(summary['by_status'].values()) == len(records)
+    assert summary['plan_validity_rate'] == pytest.approx(
+        sum(p['valid'] for p in plans) / len(plans))
+    assert summary['caption_nonempty_rate'] == 1.0
+    assert summary['latency_p50_s'] in latencies and summary['latency_p95_s'] in latencies
+    assert summary['latency_p50_s'] <= summary['latency_p95_s']
+    assert summary['images_per_s'] > 0
+    assert (summary['model'], summary['device'], summary['dtype']) == (model, 'cpu', 'float32')
+    assert 'plan validity rate' in stdout and 'latency p95 (s)' in stdout
+    check_report(out, frames_used=[0, 1, 2])
+
+
+def test_recorded_answers_make_the_same_records(tmp_path):
+    out = tmp_path / 'out'
+    done = vlm_eval(write_input_bag(tmp_path / 'input'), '--recorded',
+                    write_recorded_bag(tmp_path / 'answers'), '--out', out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = read_jsonl(out / 'results.jsonl')
+    plans = [r for r in records if r['task'] == 'plan']
+    captions = [r for r in records if r['task'] == 'caption']
+    assert [p['image'] and p['image']['frame'] for p in plans] == EXPECTED_FRAME
+    assert [p['bag_time_ns'] for p in plans] == [t for t, _ in INSTRUCTIONS]
+    assert [p['status'] for p in plans] == ['NO_IMAGE', 'OK', 'INVALID_OUTPUT', 'OK']
+    assert [p['valid'] for p in plans] == [False, True, False, True]
+    assert [p['form'] for p in plans] == ['none', 'json', 'none', 'json']
+    assert plans[1]['steps'][1] == {'instruction': 'place it in the bin', 'skill': 'place',
+                                    'target': 'bin'}
+    assert [p['total_time'] for p in plans] == pytest.approx([0.001, 0.25, 0.375, 0.5])
+    assert plans[1]['time_to_first_token'] == pytest.approx(0.0625)
+    assert plans[0]['time_to_first_token'] is None and plans[1]['output_tokens'] == 7
+    assert [(c['image']['frame'], c['text']) for c in captions] == [
+        (0, 'a red block on a grey table'), (2, 'a green block')]
+    assert [c['bag_time_ns'] for c in captions] == [FRAME_TIMES[0], FRAME_TIMES[2]]
+    check_pairing(records)
+    summary = json.loads((out / 'summary.json').read_text())
+    assert (summary['mode'], summary['model']) == ('recorded', 'tiny-live')
+    assert (summary['requests'], summary['answered'], summary['plans_answered']) == (6, 5, 3)
+    assert summary['plan_validity_rate'] == pytest.approx(2 / 3)
+    assert summary['latency_p50_s'] == pytest.approx(0.25)
+    # 5 answers from the first arrival (1.2 s - 0.125 s) to the last answer (3.4 s)
+    assert summary['images_per_s'] == pytest.approx(5 / (3.4 - 1.075), rel=1e-3)
+    check_report(out, frames_used=[0, 1, 2])
+    assert '&lt;i&gt;junk&lt;/i&gt;' in (out / 'report.html').read_text()
+
+
+WRONG_PLAN = json.dumps({'steps': [{'instruction': 'throw the table out of the window',
+                                    'skill': 'throw', 'target': 'table'}]})
+
+
+def test_references_are_scored(tmp_path, trained_tiny):
+    import yaml
+
+    references = [
+        {'stamp_ns': STAMPS[0], 'task': 'plan', 'text': TARGETS['plan'][0], 'target': PLAN_JSON},
+        {'stamp_ns': STAMPS[0], 'task': 'plan', 'text': TARGETS['plan'][0],
+         'target': WRONG_PLAN},
+        {'stamp_ns': STAMPS[0], 'task': 'caption', 'target': TARGETS['caption'][1]},
+        {'stamp_ns': STAMPS[0], 'task': 'caption', 'target': 'a purple elephant in the sky'}]
+    (tmp_path / 'refs.yaml').write_text(yaml.safe_dump(references))
+    out = tmp_path / 'out'
+    done = vlm_eval(write_input_bag(tmp_path / 'bag', compressed=True), '--model',
+                    trained_tiny('llava'), '--device', 'cpu', '--dtype', 'float32',
+                    '--no-captions', '--batch-size', 2, '--references', tmp_path / 'refs.yaml',
+                    '--out', out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = read_jsonl(out / 'results.jsonl')
+    results = [r for r in records if r['kind'] == 'result']
+    scores = [r for r in records if r['kind'] == 'score']
+    assert {r['task'] for r in results} == {'plan'}  # --no-captions
+    assert results[1]['text'] == PLAN_JSON  # PNG frames decode to the trained red scene
+    assert [s['target'] for s in scores] == [r['target'] for r in references]
+    assert all(s['image']['stamp_ns'] == STAMPS[0] for s in scores)
+    ces = [s['ce'] for s in scores]
+    assert all(math.isfinite(ce) and ce > 0 for ce in ces)
+    assert ces[0] < ces[1] and ces[2] < ces[3]
+    assert all(s['perplexity'] == pytest.approx(math.exp(s['ce'])) for s in scores)
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['references'] == 4
+    tokens = [s['tokens'] for s in scores]
+    assert summary['mean_ce'] == pytest.approx(
+        sum(c * t for c, t in zip(ces, tokens, strict=True)) / sum(tokens))
+    assert summary['mean_perplexity'] == pytest.approx(math.exp(summary['mean_ce']))
+    page = (out / 'report.html').read_text()
+    assert 'Reference scores' in page and 'mean CE (nats/token)' in page
+
+
+def test_reference_without_a_frame_names_its_stamp(tmp_path):
+    (tmp_path / 'refs.jsonl').write_text(json.dumps(
+        {'stamp_ns': 123456789, 'task': 'caption', 'text': '', 'target': 'x'}) + '\n')
+    done = vlm_eval(write_input_bag(tmp_path / 'bag'), '--model', tmp_path / 'never-loaded',
+                    '--references', tmp_path / 'refs.jsonl', '--out', tmp_path / 'out')
+    assert done.returncode == 2
+    assert 'reference 1' in done.stderr and '123456789 (0.123456789)' in done.stderr
+    assert not (tmp_path / 'out').exists()

@@ -1,0 +1,290 @@
+"""Every run-time parameter takes effect on a live node: set it, then observe what changed.
+
+The list comes from the node's own table (params.RUN_TIME): a parameter added there without an
+observer here fails test_every_run_time_parameter_is_observed.
+"""
+
+import time
+import uuid
+
+import pytest
+from engine_fixtures import TARGETS, scene
+from loop_harness import LOOP_OBSERVERS
+from node_harness import TIMEOUT, call, camera, set_ok, set_params, transition
+from rclpy.qos import QoSReliabilityPolicy
+from ros_harness import wait_future, wait_until
+from vlm_ros.engine.prompts import load_templates
+from vlm_ros.node import params
+from vlm_ros.node.image_conversion import rgb_to_image
+
+from vlm_ros_msgs.msg import Plan
+from vlm_ros_msgs.srv import Query
+
+INSTRUCTION = TARGETS['plan'][0]
+
+
+def _plan(node, text=INSTRUCTION) -> Plan:
+    """Send one instruction and return its Plan."""
+    before = {p.request_id for p in node.plans.items()}
+    node.instruct(text)
+    return node.plans.wait_for(lambda p: p.request_id not in before and p.instruction == text,
+                               TIMEOUT, 'the plan')
+
+
+def _streaming(node, fmt='raw', stamp_offset=0.0) -> str:
+    frame_id = uuid.uuid4().hex
+    make = camera(frame_id, fmt)
+
+    def old(stamp):
+        msg = make(stamp)
+        msg.header.stamp.sec -= int(stamp_offset)
+        return msg
+    node.stream(old).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+    return frame_id
+
+
+def observe_max_new_tokens(node, test_node):
+    _streaming(node)
+    assert _plan(node).output_tokens > 3
+    set_ok(test_node, max_new_tokens=3)
+    plan = _plan(node)
+    assert plan.output_tokens == 3 and TARGETS['plan'][1].startswith(plan.text.strip()), plan
+
+
+def observe_max_image_side(node, test_node):
+    _streaming(node)
+    _plan(node)
+    assert node.wait_diag(lambda v: v.get('last_image_size'), TIMEOUT, 'an image size')[
+        'last_image_size'] == '64x48'
+    set_ok(test_node, max_image_side=32)
+    _plan(node)
+    node.wait_diag(lambda v: v.get('last_image_size') == '32x24', TIMEOUT, 'the smaller size')
+
+
+def observe_image_transport(node, test_node):
+    set_ok(test_node, image_transport='compressed')
+    frame_id = _streaming(node, fmt='png')
+    plan = _plan(node)
+    assert plan.status == Plan.STATUS_OK and plan.header.frame_id == frame_id, plan.message
+
+
+def observe_image_reliability(node, test_node):
+    def reliability():
+        return [info.qos_profile.reliability
+                for info in test_node.node.get_subscriptions_info_by_topic('/image')]
+    assert reliability() == [QoSReliabilityPolicy.BEST_EFFORT]
+    set_ok(test_node, image_reliability='reliable')
+    wait_until(lambda: reliability() == [QoSReliabilityPolicy.RELIABLE], TIMEOUT,
+               'a reliable image subscription')
+
+
+def observe_max_image_age(node, test_node):
+    _streaming(node, stamp_offset=10.0)
+    assert _plan(node).status == Plan.STATUS_OK
+    set_ok(test_node, max_image_age=1.0)
+    plan = _plan(node)
+    assert plan.status == Plan.STATUS_STALE_IMAGE and 'max_image_age 1 s' in plan.message
+
+
+def observe_wait_for_image(node, test_node):
+    set_ok(test_node, wait_for_image=0.3)
+    started = time.monotonic()
+    plan = _plan(node)
+    assert plan.status == Plan.STATUS_NO_IMAGE and 'within 0.3 s' in plan.message
+    assert time.monotonic() - started < 1.5  # the default would wait 2 s
+
+
+def observe_caption_rate(node, test_node):
+    _streaming(node)
+    set_ok(test_node, caption_rate=2.0)
+    started = time.monotonic()
+    node.captions.wait_for(lambda c: True, TIMEOUT, 'a caption')
+    took = time.monotonic() - started
+    assert took < 1.0, f'first caption after {took:.2f} s'
+
+
+def observe_replan_period(node, test_node):
+    _streaming(node)
+    first = _plan(node)
+    set_ok(test_node, replan_period=0.3)
+    node.plans.wait_for(lambda p: p.request_id != first.request_id and
+                        p.instruction == INSTRUCTION, TIMEOUT, 'a re-plan without instruction')
+
+
+def observe_queue_size(node, test_node):
+    set_ok(test_node, queue_size=1, wait_for_image=30.0)  # no camera: the first request waits
+    texts = [f'queued {i} {uuid.uuid4().hex}' for i in range(4)]
+    for text in texts:
+        node.instruct(text)
+    # One waits in the worker, at most one in the queue: at least two of four are dropped
+    # (three when the second arrives before the worker took the first).
+    def dropped_plans():
+        return [p for p in node.plans.items()
+                if p.instruction in texts and p.status == Plan.STATUS_DROPPED]
+    wait_until(lambda: len(dropped_plans()) >= 2, TIMEOUT, 'two of four instructions dropped')
+    dropped = dropped_plans()
+    assert all('queue_size=1' in p.message for p in dropped)
+    assert texts[0] not in {p.instruction for p in dropped}  # the first always gets in
+
+
+def observe_prompt_plan(node, test_node):
+    _streaming(node)
+    assert _plan(node).text == TARGETS['plan'][1]
+    set_ok(test_node, prompt_plan='Robot, what now? {instruction}')
+    assert _plan(node).text != TARGETS['plan'][1]
+    set_ok(test_node, prompt_plan='')
+    assert _plan(node).text == TARGETS['plan'][1]
+
+
+def observe_prompt_vqa(node, test_node):
+    def ask(question, colour):
+        request = Query.Request(question=question, image=rgb_to_image(scene(colour)))
+        return call(test_node, Query, '/vlm_node/query', request).answer
+    assert ask(TARGETS['vqa'][0], 'blue') == TARGETS['vqa'][1]
+    # Questions rendered with the plan's template are plan prompts: the model plans.
+    plan_template = load_templates()['plan'].replace('{instruction}', '{question}')
+    set_ok(test_node, prompt_vqa=plan_template)
+    assert ask(TARGETS['plan'][0], 'red') == TARGETS['plan'][1]
+
+
+def observe_prompt_caption(node, test_node):
+    _streaming(node)
+    set_ok(test_node, caption_rate=5.0)
+    node.captions.wait_for(lambda c: c.text == TARGETS['caption'][1], TIMEOUT, 'the caption')
+    set_ok(test_node, prompt_caption='Say anything at all.')
+    changed = test_node.node.get_clock().now().nanoseconds  # frames are stamped with this clock
+    caption = node.captions.wait_for(
+        lambda c: c.header.stamp.sec * 10**9 + c.header.stamp.nanosec > changed, TIMEOUT,
+        'a caption of a frame taken after the change')
+    assert caption.text != TARGETS['caption'][1]
+
+
+def observe_max_text_chars(node, test_node):
+    set_ok(test_node, max_text_chars=10)
+    started = time.monotonic()
+    plan = _plan(node, text='x' * 11)
+    assert plan.status == Plan.STATUS_BAD_INPUT and 'max_text_chars is 10' in plan.message
+    assert time.monotonic() - started < 1.0  # refused before it waits for an image
+
+
+def observe_max_image_pixels(node, test_node):
+    _streaming(node)  # 64x48 = 3072 pixels
+    assert _plan(node).status == Plan.STATUS_OK
+    set_ok(test_node, max_image_pixels=3000)
+    plan = _plan(node)
+    assert plan.status == Plan.STATUS_BAD_INPUT and 'max_image_pixels' in plan.message
+
+
+def observe_max_batch_size(node, test_node):
+    """Eight instructions at once, twice: one engine run each, then fewer runs than eight."""
+    _streaming(node)
+
+    def burst(total: int) -> tuple:
+        texts = [f'{INSTRUCTION} #{uuid.uuid4().hex[:6]}' for _ in range(8)]
+        for text in texts:
+            node.instruct(text)
+        plans = [node.plans.wait_for(lambda p, t=text: p.instruction == t, TIMEOUT, text)
+                 for text in texts]
+        # Unique texts are not the trained instruction: answered by the model, not all OK.
+        assert all(p.status in (Plan.STATUS_OK, Plan.STATUS_INVALID_OUTPUT) for p in plans), \
+            [p.message for p in plans]
+        values = node.wait_diag(lambda v: int(v['engine_requests']) >= total, TIMEOUT,
+                                f'{total} requests counted')
+        return int(values['engine_runs']), int(values['engine_requests'])
+    assert burst(8) == (8, 8)
+    set_ok(test_node, max_batch_size=8)
+    runs, requests = burst(16)
+    assert requests == 16 and runs - 8 < 8
+
+
+def observe_batch_wait(node, test_node):
+    """Check that a lone request waits batch_wait for company, then runs alone.
+
+    Requests that keep coming, each within batch_wait of the one before, join the batch even
+    after batch_wait has passed since the first.
+    """
+    _streaming(node)
+    set_ok(test_node, max_batch_size=8, batch_wait=0.0)
+    assert _plan(node).status == Plan.STATUS_OK
+    # The worker's own account, not the machine's speed: the batch started at once.
+    assert node.wait_diag(lambda v: int(v['engine_requests']) >= 1, TIMEOUT, 'a run')[
+        'last_batch_wait_s'] == '0.000'
+    set_ok(test_node, batch_wait=0.8)
+    plan = _plan(node)
+    assert plan.status == Plan.STATUS_OK and plan.total_time >= 0.8, plan
+    assert float(node.wait_diag(lambda v: int(v['engine_requests']) >= 2, TIMEOUT, 'two runs')[
+        'last_batch_wait_s']) >= 0.8
+    set_ok(test_node, batch_wait=1.0)
+    texts = [f'{INSTRUCTION} #{uuid.uuid4().hex[:6]}' for _ in range(4)]
+    for text in texts:  # the last one 1.5 s after the first, each 0.5 s after the one before
+        node.instruct(text)
+        time.sleep(0.5)
+    for text in texts:
+        node.plans.wait_for(lambda p, t=text: p.instruction == t, TIMEOUT, text)
+    values = node.wait_diag(lambda v: int(v['engine_requests']) == 6, TIMEOUT, '6 requests')
+    assert values['engine_runs'] == '3', values  # the two plans above, then one batch of 4
+
+
+def observe_preprocess_ahead(node, test_node):
+    """Check that queries waiting behind a running one get their images preprocessed.
+
+    Six queries on six new frames, sent at once, are answered one at a time: with the
+    look-ahead, the frame cache counts frames prepared ahead as reused by their own batch.
+    """
+    client = test_node.node.create_client(Query, '/vlm_node/query')
+    assert client.wait_for_service(timeout_sec=TIMEOUT)
+
+    def burst(first: int) -> int:
+        frames = [scene('blue') for _ in range(6)]
+        for index, frame in enumerate(frames):
+            frame[0, 0] = first + index  # pixels never seen before
+        futures = [client.call_async(Query.Request(question=TARGETS['vqa'][0],
+                                                   image=rgb_to_image(frame)))
+                   for frame in frames]
+        answers = [wait_future(f, TIMEOUT, 'an answer').answer for f in futures]
+        assert answers == [TARGETS['vqa'][1]] * 6  # prepared ahead or not, the same inputs
+        values = node.wait_diag(lambda v: int(v['engine_requests']) == first + 6, TIMEOUT,
+                                f'{first + 6} requests')
+        return int(values['frames_reused'])
+    set_ok(test_node, preprocess_ahead=True)
+    assert burst(0) >= 1
+    set_ok(test_node, preprocess_ahead=False)
+    reused = node.wait_diag(lambda v: int(v['engine_requests']) == 6, TIMEOUT, '6')[
+        'frames_reused']
+    assert burst(6) == int(reused)
+
+
+OBSERVERS = {**{name[len('observe_'):]: value for name, value in globals().items()
+                if name.startswith('observe_')}, **LOOP_OBSERVERS}
+
+
+def test_every_run_time_parameter_is_observed():
+    assert sorted(OBSERVERS) == sorted(params.RUN_TIME)
+
+
+@pytest.mark.parametrize('name', params.RUN_TIME)
+def test_run_time_parameter_takes_effect(name, start_vlm_node, test_node, request):
+    # The closed loop's observers need the model trained on the re-plan and verify prompts.
+    loop = {'model': str(request.getfixturevalue('closed_loop_llava')),
+            'max_new_tokens': 160} if name in LOOP_OBSERVERS else {}
+    node = start_vlm_node(**loop)
+    node.wait_state('active')
+    OBSERVERS[name](node, test_node)
+
+
+def test_launch_only_parameters_are_refused_at_run_time(start_vlm_node, test_node):
+    node = start_vlm_node()
+    node.wait_state('active')
+    launch_only = [spec.name for spec in params.SPECS if spec.applies == 'launch']
+    # What decides which code runs and where images and keys go is never set over DDS.
+    assert sorted(launch_only) == ['api_key_env', 'autostart', 'backend', 'base_url',
+                                   'instruction_qos_depth', 'trust_remote_code']
+    hostile = {'api_key_env': 'HOME', 'autostart': False, 'backend': 'openai',
+               'base_url': 'http://attacker.example/v1', 'instruction_qos_depth': 1,
+               'trust_remote_code': True}
+    for name in launch_only:
+        result = set_params(test_node, **{name: hostile[name]})[0]
+        assert not result.successful and 'read-only' in result.reason, result.reason
+    assert transition(test_node, 'deactivate') and transition(test_node, 'cleanup')
+    for name in launch_only:  # not after a cleanup either
+        assert not set_params(test_node, **{name: hostile[name]})[0].successful, name

@@ -1,0 +1,153 @@
+"""vlm_node tells the truth about its readiness and serves any number of waiting queries.
+
+It recovers through the lifecycle services alone and refuses parameters it does not have.
+Each system test runs the installed vlm_node in its own process and talks to it over DDS, as
+an operator's tools would (the lifecycle, parameter, query and action services).
+"""
+
+import subprocess
+import uuid
+
+from engine_fixtures import TARGETS, scene
+from launch_harness import launch_command
+from node_harness import TIMEOUT, call, camera, lifecycle_state, set_ok, transition
+from rclpy.action import ActionClient
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from ros_harness import wait_future, wait_until
+from std_msgs.msg import String
+from vlm_ros.node.image_conversion import rgb_to_image
+
+from vlm_ros_msgs.action import ExecutePlan, GeneratePlan
+from vlm_ros_msgs.msg import Plan
+from vlm_ros_msgs.srv import Query
+
+QUESTION, ANSWER = TARGETS['vqa']
+KEEP_ALL = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def query(test_node, image: bool = True) -> Query.Response:
+    """Ask the node's ~/query one question, on the blue scene (or the latest frame)."""
+    request = Query.Request(question=QUESTION)
+    if image:
+        request.image = rgb_to_image(scene('blue'))
+    return call(test_node, Query, '/vlm_node/query', request)
+
+
+def goal_accepted(test_node, action: str, action_type, goal) -> bool:
+    """Send one goal to an action of the node; return whether it was accepted."""
+    client = ActionClient(test_node.node, action_type, action)
+    try:
+        assert client.wait_for_server(timeout_sec=TIMEOUT), f'{action} never appeared'
+        return wait_future(client.send_goal_async(goal), TIMEOUT, 'the goal response').accepted
+    finally:
+        client.destroy()
+
+
+def test_a_misspelt_parameter_on_the_command_line_fails_configure(start_vlm_node, test_node,
+                                                                  trained_tiny):
+    node = start_vlm_node(model=None, modle=str(trained_tiny('llava')))
+    node.wait_diag(lambda v: 'modle' in v.get('configure_error', v.get('last_error', '')),
+                   TIMEOUT, 'the configure error naming modle')
+    assert lifecycle_state(test_node) == 'unconfigured'
+    refused = query(test_node)
+    assert not refused.success
+    assert refused.message.startswith('/vlm_node is unconfigured: configure failed: ')
+    assert "'modle' (did you mean 'model'?)" in refused.message, refused.message
+
+
+def test_a_misspelt_parameter_in_a_params_file_fails_configure(start_vlm_node, test_node,
+                                                               trained_tiny, tmp_path):
+    params = tmp_path / 'robot.yaml'
+    params.write_text('/**:\n  ros__parameters:\n'
+                      f'    model: {trained_tiny("llava")}\n    max_new_tokns: 7\n')
+    start_vlm_node(ros_args=['--params-file', str(params)])
+    wait_until(lambda: 'max_new_tokns' in query(test_node).message, TIMEOUT,
+               'a refusal naming the misspelt parameter')
+    assert "did you mean 'max_new_tokens'?" in query(test_node).message
+    assert lifecycle_state(test_node) == 'unconfigured'
+
+
+def test_a_misspelt_launch_argument_fails_the_launch(trained_tiny):
+    result = subprocess.run([*launch_command(), 'vlm_ros', 'vlm.launch.py',
+                             f'modle:={trained_tiny("llava")}', 'device:=cpu'],
+                            capture_output=True, text=True, timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out[-3000:]
+    assert "vlm.launch.py has no argument 'modle' (did you mean 'model'?)" in out, out[-3000:]
+    assert 'process started' not in out, out[-3000:]  # no node was started with defaults
+
+
+def test_requests_before_the_node_is_ready_say_why_and_the_lifecycle_recovers(
+        start_vlm_node, test_node, tmp_path, trained_tiny):
+    missing = str(tmp_path / f'missing_{uuid.uuid4().hex[:6]}')
+    node = start_vlm_node(model=missing)
+    node.wait_diag(lambda v: missing in v.get('configure_error', v.get('last_error', '')),
+                   TIMEOUT, 'the configure error')
+
+    refused = query(test_node)
+    assert not refused.success
+    assert refused.message.startswith('/vlm_node is unconfigured: configure failed: model '
+                                      f'directory {missing!r} does not exist'), refused.message
+    plan_goal = GeneratePlan.Goal(instruction=TARGETS['plan'][0])
+    assert not goal_accepted(test_node, '/vlm_node/generate_plan', GeneratePlan, plan_goal)
+    execute_goal = ExecutePlan.Goal(instruction=TARGETS['plan'][0])
+    assert not goal_accepted(test_node, '/vlm_node/execute_plan', ExecutePlan, execute_goal)
+
+    # Fixed with the standard services alone: set the parameter, configure, activate.
+    set_ok(test_node, model=str(trained_tiny('llava')))
+    assert transition(test_node, 'configure') and transition(test_node, 'activate')
+    answered = query(test_node)
+    assert answered.success and answered.answer == ANSWER, answered.message
+
+    assert transition(test_node, 'deactivate')
+    refused = query(test_node)
+    assert not refused.success and refused.message == '/vlm_node is inactive', refused.message
+    assert transition(test_node, 'cleanup')
+    refused = query(test_node)
+    assert refused.message == '/vlm_node is unconfigured', refused.message  # no failure left
+
+    assert transition(test_node, 'configure') and transition(test_node, 'activate')
+    assert query(test_node).answer == ANSWER
+    plan = node.plan_on_a_new_frame(TARGETS['plan'][0])
+    assert plan.status == Plan.STATUS_OK, plan.message
+
+
+def test_forty_waiting_queries_park_no_executor_thread(start_vlm_node, test_node):
+    """40 queries at once while instructions arrive at 2 Hz: everything is answered.
+
+    The node spins 4 executor threads: a query that held one until its answer would stop the
+    instructions, the timers and /diagnostics until the queries ahead of it were answered.
+    """
+    node = start_vlm_node(queue_size=100, max_new_tokens=24)
+    node.wait_state('active')
+    node.stream(camera(uuid.uuid4().hex), rate_hz=10.0).wait_for(lambda m: True, TIMEOUT,
+                                                                   'a frame')
+    client = test_node.node.create_client(Query, '/vlm_node/query', qos_profile=KEEP_ALL)
+    assert client.wait_for_service(timeout_sec=TIMEOUT)
+    questions = [Query.Request(question=QUESTION, image=rgb_to_image(scene('blue')))
+                 for _ in range(40)]
+    futures = [client.call_async(request) for request in questions]
+
+    texts = []
+
+    def instruct():
+        texts.append(f'{TARGETS["plan"][0]} #{uuid.uuid4().hex[:8]}')
+        node.instruction_pub.publish(String(data=texts[-1]))
+    busy = node.wait_diag(lambda v: int(v.get('queue_length', 0)) >= 10, TIMEOUT,
+                          '/diagnostics while at least 10 queries wait')
+    assert busy['state'] == 'active'
+    node.instruct(f'{TARGETS["plan"][0]} #first')
+    texts.append(f'{TARGETS["plan"][0]} #first')
+    timer = test_node.node.create_timer(0.5, instruct)
+    try:
+        for future in futures:
+            response = wait_future(future, 120.0, 'a query response')
+            assert response.success and response.answer == ANSWER, response.message
+    finally:
+        test_node.node.destroy_timer(timer)
+    sent = list(texts)
+    node.plans.wait_for(lambda p: p.instruction == sent[-1], TIMEOUT, 'the last plan')
+    node.wait_diag(lambda v: v.get('queue_length') == '0' and
+                   v.get('requests_in_progress') == '0', TIMEOUT, 'an idle worker')
+    plans = [plan.instruction for plan in node.plans.items()]
+    assert sorted(plans) == sorted(sent), 'every instruction answered exactly once'

@@ -1,0 +1,119 @@
+"""Real robot recordings in, answers out: ROS 1 bags, compressed cameras, no instruction topic.
+
+The recordings are written as robots make them (recordings.py): a ROS 1 bag of a Raspberry Pi
+camera publishing CompressedImage 'jpg' frames on a relative topic, and nothing else. Both
+tools get the instructions from the command line, by the same rules.
+"""
+
+import json
+import subprocess
+import uuid
+
+import pytest
+from engine_fixtures import TARGETS, scene
+from node_harness import RELIABLE, TIMEOUT, node_executable
+from recordings import ROS1_CAMERA, ROS1_INSTRUCTION, write_ros1_bag
+from ros_harness import Collector, wait_exit, wait_until
+from sensor_msgs.msg import CompressedImage
+from std_msgs.msg import String
+from test_replay import irregular_events, start_replay, write_bag
+from vlm_ros.bag.storage import open_bag, stamp_ns
+
+from vlm_ros_msgs.msg import Plan
+
+T0 = 1_767_225_600 * 10**9
+INSTRUCTION = TARGETS['plan'][0]
+
+
+def _frames(count: int, period_ns: int = 200_000_000) -> list:
+    return [(T0 + k * period_ns, scene('red'), f'pi-{k}') for k in range(count)]
+
+
+def test_a_ros1_compressed_camera_replays_into_the_node_with_an_instruction(start_vlm_node,
+                                                                             tmp_path):
+    """No image_transport parameter, no instruction topic: the defaults and --instruction."""
+    node = start_vlm_node()  # image_transport auto
+    node.wait_state('active')
+    written = write_ros1_bag(tmp_path / 'pi.bag', _frames(5))
+    out = tmp_path / 'answers'
+    proc = start_replay(tmp_path / 'pi.bag', '--remap', f'{ROS1_CAMERA}:=/image/compressed',
+                        '--instruction', INSTRUCTION, '--every', 2, '--record', out,
+                        '--wait-for-subscribers', TIMEOUT, '--linger', TIMEOUT)
+    code, _, err = wait_exit(proc, 2 * TIMEOUT)
+    assert code == 0, err
+    assert 'instruction 2' in err  # frames 2 and 4 of 5
+    with open_bag(out) as reader:
+        plans = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()
+                 if c.msgtype == 'vlm_ros_msgs/msg/Plan']
+    assert len(plans) == 2
+    for plan in plans:
+        assert plan.status == Plan.STATUS_OK, plan.message
+        assert plan.instruction == INSTRUCTION and plan.text == TARGETS['plan'][1]
+        assert plan.form == Plan.FORM_JSON
+        assert (stamp_ns(plan), plan.header.frame_id) in written
+
+
+def _vlm_eval(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([node_executable('vlm_eval'), *map(str, args)], capture_output=True,
+                          text=True, timeout=10 * TIMEOUT)
+
+
+@pytest.mark.parametrize('how', ['every', 'jsonl', 'lines'])
+def test_vlm_eval_asks_a_ros1_recording_what_the_command_line_gives(trained_tiny, tmp_path,
+                                                                     how):
+    write_ros1_bag(tmp_path / 'pi.bag', _frames(6))
+    if how == 'every':
+        given = ['--instruction', INSTRUCTION, '--every', 3]
+    elif how == 'jsonl':
+        (tmp_path / 'asked.jsonl').write_text(
+            json.dumps({'time': 0.5, 'text': INSTRUCTION}) + '\n' +
+            json.dumps({'stamp': (T0 + 900_000_000) / 1e9, 'text': INSTRUCTION}) + '\n')
+        given = ['--instructions', tmp_path / 'asked.jsonl']
+    else:
+        (tmp_path / 'asked.txt').write_text(f'{INSTRUCTION}\n\n{INSTRUCTION}\n')
+        given = ['--instructions', tmp_path / 'asked.txt']
+    done = _vlm_eval(tmp_path / 'pi.bag', '--model', trained_tiny('llava'), '--out',
+                     tmp_path / 'out', '--no-captions', *given)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    assert summary['plans'] == 2 and summary['by_status'] == {'OK': 2}
+    assert summary['image_topic'] == ROS1_CAMERA
+    assert summary['plan_validity_rate'] == 1.0 and summary['plans_by_form'] == {'json': 2}
+
+
+@pytest.mark.parametrize(('storage', 'suffix'), [('mcap', '.mcap'), ('sqlite3', '.db3')])
+def test_a_single_storage_file_without_its_directory_replays(rclpy_context, tmp_path, storage,
+                                                             suffix):
+    """Recordings get passed around as one .mcap or .db3 file, without metadata.yaml."""
+    written = write_bag(tmp_path / 'bag', irregular_events(8), storage)
+    files = list((tmp_path / 'bag').glob(f'*{suffix}'))
+    assert len(files) == 1
+    alone = tmp_path / f'alone{suffix}'
+    files[0].rename(alone)
+    with open_bag(alone) as reader:
+        assert [bytes(raw) for _, _, raw in reader.messages()] == [w[2] for w in written]
+    proc = start_replay(alone, '--wait-for-subscribers', 0, '--rate', 100)
+    code, _, err = wait_exit(proc, TIMEOUT)
+    assert code == 0 and f'played {len(written)} messages' in err, err
+
+
+def test_playback_waits_for_a_camera_and_instruction_subscriber_not_for_camera_info(
+        test_node, tmp_path):
+    """What vlm_node consumes is waited for; camera_info, which nobody subscribes to, is not.
+
+    The instruction subscription is made only once the camera's has matched the replay: the
+    instruction still arrives, so playback waited for it; and playback ends well within the
+    600 s it would have waited for a camera_info subscriber.
+    """
+    told = f'pick up the block {uuid.uuid4().hex}'
+    write_ros1_bag(tmp_path / 'pi.bag', _frames(3), [(T0 + 100_000_000, told)],
+                   camera_info='raspicam_node/camera_info')
+    proc = start_replay(tmp_path / 'pi.bag', '--wait-for-subscribers', 600)
+    frames, texts = Collector(), Collector()
+    camera = test_node.node.create_subscription(CompressedImage, ROS1_CAMERA, frames, RELIABLE)
+    wait_until(lambda: camera.get_publisher_count() > 0, TIMEOUT, 'the camera publisher')
+    test_node.node.create_subscription(String, ROS1_INSTRUCTION, texts, RELIABLE)
+    code, _, err = wait_exit(proc, 2 * TIMEOUT)
+    assert code == 0 and 'nothing subscribes' not in err, err
+    assert [m.data for m in texts.items()] == [told]
+    assert [m.header.frame_id for m in frames.items()] == ['pi-0', 'pi-1', 'pi-2']

@@ -1,0 +1,69 @@
+"""Preprocessing off the critical path: each frame once, and on the GPU where that is faithful.
+
+The frame cache must not change a single input value: the model sees what the processor's own
+call would give it, for every family, whatever the batch's mix of frames.
+"""
+
+import types
+
+import numpy as np
+import pytest
+from engine_fixtures import scene
+from PIL import Image
+from vlm_ros.engine.frame_cache import FrameCache
+from vlm_ros.engine.gpu_preprocess import device_kwargs
+
+
+def test_only_the_newest_frames_are_kept():
+    calls = []
+    cache = FrameCache(lambda images, **kwargs: calls.append(len(images)) or
+                       {'pixel_values': np.zeros((len(images), 3))}, np.concatenate, kept=2)
+    frames = [Image.fromarray(scene(c)) for c in ('red', 'blue', 'green')]
+    for frame in [*frames, frames[2], frames[0]]:
+        cache([[frame]])
+    assert calls == [1, 1, 1, 1]  # green kept (a hit), red dropped when green came
+    cache([[frames[0]]], size=2)  # other options: preprocessed again
+    assert (cache.frames_processed, cache.frames_reused) == (5, 1)
+
+
+def test_a_layout_without_one_entry_per_frame_gets_the_processors_own_call():
+    # Qwen2-VL flattens every frame's patches into one tensor: its rows cannot be copied out.
+    calls = []
+
+    def flattening(images, **kwargs):
+        calls.append(len(images))
+        return {'pixel_values': np.arange(4 * len(images)).reshape(4 * len(images), 1),
+                'image_grid_thw': np.ones((len(images), 3))}
+
+    cache = FrameCache(flattening, np.concatenate)
+    red = Image.fromarray(scene('red'))
+    out = cache([[red], [red]])
+    assert out['pixel_values'].shape == (8, 1) and out['image_grid_thw'].shape == (2, 3)
+    assert cache.frames_reused == 0
+    cache([[red], [red]])  # known now: no per-frame try before the processor's own call
+    assert calls == [1, 2, 2] and cache.frames_processed == 4
+
+
+def test_other_image_layouts_pass_straight_through():
+    cache = FrameCache(lambda images, **kwargs: {'seen': images}, np.concatenate)
+    assert cache(None)['seen'] is None and cache([['a', 'b']])['seen'] == [['a', 'b']]
+    assert cache.frames_processed == 0
+
+
+def _processor(backend, resample=3, name='ClipImageProcessor'):
+    image_processor = type(name, (), {'backend': backend, 'resample': resample})()
+    return types.SimpleNamespace(image_processor=FrameCache(image_processor, np.concatenate))
+
+
+@pytest.mark.parametrize('processor, device, own, expected', [
+    (_processor('torchvision'), 'cuda:0', {}, {'device': 'cuda:0'}),
+    (_processor('torchvision'), 'cpu', {}, {}),  # nothing to move
+    (_processor('pil'), 'cuda', {}, {}),  # PIL resizes on the CPU only
+    (_processor(None, name='CLIPImageProcessorFast'), 'cuda', {}, {'device': 'cuda'}),
+    (_processor('torchvision', resample=1), 'cuda', {}, {}),  # Lanczos: no CUDA kernel
+    (_processor('torchvision'), 'cuda', {'device': 'cpu'}, {}),  # the user's choice wins
+    (types.SimpleNamespace(), 'cuda', {}, {}),  # a tokenizer-only processor
+])
+def test_preprocessing_moves_to_the_gpu_only_where_the_processor_is_faithful_there(
+        processor, device, own, expected):
+    assert device_kwargs(processor, device, own) == expected

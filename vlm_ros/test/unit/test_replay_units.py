@@ -1,0 +1,31 @@
+"""vlm_replay as a real process: timing, selection, remapping, and recording a live vlm_node."""
+
+
+import pytest
+from vlm_ros.bag.playback import Clock, Progress, parse_remaps, select_connections
+from vlm_ros.bag.storage import (
+    BagError,
+)
+
+T0 = 1_767_225_600 * 10**9  # 2026-01-01: recordings are replayed long after they were made
+
+
+def test_playback_rules():
+    clock = Clock(first_ns=T0, rate=2.0, started=100.0)
+    assert clock.deadline(T0 + 1_000_000_000) == pytest.approx(100.5)
+    assert clock.bag_time(101.0) == T0 + 2_000_000_000
+    assert parse_remaps(['/a:=/b', 'c:=d']) == {'/a': '/b', 'c': 'd'}
+    for bad in ('/a', ':=/b', '/a:='):
+        with pytest.raises(BagError, match='FROM:=TO'):
+            parse_remaps([bad])
+
+    class Conn:
+        def __init__(self, topic):
+            self.topic = topic
+
+    connections = [Conn('/a'), Conn('/b')]
+    assert select_connections(connections, []) == connections
+    assert [c.topic for c in select_connections(connections, ['/b'])] == ['/b']
+    with pytest.raises(BagError, match=r"\['/c'\]"):
+        select_connections(connections, ['/c'])
+    assert Progress(10.0, enabled=False).line(5.0, 3).startswith('[' + '#' * 15 + '.' * 15)
