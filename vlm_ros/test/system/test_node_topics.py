@@ -156,8 +156,11 @@ def test_frames_lost_before_the_node_are_estimated_from_stamp_gaps(start_vlm_nod
             index[0] += 1  # this stamp's frame is lost on the way
             skipped += 1
         return make(Time(sec=1000 + index[0] // 30, nanosec=(index[0] % 30) * 33_333_333))
-    sent = node.stream(gappy, rate_hz=30.0)
-    sent.wait_for(lambda m: len(sent.items()) >= 120, TIMEOUT, '120 frames sent')
+    # Stamps 33 ms apart, sent 200 ms apart: a best-effort, keep-last subscriber loses frames
+    # whenever its process stalls longer than the gap between two (other tests share the
+    # CPUs), and one lost while the node still learns the period could not be counted.
+    sent = node.stream(gappy, rate_hz=5.0)
+    sent.wait_for(lambda m: len(sent.items()) >= 70, TIMEOUT, '70 frames sent')
     node.stop_stream()
     stamps = index[0] + 1
     # A frame lost before the period is known (the first 8) cannot be counted: allow for one.
