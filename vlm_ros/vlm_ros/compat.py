@@ -12,11 +12,17 @@ vlm_ros calls exists alike in all three (docs/DEVELOPING.md, "ROS 2 distros"):
   rclpy's major version (distro);
 - discovery on this machine only is ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST from Iron on, and
   ROS_LOCALHOST_ONLY=1 on Humble; Jazzy warns on every process start when both are set
-  (loopback_discovery).
+  (loopback_discovery);
+- Jazzy's and Humble's ActionClient record a request after sending it, without a lock: a
+  reply handled in between on the executor's thread is dropped ("Ignoring unexpected goal
+  response") and its future never completes (ros2/rclpy#1123; Kilted holds a lock). Every
+  action client here is ActionClient below, which holds one.
 """
 
+import threading
 from importlib import metadata
 
+from rclpy import action
 from rclpy.clock import Clock, ClockType
 
 # rclpy's major version per distro (ros2/rclpy's release branches).
@@ -57,3 +63,33 @@ def loopback_discovery() -> dict:
     if distro() == 'humble':
         return {'ROS_LOCALHOST_ONLY': '1'}
     return {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+
+
+class ActionClient(action.ActionClient):
+    """rclpy's ActionClient whose requests are recorded before their replies are read.
+
+    Sending a goal, result or cancel request and recording its sequence number happen under
+    one lock, and so does reading replies (execute), on every distro (ros2/rclpy#1123).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._request_lock = threading.RLock()
+
+    def send_goal_async(self, *args, **kwargs):
+        """Send a goal (see rclpy); its reply cannot be read before it is recorded."""
+        with self._request_lock:
+            return super().send_goal_async(*args, **kwargs)
+
+    def _get_result_async(self, *args, **kwargs):
+        with self._request_lock:
+            return super()._get_result_async(*args, **kwargs)
+
+    def _cancel_goal_async(self, *args, **kwargs):
+        with self._request_lock:
+            return super()._cancel_goal_async(*args, **kwargs)
+
+    async def execute(self, taken_data):
+        """Handle replies and feedback (see rclpy) once no request is half-recorded."""
+        with self._request_lock:
+            await super().execute(taken_data)

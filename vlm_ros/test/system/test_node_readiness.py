@@ -11,10 +11,10 @@ import uuid
 from engine_fixtures import TARGETS, scene
 from launch_harness import launch_command
 from node_harness import TIMEOUT, call, camera, lifecycle_state, set_ok, transition
-from rclpy.action import ActionClient
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from ros_harness import wait_future, wait_until
 from std_msgs.msg import String
+from vlm_ros.compat import ActionClient
 from vlm_ros.node.image_conversion import rgb_to_image
 
 from vlm_ros_msgs.action import ExecutePlan, GeneratePlan

@@ -9,8 +9,8 @@ import uuid
 
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, call, camera
-from rclpy.action import ActionClient
 from ros_harness import start_process, stop_process, wait_future
+from vlm_ros.compat import ActionClient
 from vlm_ros.node.image_conversion import rgb_to_image
 
 from vlm_ros_msgs.action import GeneratePlan

@@ -6,9 +6,9 @@ import uuid
 
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, ActionFeedback, call, camera, node_executable, send_goal
-from rclpy.action import ActionClient
 from ros_harness import wait_future, wait_until
 from serve_harness import both_backends
+from vlm_ros.compat import ActionClient
 from vlm_ros.node.image_conversion import rgb_to_image
 
 from vlm_ros_msgs.action import GeneratePlan

@@ -16,7 +16,6 @@ import threading
 
 from action_msgs.msg import GoalStatus
 from rcl_interfaces.msg import ParameterType
-from rclpy.action import ActionClient
 from rclpy.exceptions import NameValidationException
 from rclpy.node import Node
 from rclpy.utilities import remove_ros_args
@@ -26,6 +25,7 @@ from vlm_ros_msgs.msg import Caption, Plan
 from vlm_ros_msgs.srv import Query
 
 from ..bag.arguments import ArgumentParser, positive
+from ..compat import ActionClient
 from ..node.messages import format_caption, format_plan
 from ..spin import spin_main
 from .client_ops import (
