@@ -2,6 +2,7 @@
 
 import os
 import random
+import warnings
 
 import pytest
 from vlm_ros.compat import loopback_discovery
@@ -187,12 +188,30 @@ def backend(request):
     return getattr(request, 'param', 'transformers')
 
 
+@pytest.fixture(scope='session')
+def fork_server():
+    """Return this worker's fork server (support/fork_server.py), or None where it cannot run.
+
+    Node processes started in this process's environment are forked from it: the same
+    installed script, without paying torch's and transformers' imports each time.
+    """
+    from fork_server import ForkServer
+
+    server = ForkServer()
+    if server.error is not None:
+        warnings.warn(f"no fork server ({server.error}): each vlm_node is exec'd",
+                      stacklevel=2)
+    yield server
+    server.close()
+
+
 @pytest.fixture
-def start_vlm_node(test_node, trained_tiny, backend, request):
+def start_vlm_node(test_node, trained_tiny, backend, fork_server, request):
     """Return a starter: params -> a running vlm_node process serving the trained tiny LLaVA.
 
     A parameter given as None is not passed (the node's default applies); env replaces the
-    process environment.
+    process environment. In this process's own environment the process is forked from the
+    fork server, otherwise exec'd.
 
     With backend 'openai' the node asks tiny_server, which serves the same checkpoint.
     Every node started is stopped at teardown with SIGINT, and must exit 0 without rclpy's
@@ -210,6 +229,7 @@ def start_vlm_node(test_node, trained_tiny, backend, request):
         params = {'model': str(trained_tiny('llava')), 'device': 'cpu', 'dtype': 'float32',
                   'max_new_tokens': 96, **remote, **params}
         params = {name: value for name, value in params.items() if value is not None}
-        return VlmNodeProcess(test_node, env, ros_args, **params)
+        spawn = fork_server.start if fork_server.serves(env) else None
+        return VlmNodeProcess(test_node, env, ros_args, spawn, **params)
 
     yield from stopped_cleanly(start)

@@ -58,7 +58,8 @@ def wait_state(diagnostics: Collector, state: str, timeout: float = TIMEOUT,
 class VlmNodeProcess:
     """A vlm_node process plus the test-side publishers and collectors wired to it."""
 
-    def __init__(self, test_node: TestNode, env=None, ros_args=(), **params):
+    def __init__(self, test_node: TestNode, env=None, ros_args=(), spawn=None, **params):
+        """Start the node; spawn(args, log) (a fork server's start) replaces subprocess.Popen."""
         args = [node_executable(), '--ros-args', *ros_args]  # e.g. --params-file FILE
         for name, value in params.items():
             text = str(value).lower() if isinstance(value, bool) else str(value)
@@ -66,10 +67,14 @@ class VlmNodeProcess:
         # The log goes to a file: a pipe nobody reads until stop() fills up after 64 kB, and
         # the node would then block in its next log call.
         self.log = tempfile.TemporaryFile('w+')
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
-                                     text=True, env=env)
+        if spawn is None:
+            self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                         text=True, env=env)
+        else:
+            self.proc = spawn(args, self.log)
         node = test_node.node
         self.ros = node
+        self.test_node = test_node
         self.plans = test_node.collect(Plan, 'plan', RELIABLE)
         self.captions = test_node.collect(Caption, 'caption')
         self.vla = test_node.collect(String, 'vla_instruction', RELIABLE)
@@ -91,7 +96,28 @@ class VlmNodeProcess:
     def instruct(self, text: str) -> None:
         """Publish one instruction, once the node's subscription is matched."""
         wait_matched(self.instruction_pub, 'the instruction subscription')
+        self.wait_outputs()
         self.instruction_pub.publish(String(data=text))
+
+    def activate_once_heard(self) -> None:
+        """Configure and activate a node started with autostart:=false, its outputs heard first.
+
+        For a test where another process (a replay) sends the first input as soon as the node
+        subscribes: the answer would otherwise race the test's discovery of the node.
+        """
+        assert transition(self.test_node, 'configure')
+        self.wait_outputs()
+        assert transition(self.test_node, 'activate')
+
+    def wait_outputs(self) -> None:
+        """Wait until the plan and VLA topics' collectors have the node's publishers.
+
+        What the node publishes before then is lost (volatile topics), and a node answers
+        within a second of configure: sooner than discovery, on a busy machine.
+        """
+        for collector, topic in ((self.plans, 'plan'), (self.vla, 'vla_instruction')):
+            wait_until(lambda c=collector: c.subscription.get_publisher_count() > 0, TIMEOUT,
+                       f"the node's {topic} publisher")
 
     def plan_on_a_new_frame(self, instruction: str, what: str = 'the plan') -> Plan:
         """Stream frames with a fresh frame_id, instruct, return the plan stamped with it.

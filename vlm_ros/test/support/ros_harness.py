@@ -24,6 +24,7 @@ class Collector:
     def __init__(self):
         self._items = []
         self._cond = threading.Condition()
+        self.subscription = None  # set by TestNode.collect
 
     def __call__(self, msg) -> None:
         with self._cond:
@@ -59,7 +60,7 @@ class TestNode:
     def collect(self, msg_type, topic: str, qos=10) -> Collector:
         """Subscribe to topic and return a Collector of what arrives."""
         collector = Collector()
-        self.node.create_subscription(msg_type, topic, collector, qos)
+        collector.subscription = self.node.create_subscription(msg_type, topic, collector, qos)
         return collector
 
     def close(self) -> None:

@@ -1,5 +1,6 @@
 """The sample recording end to end: offline evaluation with the demo model, and ./scripts/demo."""
 
+import inspect
 import json
 import os
 import pathlib
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 import yaml
 from ament_index_python.packages import get_package_prefix
+from model_cache import cached_model
 from ros_harness import wait_exit
 from vlm_ros.bag.storage import PLAN_TYPE, open_bag
-from vlm_ros.demo.model import build as build_demo_model
+from vlm_ros.demo import model as demo_model
 from vlm_ros.demo.tabletop import draw_tabletop
 from vlm_ros.eval.screenshot import CHROMIUM, screenshot
 
@@ -23,9 +25,19 @@ REFERENCES = yaml.safe_load((SAMPLE / 'references.yaml').read_text())
 
 @pytest.fixture(scope='module')
 def tiny_demo_model(tmp_path_factory):
-    """Build the tiny LLaVA that MODEL=tiny ./scripts/demo uses (trained on the references)."""
-    out = tmp_path_factory.mktemp('demo') / 'model'
-    report = build_demo_model(out, SAMPLE / 'bag', SAMPLE / 'references.yaml')
+    """Build the tiny LLaVA that MODEL=tiny ./scripts/demo uses (trained on the references).
+
+    Built once for both legs (model_cache): the demo's own run (demo_run) trains its own.
+    """
+    bag, references = SAMPLE / 'bag', SAMPLE / 'references.yaml'
+
+    def build(folder):
+        report = demo_model.build(folder / 'model', bag, references)
+        (folder / 'model' / 'training_report.json').write_text(json.dumps(report))
+        return folder / 'model'
+    inputs = (demo_model.training_samples(bag, references), inspect.getsource(demo_model))
+    out = cached_model('demo_tiny', inputs, build)
+    report = json.loads((out / 'training_report.json').read_text())
     assert report['min_answer_prob'] >= 0.5, report
     return out
 

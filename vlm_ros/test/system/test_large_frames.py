@@ -56,7 +56,9 @@ def test_a_ros1_camera_of_large_jpeg_frames_replays_into_a_default_node(start_vl
     # No subscriber of camera_info ever comes: playback must not wait for one, here 600 s.
     proc = start_replay(tmp_path / 'cam.bag', '--instruction', INSTRUCTION,
                         '--wait-for-subscribers', 600)
-    node = start_vlm_node(ros_args=['-r', 'image/compressed:=/usb_cam/image_raw/compressed'])
+    node = start_vlm_node(autostart=False,
+                          ros_args=['-r', 'image/compressed:=/usb_cam/image_raw/compressed'])
+    node.activate_once_heard()  # the replay plays as soon as the node subscribes
     code, _, err = wait_exit(proc, 2 * TIMEOUT)
     assert code == 0, err
     assert 'nothing subscribes' not in err and 'played 3 messages' in err, err
@@ -99,7 +101,8 @@ def test_raw_frames_over_512_kb_from_vlm_replay_arrive_every_one(start_vlm_node,
                         '--wait-for-subscribers', 600, '--ros-args', '--log-level',
                         'vlm_ros:=debug')
     wait_until(lambda: camera.get_publisher_count() > 0, TIMEOUT, "the replay's publisher")
-    node = start_vlm_node()
+    node = start_vlm_node(autostart=False)
+    node.activate_once_heard()
     code, _, err = wait_exit(proc, 2 * TIMEOUT)
     assert code == 0, err
     assert f'DDS profile {PROFILE} (via {profile_variable()})' in err
