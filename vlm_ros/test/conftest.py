@@ -195,9 +195,9 @@ def fork_server():
     Node processes started in this process's environment are forked from it: the same
     installed script, without paying torch's and transformers' imports each time.
     """
-    from fork_server import ForkServer
+    from fork_server import shared
 
-    server = ForkServer()
+    server = shared()
     if server.error is not None:
         warnings.warn(f"no fork server ({server.error}): each vlm_node is exec'd",
                       stacklevel=2)

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 # The engine imports no rclpy: rclpy's libraries start LTTng listener threads, which a fork
 # would not copy, so the child imports rclpy (and the node, ~1 s) itself.
@@ -114,6 +115,8 @@ class ForkedProcess:
         self.args = args
         self.returncode = None
         self._ended = threading.Event()
+        self._readers = []
+        self._output = []
 
     def _exited(self, code: int) -> None:
         self.returncode = code
@@ -127,9 +130,31 @@ class ForkedProcess:
             raise subprocess.TimeoutExpired(self.args, timeout)
         return self.returncode
 
+    def read_pipes(self, fds: list) -> None:
+        """Collect the child's stdout and stderr pipes (read ends) for communicate()."""
+        self._output = [[] for _ in fds]
+        self._readers = [threading.Thread(target=self._drain, args=(fd, chunks), daemon=True)
+                         for fd, chunks in zip(fds, self._output, strict=True)]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _drain(fd: int, chunks: list) -> None:
+        with open(fd, 'rb', closefd=True) as pipe:
+            for chunk in iter(lambda: pipe.read1(1 << 16), b''):
+                chunks.append(chunk)
+
     def communicate(self, timeout=None):
+        """Wait for the end; return (stdout, stderr) as text, or (None, None) without pipes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         self.wait(timeout)
-        return None, None
+        if not self._readers:
+            return None, None
+        for reader in self._readers:  # EOF: the child and whatever inherited its pipes ended
+            reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if reader.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        return tuple(b''.join(chunks).decode(errors='replace') for chunks in self._output)
 
     def send_signal(self, sig) -> None:
         if self.returncode is None:
@@ -171,18 +196,40 @@ class ForkServer:
             variables.pop('PYTEST_CURRENT_TEST', None)
         return self.error is None and current == self._env
 
-    def start(self, args: list, stdout) -> ForkedProcess:
-        """Start the installed script args[0] with args[1:]; stdout and stderr go to stdout."""
+    def start(self, args: list, log=None) -> ForkedProcess:
+        """Start the script args[0] with args[1:]; stdout and stderr go to log, or to pipes.
+
+        With pipes, communicate() returns both as text, as Popen(..., text=True) does.
+        """
+        pipes = [] if log is not None else [os.pipe(), os.pipe()]
+        fds = [log.fileno()] * 2 if log is not None else [write for _, write in pipes]
         with self._lock:
             self._next_id += 1
             ident = self._next_id
             waiter = self._started[ident] = [threading.Event(), None]
         request = {'id': ident, 'argv': list(args), 'cwd': os.getcwd(), 'env': dict(os.environ)}
-        fd = stdout.fileno()
-        socket.send_fds(self._sock, [json.dumps(request).encode()], [fd, fd])
+        try:
+            socket.send_fds(self._sock, [json.dumps(request).encode()], fds)
+        finally:
+            for _, write in pipes:
+                os.close(write)
         if not waiter[0].wait(30.0):
             raise AssertionError('the fork server did not start ' + args[0])
-        return waiter[1]
+        child = waiter[1]
+        child.args = list(args)
+        if pipes:
+            child.read_pipes([read for read, _ in pipes])
+        return child
+
+    def run(self, args: list, timeout=None) -> subprocess.CompletedProcess:
+        """Run args to the end, as subprocess.run(args, capture_output=True, text=True)."""
+        child = self.start(args)
+        try:
+            out, err = child.communicate(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            raise
+        return subprocess.CompletedProcess(args, child.returncode, out, err)
 
     def _read(self) -> None:
         while True:
@@ -207,6 +254,33 @@ class ForkServer:
         self._sock.shutdown(socket.SHUT_RDWR)  # close() alone would not wake _read's recv
         self._sock.close()
         self._proc.wait(30.0)
+
+
+_shared = []
+
+
+def shared() -> ForkServer:
+    """Return this process's fork server (one per pytest worker), starting it on first use."""
+    if not _shared:
+        _shared.append(ForkServer())
+    return _shared[0]
+
+
+def start_tool(args: list, env=None):
+    """Start an installed Python tool with piped text output: forked where it can be."""
+    args = [str(arg) for arg in args]
+    if shared().serves(env):
+        return shared().start(args)
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
+def run_tool(args: list, timeout=None, env=None) -> subprocess.CompletedProcess:
+    """Run an installed Python tool to its end, output captured: forked where it can be."""
+    args = [str(arg) for arg in args]
+    if shared().serves(env):
+        return shared().run(args, timeout)
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 if __name__ == '__main__':

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from ament_index_python.packages import get_package_prefix
+from fork_server import start_tool
 from model_cache import cached_model
 from ros_harness import wait_exit
 from vlm_ros.bag.storage import PLAN_TYPE, open_bag
@@ -45,10 +46,9 @@ def tiny_demo_model(tmp_path_factory):
 def test_vlm_eval_on_the_sample_bag_with_the_tiny_model(tiny_demo_model, tmp_path):
     out = tmp_path / 'eval'
     vlm_eval = pathlib.Path(get_package_prefix('vlm_ros')) / 'lib' / 'vlm_ros' / 'vlm_eval'
-    proc = subprocess.Popen([str(vlm_eval), str(SAMPLE / 'bag'), '--model', str(tiny_demo_model),
-                             '--device', 'cpu', '--dtype', 'float32', '--out', str(out),
-                             '--references', str(SAMPLE / 'references.yaml')],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_tool([vlm_eval, SAMPLE / 'bag', '--model', tiny_demo_model, '--device', 'cpu',
+                       '--dtype', 'float32', '--out', out,
+                       '--references', SAMPLE / 'references.yaml'])
     code, stdout, err = wait_exit(proc, 300)
     assert code == 0, err
     records = [json.loads(line) for line in (out / 'results.jsonl').read_text().splitlines()]

@@ -7,10 +7,8 @@ checkpoint trained to answer the red scene, so validity and reference scores are
 
 import json
 import math
-import os
 import pathlib
 import struct
-import subprocess
 
 import pytest
 from ament_index_python.packages import get_package_prefix
@@ -23,6 +21,7 @@ from eval_bags import (
     write_input_bag,
     write_recorded_bag,
 )
+from fork_server import run_tool
 
 EXPECTED_FRAME = [None, 0, 1, 2]
 
@@ -30,8 +29,7 @@ EXPECTED_FRAME = [None, 0, 1, 2]
 def vlm_eval(*args, timeout=600):
     """Run the installed vlm_eval executable; return the CompletedProcess."""
     exe = pathlib.Path(get_package_prefix('vlm_ros'), 'lib', 'vlm_ros', 'vlm_eval')
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True,
-                          env=os.environ.copy(), timeout=timeout)
+    return run_tool([exe, *args], timeout)
 
 
 def read_jsonl(path):

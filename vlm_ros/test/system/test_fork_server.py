@@ -79,3 +79,11 @@ def test_the_server_forks_only_in_the_environment_it_imported_with(fork_server, 
     assert fork_server.serves(None) and fork_server.serves(dict(os.environ))
     monkeypatch.setenv('HF_HOME', '/elsewhere')  # read by huggingface_hub at import
     assert not fork_server.serves(None)
+
+
+def test_piped_output_is_what_subprocess_run_captures(fork_server, script):
+    execd = subprocess.run([sys.executable, script, '4'], capture_output=True, text=True,
+                           timeout=30.0)
+    forked = fork_server.run([script, '4'], 30.0)
+    assert (forked.returncode, forked.stdout, forked.stderr) == \
+        (execd.returncode, execd.stdout, execd.stderr) == (4, execd.stdout, 'path0 True\n')

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 from engine_fixtures import TARGETS, scene
+from fork_server import run_tool
 from node_harness import RELIABLE, TIMEOUT, node_executable
 from recordings import ROS1_CAMERA, ROS1_INSTRUCTION, write_ros1_bag
 from ros_harness import Collector, wait_exit, wait_until
@@ -54,8 +55,7 @@ def test_a_ros1_compressed_camera_replays_into_the_node_with_an_instruction(star
 
 
 def _vlm_eval(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([node_executable('vlm_eval'), *map(str, args)], capture_output=True,
-                          text=True, timeout=10 * TIMEOUT)
+    return run_tool([node_executable('vlm_eval'), *args], 10 * TIMEOUT)
 
 
 @pytest.mark.parametrize('how', ['every', 'jsonl', 'lines'])
