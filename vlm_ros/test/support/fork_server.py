@@ -36,6 +36,10 @@ PRELOAD = ('vlm_ros.engine.local', 'transformers.modeling_utils', 'transformers.
            'transformers.models.clip.image_processing_clip',
            'transformers.models.llama.modeling_llama', 'accelerate', 'sympy', 'torch._dynamo')
 _MAX_MESSAGE = 1 << 20
+# Variables that change in a test process but are read only at run time (the child gets them
+# from the request): pytest's, and inductor's cache folder, which torch writes into os.environ
+# the first time the process compiles (e.g. an engine test's warm-up).
+_READ_LATER = ('PYTEST_CURRENT_TEST', 'TORCHINDUCTOR_CACHE_DIR')
 
 
 def _threads() -> int:
@@ -193,7 +197,8 @@ class ForkServer:
         """Say whether a start with env (None: this process's) can be forked."""
         current = dict(os.environ if env is None else env)
         for variables in (current, self._env):
-            variables.pop('PYTEST_CURRENT_TEST', None)
+            for name in _READ_LATER:
+                variables.pop(name, None)
         return self.error is None and current == self._env
 
     def start(self, args: list, log=None) -> ForkedProcess:
