@@ -190,19 +190,19 @@ def backend(request):
 
 @pytest.fixture(scope='session')
 def fork_server():
-    """Return this worker's fork server (support/fork_server.py), or None where it cannot run.
+    """Return this worker's fork server (support/fork_server.py); close them all at the end.
 
     Node processes started in this process's environment are forked from it: the same
     installed script, without paying torch's and transformers' imports each time.
     """
-    from fork_server import shared
+    import fork_server as servers
 
-    server = shared()
+    server = servers.shared()
     if server.error is not None:
         warnings.warn(f"no fork server ({server.error}): each vlm_node is exec'd",
                       stacklevel=2)
     yield server
-    server.close()
+    servers.close_all()
 
 
 @pytest.fixture
@@ -217,6 +217,7 @@ def start_vlm_node(test_node, trained_tiny, backend, fork_server, request):
     Every node started is stopped at teardown with SIGINT, and must exit 0 without rclpy's
     abort, so every integration test also checks clean shutdown.
     """
+    from fork_server import shared
     from node_harness import VlmNodeProcess
     from ros_harness import stopped_cleanly
 
@@ -229,7 +230,8 @@ def start_vlm_node(test_node, trained_tiny, backend, fork_server, request):
         params = {'model': str(trained_tiny('llava')), 'device': 'cpu', 'dtype': 'float32',
                   'max_new_tokens': 96, **remote, **params}
         params = {name: value for name, value in params.items() if value is not None}
-        spawn = fork_server.start if fork_server.serves(env) else None
+        server = shared()  # one that imported in this process's current environment
+        spawn = server.start if server.serves(env) else None
         return VlmNodeProcess(test_node, env, ros_args, spawn, **params)
 
     yield from stopped_cleanly(start)

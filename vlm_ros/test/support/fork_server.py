@@ -265,10 +265,20 @@ _shared = []
 
 
 def shared() -> ForkServer:
-    """Return this process's fork server (one per pytest worker), starting it on first use."""
-    if not _shared:
+    """Return this process's fork server, started on first use.
+
+    A test that changed this process's environment for good makes a new one, which imports
+    in the environment its children get; the older ones keep serving the children they have.
+    """
+    if not _shared or not _shared[-1].serves(None):
         _shared.append(ForkServer())
-    return _shared[0]
+    return _shared[-1]
+
+
+def close_all() -> None:
+    """End every fork server of this process (their children still running are killed)."""
+    while _shared:
+        _shared.pop().close()
 
 
 def start_tool(args: list, env=None):

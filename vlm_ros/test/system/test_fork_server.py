@@ -12,6 +12,7 @@ import tempfile
 import uuid
 
 import pytest
+from fork_server import shared
 from ros_harness import wait_until
 
 SCRIPT = """import os, sys, time
@@ -74,11 +75,12 @@ def _read(log) -> str:
     return os.pread(log.fileno(), 1 << 16, 0).decode()
 
 
-def test_the_server_forks_only_in_the_environment_it_imported_with(fork_server, monkeypatch):
-    assert fork_server.error is None
-    assert fork_server.serves(None) and fork_server.serves(dict(os.environ))
+def test_a_changed_environment_gets_a_server_that_imported_in_it(monkeypatch):
+    server = shared()
+    assert server.error is None and server.serves(None) and server.serves(dict(os.environ))
     monkeypatch.setenv('HF_HOME', '/elsewhere')  # read by huggingface_hub at import
-    assert not fork_server.serves(None)
+    assert not server.serves(None)  # its children would not see what they are told
+    assert shared() is not server and shared().serves(None)
 
 
 def test_piped_output_is_what_subprocess_run_captures(fork_server, script):
