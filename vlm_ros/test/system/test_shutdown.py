@@ -4,6 +4,9 @@ Signals come from this (another) process while a generation runs and requests wa
 process must exit 0 without rclpy's abort ("terminate called ..."), and fast.
 """
 
+import os
+import pathlib
+import re
 import signal
 import threading
 import time
@@ -100,6 +103,29 @@ def test_idle_node_exits_within_a_second(start_vlm_node):
     code, err, took = _signal_and_time(node, signal.SIGINT)
     assert code == 0, err[-3000:]
     assert took < 1.0, f'idle exit took {took:.2f} s'
+
+
+SEGMENT = re.compile(r'/dev/shm/fast(dds|rtps)_[0-9a-f]{16}')  # not the shared port files
+
+
+def shared_memory_of(pid: int) -> set:
+    """Fast DDS's shared-memory segments (/dev/shm files) that a process has mapped."""
+    with open(f'/proc/{pid}/maps') as maps:
+        return {line.split()[-1] for line in maps if SEGMENT.fullmatch(line.split()[-1])}
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
+def test_a_stopped_node_leaves_no_shared_memory_behind(start_vlm_node, sig):
+    # Each run maps a 16.5 MB segment (the large-frames profile) in /dev/shm, which is RAM: a
+    # node restarted by its launch file must not fill it run after run.
+    node = start_vlm_node()
+    node.wait_state('active')
+    # A participant maps its peers' segments too: this process's are not the node's to free.
+    segments = shared_memory_of(node.proc.pid) - shared_memory_of(os.getpid())
+    assert segments, 'the node maps no Fast DDS segment: nothing to check'
+    code, err = node.stop(sig)
+    assert code == 0, err[-3000:]
+    assert [path for path in segments if pathlib.Path(path).exists()] == []
 
 
 def test_deactivate_wakes_a_query_waiting_for_an_image(start_vlm_node, test_node):
