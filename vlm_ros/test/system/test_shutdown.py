@@ -97,12 +97,15 @@ def test_signal_answers_a_running_goal_and_a_waiting_query(start_vlm_node, untra
     client.destroy()
 
 
-def test_idle_node_exits_within_a_second(start_vlm_node):
+LAUNCH_SIGTERM_TIMEOUT = 5.0  # s launch waits after SIGINT before it sends SIGTERM (default)
+
+
+def test_idle_node_exits_before_launch_escalates(start_vlm_node):
     node = start_vlm_node()
     node.wait_state('active')
     code, err, took = _signal_and_time(node, signal.SIGINT)
     assert code == 0, err[-3000:]
-    assert took < 1.0, f'idle exit took {took:.2f} s'
+    assert took < LAUNCH_SIGTERM_TIMEOUT, f'idle exit took {took:.2f} s'
 
 
 SEGMENT = re.compile(r'/dev/shm/fast(dds|rtps)_[0-9a-f]{16}')  # not the shared port files
