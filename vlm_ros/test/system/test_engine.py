@@ -13,6 +13,9 @@ from engine_fixtures import FAMILIES, PLAN_JSON, TARGETS, scene
 from vlm_ros.engine import EngineConfig, Request
 from vlm_ros.engine.local import VlmEngine
 
+# Needs no ROS: scripts/test runs it on the first leg only.
+pytestmark = pytest.mark.distro_independent
+
 
 @pytest.fixture(scope='module', params=FAMILIES)
 def engine(request, trained_tiny):

@@ -18,6 +18,9 @@ from vlm_ros.engine.errors import NOT_LOADED
 from vlm_ros.engine.interface import CONTRACT
 from vlm_ros.engine.results import Score, status_of
 
+# Needs no ROS: scripts/test runs it on the first leg only.
+pytestmark = pytest.mark.distro_independent
+
 BACKENDS = ('transformers', 'openai')
 # Whether the backend can see its model's probabilities; the other raises 'unsupported'.
 CAN_SCORE = {'transformers': True, 'openai': False}

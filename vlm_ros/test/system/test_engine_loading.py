@@ -10,6 +10,9 @@ from vlm_ros.engine.local import VlmEngine
 from vlm_ros.engine.local.loader import load
 from vlm_ros.engine.preprocess import resize_max_side
 
+# Needs no ROS: scripts/test runs it on the first leg only.
+pytestmark = pytest.mark.distro_independent
+
 
 def test_unsupported_architecture(tmp_path, trained_tiny):
     from engine_fixtures import FAMILIES

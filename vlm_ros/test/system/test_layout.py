@@ -10,6 +10,11 @@ importing them where torch cannot be imported).
 import subprocess
 import sys
 
+import pytest
+
+# Needs no ROS: scripts/test runs it on the first leg only.
+pytestmark = pytest.mark.distro_independent
+
 
 def test_remote_side_imports_where_torch_cannot():
     """Importing what the openai backend needs never reaches torch or transformers."""

@@ -4,6 +4,11 @@ import pathlib
 import shutil
 import subprocess
 
+import pytest
+
+# Needs no ROS: scripts/test runs it on the first leg only.
+pytestmark = pytest.mark.distro_independent
+
 REPO = pathlib.Path(__file__).resolve().parents[3]
 
 

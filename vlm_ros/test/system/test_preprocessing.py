@@ -16,6 +16,9 @@ from vlm_ros.engine.frame_cache import FrameCache
 from vlm_ros.engine.local import VlmEngine
 from vlm_ros.engine.local.inputs import concatenate_rows
 
+# Needs no ROS: scripts/test runs it on the first leg only.
+pytestmark = pytest.mark.distro_independent
+
 # Rows of each batch, as indices into four frames (the last one smaller: a tiling processor
 # pads its fewer tiles to the others'); sent one batch after another.
 BATCHES = ([0, 1, 0], [0], [0], [1, 1], [2, 0, 1, 2], [0, 1, 0], [3, 0, 3])

@@ -15,6 +15,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from vlm_ros.engine.chat import build_inputs, render_prompt
 from vlm_ros.models import FAMILIES, build_tiny, train_tiny
 
+# Needs no ROS: scripts/test runs it on the first leg only.
+pytestmark = pytest.mark.distro_independent
+
 CLASSES = {
     'llava': ('LlavaProcessor', 'LlavaForConditionalGeneration'),
     'idefics3': ('Idefics3Processor', 'Idefics3ForConditionalGeneration'),

@@ -183,6 +183,35 @@ def test_tests_are_in_two_tiers_with_shared_support():
     assert len(names) == len(set(names)), 'a test file name in both tiers'
 
 
+# What a test needs ROS for: its imports (ROS packages, the harnesses that start nodes, the
+# package's ROS layers) and the fixtures that give it a ROS context or a node.
+ROS_TEST_IMPORTS = (*ROS, 'launch', 'launch_ros', 'launch_pytest', 'launch_testing',
+                    'node_harness', 'ros_harness', 'launch_harness', 'loop_harness', 'recordings',
+                    'vlm_ros.compat', 'vlm_ros.spin', 'vlm_ros.node', 'vlm_ros.bag',
+                    'vlm_ros.eval', 'vlm_ros.demo', 'vlm_ros.tools')
+ROS_FIXTURES = ('rclpy_context', 'test_node', 'start_vlm_node', 'node_executable')
+
+
+def test_tests_marked_distro_independent_need_no_ros():
+    """scripts/test runs them on the first leg only: no ROS 2 distro may change their result."""
+    marked = [path for path in (TESTS / 'system').glob('test_*.py')
+              if 'pytestmark = pytest.mark.distro_independent' in path.read_text()]
+    assert marked, 'no test file is marked distro_independent: the marker is dead'
+    for path in marked:
+        tree = ast.parse(path.read_text())
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+        names |= {node.module for node in ast.walk(tree)
+                  if isinstance(node, ast.ImportFrom) and node.module}
+        ros = sorted(name for name in names
+                     if any(name == r or name.startswith(f'{r}.') for r in ROS_TEST_IMPORTS))
+        words = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)} | \
+            {node.arg for node in ast.walk(tree) if isinstance(node, ast.arg)}
+        used = sorted(words & set(ROS_FIXTURES))
+        assert not ros + used, f'{path.name} is marked distro_independent but uses ROS: ' \
+            f'{ros + used}'
+
+
 PARAMETER_READS = ('get_parameter', 'get_parameters', 'get_parameter_or', 'p')
 SETTINGS_BUILDERS = ('vlm_ros.node.node', 'vlm_ros.node.params', 'vlm_ros.node.settings')
 
