@@ -138,11 +138,8 @@ def gap_errors_ms(written: list, received: list, rate: float = 1.0) -> list:
     arrivals = {}
     for when, topic, _ in received:
         arrivals.setdefault(topic, []).append(when)
-    position = dict.fromkeys(arrivals, 0)
-    times = []
-    for _, topic, _ in written:
-        times.append(arrivals[topic][position[topic]])
-        position[topic] += 1
+    arrivals = {topic: iter(times) for topic, times in arrivals.items()}
+    times = [next(arrivals[topic]) for _, topic, _ in written]
     recorded = np.diff([w[0] for w in written]) / 1e6 / rate
     measured = np.diff(times) * 1e3
     return list(np.abs(measured - recorded))
