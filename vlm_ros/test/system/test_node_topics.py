@@ -41,7 +41,7 @@ def test_plan_round_trip_keeps_the_image_stamp(start_vlm_node, backend):
     assert 0 < plan.time_to_first_token <= plan.total_time and plan.output_tokens > 0
     node.vla.wait_for(lambda m: m.data == 'pick up the red block', TIMEOUT, 'vla_instruction')
     values = node.wait_diag(lambda v: int(v.get('status_ok', 0)) >= 1, TIMEOUT, 'ok counted')
-    assert int(values['frames_received']) > 0 and float(values['latency_p50_s']) > 0
+    assert int(values['frames_received']) > 0 and float(values['latency_p50_s']) > 0, values
     assert values['model_loaded'] == 'True' and values['backend'] == backend
     if backend == 'openai':
         assert values['device'] == values['base_url'] and values['backend_reachable'] == 'True'

@@ -32,12 +32,20 @@ PATHS = sorted(PACKAGE.rglob('*.py'))
 NAMES = {module_name(path) for path in PATHS}
 
 
-def imports(path: pathlib.Path) -> set:
-    """Every module path imports, anywhere in it (function-level imports count too)."""
+def imports(path: pathlib.Path, top_level: bool = False) -> set:
+    """Every module path imports, anywhere in it (function-level imports count too).
+
+    top_level: only what importing path imports (not in functions, not for type checking).
+    """
     name = module_name(path)
     package = name if path.name == '__init__.py' else name.rpartition('.')[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    nodes = ast.walk(tree)
+    if top_level:
+        nodes = (node for statement in tree.body if not _for_type_checking(statement)
+                 for node in _outside_functions(statement))
+    for node in nodes:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -49,6 +57,20 @@ def imports(path: pathlib.Path) -> set:
             submodules = {f'{target}.{alias.name}' for alias in node.names} & NAMES
             found.update(submodules or {target})
     return found
+
+
+FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+
+
+def _for_type_checking(statement) -> bool:
+    return isinstance(statement, ast.If) and 'TYPE_CHECKING' in ast.dump(statement.test)
+
+
+def _outside_functions(node):
+    if not isinstance(node, FUNCTIONS):
+        yield node
+        for child in ast.iter_child_nodes(node):
+            yield from _outside_functions(child)
 
 
 MODULES = {module_name(path): path for path in PATHS}
@@ -251,3 +273,28 @@ def test_node_parts_get_settings_and_collaborators_not_the_node():
              if layer(name) == 'node' and name != 'vlm_ros.node.node'
              and (where := coupling(path.read_text(), name in SETTINGS_BUILDERS))}
     assert not found, f'parts of node/ that keep the node or read parameters: {found}'
+
+
+def test_the_commands_check_their_arguments_before_importing_torch():
+    """A mistyped argument is answered at once, not after seconds of importing torch.
+
+    What each console script imports when it starts (module level, transitively, with the
+    packages around each module) holds no model runtime; vlm_node loads it at configure.
+    """
+    setup = (PACKAGE.parent / 'setup.py').read_text()
+    scripts = re.findall(r"'(\w+) = (vlm_ros[\w.]+):main'", setup)
+    assert len(scripts) >= 6, setup
+    for command, start in scripts:
+        seen, todo = set(), [start]
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in MODULES:
+                continue
+            seen.add(name)
+            parents = ['.'.join(name.split('.')[:n]) for n in range(2, name.count('.') + 1)]
+            todo += parents + list(imports(MODULES[name], top_level=True))
+        runtime = {name for name in seen if name.startswith(('vlm_ros.engine.local',
+                                                              'vlm_ros.models'))}
+        external = {i.split('.')[0] for name in seen for i in imports(MODULES[name], True)}
+        assert not runtime and not external & set(MODEL_RUNTIME), \
+            f'{command} imports {sorted(runtime) or sorted(external & set(MODEL_RUNTIME))}'

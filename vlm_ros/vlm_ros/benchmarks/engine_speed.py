@@ -18,17 +18,16 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from ..bag.arguments import ArgumentParser, not_negative, positive_int
 from ..engine import Request, VlmError
-from ..engine.local import VlmEngine
-from ..engine.local.generate import generate
-from ..models import FAMILIES
-from ..models.real_size import SIZES, build_random
 from ..tools.engine_args import add_engine_args, engine_config
+
+if TYPE_CHECKING:  # torch takes seconds to import: not before the arguments are checked
+    from ..engine.local import VlmEngine
 
 
 def peak_memory_mib(device) -> float:
@@ -102,7 +101,7 @@ def new_frames(image, batch: int, shared: bool) -> list:
     return frames * batch if shared else frames
 
 
-def time_batch(engine: VlmEngine, new_tokens: int, frames: list,
+def time_batch(engine: 'VlmEngine', new_tokens: int, frames: list,
                ahead: Optional[list] = None) -> dict:
     """Run one batched generate of exactly new_tokens tokens; return its timings.
 
@@ -112,6 +111,8 @@ def time_batch(engine: VlmEngine, new_tokens: int, frames: list,
     generates, as vlm_node's look-ahead does; the total includes waiting for it to finish.
     """
     import torch
+
+    from ..engine.local.generate import generate
 
     loaded = engine.loaded
     batch = len(frames)
@@ -144,7 +145,7 @@ def time_batch(engine: VlmEngine, new_tokens: int, frames: list,
                                                          out.time_to_first_token, 1e-9)}
 
 
-def run(engine: VlmEngine, batch_sizes, new_tokens: int, repeats: int, image_hw,
+def run(engine: 'VlmEngine', batch_sizes, new_tokens: int, repeats: int, image_hw,
         frames: str = 'distinct') -> list:
     """Benchmark every batch size; return one row of medians each.
 
@@ -219,9 +220,13 @@ def parse_args(argv):
     parser.add_argument('--batch-wait', type=not_negative, default=0.005,
                         help="with --node: the node's batch_wait, s (default 0.005)")
     args = parser.parse_args(argv)
-    known = [*sorted(SIZES), *(f'tiny:{family}' for family in FAMILIES)]
-    if args.random is not None and args.random not in known:
-        parser.error(f'--random {args.random}: choose one of {", ".join(known)}')
+    if args.random is not None:  # the names import torch: only once the rest is good
+        from ..models import FAMILIES
+        from ..models.real_size import SIZES
+
+        known = [*sorted(SIZES), *(f'tiny:{family}' for family in FAMILIES)]
+        if args.random not in known:
+            parser.error(f'--random {args.random}: choose one of {", ".join(known)}')
     return args
 
 
@@ -243,6 +248,9 @@ def main(argv=None) -> int:
 
 
 def _benchmark(args) -> int:
+    from ..engine.local import VlmEngine
+    from ..models.real_size import build_random
+
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model
         if args.random:

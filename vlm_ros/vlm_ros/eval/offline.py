@@ -11,8 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from ..engine import Request, VlmError
-from ..engine.local import VlmEngine
+from ..engine import Engine, Request, VlmError
 from .inputs import BagInputs, FrameRef, pair_instructions
 from .records import image_info, result_record, score_record
 from .report import latency_png, render
@@ -57,7 +56,7 @@ def _refused(item: Pending, images: dict) -> Optional[tuple]:
     return ('BAD_INPUT', str(image)) if isinstance(image, Exception) else None
 
 
-def run_engine(engine: VlmEngine, inputs: BagInputs, pending: list, images: dict,
+def run_engine(engine: Engine, inputs: BagInputs, pending: list, images: dict,
                batch_size: int) -> tuple:
     """Answer pending requests in batches; return (records in order, seconds spent in the model).
 
@@ -103,7 +102,7 @@ def run_engine(engine: VlmEngine, inputs: BagInputs, pending: list, images: dict
     return records, seconds
 
 
-def score_references(engine: VlmEngine, inputs: BagInputs, entries: list, frames: list,
+def score_references(engine: Engine, inputs: BagInputs, entries: list, frames: list,
                      images: dict, batch_size: int) -> tuple:
     """Score the references on their frames; return (score records, pooled Score)."""
     for entry, frame in zip(entries, frames, strict=True):

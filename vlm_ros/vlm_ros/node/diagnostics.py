@@ -5,7 +5,6 @@ whether it is reachable for the openai backend. The level says how the node is d
 its recent faults and healthy answers (health.py has the rule); the message says why.
 """
 
-import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
@@ -42,6 +41,8 @@ class Sources:
     frames: Callable[[], Optional[FrameStore]]
     image_hint: Callable[[], str]  # why no frame comes ('' when fine or not subscribed)
     execution: Callable[[], Optional[PlanExecution]]
+    # Counted once at gc.freeze(): counting walks every frozen object (45 ms for 340 000).
+    frozen_objects: Callable[[], int]
 
 
 class DiagnosticsReporter:
@@ -121,7 +122,7 @@ class DiagnosticsReporter:
             'frames_lost_estimate': frames.gaps.lost if frames else 0,
             'captions_skipped': stats.captions_skipped,
             # Objects the garbage collector no longer walks: the model and libraries (node.py).
-            'gc_frozen_objects': gc.get_freeze_count(),
+            'gc_frozen_objects': sources.frozen_objects(),
             'last_image_size': self.last_image_size,
             # Why no frame comes, when nothing publishes where the node listens ('' if fine).
             'image_input': sources.image_hint(),

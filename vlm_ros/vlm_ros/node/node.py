@@ -53,13 +53,15 @@ class VlmNode(LifecycleNode):
         self.images = None
         self.execution = None  # closed-loop plans (execute_plans), from configure to cleanup
         self.configure_error = ''  # why the last configure failed; '' once one succeeds
+        self._frozen_objects = 0  # gc.freeze()'s count while the model is loaded
         self._input_group = MutuallyExclusiveCallbackGroup()
         # The parts get what they need, each read when needed; none of them keeps the node.
         self.diagnostics = DiagnosticsReporter(self, Sources(
             lambda: self.settings, lambda: self._state_machine.current_state[1],
             lambda: self.configure_error, self.model_name, lambda: self.engine,
             lambda: self.worker, lambda: self.frames,
-            lambda: self.images.hint() if self.images else '', lambda: self.execution))
+            lambda: self.images.hint() if self.images else '', lambda: self.execution,
+            lambda: self._frozen_objects))
         serving = Serving(lambda: self.worker, self.not_ready, self.diagnostics.record,
                           self.model_name, self._fallback_header)
         self.requests = RequestEndpoints(
@@ -118,6 +120,7 @@ class VlmNode(LifecycleNode):
         # collection walked them all (0.2 s on 2 cores), stalling every answer in flight.
         # Frozen, the collector walks only what requests create; cleanup thaws them.
         gc.freeze()
+        self._frozen_objects = gc.get_freeze_count()
         self.get_logger().info(f'loaded {engine.describe()}')
         # Outputs live from configure to cleanup (as lifecycle publishers do): answers made on
         # deactivate go out through them, and subscribers stay matched across re-activation.
@@ -163,6 +166,7 @@ class VlmNode(LifecycleNode):
             self.engine.unload()
             self.engine = None
             gc.unfreeze()  # the model's reference cycles are collectable again
+            self._frozen_objects = 0
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:

@@ -23,7 +23,6 @@ from ..bag.arguments import ArgumentParser
 from ..bag.instructions import add_instruction_args, check_instruction_args
 from ..bag.storage import READABLE, open_bag
 from ..engine import VlmError
-from ..engine.local import VlmEngine
 from ..eval.inputs import decode_frames, frames_by_stamp, read_inputs
 from ..eval.offline import plan_requests, run_engine, score_references, write_outputs
 from ..eval.recorded import recorded_records
@@ -94,6 +93,10 @@ def evaluate(args) -> dict:
     if pending or entries:
         config = engine_config(args, args.model, max_new_tokens=args.max_new_tokens,
                                max_image_side=args.max_image_side)
+        # Imported here: torch takes seconds to import, and a recording read back (--recorded)
+        # or a bad argument needs no model.
+        from ..engine.local import VlmEngine
+
         engine = VlmEngine(config)
         engine.load()
         run.update(model=args.model, device=str(engine.loaded.device),
