@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated, loopback-only DDS domain and an rclpy node per test module."""
 
 import os
+import pathlib
 import random
 import warnings
 
@@ -29,6 +30,12 @@ os.environ['ROS_DOMAIN_ID'] = _domain_id()
 for _name, _value in loopback_discovery().items():  # the distro's own variable, not both
     os.environ.setdefault(_name, _value)
 os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+# One compile cache for every test, worker and leg: torch.compile's kernels depend on the
+# graphs, torch and the compiler, not on the weights, so after the first compile of the tiny
+# models' decoding step, the others load it (and still compile, in the warm-up). The same
+# place as the trained checkpoints (support/model_cache.py), so a fresh clone starts empty.
+_ROOT = pathlib.Path(__file__).resolve().parents[2]
+os.environ.setdefault('TORCHINDUCTOR_CACHE_DIR', str(_ROOT / '.cache' / 'torchinductor'))
 
 
 def pytest_report_header(config):
