@@ -85,8 +85,19 @@ class VlmNodeProcess:
         self._streaming = None
 
     def wait_state(self, state: str, timeout: float = TIMEOUT) -> dict:
-        """Wait until /diagnostics reports the lifecycle state; return its values."""
-        return wait_state(self.diagnostics, state, timeout)
+        """Wait until /diagnostics reports the lifecycle state; return its values.
+
+        When it does not, the node's log says why (a failed configure, a crash at start).
+        """
+        try:
+            return wait_state(self.diagnostics, state, timeout)
+        except AssertionError as exc:
+            raise AssertionError(f'{exc}\nnode log:\n{self.log_text()[-6000:]}') from exc
+
+    def log_text(self) -> str:
+        """Return what the node has logged so far."""
+        self.log.seek(0)
+        return self.log.read()
 
     def wait_diag(self, predicate, timeout: float, what: str) -> dict:
         """Wait for a diagnostics message whose values satisfy predicate."""
@@ -153,10 +164,8 @@ class VlmNodeProcess:
         try:
             code, _, _ = stop_process(self.proc, sig, timeout=30.0)
         except AssertionError as exc:  # a stop that hung: its log has the threads' stacks
-            self.log.seek(0)
-            raise AssertionError(f'{exc}\nnode log:\n{self.log.read()[-6000:]}') from exc
-        self.log.seek(0)
-        return code, self.log.read()
+            raise AssertionError(f'{exc}\nnode log:\n{self.log_text()[-6000:]}') from exc
+        return code, self.log_text()
 
 
 def wait_matched(publisher, what: str, timeout: float = 30.0) -> None:

@@ -48,3 +48,18 @@ def test_engine_mode_times_distinct_shared_and_queued_frames():
     titles = [line for line in stdout.splitlines() if line.startswith('### ')]
     assert [t.split(', ')[-2] for t in titles] == ['distinct frames', 'shared frames',
                                                    'queued frames'], stdout
+
+
+def test_constraint_cost_times_free_and_constrained_decoding_side_by_side():
+    proc = start_tool([node_executable('vlm_benchmark'), '--random', 'tiny:llava', '--device',
+                       'cpu', '--batch-sizes', '1', '2', '--new-tokens', '8', '--repeats', '1',
+                       '--image', '48x64', '--skills', 'pick', 'place', '--constraint-cost'])
+    code, stdout, err = wait_exit(proc, 600)
+    assert code == 0, err[-3000:]
+    table = stdout[stdout.index('plan grammar cost per decoding step'):]
+    rows = [[cell.strip() for cell in line.split('|')[1:-1]] for line in table.splitlines()
+            if line.startswith('| ') and line.split('|')[1].strip().isdigit()]
+    assert [row[0] for row in rows] == ['1', '2'], stdout
+    # Random weights never finish a plan in 8 tokens: every row-step was constrained.
+    assert all(float(row[1]) > 0 and float(row[2]) > 0 and row[4] == '100%' for row in rows), \
+        stdout

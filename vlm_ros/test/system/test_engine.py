@@ -37,7 +37,7 @@ def test_caption_vqa_plan(engine):
     assert caption.text == TARGETS['caption'][1] and caption.valid
     assert answer.text == TARGETS['vqa'][1] and answer.valid
     assert plan.text == PLAN_JSON
-    assert plan.valid and plan.form == 'json'
+    assert plan.valid and plan.form == 'constrained'  # constrain_plans: 'auto'
     assert [(s.instruction, s.skill, s.target) for s in plan.steps] == [
         ('pick up the red block', 'pick', 'red block'), ('place it in the bin', 'place', 'bin')]
     for result in (caption, answer, plan):

@@ -96,7 +96,7 @@ def test_engine_records_pair_and_answer(engine_run):
     check_pairing(records)
     no_image, red = plans[0], plans[1]
     assert no_image['status'] == 'NO_IMAGE' and no_image['batch'] is None
-    assert red['status'] == 'OK' and red['valid'] and red['form'] == 'json'
+    assert red['status'] == 'OK' and red['valid'] and red['form'] == 'constrained'
     assert red['text'] == PLAN_JSON
     assert red['steps'][0] == {'instruction': 'pick up the red block', 'skill': 'pick',
                                'target': 'red block'}
@@ -214,3 +214,21 @@ def test_reference_without_a_frame_names_its_stamp(tmp_path):
     assert done.returncode == 2
     assert 'reference 1' in done.stderr and '123456789 (0.123456789)' in done.stderr
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize(('options', 'form', 'skills', 'settings'), [
+    (['--constrain-plans', 'off'], 'json', {'pick', 'place'}, {'constrain_plans': 'off'}),
+    (['--skills', 'push', 'wait'], 'constrained', {'push', 'wait'}, {'skills': ['push', 'wait']}),
+], ids=['off', 'skills'])
+def test_plans_follow_constrain_plans_and_skills(tmp_path, trained_tiny, options, form, skills,
+                                                 settings):
+    done = vlm_eval(write_input_bag(tmp_path / 'bag'), '--model', str(trained_tiny('llava')),
+                    '--device', 'cpu', '--dtype', 'float32', '--max-new-tokens', 96,
+                    '--out', tmp_path / 'out', *options)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = next(r for r in read_jsonl(tmp_path / 'out' / 'results.jsonl')
+                if r['task'] == 'plan' and r['status'] == 'OK')
+    assert plan['form'] == form and plan['steps'], plan
+    assert {step['skill'] for step in plan['steps']} <= skills, plan
+    values = json.loads((tmp_path / 'out' / 'summary.json').read_text())['settings']['values']
+    assert {key: values.get(key) for key in settings} == settings, values

@@ -107,6 +107,19 @@ def observe_caption_rate(node, test_node):
     assert took < period / 2, f'first caption after {took:.2f} s'
 
 
+def observe_skills(node, test_node):
+    _streaming(node)
+    before = _plan(node)
+    assert before.form == Plan.FORM_CONSTRAINED and {s.skill for s in before.steps} == \
+        {'pick', 'place'}, before  # what the model was trained to write
+    set_ok(test_node, skills=['push', 'wait'])
+    after = _plan(node)
+    assert after.status == Plan.STATUS_OK and after.form == Plan.FORM_CONSTRAINED, after
+    assert after.steps and {s.skill for s in after.steps} <= {'push', 'wait'}, after.steps
+    refused = set_params(test_node, skills=['pick', 'pick'])[0]
+    assert not refused.successful and 'pick more than once' in refused.reason
+
+
 def observe_replan_period(node, test_node):
     _streaming(node)
     first = _plan(node)

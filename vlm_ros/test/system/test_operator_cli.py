@@ -108,7 +108,7 @@ def test_operator_block_runs_as_typed(operator):
     assert plan['instruction'] == TARGETS['plan'][0] == yaml.safe_load(publish[-1])['data']
     # echo shortens strings to 128 characters (text: '{"steps": ... in the bi...'); the steps
     # are shorter, and the whole plan.
-    assert plan['status'] == 0 and plan['form'] == 'json', plan
+    assert plan['status'] == 0 and plan['form'] == 'constrained', plan
     assert [step['instruction'] for step in plan['steps']] == STEPS, plan
     assert plan['output_tokens'] > LIMIT  # so the next plan is cut by the limit, not shorter
 

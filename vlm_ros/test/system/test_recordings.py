@@ -50,7 +50,7 @@ def test_a_ros1_compressed_camera_replays_into_the_node_with_an_instruction(star
     for plan in plans:
         assert plan.status == Plan.STATUS_OK, plan.message
         assert plan.instruction == INSTRUCTION and plan.text == TARGETS['plan'][1]
-        assert plan.form == Plan.FORM_JSON
+        assert plan.form == Plan.FORM_CONSTRAINED
         assert (stamp_ns(plan), plan.header.frame_id) in written
 
 
@@ -78,7 +78,7 @@ def test_vlm_eval_asks_a_ros1_recording_what_the_command_line_gives(trained_tiny
     summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
     assert summary['plans'] == 2 and summary['by_status'] == {'OK': 2}
     assert summary['image_topic'] == ROS1_CAMERA
-    assert summary['plan_validity_rate'] == 1.0 and summary['plans_by_form'] == {'json': 2}
+    assert summary['plan_validity_rate'] == 1.0 and summary['plans_by_form'] == {'constrained': 2}
 
 
 @pytest.mark.parametrize(('storage', 'suffix'), [('mcap', '.mcap'), ('sqlite3', '.db3')])

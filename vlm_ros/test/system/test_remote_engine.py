@@ -18,8 +18,9 @@ from vlm_ros.engine.local import VlmEngine
 
 @pytest.fixture(scope='module')
 def local(trained_tiny):
+    # Free text, as the server is asked for: a constrained plan's form would differ.
     engine = VlmEngine(EngineConfig(model=str(trained_tiny('llava')), device='cpu',
-                                    dtype='float32', max_new_tokens=96))
+                                    dtype='float32', max_new_tokens=96, constrain_plans='off'))
     engine.load()
     yield engine
     engine.unload()

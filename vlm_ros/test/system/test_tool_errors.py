@@ -29,6 +29,8 @@ CASES = [
     ('vlm_benchmark', ['--model', '{missing}'], 'missing'),
     ('vlm_benchmark', ['--random', 'nosuch'], 'choose one of'),
     ('vlm_benchmark', ['--random', 'tiny:llava', '--image', '640'], 'HEIGHTxWIDTH'),
+    ('vlm_benchmark', ['--random', 'tiny:llava', '--constraint-cost', '--constrain-plans', 'off'],
+     'not with --constrain-plans off'),
     ('vlm_client', ['--timeout', 'nan', 'query', 'x'], 'must be finite'),
 ]
 

@@ -9,7 +9,7 @@ import pathlib
 import pytest
 import yaml
 from ament_index_python.packages import get_package_share_directory
-from vlm_ros.node.params import BY_NAME, validate
+from vlm_ros.node.params import BY_NAME, typed, validate
 
 SHARE = pathlib.Path(get_package_share_directory('vlm_ros'))
 PARAMS_FILES = sorted((SHARE / 'config').glob('*.yaml'))
@@ -27,9 +27,11 @@ def test_params_files_hold_only_declared_valid_parameters(params_file):
     values = data['/**']['ros__parameters']
     for name, value in values.items():
         assert name in BY_NAME, f'{params_file.name}: {name} is not a vlm_node parameter'
+        value = typed(name, value)  # a string array arrives as a list, as from ROS
         assert validate(name, value) is None, (params_file.name, name, validate(name, value))
 
 
 def test_default_params_file_matches_the_declared_defaults():
     values = yaml.safe_load((SHARE / 'config' / 'vlm.yaml').read_text())['/**']
-    assert values['ros__parameters'] == {name: spec.default for name, spec in BY_NAME.items()}
+    values = {name: typed(name, value) for name, value in values['ros__parameters'].items()}
+    assert values == {name: spec.default for name, spec in BY_NAME.items()}

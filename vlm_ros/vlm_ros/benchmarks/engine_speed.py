@@ -102,13 +102,14 @@ def new_frames(image, batch: int, shared: bool) -> list:
 
 
 def time_batch(engine: 'VlmEngine', new_tokens: int, frames: list,
-               ahead: Optional[list] = None) -> dict:
+               ahead: Optional[list] = None, constrained: bool = False) -> dict:
     """Run one batched generate of exactly new_tokens tokens; return its timings.
 
     Time to first token splits into preprocessing (processor, to the device), the vision
     encoder, and the rest up to the first token (projector, prefill, sampling). With ``ahead``,
     those frames (the next batch's) are preprocessed on a second thread while this batch
     generates, as vlm_node's look-ahead does; the total includes waiting for it to finish.
+    ``constrained``: the plans are written under the plan schema's grammar.
     """
     import torch
 
@@ -129,9 +130,11 @@ def time_batch(engine: 'VlmEngine', new_tokens: int, frames: list,
                                                  for frame in ahead or []])
     preparing.start()
     timer = VisionTimer(loaded.model, loaded.device)
+    constraint = engine.plan_constraint([r.task for r in requests]) if constrained else None
     try:
         out = generate(loaded, inputs, new_tokens,
-                       {**engine.generate_kwargs(), 'min_new_tokens': new_tokens})
+                       {**engine.generate_kwargs(), 'min_new_tokens': new_tokens},
+                       constraint=constraint)
     finally:
         timer.close()
         preparing.join()
@@ -141,6 +144,9 @@ def time_batch(engine: 'VlmEngine', new_tokens: int, frames: list,
             'vision': vision,
             'prefill': out.time_to_first_token - vision,
             'tokens': sum(len(t) for t in out.tokens),
+            'checked': constraint.checked / (batch * new_tokens) if constraint else 0.0,
+            'masked': constraint.masked / max(constraint.checked, 1) if constraint else 0.0,
+            'decode_s': out.total_time - out.time_to_first_token,
             'decode_tps': batch * (new_tokens - 1) / max(out.total_time -
                                                          out.time_to_first_token, 1e-9)}
 
@@ -176,6 +182,46 @@ def run(engine: 'VlmEngine', batch_sizes, new_tokens: int, repeats: int, image_h
     return rows
 
 
+def constraint_cost(engine: 'VlmEngine', batch_sizes, new_tokens: int, repeats: int,
+                    image_hw) -> list:
+    """Time decoding free and under the plan grammar, run for run; return a row per batch.
+
+    The two alternate, so a machine that slows down mid-run slows both alike. 'checked' is the
+    share of row-steps under the grammar (a row it lost, e.g. to min_new_tokens after its plan
+    ended, is free from then on); 'masked', of those, the share whose best token the grammar
+    refused, so that every logit had to be masked (the others cost one token's check).
+    """
+    image = scene(*image_hw)
+    rows = []
+    for batch in batch_sizes:
+        for constrained in (False, True):  # warm-up
+            time_batch(engine, new_tokens, new_frames(image, batch, False), None, constrained)
+        runs = {False: [], True: []}
+        for _ in range(repeats):
+            for constrained in (False, True):
+                runs[constrained].append(time_batch(engine, new_tokens,
+                                                    new_frames(image, batch, False), None,
+                                                    constrained))
+        free, bound = ([1000 * r['decode_s'] / (new_tokens - 1) for r in runs[mode]]
+                       for mode in (False, True))
+        free_ms, bound_ms = statistics.median(free), statistics.median(bound)
+        rows.append({'batch': batch, 'free_ms': free_ms, 'constrained_ms': bound_ms,
+                     'overhead_pct': 100 * (bound_ms / free_ms - 1),
+                     **{f'{part}_pct': 100 * statistics.median(r[part] for r in runs[True])
+                        for part in ('checked', 'masked')}})
+    return rows
+
+
+def format_cost_table(title: str, rows: list) -> str:
+    """Render constraint_cost's rows as a Markdown table."""
+    lines = [f'### {title}', '', '| batch | free ms/step | constrained ms/step | cost | '
+             'row-steps under the grammar | of them masked |', '|---:|---:|---:|---:|---:|---:|']
+    lines += [f"| {r['batch']} | {r['free_ms']:.2f} | {r['constrained_ms']:.2f} | "
+              f"{r['overhead_pct']:+.1f}% | {r['checked_pct']:.0f}% | {r['masked_pct']:.0f}% |"
+              for r in rows]
+    return '\n'.join(lines)
+
+
 def format_table(title: str, rows: list) -> str:
     """Render rows as a Markdown table (pasted as is into docs/BENCHMARKS.md)."""
     lines = [f'### {title}', '',
@@ -209,6 +255,9 @@ def parse_args(argv):
                         "frame shared by a batch's requests (shared: preprocessed once), or "
                         "new frames preprocessed while the previous batch generates (queued: "
                         "vlm_node's preprocess_ahead); one table each")
+    parser.add_argument('--constraint-cost', action='store_true',
+                        help='also time each batch size decoding plans free and under the '
+                        "plan schema's grammar, run for run, in one more table")
     parser.add_argument('--node', action='store_true',
                         help='measure a vlm_node process instead of the engine: --streams '
                         'concurrent instruction streams, the node at each --batch-sizes value '
@@ -220,6 +269,8 @@ def parse_args(argv):
     parser.add_argument('--batch-wait', type=not_negative, default=0.005,
                         help="with --node: the node's batch_wait, s (default 0.005)")
     args = parser.parse_args(argv)
+    if args.constraint_cost and args.constrain_plans == 'off':
+        parser.error('--constraint-cost times constrained plans: not with --constrain-plans off')
     if args.random is not None:  # the names import torch: only once the rest is good
         from ..models import FAMILIES
         from ..models.real_size import SIZES
@@ -277,6 +328,15 @@ def _benchmark(args) -> int:
                      f'{", " + json.dumps(args.processor_kwargs) if args.processor_kwargs else ""}'
                      f', {width}x{height} image, {frames} frames, load {load_s:.1f} s')
             print(format_table(title, rows), flush=True)
+        if args.constraint_cost:
+            if engine.plan_constraint(['plan']) is None:
+                raise VlmError('unsupported', 'plans are not constrained with this model and '
+                               '--constrain-plans: no cost to measure')
+            rows = constraint_cost(engine, args.batch_sizes, args.new_tokens, args.repeats,
+                                   (height, width))
+            print(format_cost_table(f'{args.random or args.model}: plan grammar cost per '
+                                    f'decoding step, {loaded.device}, {args.new_tokens} '
+                                    f'tokens', rows), flush=True)
     return 0
 
 

@@ -1,7 +1,7 @@
 """What both backends share: the config, the prompt templates, run-time updates and cancel().
 
-A node changes max_new_tokens, max_image_side and the prompt templates while a model is
-loaded; the change applies from the next request on, in either backend, without a reload.
+A node changes max_new_tokens, max_image_side, the prompt templates and the skills while a
+model is loaded; the change applies from the next request on, in either backend, without a reload.
 """
 
 import contextlib
@@ -13,10 +13,11 @@ from typing import Optional
 from .config import EngineConfig
 from .errors import VlmError
 from .interface import CONTRACT, Engine
+from .plan_schema import parse_skills
 from .prompts import load_templates
 from .results import Request, Result
 
-RUN_TIME_FIELDS = ('max_new_tokens', 'max_image_side', 'prompts')
+RUN_TIME_FIELDS = ('max_new_tokens', 'max_image_side', 'prompts', 'skills')
 
 __all__ = ['CONTRACT', 'CancelSignal', 'Engine', 'EngineBase', 'RUN_TIME_FIELDS']
 
@@ -54,6 +55,9 @@ class EngineBase(Engine):
             raise VlmError('bad_input', f'{sorted(unknown)} cannot change while a model is '
                            f'loaded; only {RUN_TIME_FIELDS} can')
         templates = load_templates(fields['prompts']) if 'prompts' in fields else self.templates
+        if 'skills' in fields:
+            fields['skills'] = tuple(fields['skills'])
+            parse_skills(fields['skills'])
         self.config = dataclasses.replace(self.config, **fields)
         self.templates = templates
 

@@ -97,5 +97,8 @@ class EngineConfig:
     prompts: dict = field(default_factory=dict)  # task -> template overrides
     processor_kwargs: dict = field(default_factory=dict)  # e.g. {'do_image_splitting': False}
     decode_mode: str = 'auto'  # one of DECODE_MODES
+    # Plans written under a grammar of the plan schema (local/constrain.py): 'auto', 'on', 'off'.
+    constrain_plans: str = 'auto'
+    skills: tuple = ()  # the robot's skills, 'pick' or 'place(object, location)' (plan_schema)
     backend: str = 'transformers'
     remote: RemoteConfig = field(default_factory=RemoteConfig)

@@ -38,7 +38,8 @@ class ParsedPlan:
 
 
 _NONE = ParsedPlan((), False, 'none')
-CLEAN_FORMS = ('json', 'list')  # the plan the model meant, not one salvaged from broken JSON
+# The plan the model meant, not one salvaged from broken JSON ('constrained': results.py).
+CLEAN_FORMS = ('constrained', 'json', 'list')
 _MAX_DEPTH = 32  # Deeper nesting is not a plan; the bound also keeps recursion safe.
 _MAX_ATTEMPTS = 32  # JSON starts tried per source: bounds the work on bracket-rich prose.
 

@@ -79,17 +79,23 @@ class Score:
     tokens: int
 
 
-def parse_output(task: str, text: str) -> tuple:
-    """Stage 3 of 3: (steps, valid, form) of the model's text for the task."""
+def parse_output(task: str, text: str, constrained: bool = False) -> tuple:
+    """Stage 3 of 3: (steps, valid, form) of the model's text for the task.
+
+    ``constrained``: the text was written under the plan schema's grammar to its end, so a
+    complete JSON plan has form 'constrained' (a cut one keeps 'json_truncated').
+    """
     if task in ('plan', 'replan'):
         parsed = parse_plan(text)
-        return parsed.steps, parsed.valid, parsed.form
+        form = 'constrained' if constrained and parsed.form == 'json' else parsed.form
+        return parsed.steps, parsed.valid, form
     return (), bool(text.strip()), 'text'
 
 
 def make_result(task: str, text: str, output_tokens: int, time_to_first_token: float,
-                total_time: float, cancelled: bool, image_size: tuple = (0, 0)) -> Result:
+                total_time: float, cancelled: bool, image_size: tuple = (0, 0),
+                constrained: bool = False) -> Result:
     """Parse text and wrap it with its timings: every backend's answers end here alike."""
-    steps, valid, form = parse_output(task, text)
+    steps, valid, form = parse_output(task, text, constrained)
     return Result(task, text, steps, valid, form, output_tokens, time_to_first_token, total_time,
                   cancelled, image_size)

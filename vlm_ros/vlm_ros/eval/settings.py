@@ -13,7 +13,7 @@ import json
 from typing import Optional
 
 from ..engine import EngineConfig
-from ..node.params import BY_NAME, processor_kwargs
+from ..node.params import BY_NAME, processor_kwargs, typed
 
 # Parameters every rclpy node has; the rest of a node's parameters are in node/params.py.
 ROS_DEFAULTS = {'use_sim_time': False}
@@ -39,8 +39,8 @@ def node_settings(recorded: Optional[dict]) -> Optional[dict]:
     if recorded is None:
         return None
     defaults = {**ROS_DEFAULTS, **{name: spec.default for name, spec in BY_NAME.items()}}
-    return _settings(f'parameters of {recorded.get("node", "the node")}',
-                     recorded['parameters'], defaults)
+    values = {name: typed(name, value) for name, value in recorded['parameters'].items()}
+    return _settings(f'parameters of {recorded.get("node", "the node")}', values, defaults)
 
 
 def _node_default(name: str, fallback):

@@ -9,12 +9,18 @@ from std_msgs.msg import Header
 
 from vlm_ros_msgs.msg import Caption, Plan, PlanProgress, PlanStep
 
+from ..engine.plan_parser import CLEAN_FORMS
 from .jobs import Outcome, Status
 
 
 def stamp_seconds(stamp) -> float:
     """Convert a builtin_interfaces/Time to float seconds."""
     return stamp.sec + stamp.nanosec * 1e-9
+
+
+def step_msgs(steps) -> list:
+    """Return the PlanStep messages of engine PlanSteps (or alike)."""
+    return [PlanStep(instruction=s.instruction, skill=s.skill, target=s.target) for s in steps]
 
 
 def plan_msg(outcome: Outcome, model: str, fallback: Header) -> Plan:
@@ -27,8 +33,7 @@ def plan_msg(outcome: Outcome, model: str, fallback: Header) -> Plan:
     if result is not None:
         plan.text = result.text
         plan.form = result.form
-        plan.steps = [PlanStep(instruction=s.instruction, skill=s.skill, target=s.target)
-                      for s in result.steps]
+        plan.steps = step_msgs(result.steps)
         plan.time_to_first_token = float(result.time_to_first_token)
         plan.output_tokens = result.output_tokens
     return plan
@@ -70,7 +75,7 @@ def format_plan(plan: Plan) -> str:
              f'{plan.header.stamp.sec}.{plan.header.stamp.nanosec:09d})']
     if plan.message:
         lines.append(f'  reason: {plan.message}')
-    if plan.steps and plan.form not in (Plan.FORM_JSON, Plan.FORM_LIST):
+    if plan.steps and plan.form not in CLEAN_FORMS:
         lines.append(f'  form: {plan.form} (not the complete plan the model meant)')
     lines += [f'  {i}. {s.instruction}' + (f'  [{s.skill} {s.target}]'.rstrip()
                                           if s.skill or s.target else '')

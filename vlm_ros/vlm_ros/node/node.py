@@ -41,10 +41,14 @@ class VlmNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__('vlm_node', **kwargs)
         for spec in params.SPECS:
-            self.declare_parameter(spec.name, spec.default, params.descriptor(spec))
+            self.declare_parameter(spec.name, params.declared_default(spec),
+                                   params.descriptor(spec))
+            if self.get_parameter_or(spec.name).value is None:  # an array nobody gave
+                self.set_parameters([params.default_parameter(spec)])
         # A launch value params.validate refuses fails every configure until a change fixes it.
         self.settings, self._refused = parameter_changes.launch_settings(
-            {spec.name: self.get_parameter(spec.name).value for spec in params.SPECS})
+            {spec.name: params.typed(spec.name, self.get_parameter(spec.name).value)
+             for spec in params.SPECS})
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.engine = None
         self.worker = None

@@ -35,7 +35,7 @@ def accept(settings: Settings, changes, refused: dict, model_loaded: bool,
     A change refused (by validation, or because applying it failed) returns settings, so the
     parts read what they read before. An accepted change takes its names out of refused.
     """
-    values = {change.name: change.value for change in changes
+    values = {change.name: params.typed(change.name, change.value) for change in changes
               if change.name in params.BY_NAME}  # not use_sim_time: rclpy checks that
     try:
         changed = settings.changed(values, model_loaded=model_loaded)

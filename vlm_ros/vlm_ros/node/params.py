@@ -22,6 +22,7 @@ from typing import Optional
 
 from ..engine.config import BACKENDS, DECODE_MODES, DTYPES, parse_processor_kwargs
 from ..engine.errors import VlmError
+from ..engine.plan_schema import CONSTRAIN_MODES, parse_skills
 from ..engine.prompts import check_template
 
 
@@ -78,6 +79,13 @@ SPECS = (
               applies='reload', low=1, high=100),
     ParamSpec('autostart', True, 'configure and activate at start-up; false: wait for a '
               'lifecycle manager', applies='launch'),
+    ParamSpec('constrain_plans', 'auto', "in-process backend: plans are written under a grammar "
+              "of the plan JSON (llguidance), so every answer parses and follows skills; 'auto' "
+              "= wherever the model's tokenizer is supported, 'on' = configure fails where it is "
+              "not, 'off' = free text parsed as before", applies='reload',
+              choices=CONSTRAIN_MODES),
+    ParamSpec('skills', (), 'the skills the robot can execute, e.g. [pick, place, push]: every '
+              "constrained step's skill is one of them (empty = free text)"),
     ParamSpec('max_new_tokens', 128, 'generation limit per request', low=1, high=4096),
     ParamSpec('processor_kwargs', '', 'JSON object for the processor call, e.g. '
               '{"do_image_splitting": false}: one SmolVLM tile instead of a grid of 17, '
@@ -150,6 +158,7 @@ APPLIES = {
     'plans': 'applies from the next step, feedback or re-plan',
 }
 BY_NAME = {spec.name: spec for spec in SPECS}
+_ON_OFF = {'on', 'off'}  # choices ROS may hand over as a bool (typed)
 RUN_TIME = tuple(spec.name for spec in SPECS if spec.applies not in ('reload', 'launch'))
 PROMPT_PARAMS = {'prompt_caption': 'caption', 'prompt_vqa': 'vqa', 'prompt_plan': 'plan',
                  'prompt_replan': 'replan', 'prompt_verify': 'verify'}
@@ -191,8 +200,47 @@ def _check_value(name: str, value) -> None:
     """Raise VlmError when a parameter's text does not parse (JSON, prompt templates)."""
     if name == 'processor_kwargs':
         processor_kwargs(value)
+    elif name == 'skills':
+        parse_skills(value)
     elif name in PROMPT_PARAMS and value:
         check_template(PROMPT_PARAMS[name], value)
+
+
+def typed(name: str, value):
+    """Return a parameter's value as its Settings field holds it: string arrays as tuples.
+
+    ROS hands a string array over as a list, and one never given as None: it is declared by
+    type (declared_default), since an empty default would make it a byte array. A choice of
+    'on' and 'off' written bare (constrain_plans:=off) arrives as a bool.
+    """
+    spec = BY_NAME.get(name)
+    if spec is None:
+        return value
+    if isinstance(value, bool) and _ON_OFF <= set(spec.choices):
+        return 'on' if value else 'off'  # ROS reads a bare on/off as a bool (descriptor)
+    if not isinstance(spec.default, tuple):
+        return value
+    return spec.default if value is None else tuple(value) if isinstance(value, list) else value
+
+
+def declared_default(spec: ParamSpec):
+    """Return what the node declares spec with: its default, or the type of a string array.
+
+    A string array declared by type and given no value is unset (get_parameter raises): the
+    node then sets it to default_parameter, so every parameter reads as a value.
+    """
+    from rclpy.parameter import Parameter
+
+    return Parameter.Type.STRING_ARRAY if isinstance(spec.default, tuple) else spec.default
+
+
+def default_parameter(spec: ParamSpec):
+    """Return spec's default as an rclpy Parameter (a typed empty array for a string array)."""
+    from rclpy.parameter import Parameter
+
+    if isinstance(spec.default, tuple):
+        return Parameter(spec.name, Parameter.Type.STRING_ARRAY, list(spec.default))
+    return Parameter(spec.name, value=spec.default)
 
 
 def validate(name: str, value, model_loaded: bool = False) -> Optional[str]:
@@ -237,7 +285,8 @@ def descriptor(spec: ParamSpec):
     text = f'{spec.description} [{APPLIES[spec.applies]}]'
     if spec.choices:
         text += f" [one of: {', '.join(spec.choices)}]"
-    result = ParameterDescriptor(description=text, read_only=spec.applies == 'launch')
+    result = ParameterDescriptor(description=text, read_only=spec.applies == 'launch',
+                                 dynamic_typing=_ON_OFF <= set(spec.choices))
     if spec.low is not None and isinstance(spec.default, int):
         result.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high),
                                              step=0)]

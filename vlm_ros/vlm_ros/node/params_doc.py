@@ -37,12 +37,15 @@ def _value(value: object) -> str:
         return f'`{str(value).lower()}`'
     if value == '':
         return "`''`"
+    if value == ():
+        return '`[]`'
     return f'`{value}`'
 
 
 def _kind(spec: ParamSpec) -> str:
     """Name the parameter's ROS type (a value of another type is refused)."""
-    return {bool: 'bool', int: 'integer', float: 'double', str: 'string'}[type(spec.default)]
+    return {bool: 'bool', int: 'integer', float: 'double', str: 'string',
+            tuple: 'string array'}[type(spec.default)]
 
 
 def _accepts(spec: ParamSpec) -> str:

@@ -15,11 +15,12 @@ from typing import Optional
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from vlm_ros_msgs.msg import PlanProgress, PlanStep, StepCommand, StepFeedback
+from vlm_ros_msgs.msg import PlanProgress, StepCommand, StepFeedback
 
 from ..compat import steady_timer
 from ..engine.verdict import parse_yes_no
 from .jobs import Job, Outcome, Status
+from .messages import step_msgs
 from .plan_runner import Execution, Outputs, PlanRunner
 from .scheduler import Worker, cancel_job
 from .settings import Settings
@@ -122,8 +123,7 @@ class PlanExecution:
         progress = PlanProgress(
             header=ex.header, plan_id=ex.plan_id, instruction=ex.instruction,
             state=int(ex.state), index=ex.index,
-            steps=[PlanStep(instruction=s.instruction, skill=s.skill, target=s.target)
-                   for s in ex.steps],
+            steps=step_msgs(ex.steps),
             done=list(ex.done), attempt=ex.attempt, message=ex.message)
         self.progress_pub.publish(progress)
         watcher = self._watchers.get(ex.plan_id)

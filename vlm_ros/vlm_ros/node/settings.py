@@ -42,6 +42,8 @@ class Settings:
     max_concurrency: int
     jpeg_quality: int
     autostart: bool
+    constrain_plans: str
+    skills: tuple
     max_new_tokens: int
     processor_kwargs: str
     max_image_side: int
@@ -109,7 +111,7 @@ class Settings:
     def run_time_engine_fields(self) -> dict:
         """Return the engine settings a running engine takes (EngineBase.update)."""
         return {'max_new_tokens': self.max_new_tokens, 'max_image_side': self.max_image_side,
-                'prompts': self.prompts()}
+                'prompts': self.prompts(), 'skills': self.skills}
 
     def engine_config(self) -> EngineConfig:
         """Return the engine's whole configuration."""
@@ -122,7 +124,8 @@ class Settings:
             attn_implementation=self.attn_implementation or None,
             trust_remote_code=self.trust_remote_code, local_files_only=self.local_files_only,
             processor_kwargs=params.processor_kwargs(self.processor_kwargs),
-            decode_mode=self.decode_mode, backend=self.backend, remote=remote,
+            decode_mode=self.decode_mode, constrain_plans=self.constrain_plans,
+            backend=self.backend, remote=remote,
             **self.run_time_engine_fields())
 
 

@@ -8,6 +8,7 @@ import argparse
 
 from ..engine import EngineConfig, VlmError
 from ..engine.config import DECODE_MODES, DEVICES_HELP, DTYPES, parse_processor_kwargs
+from ..engine.plan_schema import CONSTRAIN_MODES
 
 
 def _processor_kwargs(text: str) -> dict:
@@ -27,10 +28,16 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--decode-mode', default='auto', choices=DECODE_MODES,
                         help="auto = a static KV cache with compiled decoding on CUDA (warmed "
                         "up at load), eager elsewhere; 'static' = static cache, not compiled")
+    parser.add_argument('--constrain-plans', default='auto', choices=CONSTRAIN_MODES,
+                        help="plans under the plan schema's grammar: auto = wherever the "
+                        "tokenizer allows (vlm_node's default), on = or fail, off = free text")
+    parser.add_argument('--skills', nargs='*', default=[], metavar='SKILL',
+                        help="the robot's skills: every plan step's skill is one of them")
 
 
 def engine_config(args: argparse.Namespace, model: str, **fields) -> EngineConfig:
     """Build the EngineConfig of model from add_engine_args' options plus the tool's fields."""
     return EngineConfig(model=model, device=args.device, dtype=args.dtype,
                         processor_kwargs=args.processor_kwargs, decode_mode=args.decode_mode,
+                        constrain_plans=args.constrain_plans, skills=tuple(args.skills),
                         **fields)

@@ -9,6 +9,7 @@ after which torch.compile has marked those dimensions dynamic, and later request
 length and batch size reuse the graphs (test_decoding.py counts them).
 """
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -86,3 +87,20 @@ def warm_up(loaded, preprocess: Callable, decode: dict, max_image_side: int) -> 
                     for image, prompt in zip(images, prompts, strict=True)]
         generate(loaded, preprocess(requests), tokens,
                  {'do_sample': False, 'min_new_tokens': tokens, **decode})
+
+
+def warm_up_if_needed(loaded, preprocess: Callable, mode: str, decode: dict, config) -> float:
+    """Warm up where the mode needs it (needs_warm_up); return the seconds it took.
+
+    A failed warm-up raises VlmError('load_failed') with the way out (decode_mode 'eager').
+    """
+    if not needs_warm_up(mode, loaded.device):
+        return 0.0
+    start = time.perf_counter()
+    try:
+        warm_up(loaded, preprocess, decode, config.max_image_side)
+    except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for torch.compile
+        raise VlmError('load_failed', f'the {mode} decode mode failed to warm up '
+                       f'({type(exc).__name__}: {str(exc)[:300]}); set decode_mode to '
+                       "'eager'", config.model, str(loaded.device), exc) from exc
+    return time.perf_counter() - start

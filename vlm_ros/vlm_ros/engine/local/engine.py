@@ -5,17 +5,17 @@ evaluator and the benchmark all drive this same class.
 """
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Optional
 
 from ..base import CancelSignal, EngineBase
 from ..config import EngineConfig
 from ..errors import VlmError
+from ..plan_schema import parse_skills
 from ..preprocess import fitted_size
 from ..results import make_result
-from . import decoding, loader, teacher_forcing
-from .generate import generate
+from . import constrain, decoding, loader, teacher_forcing
+from .generate import eos_token_ids, generate
 from .inputs import InputStage
 
 
@@ -36,6 +36,7 @@ class VlmEngine(EngineBase):
         self.decode_mode = 'eager'  # resolved from config.decode_mode at load()
         self._decode: dict = {}  # generate's arguments of the decode mode
         self.warm_up_seconds = 0.0
+        self._grammars: Optional[constrain.GrammarCache] = None  # None: plans not constrained
         self._stage = InputStage()  # the processor, its lock and the frame cache (inputs.py)
 
     @property
@@ -59,8 +60,9 @@ class VlmEngine(EngineBase):
     def describe(self) -> str:
         """Say what is loaded and where, for a log line."""
         loaded = self.loaded
+        constrained = 'constrained' if self._grammars is not None else 'unconstrained'
         return (f'{loaded.name} on {loaded.device} ({loaded.dtype}, {self.decode_mode} decoding, '
-                f'warm-up {self.warm_up_seconds:.1f} s)')
+                f'{constrained} plans, warm-up {self.warm_up_seconds:.1f} s)')
 
     def status(self) -> dict:
         """Plain values for diagnostics: the device, and GPU memory when on a GPU.
@@ -73,6 +75,7 @@ class VlmEngine(EngineBase):
         return {'device': str(loaded.device), 'decode_mode': self.decode_mode,
                 'warm_up_s': f'{self.warm_up_seconds:.2f}',
                 'compiled_graphs': decoding.compiled_graphs(),
+                'constrained_plans': str(self._grammars is not None).lower(),
                 'frames_preprocessed': getattr(frames, 'frames_processed', 0),
                 'frames_reused': getattr(frames, 'frames_reused', 0),
                 **loader.gpu_memory(loaded.device)}
@@ -89,23 +92,20 @@ class VlmEngine(EngineBase):
         if not loaded.is_encoder_decoder:
             tokenizer.padding_side = 'left'  # new tokens follow the last prompt token per row
         self._loaded = loaded
-        self.decode_mode = decoding.resolve(self.config.decode_mode, loaded.device)
-        self._decode = decoding.generate_kwargs(self.decode_mode)
-        if decoding.needs_warm_up(self.decode_mode, loaded.device):
-            start = time.perf_counter()
-            try:
-                decoding.warm_up(loaded, self.preprocess, self._decode,
-                                 self.config.max_image_side)
-            except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for torch.compile
-                self.unload()
-                raise VlmError('load_failed', f'the {self.decode_mode} decode mode failed to '
-                               f'warm up ({type(exc).__name__}: {str(exc)[:300]}); set '
-                               "decode_mode to 'eager'", self.config.model,
-                               str(loaded.device), exc) from exc
-            self.warm_up_seconds = time.perf_counter() - start
+        try:  # a load that fails on the way leaves nothing loaded
+            self._grammars = constrain.resolve(self.config, tokenizer,
+                                               eos_token_ids(loaded.model, tokenizer))
+            self.decode_mode = decoding.resolve(self.config.decode_mode, loaded.device)
+            self._decode = decoding.generate_kwargs(self.decode_mode)
+            self.warm_up_seconds = decoding.warm_up_if_needed(
+                loaded, self.preprocess, self.decode_mode, self._decode, self.config)
+        except VlmError:
+            self.unload()
+            raise
 
     def unload(self) -> None:
         """Free the model (and cached GPU memory)."""
+        self._grammars = None
         if self._loaded is not None:
             self._stage.detach()
             loader.unload(self._loaded)
@@ -127,6 +127,12 @@ class VlmEngine(EngineBase):
         """
         if self._stage.frames is not None and images:
             self._stage.prepare(self.loaded, images, self.config, self.templates)
+
+    def update(self, **fields) -> None:
+        """Change run-time fields; new skills compile first, so refused ones change nothing."""
+        if 'skills' in fields and self._grammars is not None:
+            self._grammars.grammar(parse_skills(tuple(fields['skills'])))
+        super().update(**fields)
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments of model.generate: sampling, and the decode mode's cache."""
@@ -155,6 +161,11 @@ class VlmEngine(EngineBase):
             cancels = [CancelSignal(r.cancel or cancel, stop) for r in requests]
             return self._run(requests, on_text, cancels)
 
+    def plan_constraint(self, tasks: list) -> Optional[constrain.PlanConstraint]:
+        """Return a fresh processor keeping one batch's plan rows in the schema, or None."""
+        return constrain.for_batch(self._grammars, self.config.skills, tasks,
+                                   greedy=not self.config.do_sample)
+
     def _run(self, requests: list, on_text, cancels: list) -> list:
         loaded = self.loaded
         inputs = self._inputs(requests)
@@ -165,8 +176,9 @@ class VlmEngine(EngineBase):
         limits = [r.max_new_tokens or self.config.max_new_tokens for r in requests]
         on_texts = [r.on_text or on_text for r in requests]
         try:
+            constraint = self.plan_constraint([r.task for r in requests])
             generated = generate(loaded, inputs, max(limits), self.generate_kwargs(), on_texts,
-                                 cancels)
+                                 cancels, constraint)
             rows = [tokens[:limit] for limit, tokens in zip(limits, generated.tokens,
                                                             strict=True)]
             texts = [loaded.processor.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -174,11 +186,12 @@ class VlmEngine(EngineBase):
         except Exception as exc:  # noqa: BLE001 - the caller answers with a status, not a crash
             raise loader.model_failure('generation', exc, self.config.model,
                                        loaded.device) from exc
+        finished = constraint.followed if constraint else [False] * len(requests)
         return [make_result(request.task, text, len(tokens), generated.time_to_first_token,
                             generated.total_time, cancelled,
-                            fitted_size(request.image, self.config.max_image_side))
-                for request, text, tokens, cancelled in zip(requests, texts, rows,
-                                                            generated.cancelled, strict=True)]
+                            fitted_size(request.image, self.config.max_image_side), done)
+                for request, text, tokens, cancelled, done in zip(
+                    requests, texts, rows, generated.cancelled, finished, strict=True)]
 
     def _inputs(self, requests: list):
         """Preprocess requests for the model; VlmError('bad_input') when the processor refuses."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 
@@ -150,12 +150,14 @@ def eos_token_ids(model, tokenizer) -> set:
 
 
 def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
-             on_texts: Optional[list] = None, cancels: Optional[list] = None) -> Generated:
+             on_texts: Optional[list] = None, cancels: Optional[list] = None,
+             constraint=None) -> Generated:
     """Run one batched generate.
 
     ``on_texts`` holds one text callback (or None) per row, ``cancels`` one Event per row:
     setting a row's event stops that row at its next step (and the first forward once every
-    row's is set), and its result is marked cancelled.
+    row's is set), and its result is marked cancelled. ``constraint`` (constrain.py) masks
+    the logits of the rows it constrains before each step.
     """
     batch = int(inputs['input_ids'].shape[0])
     on_texts = on_texts or [None] * batch
@@ -173,6 +175,7 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
             output = loaded.model.generate(
                 **inputs, max_new_tokens=max_new_tokens, streamer=streamer,
                 stopping_criteria=StoppingCriteriaList([_Cancelled(cancels)]),
+                logits_processor=LogitsProcessorList([constraint] if constraint else []),
                 pad_token_id=tokenizer.pad_token_id, **sampling)
     except _InterruptedError:
         total = time.perf_counter() - start

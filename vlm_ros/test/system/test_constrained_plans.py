@@ -1,0 +1,88 @@
+"""Plans under the plan schema's grammar: every answer parses, in the robot's own skills.
+
+A tiny LLaVA with random weights and a byte-level BPE tokenizer writes anything but a plan:
+free, nearly every answer is INVALID_OUTPUT; constrained, every one is a plan.
+"""
+
+import uuid
+from collections import Counter
+
+import numpy as np
+import pytest
+from vlm_ros.engine import EngineConfig, Request, VlmError
+from vlm_ros.engine.local import VlmEngine
+
+# Needs no ROS: scripts/test runs it on the first leg only.
+pytestmark = pytest.mark.distro_independent
+SKILLS = ('pick', 'place', 'push')
+
+
+def _engine(model, **fields) -> VlmEngine:
+    engine = VlmEngine(EngineConfig(model=str(model), device='cpu', dtype='float32',
+                                    max_new_tokens=128, **fields))
+    engine.load()
+    return engine
+
+
+def _instructions(count: int) -> list:
+    rng = np.random.default_rng(3)
+    return [Request('plan', rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
+                    f'sort the blocks, round {k} {uuid.uuid4().hex[:8]}') for k in range(count)]
+
+
+@pytest.fixture(scope='module')
+def random_llava(tmp_path_factory):
+    """Return a tiny LLaVA with random weights (its generations end by themselves)."""
+    from vlm_ros.models import build_tiny
+
+    return build_tiny('llava', tmp_path_factory.mktemp('random_llava'))
+
+
+def test_random_weights_plan_only_in_the_robots_skills(random_llava):
+    """50 instructions, 50 plans in the skills: in batches of 8, the first 8 one by one too."""
+    engine = _engine(random_llava, skills=SKILLS)
+    try:
+        requests = _instructions(50)
+        batched = [result for start in range(0, 50, 8)
+                   for result in engine.run(requests[start:start + 8])]
+        single = [engine.run([request])[0] for request in requests[:8]]
+    finally:
+        engine.unload()
+    assert len(batched) == 50
+    assert all(r.valid and r.steps for r in batched), Counter(r.form for r in batched)
+    assert {step.skill for r in batched for step in r.steps} <= set(SKILLS)
+    assert {r.form for r in batched} <= {'constrained', 'json_truncated'}
+    assert [r.text for r in single] == [r.text for r in batched[:8]]
+
+
+def test_free_text_from_random_weights_is_rarely_a_plan(random_llava):
+    engine = _engine(random_llava, skills=SKILLS, constrain_plans='off')
+    try:
+        results = [engine.run([request])[0] for request in _instructions(10)]
+    finally:
+        engine.unload()
+    assert sum(r.valid for r in results) <= 2, [r.text for r in results]
+
+
+def test_skills_change_at_run_time_and_bad_ones_change_nothing(random_llava):
+    engine = _engine(random_llava)
+    try:
+        request = _instructions(1)[0]
+        engine.update(skills=('wait',))
+        assert {step.skill for step in engine.run([request])[0].steps} == {'wait'}
+        with pytest.raises(VlmError, match='not a name') as refused:
+            engine.update(skills=('wait', 'pick up'))
+        assert refused.value.kind == 'bad_input' and engine.config.skills == ('wait',)
+    finally:
+        engine.unload()
+
+
+def test_captions_in_a_plan_batch_stay_free(random_llava):
+    engine = _engine(random_llava)
+    try:
+        plan, caption = engine.run([_instructions(1)[0], Request('caption', _instructions(1)[0]
+                                                                 .image)])
+    finally:
+        engine.unload()
+    assert plan.form in ('constrained', 'json_truncated') and caption.form == 'text'
+    assert not caption.text.startswith('{"steps": [')

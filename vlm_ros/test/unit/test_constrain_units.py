@@ -1,0 +1,67 @@
+"""The plan constraint masks what the grammar forbids, row by row, and nothing else.
+
+The oracle is the grammar engine's own validate_tokens, asked token by token: the mask that
+generate applies (bit-unpacked, per row, padded to the model's vocabulary) must equal it.
+"""
+
+import pytest
+import torch
+from vlm_ros.engine.local import constrain
+from vlm_ros.models.tokenizer import build_tokenizer
+
+SKILLS = ('pick', 'place')
+
+
+@pytest.fixture(scope='module')
+def grammars():
+    tokenizer = build_tokenizer(bos_token=None, eos_token='</s>', pad_token='<pad>')
+    return constrain.GrammarCache(tokenizer, {tokenizer.eos_token_id}), tokenizer
+
+
+def _grammar_allows(cache, prefix: list) -> set:
+    matcher = cache.matcher(cache.grammar(SKILLS))
+    assert matcher.consume_tokens(prefix)
+    return {token for token in range(cache.tokenizer.vocab_size)
+            if matcher.validate_tokens([token]) == 1}
+
+
+def _step(constraint, rows: list, width: int) -> torch.Tensor:
+    """Call the constraint as generate does: the ids so far, then fresh logits."""
+    return constraint(torch.tensor(rows, dtype=torch.long), torch.zeros(len(rows), width))
+
+
+@pytest.mark.parametrize('tasks', [('plan', 'plan'), ('plan', 'caption', 'plan')])
+def test_each_plan_row_allows_what_its_grammar_allows_and_free_rows_anything(grammars, tasks):
+    cache, tokenizer = grammars
+    constraint = constrain.for_batch(cache, SKILLS, list(tasks))
+    width = cache.tokenizer.vocab_size + 7  # a model's vocabulary padded past the tokenizer's
+    prefix = tokenizer.encode('{"steps": [{"instruction": "go", "skill": "p',
+                              add_special_tokens=False)
+    scores = _step(constraint, [[0]] * len(tasks), width)  # the first step consumes nothing
+    for token in prefix:
+        scores = _step(constraint, [[token]] * len(tasks), width)
+    expected = _grammar_allows(cache, prefix)
+    letter = tokenizer.convert_tokens_to_ids
+    assert {letter('i'), letter('l')} <= expected and letter('x') not in expected  # pick, place
+    for row, task in enumerate(tasks):
+        allowed = set(torch.nonzero(scores[row] > float('-inf')).flatten().tolist())
+        if task == 'plan':
+            assert allowed == expected, (row, sorted(allowed ^ expected)[:10])
+        else:
+            assert allowed == set(range(width))
+    assert constraint.masked == (len(prefix) + 1) * tasks.count('plan')
+
+
+def test_a_complete_plan_allows_only_its_end_and_counts_as_followed(grammars):
+    cache, tokenizer = grammars
+    constraint = constrain.for_batch(cache, SKILLS, ['plan', 'caption'])
+    plan = tokenizer.encode('{"steps": [{"instruction": "go", "skill": "pick", "target": ""}]}',
+                            add_special_tokens=False)
+    width = cache.tokenizer.vocab_size
+    _step(constraint, [[0], [0]], width)
+    for token in plan:
+        scores = _step(constraint, [[token], [token]], width)
+    allowed = torch.nonzero(scores[0] > float('-inf')).flatten().tolist()
+    assert allowed == [tokenizer.eos_token_id]  # no text after the plan: it ends
+    _step(constraint, [[tokenizer.eos_token_id], [0]], width)
+    assert constraint.followed == [True, False]  # the caption row was never constrained

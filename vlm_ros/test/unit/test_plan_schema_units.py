@@ -1,0 +1,44 @@
+"""The plan schema from the skills parameter, and what a hostile skills list gets back."""
+
+import pytest
+from vlm_ros.engine import VlmError
+from vlm_ros.engine.plan_parser import parse_plan
+from vlm_ros.engine.plan_schema import MAX_SKILLS, parse_skills, plan_schema, schema_key
+
+
+def test_skills_become_the_enum_of_every_steps_skill():
+    step = plan_schema(('pick', 'place'))['properties']['steps']['items']
+    assert step['properties']['skill'] == {'enum': ['pick', 'place']}
+    assert step['required'] == ['instruction', 'skill', 'target']  # the prompt's own order
+    assert not step['additionalProperties']
+
+
+def test_without_skills_the_skill_is_free_text():
+    step = plan_schema()['properties']['steps']['items']
+    assert step['properties']['skill']['type'] == 'string'
+
+
+def test_a_plan_of_the_schema_parses_as_json():
+    text = '{"steps": [{"instruction": "pick up the cup", "skill": "pick", "target": "cup"}]}'
+    plan = parse_plan(text)
+    assert plan.valid and plan.form == 'json' and plan.steps[0].skill == 'pick'
+
+
+def test_the_cache_key_changes_with_the_skills_only():
+    assert schema_key(('pick',)) == schema_key(('pick',)) != schema_key(('place',))
+
+
+@pytest.mark.parametrize(('skills', 'reason'), [
+    ('pick', 'list of names'), ([3], 'list of names'), (['pick up'], 'not a name'),
+    (['9lives'], 'not a name'), ([''], 'not a name'), (['x' * 49], 'not a name'),
+    (['pick', 'pick'], 'pick more than once'), ([f's{k}' for k in range(MAX_SKILLS + 1)],
+                                                f'at most {MAX_SKILLS}')])
+def test_hostile_skills_are_refused_with_the_reason(skills, reason):
+    with pytest.raises(VlmError, match=reason) as refused:
+        parse_skills(skills)
+    assert refused.value.kind == 'bad_input'
+
+
+def test_names_are_kept_in_order_without_blanks_around_them():
+    assert parse_skills([' pick', 'place ', 'push-down', 'go_to']) == \
+        ('pick', 'place', 'push-down', 'go_to')

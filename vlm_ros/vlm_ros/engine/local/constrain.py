@@ -1,0 +1,176 @@
+"""Constrained decoding: plan rows of a batch can only write JSON that follows the plan schema.
+
+llguidance (the grammar engine behind llama.cpp's, vLLM's and SGLang's structured output; the
+comparison with xgrammar and outlines-core is in docs/BENCHMARKS.md) computes, before each
+decoding step, the set of tokens that keep a row's text a prefix of a valid plan; the other
+logits become -inf. Each row has its own matcher, so plan rows and caption rows share a batch,
+and a row that ended or was cancelled no longer costs anything. The mask is applied in
+generate's logits processors, outside the model's forward, so the compiled decode path is
+unchanged. Grammars are compiled once per (schema, tokenizer) and kept (GrammarCache).
+"""
+
+import json
+import threading
+from typing import Optional
+
+import torch
+from transformers import LogitsProcessor
+
+from ..errors import VlmError
+from ..plan_schema import CONSTRAIN_MODES, parse_skills, plan_schema, schema_key
+
+# The plan prompt's own layout: no free whitespace, which a model with random weights would
+# otherwise write until its token budget ends.
+JSON_OPTIONS = {'whitespace_flexible': False, 'item_separator': ', ', 'key_separator': ': '}
+# Byte -> its 8 bits, lowest first: llguidance's mask is 32-bit words, token i at bit i % 32
+# of word i // 32, which as little-endian bytes is bit i % 8 of byte i // 8.
+_UNPACK = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).bool()
+PLAN_TASKS = ('plan', 'replan')  # the tasks whose answers follow the plan schema
+
+
+def _llguidance():
+    """Import llguidance (in requirements.txt [local]); None where it is missing."""
+    try:
+        import llguidance
+        import llguidance.hf
+    except ImportError:
+        return None
+    return llguidance
+
+
+class GrammarCache:
+    """The tokenizer's llguidance view and the compiled grammar per schema, made once each.
+
+    Wrapping a tokenizer takes up to a second and a grammar a few milliseconds; both are
+    read-only afterwards, so every request and thread shares them.
+    """
+
+    def __init__(self, tokenizer, eos_ids: set):
+        lib = _llguidance()
+        if lib is None:
+            raise VlmError('unsupported', 'constrained decoding needs the llguidance package '
+                           '(pip install llguidance); or set constrain_plans to off')
+        try:
+            self.tokenizer = lib.hf.from_tokenizer(tokenizer, eos_token=sorted(eos_ids))
+        except Exception as exc:  # noqa: BLE001 - any tokenizer llguidance cannot read
+            raise VlmError('unsupported', f'constrained decoding cannot use this tokenizer '
+                           f'({type(tokenizer).__name__}: {type(exc).__name__}: '
+                           f'{str(exc)[:200]}); set constrain_plans to off') from exc
+        self._lib = lib
+        self._grammars: dict = {}
+        self._lock = threading.Lock()
+
+    def grammar(self, skills: tuple) -> str:
+        """Return the compiled grammar of the skills' plan schema; VlmError if refused."""
+        key = schema_key(skills)
+        with self._lock:
+            if key not in self._grammars:
+                grammar = self._lib.LLMatcher.grammar_from_json_schema(
+                    json.dumps(plan_schema(skills)), overrides=JSON_OPTIONS)
+                error = self._lib.LLMatcher.validate_grammar(grammar, self.tokenizer)
+                if error:
+                    raise VlmError('bad_input', f'the plan schema of skills {skills} is refused '
+                                   f'by the grammar engine: {error[:300]}')
+                self._grammars[key] = grammar
+            return self._grammars[key]
+
+    def matcher(self, grammar: str):
+        """Return a fresh matcher of grammar, for one row of one batch."""
+        return self._lib.LLMatcher(self.tokenizer, grammar, log_level=0)
+
+
+class PlanConstraint(LogitsProcessor):
+    """Mask each constrained row's logits to the tokens its grammar allows next.
+
+    ``matchers`` holds one matcher per row, None for a row left free (a caption in the batch).
+    generate calls this once per step with the ids so far: the last column is the token each
+    row took at the previous step, which its matcher consumes before masking the next one.
+    """
+
+    def __init__(self, matchers: list, vocab_size: int, greedy: bool = False):
+        self._matchers = matchers
+        self._vocab = vocab_size
+        self._greedy = greedy
+        self._started = False
+        self._bitmask = torch.full((len(matchers), (vocab_size + 31) // 32), -1,
+                                   dtype=torch.int32)
+        self.checked = 0  # row-steps under the grammar (vlm_benchmark's share constrained)
+        self.masked = 0  # of those, the row-steps whose logits had to be masked
+
+    @property
+    def followed(self) -> list:
+        """Per row: whether the grammar kept all of the row's text (free rows: False)."""
+        return [matcher is not None and not matcher.is_error() for matcher in self._matchers]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor):
+        """Advance each constrained row's matcher by its last token; mask its next logits."""
+        rows = []
+        last = input_ids[:, -1].tolist() if self._started else None
+        self._started = True
+        # Greedy decoding takes the best token: where the grammar allows it, masking the others
+        # changes nothing, and checking one token costs far less than the mask of all of them.
+        best = scores.argmax(dim=-1).tolist() if self._greedy else None
+        for row, matcher in enumerate(self._matchers):
+            if matcher is None or matcher.is_error():
+                continue
+            if last is not None and not matcher.is_stopped() and \
+                    not matcher.consume_token(last[row]):
+                continue  # an error state: the row's text is no longer followed (never masked)
+            self.checked += 1
+            if best is not None and best[row] < self._vocab and \
+                    matcher.validate_tokens([best[row]]) == 1:
+                continue
+            # Once the plan is complete (stopped), the mask allows only the end of the text.
+            matcher.unsafe_compute_mask_ptr(self._bitmask[row].data_ptr(),
+                                            self._bitmask.shape[1] * 4)
+            rows.append(row)
+        if rows:
+            self.masked += len(rows)
+            all_rows = len(rows) == scores.shape[0]
+            bits = self._bitmask if all_rows else self._bitmask[rows]
+            allowed = _UNPACK[bits.view(torch.uint8).long()].view(len(rows), -1)
+            width = min(self._vocab, scores.shape[1])
+            blocked = torch.ones((len(rows), scores.shape[1]), dtype=torch.bool)
+            blocked[:, :width] = ~allowed[:, :width]  # ids beyond the tokenizer: no tokens
+            blocked = blocked.to(scores.device)
+            if all_rows:
+                return scores.masked_fill_(blocked, float('-inf'))
+            index = torch.tensor(rows, device=scores.device)
+            scores[index] = scores[index].masked_fill(blocked, float('-inf'))
+        return scores
+
+
+def resolve(config, tokenizer, eos_ids: set) -> Optional[GrammarCache]:
+    """Return the GrammarCache of config.constrain_plans, its skills compiled, or None (off).
+
+    'auto' constrains wherever llguidance reads the tokenizer; 'on' raises VlmError where it
+    cannot; 'off' never constrains. Skills the grammar engine refuses raise VlmError.
+    """
+    mode = config.constrain_plans
+    if mode not in CONSTRAIN_MODES:
+        raise VlmError('bad_input', f'constrain_plans must be one of '
+                       f'{", ".join(CONSTRAIN_MODES)}; got {mode!r}')
+    if mode == 'off':
+        return None
+    try:
+        grammars = GrammarCache(tokenizer, eos_ids)
+    except VlmError:
+        if mode == 'on':
+            raise
+        return None
+    grammars.grammar(parse_skills(config.skills))
+    return grammars
+
+
+def for_batch(grammars: Optional[GrammarCache], skills: tuple, tasks: list,
+              greedy: bool = False):
+    """Return the PlanConstraint of a batch's rows (plan rows constrained), or None.
+
+    greedy: the batch decodes greedily (no sampling), so a row whose best token the grammar
+    allows needs no mask.
+    """
+    if grammars is None or not any(task in PLAN_TASKS for task in tasks):
+        return None
+    grammar = grammars.grammar(parse_skills(skills))
+    return PlanConstraint([grammars.matcher(grammar) if task in PLAN_TASKS else None
+                           for task in tasks], grammars.tokenizer.vocab_size, greedy)
