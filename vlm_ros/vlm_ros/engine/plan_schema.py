@@ -60,16 +60,6 @@ def plan_schema(skills: tuple = ()) -> dict:
                                      'items': step}}}
 
 
-def closing_chars(skills: tuple = ()) -> int:
-    """Return the most characters that complete a plan from inside a step's instruction.
-
-    What remains once the instruction's string is closed: the skill (the longest name; free
-    text may be empty), an empty target and the ends of the step, the list and the plan.
-    """
-    longest = max((len(name) for name in skills), default=0)
-    return len('", "skill": "') + longest + len('", "target": ""}]}')
-
-
 def schema_key(skills: tuple) -> str:
     """Return the schema as canonical text: the key its compiled grammar is cached under."""
     return json.dumps(plan_schema(skills), sort_keys=True)

@@ -17,7 +17,7 @@ import torch
 from transformers import LogitsProcessor
 
 from ..errors import VlmError
-from ..plan_schema import CONSTRAIN_MODES, closing_chars, parse_skills, plan_schema, schema_key
+from ..plan_schema import CONSTRAIN_MODES, parse_skills, plan_schema, schema_key
 
 # The plan prompt's own layout: no free whitespace, which a model with random weights would
 # otherwise write until its token budget ends.
@@ -26,9 +26,6 @@ JSON_OPTIONS = {'whitespace_flexible': False, 'item_separator': ', ', 'key_separ
 # of word i // 32, which as little-endian bytes is bit i % 8 of byte i // 8.
 _UNPACK = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).bool()
 PLAN_TASKS = ('plan', 'replan')  # the tasks whose answers follow the plan schema
-# Tokens kept in hand beyond closing_chars: the end of the text, and a character whose
-# UTF-8 bytes had begun when the plan started closing.
-CLOSING_SLACK = 6
 
 
 def _llguidance():
@@ -60,16 +57,6 @@ class GrammarCache:
                            f'({type(tokenizer).__name__}: {type(exc).__name__}: '
                            f'{str(exc)[:200]}); set constrain_plans to off') from exc
         self._lib = lib
-        # Preferred as a row's token budget ends, where the grammar allows them: first tokens
-        # that begin with a quote (the end of a string), then with ']' or '}' (of the steps, of
-        # the plan; inside a string they are text, which a quote ends first); none that goes
-        # on to another step ('}, {').
-        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-        self.closers = [torch.zeros(self.tokenizer.vocab_size, dtype=torch.bool)
-                        for _ in range(2)]
-        for i, piece in enumerate(pieces[:self.tokenizer.vocab_size]):
-            if piece and piece[0] in '"]}' and '{' not in piece and '},' not in piece:
-                self.closers[piece[0] != '"'][i] = True
         self._grammars: dict = {}
         self._lock = threading.Lock()
 
@@ -100,14 +87,10 @@ class PlanConstraint(LogitsProcessor):
     row took at the previous step, which its matcher consumes before masking the next one.
     """
 
-    def __init__(self, matchers: list, vocab_size: int, greedy: bool = False,
-                 closing: Optional[tuple] = None):
+    def __init__(self, matchers: list, vocab_size: int, greedy: bool = False):
         self._matchers = matchers
         self._vocab = vocab_size
         self._greedy = greedy
-        # (per-row token budgets, tokens to keep for closing, closer tokens) or None
-        self._closing = closing
-        self._calls = 0
         self._started = False
         self._bitmask = torch.full((len(matchers), (vocab_size + 31) // 32), -1,
                                    dtype=torch.int32)
@@ -127,8 +110,6 @@ class PlanConstraint(LogitsProcessor):
         # Greedy decoding takes the best token: where the grammar allows it, masking the others
         # changes nothing, and checking one token costs far less than the mask of all of them.
         best = scores.argmax(dim=-1).tolist() if self._greedy else None
-        closing = self._closing_rows()
-        self._calls += 1
         for row, matcher in enumerate(self._matchers):
             if matcher is None or matcher.is_error():
                 continue
@@ -136,7 +117,7 @@ class PlanConstraint(LogitsProcessor):
                     not matcher.consume_token(last[row]):
                 continue  # an error state: the row's text is no longer followed (never masked)
             self.checked += 1
-            if best is not None and row not in closing and best[row] < self._vocab and \
+            if best is not None and best[row] < self._vocab and \
                     matcher.validate_tokens([best[row]]) == 1:
                 continue
             # Once the plan is complete (stopped), the mask allows only the end of the text.
@@ -147,31 +128,16 @@ class PlanConstraint(LogitsProcessor):
             self.masked += len(rows)
             all_rows = len(rows) == scores.shape[0]
             bits = self._bitmask if all_rows else self._bitmask[rows]
+            allowed = _UNPACK[bits.view(torch.uint8).long()].view(len(rows), -1)
             width = min(self._vocab, scores.shape[1])
-            allowed = _UNPACK[bits.view(torch.uint8).long()].view(len(rows), -1)[:, :width]
-            ending = [k for k, row in enumerate(rows) if row in closing]
-            if ending:  # the first closers the grammar allows, where it allows any
-                could, kept = allowed[ending], allowed[ending]
-                for closers in reversed(self._closing[2]):  # a quote wins over ']' or '}'
-                    closing_ones = could & closers[:width]
-                    kept = torch.where(closing_ones.any(dim=1, keepdim=True), closing_ones, kept)
-                allowed[ending] = kept
             blocked = torch.ones((len(rows), scores.shape[1]), dtype=torch.bool)
-            blocked[:, :width] = ~allowed  # ids beyond the tokenizer: no tokens
+            blocked[:, :width] = ~allowed[:, :width]  # ids beyond the tokenizer: no tokens
             blocked = blocked.to(scores.device)
             if all_rows:
                 return scores.masked_fill_(blocked, float('-inf'))
             index = torch.tensor(rows, device=scores.device)
             scores[index] = scores[index].masked_fill(blocked, float('-inf'))
         return scores
-
-
-    def _closing_rows(self) -> set:
-        """Return the rows whose budget leaves only the tokens that complete their plan."""
-        if self._closing is None:
-            return set()
-        budgets, reserve, _ = self._closing
-        return {row for row, budget in enumerate(budgets) if budget - self._calls <= reserve}
 
 
 def resolve(config, tokenizer, eos_ids: set) -> Optional[GrammarCache]:
@@ -197,18 +163,14 @@ def resolve(config, tokenizer, eos_ids: set) -> Optional[GrammarCache]:
 
 
 def for_batch(grammars: Optional[GrammarCache], skills: tuple, tasks: list,
-              greedy: bool = False, budgets: Optional[list] = None):
+              greedy: bool = False):
     """Return the PlanConstraint of a batch's rows (plan rows constrained), or None.
 
     greedy: the batch decodes greedily (no sampling), so a row whose best token the grammar
-    allows needs no mask. budgets: each row's max_new_tokens; as one nears its end, the row
-    takes the tokens that close its strings, step and plan, so a plan is complete by then.
+    allows needs no mask.
     """
     if grammars is None or not any(task in PLAN_TASKS for task in tasks):
         return None
-    names = parse_skills(skills)
-    grammar = grammars.grammar(names)
-    closing = None if budgets is None else \
-        (list(budgets), closing_chars(names) + CLOSING_SLACK, grammars.closers)
+    grammar = grammars.grammar(parse_skills(skills))
     return PlanConstraint([grammars.matcher(grammar) if task in PLAN_TASKS else None
-                           for task in tasks], grammars.tokenizer.vocab_size, greedy, closing)
+                           for task in tasks], grammars.tokenizer.vocab_size, greedy)
