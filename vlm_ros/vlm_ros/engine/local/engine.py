@@ -186,12 +186,12 @@ class VlmEngine(EngineBase):
         except Exception as exc:  # noqa: BLE001 - the caller answers with a status, not a crash
             raise loader.model_failure('generation', exc, self.config.model,
                                        loaded.device) from exc
-        finished = constraint.followed if constraint else [False] * len(requests)
+        followed = constraint.followed if constraint else [False] * len(requests)
         return [make_result(request.task, text, len(tokens), generated.time_to_first_token,
                             generated.total_time, cancelled,
-                            fitted_size(request.image, self.config.max_image_side), done)
-                for request, text, tokens, cancelled, done in zip(
-                    requests, texts, rows, generated.cancelled, finished, strict=True)]
+                            fitted_size(request.image, self.config.max_image_side), constrained)
+                for request, text, tokens, cancelled, constrained in zip(
+                    requests, texts, rows, generated.cancelled, followed, strict=True)]
 
     def _inputs(self, requests: list):
         """Preprocess requests for the model; VlmError('bad_input') when the processor refuses."""
