@@ -25,6 +25,8 @@ from node_harness import TIMEOUT, camera
 from ros_harness import wait_until
 from sensor_msgs.msg import Image
 
+from vlm_ros_msgs.msg import Plan
+
 OPERATOR_BLOCK = [each.body for each in blocks()
                   if each.kind == 'tested' and 'test_operator_cli.py' in each.marker]
 LINES = [shlex.split(line, comments=True) for block in OPERATOR_BLOCK
@@ -99,10 +101,17 @@ def test_operator_block_runs_as_typed(operator):
     assert echo[-1] == '&'
     listener = subprocess.Popen(echo[:-1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=os.environ.copy())
-    wait_until(lambda: test_node.node.count_subscribers('/plan') > 0
+    seen = test_node.collect(Plan, '/plan')  # says which side lost it, should echo get none
+    wait_until(lambda: test_node.node.count_subscribers('/plan') > 1
                or listener.poll() is not None, TIMEOUT, 'ros2 topic echo to subscribe to /plan')
+    assert publish[4:6] == ['--keep-alive', '1.0'], publish
     _ok(publish, 'publishing #1')
-    out, err = listener.communicate(timeout=TIMEOUT)
+    try:
+        out, err = listener.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        listener.kill()
+        pytest.fail(f'ros2 topic echo printed no plan in {TIMEOUT} s; this process saw '
+                    f'{len(seen.items())} on /plan: {seen.items()}')
     assert listener.returncode == 0, err
     plan = yaml.safe_load(out.split('\n---')[0])
     assert plan['instruction'] == TARGETS['plan'][0] == yaml.safe_load(publish[-1])['data']
