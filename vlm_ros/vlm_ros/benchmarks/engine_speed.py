@@ -130,7 +130,8 @@ def time_batch(engine: 'VlmEngine', new_tokens: int, frames: list,
                                                  for frame in ahead or []])
     preparing.start()
     timer = VisionTimer(loaded.model, loaded.device)
-    constraint = engine.plan_constraint([r.task for r in requests]) if constrained else None
+    constraint = (engine.plan_constraint([r.task for r in requests], [new_tokens] * batch)
+                  if constrained else None)
     try:
         out = generate(loaded, inputs, new_tokens,
                        {**engine.generate_kwargs(), 'min_new_tokens': new_tokens},

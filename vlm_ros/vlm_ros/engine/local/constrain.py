@@ -18,6 +18,7 @@ from transformers import LogitsProcessor
 
 from ..errors import VlmError
 from ..plan_schema import CONSTRAIN_MODES, parse_skills, plan_schema, schema_key
+from . import closing
 
 # The plan prompt's own layout: no free whitespace, which a model with random weights would
 # otherwise write until its token budget ends.
@@ -58,6 +59,8 @@ class GrammarCache:
                            f'{str(exc)[:200]}); set constrain_plans to off') from exc
         self._lib = lib
         self._grammars: dict = {}
+        self._windows: dict = {}
+        self.closer = closing.Closer(self.tokenizer)
         self._lock = threading.Lock()
 
     def grammar(self, skills: tuple) -> str:
@@ -78,6 +81,13 @@ class GrammarCache:
         """Return a fresh matcher of grammar, for one row of one batch."""
         return self._lib.LLMatcher(self.tokenizer, grammar, log_level=0)
 
+    def window(self, grammar: str) -> int:
+        """Return the last tokens of a budget in which plans of grammar may need closing."""
+        with self._lock:
+            if grammar not in self._windows:
+                self._windows[grammar] = self.closer.window(self.matcher(grammar))
+            return self._windows[grammar]
+
 
 class PlanConstraint(LogitsProcessor):
     """Mask each constrained row's logits to the tokens its grammar allows next.
@@ -85,17 +95,26 @@ class PlanConstraint(LogitsProcessor):
     ``matchers`` holds one matcher per row, None for a row left free (a caption in the batch).
     generate calls this once per step with the ids so far: the last column is the token each
     row took at the previous step, which its matcher consumes before masking the next one.
+    ``budgets`` (per row: its max_new_tokens) with ``closer`` and ``window`` (the last tokens
+    that may need it) close each plan in time (closing.py); without them, a plan is cut where
+    generate stops.
     """
 
-    def __init__(self, matchers: list, vocab_size: int, greedy: bool = False):
+    def __init__(self, matchers: list, vocab_size: int, greedy: bool = False,
+                 budgets: Optional[list] = None, closer=None, window: int = 0):
         self._matchers = matchers
         self._vocab = vocab_size
         self._greedy = greedy
-        self._started = False
+        self._budgets = budgets if closer is not None else None
+        self._closings = [closing.RowClosing(closer) if matcher is not None and closer else None
+                          for matcher in matchers]
+        self._window = window
+        self._step = 0  # the tokens each row has taken so far
         self._bitmask = torch.full((len(matchers), (vocab_size + 31) // 32), -1,
                                    dtype=torch.int32)
         self.checked = 0  # row-steps under the grammar (vlm_benchmark's share constrained)
         self.masked = 0  # of those, the row-steps whose logits had to be masked
+        self.closed = 0  # row-steps that took the closing token instead of the model's
 
     @property
     def followed(self) -> list:
@@ -104,9 +123,8 @@ class PlanConstraint(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor):
         """Advance each constrained row's matcher by its last token; mask its next logits."""
-        rows = []
-        last = input_ids[:, -1].tolist() if self._started else None
-        self._started = True
+        rows, near = [], []
+        last = input_ids[:, -1].tolist() if self._step else None
         # Greedy decoding takes the best token: where the grammar allows it, masking the others
         # changes nothing, and checking one token costs far less than the mask of all of them.
         best = scores.argmax(dim=-1).tolist() if self._greedy else None
@@ -117,6 +135,9 @@ class PlanConstraint(LogitsProcessor):
                     not matcher.consume_token(last[row]):
                 continue  # an error state: the row's text is no longer followed (never masked)
             self.checked += 1
+            if self._budgets is not None and \
+                    self._budgets[row] - self._step <= self._window:
+                near.append(row)
             if best is not None and best[row] < self._vocab and \
                     matcher.validate_tokens([best[row]]) == 1:
                 continue
@@ -125,20 +146,37 @@ class PlanConstraint(LogitsProcessor):
                                             self._bitmask.shape[1] * 4)
             rows.append(row)
         if rows:
-            self.masked += len(rows)
-            all_rows = len(rows) == scores.shape[0]
-            bits = self._bitmask if all_rows else self._bitmask[rows]
-            allowed = _UNPACK[bits.view(torch.uint8).long()].view(len(rows), -1)
-            width = min(self._vocab, scores.shape[1])
-            blocked = torch.ones((len(rows), scores.shape[1]), dtype=torch.bool)
-            blocked[:, :width] = ~allowed[:, :width]  # ids beyond the tokenizer: no tokens
-            blocked = blocked.to(scores.device)
-            if all_rows:
-                return scores.masked_fill_(blocked, float('-inf'))
-            index = torch.tensor(rows, device=scores.device)
-            scores[index] = scores[index].masked_fill(blocked, float('-inf'))
+            self._mask(rows, scores)
+        for row in near:
+            self._close_in_time(row, scores, last[row] if last is not None else None)
+        self._step += 1
         return scores
 
+    def _mask(self, rows: list, scores: torch.FloatTensor) -> None:
+        self.masked += len(rows)
+        all_rows = len(rows) == scores.shape[0]
+        bits = self._bitmask if all_rows else self._bitmask[rows]
+        allowed = _UNPACK[bits.view(torch.uint8).long()].view(len(rows), -1)
+        width = min(self._vocab, scores.shape[1])
+        blocked = torch.ones((len(rows), scores.shape[1]), dtype=torch.bool)
+        blocked[:, :width] = ~allowed[:, :width]  # ids beyond the tokenizer: no tokens
+        blocked = blocked.to(scores.device)
+        if all_rows:
+            scores.masked_fill_(blocked, float('-inf'))
+        else:
+            index = torch.tensor(rows, device=scores.device)
+            scores[index] = scores[index].masked_fill(blocked, float('-inf'))
+
+    def _close_in_time(self, row: int, scores: torch.FloatTensor, last: Optional[int]) -> None:
+        """Leave row only the closing token where the model's would leave its plan cut."""
+        chosen = int(scores[row].argmax()) if self._greedy else None
+        token = self._closings[row].token(self._matchers[row], self._budgets[row] - self._step,
+                                          chosen if chosen is not None and chosen < self._vocab
+                                          else None, last)
+        if token is not None and token != chosen:
+            scores[row] = float('-inf')
+            scores[row, token] = 0.0
+            self.closed += 1
 
 def resolve(config, tokenizer, eos_ids: set) -> Optional[GrammarCache]:
     """Return the GrammarCache of config.constrain_plans, its skills compiled, or None (off).
@@ -163,14 +201,17 @@ def resolve(config, tokenizer, eos_ids: set) -> Optional[GrammarCache]:
 
 
 def for_batch(grammars: Optional[GrammarCache], skills: tuple, tasks: list,
-              greedy: bool = False):
+              greedy: bool = False, budgets: Optional[list] = None):
     """Return the PlanConstraint of a batch's rows (plan rows constrained), or None.
 
     greedy: the batch decodes greedily (no sampling), so a row whose best token the grammar
-    allows needs no mask.
+    allows needs no mask, and the token a row is about to take is known. budgets: each row's
+    max_new_tokens, within which its plan is closed (None: plans are cut where generate stops).
     """
     if grammars is None or not any(task in PLAN_TASKS for task in tasks):
         return None
     grammar = grammars.grammar(parse_skills(skills))
     return PlanConstraint([grammars.matcher(grammar) if task in PLAN_TASKS else None
-                           for task in tasks], grammars.tokenizer.vocab_size, greedy)
+                           for task in tasks], grammars.tokenizer.vocab_size, greedy,
+                          budgets, grammars.closer if budgets is not None else None,
+                          grammars.window(grammar))

@@ -161,10 +161,10 @@ class VlmEngine(EngineBase):
             cancels = [CancelSignal(r.cancel or cancel, stop) for r in requests]
             return self._run(requests, on_text, cancels)
 
-    def plan_constraint(self, tasks: list) -> Optional[constrain.PlanConstraint]:
-        """Return a fresh processor keeping one batch's plan rows in the schema, or None."""
+    def plan_constraint(self, tasks: list, budgets: Optional[list] = None):
+        """Return the processor keeping a batch's plans in the schema (and budgets) or None."""
         return constrain.for_batch(self._grammars, self.config.skills, tasks,
-                                   greedy=not self.config.do_sample)
+                                   greedy=not self.config.do_sample, budgets=budgets)
 
     def _run(self, requests: list, on_text, cancels: list) -> list:
         loaded = self.loaded
@@ -176,7 +176,7 @@ class VlmEngine(EngineBase):
         limits = [r.max_new_tokens or self.config.max_new_tokens for r in requests]
         on_texts = [r.on_text or on_text for r in requests]
         try:
-            constraint = self.plan_constraint([r.task for r in requests])
+            constraint = self.plan_constraint([r.task for r in requests], limits)
             generated = generate(loaded, inputs, max(limits), self.generate_kwargs(), on_texts,
                                  cancels, constraint)
             rows = [tokens[:limit] for limit, tokens in zip(limits, generated.tokens,

@@ -1,0 +1,137 @@
+"""A constrained plan is whole when its token budget ends, and one that fits is never touched.
+
+The model is a scorer the test writes (greedy decoding takes its best allowed token): one that
+follows a plan's own tokens, and adversaries that take the lowest-id or highest-id token, or
+write letters for as long as the grammar lets them. The oracle is the plan schema, checked
+here by hand from json.loads, not by the grammar engine that does the closing.
+"""
+
+import json
+
+import pytest
+import torch
+from vlm_ros.engine.local import constrain
+from vlm_ros.engine.plan_schema import MAX_INSTRUCTION_CHARS, MAX_STEPS, MAX_TARGET_CHARS
+from vlm_ros.models.tokenizer import build_tokenizer
+
+SKILLS = ('pick', 'place', 'push')
+PLAN = ('{"steps": [{"instruction": "pick up the red block", "skill": "pick", "target": "red '
+        'block"}, {"instruction": "put it in the bin", "skill": "place", "target": "bin"}]}')
+
+
+@pytest.fixture(scope='module')
+def grammars():
+    tokenizer = build_tokenizer(bos_token=None, eos_token='</s>', pad_token='<pad>')
+    return constrain.GrammarCache(tokenizer, {tokenizer.eos_token_id}), tokenizer
+
+
+def _valid_plan(text: str) -> bool:
+    """Check text against the plan schema (plan_schema.py) with these skills, by hand."""
+    plan = json.loads(text)
+    steps = plan['steps']
+    return list(plan) == ['steps'] and 1 <= len(steps) <= MAX_STEPS and all(
+        list(step) == ['instruction', 'skill', 'target'] and step['skill'] in SKILLS
+        and 1 <= len(step['instruction']) <= MAX_INSTRUCTION_CHARS
+        and len(step['target']) <= MAX_TARGET_CHARS for step in steps)
+
+
+def _drive(cache, tokenizer, prefer, budget: int, greedy: bool = True):
+    """Decode one plan row as generate does, taking the best token after the constraint."""
+    constraint = constrain.for_batch(cache, SKILLS, ['plan'], greedy=greedy, budgets=[budget])
+    width, ids = cache.tokenizer.vocab_size, []
+    for _ in range(budget):
+        scores = prefer(ids, width).unsqueeze(0)
+        token = int(constraint(torch.tensor([[ids[-1] if ids else 0]]), scores)[0].argmax())
+        if token == tokenizer.eos_token_id:
+            break
+        ids.append(token)
+    return tokenizer.decode(ids), constraint
+
+
+def _follower(tokenizer, text: str):
+    target = tokenizer.encode(text, add_special_tokens=False)
+
+    def prefer(ids, width):
+        scores = torch.zeros(width)
+        scores[target[len(ids)] if len(ids) < len(target) else tokenizer.eos_token_id] = 1.0
+        return scores
+    return prefer, len(target)
+
+
+def _letters(tokenizer):
+    letter = tokenizer.convert_tokens_to_ids('a')
+
+    def prefer(ids, width):
+        scores = torch.zeros(width)
+        scores[letter] = 1.0  # and otherwise the lowest id the grammar allows
+        return scores
+    return prefer
+
+
+ADVERSARIES = {'lowest-id': lambda ids, width: -torch.arange(width, dtype=torch.float),
+               'highest-id': lambda ids, width: torch.arange(width, dtype=torch.float)}
+
+
+def test_every_prefix_of_a_plan_closes_into_a_valid_plan(grammars):
+    """Cut after each byte, one token a byte: also inside a character of several bytes."""
+    cache, tokenizer = grammars
+    plan = PLAN.replace('red block"}', 'red blöck → 左"}')
+    tokens = [token for byte in plan.encode() for token in cache.tokenizer.tokenize_bytes(
+        bytes([byte]))]
+    assert len(tokens) == len(plan.encode()) > len(plan)
+    for cut in range(len(tokens) + 1):
+        matcher = cache.matcher(cache.grammar(SKILLS))
+        assert matcher.consume_tokens(tokens[:cut])
+        rest = cache.closer.closing_tokens(matcher)
+        text = cache.tokenizer.decode_bytes(tokens[:cut] + rest).decode()
+        assert _valid_plan(text), (cut, text)
+        assert matcher.is_accepting() == (cut == len(tokens))  # the search ran on a copy
+    assert rest == []  # a complete plan needs nothing more
+
+
+@pytest.mark.parametrize('name', ['lowest-id', 'highest-id', 'letters'])
+def test_whatever_the_model_prefers_its_plan_is_whole_when_the_budget_ends(grammars, name):
+    """From the least budget that holds a plan up: a whole plan, steps in the skills."""
+    cache, tokenizer = grammars
+    prefer = _letters(tokenizer) if name == 'letters' else ADVERSARIES[name]
+    least = cache.window(cache.grammar(SKILLS)) - 2
+    for budget in (least, least + 1, least + 7, 64, 128):
+        text, constraint = _drive(cache, tokenizer, prefer, budget)
+        assert _valid_plan(text), (budget, text)
+        assert len(tokenizer.encode(text, add_special_tokens=False)) <= budget
+
+
+def test_a_plan_that_fits_its_budget_is_never_touched(grammars):
+    cache, tokenizer = grammars
+    prefer, length = _follower(tokenizer, PLAN)
+    for budget in (length, length + 1, length + 20):
+        text, constraint = _drive(cache, tokenizer, prefer, budget)
+        assert text == PLAN and constraint.closed == 0, budget
+    text, constraint = _drive(cache, tokenizer, prefer, length - 1)  # one token short
+    assert _valid_plan(text) and constraint.closed > 0, text
+    assert json.loads(text)['steps'][0] == json.loads(PLAN)['steps'][0], text
+
+
+def test_sampling_is_closed_at_the_last_moment(grammars):
+    """Without greedy decoding the next token is not known: the plan closes when it must."""
+    cache, tokenizer = grammars
+    text, constraint = _drive(cache, tokenizer, _letters(tokenizer), 48, greedy=False)
+    assert _valid_plan(text) and constraint.closed > 0, text
+    assert 'a' * 16 in json.loads(text)['steps'][0]['instruction'], text
+
+
+def test_without_budgets_a_plan_is_cut_where_generation_stops(grammars):
+    cache, tokenizer = grammars
+    constraint = constrain.for_batch(cache, SKILLS, ['plan'], greedy=True)
+    ids = []
+    for _ in range(24):
+        scores = _letters(tokenizer)(ids, cache.tokenizer.vocab_size).unsqueeze(0)
+        ids.append(int(constraint(torch.tensor([[ids[-1] if ids else 0]]), scores)[0].argmax()))
+    assert constraint.closed == 0 and not _ends_a_plan(tokenizer.decode(ids))
+
+
+def _ends_a_plan(text: str) -> bool:
+    try:
+        return _valid_plan(text)
+    except (ValueError, KeyError, TypeError):
+        return False

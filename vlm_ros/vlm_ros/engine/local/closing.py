@@ -1,0 +1,145 @@
+"""Closing a constrained plan in time: the fewest tokens found that complete it from here.
+
+A plan cut by max_new_tokens before its first step ends has no step at all, and a model with
+random weights, or a small one that rambles, writes its strings until the budget is gone. The
+plan constraint (constrain.py) asks this module, in a row's last tokens only, what completing
+the plan would take now and after the token the model is about to write; where that token would
+leave too few, the row takes the first token of the completion instead. A plan that ends within
+its budget on its own is never touched: the completion found is the shortest the grammar allows
+from each state (closing strings, arrays and objects first, the shortest value where one is
+required), so wherever it does not fit, the model's own ending could not fit either.
+"""
+
+from typing import Optional
+
+# Tried in this order where the grammar forces no bytes: closers first, then the bytes that
+# can start a required value (a string's first character, the rest of a skill's name), then
+# UTF-8 continuation bytes, which end a character whose first bytes a token left open (the
+# least second byte of each lead byte is one of 0x80, 0x90 and 0xa0).
+_CANDIDATES = (b'"', b']', b'}') + tuple(
+    bytes([byte]) for byte in b'abcdefghijklmnopqrstuvwxyz0123456789_-ABCDEFGHIJKLMNOPQRSTUVWXYZ '
+) + (b'\x80', b'\x90', b'\xa0')
+MAX_CLOSING_BYTES = 256  # beyond any completion of the plan schema (plan_schema.py)
+MAX_CACHED = 4096  # texts whose tokens a Closer keeps (the pieces of a schema's completions)
+
+
+class Closer:
+    """Completions of plans, for one tokenizer (llguidance's view of it); shared by threads.
+
+    Tokenizing is most of a search's cost (13 µs a call against 1 µs for copying a matcher), and
+    the same few pieces come back in every search: their tokens are kept.
+    """
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self._tokens: dict = {}
+        self._candidates = [(candidate, tokens) for candidate in _CANDIDATES
+                            if (tokens := tokenizer.tokenize_bytes(candidate))]
+
+    def tokens(self, text: bytes) -> list:
+        """Return the tokens of text, kept for the next search."""
+        tokens = self._tokens.get(text)
+        if tokens is None:
+            if len(self._tokens) >= MAX_CACHED:
+                self._tokens = {}  # a new dict: a thread still reading the old one is fine
+            tokens = self._tokens[text] = self._tokenizer.tokenize_bytes(text)
+        return tokens
+
+    def closing_tokens(self, matcher) -> Optional[list]:
+        """Return the tokens that complete matcher's text into an accepted plan, or None.
+
+        matcher is left as it is (the search runs on a copy). [] means the plan is complete.
+        None: no completion found (an error state, or a grammar this search does not cover);
+        the caller then leaves the row to the model.
+        """
+        search = matcher.deep_copy()
+        text = b''
+        while not search.is_accepting():
+            if search.is_error() or len(text) > MAX_CLOSING_BYTES:
+                return None
+            piece = search.compute_ff_bytes()
+            piece, tokens = (piece, self.tokens(piece)) if piece else self._first_allowed(search)
+            if not tokens or search.try_consume_tokens(tokens) != len(tokens):
+                return None
+            text += piece
+        tokens = self.tokens(text) if text else []
+        # The text as one piece is tokenized at least as tightly as piece by piece; check that
+        # the grammar takes those tokens (it judges bytes: any tokenization of allowed text).
+        return tokens if matcher.validate_tokens(tokens) == len(tokens) else None
+
+    def _first_allowed(self, matcher) -> tuple:
+        for candidate, tokens in self._candidates:
+            if matcher.validate_tokens(tokens) == len(tokens):
+                return candidate, tokens
+        return b'', []
+
+    def window(self, matcher) -> int:
+        """Return how many last tokens of a budget need the search, from a fresh matcher.
+
+        No state needs more than the whole least plan, which the fresh matcher's completion
+        is; one more token covers the look-ahead of the model's next token.
+        """
+        tokens = self.closing_tokens(matcher)
+        return (len(tokens) if tokens is not None else MAX_CLOSING_BYTES) + 2
+
+
+def _completes(matcher, tokens: list) -> bool:
+    """Tell whether tokens, after matcher's text, make a whole plan (checked on a copy)."""
+    trial = matcher.deep_copy()
+    return trial.try_consume_tokens(tokens) == len(tokens) and trial.is_accepting()
+
+
+class RowClosing:
+    """Close one row's plan in time, keeping a known completion from one token to the next.
+
+    A known completion (tokens that complete the row's text) is checked again after a token in
+    a few µs, where searching the shortest one takes about 60: the search runs only where the
+    known one would not fit, or no longer completes the text.
+    """
+
+    def __init__(self, closer: Closer):
+        self._closer = closer
+        self._known = None  # tokens completing the text as the last decision left it
+        self._expected = None  # the token that decision let through or forced; None: any
+        self._shortest = False  # whether known is the shortest completion found by a search
+
+    def token(self, matcher, left: int, chosen: Optional[int],
+              last: Optional[int]) -> Optional[int]:
+        """Return the token the row must take to stay completable in left tokens, or None.
+
+        left counts the token about to be taken; last is the token the row took before (which
+        matcher has consumed). chosen is the token the model would take (greedy decoding knows
+        it; None when sampling, which is then only stopped at the last moment). None: the
+        model's own token still leaves room, or no completion is found.
+        """
+        known, shortest = self._known, self._shortest
+        if known is not None and last != self._expected and not _completes(matcher, known):
+            known = None  # a sampled token changed what completes the text
+        if known is None or len(known) >= left and not shortest:
+            known, shortest = self._closer.closing_tokens(matcher), True
+        if not known:
+            return self._keep(None, None)  # complete (only its end is allowed), or not found
+        if len(known) >= left:
+            return self._take(known, shortest)  # the last moment: any other token cuts the plan
+        if chosen is None:
+            return self._keep(known, None, shortest)
+        if chosen == known[0]:
+            return self._keep(known[1:], chosen, shortest)  # the model closes it itself
+        if _completes(matcher, [chosen, *known]):
+            return self._keep(known, chosen)  # it fits after the model's token: left - 1 more
+        after = matcher.deep_copy()
+        rest = self._closer.closing_tokens(after) \
+            if after.try_consume_tokens([chosen]) == 1 else None
+        if rest is not None and len(rest) <= left - 1:
+            return self._keep(rest, chosen, True)
+        if not shortest:
+            known, shortest = self._closer.closing_tokens(matcher) or known, True
+        return self._take(known, shortest)
+
+    def _keep(self, known: Optional[list], expected: Optional[int],
+              shortest: bool = False) -> None:
+        self._known, self._expected, self._shortest = known, expected, shortest
+
+    def _take(self, known: list, shortest: bool = False) -> int:
+        self._keep(known[1:], known[0], shortest)
+        return known[0]
