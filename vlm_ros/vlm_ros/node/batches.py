@@ -34,11 +34,21 @@ class BatchRunner:
         self.batched = 0
 
     def serve(self, jobs: list) -> list:
-        """Return one outcome per job: those without an image at once, the rest batched."""
+        """Return one outcome per job: those without an image at once, the rest batched.
+
+        A ~/score job (candidates) is one forward pass of its own, never batched with others.
+        """
         outcomes, ready = [], []
         for job in jobs:
             found = self._prepared(job)
-            (outcomes if isinstance(found, Outcome) else ready).append(found)
+            if isinstance(found, Outcome):
+                outcomes.append(found)
+            elif job.candidates:
+                outcomes.append(self._scored(*found))
+            else:
+                ready.append(found)
+        if not ready:
+            return outcomes
         if len(ready) > 1:
             try:
                 return outcomes + self._answered(ready)
@@ -114,6 +124,14 @@ class BatchRunner:
         self.batched += len(ready)
         return [self._outcome(job, header, result)
                 for (job, header, _), result in zip(ready, results, strict=True)]
+
+    def _scored(self, job: Job, header, request: Request) -> Outcome:
+        """Score each of job's candidates as the answer to its request, in one forward pass."""
+        try:
+            scores = self._engine.score([request] * len(job.candidates), list(job.candidates))
+        except Exception as exc:  # noqa: BLE001 - answered as a status, never silence
+            return self._failed(job, header, exc)
+        return Outcome(job, Status.OK, '', header, scores=scores)
 
     @staticmethod
     def _failed(job: Job, header, exc: Exception) -> Outcome:

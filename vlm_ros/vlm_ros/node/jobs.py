@@ -14,6 +14,9 @@ from typing import Optional
 
 from ..engine import Result
 
+MAX_CANDIDATES = 32  # a ~/score request's candidates: all of them are one forward pass
+SCORE_TASKS = ('vqa', 'caption', 'plan')  # the prompts a candidate can be scored under
+
 
 class Status(enum.IntEnum):
     """Outcome of a request; the values are vlm_ros_msgs/Plan's STATUS_* constants."""
@@ -45,6 +48,7 @@ class Job:
     context: Optional[dict] = None  # the prompt's other placeholders (replan: done, failed)
     converted: object = None  # image_msg as RGB, when converted ahead of the job's batch
     looked_ahead: bool = False
+    candidates: tuple = ()  # a ~/score request: texts scored as answers, nothing generated
 
 
 @dataclass
@@ -56,6 +60,7 @@ class Outcome:
     message: str = ''
     header: object = None
     result: Optional[Result] = None
+    scores: Optional[list] = None  # a ~/score request's: one engine Score per candidate
 
     @property
     def total_time(self) -> float:

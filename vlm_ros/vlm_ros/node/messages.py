@@ -56,6 +56,19 @@ def fill_query_response(response, outcome: Outcome):
     return response
 
 
+def fill_score_response(response, outcome: Outcome):
+    """Fill a Score response: per candidate its summed and mean log-probability and tokens."""
+    response.success = outcome.status == Status.OK
+    response.message = outcome.message
+    for score in outcome.scores or []:
+        response.log_prob.append(-score.ce * score.tokens)
+        response.mean_log_prob.append(-score.ce)
+        response.tokens.append(score.tokens)
+    if outcome.header is not None:
+        response.image_header = outcome.header
+    return response
+
+
 def diagnostics_msg(name: str, level: int, summary: str, values: dict,
                     stamp) -> DiagnosticArray:
     """One DiagnosticStatus named name, level 0-2 (OK, WARN, ERROR), values as strings."""

@@ -1,4 +1,4 @@
-"""The query service and the generate_plan action: requests that wait for their own answer.
+"""The query and score services and the generate_plan action: requests awaiting their answer.
 
 Both exist for the node's whole life, in every lifecycle state: a service that disappears on
 deactivate leaves its callers waiting for it, one that answers "not active" tells them why.
@@ -29,11 +29,11 @@ from rclpy.task import Future
 from std_msgs.msg import Header
 
 from vlm_ros_msgs.action import GeneratePlan
-from vlm_ros_msgs.srv import Query
+from vlm_ros_msgs.srv import Query, Score
 
 from ..compat import steady_timer
-from .jobs import Job, Outcome, Status
-from .messages import fill_query_response, plan_msg
+from .jobs import SCORE_TASKS, Job, Outcome, Status
+from .messages import fill_query_response, fill_score_response, plan_msg
 from .scheduler import Worker, cancel_job
 
 CANCEL_GRACE = 5.0  # s a given-up query waits for its cancelled job's answer
@@ -76,7 +76,7 @@ class Serving:
 
 
 class RequestEndpoints:
-    """The node's ~/query service and ~/generate_plan action server.
+    """The node's ~/query and ~/score services and ~/generate_plan action server.
 
     ``node`` only creates them (and the client-check timer); what serving needs comes from
     ``serving``. ``answer_timeout()`` bounds how long a query may wait; ``executor()`` is the
@@ -95,8 +95,10 @@ class RequestEndpoints:
         self._goals = {}  # goal id -> [job, outcome or None]
         self._queries = {}  # id(job) -> _Query, while unanswered
         group = ReentrantCallbackGroup()
-        self._service = node.create_service(Query, '~/query', self._on_query,
-                                            qos_profile=REQUESTS_QOS, callback_group=group)
+        self._services = [node.create_service(kind, name, callback, qos_profile=REQUESTS_QOS,
+                                              callback_group=group)
+                          for kind, name, callback in ((Query, '~/query', self._on_query),
+                                                       (Score, '~/score', self._on_score))]
         self._destroy_service = node.destroy_service
         self._clients = partial(node.count_subscribers, FEEDBACK_TOPIC)
         self._action = ActionServer(
@@ -114,14 +116,36 @@ class RequestEndpoints:
             return bool(self._goals) or bool(self._queries)
 
     def destroy(self) -> None:
-        """Destroy the service and action server (when the node is destroyed)."""
+        """Destroy the services and the action server (when the node is destroyed)."""
         self._action.destroy()
-        self._destroy_service(self._service)
+        for service in self._services:
+            self._destroy_service(service)
 
     # Query -----------------------------------------------------------------------------
 
     async def _on_query(self, request, response):
         """Submit the question, then await its answer without holding an executor thread."""
+        job = Job('vqa', request.question.strip(), done=None,
+                  image_msg=request.image if request.image.width else None,
+                  max_new_tokens=request.max_new_tokens)
+        return await self._answer(job, response, fill_query_response)
+
+    async def _on_score(self, request, response):
+        """Score the candidates as answers on the image: a forward pass, awaited like a query."""
+        task = request.task.strip() or 'vqa'
+        if task not in SCORE_TASKS or not request.candidates:
+            response.success = False
+            response.message = (f'task {task[:40]!r} cannot be scored; use one of '
+                                f'{", ".join(SCORE_TASKS)}' if task not in SCORE_TASKS
+                                else 'no candidates to score')
+            return response
+        job = Job(task, request.prompt.strip(), done=None,
+                  image_msg=request.image if request.image.width else None,
+                  candidates=tuple(request.candidates))
+        return await self._answer(job, response, fill_score_response)
+
+    async def _answer(self, job: Job, response, fill: Callable):
+        """Submit job and await its outcome as an rclpy Future; fill the response with it."""
         worker = self._worker()
         if worker is None:
             response.success, response.message = False, self._not_ready() or 'not active'
@@ -130,9 +154,7 @@ class RequestEndpoints:
         # Future.set_result wakes the executor only through a done callback (rclpy then
         # schedules it); a woken executor resumes every waiting coroutine, this one too.
         answered.add_done_callback(lambda _: None)
-        job = Job('vqa', request.question.strip(), done=answered.set_result,
-                  image_msg=request.image if request.image.width else None,
-                  max_new_tokens=request.max_new_tokens)
+        job.done = answered.set_result
         with self._lock:
             self._queries[id(job)] = _Query(job, answered,
                                             time.monotonic() + self._answer_timeout())
@@ -146,7 +168,7 @@ class RequestEndpoints:
             response.success, response.message = False, 'no answer in time'
             return response
         self._record(outcome)
-        return fill_query_response(response, outcome)
+        return fill(response, outcome)
 
     def _expire_queries(self) -> None:
         """Cancel the job of a query past its deadline; give up on it CANCEL_GRACE later."""

@@ -16,7 +16,7 @@ from typing import Optional
 
 from .batches import BatchRunner
 from .frames import FrameStore
-from .jobs import Job, Limits, Outcome, Status
+from .jobs import MAX_CANDIDATES, Job, Limits, Outcome, Status
 
 
 def cancel_job(worker, job: Job, reason: str) -> None:
@@ -25,6 +25,22 @@ def cancel_job(worker, job: Job, reason: str) -> None:
         worker.cancel(job, reason)
     else:
         job.cancel.set()
+
+
+def refusal(job: Job, max_text_chars: int) -> str:
+    """Say why job is refused before it is queued (too much text), or ''."""
+    if len(job.text) > max_text_chars:
+        return (f'{job.task} text has {len(job.text)} characters; max_text_chars is '
+                f'{max_text_chars}')
+    if len(job.candidates) > MAX_CANDIDATES:
+        return f'{len(job.candidates)} candidates; at most {MAX_CANDIDATES} are scored at once'
+    for index, text in enumerate(job.candidates):
+        if len(text) > max_text_chars:
+            return (f'candidate {index} has {len(text)} characters; max_text_chars is '
+                    f'{max_text_chars}')
+        if not text.strip():
+            return f'candidate {index} is blank: nothing to score'
+    return ''
 
 
 def gather(cond: threading.Condition, queued: Callable[[], int], size: int, wait: float,
@@ -103,9 +119,9 @@ class Worker:
     def submit(self, job: Job) -> bool:
         """Enqueue job; when the queue is full, answer it STATUS_DROPPED at once (False)."""
         job.request_id = job.request_id or self.new_request_id()
-        if len(job.text) > self.limits.max_text_chars:  # refused before it costs anything
-            self._finish(Outcome(job, Status.BAD_INPUT, f'{job.task} text has {len(job.text)} '
-                                 f'characters; max_text_chars is {self.limits.max_text_chars}'))
+        refused = refusal(job, self.limits.max_text_chars)
+        if refused:  # before it costs anything
+            self._finish(Outcome(job, Status.BAD_INPUT, refused))
             return False
         with self._cond:
             accepted = self._running and len(self._queue) < self.limits.queue_size

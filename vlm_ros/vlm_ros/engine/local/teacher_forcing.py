@@ -78,9 +78,28 @@ def with_targets(processor, model, inputs, targets: Sequence[str]) -> dict:
     """
     device = inputs['input_ids'].device
     answers = [_answer_ids(processor, model, target).to(device) for target in targets]
+    _check_context(model, inputs['attention_mask'].sum(-1).tolist(), answers)
     if model.config.is_encoder_decoder:
         return {**inputs, 'labels': _pad_right(answers, IGNORE_INDEX)}
     return _decoder_only_batch(inputs, answers, processor.tokenizer.pad_token_id)
+
+
+def _check_context(model, prompt_lengths: list, answers: list) -> None:
+    """Refuse (VlmError 'bad_input') a target the model cannot read after its prompt.
+
+    Past max_position_embeddings a model either fails on a position it has no embedding for
+    or scores from positions it never learnt: neither is a score.
+    """
+    limit = getattr(model.config.get_text_config(), 'max_position_embeddings', None)
+    if not isinstance(limit, int):
+        return
+    decoder_only = not model.config.is_encoder_decoder
+    for index, (prompt, answer) in enumerate(zip(prompt_lengths, answers, strict=True)):
+        tokens = len(answer) + (prompt if decoder_only else 0)
+        if tokens > limit:
+            raise VlmError('bad_input', f'target {index} is {len(answer)} tokens' +
+                           (f' after a prompt of {prompt}' if decoder_only else '') +
+                           f': {tokens} in all, more than the {limit} positions the model reads')
 
 
 def teacher_forced_batch(processor, model, samples: Sequence[tuple]) -> dict:
