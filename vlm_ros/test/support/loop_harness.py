@@ -151,6 +151,13 @@ def observe_verify_steps(node, test_node):
     assert "the VLM answered 'no'" in after.message, after
 
 
+def observe_verify_by(node, test_node):
+    set_ok(test_node, verify_by='likelihood')
+    assert _verified_pick(node, test_node, 'red').index == 1  # yes the likelier: the next step
+    after = _verified_pick(node, test_node, 'blue')
+    assert "the VLM answered 'no (log-probability of yes " in after.message, after
+
+
 def observe_prompt_verify(node, test_node):
     set_ok(test_node, prompt_verify='Is {step} over? Say yes or no.')
     after = _verified_pick(node, test_node, 'blue')

@@ -63,6 +63,16 @@ def test_settings_never_hold_a_value_the_specs_refuse():
         Settings.from_values({'max_new_token': 3})
 
 
+def test_step_checks_by_likelihood_need_a_backend_that_scores():
+    reason = 'verify_by likelihood needs the transformers backend: the openai one cannot score'
+    with pytest.raises(SettingsError, match=reason):
+        Settings.from_values({'backend': 'openai', 'verify_by': 'likelihood'})
+    remote = Settings.from_values({'backend': 'openai'})
+    with pytest.raises(SettingsError, match=reason):
+        remote.changed({'verify_by': 'likelihood'})
+    assert Settings.from_values().changed({'verify_by': 'likelihood'}).verify_by == 'likelihood'
+
+
 def test_engine_config_limits_and_prompts_come_from_the_settings():
     current = Settings.from_values({'max_new_tokens': 7, 'queue_size': 3, 'batch_wait': 0.25,
                                     'prompt_plan': 'Plan: {instruction}', 'backend': 'openai',

@@ -25,6 +25,8 @@ from ..engine.errors import VlmError
 from ..engine.plan_schema import CONSTRAIN_MODES, parse_skills
 from ..engine.prompts import check_template
 
+VERIFY_BY = ('answer', 'likelihood')  # Settings.verify_by (plan_execution.py)
+
 
 @dataclass(frozen=True)
 class ParamSpec:
@@ -140,6 +142,10 @@ SPECS = (
     ParamSpec('verify_steps', False, 'ask the VLM (prompt_verify, newest frame) whether each '
               'step the head reports SUCCEEDED is done; anything but yes re-plans',
               applies='plans'),
+    ParamSpec('verify_by', 'answer', "how a step check is read: 'answer' = the first yes or no "
+              "word of the generated answer; 'likelihood' = the model's log-probability of "
+              "'yes' against 'no' after the prompt (one forward pass, nothing generated; "
+              'in-process backend)', applies='plans', choices=VERIFY_BY),
     ParamSpec('prompt_caption', '', "caption prompt template ('' = built-in)"),
     ParamSpec('prompt_vqa', '', "question template with {question} ('' = built-in)"),
     ParamSpec('prompt_plan', '', "plan template with {instruction} ('' = built-in)"),

@@ -26,6 +26,7 @@ from .scheduler import Worker, cancel_job
 from .settings import Settings
 
 TICK_PERIOD = 0.05  # s between step_timeout checks
+VERDICTS = ('yes', 'no')  # the answers a step check scores, with verify_by likelihood
 FEEDBACK_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -34,13 +35,15 @@ class PlanExecution:
 
     ``node`` creates the publishers now, and lends the operations that create and destroy the
     feedback input and timer on activate and deactivate. ``settings()`` returns the node's
-    current Settings (step_timeout, max_replans, verify_steps); re-plan and verify requests go
-    to ``worker()`` (None while not active), and their answers are counted by ``record``.
+    current Settings (step_timeout, max_replans, verify_steps, verify_by); re-plan and verify
+    requests go to ``worker()`` (None while not active), and their answers are counted by
+    ``record``.
     """
 
     def __init__(self, node, qos: QoSProfile, vla_publisher, settings: Callable[[], Settings],
                  worker: Callable[[], Optional[Worker]], record: Callable[[Outcome], None]):
         self._vla = vla_publisher
+        self._settings = settings
         self._worker = worker
         self._record = record
         self.step_pub = node.create_publisher(StepCommand, 'step', qos)
@@ -152,13 +155,21 @@ class PlanExecution:
         self._submit(Job('replan', ex.instruction, done=answered, context=context))
 
     def _verify(self, ex: Execution, ticket: int) -> None:
+        by_likelihood = self._settings().verify_by == 'likelihood'
+
         def answered(outcome):
             self._record(outcome)
-            text = outcome.result.text if outcome.result is not None else ''
-            verdict = parse_yes_no(text) if outcome.status == Status.OK else None
+            if outcome.status != Status.OK:
+                verdict, text = None, ''
+            elif by_likelihood:
+                verdict, text = _likelier(outcome.scores)
+            else:
+                text = outcome.result.text
+                verdict = parse_yes_no(text)
             self.runner.verified(ticket, verdict, text or f'{outcome.status.name}: '
                                  f'{outcome.message}')
-        self._submit(Job('verify', ex.step.instruction, done=answered))
+        self._submit(Job('verify', ex.step.instruction, done=answered,
+                         candidates=VERDICTS if by_likelihood else ()))
 
     def _cancel(self) -> None:
         job, self._pending = self._pending, None
@@ -168,3 +179,10 @@ class PlanExecution:
     def _on_feedback(self, msg: StepFeedback) -> None:
         self.runner.feedback(msg.plan_id, msg.index, msg.attempt, msg.status, msg.message)
 
+
+def _likelier(scores: list) -> tuple:
+    """Return (verdict, what to report) from the scores of VERDICTS: the likelier one wins."""
+    yes, no = (-score.ce * score.tokens for score in scores)
+    verdict = yes > no
+    return verdict, (f"{'yes' if verdict else 'no'} (log-probability of yes {yes:.2f}, "
+                     f'of no {no:.2f})')

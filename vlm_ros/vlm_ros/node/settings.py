@@ -64,6 +64,7 @@ class Settings:
     step_timeout: float
     max_replans: int
     verify_steps: bool
+    verify_by: str
     prompt_caption: str
     prompt_vqa: str
     prompt_plan: str
@@ -75,6 +76,9 @@ class Settings:
         reason = params.validate_all(dataclasses.asdict(self))
         if reason:
             raise SettingsError(reason)
+        if self.verify_by == 'likelihood' and self.backend != 'transformers':
+            raise SettingsError(f'verify_by likelihood needs the transformers backend: the '
+                                f'{self.backend} one cannot score answers; use verify_by answer')
 
     @classmethod
     def from_values(cls, values: Optional[Mapping] = None) -> 'Settings':
