@@ -4,6 +4,7 @@ The list comes from the node's own table (params.RUN_TIME): a parameter added th
 observer here fails test_every_run_time_parameter_is_observed.
 """
 
+import re
 import time
 import uuid
 
@@ -49,6 +50,18 @@ def observe_max_new_tokens(node, test_node):
     set_ok(test_node, max_new_tokens=3)
     plan = _plan(node)
     assert plan.output_tokens == 3 and TARGETS['plan'][1].startswith(plan.text.strip()), plan
+
+
+def observe_min_confidence(node, test_node):
+    _streaming(node)
+    sure = _plan(node)
+    assert sure.status == Plan.STATUS_OK, sure  # trained on it: nearly sure of every token
+    set_ok(test_node, min_confidence=1.0)  # no text is that sure
+    low = _plan(node)
+    assert low.status == Plan.STATUS_LOW_CONFIDENCE and low.steps == sure.steps, low
+    assert re.fullmatch(r'confidence 0\.\d{3} \(geometric mean token probability\) is below '
+                        r'min_confidence 1', low.message), low.message
+    node.wait_diag(lambda v: v.get('status_low_confidence') == '1', TIMEOUT, 'it counted')
 
 
 def observe_max_image_side(node, test_node):

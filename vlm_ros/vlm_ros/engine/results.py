@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
+from . import confidence
 from .plan_parser import parse_plan
 
 
@@ -52,6 +53,11 @@ class Result:
     total_time: float
     cancelled: bool = False
     image_size: tuple = (0, 0)  # (width, height) the model was given, after max_image_side
+    # How sure the model was (confidence.py): its text's tokens' log-probabilities, their
+    # (mean, min), and (mean, min) per step; NaN where the backend gives none.
+    token_logprobs: tuple = ()
+    confidence: tuple = confidence.UNKNOWN
+    step_confidence: tuple = ()
 
 
 # A Result's status (status_of): what the node maps to STATUS_OK, _INVALID_OUTPUT, _CANCELLED.
@@ -94,8 +100,16 @@ def parse_output(task: str, text: str, constrained: bool = False) -> tuple:
 
 def make_result(task: str, text: str, output_tokens: int, time_to_first_token: float,
                 total_time: float, cancelled: bool, image_size: tuple = (0, 0),
-                constrained: bool = False) -> Result:
-    """Parse text and wrap it with its timings: every backend's answers end here alike."""
+                constrained: bool = False, logprobs: tuple = (), ends: tuple = ()) -> Result:
+    """Parse text and wrap it with its timings: every backend's answers end here alike.
+
+    logprobs: the log-probability of each of the text's tokens (none: unknown); ends: where
+    each token's text ends in text, for the steps' confidences (none: unknown).
+    """
     steps, valid, form = parse_output(task, text, constrained)
+    steps_confidence = confidence.of_steps(text, list(ends), list(logprobs), [
+        step.instruction for step in steps]) if ends and len(ends) == len(logprobs) else \
+        tuple(confidence.UNKNOWN for _ in steps)
     return Result(task, text, steps, valid, form, output_tokens, time_to_first_token, total_time,
-                  cancelled, image_size)
+                  cancelled, image_size, tuple(logprobs), confidence.summary(logprobs),
+                  steps_confidence)

@@ -6,6 +6,7 @@ fresh camera frame), runs the engine once for the batch, and turns each result, 
 failure into the job's Outcome.
 """
 
+import math
 from collections.abc import Callable
 
 from ..engine import Request, Result, VlmError
@@ -140,13 +141,18 @@ class BatchRunner:
             return Outcome(job, status, str(exc), header)
         return Outcome(job, Status.MODEL_ERROR, f'inference failed: {exc!r}', header)
 
-    @staticmethod
-    def _outcome(job: Job, header, result: Result) -> Outcome:
+    def _outcome(self, job: Job, header, result: Result) -> Outcome:
         if result.cancelled:
             return Outcome(job, Status.CANCELLED, f'{job.cancel_reason} during generation',
                            header, result)
         if not result.valid:
             what = 'no plan steps could be parsed' if job.task == 'plan' else 'empty answer'
             return Outcome(job, Status.INVALID_OUTPUT, f'model output invalid: {what}', header,
+                           result)
+        least = self._limits().min_confidence
+        sure = math.exp(result.confidence[0])  # NaN (unknown) is never below
+        if job.task in ('plan', 'replan') and sure < least:
+            return Outcome(job, Status.LOW_CONFIDENCE, f'confidence {sure:.3f} (geometric mean '
+                           f'token probability) is below min_confidence {least:g}', header,
                            result)
         return Outcome(job, Status.OK, '', header, result)

@@ -29,6 +29,7 @@ class Status(enum.IntEnum):
     MODEL_ERROR = 5
     DROPPED = 6
     CANCELLED = 7
+    LOW_CONFIDENCE = 8
 
 
 @dataclass
@@ -79,3 +80,4 @@ class Limits:
     max_batch_size: int = 1
     batch_wait: float = 0.005
     preprocess_ahead: bool = False
+    min_confidence: float = 0.0  # plans less sure than this are LOW_CONFIDENCE

@@ -120,6 +120,10 @@ SPECS = (
     ParamSpec('max_text_chars', 4096, 'longest instruction or question, in characters; longer '
               'ones are answered STATUS_BAD_INPUT at once', applies='limits', low=1,
               high=1_000_000),
+    ParamSpec('min_confidence', 0.0, 'plans whose geometric mean token probability '
+              '(exp(Plan.confidence_mean)) is below it are published STATUS_LOW_CONFIDENCE, '
+              'steps carried, and never executed (0 = off; in-process backend: the openai one '
+              'gives no confidences)', applies='limits', low=0.0, high=1.0),
     ParamSpec('max_image_age', 0.0, 'seconds; older images give STATUS_STALE_IMAGE '
               '(0 = no limit)', applies='limits', low=0.0, high=3600.0),
     ParamSpec('wait_for_image', 2.0, 'seconds a request may wait for a first or fresh frame',

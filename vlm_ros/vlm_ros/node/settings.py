@@ -55,6 +55,7 @@ class Settings:
     batch_wait: float
     preprocess_ahead: bool
     max_text_chars: int
+    min_confidence: float
     max_image_age: float
     wait_for_image: float
     caption_rate: float
@@ -76,9 +77,12 @@ class Settings:
         reason = params.validate_all(dataclasses.asdict(self))
         if reason:
             raise SettingsError(reason)
-        if self.verify_by == 'likelihood' and self.backend != 'transformers':
+        if self.backend != 'transformers' and self.verify_by == 'likelihood':
             raise SettingsError(f'verify_by likelihood needs the transformers backend: the '
                                 f'{self.backend} one cannot score answers; use verify_by answer')
+        if self.backend != 'transformers' and self.min_confidence > 0.0:
+            raise SettingsError(f'min_confidence needs the transformers backend: the '
+                                f'{self.backend} one gives no confidences; leave it at 0')
 
     @classmethod
     def from_values(cls, values: Optional[Mapping] = None) -> 'Settings':
@@ -110,7 +114,7 @@ class Settings:
         """Return the worker's limits."""
         return Limits(self.wait_for_image, self.max_image_age, self.queue_size,
                       self.max_text_chars, self.max_batch_size, self.batch_wait,
-                      self.preprocess_ahead)
+                      self.preprocess_ahead, self.min_confidence)
 
     def run_time_engine_fields(self) -> dict:
         """Return the engine settings a running engine takes (EngineBase.update)."""

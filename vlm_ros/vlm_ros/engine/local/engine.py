@@ -17,6 +17,7 @@ from ..results import make_result
 from . import constrain, decoding, loader, teacher_forcing
 from .generate import eos_token_ids, generate
 from .inputs import InputStage
+from .token_logprobs import text_logprobs
 
 
 class VlmEngine(EngineBase):
@@ -187,11 +188,8 @@ class VlmEngine(EngineBase):
             raise loader.model_failure('generation', exc, self.config.model,
                                        loaded.device) from exc
         followed = constraint.followed if constraint else [False] * len(requests)
-        return [make_result(request.task, text, len(tokens), generated.time_to_first_token,
-                            generated.total_time, cancelled,
-                            fitted_size(request.image, self.config.max_image_side), constrained)
-                for request, text, tokens, cancelled, constrained in zip(
-                    requests, texts, rows, generated.cancelled, followed, strict=True)]
+        return _results(loaded, requests, texts, rows, generated, followed,
+                        self.config.max_image_side)
 
     def _inputs(self, requests: list):
         """Preprocess requests for the model; VlmError('bad_input') when the processor refuses."""
@@ -218,3 +216,18 @@ class VlmEngine(EngineBase):
             return teacher_forcing.score_batch(loaded.model, loaded.processor, inputs, targets)
         except Exception as exc:  # noqa: BLE001 - the caller gets a kind, not a crash
             raise loader.model_failure('scoring', exc, self.config.model, loaded.device) from exc
+
+
+def _results(loaded, requests: list, texts: list, rows: list, generated, followed: list,
+             max_image_side: int) -> list:
+    """Parse each row's text into its Result, with its tokens' log-probabilities."""
+    tokenizer = loaded.processor.tokenizer
+    eos = eos_token_ids(loaded.model, tokenizer)
+    return [make_result(request.task, text, len(tokens), generated.time_to_first_token,
+                        generated.total_time, cancelled, fitted_size(request.image,
+                                                                     max_image_side),
+                        constrained, *text_logprobs(tokenizer, tokens, logprobs, eos,
+                                                    request.task in constrain.PLAN_TASKS))
+            for request, text, tokens, cancelled, constrained, logprobs in zip(
+                requests, texts, rows, generated.cancelled, followed, generated.logprobs,
+                strict=True)]

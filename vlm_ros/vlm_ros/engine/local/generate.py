@@ -19,6 +19,8 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from .token_logprobs import TokenLogProbs
+
 
 @dataclass
 class Generated:
@@ -28,6 +30,7 @@ class Generated:
     time_to_first_token: float
     total_time: float
     cancelled: list  # list[bool], one per request
+    logprobs: list  # list[list[float]]: each token's log-probability (token_logprobs.py)
 
 
 class _RowText:
@@ -168,6 +171,7 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
     tokenizer = loaded.processor.tokenizer
     eos = eos_token_ids(loaded.model, tokenizer)
     streamer = _Streamer(tokenizer, on_texts, eos)
+    recorder = TokenLogProbs(batch)
     start = time.perf_counter()
     try:
         with torch.inference_mode(), \
@@ -175,11 +179,13 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
             output = loaded.model.generate(
                 **inputs, max_new_tokens=max_new_tokens, streamer=streamer,
                 stopping_criteria=StoppingCriteriaList([_Cancelled(cancels)]),
-                logits_processor=LogitsProcessorList([constraint] if constraint else []),
+                logits_processor=LogitsProcessorList([recorder, constraint] if constraint
+                                                     else [recorder]),
                 pad_token_id=tokenizer.pad_token_id, **sampling)
     except _InterruptedError:
         total = time.perf_counter() - start
-        return Generated([[] for _ in range(batch)], total, total, [True] * batch)
+        return Generated([[] for _ in range(batch)], total, total, [True] * batch,
+                         [[] for _ in range(batch)])
     if loaded.device.type == 'cuda':
         torch.cuda.synchronize(loaded.device)
     total = time.perf_counter() - start
@@ -192,7 +198,9 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
               else cut_at_eos(row, eos)
               for row, stopped in zip(new.tolist(), cancelled, strict=True)]
     first = (streamer.first_token_at - start) if streamer.first_token_at else total
-    return Generated(tokens, first, total, cancelled)
+    logprobs = recorder.finish(new[:, -1]) if new.shape[1] else [[] for _ in range(batch)]
+    return Generated(tokens, first, total, cancelled,
+                     [row[:len(kept)] for row, kept in zip(logprobs, tokens, strict=True)])
 
 
 def _without_padding(row: list, pad_id) -> list:
