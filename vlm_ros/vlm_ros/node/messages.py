@@ -7,8 +7,9 @@ vlm_replay --echo print with the same formatting.
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
-from vlm_ros_msgs.msg import Caption, Plan, PlanProgress, PlanStep
+from vlm_ros_msgs.msg import Caption, Plan, PlanConfidence, PlanProgress, PlanStep
 
+from ..engine.confidence import UNKNOWN
 from ..engine.plan_parser import CLEAN_FORMS
 from .jobs import Outcome, Status
 
@@ -37,6 +38,16 @@ def plan_msg(outcome: Outcome, model: str, fallback: Header) -> Plan:
         plan.time_to_first_token = float(result.time_to_first_token)
         plan.output_tokens = result.output_tokens
     return plan
+
+
+def confidence_msg(outcome: Outcome, plan: Plan) -> PlanConfidence:
+    """Build the PlanConfidence of plan, the Plan answering outcome's job (NaN: unknown)."""
+    result = outcome.result
+    mean, low = result.confidence if result is not None else UNKNOWN
+    steps = list(result.step_confidence) if result is not None else []
+    return PlanConfidence(header=plan.header, request_id=plan.request_id, mean=float(mean),
+                          min=float(low), step_mean=[float(m) for m, _ in steps],
+                          step_min=[float(m) for _, m in steps])
 
 
 def caption_msg(outcome: Outcome, model: str) -> Caption:

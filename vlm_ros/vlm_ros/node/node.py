@@ -67,7 +67,8 @@ class VlmNode(LifecycleNode):
             lambda: self.images.hint() if self.images else '', lambda: self.execution,
             lambda: self._frozen_objects))
         serving = Serving(lambda: self.worker, self.not_ready, self.diagnostics.record,
-                          self.model_name, self._fallback_header)
+                          self.model_name, self._fallback_header,
+                          lambda outcome, plan: self.topics.publish_confidence(outcome, plan))
         self.requests = RequestEndpoints(
             self, serving, lambda: self.settings.wait_for_image + ANSWER_MARGIN,
             lambda: self.executor)
@@ -163,6 +164,7 @@ class VlmNode(LifecycleNode):
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
         """Close the outputs once the last answers are acknowledged (bounded); free the model."""
+        self.topics.close()
         shutdown.close_outputs(self._outputs, self.destroy_publisher)
         self._outputs = []
         self.execution = None

@@ -65,7 +65,8 @@ class Serving:
     ``worker()`` returns the active node's Worker or None; ``not_ready()`` says why requests
     cannot be served ('' when they can); ``record(outcome)`` counts an answer in the
     diagnostics; ``model_name()`` is the model answers are attributed to; ``header()`` is the
-    fallback header of plans that used no image.
+    fallback header of plans that used no image; ``confidence(outcome, plan)`` publishes the
+    PlanConfidence of a Plan about to be sent.
     """
 
     worker: Callable[[], Optional[Worker]]
@@ -73,6 +74,7 @@ class Serving:
     record: Callable[[Outcome], None]
     model_name: Callable[[], str]
     header: Callable[[], Header]
+    confidence: Callable[[Outcome, object], None]
 
 
 class RequestEndpoints:
@@ -254,6 +256,7 @@ class RequestEndpoints:
         self._record(outcome)
         result = GeneratePlan.Result()
         result.plan = plan_msg(outcome, self._serving.model_name(), self._serving.header())
+        self._serving.confidence(outcome, result.plan)
         if outcome.status == Status.CANCELLED and goal_handle.is_cancel_requested:
             goal_handle.canceled()
         elif outcome.status == Status.OK:

@@ -13,11 +13,11 @@ from typing import Optional
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from vlm_ros_msgs.msg import Caption, Plan
+from vlm_ros_msgs.msg import Caption, Plan, PlanConfidence
 
 from .frames import FrameStore
 from .jobs import Job, Outcome, Status
-from .messages import caption_msg, plan_msg
+from .messages import caption_msg, confidence_msg, plan_msg
 from .plan_execution import PlanExecution
 from .requests import Serving
 from .settings import Settings
@@ -60,7 +60,7 @@ class Topics:
         self._destroy_subscription = node.destroy_subscription
         self._destroy_timer = node.destroy_timer
         self._logger = node.get_logger()
-        self._plan_pub = self._caption_pub = self.vla_pub = None
+        self._plan_pub = self._caption_pub = self.vla_pub = self._confidence_pub = None
         self._sub = None
         self._periodic = []  # caption and replan timers
         self._last_instruction = ''
@@ -70,9 +70,29 @@ class Topics:
     def open(self, qos: QoSProfile) -> list:
         """Create the publishers (configure); return them, for the node to close at cleanup."""
         self._plan_pub = self._create_publisher(Plan, 'plan', qos)
+        self._confidence_pub = self._create_publisher(PlanConfidence, 'plan_confidence', qos)
         self._caption_pub = self._create_publisher(Caption, 'caption', 10)
         self.vla_pub = self._create_publisher(String, 'vla_instruction', qos)
-        return [self._plan_pub, self._caption_pub, self.vla_pub]
+        return [self._plan_pub, self._confidence_pub, self._caption_pub, self.vla_pub]
+
+    def close(self) -> None:
+        """Forget the publishers (cleanup destroys them): an action's late plan sends none."""
+        self._confidence_pub = None
+
+    def publish_confidence(self, outcome, plan: Plan) -> None:
+        """Publish plan's PlanConfidence, ahead of plan (none once cleaned up).
+
+        A goal's result may be sent while cleanup destroys the publisher: the result matters,
+        its confidence is then left out.
+        """
+        publisher = self._confidence_pub
+        if publisher is None:
+            return
+        try:
+            publisher.publish(confidence_msg(outcome, plan))
+        except Exception as exc:  # noqa: BLE001 - destroyed under us; the Plan still goes
+            self._logger.warning(f'plan {plan.request_id}: no plan_confidence: {exc!r}',
+                                 throttle_duration_sec=1.0)
 
     def activate(self, group) -> None:
         """Take instructions (in group) and start the timers."""
@@ -151,6 +171,7 @@ class Topics:
 
     def _publish_plan(self, outcome) -> Plan:
         plan = plan_msg(outcome, self._serving.model_name(), self._serving.header())
+        self.publish_confidence(outcome, plan)
         self._plan_pub.publish(plan)
         if outcome.status == Status.OK and plan.steps and not self._settings().execute_plans:
             self.vla_pub.publish(String(data=plan.steps[0].instruction))

@@ -1,0 +1,57 @@
+"""plan_confidence: how sure the model was of each Plan, joined to it by request_id.
+
+The released Plan keeps its fields (and type hash); its confidence comes just before it, on
+its own topic, for instruction plans and the generate_plan action's alike.
+"""
+
+import math
+
+from engine_fixtures import TARGETS
+from node_harness import TIMEOUT, send_goal, set_ok
+from ros_harness import wait_future
+from serve_harness import both_backends
+
+from vlm_ros_msgs.msg import Plan, PlanConfidence
+
+
+def _check(confidence: PlanConfidence, plan: Plan, known: bool) -> None:
+    assert confidence.header == plan.header and confidence.request_id == plan.request_id
+    assert len(confidence.step_mean) == len(confidence.step_min) == len(plan.steps) > 1
+    values = [confidence.mean, confidence.min, *confidence.step_mean, *confidence.step_min]
+    if not known:
+        assert all(math.isnan(value) for value in values), confidence
+        return
+    assert confidence.min <= confidence.mean <= 0.0, confidence
+    for mean, low in zip(confidence.step_mean, confidence.step_min, strict=True):
+        assert confidence.min - 1e-6 <= low <= mean <= 0.0, confidence
+
+
+@both_backends
+def test_every_plan_has_its_confidence_first(start_vlm_node, test_node, backend):
+    node = start_vlm_node()
+    node.wait_state('active')
+    confidences = test_node.collect(PlanConfidence, '/plan_confidence')
+    plan = node.plan_on_a_new_frame(TARGETS['plan'][0])
+    assert plan.status == Plan.STATUS_OK, plan.message
+    confidence = confidences.wait_for(lambda c: c.request_id == plan.request_id, TIMEOUT,
+                                      "the plan's confidence")
+    _check(confidence, plan, known=backend == 'transformers')
+
+    _, _, handle = send_goal(test_node, TARGETS['plan'][0], None)
+    result = wait_future(handle.get_result_async(), TIMEOUT, 'the action result').result.plan
+    _check(confidences.wait_for(lambda c: c.request_id == result.request_id, TIMEOUT,
+                                "the goal's plan's confidence"), result,
+           known=backend == 'transformers')
+
+
+def test_a_plan_below_min_confidence_says_how_sure_it_was(start_vlm_node, test_node):
+    node = start_vlm_node()
+    node.wait_state('active')
+    confidences = test_node.collect(PlanConfidence, '/plan_confidence')
+    set_ok(test_node, min_confidence=1.0)
+    plan = node.plan_on_a_new_frame(TARGETS['plan'][0])
+    assert plan.status == Plan.STATUS_LOW_CONFIDENCE and plan.steps, plan
+    confidence = confidences.wait_for(lambda c: c.request_id == plan.request_id, TIMEOUT,
+                                      "the plan's confidence")
+    assert f'confidence {math.exp(confidence.mean):.3f} ' in plan.message, (plan.message,
+                                                                            confidence)
