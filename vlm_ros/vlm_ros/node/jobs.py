@@ -14,7 +14,7 @@ from typing import Optional
 
 from ..engine import Result
 
-MAX_CANDIDATES = 32  # a ~/score request's candidates: all of them are one forward pass
+MAX_CANDIDATES = 8  # a ~/score request's candidates: one forward pass, each row its own image
 SCORE_TASKS = ('vqa', 'caption', 'plan')  # the prompts a candidate can be scored under
 
 
