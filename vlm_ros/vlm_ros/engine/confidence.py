@@ -31,11 +31,11 @@ def of_steps(text: str, ends: list, logprobs: list, instructions: list) -> tuple
         found = text.find(instruction, position) if instruction else -1
         starts.append(found)
         position = found + len(instruction) if found >= 0 else position
+    begins = [0, *ends[:-1]]  # where each token's text starts
     result = []
     for index, start in enumerate(starts):
         later = [s for s in starts[index + 1:] if s >= 0]
         stop = later[0] if later else len(text)
-        begins = [0, *ends[:-1]]
         result.append(UNKNOWN if start < 0 else summary(
             value for value, begin, end in zip(logprobs, begins, ends, strict=True)
             if end > start and begin < stop))
