@@ -32,6 +32,7 @@ from typing import Optional
 import rclpy
 from rclpy.exceptions import InvalidHandle
 from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
@@ -94,6 +95,16 @@ def large_frames_transport(environ=os.environ, cwd: str = '.') -> str:
     return f'DDS profile {PROFILE} (via {profile_variable()})'
 
 
+def _raced(exc: Exception) -> bool:
+    """Say whether exc is rclpy's executor tripping over an entity destroyed under it.
+
+    Jazzy's executor skips a waitable (an action client or server) that it could not enter
+    because it was destroyed meanwhile, then adds it to the wait set all the same, which fails
+    with an RCLError "Failed to add ... to wait set: ... pointer is invalid" (ros2/rclpy#1284).
+    """
+    return isinstance(exc, InvalidHandle) or 'to wait set' in str(exc)
+
+
 class SpinThread:
     """Spin nodes on a background thread, and stop them in the order rclpy needs.
 
@@ -143,7 +154,9 @@ class SpinThread:
             try:
                 self._executor.spin()
                 return
-            except InvalidHandle as exc:
+            except (InvalidHandle, _rclpy.RCLError) as exc:
+                if not _raced(exc):
+                    raise
                 self.races += 1
                 print(f'vlm_ros.spin: the executor raced a destroyed entity ({exc}); spinning '
                       'on', file=sys.stderr, flush=True)
@@ -172,6 +185,9 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
     the executor still spins, so what it answers on the way out is still sent.
     """
     sys.setswitchinterval(SWITCH_INTERVAL)
+    # A crash in a C extension (SIGSEGV) or an abort (SIGABRT: a supervisor's, or a test's
+    # on a stop that hangs) prints every thread's Python stack first, GIL held or not.
+    faulthandler.enable()
     transport = large_frames_transport()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     rclpy.logging.get_logger('vlm_ros').debug(f'transport: {transport}')

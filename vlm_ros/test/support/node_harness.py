@@ -19,11 +19,12 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from ros_harness import Collector, TestNode, stop_process, wait_future, wait_until
+from ros_harness import Collector, TestNode, stop_process, wait_future
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from vlm_ros.compat import ActionClient
 from vlm_ros.node.image_conversion import rgb_to_compressed, rgb_to_image
+from waiting import wait_until
 
 from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.msg import Caption, Plan

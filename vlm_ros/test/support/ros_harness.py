@@ -16,6 +16,7 @@ from rclpy.node import Node
 from vlm_ros.spin import SpinThread
 
 HERE = pathlib.Path(__file__).resolve().parent
+ABORT_GRACE = 10.0  # s a process that did not stop gets to print its stacks on SIGABRT
 
 
 class Collector:
@@ -67,15 +68,6 @@ class TestNode:
         self._spin.stop()
 
 
-def wait_until(predicate, timeout: float, what: str, poll: float = 0.02) -> None:
-    """Poll a cheap predicate (e.g. a graph query) until true; fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f'timed out after {timeout} s waiting for {what}')
-        time.sleep(poll)
-
-
 def wait_future(future, timeout: float, what: str):
     """Wait for an rclpy future completed by the spin thread; return its result."""
     done = threading.Event()
@@ -104,7 +96,12 @@ def wait_exit(proc: subprocess.Popen, timeout: float, after: str = 'its start'):
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        proc.kill()
+        # SIGABRT first: a vlm_ros process prints every thread's stack on it (spin_main).
+        proc.send_signal(signal.SIGABRT)
+        try:
+            proc.wait(ABORT_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
         _, err = proc.communicate()
         raise AssertionError(f'no exit within {timeout} s of {after}: {err}') from exc
     return proc.returncode, out, err

@@ -20,8 +20,8 @@ import sys
 import urllib.request
 
 import pytest
-from ros_harness import wait_until
 from vlm_ros.engine import EngineConfig, RemoteConfig
+from waiting import wait_until
 
 STARTUP_TIMEOUT = 120.0  # s; about 10 s on an idle 2-core machine
 # A chat request for a test frame is about 1.6 kB (the JPEG data URL alone is over 1 kB);

@@ -16,11 +16,12 @@ import pytest
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, call, camera, set_params, transition
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from ros_harness import wait_future, wait_until
+from ros_harness import wait_future
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import String
 from vlm_ros.benchmarks.node_peer import rss_mib
 from vlm_ros.node.image_conversion import rgb_to_image
+from waiting import wait_until
 
 from vlm_ros_msgs.msg import Plan
 from vlm_ros_msgs.srv import Query

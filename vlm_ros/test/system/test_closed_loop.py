@@ -14,8 +14,9 @@ from doc_blocks import block
 from engine_fixtures import CLOSE, LOOP_INSTRUCTION, PICK, PLACE
 from loop_harness import DONE, FAILED, PREEMPTED, Loop, start_head, stop_head
 from node_harness import ActionFeedback
-from ros_harness import stop_process, wait_future, wait_until
+from ros_harness import stop_process, wait_future
 from vlm_ros.compat import ActionClient
+from waiting import wait_until
 
 from vlm_ros_msgs.action import ExecutePlan
 from vlm_ros_msgs.msg import Plan

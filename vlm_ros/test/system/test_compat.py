@@ -6,9 +6,9 @@ import sys
 import types
 
 from node_harness import wait_matched
-from ros_harness import wait_until
 from std_msgs.msg import String
 from vlm_ros.compat import loopback_discovery, publisher_count
+from waiting import wait_until
 
 
 def test_humbles_graph_count_agrees_with_the_subscription_method(test_node):

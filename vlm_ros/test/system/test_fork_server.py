@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 from fork_server import shared
-from ros_harness import wait_until
+from waiting import wait_until
 
 SCRIPT = """import os, sys, time
 print('argv', sys.argv[1:], 'cwd', os.getcwd(), 'env', os.environ.get('FORK_TEST'))

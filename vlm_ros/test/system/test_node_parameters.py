@@ -13,10 +13,11 @@ from engine_fixtures import TARGETS, scene
 from loop_harness import LOOP_OBSERVERS
 from node_harness import TIMEOUT, call, camera, set_ok, set_params, transition
 from rclpy.qos import QoSReliabilityPolicy
-from ros_harness import wait_future, wait_until
+from ros_harness import wait_future
 from vlm_ros.engine.prompts import load_templates
 from vlm_ros.node import params
 from vlm_ros.node.image_conversion import rgb_to_image
+from waiting import wait_until
 
 from vlm_ros_msgs.msg import Plan
 from vlm_ros_msgs.srv import Query

@@ -12,10 +12,11 @@ from engine_fixtures import TARGETS, scene
 from launch_harness import launch_command
 from node_harness import TIMEOUT, call, camera, lifecycle_state, set_ok, transition
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from ros_harness import wait_future, wait_until
+from ros_harness import wait_future
 from std_msgs.msg import String
 from vlm_ros.compat import ActionClient
 from vlm_ros.node.image_conversion import rgb_to_image
+from waiting import wait_until
 
 from vlm_ros_msgs.action import ExecutePlan, GeneratePlan
 from vlm_ros_msgs.msg import Plan

@@ -6,10 +6,11 @@ import uuid
 
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, ActionFeedback, call, camera, node_executable, send_goal
-from ros_harness import wait_future, wait_until
+from ros_harness import wait_future
 from serve_harness import both_backends
 from vlm_ros.compat import ActionClient
 from vlm_ros.node.image_conversion import rgb_to_image
+from waiting import wait_until
 
 from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.msg import Plan

@@ -9,10 +9,10 @@ import rclpy
 from builtin_interfaces.msg import Time
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, camera
-from ros_harness import wait_until
 from sensor_msgs.msg import CompressedImage
 from serve_harness import both_backends
 from vlm_ros.node.image_conversion import rgb_to_image
+from waiting import wait_until
 
 from vlm_ros_msgs.msg import Plan
 

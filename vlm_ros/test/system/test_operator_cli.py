@@ -22,8 +22,8 @@ from doc_blocks import blocks
 from engine_fixtures import DEFAULT_MODEL, TARGETS
 from launch_harness import Launch, launch_command
 from node_harness import TIMEOUT, camera
-from ros_harness import wait_until
 from sensor_msgs.msg import Image
+from waiting import wait_until
 
 from vlm_ros_msgs.msg import Plan
 

@@ -10,10 +10,13 @@ import uuid
 import numpy as np
 import pytest
 from engine_fixtures import PLAN_JSON, TARGETS, scene
-from ros_harness import wait_until
 from serve_harness import remote_config
 from vlm_ros.engine import EngineConfig, Request, VlmError, make_engine
 from vlm_ros.engine.local import VlmEngine
+from waiting import wait_until
+
+# Needs no ROS: scripts/test runs it on the first leg only.
+pytestmark = pytest.mark.distro_independent
 
 
 @pytest.fixture(scope='module')

@@ -11,9 +11,12 @@ import time
 
 import pytest
 from engine_fixtures import PLAN_JSON, TARGETS, scene
-from ros_harness import wait_until
 from serve_harness import remote_config
 from vlm_ros.engine import Request, VlmError, make_engine
+from waiting import wait_until
+
+# Needs no ROS: scripts/test runs it on the first leg only.
+pytestmark = pytest.mark.distro_independent
 
 PLAN = Request('plan', scene('red'), TARGETS['plan'][0])
 

@@ -1,13 +1,12 @@
 """Every tool answers bad input with one line on stderr naming the problem, and exit code 2.
 
 A traceback tells a user nothing they can act on; a zero exit after doing nothing tells a
-script that all went well.
+script that all went well. Each tool runs as the installed script, forked from the fork server.
 """
-
-import subprocess
 
 import pytest
 from engine_fixtures import scene
+from fork_server import run_tool
 from node_harness import TIMEOUT, node_executable
 from recordings import write_ros1_bag, write_ros1_custom_bag
 
@@ -50,9 +49,8 @@ def inputs(tmp_path_factory):
 
 @pytest.mark.parametrize(('tool', 'args', 'reason'), CASES,
                          ids=[f'{c[0]}-{c[2][:20]}' for c in CASES])
-def test_bad_input_is_one_line_and_exit_2(inputs, rclpy_context, tool, args, reason):
-    done = subprocess.run([node_executable(tool), *(a.format(**inputs) for a in args)],
-                          capture_output=True, text=True, timeout=2 * TIMEOUT)
+def test_bad_input_is_one_line_and_exit_2(inputs, fork_server, tool, args, reason):
+    done = run_tool([node_executable(tool), *(a.format(**inputs) for a in args)], 2 * TIMEOUT)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and reason in lines[0], done.stderr

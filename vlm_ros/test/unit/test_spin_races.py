@@ -1,0 +1,65 @@
+"""SpinThread spins on through rclpy's destroyed-entity races, and only through those."""
+
+import threading
+
+import pytest
+from rclpy.exceptions import InvalidHandle
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+from vlm_ros.spin import SpinThread
+
+# What Jazzy's executor raised in CI when a test destroyed an action client while it spun.
+JAZZY_RACE = ("Failed to add 'rcl_action_client_t' to wait set: action client pointer is "
+              'invalid, at /project/src/rcl_action/action_client.c:489')
+
+
+class Raising:
+    """An executor whose spin raises each of errors in turn, then spins until shut down."""
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        self.spins = 0
+        self.spinning = threading.Event()  # past the errors, spinning as usual
+        self._shutdown = threading.Event()
+
+    def add_node(self, node):
+        pass
+
+    def spin(self):
+        self.spins += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        self.spinning.set()
+        self._shutdown.wait()
+
+    def shutdown(self):
+        self._shutdown.set()
+
+
+def spun(errors):
+    """Spin an executor raising errors until it spins or dies, then stop it.
+
+    Return (SpinThread, executor, whether the spin thread ended before stop()).
+    """
+    ended = threading.Event()
+    executor = Raising(errors)
+    spinner = SpinThread([], executor, on_exit=ended.set)
+    for _ in range(1000):
+        if executor.spinning.wait(0.01) or ended.is_set():
+            break
+    died = ended.is_set()
+    spinner.stop()
+    return spinner, executor, died
+
+
+def test_destroyed_entity_races_are_counted_and_spinning_goes_on():
+    spinner, executor, died = spun([InvalidHandle('destroyed'), _rclpy.RCLError(JAZZY_RACE)])
+    assert (spinner.races, executor.spins, died) == (2, 3, False)
+    assert spinner.error is None
+
+
+@pytest.mark.parametrize('error', [_rclpy.RCLError('failed to take message: timeout'),
+                                   ValueError('a bug in a callback')])
+def test_any_other_error_ends_spinning_and_is_kept_for_the_exit_status(error, capsys):
+    spinner, executor, died = spun([error])
+    assert (spinner.races, executor.spins, died, spinner.error) == (0, 1, True, error)
+    assert type(error).__name__ in capsys.readouterr().err  # its traceback is printed
