@@ -3,6 +3,7 @@
 import os
 import pathlib
 import random
+import statistics
 import warnings
 
 import pytest
@@ -36,6 +37,37 @@ os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
 # place as the trained checkpoints (support/model_cache.py), so a fresh clone starts empty.
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 os.environ.setdefault('TORCHINDUCTOR_CACHE_DIR', str(_ROOT / '.cache' / 'torchinductor'))
+
+
+def _file_seconds() -> dict:
+    """Return durations.txt's seconds per test file (scripts/test-durations writes it)."""
+    path = pathlib.Path(__file__).with_name('durations.txt')
+    if not path.is_file():
+        return {}
+    pairs = (line.split(maxsplit=1) for line in path.read_text().splitlines()
+             if line and not line.startswith('#'))
+    return {name.strip(): float(seconds) for seconds, name in pairs}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Order the test files longest first, for the parallel workers (scripts/test).
+
+    pytest-xdist hands whole files to its workers in this order (with --no-loadscope-reorder):
+    a long file that started last would keep one worker busy while the others idle. A file
+    durations.txt does not know (new, or under half a second) counts as a median one. Tests
+    keep their order in a file.
+    """
+    seconds = _file_seconds()
+    if not seconds:
+        return
+    median = statistics.median(seconds.values())
+    root = pathlib.Path(str(config.rootpath))
+
+    def weight(item) -> float:
+        path = pathlib.Path(str(item.path))
+        name = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+        return -seconds.get(name, median)
+    items[:] = sorted(items, key=weight)  # stable: each file's tests stay in order
 
 
 def pytest_report_header(config):

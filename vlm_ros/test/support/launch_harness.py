@@ -18,7 +18,7 @@ import uuid
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from node_harness import RELIABLE, TIMEOUT, diag_values, wait_state
-from ros_harness import wait_exit
+from waiting import wait_exit
 
 from vlm_ros_msgs.msg import Plan
 

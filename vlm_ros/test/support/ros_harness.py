@@ -14,9 +14,9 @@ import time
 
 from rclpy.node import Node
 from vlm_ros.spin import SpinThread
+from waiting import wait_exit
 
 HERE = pathlib.Path(__file__).resolve().parent
-ABORT_GRACE = 10.0  # s a process that did not stop gets to print its stacks on SIGABRT
 
 
 class Collector:
@@ -89,22 +89,6 @@ def stop_process(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 20.
     if proc.poll() is None:
         proc.send_signal(sig)
     return wait_exit(proc, timeout, f'{sig!r}')
-
-
-def wait_exit(proc: subprocess.Popen, timeout: float, after: str = 'its start'):
-    """Wait for a process to end by itself; return (returncode, stdout, stderr)."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        # SIGABRT first: a vlm_ros process prints every thread's stack on it (spin_main).
-        proc.send_signal(signal.SIGABRT)
-        try:
-            proc.wait(ABORT_GRACE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        _, err = proc.communicate()
-        raise AssertionError(f'no exit within {timeout} s of {after}: {err}') from exc
-    return proc.returncode, out, err
 
 
 def stopped_cleanly(make):

@@ -1,10 +1,14 @@
-"""Polling with a deadline, for tests with or without ROS (it imports none).
+"""Waiting with a deadline, for tests with or without ROS (it imports none).
 
 A wait here ends as soon as what it waits for is true, and fails with a reason when it is not
 true in time: never a fixed sleep.
 """
 
+import signal
+import subprocess
 import time
+
+ABORT_GRACE = 10.0  # s a process that did not stop gets to print its stacks on SIGABRT
 
 
 def wait_until(predicate, timeout: float, what: str, poll: float = 0.02) -> None:
@@ -14,3 +18,19 @@ def wait_until(predicate, timeout: float, what: str, poll: float = 0.02) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f'timed out after {timeout} s waiting for {what}')
         time.sleep(poll)
+
+
+def wait_exit(proc: subprocess.Popen, timeout: float, after: str = 'its start'):
+    """Wait for a process to end by itself; return (returncode, stdout, stderr)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        # SIGABRT first: a vlm_ros process prints every thread's stack on it (spin_main).
+        proc.send_signal(signal.SIGABRT)
+        try:
+            proc.wait(ABORT_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f'no exit within {timeout} s of {after}: {err}') from exc
+    return proc.returncode, out, err

@@ -13,11 +13,11 @@ import yaml
 from ament_index_python.packages import get_package_prefix
 from fork_server import start_tool
 from model_cache import cached_model
-from ros_harness import wait_exit
 from vlm_ros.bag.storage import PLAN_TYPE, open_bag
 from vlm_ros.demo import model as demo_model
 from vlm_ros.demo.tabletop import draw_tabletop
 from vlm_ros.eval.screenshot import CHROMIUM, screenshot
+from waiting import wait_exit
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 SAMPLE = ROOT / 'samples' / 'tabletop'

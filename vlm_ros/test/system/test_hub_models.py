@@ -13,7 +13,7 @@ import uuid
 from ament_index_python.packages import get_package_prefix
 from engine_fixtures import DEFAULT_MODEL, TARGETS, offline_hub_env
 from node_harness import TIMEOUT, camera
-from ros_harness import wait_exit
+from waiting import wait_exit
 
 from vlm_ros_msgs.msg import Plan
 

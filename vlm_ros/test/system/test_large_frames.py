@@ -15,7 +15,7 @@ from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from recordings import jpeg, write_ros1_bag
-from ros_harness import Collector, wait_exit
+from ros_harness import Collector
 from sensor_msgs.msg import Image
 from test_replay import T0, image_fields, start_replay
 from vlm_ros.bag.storage import add_topic, bag_writer, header, serialize
@@ -25,7 +25,7 @@ from vlm_ros.spin import (
     large_frames_profile,
     profile_variable,
 )
-from waiting import wait_until
+from waiting import wait_exit, wait_until
 
 from vlm_ros_msgs.msg import Plan
 

@@ -1,5 +1,6 @@
-"""vlm_node's lifecycle, run-time parameter validation, and signals."""
+"""vlm_node's lifecycle, run-time parameter validation, signals, and a configure that fails."""
 
+import os
 import signal
 
 from engine_fixtures import TARGETS
@@ -71,3 +72,17 @@ def test_sigterm_exits_cleanly(start_vlm_node):
     code, err = node.stop(signal.SIGTERM)
     assert 'terminate called' not in err
     assert code == 0, err[-3000:]
+
+
+def test_node_reports_the_mode_and_a_failed_warm_up_says_what_to_set(start_vlm_node, tmp_path):
+    # No C++ compiler and an empty compile cache: torch.compile cannot build the decoding step.
+    env = {**os.environ, 'CXX': str(tmp_path / 'no-compiler'),
+           'TORCHINDUCTOR_CACHE_DIR': str(tmp_path / 'inductor')}
+    failed = start_vlm_node(env=env, decode_mode='compiled')
+    values = failed.wait_diag(lambda v: 'warm up' in v.get('last_error', ''), 120.0,
+                              'the failed warm-up in last_error')
+    assert values['state'] == 'unconfigured' and values['model_loaded'] == 'False'
+    assert "set decode_mode to 'eager'" in values['last_error']
+    static = start_vlm_node(decode_mode='static')
+    values = static.wait_state('active')
+    assert values['decode_mode'] == 'static' and values['compiled_graphs'] == '0'

@@ -14,12 +14,12 @@ from engine_fixtures import TARGETS, scene
 from fork_server import run_tool
 from node_harness import RELIABLE, TIMEOUT, node_executable
 from recordings import ROS1_CAMERA, ROS1_INSTRUCTION, write_ros1_bag
-from ros_harness import Collector, wait_exit
+from ros_harness import Collector
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import String
 from test_replay import irregular_events, start_replay, write_bag
 from vlm_ros.bag.storage import open_bag, stamp_ns
-from waiting import wait_until
+from waiting import wait_exit, wait_until
 
 from vlm_ros_msgs.msg import Plan
 

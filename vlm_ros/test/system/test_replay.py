@@ -14,7 +14,7 @@ from ament_index_python.packages import get_package_prefix
 from engine_fixtures import scene
 from node_harness import RELIABLE, TIMEOUT
 from rclpy.serialization import deserialize_message
-from ros_harness import stop_process, wait_exit
+from ros_harness import stop_process
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from vlm_ros.bag.storage import (
@@ -25,6 +25,7 @@ from vlm_ros.bag.storage import (
     serialize,
     stamp_ns,
 )
+from waiting import wait_exit
 
 # Replay keeps the recorded gaps within milliseconds: measured with the machine to itself.
 pytestmark = pytest.mark.alone

@@ -298,3 +298,12 @@ def test_the_commands_check_their_arguments_before_importing_torch():
         external = {i.split('.')[0] for name in seen for i in imports(MODULES[name], True)}
         assert not runtime and not external & set(MODEL_RUNTIME), \
             f'{command} imports {sorted(runtime) or sorted(external & set(MODEL_RUNTIME))}'
+
+
+def test_durations_name_test_files_that_exist():
+    """The parallel order (conftest.py) reads durations.txt: a renamed file is renamed there."""
+    listed = [line.split(maxsplit=1)[1] for line in (TESTS / 'durations.txt').read_text()
+              .splitlines() if line and not line.startswith('#')]
+    assert listed, 'durations.txt lists no file: scripts/test-durations writes it'
+    missing = [name for name in listed if not (TESTS.parents[1] / name).is_file()]
+    assert not missing, f'durations.txt names files that are gone: {missing}'

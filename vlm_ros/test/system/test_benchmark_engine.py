@@ -1,0 +1,58 @@
+"""vlm_benchmark's engine modes run and print their tables (numbers: docs/BENCHMARKS.md).
+
+The engine modes use no ROS (the tool imports none of it there), so they run on the first leg
+of scripts/test only; the --node mode is in test_benchmark_tool.py.
+"""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+from fork_server import start_tool
+from waiting import wait_exit
+
+pytestmark = pytest.mark.distro_independent
+BENCHMARK = shutil.which('vlm_benchmark')  # scripts/with-env puts the install space on PATH
+assert BENCHMARK, 'vlm_benchmark is not on PATH: run the tests through scripts/with-env'
+
+
+def test_engine_mode_compiles_before_it_measures():
+    proc = subprocess.Popen([BENCHMARK, '--random', 'tiny:llava',
+                             '--device', 'cpu', '--decode-mode', 'compiled', '--batch-sizes', '1',
+                             '2', '--new-tokens', '4', '--repeats', '1', '--image', '48x64'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code, stdout, err = wait_exit(proc, 600)
+    assert code == 0, err[-3000:]
+    warm_up = re.search(r'decode compiled \(warm-up ([0-9.]+) s\)', stdout)
+    assert warm_up and float(warm_up.group(1)) > 0, stdout
+    rows = [line.split('|') for line in stdout.splitlines() if line.startswith('| ') and
+            line.split('|')[1].strip().isdigit()]
+    assert [row[1].strip() for row in rows] == ['1', '2'], stdout
+
+
+def test_engine_mode_times_distinct_shared_and_queued_frames():
+    proc = start_tool([BENCHMARK, '--random', 'tiny:idefics3',
+                       '--device', 'cpu', '--batch-sizes', '3', '--new-tokens', '2',
+                       '--repeats', '1', '--image', '48x64', '--frames', 'distinct', 'shared',
+                       'queued'])
+    code, stdout, err = wait_exit(proc, 600)
+    assert code == 0, err[-3000:]
+    titles = [line for line in stdout.splitlines() if line.startswith('### ')]
+    assert [t.split(', ')[-2] for t in titles] == ['distinct frames', 'shared frames',
+                                                   'queued frames'], stdout
+
+
+def test_constraint_cost_times_free_and_constrained_decoding_side_by_side():
+    proc = start_tool([BENCHMARK, '--random', 'tiny:llava', '--device',
+                       'cpu', '--batch-sizes', '1', '2', '--new-tokens', '8', '--repeats', '1',
+                       '--image', '48x64', '--skills', 'pick', 'place', '--constraint-cost'])
+    code, stdout, err = wait_exit(proc, 600)
+    assert code == 0, err[-3000:]
+    table = stdout[stdout.index('plan grammar cost per decoding step'):]
+    rows = [[cell.strip() for cell in line.split('|')[1:-1]] for line in table.splitlines()
+            if line.startswith('| ') and line.split('|')[1].strip().isdigit()]
+    assert [row[0] for row in rows] == ['1', '2'], stdout
+    # Random weights never finish a plan in 8 tokens: every row-step was constrained.
+    assert all(float(row[1]) > 0 and float(row[2]) > 0 and row[4] == '100%' for row in rows), \
+        stdout
