@@ -8,7 +8,7 @@ import signal
 import uuid
 
 from engine_fixtures import TARGETS, scene
-from node_harness import TIMEOUT, call, camera
+from node_harness import TIMEOUT, call, camera, set_ok
 from ros_harness import start_process, stop_process, wait_future
 from vlm_ros.compat import ActionClient
 from vlm_ros.node.image_conversion import rgb_to_image
@@ -180,3 +180,21 @@ def test_unset_key_variable_fails_configure_naming_it(start_vlm_node, tiny_serve
     values = node.wait_diag(lambda v: name in v.get('last_error', ''), TIMEOUT,
                             'the configure error')
     assert values['state'] == 'unconfigured' and values['model_loaded'] == 'False'
+
+
+def test_a_plan_the_server_did_not_write_in_the_skills_says_so_until_the_skills_fit(
+        start_vlm_node, tiny_server, test_node):
+    """A server that ignores response_format (transformers serve): the Plan names the fallback."""
+    node = _remote_node(start_vlm_node, tiny_server, skills=['push'])  # it picks and places
+    frame_id = uuid.uuid4().hex
+    node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+    node.instruct(INSTRUCTION)
+    plan = node.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the plan')
+    assert (plan.status, plan.form, len(plan.steps)) == (Plan.STATUS_OK, Plan.FORM_JSON, 2)
+    assert plan.message == f'{tiny_server.base_url} did not follow the plan schema ' \
+        '(response_format): steps read from free text'
+    set_ok(test_node, skills=['pick', 'place'])  # now the trained plan follows the schema
+    node.instruct(INSTRUCTION)
+    again = node.plans.wait_for(lambda p: p.request_id != plan.request_id, TIMEOUT, 'a plan')
+    assert (again.status, again.form, again.message) == (Plan.STATUS_OK, Plan.FORM_CONSTRAINED,
+                                                         ''), again

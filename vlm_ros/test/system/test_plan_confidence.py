@@ -55,3 +55,23 @@ def test_a_plan_below_min_confidence_says_how_sure_it_was(start_vlm_node, test_n
                                       "the plan's confidence")
     assert f'confidence {math.exp(confidence.mean):.3f} ' in plan.message, (plan.message,
                                                                             confidence)
+
+
+@both_backends
+def test_min_confidence_is_never_passed_silently_where_the_confidence_is_unknown(
+        start_vlm_node, test_node, backend):
+    node = start_vlm_node()
+    node.wait_state('active')
+    set_ok(test_node, min_confidence=1e-9)  # any known confidence is above it
+    plan = node.plan_on_a_new_frame(TARGETS['plan'][0])
+    assert plan.status == Plan.STATUS_OK, plan.message
+    if backend == 'transformers':
+        assert plan.message == ''
+        return
+    # transformers serve ignores logprobs: the plan says it was not checked, for as long as
+    # min_confidence asks for a check.
+    assert plan.message == 'confidence unknown (the server sent no logprobs): min_confidence ' \
+        'not applied'
+    set_ok(test_node, min_confidence=0.0)
+    again = node.plan_on_a_new_frame(TARGETS['plan'][0])
+    assert (again.status, again.message) == (Plan.STATUS_OK, ''), again

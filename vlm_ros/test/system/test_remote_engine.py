@@ -4,6 +4,8 @@ The server runs the same trained tiny LLaVA with greedy decoding, so every answe
 in-process one token for token, although the image travels as a JPEG.
 """
 
+import dataclasses
+import math
 import threading
 import uuid
 
@@ -21,9 +23,10 @@ pytestmark = pytest.mark.distro_independent
 
 @pytest.fixture(scope='module')
 def local(trained_tiny):
-    # Free text, as the server is asked for: a constrained plan's form would differ.
+    # Plans under the plan schema on both sides (constrain_plans 'auto'): written under its
+    # grammar here, asked of the server as response_format and checked against it there.
     engine = VlmEngine(EngineConfig(model=str(trained_tiny('llava')), device='cpu',
-                                    dtype='float32', max_new_tokens=96, constrain_plans='off'))
+                                    dtype='float32', max_new_tokens=96))
     engine.load()
     yield engine
     engine.unload()
@@ -54,7 +57,32 @@ def test_answers_equal_the_in_process_ones(local, remote):
 def test_a_batch_goes_out_concurrently_and_keeps_its_order(remote):
     results = remote.run(_requests())
     assert [r.text for r in results] == [TARGETS[task][1] for task in ('caption', 'vqa', 'plan')]
-    assert results[2].valid and results[2].form == 'json'
+    assert results[2].valid and results[2].form == 'constrained'
+
+
+@pytest.mark.parametrize('mode', ['auto', 'on', 'off'])
+def test_a_server_that_ignores_the_plan_schema_is_named_and_on_refuses_its_plan(tiny_server,
+                                                                                  mode):
+    # The trained plan picks and places: outside skills [push], so it cannot follow the schema.
+    config = dataclasses.replace(remote_config(tiny_server), skills=('push',),
+                                 constrain_plans=mode)
+    engine = make_engine(config)
+    engine.load()
+    try:
+        result = engine.run([Request('plan', scene('red'), TARGETS['plan'][0])])[0]
+    finally:
+        engine.unload()
+    assert result.text == PLAN_JSON and result.form == 'json' and len(result.steps) == 2
+    if mode == 'off':
+        assert (result.valid, result.note) == (True, '')
+        return
+    assert f'{tiny_server.base_url} did not follow the plan schema' in result.note
+    assert result.valid is (mode == 'auto')
+    # It was asked: transformers serve logs (once per set of fields) that it ignored both.
+    ignored = [line for line in tiny_server.log_path.read_text().splitlines()
+               if 'Ignoring unsupported fields' in line]
+    assert any('response_format' in line and 'logprobs' in line for line in ignored), ignored
+    assert all(math.isnan(value) for value in result.confidence)  # no logprobs came back
 
 
 def test_streaming_concatenation_equals_result(remote):

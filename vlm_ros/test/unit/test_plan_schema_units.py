@@ -1,9 +1,18 @@
 """The plan schema from the skills parameter, and what a hostile skills list gets back."""
 
+import json
+
 import pytest
 from vlm_ros.engine import VlmError
 from vlm_ros.engine.plan_parser import parse_plan
-from vlm_ros.engine.plan_schema import MAX_SKILLS, parse_skills, plan_schema, schema_key
+from vlm_ros.engine.plan_schema import (
+    MAX_SKILLS,
+    MAX_STEPS,
+    follows,
+    parse_skills,
+    plan_schema,
+    schema_key,
+)
 
 
 def test_skills_become_the_enum_of_every_steps_skill():
@@ -42,3 +51,37 @@ def test_hostile_skills_are_refused_with_the_reason(skills, reason):
 def test_names_are_kept_in_order_without_blanks_around_them():
     assert parse_skills([' pick', 'place ', 'push-down', 'go_to']) == \
         ('pick', 'place', 'push-down', 'go_to')
+
+
+def _plan(*steps, **extra) -> str:
+    return json.dumps({'steps': [dict(zip(('instruction', 'skill', 'target'), step, strict=True))
+                                 for step in steps], **extra})
+
+
+FOLLOWED = [_plan(('pick up the cup', 'pick', 'cup')),
+            _plan(('wait here', 'place', '')),  # '': no object
+            _plan(*[('push it', 'push', 'box')] * MAX_STEPS)]
+NOT_FOLLOWED = [
+    '', 'pick up the cup', '{"steps": ', _plan(), _plan(('pick up the cup', 'grab', 'cup')),
+    _plan(*[('push it', 'push', 'box')] * (MAX_STEPS + 1)), _plan(('', 'pick', 'cup')),
+    _plan(('x' * 65, 'pick', 'cup')), _plan(('pick', 'pick', 'c' * 33)),
+    _plan(('pick up the cup', 'pick', 'cup'), note='extra key'), '[{"steps": []}]',
+    '{"steps": [{"instruction": "pick it", "skill": "pick"}]}',  # target missing
+    '{"steps": [{"instruction": 1, "skill": "pick", "target": "cup"}]}',
+    '{"steps": [{"instruction": "pick it", "skill": ["pick"], "target": "cup"}]}',
+    _plan(('pick up the cup', 'pick', 'cup')) + ' and then', '[' * 100000]
+
+
+@pytest.mark.parametrize('text', FOLLOWED)
+def test_a_plan_in_the_skills_follows_the_schema(text):
+    assert follows(text, ('pick', 'place', 'push'))
+
+
+@pytest.mark.parametrize('text', NOT_FOLLOWED)
+def test_anything_else_does_not_follow_it(text):
+    assert not follows(text, ('pick', 'place', 'push'))
+
+
+def test_without_skills_any_skill_text_follows():
+    assert follows(_plan(('pick up the cup', 'grab', 'cup')))
+    assert not follows(_plan(('pick up the cup', 'g' * 33, 'cup')))

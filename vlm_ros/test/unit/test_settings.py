@@ -63,7 +63,7 @@ def test_settings_never_hold_a_value_the_specs_refuse():
         Settings.from_values({'max_new_token': 3})
 
 
-def test_likelihood_checks_and_min_confidence_need_a_backend_with_probabilities():
+def test_likelihood_checks_need_a_backend_that_scores_and_min_confidence_does_not():
     reason = 'verify_by likelihood needs the transformers backend: the openai one cannot score'
     with pytest.raises(SettingsError, match=reason):
         Settings.from_values({'backend': 'openai', 'verify_by': 'likelihood'})
@@ -71,9 +71,8 @@ def test_likelihood_checks_and_min_confidence_need_a_backend_with_probabilities(
     with pytest.raises(SettingsError, match=reason):
         remote.changed({'verify_by': 'likelihood'})
     assert Settings.from_values().changed({'verify_by': 'likelihood'}).verify_by == 'likelihood'
-    with pytest.raises(SettingsError, match='min_confidence needs the transformers backend'):
-        remote.changed({'min_confidence': 0.5})
-    assert remote.changed({'min_confidence': 0.0}).min_confidence == 0.0
+    # Servers that send logprobs (vLLM, SGLang) give confidences; the others' plans say so.
+    assert remote.changed({'min_confidence': 0.5}).min_confidence == 0.5
 
 
 def test_engine_config_limits_and_prompts_come_from_the_settings():

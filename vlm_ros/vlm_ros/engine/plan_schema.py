@@ -12,6 +12,7 @@ import re
 from .errors import VlmError
 
 CONSTRAIN_MODES = ('auto', 'on', 'off')  # EngineConfig.constrain_plans (local/constrain.py)
+PLAN_TASKS = ('plan', 'replan')  # the tasks whose answers follow the plan schema
 MAX_SKILLS = 64
 MAX_STEPS = 8
 MAX_INSTRUCTION_CHARS = 64
@@ -63,3 +64,34 @@ def plan_schema(skills: tuple = ()) -> dict:
 def schema_key(skills: tuple) -> str:
     """Return the schema as canonical text: the key its compiled grammar is cached under."""
     return json.dumps(plan_schema(skills), sort_keys=True)
+
+
+def follows(text: str, skills: tuple = ()) -> bool:
+    """Tell whether text is exactly one JSON value that plan_schema(skills) accepts.
+
+    What a remote server's structured output is checked with: a server may ignore
+    ``response_format`` (transformers serve does) and answer free text, which may still parse.
+    """
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return _accepts(plan_schema(skills), value)
+
+
+def _accepts(schema: dict, value) -> bool:
+    """Check value against the JSON Schema keywords plan_schema uses (and no others)."""
+    if 'enum' in schema:
+        return value in schema['enum'] and isinstance(value, str)
+    kind = schema['type']
+    if kind == 'string':
+        return isinstance(value, str) and \
+            schema['minLength'] <= len(value) <= schema['maxLength']
+    if kind == 'array':
+        return isinstance(value, list) and \
+            schema['minItems'] <= len(value) <= schema['maxItems'] and \
+            all(_accepts(schema['items'], item) for item in value)
+    properties = schema['properties']
+    return isinstance(value, dict) and set(schema['required']) <= set(value) and \
+        set(value) <= set(properties) and \
+        all(_accepts(properties[key], item) for key, item in value.items())

@@ -11,6 +11,7 @@ from typing import Optional
 
 from . import confidence
 from .plan_parser import parse_plan
+from .plan_schema import PLAN_TASKS
 
 
 @dataclass
@@ -58,6 +59,9 @@ class Result:
     token_logprobs: tuple = ()
     confidence: tuple = confidence.UNKNOWN
     step_confidence: tuple = ()
+    # What the backend did other than asked, for the user (a Plan's message): e.g. a server
+    # that ignored the plan schema. '' when nothing.
+    note: str = ''
 
 
 # A Result's status (status_of): what the node maps to STATUS_OK, _INVALID_OUTPUT, _CANCELLED.
@@ -91,7 +95,7 @@ def parse_output(task: str, text: str, constrained: bool = False) -> tuple:
     ``constrained``: the text was written under the plan schema's grammar to its end, so a
     complete JSON plan has form 'constrained' (a cut one keeps 'json_truncated').
     """
-    if task in ('plan', 'replan'):
+    if task in PLAN_TASKS:
         parsed = parse_plan(text)
         form = 'constrained' if constrained and parsed.form == 'json' else parsed.form
         return parsed.steps, parsed.valid, form

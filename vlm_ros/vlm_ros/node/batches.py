@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable
 
 from ..engine import Request, Result, VlmError
+from ..engine.plan_schema import PLAN_TASKS
 from .frames import FrameStore
 from .jobs import Job, Limits, Outcome, Status
 
@@ -146,13 +147,18 @@ class BatchRunner:
             return Outcome(job, Status.CANCELLED, f'{job.cancel_reason} during generation',
                            header, result)
         if not result.valid:
-            what = 'no plan steps could be parsed' if job.task == 'plan' else 'empty answer'
+            what = result.note or ('no plan steps could be parsed' if job.task == 'plan'
+                                   else 'empty answer')
             return Outcome(job, Status.INVALID_OUTPUT, f'model output invalid: {what}', header,
                            result)
         least = self._limits().min_confidence
-        sure = math.exp(result.confidence[0])  # NaN (unknown) is never below
-        if job.task in ('plan', 'replan') and sure < least:
+        sure = math.exp(result.confidence[0])
+        note = result.note  # e.g. a fallback the backend took
+        if job.task in PLAN_TASKS and sure < least:
             return Outcome(job, Status.LOW_CONFIDENCE, f'confidence {sure:.3f} (geometric mean '
                            f'token probability) is below min_confidence {least:g}', header,
                            result)
-        return Outcome(job, Status.OK, '', header, result)
+        if job.task in PLAN_TASKS and least > 0.0 and math.isnan(sure):
+            note = '; '.join(filter(None, (note, 'confidence unknown (the server sent no '
+                                           'logprobs): min_confidence not applied')))
+        return Outcome(job, Status.OK, note, header, result)

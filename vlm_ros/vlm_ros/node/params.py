@@ -84,8 +84,10 @@ SPECS = (
     ParamSpec('constrain_plans', 'auto', "in-process backend: plans are written under a grammar "
               "of the plan JSON (llguidance), so every answer parses and follows skills; 'auto' "
               "= wherever the model's tokenizer is supported, 'on' = configure fails where it is "
-              "not, 'off' = free text parsed as before", applies='reload',
-              choices=CONSTRAIN_MODES),
+              "not, 'off' = free text parsed as before. openai backend: the schema is sent as "
+              "response_format and each plan checked against it; one that does not follow it "
+              "says so in its message, and under 'on' is STATUS_INVALID_OUTPUT",
+              applies='reload', choices=CONSTRAIN_MODES),
     ParamSpec('skills', (), 'the skills the robot can execute, e.g. [pick, place, push]: every '
               "constrained step's skill is one of them (empty = free text)"),
     ParamSpec('max_new_tokens', 128, 'generation limit per request', low=1, high=4096),
@@ -121,9 +123,10 @@ SPECS = (
               'ones are answered STATUS_BAD_INPUT at once', applies='limits', low=1,
               high=1_000_000),
     ParamSpec('min_confidence', 0.0, 'plans whose geometric mean token probability '
-              '(exp(Plan.confidence_mean)) is below it are published STATUS_LOW_CONFIDENCE, '
-              'steps carried, and never executed (0 = off; in-process backend: the openai one '
-              'gives no confidences)', applies='limits', low=0.0, high=1.0),
+              '(exp(PlanConfidence.mean)) is below it are published STATUS_LOW_CONFIDENCE, '
+              'steps carried, and never executed (0 = off); openai backend: from the '
+              "server's logprobs, and a plan without them says it was not checked",
+              applies='limits', low=0.0, high=1.0),
     ParamSpec('max_image_age', 0.0, 'seconds; older images give STATUS_STALE_IMAGE '
               '(0 = no limit)', applies='limits', low=0.0, high=3600.0),
     ParamSpec('wait_for_image', 2.0, 'seconds a request may wait for a first or fresh frame',

@@ -80,9 +80,6 @@ class Settings:
         if self.backend != 'transformers' and self.verify_by == 'likelihood':
             raise SettingsError(f'verify_by likelihood needs the transformers backend: the '
                                 f'{self.backend} one cannot score answers; use verify_by answer')
-        if self.backend != 'transformers' and self.min_confidence > 0.0:
-            raise SettingsError(f'min_confidence needs the transformers backend: the '
-                                f'{self.backend} one gives no confidences; leave it at 0')
 
     @classmethod
     def from_values(cls, values: Optional[Mapping] = None) -> 'Settings':

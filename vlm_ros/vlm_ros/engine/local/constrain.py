@@ -17,7 +17,7 @@ import torch
 from transformers import LogitsProcessor
 
 from ..errors import VlmError
-from ..plan_schema import CONSTRAIN_MODES, parse_skills, plan_schema, schema_key
+from ..plan_schema import CONSTRAIN_MODES, PLAN_TASKS, parse_skills, plan_schema, schema_key
 from . import closing
 
 # The plan prompt's own layout: no free whitespace, which a model with random weights would
@@ -26,7 +26,6 @@ JSON_OPTIONS = {'whitespace_flexible': False, 'item_separator': ', ', 'key_separ
 # Byte -> its 8 bits, lowest first: llguidance's mask is 32-bit words, token i at bit i % 32
 # of word i // 32, which as little-endian bytes is bit i % 8 of byte i // 8.
 _UNPACK = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).bool()
-PLAN_TASKS = ('plan', 'replan')  # the tasks whose answers follow the plan schema
 
 
 def _llguidance():

@@ -11,7 +11,7 @@ from typing import Optional
 from ..base import CancelSignal, EngineBase
 from ..config import EngineConfig
 from ..errors import VlmError
-from ..plan_schema import parse_skills
+from ..plan_schema import PLAN_TASKS, parse_skills
 from ..preprocess import fitted_size
 from ..results import make_result
 from . import constrain, decoding, loader, teacher_forcing
@@ -227,7 +227,7 @@ def _results(loaded, requests: list, texts: list, rows: list, generated, followe
                         generated.total_time, cancelled, fitted_size(request.image,
                                                                      max_image_side),
                         constrained, *text_logprobs(tokenizer, tokens, logprobs, eos,
-                                                    request.task in constrain.PLAN_TASKS))
+                                                    request.task in PLAN_TASKS))
             for request, text, tokens, cancelled, constrained, logprobs in zip(
                 requests, texts, rows, generated.cancelled, followed, generated.logprobs,
                 strict=True)]

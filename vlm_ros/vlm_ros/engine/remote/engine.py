@@ -27,8 +27,8 @@ import openai
 from ..base import CancelSignal, EngineBase
 from ..config import EngineConfig
 from ..errors import NOT_LOADED, VlmError
-from ..preprocess import check_image, fitted_size
-from ..results import make_result
+from ..preprocess import check_image
+from .answers import answer_result
 from .failures import NO_KEY, classify, failure
 from .payload import chat_payload
 from .probe import check_forever
@@ -156,11 +156,7 @@ class RemoteEngine(EngineBase):
             self._call(run_all([self._answer(*job) for job in zip(
                 payloads, answers, on_texts, cancels, strict=True)], cancels))
             total = time.perf_counter() - start
-        return [make_result(request.task, ''.join(answer.pieces),
-                            len(answer.pieces) if answer.tokens is None else answer.tokens,
-                            answer.first_at - start if answer.first_at else total, total,
-                            stopped.is_set(), fitted_size(request.image,
-                                                          self.config.max_image_side))
+        return [answer_result(request, answer, stopped.is_set(), start, total, self.config)
                 for request, answer, stopped in zip(requests, answers, cancels, strict=True)]
 
     def prepare(self, images: list) -> None:

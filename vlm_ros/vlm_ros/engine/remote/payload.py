@@ -1,13 +1,17 @@
 """One request as a streamed chat completion, built exactly as an in-process model would see it.
 
 The same resize (then JPEG, as a data URL), the same prompt templates and the same chat layout
-as the 'transformers' backend, so the two backends answer the same question.
+as the 'transformers' backend, so the two backends answer the same question. Two asks a server
+may ignore (transformers serve does, with a warning): ``logprobs``, for the answer's
+confidence, and for plans (constrain_plans not 'off') the plan schema as ``response_format``,
+the structured output of vLLM, SGLang, llama.cpp and OpenAI; RemoteEngine checks the answer.
 """
 
 import base64
 
 from ..chat import user_message
 from ..config import EngineConfig
+from ..plan_schema import PLAN_TASKS, plan_schema
 from ..preprocess import encode_jpeg
 from ..prompts import render_task
 
@@ -21,6 +25,16 @@ def chat_payload(request, config: EngineConfig, templates: dict, model: str) -> 
     sampling = {'temperature': config.temperature, 'top_p': config.top_p} \
         if config.do_sample else {'temperature': 0.0}  # 0: greedy on every server
     # include_usage: vLLM and SGLang report token counts in a stream only when asked.
-    return {'model': model, 'messages': user_message(prompt, image),
-            'max_tokens': request.max_new_tokens or config.max_new_tokens,
-            'stream': True, 'stream_options': {'include_usage': True}, **sampling}
+    payload = {'model': model, 'messages': user_message(prompt, image),
+               'max_tokens': request.max_new_tokens or config.max_new_tokens,
+               'stream': True, 'stream_options': {'include_usage': True}, 'logprobs': True,
+               **sampling}
+    if schema_asked(request, config):
+        payload['response_format'] = {'type': 'json_schema', 'json_schema': {
+            'name': 'plan', 'strict': True, 'schema': plan_schema(tuple(config.skills))}}
+    return payload
+
+
+def schema_asked(request, config: EngineConfig) -> bool:
+    """Tell whether request's answer is asked to follow the plan schema (a plan, not 'off')."""
+    return request.task in PLAN_TASKS and config.constrain_plans != 'off'

@@ -7,6 +7,7 @@ generating.
 """
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -23,6 +24,24 @@ class Answer:
     tokens: Optional[int] = None  # from the server's usage report
     responded: bool = False  # headers arrived: a failure from now on cuts an answer off
     finished: bool = False  # a finish_reason arrived: the answer is complete
+    # Per token, where the server sends logprobs: its text and natural-log probability. None
+    # once a piece came without them or with malformed ones: the confidence is then unknown.
+    token_logprobs: Optional[list] = field(default_factory=list)
+
+    def text_logprobs(self) -> tuple:
+        """Return (logprobs, ends) of the answer's tokens, or ((), ()) where unknown.
+
+        The tokens' texts must make up the answer's text exactly, as they do on vLLM and
+        SGLang; ends[i] is where token i ends in it (results.make_result).
+        """
+        pairs = self.token_logprobs
+        if not pairs or ''.join(token for token, _ in pairs) != ''.join(self.pieces):
+            return (), ()
+        ends, end = [], 0
+        for token, _ in pairs:
+            end += len(token)
+            ends.append(end)
+        return tuple(value for _, value in pairs), tuple(ends)
 
 
 async def run_all(coroutines: list, cancels: list) -> None:
@@ -66,7 +85,28 @@ async def read_answer(client, payload: dict, answer: Answer, on_text, cancel) ->
                 if text:
                     answer.first_at = answer.first_at or time.perf_counter()
                     answer.pieces.append(text)
+                    _keep_logprobs(answer, getattr(choice, 'logprobs', None))
                     if on_text is not None:
                         on_text(text)
                 answer.finished = answer.finished or choice.finish_reason is not None
     return answer.finished
+
+
+def _keep_logprobs(answer: Answer, logprobs) -> None:
+    """Add a streamed piece's token log-probabilities to answer; any fault makes them unknown.
+
+    A server that ignores ``logprobs`` (transformers serve) sends none; a hostile or broken one
+    may send anything: only finite numbers at most 0 and string tokens are kept.
+    """
+    if answer.token_logprobs is None:
+        return
+    try:
+        pairs = [(item.token, float(item.logprob)) for item in logprobs.content]
+    except (AttributeError, TypeError, ValueError):
+        answer.token_logprobs = None
+        return
+    if not pairs or not all(isinstance(token, str) and -math.inf < value <= 0.0
+                            for token, value in pairs):
+        answer.token_logprobs = None
+        return
+    answer.token_logprobs.extend(pairs)

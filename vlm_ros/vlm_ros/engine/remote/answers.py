@@ -1,0 +1,39 @@
+"""One streamed answer to a Result: the plan schema checked, the server's logprobs kept.
+
+A server may ignore what the request asked for (the plan schema as response_format, logprobs):
+transformers serve does, with a warning. So a plan is never trusted to follow the schema: it
+is checked (plan_schema.follows), and the Result says what happened instead.
+"""
+
+from .. import plan_schema
+from ..config import EngineConfig
+from ..preprocess import fitted_size
+from ..results import Result, make_result
+from .payload import schema_asked
+from .streaming import Answer
+
+
+def answer_result(request, answer: Answer, cancelled: bool, start: float, total: float,
+                  config: EngineConfig) -> Result:
+    """Parse one answer (timings from start; total seconds); check a plan against the schema.
+
+    A plan that follows it has form 'constrained'. One that does not (the server ignored
+    response_format) is read as free text with a note saying so; under constrain_plans 'on'
+    it is not valid, and the note says why.
+    """
+    text = ''.join(answer.pieces)
+    asked = schema_asked(request, config) and not cancelled
+    followed = asked and plan_schema.follows(text, tuple(config.skills))
+    result = make_result(request.task, text,
+                         len(answer.pieces) if answer.tokens is None else answer.tokens,
+                         answer.first_at - start if answer.first_at else total, total,
+                         cancelled, fitted_size(request.image, config.max_image_side),
+                         followed, *answer.text_logprobs())
+    if asked and not followed:
+        refused = config.constrain_plans == 'on'
+        then = 'constrain_plans is on, so it is not used' if refused else \
+            'steps read from free text'
+        result.note = (f'{config.remote.base_url} did not follow the plan schema '
+                       f'(response_format): {then}')
+        result.valid = result.valid and not refused
+    return result
