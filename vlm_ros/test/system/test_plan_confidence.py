@@ -1,17 +1,22 @@
-"""plan_confidence: how sure the model was of each Plan, joined to it by request_id.
+"""plan_confidence and answer_confidence: how sure the model was of each Plan and answer.
 
-The released Plan keeps its fields (and type hash); its confidence comes just before it, on
-its own topic, for instruction plans and the generate_plan action's alike.
+The released Plan, Caption and Query keep their fields (and type hashes); each confidence comes
+just before its answer on a topic of its own: a Plan's (instructions and the generate_plan
+action's alike) joined to it by request_id, a caption's or ~/query answer's by header and text.
 """
 
 import math
+import uuid
 
-from engine_fixtures import TARGETS
-from node_harness import TIMEOUT, send_goal, set_ok
+from engine_fixtures import TARGETS, scene
+from node_harness import TIMEOUT, call, camera, send_goal, set_ok
 from ros_harness import wait_future
 from serve_harness import both_backends
+from vlm_ros.node.image_conversion import rgb_to_image
+from waiting import wait_until
 
-from vlm_ros_msgs.msg import Plan, PlanConfidence
+from vlm_ros_msgs.msg import AnswerConfidence, Plan, PlanConfidence
+from vlm_ros_msgs.srv import Query
 
 
 def _check(confidence: PlanConfidence, plan: Plan, known: bool) -> None:
@@ -75,3 +80,36 @@ def test_min_confidence_is_never_passed_silently_where_the_confidence_is_unknown
     set_ok(test_node, min_confidence=0.0)
     again = node.plan_on_a_new_frame(TARGETS['plan'][0])
     assert (again.status, again.message) == (Plan.STATUS_OK, ''), again
+
+
+def _check_answer(confidence: AnswerConfidence, known: bool) -> None:
+    if not known:
+        assert math.isnan(confidence.mean) and math.isnan(confidence.min), confidence
+        return
+    assert confidence.min <= confidence.mean <= 0.0, confidence
+
+
+@both_backends
+def test_captions_and_query_answers_have_their_confidence(start_vlm_node, test_node, backend):
+    node = start_vlm_node(caption_rate=2.0)
+    node.wait_state('active')
+    answers = test_node.collect(AnswerConfidence, '/answer_confidence')
+    wait_until(lambda: answers.subscription.get_publisher_count() > 0, TIMEOUT,
+               "the node's answer_confidence publisher")
+    frame_id = uuid.uuid4().hex
+    node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+    confidence = answers.wait_for(lambda a: a.task == AnswerConfidence.TASK_CAPTION and
+                                  a.header.frame_id == frame_id, TIMEOUT, "a caption's")
+    node.captions.wait_for(lambda c: (c.header, c.text) == (confidence.header, confidence.text),
+                           TIMEOUT, 'the caption it belongs to')
+    _check_answer(confidence, known=backend == 'transformers')
+
+    image = rgb_to_image(scene('blue'))
+    image.header.frame_id = uuid.uuid4().hex
+    response = call(test_node, Query, '/vlm_node/query',
+                    Query.Request(question=TARGETS['vqa'][0], image=image))
+    assert response.success and response.answer == TARGETS['vqa'][1], response
+    confidence = answers.wait_for(lambda a: a.task == AnswerConfidence.TASK_VQA and
+                                  a.header == response.image_header, TIMEOUT, "the answer's")
+    assert confidence.text == response.answer
+    _check_answer(confidence, known=backend == 'transformers')

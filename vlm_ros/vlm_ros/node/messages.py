@@ -7,7 +7,14 @@ vlm_replay --echo print with the same formatting.
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
-from vlm_ros_msgs.msg import Caption, Plan, PlanConfidence, PlanProgress, PlanStep
+from vlm_ros_msgs.msg import (
+    AnswerConfidence,
+    Caption,
+    Plan,
+    PlanConfidence,
+    PlanProgress,
+    PlanStep,
+)
 
 from ..engine.confidence import UNKNOWN
 from ..engine.plan_parser import CLEAN_FORMS
@@ -48,6 +55,13 @@ def confidence_msg(outcome: Outcome, plan: Plan) -> PlanConfidence:
     return PlanConfidence(header=plan.header, request_id=plan.request_id, mean=float(mean),
                           min=float(low), step_mean=[float(m) for m, _ in steps],
                           step_min=[float(m) for _, m in steps])
+
+
+def answer_confidence_msg(outcome: Outcome) -> AnswerConfidence:
+    """Build the AnswerConfidence of an OK caption or ~/query outcome (NaN: unknown)."""
+    mean, low = outcome.result.confidence
+    return AnswerConfidence(header=outcome.header, task=outcome.job.task,
+                            text=outcome.result.text, mean=float(mean), min=float(low))
 
 
 def caption_msg(outcome: Outcome, model: str) -> Caption:

@@ -66,7 +66,8 @@ class Serving:
     cannot be served ('' when they can); ``record(outcome)`` counts an answer in the
     diagnostics; ``model_name()`` is the model answers are attributed to; ``header()`` is the
     fallback header of plans that used no image; ``confidence(outcome, plan)`` publishes the
-    PlanConfidence of a Plan about to be sent.
+    PlanConfidence of a Plan about to be sent, or with plan None, the AnswerConfidence of a
+    ~/query answer.
     """
 
     worker: Callable[[], Optional[Worker]]
@@ -170,6 +171,8 @@ class RequestEndpoints:
             response.success, response.message = False, 'no answer in time'
             return response
         self._record(outcome)
+        if job.task == 'vqa' and outcome.status == Status.OK:
+            self._serving.confidence(outcome, None)  # its AnswerConfidence, just before it
         return fill(response, outcome)
 
     def _expire_queries(self) -> None:

@@ -1,4 +1,4 @@
-"""The node's topics: instructions in; plans, captions and vla_instruction out.
+"""The node's topics: instructions in; plans, captions, confidences and vla_instruction out.
 
 Each instruction becomes a plan request for the worker; its Plan goes out on `plan`, and its
 first step on `vla_instruction` (or, with execute_plans, the whole plan to PlanExecution).
@@ -13,11 +13,11 @@ from typing import Optional
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from vlm_ros_msgs.msg import Caption, Plan, PlanConfidence
+from vlm_ros_msgs.msg import AnswerConfidence, Caption, Plan, PlanConfidence
 
 from .frames import FrameStore
 from .jobs import Job, Outcome, Status
-from .messages import caption_msg, confidence_msg, plan_msg
+from .messages import answer_confidence_msg, caption_msg, confidence_msg, plan_msg
 from .plan_execution import PlanExecution
 from .requests import Serving
 from .settings import Settings
@@ -60,7 +60,8 @@ class Topics:
         self._destroy_subscription = node.destroy_subscription
         self._destroy_timer = node.destroy_timer
         self._logger = node.get_logger()
-        self._plan_pub = self._caption_pub = self.vla_pub = self._confidence_pub = None
+        self._plan_pub = self._caption_pub = self.vla_pub = None
+        self._confidence_pubs = {}  # Plan or answer -> its confidence's publisher, while open
         self._sub = None
         self._periodic = []  # caption and replan timers
         self._last_instruction = ''
@@ -70,29 +71,34 @@ class Topics:
     def open(self, qos: QoSProfile) -> list:
         """Create the publishers (configure); return them, for the node to close at cleanup."""
         self._plan_pub = self._create_publisher(Plan, 'plan', qos)
-        self._confidence_pub = self._create_publisher(PlanConfidence, 'plan_confidence', qos)
+        self._confidence_pubs = {
+            'plan': self._create_publisher(PlanConfidence, 'plan_confidence', qos),
+            'answer': self._create_publisher(AnswerConfidence, 'answer_confidence', qos)}
         self._caption_pub = self._create_publisher(Caption, 'caption', 10)
         self.vla_pub = self._create_publisher(String, 'vla_instruction', qos)
-        return [self._plan_pub, self._confidence_pub, self._caption_pub, self.vla_pub]
+        return [self._plan_pub, *self._confidence_pubs.values(), self._caption_pub,
+                self.vla_pub]
 
     def close(self) -> None:
         """Forget the publishers (cleanup destroys them): an action's late plan sends none."""
-        self._confidence_pub = None
+        self._confidence_pubs = {}
 
-    def publish_confidence(self, outcome, plan: Plan) -> None:
-        """Publish plan's PlanConfidence, ahead of plan (none once cleaned up).
+    def publish_confidence(self, outcome, plan: Optional[Plan] = None) -> None:
+        """Publish the confidence of an answer about to be sent (none once cleaned up).
 
-        A goal's result may be sent while cleanup destroys the publisher: the result matters,
-        its confidence is then left out.
+        plan's PlanConfidence, or without plan, the AnswerConfidence of outcome's caption or
+        ~/query answer. A goal's result or a query's response may be sent while cleanup
+        destroys the publisher: the answer matters, its confidence is then left out.
         """
-        publisher = self._confidence_pub
+        publisher = self._confidence_pubs.get('answer' if plan is None else 'plan')
         if publisher is None:
             return
         try:
-            publisher.publish(confidence_msg(outcome, plan))
-        except Exception as exc:  # noqa: BLE001 - destroyed under us; the Plan still goes
-            self._logger.warning(f'plan {plan.request_id}: no plan_confidence: {exc!r}',
-                                 throttle_duration_sec=1.0)
+            publisher.publish(answer_confidence_msg(outcome) if plan is None
+                              else confidence_msg(outcome, plan))
+        except Exception as exc:  # noqa: BLE001 - destroyed under us; the answer still goes
+            self._logger.warning(f'{outcome.job.task} {outcome.job.request_id}: no confidence '
+                                 f'published: {exc!r}', throttle_duration_sec=1.0)
 
     def activate(self, group) -> None:
         """Take instructions (in group) and start the timers."""
@@ -185,4 +191,5 @@ class Topics:
     def _publish_caption(self, outcome) -> None:
         self._serving.record(outcome)
         if outcome.status == Status.OK:
+            self.publish_confidence(outcome)
             self._caption_pub.publish(caption_msg(outcome, self._serving.model_name()))
