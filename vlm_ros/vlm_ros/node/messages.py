@@ -111,8 +111,8 @@ def format_plan(plan: Plan) -> str:
     status = {v: k for k, v in vars(Plan).items() if k.startswith('STATUS_')}.get(plan.status)
     lines = [f'{status} {plan.request_id} (image {plan.header.frame_id or "-"} '
              f'{plan.header.stamp.sec}.{plan.header.stamp.nanosec:09d})']
-    if plan.message:
-        lines.append(f'  reason: {plan.message}')
+    if plan.message:  # with STATUS_OK, a note: e.g. a server that ignored the plan schema
+        lines.append(f"  {'note' if plan.status == Plan.STATUS_OK else 'reason'}: {plan.message}")
     if plan.steps and plan.form not in CLEAN_FORMS:
         lines.append(f'  form: {plan.form} (not the complete plan the model meant)')
     lines += [f'  {i}. {s.instruction}' + (f'  [{s.skill} {s.target}]'.rstrip()
