@@ -70,7 +70,7 @@ def test_vlm_eval_on_the_sample_bag_with_the_tiny_model(tiny_demo_model, tmp_pat
     if pathlib.Path(CHROMIUM).is_file():
         from PIL import Image
 
-        png = screenshot(out / 'report.html', tmp_path / 'report.png', height=1400)
+        png = screenshot(out / 'report.html', tmp_path / 'report.png', height=1800)
         pixels = np.asarray(Image.open(png).convert('RGB')).reshape(-1, 3).astype(np.int16)
         assert len(np.unique(pixels, axis=0)) > 500
         wood = draw_tabletop(0.0)[440, 20].astype(np.int16)  # the table, near its front edge

@@ -108,6 +108,8 @@ def test_engine_records_pair_and_answer(engine_run):
     for record in answered:
         assert 0 < record['time_to_first_token'] <= record['total_time']
         assert record['output_tokens'] > 0
+        assert record['confidence_min'] <= record['confidence_mean'] <= 0.0, record
+    assert no_image['confidence_mean'] is None and no_image['confidence_min'] is None
 
 
 def test_engine_summary_matches_records(engine_run):
@@ -129,6 +131,9 @@ def test_engine_summary_matches_records(engine_run):
     assert summary['images_per_s'] > 0
     assert (summary['model'], summary['device'], summary['dtype']) == (model, 'cpu', 'float32')
     assert 'plan validity rate' in stdout and 'latency p95 (s)' in stdout
+    sure = sorted(math.exp(p['confidence_mean']) for p in plans)
+    assert summary['plan_confidence_p50'] == pytest.approx(sure[1])  # the middle of three
+    assert 'plan confidence p50 (geometric mean p)' in stdout
     check_report(out, frames_used=[0, 1, 2])
 
 
@@ -161,6 +166,9 @@ def test_recorded_answers_make_the_same_records(tmp_path):
     assert summary['latency_p50_s'] == pytest.approx(0.25)
     # 5 answers from the first arrival (1.2 s - 0.125 s) to the last answer (3.4 s)
     assert summary['images_per_s'] == pytest.approx(5 / (3.4 - 1.075), rel=1e-3)
+    # A recorded Plan carries no confidence (plan_confidence is a topic of its own).
+    assert summary['plan_confidence_p50'] is None
+    assert all(r['confidence_mean'] is None for r in records)
     check_report(out, frames_used=[0, 1, 2])
     assert '&lt;i&gt;junk&lt;/i&gt;' in (out / 'report.html').read_text()
 

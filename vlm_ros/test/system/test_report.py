@@ -17,9 +17,9 @@ from vlm_ros.eval.screenshot import CHROMIUM, screenshot
 def test_browser_draws_the_report(tmp_path):
     from PIL import Image
 
-    png = screenshot(make_report(tmp_path), tmp_path / 'shot.png', width=1280, height=1600)
+    png = screenshot(make_report(tmp_path), tmp_path / 'shot.png', width=1280, height=1800)
     pixels = np.asarray(Image.open(png).convert('RGB')).reshape(-1, 3).astype(np.int16)
-    assert len(pixels) == 1280 * 1600
+    assert len(pixels) == 1280 * 1800
     distinct = len(np.unique(pixels, axis=0))
     assert distinct > 500, f'only {distinct} colours: the page is nearly blank'
     ink = np.any(np.abs(pixels - 255) > 24, axis=1).mean()

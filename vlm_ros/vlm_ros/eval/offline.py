@@ -94,11 +94,11 @@ def run_engine(engine: Engine, inputs: BagInputs, pending: list, images: dict,
                 records[position] = result_record(*fields, *failure, batch=batch)
             else:
                 records[position] = result_record(
-                    *fields, 'OK' if result.valid else 'INVALID_OUTPUT', text=result.text,
-                    steps=result.steps, valid=result.valid, form=result.form,
+                    *fields, 'OK' if result.valid else 'INVALID_OUTPUT', message=result.note,
+                    text=result.text, steps=result.steps, valid=result.valid, form=result.form,
                     output_tokens=result.output_tokens,
                     time_to_first_token=result.time_to_first_token,
-                    total_time=result.total_time, batch=batch)
+                    total_time=result.total_time, batch=batch, confidence=result.confidence)
     return records, seconds
 
 

@@ -37,8 +37,13 @@ def image_info(topic: str, frame) -> Optional[dict]:
 def result_record(task: str, request: str, image: Optional[dict], bag_time_ns: Optional[int],
                   start_ns: int, status: str, message: str = '', text: str = '', steps=(),
                   valid: bool = False, form: str = 'none', output_tokens=None,
-                  time_to_first_token=None, total_time=None, batch=None) -> dict:
+                  time_to_first_token=None, total_time=None, batch=None,
+                  confidence=None) -> dict:
     """Build the record of one request; timings and tokens stay None where nothing ran.
+
+    ``confidence`` is the answer's (mean, min) token log-probability (engine Result); it is
+    recorded as ``confidence_mean`` and ``confidence_min``, None where unknown (NaN, a recorded
+    answer), as JSON has no NaN.
 
     ``steps`` are PlanSteps of the engine or of a recorded Plan (both have the three fields);
     ``bag_time_s`` counts from the start of the input recording, for plots. ``tokens_per_s``
@@ -55,7 +60,14 @@ def result_record(task: str, request: str, image: Optional[dict], bag_time_ns: O
         'valid': valid, 'form': form, 'output_tokens': output_tokens,
         'time_to_first_token': time_to_first_token, 'total_time': total_time,
         'tokens_per_s': output_tokens / total_time if output_tokens and total_time else None,
-        'batch': batch}
+        'batch': batch, **_confidence(confidence)}
+
+
+def _confidence(pair) -> dict:
+    """Return the record's confidence fields: None where unknown."""
+    mean, low = pair if pair is not None else (math.nan, math.nan)
+    known = math.isfinite(mean) and math.isfinite(low)
+    return {'confidence_mean': mean if known else None, 'confidence_min': low if known else None}
 
 
 def score_record(reference: dict, image: dict, score) -> dict:
@@ -105,6 +117,9 @@ def summarize(records: list, run: dict, mean=None) -> dict:
                                if r['time_to_first_token'] is not None]),
         'tokens_per_s_p50': _median([r['tokens_per_s'] for r in answered
                                      if r['tokens_per_s'] is not None]),
+        # What min_confidence is compared with: a plan's geometric mean token probability.
+        'plan_confidence_p50': _median([math.exp(r['confidence_mean']) for r in plans
+                                        if r.get('confidence_mean') is not None]),
         'references': sum(r['kind'] == 'score' for r in records),
     }
     if mean is not None:
@@ -133,6 +148,7 @@ _ROWS = (('mode', 'mode'), ('model', 'model'), ('device', 'device'), ('bag', 'ba
          ('latency p50 (s)', 'latency_p50_s'), ('latency p95 (s)', 'latency_p95_s'),
          ('time to first token p50 (s)', 'ttft_p50_s'),
          ('tokens/s p50 (of total time)', 'tokens_per_s_p50'),
+         ('plan confidence p50 (geometric mean p)', 'plan_confidence_p50'),
          ('images/s (whole run)', 'images_per_s'),
          ('plan executions (re-plans)', 'executions', 'replans'),
          ('references scored', 'references'),
