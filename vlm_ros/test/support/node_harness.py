@@ -134,7 +134,9 @@ class VlmNodeProcess:
     def plan_on_a_new_frame(self, instruction: str, what: str = 'the plan') -> Plan:
         """Stream frames with a fresh frame_id, instruct, return the plan stamped with it.
 
-        The unique frame_id tells this plan from any earlier one still in flight.
+        The unique frame_id tells this plan from any earlier one still in flight. The frames
+        keep coming after it returns: a second call's plan may use either stream's frame, so a
+        later plan of the same node is told apart by its request_id instead.
         """
         frame_id = uuid.uuid4().hex
         self.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
