@@ -2,7 +2,8 @@
 
     PYTHONPATH=vlm_ros python3 -m vlm_ros.benchmarks.cuda_checks
 
-device/dtype resolution, preprocessing on the GPU (the same inputs as on the CPU), batched ==
+device/dtype resolution, preprocessing on the GPU (the same inputs as on the CPU; SmolVLM's
+bit for bit, at its real sizes, with TF32 on and off), batched ==
 single greedy tokens on the GPU (float32), streaming, memory given back by unload(), the
 default compiled decoding (answers as eager, compiled at load only), and a real CUDA
 out-of-memory error mapped to its kind.
@@ -13,12 +14,15 @@ import tempfile
 
 import numpy as np
 import torch
+from PIL import Image
+from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
 from ..engine import EngineConfig, Request
 from ..engine.chat import build_inputs
 from ..engine.gpu_preprocess import device_kwargs
 from ..engine.local import VlmEngine
 from ..engine.local.decoding import compiled_graphs
+from ..engine.local.exact_idefics3 import ExactIdefics3
 from ..engine.local.loader import classify_error, resolve_device, resolve_dtype
 from ..models import build_tiny
 
@@ -45,8 +49,45 @@ def _check_compiled(path, requests, eager: list) -> bool:
                  f'{graphs} -> {compiled_graphs()} graphs')
 
 
+def _check_exact_idefics3(images: list) -> list:
+    """SmolVLM's processor on the GPU equals its PIL backend bit for bit, TF32 on and off."""
+    results = []
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    sizes = [(480, 640), (720, 1280), (1080, 1920)]
+    frames = [*images[:2], *(Image.fromarray(np.random.default_rng(h).integers(
+        0, 256, (h, w, 3), np.uint8)) for h, w in sizes)]
+    try:
+        for allow in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = allow
+            for size in ({}, {'size': {'longest_edge': 768}}):
+                reference = Idefics3ImageProcessorPil(**size)
+                exact = ExactIdefics3(reference, 'cuda')
+                for frame in frames:
+                    want = reference([[frame]], return_tensors='pt')
+                    got = exact([[frame]], return_tensors='pt')
+                    equal = all(torch.equal(want[k], got[k].cpu()) for k in want)
+                    results.append(check(
+                        'idefics3: exact GPU preprocessing equals PIL', equal,
+                        f'{frame.size} {size or "default size"} tf32={allow} '
+                        f'{tuple(got["pixel_values"].shape)} on {got["pixel_values"].device}'))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    return results
+
+
 def _check_gpu_preprocessing(family: str, processor, images: list) -> bool:
-    """Where the processor can preprocess on the GPU, its inputs equal the CPU's (to 0.05)."""
+    """Where the processor can preprocess on the GPU, its inputs equal the CPU's (to 0.05).
+
+    Idefics3's (exact_idefics3.py) must equal its CPU path exactly.
+    """
+    if isinstance(getattr(processor.image_processor, 'wrapped', None), ExactIdefics3):
+        prompts = ['describe the scene'] * len(images)
+        on_gpu = build_inputs(processor, images, prompts)
+        on_cpu = build_inputs(processor, images, prompts, device='cpu')
+        equal = set(on_gpu) == set(on_cpu) and all(
+            torch.equal(on_gpu[k].cpu(), v) for k, v in on_cpu.items())
+        return check(f"{family}: GPU preprocessing equals the CPU's exactly", equal,
+                     f"on {on_gpu['pixel_values'].device}")
     kwargs = device_kwargs(processor, 'cuda', {})
     backend = getattr(processor.image_processor, 'backend', type(processor.image_processor))
     if not kwargs:
@@ -64,8 +105,11 @@ def _check_gpu_preprocessing(family: str, processor, images: list) -> bool:
                  f'backend {backend}, on {sorted(devices)}, max diff {diffs}')
 
 
-def main() -> int:
-    """Run every check; exit 1 when one fails."""
+def main(argv=None) -> int:
+    """Run every check (``--preprocessing``: the exact preprocessing alone); 1 when one fails."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ['--preprocessing']:
+        return 0 if all(_check_exact_idefics3([])) else 1
     results = []
     device = resolve_device('auto')
     results.append(check('auto device is cuda', device.type == 'cuda', str(device)))
@@ -81,6 +125,7 @@ def main() -> int:
     # keeps it: make that happen before the memory baseline, so unload() is judged on the model.
     warm = torch.randn(64, 64, device=device)
     (warm @ warm).sum().item()
+    results.extend(_check_exact_idefics3([Image.fromarray(image) for image in images]))
     compiled = []  # checked after the memory checks: compiling allocates for the whole process
     with tempfile.TemporaryDirectory() as scratch:
         for family in ('llava', 'idefics3', 'idefics2', 'mllama', 'florence2'):

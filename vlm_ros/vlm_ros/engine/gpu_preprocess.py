@@ -6,9 +6,11 @@ that device; the PIL backend cannot. On a GPU this takes the preprocessing, a pa
 request's time to first token, off the CPU: only the frame's bytes cross to the GPU, not its
 normalised float tiles (docs/BENCHMARKS.md measures both).
 
-Not for processors that resize with Lanczos (Idefics3, SmolVLM): torchvision has no Lanczos on
-CUDA and would fall back to bicubic, feeding the model pixels it was not trained on.
-``processor_kwargs`` ``{"device": "cuda"}`` asks for it anyway, ``{"device": "cpu"}`` never.
+Not for processors that resize with Lanczos: torchvision has no Lanczos on CUDA and would fall
+back to bicubic, feeding the model pixels it was not trained on. Idefics3/SmolVLM's instead
+run on the GPU through local/exact_idefics3.py, equal to its PIL backend byte for byte.
+``processor_kwargs`` ``{"device": "cuda"}`` asks for the GPU anyway, ``{"device": "cpu"}``
+never.
 """
 
 LANCZOS = 1  # PIL.Image.Resampling.LANCZOS, as image processors store their resample

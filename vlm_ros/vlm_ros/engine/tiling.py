@@ -22,8 +22,8 @@ def fitted_size_kwargs(processor, images, processor_kwargs: dict) -> dict:
     tile = getattr(image_processor, 'max_image_size', None)
     if 'size' in processor_kwargs or not getattr(image_processor, 'do_image_splitting', False):
         return {}
-    longest = _edge(size)
-    tile = _edge(tile)
+    longest = longest_edge(size)
+    tile = longest_edge(tile)
     if not (longest and tile and images):
         return {}
     needed = max(max(image.size) for image in images)  # PIL: (width, height)
@@ -31,7 +31,7 @@ def fitted_size_kwargs(processor, images, processor_kwargs: dict) -> dict:
     return {'size': {'longest_edge': edge}} if edge < longest else {}
 
 
-def _edge(size) -> int:
+def longest_edge(size) -> int:
     """Return the 'longest_edge' of a size dict (or SizeDict), 0 when it has none."""
     try:
         return int(size['longest_edge'] or 0)

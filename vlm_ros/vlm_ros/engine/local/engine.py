@@ -88,7 +88,7 @@ class VlmEngine(EngineBase):
         or for CUDA's start-up; a warm-up that fails unloads and raises VlmError.
         """
         loaded = loader.load(self.config)
-        self._stage.attach(loaded.processor)
+        self._stage.attach(loaded.processor, loaded.device)
         tokenizer = loaded.processor.tokenizer
         if not loaded.is_encoder_decoder:
             tokenizer.padding_side = 'left'  # new tokens follow the last prompt token per row

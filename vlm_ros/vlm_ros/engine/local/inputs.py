@@ -5,8 +5,8 @@ still waiting, from another thread, while a batch generates. Both share one proc
 runs under a lock (a fast tokenizer refuses calls from two threads at once), and the frame cache
 (frame_cache.py) keeps each frame's outputs, so the run() that answers a prepared request skips
 the image processor. Tiling processors get the size the frames need (tiling.py), and processors
-that can preprocess on the model's GPU do so (gpu_preprocess.py), unless processor_kwargs say
-otherwise.
+that can preprocess on the model's GPU do so (gpu_preprocess.py; SmolVLM/Idefics3's through
+exact_idefics3.py), unless processor_kwargs say otherwise.
 """
 
 import threading
@@ -24,6 +24,7 @@ from ..preprocess import resize_max_side
 from ..prompts import render_task
 from ..results import Request
 from ..tiling import fitted_size_kwargs
+from .exact_idefics3 import ExactIdefics3, applies
 
 
 class InputStage:
@@ -33,9 +34,12 @@ class InputStage:
         self.frames: Optional[FrameCache] = None  # wraps the loaded image processor
         self._lock = threading.Lock()  # run() and prepare() share the processor
 
-    def attach(self, processor) -> None:
-        """Preprocess each distinct frame once from now on; no cache without an image processor."""
-        self.frames = _cache_frames(processor)
+    def attach(self, processor, device) -> None:
+        """Preprocess each distinct frame once from now on; no cache without an image processor.
+
+        On a GPU, SmolVLM/Idefics3's processor runs there, byte for byte (exact_idefics3.py).
+        """
+        self.frames = _cache_frames(processor, torch.device(device))
 
     def detach(self) -> None:
         """Drop the cached frames: the model is being unloaded."""
@@ -65,11 +69,14 @@ class InputStage:
                            config.device, exc) from exc
 
 
-def _cache_frames(processor) -> Optional[FrameCache]:
+def _cache_frames(processor, device: torch.device) -> Optional[FrameCache]:
     """Preprocess each distinct frame once (frame_cache.py); None without an image processor."""
-    if getattr(processor, 'image_processor', None) is None:
+    image_processor = getattr(processor, 'image_processor', None)
+    if image_processor is None:
         return None
-    processor.image_processor = FrameCache(processor.image_processor, concatenate_rows)
+    if device.type == 'cuda' and applies(image_processor):
+        image_processor = ExactIdefics3(image_processor, device)
+    processor.image_processor = FrameCache(image_processor, concatenate_rows)
     return processor.image_processor
 
 
