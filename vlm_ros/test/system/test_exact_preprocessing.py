@@ -16,8 +16,8 @@ from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3I
 from vlm_ros.engine.chat import build_inputs
 from vlm_ros.engine.frame_cache import FrameCache
 from vlm_ros.engine.local.exact_idefics3 import ExactIdefics3
-from vlm_ros.engine.local.inputs import concatenate_rows, InputStage
-from vlm_ros.engine.local.lanczos import LanczosResizer, pillow_coefficients, TooManyTapsError
+from vlm_ros.engine.local.inputs import InputStage, concatenate_rows
+from vlm_ros.engine.local.lanczos import LanczosResizer, TooManyTapsError, pillow_coefficients
 
 # Needs no ROS: scripts/test runs it on the first leg only.
 pytestmark = pytest.mark.distro_independent
@@ -127,6 +127,7 @@ def test_only_a_gpu_engine_preprocesses_idefics3_as_tensors(trained_tiny, device
     stage = InputStage()
     stage.attach(processor, device)  # no CUDA call until a frame comes
     assert isinstance(stage.frames.wrapped, ExactIdefics3) is exact
+    assert (stage.frames.threads == 1) is exact  # a cuBLAS workspace per thread otherwise
     llava = transformers.AutoProcessor.from_pretrained(trained_tiny('llava'))  # bicubic
     stage.attach(llava, device)
     assert not isinstance(stage.frames.wrapped, ExactIdefics3)

@@ -42,7 +42,7 @@ class FrameCache:
         self.wrapped = image_processor
         self._concatenate = concatenate
         self._kept = kept
-        self._threads = threads
+        self.threads = threads
         self._pool = None  # made at the first batch with several new frames
         self._splits = True  # False once its outputs proved not to have one entry per frame
         self._frames: OrderedDict = OrderedDict()  # (digest, options) -> that frame's outputs
@@ -95,9 +95,9 @@ class FrameCache:
 
     def _preprocess(self, rows: list, kwargs: dict):
         """Preprocess each row's frame alone, in parallel; None unless one entry per frame."""
-        if len(rows) > 1 and self._threads > 1:
+        if len(rows) > 1 and self.threads > 1:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._threads, 'vlm-preprocess')
+                self._pool = ThreadPoolExecutor(self.threads, 'vlm-preprocess')
             outputs = list(self._pool.map(lambda row: self.wrapped([row], **kwargs), rows))
         else:
             outputs = [self.wrapped([row], **kwargs) for row in rows]

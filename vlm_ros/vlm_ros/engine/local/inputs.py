@@ -75,8 +75,12 @@ def _cache_frames(processor, device: torch.device) -> Optional[FrameCache]:
     if image_processor is None:
         return None
     if device.type == 'cuda' and applies(image_processor):
-        image_processor = ExactIdefics3(image_processor, device)
-    processor.image_processor = FrameCache(image_processor, concatenate_rows)
+        # One thread: the GPU gains nothing from more, and each thread would keep a cuBLAS
+        # workspace of its own (34 MiB) after the model is unloaded.
+        processor.image_processor = FrameCache(ExactIdefics3(image_processor, device),
+                                               concatenate_rows, threads=1)
+    else:
+        processor.image_processor = FrameCache(image_processor, concatenate_rows)
     return processor.image_processor
 
 
