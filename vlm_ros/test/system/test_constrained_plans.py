@@ -63,6 +63,26 @@ def test_random_weights_plan_only_in_the_robots_skills(random_llava, record_prop
     assert [r.text for r in single] == [r.text for r in batched[:8]]
 
 
+def test_skills_with_argument_names_give_every_step_its_skills_arguments(random_llava):
+    """'place(object, location)': each place step carries exactly those arguments, in order."""
+    skills = ('pick(object)', 'place(object, location)', 'push', 'wait')
+    arguments = {'pick': ('object',), 'place': ('object', 'location'), 'push': (), 'wait': ()}
+    engine = _engine(random_llava, skills=skills)
+    try:
+        requests = _instructions(16)
+        batched = [result for start in range(0, 16, 8)
+                   for result in engine.run(requests[start:start + 8])]
+        single = [engine.run([request])[0] for request in requests[:4]]
+    finally:
+        engine.unload()
+    assert all(r.form == 'constrained' and r.valid and r.steps for r in batched), \
+        [(r.form, r.text) for r in batched if r.form != 'constrained' or not r.steps]
+    steps = [step for r in batched for step in r.steps]
+    assert all(tuple(name for name, _ in step.args) == arguments[step.skill] for step in steps)
+    assert any(step.args for step in steps), 'no step of a skill with arguments in 16 plans'
+    assert [r.text for r in single] == [r.text for r in batched[:4]]
+
+
 def test_free_text_from_random_weights_is_rarely_a_plan(random_llava):
     engine = _engine(random_llava, skills=SKILLS, constrain_plans='off')
     try:

@@ -6,12 +6,15 @@ import pytest
 from vlm_ros.engine import VlmError
 from vlm_ros.engine.plan_parser import parse_plan
 from vlm_ros.engine.plan_schema import (
+    MAX_ARGS,
     MAX_SKILLS,
     MAX_STEPS,
+    Skill,
     follows,
     parse_skills,
     plan_schema,
     schema_key,
+    takes_arguments,
 )
 
 
@@ -49,8 +52,65 @@ def test_hostile_skills_are_refused_with_the_reason(skills, reason):
 
 
 def test_names_are_kept_in_order_without_blanks_around_them():
-    assert parse_skills([' pick', 'place ', 'push-down', 'go_to']) == \
+    assert tuple(s.name for s in parse_skills([' pick', 'place ', 'push-down', 'go_to'])) == \
         ('pick', 'place', 'push-down', 'go_to')
+
+
+def test_a_skill_may_name_its_arguments_in_brackets():
+    assert parse_skills(['pick(object)', ' place ( object ,location ) ', 'push', 'wait()']) == (
+        Skill('pick', ('object',)), Skill('place', ('object', 'location')), Skill('push'),
+        Skill('wait'))
+    assert takes_arguments(['pick(object)', 'push']) and not takes_arguments(['pick', 'wait()'])
+
+
+@pytest.mark.parametrize(('skills', 'reason'), [
+    (['pick(object'], 'not a name'), (['pick)'], 'not a name'), (['pick(a b)'], 'arguments'),
+    (['pick(a, a)'], 'arguments'), ([f'go({", ".join(f"a{k}" for k in range(MAX_ARGS + 1))})'],
+                                    f'up to {MAX_ARGS}'), (['pick(a,)'], 'arguments'),
+    (['pick(a)', 'pick(b)'], 'pick more than once')])
+def test_hostile_arguments_are_refused_with_the_reason(skills, reason):
+    with pytest.raises(VlmError, match=reason) as refused:
+        parse_skills(skills)
+    assert refused.value.kind == 'bad_input'
+
+
+ARGUMENT_SKILLS = ('pick(object)', 'place(object, location)', 'push', 'wait')
+
+
+def test_skills_with_arguments_make_a_kind_of_step_each():
+    kinds = plan_schema(ARGUMENT_SKILLS)['properties']['steps']['items']['anyOf']
+    assert [kind['properties']['skill']['enum'] for kind in kinds] == \
+        [['push', 'wait'], ['pick'], ['place']]
+    assert 'args' not in kinds[0]['properties']
+    place = kinds[2]
+    assert place['required'] == ['instruction', 'skill', 'target', 'args']
+    assert place['properties']['args']['required'] == ['object', 'location']
+    assert not place['properties']['args']['additionalProperties']
+
+
+def _step(instruction, skill, target, **args) -> dict:
+    step = {'instruction': instruction, 'skill': skill, 'target': target}
+    return {**step, 'args': args} if args else step
+
+
+@pytest.mark.parametrize(('steps', 'followed'), [
+    ([_step('put it', 'place', 'cup', object='cup', location='tray'),
+      _step('push it', 'push', 'box')], True),
+    ([_step('get it', 'pick', '', object='')], True),  # '': the model gave none
+    ([_step('put it', 'place', 'cup', object='cup')], False),  # location missing
+    ([_step('put it', 'place', 'cup', object='cup', location='tray', speed='1')], False),
+    ([_step('push it', 'push', 'box', object='box')], False),  # push takes none
+    ([_step('get it', 'pick', 'cup')], False),  # pick needs its object
+    ([_step('put it', 'place', 'cup', object='cup', location=3)], False)])
+def test_steps_follow_the_schema_with_exactly_their_skills_arguments(steps, followed):
+    assert follows(json.dumps({'steps': steps}), ARGUMENT_SKILLS) is followed
+
+
+def test_a_steps_arguments_are_parsed_in_order():
+    text = json.dumps({'steps': [_step('put it', 'place', 'cup', object='cup', location='tray'),
+                                 _step('push it', 'push', 'box')]})
+    steps = parse_plan(text).steps
+    assert steps[0].args == (('object', 'cup'), ('location', 'tray')) and steps[1].args == ()
 
 
 def _plan(*steps, **extra) -> str:

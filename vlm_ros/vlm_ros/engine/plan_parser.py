@@ -13,11 +13,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class PlanStep:
-    """One step for the policy; skill and target stay '' when the model did not give them."""
+    """One step for the policy; skill and target stay '' when the model did not give them.
+
+    args: the skill's arguments as (name, value) pairs, in the model's order ('args' object).
+    """
 
     instruction: str
     skill: str = ''
     target: str = ''
+    args: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ _INSTRUCTION_KEYS = ('instruction', 'description', 'step', 'task', 'subtask', 't
                      'action')
 _SKILL_KEYS = ('skill', 'verb', 'primitive', 'action')
 _TARGET_KEYS = ('target', 'object', 'target_object', 'obj', 'item')
+_ARGS_KEYS = ('args', 'arguments', 'parameters', 'params')
 _PLAN_KEYS = ('steps', 'plan', 'actions', 'subtasks', 'tasks')
 
 _WS = re.compile(r'\s*')
@@ -188,7 +193,10 @@ def _step(item) -> PlanStep:
                  if fields.get(k) and not fields[k].isdecimal()), '')  # "step": "2" is an index.
     skill = next((fields[k] for k in _SKILL_KEYS if k != used and fields.get(k)), '')
     target = next((fields[k] for k in _TARGET_KEYS if fields.get(k)), '')
-    return PlanStep(fields.get(used, ''), skill, target)
+    args = next((v for k, v in item.items() if _norm(k) in _ARGS_KEYS and isinstance(v, dict)),
+                {})
+    return PlanStep(fields.get(used, ''), skill, target,
+                    tuple((k, v.strip()) for k, v in args.items() if isinstance(v, str)))
 
 
 def _steps(items: list) -> tuple[PlanStep, ...]:

@@ -93,7 +93,7 @@ class ExecutePlanServer:
             return
         goal.plan_id = plan.request_id
         execution.watch(plan.request_id, lambda progress: self._progress(goal, progress))
-        execution.start(plan)
+        execution.start(plan, outcome.result.steps)
 
     def _progress(self, goal: _Goal, progress: PlanProgress) -> None:
         goal.handle.publish_feedback(ExecutePlan.Feedback(progress=progress))

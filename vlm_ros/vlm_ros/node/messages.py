@@ -11,9 +11,12 @@ from vlm_ros_msgs.msg import (
     AnswerConfidence,
     Caption,
     Plan,
+    PlanArguments,
     PlanConfidence,
     PlanProgress,
     PlanStep,
+    SkillArguments,
+    StepArguments,
 )
 
 from ..engine.confidence import UNKNOWN
@@ -55,6 +58,25 @@ def confidence_msg(outcome: Outcome, plan: Plan) -> PlanConfidence:
     return PlanConfidence(header=plan.header, request_id=plan.request_id, mean=float(mean),
                           min=float(low), step_mean=[float(m) for m, _ in steps],
                           step_min=[float(m) for _, m in steps])
+
+
+def arguments_msg(outcome: Outcome, plan: Plan) -> PlanArguments:
+    """Build the PlanArguments of plan, the Plan answering outcome's job: one per step."""
+    steps = outcome.result.steps if outcome.result is not None and plan.steps else ()
+    return PlanArguments(header=plan.header, request_id=plan.request_id,
+                         steps=[skill_arguments(step) for step in steps])
+
+
+def step_arguments_msg(header, plan_id: str, index: int, attempt: int, step) -> StepArguments:
+    """Build the StepArguments of one StepCommand: the step's skill arguments."""
+    return StepArguments(header=header, plan_id=plan_id, index=index, attempt=attempt,
+                         arguments=skill_arguments(step))
+
+
+def skill_arguments(step) -> SkillArguments:
+    """Return a step's SkillArguments: its (name, value) pairs; none for a PlanStep message."""
+    pairs = getattr(step, 'args', ())
+    return SkillArguments(names=[name for name, _ in pairs], values=[value for _, value in pairs])
 
 
 def answer_confidence_msg(outcome: Outcome) -> AnswerConfidence:

@@ -68,7 +68,7 @@ class VlmNode(LifecycleNode):
             lambda: self._frozen_objects))
         serving = Serving(lambda: self.worker, self.not_ready, self.diagnostics.record,
                           self.model_name, self._fallback_header,
-                          lambda outcome, plan: self.topics.publish_confidence(outcome, plan))
+                          lambda outcome, plan: self.topics.publish_companions(outcome, plan))
         self.requests = RequestEndpoints(
             self, serving, lambda: self.settings.wait_for_image + ANSWER_MARGIN,
             lambda: self.executor)

@@ -89,7 +89,9 @@ SPECS = (
               "says so in its message, and under 'on' is STATUS_INVALID_OUTPUT",
               applies='reload', choices=CONSTRAIN_MODES),
     ParamSpec('skills', (), 'the skills the robot can execute, e.g. [pick, place, push]: every '
-              "constrained step's skill is one of them (empty = free text)"),
+              "constrained step's skill is one of them (empty = free text); a skill may name "
+              "its arguments, 'place(object, location)': its steps carry them "
+              '(plan_arguments, step_arguments)'),
     ParamSpec('max_new_tokens', 128, 'generation limit per request', low=1, high=4096),
     ParamSpec('processor_kwargs', '', 'JSON object for the processor call, e.g. '
               '{"do_image_splitting": false}: one SmolVLM tile instead of a grid of 17, '

@@ -15,12 +15,13 @@ from typing import Optional
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from vlm_ros_msgs.msg import PlanProgress, StepCommand, StepFeedback
+from vlm_ros_msgs.msg import PlanProgress, StepArguments, StepCommand, StepFeedback
 
 from ..compat import steady_timer
+from ..engine.plan_schema import takes_arguments
 from ..engine.verdict import parse_yes_no
 from .jobs import Job, Outcome, Status
-from .messages import step_msgs
+from .messages import step_arguments_msg, step_msgs
 from .plan_runner import Execution, Outputs, PlanRunner
 from .scheduler import Worker, cancel_job
 from .settings import Settings
@@ -47,6 +48,7 @@ class PlanExecution:
         self._worker = worker
         self._record = record
         self.step_pub = node.create_publisher(StepCommand, 'step', qos)
+        self.arguments_pub = node.create_publisher(StepArguments, 'step_arguments', qos)
         self.progress_pub = node.create_publisher(PlanProgress, 'plan_progress', qos)
         self._subscribe = partial(node.create_subscription, StepFeedback, 'step_feedback',
                                   self._on_feedback, FEEDBACK_QOS)
@@ -75,7 +77,7 @@ class PlanExecution:
 
     def publishers(self) -> list:
         """Return the publishers the node closes at cleanup."""
-        return [self.step_pub, self.progress_pub]
+        return [self.step_pub, self.arguments_pub, self.progress_pub]
 
     def watch(self, plan_id: str, callback) -> None:
         """Call callback(PlanProgress) on every change of plan_id's execution, to its end."""
@@ -88,8 +90,12 @@ class PlanExecution:
             if runner.current is not None and runner.current.plan_id == plan_id:
                 runner.preempt(reason)
 
-    def start(self, plan) -> None:
-        """Execute an OK Plan (vlm_ros_msgs/Plan) of an instruction, unless going down."""
+    def start(self, plan, steps=None) -> None:
+        """Execute an OK Plan (vlm_ros_msgs/Plan) of an instruction, unless going down.
+
+        steps: the engine's steps of the Plan, which carry the skills' arguments (the Plan's
+        own PlanStep messages have none).
+        """
         if self._sub is None:  # answered while deactivating: nobody would report on it
             watcher = self._watchers.pop(plan.request_id, None)
             if watcher is not None:
@@ -98,7 +104,8 @@ class PlanExecution:
                                      state=PlanProgress.STATE_PREEMPTED,
                                      message='the node stopped before it could execute'))
             return
-        self.runner.start(plan.request_id, plan.instruction, plan.header, list(plan.steps))
+        self.runner.start(plan.request_id, plan.instruction, plan.header,
+                          list(plan.steps if steps is None else steps))
 
     def values(self) -> dict:
         """Diagnostics: the plan executing, and what the runner counted."""
@@ -116,6 +123,9 @@ class PlanExecution:
 
     def _command(self, ex: Execution) -> None:
         step = ex.step
+        if takes_arguments(self._settings().skills):
+            self.arguments_pub.publish(step_arguments_msg(ex.header, ex.plan_id, ex.index,
+                                                          ex.attempt, step))
         self.step_pub.publish(StepCommand(
             header=ex.header, plan_id=ex.plan_id, index=ex.index, count=len(ex.steps),
             instruction=step.instruction, skill=step.skill, target=step.target,

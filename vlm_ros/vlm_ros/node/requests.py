@@ -65,9 +65,9 @@ class Serving:
     ``worker()`` returns the active node's Worker or None; ``not_ready()`` says why requests
     cannot be served ('' when they can); ``record(outcome)`` counts an answer in the
     diagnostics; ``model_name()`` is the model answers are attributed to; ``header()`` is the
-    fallback header of plans that used no image; ``confidence(outcome, plan)`` publishes the
-    PlanConfidence of a Plan about to be sent, or with plan None, the AnswerConfidence of a
-    ~/query answer.
+    fallback header of plans that used no image; ``companions(outcome, plan)`` publishes what
+    goes out just before a Plan (its PlanConfidence and PlanArguments), or with plan None, the
+    AnswerConfidence of a ~/query answer.
     """
 
     worker: Callable[[], Optional[Worker]]
@@ -75,7 +75,7 @@ class Serving:
     record: Callable[[Outcome], None]
     model_name: Callable[[], str]
     header: Callable[[], Header]
-    confidence: Callable[[Outcome, object], None]
+    companions: Callable[[Outcome, object], None]
 
 
 class RequestEndpoints:
@@ -172,7 +172,7 @@ class RequestEndpoints:
             return response
         self._record(outcome)
         if job.task == 'vqa' and outcome.status == Status.OK:
-            self._serving.confidence(outcome, None)  # its AnswerConfidence, just before it
+            self._serving.companions(outcome, None)  # its AnswerConfidence, just before it
         return fill(response, outcome)
 
     def _expire_queries(self) -> None:
@@ -259,7 +259,7 @@ class RequestEndpoints:
         self._record(outcome)
         result = GeneratePlan.Result()
         result.plan = plan_msg(outcome, self._serving.model_name(), self._serving.header())
-        self._serving.confidence(outcome, result.plan)
+        self._serving.companions(outcome, result.plan)
         if outcome.status == Status.CANCELLED and goal_handle.is_cancel_requested:
             goal_handle.canceled()
         elif outcome.status == Status.OK:

@@ -1,4 +1,4 @@
-"""The node's topics: instructions in; plans, captions, confidences and vla_instruction out.
+"""The node's topics: instructions in; plans (and companions), captions, vla_instruction out.
 
 Each instruction becomes a plan request for the worker; its Plan goes out on `plan`, and its
 first step on `vla_instruction` (or, with execute_plans, the whole plan to PlanExecution).
@@ -13,11 +13,12 @@ from typing import Optional
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from vlm_ros_msgs.msg import AnswerConfidence, Caption, Plan, PlanConfidence
+from vlm_ros_msgs.msg import AnswerConfidence, Caption, Plan, PlanArguments, PlanConfidence
 
+from ..engine.plan_schema import takes_arguments
 from .frames import FrameStore
 from .jobs import Job, Outcome, Status
-from .messages import answer_confidence_msg, caption_msg, confidence_msg, plan_msg
+from .messages import answer_confidence_msg, arguments_msg, caption_msg, confidence_msg, plan_msg
 from .plan_execution import PlanExecution
 from .requests import Serving
 from .settings import Settings
@@ -61,7 +62,7 @@ class Topics:
         self._destroy_timer = node.destroy_timer
         self._logger = node.get_logger()
         self._plan_pub = self._caption_pub = self.vla_pub = None
-        self._confidence_pubs = {}  # Plan or answer -> its confidence's publisher, while open
+        self._companion_pubs = {}  # what goes out before a Plan or answer, while open
         self._sub = None
         self._periodic = []  # caption and replan timers
         self._last_instruction = ''
@@ -71,34 +72,42 @@ class Topics:
     def open(self, qos: QoSProfile) -> list:
         """Create the publishers (configure); return them, for the node to close at cleanup."""
         self._plan_pub = self._create_publisher(Plan, 'plan', qos)
-        self._confidence_pubs = {
+        self._companion_pubs = {
             'plan': self._create_publisher(PlanConfidence, 'plan_confidence', qos),
+            'arguments': self._create_publisher(PlanArguments, 'plan_arguments', qos),
             'answer': self._create_publisher(AnswerConfidence, 'answer_confidence', qos)}
         self._caption_pub = self._create_publisher(Caption, 'caption', 10)
         self.vla_pub = self._create_publisher(String, 'vla_instruction', qos)
-        return [self._plan_pub, *self._confidence_pubs.values(), self._caption_pub,
+        return [self._plan_pub, *self._companion_pubs.values(), self._caption_pub,
                 self.vla_pub]
 
     def close(self) -> None:
         """Forget the publishers (cleanup destroys them): an action's late plan sends none."""
-        self._confidence_pubs = {}
+        self._companion_pubs = {}
 
-    def publish_confidence(self, outcome, plan: Optional[Plan] = None) -> None:
-        """Publish the confidence of an answer about to be sent (none once cleaned up).
+    def publish_companions(self, outcome, plan: Optional[Plan] = None) -> None:
+        """Publish what goes out just before an answer (nothing once cleaned up).
 
-        plan's PlanConfidence, or without plan, the AnswerConfidence of outcome's caption or
-        ~/query answer. A goal's result or a query's response may be sent while cleanup
-        destroys the publisher: the answer matters, its confidence is then left out.
+        plan's PlanConfidence, and its PlanArguments while the skills name arguments; or
+        without plan, the AnswerConfidence of outcome's caption or ~/query answer. A goal's
+        result or a query's response may be sent while cleanup destroys the publishers: the
+        answer matters, its companions are then left out.
         """
-        publisher = self._confidence_pubs.get('answer' if plan is None else 'plan')
-        if publisher is None:
-            return
-        try:
-            publisher.publish(answer_confidence_msg(outcome) if plan is None
-                              else confidence_msg(outcome, plan))
-        except Exception as exc:  # noqa: BLE001 - destroyed under us; the answer still goes
-            self._logger.warning(f'{outcome.job.task} {outcome.job.request_id}: no confidence '
-                                 f'published: {exc!r}', throttle_duration_sec=1.0)
+        if plan is None:
+            messages = {'answer': lambda: answer_confidence_msg(outcome)}
+        else:
+            messages = {'plan': lambda: confidence_msg(outcome, plan)}
+            if takes_arguments(self._settings().skills):
+                messages['arguments'] = lambda: arguments_msg(outcome, plan)
+        for kind, message in messages.items():
+            publisher = self._companion_pubs.get(kind)
+            if publisher is None:
+                continue
+            try:
+                publisher.publish(message())
+            except Exception as exc:  # noqa: BLE001 - destroyed under us; the answer still goes
+                self._logger.warning(f'{outcome.job.task} {outcome.job.request_id}: no {kind} '
+                                     f'published: {exc!r}', throttle_duration_sec=1.0)
 
     def activate(self, group) -> None:
         """Take instructions (in group) and start the timers."""
@@ -173,11 +182,11 @@ class Topics:
         execution = self._execution()
         if plan.status == Plan.STATUS_OK and plan.steps and execution is not None and \
                 self._settings().execute_plans:
-            execution.start(plan)
+            execution.start(plan, outcome.result.steps)
 
     def _publish_plan(self, outcome) -> Plan:
         plan = plan_msg(outcome, self._serving.model_name(), self._serving.header())
-        self.publish_confidence(outcome, plan)
+        self.publish_companions(outcome, plan)
         self._plan_pub.publish(plan)
         if outcome.status == Status.OK and plan.steps and not self._settings().execute_plans:
             self.vla_pub.publish(String(data=plan.steps[0].instruction))
@@ -191,5 +200,5 @@ class Topics:
     def _publish_caption(self, outcome) -> None:
         self._serving.record(outcome)
         if outcome.status == Status.OK:
-            self.publish_confidence(outcome)
+            self.publish_companions(outcome)
             self._caption_pub.publish(caption_msg(outcome, self._serving.model_name()))

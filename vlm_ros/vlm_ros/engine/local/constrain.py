@@ -17,7 +17,7 @@ import torch
 from transformers import LogitsProcessor
 
 from ..errors import VlmError
-from ..plan_schema import CONSTRAIN_MODES, PLAN_TASKS, parse_skills, plan_schema, schema_key
+from ..plan_schema import CONSTRAIN_MODES, PLAN_TASKS, plan_schema, schema_key
 from . import closing
 
 # The plan prompt's own layout: no free whitespace, which a model with random weights would
@@ -195,7 +195,7 @@ def resolve(config, tokenizer, eos_ids: set) -> Optional[GrammarCache]:
         if mode == 'on':
             raise
         return None
-    grammars.grammar(parse_skills(config.skills))
+    grammars.grammar(tuple(config.skills))
     return grammars
 
 
@@ -209,7 +209,7 @@ def for_batch(grammars: Optional[GrammarCache], skills: tuple, tasks: list,
     """
     if grammars is None or not any(task in PLAN_TASKS for task in tasks):
         return None
-    grammar = grammars.grammar(parse_skills(skills))
+    grammar = grammars.grammar(tuple(skills))
     return PlanConstraint([grammars.matcher(grammar) if task in PLAN_TASKS else None
                            for task in tasks], grammars.tokenizer.vocab_size, greedy,
                           budgets, grammars.closer if budgets is not None else None,

@@ -11,7 +11,7 @@ from typing import Optional
 from ..base import CancelSignal, EngineBase
 from ..config import EngineConfig
 from ..errors import VlmError
-from ..plan_schema import PLAN_TASKS, parse_skills
+from ..plan_schema import PLAN_TASKS
 from ..preprocess import fitted_size
 from ..results import make_result
 from . import constrain, decoding, loader, teacher_forcing
@@ -132,7 +132,7 @@ class VlmEngine(EngineBase):
     def update(self, **fields) -> None:
         """Change run-time fields; new skills compile first, so refused ones change nothing."""
         if 'skills' in fields and self._grammars is not None:
-            self._grammars.grammar(parse_skills(tuple(fields['skills'])))
+            self._grammars.grammar(tuple(fields['skills']))
         super().update(**fields)
 
     def generate_kwargs(self) -> dict:
