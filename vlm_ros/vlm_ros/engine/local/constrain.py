@@ -13,6 +13,7 @@ import json
 import threading
 from typing import Optional
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor
 
@@ -23,9 +24,6 @@ from . import closing
 # The plan prompt's own layout: no free whitespace, which a model with random weights would
 # otherwise write until its token budget ends.
 JSON_OPTIONS = {'whitespace_flexible': False, 'item_separator': ', ', 'key_separator': ': '}
-# Byte -> its 8 bits, lowest first: llguidance's mask is 32-bit words, token i at bit i % 32
-# of word i // 32, which as little-endian bytes is bit i % 8 of byte i // 8.
-_UNPACK = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).bool()
 
 
 def _llguidance():
@@ -111,6 +109,7 @@ class PlanConstraint(LogitsProcessor):
         self._step = 0  # the tokens each row has taken so far
         self._bitmask = torch.full((len(matchers), (vocab_size + 31) // 32), -1,
                                    dtype=torch.int32)
+        self._row_bytes = self._bitmask.shape[1] * 4
         self.checked = 0  # row-steps under the grammar (vlm_benchmark's share constrained)
         self.masked = 0  # of those, the row-steps whose logits had to be masked
         self.closed = 0  # row-steps that took the closing token instead of the model's
@@ -141,8 +140,8 @@ class PlanConstraint(LogitsProcessor):
                     matcher.validate_tokens([best[row]]) == 1:
                 continue
             # Once the plan is complete (stopped), the mask allows only the end of the text.
-            matcher.unsafe_compute_mask_ptr(self._bitmask[row].data_ptr(),
-                                            self._bitmask.shape[1] * 4)
+            matcher.unsafe_compute_mask_ptr(self._bitmask.data_ptr() + row * self._row_bytes,
+                                            self._row_bytes)
             rows.append(row)
         if rows:
             self._mask(rows, scores)
@@ -152,19 +151,16 @@ class PlanConstraint(LogitsProcessor):
         return scores
 
     def _mask(self, rows: list, scores: torch.FloatTensor) -> None:
+        """Set the logits the grammar refuses to -inf: one fill over the batch, rows masked."""
         self.masked += len(rows)
-        all_rows = len(rows) == scores.shape[0]
-        bits = self._bitmask if all_rows else self._bitmask[rows]
-        allowed = _UNPACK[bits.view(torch.uint8).long()].view(len(rows), -1)
+        # llguidance's masks are 32-bit words, token i at bit i % 32 of word i // 32: as
+        # little-endian bytes, bit i % 8 of byte i // 8.
         width = min(self._vocab, scores.shape[1])
-        blocked = torch.ones((len(rows), scores.shape[1]), dtype=torch.bool)
-        blocked[:, :width] = ~allowed[:, :width]  # ids beyond the tokenizer: no tokens
-        blocked = blocked.to(scores.device)
-        if all_rows:
-            scores.masked_fill_(blocked, float('-inf'))
-        else:
-            index = torch.tensor(rows, device=scores.device)
-            scores[index] = scores[index].masked_fill(blocked, float('-inf'))
+        blocked = np.zeros(tuple(scores.shape), dtype=bool)
+        blocked[rows, width:] = True  # ids beyond the tokenizer: no tokens
+        blocked[rows, :width] = np.unpackbits(self._bitmask.numpy()[rows].view(np.uint8),
+                                              axis=1, count=width, bitorder='little') == 0
+        scores.masked_fill_(torch.from_numpy(blocked).to(scores.device), float('-inf'))
 
     def _close_in_time(self, row: int, scores: torch.FloatTensor, last: Optional[int]) -> None:
         """Leave row only the closing token where the model's would leave its plan cut."""
