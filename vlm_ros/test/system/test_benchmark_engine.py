@@ -29,6 +29,10 @@ def test_engine_mode_compiles_before_it_measures():
     rows = [line.split('|') for line in stdout.splitlines() if line.startswith('| ') and
             line.split('|')[1].strip().isdigit()]
     assert [row[1].strip() for row in rows] == ['1', '2'], stdout
+    for row in rows:  # TTFT = preprocess + vision encoder + prefill + first token
+        parts = [float(part) for part in row[4].split('+')]
+        assert len(parts) == 4 and abs(sum(parts) - float(row[3])) < 0.2 + 0.02 * sum(parts), row
+        assert row[10].strip() == '0', f'recompiled in steady state: {row}'
 
 
 def test_engine_mode_times_distinct_shared_and_queued_frames():

@@ -51,10 +51,14 @@ def scene(height: int, width: int) -> np.ndarray:
 
 
 class VisionTimer:
-    """Time the vision encoder inside the first forward: before its first layer, after its last.
+    """Time the vision encoder inside the first forward, and that forward's end.
 
-    The layers are the ModuleList elements under a module named like 'vision' (every tested
-    family). On a GPU each mark synchronizes, so the marks are exact and the run slightly slower.
+    The vision encoder: before its first layer, after its last; the layers are the ModuleList
+    elements under a module named like 'vision' (every tested family). ``prefilled``: when the
+    model's first forward (the prefill; an encoder-decoder's first decoder step) returned, so
+    the time to first token splits into ... + prefill + first token (logits processing,
+    sampling, the streamer). On a GPU each mark synchronizes, so the marks are exact and the
+    run slightly slower.
     """
 
     def __init__(self, model, device):
@@ -65,9 +69,10 @@ class VisionTimer:
                   for layer in module]
         self._sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' \
             else (lambda: None)
-        self.start = self.end = None
+        self.start = self.end = self.prefilled = None
         self._handles = [layers[0].register_forward_pre_hook(self._mark_start),
                          layers[-1].register_forward_hook(self._mark_end)] if layers else []
+        self._handles.append(model.register_forward_hook(self._mark_prefilled))
 
     def _mark_start(self, *args) -> None:
         if self.start is None:
@@ -77,6 +82,11 @@ class VisionTimer:
     def _mark_end(self, *args) -> None:
         self._sync()
         self.end = time.perf_counter()  # the last call: encoders may run per tile
+
+    def _mark_prefilled(self, *args) -> None:
+        if self.prefilled is None:
+            self._sync()
+            self.prefilled = time.perf_counter()
 
     def close(self) -> None:
         """Remove the hooks."""
@@ -132,6 +142,7 @@ def time_batch(engine: 'VlmEngine', new_tokens: int, frames: list,
     timer = VisionTimer(loaded.model, loaded.device)
     constraint = (engine.plan_constraint([r.task for r in requests], [new_tokens] * batch)
                   if constrained else None)
+    generating = time.perf_counter()
     try:
         out = generate(loaded, inputs, new_tokens,
                        {**engine.generate_kwargs(), 'min_new_tokens': new_tokens},
@@ -141,13 +152,16 @@ def time_batch(engine: 'VlmEngine', new_tokens: int, frames: list,
         preparing.join()
     total = time.perf_counter() - start
     vision = timer.end - timer.start if timer.start and timer.end else float('nan')
+    prefilled = timer.prefilled - generating if timer.prefilled else out.time_to_first_token
     return {'ttft': prep + out.time_to_first_token, 'total': total, 'prep': prep,
             'vision': vision,
-            'prefill': out.time_to_first_token - vision,
+            'prefill': prefilled - (vision if vision == vision else 0.0),  # NaN: no encoder
+            'first': out.time_to_first_token - prefilled,
             'tokens': sum(len(t) for t in out.tokens),
             'checked': constraint.checked / (batch * new_tokens) if constraint else 0.0,
             'masked': constraint.masked / max(constraint.checked, 1) if constraint else 0.0,
             'decode_s': out.total_time - out.time_to_first_token,
+            'step_ms': 1000 * (out.total_time - out.time_to_first_token) / max(new_tokens - 1, 1),
             'decode_tps': batch * (new_tokens - 1) / max(out.total_time -
                                                          out.time_to_first_token, 1e-9)}
 
@@ -156,10 +170,15 @@ def run(engine: 'VlmEngine', batch_sizes, new_tokens: int, repeats: int, image_h
         frames: str = 'distinct') -> list:
     """Benchmark every batch size; return one row of medians each.
 
+    'recompiles' counts the graphs torch.compile made during the timed runs, after the
+    warm-up: in steady state, none.
+
     frames: 'distinct' (a new frame per request), 'shared' (one new frame per batch) or
     'queued' (new frames, each batch's preprocessed during the previous batch's generation).
     """
     import torch
+
+    from ..engine.local.decoding import compiled_graphs
 
     image = scene(*image_hw)
     rows = []
@@ -169,14 +188,17 @@ def run(engine: 'VlmEngine', batch_sizes, new_tokens: int, repeats: int, image_h
         time_batch(engine, new_tokens, batches[0], batches[1] if queued else None)  # warm-up
         if engine.loaded.device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(engine.loaded.device)
+        graphs = compiled_graphs()
         runs = [time_batch(engine, new_tokens, batches[index],
                            batches[index + 1] if queued else None)
                 for index in range(1, repeats + 1)]
         total = statistics.median(r['total'] for r in runs)
         rows.append({'batch': batch, 'ttft_ms': 1000 * statistics.median(r['ttft'] for r in runs),
                      **{f'{part}_ms': 1000 * statistics.median(r[part] for r in runs)
-                        for part in ('prep', 'vision', 'prefill')},
+                        for part in ('prep', 'vision', 'prefill', 'first')},
                      'decode_tok_s': statistics.median(r['decode_tps'] for r in runs),
+                     'step_ms': statistics.median(r['step_ms'] for r in runs),
+                     'recompiles': compiled_graphs() - graphs,
                      'total_ms': 1000 * total, 'images_s': batch / total,
                      'peak_mib': peak_memory_mib(engine.loaded.device),
                      'tokens': runs[0]['tokens'] // batch})
@@ -226,12 +248,13 @@ def format_cost_table(title: str, rows: list) -> str:
 def format_table(title: str, rows: list) -> str:
     """Render rows as a Markdown table (pasted as is into docs/BENCHMARKS.md)."""
     lines = [f'### {title}', '',
-             '| batch | new tokens | TTFT ms | = preprocess + vision encoder + prefill ms | '
-             'decode tok/s | total ms | images/s | peak MiB |',
-             '|---:|---:|---:|---|---:|---:|---:|---:|']
+             '| batch | new tokens | TTFT ms | = preprocess + vision encoder + prefill + first '
+             'token ms | ms/token | decode tok/s | total ms | images/s | peak MiB | recompiles |',
+             '|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|']
     lines += [f"| {r['batch']} | {r['tokens']} | {r['ttft_ms']:.1f} | {r['prep_ms']:.1f} + "
-              f"{r['vision_ms']:.1f} + {r['prefill_ms']:.1f} | {r['decode_tok_s']:.1f} | "
-              f"{r['total_ms']:.1f} | {r['images_s']:.2f} | {r['peak_mib']:.0f} |" for r in rows]
+              f"{r['vision_ms']:.1f} + {r['prefill_ms']:.1f} + {r['first_ms']:.1f} | "
+              f"{r['step_ms']:.2f} | {r['decode_tok_s']:.1f} | {r['total_ms']:.1f} | "
+              f"{r['images_s']:.2f} | {r['peak_mib']:.0f} | {r['recompiles']} |" for r in rows]
     return '\n'.join(lines)
 
 
