@@ -5,6 +5,7 @@ import threading
 import pytest
 from rclpy.exceptions import InvalidHandle
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+from rclpy.task import Future
 from vlm_ros.spin import SpinThread
 
 # What Jazzy's executor raised in CI when a test destroyed an action client while it spun.
@@ -63,3 +64,26 @@ def test_any_other_error_ends_spinning_and_is_kept_for_the_exit_status(error, ca
     spinner, executor, died = spun([error])
     assert (spinner.races, executor.spins, died, spinner.error) == (0, 1, True, error)
     assert type(error).__name__ in capsys.readouterr().err  # its traceback is printed
+
+
+def _ended(error) -> Future:
+    task = Future()
+    task.set_exception(error)
+    return task
+
+
+def test_what_the_last_callbacks_raised_is_taken_at_stop(capsys):
+    """Callbacks that end while the executor shuts down: their exceptions are not left unread.
+
+    rclpy prints "The following exception was never retrieved" for a task collected with an
+    exception nobody took; at stop, a race is counted and anything else kept and printed.
+    """
+    executor = Raising([])
+    race, bug = _ended(InvalidHandle('destruction was requested')), _ended(ValueError('bug'))
+    executor._futures = [race, bug, Future()]  # the last: still running, left alone
+    spinner = SpinThread([], executor)
+    executor.spinning.wait(5.0)
+    spinner.stop()
+    assert race._exception_fetched and bug._exception_fetched
+    assert (spinner.races, spinner.error) == (1, bug.exception())
+    assert 'ValueError: bug' in capsys.readouterr().err
