@@ -177,7 +177,7 @@ class SpinThread:
         A MultiThreadedExecutor takes a callback's exception only at its next spin; the last
         ones, done while it shut down, would print "The following exception was never
         retrieved" when collected. A destroyed-entity race among them is counted, as spinning
-        counts it; any other exception is printed and kept for the exit status.
+        counts it; any other exception is printed with its traceback and kept in ``error``.
         """
         for task in list(getattr(self._executor, '_futures', ())):
             exc = task.exception() if task.done() else None
