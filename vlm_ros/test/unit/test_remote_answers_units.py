@@ -45,6 +45,16 @@ def test_captions_answers_and_plans_under_off_ask_for_no_schema(task, mode):
     assert 'response_format' not in payload and payload['logprobs'] is True
 
 
+def test_several_cameras_go_to_the_server_each_after_its_name():
+    wrist = np.full((12, 16, 3), 255, np.uint8)
+    payload = chat_payload(Request('vqa', None, 'what is it?', cameras=(
+        ('head', FRAME), ('wrist', wrist))), _config(), load_templates(), 'm')
+    parts = payload['messages'][0]['content']
+    assert [part['type'] for part in parts] == ['text', 'image_url', 'text', 'image_url', 'text']
+    assert (parts[0]['text'], parts[2]['text']) == ('head:', 'wrist:')
+    assert parts[1] != parts[3] and 'what is it?' in parts[4]['text']
+
+
 class _Stream:
     """The chunks of one streamed answer, as the openai client yields them."""
 

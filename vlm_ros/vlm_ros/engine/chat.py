@@ -12,20 +12,27 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from .errors import VlmError
 from .frame_cache import DIGEST, frame_digest
 
 # processor -> whether it inserts the image placeholder itself (see _processor_places_image).
 _PLACES_IMAGE = weakref.WeakKeyDictionary()
 
 
-def user_message(prompt: str, image: Optional[dict] = None) -> list[dict]:
+def user_message(prompt: str, image: Optional[dict] = None,
+                 cameras: Sequence[tuple] = ()) -> list[dict]:
     """Return the chat of one user turn holding one image followed by the prompt.
 
     ``image`` is the image's content part: a bare placeholder for a local processor (the
     default), an ``image_url`` part for an OpenAI-compatible server, so both see one layout.
+    ``cameras``: several images instead, as (name, content part or None) pairs, each image
+    introduced by its camera's name ('head:'), in order, then the prompt.
     """
-    return [{'role': 'user', 'content': [image or {'type': 'image'},
-                                         {'type': 'text', 'text': prompt}]}]
+    parts = [part for name, camera_image in cameras
+             for part in ({'type': 'text', 'text': f'{name}:'},
+                          camera_image or {'type': 'image'})] if cameras else \
+        [image or {'type': 'image'}]
+    return [{'role': 'user', 'content': [*parts, {'type': 'text', 'text': prompt}]}]
 
 
 def _processor_places_image(processor, image_token: str) -> bool:
@@ -47,17 +54,24 @@ def _processor_places_image(processor, image_token: str) -> bool:
     return _PLACES_IMAGE[processor]
 
 
-def render_prompt(processor, prompt: str) -> str:
+def render_prompt(processor, prompt: str, cameras: Sequence[str] = ()) -> str:
     """
     Return the text to pass as processor(text=..., images=[image]) for one image and prompt.
 
     With a chat template, the user turn (image then prompt) is rendered with the generation
     prompt appended. Without one (Florence-2, BLIP-2), the prompt stays plain and the image
-    token is prepended only when the processor does not insert it itself.
+    token is prepended only when the processor does not insert it itself. ``cameras``: the
+    names of several images, each placed after its name (user_message); a model without a chat
+    template takes one image a prompt, and VlmError('unsupported') says so.
     """
     if getattr(processor, 'chat_template', None):
-        return processor.apply_chat_template(user_message(prompt), add_generation_prompt=True,
+        message = user_message(prompt, cameras=[(name, None) for name in cameras])
+        return processor.apply_chat_template(message, add_generation_prompt=True,
                                              tokenize=False)
+    if len(cameras) > 1:
+        raise VlmError('unsupported', f'this model takes one image a prompt (its processor has '
+                       f'no chat template to place several); cameras {", ".join(cameras)} '
+                       'need a model that takes several images (e.g. SmolVLM/Idefics3)')
     image_token = getattr(processor, 'image_token', None)
     if image_token is None or _processor_places_image(processor, str(image_token)):
         return prompt
@@ -74,11 +88,18 @@ def build_inputs(processor, images: Sequence, prompts: Sequence[str], **processo
     Images may be numpy uint8 HxWx3 RGB arrays or PIL images: arrays are converted because some
     processors (Idefics2) accept only PIL images. Each row's image is wrapped in its own list,
     the layout every processor accepts and the one Mllama requires to pair images with rows.
+    A row of several cameras is a tuple of (name, image) pairs instead (results.Request).
     """
-    pil = [image if isinstance(image, Image.Image) else _to_pil(image) for image in images]
-    return processor(text=[render_prompt(processor, prompt) for prompt in prompts],
-                     images=[[image] for image in pil], padding=True, return_tensors='pt',
-                     **processor_kwargs)
+    rows = [image if isinstance(image, tuple) else (('', image),) for image in images]
+    return processor(text=[render_prompt(processor, prompt,
+                                         [name for name, _ in row] if len(row) > 1 else ())
+                           for prompt, row in zip(prompts, rows, strict=True)],
+                     images=[[_pil(image) for _, image in row] for row in rows], padding=True,
+                     return_tensors='pt', **processor_kwargs)
+
+
+def _pil(image) -> Image.Image:
+    return image if isinstance(image, Image.Image) else _to_pil(image)
 
 
 def _to_pil(image) -> Image.Image:

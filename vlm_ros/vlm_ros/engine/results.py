@@ -23,6 +23,9 @@ class Request:
     check; answered yes or no, read by verdict.parse_yes_no).
 
     ``image`` is an HxWx3 uint8 RGB array; ``max_new_tokens`` 0 means the engine's default.
+    ``cameras``: several cameras' images instead, as (name, HxWx3 array) pairs; each enters
+    the prompt after its name ('head:'), in order, for models that take several images (others
+    answer VlmError 'unsupported'). ``image`` is then the first camera's.
     ``on_text`` receives this request's text increments as they are generated, and setting
     ``cancel`` stops this request alone, also inside a batch (every engine: interface.py).
     """
@@ -34,6 +37,16 @@ class Request:
     on_text: Optional[Callable[[str], None]] = None
     cancel: Optional[threading.Event] = None
     context: Optional[dict] = None  # the template's other placeholders (prompts.py)
+    cameras: tuple = ()
+
+    def __post_init__(self):
+        """With cameras, image is the first camera's (what one-image code reads)."""
+        if self.cameras:
+            self.image = self.cameras[0][1]
+
+    def views(self) -> tuple:
+        """Return the request's images as (camera name, image) pairs: '' for a lone image."""
+        return tuple(self.cameras) or (('', self.image),)
 
 
 @dataclass

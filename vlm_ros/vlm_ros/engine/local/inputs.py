@@ -49,10 +49,13 @@ class InputStage:
 
     def encode(self, loaded, requests: list, config: EngineConfig, templates: dict):
         """Run the processor over requests' images and rendered prompts (one call at a time)."""
-        images = [resize_max_side(r.image, config.max_image_side) for r in requests]
+        views = [tuple((name, resize_max_side(image, config.max_image_side))
+                       for name, image in r.views()) for r in requests]
+        images = [row if len(row) > 1 else row[0][1] for row in views]  # cameras: named
         prompts = [render_task(templates, r.task, r.text, r.context) for r in requests]
         own = config.processor_kwargs
-        kwargs = {**fitted_size_kwargs(loaded.processor, images, own),
+        every = [image for row in views for _, image in row]
+        kwargs = {**fitted_size_kwargs(loaded.processor, every, own),
                   **device_kwargs(loaded.processor, str(loaded.device), own), **own}
         with self._lock:
             return build_inputs(loaded.processor, images, prompts, **kwargs)

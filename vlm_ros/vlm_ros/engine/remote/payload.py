@@ -18,14 +18,14 @@ from ..prompts import render_task
 
 def chat_payload(request, config: EngineConfig, templates: dict, model: str) -> dict:
     """Build the chat completion: same resize, template and chat layout as in-process."""
-    jpeg = encode_jpeg(request.image, config.max_image_side, config.remote.jpeg_quality)
-    image = {'type': 'image_url', 'image_url': {
-        'url': 'data:image/jpeg;base64,' + base64.b64encode(jpeg).decode('ascii')}}
+    parts = [(name, _image_part(image, config)) for name, image in request.views()]
     prompt = render_task(templates, request.task, request.text, request.context)
+    messages = user_message(prompt, parts[0][1]) if len(parts) == 1 else \
+        user_message(prompt, cameras=parts)  # several cameras: each after its name
     sampling = {'temperature': config.temperature, 'top_p': config.top_p} \
         if config.do_sample else {'temperature': 0.0}  # 0: greedy on every server
     # include_usage: vLLM and SGLang report token counts in a stream only when asked.
-    payload = {'model': model, 'messages': user_message(prompt, image),
+    payload = {'model': model, 'messages': messages,
                'max_tokens': request.max_new_tokens or config.max_new_tokens,
                'stream': True, 'stream_options': {'include_usage': True}, 'logprobs': True,
                **sampling}
@@ -33,6 +33,13 @@ def chat_payload(request, config: EngineConfig, templates: dict, model: str) -> 
         payload['response_format'] = {'type': 'json_schema', 'json_schema': {
             'name': 'plan', 'strict': True, 'schema': plan_schema(tuple(config.skills))}}
     return payload
+
+
+def _image_part(image, config: EngineConfig) -> dict:
+    """Return an image as a chat content part: resized as in-process, then a JPEG data URL."""
+    jpeg = encode_jpeg(image, config.max_image_side, config.remote.jpeg_quality)
+    return {'type': 'image_url', 'image_url': {
+        'url': 'data:image/jpeg;base64,' + base64.b64encode(jpeg).decode('ascii')}}
 
 
 def schema_asked(request, config: EngineConfig) -> bool:
