@@ -9,6 +9,9 @@ linear in its length (a hand-written scanner; no regular expression here can bac
 
 import re
 from dataclasses import dataclass
+from typing import Optional
+
+from .grounding import ViewBox, parse_box, step_box
 
 
 @dataclass(frozen=True)
@@ -16,12 +19,14 @@ class PlanStep:
     """One step for the policy; skill and target stay '' when the model did not give them.
 
     args: the skill's arguments as (name, value) pairs, in the model's order ('args' object).
+    box: the target's box in the model's view, where the model wrote one (grounding.py).
     """
 
     instruction: str
     skill: str = ''
     target: str = ''
     args: tuple = ()
+    box: Optional[ViewBox] = None
 
 
 @dataclass(frozen=True)
@@ -116,9 +121,9 @@ class _Reader:
         if char in _STRING_BODY:
             return self._string(char)
         scalar = _SCALAR.match(self.text, self.pos)
-        if scalar:  # A number or literal never makes a step: only its extent matters.
+        if scalar:  # A number (a box's coordinate) or a literal (None: never a step).
             self.pos = scalar.end()
-            return None
+            return _number(scalar.group())
         word = _WORD.match(self.text, self.pos)  # A word at the very end may be a cut 'true'.
         if not char or (word and word.end() == len(self.text)):
             return self._end(None)
@@ -167,6 +172,14 @@ class _Reader:
         return self._end(_CutStr(body))
 
 
+def _number(text: str):
+    """Return a JSON number's value; None for a literal (true, false, null, none)."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _unescape(body: str) -> str:
     """Decode JSON/Python escapes by hand: json.loads would reject the lenient strings."""
     if '\\' not in body:
@@ -187,7 +200,7 @@ def _step(item) -> PlanStep:
     """Map one list item to a step; an instruction of '' means the item is not a step."""
     if isinstance(item, str):  # A string item may still carry its list marker: "1. pick".
         marked = _ITEM.match(item)
-        return PlanStep((marked['text'] if marked else item).strip())
+        return PlanStep((marked['text'] if marked else item).strip(), box=parse_box(item))
     fields = {_norm(k): v.strip() for k, v in item.items() if isinstance(v, str)}
     used = next((k for k in _INSTRUCTION_KEYS
                  if fields.get(k) and not fields[k].isdecimal()), '')  # "step": "2" is an index.
@@ -196,7 +209,8 @@ def _step(item) -> PlanStep:
     args = next((v for k, v in item.items() if _norm(k) in _ARGS_KEYS and isinstance(v, dict)),
                 {})
     return PlanStep(fields.get(used, ''), skill, target,
-                    tuple((k, v.strip()) for k, v in args.items() if isinstance(v, str)))
+                    tuple((k, v.strip()) for k, v in args.items() if isinstance(v, str)),
+                    step_box(item))
 
 
 def _steps(items: list) -> tuple[PlanStep, ...]:
@@ -261,7 +275,8 @@ def _parse_list(text: str) -> ParsedPlan:
     for line in text.splitlines():
         item = _ITEM.match(line)
         if item:
-            (numbered if item['num'] else bulleted).append(PlanStep(item['text'].strip()))
+            (numbered if item['num'] else bulleted).append(
+                PlanStep(item['text'].strip(), box=parse_box(item['text'])))
     steps = tuple(numbered or bulleted)
     return ParsedPlan(steps, True, 'list') if steps else _NONE
 

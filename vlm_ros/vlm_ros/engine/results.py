@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import confidence
+from .grounding import View, box_problem
 from .plan_parser import parse_plan
 from .plan_schema import PLAN_TASKS
 
@@ -75,6 +76,10 @@ class Result:
     # What the backend did other than asked, for the user (a Plan's message): e.g. a server
     # that ignored the plan schema. '' when nothing.
     note: str = ''
+    # Per step: its target's box in the frame's pixels, (x1, y1, x2, y2), or None where the
+    # model wrote none; box_problems: why a box the model wrote is none ('' otherwise).
+    boxes: tuple = ()
+    box_problems: tuple = ()
 
 
 # A Result's status (status_of): what the node maps to STATUS_OK, _INVALID_OUTPUT, _CANCELLED.
@@ -117,16 +122,23 @@ def parse_output(task: str, text: str, constrained: bool = False) -> tuple:
 
 def make_result(task: str, text: str, output_tokens: int, time_to_first_token: float,
                 total_time: float, cancelled: bool, image_size: tuple = (0, 0),
-                constrained: bool = False, logprobs: tuple = (), ends: tuple = ()) -> Result:
+                constrained: bool = False, logprobs: tuple = (), ends: tuple = (),
+                view: Optional[View] = None) -> Result:
     """Parse text and wrap it with its timings: every backend's answers end here alike.
 
     logprobs: the log-probability of each of the text's tokens (none: unknown); ends: where
-    each token's text ends in text, for the steps' confidences (none: unknown).
+    each token's text ends in text, for the steps' confidences (none: unknown). view: what
+    the model saw of the frame (grounding.View), to map the steps' boxes to its pixels.
     """
     steps, valid, form = parse_output(task, text, constrained)
     steps_confidence = confidence.of_steps(text, list(ends), list(logprobs), [
         step.instruction for step in steps]) if ends and len(ends) == len(logprobs) else \
         tuple(confidence.UNKNOWN for _ in steps)
+    problems = tuple(box_problem(step.box, view) if step.box and view else
+                     "the model's view of the frame is not known" if step.box else ''
+                     for step in steps)
+    boxes = tuple(view.to_pixels(step.box) if step.box and not problem else None
+                  for step, problem in zip(steps, problems, strict=True))
     return Result(task, text, steps, valid, form, output_tokens, time_to_first_token, total_time,
                   cancelled, image_size, tuple(logprobs), confidence.summary(logprobs),
-                  steps_confidence)
+                  steps_confidence, boxes=boxes, box_problems=problems)

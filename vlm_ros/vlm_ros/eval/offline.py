@@ -98,7 +98,8 @@ def run_engine(engine: Engine, inputs: BagInputs, pending: list, images: dict,
                     text=result.text, steps=result.steps, valid=result.valid, form=result.form,
                     output_tokens=result.output_tokens,
                     time_to_first_token=result.time_to_first_token,
-                    total_time=result.total_time, batch=batch, confidence=result.confidence)
+                    total_time=result.total_time, batch=batch, confidence=result.confidence,
+                    boxes=result.boxes)
     return records, seconds
 
 

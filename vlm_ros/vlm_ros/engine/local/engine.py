@@ -11,6 +11,7 @@ from typing import Optional
 from ..base import CancelSignal, EngineBase
 from ..config import EngineConfig
 from ..errors import VlmError
+from ..grounding import view_of
 from ..plan_schema import PLAN_TASKS
 from ..preprocess import fitted_size
 from ..results import make_result
@@ -223,11 +224,14 @@ def _results(loaded, requests: list, texts: list, rows: list, generated, followe
     """Parse each row's text into its Result, with its tokens' log-probabilities."""
     tokenizer = loaded.processor.tokenizer
     eos = eos_token_ids(loaded.model, tokenizer)
+    image_processor = getattr(loaded.processor, 'image_processor', None)
     return [make_result(request.task, text, len(tokens), generated.time_to_first_token,
                         generated.total_time, cancelled, fitted_size(request.image,
                                                                      max_image_side),
                         constrained, *text_logprobs(tokenizer, tokens, logprobs, eos,
-                                                    request.task in PLAN_TASKS))
+                                                    request.task in PLAN_TASKS),
+                        view=view_of(image_processor, request.image.shape[1::-1],
+                                     fitted_size(request.image, max_image_side)))
             for request, text, tokens, cancelled, constrained, logprobs in zip(
                 requests, texts, rows, generated.cancelled, followed, generated.logprobs,
                 strict=True)]

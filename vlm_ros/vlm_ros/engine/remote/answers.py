@@ -7,6 +7,7 @@ is checked (plan_schema.follows), and the Result says what happened instead.
 
 from .. import plan_schema
 from ..config import EngineConfig
+from ..grounding import view_of
 from ..preprocess import fitted_size
 from ..results import Result, make_result
 from .payload import schema_asked
@@ -28,7 +29,9 @@ def answer_result(request, answer: Answer, cancelled: bool, start: float, total:
                          len(answer.pieces) if answer.tokens is None else answer.tokens,
                          answer.first_at - start if answer.first_at else total, total,
                          cancelled, fitted_size(request.image, config.max_image_side),
-                         followed, *answer.text_logprobs())
+                         followed, *answer.text_logprobs(),
+                         view=view_of(None, request.image.shape[1::-1],
+                                      fitted_size(request.image, config.max_image_side)))
     if asked and not followed:
         refused = config.constrain_plans == 'on'
         then = 'constrain_plans is on, so it is not used' if refused else \

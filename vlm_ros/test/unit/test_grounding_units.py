@@ -1,0 +1,70 @@
+"""Boxes in every notation models write, read into the model's view and mapped to the frame."""
+
+import json
+import math
+
+import pytest
+from vlm_ros.engine.grounding import View, ViewBox, box_problem, parse_box, step_box
+from vlm_ros.engine.plan_parser import parse_plan
+from vlm_ros.engine.results import make_result
+
+WHOLE = View((640, 480), (0.0, 0.0, 640.0, 480.0), (640, 480))  # a frame shown whole
+
+
+@pytest.mark.parametrize('text, box', [
+    ('red block<loc_250><loc_500><loc_749><loc_999>', (0.2505, 0.5005, 0.7495, 0.9995)),
+    ('<loc0256><loc0512><loc0768><loc1023> red block', (0.5, 0.25, 0.9990234375, 0.75)),
+    ('<|box_start|>(100,200),(300,400)<|box_end|>', (0.1, 0.2, 0.3, 0.4)),
+    ('the cup at [0.1, 0.2, 0.3, 0.4]', (0.1, 0.2, 0.3, 0.4)),
+    ('the cup at [100, 200, 300, 400]', (0.1, 0.2, 0.3, 0.4)),  # thousandths
+])
+def test_each_notation_reads_as_fractions_of_the_view(text, box):
+    found = parse_box(text)
+    assert found is not None and not found.pixels
+    assert (found.x1, found.y1, found.x2, found.y2) == pytest.approx(box)
+
+
+@pytest.mark.parametrize('text', [
+    'no box here', '[1, 2, 3]', '[1, 2, 3, 4000]', '<loc_1><loc_2><loc_3>', '[a, b, c, d]',
+    '<|box_start|>(1,2)<|box_end|>', '[' * 10000 + '1, 2, 3, 4'])
+def test_anything_else_is_no_box(text):
+    assert parse_box(text) is None
+
+
+def test_a_steps_box_key_wins_and_bbox_2d_is_in_the_views_pixels():
+    assert step_box({'instruction': 'pick', 'bbox_2d': [64, 48, 128, 96]}) == \
+        ViewBox(64, 48, 128, 96, pixels=True, notation='bbox_2d')
+    assert step_box({'box': [0.5, 0.5, 1, 1], 'target': '[0.1, 0.1, 0.2, 0.2]'}).x1 == 0.5
+    assert step_box({'target': 'cup<loc_0><loc_0><loc_499><loc_499>'}).notation == 'florence2'
+    assert step_box({'box': [0.1, 0.2, True, 0.4]}) is None  # not numbers
+    assert step_box({'box': 'nowhere'}) is None
+
+
+def test_boxes_map_through_a_crop_and_a_resize_to_the_frames_pixels():
+    cropped = View((640, 480), (80.0, 0.0, 480.0, 480.0), (336, 336))  # CLIP's centre crop
+    assert cropped.to_pixels(ViewBox(0.0, 0.0, 0.5, 1.0)) == (80.0, 0.0, 320.0, 480.0)
+    assert cropped.to_pixels(ViewBox(0, 0, 168, 336, pixels=True)) == (80.0, 0.0, 320.0, 480.0)
+    assert WHOLE.to_pixels(ViewBox(0.75, 0.5, 0.25, 0.0)) == (160.0, 0.0, 480.0, 240.0)  # sorted
+    assert WHOLE.to_pixels(ViewBox(-0.5, 0.5, 2.0, 0.75)) == (0.0, 240.0, 640.0, 360.0)  # clipped
+
+
+@pytest.mark.parametrize('box, problem', [
+    (ViewBox(1.5, 0.1, 2.0, 0.2), 'empty in the frame'),  # wholly outside
+    (ViewBox(0.1, 0.1, 0.1, 0.5), 'empty in the frame'),  # no width
+    (ViewBox(math.nan, 0.1, 0.2, 0.2), 'not a number'),
+    (ViewBox(0.1, 0.1, 0.2, 0.2), '')])
+def test_a_box_that_is_none_says_why(box, problem):
+    assert problem in box_problem(box, WHOLE) and (problem or not box_problem(box, WHOLE))
+
+
+def test_plan_steps_carry_their_boxes_in_the_frames_pixels():
+    text = json.dumps({'steps': [
+        {'instruction': 'pick up the cup', 'skill': 'pick', 'target': 'cup',
+         'box': [0.25, 0.5, 0.5, 1.0]},
+        {'instruction': 'place it', 'skill': 'place', 'target': 'tray<loc_2000>'},
+        {'instruction': 'push it', 'skill': 'push', 'target': 'box', 'box': [2, 2, 3, 3]}]})
+    assert parse_plan(text).steps[0].box == ViewBox(0.25, 0.5, 0.5, 1.0)
+    result = make_result('plan', text, 10, 0.1, 0.2, False, (640, 480), view=WHOLE)
+    assert result.boxes == ((160.0, 240.0, 320.0, 480.0), None, None)
+    assert result.box_problems[:2] == ('', '') and 'empty' in result.box_problems[2]
+    assert make_result('plan', text, 10, 0.1, 0.2, False).boxes == (None, None, None)

@@ -1,0 +1,163 @@
+"""Boxes as models write them, back in the camera's own pixels.
+
+Grounding models name a step's target with a box, each family in its own notation:
+
+- Qwen2.5-VL: ``"bbox_2d": [x1, y1, x2, y2]`` in the pixels of the image it was given;
+- Qwen2-VL: ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>``, each coordinate 0-1000;
+- Florence-2: ``<loc_x1><loc_y1><loc_x2><loc_y2>``, bins 0-999;
+- PaliGemma: ``<locY1><locX1><locY2><locX2>``, four digits each, 0-1023 (y first);
+- plain ``[x1, y1, x2, y2]`` (a step's ``box`` or ``bbox``, or in its text), 0-1 or 0-1000.
+
+Each becomes a box in the model's view, as fractions of its width and height (or its pixels,
+for ``bbox_2d``), then ``View.to_pixels`` maps it through what the view did to the frame (a
+crop, a resize) to the frame's own pixels. A box that is malformed, empty or outside the image
+is no box, and ``box_problem`` says why.
+"""
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+_NUMBER = r'\s*(-?\d{1,6}(?:\.\d{1,8})?)\s*'
+_FLORENCE = re.compile(r'<loc_(\d{1,3})>' * 4)
+_PALIGEMMA = re.compile(r'<loc(\d{4})>' * 4)
+_QWEN2 = re.compile(r'<\|box_start\|>\s*\(' + _NUMBER + ',' + _NUMBER + r'\)\s*,\s*\(' +
+                    _NUMBER + ',' + _NUMBER + r'\)\s*<\|box_end\|>')
+_PLAIN = re.compile(r'\[' + ','.join([_NUMBER] * 4) + r'\]')
+BOX_KEYS = ('bbox_2d', 'box', 'bbox')  # step keys that carry a box, bbox_2d in pixels
+
+
+@dataclass(frozen=True)
+class ViewBox:
+    """A box in the model's view: fractions of its width and height, or its pixels."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    pixels: bool = False  # Qwen2.5-VL's bbox_2d: the pixels of the image the model was given
+    notation: str = 'plain'
+
+
+def parse_box(text: str) -> Optional[ViewBox]:
+    """Return the first box written in text in a known notation, or None."""
+    found = _FLORENCE.search(text)
+    if found:
+        x1, y1, x2, y2 = ((int(v) + 0.5) / 1000 for v in found.groups())
+        return ViewBox(x1, y1, x2, y2, notation='florence2')
+    found = _PALIGEMMA.search(text)
+    if found:
+        y1, x1, y2, x2 = (int(v) / 1024 for v in found.groups())
+        return ViewBox(x1, y1, x2, y2, notation='paligemma')
+    found = _QWEN2.search(text)
+    if found:
+        x1, y1, x2, y2 = (float(v) / 1000 for v in found.groups())
+        return ViewBox(x1, y1, x2, y2, notation='qwen2')
+    found = _PLAIN.search(text)
+    return _plain([float(v) for v in found.groups()]) if found else None
+
+
+def step_box(item: dict) -> Optional[ViewBox]:
+    """Return the box of a plan step's JSON object: under a box key, or in its target text."""
+    for key in BOX_KEYS:
+        value = item.get(key)
+        if isinstance(value, list) and len(value) == 4 and \
+                all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            values = [float(v) for v in value]
+            if key == 'bbox_2d':
+                return ViewBox(*values, pixels=True, notation='bbox_2d')
+            return _plain(values)
+    texts = [v for v in item.values() if isinstance(v, str)]
+    return next((box for box in map(parse_box, texts) if box is not None), None)
+
+
+def _plain(values: list) -> Optional[ViewBox]:
+    """Read [x1, y1, x2, y2] as fractions (all at most 1) or thousandths (at most 1000)."""
+    top = max(abs(v) for v in values)
+    scale = 1.0 if top <= 1.0 else 1000.0 if top <= 1000.0 else None
+    return None if scale is None else ViewBox(*(v / scale for v in values))
+
+
+@dataclass(frozen=True)
+class View:
+    """What the model saw of a frame: a region of it, given to the model at some size.
+
+    ``region`` is (x0, y0, width, height) in the frame's pixels (the whole frame unless the
+    processor crops it); ``size`` the (width, height) of the image the model was given.
+    """
+
+    frame: tuple  # (width, height) of the frame as received
+    region: tuple
+    size: tuple
+
+    def to_pixels(self, box: ViewBox) -> tuple:
+        """Return the box in the frame's pixels, (x1, y1, x2, y2), clipped to the frame."""
+        x0, y0, width, height = self.region
+        sx, sy = (width / self.size[0], height / self.size[1]) if box.pixels else (width, height)
+        x1, x2 = sorted((x0 + box.x1 * sx, x0 + box.x2 * sx))
+        y1, y2 = sorted((y0 + box.y1 * sy, y0 + box.y2 * sy))
+        frame_w, frame_h = self.frame
+        return (min(max(x1, 0.0), frame_w), min(max(y1, 0.0), frame_h),
+                min(max(x2, 0.0), frame_w), min(max(y2, 0.0), frame_h))
+
+
+def box_problem(box: ViewBox, view: View) -> str:
+    """Say why a box is no box in view's frame ('' when it is one)."""
+    values = (box.x1, box.y1, box.x2, box.y2)
+    if not all(math.isfinite(v) for v in values):
+        return 'a coordinate is not a number'
+    x1, y1, x2, y2 = view.to_pixels(box)
+    if x2 - x1 < 1.0 or y2 - y1 < 1.0:
+        return f'empty in the frame ({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}): outside it, ' \
+            'or of no size'
+    return ''
+
+
+def view_of(image_processor, frame: tuple, given: tuple) -> Optional[View]:
+    """Return what the model saw of a frame of size ``frame`` given to it at size ``given``.
+
+    ``given`` is the frame's size after the engine's own resize (max_image_side), which keeps
+    its aspect. A processor that resizes the shortest edge and then crops the centre (CLIP's:
+    LLaVA-1.5) shows the model that centre only; every other tested processor shows the whole
+    frame (resized, or as tiles plus the whole frame as a global tile), at its ``size`` where it
+    names a height and width. None where the view is not known: Mllama fits the frame into a
+    canvas of tiles and pads it, so its boxes are left unmapped (test_grounding_geometry.py
+    checks the others).
+    """
+    if getattr(image_processor, 'max_image_tiles', None):  # Mllama's padded canvas
+        return None
+    frame_w, frame_h = frame
+    width, height = given
+    crop, short = _get(image_processor, 'crop_size'), _get(image_processor, 'size')
+    if getattr(image_processor, 'do_center_crop', False) and crop and short and \
+            short.get('shortest_edge'):
+        edge = short['shortest_edge']  # transformers: the short side to edge, the long in scale
+        new_w = edge if width <= height else int(edge * width / height)
+        new_h = edge if height < width else int(edge * height / width)
+        scale_w, scale_h = new_w / width, new_h / height
+        crop_w, crop_h = crop['width'], crop['height']
+        left, top = (new_w - crop_w) // 2, (new_h - crop_h) // 2
+        to_frame_w, to_frame_h = frame_w / width, frame_h / height
+        return View(frame, (left / scale_w * to_frame_w, top / scale_h * to_frame_h,
+                            crop_w / scale_w * to_frame_w, crop_h / scale_h * to_frame_h),
+                    (crop_w, crop_h))
+    size = short if short and short.get('height') and short.get('width') else None
+    return View(frame, (0.0, 0.0, float(frame_w), float(frame_h)),
+                (size['width'], size['height']) if size else (width, height))
+
+
+def _get(image_processor, name: str) -> Optional[dict]:
+    """Return a size setting as a plain dict (a dict or a SizeDict), None when unset."""
+    value = getattr(image_processor, name, None)
+    if value is None:
+        return None
+    return {key: value[key] for key in ('height', 'width', 'shortest_edge', 'longest_edge')
+            if _has(value, key)}
+
+
+def _has(value, key: str) -> bool:
+    try:
+        return value[key] is not None
+    except (KeyError, TypeError):
+        return False
