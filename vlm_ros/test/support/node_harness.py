@@ -9,6 +9,7 @@ import pathlib
 import signal
 import subprocess
 import tempfile
+import time
 import uuid
 
 from ament_index_python.packages import get_package_prefix
@@ -132,19 +133,35 @@ class VlmNodeProcess:
                        f"the node's {topic} publisher")
 
     def plan_on_a_new_frame(self, instruction: str, what: str = 'the plan') -> Plan:
-        """Stream frames with a fresh frame_id, instruct, return the plan stamped with it.
+        """Stream frames with a fresh frame_id; return a plan of instruction stamped with it.
 
-        The unique frame_id tells this plan from any earlier one still in flight. The frames
-        keep coming after it returns: a second call's plan may use either stream's frame, so a
-        later plan of the same node is told apart by its request_id instead.
+        The new stream replaces any earlier one (stream()), and the unique frame_id tells this
+        plan from any earlier one still in flight. A frame sent is not yet a frame received:
+        while the node still holds an earlier stream's frame, its plan is made on that one, and
+        the instruction is sent again (one plan each time) until a plan uses the new stream.
+        The frames keep coming after it returns.
         """
         frame_id = uuid.uuid4().hex
         self.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
-        self.instruct(instruction)
-        return self.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, what)
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            known = {plan.request_id for plan in self.plans.items()}
+            self.instruct(instruction)
+            plan = self.plans.wait_for(
+                lambda p, known=known: p.request_id not in known and
+                p.instruction == instruction.strip(),
+                max(deadline - time.monotonic(), 1.0), what)
+            if plan.header.frame_id == frame_id:
+                return plan
+            assert time.monotonic() < deadline, f'{what}: no plan on the new frames ' \
+                f'within {TIMEOUT} s; the last was made on {plan.header.frame_id}'
 
     def stream(self, make_msg, rate_hz: float = 20.0) -> Collector:
-        """Publish make_msg() at rate_hz from a node timer; return what was sent."""
+        """Publish make_msg() at rate_hz from a node timer; return what was sent.
+
+        It replaces any earlier stream: two would interleave their frames.
+        """
+        self.stop_stream()  # one stream at a time: a new one replaces the last
         sent = Collector()
 
         def tick():
