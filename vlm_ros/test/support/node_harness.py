@@ -248,6 +248,12 @@ def send_goal(test_node: TestNode, instruction: str, on_feedback, image=True):
     return client, goal, handle
 
 
+def goal_plan(test_node: TestNode, instruction: str) -> Plan:
+    """Send a generate_plan goal on the red scene; return the Plan of its result."""
+    _, _, handle = send_goal(test_node, instruction, None)
+    return wait_future(handle.get_result_async(), TIMEOUT, 'the action result').result.plan
+
+
 class ActionFeedback:
     """Every feedback message of an action, per goal, read from the action's feedback topic.
 

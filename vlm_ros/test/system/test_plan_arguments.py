@@ -8,8 +8,7 @@ While no skill names an argument, nothing is published there.
 
 from engine_fixtures import TARGETS
 from loop_harness import Loop
-from node_harness import RELIABLE, TIMEOUT, send_goal, set_ok
-from ros_harness import wait_future
+from node_harness import RELIABLE, TIMEOUT, goal_plan, set_ok
 
 from vlm_ros_msgs.msg import Plan, PlanArguments, StepArguments
 
@@ -35,8 +34,7 @@ def test_every_plan_carries_its_arguments_while_a_skill_names_them(start_vlm_nod
     assert plan.status == Plan.STATUS_OK and plan.form == Plan.FORM_CONSTRAINED, plan
     _check(arguments.wait_for(lambda a: a.request_id == plan.request_id, TIMEOUT,
                               "the plan's arguments"), plan)
-    _, _, handle = send_goal(test_node, TARGETS['plan'][0], None)
-    result = wait_future(handle.get_result_async(), TIMEOUT, 'the action result').result.plan
+    result = goal_plan(test_node, TARGETS['plan'][0])
     _check(arguments.wait_for(lambda a: a.request_id == result.request_id, TIMEOUT,
                               "the goal's plan's arguments"), result)
 

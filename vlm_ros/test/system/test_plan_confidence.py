@@ -9,8 +9,7 @@ import math
 import uuid
 
 from engine_fixtures import TARGETS, scene
-from node_harness import TIMEOUT, call, camera, send_goal, set_ok
-from ros_harness import wait_future
+from node_harness import TIMEOUT, call, camera, goal_plan, set_ok
 from serve_harness import both_backends
 from vlm_ros.node.image_conversion import rgb_to_image
 from waiting import wait_until
@@ -42,8 +41,7 @@ def test_every_plan_has_its_confidence_first(start_vlm_node, test_node, backend)
                                       "the plan's confidence")
     _check(confidence, plan, known=backend == 'transformers')
 
-    _, _, handle = send_goal(test_node, TARGETS['plan'][0], None)
-    result = wait_future(handle.get_result_async(), TIMEOUT, 'the action result').result.plan
+    result = goal_plan(test_node, TARGETS['plan'][0])
     _check(confidences.wait_for(lambda c: c.request_id == result.request_id, TIMEOUT,
                                 "the goal's plan's confidence"), result,
            known=backend == 'transformers')

@@ -15,8 +15,10 @@ from vlm_ros_msgs.msg import (
     PlanConfidence,
     PlanProgress,
     PlanStep,
+    PlanTargets,
     SkillArguments,
     StepArguments,
+    StepTarget,
 )
 
 from ..engine.confidence import UNKNOWN
@@ -65,6 +67,17 @@ def arguments_msg(outcome: Outcome, plan: Plan) -> PlanArguments:
     steps = outcome.result.steps if outcome.result is not None and plan.steps else ()
     return PlanArguments(header=plan.header, request_id=plan.request_id,
                          steps=[skill_arguments(step) for step in steps])
+
+
+def targets_msg(outcome: Outcome, plan: Plan) -> PlanTargets:
+    """Build the PlanTargets of plan, the Plan answering outcome's job: one per step."""
+    result = outcome.result
+    count = len(plan.steps)
+    boxes = list(result.boxes) if result is not None else []
+    problems = list(result.box_problems) if result is not None else []
+    return PlanTargets(header=plan.header, request_id=plan.request_id, steps=[
+        StepTarget(box=[float(v) for v in boxes[i]] if i < len(boxes) and boxes[i] else [],
+                   problem=problems[i] if i < len(problems) else '') for i in range(count)])
 
 
 def step_arguments_msg(header, plan_id: str, index: int, attempt: int, step) -> StepArguments:

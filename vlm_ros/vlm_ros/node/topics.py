@@ -13,12 +13,26 @@ from typing import Optional
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from vlm_ros_msgs.msg import AnswerConfidence, Caption, Plan, PlanArguments, PlanConfidence
+from vlm_ros_msgs.msg import (
+    AnswerConfidence,
+    Caption,
+    Plan,
+    PlanArguments,
+    PlanConfidence,
+    PlanTargets,
+)
 
 from ..engine.plan_schema import takes_arguments
 from .frames import FrameStore
 from .jobs import Job, Outcome, Status
-from .messages import answer_confidence_msg, arguments_msg, caption_msg, confidence_msg, plan_msg
+from .messages import (
+    answer_confidence_msg,
+    arguments_msg,
+    caption_msg,
+    confidence_msg,
+    plan_msg,
+    targets_msg,
+)
 from .plan_execution import PlanExecution
 from .requests import Serving
 from .settings import Settings
@@ -75,6 +89,7 @@ class Topics:
         self._companion_pubs = {
             'plan': self._create_publisher(PlanConfidence, 'plan_confidence', qos),
             'arguments': self._create_publisher(PlanArguments, 'plan_arguments', qos),
+            'targets': self._create_publisher(PlanTargets, 'plan_targets', qos),
             'answer': self._create_publisher(AnswerConfidence, 'answer_confidence', qos)}
         self._caption_pub = self._create_publisher(Caption, 'caption', 10)
         self.vla_pub = self._create_publisher(String, 'vla_instruction', qos)
@@ -88,15 +103,16 @@ class Topics:
     def publish_companions(self, outcome, plan: Optional[Plan] = None) -> None:
         """Publish what goes out just before an answer (nothing once cleaned up).
 
-        plan's PlanConfidence, and its PlanArguments while the skills name arguments; or
-        without plan, the AnswerConfidence of outcome's caption or ~/query answer. A goal's
-        result or a query's response may be sent while cleanup destroys the publishers: the
-        answer matters, its companions are then left out.
+        plan's PlanConfidence and PlanTargets, and its PlanArguments while the skills name
+        arguments; or without plan, the AnswerConfidence of outcome's caption or ~/query
+        answer. A goal's result or a query's response may be sent while cleanup destroys the
+        publishers: the answer matters, its companions are then left out.
         """
         if plan is None:
             messages = {'answer': lambda: answer_confidence_msg(outcome)}
         else:
-            messages = {'plan': lambda: confidence_msg(outcome, plan)}
+            messages = {'plan': lambda: confidence_msg(outcome, plan),
+                        'targets': lambda: targets_msg(outcome, plan)}
             if takes_arguments(self._settings().skills):
                 messages['arguments'] = lambda: arguments_msg(outcome, plan)
         for kind, message in messages.items():

@@ -1,0 +1,38 @@
+"""PlanTargets: each step's box in the source image's pixels, joined to its Plan."""
+
+import json
+
+import pytest
+from std_msgs.msg import Header
+from vlm_ros.engine.grounding import View
+from vlm_ros.engine.results import make_result
+from vlm_ros.node.jobs import Job, Outcome, Status
+from vlm_ros.node.messages import plan_msg, targets_msg
+
+TEXT = json.dumps({'steps': [
+    {'instruction': 'pick up the cup', 'skill': 'pick', 'target': 'cup<loc_250><loc_500><loc_499>'
+     '<loc_999>'},
+    {'instruction': 'wait', 'skill': 'wait', 'target': ''},
+    {'instruction': 'push it', 'skill': 'push', 'target': 'box', 'box': [1.5, 0, 2, 1]}]})
+
+
+def test_each_step_gets_its_box_in_pixels_or_none_and_why():
+    view = View((640, 480), (0.0, 0.0, 640.0, 480.0), (640, 480))
+    outcome = Outcome(Job('plan', 'tidy up', done=None, request_id='r-1'), Status.OK,
+                      header=Header(frame_id='cam'),
+                      result=make_result('plan', TEXT, 30, 0.1, 0.2, False, (640, 480),
+                                         view=view))
+    plan = plan_msg(outcome, 'tiny', Header())
+    targets = targets_msg(outcome, plan)
+    assert (targets.request_id, targets.header.frame_id) == ('r-1', 'cam')
+    assert len(targets.steps) == len(plan.steps) == 3
+    assert list(targets.steps[0].box) == pytest.approx([160.32, 240.24, 319.68, 479.76])
+    assert targets.steps[0].problem == '' and list(targets.steps[1].box) == []
+    assert list(targets.steps[2].box) == [] and 'empty' in targets.steps[2].problem
+
+
+def test_a_plan_without_an_answer_has_no_targets():
+    outcome = Outcome(Job('plan', 'tidy up', done=None, request_id='r-2'), Status.NO_IMAGE,
+                      'no image')
+    plan = plan_msg(outcome, 'tiny', Header())
+    assert targets_msg(outcome, plan).steps == []
