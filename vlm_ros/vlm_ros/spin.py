@@ -105,6 +105,34 @@ def _raced(exc: Exception) -> bool:
     return isinstance(exc, InvalidHandle) or 'to wait set' in str(exc)
 
 
+class TrackingExecutor(MultiThreadedExecutor):
+    """A MultiThreadedExecutor that tells whether the tasks created on it have all run.
+
+    An action server sends a goal's result from tasks it creates once the goal is answered:
+    the execute callback's, then one per get_result request, created when that has returned.
+    A shutdown that stopped the executor before they ran lost the result (a goal answered
+    CANCELLED on SIGTERM never reached its client, one CI run in about twenty).
+    """
+
+    def __init__(self, num_threads: Optional[int] = None):
+        super().__init__(num_threads)
+        self._created = []  # tasks created and not seen done
+        self._created_lock = threading.Lock()
+
+    def create_task(self, callback, *args, **kwargs):
+        """Create the task as rclpy does, and keep it until it is done."""
+        task = super().create_task(callback, *args, **kwargs)
+        with self._created_lock:
+            self._created = [created for created in self._created if not created.done()]
+            self._created.append(task)
+        return task
+
+    def tasks_done(self) -> bool:
+        """Tell whether every task created so far has run to its end."""
+        with self._created_lock:
+            return all(task.done() for task in self._created)
+
+
 class SpinThread:
     """Spin nodes on a background thread, and stop them in the order rclpy needs.
 
@@ -162,10 +190,19 @@ class SpinThread:
                       'on', file=sys.stderr, flush=True)
 
     def stop(self) -> None:
-        """Stop the executor, join its thread, take the last callbacks' ends, destroy the nodes."""
+        """Stop the executor, join its threads, take the last callbacks' ends, destroy the nodes.
+
+        Jazzy's MultiThreadedExecutor.shutdown leaves its pool's callbacks running (ros2/rclpy
+        #893, fixed in Kilted): a query's response could be on its way out of one while the
+        node was destroyed. Once the spin thread has ended nothing new reaches the pool, and
+        its running callbacks are waited for.
+        """
         self._stopping = True
         self._executor.shutdown()
         self._thread.join()
+        pool = getattr(self._executor, '_executor', None)  # a MultiThreadedExecutor's threads
+        if pool is not None:
+            pool.shutdown(wait=True)
         self._take_last_results()
         for node in self._nodes:
             node.destroy_node()
@@ -201,7 +238,7 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
     ``code`` as exit status; a signal means a clean exit, 0, and an executor that dies of an
     exception means 1 (the traceback is printed). On a signal, a node's
     ``shutdown_gracefully()`` (vlm_node: the lifecycle shutdown transition) runs first, while
-    the executor still spins, so what it answers on the way out is still sent.
+    the executor (a TrackingExecutor) still spins, so what it answers on the way out is sent.
     """
     sys.setswitchinterval(SWITCH_INTERVAL)
     # A crash in a C extension (SIGSEGV) or an abort (SIGABRT: a supervisor's, or a test's
@@ -226,7 +263,7 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
     try:
         node = make_node()
         done = getattr(node, 'done', threading.Event())
-        spinner = SpinThread([node], MultiThreadedExecutor(num_threads), on_exit=stop.set)
+        spinner = SpinThread([node], TrackingExecutor(num_threads), on_exit=stop.set)
         while not stop.wait(0.1):  # timed: a missed wake-up costs 0.1 s, not a hang
             if done.is_set():
                 code = node.code

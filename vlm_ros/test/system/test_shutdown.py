@@ -14,7 +14,12 @@ import uuid
 
 import pytest
 from node_harness import TIMEOUT, camera, send_goal, transition
+from rclpy.action import ActionClient, ActionServer
+from rclpy.node import Node
 from ros_harness import start_process, stop_process, wait_future
+from vlm_ros.node import shutdown
+from vlm_ros.spin import SpinThread, TrackingExecutor
+from waiting import wait_until
 
 from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.msg import Plan
@@ -98,6 +103,45 @@ def test_signal_answers_a_running_goal_and_a_waiting_query(start_vlm_node, untra
     assert result.result.plan.status == Plan.STATUS_CANCELLED, result.result.plan.message
     answer = wait_future(response, TIMEOUT, 'the query response')
     assert not answer.success and 'shutting down' in answer.message
+    client.destroy()
+
+
+def test_a_goal_result_still_being_made_on_the_way_out_is_sent(test_node):
+    """The drain waits for the tasks that send a result, however late they are created.
+
+    A goal stops being busy when its execute callback takes its outcome; rclpy sends the
+    result from tasks created after the callback returns. Here the callback returns only once
+    the drain has seen the goal not busy: the result must reach the client all the same.
+    """
+    server_node = Node(f'drain_{uuid.uuid4().hex[:8]}')
+    executor = TrackingExecutor(2)
+    accepted, drained = [], threading.Event()
+    answering = threading.Event()  # the execute callback has taken the goal's outcome
+
+    def execute(goal_handle):
+        answering.set()
+        drained.wait(TIMEOUT)
+        goal_handle.abort()
+        return GeneratePlan.Result(plan=Plan(status=Plan.STATUS_CANCELLED, message=payload))
+
+    def tasks_done():
+        drained.set()  # asked only once nothing is busy: let the callback end now
+        return executor.tasks_done()
+
+    payload = uuid.uuid4().hex
+    ActionServer(server_node, GeneratePlan, '~/drained', execute_callback=execute,
+                 handle_accepted_callback=accepted.append)
+    spinner = SpinThread([server_node], executor)
+    client = ActionClient(test_node.node, GeneratePlan, f'/{server_node.get_name()}/drained')
+    assert client.wait_for_server(timeout_sec=TIMEOUT)
+    handle = wait_future(client.send_goal_async(GeneratePlan.Goal(instruction=payload)),
+                         TIMEOUT, 'goal acceptance')
+    result = handle.get_result_async()
+    wait_until(lambda: bool(accepted), TIMEOUT, 'the goal accepted')
+    shutdown.shutdown_gracefully('active', accepted[0].execute,
+                                 lambda: not answering.is_set(), tasks_done)
+    spinner.stop()
+    assert wait_future(result, TIMEOUT, 'the goal result').result.plan.message == payload
     client.destroy()
 
 

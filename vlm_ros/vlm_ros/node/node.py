@@ -183,12 +183,13 @@ class VlmNode(LifecycleNode):
     def shutdown_gracefully(self) -> None:
         """Run the shutdown transition on SIGINT/SIGTERM, while the executor still spins.
 
-        spin_main calls this before it stops the executor, so the queries and goals answered
-        here still get their responses sent.
+        spin_main calls this before it stops the executor (its TrackingExecutor), so the
+        queries and goals answered here still get their responses sent.
         """
         shutdown.shutdown_gracefully(
             self._state_machine.current_state[1], self.trigger_shutdown,
-            lambda: self.requests.busy() or self.execute_server.busy(), lambda: self.executor)
+            lambda: self.requests.busy() or self.execute_server.busy(),
+            self.executor.tasks_done)
 
     def destroy_node(self) -> None:
         """Destroy the request endpoints with the node."""

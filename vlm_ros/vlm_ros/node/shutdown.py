@@ -5,15 +5,13 @@ clients: the outputs close only once acknowledged, and the executor keeps spinni
 answers are sent. Each function gets what it needs from the node, called when needed.
 """
 
-import threading
 import time
 from collections.abc import Callable
 
 from rclpy.duration import Duration
-from rclpy.executors import Executor
 
 ACK_TIMEOUT = 0.5  # s the last answers may take to be acknowledged before outputs close
-DRAIN_TIMEOUT = 1.0  # s queries and goals answered on the way out may take to be sent
+DRAIN_TIMEOUT = 2.0  # s queries and goals answered on the way out may take to be sent
 
 
 def close_outputs(publishers: list, destroy_publisher: Callable) -> None:
@@ -28,20 +26,16 @@ def close_outputs(publishers: list, destroy_publisher: Callable) -> None:
 
 
 def shutdown_gracefully(state: str, trigger_shutdown: Callable[[], object],
-                        busy: Callable[[], bool], executor: Callable[[], Executor]) -> None:
+                        busy: Callable[[], bool], tasks_done: Callable[[], bool]) -> None:
     """Run the shutdown transition from state, then let its answers go out (DRAIN_TIMEOUT).
 
-    ``busy()`` tells whether queries or goals answered on the way out are still being sent;
-    ``executor()`` is the node's executor, still spinning.
+    ``busy()`` tells whether queries or goals answered on the way out still wait for their
+    answer; ``tasks_done()`` whether the executor (still spinning) has run every task created
+    on it: an action result is sent from such tasks after the goal's execute callback.
+    Checked in that order, so a goal that is no longer busy has created its tasks.
     """
     if state in ('unconfigured', 'inactive', 'active'):
         trigger_shutdown()
     deadline = time.monotonic() + DRAIN_TIMEOUT
-    while busy() and time.monotonic() < deadline:
+    while (busy() or not tasks_done()) and time.monotonic() < deadline:
         time.sleep(0.01)
-    # An action result goes out in an executor task scheduled after its execute callback:
-    # two round trips through the executor let those tasks run before it stops.
-    for _ in range(2):
-        through = threading.Event()
-        executor().create_task(through.set)
-        through.wait(max(0.0, deadline - time.monotonic()))
