@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 
+import camera_harness
 import pytest
 from engine_fixtures import TARGETS, scene
 from loop_harness import LOOP_OBSERVERS
@@ -286,7 +287,8 @@ def observe_preprocess_ahead(node, test_node):
 
 
 OBSERVERS = {**{name[len('observe_'):]: value for name, value in globals().items()
-                if name.startswith('observe_')}, **LOOP_OBSERVERS}
+                if name.startswith('observe_')}, **LOOP_OBSERVERS,
+             'max_skew': camera_harness.observe_max_skew}
 
 
 def test_every_run_time_parameter_is_observed():
@@ -298,7 +300,8 @@ def test_run_time_parameter_takes_effect(name, start_vlm_node, test_node, reques
     # The closed loop's observers need the model trained on the re-plan and verify prompts.
     loop = {'model': str(request.getfixturevalue('closed_loop_llava')),
             'max_new_tokens': 160} if name in LOOP_OBSERVERS else {}
-    node = start_vlm_node(**loop)
+    cameras = camera_harness.START_PARAMS if name == 'max_skew' else {}
+    node = start_vlm_node(**loop, **cameras)
     node.wait_state('active')
     OBSERVERS[name](node, test_node)
 

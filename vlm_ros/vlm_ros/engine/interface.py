@@ -22,6 +22,7 @@ cancel     None                                     never raises                
 unload     None                                     never raises                       no-op
 update     None                                     bad_input                          applies
 describe   str                                      load_failed                        may raise
+cameras    None                                     load_failed unsupported            may raise
 status     dict (empty or plain values)             never raises                       allowed
 =========  =======================================  =================================  ======
 
@@ -67,6 +68,7 @@ CONTRACT = {
     'unload': Operation((), (), 'no-op'),
     'update': Operation((), ('bad_input',), 'allowed'),
     'describe': Operation((), (NOT_LOADED,), 'may raise'),
+    'check_cameras': Operation((), (NOT_LOADED, 'unsupported'), 'may raise'),
     'status': Operation((), (), 'allowed'),
 }
 
@@ -169,6 +171,15 @@ class Engine(ABC):
     @abstractmethod
     def describe(self) -> str:
         """Say what is loaded and where, for a log line; may raise NOT_LOADED when not."""
+
+    @abstractmethod
+    def check_cameras(self, names: tuple) -> None:
+        """Raise VlmError('unsupported') when one prompt cannot hold an image per camera.
+
+        A node with several cameras asks this when configuring, so a model that takes one
+        image a prompt is a configure error that says so, not a failed answer per request
+        (or a camera silently dropped). May raise NOT_LOADED where it needs the model.
+        """
 
     @abstractmethod
     def status(self) -> dict:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from ..engine import Request, Result, VlmError
 from ..engine.plan_schema import PLAN_TASKS
-from .frames import FrameStore
+from .frames import FrameSet, skew
 from .jobs import Job, Limits, Outcome, Status
 
 
@@ -23,7 +23,7 @@ class BatchRunner:
     ``batched`` count the engine runs and the requests they answered: the batching ratio.
     """
 
-    def __init__(self, engine, frames: FrameStore, now: Callable[[], float],
+    def __init__(self, engine, frames: FrameSet, now: Callable[[], float],
                  limits: Callable[[], Limits], convert: Callable[[], Callable],
                  no_image_hint: Callable[[], str]):
         self._engine = engine
@@ -71,25 +71,65 @@ class BatchRunner:
         return max_age <= 0 or self._now() - frame.stamp <= max_age
 
     def _image(self, job: Job):
-        """Return (header, rgb) for job, or an Outcome saying why there is none."""
+        """Return (header, rgb) for job, or an Outcome saying why there is none.
+
+        With several cameras, rgb is the (name, rgb) pairs of a frame per camera, and header
+        the first camera's; the job keeps every camera's header (sources) and their skew.
+        """
         if job.image_msg is not None:
             if job.converted is not None:  # by the look-ahead
                 return job.image_msg.header, job.converted
             return self._converted(job, job.image_msg.header, self._convert(), job.image_msg)
-        wait = self._limits().wait_for_image
-        frame = self._frames.wait_for(self._fresh, wait, job.cancel.is_set)
+        limits = self._limits()
+        frames = self._frames.wait_for(self._fresh, limits.max_skew, limits.wait_for_image,
+                                       job.cancel.is_set)
         if job.cancel.is_set():
             return Outcome(job, Status.CANCELLED, job.cancel_reason)
-        if frame is None:
+        several = len(frames) > 1
+        if several and None not in frames:
+            job.sources = tuple((name, frame.header)
+                                for name, frame in zip(self._frames.names, frames, strict=True))
+            job.skew = skew(frames)
+        refused = self._refused(job, frames, limits)
+        if refused is not None:
+            return refused
+        if not several:
+            return self._converted(job, frames[0].header, self._frames.primary.image, frames[0])
+        images = []
+        for name, store, frame in zip(self._frames.names, self._frames.stores, frames,
+                                      strict=True):
+            found = self._converted(job, frame.header, store.image, frame)
+            if isinstance(found, Outcome):
+                found.message = f'camera {name}: {found.message}'
+                return found
+            images.append((name, found[1]))
+        return frames[0].header, tuple(images)
+
+    def _refused(self, job: Job, frames: list, limits: Limits):
+        """Return the Outcome of frames that cannot be used (none, stale, skewed), or None."""
+        wait, names = limits.wait_for_image, self._frames.names
+        missing = [name for name, frame in zip(names, frames, strict=True) if frame is None]
+        if missing:
             hint = self._no_image_hint()
-            return Outcome(job, Status.NO_IMAGE, f'no image arrived within {wait:g} s' +
+            which = f' from camera {", ".join(missing)}' if len(frames) > 1 else ''
+            return Outcome(job, Status.NO_IMAGE, f'no image arrived{which} within {wait:g} s' +
                            (f': {hint}' if hint else ''))
-        if not self._fresh(frame):
-            age = self._now() - frame.stamp
-            return Outcome(job, Status.STALE_IMAGE, f'latest image is {age:.2f} s old '
-                           f'(max_image_age {self._limits().max_image_age:g} s) and no fresh '
-                           f'one arrived within {wait:g} s', frame.header)
-        return self._converted(job, frame.header, self._frames.image, frame)
+        named = list(zip(names, frames, strict=True))
+        stale = [(name, frame) for name, frame in named if not self._fresh(frame)]
+        if stale:
+            name, frame = stale[0]
+            which = f"camera {name}'s " if len(frames) > 1 else ''
+            return Outcome(job, Status.STALE_IMAGE, f'{which}latest image is '
+                           f'{self._now() - frame.stamp:.2f} s old (max_image_age '
+                           f'{limits.max_image_age:g} s) and no fresh one arrived within '
+                           f'{wait:g} s', frames[0].header)
+        if len(frames) > 1 and 0 < limits.max_skew < job.skew:
+            stamps = ', '.join(f'{name} {frame.stamp:.3f}' for name, frame in named)
+            return Outcome(job, Status.UNSYNCHRONIZED, f"the cameras' latest frames are "
+                           f'{job.skew:.3f} s apart ({stamps}); max_skew is '
+                           f'{limits.max_skew:g} s and no closer ones arrived within {wait:g} s',
+                           frames[0].header)
+        return None
 
     @staticmethod
     def _converted(job: Job, header, convert: Callable, source):
@@ -115,8 +155,10 @@ class BatchRunner:
         # A request may ask for fewer tokens than the node allows, never for more.
         limit = self._engine.config.max_new_tokens
         tokens = min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else 0
-        return job, header, Request(job.task, image, job.text, tokens, on_text=job.on_text,
-                                    cancel=job.cancel, context=job.context)
+        cameras = image if isinstance(image, tuple) else ()
+        return job, header, Request(job.task, None if cameras else image, job.text, tokens,
+                                    on_text=job.on_text, cancel=job.cancel,
+                                    context=job.context, cameras=cameras)
 
     def _answered(self, ready: list) -> list:
         """Run the requests of ready in one engine call; return their outcomes in order."""

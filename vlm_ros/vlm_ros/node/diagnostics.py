@@ -12,7 +12,7 @@ from typing import Optional
 from diagnostic_msgs.msg import DiagnosticArray
 
 from ..compat import distro, steady_timer
-from .frames import FrameStore
+from .frames import FrameSet
 from .health import Health
 from .jobs import Outcome, Status
 from .messages import diagnostics_msg
@@ -38,11 +38,16 @@ class Sources:
     model_name: Callable[[], str]
     engine: Callable[[], object]
     worker: Callable[[], Optional[Worker]]
-    frames: Callable[[], Optional[FrameStore]]
+    frames: Callable[[], Optional[FrameSet]]
     image_hint: Callable[[], str]  # why no frame comes ('' when fine or not subscribed)
     execution: Callable[[], Optional[PlanExecution]]
     # Counted once at gc.freeze(): counting walks every frozen object (45 ms for 340 000).
     frozen_objects: Callable[[], int]
+
+
+def _total(frames: Optional[FrameSet], count: Callable) -> int:
+    """Return count(store) summed over the cameras' frame stores (0 while there are none)."""
+    return sum(count(store) for store in frames.stores) if frames else 0
 
 
 class DiagnosticsReporter:
@@ -116,10 +121,11 @@ class DiagnosticsReporter:
             'engine_requests': worker.batched if worker else 0,
             # How long the last batch was held for company (batch_wait); 0 when it started at once.
             'last_batch_wait_s': f'{worker.last_batch_wait:.3f}' if worker else '0.000',
-            'frames_received': frames.received if frames else 0,
-            'frames_dropped': frames.dropped if frames else 0,
-            'frames_invalid': frames.invalid if frames else 0,
-            'frames_lost_estimate': frames.gaps.lost if frames else 0,
+            # Summed over the cameras (each camera's own: frames_received_by_camera).
+            'frames_received': _total(frames, lambda store: store.received),
+            'frames_dropped': _total(frames, lambda store: store.dropped),
+            'frames_invalid': _total(frames, lambda store: store.invalid),
+            'frames_lost_estimate': _total(frames, lambda store: store.gaps.lost),
             'captions_skipped': stats.captions_skipped,
             # Objects the garbage collector no longer walks: the model and libraries (node.py).
             'gc_frozen_objects': sources.frozen_objects(),
@@ -129,6 +135,10 @@ class DiagnosticsReporter:
         }
         values.update({f'status_{status.name.lower()}': stats.by_status[status.name]
                        for status in Status})
+        if frames is not None and len(frames.names) > 1:
+            values['frames_received_by_camera'] = ', '.join(
+                f'{name} {store.received}'
+                for name, store in zip(frames.names, frames.stores, strict=True))
         execution = sources.execution()
         if execution is not None:
             values.update(execution.values())

@@ -67,11 +67,15 @@ class StampGaps:
 
 
 class FrameStore:
-    """Thread-safe holder of the latest frame, with counters for diagnostics."""
+    """Thread-safe holder of the latest frame, with counters for diagnostics.
 
-    def __init__(self):
+    ``cond``: the lock and wake-up shared by every camera's store (FrameSet), so a request
+    can wait for all of them at once.
+    """
+
+    def __init__(self, cond: Optional[threading.Condition] = None):
         self._converters = {}
-        self._cond = threading.Condition()
+        self._cond = cond or threading.Condition()
         self._latest: Optional[Frame] = None
         self._latest_used = False
         self.converted = None  # (seq, image or exception)
@@ -106,27 +110,6 @@ class FrameStore:
         with self._cond:
             return self._latest
 
-    def wait_for(self, good: Callable[[Frame], bool], timeout: float,
-                 stop: Callable[[], bool] = lambda: False) -> Optional[Frame]:
-        """Wait up to timeout s for a frame that satisfies good; return the latest either way.
-
-        stop() is checked whenever the store is woken (a new frame, or wake()), so a cancelled
-        request stops waiting at once instead of after timeout.
-        """
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not stop() and (self._latest is None or not good(self._latest)):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            return self._latest
-
-    def wake(self) -> None:
-        """Wake every wait_for, so that each checks its stop condition."""
-        with self._cond:
-            self._cond.notify_all()
-
     def image(self, frame: Frame):
         """Convert frame to an RGB array (once per frame); raise the conversion error."""
         with self._cond:
@@ -146,3 +129,55 @@ class FrameStore:
         if isinstance(cached[1], Exception):
             raise cached[1]
         return cached[1]
+
+
+def skew(frames: list) -> float:
+    """Return the seconds between the earliest and the latest stamp of frames (none None)."""
+    stamps = [frame.stamp for frame in frames]
+    return max(stamps) - min(stamps)
+
+
+class FrameSet:
+    """The latest frame of each camera (one FrameStore each, one shared lock), in order.
+
+    A request takes one frame per camera: the newest ones, waiting (up to its bound) while a
+    camera has none, one is not fresh, or their stamps lie more than max_skew apart. Cameras
+    publish on their own clocks, so the newest frames' skew changes with every frame: waiting
+    for the next one usually finds a closer pair.
+    """
+
+    def __init__(self, names: tuple = ()):
+        self._cond = threading.Condition()
+        self.names = tuple(names) or ('',)  # '': the one camera on image
+        self.stores = tuple(FrameStore(self._cond) for _ in self.names)
+
+    @property
+    def primary(self) -> FrameStore:
+        """The first camera's store: the one camera of a node without a cameras parameter."""
+        return self.stores[0]
+
+    def wait_for(self, good: Callable[[Frame], bool], max_skew: float, timeout: float,
+                 stop: Callable[[], bool] = lambda: False) -> list:
+        """Wait up to timeout s for good frames within max_skew s (0: any); return the latest.
+
+        The list holds each camera's newest frame (None before its first) whether or not they
+        are good. stop() is checked whenever a store is woken (a new frame, or wake()), so a
+        cancelled request stops waiting at once instead of after timeout.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not stop():
+                frames = [store.latest() for store in self.stores]
+                if None not in frames and all(map(good, frames)) and \
+                        (max_skew <= 0 or skew(frames) <= max_skew):
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return [store.latest() for store in self.stores]
+
+    def wake(self) -> None:
+        """Wake every wait_for, so that each checks its stop condition."""
+        with self._cond:
+            self._cond.notify_all()

@@ -56,13 +56,14 @@ def lost_hint(publishers: dict, fix: str) -> str:
 
 
 class ImageInput:
-    """The node's image subscriptions, feeding a FrameStore.
+    """One camera's subscriptions (``topic``, ``topic``/compressed), feeding a FrameStore.
 
     ``node`` lends the operations that create and destroy the subscriptions (in ``group``) and
     that look at the graph for the hint; the node itself is not kept.
     """
 
-    def __init__(self, node, frames, group):
+    def __init__(self, node, frames, group, topic: str = 'image'):
+        self._topic = topic
         self._subscribe = partial(node.create_subscription, callback_group=group)
         self._destroy_subscription = node.destroy_subscription
         self._publishers_info = node.get_publishers_info_by_topic
@@ -85,9 +86,9 @@ class ImageInput:
             'raw': partial(image_to_rgb, copy=True, max_pixels=max_pixels),
             'compressed': partial(compressed_to_rgb, max_pixels=max_pixels)})
         if transport in ('raw', 'auto'):
-            self._subs.append(self._subscribe(Image, 'image', self._on_raw, qos))
+            self._subs.append(self._subscribe(Image, self._topic, self._on_raw, qos))
         if transport in ('compressed', 'auto'):
-            self._subs.append(self._subscribe(CompressedImage, 'image/compressed',
+            self._subs.append(self._subscribe(CompressedImage, f'{self._topic}/compressed',
                                               self._on_compressed, qos))
 
     def close(self) -> None:
@@ -138,7 +139,29 @@ class ImageInput:
                            if set(kinds) & set(IMAGE_TYPE_NAMES)
                            for info in self._publishers_info(name)
                            if info.topic_type in IMAGE_TYPE_NAMES})
-        where = (f'images are published on {", ".join(carrying)}: remap image:=TOPIC for '
-                 'Image, image/compressed:=TOPIC for CompressedImage' if carrying
+        where = (f'images are published on {", ".join(carrying)}: remap {self._topic}:=TOPIC '
+                 f'for Image, {self._topic}/compressed:=TOPIC for CompressedImage' if carrying
                  else 'no topic on the graph carries images')
         return f'nothing publishes on {" or ".join(silent)}; {where}'
+
+
+class CameraInputs:
+    """An ImageInput per camera of a FrameSet: NAME/image, or image for the one unnamed camera."""
+
+    def __init__(self, node, frames, group):
+        self._inputs = [ImageInput(node, store, group, f'{name}/image' if name else 'image')
+                        for name, store in zip(frames.names, frames.stores, strict=True)]
+
+    def subscribe(self, transport: str, reliable: bool, max_pixels: int) -> None:
+        """(Re)subscribe every camera (ImageInput.subscribe)."""
+        for image_input in self._inputs:
+            image_input.subscribe(transport, reliable, max_pixels)
+
+    def close(self) -> None:
+        """Destroy every camera's subscriptions."""
+        for image_input in self._inputs:
+            image_input.close()
+
+    def hint(self) -> str:
+        """Say why images may not come from any of the cameras ('' while all are fine)."""
+        return '; '.join(filter(None, (image_input.hint() for image_input in self._inputs)))

@@ -30,6 +30,7 @@ class Status(enum.IntEnum):
     DROPPED = 6
     CANCELLED = 7
     LOW_CONFIDENCE = 8
+    UNSYNCHRONIZED = 9
 
 
 @dataclass
@@ -50,11 +51,16 @@ class Job:
     converted: object = None  # image_msg as RGB, when converted ahead of the job's batch
     looked_ahead: bool = False
     candidates: tuple = ()  # a ~/score request: texts scored as answers, nothing generated
+    sources: tuple = ()  # several cameras: each camera's (name, header) of the frames taken
+    skew: float = 0.0  # s between those frames' stamps
 
 
 @dataclass
 class Outcome:
-    """What a job ended with; header is the used image's header (None when none was used)."""
+    """What a job ended with; header is the used image's header (None when none was used).
+
+    With several cameras, header is the first camera's, and the job's sources hold them all.
+    """
 
     job: Job
     status: Status
@@ -81,3 +87,4 @@ class Limits:
     batch_wait: float = 0.005
     preprocess_ahead: bool = False
     min_confidence: float = 0.0  # plans less sure than this are LOW_CONFIDENCE
+    max_skew: float = 0.1  # s between the stamps of the cameras' frames a request uses

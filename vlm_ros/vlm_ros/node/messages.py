@@ -10,6 +10,7 @@ from std_msgs.msg import Header
 from vlm_ros_msgs.msg import (
     AnswerConfidence,
     Caption,
+    ImageSources,
     Plan,
     PlanArguments,
     PlanConfidence,
@@ -97,6 +98,15 @@ def answer_confidence_msg(outcome: Outcome) -> AnswerConfidence:
     mean, low = outcome.result.confidence
     return AnswerConfidence(header=outcome.header, task=outcome.job.task,
                             text=outcome.result.text, mean=float(mean), min=float(low))
+
+
+def sources_msg(outcome: Outcome, header: Header) -> ImageSources:
+    """Build the ImageSources of an outcome whose job took a frame per camera."""
+    return ImageSources(header=header, request_id=outcome.job.request_id,
+                        task=outcome.job.task,
+                        cameras=[name for name, _ in outcome.job.sources],
+                        images=[image for _, image in outcome.job.sources],
+                        skew=float(outcome.job.skew))
 
 
 def caption_msg(outcome: Outcome, model: str) -> Caption:

@@ -23,9 +23,9 @@ from ..spin import spin_main
 from . import parameter_changes, params, readiness, shutdown
 from .diagnostics import DiagnosticsReporter, Sources
 from .execute_action import ExecutePlanServer
-from .frames import FrameStore
+from .frames import FrameSet
 from .image_conversion import image_to_rgb
-from .image_input import ImageInput
+from .image_input import CameraInputs
 from .plan_execution import PlanExecution
 from .requests import RequestEndpoints, Serving
 from .scheduler import Worker
@@ -73,7 +73,7 @@ class VlmNode(LifecycleNode):
             self, serving, lambda: self.settings.wait_for_image + ANSWER_MARGIN,
             lambda: self.executor)
         self.execute_server = ExecutePlanServer(self, serving, lambda: self.execution)
-        self.topics = Topics(self, serving, lambda: self.settings, lambda: self.frames,
+        self.topics = Topics(self, serving, lambda: self.settings, lambda: self.frames.primary,
                              lambda: self.execution, self.diagnostics.stats.skip_caption)
 
     def not_ready(self) -> str:
@@ -119,6 +119,12 @@ class VlmNode(LifecycleNode):
             engine.load()
         except VlmError as exc:
             return self._configure_failed(str(exc))
+        try:
+            if len(self.settings.cameras) > 1:  # never one camera dropped from the prompt
+                engine.check_cameras(self.settings.cameras)
+        except VlmError as exc:
+            engine.unload()
+            return self._configure_failed(f'cameras {", ".join(self.settings.cameras)}: {exc}')
         self.configure_error = ''
         self.engine = engine
         # The model, torch and transformers are millions of long-lived objects: a full garbage
@@ -145,8 +151,8 @@ class VlmNode(LifecycleNode):
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         """Create the subscriptions and timers; start the worker."""
-        self.frames = FrameStore()
-        self.images = ImageInput(self, self.frames, self._input_group)
+        self.frames = FrameSet(self.settings.cameras)
+        self.images = CameraInputs(self, self.frames, self._input_group)
         self.worker = Worker(self.engine, self.frames, None, self._now,
                              self.settings.limits(), self.get_logger().error,
                              self.engine.concurrency)

@@ -16,6 +16,7 @@ observes every run-time parameter's effect on a live node, driven by this same t
 """
 
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Optional
@@ -104,6 +105,15 @@ SPECS = (
     ParamSpec('image_reliability', 'best_effort', 'QoS reliability of the image subscription '
               '(depth 1: the node keeps only the latest frame)', applies='images',
               choices=('best_effort', 'reliable')),
+    ParamSpec('cameras', (), 'camera names, e.g. [head, wrist]: each camera takes images from '
+              'NAME/image (NAME/image/compressed, by image_transport), and every camera request '
+              'uses one frame of each, each after its name in the prompt (a model that takes '
+              'one image a prompt fails configure); empty = one camera on image, as before; '
+              'checked against the model when configuring', applies='reload'),
+    ParamSpec('max_skew', 0.1, 'with several cameras: seconds the stamps of the frames one '
+              'request uses may lie apart; a request that finds none closer within '
+              'wait_for_image is STATUS_UNSYNCHRONIZED, with the skew (0 = no limit)',
+              applies='limits', low=0.0, high=60.0),
     ParamSpec('instruction_qos_depth', 100, 'QoS depth of the plan and vla_instruction '
               'publishers (reliable; the instruction subscription keeps every message); a QoS '
               'change needs new endpoints, so it is set at launch', applies='launch', low=1,
@@ -211,9 +221,30 @@ def processor_kwargs(text: str) -> dict:
     return parse_processor_kwargs(text) if text.strip() else {}
 
 
+MAX_CAMERAS = 8  # images in one prompt: each costs its own vision tokens
+
+
+def check_camera_names(names: tuple) -> None:
+    """Raise VlmError unless names are distinct ROS name tokens, at most MAX_CAMERAS of them.
+
+    Each name becomes a topic namespace (NAME/image) and a word in the prompt.
+    """
+    bad = [name for name in names if not re.fullmatch(r'[A-Za-z][A-Za-z0-9_]{0,31}', name)]
+    if bad:
+        raise VlmError('bad_input', f'camera names must be a letter then letters, digits or _ '
+                       f'(32 at most): {", ".join(repr(name[:40]) for name in bad[:4])}')
+    if len(set(names)) != len(names):
+        raise VlmError('bad_input', f'camera names repeat: {", ".join(names)}')
+    if len(names) > MAX_CAMERAS:
+        raise VlmError('bad_input', f'{len(names)} cameras; at most {MAX_CAMERAS} go in one '
+                       'prompt')
+
+
 def _check_value(name: str, value) -> None:
     """Raise VlmError when a parameter's text does not parse (JSON, prompt templates)."""
-    if name == 'processor_kwargs':
+    if name == 'cameras':
+        check_camera_names(value)
+    elif name == 'processor_kwargs':
         processor_kwargs(value)
     elif name == 'skills':
         parse_skills(value)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Optional
 
 from .batches import BatchRunner
-from .frames import FrameStore
+from .frames import FrameSet
 from .jobs import MAX_CANDIDATES, Job, Limits, Outcome, Status
 
 
@@ -78,7 +78,7 @@ class Worker:
 
     _ids = itertools.count(1)
 
-    def __init__(self, engine, frames: FrameStore, convert: Callable, now: Callable[[], float],
+    def __init__(self, engine, frames: FrameSet, convert: Callable, now: Callable[[], float],
                  limits: Limits, log_error: Callable[[str], None], threads: int = 1):
         self._engine = engine
         self._frames = frames

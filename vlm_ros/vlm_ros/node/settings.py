@@ -49,6 +49,8 @@ class Settings:
     max_image_side: int
     image_transport: str
     image_reliability: str
+    cameras: tuple
+    max_skew: float
     instruction_qos_depth: int
     max_image_pixels: int
     max_batch_size: int
@@ -111,7 +113,7 @@ class Settings:
         """Return the worker's limits."""
         return Limits(self.wait_for_image, self.max_image_age, self.queue_size,
                       self.max_text_chars, self.max_batch_size, self.batch_wait,
-                      self.preprocess_ahead, self.min_confidence)
+                      self.preprocess_ahead, self.min_confidence, self.max_skew)
 
     def run_time_engine_fields(self) -> dict:
         """Return the engine settings a running engine takes (EngineBase.update)."""

@@ -16,6 +16,7 @@ from std_msgs.msg import String
 from vlm_ros_msgs.msg import (
     AnswerConfidence,
     Caption,
+    ImageSources,
     Plan,
     PlanArguments,
     PlanConfidence,
@@ -31,6 +32,7 @@ from .messages import (
     caption_msg,
     confidence_msg,
     plan_msg,
+    sources_msg,
     targets_msg,
 )
 from .plan_execution import PlanExecution
@@ -55,8 +57,8 @@ class Topics:
 
     ``node`` lends the operations that create and destroy them; the node itself is not kept.
     Requests go to ``serving.worker()``; ``settings()`` is the node's current Settings,
-    ``frames()`` its FrameStore and ``execution()`` its PlanExecution (None while it has none);
-    ``skip_caption()`` counts a caption skipped while busy.
+    ``frames()`` its first camera's FrameStore and ``execution()`` its PlanExecution (None
+    while it has none); ``skip_caption()`` counts a caption skipped while busy.
     """
 
     def __init__(self, node, serving: Serving, settings: Callable[[], Settings],
@@ -90,7 +92,8 @@ class Topics:
             'plan': self._create_publisher(PlanConfidence, 'plan_confidence', qos),
             'arguments': self._create_publisher(PlanArguments, 'plan_arguments', qos),
             'targets': self._create_publisher(PlanTargets, 'plan_targets', qos),
-            'answer': self._create_publisher(AnswerConfidence, 'answer_confidence', qos)}
+            'answer': self._create_publisher(AnswerConfidence, 'answer_confidence', qos),
+            'sources': self._create_publisher(ImageSources, 'image_sources', qos)}
         self._caption_pub = self._create_publisher(Caption, 'caption', 10)
         self.vla_pub = self._create_publisher(String, 'vla_instruction', qos)
         return [self._plan_pub, *self._companion_pubs.values(), self._caption_pub,
@@ -105,8 +108,9 @@ class Topics:
 
         plan's PlanConfidence and PlanTargets, and its PlanArguments while the skills name
         arguments; or without plan, the AnswerConfidence of outcome's caption or ~/query
-        answer. A goal's result or a query's response may be sent while cleanup destroys the
-        publishers: the answer matters, its companions are then left out.
+        answer; and the ImageSources of a job that took a frame per camera. A goal's result
+        or a query's response may be sent while cleanup destroys the publishers: the answer
+        matters, its companions are then left out.
         """
         if plan is None:
             messages = {'answer': lambda: answer_confidence_msg(outcome)}
@@ -115,6 +119,9 @@ class Topics:
                         'targets': lambda: targets_msg(outcome, plan)}
             if takes_arguments(self._settings().skills):
                 messages['arguments'] = lambda: arguments_msg(outcome, plan)
+        if outcome.job.sources:
+            messages['sources'] = lambda: sources_msg(
+                outcome, plan.header if plan is not None else outcome.header)
         for kind, message in messages.items():
             publisher = self._companion_pubs.get(kind)
             if publisher is None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Optional
 
 from ..base import CancelSignal, EngineBase
+from ..chat import render_prompt
 from ..config import EngineConfig
 from ..errors import VlmError
 from ..grounding import view_of
@@ -65,6 +66,10 @@ class VlmEngine(EngineBase):
         constrained = 'constrained' if self._grammars is not None else 'unconstrained'
         return (f'{loaded.name} on {loaded.device} ({loaded.dtype}, {self.decode_mode} decoding, '
                 f'{constrained} plans, warm-up {self.warm_up_seconds:.1f} s)')
+
+    def check_cameras(self, names: tuple) -> None:
+        """Place one image per camera in a prompt, as run() would; VlmError where it cannot."""
+        render_prompt(self.loaded.processor, 'cameras', tuple(names))
 
     def status(self) -> dict:
         """Plain values for diagnostics: the device, and GPU memory when on a GPU.
@@ -181,8 +186,7 @@ class VlmEngine(EngineBase):
             constraint = self.plan_constraint([r.task for r in requests], limits)
             generated = generate(loaded, inputs, max(limits), self.generate_kwargs(), on_texts,
                                  cancels, constraint)
-            rows = [tokens[:limit] for limit, tokens in zip(limits, generated.tokens,
-                                                            strict=True)]
+            rows = [row[:limit] for limit, row in zip(limits, generated.tokens, strict=True)]
             texts = [loaded.processor.tokenizer.decode(tokens, skip_special_tokens=True)
                      for tokens in rows]
         except Exception as exc:  # noqa: BLE001 - the caller answers with a status, not a crash

@@ -78,6 +78,9 @@ class RemoteEngine(EngineBase):
         """Say which model on which server, for a log line."""
         return f'{self.model_name} at {self.remote.base_url} (openai backend)'
 
+    def check_cameras(self, names: tuple) -> None:
+        """Accept any cameras: the server's model takes them or refuses each request itself."""
+
     def status(self) -> dict:
         """Plain values for diagnostics: the server, and whether it answered lately."""
         reachable = 'unknown' if self.reachable is None else self.reachable

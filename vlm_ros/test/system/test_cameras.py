@@ -1,0 +1,71 @@
+"""Several cameras (cameras:=[head, wrist]): one frame of each per request, stamps within max_skew.
+
+Two camera publishers in this process stream on head/image and wrist/image with stamps the
+test chooses; the node's answers name the frame of every camera on image_sources. Frames
+further apart than max_skew, and max_skew's own effect: test_node_parameters.py
+(camera_harness.observe_max_skew).
+"""
+
+from camera_harness import CAMERAS, Cameras, new_plan
+from node_harness import RELIABLE, TIMEOUT, set_ok, transition
+
+from vlm_ros_msgs.msg import ImageSources, Plan
+
+
+def test_a_plan_uses_a_frame_of_each_camera_and_names_them_all(start_vlm_node, test_node):
+    node = start_vlm_node(cameras=CAMERAS)
+    node.wait_state('active')
+    sources = test_node.collect(ImageSources, '/image_sources', RELIABLE)
+    cameras = Cameras(test_node, {'head': 0.0, 'wrist': 0.0})
+    try:
+        plan = new_plan(node)
+        assert plan.status == Plan.STATUS_OK, plan.message
+        assert plan.header.frame_id == cameras.frame_ids['head'], 'the first camera heads it'
+        used = sources.wait_for(lambda m: m.request_id == plan.request_id, TIMEOUT,
+                                "the plan's image sources")
+        assert list(used.cameras) == ['head', 'wrist'] and used.header == plan.header
+        assert [image.frame_id for image in used.images] == \
+            [cameras.frame_ids['head'], cameras.frame_ids['wrist']]
+        assert 0.0 <= used.skew <= 0.1 and used.task == 'plan'
+        values = node.wait_diag(lambda v: 'frames_received_by_camera' in v, TIMEOUT,
+                                'frames counted per camera')
+        assert values['frames_received_by_camera'].startswith('head ')
+    finally:
+        cameras.stop()
+
+
+def test_a_silent_camera_is_named_in_the_answer(start_vlm_node, test_node):
+    node = start_vlm_node(cameras=CAMERAS, wait_for_image=0.5)
+    node.wait_state('active')
+    cameras = Cameras(test_node, {'head': 0.0})
+    try:
+        plan = new_plan(node)
+        assert plan.status == Plan.STATUS_NO_IMAGE, plan
+        assert 'from camera wrist within 0.5 s' in plan.message
+        assert 'nothing publishes on /wrist/image' in plan.message, plan.message
+        assert 'nothing publishes on /head/image' not in plan.message
+    finally:
+        cameras.stop()
+
+
+def test_a_model_that_takes_one_image_a_prompt_fails_configure_naming_the_cameras(
+        start_vlm_node, trained_tiny, test_node):
+    node = start_vlm_node(model=str(trained_tiny('florence2')), cameras=CAMERAS)
+    values = node.wait_state('unconfigured')
+    assert 'cameras head, wrist' in values['configure_error'], values
+    assert 'takes one image a prompt' in values['configure_error']
+    set_ok(test_node, cameras=['head'])  # one camera, named: taken at the next configure
+    assert transition(test_node, 'configure') and transition(test_node, 'activate')
+    cameras = Cameras(test_node, {'head': 0.0})
+    try:
+        plan = new_plan(node)
+        assert plan.header.frame_id == cameras.frame_ids['head'], plan
+        assert plan.status != Plan.STATUS_NO_IMAGE, plan.message
+    finally:
+        cameras.stop()
+
+
+def test_camera_names_that_cannot_be_topics_fail_configure(start_vlm_node):
+    node = start_vlm_node(cameras="['head', 'wrist/../x']")
+    values = node.wait_state('unconfigured')
+    assert 'camera names must be a letter' in values['configure_error'], values

@@ -1,0 +1,118 @@
+"""Several cameras without DDS: which frames a request takes, and what it is told when it cannot.
+
+The node's side over DDS, with two camera publishers, is system/test_cameras.py.
+"""
+
+import threading
+
+import pytest
+from std_msgs.msg import Header
+from vlm_ros.engine import VlmError
+from vlm_ros.node.batches import BatchRunner
+from vlm_ros.node.frames import FrameSet
+from vlm_ros.node.jobs import Job, Limits, Status
+from vlm_ros.node.params import MAX_CAMERAS, check_camera_names, validate
+
+
+def put(frames: FrameSet, camera: str, stamp: float) -> None:
+    """Store a frame of camera stamped stamp, its frame_id telling camera and stamp apart."""
+    store = frames.stores[frames.names.index(camera)]
+    store.put(Header(frame_id=f'{camera}@{stamp}'), stamp, None, 'raw')
+
+
+def stamps(found: list) -> list:
+    return [None if frame is None else frame.stamp for frame in found]
+
+
+def test_a_request_takes_each_cameras_newest_frame_once_they_lie_within_max_skew():
+    frames = FrameSet(('head', 'wrist'))
+    put(frames, 'head', 10.0)
+    assert stamps(frames.wait_for(lambda _: True, 0.1, 0.0)) == [10.0, None]
+    put(frames, 'wrist', 10.3)
+    assert stamps(frames.wait_for(lambda _: True, 0.1, 0.0)) == [10.0, 10.3], 'latest, skewed'
+    assert stamps(frames.wait_for(lambda _: True, 0.0, 0.0)) == [10.0, 10.3], '0: any skew'
+    found = []
+    waiter = threading.Thread(target=lambda: found.append(
+        frames.wait_for(lambda _: True, 0.1, 30.0)))
+    waiter.start()
+    put(frames, 'head', 10.35)  # closer to the wrist's frame: the wait ends
+    waiter.join(30.0)
+    assert stamps(found[0]) == [10.35, 10.3]
+
+
+def test_a_waiting_request_stops_when_woken_and_told_to():
+    frames = FrameSet(('head', 'wrist'))
+    stop, found = threading.Event(), []
+    waiter = threading.Thread(target=lambda: found.append(
+        frames.wait_for(lambda _: True, 0.1, 30.0, stop.is_set)))
+    waiter.start()
+    stop.set()
+    frames.wake()
+    waiter.join(30.0)
+    assert not waiter.is_alive() and stamps(found[0]) == [None, None]
+
+
+def test_without_a_cameras_parameter_there_is_one_camera_on_image():
+    frames = FrameSet()
+    assert frames.names == ('',) and frames.primary is frames.stores[0]
+
+
+def runner(frames: FrameSet, now: float = 20.0, **limits) -> BatchRunner:
+    """Return a BatchRunner without an engine: the jobs here are refused before one is needed."""
+    values = Limits(**{'wait_for_image': 0.0, **limits})
+    return BatchRunner(None, frames, lambda: now, lambda: values, lambda: None, lambda: '')
+
+
+def answer(batch: BatchRunner):
+    job = Job('plan', 'pick', done=None)
+    (outcome,) = batch.serve([job])
+    return job, outcome
+
+
+def test_a_camera_without_frames_is_named():
+    frames = FrameSet(('head', 'wrist'))
+    put(frames, 'head', 19.9)
+    _, outcome = answer(runner(frames))
+    assert outcome.status == Status.NO_IMAGE
+    assert outcome.message == 'no image arrived from camera wrist within 0 s'
+
+
+def test_frames_further_apart_than_max_skew_are_unsynchronized_with_the_skew():
+    frames = FrameSet(('head', 'wrist'))
+    put(frames, 'head', 19.9)
+    put(frames, 'wrist', 19.6)
+    job, outcome = answer(runner(frames, max_skew=0.1))
+    assert outcome.status == Status.UNSYNCHRONIZED
+    assert outcome.message.startswith("the cameras' latest frames are 0.300 s apart (head "
+                                      '19.900, wrist 19.600); max_skew is 0.1 s')
+    assert outcome.header.frame_id == 'head@19.9'
+    assert [(name, header.frame_id) for name, header in job.sources] == \
+        [('head', 'head@19.9'), ('wrist', 'wrist@19.6')]
+    assert job.skew == pytest.approx(0.3)
+
+
+def test_a_stale_camera_is_named():
+    frames = FrameSet(('head', 'wrist'))
+    put(frames, 'head', 19.9)
+    put(frames, 'wrist', 19.9)
+    _, outcome = answer(runner(frames, now=25.0, max_image_age=1.0))
+    assert outcome.status == Status.STALE_IMAGE
+    assert outcome.message.startswith("camera head's latest image is 5.10 s old")
+
+
+@pytest.mark.parametrize('names, reason', [
+    (('head', 'head'), 'camera names repeat'),
+    (('head', 'wrist/x'), 'camera names must be a letter'),
+    (('1st',), 'camera names must be a letter'),
+    (('',), 'camera names must be a letter'),
+    (tuple(f'cam{i}' for i in range(MAX_CAMERAS + 1)), f'at most {MAX_CAMERAS} go in one'),
+])
+def test_camera_names_that_cannot_be_topics_or_words_are_refused(names, reason):
+    with pytest.raises(VlmError, match=reason):
+        check_camera_names(names)
+    assert reason in validate('cameras', names)
+
+
+def test_camera_names_that_can_be_topics_are_taken():
+    check_camera_names(('head', 'wrist_left', 'Cam2'))
+    assert validate('cameras', ()) is None
