@@ -21,6 +21,11 @@ TARGETS = {
     'plan': ('put the red block in the bin', PLAN_JSON),
 }
 _COLOURS = {'red': (220, 30, 30), 'blue': (30, 60, 220), 'green': (30, 200, 60)}
+# ~/ground: the phrase, and the red block's box as the tiny LLaVA sees the 64x48 scene (its
+# processor keeps the centre 48x48: x 8-56), in thousandths of that view. Mapped back, it is
+# the block's own pixels, RED_BLOCK.
+GROUND = ('the red block', '[271, 333, 500, 667]')
+RED_BLOCK = (21.0, 16.0, 32.0, 32.0)  # x1, y1, x2, y2 in the scene's pixels (scene())
 
 
 def scene(colour: str, height: int = 48, width: int = 64) -> np.ndarray:
@@ -51,6 +56,7 @@ def training_samples() -> list:
         (scene('blue'), render_task(templates, 'vqa', TARGETS['vqa'][0]), TARGETS['vqa'][1]),
         (scene('red'), plan_prompt, TARGETS['plan'][1]),
         (jpeg_round_trip(scene('red')), plan_prompt, TARGETS['plan'][1]),
+        (scene('red'), render_task(templates, 'ground', GROUND[0]), GROUND[1]),
     ]
 
 

@@ -10,7 +10,7 @@ import uuid
 
 import camera_harness
 import pytest
-from engine_fixtures import TARGETS, scene
+from engine_fixtures import GROUND, TARGETS, scene
 from loop_harness import LOOP_OBSERVERS
 from node_harness import TIMEOUT, call, camera, set_ok, set_params, transition
 from rclpy.qos import QoSReliabilityPolicy
@@ -21,7 +21,7 @@ from vlm_ros.node.image_conversion import rgb_to_image
 from waiting import wait_until
 
 from vlm_ros_msgs.msg import Plan
-from vlm_ros_msgs.srv import Query
+from vlm_ros_msgs.srv import Ground, Query
 
 INSTRUCTION = TARGETS['plan'][0]
 
@@ -177,6 +177,16 @@ def observe_prompt_vqa(node, test_node):
     plan_template = load_templates()['plan'].replace('{instruction}', '{question}')
     set_ok(test_node, prompt_vqa=plan_template)
     assert ask(TARGETS['plan'][0], 'red') == TARGETS['plan'][1]
+
+
+def observe_prompt_ground(node, test_node):
+    def ground(phrase, colour):
+        request = Ground.Request(phrase=phrase, image=rgb_to_image(scene(colour)))
+        return call(test_node, Ground, '/vlm_node/ground', request)
+    assert ground(GROUND[0], 'red').text == GROUND[1]
+    set_ok(test_node, prompt_ground='{phrase}')  # a phrase is now prompted as a question is
+    answered = ground(TARGETS['vqa'][0], 'blue')
+    assert answered.text == TARGETS['vqa'][1] and not answered.success, answered.message
 
 
 def observe_prompt_caption(node, test_node):

@@ -4,7 +4,7 @@ import json
 import math
 
 import pytest
-from vlm_ros.engine.grounding import View, ViewBox, box_problem, parse_box, step_box
+from vlm_ros.engine.grounding import View, ViewBox, box_problem, parse_box, parse_boxes, step_box
 from vlm_ros.engine.plan_parser import parse_plan
 from vlm_ros.engine.results import make_result
 
@@ -68,3 +68,27 @@ def test_plan_steps_carry_their_boxes_in_the_frames_pixels():
     assert result.boxes == ((160.0, 240.0, 320.0, 480.0), None, None)
     assert result.box_problems[:2] == ('', '') and 'empty' in result.box_problems[2]
     assert make_result('plan', text, 10, 0.1, 0.2, False).boxes == (None, None, None)
+
+
+def test_a_grounding_answer_gives_every_box_it_wrote_in_one_notation():
+    qwen = json.dumps([{'bbox_2d': [64, 48, 128, 96], 'label': 'cup'},
+                       {'bbox_2d': [0, 0, 32, 32], 'label': 'cup'}, {'label': 'no box'}])
+    assert [box.notation for box in parse_boxes(f'```json\n{qwen}\n```')] == ['bbox_2d'] * 2
+    florence = 'cup<loc_0><loc_0><loc_499><loc_499>cup<loc_500><loc_500><loc_999><loc_999>'
+    assert [round(box.x1, 4) for box in parse_boxes(florence)] == [0.0005, 0.5005]
+    assert len(parse_boxes('[100, 200, 300, 400] and [0.5, 0.5, 0.9, 0.9]')) == 2
+    assert parse_boxes('[1, 2, 3, 4000] and [1, 2, 3, 4]') == [ViewBox(0.001, 0.002, 0.003,
+                                                                       0.004)]
+    assert parse_boxes('{"steps": [{"instruction": "pick"}]}') == []
+    assert parse_boxes('{not json [') == [] and parse_boxes('blue') == []
+
+
+def test_a_ground_result_is_valid_when_one_box_it_wrote_is_in_the_frame():
+    found = make_result('ground', '[100, 200, 300, 400], [2000, 0, 3000, 1]', 5, 0.1, 0.2,
+                        False, view=WHOLE)
+    assert found.valid and found.steps == () and found.boxes == ((64.0, 96.0, 192.0, 192.0),)
+    outside = make_result('ground', '[0, 0, 0, 0]', 5, 0.1, 0.2, False, view=WHOLE)
+    assert not outside.valid and outside.boxes == (None,)
+    assert outside.box_problems[0].startswith('empty in the frame')
+    none = make_result('ground', 'blue', 1, 0.1, 0.2, False, view=WHOLE)
+    assert not none.valid and none.boxes == () and none.text == 'blue'

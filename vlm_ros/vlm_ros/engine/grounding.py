@@ -14,6 +14,7 @@ crop, a resize) to the frame's own pixels. A box that is malformed, empty or out
 is no box, and ``box_problem`` says why.
 """
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -42,20 +43,48 @@ class ViewBox:
 
 def parse_box(text: str) -> Optional[ViewBox]:
     """Return the first box written in text in a known notation, or None."""
-    found = _FLORENCE.search(text)
+    return next(iter(_written_boxes(text)), None)
+
+
+def parse_boxes(text: str) -> list:
+    """Return every box of an answer: its JSON objects' (Qwen2.5-VL), or those in the text.
+
+    A grounding answer may name several instances of a phrase: a JSON list of objects with
+    ``bbox_2d`` (or ``box``), or several boxes in one notation. Malformed ones are left out.
+    """
+    items = _json_objects(text)
+    boxes = [box for box in map(step_box, items) if box is not None]
+    return boxes or _written_boxes(text)
+
+
+def _json_objects(text: str) -> list:
+    """Return the objects of text parsed as JSON (an object, or a list of them), else []."""
+    start = min((i for i in (text.find('['), text.find('{')) if i >= 0), default=-1)
+    if start < 0:
+        return []
+    try:
+        value = json.loads(text[start:text.rfind(']' if text[start] == '[' else '}') + 1])
+    except ValueError:
+        return []
+    values = value if isinstance(value, list) else [value]
+    return [item for item in values if isinstance(item, dict)]
+
+
+def _written_boxes(text: str) -> list:
+    """Return the boxes of the first notation written in text, in their order."""
+    found = _FLORENCE.findall(text)
     if found:
-        x1, y1, x2, y2 = ((int(v) + 0.5) / 1000 for v in found.groups())
-        return ViewBox(x1, y1, x2, y2, notation='florence2')
-    found = _PALIGEMMA.search(text)
+        return [ViewBox(*((int(v) + 0.5) / 1000 for v in box), notation='florence2')
+                for box in found]
+    found = _PALIGEMMA.findall(text)
     if found:
-        y1, x1, y2, x2 = (int(v) / 1024 for v in found.groups())
-        return ViewBox(x1, y1, x2, y2, notation='paligemma')
-    found = _QWEN2.search(text)
+        return [ViewBox(x1, y1, x2, y2, notation='paligemma')
+                for y1, x1, y2, x2 in ([int(v) / 1024 for v in box] for box in found)]
+    found = _QWEN2.findall(text)
     if found:
-        x1, y1, x2, y2 = (float(v) / 1000 for v in found.groups())
-        return ViewBox(x1, y1, x2, y2, notation='qwen2')
-    found = _PLAIN.search(text)
-    return _plain([float(v) for v in found.groups()]) if found else None
+        return [ViewBox(*(float(v) / 1000 for v in box), notation='qwen2') for box in found]
+    plain = (_plain([float(v) for v in box]) for box in _PLAIN.findall(text))
+    return [box for box in plain if box is not None]
 
 
 def step_box(item: dict) -> Optional[ViewBox]:

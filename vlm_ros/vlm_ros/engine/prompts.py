@@ -9,12 +9,14 @@ import yaml
 
 from .errors import VlmError
 
-TASKS = ('caption', 'vqa', 'plan', 'replan', 'verify')
+TASKS = ('caption', 'vqa', 'plan', 'replan', 'verify', 'ground')
 # Each task's placeholders; the first is the request's text, the others come with its context.
 # replan: the instruction again, the steps done so far and the step that failed (closed-loop
-# execution); verify: a yes/no check that a step is done, on the newest frame.
+# execution); verify: a yes/no check that a step is done, on the newest frame; ground: the
+# boxes of what a phrase names (grounding.parse_boxes reads them).
 _FIELDS = {'caption': (), 'vqa': ('question',), 'plan': ('instruction',),
-           'replan': ('instruction', 'done', 'failed'), 'verify': ('step',)}
+           'replan': ('instruction', 'done', 'failed'), 'verify': ('step',),
+           'ground': ('phrase',)}
 _DEFAULTS = pathlib.Path(__file__).with_name('prompts.yaml')
 MAX_TEMPLATE_CHARS = 8192
 

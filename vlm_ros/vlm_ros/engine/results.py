@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import confidence
-from .grounding import View, box_problem
+from .grounding import View, box_problem, parse_boxes
 from .plan_parser import parse_plan
 from .plan_schema import PLAN_TASKS
 
@@ -20,8 +20,9 @@ class Request:
     """One task on one image, with the text (and context) its prompt template needs.
 
     Tasks: 'caption', 'vqa' (text = question), 'plan' (text = instruction), 'replan' (text =
-    instruction, context = {'done': ..., 'failed': ...}) and 'verify' (text = the step to
-    check; answered yes or no, read by verdict.parse_yes_no).
+    instruction, context = {'done': ..., 'failed': ...}), 'verify' (text = the step to
+    check; answered yes or no, read by verdict.parse_yes_no) and 'ground' (text = a phrase;
+    answered with boxes, grounding.parse_boxes).
 
     ``image`` is an HxWx3 uint8 RGB array; ``max_new_tokens`` 0 means the engine's default.
     ``cameras``: several cameras' images instead, as (name, HxWx3 array) pairs; each enters
@@ -77,7 +78,8 @@ class Result:
     # that ignored the plan schema. '' when nothing.
     note: str = ''
     # Per step: its target's box in the frame's pixels, (x1, y1, x2, y2), or None where the
-    # model wrote none; box_problems: why a box the model wrote is none ('' otherwise).
+    # model wrote none; box_problems: why a box the model wrote is none ('' otherwise). A
+    # 'ground' answer: each box it wrote, in order (valid when one of them is a box).
     boxes: tuple = ()
     box_problems: tuple = ()
 
@@ -134,11 +136,14 @@ def make_result(task: str, text: str, output_tokens: int, time_to_first_token: f
     steps_confidence = confidence.of_steps(text, list(ends), list(logprobs), [
         step.instruction for step in steps]) if ends and len(ends) == len(logprobs) else \
         tuple(confidence.UNKNOWN for _ in steps)
-    problems = tuple(box_problem(step.box, view) if step.box and view else
-                     "the model's view of the frame is not known" if step.box else ''
-                     for step in steps)
-    boxes = tuple(view.to_pixels(step.box) if step.box and not problem else None
-                  for step, problem in zip(steps, problems, strict=True))
+    written = parse_boxes(text) if task == 'ground' else [step.box for step in steps]
+    problems = tuple(box_problem(box, view) if box and view else
+                     "the model's view of the frame is not known" if box else ''
+                     for box in written)
+    boxes = tuple(view.to_pixels(box) if box and not problem else None
+                  for box, problem in zip(written, problems, strict=True))
+    if task == 'ground':
+        valid = any(box is not None for box in boxes)
     return Result(task, text, steps, valid, form, output_tokens, time_to_first_token, total_time,
                   cancelled, image_size, tuple(logprobs), confidence.summary(logprobs),
                   steps_confidence, boxes=boxes, box_problems=problems)

@@ -189,8 +189,7 @@ class BatchRunner:
             return Outcome(job, Status.CANCELLED, f'{job.cancel_reason} during generation',
                            header, result)
         if not result.valid:
-            what = result.note or ('no plan steps could be parsed' if job.task == 'plan'
-                                   else 'empty answer')
+            what = result.note or _nothing_read(job.task, result)
             return Outcome(job, Status.INVALID_OUTPUT, f'model output invalid: {what}', header,
                            result)
         least = self._limits().min_confidence
@@ -204,3 +203,13 @@ class BatchRunner:
             note = '; '.join(filter(None, (note, 'confidence unknown (the server sent no '
                                            'logprobs): min_confidence not applied')))
         return Outcome(job, Status.OK, note, header, result)
+
+
+def _nothing_read(task: str, result: Result) -> str:
+    """Say what could not be read from a valid-less answer of task."""
+    if task == 'plan':
+        return 'no plan steps could be parsed'
+    if task == 'ground':
+        problems = '; '.join(filter(None, result.box_problems))
+        return 'no box could be read from the answer' + (f' ({problems})' if problems else '')
+    return 'empty answer'

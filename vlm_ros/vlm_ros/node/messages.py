@@ -115,14 +115,29 @@ def caption_msg(outcome: Outcome, model: str) -> Caption:
                    total_time=float(outcome.total_time))
 
 
-def fill_query_response(response, outcome: Outcome):
-    """Fill a Query response: success, the reason when not, the answer and image header."""
+def _fill_answered(response, outcome: Outcome) -> None:
+    """Fill what Query and Ground responses share: success, the reason, the image header."""
     response.success = outcome.status == Status.OK
     response.message = outcome.message
-    if outcome.result is not None:
-        response.answer = outcome.result.text
     if outcome.header is not None:
         response.image_header = outcome.header
+
+
+def fill_query_response(response, outcome: Outcome):
+    """Fill a Query response: success, the reason when not, the answer and image header."""
+    _fill_answered(response, outcome)
+    if outcome.result is not None:
+        response.answer = outcome.result.text
+    return response
+
+
+def fill_ground_response(response, outcome: Outcome):
+    """Fill a Ground response: success, the reason when not, the boxes (4 floats each)."""
+    _fill_answered(response, outcome)
+    if outcome.result is not None:
+        response.text = outcome.result.text
+        response.boxes = [float(v) for box in outcome.result.boxes if box is not None
+                          for v in box]
     return response
 
 

@@ -172,6 +172,8 @@ SPECS = (
               "and {failed} (the step that failed) ('' = built-in)"),
     ParamSpec('prompt_verify', '', "step check template with {step}, answered yes or no "
               "('' = built-in)"),
+    ParamSpec('prompt_ground', '', "~/ground template with {phrase}, answered with boxes in "
+              "any notation grounding models write ('' = built-in)"),
 )
 APPLIES = {
     'reload': 'read-only while a model is loaded; change it after cleanup',
@@ -186,7 +188,8 @@ BY_NAME = {spec.name: spec for spec in SPECS}
 _ON_OFF = {'on', 'off'}  # choices ROS may hand over as a bool (typed)
 RUN_TIME = tuple(spec.name for spec in SPECS if spec.applies not in ('reload', 'launch'))
 PROMPT_PARAMS = {'prompt_caption': 'caption', 'prompt_vqa': 'vqa', 'prompt_plan': 'plan',
-                 'prompt_replan': 'replan', 'prompt_verify': 'verify'}
+                 'prompt_replan': 'replan', 'prompt_verify': 'verify',
+                 'prompt_ground': 'ground'}
 
 
 # Parameters every rclpy node has, besides ours; qos_overrides.* configure publishers and

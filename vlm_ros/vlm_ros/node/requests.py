@@ -1,4 +1,4 @@
-"""The query and score services and the generate_plan action: requests awaiting their answer.
+"""The query, ground and score services and the generate_plan action: requests awaiting answers.
 
 Both exist for the node's whole life, in every lifecycle state: a service that disappears on
 deactivate leaves its callers waiting for it, one that answers "not active" tells them why.
@@ -29,11 +29,11 @@ from rclpy.task import Future
 from std_msgs.msg import Header
 
 from vlm_ros_msgs.action import GeneratePlan
-from vlm_ros_msgs.srv import Query, Score
+from vlm_ros_msgs.srv import Ground, Query, Score
 
 from ..compat import steady_timer
 from .jobs import SCORE_TASKS, Job, Outcome, Status
-from .messages import fill_query_response, fill_score_response, plan_msg
+from .messages import fill_ground_response, fill_query_response, fill_score_response, plan_msg
 from .scheduler import Worker, cancel_job
 
 CANCEL_GRACE = 5.0  # s a given-up query waits for its cancelled job's answer
@@ -79,7 +79,7 @@ class Serving:
 
 
 class RequestEndpoints:
-    """The node's ~/query and ~/score services and ~/generate_plan action server.
+    """The node's ~/query, ~/ground and ~/score services and ~/generate_plan action server.
 
     ``node`` only creates them (and the client-check timer); what serving needs comes from
     ``serving``. ``answer_timeout()`` bounds how long a query may wait; ``executor()`` is the
@@ -101,7 +101,8 @@ class RequestEndpoints:
         self._services = [node.create_service(kind, name, callback, qos_profile=REQUESTS_QOS,
                                               callback_group=group)
                           for kind, name, callback in ((Query, '~/query', self._on_query),
-                                                       (Score, '~/score', self._on_score))]
+                                                       (Score, '~/score', self._on_score),
+                                                       (Ground, '~/ground', self._on_ground))]
         self._destroy_service = node.destroy_service
         self._clients = partial(node.count_subscribers, FEEDBACK_TOPIC)
         self._action = ActionServer(
@@ -132,6 +133,12 @@ class RequestEndpoints:
                   image_msg=request.image if request.image.width else None,
                   max_new_tokens=request.max_new_tokens)
         return await self._answer(job, response, fill_query_response)
+
+    async def _on_ground(self, request, response):
+        """Ask for the boxes of what the phrase names, awaited like a query."""
+        job = Job('ground', request.phrase.strip(), done=None,
+                  image_msg=request.image if request.image.width else None)
+        return await self._answer(job, response, fill_ground_response)
 
     async def _on_score(self, request, response):
         """Score the candidates as answers on the image: a forward pass, awaited like a query."""

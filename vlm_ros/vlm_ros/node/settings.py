@@ -73,6 +73,7 @@ class Settings:
     prompt_plan: str
     prompt_replan: str
     prompt_verify: str
+    prompt_ground: str
 
     def __post_init__(self):
         """Refuse what params.validate refuses: a Settings holds acceptable values only."""
