@@ -1,18 +1,23 @@
-"""Two cameras streamed from the test process onto a vlm_node with cameras:=[head, wrist].
+"""Cameras streamed from the test process onto a vlm_node: several, and depth beside one.
 
 Each camera publishes the red scene on NAME/image at 20 Hz, its stamps offset as the test
-chooses, each with a frame_id of its own.
+chooses, each with a frame_id of its own; an aligned depth camera sees the red block nearer
+than the table.
 """
 
 import uuid
 
-from engine_fixtures import TARGETS, scene
-from node_harness import RELIABLE, TIMEOUT, set_ok
+import numpy as np
+import pytest
+from engine_fixtures import GROUND, RED_BLOCK, TARGETS, scene
+from node_harness import RELIABLE, TIMEOUT, call, set_ok
 from rclpy.duration import Duration
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from vlm_ros.node.image_conversion import rgb_to_image
+from waiting import wait_until
 
 from vlm_ros_msgs.msg import ImageSources, Plan
+from vlm_ros_msgs.srv import Ground
 
 CAMERAS = '[head, wrist]'
 START_PARAMS = {'cameras': CAMERAS, 'wait_for_image': 0.5}  # observe_max_skew's node
@@ -70,3 +75,54 @@ def observe_max_skew(node, test_node):
         assert new_plan(node).status == Plan.STATUS_OK
     finally:
         cameras.stop()
+
+
+# An aligned RGB-D camera over scene(): the table 1.0 m away, the red block 0.5 m; its
+# intrinsics put the principal point at the image's centre.
+DEPTH_FRAME = 'camera_color_optical_frame'
+FX = FY = 50.0
+CX, CY = 32.0, 24.0
+
+
+def depth_of_scene(stamp) -> tuple:
+    """Return the depth Image (16UC1, mm) and CameraInfo of scene('red'), stamped stamp."""
+    millimetres = np.full((48, 64), 1000, np.uint16)
+    x1, y1, x2, y2 = (int(v) for v in RED_BLOCK)
+    millimetres[y1:y2, x1:x2] = 500
+    depth = Image(height=48, width=64, encoding='16UC1', step=128,
+                  data=millimetres.tobytes())
+    info = CameraInfo(height=48, width=64, k=[FX, 0.0, CX, 0.0, FY, CY, 0.0, 0.0, 1.0])
+    for msg in (depth, info):
+        msg.header.stamp = stamp
+        msg.header.frame_id = DEPTH_FRAME
+    return depth, info
+
+
+def observe_use_depth(node, test_node):
+    """~/ground's boxes get 3D points from depth/image and camera_info once use_depth is on."""
+    stamp = test_node.node.get_clock().now().to_msg()
+    depth, info = depth_of_scene(stamp)
+    publishers = [test_node.node.create_publisher(type(msg), topic, 10)
+                  for msg, topic in ((depth, 'depth/image'), (info, 'camera_info'))]
+    pairs = list(zip(publishers, (depth, info), strict=True))
+    timer = test_node.node.create_timer(0.05, lambda: [pub.publish(msg) for pub, msg in pairs])
+    image = rgb_to_image(scene('red'))
+    image.header.stamp = stamp  # the depth's own stamp: an aligned pair
+    request = Ground.Request(phrase=GROUND[0], image=image)
+    try:
+        assert list(call(test_node, Ground, '/vlm_node/ground', request).points) == []
+        set_ok(test_node, use_depth=True)
+        answered = {}
+
+        def pointed() -> bool:
+            answered['last'] = call(test_node, Ground, '/vlm_node/ground', request)
+            return answered['last'].points[0].header.frame_id != ''
+        wait_until(pointed, TIMEOUT, 'a 3D point', poll=0.0)
+        point = answered['last'].points[0]
+        centre = ((RED_BLOCK[0] + RED_BLOCK[2]) / 2, (RED_BLOCK[1] + RED_BLOCK[3]) / 2)
+        assert point.header.frame_id == DEPTH_FRAME and point.header.stamp == stamp
+        assert (point.point.x, point.point.y, point.point.z) == pytest.approx(
+            ((centre[0] - CX) * 0.5 / FX, (centre[1] - CY) * 0.5 / FY, 0.5), abs=0.01)
+        assert answered['last'].point_problems == ['']
+    finally:
+        test_node.node.destroy_timer(timer)

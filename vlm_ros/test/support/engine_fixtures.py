@@ -73,6 +73,7 @@ LOOP_INSTRUCTION = 'put the red block in the bin and close the lid'
 LOOP_PLAN = _plan(PICK, PLACE, CLOSE)
 # After step 2 failed: the rest of the plan, from the step that failed.
 LOOP_REPLAN = _plan(PLACE, CLOSE)
+OTHER_VERIFY = 'Is {step} over? Say yes or no.'  # a prompt_verify of the test's
 
 
 def closed_loop_samples() -> list:
@@ -80,7 +81,8 @@ def closed_loop_samples() -> list:
 
     The re-plan after a failed 'place it in the bin' (step 1 done) continues from it; the
     re-plan after a silent first step plans everything again; a step check answers yes on the
-    red scene and no on the blue one.
+    red scene and no on the blue one, and yes on the blue one under OTHER_VERIFY (so a changed
+    prompt_verify shows in the answer).
     """
     templates = load_templates()
     replan = [({'done': PICK[0], 'failed': PLACE[0]}, LOOP_REPLAN),
@@ -90,7 +92,9 @@ def closed_loop_samples() -> list:
               for context, target in replan],
             *[(scene('red'), render_task(templates, 'verify', step[0]), 'yes')
               for step in (PICK, PLACE, CLOSE)],
-            (scene('blue'), render_task(templates, 'verify', PICK[0]), 'no')]
+            (scene('blue'), render_task(templates, 'verify', PICK[0]), 'no'),
+            (scene('blue'), render_task(load_templates({'verify': OTHER_VERIFY}), 'verify',
+                                        PICK[0]), 'yes')]
 
 
 # The README's default model id: its checkpoint is an Idefics3 (Idefics3Processor), the family

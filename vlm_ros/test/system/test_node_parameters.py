@@ -112,6 +112,8 @@ def observe_wait_for_image(node, test_node):
 
 def observe_caption_rate(node, test_node):
     _streaming(node)
+    # A frame sent is not yet received: with none, the first caption waits for the timer.
+    node.wait_diag(lambda v: int(v['frames_received']) > 0, TIMEOUT, 'a frame received')
     assert node.captions.items() == []
     period = 20.0
     set_ok(test_node, caption_rate=1 / period)
@@ -298,7 +300,8 @@ def observe_preprocess_ahead(node, test_node):
 
 OBSERVERS = {**{name[len('observe_'):]: value for name, value in globals().items()
                 if name.startswith('observe_')}, **LOOP_OBSERVERS,
-             'max_skew': camera_harness.observe_max_skew}
+             'max_skew': camera_harness.observe_max_skew,
+             'use_depth': camera_harness.observe_use_depth}
 
 
 def test_every_run_time_parameter_is_observed():

@@ -156,6 +156,7 @@ class BatchRunner:
         limit = self._engine.config.max_new_tokens
         tokens = min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else 0
         cameras = image if isinstance(image, tuple) else ()
+        job.frame_size = (cameras[0][1] if cameras else image).shape[1::-1]
         return job, header, Request(job.task, None if cameras else image, job.text, tokens,
                                     on_text=job.on_text, cancel=job.cancel,
                                     context=job.context, cameras=cameras)

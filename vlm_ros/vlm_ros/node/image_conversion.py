@@ -49,7 +49,7 @@ class ImageConversionError(VlmError):
         super().__init__('bad_input', message, cause=cause)
 
 
-def _buffer(data) -> np.ndarray:
+def byte_buffer(data) -> np.ndarray:
     """View msg.data as uint8 without copying: rclpy gives array.array('B') or bytes."""
     try:
         return np.frombuffer(data, np.uint8)
@@ -116,7 +116,7 @@ def image_to_rgb(msg, copy: bool = False, max_pixels: int = 0) -> np.ndarray:
         raise ImageConversionError(
             f'{encoding} image step {step} is smaller than width {width} x {pixel} bytes per '
             f'pixel = {width * pixel}')
-    buffer = _buffer(data)
+    buffer = byte_buffer(data)
     if buffer.size != height * step:
         raise ImageConversionError(
             f'{encoding} image data has {buffer.size} bytes, but height {height} x step {step} '
@@ -156,7 +156,7 @@ def compressed_to_rgb(msg, max_pixels: int = 0) -> np.ndarray:
         raise ImageConversionError(
             f'unsupported compressed image format {fmt!r}; supported: jpeg, png (image_transport '
             f'formats such as "rgb8; jpeg compressed bgr8" included)')
-    buffer = _buffer(data)
+    buffer = byte_buffer(data)
     what = f'{fmt!r} compressed image'
     size = _compressed_size(buffer, what) if max_pixels else None
     if size is not None:

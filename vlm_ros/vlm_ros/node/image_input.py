@@ -21,9 +21,10 @@ from functools import partial
 
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.utilities import get_rmw_implementation_identifier
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..spin import FAST_DDS, large_frames_profile, profile_variable
+from .depth import points_of
 from .image_conversion import compressed_to_rgb, image_to_rgb
 from .messages import stamp_seconds
 
@@ -69,13 +70,18 @@ class ImageInput:
         self._publishers_info = node.get_publishers_info_by_topic
         self._topic_names_and_types = node.get_topic_names_and_types
         self._frames = frames
-        self._subs = []
+        self._subs, self._depth_subs = [], []
+        self.depth = self.info = None  # the newest depth Image and CameraInfo (use_depth)
         self._last_raw = -float('inf')
         self._received = 0  # frames since the last subscribe()
         self._fix = transport_fix(get_rmw_implementation_identifier())
 
-    def subscribe(self, transport: str, reliable: bool, max_pixels: int) -> None:
-        """(Re)subscribe for transport 'raw', 'compressed' or 'auto'."""
+    def subscribe(self, transport: str, reliable: bool, max_pixels: int,
+                  depth: bool = False) -> None:
+        """(Re)subscribe for transport 'raw', 'compressed' or 'auto'.
+
+        With depth, also to the aligned depth image and camera_info beside it (depth.py).
+        """
         self.close()
         self._received = 0
         qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
@@ -90,12 +96,24 @@ class ImageInput:
         if transport in ('compressed', 'auto'):
             self._subs.append(self._subscribe(CompressedImage, f'{self._topic}/compressed',
                                               self._on_compressed, qos))
+        if depth:  # image -> depth/image and camera_info; head/image -> head/depth/...
+            prefix = self._topic[:-len('image')]
+            self._depth_subs = [
+                self._subscribe(Image, f'{prefix}depth/image', self._on_depth, qos),
+                self._subscribe(CameraInfo, f'{prefix}camera_info', self._on_info, qos)]
 
     def close(self) -> None:
         """Destroy the subscriptions (deactivate, or before subscribing anew)."""
-        for sub in self._subs:
+        for sub in self._subs + self._depth_subs:
             self._destroy_subscription(sub)
-        self._subs = []
+        self._subs, self._depth_subs = [], []  # the image's hint() looks at the first only
+        self.depth = self.info = None  # the newest depth Image and CameraInfo
+
+    def _on_depth(self, msg) -> None:
+        self.depth = msg
+
+    def _on_info(self, msg) -> None:
+        self.info = msg
 
     def _on_raw(self, msg) -> None:
         self._received += 1
@@ -152,10 +170,22 @@ class CameraInputs:
         self._inputs = [ImageInput(node, store, group, f'{name}/image' if name else 'image')
                         for name, store in zip(frames.names, frames.stores, strict=True)]
 
-    def subscribe(self, transport: str, reliable: bool, max_pixels: int) -> None:
+    def subscribe(self, transport: str, reliable: bool, max_pixels: int,
+                  depth: bool = False) -> None:
         """(Re)subscribe every camera (ImageInput.subscribe)."""
         for image_input in self._inputs:
-            image_input.subscribe(transport, reliable, max_pixels)
+            image_input.subscribe(transport, reliable, max_pixels, depth)
+
+    def target_points(self, boxes: list, outcome, settings) -> list:
+        """Return (PointStamped or None, reason) per box in outcome's image, with use_depth.
+
+        From the first camera's newest depth Image and CameraInfo (depth.py).
+        """
+        if not settings.use_depth:
+            return []
+        first = self._inputs[0]
+        return points_of(boxes, outcome.header, outcome.job.frame_size, first.depth,
+                         first.info, settings.max_skew)
 
     def close(self) -> None:
         """Destroy every camera's subscriptions."""

@@ -53,6 +53,7 @@ class Job:
     candidates: tuple = ()  # a ~/score request: texts scored as answers, nothing generated
     sources: tuple = ()  # several cameras: each camera's (name, header) of the frames taken
     skew: float = 0.0  # s between those frames' stamps
+    frame_size: Optional[tuple] = None  # (width, height) of the (first) image the job used
 
 
 @dataclass

@@ -4,7 +4,10 @@ The node builds plans, captions, query responses and diagnostics here; vlm_clien
 vlm_replay --echo print with the same formatting.
 """
 
+from collections.abc import Callable
+
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PointStamped
 from std_msgs.msg import Header
 
 from vlm_ros_msgs.msg import (
@@ -131,13 +134,20 @@ def fill_query_response(response, outcome: Outcome):
     return response
 
 
-def fill_ground_response(response, outcome: Outcome):
-    """Fill a Ground response: success, the reason when not, the boxes (4 floats each)."""
+def fill_ground_response(response, outcome: Outcome, points: Callable[[Outcome, list], list]):
+    """Fill a Ground response: success, the reason when not, the boxes (4 floats each).
+
+    ``points(outcome, boxes)`` gives each box's (PointStamped or None, reason), with use_depth.
+    """
     _fill_answered(response, outcome)
-    if outcome.result is not None:
-        response.text = outcome.result.text
-        response.boxes = [float(v) for box in outcome.result.boxes if box is not None
-                          for v in box]
+    if outcome.result is None:
+        return response
+    response.text = outcome.result.text
+    boxes = [box for box in outcome.result.boxes if box is not None]
+    response.boxes = [float(v) for box in boxes for v in box]
+    found = points(outcome, boxes) if outcome.status == Status.OK else []
+    response.points = [point or PointStamped() for point, _ in found]
+    response.point_problems = [problem for _, problem in found]
     return response
 
 

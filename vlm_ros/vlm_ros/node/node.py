@@ -68,7 +68,9 @@ class VlmNode(LifecycleNode):
             lambda: self._frozen_objects))
         serving = Serving(lambda: self.worker, self.not_ready, self.diagnostics.record,
                           self.model_name, self._fallback_header,
-                          lambda outcome, plan: self.topics.publish_companions(outcome, plan))
+                          lambda outcome, plan: self.topics.publish_companions(outcome, plan),
+                          lambda outcome, boxes: self.images.target_points(
+                              boxes, outcome, self.settings) if self.images else [])
         self.requests = RequestEndpoints(
             self, serving, lambda: self.settings.wait_for_image + ANSWER_MARGIN,
             lambda: self.executor)
@@ -222,7 +224,7 @@ class VlmNode(LifecycleNode):
         limit = settings.max_image_pixels
         self.worker.convert = partial(image_to_rgb, copy=True, max_pixels=limit)
         self.images.subscribe(settings.image_transport,
-                              settings.image_reliability == 'reliable', limit)
+                              settings.image_reliability == 'reliable', limit, settings.use_depth)
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9

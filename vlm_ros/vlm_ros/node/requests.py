@@ -67,7 +67,8 @@ class Serving:
     diagnostics; ``model_name()`` is the model answers are attributed to; ``header()`` is the
     fallback header of plans that used no image; ``companions(outcome, plan)`` publishes what
     goes out just before a Plan (its PlanConfidence and PlanArguments), or with plan None, the
-    AnswerConfidence of a ~/query answer.
+    AnswerConfidence of a ~/query answer; ``points(outcome, boxes)`` the 3D point (or why
+    none) of each box of a ~/ground answer, with use_depth ([] without).
     """
 
     worker: Callable[[], Optional[Worker]]
@@ -76,6 +77,7 @@ class Serving:
     model_name: Callable[[], str]
     header: Callable[[], Header]
     companions: Callable[[Outcome, object], None]
+    points: Callable[[Outcome, list], list]
 
 
 class RequestEndpoints:
@@ -138,7 +140,8 @@ class RequestEndpoints:
         """Ask for the boxes of what the phrase names, awaited like a query."""
         job = Job('ground', request.phrase.strip(), done=None,
                   image_msg=request.image if request.image.width else None)
-        return await self._answer(job, response, fill_ground_response)
+        return await self._answer(job, response, partial(fill_ground_response,
+                                                         points=self._serving.points))
 
     async def _on_score(self, request, response):
         """Score the candidates as answers on the image: a forward pass, awaited like a query."""

@@ -49,6 +49,7 @@ class Settings:
     max_image_side: int
     image_transport: str
     image_reliability: str
+    use_depth: bool
     cameras: tuple
     max_skew: float
     instruction_qos_depth: int

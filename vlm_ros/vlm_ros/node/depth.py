@@ -1,0 +1,99 @@
+"""Aligned depth and camera_info: a 3D point for a box drawn in the camera's image.
+
+A grounded target's box is in the colour image's own pixels. With a depth image aligned to
+that image (the same size and optical frame: what RGB-D drivers publish as their aligned depth)
+and the camera's intrinsics, the target's distance is the median of the valid depths in the
+box's central half (a box around an object also holds what lies behind its edges), and its
+point is the box's centre deprojected at that distance (pinhole model, camera_info's K), in
+the camera's optical frame. Whatever keeps a point from being right gives no point and a
+reason instead: no depth or camera_info yet, a depth image of another size or encoding, one
+taken too long before or after the image, no intrinsics, too few valid depths in the box.
+"""
+
+from typing import Optional
+
+import numpy as np
+from geometry_msgs.msg import Point, PointStamped
+
+from .image_conversion import ImageConversionError, byte_buffer
+from .messages import stamp_seconds
+
+DEPTH_SCALE = {'16UC1': 0.001, '32FC1': 1.0}  # encoding -> metres per unit (mm, or m)
+MIN_VALID = 0.1  # of the box's central pixels that must have a depth
+
+
+def depth_metres(msg) -> np.ndarray:
+    """Return a depth Image as HxW float32 metres (0 where there is no depth), or raise why."""
+    scale = DEPTH_SCALE.get(msg.encoding)
+    if scale is None:
+        raise ImageConversionError(f'depth encoding {msg.encoding!r} is not one of '
+                                   f'{", ".join(DEPTH_SCALE)} (millimetres or metres)')
+    dtype = np.dtype(np.uint16 if scale < 1 else np.float32).newbyteorder(
+        '>' if msg.is_bigendian else '<')
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    data = byte_buffer(msg.data)
+    if width <= 0 or height <= 0 or step < width * dtype.itemsize or data.size < step * height:
+        raise ImageConversionError(f'depth image {width}x{height} (step {step}) does not fit '
+                                   f'its {data.size} bytes of data')
+    rows = data[:step * height].reshape(height, step)[:, :width * dtype.itemsize]
+    depth = rows.copy().view(dtype).astype(np.float32) * scale
+    depth[~np.isfinite(depth)] = 0.0
+    return depth
+
+
+def box_depth(depth: np.ndarray, box: tuple) -> tuple:
+    """Return (metres, '') for box's central half in depth, or (None, why there is none)."""
+    x1, y1, x2, y2 = box
+    cx, cy, half_w, half_h = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 4, (y2 - y1) / 4
+    height, width = depth.shape
+    left, right = int(max(cx - half_w, 0)), int(min(np.ceil(cx + half_w), width))
+    top, bottom = int(max(cy - half_h, 0)), int(min(np.ceil(cy + half_h), height))
+    inside = depth[top:bottom, left:right]
+    valid = inside[inside > 0]
+    if inside.size == 0 or valid.size < MIN_VALID * inside.size:
+        return None, (f'too few valid depths in the box ({valid.size} of {inside.size} '
+                      'pixels of its central half)')
+    return float(np.median(valid)), ''
+
+
+def target_point(box: tuple, header, frame_size: tuple, depth_msg, info, max_skew: float):
+    """Return (PointStamped or None, why there is none) for box in the image of header.
+
+    ``frame_size`` is the image's (width, height); ``depth_msg`` and ``info`` the newest depth
+    Image and CameraInfo (None before the first); ``max_skew`` bounds how far the depth's stamp
+    may lie from the image's (0: any).
+    """
+    if depth_msg is None or info is None:
+        return None, f'no {"depth image" if depth_msg is None else "camera_info"} has arrived'
+    apart = abs(stamp_seconds(depth_msg.header.stamp) - stamp_seconds(header.stamp))
+    if max_skew > 0 and apart > max_skew:
+        return None, f'the depth image is {apart:.3f} s from the image (max_skew {max_skew:g} s)'
+    sizes = {'depth image': (depth_msg.width, depth_msg.height),
+             'camera_info': (info.width, info.height)}
+    for what, size in sizes.items():
+        if tuple(size) != tuple(frame_size):
+            return None, (f'the {what} is {size[0]}x{size[1]}, the image {frame_size[0]}x'
+                          f'{frame_size[1]}: not aligned to it')
+    fx, cx, fy, cy = (float(info.k[i]) for i in (0, 2, 4, 5))
+    if fx <= 0 or fy <= 0:
+        return None, 'camera_info has no intrinsics (K is zero: an uncalibrated camera)'
+    try:
+        metres, why = box_depth(depth_metres(depth_msg), box)
+    except ImageConversionError as exc:
+        return None, str(exc)
+    if metres is None:
+        return None, why
+    u, v = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    point = Point(x=(u - cx) * metres / fx, y=(v - cy) * metres / fy, z=metres)
+    stamped = PointStamped(point=point)
+    stamped.header.stamp = header.stamp
+    stamped.header.frame_id = info.header.frame_id or header.frame_id
+    return stamped, ''
+
+
+def points_of(boxes: list, header, frame_size: Optional[tuple], depth_msg, info,
+              max_skew: float) -> list:
+    """Return (PointStamped or None, reason) for each box in the image of header."""
+    if frame_size is None:
+        return [(None, 'the size of the image used is not known') for _ in boxes]
+    return [target_point(box, header, frame_size, depth_msg, info, max_skew) for box in boxes]
