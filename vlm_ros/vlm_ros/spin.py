@@ -47,6 +47,9 @@ SWITCH_INTERVAL = 0.0005
 # s after a signal before every thread's stack is printed to stderr, if the process is still
 # stopping by then: a stop that hangs says where.
 STUCK_STOP_DUMP = 15.0
+# s a spinning thread waits for work before it looks whether stop() was called (stop() also
+# wakes it at once).
+SPIN_CHECK = 0.5
 PROFILE = 'fastdds_large_frames.xml'  # in share/vlm_ros/config
 FAST_DDS = ('rmw_fastrtps_cpp', 'rmw_fastrtps_dynamic_cpp')
 # A profiles file Fast DDS reads by itself: one named by either variable (Fast DDS 3 reads the
@@ -180,7 +183,7 @@ class SpinThread:
         """
         while True:
             try:
-                self._executor.spin()
+                self._spin_until_stopped()
                 return
             except (InvalidHandle, _rclpy.RCLError) as exc:
                 if not _raced(exc):
@@ -189,17 +192,24 @@ class SpinThread:
                 print(f'vlm_ros.spin: the executor raced a destroyed entity ({exc}); spinning '
                       'on', file=sys.stderr, flush=True)
 
-    def stop(self) -> None:
-        """Stop the executor, join its threads, take the last callbacks' ends, destroy the nodes.
+    def _spin_until_stopped(self) -> None:
+        """Spin as Executor.spin does, until stop() asks or the context is shut down."""
+        while not self._stopping and self._executor.context.ok():
+            self._executor.spin_once(timeout_sec=SPIN_CHECK)
 
-        Jazzy's MultiThreadedExecutor.shutdown leaves its pool's callbacks running (ros2/rclpy
-        #893, fixed in Kilted): a query's response could be on its way out of one while the
-        node was destroyed. Once the spin thread has ended nothing new reaches the pool, and
-        its running callbacks are waited for.
+    def stop(self) -> None:
+        """Stop spinning, join the threads, take the last callbacks' ends, destroy the nodes.
+
+        The spin thread leaves its loop before the executor shuts down: a shutdown while it
+        waits destroyed the guard condition it was waiting on ('NoneType' object has no
+        attribute 'handle', Jazzy; ros2/rclpy#968, #1724). Jazzy's shutdown also leaves its
+        pool's callbacks running (ros2/rclpy#893, fixed in Kilted): a response could be on
+        its way out of one while the node was destroyed, so they are waited for.
         """
         self._stopping = True
-        self._executor.shutdown()
+        self._executor.wake()
         self._thread.join()
+        self._executor.shutdown()
         pool = getattr(self._executor, '_executor', None)  # a MultiThreadedExecutor's threads
         if pool is not None:
             pool.shutdown(wait=True)
@@ -235,8 +245,9 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
     the CPU count) spins on a background thread, so services, actions and parameter callbacks
     stay responsive while another callback group is busy. A node with a ``done`` Event (a
     one-shot tool such as vlm_client) ends the process when it is set, with the node's
-    ``code`` as exit status; a signal means a clean exit, 0, and an executor that dies of an
-    exception means 1 (the traceback is printed). On a signal, a node's
+    ``code`` as exit status; a signal means a clean exit, 0, an executor that dies of an
+    exception means 1 (the traceback is printed), ROS arguments rcl cannot read mean 2
+    (the reason is printed). On a signal, a node's
     ``shutdown_gracefully()`` (vlm_node: the lifecycle shutdown transition) runs first, while
     the executor (a TrackingExecutor) still spins, so what it answers on the way out is sent.
     """
@@ -245,7 +256,15 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
     # on a stop that hangs) prints every thread's Python stack first, GIL held or not.
     faulthandler.enable()
     transport = large_frames_transport()
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except _rclpy.RCLError as exc:  # the command line's ROS arguments: say so, exit 2
+        tool = os.path.basename(sys.argv[0]) or 'vlm_ros'
+        print(f'{tool}: the ROS arguments cannot be read ({str(exc).split(", at ")[0]}); '
+              'a value that YAML reads as something else (braces, brackets, ": ") needs '
+              'quotes: -p "prompt_plan:=\'{instruction}, in steps\'"', file=sys.stderr,
+              flush=True)
+        return 2
     rclpy.logging.get_logger('vlm_ros').debug(f'transport: {transport}')
     stop = threading.Event()
     received = []

@@ -55,3 +55,16 @@ def test_bad_input_is_one_line_and_exit_2(inputs, fork_server, tool, args, reaso
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and reason in lines[0], done.stderr
     assert lines[0].startswith(f'{tool}:')
+
+
+def test_ros_arguments_rcl_cannot_read_say_how_to_quote_and_exit_2(fork_server):
+    """A template's braces given bare are YAML to rcl: the node names the rule, not a traceback.
+
+    rcl logs its own "Failed to parse global arguments" line first, so this is two lines.
+    """
+    done = run_tool([node_executable('vlm_node'), '--ros-args', '-p', 'prompt_ground:={phrase}'],
+                    2 * TIMEOUT)
+    assert done.returncode == 2 and 'Traceback' not in done.stderr, done.stderr
+    assert "vlm_node: the ROS arguments cannot be read (failed to initialize rcl: Couldn't " \
+        "parse parameter override rule: '-p prompt_ground:={phrase}'" in done.stderr
+    assert 'needs quotes: -p "prompt_plan:=' in done.stderr

@@ -14,26 +14,42 @@ JAZZY_RACE = ("Failed to add 'rcl_action_client_t' to wait set: action client po
 
 
 class Raising:
-    """An executor whose spin raises each of errors in turn, then spins until shut down."""
+    """An executor whose spin_once raises each of errors in turn, then waits until woken.
+
+    ``spins`` counts the spinning that began: one per error raised, and the one that went on.
+    """
 
     def __init__(self, errors):
         self.errors = list(errors)
         self.spins = 0
         self.spinning = threading.Event()  # past the errors, spinning as usual
-        self._shutdown = threading.Event()
+        self._woken = threading.Event()
+        self.context = self  # its context is always ok
+        self.in_spin = False
+        self.shut_down_while_spinning = None
+
+    def ok(self) -> bool:
+        return True
 
     def add_node(self, node):
         pass
 
-    def spin(self):
-        self.spins += 1
+    def spin_once(self, timeout_sec=None):
         if self.errors:
+            self.spins += 1
             raise self.errors.pop(0)
-        self.spinning.set()
-        self._shutdown.wait()
+        if not self.spinning.is_set():
+            self.spins += 1
+            self.spinning.set()
+        self.in_spin = True
+        self._woken.wait(timeout_sec)
+        self.in_spin = False
+
+    def wake(self):
+        self._woken.set()
 
     def shutdown(self):
-        self._shutdown.set()
+        self.shut_down_while_spinning = self.in_spin
 
 
 def spun(errors):
@@ -50,6 +66,12 @@ def spun(errors):
     died = ended.is_set()
     spinner.stop()
     return spinner, executor, died
+
+
+def test_the_executor_shuts_down_only_once_nothing_spins_in_it():
+    """Jazzy's shutdown destroys the guard condition a spinning thread waits on (rclpy#968)."""
+    _, executor, died = spun([])
+    assert not died and executor.shut_down_while_spinning is False
 
 
 def test_destroyed_entity_races_are_counted_and_spinning_goes_on():
