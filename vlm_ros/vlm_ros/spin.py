@@ -114,7 +114,7 @@ class TrackingExecutor(MultiThreadedExecutor):
     An action server sends a goal's result from tasks it creates once the goal is answered:
     the execute callback's, then one per get_result request, created when that has returned.
     A shutdown that stopped the executor before they ran lost the result (a goal answered
-    CANCELLED on SIGTERM never reached its client, one CI run in about twenty).
+    CANCELLED on SIGTERM never reached its client, in one CI run).
     """
 
     def __init__(self, num_threads: Optional[int] = None):

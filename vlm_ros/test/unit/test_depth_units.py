@@ -5,7 +5,7 @@ import pytest
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
-from vlm_ros.node.depth import box_depth, depth_metres, points_of, target_point
+from vlm_ros.node.depth import box_depth, depth_metres, points_of
 from vlm_ros.node.image_conversion import ImageConversionError
 
 BLOCK = (21.0, 16.0, 32.0, 32.0)
@@ -64,7 +64,7 @@ def test_the_boxs_depth_is_the_median_of_its_central_half():
 
 
 def test_the_point_is_the_boxs_centre_at_its_depth_in_the_optical_frame():
-    point, why = target_point(BLOCK, image_header(), SIZE, depth_image(scene_depth()),
+    (point, why), = points_of([BLOCK], image_header(), SIZE, depth_image(scene_depth()),
                               camera_info(), 0.1)
     assert why == '' and point.header.frame_id == 'optical' and point.header.stamp.sec == 10
     assert (point.point.x, point.point.y, point.point.z) == pytest.approx(
@@ -86,7 +86,8 @@ def test_the_point_is_the_boxs_centre_at_its_depth_in_the_optical_frame():
 def test_each_reason_for_no_point_is_given(change, why):
     given = {'header': image_header(), 'depth': depth_image(scene_depth()),
              'info': camera_info(), **change}
-    point, said = target_point(BLOCK, given['header'], SIZE, given['depth'], given['info'], 0.1)
+    (point, said), = points_of([BLOCK], given['header'], SIZE, given['depth'], given['info'],
+                               0.1)
     assert point is None and said.startswith(why), said
 
 

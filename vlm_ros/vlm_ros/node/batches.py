@@ -93,17 +93,16 @@ class BatchRunner:
         refused = self._refused(job, frames, limits)
         if refused is not None:
             return refused
-        if not several:
-            return self._converted(job, frames[0].header, self._frames.primary.image, frames[0])
         images = []
         for name, store, frame in zip(self._frames.names, self._frames.stores, frames,
                                       strict=True):
             found = self._converted(job, frame.header, store.image, frame)
             if isinstance(found, Outcome):
-                found.message = f'camera {name}: {found.message}'
+                if several:
+                    found.message = f'camera {name}: {found.message}'
                 return found
             images.append((name, found[1]))
-        return frames[0].header, tuple(images)
+        return frames[0].header, tuple(images) if several else images[0][1]
 
     def _refused(self, job: Job, frames: list, limits: Limits):
         """Return the Outcome of frames that cannot be used (none, stale, skewed), or None."""

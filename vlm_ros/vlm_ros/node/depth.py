@@ -56,36 +56,42 @@ def box_depth(depth: np.ndarray, box: tuple) -> tuple:
     return float(np.median(valid)), ''
 
 
-def target_point(box: tuple, header, frame_size: tuple, depth_msg, info, max_skew: float):
-    """Return (PointStamped or None, why there is none) for box in the image of header.
+class _NoPointError(Exception):
+    """Why no box of an image gets a point (the same reason for every box)."""
 
-    ``frame_size`` is the image's (width, height); ``depth_msg`` and ``info`` the newest depth
-    Image and CameraInfo (None before the first); ``max_skew`` bounds how far the depth's stamp
-    may lie from the image's (0: any).
-    """
+
+def _aligned_depth(header, frame_size: tuple, depth_msg, info, max_skew: float) -> np.ndarray:
+    """Return the depth in metres aligned to the image of header; _NoPointError why not."""
     if depth_msg is None or info is None:
-        return None, f'no {"depth image" if depth_msg is None else "camera_info"} has arrived'
+        missing = 'depth image' if depth_msg is None else 'camera_info'
+        raise _NoPointError(f'no {missing} has arrived')
     apart = abs(stamp_seconds(depth_msg.header.stamp) - stamp_seconds(header.stamp))
     if max_skew > 0 and apart > max_skew:
-        return None, f'the depth image is {apart:.3f} s from the image (max_skew {max_skew:g} s)'
+        raise _NoPointError(f'the depth image is {apart:.3f} s from the image (max_skew '
+                            f'{max_skew:g} s)')
     sizes = {'depth image': (depth_msg.width, depth_msg.height),
              'camera_info': (info.width, info.height)}
     for what, size in sizes.items():
         if tuple(size) != tuple(frame_size):
-            return None, (f'the {what} is {size[0]}x{size[1]}, the image {frame_size[0]}x'
-                          f'{frame_size[1]}: not aligned to it')
-    fx, cx, fy, cy = (float(info.k[i]) for i in (0, 2, 4, 5))
-    if fx <= 0 or fy <= 0:
-        return None, 'camera_info has no intrinsics (K is zero: an uncalibrated camera)'
+            raise _NoPointError(f'the {what} is {size[0]}x{size[1]}, the image '
+                                f'{frame_size[0]}x{frame_size[1]}: not aligned to it')
+    if float(info.k[0]) <= 0 or float(info.k[4]) <= 0:
+        raise _NoPointError('camera_info has no intrinsics (K is zero: an uncalibrated camera)')
     try:
-        metres, why = box_depth(depth_metres(depth_msg), box)
+        return depth_metres(depth_msg)
     except ImageConversionError as exc:
-        return None, str(exc)
+        raise _NoPointError(str(exc)) from exc
+
+
+def _point(box: tuple, depth: np.ndarray, header, info) -> tuple:
+    """Return (PointStamped, '') for box's centre at its depth, or (None, why there is none)."""
+    metres, why = box_depth(depth, box)
     if metres is None:
         return None, why
+    fx, cx, fy, cy = (float(info.k[i]) for i in (0, 2, 4, 5))
     u, v = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    point = Point(x=(u - cx) * metres / fx, y=(v - cy) * metres / fy, z=metres)
-    stamped = PointStamped(point=point)
+    stamped = PointStamped(point=Point(x=(u - cx) * metres / fx, y=(v - cy) * metres / fy,
+                                       z=metres))
     stamped.header.stamp = header.stamp
     stamped.header.frame_id = info.header.frame_id or header.frame_id
     return stamped, ''
@@ -93,7 +99,18 @@ def target_point(box: tuple, header, frame_size: tuple, depth_msg, info, max_ske
 
 def points_of(boxes: list, header, frame_size: Optional[tuple], depth_msg, info,
               max_skew: float) -> list:
-    """Return (PointStamped or None, reason) for each box in the image of header."""
-    if frame_size is None:
-        return [(None, 'the size of the image used is not known') for _ in boxes]
-    return [target_point(box, header, frame_size, depth_msg, info, max_skew) for box in boxes]
+    """Return (PointStamped or None, why there is none) for each box in the image of header.
+
+    ``frame_size`` is the image's (width, height); ``depth_msg`` and ``info`` the newest depth
+    Image and CameraInfo (None before the first); ``max_skew`` bounds how far the depth's stamp
+    may lie from the image's (0: any). The depth is checked and converted once for all boxes.
+    """
+    if not boxes:
+        return []
+    try:
+        if frame_size is None:
+            raise _NoPointError('the size of the image used is not known')
+        depth = _aligned_depth(header, frame_size, depth_msg, info, max_skew)
+    except _NoPointError as exc:
+        return [(None, str(exc)) for _ in boxes]
+    return [_point(box, depth, header, info) for box in boxes]

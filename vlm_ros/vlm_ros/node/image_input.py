@@ -106,7 +106,7 @@ class ImageInput:
         """Destroy the subscriptions (deactivate, or before subscribing anew)."""
         for sub in self._subs + self._depth_subs:
             self._destroy_subscription(sub)
-        self._subs, self._depth_subs = [], []  # the image's hint() looks at the first only
+        self._subs, self._depth_subs = [], []  # hint() looks at the image's (_subs) alone
         self.depth = self.info = None  # the newest depth Image and CameraInfo
 
     def _on_depth(self, msg) -> None:
@@ -172,9 +172,13 @@ class CameraInputs:
 
     def subscribe(self, transport: str, reliable: bool, max_pixels: int,
                   depth: bool = False) -> None:
-        """(Re)subscribe every camera (ImageInput.subscribe)."""
-        for image_input in self._inputs:
-            image_input.subscribe(transport, reliable, max_pixels, depth)
+        """(Re)subscribe every camera (ImageInput.subscribe); depth: the first camera's only.
+
+        Points are made in the first camera's image (target_points), so no other camera's
+        depth is taken: a depth image is as large as its colour image.
+        """
+        for index, image_input in enumerate(self._inputs):
+            image_input.subscribe(transport, reliable, max_pixels, depth and index == 0)
 
     def target_points(self, boxes: list, outcome, settings) -> list:
         """Return (PointStamped or None, reason) per box in outcome's image, with use_depth.

@@ -105,10 +105,10 @@ SPECS = (
     ParamSpec('image_reliability', 'best_effort', 'QoS reliability of the image subscription '
               '(depth 1: the node keeps only the latest frame)', applies='images',
               choices=('best_effort', 'reliable')),
-    ParamSpec('use_depth', False, "subscribe to each camera's aligned depth image (depth/image: "
-              '16UC1 millimetres or 32FC1 metres) and camera_info (NAME/depth/image and '
-              'NAME/camera_info with cameras), so each ~/ground box also gets a 3D point in '
-              "the camera's optical frame", applies='images'),
+    ParamSpec('use_depth', False, "subscribe to the camera's aligned depth image (depth/image: "
+              '16UC1 millimetres or 32FC1 metres) and camera_info (with cameras: the first '
+              "camera's NAME/depth/image and NAME/camera_info), so each ~/ground box also gets "
+              "a 3D point in the camera's optical frame", applies='images'),
     ParamSpec('cameras', (), 'camera names, e.g. [head, wrist]: each camera takes images from '
               'NAME/image (NAME/image/compressed, by image_transport), and every camera request '
               'uses one frame of each, each after its name in the prompt (a model that takes '
