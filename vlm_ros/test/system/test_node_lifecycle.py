@@ -86,3 +86,7 @@ def test_node_reports_the_mode_and_a_failed_warm_up_says_what_to_set(start_vlm_n
     static = start_vlm_node(decode_mode='static')
     values = static.wait_state('active')
     assert values['decode_mode'] == 'static' and values['compiled_graphs'] == '0'
+    static.stop()  # one node of this name on the domain: its /diagnostics are the next one's
+    graphs = start_vlm_node(decode_mode='graphs')  # on a CPU: the same steps, not captured
+    values = graphs.wait_state('active')
+    assert values['decode_mode'] == 'graphs' and values['cuda_graphs'] == '0'

@@ -5,12 +5,18 @@
 device/dtype resolution, preprocessing on the GPU (the same inputs as on the CPU; SmolVLM's
 bit for bit, at its real sizes, with TF32 on and off), batched ==
 single greedy tokens on the GPU (float32), streaming, memory given back by unload(), the
-default compiled decoding (answers as eager, compiled at load only), and a real CUDA
-out-of-memory error mapped to its kind.
+default decoding from CUDA graphs (answers and log-probabilities as eager, graphs captured
+at load, cancel, memory given back), compiled decoding (answers as eager, compiled at load
+only), and a real CUDA out-of-memory error mapped to its kind.
+
+    PYTHONPATH=vlm_ros python3 -m vlm_ros.benchmarks.cuda_checks --same-tokens MODEL_DIR
+
+compares the greedy tokens of the default decoding with eager decoding on one model (bf16).
 """
 
 import sys
 import tempfile
+import threading
 
 import numpy as np
 import torch
@@ -21,8 +27,10 @@ from ..engine import EngineConfig, Request
 from ..engine.chat import build_inputs
 from ..engine.gpu_preprocess import device_kwargs
 from ..engine.local import VlmEngine
-from ..engine.local.decoding import compiled_graphs
+from ..engine.local.decoding import compiled_graphs, graph_decoder
 from ..engine.local.exact_idefics3 import ExactIdefics3
+from ..engine.local.generate import generate
+from ..engine.local.graph_decode import capture_stream
 from ..engine.local.loader import classify_error, resolve_device, resolve_dtype
 from ..models import build_tiny
 
@@ -34,19 +42,97 @@ def check(name: str, ok: bool, detail: str = '') -> bool:
 
 
 def _check_compiled(path, requests, eager: list) -> bool:
-    """decode_mode auto on CUDA: compiled at load, eager's answers, no compile per request."""
+    """decode_mode compiled on CUDA: compiled at load, eager's answers, no compile per request."""
     engine = VlmEngine(EngineConfig(model=str(path), device='cuda', dtype='float32',
-                                    max_new_tokens=24))
+                                    max_new_tokens=24, decode_mode='compiled',
+                                    constrain_plans='off'))
     engine.load()
     graphs = compiled_graphs()
     answers = [r.text for r in engine.run(requests)]
     engine.run(requests[:2])
     engine.run([requests[2]] * 5)
-    ok = engine.decode_mode == 'compiled' and answers == eager and compiled_graphs() == graphs
+    ok = engine.decoding.mode == 'compiled' and answers == eager and compiled_graphs() == graphs
     engine.unload()
-    return check(f'{path.name}: auto decode compiles at load, answers as eager', ok,
-                 f'{engine.decode_mode}, warm-up {engine.warm_up_seconds:.1f} s, '
+    return check(f'{path.name}: compiled decoding compiles at load, answers as eager', ok,
+                 f'{engine.decoding.mode}, warm-up {engine.decoding.warm_up_seconds:.1f} s, '
                  f'{graphs} -> {compiled_graphs()} graphs')
+
+
+def _check_graphs(path, requests, eager) -> list:
+    """decode_mode auto on CUDA for a graph family: eager's tokens and log-probabilities."""
+    before = torch.cuda.memory_allocated()
+    engine = VlmEngine(EngineConfig(model=str(path), device='cuda', dtype='float32',
+                                    max_new_tokens=24, constrain_plans='off'))
+    engine.load()
+    captured = engine.status()['cuda_graphs']
+    answers = engine.run(requests)
+    single = [engine.run([r])[0] for r in requests]
+    same = [(a.text, a.output_tokens) for a in answers] == [
+        (e.text, e.output_tokens) for e in eager]
+    gap = max(abs(a - b) for answer, expected in zip(answers, eager, strict=True)
+              for a, b in zip(answer.token_logprobs, expected.token_logprobs, strict=True))
+    pieces = []
+    streamed = engine.run([requests[2]], on_text=pieces.append)[0].text
+    cancel = threading.Event()
+    threading.Timer(0.05, cancel.set).start()
+    stopped = generate(engine.loaded, engine.preprocess(requests[:1]), 4000,
+                       {'do_sample': False, 'min_new_tokens': 4000}, cancels=[cancel],
+                       graphs=graph_decoder('graphs', engine.loaded))
+    shapes = engine.status()['cuda_graphs']
+    engine.unload()
+    after = torch.cuda.memory_allocated()
+    name = path.name
+    return [check(f'{name}: auto decodes from CUDA graphs, as eager', engine.decoding.mode ==
+                  'graphs' and same and [a.text for a in single] == [a.text for a in answers],
+                  f'{engine.decoding.mode}, {captured} graphs at load, {shapes} after, '
+                  f'warm-up {engine.decoding.warm_up_seconds:.2f} s'),
+            check(f'{name}: graph log-probabilities as eager', gap < 1e-4, f'max diff {gap:.2e}'),
+            check(f'{name}: graph stream concatenation', ''.join(pieces) == streamed),
+            check(f'{name}: cancel stops graph decoding', stopped.cancelled == [True] and
+                  len(stopped.tokens[0]) < 4000, f'{len(stopped.tokens[0])} tokens'),
+            check(f'{name}: unload frees the graphs and caches', after <= before + 2**21,
+                  f'{before} -> {after} bytes')]
+
+
+def _same_tokens(path: str) -> int:
+    """Greedy token ids of the default (graph) decoding against the static cache and eager.
+
+    bf16, 64 tokens, EOS allowed, four 640x480 frames one at a time and as one batch. The
+    static cache runs the same attention over the same cache as the graphs; eager's dynamic
+    cache attends without a mask, so near-ties of random weights may break otherwise.
+    """
+    frames = [np.random.default_rng(i).integers(0, 255, (480, 640, 3), np.uint8)
+              for i in range(4)]
+    requests = [Request('caption', frames[0]), Request('vqa', frames[1], 'what is on the table?'),
+                Request('plan', frames[2], 'put the red block in the bin'),
+                Request('plan', frames[3], 'pick up the cup')]
+    engine = VlmEngine(EngineConfig(model=path, device='cuda', dtype='bfloat16',
+                                    max_new_tokens=64, constrain_plans='off'))
+    engine.load()
+    runs = {}
+    for mode, arguments in (('graphs', {}), ('static', {'cache_implementation': 'static',
+                                                         'disable_compile': True}),
+                            ('eager', {})):
+        graphs = engine.decoding.graphs if mode == 'graphs' else None
+        single = [generate(engine.loaded, engine.preprocess([r]), 64,
+                           {'do_sample': False, **arguments}, graphs=graphs).tokens[0]
+                  for r in requests]
+        batch = generate(engine.loaded, engine.preprocess(requests), 64,
+                         {'do_sample': False, **arguments}, graphs=graphs).tokens
+        runs[mode] = (single, batch)
+    engine.unload()
+    results = []
+    for other in ('static', 'eager'):
+        for label, index in (('one at a time', 0), ('batch of 4', 1)):
+            for number, (ours, theirs) in enumerate(zip(runs['graphs'][index],
+                                                        runs[other][index], strict=True)):
+                prefix = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False))
+                               if a != b),
+                              min(len(ours), len(theirs)))
+                ok = check(f'graphs == {other}, {label}, request {number}', ours == theirs,
+                           f'{len(ours)} vs {len(theirs)} tokens, the same first {prefix}')
+                results.append(ok or other == 'eager')  # eager: reported, not required
+    return 0 if all(results) else 1
 
 
 def _check_exact_idefics3(images: list) -> list:
@@ -106,10 +192,16 @@ def _check_gpu_preprocessing(family: str, processor, images: list) -> bool:
 
 
 def main(argv=None) -> int:
-    """Run every check (``--preprocessing``: the exact preprocessing alone); 1 when one fails."""
+    """Run every check; 1 when one fails.
+
+    ``--preprocessing``: the exact preprocessing alone; ``--graphs``: the graph families'
+    checks alone; ``--same-tokens MODEL``: graph against eager tokens on MODEL.
+    """
     argv = sys.argv[1:] if argv is None else argv
     if argv == ['--preprocessing']:
         return 0 if all(_check_exact_idefics3([])) else 1
+    if len(argv) == 2 and argv[0] == '--same-tokens':
+        return _same_tokens(argv[1])
     results = []
     device = resolve_device('auto')
     results.append(check('auto device is cuda', device.type == 'cuda', str(device)))
@@ -125,21 +217,29 @@ def main(argv=None) -> int:
     # keeps it: make that happen before the memory baseline, so unload() is judged on the model.
     warm = torch.randn(64, 64, device=device)
     (warm @ warm).sum().item()
-    results.extend(_check_exact_idefics3([Image.fromarray(image) for image in images]))
+    with torch.cuda.stream(capture_stream(device)):  # the graphs' stream keeps one too
+        (warm @ warm).sum().item()
+    only_graphs = argv == ['--graphs']
+    if not only_graphs:
+        results.extend(_check_exact_idefics3([Image.fromarray(image) for image in images]))
     compiled = []  # checked after the memory checks: compiling allocates for the whole process
+    families = ('llava', 'idefics3') if only_graphs else (
+        'llava', 'idefics3', 'idefics2', 'mllama', 'florence2')
     with tempfile.TemporaryDirectory() as scratch:
-        for family in ('llava', 'idefics3', 'idefics2', 'mllama', 'florence2'):
+        for family in families:
             path = build_tiny(family, f'{scratch}/{family}')
             before = torch.cuda.memory_allocated()
             engine = VlmEngine(EngineConfig(model=str(path), device='cuda', dtype='float32',
-                                            max_new_tokens=24, decode_mode='eager'))
+                                            max_new_tokens=24, decode_mode='eager',
+                                            constrain_plans='off'))
             engine.load()
             loaded = torch.cuda.memory_allocated()
             try:
                 results.append(_check_gpu_preprocessing(family, engine.loaded.processor, images))
             except Exception as exc:  # noqa: BLE001 - a failed check, not the end of the run
                 results.append(check(f'{family}: GPU preprocessing', False, repr(exc)[:300]))
-            batched = [r.text for r in engine.run(requests)]
+            answers = engine.run(requests)
+            batched = [r.text for r in answers]
             single = [engine.run([r])[0].text for r in requests]
             results.append(check(f'{family}: batched == single on cuda', batched == single))
             pieces = []
@@ -151,7 +251,9 @@ def main(argv=None) -> int:
             # and the torchvision backend its normalisation constants (1 KiB): not the model.
             results.append(check(f'{family}: unload frees memory', after <= before + 2**21,
                                  f'{before} -> {loaded} -> {after} bytes'))
-            if family in ('llava', 'florence2'):
+            if family in ('llava', 'idefics3'):
+                results.extend(_check_graphs(path, requests, answers))
+            if family in ('llava', 'florence2') and not only_graphs:
                 compiled.append((path, batched))
         for path, batched in compiled:
             results.append(_check_compiled(path, requests, batched))

@@ -1,7 +1,7 @@
 """vlm_benchmark: how fast a VLM answers through the engine, per batch size. Prints a table.
 
     vlm_benchmark --model DIR_OR_HUB_ID [--batch-sizes 1 4 8] [--device cuda] [--dtype bfloat16]
-    vlm_benchmark --random smolvlm-256m|qwen2-vl-2b|florence-2-base   (no download needed)
+    vlm_benchmark --random smolvlm-256m|smolvlm-2b|florence-2-base    (no download needed)
     vlm_benchmark --random tiny:llava                                  (the test checkpoints)
     vlm_benchmark --node --random tiny:llava [--streams 8] [--batch-sizes 1 8]   (a vlm_node)
 
@@ -146,7 +146,7 @@ def time_batch(engine: 'VlmEngine', new_tokens: int, frames: list,
     try:
         out = generate(loaded, inputs, new_tokens,
                        {**engine.generate_kwargs(), 'min_new_tokens': new_tokens},
-                       constraint=constraint)
+                       constraint=constraint, graphs=engine.decoding.graphs)
     finally:
         timer.close()
         preparing.join()
@@ -170,15 +170,13 @@ def run(engine: 'VlmEngine', batch_sizes, new_tokens: int, repeats: int, image_h
         frames: str = 'distinct') -> list:
     """Benchmark every batch size; return one row of medians each.
 
-    'recompiles' counts the graphs torch.compile made during the timed runs, after the
-    warm-up: in steady state, none.
+    'recompiles' counts the graphs torch.compile made and the CUDA graphs captured during the
+    timed runs, after the warm-up: in steady state, none.
 
     frames: 'distinct' (a new frame per request), 'shared' (one new frame per batch) or
     'queued' (new frames, each batch's preprocessed during the previous batch's generation).
     """
     import torch
-
-    from ..engine.local.decoding import compiled_graphs
 
     image = scene(*image_hw)
     rows = []
@@ -188,7 +186,7 @@ def run(engine: 'VlmEngine', batch_sizes, new_tokens: int, repeats: int, image_h
         time_batch(engine, new_tokens, batches[0], batches[1] if queued else None)  # warm-up
         if engine.loaded.device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(engine.loaded.device)
-        graphs = compiled_graphs()
+        graphs = _graphs_made(engine)
         runs = [time_batch(engine, new_tokens, batches[index],
                            batches[index + 1] if queued else None)
                 for index in range(1, repeats + 1)]
@@ -198,7 +196,7 @@ def run(engine: 'VlmEngine', batch_sizes, new_tokens: int, repeats: int, image_h
                         for part in ('prep', 'vision', 'prefill', 'first')},
                      'decode_tok_s': statistics.median(r['decode_tps'] for r in runs),
                      'step_ms': statistics.median(r['step_ms'] for r in runs),
-                     'recompiles': compiled_graphs() - graphs,
+                     'recompiles': _graphs_made(engine) - graphs,
                      'total_ms': 1000 * total, 'images_s': batch / total,
                      'peak_mib': peak_memory_mib(engine.loaded.device),
                      'tokens': runs[0]['tokens'] // batch})
@@ -245,6 +243,13 @@ def format_cost_table(title: str, rows: list) -> str:
     return '\n'.join(lines)
 
 
+def _graphs_made(engine: 'VlmEngine') -> int:
+    """Graphs torch.compile made in this process plus the engine's CUDA graph captures."""
+    from ..engine.local.decoding import compiled_graphs
+
+    return compiled_graphs() + engine.status().get('cuda_graphs', 0)
+
+
 def format_table(title: str, rows: list) -> str:
     """Render rows as a Markdown table (pasted as is into docs/BENCHMARKS.md)."""
     lines = [f'### {title}', '',
@@ -282,6 +287,9 @@ def parse_args(argv):
     parser.add_argument('--constraint-cost', action='store_true',
                         help='also time each batch size decoding plans free and under the '
                         "plan schema's grammar, run for run, in one more table")
+    parser.add_argument('--profile', action='store_true',
+                        help='then profile one request of batch 1 (torch.profiler): where the '
+                        'time goes, by operator, on the host and on the device')
     parser.add_argument('--node', action='store_true',
                         help='measure a vlm_node process instead of the engine: --streams '
                         'concurrent instruction streams, the node at each --batch-sizes value '
@@ -348,10 +356,15 @@ def _benchmark(args) -> int:
                        (height, width), frames)
             title = (f'{args.random or args.model}: {params:.2f} M params, {loaded.device} '
                      f'{str(loaded.dtype).replace("torch.", "")}, attn {args.attn or "default"}'
-                     f', decode {engine.decode_mode} (warm-up {engine.warm_up_seconds:.1f} s)'
+                     f', decode {engine.decoding.mode} '
+                     f'(warm-up {engine.decoding.warm_up_seconds:.1f} s)'
                      f'{", " + json.dumps(args.processor_kwargs) if args.processor_kwargs else ""}'
                      f', {width}x{height} image, {frames} frames, load {load_s:.1f} s')
             print(format_table(title, rows), flush=True)
+        if args.profile:
+            from .request_profile import profile_request
+
+            print(profile_request(engine, args.new_tokens, (height, width)), flush=True)
         if args.constraint_cost:
             if engine.plan_constraint(['plan']) is None:
                 raise VlmError('unsupported', 'plans are not constrained with this model and '

@@ -11,9 +11,10 @@ DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 # 'transformers' runs the model in this process; 'openai' asks an OpenAI-compatible server
 # (vLLM, SGLang, TGI, Ollama, transformers serve) through its chat completions API.
 BACKENDS = ('transformers', 'openai')
-# How the in-process engine decodes: 'auto' = 'compiled' on CUDA, 'eager' elsewhere;
-# 'static' = a static KV cache without compilation (see engine/local/decoding.py).
-DECODE_MODES = ('auto', 'eager', 'static', 'compiled')
+# How the in-process engine decodes: 'auto' = 'graphs' on CUDA (greedy steps replayed from
+# CUDA graphs) where the family allows, else 'compiled'; 'eager' elsewhere; 'static' = a static
+# KV cache without compilation (see engine/local/decoding.py).
+DECODE_MODES = ('auto', 'eager', 'static', 'compiled', 'graphs')
 # processor_kwargs come from anyone on the DDS domain: bounded before they are parsed.
 MAX_KWARGS_CHARS = 4096
 MAX_KWARGS_DEPTH = 8

@@ -26,8 +26,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--processor-kwargs', type=_processor_kwargs, default={},
                         help='JSON for the processor call, e.g. {"do_image_splitting": false}')
     parser.add_argument('--decode-mode', default='auto', choices=DECODE_MODES,
-                        help="auto = a static KV cache with compiled decoding on CUDA (warmed "
-                        "up at load), eager elsewhere; 'static' = static cache, not compiled")
+                        help="auto = on CUDA greedy steps replayed from CUDA graphs (graphs) "
+                        "where the family allows, else transformers' compiled static cache "
+                        "(compiled), prepared at load; eager elsewhere; 'static' = static "
+                        "cache, not compiled")
     parser.add_argument('--constrain-plans', default='auto', choices=CONSTRAIN_MODES,
                         help="plans under the plan schema's grammar: auto = wherever the "
                         "tokenizer allows (vlm_node's default), on = or fail, off = free text")

@@ -7,6 +7,11 @@ generate of a new shape then compiles for seconds. The warm-up pays that during 
 generates that change prompt length, token limit and batch size (batch 1 is compiled apart),
 after which torch.compile has marked those dimensions dynamic, and later requests of any
 length and batch size reuse the graphs (test_decoding.py counts them).
+
+'graphs' (auto's choice on CUDA for the families graph_decode.py takes) replays greedy
+decoding steps from CUDA graphs with no host round trip per token; requests it does not take
+(sampling, a plan grammar) decode with the static cache, uncompiled. Its warm-up captures the
+graphs of the warm-up's shapes.
 """
 
 import time
@@ -17,19 +22,40 @@ import numpy as np
 from ..config import DECODE_MODES
 from ..errors import VlmError
 from ..results import Request
-from .generate import generate
+from .generate import eos_token_ids, generate
+from .graph_decode import FAMILIES, GraphDecoder, family_supported
 
 WARM_UP_PROMPTS = ('x', 'a longer warm-up instruction, so that the prompt length changes too')
 
 
-def resolve(mode: str, device) -> str:
-    """Return the mode generate runs with: 'auto' is 'compiled' on CUDA, else 'eager'."""
+def resolve(mode: str, device, model) -> str:
+    """Return the mode generate runs with.
+
+    'auto' is 'graphs' on CUDA where the family allows it, else 'compiled'; 'eager' elsewhere.
+    """
     if mode not in DECODE_MODES:
         raise VlmError('bad_input', f'decode_mode must be one of {", ".join(DECODE_MODES)}; '
                        f'got {mode!r}')
+    if mode == 'graphs' and not family_supported(model):
+        raise VlmError('bad_input', f"decode_mode 'graphs' decodes the families "
+                       f"{', '.join(FAMILIES)} with their default generation settings; this "
+                       f"model is {model.config.model_type!r}: use 'auto' or 'compiled'")
     if mode == 'auto':
-        return 'compiled' if device.type == 'cuda' else 'eager'
+        if device.type != 'cuda':
+            return 'eager'
+        return 'graphs' if family_supported(model) else 'compiled'
     return mode
+
+
+def graph_decoder(mode: str, loaded):
+    """Make the 'graphs' mode's GraphDecoder (None for the others), its step compiled on CUDA.
+
+    On a CPU compiling buys nothing (see decode modes in docs/BENCHMARKS.md) and costs seconds.
+    """
+    if mode != 'graphs':
+        return None
+    return GraphDecoder(loaded.model, eos_token_ids(loaded.model, loaded.processor.tokenizer),
+                        compiled=loaded.device.type == 'cuda')
 
 
 def generate_kwargs(mode: str) -> dict:
@@ -40,7 +66,7 @@ def generate_kwargs(mode: str) -> dict:
     """
     if mode == 'eager':
         return {}
-    if mode == 'static':
+    if mode in ('static', 'graphs'):
         return {'cache_implementation': 'static', 'disable_compile': True}
     from transformers import CompileConfig
 
@@ -60,7 +86,7 @@ def compiled_graphs() -> int:
 
 def needs_warm_up(mode: str, device) -> bool:
     """Warm up what would otherwise make the first request slow: compilation, or CUDA start-up."""
-    return mode == 'compiled' or device.type == 'cuda'
+    return mode in ('compiled', 'graphs') or device.type == 'cuda'
 
 
 def warm_up_batches(max_image_side: int) -> list:
@@ -76,7 +102,8 @@ def warm_up_batches(max_image_side: int) -> list:
             ([frame] * 3, [longer, short, longer], 5)]
 
 
-def warm_up(loaded, preprocess: Callable, decode: dict, max_image_side: int) -> None:
+def warm_up(loaded, preprocess: Callable, decode: dict, max_image_side: int,
+            graphs=None) -> None:
     """Generate the warm-up batches greedily, each to its full length, as requests generate.
 
     ``preprocess`` is the engine's (VlmEngine.preprocess), so the warm-up sees the same inputs
@@ -86,10 +113,11 @@ def warm_up(loaded, preprocess: Callable, decode: dict, max_image_side: int) -> 
         requests = [Request('plan', image, prompt)
                     for image, prompt in zip(images, prompts, strict=True)]
         generate(loaded, preprocess(requests), tokens,
-                 {'do_sample': False, 'min_new_tokens': tokens, **decode})
+                 {'do_sample': False, 'min_new_tokens': tokens, **decode}, graphs=graphs)
 
 
-def warm_up_if_needed(loaded, preprocess: Callable, mode: str, decode: dict, config) -> float:
+def warm_up_if_needed(loaded, preprocess: Callable, mode: str, decode: dict, config,
+                      graphs=None) -> float:
     """Warm up where the mode needs it (needs_warm_up); return the seconds it took.
 
     A failed warm-up raises VlmError('load_failed') with the way out (decode_mode 'eager').
@@ -98,9 +126,36 @@ def warm_up_if_needed(loaded, preprocess: Callable, mode: str, decode: dict, con
         return 0.0
     start = time.perf_counter()
     try:
-        warm_up(loaded, preprocess, decode, config.max_image_side)
+        warm_up(loaded, preprocess, decode, config.max_image_side, graphs)
     except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler for torch.compile
         raise VlmError('load_failed', f'the {mode} decode mode failed to warm up '
                        f'({type(exc).__name__}: {str(exc)[:300]}); set decode_mode to '
                        "'eager'", config.model, str(loaded.device), exc) from exc
     return time.perf_counter() - start
+
+
+class Decoding:
+    """How a loaded model decodes: the resolved mode, generate's arguments, the GraphDecoder."""
+
+    def __init__(self):
+        self.mode, self.arguments, self.graphs, self.warm_up_seconds = 'eager', {}, None, 0.0
+
+    def prepare(self, loaded, preprocess: Callable, config) -> None:
+        """Resolve config.decode_mode for this model and warm it up (VlmError when it fails)."""
+        self.mode = resolve(config.decode_mode, loaded.device, loaded.model)
+        self.arguments = generate_kwargs(self.mode)
+        self.graphs = graph_decoder(self.mode, loaded)
+        self.warm_up_seconds = warm_up_if_needed(loaded, preprocess, self.mode, self.arguments,
+                                                 config, self.graphs)
+
+    def status(self) -> dict:
+        """Plain values for diagnostics: the mode, its warm-up, the graphs made."""
+        return {'decode_mode': self.mode, 'warm_up_s': f'{self.warm_up_seconds:.2f}',
+                'compiled_graphs': compiled_graphs(),
+                'cuda_graphs': getattr(self.graphs, 'captures', 0)}
+
+    def close(self) -> None:
+        """Drop the graphs and their caches (at unload)."""
+        if self.graphs is not None:
+            self.graphs.close()
+        self.graphs = None

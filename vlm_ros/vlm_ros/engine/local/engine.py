@@ -36,9 +36,7 @@ class VlmEngine(EngineBase):
     def __init__(self, config: EngineConfig):
         super().__init__(config)
         self._loaded: Optional[loader.LoadedModel] = None
-        self.decode_mode = 'eager'  # resolved from config.decode_mode at load()
-        self._decode: dict = {}  # generate's arguments of the decode mode
-        self.warm_up_seconds = 0.0
+        self.decoding = decoding.Decoding()  # the decode mode, resolved at load()
         self._grammars: Optional[constrain.GrammarCache] = None  # None: plans not constrained
         self._stage = InputStage()  # the processor, its lock and the frame cache (inputs.py)
 
@@ -64,8 +62,8 @@ class VlmEngine(EngineBase):
         """Say what is loaded and where, for a log line."""
         loaded = self.loaded
         constrained = 'constrained' if self._grammars is not None else 'unconstrained'
-        return (f'{loaded.name} on {loaded.device} ({loaded.dtype}, {self.decode_mode} decoding, '
-                f'{constrained} plans, warm-up {self.warm_up_seconds:.1f} s)')
+        return (f'{loaded.name} on {loaded.device} ({loaded.dtype}, {self.decoding.mode} '
+                f'decoding, {constrained} plans, warm-up {self.decoding.warm_up_seconds:.1f} s)')
 
     def check_cameras(self, names: tuple) -> None:
         """Place one image per camera in a prompt, as run() would; VlmError where it cannot."""
@@ -79,9 +77,7 @@ class VlmEngine(EngineBase):
         loaded, frames = self._loaded, self._stage.frames
         if loaded is None:
             return {}
-        return {'device': str(loaded.device), 'decode_mode': self.decode_mode,
-                'warm_up_s': f'{self.warm_up_seconds:.2f}',
-                'compiled_graphs': decoding.compiled_graphs(),
+        return {'device': str(loaded.device), **self.decoding.status(),
                 'constrained_plans': str(self._grammars is not None).lower(),
                 'frames_preprocessed': getattr(frames, 'frames_processed', 0),
                 'frames_reused': getattr(frames, 'frames_reused', 0),
@@ -102,10 +98,7 @@ class VlmEngine(EngineBase):
         try:  # a load that fails on the way leaves nothing loaded
             self._grammars = constrain.resolve(self.config, tokenizer,
                                                eos_token_ids(loaded.model, tokenizer))
-            self.decode_mode = decoding.resolve(self.config.decode_mode, loaded.device)
-            self._decode = decoding.generate_kwargs(self.decode_mode)
-            self.warm_up_seconds = decoding.warm_up_if_needed(
-                loaded, self.preprocess, self.decode_mode, self._decode, self.config)
+            self.decoding.prepare(loaded, self.preprocess, self.config)
         except VlmError:
             self.unload()
             raise
@@ -113,6 +106,7 @@ class VlmEngine(EngineBase):
     def unload(self) -> None:
         """Free the model (and cached GPU memory)."""
         self._grammars = None
+        self.decoding.close()
         if self._loaded is not None:
             self._stage.detach()
             loader.unload(self._loaded)
@@ -144,9 +138,9 @@ class VlmEngine(EngineBase):
     def generate_kwargs(self) -> dict:
         """Keyword arguments of model.generate: sampling, and the decode mode's cache."""
         if not self.config.do_sample:
-            return {'do_sample': False, **self._decode}
+            return {'do_sample': False, **self.decoding.arguments}
         return {'do_sample': True, 'temperature': self.config.temperature,
-                'top_p': self.config.top_p, **self._decode}
+                'top_p': self.config.top_p, **self.decoding.arguments}
 
     def run(self, requests: list, on_text: Optional[Callable[[str], None]] = None,
             cancel: Optional[threading.Event] = None) -> list:
@@ -185,7 +179,7 @@ class VlmEngine(EngineBase):
         try:
             constraint = self.plan_constraint([r.task for r in requests], limits)
             generated = generate(loaded, inputs, max(limits), self.generate_kwargs(), on_texts,
-                                 cancels, constraint)
+                                 cancels, constraint, self.decoding.graphs)
             rows = [row[:limit] for limit, row in zip(limits, generated.tokens, strict=True)]
             texts = [loaded.processor.tokenizer.decode(tokens, skip_special_tokens=True)
                      for tokens in rows]

@@ -19,6 +19,7 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from .graph_decode import cache_keyword
 from .token_logprobs import TokenLogProbs
 
 
@@ -68,9 +69,10 @@ class _Streamer(BaseStreamer):
     (encoder-decoder), then one token per row per step.
     """
 
-    def __init__(self, tokenizer, on_texts: list, eos: set):
+    def __init__(self, tokenizer, on_texts: list, eos: set, held: bool = False):
         self._rows = [_RowText(tokenizer, on_text, eos) if on_text else None
                       for on_text in on_texts]
+        self._held = held  # end() waits for release(): graph steps follow generate's
         self._streaming = any(self._rows)
         self._seen_prompt = False
         self.first_token_at = None
@@ -88,7 +90,19 @@ class _Streamer(BaseStreamer):
                 if row is not None:
                     row.add(token)
 
+    def add(self, row: int, token: int) -> None:
+        """Stream one token of one row decoded outside generate (graph_decode.py)."""
+        if self._rows[row] is not None:
+            self._rows[row].add(token)
+
+    def release(self) -> None:
+        """End a held stream: the last text of every row."""
+        self._held = False
+        self.end()
+
     def end(self) -> None:
+        if self._held:
+            return
         for row in self._rows:
             if row is not None:
                 row.emit(final=True)
@@ -154,13 +168,14 @@ def eos_token_ids(model, tokenizer) -> set:
 
 def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
              on_texts: Optional[list] = None, cancels: Optional[list] = None,
-             constraint=None) -> Generated:
+             constraint=None, graphs=None) -> Generated:
     """Run one batched generate.
 
     ``on_texts`` holds one text callback (or None) per row, ``cancels`` one Event per row:
     setting a row's event stops that row at its next step (and the first forward once every
     row's is set), and its result is marked cancelled. ``constraint`` (constrain.py) masks
-    the logits of the rows it constrains before each step.
+    the logits of the rows it constrains before each step. With ``graphs`` (a GraphDecoder,
+    graph_decode.py) a request it takes decodes after its first token from CUDA graphs.
     """
     batch = int(inputs['input_ids'].shape[0])
     on_texts = on_texts or [None] * batch
@@ -170,18 +185,23 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
                          f'batch of {batch}')
     tokenizer = loaded.processor.tokenizer
     eos = eos_token_ids(loaded.model, tokenizer)
-    streamer = _Streamer(tokenizer, on_texts, eos)
+    graphed = graphs is not None and max_new_tokens > 1 and graphs.takes(sampling, constraint)
+    streamer = _Streamer(tokenizer, on_texts, eos, held=graphed)
     recorder = TokenLogProbs(batch)
     start = time.perf_counter()
     try:
-        with torch.inference_mode(), \
-                _interruptible_first_forward(loaded.model, cancels, streamer):
-            output = loaded.model.generate(
-                **inputs, max_new_tokens=max_new_tokens, streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([_Cancelled(cancels)]),
-                logits_processor=LogitsProcessorList([recorder, constraint] if constraint
-                                                     else [recorder]),
-                pad_token_id=tokenizer.pad_token_id, **sampling)
+        with torch.inference_mode():
+            if graphed:
+                new, logprobs = _graphed(loaded, inputs, max_new_tokens, sampling, graphs,
+                                         streamer, recorder, cancels, eos)
+            else:
+                output = _generate(loaded, inputs, max_new_tokens, sampling, streamer,
+                                   [recorder, constraint] if constraint else [recorder],
+                                   cancels)
+                ids = _new_tokens(loaded, inputs, output)
+                logprobs = (recorder.finish(ids[:, -1]) if ids.shape[1]
+                            else [[] for _ in range(batch)])
+                new = ids.tolist()
     except _InterruptedError:
         total = time.perf_counter() - start
         return Generated([[] for _ in range(batch)], total, total, [True] * batch,
@@ -189,18 +209,53 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
     if loaded.device.type == 'cuda':
         torch.cuda.synchronize(loaded.device)
     total = time.perf_counter() - start
-    new = output if loaded.is_encoder_decoder else output[:, inputs['input_ids'].shape[1]:]
-    if loaded.is_encoder_decoder:
-        new = new[:, 1:]  # the decoder start token is not output
     cancelled = [event.is_set() for event in cancels]
     # A row stopped by its cancel is padded to the batch's length: the padding is not output.
     tokens = [_without_padding(cut_at_eos(row, eos), tokenizer.pad_token_id) if stopped
               else cut_at_eos(row, eos)
-              for row, stopped in zip(new.tolist(), cancelled, strict=True)]
+              for row, stopped in zip(new, cancelled, strict=True)]
     first = (streamer.first_token_at - start) if streamer.first_token_at else total
-    logprobs = recorder.finish(new[:, -1]) if new.shape[1] else [[] for _ in range(batch)]
     return Generated(tokens, first, total, cancelled,
                      [row[:len(kept)] for row, kept in zip(logprobs, tokens, strict=True)])
+
+
+def _generate(loaded, inputs, max_new_tokens: int, sampling: dict, streamer: '_Streamer',
+              processors: list, cancels: list):
+    """Run transformers' generate, cancellable per row and in its first forward."""
+    with _interruptible_first_forward(loaded.model, cancels, streamer):
+        return loaded.model.generate(
+            **inputs, max_new_tokens=max_new_tokens, streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_Cancelled(cancels)]),
+            logits_processor=LogitsProcessorList(processors),
+            pad_token_id=loaded.processor.tokenizer.pad_token_id, **sampling)
+
+
+def _new_tokens(loaded, inputs, output):
+    """Return the generated part of generate's output (not an encoder-decoder's start token)."""
+    if loaded.is_encoder_decoder:
+        return output[:, 1:]
+    return output[:, inputs['input_ids'].shape[1]:]
+
+
+def _graphed(loaded, inputs, max_new_tokens: int, sampling: dict, graphs, streamer,
+             recorder, cancels: list, eos: set) -> tuple:
+    """Make the first token with generate into a graph slot's cache, the others by its graph."""
+    slot = graphs.slot(*inputs['input_ids'].shape, max_new_tokens)
+    at_least = int(sampling.get('min_new_tokens') or 0)
+    first_only = {'do_sample': False, 'disable_compile': True, 'min_new_tokens': min(at_least, 1),
+                  cache_keyword(loaded.model.forward): slot.cache}
+    output = _generate(loaded, inputs, 1, first_only, streamer, [recorder], cancels)
+    first = output[:, -1]
+    heads = recorder.finish(first)
+    slot.start(first, inputs['attention_mask'], max(at_least - 1, 0))
+    firsts = first.tolist()
+    stopped = [token in eos or event.is_set() for token, event in zip(firsts, cancels,
+                                                                       strict=True)]
+    rest, rest_logprobs = graphs.decode(slot, max_new_tokens - 1, cancels, stopped,
+                                        streamer.add)
+    streamer.release()
+    return ([[token] + more for token, more in zip(firsts, rest, strict=True)],
+            [head + more for head, more in zip(heads, rest_logprobs, strict=True)])
 
 
 def _without_padding(row: list, pad_id) -> list:

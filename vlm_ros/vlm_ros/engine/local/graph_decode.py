@@ -1,0 +1,267 @@
+"""Greedy decoding steps replayed from CUDA graphs, the host reading tokens only every few steps.
+
+transformers' generate loop prepares inputs, runs its logits processors and stopping criteria
+in Python at every step, then reads a flag back from the GPU before the next: on an H200 that
+host time set SmolVLM-2B's 4.1 ms a token, compiled or not. Here generate still makes the
+first token (prefill, time to first token, the cancel hooks and the streamer as before) into a
+static cache kept per (batch size, cache length); every later step is the decoder's one-token
+forward, the greedy pick and its log-probability (greedy_step), captured once as a CUDA graph
+whose buffers feed its next replay. The host queues CHUNK replays at a time, two chunks ahead,
+and reads the tokens of the older chunk (EOS, cancels, streaming) while the GPU works. On
+CUDA the step is compiled first: replayed eagerly, each layer's dozens of small elementwise
+kernels took as long as its matrix products (docs/BENCHMARKS.md, 2026-12-04).
+
+Only where that equals generate: greedy decoding without a plan grammar, decoder-only families
+with one position per token and no sliding window (LLaVA, Idefics3/SmolVLM), and generation
+configs that add no logits processor but min_new_tokens. On a CPU the same steps run eagerly
+(compiled on request); the tests check tokens and log-probabilities against generate.
+"""
+
+import collections
+import functools
+import inspect
+
+import torch
+from transformers import GenerationConfig, StaticCache
+
+CHUNK = 4  # steps between two reads of the tokens; up to 2 x CHUNK steps run past a stop
+BUCKET = 256  # cache lengths are rounded up to a multiple: few distinct graphs
+MAX_SLOTS = 4  # (batch size, cache length) states kept; the least recently used goes
+FAMILIES = ('llava', 'idefics3', 'smolvlm')  # Idefics2's Mistral: a sliding window cache
+GROWING_ROPE = ('dynamic', 'longrope')  # rotary tables that change with the length: not graphed
+# Generation-config fields that add logits processors to generate (they must be the default).
+PROCESSOR_FIELDS = ('repetition_penalty', 'encoder_repetition_penalty', 'no_repeat_ngram_size',
+                    'bad_words_ids', 'suppress_tokens', 'begin_suppress_tokens',
+                    'forced_bos_token_id', 'forced_eos_token_id', 'sequence_bias',
+                    'exponential_decay_length_penalty', 'min_length', 'num_beams',
+                    'renormalize_logits', 'guidance_scale', 'watermarking_config')
+
+
+def family_supported(model) -> bool:
+    """Whether this model's greedy steps can run here exactly as generate runs them."""
+    if model.config.is_encoder_decoder or model.config.model_type not in FAMILIES:
+        return False
+    text = model.config.get_text_config()
+    rope = getattr(text, 'rope_parameters', None) or getattr(text, 'rope_scaling', None) or {}
+    if getattr(text, 'sliding_window', None) or rope.get('rope_type') in GROWING_ROPE:
+        return False
+    defaults, own = GenerationConfig(), model.generation_config
+    return all(getattr(own, name, None) == getattr(defaults, name, None)
+               for name in PROCESSOR_FIELDS)
+
+
+def cache_length(prompt_length: int, new_tokens: int) -> int:
+    """Return the static cache's length for a prompt and its token budget (up to BUCKET)."""
+    return -(-(prompt_length + new_tokens) // BUCKET) * BUCKET
+
+
+def cache_keyword(function) -> str:
+    """Return the name ``function`` takes a cache by (5.24 renamed past_key_values)."""
+    return 'cache' if 'cache' in inspect.signature(function).parameters else 'past_key_values'
+
+
+def greedy_step(decoder, head, cache: dict, ids, attended, positions, cache_position,
+                eos_blocked) -> tuple:
+    """One token per row: the decoder's forward, the greedy pick and its log-probability.
+
+    ``cache`` is {keyword: StaticCache}; ``eos_blocked`` masks EOS while min_new_tokens holds.
+    """
+    hidden = decoder(input_ids=ids, attention_mask=attended, position_ids=positions,
+                     cache_position=cache_position, use_cache=True, **cache).last_hidden_state
+    logits = head(hidden[:, -1]).float().masked_fill(eos_blocked, float('-inf'))
+    token = logits.argmax(-1, keepdim=True)
+    return token, torch.log_softmax(logits, -1).gather(1, token)
+
+
+def capture_stream(device) -> 'torch.cuda.Stream':
+    """Return the one stream graphs are captured on: cuBLAS keeps a workspace per stream."""
+    index = torch.device(device).index
+    return _stream(torch.cuda.current_device() if index is None else index)
+
+
+@functools.cache
+def _stream(index: int) -> 'torch.cuda.Stream':
+    return torch.cuda.Stream(index)
+
+
+class GraphDecoder:
+    """The slots of one loaded model: a static cache, step buffers and a graph per shape."""
+
+    def __init__(self, model, eos_ids: set, compiled: bool = False):
+        self._model, self._eos_ids = model, sorted(eos_ids)
+        # torch.compile fuses each layer's elementwise kernels (norms, rotary, activations)
+        self._step = torch.compile(greedy_step, dynamic=True) if compiled else greedy_step
+        self._slots = collections.OrderedDict()
+        self.captures = 0  # graphs captured since load: none in steady state (benchmarks)
+
+    @staticmethod
+    def takes(sampling: dict, constraint) -> bool:
+        """Whether a request decodes here: greedy and without a plan grammar."""
+        return not sampling.get('do_sample') and constraint is None
+
+    def slot(self, batch: int, prompt_length: int, new_tokens: int) -> '_Slot':
+        """Return the slot for this shape (made on first use), with its cache emptied."""
+        key = (batch, cache_length(prompt_length, new_tokens))
+        if key not in self._slots:
+            if len(self._slots) >= MAX_SLOTS:
+                self._slots.popitem(last=False)
+            self._slots[key] = _Slot(self._model, *key, self._eos_ids, self._step)
+        self._slots.move_to_end(key)
+        slot = self._slots[key]
+        slot.empty()
+        return slot
+
+    def decode(self, slot: '_Slot', steps: int, cancels: list, stopped: list,
+               on_token) -> tuple:
+        """Decode up to ``steps`` more tokens per row after the first; return (tokens, logprobs).
+
+        ``stopped[row]`` is true for a row that already ended (EOS as first token) and is set
+        for each row that ends here: at EOS, or when its cancel event is seen (the tokens up
+        to then are kept). ``on_token(row, token)`` sees each kept token in order. The GPU is
+        kept two chunks ahead of the host, which reads the older chunk meanwhile.
+        """
+        batch = len(stopped)
+        pinned = slot.on_gpu
+        tokens = torch.empty((steps, batch), dtype=torch.long, pin_memory=pinned)
+        logprobs = torch.empty((steps, batch), dtype=torch.float32, pin_memory=pinned)
+        kept = [0] * batch
+        queued, launched, read = collections.deque(), 0, 0
+        captured = slot.captured
+        while read < steps and not all(stopped):
+            while launched < steps and launched - read < 2 * CHUNK:
+                count = min(CHUNK, steps - launched)
+                slot.run(count)
+                queued.append((launched, launched + count,
+                               slot.read(launched, launched + count, tokens, logprobs)))
+                launched += count
+            start, stop, event = queued.popleft()
+            if event is not None:
+                event.synchronize()
+            self._take(tokens, start, stop, cancels, stopped, kept, on_token)
+            read = stop
+        self.captures += slot.captured and not captured
+        return ([tokens[:count, row].tolist() for row, count in enumerate(kept)],
+                [logprobs[:count, row].tolist() for row, count in enumerate(kept)])
+
+    def _take(self, tokens, start: int, stop: int, cancels: list, stopped: list, kept: list,
+              on_token) -> None:
+        """Keep each running row's tokens of steps [start, stop) until its EOS or cancel."""
+        eos = set(self._eos_ids)
+        for row, values in enumerate(tokens[start:stop].t().tolist()):
+            for token in values:
+                if stopped[row]:
+                    break
+                stopped[row] = cancels[row].is_set()
+                if stopped[row]:
+                    break
+                kept[row] += 1
+                on_token(row, token)
+                stopped[row] = token in eos
+
+    def close(self) -> None:
+        """Drop every cache and graph (their memory goes back with the allocator's cache)."""
+        self._slots.clear()
+
+
+class _Slot:
+    """One shape's static cache, the buffers a step reads and writes, and its CUDA graph."""
+
+    def __init__(self, model, batch: int, length: int, eos_ids: list, step):
+        device = model.device
+        self._step_function = step
+        self.cache = StaticCache(config=model.config, max_cache_len=length)
+        self._decoder, self._head = model.get_decoder(), model.get_output_embeddings()
+        self._cache_argument = cache_keyword(self._decoder.forward)
+        self.on_gpu = device.type == 'cuda'
+        self._graph = None
+
+        def zeros(*shape, dtype=torch.long):
+            return torch.zeros(shape, dtype=dtype, device=device)
+        self._ids, self._positions = zeros(batch, 1), zeros(batch, 1)
+        self._cache_position, self._step, self._min_steps = zeros(1), zeros(1), zeros(1)
+        self._attended = torch.ones((batch, length), dtype=torch.bool, device=device)
+        self._columns = torch.arange(length, device=device)
+        # step x row: the steps of a chunk are one contiguous block to copy to the host
+        self._tokens, self._logprobs = zeros(length, batch), zeros(length, batch,
+                                                                   dtype=torch.float32)
+        self._eos = torch.zeros(self._head.weight.shape[0], dtype=torch.bool, device=device)
+        self._eos[eos_ids] = True
+
+    @property
+    def captured(self) -> bool:
+        """Whether this slot's graph exists (captured at its first decode on a GPU)."""
+        return self._graph is not None
+
+    def empty(self) -> None:
+        """Forget the cached states: the next prefill writes from position 0."""
+        for layer in self.cache.layers:
+            if getattr(layer, 'is_initialized', False):
+                layer.cumulative_length.zero_()
+
+    def start(self, first: torch.Tensor, attention_mask: torch.Tensor, min_steps: int) -> None:
+        """Set the buffers after the prefill: first tokens, positions, padding, EOS floor."""
+        prompt = attention_mask.shape[1]
+        self._ids.copy_(first.view(-1, 1))
+        self._positions.copy_(attention_mask.long().sum(-1, keepdim=True))
+        self._cache_position.fill_(prompt)
+        self._step.zero_()
+        self._min_steps.fill_(min_steps)
+        self._attended.fill_(True)
+        self._attended[:, :prompt] = attention_mask.bool()
+
+    def run(self, steps: int) -> None:
+        """Queue ``steps`` decoding steps (replays on a GPU, eager forwards on a CPU)."""
+        if not self.on_gpu:
+            for _ in range(steps):
+                self._forward()
+            return
+        if self._graph is None:
+            self._graph = self._capture()
+        for _ in range(steps):
+            self._graph.replay()
+
+    def read(self, start: int, stop: int, out_tokens: torch.Tensor, out_logprobs: torch.Tensor):
+        """Copy steps [start, stop) to the host; return an event that completes with the copy."""
+        out_tokens[start:stop].copy_(self._tokens[start:stop], non_blocking=self.on_gpu)
+        out_logprobs[start:stop].copy_(self._logprobs[start:stop], non_blocking=self.on_gpu)
+        if not self.on_gpu:
+            return None
+        event = torch.cuda.Event()
+        event.record()
+        return event
+
+    def _forward(self) -> None:
+        """One greedy step on the buffers; what it computes, replays compute again."""
+        attended = (self._attended & (self._columns <= self._cache_position))[:, None, None, :]
+        token, logprob = self._step_function(
+            self._decoder, self._head, {self._cache_argument: self.cache}, self._ids, attended,
+            self._positions, self._cache_position, self._eos & (self._step < self._min_steps))
+        self._tokens.index_copy_(0, self._step, token.view(1, -1))
+        self._logprobs.index_copy_(0, self._step, logprob.view(1, -1))
+        self._ids.copy_(token)
+        self._positions.add_(1)
+        self._cache_position.add_(1)
+        self._step.add_(1)
+
+    def _capture(self):
+        """Record one step as a CUDA graph, after one eager step that loads the kernels.
+
+        The eager step writes the cache at the next position and moves the buffers on: both
+        are put back, so the first replay makes the same step again.
+        """
+        state = [self._ids, self._positions, self._cache_position, self._step]
+        state += [layer.cumulative_length for layer in self.cache.layers]
+        saved = [tensor.clone() for tensor in state]
+        side = capture_stream(self._ids.device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._forward()
+        torch.cuda.current_stream().wait_stream(side)
+        for tensor, value in zip(state, saved, strict=True):
+            tensor.copy_(value)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=side, capture_error_mode='thread_local'):
+            self._forward()
+        for tensor, value in zip(state, saved, strict=True):
+            tensor.copy_(value)
+        return graph
