@@ -13,7 +13,8 @@ from vlm_ros_msgs.msg import Plan, PlanTargets
 
 def _check(targets: PlanTargets, plan: Plan) -> None:
     assert targets.header == plan.header and len(targets.steps) == len(plan.steps) > 0
-    assert all(list(step.box) == [] and step.problem == '' for step in targets.steps), targets
+    assert all(list(step.box) == [] and step.problem == '' and step.point.header.frame_id == ''
+               and step.point_problem == '' for step in targets.steps), targets
 
 
 def test_every_plan_has_its_targets_first(start_vlm_node, test_node):

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from geometry_msgs.msg import Point, PointStamped
 from std_msgs.msg import Header
 from vlm_ros.engine.grounding import View
 from vlm_ros.engine.results import make_result
@@ -36,3 +37,40 @@ def test_a_plan_without_an_answer_has_no_targets():
                       'no image')
     plan = plan_msg(outcome, 'tiny', Header())
     assert targets_msg(outcome, plan).steps == []
+
+
+def test_with_use_depth_each_boxed_step_gets_its_point_or_why_not():
+    view = View((640, 480), (0.0, 0.0, 640.0, 480.0), (640, 480))
+    outcome = Outcome(Job('plan', 'tidy up', done=None, request_id='r-3'), Status.OK,
+                      header=Header(frame_id='cam'),
+                      result=make_result('plan', TEXT, 30, 0.1, 0.2, False, (640, 480),
+                                         view=view))
+    asked = []
+
+    def points(answer, boxes):  # as ImageInputs.target_points: one (point, why) per box
+        asked.append((answer, boxes))
+        return [(PointStamped(header=Header(frame_id='cam_optical'),
+                              point=Point(x=0.1, y=0.2, z=0.5)), '')]
+    targets = targets_msg(outcome, plan_msg(outcome, 'tiny', Header()), points)
+    assert asked == [(outcome, [outcome.result.boxes[0]])]  # only the step with a box
+    first, second, third = targets.steps
+    assert first.point.header.frame_id == 'cam_optical' and first.point.point.z == 0.5
+    assert first.point_problem == ''
+    assert second.point == PointStamped() and third.point == PointStamped()
+
+    def no_depth(answer, boxes):
+        return [(None, 'no depth image yet on depth/image') for _ in boxes]
+    first = targets_msg(outcome, plan_msg(outcome, 'tiny', Header()), no_depth).steps[0]
+    assert first.point.header.frame_id == '' and first.point_problem.startswith('no depth')
+
+
+def test_without_use_depth_no_step_has_a_point_or_a_problem():
+    view = View((640, 480), (0.0, 0.0, 640.0, 480.0), (640, 480))
+    outcome = Outcome(Job('plan', 'tidy up', done=None, request_id='r-4'), Status.OK,
+                      header=Header(frame_id='cam'),
+                      result=make_result('plan', TEXT, 30, 0.1, 0.2, False, (640, 480),
+                                         view=view))
+    targets = targets_msg(outcome, plan_msg(outcome, 'tiny', Header()),
+                          lambda answer, boxes: [])
+    assert all(step.point == PointStamped() and step.point_problem == ''
+               for step in targets.steps)

@@ -73,15 +73,27 @@ def arguments_msg(outcome: Outcome, plan: Plan) -> PlanArguments:
                          steps=[skill_arguments(step) for step in steps])
 
 
-def targets_msg(outcome: Outcome, plan: Plan) -> PlanTargets:
-    """Build the PlanTargets of plan, the Plan answering outcome's job: one per step."""
+def targets_msg(outcome: Outcome, plan: Plan,
+                points: Callable[[Outcome, list], list] = lambda outcome, boxes: []
+                ) -> PlanTargets:
+    """Build the PlanTargets of plan, the Plan answering outcome's job: one per step.
+
+    ``points(outcome, boxes)`` gives each box's (PointStamped or None, reason), with use_depth
+    ([] without), as for ~/ground.
+    """
     result = outcome.result
     count = len(plan.steps)
-    boxes = list(result.boxes) if result is not None else []
+    boxes = list(result.boxes)[:count] if result is not None else []
     problems = list(result.box_problems) if result is not None else []
+    boxed = [index for index, box in enumerate(boxes) if box]
+    found = dict(zip(boxed, points(outcome, [boxes[i] for i in boxed]), strict=False)) \
+        if boxed and outcome.status == Status.OK else {}
+    pointed = [found.get(i, (None, '')) for i in range(count)]
     return PlanTargets(header=plan.header, request_id=plan.request_id, steps=[
-        StepTarget(box=[float(v) for v in boxes[i]] if i < len(boxes) and boxes[i] else [],
-                   problem=problems[i] if i < len(problems) else '') for i in range(count)])
+        StepTarget(box=[float(v) for v in boxes[i]] if i in boxed else [],
+                   problem=problems[i] if i < len(problems) else '',
+                   point=pointed[i][0] or PointStamped(), point_problem=pointed[i][1])
+        for i in range(count)])
 
 
 def step_arguments_msg(header, plan_id: str, index: int, attempt: int, step) -> StepArguments:

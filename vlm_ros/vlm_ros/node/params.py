@@ -108,8 +108,9 @@ SPECS = (
               choices=('best_effort', 'reliable')),
     ParamSpec('use_depth', False, "subscribe to the camera's aligned depth image (depth/image: "
               '16UC1 millimetres or 32FC1 metres) and camera_info (with cameras: the first '
-              "camera's NAME/depth/image and NAME/camera_info), so each ~/ground box also gets "
-              "a 3D point in the camera's optical frame", applies='images'),
+              "camera's NAME/depth/image and NAME/camera_info), so each ~/ground box and each "
+              "plan step's box (plan_targets) also gets a 3D point in the camera's optical "
+              'frame', applies='images'),
     ParamSpec('cameras', (), 'camera names, e.g. [head, wrist]: each camera takes images from '
               'NAME/image (NAME/image/compressed, by image_transport), and every camera request '
               'uses one frame of each, each after its name in the prompt (a model that takes '

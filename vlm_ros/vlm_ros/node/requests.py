@@ -68,7 +68,7 @@ class Serving:
     fallback header of plans that used no image; ``companions(outcome, plan)`` publishes what
     goes out just before a Plan (its PlanConfidence and PlanArguments), or with plan None, the
     AnswerConfidence of a ~/query answer; ``points(outcome, boxes)`` the 3D point (or why
-    none) of each box of a ~/ground answer, with use_depth ([] without).
+    none) of each box of a ~/ground answer or a plan's targets, with use_depth ([] without).
     """
 
     worker: Callable[[], Optional[Worker]]

@@ -116,7 +116,7 @@ class Topics:
             messages = {'answer': lambda: answer_confidence_msg(outcome)}
         else:
             messages = {'plan': lambda: confidence_msg(outcome, plan),
-                        'targets': lambda: targets_msg(outcome, plan)}
+                        'targets': lambda: targets_msg(outcome, plan, self._serving.points)}
             if takes_arguments(self._settings().skills):
                 messages['arguments'] = lambda: arguments_msg(outcome, plan)
         if outcome.job.sources:
