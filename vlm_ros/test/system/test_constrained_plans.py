@@ -114,3 +114,25 @@ def test_captions_in_a_plan_batch_stay_free(random_llava):
         engine.unload()
     assert plan.form in ('constrained', 'json_truncated') and caption.form == 'text'
     assert not caption.text.startswith('{"steps": [')
+
+
+def test_plans_decoded_from_cuda_graph_steps_are_generates_plans(random_llava):
+    """decode_mode graphs (auto's on CUDA): the grammar masks each replayed step's scores.
+
+    The same plans, closings and log-probabilities as generate's, batched and one by one.
+    """
+    requests = _instructions(12)
+    found = {}
+    for mode in ('static', 'graphs'):
+        engine = _engine(random_llava, skills=SKILLS, decode_mode=mode)
+        try:
+            found[mode] = (engine.run(requests[:8]) + engine.run(requests[8:]),
+                           [engine.run([request])[0] for request in requests[:3]])
+        finally:
+            engine.unload()
+    for ours, theirs in zip(found['graphs'], found['static'], strict=True):
+        assert [(r.text, r.output_tokens, r.form) for r in ours] == \
+            [(r.text, r.output_tokens, r.form) for r in theirs]
+        assert all(r.form == 'constrained' and r.valid for r in ours)
+        for mine, expected in zip(ours, theirs, strict=True):
+            assert mine.token_logprobs == pytest.approx(expected.token_logprobs, abs=1e-5)

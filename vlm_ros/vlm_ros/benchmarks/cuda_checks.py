@@ -94,6 +94,21 @@ def _check_graphs(path, requests, eager) -> list:
                   f'{before} -> {after} bytes')]
 
 
+def _check_graph_plans(path, requests) -> bool:
+    """Plans under the grammar decoded from CUDA graphs: the static cache's plans."""
+    plans = {}
+    for mode in ('static', 'auto'):
+        engine = VlmEngine(EngineConfig(model=str(path), device='cuda', dtype='float32',
+                                        max_new_tokens=48, decode_mode=mode,
+                                        constrain_plans='on', skills=('pick', 'place')))
+        engine.load()
+        plans[mode] = ([(r.text, r.form) for r in engine.run(requests * 2)], engine.decoding.mode)
+        engine.unload()
+    return check(f'{path.name}: constrained plans from CUDA graphs as from the static cache',
+                 plans['auto'][0] == plans['static'][0] and plans['auto'][1] == 'graphs',
+                 f"{plans['auto'][1]}, forms {sorted({form for _, form in plans['auto'][0]})}")
+
+
 def _same_tokens(path: str) -> int:
     """Greedy token ids of the default (graph) decoding against the static cache and eager.
 
@@ -253,6 +268,8 @@ def main(argv=None) -> int:
                                  f'{before} -> {loaded} -> {after} bytes'))
             if family in ('llava', 'idefics3'):
                 results.extend(_check_graphs(path, requests, answers))
+                results.append(_check_graph_plans(path, [r for r in requests
+                                                         if r.task == 'plan']))
             if family in ('llava', 'florence2') and not only_graphs:
                 compiled.append((path, batched))
         for path, batched in compiled:

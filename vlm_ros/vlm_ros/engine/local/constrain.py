@@ -6,7 +6,8 @@ decoding step, the set of tokens that keep a row's text a prefix of a valid plan
 logits become -inf. Each row has its own matcher, so plan rows and caption rows share a batch,
 and a row that ended or was cancelled no longer costs anything. The mask is applied in
 generate's logits processors, outside the model's forward, so the compiled decode path is
-unchanged. Grammars are compiled once per (schema, tokenizer) and kept (GrammarCache).
+unchanged; graph decoding (graph_decode.py) calls the same processor on each replayed step's
+scores. Grammars are compiled once per (schema, tokenizer) and kept (GrammarCache).
 """
 
 import json

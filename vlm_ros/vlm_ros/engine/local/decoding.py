@@ -9,9 +9,9 @@ after which torch.compile has marked those dimensions dynamic, and later request
 length and batch size reuse the graphs (test_decoding.py counts them).
 
 'graphs' (auto's choice on CUDA for the families graph_decode.py takes) replays greedy
-decoding steps from CUDA graphs with no host round trip per token; requests it does not take
-(sampling, a plan grammar) decode with the static cache, uncompiled. Its warm-up captures the
-graphs of the warm-up's shapes.
+decoding steps from CUDA graphs with no host round trip per token (a plan grammar reads each
+step's tokens to mask the next); sampled requests decode with the static cache, uncompiled.
+Its warm-up compiles the step and captures the graphs of the warm-up's shapes.
 """
 
 import time

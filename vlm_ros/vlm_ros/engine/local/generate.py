@@ -185,7 +185,7 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
                          f'batch of {batch}')
     tokenizer = loaded.processor.tokenizer
     eos = eos_token_ids(loaded.model, tokenizer)
-    graphed = graphs is not None and max_new_tokens > 1 and graphs.takes(sampling, constraint)
+    graphed = graphs is not None and max_new_tokens > 1 and graphs.takes(sampling)
     streamer = _Streamer(tokenizer, on_texts, eos, held=graphed)
     recorder = TokenLogProbs(batch)
     start = time.perf_counter()
@@ -193,7 +193,7 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
         with torch.inference_mode():
             if graphed:
                 new, logprobs = _graphed(loaded, inputs, max_new_tokens, sampling, graphs,
-                                         streamer, recorder, cancels, eos)
+                                         streamer, recorder, cancels, eos, constraint)
             else:
                 output = _generate(loaded, inputs, max_new_tokens, sampling, streamer,
                                    [recorder, constraint] if constraint else [recorder],
@@ -238,13 +238,17 @@ def _new_tokens(loaded, inputs, output):
 
 
 def _graphed(loaded, inputs, max_new_tokens: int, sampling: dict, graphs, streamer,
-             recorder, cancels: list, eos: set) -> tuple:
-    """Make the first token with generate into a graph slot's cache, the others by its graph."""
+             recorder, cancels: list, eos: set, constraint) -> tuple:
+    """Make the first token with generate into a graph slot's cache, the others by its graph.
+
+    A plan grammar (``constraint``) masks the first token in generate and every later one.
+    """
     slot = graphs.slot(*inputs['input_ids'].shape, max_new_tokens)
     at_least = int(sampling.get('min_new_tokens') or 0)
     first_only = {'do_sample': False, 'disable_compile': True, 'min_new_tokens': min(at_least, 1),
                   cache_keyword(loaded.model.forward): slot.cache}
-    output = _generate(loaded, inputs, 1, first_only, streamer, [recorder], cancels)
+    output = _generate(loaded, inputs, 1, first_only, streamer,
+                       [recorder, constraint] if constraint else [recorder], cancels)
     first = output[:, -1]
     heads = recorder.finish(first)
     slot.start(first, inputs['attention_mask'], max(at_least - 1, 0))
@@ -252,7 +256,7 @@ def _graphed(loaded, inputs, max_new_tokens: int, sampling: dict, graphs, stream
     stopped = [token in eos or event.is_set() for token, event in zip(firsts, cancels,
                                                                        strict=True)]
     rest, rest_logprobs = graphs.decode(slot, max_new_tokens - 1, cancels, stopped,
-                                        streamer.add)
+                                        streamer.add, constraint, tuple(firsts))
     streamer.release()
     return ([[token] + more for token, more in zip(firsts, rest, strict=True)],
             [head + more for head, more in zip(heads, rest_logprobs, strict=True)])

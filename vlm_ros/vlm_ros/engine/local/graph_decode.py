@@ -11,9 +11,11 @@ and reads the tokens of the older chunk (EOS, cancels, streaming) while the GPU 
 CUDA the step is compiled first: replayed eagerly, each layer's dozens of small elementwise
 kernels took as long as its matrix products (docs/BENCHMARKS.md, 2026-12-04).
 
-Only where that equals generate: greedy decoding without a plan grammar, decoder-only families
-with one position per token and no sliding window (LLaVA, Idefics3/SmolVLM), and generation
-configs that add no logits processor but min_new_tokens. On a CPU the same steps run eagerly
+Under a plan grammar the host reads every step's tokens, since the grammar needs them before it
+masks the next step's scores (constrain.py); the step is still one replay. Only where that
+equals generate: greedy decoding, decoder-only families with one position per token and no
+sliding window (LLaVA, Idefics3/SmolVLM), and generation configs that add no logits processor
+but min_new_tokens. On a CPU the same steps run eagerly
 (compiled on request); the tests check tokens and log-probabilities against generate.
 """
 
@@ -62,15 +64,16 @@ def cache_keyword(function) -> str:
 
 def greedy_step(decoder, head, cache: dict, ids, attended, positions, cache_position,
                 eos_blocked) -> tuple:
-    """One token per row: the decoder's forward, the greedy pick and its log-probability.
+    """One token per row: the decoder's forward, the greedy pick, the logits and log-softmax.
 
     ``cache`` is {keyword: StaticCache}; ``eos_blocked`` masks EOS while min_new_tokens holds.
+    The logits are kept for a plan grammar's mask, the log-softmax for the taken token's
+    log-probability (the model's own, before any grammar, as TokenLogProbs records it).
     """
     hidden = decoder(input_ids=ids, attention_mask=attended, position_ids=positions,
                      cache_position=cache_position, use_cache=True, **cache).last_hidden_state
     logits = head(hidden[:, -1]).float().masked_fill(eos_blocked, float('-inf'))
-    token = logits.argmax(-1, keepdim=True)
-    return token, torch.log_softmax(logits, -1).gather(1, token)
+    return logits.argmax(-1, keepdim=True), logits, torch.log_softmax(logits, -1)
 
 
 def capture_stream(device) -> 'torch.cuda.Stream':
@@ -95,9 +98,9 @@ class GraphDecoder:
         self.captures = 0  # graphs captured since load: none in steady state (benchmarks)
 
     @staticmethod
-    def takes(sampling: dict, constraint) -> bool:
-        """Whether a request decodes here: greedy and without a plan grammar."""
-        return not sampling.get('do_sample') and constraint is None
+    def takes(sampling: dict) -> bool:
+        """Whether a request decodes here: greedy (a plan grammar masks each step's scores)."""
+        return not sampling.get('do_sample')
 
     def slot(self, batch: int, prompt_length: int, new_tokens: int) -> '_Slot':
         """Return the slot for this shape (made on first use), with its cache emptied."""
@@ -111,15 +114,19 @@ class GraphDecoder:
         slot.empty()
         return slot
 
-    def decode(self, slot: '_Slot', steps: int, cancels: list, stopped: list,
-               on_token) -> tuple:
+    def decode(self, slot: '_Slot', steps: int, cancels: list, stopped: list, on_token,
+               constraint=None, first: tuple = ()) -> tuple:
         """Decode up to ``steps`` more tokens per row after the first; return (tokens, logprobs).
 
         ``stopped[row]`` is true for a row that already ended (EOS as first token) and is set
         for each row that ends here: at EOS, or when its cancel event is seen (the tokens up
         to then are kept). ``on_token(row, token)`` sees each kept token in order. The GPU is
-        kept two chunks ahead of the host, which reads the older chunk meanwhile.
+        kept two chunks ahead of the host, which reads the older chunk meanwhile. With a
+        plan grammar (``constraint``, which saw the ``first`` tokens' step), one step at a time.
         """
+        if constraint is not None:
+            return self._decode_constrained(slot, steps, cancels, stopped, on_token, constraint,
+                                            first)
         batch = len(stopped)
         pinned = slot.on_gpu
         tokens = torch.empty((steps, batch), dtype=torch.long, pin_memory=pinned)
@@ -142,6 +149,33 @@ class GraphDecoder:
         self.captures += slot.captured and not captured
         return ([tokens[:count, row].tolist() for row, count in enumerate(kept)],
                 [logprobs[:count, row].tolist() for row, count in enumerate(kept)])
+
+    def _decode_constrained(self, slot: '_Slot', steps: int, cancels: list, stopped: list,
+                            on_token, constraint, first: tuple) -> tuple:
+        """Replay one step, mask its scores by the grammar, take the best allowed token.
+
+        The grammar needs each row's token before it can mask the next step, so the host reads
+        the tokens back at every step; the step itself is still one graph replay.
+        """
+        captured = slot.captured
+        rows = [([], []) for _ in stopped]
+        previous = list(first)
+        eos = set(self._eos_ids)
+        for _ in range(steps):
+            if all(stopped):
+                break
+            slot.run(1)
+            constraint(torch.tensor(previous).view(-1, 1), slot.scores)
+            previous, logprobs = slot.retake()
+            for row, (token, logprob) in enumerate(zip(previous, logprobs, strict=True)):
+                stopped[row] = stopped[row] or cancels[row].is_set()
+                if not stopped[row]:
+                    rows[row][0].append(token)
+                    rows[row][1].append(logprob)
+                    on_token(row, token)
+                    stopped[row] = token in eos
+        self.captures += slot.captured and not captured
+        return [tokens for tokens, _ in rows], [logprobs for _, logprobs in rows]
 
     def _take(self, tokens, start: int, stop: int, cancels: list, stopped: list, kept: list,
               on_token) -> None:
@@ -184,8 +218,12 @@ class _Slot:
         # step x row: the steps of a chunk are one contiguous block to copy to the host
         self._tokens, self._logprobs = zeros(length, batch), zeros(length, batch,
                                                                    dtype=torch.float32)
-        self._eos = torch.zeros(self._head.weight.shape[0], dtype=torch.bool, device=device)
+        vocabulary = self._head.weight.shape[0]
+        self._eos = torch.zeros(vocabulary, dtype=torch.bool, device=device)
         self._eos[eos_ids] = True
+        # the last step's logits (a grammar masks them in place) and log-softmax
+        self.scores = torch.zeros((batch, vocabulary), dtype=torch.float32, device=device)
+        self._log_softmax = torch.zeros_like(self.scores)
 
     @property
     def captured(self) -> bool:
@@ -230,14 +268,30 @@ class _Slot:
         event.record()
         return event
 
+    def retake(self) -> tuple:
+        """Take the best token each row's masked scores leave, in place of the last step's.
+
+        The step's log-probability stays the model's own (from the unmasked log-softmax).
+        Return the tokens (one per row) and their log-probabilities, read back to the host.
+        """
+        token = self.scores.argmax(-1, keepdim=True)
+        logprob = self._log_softmax.gather(1, token)
+        index = self._step - 1
+        self._tokens.index_copy_(0, index, token.view(1, -1))
+        self._logprobs.index_copy_(0, index, logprob.view(1, -1))
+        self._ids.copy_(token)
+        return token.view(-1).tolist(), logprob.view(-1).tolist()
+
     def _forward(self) -> None:
         """One greedy step on the buffers; what it computes, replays compute again."""
         attended = (self._attended & (self._columns <= self._cache_position))[:, None, None, :]
-        token, logprob = self._step_function(
+        token, logits, log_softmax = self._step_function(
             self._decoder, self._head, {self._cache_argument: self.cache}, self._ids, attended,
             self._positions, self._cache_position, self._eos & (self._step < self._min_steps))
+        self.scores.copy_(logits)
+        self._log_softmax.copy_(log_softmax)
         self._tokens.index_copy_(0, self._step, token.view(1, -1))
-        self._logprobs.index_copy_(0, self._step, logprob.view(1, -1))
+        self._logprobs.index_copy_(0, self._step, log_softmax.gather(1, token).view(1, -1))
         self._ids.copy_(token)
         self._positions.add_(1)
         self._cache_position.add_(1)
