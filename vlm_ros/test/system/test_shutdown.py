@@ -145,6 +145,51 @@ def test_a_goal_result_still_being_made_on_the_way_out_is_sent(test_node):
     client.destroy()
 
 
+def test_a_result_asked_for_after_its_goal_ended_on_the_way_out_is_still_sent(test_node):
+    """A result is sent when its client asks: a request still in flight is served too.
+
+    The client asks for the result only once the goal has ended in the drain (as a request
+    sent just before the signal but taken late would): the drain must still be serving when
+    the result arrives (shutdown.GRACE), not have let the node go.
+    """
+    server_node = Node(f'grace_{uuid.uuid4().hex[:8]}')
+    executor = TrackingExecutor(2)
+    accepted, ended = [], threading.Event()
+    payload = uuid.uuid4().hex
+
+    def execute(goal_handle):
+        goal_handle.abort()
+        ended.set()
+        return GeneratePlan.Result(plan=Plan(status=Plan.STATUS_CANCELLED, message=payload))
+
+    ActionServer(server_node, GeneratePlan, '~/grace', execute_callback=execute,
+                 handle_accepted_callback=accepted.append)
+    spinner = SpinThread([server_node], executor)
+    client = ActionClient(test_node.node, GeneratePlan, f'/{server_node.get_name()}/grace')
+    assert client.wait_for_server(timeout_sec=TIMEOUT)
+    handle = wait_future(client.send_goal_async(GeneratePlan.Goal(instruction=payload)),
+                         TIMEOUT, 'goal acceptance')
+    wait_until(lambda: bool(accepted), TIMEOUT, 'the goal accepted')
+    quiet = threading.Event()  # the drain saw the goal ended and its tasks run
+
+    def tasks_done():
+        done = executor.tasks_done()
+        if done and ended.is_set():
+            quiet.set()
+        return done
+    drain = threading.Thread(target=shutdown.shutdown_gracefully, args=(
+        'active', accepted[0].execute, lambda: not ended.is_set(), tasks_done))
+    drain.start()
+    assert quiet.wait(TIMEOUT)
+    result = wait_future(handle.get_result_async(), TIMEOUT, 'the goal result')
+    serving = drain.is_alive()
+    drain.join()
+    spinner.stop()
+    assert result.result.plan.message == payload
+    assert serving, 'the drain ended before the result asked for after the goal ended was sent'
+    client.destroy()
+
+
 LAUNCH_SIGTERM_TIMEOUT = 5.0  # s launch waits after SIGINT before it sends SIGTERM (default)
 
 

@@ -11,7 +11,10 @@ from collections.abc import Callable
 from rclpy.duration import Duration
 
 ACK_TIMEOUT = 0.5  # s the last answers may take to be acknowledged before outputs close
-DRAIN_TIMEOUT = 2.0  # s queries and goals answered on the way out may take to be sent
+DRAIN_TIMEOUT = 3.0  # s queries and goals answered on the way out may take to be sent
+# s the executor keeps serving once those are sent: a client's request for a result it was
+# answered (an action's get_result) may still be on its way, sent just before the signal
+GRACE = 1.0
 
 
 def close_outputs(publishers: list, destroy_publisher: Callable) -> None:
@@ -32,10 +35,18 @@ def shutdown_gracefully(state: str, trigger_shutdown: Callable[[], object],
     ``busy()`` tells whether queries or goals answered on the way out still wait for their
     answer; ``tasks_done()`` whether the executor (still spinning) has run every task created
     on it: an action result is sent from such tasks after the goal's execute callback.
-    Checked in that order, so a goal that is no longer busy has created its tasks.
+    Checked in that order, so a goal that is no longer busy has created its tasks. Where
+    something was answered on the way out, the executor then serves for GRACE more: rclpy sends
+    an action's result only when its client asks, and that request may still be in flight.
     """
     if state in ('unconfigured', 'inactive', 'active'):
         trigger_shutdown()
-    deadline = time.monotonic() + DRAIN_TIMEOUT
-    while (busy() or not tasks_done()) and time.monotonic() < deadline:
+    start = time.monotonic()
+    deadline, answered, quiet_since = start + DRAIN_TIMEOUT, False, start
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if busy() or not tasks_done():
+            answered, quiet_since = True, now
+        elif not answered or now - quiet_since >= GRACE:
+            return
         time.sleep(0.01)
