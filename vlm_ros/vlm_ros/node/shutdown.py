@@ -14,7 +14,7 @@ ACK_TIMEOUT = 0.5  # s the last answers may take to be acknowledged before outpu
 DRAIN_TIMEOUT = 3.0  # s queries and goals answered on the way out may take to be sent
 # s the executor keeps serving once those are sent: a client's request for a result it was
 # answered (an action's get_result) may still be on its way, sent just before the signal
-GRACE = 1.0
+GRACE = 0.5
 
 
 def close_outputs(publishers: list, destroy_publisher: Callable) -> None:
