@@ -28,12 +28,17 @@ def answers(engine, requests) -> list:
     return [(r.text, r.output_tokens) for r in engine.run(requests)]
 
 
+def batched_and_single(engine) -> tuple:
+    """Return the answers to three_requests() as one batch, and one request at a time."""
+    return (answers(engine, three_requests()),
+            [answers(engine, [r])[0] for r in three_requests()])
+
+
 def eager_of(trained_tiny, families) -> dict:
     """Each family's eager answers to three_requests(), batched and one at a time."""
     found = {}
     for family in families:
         engine = start_engine(trained_tiny(family), 'eager')
-        found[family] = (answers(engine, three_requests()),
-                         [answers(engine, [r])[0] for r in three_requests()])
+        found[family] = batched_and_single(engine)
         engine.unload()
     return found

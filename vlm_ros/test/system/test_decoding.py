@@ -8,7 +8,7 @@ and token limits after load() make no new graph.
 import uuid
 
 import pytest
-from decoding_harness import answers, eager_of, start_engine, three_requests
+from decoding_harness import batched_and_single, eager_of, start_engine
 from engine_fixtures import FAMILIES, scene
 from vlm_ros.engine import Request, VlmError
 from vlm_ros.engine.local.decoding import compiled_graphs
@@ -28,9 +28,7 @@ def test_static_cache_answers_equal_eager_answers(family, trained_tiny, eager_an
     try:
         assert engine.decoding.mode == 'static'
         assert engine.generate_kwargs()['cache_implementation'] == 'static'
-        batched, single = eager_answers[family]
-        assert answers(engine, three_requests()) == batched
-        assert [answers(engine, [r])[0] for r in three_requests()] == single
+        assert batched_and_single(engine) == eager_answers[family]
     finally:
         engine.unload()
 
@@ -43,9 +41,7 @@ def test_compiled_decoding_compiles_at_load_and_answers_as_eager(family, trained
         graphs = compiled_graphs()
         assert engine.decoding.mode == 'compiled' and engine.decoding.warm_up_seconds > 0
         assert engine.status()['compiled_graphs'] == graphs > 0
-        batched, single = eager_answers[family]
-        assert answers(engine, three_requests()) == batched
-        assert [answers(engine, [r])[0] for r in three_requests()] == single
+        assert batched_and_single(engine) == eager_answers[family]
         longer = f'{uuid.uuid4().hex[:8]}: a new instruction, longer than any so far'
         engine.run([Request('plan', scene('blue', 96, 128), longer, max_new_tokens=7)] * 5)
         assert compiled_graphs() == graphs, 'a request compiled: the warm-up missed a shape'

@@ -8,7 +8,7 @@ the captured graphs the same way.
 import threading
 
 import pytest
-from decoding_harness import answers, eager_of, start_engine, three_requests
+from decoding_harness import batched_and_single, eager_of, start_engine
 from engine_fixtures import scene
 from vlm_ros.engine import Request, VlmError
 from vlm_ros.engine.local.decoding import graph_decoder
@@ -32,9 +32,7 @@ def test_graph_decoding_answers_equal_eager_answers(family, trained_tiny, eager_
     engine = start_engine(trained_tiny(family), 'graphs')
     try:
         assert engine.decoding.mode == 'graphs' and 'graphs decoding' in engine.describe()
-        batched, single = eager_answers[family]
-        assert answers(engine, three_requests()) == batched
-        assert [answers(engine, [r])[0] for r in three_requests()] == single
+        assert batched_and_single(engine) == eager_answers[family]
     finally:
         engine.unload()
 

@@ -106,6 +106,26 @@ def test_signal_answers_a_running_goal_and_a_waiting_query(start_vlm_node, untra
     client.destroy()
 
 
+def _goal_to_drain(test_node, execute, payload: str) -> tuple:
+    """Serve GeneratePlan with execute on a TrackingExecutor and send it a goal of payload.
+
+    Return the client's goal handle and the server's (accepted, to be executed by the drain
+    as a shutdown would), the executor, its SpinThread and the client.
+    """
+    server_node = Node(f'drain_{uuid.uuid4().hex[:8]}')
+    executor = TrackingExecutor(2)
+    accepted = []
+    ActionServer(server_node, GeneratePlan, '~/drained', execute_callback=execute,
+                 handle_accepted_callback=accepted.append)
+    spinner = SpinThread([server_node], executor)
+    client = ActionClient(test_node.node, GeneratePlan, f'/{server_node.get_name()}/drained')
+    assert client.wait_for_server(timeout_sec=TIMEOUT)
+    handle = wait_future(client.send_goal_async(GeneratePlan.Goal(instruction=payload)),
+                         TIMEOUT, 'goal acceptance')
+    wait_until(lambda: bool(accepted), TIMEOUT, 'the goal accepted')
+    return handle, accepted[0], executor, spinner, client
+
+
 def test_a_goal_result_still_being_made_on_the_way_out_is_sent(test_node):
     """The drain waits for the tasks that send a result, however late they are created.
 
@@ -113,9 +133,7 @@ def test_a_goal_result_still_being_made_on_the_way_out_is_sent(test_node):
     result from tasks created after the callback returns. Here the callback returns only once
     the drain has seen the goal not busy: the result must reach the client all the same.
     """
-    server_node = Node(f'drain_{uuid.uuid4().hex[:8]}')
-    executor = TrackingExecutor(2)
-    accepted, drained = [], threading.Event()
+    drained = threading.Event()
     answering = threading.Event()  # the execute callback has taken the goal's outcome
 
     def execute(goal_handle):
@@ -129,16 +147,9 @@ def test_a_goal_result_still_being_made_on_the_way_out_is_sent(test_node):
         return executor.tasks_done()
 
     payload = uuid.uuid4().hex
-    ActionServer(server_node, GeneratePlan, '~/drained', execute_callback=execute,
-                 handle_accepted_callback=accepted.append)
-    spinner = SpinThread([server_node], executor)
-    client = ActionClient(test_node.node, GeneratePlan, f'/{server_node.get_name()}/drained')
-    assert client.wait_for_server(timeout_sec=TIMEOUT)
-    handle = wait_future(client.send_goal_async(GeneratePlan.Goal(instruction=payload)),
-                         TIMEOUT, 'goal acceptance')
+    handle, accepted, executor, spinner, client = _goal_to_drain(test_node, execute, payload)
     result = handle.get_result_async()
-    wait_until(lambda: bool(accepted), TIMEOUT, 'the goal accepted')
-    shutdown.shutdown_gracefully('active', accepted[0].execute,
+    shutdown.shutdown_gracefully('active', accepted.execute,
                                  lambda: not answering.is_set(), tasks_done)
     spinner.stop()
     assert wait_future(result, TIMEOUT, 'the goal result').result.plan.message == payload
@@ -152,9 +163,7 @@ def test_a_result_asked_for_after_its_goal_ended_on_the_way_out_is_still_sent(te
     sent just before the signal but taken late would): the drain must still be serving when
     the result arrives (shutdown.GRACE), not have let the node go.
     """
-    server_node = Node(f'grace_{uuid.uuid4().hex[:8]}')
-    executor = TrackingExecutor(2)
-    accepted, ended = [], threading.Event()
+    ended = threading.Event()
     payload = uuid.uuid4().hex
 
     def execute(goal_handle):
@@ -162,14 +171,7 @@ def test_a_result_asked_for_after_its_goal_ended_on_the_way_out_is_still_sent(te
         ended.set()
         return GeneratePlan.Result(plan=Plan(status=Plan.STATUS_CANCELLED, message=payload))
 
-    ActionServer(server_node, GeneratePlan, '~/grace', execute_callback=execute,
-                 handle_accepted_callback=accepted.append)
-    spinner = SpinThread([server_node], executor)
-    client = ActionClient(test_node.node, GeneratePlan, f'/{server_node.get_name()}/grace')
-    assert client.wait_for_server(timeout_sec=TIMEOUT)
-    handle = wait_future(client.send_goal_async(GeneratePlan.Goal(instruction=payload)),
-                         TIMEOUT, 'goal acceptance')
-    wait_until(lambda: bool(accepted), TIMEOUT, 'the goal accepted')
+    handle, accepted, executor, spinner, client = _goal_to_drain(test_node, execute, payload)
     quiet = threading.Event()  # the drain saw the goal ended and its tasks run
 
     def tasks_done():
@@ -178,7 +180,7 @@ def test_a_result_asked_for_after_its_goal_ended_on_the_way_out_is_still_sent(te
             quiet.set()
         return done
     drain = threading.Thread(target=shutdown.shutdown_gracefully, args=(
-        'active', accepted[0].execute, lambda: not ended.is_set(), tasks_done))
+        'active', accepted.execute, lambda: not ended.is_set(), tasks_done))
     drain.start()
     assert quiet.wait(TIMEOUT)
     result = wait_future(handle.get_result_async(), TIMEOUT, 'the goal result')

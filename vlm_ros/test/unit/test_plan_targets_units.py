@@ -17,12 +17,16 @@ TEXT = json.dumps({'steps': [
     {'instruction': 'push it', 'skill': 'push', 'target': 'box', 'box': [1.5, 0, 2, 1]}]})
 
 
-def test_each_step_gets_its_box_in_pixels_or_none_and_why():
+def _answered(request_id: str) -> Outcome:
+    """Return an OK plan outcome of TEXT on a 640x480 image its model saw whole."""
     view = View((640, 480), (0.0, 0.0, 640.0, 480.0), (640, 480))
-    outcome = Outcome(Job('plan', 'tidy up', done=None, request_id='r-1'), Status.OK,
-                      header=Header(frame_id='cam'),
-                      result=make_result('plan', TEXT, 30, 0.1, 0.2, False, (640, 480),
-                                         view=view))
+    return Outcome(Job('plan', 'tidy up', done=None, request_id=request_id), Status.OK,
+                   header=Header(frame_id='cam'),
+                   result=make_result('plan', TEXT, 30, 0.1, 0.2, False, (640, 480), view=view))
+
+
+def test_each_step_gets_its_box_in_pixels_or_none_and_why():
+    outcome = _answered('r-1')
     plan = plan_msg(outcome, 'tiny', Header())
     targets = targets_msg(outcome, plan)
     assert (targets.request_id, targets.header.frame_id) == ('r-1', 'cam')
@@ -40,11 +44,7 @@ def test_a_plan_without_an_answer_has_no_targets():
 
 
 def test_with_use_depth_each_boxed_step_gets_its_point_or_why_not():
-    view = View((640, 480), (0.0, 0.0, 640.0, 480.0), (640, 480))
-    outcome = Outcome(Job('plan', 'tidy up', done=None, request_id='r-3'), Status.OK,
-                      header=Header(frame_id='cam'),
-                      result=make_result('plan', TEXT, 30, 0.1, 0.2, False, (640, 480),
-                                         view=view))
+    outcome = _answered('r-3')
     asked = []
 
     def points(answer, boxes):  # as ImageInputs.target_points: one (point, why) per box
@@ -65,11 +65,7 @@ def test_with_use_depth_each_boxed_step_gets_its_point_or_why_not():
 
 
 def test_without_use_depth_no_step_has_a_point_or_a_problem():
-    view = View((640, 480), (0.0, 0.0, 640.0, 480.0), (640, 480))
-    outcome = Outcome(Job('plan', 'tidy up', done=None, request_id='r-4'), Status.OK,
-                      header=Header(frame_id='cam'),
-                      result=make_result('plan', TEXT, 30, 0.1, 0.2, False, (640, 480),
-                                         view=view))
+    outcome = _answered('r-4')
     targets = targets_msg(outcome, plan_msg(outcome, 'tiny', Header()),
                           lambda answer, boxes: [])
     assert all(step.point == PointStamped() and step.point_problem == ''

@@ -41,12 +41,18 @@ def check(name: str, ok: bool, detail: str = '') -> bool:
     return ok
 
 
+def _loaded_on_cuda(path, **fields) -> VlmEngine:
+    """Load path on CUDA: float32, 24 new tokens, plans free, unless ``fields`` say otherwise."""
+    config = {'device': 'cuda', 'dtype': 'float32', 'max_new_tokens': 24,
+              'constrain_plans': 'off', **fields}
+    engine = VlmEngine(EngineConfig(model=str(path), **config))
+    engine.load()
+    return engine
+
+
 def _check_compiled(path, requests, eager: list) -> bool:
     """decode_mode compiled on CUDA: compiled at load, eager's answers, no compile per request."""
-    engine = VlmEngine(EngineConfig(model=str(path), device='cuda', dtype='float32',
-                                    max_new_tokens=24, decode_mode='compiled',
-                                    constrain_plans='off'))
-    engine.load()
+    engine = _loaded_on_cuda(path, decode_mode='compiled')
     graphs = compiled_graphs()
     answers = [r.text for r in engine.run(requests)]
     engine.run(requests[:2])
@@ -61,9 +67,7 @@ def _check_compiled(path, requests, eager: list) -> bool:
 def _check_graphs(path, requests, eager) -> list:
     """decode_mode auto on CUDA for a graph family: eager's tokens and log-probabilities."""
     before = torch.cuda.memory_allocated()
-    engine = VlmEngine(EngineConfig(model=str(path), device='cuda', dtype='float32',
-                                    max_new_tokens=24, constrain_plans='off'))
-    engine.load()
+    engine = _loaded_on_cuda(path)
     captured = engine.status()['cuda_graphs']
     answers = engine.run(requests)
     single = [engine.run([r])[0] for r in requests]
@@ -98,10 +102,8 @@ def _check_graph_plans(path, requests) -> bool:
     """Plans under the grammar decoded from CUDA graphs: the static cache's plans."""
     plans = {}
     for mode in ('static', 'auto'):
-        engine = VlmEngine(EngineConfig(model=str(path), device='cuda', dtype='float32',
-                                        max_new_tokens=48, decode_mode=mode,
-                                        constrain_plans='on', skills=('pick', 'place')))
-        engine.load()
+        engine = _loaded_on_cuda(path, max_new_tokens=48, decode_mode=mode,
+                                 constrain_plans='on', skills=('pick', 'place'))
         plans[mode] = ([(r.text, r.form) for r in engine.run(requests * 2)], engine.decoding.mode)
         engine.unload()
     return check(f'{path.name}: constrained plans from CUDA graphs as from the static cache',
@@ -121,9 +123,7 @@ def _same_tokens(path: str) -> int:
     requests = [Request('caption', frames[0]), Request('vqa', frames[1], 'what is on the table?'),
                 Request('plan', frames[2], 'put the red block in the bin'),
                 Request('plan', frames[3], 'pick up the cup')]
-    engine = VlmEngine(EngineConfig(model=path, device='cuda', dtype='bfloat16',
-                                    max_new_tokens=64, constrain_plans='off'))
-    engine.load()
+    engine = _loaded_on_cuda(path, dtype='bfloat16', max_new_tokens=64)
     runs = {}
     for mode, arguments in (('graphs', {}), ('static', {'cache_implementation': 'static',
                                                          'disable_compile': True}),
@@ -244,10 +244,7 @@ def main(argv=None) -> int:
         for family in families:
             path = build_tiny(family, f'{scratch}/{family}')
             before = torch.cuda.memory_allocated()
-            engine = VlmEngine(EngineConfig(model=str(path), device='cuda', dtype='float32',
-                                            max_new_tokens=24, decode_mode='eager',
-                                            constrain_plans='off'))
-            engine.load()
+            engine = _loaded_on_cuda(path, decode_mode='eager')
             loaded = torch.cuda.memory_allocated()
             try:
                 results.append(_check_gpu_preprocessing(family, engine.loaded.processor, images))

@@ -188,16 +188,16 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
     graphed = graphs is not None and max_new_tokens > 1 and graphs.takes(sampling)
     streamer = _Streamer(tokenizer, on_texts, eos, held=graphed)
     recorder = TokenLogProbs(batch)
+    processors = [recorder, constraint] if constraint else [recorder]
     start = time.perf_counter()
     try:
         with torch.inference_mode():
             if graphed:
                 new, logprobs = _graphed(loaded, inputs, max_new_tokens, sampling, graphs,
-                                         streamer, recorder, cancels, eos, constraint)
+                                         streamer, processors, cancels, eos, constraint)
             else:
                 output = _generate(loaded, inputs, max_new_tokens, sampling, streamer,
-                                   [recorder, constraint] if constraint else [recorder],
-                                   cancels)
+                                   processors, cancels)
                 ids = _new_tokens(loaded, inputs, output)
                 logprobs = (recorder.finish(ids[:, -1]) if ids.shape[1]
                             else [[] for _ in range(batch)])
@@ -238,19 +238,19 @@ def _new_tokens(loaded, inputs, output):
 
 
 def _graphed(loaded, inputs, max_new_tokens: int, sampling: dict, graphs, streamer,
-             recorder, cancels: list, eos: set, constraint) -> tuple:
+             processors: list, cancels: list, eos: set, constraint) -> tuple:
     """Make the first token with generate into a graph slot's cache, the others by its graph.
 
-    A plan grammar (``constraint``) masks the first token in generate and every later one.
+    ``processors`` are generate's (TokenLogProbs first); a plan grammar (``constraint``, the
+    last of them) masks the first token in generate and every later one.
     """
     slot = graphs.slot(*inputs['input_ids'].shape, max_new_tokens)
     at_least = int(sampling.get('min_new_tokens') or 0)
     first_only = {'do_sample': False, 'disable_compile': True, 'min_new_tokens': min(at_least, 1),
                   cache_keyword(loaded.model.forward): slot.cache}
-    output = _generate(loaded, inputs, 1, first_only, streamer,
-                       [recorder, constraint] if constraint else [recorder], cancels)
+    output = _generate(loaded, inputs, 1, first_only, streamer, processors, cancels)
     first = output[:, -1]
-    heads = recorder.finish(first)
+    heads = processors[0].finish(first)
     slot.start(first, inputs['attention_mask'], max(at_least - 1, 0))
     firsts = first.tolist()
     stopped = [token in eos or event.is_set() for token, event in zip(firsts, cancels,

@@ -91,7 +91,7 @@ class GraphDecoder:
     """The slots of one loaded model: a static cache, step buffers and a graph per shape."""
 
     def __init__(self, model, eos_ids: set, compiled: bool = False):
-        self._model, self._eos_ids = model, sorted(eos_ids)
+        self._model, self._eos_ids = model, frozenset(eos_ids)
         # torch.compile fuses each layer's elementwise kernels (norms, rotary, activations)
         self._step = torch.compile(greedy_step, dynamic=True) if compiled else greedy_step
         self._slots = collections.OrderedDict()
@@ -108,7 +108,7 @@ class GraphDecoder:
         if key not in self._slots:
             if len(self._slots) >= MAX_SLOTS:
                 self._slots.popitem(last=False)
-            self._slots[key] = _Slot(self._model, *key, self._eos_ids, self._step)
+            self._slots[key] = _Slot(self._model, *key, sorted(self._eos_ids), self._step)
         self._slots.move_to_end(key)
         slot = self._slots[key]
         slot.empty()
@@ -124,16 +124,24 @@ class GraphDecoder:
         kept two chunks ahead of the host, which reads the older chunk meanwhile. With a
         plan grammar (``constraint``, which saw the ``first`` tokens' step), one step at a time.
         """
+        captured = slot.captured
         if constraint is not None:
-            return self._decode_constrained(slot, steps, cancels, stopped, on_token, constraint,
-                                            first)
+            decoded = self._decode_constrained(slot, steps, cancels, stopped, on_token,
+                                               constraint, first)
+        else:
+            decoded = self._decode_free(slot, steps, cancels, stopped, on_token)
+        self.captures += slot.captured and not captured
+        return decoded
+
+    def _decode_free(self, slot: '_Slot', steps: int, cancels: list, stopped: list,
+                     on_token) -> tuple:
+        """Replay CHUNK steps at a time, two chunks ahead of the host that reads them."""
         batch = len(stopped)
         pinned = slot.on_gpu
         tokens = torch.empty((steps, batch), dtype=torch.long, pin_memory=pinned)
         logprobs = torch.empty((steps, batch), dtype=torch.float32, pin_memory=pinned)
         kept = [0] * batch
         queued, launched, read = collections.deque(), 0, 0
-        captured = slot.captured
         while read < steps and not all(stopped):
             while launched < steps and launched - read < 2 * CHUNK:
                 count = min(CHUNK, steps - launched)
@@ -144,9 +152,12 @@ class GraphDecoder:
             start, stop, event = queued.popleft()
             if event is not None:
                 event.synchronize()
-            self._take(tokens, start, stop, cancels, stopped, kept, on_token)
+            for row, values in enumerate(tokens[start:stop].t().tolist()):
+                for token in values:
+                    if not self._keep(row, token, cancels, stopped, on_token):
+                        break
+                    kept[row] += 1
             read = stop
-        self.captures += slot.captured and not captured
         return ([tokens[:count, row].tolist() for row, count in enumerate(kept)],
                 [logprobs[:count, row].tolist() for row, count in enumerate(kept)])
 
@@ -157,10 +168,8 @@ class GraphDecoder:
         The grammar needs each row's token before it can mask the next step, so the host reads
         the tokens back at every step; the step itself is still one graph replay.
         """
-        captured = slot.captured
         rows = [([], []) for _ in stopped]
         previous = list(first)
-        eos = set(self._eos_ids)
         for _ in range(steps):
             if all(stopped):
                 break
@@ -168,29 +177,22 @@ class GraphDecoder:
             constraint(torch.tensor(previous).view(-1, 1), slot.scores)
             previous, logprobs = slot.retake()
             for row, (token, logprob) in enumerate(zip(previous, logprobs, strict=True)):
-                stopped[row] = stopped[row] or cancels[row].is_set()
-                if not stopped[row]:
+                if self._keep(row, token, cancels, stopped, on_token):
                     rows[row][0].append(token)
                     rows[row][1].append(logprob)
-                    on_token(row, token)
-                    stopped[row] = token in eos
-        self.captures += slot.captured and not captured
         return [tokens for tokens, _ in rows], [logprobs for _, logprobs in rows]
 
-    def _take(self, tokens, start: int, stop: int, cancels: list, stopped: list, kept: list,
-              on_token) -> None:
-        """Keep each running row's tokens of steps [start, stop) until its EOS or cancel."""
-        eos = set(self._eos_ids)
-        for row, values in enumerate(tokens[start:stop].t().tolist()):
-            for token in values:
-                if stopped[row]:
-                    break
-                stopped[row] = cancels[row].is_set()
-                if stopped[row]:
-                    break
-                kept[row] += 1
-                on_token(row, token)
-                stopped[row] = token in eos
+    def _keep(self, row: int, token: int, cancels: list, stopped: list, on_token) -> bool:
+        """Whether row keeps its next token: not once it ended or its cancel is seen.
+
+        A kept token goes to ``on_token``; an EOS is kept and ends the row.
+        """
+        stopped[row] = stopped[row] or cancels[row].is_set()
+        if stopped[row]:
+            return False
+        on_token(row, token)
+        stopped[row] = token in self._eos_ids
+        return True
 
     def close(self) -> None:
         """Drop every cache and graph (their memory goes back with the allocator's cache)."""
