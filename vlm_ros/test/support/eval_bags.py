@@ -102,3 +102,73 @@ def write_recorded_bag(path):
         for offset, connection, data in sorted(messages, key=lambda m: m[0]):
             writer.write(connection, REC0 + int(offset * SECOND), data)
     return path
+
+
+WRIST_TOPIC = '/wrist/image_raw'
+# The wrist camera's log times: its stamps lie 30 ms after the head's first frame, then 0.4 s
+# after the second (no pair within max_skew 0.1 s until the head's third frame), then 0.1 s
+# before the third. Stamps are 5 ms before logging, as the head camera's.
+WRIST_TIMES = [T0 + SECOND + 30_000_000, T0 + 2 * SECOND + 400_000_000,
+               T0 + 2 * SECOND + 900_000_000]
+WRIST_STAMPS = [t - 5_000_000 for t in WRIST_TIMES]
+
+
+def wrist_scene(number: int):
+    """Draw the wrist camera's frame number: its own size, lighter with each number."""
+    image = np.full((30, 40, 3), 60 + 40 * number, dtype=np.uint8)
+    image[10:20, 15:25] = (250, 250, 0)
+    return image
+
+
+def write_camera_bag(path, ros1: bool = False):
+    """Write the head camera's frames and instructions of write_input_bag, plus a wrist camera.
+
+    ros1: a ROS 1 bag (rosbags' ROS 1 writer, Noetic types), else rosbag2 (MCAP).
+    """
+    frames = [(when, IMAGE_TOPIC, scene(colour), stamp) for when, stamp, colour in
+              zip(FRAME_TIMES, STAMPS, COLOURS, strict=True)]
+    frames += [(when, WRIST_TOPIC, wrist_scene(number), stamp) for number, (when, stamp) in
+               enumerate(zip(WRIST_TIMES, WRIST_STAMPS, strict=True))]
+    if ros1:
+        _write_ros1(path, frames)
+        return path
+    with bags.bag_writer(path) as writer:
+        topics = {topic: bags.add_topic(writer, topic, 'sensor_msgs/msg/Image')
+                  for topic in (IMAGE_TOPIC, WRIST_TOPIC)}
+        text = bags.add_topic(writer, INSTRUCTION_TOPIC, bags.STRING_TYPE)
+        messages = [(when, topics[topic], bags.serialize('sensor_msgs/msg/Image',
+                                                         **image_fields(rgb, stamp)))
+                    for when, topic, rgb, stamp in frames]
+        messages += [(when, text, bags.serialize(bags.STRING_TYPE, data=instruction))
+                     for when, instruction in INSTRUCTIONS]
+        for when, connection, data in sorted(messages, key=lambda m: m[0]):
+            writer.write(connection, when, data)
+    return path
+
+
+def _write_ros1(path, frames: list) -> None:
+    from rosbags.rosbag1 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS1_NOETIC)
+    types = store.types
+    with Writer(path) as writer:
+        topics = {topic: writer.add_connection(topic, 'sensor_msgs/msg/Image', typestore=store)
+                  for topic in (IMAGE_TOPIC, WRIST_TOPIC)}
+        text = writer.add_connection(INSTRUCTION_TOPIC, bags.STRING_TYPE, typestore=store)
+        messages = []
+        for when, topic, rgb, stamp in frames:
+            height, width = rgb.shape[:2]
+            msg = types['sensor_msgs/msg/Image'](
+                header=types['std_msgs/msg/Header'](
+                    seq=0, stamp=types['builtin_interfaces/msg/Time'](
+                        sec=stamp // SECOND, nanosec=stamp % SECOND), frame_id=topic[1:6]),
+                height=height, width=width, encoding='rgb8', is_bigendian=0, step=width * 3,
+                data=np.ascontiguousarray(rgb).reshape(-1))
+            messages.append((when, topics[topic],
+                             store.serialize_ros1(msg, 'sensor_msgs/msg/Image')))
+        messages += [(when, text, store.serialize_ros1(types[bags.STRING_TYPE](data=instruction),
+                                                        bags.STRING_TYPE))
+                     for when, instruction in INSTRUCTIONS]
+        for when, connection, data in sorted(messages, key=lambda m: m[0]):
+            writer.write(connection, when, data)

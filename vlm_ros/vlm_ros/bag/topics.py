@@ -46,6 +46,11 @@ def image_topic(reader, wanted: Optional[str] = None) -> str:
                    f'images; name one with --image-topic. Topics: {describe_topics(reader)}')
 
 
+def camera_topic(reader, name: str, topic: str) -> str:
+    """Return the image topic of the camera called name (vlm_eval --camera NAME=TOPIC), checked."""
+    return _checked(reader, topic, IMAGE_TYPES, f'camera {name}:')
+
+
 def instruction_topic(reader, wanted: Optional[str] = None,
                       required: bool = True) -> Optional[str]:
     """Return the instruction topic: wanted (checked), else the one found by name and type.

@@ -26,11 +26,15 @@ def stamp_text(ns: int) -> str:
     return f'{ns // 10**9}.{ns % 10**9:09d}'
 
 
-def image_info(topic: str, frame) -> Optional[dict]:
-    """Describe the input frame a request used (None: no frame), for matching and the report."""
+def image_info(topic: str, frame, camera: Optional[str] = None) -> Optional[dict]:
+    """Describe the input frame a request used (None: no frame), for matching and the report.
+
+    ``camera``: the camera's name, where a request used several (a record's ``images``).
+    """
     if frame is None:
         return None
-    return {'topic': topic, 'frame': frame.index, 'stamp_ns': frame.stamp_ns,
+    return {**({'camera': camera} if camera is not None else {}), 'topic': topic,
+            'frame': frame.index, 'stamp_ns': frame.stamp_ns,
             'stamp': stamp_text(frame.stamp_ns), 'bag_time_ns': frame.bag_time_ns}
 
 
@@ -142,7 +146,8 @@ def _value(value) -> str:
 
 
 _ROWS = (('mode', 'mode'), ('model', 'model'), ('device', 'device'), ('bag', 'bag'),
-         ('image topic', 'image_topic'), ('instruction topic', 'instruction_topic'),
+         ('image topic', 'image_topic'), ('cameras', 'cameras'),
+         ('instruction topic', 'instruction_topic'),
          ('requests', 'requests'), ('answered by the model', 'answered'),
          ('plans (answered)', 'plans', 'plans_answered'), ('captions', 'captions'),
          ('by status', 'by_status'), ('plan validity rate', 'plan_validity_rate'),

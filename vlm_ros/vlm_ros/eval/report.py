@@ -9,6 +9,7 @@ model can answer with markup as easily as with a plan.
 import base64
 import html
 import io
+from typing import Optional
 
 import cv2
 
@@ -41,17 +42,39 @@ def _esc(value) -> str:
     return html.escape('' if value is None else str(value), quote=True)
 
 
-def thumbnail_jpeg(rgb, side: int = THUMB_SIDE) -> bytes:
-    """Shrink an RGB frame to at most side pixels on its longer side and encode it as JPEG."""
+BOX_COLOUR = (255, 0, 255)  # RGB magenta: rare in camera frames, seen on wood, sky and steel
+
+
+def thumbnail_jpeg(rgb, side: int = THUMB_SIDE, boxes=()) -> bytes:
+    """Shrink an RGB frame to at most side pixels on its longer side and encode it as JPEG.
+
+    ``boxes``: [x1, y1, x2, y2] in the frame's pixels (the steps' targets a model grounded),
+    drawn as outlines so the report shows where the plan points.
+    """
     height, width = rgb.shape[:2]
     scale = min(1.0, side / max(height, width))
     small = cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
                        interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+    if boxes:
+        small = small.copy()
+        for box in boxes:
+            x1, y1, x2, y2 = (round(value * scale) for value in box)
+            cv2.rectangle(small, (x1, y1), (x2, y2), BOX_COLOUR, 2)
     ok, encoded = cv2.imencode('.jpg', cv2.cvtColor(small, cv2.COLOR_RGB2BGR),
                                [cv2.IMWRITE_JPEG_QUALITY, 85])
     if not ok:
         raise ValueError(f'OpenCV could not encode a {rgb.shape} thumbnail as JPEG')
     return encoded.tobytes()
+
+
+def boxes_by_frame(records: list) -> dict:
+    """Map the first camera's frame index to the boxes its records' plan steps grounded."""
+    boxes = {}
+    for record in records:
+        if record['kind'] == 'result' and record['image']:
+            boxes.setdefault(record['image']['frame'], []).extend(
+                step['box'] for step in record['steps'] if step.get('box'))
+    return boxes
 
 
 def latency_png(records: list, title: str) -> bytes:
@@ -129,27 +152,46 @@ def _answer(record: dict) -> str:
 
 
 def _groups(records: list) -> list:
-    """Group result records by input frame, in order of first use; each unpaired one alone."""
+    """Group result records by input frames, in order of first use; each unpaired one alone."""
     groups = {}
     for position, record in enumerate(r for r in records if r['kind'] == 'result'):
         image = record['image']
-        key = ('frame', image['frame']) if image else ('none', position)
+        others = tuple(view['frame'] for view in record.get('images', ())[1:])
+        key = ('frame', image['frame'], others) if image else ('none', position)
         groups.setdefault(key, []).append(record)
     return list(groups.values())
 
 
-def _frame(records: list, thumbnails: dict) -> str:
-    image = records[0]['image']
-    jpeg = thumbnails.get(image['frame']) if image else None
+def _picture(image: Optional[dict], jpeg: Optional[bytes]) -> str:
+    """Render one camera's thumbnail, or a placeholder saying why there is none."""
     if jpeg is not None:
-        picture = (f'<img class="thumb" alt="frame {image["frame"]}" '
-                   f'src="{_data_url("image/jpeg", jpeg)}">')
-    else:
-        picture = f'<div class="noimage">{"no image" if image is None else "undecodable"}</div>'
-    meta = (f'frame {image["frame"]} on {_esc(image["topic"])}, header stamp {image["stamp"]}'
-            if image else 'no frame had been recorded before this request')
+        camera = f'{_esc(image["camera"])} ' if 'camera' in image else ''
+        return (f'<img class="thumb" alt="{camera}frame {image["frame"]}" '
+                f'src="{_data_url("image/jpeg", jpeg)}">')
+    missing = image is None or image['frame'] is None
+    return f'<div class="noimage">{"no image" if missing else "undecodable"}</div>'
+
+
+def _meta(image: dict) -> str:
+    camera = f'{_esc(image["camera"])}: ' if 'camera' in image else ''
+    if image['frame'] is None:
+        return f'{camera}no frame on {_esc(image["topic"])}'
+    return (f'{camera}frame {image["frame"]} on {_esc(image["topic"])}, header stamp '
+            f'{image["stamp"]}')
+
+
+def _frame(records: list, thumbnails: dict) -> str:
+    """Render a group's frames (one per camera, frame_key's thumbnails) beside its answers."""
+    image = records[0]['image']
+    views = records[0].get('images') or [image]
+    keys = [view and (view['frame'] if number == 0 else (view['camera'], view['frame']))
+            for number, view in enumerate(views)]
+    pictures = ''.join(_picture(view, thumbnails.get(key) if view else None)
+                       for view, key in zip(views, keys, strict=True))
+    meta = ('<br>'.join(_meta(view) for view in views) if image or len(views) > 1
+            else 'no frame had been recorded before this request')
     answers = ''.join(_answer(r) for r in records)
-    return (f'<div class="frame">{picture}<div class="answers"><p class="meta">{meta}</p>'
+    return (f'<div class="frame">{pictures}<div class="answers"><p class="meta">{meta}</p>'
             f'{answers}</div></div>')
 
 
@@ -212,7 +254,8 @@ def _settings(settings) -> str:
 def render(summary: dict, records: list, thumbnails: dict, plot_png: bytes) -> str:
     """Return the report page: summary, settings, latency plot, executions, frames, scores.
 
-    ``thumbnails`` maps frame index (a record's image['frame']) to JPEG bytes.
+    ``thumbnails`` maps frame index (a record's image['frame']) to JPEG bytes, and for the
+    further cameras of a record's ``images`` (camera name, frame index).
     """
     table = ''.join(f'<tr><th>{_esc(label)}</th><td>{_esc(text)}</td></tr>'
                     for label, text in summary_rows(summary, settings=False))

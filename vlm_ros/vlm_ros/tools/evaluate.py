@@ -5,6 +5,7 @@
     vlm_eval BAG --model M --references refs.yaml            (also cross-entropy of references)
     vlm_eval BAG --model M --instruction TEXT [--every N | --at S]   (a recording without
     vlm_eval BAG --model M --instructions FILE                         instructions)
+    vlm_eval BAG --model M --camera head=TOPIC --camera wrist=TOPIC  (several cameras)
 
 Every instruction in the bag is answered with the latest camera frame logged at or before it,
 as the live node would have seen it, and every frame so used is also captioned. Writes
@@ -19,22 +20,39 @@ import sys
 from functools import partial
 
 from ..bag import instructions
-from ..bag.arguments import ArgumentParser
+from ..bag.arguments import ArgumentParser, not_negative
 from ..bag.instructions import add_instruction_args, check_instruction_args
 from ..bag.storage import READABLE, open_bag
 from ..engine import VlmError
 from ..eval.inputs import decode_frames, frames_by_stamp, read_inputs
-from ..eval.offline import plan_requests, run_engine, score_references, write_outputs
+from ..eval.offline import (
+    Sync,
+    other_frames,
+    plan_requests,
+    run_engine,
+    score_references,
+    write_outputs,
+)
 from ..eval.recorded import recorded_records
 from ..eval.records import ANSWERED, format_table, summarize
 from ..eval.references import load_references, reference_frames
-from ..eval.report import thumbnail_jpeg
+from ..eval.report import boxes_by_frame, thumbnail_jpeg
 from ..eval.settings import engine_settings
 from ..node.params import BY_NAME
 from .engine_args import add_engine_args, engine_config
 
 # The live node's defaults: offline answers are comparable only under the same limits.
-NODE_DEFAULTS = {name: BY_NAME[name].default for name in ('max_new_tokens', 'max_image_side')}
+NODE_DEFAULTS = {name: BY_NAME[name].default
+                 for name in ('max_new_tokens', 'max_image_side', 'max_skew', 'wait_for_image')}
+
+
+def camera_argument(text: str) -> tuple:
+    """Parse --camera NAME=TOPIC into (name, topic)."""
+    name, sep, topic = text.partition('=')
+    if not (sep and name.strip() and topic.strip()):
+        raise argparse.ArgumentTypeError(f'write NAME=TOPIC, e.g. wrist=/wrist/image_raw, '
+                                         f'not {text!r}')
+    return name.strip(), topic.strip()
 
 
 def parse_args(argv):
@@ -50,6 +68,18 @@ def parse_args(argv):
                         help='YAML or JSONL list of {stamp_ns, task, text, target} to score')
     parser.add_argument('--image-topic', help='default: the one Image topic, else the one '
                         'CompressedImage topic')
+    parser.add_argument('--camera', dest='cameras', action='append', type=camera_argument,
+                        default=[], metavar='NAME=TOPIC',
+                        help="one of several cameras (repeat; the first is the plan's image), as "
+                        "vlm_node's cameras: each request gets a frame of each, each enters the "
+                        'prompt after its name; in place of --image-topic')
+    parser.add_argument('--max-skew', type=not_negative, default=NODE_DEFAULTS['max_skew'],
+                        help="with --camera: seconds the frames' stamps may lie apart, as "
+                        "vlm_node's max_skew (0 = no limit)")
+    parser.add_argument('--wait-for-image', type=not_negative,
+                        default=NODE_DEFAULTS['wait_for_image'],
+                        help='with --camera: seconds after a request in which closer frames '
+                        "are looked for, as vlm_node's wait_for_image")
     parser.add_argument('--instruction-topic', help='default: the one std_msgs/String topic '
                         'named .../instruction')
     add_instruction_args(parser)
@@ -65,6 +95,12 @@ def parse_args(argv):
                         help="longer image side fed to the model, pixels (as vlm_node's)")
     args = parser.parse_args(argv)
     check_instruction_args(parser, args)
+    names = [name for name, _ in args.cameras]
+    if len(set(names)) < len(names):
+        parser.error(f'--camera names must differ: {", ".join(names)}')
+    if args.cameras and (args.image_topic or args.recorded or args.references):
+        parser.error('--camera takes the place of --image-topic, and answers a recording with '
+                     'a model: not with --image-topic, --recorded or --references')
     if args.batch_size < 1:
         parser.error(f'--batch-size must be at least 1, not {args.batch_size}')
     if args.model is None and (args.recorded is None or args.references):
@@ -75,20 +111,23 @@ def parse_args(argv):
 
 def evaluate(args) -> dict:
     """Run the evaluation args describe, write its outputs; return the summary."""
+    sync = Sync(args.max_skew, args.wait_for_image)
     with contextlib.closing(open_bag(args.bag)) as reader:
         ask = partial(instructions.from_args, args) if instructions.given(args) else None
-        inputs = read_inputs(reader, args.image_topic, args.instruction_topic, ask)
+        inputs = read_inputs(reader, args.image_topic, args.instruction_topic, ask,
+                             tuple(args.cameras))
         entries = load_references(args.references) if args.references else []
         ref_frames = reference_frames(entries, frames_by_stamp(inputs), inputs.image_topic)
         if args.recorded:
             records, run = recorded_records(inputs, args.recorded)
             pending = []
         else:
-            pending = plan_requests(inputs, args.captions)
+            pending = plan_requests(inputs, args.captions, sync)
             records, run = [], {'mode': 'engine'}
         used = [r['image']['frame'] for r in records if r['image']] + \
             [p.frame.index for p in pending if p.frame] + [f.index for f in ref_frames]
         images = decode_frames(reader, inputs, used)
+        images.update(other_frames(reader, inputs, pending))
     engine, mean = None, None
     if pending or entries:
         config = engine_config(args, args.model, max_new_tokens=args.max_new_tokens,
@@ -104,19 +143,22 @@ def evaluate(args) -> dict:
         if pending:  # the settings the answers were made under (scores have none of their own)
             run['settings'] = engine_settings(config)
     if pending:
-        records, seconds = run_engine(engine, inputs, pending, images, args.batch_size)
+        records, seconds = run_engine(engine, inputs, pending, images, args.batch_size, sync)
         answered = sum(r['status'] in ANSWERED for r in records)
         run['images_per_s'] = answered / seconds if seconds > 0 else None
     if entries:
         scored, mean = score_references(engine, inputs, entries, ref_frames, images,
                                         args.batch_size)
         records += scored
+    if inputs.cameras:
+        run['cameras'] = {camera.name: camera.topic for camera in inputs.cameras}
     run.update(bag=inputs.path, image_topic=inputs.image_topic,
                instruction_topic=inputs.instruction_topic, frames=len(inputs.frames),
                instructions=len(inputs.instructions))
     summary = summarize(records, run, mean)
-    thumbnails = {index: thumbnail_jpeg(image) for index, image in images.items()
-                  if not isinstance(image, Exception)}
+    boxes = boxes_by_frame(records)
+    thumbnails = {key: thumbnail_jpeg(image, boxes=boxes.get(key, ()))
+                  for key, image in images.items() if not isinstance(image, Exception)}
     write_outputs(pathlib.Path(args.out), records, summary, thumbnails)
     return summary
 
