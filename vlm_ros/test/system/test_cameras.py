@@ -7,9 +7,11 @@ further apart than max_skew, and max_skew's own effect: test_node_parameters.py
 """
 
 from camera_harness import CAMERAS, Cameras, new_plan
-from node_harness import RELIABLE, TIMEOUT, set_ok, transition
+from fork_server import run_tool
+from node_harness import RELIABLE, TIMEOUT, call, node_executable, set_ok, transition
 
 from vlm_ros_msgs.msg import ImageSources, Plan
+from vlm_ros_msgs.srv import QueryCameras
 
 
 def test_a_plan_uses_a_frame_of_each_camera_and_names_them_all(start_vlm_node, test_node):
@@ -44,6 +46,49 @@ def test_a_silent_camera_is_named_in_the_answer(start_vlm_node, test_node):
         assert 'from camera wrist within 0.5 s' in plan.message
         assert 'nothing publishes on /wrist/image' in plan.message, plan.message
         assert 'nothing publishes on /head/image' not in plan.message
+    finally:
+        cameras.stop()
+
+
+def ask(test_node, *cameras: str) -> QueryCameras.Response:
+    request = QueryCameras.Request(question='what colour is the block?', cameras=list(cameras))
+    return call(test_node, QueryCameras, '/vlm_node/query_cameras', request)
+
+
+def test_a_query_asks_the_cameras_it_names_and_only_waits_for_those(start_vlm_node,
+                                                                    test_node):
+    node = start_vlm_node(cameras='[head, wrist, arm]', wait_for_image=0.5)
+    node.wait_state('active')
+    sources = test_node.collect(ImageSources, '/image_sources', RELIABLE)
+    cameras = Cameras(test_node, {'head': 0.0, 'wrist': 0.0})  # the arm camera is silent
+    try:
+        answer = ask(test_node, 'wrist', 'head')
+        assert answer.success and answer.answer, answer.message
+        assert list(answer.sources.cameras) == ['wrist', 'head']
+        assert [image.frame_id for image in answer.sources.images] == \
+            [cameras.frame_ids['wrist'], cameras.frame_ids['head']]
+        assert answer.sources.header.frame_id == cameras.frame_ids['wrist']
+        assert 0.0 <= answer.sources.skew <= 0.1
+        sources.wait_for(lambda m: m.header == answer.sources.header and m.task == 'vqa',
+                         TIMEOUT, "the answer's image sources")
+        alone = ask(test_node, 'head')
+        assert alone.success and list(alone.sources.cameras) == ['head'], alone.message
+        everyone = ask(test_node)
+        assert not everyone.success
+        assert 'no image arrived from camera arm within 0.5 s' in everyone.message
+        for names, reason in ((['hand'], 'unknown camera hand; the cameras are head, wrist, '
+                               'arm'), (['head', 'head'], 'a camera named twice'),
+                              (['head'] * 9, '9 cameras named; at most 8')):
+            refused = ask(test_node, *names)
+            assert not refused.success and reason in refused.message, refused.message
+        assert ask(test_node, 'head').success, 'the node is alive and still answers'
+        client = run_tool([node_executable('vlm_client'), 'query', 'what colour is it?',
+                           '--camera', 'wrist'], TIMEOUT)
+        assert client.returncode == 0 and client.stdout.strip(), client.stderr
+        refused = run_tool([node_executable('vlm_client'), 'query', 'what colour is it?',
+                            '--camera', 'hand'], TIMEOUT)
+        assert refused.returncode == 1, refused.stderr
+        assert 'unknown camera hand; the cameras are head, wrist, arm' in refused.stderr
     finally:
         cameras.stop()
 

@@ -31,6 +31,10 @@ CASES = [
     ('vlm_benchmark', ['--random', 'tiny:llava', '--constraint-cost', '--constrain-plans', 'off'],
      'not with --constrain-plans off'),
     ('vlm_client', ['--timeout', 'nan', 'query', 'x'], 'must be finite'),
+    ('vlm_client', ['query', 'x', '--camera', 'head', '--image', '{pi}'], 'not with --image'),
+    ('vlm_eval', ['{pi}', '--model', 'm', '--camera', 'head'], 'write NAME=TOPIC'),
+    ('vlm_eval', ['{pi}', '--model', '{missing}', '--camera', 'head=/nope'],
+     'camera head: /nope is not in'),
 ]
 
 

@@ -69,6 +69,36 @@ def answer(batch: BatchRunner):
     return job, outcome
 
 
+def test_a_request_naming_cameras_waits_for_those_alone_in_its_order():
+    frames = FrameSet(('head', 'wrist', 'arm'))
+    put(frames, 'wrist', 19.9)
+    put(frames, 'arm', 19.95)
+    job = Job('vqa', 'what is it?', done=None, cameras=('arm', 'wrist'))
+    assert stamps(frames.wait_for(lambda _: True, 0.1, 0.0, chosen=frames.select(job.cameras))
+                  ) == [19.95, 19.9]
+    (outcome,) = runner(frames, max_skew=0.01).serve([job])  # the head camera has no frame
+    assert outcome.status == Status.UNSYNCHRONIZED
+    assert '(arm 19.950, wrist 19.900)' in outcome.message
+    assert [name for name, _ in job.sources] == ['arm', 'wrist']
+    _, everyone = answer(runner(frames))
+    assert everyone.message == 'no image arrived from camera head within 0 s'
+
+
+@pytest.mark.parametrize('names, cameras, reason', [
+    (('hand',), ('head', 'wrist'), 'unknown camera hand; the cameras are head, wrist'),
+    (('head', 'head'), ('head', 'wrist'), 'a camera named twice in head, head; the cameras are'),
+    (('head',), (), 'this node has one camera (on image) and no camera names; name none'),
+])
+def test_cameras_a_request_cannot_name_are_bad_input_naming_those_there_are(names, cameras,
+                                                                          reason):
+    frames = FrameSet(cameras)
+    for camera in cameras or ('',):
+        put(frames, camera, 19.9)
+    (outcome,) = runner(frames).serve([Job('vqa', 'what?', done=None, cameras=names)])
+    assert outcome.status == Status.BAD_INPUT and outcome.message.startswith(reason), outcome
+    assert frames.select(()) == tuple(range(len(frames.stores)))
+
+
 def test_a_camera_without_frames_is_named():
     frames = FrameSet(('head', 'wrist'))
     put(frames, 'head', 19.9)

@@ -73,29 +73,35 @@ class BatchRunner:
     def _image(self, job: Job):
         """Return (header, rgb) for job, or an Outcome saying why there is none.
 
-        With several cameras, rgb is the (name, rgb) pairs of a frame per camera, and header
-        the first camera's; the job keeps every camera's header (sources) and their skew.
+        With several cameras, rgb is the (name, rgb) pairs of a frame per camera (each camera,
+        or those job.cameras names), and header the first one's; the job keeps every used
+        camera's header (sources) and their skew.
         """
         if job.image_msg is not None:
             if job.converted is not None:  # by the look-ahead
                 return job.image_msg.header, job.converted
             return self._converted(job, job.image_msg.header, self._convert(), job.image_msg)
+        try:
+            chosen = self._frames.select(job.cameras)
+        except ValueError as exc:
+            return Outcome(job, Status.BAD_INPUT, str(exc))
+        names = [self._frames.names[index] for index in chosen]
         limits = self._limits()
         frames = self._frames.wait_for(self._fresh, limits.max_skew, limits.wait_for_image,
-                                       job.cancel.is_set)
+                                       job.cancel.is_set, chosen)
         if job.cancel.is_set():
             return Outcome(job, Status.CANCELLED, job.cancel_reason)
-        several = len(frames) > 1
+        several = len(self._frames.names) > 1  # named cameras: each image after its name
         if several and None not in frames:
             job.sources = tuple((name, frame.header)
-                                for name, frame in zip(self._frames.names, frames, strict=True))
+                                for name, frame in zip(names, frames, strict=True))
             job.skew = skew(frames)
-        refused = self._refused(job, frames, limits)
+        refused = self._refused(job, names, frames, limits)
         if refused is not None:
             return refused
         images = []
-        for name, store, frame in zip(self._frames.names, self._frames.stores, frames,
-                                      strict=True):
+        for name, index, frame in zip(names, chosen, frames, strict=True):
+            store = self._frames.stores[index]
             found = self._converted(job, frame.header, store.image, frame)
             if isinstance(found, Outcome):
                 if several:
@@ -104,20 +110,20 @@ class BatchRunner:
             images.append((name, found[1]))
         return frames[0].header, tuple(images) if several else images[0][1]
 
-    def _refused(self, job: Job, frames: list, limits: Limits):
+    def _refused(self, job: Job, names: list, frames: list, limits: Limits):
         """Return the Outcome of frames that cannot be used (none, stale, skewed), or None."""
-        wait, names = limits.wait_for_image, self._frames.names
+        wait = limits.wait_for_image
         missing = [name for name, frame in zip(names, frames, strict=True) if frame is None]
         if missing:
             hint = self._no_image_hint()
-            which = f' from camera {", ".join(missing)}' if len(frames) > 1 else ''
+            which = f' from camera {", ".join(missing)}' if names != [''] else ''
             return Outcome(job, Status.NO_IMAGE, f'no image arrived{which} within {wait:g} s' +
                            (f': {hint}' if hint else ''))
         named = list(zip(names, frames, strict=True))
         stale = [(name, frame) for name, frame in named if not self._fresh(frame)]
         if stale:
             name, frame = stale[0]
-            which = f"camera {name}'s " if len(frames) > 1 else ''
+            which = f"camera {name}'s " if names != [''] else ''
             return Outcome(job, Status.STALE_IMAGE, f'{which}latest image is '
                            f'{self._now() - frame.stamp:.2f} s old (max_image_age '
                            f'{limits.max_image_age:g} s) and no fresh one arrived within '

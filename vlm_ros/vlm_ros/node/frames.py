@@ -156,18 +156,38 @@ class FrameSet:
         """The first camera's store: the one camera of a node without a cameras parameter."""
         return self.stores[0]
 
+    def select(self, names: tuple) -> tuple:
+        """Return the indices of the cameras called names, in that order (all: names empty).
+
+        Raises ValueError naming the cameras there are, for a name that is not one of them,
+        a repeated name, or any name where the node has one camera without a name.
+        """
+        if not names:
+            return tuple(range(len(self.stores)))
+        if self.names == ('',):
+            raise ValueError('this node has one camera (on image) and no camera names; name '
+                             'none, or set the cameras parameter')
+        unknown = [name for name in names if name not in self.names]
+        if unknown or len(set(names)) < len(names):
+            what = f'unknown camera {", ".join(unknown)[:200]}' if unknown else \
+                f'a camera named twice in {", ".join(names)}'
+            raise ValueError(f'{what}; the cameras are {", ".join(self.names)}')
+        return tuple(self.names.index(name) for name in names)
+
     def wait_for(self, good: Callable[[Frame], bool], max_skew: float, timeout: float,
-                 stop: Callable[[], bool] = lambda: False) -> list:
+                 stop: Callable[[], bool] = lambda: False, chosen: tuple = ()) -> list:
         """Wait up to timeout s for good frames within max_skew s (0: any); return the latest.
 
         The list holds each camera's newest frame (None before its first) whether or not they
-        are good. stop() is checked whenever a store is woken (a new frame, or wake()), so a
-        cancelled request stops waiting at once instead of after timeout.
+        are good: every camera's, or those at the indices chosen (select). stop() is checked
+        whenever a store is woken (a new frame, or wake()), so a cancelled request stops
+        waiting at once instead of after timeout.
         """
         deadline = time.monotonic() + timeout
+        stores = [self.stores[index] for index in chosen] if chosen else self.stores
         with self._cond:
             while not stop():
-                frames = [store.latest() for store in self.stores]
+                frames = [store.latest() for store in stores]
                 if None not in frames and all(map(good, frames)) and \
                         (max_skew <= 0 or skew(frames) <= max_skew):
                     break
@@ -175,7 +195,7 @@ class FrameSet:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            return [store.latest() for store in self.stores]
+            return [store.latest() for store in stores]
 
     def wake(self) -> None:
         """Wake every wait_for, so that each checks its stop condition."""

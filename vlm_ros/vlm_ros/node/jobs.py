@@ -54,6 +54,7 @@ class Job:
     sources: tuple = ()  # several cameras: each camera's (name, header) of the frames taken
     skew: float = 0.0  # s between those frames' stamps
     frame_size: Optional[tuple] = None  # (width, height) of the (first) image the job used
+    cameras: tuple = ()  # ~/query_cameras: the names of the cameras to use (empty: every one)
 
 
 @dataclass

@@ -146,6 +146,17 @@ def fill_query_response(response, outcome: Outcome):
     return response
 
 
+def fill_cameras_response(response, outcome: Outcome):
+    """Fill a QueryCameras response: the answer, and the image of each camera it used."""
+    response.success = outcome.status == Status.OK
+    response.message = outcome.message
+    if outcome.result is not None:
+        response.answer = outcome.result.text
+    if outcome.header is not None:
+        response.sources = sources_msg(outcome, outcome.header)
+    return response
+
+
 def fill_ground_response(response, outcome: Outcome, points: Callable[[Outcome, list], list]):
     """Fill a Ground response: success, the reason when not, the boxes (4 floats each).
 

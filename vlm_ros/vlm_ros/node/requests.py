@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional
+from typing import Optional, Union
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -29,12 +29,19 @@ from rclpy.task import Future
 from std_msgs.msg import Header
 
 from vlm_ros_msgs.action import GeneratePlan
-from vlm_ros_msgs.srv import Ground, Query, Score
+from vlm_ros_msgs.srv import Ground, Query, QueryCameras, Score
 
 from ..compat import steady_timer
-from .jobs import SCORE_TASKS, Job, Outcome, Status
-from .messages import fill_ground_response, fill_query_response, fill_score_response, plan_msg
+from .jobs import Job, Outcome, Status
+from .messages import (
+    fill_cameras_response,
+    fill_ground_response,
+    fill_query_response,
+    fill_score_response,
+    plan_msg,
+)
 from .scheduler import Worker, cancel_job
+from .service_jobs import cameras_job, ground_job, query_job, score_job
 
 CANCEL_GRACE = 5.0  # s a given-up query waits for its cancelled job's answer
 # The default service QoS keeps the last 10 requests: an 11th arriving before the executor
@@ -103,6 +110,8 @@ class RequestEndpoints:
         self._services = [node.create_service(kind, name, callback, qos_profile=REQUESTS_QOS,
                                               callback_group=group)
                           for kind, name, callback in ((Query, '~/query', self._on_query),
+                                                       (QueryCameras, '~/query_cameras',
+                                                        self._on_query_cameras),
                                                        (Score, '~/score', self._on_score),
                                                        (Ground, '~/ground', self._on_ground))]
         self._destroy_service = node.destroy_service
@@ -131,34 +140,29 @@ class RequestEndpoints:
 
     async def _on_query(self, request, response):
         """Submit the question, then await its answer without holding an executor thread."""
-        job = Job('vqa', request.question.strip(), done=None,
-                  image_msg=request.image if request.image.width else None,
-                  max_new_tokens=request.max_new_tokens)
-        return await self._answer(job, response, fill_query_response)
+        return await self._answer(query_job(request), response, fill_query_response)
+
+    async def _on_query_cameras(self, request, response):
+        """Ask the question on the latest frames of the cameras named, awaited like a query."""
+        return await self._answer(cameras_job(request), response, fill_cameras_response)
 
     async def _on_ground(self, request, response):
         """Ask for the boxes of what the phrase names, awaited like a query."""
-        job = Job('ground', request.phrase.strip(), done=None,
-                  image_msg=request.image if request.image.width else None)
-        return await self._answer(job, response, partial(fill_ground_response,
-                                                         points=self._serving.points))
+        return await self._answer(ground_job(request), response, partial(
+            fill_ground_response, points=self._serving.points))
 
     async def _on_score(self, request, response):
         """Score the candidates as answers on the image: a forward pass, awaited like a query."""
-        task = request.task.strip() or 'vqa'
-        if task not in SCORE_TASKS or not request.candidates:
-            response.success = False
-            response.message = (f'task {task[:40]!r} cannot be scored; use one of '
-                                f'{", ".join(SCORE_TASKS)}' if task not in SCORE_TASKS
-                                else 'no candidates to score')
-            return response
-        job = Job(task, request.prompt.strip(), done=None,
-                  image_msg=request.image if request.image.width else None,
-                  candidates=tuple(request.candidates))
-        return await self._answer(job, response, fill_score_response)
+        return await self._answer(score_job(request), response, fill_score_response)
 
-    async def _answer(self, job: Job, response, fill: Callable):
-        """Submit job and await its outcome as an rclpy Future; fill the response with it."""
+    async def _answer(self, job: Union[Job, str], response, fill: Callable):
+        """Submit job and await its outcome as an rclpy Future; fill the response with it.
+
+        A str job is the reason the request is refused (service_jobs.py): answered at once.
+        """
+        if isinstance(job, str):
+            response.success, response.message = False, job
+            return response
         worker = self._worker()
         if worker is None:
             response.success, response.message = False, self._not_ready() or 'not active'

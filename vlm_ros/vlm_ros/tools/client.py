@@ -22,7 +22,7 @@ from rclpy.utilities import remove_ros_args
 
 from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.msg import Caption, Plan
-from vlm_ros_msgs.srv import Query
+from vlm_ros_msgs.srv import Query, QueryCameras
 
 from ..bag.arguments import ArgumentParser, positive
 from ..compat import ActionClient
@@ -126,10 +126,14 @@ class Client(Node):
               end='', file=sys.stderr, flush=True)
 
     def _query(self) -> None:
-        request = Query.Request(question=self.args.text)
-        if self.args.image:
-            request.image = read_image(self.args.image)
-        response = self.remote.call(Query, 'query', request, None)
+        if self.args.cameras:  # the newest frames of the cameras named: ~/query_cameras
+            request = QueryCameras.Request(question=self.args.text, cameras=self.args.cameras)
+            response = self.remote.call(QueryCameras, 'query_cameras', request, None)
+        else:
+            request = Query.Request(question=self.args.text)
+            if self.args.image:
+                request.image = read_image(self.args.image)
+            response = self.remote.call(Query, 'query', request, None)
         if not response.success:
             failed = self.remote.not_active('could not answer')
             if failed.code == NOT_ACTIVE:
@@ -205,6 +209,10 @@ def parse_args(argv):
         command = commands.add_parser(name, help=f'send {what}', parents=[after])
         command.add_argument('text', help=what)
         command.add_argument('--image', help='image file to use instead of the camera frame')
+    query = commands.choices['query']
+    query.add_argument('--camera', dest='cameras', action='append', default=[], metavar='NAME',
+                       help="with the node's cameras parameter: ask on the newest frame of "
+                       'this camera (repeat, in prompt order) instead of every camera')
     caption = commands.add_parser('caption', help='print captions', parents=[after])
     caption.add_argument('--follow', action='store_true', help='keep printing every caption')
     caption.add_argument('--topic', default='caption', help='caption topic (default caption)')
@@ -219,7 +227,10 @@ def parse_args(argv):
                                 'scalar, typed like the current value)')
     setter.add_argument('name')
     setter.add_argument('value')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, 'cameras', None) and args.image:
+        parser.error('--camera asks on camera frames: not with --image')
+    return args
 
 
 def main(argv=None) -> int:
