@@ -70,8 +70,12 @@ def write_input_bag(path, compressed=False, extra_image_topic=None):
 REC0 = 5_000 * SECOND  # the recording of the answers runs on another clock
 
 
-def write_recorded_bag(path):
-    """Write what a live node would have answered: Plans (one per instruction) and Captions."""
+def write_recorded_bag(path, companions: bool = False):
+    """Write what a live node would have answered: Plans (one per instruction) and Captions.
+
+    companions: also what a node with cameras [head, wrist] publishes beside them (see
+    _companions).
+    """
     store = bags.typestore()
     step = store.types['vlm_ros_msgs/msg/PlanStep']
     steps = [step(instruction='pick up the red block', skill='pick', target='red block'),
@@ -95,6 +99,8 @@ def write_recorded_bag(path):
                 model='tiny-live', time_to_first_token=total / 4 if raw else 0.0,
                 total_time=total, output_tokens=7 if raw else 0,
                 form='json' if plan_steps else 'none')))
+        if companions:
+            messages += _companions(store, writer)
         for offset, stamp, text, total in captions:
             messages.append((offset, caption_conn, bags.serialize(
                 'vlm_ros_msgs/msg/Caption', header=bags.header(stamp, 'camera'), text=text,
@@ -172,3 +178,39 @@ def _write_ros1(path, frames: list) -> None:
                      for when, instruction in INSTRUCTIONS]
         for when, connection, data in sorted(messages, key=lambda m: m[0]):
             writer.write(connection, when, data)
+
+
+TARGET_BOX = (10.0, 12.0, 30.0, 40.0)  # plan 1's first step, in the head frame's pixels
+
+
+def _companions(store, writer) -> list:
+    """Return the messages a node with cameras [head, wrist] publishes beside its answers.
+
+    Plan 1's PlanTargets (a box on its first step) and the ImageSources of plans 1 and 2 and
+    of the first caption; plan 2's wrist stamp is of no frame in the input recording.
+    """
+    types = store.types
+
+    def header(stamp):
+        return types['std_msgs/msg/Header'](stamp=types['builtin_interfaces/msg/Time'](
+            sec=stamp // SECOND, nanosec=stamp % SECOND), frame_id='camera')
+
+    def sources(stamps, request_id, task, skew):
+        return bags.serialize(
+            'vlm_ros_msgs/msg/ImageSources', header=bags.header(stamps[0], 'camera'),
+            request_id=request_id, task=task, cameras=['head', 'wrist'],
+            images=[header(stamp) for stamp in stamps], skew=skew)
+
+    point = types['geometry_msgs/msg/PointStamped'](
+        header=header(0), point=types['geometry_msgs/msg/Point'](x=0.0, y=0.0, z=0.0))
+    steps = [types['vlm_ros_msgs/msg/StepTarget'](box=np.array(box, dtype=np.float32),
+                                                  problem='', point=point, point_problem='')
+             for box in (TARGET_BOX, ())]
+    targets = bags.add_topic(writer, '/robot1/plan_targets', 'vlm_ros_msgs/msg/PlanTargets')
+    images = bags.add_topic(writer, '/robot1/image_sources', 'vlm_ros_msgs/msg/ImageSources')
+    return [(1.79, targets, bags.serialize('vlm_ros_msgs/msg/PlanTargets',
+                                           header=bags.header(STAMPS[0], 'camera'),
+                                           request_id='1', steps=steps)),
+            (1.79, images, sources([STAMPS[0], WRIST_STAMPS[0]], '1', 'plan', 0.03)),
+            (2.89, images, sources([STAMPS[1], STAMPS[1] + 7], '2', 'plan', 7e-9)),
+            (1.19, images, sources([STAMPS[0], WRIST_STAMPS[0]], '', 'caption', 0.03))]

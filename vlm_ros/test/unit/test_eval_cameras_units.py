@@ -16,15 +16,18 @@ from eval_bags import (
     IMAGE_TOPIC,
     INSTRUCTIONS,
     STAMPS,
+    TARGET_BOX,
     WRIST_STAMPS,
     WRIST_TOPIC,
     wrist_scene,
     write_camera_bag,
+    write_recorded_bag,
 )
 from vlm_ros.engine import Result
 from vlm_ros.eval.inputs import read_inputs, synchronized
 from vlm_ros.eval.offline import Sync, frame_key, plan_requests, run_engine
-from vlm_ros.eval.report import BOX_COLOUR, render, thumbnail_jpeg
+from vlm_ros.eval.recorded import recorded_records
+from vlm_ros.eval.report import BOX_COLOUR, boxes_by_frame, render, thumbnail_jpeg
 from vlm_ros.tools import evaluate
 
 CAMERAS = (('head', IMAGE_TOPIC), ('wrist', WRIST_TOPIC))
@@ -150,3 +153,21 @@ def test_the_report_shows_every_cameras_frame_of_a_request(inputs):
     assert shown == [('head', '0'), ('wrist', '0'), ('head', '2'), ('wrist', '2')]
     assert 'head: no frame on /camera/image_raw<br>wrist: no frame on /wrist/image_raw' in page
     assert f'wrist: frame 2 on {WRIST_TOPIC}, header stamp' in page
+
+
+def test_recorded_answers_carry_their_cameras_frames_and_boxes(inputs, tmp_path):
+    records, _ = recorded_records(inputs, write_recorded_bag(tmp_path / 'answers',
+                                                             companions=True))
+    plans = {r['request']: r for r in records if r['task'] == 'plan'}
+    first = plans[INSTRUCTIONS[1][1]]
+    assert [(i['camera'], i['frame'], i['stamp_ns']) for i in first['images']] == [
+        ('head', 0, STAMPS[0]), ('wrist', 0, WRIST_STAMPS[0])]
+    assert first['skew'] == pytest.approx(0.03)
+    assert [step['box'] for step in first['steps']] == [list(TARGET_BOX), None]
+    assert boxes_by_frame(records) == {0: [list(TARGET_BOX)], 1: [], 2: []}
+    hostile = next(r for r in records if r['text'] == '<i>junk</i>')
+    assert [i['frame'] for i in hostile['images']] == [1, None]  # no such wrist frame
+    caption = next(r for r in records if r['task'] == 'caption')
+    assert [i['frame'] for i in caption['images']] == [0, 0]
+    last = next(r for r in records if r['request'] == INSTRUCTIONS[3][1])
+    assert 'images' not in last and last['steps'][0]['box'] is None  # nothing beside it

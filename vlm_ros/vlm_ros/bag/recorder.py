@@ -25,7 +25,9 @@ from .storage import (
     CAPTION_TYPE,
     PLAN_TYPE,
     PROGRESS_TYPE,
+    SOURCES_TYPE,
     STRING_TYPE,
+    TARGETS_TYPE,
     BagError,
     add_topic,
     bag_writer,
@@ -33,7 +35,9 @@ from .storage import (
 
 # vlm_node's outputs: their types are known before the node is up.
 KNOWN_TYPES = {'plan': PLAN_TYPE, 'caption': CAPTION_TYPE, 'vla_instruction': STRING_TYPE,
-               'plan_progress': PROGRESS_TYPE}
+               'plan_progress': PROGRESS_TYPE, 'plan_targets': TARGETS_TYPE,
+               'image_sources': SOURCES_TYPE}
+RECORD_TOPICS = tuple(KNOWN_TYPES)  # vlm_replay --record's default: every answer and companion
 RECORD_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 

@@ -27,6 +27,7 @@ IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 STRING_TYPE = 'std_msgs/msg/String'
 PLAN_TYPE, CAPTION_TYPE = 'vlm_ros_msgs/msg/Plan', 'vlm_ros_msgs/msg/Caption'
 PROGRESS_TYPE = 'vlm_ros_msgs/msg/PlanProgress'
+TARGETS_TYPE, SOURCES_TYPE = 'vlm_ros_msgs/msg/PlanTargets', 'vlm_ros_msgs/msg/ImageSources'
 # Metadata version 9 (what Kilted writes) stores each topic's QoS profiles as a YAML list, which
 # Humble's rosbag2 (reading versions up to 5, QoS as a YAML string) fails to decode
 # (ros2/rosbag2#1895). Version 8 keeps the string form; every newer distro reads older versions.

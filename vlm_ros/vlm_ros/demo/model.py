@@ -32,7 +32,7 @@ def training_samples(bag, references_path) -> list:
     templates = load_templates()
     with open_bag(bag) as reader:
         inputs = read_inputs(reader)
-        frames = reference_frames(entries, frames_by_stamp(inputs), inputs.image_topic)
+        frames = reference_frames(entries, frames_by_stamp(inputs.frames), inputs.image_topic)
         images = decode_frames(reader, inputs, [frame.index for frame in frames])
     samples = []
     for entry, frame in zip(entries, frames, strict=True):

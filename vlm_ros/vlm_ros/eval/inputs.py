@@ -151,10 +151,10 @@ def synchronized(cameras: tuple, bag_time_ns: int, max_skew: float, wait_s: floa
     return views
 
 
-def frames_by_stamp(inputs: BagInputs) -> dict:
+def frames_by_stamp(frames: list) -> dict:
     """Map header stamp (ns) -> FrameRef; the first frame wins when a driver repeats a stamp."""
     found = {}
-    for frame in inputs.frames:
+    for frame in frames:
         found.setdefault(frame.stamp_ns, frame)
     return found
 

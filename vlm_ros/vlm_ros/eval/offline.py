@@ -135,12 +135,17 @@ def _images(item: Pending, images: dict, inputs: BagInputs) -> list:
                                                          strict=True))]
 
 
-def other_frames(reader, inputs: BagInputs, pending: list) -> dict:
-    """Decode the frames of cameras after the first that pending requests use (frame_key)."""
+def other_frames(reader, inputs: BagInputs, pending: list, records: list) -> dict:
+    """Decode the frames of cameras after the first that pending requests or records use.
+
+    Keys are frame_key's; records (a live node's, --recorded) name theirs in ``images``.
+    """
     decoded = {}
     for number, camera in enumerate(inputs.cameras[1:], 1):
         used = {p.views.frames[number].index for p in pending
                 if p.views and p.views.frames[number] is not None}
+        used |= {r['images'][number]['frame'] for r in records
+                 if r.get('images') and r['images'][number]['frame'] is not None}
         decoded.update({frame_key(number, camera.name, index): image for index, image in
                         decode_frames(reader, inputs, used, camera).items()})
     return decoded

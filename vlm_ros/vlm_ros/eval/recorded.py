@@ -5,7 +5,8 @@ robot gets (queueing, dropped frames, the node's own pairing), where running the
 measures the model alone. Both make the same records, so one report format serves both.
 Answers are matched to input frames by header stamp, which the node copies from the frame it
 used, and Plans to input instructions by text in order, since every instruction gets exactly
-one Plan; log times of the two bags come from different clocks and are never compared.
+one Plan; log times of the two bags come from different clocks and are never compared. What
+the node published beside them (steps' boxes, each camera's image) is joined in by companions.py.
 """
 
 import contextlib
@@ -15,6 +16,7 @@ from ..bag.node_settings import read_settings
 from ..bag.storage import CAPTION_TYPE, PLAN_TYPE, BagError, open_bag, stamp_ns
 from ..bag.topics import describe_topics
 from ..engine import parse_plan
+from .companions import CameraFrames, read_companions
 from .executions import execution_summary, read_executions
 from .inputs import BagInputs, frames_by_stamp
 from .records import (
@@ -41,8 +43,11 @@ def _answer_topics(reader) -> dict:
     return chosen
 
 
-def _plan_record(msg, inputs: BagInputs, frame, pending: dict) -> dict:
-    """Record one recorded Plan; its bag time is that of the instruction it answered."""
+def _plan_record(msg, inputs: BagInputs, frame, pending: dict, boxes: tuple = ()) -> dict:
+    """Record one recorded Plan; its bag time is that of the instruction it answered.
+
+    ``boxes``: its steps' boxes, from its PlanTargets (companions.py).
+    """
     status = STATUS_NAMES.get(msg.status, f'UNKNOWN_{msg.status}')
     queue = pending.get(msg.instruction)
     if queue:
@@ -56,7 +61,7 @@ def _plan_record(msg, inputs: BagInputs, frame, pending: dict) -> dict:
         form=parse_plan(msg.text).form if answered else 'none',
         output_tokens=int(msg.output_tokens) if answered else None,
         time_to_first_token=float(msg.time_to_first_token) if answered else None,
-        total_time=float(msg.total_time))
+        total_time=float(msg.total_time), boxes=boxes)
 
 
 def _caption_record(msg, inputs: BagInputs, frame) -> dict:
@@ -74,21 +79,26 @@ def recorded_records(inputs: BagInputs, path) -> tuple:
     (its answer's log time less its total_time) to the last answer, in the recording's clock.
     The node's settings are those vlm_replay --record stored beside the answers, if any.
     """
-    by_stamp = frames_by_stamp(inputs)
+    by_stamp = frames_by_stamp(inputs.frames)
     pending = defaultdict(deque)
     for instruction in inputs.instructions:
         pending[instruction.text].append(instruction.bag_time_ns)
     records, models, spans = [], set(), []
+    cameras = CameraFrames(inputs)
     with contextlib.closing(open_bag(path)) as reader:
         topics = _answer_topics(reader)
+        companions = read_companions(reader)
         connections = [c for c in reader.connections if c.topic in topics]
         for connection, log_ns, raw in reader.messages(connections):
             msg = reader.deserialize(raw, connection.msgtype)
             frame = by_stamp.get(stamp_ns(msg))
             if topics[connection.topic] == PLAN_TYPE:
-                records.append(_plan_record(msg, inputs, frame, pending))
+                records.append({**_plan_record(msg, inputs, frame, pending,
+                                               companions.boxes.get(msg.request_id, ())),
+                                **cameras.fields(companions.sources.get(msg.request_id))})
             else:
-                records.append(_caption_record(msg, inputs, frame))
+                records.append({**_caption_record(msg, inputs, frame), **cameras.fields(
+                    companions.sources.get((stamp_ns(msg), 'caption')))})
             models.add(msg.model)
             if records[-1]['status'] in ANSWERED:
                 spans.append((log_ns - int(msg.total_time * 1e9), log_ns))

@@ -98,9 +98,9 @@ def parse_args(argv):
     names = [name for name, _ in args.cameras]
     if len(set(names)) < len(names):
         parser.error(f'--camera names must differ: {", ".join(names)}')
-    if args.cameras and (args.image_topic or args.recorded or args.references):
-        parser.error('--camera takes the place of --image-topic, and answers a recording with '
-                     'a model: not with --image-topic, --recorded or --references')
+    if args.cameras and (args.image_topic or args.references):
+        parser.error('--camera takes the place of --image-topic, and references are scored '
+                     'on one camera: not with --image-topic or --references')
     if args.batch_size < 1:
         parser.error(f'--batch-size must be at least 1, not {args.batch_size}')
     if args.model is None and (args.recorded is None or args.references):
@@ -117,7 +117,7 @@ def evaluate(args) -> dict:
         inputs = read_inputs(reader, args.image_topic, args.instruction_topic, ask,
                              tuple(args.cameras))
         entries = load_references(args.references) if args.references else []
-        ref_frames = reference_frames(entries, frames_by_stamp(inputs), inputs.image_topic)
+        ref_frames = reference_frames(entries, frames_by_stamp(inputs.frames), inputs.image_topic)
         if args.recorded:
             records, run = recorded_records(inputs, args.recorded)
             pending = []
@@ -127,7 +127,7 @@ def evaluate(args) -> dict:
         used = [r['image']['frame'] for r in records if r['image']] + \
             [p.frame.index for p in pending if p.frame] + [f.index for f in ref_frames]
         images = decode_frames(reader, inputs, used)
-        images.update(other_frames(reader, inputs, pending))
+        images.update(other_frames(reader, inputs, pending, records))
     engine, mean = None, None
     if pending or entries:
         config = engine_config(args, args.model, max_new_tokens=args.max_new_tokens,

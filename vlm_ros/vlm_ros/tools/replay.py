@@ -1,7 +1,7 @@
 """vlm_replay: play a recording (rosbag2 or ROS 1) into the live ROS graph, record the answers.
 
 vlm_replay BAG [--topics T ...] [--remap FROM:=TO ...] [--rate R] [--start S] [--loop]
-               [--record OUT [--record-topics plan caption vla_instruction plan_progress]] [--echo]
+               [--record OUT [--record-topics plan caption ... image_sources]] [--echo]
                [--instructions FILE | --instruction TEXT [--every N | --at S]]
 
 ``ros2 bag play`` cannot be installed from wheels, and teams judge a perception-planning node
@@ -20,6 +20,7 @@ import sys
 from ..bag.arguments import ArgumentParser, not_negative, positive
 from ..bag.instructions import add_instruction_args, check_instruction_args
 from ..bag.player import Replay
+from ..bag.recorder import RECORD_TOPICS
 from ..bag.storage import READABLE, STORAGES
 from ..engine import VlmError
 from ..spin import spin_main
@@ -47,10 +48,9 @@ def parse_args(argv):
                         help='publish the bag time on /clock (default 40 Hz) for nodes '
                         'started with use_sim_time:=true')
     parser.add_argument('--record', metavar='OUT', help='record answers into a new bag OUT')
-    parser.add_argument('--record-topics', nargs='+',
-                        default=['plan', 'caption', 'vla_instruction', 'plan_progress'],
-                        help='topics to record (default: plan caption vla_instruction '
-                        'plan_progress)')
+    parser.add_argument('--record-topics', nargs='+', default=list(RECORD_TOPICS),
+                        help=f'topics to record (default: {" ".join(RECORD_TOPICS)}); '
+                        'vlm_eval --recorded reads the boxes and cameras from the last two')
     parser.add_argument('--storage', choices=sorted(STORAGES), default='mcap',
                         help='storage of the recorded bag (default mcap)')
     parser.add_argument('--linger', type=not_negative, default=30.0, metavar='SECONDS',

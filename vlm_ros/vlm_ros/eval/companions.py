@@ -1,0 +1,61 @@
+"""What a live vlm_node published beside its answers: the steps' boxes and every camera's image.
+
+A Plan's PlanTargets (plan_targets) and ImageSources (image_sources, with several cameras) are
+separate messages joined to it by request_id; a Caption's ImageSources is joined by its header
+and task. vlm_eval --recorded reads them so that a live run's records carry the same boxes and
+per-camera frames as an offline run's.
+"""
+
+from dataclasses import dataclass, field
+
+from ..bag.storage import SOURCES_TYPE, TARGETS_TYPE, stamp_ns
+from .inputs import BagInputs, frames_by_stamp
+from .records import image_info
+
+
+@dataclass
+class Companions:
+    """The boxes per Plan (request_id) and the ImageSources per Plan or per Caption."""
+
+    boxes: dict = field(default_factory=dict)  # request_id -> per step: (x1, y1, x2, y2) or None
+    sources: dict = field(default_factory=dict)  # request_id, or (stamp_ns, task) -> message
+
+
+def read_companions(reader) -> Companions:
+    """Read every PlanTargets and ImageSources message of an answers recording."""
+    found = Companions()
+    connections = [c for c in reader.connections if c.msgtype in (TARGETS_TYPE, SOURCES_TYPE)]
+    if not connections:  # rosbags reads every message for an empty list
+        return found
+    for connection, _, raw in reader.messages(connections):
+        msg = reader.deserialize(raw, connection.msgtype)
+        if connection.msgtype == TARGETS_TYPE:
+            found.boxes[msg.request_id] = tuple(
+                tuple(float(v) for v in step.box) if len(step.box) == 4 else None
+                for step in msg.steps)
+        else:
+            found.sources[msg.request_id or (stamp_ns(msg), msg.task)] = msg
+    return found
+
+
+class CameraFrames:
+    """The input recording's frames of each camera by stamp: an ImageSources to record fields."""
+
+    def __init__(self, inputs: BagInputs):
+        self._cameras = inputs.cameras
+        self._by_stamp = {camera.name: frames_by_stamp(camera.frames)
+                          for camera in inputs.cameras}
+
+    def fields(self, source) -> dict:
+        """Return a record's ``images`` and ``skew`` from source ({}: one camera, or none)."""
+        if not self._cameras or source is None:
+            return {}
+        headers = dict(zip(source.cameras, source.images, strict=False))
+        images = []
+        for camera in self._cameras:
+            header = headers.get(camera.name)
+            frame = None if header is None else self._by_stamp[camera.name].get(
+                header.stamp.sec * 10**9 + header.stamp.nanosec)  # a Header's own stamp
+            images.append(image_info(camera.topic, frame, camera.name) or
+                          {'camera': camera.name, 'topic': camera.topic, 'frame': None})
+        return {'images': images, 'skew': float(source.skew)}
