@@ -15,6 +15,7 @@ from engine_fixtures import PLAN_JSON, TARGETS, scene
 from serve_harness import free_port, remote_config
 from vlm_ros.engine import EngineConfig, Request, VlmError, make_engine
 from vlm_ros.engine.errors import NOT_LOADED
+from vlm_ros.engine.features import FeatureSpec
 from vlm_ros.engine.interface import CONTRACT
 from vlm_ros.engine.results import Score, status_of
 
@@ -179,6 +180,17 @@ def test_score_ranks_the_trained_answer_first_where_the_backend_can(engine):
     assert engine.score([], []) == []
     assert raises('score', lambda: engine.score(requests(), trained[:2])) == 'bad_input'
     assert raises('score', lambda: engine.score(requests()[:1], [' '])) == 'bad_input'
+
+
+def test_features_come_with_the_answer_where_the_backend_can_see_them(engine):
+    asked = Request('plan', scene('red'), TARGETS['plan'][0], features=FeatureSpec())
+    if not CAN_SCORE[engine.config.backend]:  # hidden states, like probabilities, stay there
+        with pytest.raises(VlmError, match='cannot give features.*transformers backend'):
+            engine.run([asked])
+        assert raises('run', lambda: engine.run([asked])) == 'unsupported'
+        return
+    (result,) = engine.run([asked])
+    assert result.text == TARGETS['plan'][1] and result.features.data.ndim == 1
 
 
 def test_prepared_frames_answer_as_unprepared_ones(engine):

@@ -15,6 +15,7 @@ prepare    None                                     bad_input                   
 run        list[Result]: ok, invalid, cancelled     load_failed bad_input              raises
                                                     out_of_memory generation_failed    load_failed
                                                     backend_* (remote)
+                                                    unsupported (features, remote)
 stream     Result: ok, invalid, cancelled           as run                             as run
 score      list[Score]                              load_failed bad_input unsupported  raises
                                                     out_of_memory generation_failed
@@ -55,7 +56,8 @@ class Operation:
     unloaded: str
 
 
-_ANSWER_KINDS = (NOT_LOADED, 'bad_input', 'out_of_memory', 'generation_failed', *BACKEND_KINDS)
+_ANSWER_KINDS = (NOT_LOADED, 'bad_input', 'unsupported', 'out_of_memory', 'generation_failed',
+                 *BACKEND_KINDS)
 CONTRACT = {
     'load': Operation((), ('bad_input', 'not_found', 'unsupported', 'out_of_memory',
                            'load_failed'), 'allowed'),

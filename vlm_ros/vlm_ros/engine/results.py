@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import confidence
+from .features import Features, FeatureSpec
 from .grounding import View, box_problem, parse_boxes
 from .plan_parser import parse_plan
 from .plan_schema import PLAN_TASKS
@@ -40,6 +41,7 @@ class Request:
     cancel: Optional[threading.Event] = None
     context: Optional[dict] = None  # the template's other placeholders (prompts.py)
     cameras: tuple = ()
+    features: Optional[FeatureSpec] = None  # the prompt's hidden states too (features.py)
 
     def __post_init__(self):
         """With cameras, image is the first camera's (what one-image code reads)."""
@@ -82,6 +84,8 @@ class Result:
     # 'ground' answer: each box it wrote, in order (valid when one of them is a box).
     boxes: tuple = ()
     box_problems: tuple = ()
+    # The request's features (features.py) from the prefill of this answer; None unless asked.
+    features: Optional[Features] = None
 
 
 # A Result's status (status_of): what the node maps to STATUS_OK, _INVALID_OUTPUT, _CANCELLED.
@@ -125,7 +129,7 @@ def parse_output(task: str, text: str, constrained: bool = False) -> tuple:
 def make_result(task: str, text: str, output_tokens: int, time_to_first_token: float,
                 total_time: float, cancelled: bool, image_size: tuple = (0, 0),
                 constrained: bool = False, logprobs: tuple = (), ends: tuple = (),
-                view: Optional[View] = None) -> Result:
+                view: Optional[View] = None, features: Optional[Features] = None) -> Result:
     """Parse text and wrap it with its timings: every backend's answers end here alike.
 
     logprobs: the log-probability of each of the text's tokens (none: unknown); ends: where
@@ -146,4 +150,4 @@ def make_result(task: str, text: str, output_tokens: int, time_to_first_token: f
         valid = any(box is not None for box in boxes)
     return Result(task, text, steps, valid, form, output_tokens, time_to_first_token, total_time,
                   cancelled, image_size, tuple(logprobs), confidence.summary(logprobs),
-                  steps_confidence, boxes=boxes, box_problems=problems)
+                  steps_confidence, boxes=boxes, box_problems=problems, features=features)

@@ -179,7 +179,8 @@ class VlmEngine(EngineBase):
         try:
             constraint = self.plan_constraint([r.task for r in requests], limits)
             generated = generate(loaded, inputs, max(limits), self.generate_kwargs(), on_texts,
-                                 cancels, constraint, self.decoding.graphs)
+                                 cancels, constraint, self.decoding.graphs,
+                                 [r.features for r in requests])
             rows = [row[:limit] for limit, row in zip(limits, generated.tokens, strict=True)]
             texts = [loaded.processor.tokenizer.decode(tokens, skip_special_tokens=True)
                      for tokens in rows]
@@ -229,7 +230,8 @@ def _results(loaded, requests: list, texts: list, rows: list, generated, followe
                         constrained, *text_logprobs(tokenizer, tokens, logprobs, eos,
                                                     request.task in PLAN_TASKS),
                         view=view_of(image_processor, request.image.shape[1::-1],
-                                     fitted_size(request.image, max_image_side)))
-            for request, text, tokens, cancelled, constrained, logprobs in zip(
+                                     fitted_size(request.image, max_image_side)),
+                        features=features)
+            for request, text, tokens, cancelled, constrained, logprobs, features in zip(
                 requests, texts, rows, generated.cancelled, followed, generated.logprobs,
-                strict=True)]
+                generated.features or [None] * len(requests), strict=True)]

@@ -20,6 +20,7 @@ from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from .graph_decode import cache_keyword
+from .hidden_features import pool, prefill_states
 from .token_logprobs import TokenLogProbs
 
 
@@ -32,6 +33,7 @@ class Generated:
     total_time: float
     cancelled: list  # list[bool], one per request
     logprobs: list  # list[list[float]]: each token's log-probability (token_logprobs.py)
+    features: Optional[list] = None  # per row: its prompt's Features, or None (not asked)
 
 
 class _RowText:
@@ -168,7 +170,7 @@ def eos_token_ids(model, tokenizer) -> set:
 
 def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
              on_texts: Optional[list] = None, cancels: Optional[list] = None,
-             constraint=None, graphs=None) -> Generated:
+             constraint=None, graphs=None, features: Optional[list] = None) -> Generated:
     """Run one batched generate.
 
     ``on_texts`` holds one text callback (or None) per row, ``cancels`` one Event per row:
@@ -176,6 +178,8 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
     row's is set), and its result is marked cancelled. ``constraint`` (constrain.py) masks
     the logits of the rows it constrains before each step. With ``graphs`` (a GraphDecoder,
     graph_decode.py) a request it takes decodes after its first token from CUDA graphs.
+    ``features`` holds a FeatureSpec (or None) per row: the prefill's hidden states it asks
+    for are pooled into Generated.features (hidden_features.py).
     """
     batch = int(inputs['input_ids'].shape[0])
     on_texts = on_texts or [None] * batch
@@ -191,7 +195,8 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
     processors = [recorder, constraint] if constraint else [recorder]
     start = time.perf_counter()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), prefill_states(loaded.model, features,
+                                                    loaded.is_encoder_decoder) as captured:
             if graphed:
                 new, logprobs = _graphed(loaded, inputs, max_new_tokens, sampling, graphs,
                                          streamer, processors, cancels, eos, constraint)
@@ -215,8 +220,11 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
               else cut_at_eos(row, eos)
               for row, stopped in zip(new, cancelled, strict=True)]
     first = (streamer.first_token_at - start) if streamer.first_token_at else total
+    mask = captured.get('mask', inputs['attention_mask'])
+    pooled = pool(captured['states'], mask, features) if 'states' in captured else None
     return Generated(tokens, first, total, cancelled,
-                     [row[:len(kept)] for row, kept in zip(logprobs, tokens, strict=True)])
+                     [row[:len(kept)] for row, kept in zip(logprobs, tokens, strict=True)],
+                     pooled)
 
 
 def _generate(loaded, inputs, max_new_tokens: int, sampling: dict, streamer: '_Streamer',

@@ -150,6 +150,10 @@ class RemoteEngine(EngineBase):
             raise VlmError(NOT_LOADED, 'the openai backend is not loaded', self.model_name)
         if on_text is not None and len(requests) != 1:
             raise VlmError('bad_input', 'streaming needs a batch of one request')
+        if any(request.features is not None for request in requests):
+            raise VlmError('unsupported', 'the openai backend cannot give features: a chat '
+                           "completion returns text, not the model's hidden states; use the "
+                           'transformers backend', self.model_name)
         payloads = [self.payload(request) for request in requests]
         on_texts = [request.on_text or on_text for request in requests]
         answers = [Answer() for _ in requests]
