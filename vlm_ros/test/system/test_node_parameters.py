@@ -9,6 +9,7 @@ import time
 import uuid
 
 import camera_harness
+import features_harness
 import pytest
 from engine_fixtures import GROUND, TARGETS, scene
 from loop_harness import LOOP_OBSERVERS
@@ -301,7 +302,9 @@ def observe_preprocess_ahead(node, test_node):
 OBSERVERS = {**{name[len('observe_'):]: value for name, value in globals().items()
                 if name.startswith('observe_')}, **LOOP_OBSERVERS,
              'max_skew': camera_harness.observe_max_skew,
-             'use_depth': camera_harness.observe_use_depth}
+             'use_depth': camera_harness.observe_use_depth,
+             **{name[len('observe_'):]: getattr(features_harness, name)
+                for name in dir(features_harness) if name.startswith('observe_')}}
 
 
 def test_every_run_time_parameter_is_observed():

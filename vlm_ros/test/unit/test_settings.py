@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+from vlm_ros.engine.features import FeatureSpec
 from vlm_ros.node import params, settings
 from vlm_ros.node.settings import Settings, SettingsError
 
@@ -73,6 +74,18 @@ def test_likelihood_checks_need_a_backend_that_scores_and_min_confidence_does_no
     assert Settings.from_values().changed({'verify_by': 'likelihood'}).verify_by == 'likelihood'
     # Servers that send logprobs (vLLM, SGLang) give confidences; the others' plans say so.
     assert remote.changed({'min_confidence': 0.5}).min_confidence == 0.5
+
+
+def test_features_need_a_backend_that_sees_hidden_states_and_reach_plan_requests():
+    reason = 'publish_features needs the transformers backend: the openai one cannot see'
+    with pytest.raises(SettingsError, match=reason):
+        Settings.from_values({'backend': 'openai', 'publish_features': True})
+    with pytest.raises(SettingsError, match=reason):
+        Settings.from_values({'backend': 'openai'}).changed({'publish_features': True})
+    assert Settings.from_values().limits().features is None, 'off by default'
+    on = Settings.from_values({'publish_features': True, 'features_layer': 3,
+                               'features_pooling': 'tokens'})
+    assert on.limits().features == FeatureSpec(3, 'tokens')
 
 
 def test_engine_config_limits_and_prompts_come_from_the_settings():

@@ -162,9 +162,10 @@ class BatchRunner:
         tokens = min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else 0
         cameras = image if isinstance(image, tuple) else ()
         job.frame_size = (cameras[0][1] if cameras else image).shape[1::-1]
+        features = self._limits().features if job.task in PLAN_TASKS else None
         return job, header, Request(job.task, None if cameras else image, job.text, tokens,
                                     on_text=job.on_text, cancel=job.cancel,
-                                    context=job.context, cameras=cameras)
+                                    context=job.context, cameras=cameras, features=features)
 
     def _answered(self, ready: list) -> list:
         """Run the requests of ready in one engine call; return their outcomes in order."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..engine import Result
+from ..engine.features import FeatureSpec
 
 MAX_CANDIDATES = 8  # a ~/score request's candidates: one forward pass, each row its own image
 SCORE_TASKS = ('vqa', 'caption', 'plan')  # the prompts a candidate can be scored under
@@ -90,3 +91,4 @@ class Limits:
     preprocess_ahead: bool = False
     min_confidence: float = 0.0  # plans less sure than this are LOW_CONFIDENCE
     max_skew: float = 0.1  # s between the stamps of the cameras' frames a request uses
+    features: Optional[FeatureSpec] = None  # what plan requests' features are (None: none)

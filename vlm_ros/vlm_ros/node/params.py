@@ -23,10 +23,12 @@ from typing import Optional
 
 from ..engine.config import BACKENDS, DECODE_MODES, DTYPES, parse_processor_kwargs
 from ..engine.errors import VlmError
+from ..engine.features import POOLINGS
 from ..engine.plan_schema import CONSTRAIN_MODES, parse_skills
 from ..engine.prompts import check_template
 
 VERIFY_BY = ('answer', 'likelihood')  # Settings.verify_by (plan_execution.py)
+FEATURE_DTYPES = ('float32', 'float16', 'bfloat16')  # Settings.features_dtype (messages.py)
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,24 @@ SPECS = (
     ParamSpec('max_image_pixels', 33_554_432, 'largest image accepted, in pixels (width x '
               'height, read from a compressed header before decoding); larger ones give '
               'STATUS_BAD_INPUT (0 = no limit)', applies='images', low=0, high=2**31 - 1),
+    ParamSpec('publish_features', False, "publish each plan request's features on ~/features "
+              "(vlm_ros_msgs/Features: the prompt's hidden states at features_layer, pooled by "
+              "features_pooling, from the plan's own prefill) for a VLA action head; "
+              'in-process backend', applies='limits'),
+    ParamSpec('features_layer', -1, "with publish_features: the hidden state taken, as "
+              "transformers counts them: 0 = the input embeddings, 1 = the first layer's "
+              'output, -1 = the last layer (after the final norm); a layer the model lacks '
+              'gives features with no values and the reason', applies='limits', low=-1000,
+              high=1000),
+    ParamSpec('features_pooling', 'last', "with publish_features: 'last' = the prompt's last "
+              "token, 'mean' = the mean over its tokens, 'tokens' = every token's state",
+              applies='limits', choices=POOLINGS),
+    ParamSpec('features_dtype', 'float32', "with publish_features: 'float32' values, or "
+              "'float16' or 'bfloat16' as raw 16-bit words (half the bytes)", applies='limits',
+              choices=FEATURE_DTYPES),
+    ParamSpec('max_feature_bytes', 4_194_304, 'with publish_features: features larger than '
+              'this are published without values, saying so', applies='limits', low=1024,
+              high=268_435_456),
     ParamSpec('max_batch_size', 1, 'in-process backend: up to this many waiting requests are '
               "answered by one batched generate (1 = one at a time; the openai backend's "
               'server batches by itself)', applies='limits', low=1, high=64),

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Optional
 
 from ..engine.config import EngineConfig, RemoteConfig
+from ..engine.features import FeatureSpec
 from . import params
 from .jobs import Limits
 
@@ -54,6 +55,11 @@ class Settings:
     max_skew: float
     instruction_qos_depth: int
     max_image_pixels: int
+    publish_features: bool
+    features_layer: int
+    features_pooling: str
+    features_dtype: str
+    max_feature_bytes: int
     max_batch_size: int
     batch_wait: float
     preprocess_ahead: bool
@@ -81,6 +87,9 @@ class Settings:
         reason = params.validate_all(dataclasses.asdict(self))
         if reason:
             raise SettingsError(reason)
+        if self.backend != 'transformers' and self.publish_features:
+            raise SettingsError(f'publish_features needs the transformers backend: the '
+                                f"{self.backend} one cannot see the model's hidden states")
         if self.backend != 'transformers' and self.verify_by == 'likelihood':
             raise SettingsError(f'verify_by likelihood needs the transformers backend: the '
                                 f'{self.backend} one cannot score answers; use verify_by answer')
@@ -113,9 +122,11 @@ class Settings:
 
     def limits(self) -> Limits:
         """Return the worker's limits."""
+        features = FeatureSpec(self.features_layer, self.features_pooling) \
+            if self.publish_features else None
         return Limits(self.wait_for_image, self.max_image_age, self.queue_size,
                       self.max_text_chars, self.max_batch_size, self.batch_wait,
-                      self.preprocess_ahead, self.min_confidence, self.max_skew)
+                      self.preprocess_ahead, self.min_confidence, self.max_skew, features)
 
     def run_time_engine_fields(self) -> dict:
         """Return the engine settings a running engine takes (EngineBase.update)."""

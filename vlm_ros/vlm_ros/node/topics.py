@@ -16,6 +16,7 @@ from std_msgs.msg import String
 from vlm_ros_msgs.msg import (
     AnswerConfidence,
     Caption,
+    Features,
     ImageSources,
     Plan,
     PlanArguments,
@@ -24,6 +25,7 @@ from vlm_ros_msgs.msg import (
 )
 
 from ..engine.plan_schema import takes_arguments
+from .features_msg import features_msg
 from .frames import FrameStore
 from .jobs import Job, Outcome, Status
 from .messages import (
@@ -93,7 +95,8 @@ class Topics:
             'arguments': self._create_publisher(PlanArguments, 'plan_arguments', qos),
             'targets': self._create_publisher(PlanTargets, 'plan_targets', qos),
             'answer': self._create_publisher(AnswerConfidence, 'answer_confidence', qos),
-            'sources': self._create_publisher(ImageSources, 'image_sources', qos)}
+            'sources': self._create_publisher(ImageSources, 'image_sources', qos),
+            'features': self._create_publisher(Features, '~/features', qos)}
         self._caption_pub = self._create_publisher(Caption, 'caption', 10)
         self.vla_pub = self._create_publisher(String, 'vla_instruction', qos)
         return [self._plan_pub, *self._companion_pubs.values(), self._caption_pub,
@@ -106,11 +109,12 @@ class Topics:
     def publish_companions(self, outcome, plan: Optional[Plan] = None) -> None:
         """Publish what goes out just before an answer (nothing once cleaned up).
 
-        plan's PlanConfidence and PlanTargets, and its PlanArguments while the skills name
-        arguments; or without plan, the AnswerConfidence of outcome's caption or ~/query
-        answer; and the ImageSources of a job that took a frame per camera. A goal's result
-        or a query's response may be sent while cleanup destroys the publishers: the answer
-        matters, its companions are then left out.
+        plan's PlanConfidence and PlanTargets, its PlanArguments while the skills name
+        arguments and its Features with publish_features; or without plan, the
+        AnswerConfidence of outcome's caption or ~/query answer; and the ImageSources of a
+        job that took a frame per camera. A goal's result or a query's response may be sent
+        while cleanup destroys the publishers: the answer matters, its companions are then
+        left out.
         """
         if plan is None:
             messages = {'answer': lambda: answer_confidence_msg(outcome)}
@@ -119,6 +123,10 @@ class Topics:
                         'targets': lambda: targets_msg(outcome, plan, self._serving.points)}
             if takes_arguments(self._settings().skills):
                 messages['arguments'] = lambda: arguments_msg(outcome, plan)
+        if plan is not None and outcome.result is not None and \
+                outcome.result.features is not None:
+            messages['features'] = lambda: features_msg(outcome, plan, self._settings(),
+                                                        plan.model)
         if outcome.job.sources:
             messages['sources'] = lambda: sources_msg(
                 outcome, plan.header if plan is not None else outcome.header)

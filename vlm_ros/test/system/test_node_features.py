@@ -1,0 +1,111 @@
+"""~/features over DDS: each plan's prompt hidden states, for an action head (issue 28 item 1).
+
+The node under test runs the trained tiny LLaVA on a streamed camera; what it publishes on
+~/features equals what the engine returns for the same frame and instruction, itself checked
+against transformers' own hidden states (test_features.py).
+"""
+
+import uuid
+
+import numpy as np
+import pytest
+from engine_fixtures import TARGETS, scene
+from node_harness import RELIABLE, TIMEOUT, camera, set_params
+from vlm_ros.engine import EngineConfig, Request
+from vlm_ros.engine.features import FeatureSpec
+from vlm_ros.engine.local import VlmEngine
+from vlm_ros.node.features_msg import bfloat16_words
+
+from vlm_ros_msgs.msg import Features, Plan
+
+INSTRUCTION = TARGETS['plan'][0]
+
+
+def stream_camera(node) -> str:
+    """Stream the red scene with a new frame_id; return it once a frame has arrived."""
+    frame_id = uuid.uuid4().hex
+    node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+    return frame_id
+
+
+def plan_and_features(node, features) -> tuple:
+    """Send the instruction; return its Plan and the Features published for it."""
+    before = {p.request_id for p in node.plans.items()}
+    node.instruct(INSTRUCTION)
+    plan = node.plans.wait_for(lambda p: p.request_id not in before, TIMEOUT, 'the plan')
+    found = features.wait_for(lambda m: m.request_id == plan.request_id, TIMEOUT,
+                              "the plan's features")
+    return plan, found
+
+
+def engine_features(model: str, spec: FeatureSpec) -> np.ndarray:
+    engine = VlmEngine(EngineConfig(model=model, device='cpu', dtype='float32',
+                                    max_new_tokens=96))
+    engine.load()
+    try:
+        return engine.run([Request('plan', scene('red'), INSTRUCTION, features=spec)])[
+            0].features.data
+    finally:
+        engine.unload()
+
+
+def test_each_plan_comes_with_the_features_of_its_own_prefill(start_vlm_node, test_node,
+                                                              trained_tiny):
+    node = start_vlm_node(publish_features=True, features_layer=2, features_pooling='mean')
+    node.wait_state('active')
+    features = test_node.collect(Features, '/vlm_node/features', RELIABLE)
+    frame_id = stream_camera(node)
+    plan, found = plan_and_features(node, features)
+    assert plan.status == Plan.STATUS_OK and plan.header.frame_id == frame_id, plan
+    assert found.header == plan.header and found.instruction == INSTRUCTION
+    assert (found.layer, found.pooling, found.dtype, found.problem) == (2, 'mean', 'float32', '')
+    assert found.model == plan.model and found.layers > 2 and len(found.data16) == 0
+    expected = engine_features(str(trained_tiny('llava')), FeatureSpec(2, 'mean'))
+    assert list(found.shape) == list(expected.shape)
+    np.testing.assert_allclose(np.array(found.data, dtype=np.float32), expected, atol=1e-4)
+    assert '"max_image_side": 640' in found.processor
+
+
+@pytest.mark.parametrize('dtype', ['float16', 'bfloat16'])
+def test_half_precision_features_are_the_values_rounded(dtype, start_vlm_node, test_node,
+                                                        trained_tiny):
+    node = start_vlm_node(publish_features=True, features_dtype=dtype,
+                          features_pooling='tokens')
+    node.wait_state('active')
+    features = test_node.collect(Features, '/vlm_node/features', RELIABLE)
+    stream_camera(node)
+    _, found = plan_and_features(node, features)
+    expected = engine_features(str(trained_tiny('llava')), FeatureSpec(-1, 'tokens'))
+    assert found.dtype == dtype and len(found.data) == 0 and list(found.shape) == \
+        list(expected.shape) and len(found.shape) == 2
+    words = np.array(found.data16, dtype=np.uint16).reshape(expected.shape)
+    values = words.view(np.float16).astype(np.float32) if dtype == 'float16' else \
+        (words.astype(np.uint32) << 16).view(np.float32)
+    np.testing.assert_allclose(values, expected, rtol=1e-2 if dtype == 'float16' else 1e-2,
+                               atol=1e-3 if dtype == 'float16' else 2e-2)
+    if dtype == 'bfloat16':  # the words are torch's own rounding of the float32 values
+        import torch
+        assert np.array_equal(words, torch.from_numpy(expected).to(torch.bfloat16).view(
+            torch.int16).numpy().view(np.uint16))
+        assert np.array_equal(bfloat16_words(expected), words)
+
+
+def test_too_large_features_and_a_missing_layer_say_why_and_the_plan_is_made(
+        start_vlm_node, test_node):
+    node = start_vlm_node(publish_features=True, features_pooling='tokens',
+                          max_feature_bytes=1024)
+    node.wait_state('active')
+    features = test_node.collect(Features, '/vlm_node/features', RELIABLE)
+    stream_camera(node)
+    plan, found = plan_and_features(node, features)
+    assert plan.status == Plan.STATUS_OK, plan
+    assert found.problem.startswith('the features take ') and \
+        found.problem.endswith(' float32); max_feature_bytes is 1024'), found.problem
+    assert len(found.data) == 0 and len(found.shape) == 0
+    assert all(r.successful for r in set_params(test_node, features_layer=999))
+    plan, found = plan_and_features(node, features)
+    assert plan.status == Plan.STATUS_OK, plan
+    assert found.problem.startswith("feature layer 999 is not one of this model's hidden "
+                                    'states'), found.problem
+    refused = set_params(test_node, features_pooling='max', features_dtype='float64')
+    assert not any(r.successful for r in refused)
