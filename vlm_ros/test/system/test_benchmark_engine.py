@@ -7,6 +7,7 @@ of scripts/test only; the --node mode is in test_benchmark_tool.py.
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 from fork_server import start_tool
@@ -60,3 +61,16 @@ def test_constraint_cost_times_free_and_constrained_decoding_side_by_side():
     # Random weights never finish a plan in 8 tokens: every row-step was constrained.
     assert all(float(row[1]) > 0 and float(row[2]) > 0 and row[4] == '100%' for row in rows), \
         stdout
+
+
+def test_features_cost_times_plans_with_and_without_features():
+    done = subprocess.run([sys.executable, '-m', 'vlm_ros.benchmarks.features_cost', '--random',
+                           'tiny:llava', '--batch-sizes', '1', '2', '--repeats', '1',
+                           '--new-tokens', '4'], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [[cell.strip() for cell in line.split('|')[1:-1]] for line in done.stdout.splitlines()
+            if line.startswith('| ') and line.split('|')[1].strip().isdigit()]
+    assert [(row[0], row[1]) for row in rows] == [
+        (batch, pooling) for batch in ('1', '2') for pooling in ('last', 'mean', 'tokens')]
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 and row[4].endswith('%')
+               for row in rows), done.stdout

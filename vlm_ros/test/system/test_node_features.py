@@ -10,13 +10,15 @@ import uuid
 import numpy as np
 import pytest
 from engine_fixtures import TARGETS, scene
-from node_harness import RELIABLE, TIMEOUT, camera, set_params
+from node_harness import RELIABLE, TIMEOUT, call, camera, set_params
 from vlm_ros.engine import EngineConfig, Request
 from vlm_ros.engine.features import FeatureSpec
 from vlm_ros.engine.local import VlmEngine
 from vlm_ros.node.features_msg import bfloat16_words
+from vlm_ros.node.image_conversion import rgb_to_image
 
 from vlm_ros_msgs.msg import Features, Plan
+from vlm_ros_msgs.srv import GetFeatures
 
 INSTRUCTION = TARGETS['plan'][0]
 
@@ -38,13 +40,13 @@ def plan_and_features(node, features) -> tuple:
     return plan, found
 
 
-def engine_features(model: str, spec: FeatureSpec) -> np.ndarray:
+def engine_features(model: str, spec: FeatureSpec, task: str = 'plan', colour: str = 'red',
+                    text: str = INSTRUCTION) -> np.ndarray:
     engine = VlmEngine(EngineConfig(model=model, device='cpu', dtype='float32',
                                     max_new_tokens=96))
     engine.load()
     try:
-        return engine.run([Request('plan', scene('red'), INSTRUCTION, features=spec)])[
-            0].features.data
+        return engine.run([Request(task, scene(colour), text, features=spec)])[0].features.data
     finally:
         engine.unload()
 
@@ -109,3 +111,36 @@ def test_too_large_features_and_a_missing_layer_say_why_and_the_plan_is_made(
                                     'states'), found.problem
     refused = set_params(test_node, features_pooling='max', features_dtype='float64')
     assert not any(r.successful for r in refused)
+
+
+def test_the_features_service_answers_without_a_plan(start_vlm_node, test_node, trained_tiny):
+    node = start_vlm_node(features_layer=2, features_pooling='mean')  # publish_features off
+    node.wait_state('active')
+    frame_id = stream_camera(node)
+    model = str(trained_tiny('llava'))
+
+    def ask(**fields):
+        return call(test_node, GetFeatures, '/vlm_node/features', GetFeatures.Request(**fields))
+
+    answer = ask(text=INSTRUCTION)
+    assert answer.success, answer.message
+    found = answer.features
+    assert found.header.frame_id == frame_id and found.request_id == '' and \
+        found.instruction == INSTRUCTION and (found.layer, found.pooling) == (2, 'mean')
+    np.testing.assert_allclose(np.array(found.data, dtype=np.float32),
+                               engine_features(model, FeatureSpec(2, 'mean')), atol=1e-4)
+    question = TARGETS['vqa'][0]
+    given = ask(task='vqa', text=question, image=rgb_to_image(scene('blue')))
+    assert given.success, given.message
+    np.testing.assert_allclose(np.array(given.features.data, dtype=np.float32),
+                               engine_features(model, FeatureSpec(2, 'mean'), 'vqa', 'blue',
+                                               question), atol=1e-4)
+    refused = ask(task='dance', text='x')
+    assert not refused.success and "task 'dance' has no prompt" in refused.message
+    assert all(r.successful for r in set_params(test_node, features_layer=99))
+    missing = ask(text=INSTRUCTION)
+    assert not missing.success and missing.message.startswith('feature layer 99 is not')
+    assert missing.features.problem == missing.message and len(missing.features.data) == 0
+    assert not [p for p in node.plans.items()], 'no plan is published for a features request'
+    values = node.wait_diag(lambda v: int(v.get('status_ok', 0)) >= 3, TIMEOUT, 'answers')
+    assert values.get('status_invalid_output', '0') == '0', values

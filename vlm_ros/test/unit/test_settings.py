@@ -82,10 +82,10 @@ def test_features_need_a_backend_that_sees_hidden_states_and_reach_plan_requests
         Settings.from_values({'backend': 'openai', 'publish_features': True})
     with pytest.raises(SettingsError, match=reason):
         Settings.from_values({'backend': 'openai'}).changed({'publish_features': True})
-    assert Settings.from_values().limits().features is None, 'off by default'
+    assert not Settings.from_values().limits().publish_features, 'off by default'
     on = Settings.from_values({'publish_features': True, 'features_layer': 3,
-                               'features_pooling': 'tokens'})
-    assert on.limits().features == FeatureSpec(3, 'tokens')
+                               'features_pooling': 'tokens'}).limits()
+    assert on.publish_features and on.features == FeatureSpec(3, 'tokens')
 
 
 def test_engine_config_limits_and_prompts_come_from_the_settings():

@@ -162,7 +162,9 @@ class BatchRunner:
         tokens = min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else 0
         cameras = image if isinstance(image, tuple) else ()
         job.frame_size = (cameras[0][1] if cameras else image).shape[1::-1]
-        features = self._limits().features if job.task in PLAN_TASKS else None
+        limits = self._limits()
+        asked = job.features_only or (job.task in PLAN_TASKS and limits.publish_features)
+        features = limits.features if asked else None
         return job, header, Request(job.task, None if cameras else image, job.text, tokens,
                                     on_text=job.on_text, cancel=job.cancel,
                                     context=job.context, cameras=cameras, features=features)
@@ -195,6 +197,8 @@ class BatchRunner:
         if result.cancelled:
             return Outcome(job, Status.CANCELLED, f'{job.cancel_reason} during generation',
                            header, result)
+        if job.features_only:  # ~/features: the prompt's features are the answer, not its text
+            return Outcome(job, Status.OK, '', header, result)
         if not result.valid:
             what = result.note or _nothing_read(job.task, result)
             return Outcome(job, Status.INVALID_OUTPUT, f'model output invalid: {what}', header,

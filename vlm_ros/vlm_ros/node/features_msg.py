@@ -27,11 +27,15 @@ def bfloat16_words(values: np.ndarray) -> np.ndarray:
     return words
 
 
-def features_msg(outcome: Outcome, plan, settings, model: str) -> Features:
-    """Build the Features message of an outcome whose result carries features, for plan."""
+def features_msg(outcome: Outcome, header, request_id: str, settings, model: str) -> Features:
+    """Build the Features message of an outcome whose result carries features.
+
+    header and request_id: the Plan's, which the message is joined to ('' for ~/features'
+    own answers).
+    """
     found = outcome.result.features
     job = outcome.job
-    msg = Features(header=plan.header, request_id=plan.request_id, instruction=job.text,
+    msg = Features(header=header, request_id=request_id, instruction=job.text,
                    model=model, cameras=[name for name, _ in job.sources],
                    images=[image for _, image in job.sources], layer=int(found.layer),
                    layers=int(found.layers), pooling=found.pooling,
@@ -54,3 +58,15 @@ def features_msg(outcome: Outcome, plan, settings, model: str) -> Features:
             if settings.features_dtype == 'float16' else bfloat16_words(flat)
         msg.data16 = array.array('H', words.tobytes())
     return msg
+
+
+def fill_features_response(response, outcome: Outcome, features):
+    """Fill a GetFeatures response: the Features (``features(outcome)``), or why there are none."""
+    if outcome.result is None or outcome.result.features is None:
+        response.success = False
+        response.message = outcome.message or 'no features were made'
+        return response
+    response.features = features(outcome)
+    response.success = not response.features.problem
+    response.message = response.features.problem
+    return response

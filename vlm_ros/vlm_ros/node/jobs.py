@@ -56,6 +56,7 @@ class Job:
     skew: float = 0.0  # s between those frames' stamps
     frame_size: Optional[tuple] = None  # (width, height) of the (first) image the job used
     cameras: tuple = ()  # ~/query_cameras: the names of the cameras to use (empty: every one)
+    features_only: bool = False  # ~/features (service): its features are the answer
 
 
 @dataclass
@@ -91,4 +92,5 @@ class Limits:
     preprocess_ahead: bool = False
     min_confidence: float = 0.0  # plans less sure than this are LOW_CONFIDENCE
     max_skew: float = 0.1  # s between the stamps of the cameras' frames a request uses
-    features: Optional[FeatureSpec] = None  # what plan requests' features are (None: none)
+    features: FeatureSpec = FeatureSpec()  # what a request's features are (features_*)
+    publish_features: bool = False  # plan requests ask for them

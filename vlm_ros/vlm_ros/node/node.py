@@ -23,6 +23,7 @@ from ..spin import spin_main
 from . import parameter_changes, params, readiness, shutdown
 from .diagnostics import DiagnosticsReporter, Sources
 from .execute_action import ExecutePlanServer
+from .features_msg import features_msg
 from .frames import FrameSet
 from .image_conversion import image_to_rgb
 from .image_input import CameraInputs
@@ -70,7 +71,9 @@ class VlmNode(LifecycleNode):
                           self.model_name, self._fallback_header,
                           lambda outcome, plan: self.topics.publish_companions(outcome, plan),
                           lambda outcome, boxes: self.images.target_points(
-                              boxes, outcome, self.settings) if self.images else [])
+                              boxes, outcome, self.settings) if self.images else [],
+                          lambda outcome: features_msg(outcome, outcome.header or Header(), '',
+                                                       self.settings, self.model_name()))
         self.requests = RequestEndpoints(
             self, serving, lambda: self.settings.wait_for_image + ANSWER_MARGIN,
             lambda: self.executor)

@@ -29,9 +29,10 @@ from rclpy.task import Future
 from std_msgs.msg import Header
 
 from vlm_ros_msgs.action import GeneratePlan
-from vlm_ros_msgs.srv import Ground, Query, QueryCameras, Score
+from vlm_ros_msgs.srv import GetFeatures, Ground, Query, QueryCameras, Score
 
 from ..compat import steady_timer
+from .features_msg import fill_features_response
 from .jobs import Job, Outcome, Status
 from .messages import (
     fill_cameras_response,
@@ -41,7 +42,7 @@ from .messages import (
     plan_msg,
 )
 from .scheduler import Worker, cancel_job
-from .service_jobs import cameras_job, ground_job, query_job, score_job
+from .service_jobs import cameras_job, features_job, ground_job, query_job, score_job
 
 CANCEL_GRACE = 5.0  # s a given-up query waits for its cancelled job's answer
 # The default service QoS keeps the last 10 requests: an 11th arriving before the executor
@@ -75,7 +76,8 @@ class Serving:
     fallback header of plans that used no image; ``companions(outcome, plan)`` publishes what
     goes out just before a Plan (its PlanConfidence and PlanArguments), or with plan None, the
     AnswerConfidence of a ~/query answer; ``points(outcome, boxes)`` the 3D point (or why
-    none) of each box of a ~/ground answer or a plan's targets, with use_depth ([] without).
+    none) of each box of a ~/ground answer or a plan's targets, with use_depth ([] without);
+    ``features(outcome)`` the Features message of a ~/features answer.
     """
 
     worker: Callable[[], Optional[Worker]]
@@ -85,6 +87,7 @@ class Serving:
     header: Callable[[], Header]
     companions: Callable[[Outcome, object], None]
     points: Callable[[Outcome, list], list]
+    features: Callable[[Outcome], object]
 
 
 class RequestEndpoints:
@@ -107,13 +110,18 @@ class RequestEndpoints:
         self._goals = {}  # goal id -> [job, outcome or None]
         self._queries = {}  # id(job) -> _Query, while unanswered
         group = ReentrantCallbackGroup()
-        self._services = [node.create_service(kind, name, callback, qos_profile=REQUESTS_QOS,
-                                              callback_group=group)
-                          for kind, name, callback in ((Query, '~/query', self._on_query),
-                                                       (QueryCameras, '~/query_cameras',
-                                                        self._on_query_cameras),
-                                                       (Score, '~/score', self._on_score),
-                                                       (Ground, '~/ground', self._on_ground))]
+        # Each service: its type, name, the Job a request asks for (service_jobs.py), and
+        # how the outcome fills its response.
+        served = ((Query, '~/query', query_job, fill_query_response),
+                  (QueryCameras, '~/query_cameras', cameras_job, fill_cameras_response),
+                  (Score, '~/score', score_job, fill_score_response),
+                  (GetFeatures, '~/features', features_job,
+                   partial(fill_features_response, features=serving.features)),
+                  (Ground, '~/ground', ground_job,
+                   partial(fill_ground_response, points=serving.points)))
+        self._services = [node.create_service(kind, name, partial(self._serve, make, fill),
+                                              qos_profile=REQUESTS_QOS, callback_group=group)
+                          for kind, name, make, fill in served]
         self._destroy_service = node.destroy_service
         self._clients = partial(node.count_subscribers, FEEDBACK_TOPIC)
         self._action = ActionServer(
@@ -138,22 +146,9 @@ class RequestEndpoints:
 
     # Query -----------------------------------------------------------------------------
 
-    async def _on_query(self, request, response):
-        """Submit the question, then await its answer without holding an executor thread."""
-        return await self._answer(query_job(request), response, fill_query_response)
-
-    async def _on_query_cameras(self, request, response):
-        """Ask the question on the latest frames of the cameras named, awaited like a query."""
-        return await self._answer(cameras_job(request), response, fill_cameras_response)
-
-    async def _on_ground(self, request, response):
-        """Ask for the boxes of what the phrase names, awaited like a query."""
-        return await self._answer(ground_job(request), response, partial(
-            fill_ground_response, points=self._serving.points))
-
-    async def _on_score(self, request, response):
-        """Score the candidates as answers on the image: a forward pass, awaited like a query."""
-        return await self._answer(score_job(request), response, fill_score_response)
+    async def _serve(self, make: Callable, fill: Callable, request, response):
+        """Submit the request's job, then await its answer without holding an executor thread."""
+        return await self._answer(make(request), response, fill)
 
     async def _answer(self, job: Union[Job, str], response, fill: Callable):
         """Submit job and await its outcome as an rclpy Future; fill the response with it.
@@ -185,7 +180,7 @@ class RequestEndpoints:
             response.success, response.message = False, 'no answer in time'
             return response
         self._record(outcome)
-        if job.task == 'vqa' and outcome.status == Status.OK:
+        if job.task == 'vqa' and outcome.status == Status.OK and not job.features_only:
             self._serving.companions(outcome, None)  # its AnswerConfidence, just before it
         return fill(response, outcome)
 

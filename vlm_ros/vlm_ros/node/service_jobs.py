@@ -10,6 +10,8 @@ from typing import Union
 from .jobs import SCORE_TASKS, Job
 from .params import MAX_CAMERAS
 
+FEATURE_TASKS = ('plan', 'vqa', 'caption')  # a ~/features request's prompt
+
 
 def _image(request):
     """Return the request's image message, or None: width 0 means the latest camera frame."""
@@ -45,3 +47,13 @@ def score_job(request) -> Union[Job, str]:
         return 'no candidates to score'
     return Job(task, request.prompt.strip(), done=None, image_msg=_image(request),
                candidates=tuple(request.candidates))
+
+
+def features_job(request) -> Union[Job, str]:
+    """Return the Job of a ~/features request (its prompt's features), or why it is refused."""
+    task = request.task.strip() or 'plan'
+    if task not in FEATURE_TASKS:
+        return f'task {task[:40]!r} has no prompt to take features of; use one of ' \
+            f'{", ".join(FEATURE_TASKS)}'
+    return Job(task, request.text.strip(), done=None, image_msg=_image(request),
+               max_new_tokens=1, features_only=True)

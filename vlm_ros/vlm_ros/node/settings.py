@@ -122,11 +122,11 @@ class Settings:
 
     def limits(self) -> Limits:
         """Return the worker's limits."""
-        features = FeatureSpec(self.features_layer, self.features_pooling) \
-            if self.publish_features else None
         return Limits(self.wait_for_image, self.max_image_age, self.queue_size,
                       self.max_text_chars, self.max_batch_size, self.batch_wait,
-                      self.preprocess_ahead, self.min_confidence, self.max_skew, features)
+                      self.preprocess_ahead, self.min_confidence, self.max_skew,
+                      FeatureSpec(self.features_layer, self.features_pooling),
+                      self.publish_features)
 
     def run_time_engine_fields(self) -> dict:
         """Return the engine settings a running engine takes (EngineBase.update)."""

@@ -125,8 +125,8 @@ class Topics:
                 messages['arguments'] = lambda: arguments_msg(outcome, plan)
         if plan is not None and outcome.result is not None and \
                 outcome.result.features is not None:
-            messages['features'] = lambda: features_msg(outcome, plan, self._settings(),
-                                                        plan.model)
+            messages['features'] = lambda: features_msg(outcome, plan.header, plan.request_id,
+                                                        self._settings(), plan.model)
         if outcome.job.sources:
             messages['sources'] = lambda: sources_msg(
                 outcome, plan.header if plan is not None else outcome.header)
