@@ -77,3 +77,17 @@ def observe_max_feature_bytes(node, test_node):
     set_ok(test_node, max_feature_bytes=1024)
     _, found = plan()
     assert not found.data and found.problem.endswith('max_feature_bytes is 1024'), found
+
+
+def observe_features_rate(node, test_node):
+    collected = test_node.collect(Features, '/vlm_node/features', RELIABLE)
+    node.stream(camera(uuid.uuid4().hex)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+    node.instruct(INSTRUCTION)
+    node.plans.wait_for(lambda p: p.instruction == INSTRUCTION, TIMEOUT, 'the plan')
+    assert not collected.items(), 'publish_features is off: no features with plans'
+    set_ok(test_node, features_rate=10.0)
+    first = collected.wait_for(lambda m: m.request_id == '', TIMEOUT, 'features at the rate')
+    assert first.instruction == INSTRUCTION and first.data and not first.problem, first
+    later = collected.wait_for(lambda m: m.request_id == '' and m.header.stamp !=
+                               first.header.stamp, TIMEOUT, "a later frame's features")
+    assert later.instruction == INSTRUCTION

@@ -77,11 +77,12 @@ def test_likelihood_checks_need_a_backend_that_scores_and_min_confidence_does_no
 
 
 def test_features_need_a_backend_that_sees_hidden_states_and_reach_plan_requests():
-    reason = 'publish_features needs the transformers backend: the openai one cannot see'
-    with pytest.raises(SettingsError, match=reason):
-        Settings.from_values({'backend': 'openai', 'publish_features': True})
-    with pytest.raises(SettingsError, match=reason):
-        Settings.from_values({'backend': 'openai'}).changed({'publish_features': True})
+    reason = 'publish_features and features_rate need the transformers backend: the openai one'
+    for asked in ({'publish_features': True}, {'features_rate': 2.0}):
+        with pytest.raises(SettingsError, match=reason):
+            Settings.from_values({'backend': 'openai', **asked})
+        with pytest.raises(SettingsError, match=reason):
+            Settings.from_values({'backend': 'openai'}).changed(asked)
     assert not Settings.from_values().limits().publish_features, 'off by default'
     on = Settings.from_values({'publish_features': True, 'features_layer': 3,
                                'features_pooling': 'tokens'}).limits()

@@ -68,6 +68,7 @@ class Settings:
     max_image_age: float
     wait_for_image: float
     caption_rate: float
+    features_rate: float
     replan_period: float
     queue_size: int
     execute_plans: bool
@@ -87,8 +88,9 @@ class Settings:
         reason = params.validate_all(dataclasses.asdict(self))
         if reason:
             raise SettingsError(reason)
-        if self.backend != 'transformers' and self.publish_features:
-            raise SettingsError(f'publish_features needs the transformers backend: the '
+        if self.backend != 'transformers' and (self.publish_features or self.features_rate):
+            raise SettingsError(f'publish_features and features_rate need the transformers '
+                                f'backend: the '
                                 f"{self.backend} one cannot see the model's hidden states")
         if self.backend != 'transformers' and self.verify_by == 'likelihood':
             raise SettingsError(f'verify_by likelihood needs the transformers backend: the '

@@ -2,8 +2,8 @@
 
 Each instruction becomes a plan request for the worker; its Plan goes out on `plan`, and its
 first step on `vla_instruction` (or, with execute_plans, the whole plan to PlanExecution).
-Timers caption the latest frame (caption_rate) and re-plan the last instruction on fresh
-frames (replan_period), skipped while the worker is busy.
+Timers caption the latest frame (caption_rate), take the features of the last instruction on
+fresh frames (features_rate) and re-plan it (replan_period), skipped while the worker is busy.
 """
 
 from collections.abc import Callable
@@ -24,19 +24,10 @@ from vlm_ros_msgs.msg import (
     PlanTargets,
 )
 
-from ..engine.plan_schema import takes_arguments
-from .features_msg import features_msg
+from .companions import companion_messages
 from .frames import FrameStore
 from .jobs import Job, Outcome, Status
-from .messages import (
-    answer_confidence_msg,
-    arguments_msg,
-    caption_msg,
-    confidence_msg,
-    plan_msg,
-    sources_msg,
-    targets_msg,
-)
+from .messages import caption_msg, plan_msg
 from .plan_execution import PlanExecution
 from .requests import Serving
 from .settings import Settings
@@ -82,10 +73,11 @@ class Topics:
         self._plan_pub = self._caption_pub = self.vla_pub = None
         self._companion_pubs = {}  # what goes out before a Plan or answer, while open
         self._sub = None
-        self._periodic = []  # caption and replan timers
+        self._periodic = []  # caption, features and replan timers
         self._last_instruction = ''
         self._last_planned_seq = 0
         self._last_captioned_seq = 0
+        self._last_featured_seq = 0
 
     def open(self, qos: QoSProfile) -> list:
         """Create the publishers (configure); return them, for the node to close at cleanup."""
@@ -109,27 +101,11 @@ class Topics:
     def publish_companions(self, outcome, plan: Optional[Plan] = None) -> None:
         """Publish what goes out just before an answer (nothing once cleaned up).
 
-        plan's PlanConfidence and PlanTargets, its PlanArguments while the skills name
-        arguments and its Features with publish_features; or without plan, the
-        AnswerConfidence of outcome's caption or ~/query answer; and the ImageSources of a
-        job that took a frame per camera. A goal's result or a query's response may be sent
+        The messages are companions.py's. A goal's result or a query's response may be sent
         while cleanup destroys the publishers: the answer matters, its companions are then
         left out.
         """
-        if plan is None:
-            messages = {'answer': lambda: answer_confidence_msg(outcome)}
-        else:
-            messages = {'plan': lambda: confidence_msg(outcome, plan),
-                        'targets': lambda: targets_msg(outcome, plan, self._serving.points)}
-            if takes_arguments(self._settings().skills):
-                messages['arguments'] = lambda: arguments_msg(outcome, plan)
-        if plan is not None and outcome.result is not None and \
-                outcome.result.features is not None:
-            messages['features'] = lambda: features_msg(outcome, plan.header, plan.request_id,
-                                                        self._settings(), plan.model)
-        if outcome.job.sources:
-            messages['sources'] = lambda: sources_msg(
-                outcome, plan.header if plan is not None else outcome.header)
+        messages = companion_messages(outcome, plan, self._settings(), self._serving.points)
         for kind, message in messages.items():
             publisher = self._companion_pubs.get(kind)
             if publisher is None:
@@ -146,11 +122,14 @@ class Topics:
         self.start_timers(self._settings())
 
     def start_timers(self, settings: Settings) -> None:
-        """(Re)start the caption and replan timers at the settings' rates (0 = off)."""
+        """(Re)start the caption, features and replan timers at the settings' rates (0 = off)."""
         self._stop_timers()
         if settings.caption_rate > 0:
             self._periodic.append(self._create_timer(1.0 / settings.caption_rate,
                                                      self.caption_due))
+        if settings.features_rate > 0:
+            self._periodic.append(self._create_timer(1.0 / settings.features_rate,
+                                                     self._on_features_due))
         if settings.replan_period > 0:
             self._periodic.append(self._create_timer(settings.replan_period,
                                                      self._on_replan_due))
@@ -197,15 +176,40 @@ class Topics:
         self._last_captioned_seq = frame.seq
         worker.submit(Job('caption', '', done=self._publish_caption))
 
-    def _on_replan_due(self) -> None:
+    def _fresh(self, last_seq: int):
+        """Return (worker, frame seq) when the replan and features timers act, else None.
+
+        They act where the last instruction has a frame newer than last_seq, and the worker
+        is idle.
+        """
         frame, worker = self._frames().latest(), self._serving.worker()
         if not self._last_instruction or frame is None or worker is None or \
-                frame.seq == self._last_planned_seq or not worker.idle():
-            return
-        self._last_planned_seq = frame.seq
-        worker.submit(Job('plan', self._last_instruction, done=self._publish_plan))
+                frame.seq == last_seq or not worker.idle():
+            return None
+        return worker, frame.seq
+
+    def _on_replan_due(self) -> None:
+        due = self._fresh(self._last_planned_seq)
+        if due:
+            worker, self._last_planned_seq = due
+            worker.submit(Job('plan', self._last_instruction, done=self._publish_plan))
+
+    def _on_features_due(self) -> None:
+        due = self._fresh(self._last_featured_seq)
+        if due:
+            worker, self._last_featured_seq = due
+            worker.submit(Job('plan', self._last_instruction, done=self._publish_features,
+                              max_new_tokens=1, features_only=True))
 
     # Outputs (called on the worker thread) ---------------------------------------------
+
+    def _publish_features(self, outcome) -> None:
+        """Publish the features of a features_rate job (nothing where none were made)."""
+        self._serving.record(outcome)
+        publisher = self._companion_pubs.get('features')
+        if publisher is not None and outcome.result is not None and \
+                outcome.result.features is not None:
+            publisher.publish(self._serving.features(outcome))
 
     def _execute_plan(self, outcome) -> None:
         """Publish an instruction's Plan; with execute_plans, start executing an OK one."""
