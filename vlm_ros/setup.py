@@ -35,6 +35,7 @@ setup(
             'vlm_benchmark = vlm_ros.benchmarks.engine_speed:main',
             'vlm_replay = vlm_ros.tools.replay:main',
             'vlm_eval = vlm_ros.tools.evaluate:main',
+            'vlm_export = vlm_ros.tools.export:main',
             'scripted_vla_head = vlm_ros.tools.scripted_vla_head:main',
         ],
     },

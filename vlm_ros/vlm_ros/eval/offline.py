@@ -49,7 +49,7 @@ def plan_requests(inputs: BagInputs, captions: bool, sync: Optional[Sync] = None
     """List a plan per instruction and a caption per frame some instruction uses, in bag time.
 
     With several cameras (inputs.cameras), each request gets one frame per camera, taken as
-    the node takes them (inputs.synchronized, under sync), and a caption is made per set of
+    the node takes them (synchronized in inputs.py, under sync), and a caption is made per set of
     frames some answerable plan used.
     """
     if inputs.cameras:
@@ -120,9 +120,9 @@ def _refused(item: Pending, images: dict, inputs: BagInputs, sync: Sync) -> Opti
         return 'NO_IMAGE', 'no image was logged at or before this instruction'
     if item.task == 'plan' and not item.text:
         return 'BAD_INPUT', 'empty instruction'
-    for camera, (name, image) in enumerate(_images(item, images, inputs)):
+    for name, image in _images(item, images, inputs):
         if isinstance(image, Exception):
-            return 'BAD_INPUT', f'camera {name}: {image}' if camera or item.views else str(image)
+            return 'BAD_INPUT', f'camera {name}: {image}' if item.views else str(image)
     return None
 
 

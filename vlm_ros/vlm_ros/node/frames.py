@@ -170,7 +170,7 @@ class FrameSet:
         unknown = [name for name in names if name not in self.names]
         if unknown or len(set(names)) < len(names):
             what = f'unknown camera {", ".join(unknown)[:200]}' if unknown else \
-                f'a camera named twice in {", ".join(names)}'
+                f'a camera named twice in {", ".join(names)[:200]}'
             raise ValueError(f'{what}; the cameras are {", ".join(self.names)}')
         return tuple(self.names.index(name) for name in names)
 

@@ -20,7 +20,7 @@ from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from .graph_decode import cache_keyword
-from .hidden_features import pool, prefill_states
+from .hidden_features import prefill_states
 from .token_logprobs import TokenLogProbs
 
 
@@ -196,6 +196,7 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
     start = time.perf_counter()
     try:
         with torch.inference_mode(), prefill_states(loaded.model, features,
+                                                    inputs['attention_mask'],
                                                     loaded.is_encoder_decoder) as captured:
             if graphed:
                 new, logprobs = _graphed(loaded, inputs, max_new_tokens, sampling, graphs,
@@ -220,11 +221,9 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
               else cut_at_eos(row, eos)
               for row, stopped in zip(new, cancelled, strict=True)]
     first = (streamer.first_token_at - start) if streamer.first_token_at else total
-    mask = captured.get('mask', inputs['attention_mask'])
-    pooled = pool(captured['states'], mask, features) if 'states' in captured else None
     return Generated(tokens, first, total, cancelled,
                      [row[:len(kept)] for row, kept in zip(logprobs, tokens, strict=True)],
-                     pooled)
+                     captured.get('features'))
 
 
 def _generate(loaded, inputs, max_new_tokens: int, sampling: dict, streamer: '_Streamer',

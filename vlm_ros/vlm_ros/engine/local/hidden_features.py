@@ -1,8 +1,9 @@
 """Features (engine/features.py) from the prefill that generate runs anyway.
 
 The first forward of generate (vision encoder, then the whole prompt) is asked for its hidden
-states, and only that one: a hook on the model sets output_hidden_states on its first call and
-removes itself there, so decoding steps, compiled or graphed, are not changed. Each row's
+states, and only that one: a hook on the model sets output_hidden_states on its first call,
+pools what the rows asked for and removes itself there, so decoding steps, compiled or
+graphed, are not changed. Each row's
 states are pooled over its own prompt tokens (attention mask), so padding in a batch changes
 nothing.
 """
@@ -17,14 +18,16 @@ from ..features import Features, FeatureSpec, layer_problem
 
 
 @contextlib.contextmanager
-def prefill_states(model, specs: Optional[list], is_encoder_decoder: bool = False):
-    """Yield a dict that holds, after the first forward, its hidden states and mask.
+def prefill_states(model, specs: Optional[list], fallback_mask: torch.Tensor,
+                   is_encoder_decoder: bool = False):
+    """Yield a dict that holds, after the first forward, each row's Features ('features').
 
-    'states': the hidden states of the prompt; 'mask': the (batch, length) attention mask they
-    were made under, where the forward was given one. An encoder-decoder's are its encoder's
-    (where image and text are fused; generate runs the encoder on its own, before the first
-    forward). Where no row's spec (specs: one FeatureSpec or None per row) asks for features
-    nothing is hooked.
+    They are pooled from the hidden states of the prompt as soon as the forward returns, so
+    the states of every layer are not kept while the answer is decoded. The mask pooled over
+    is the (batch, length) attention mask the forward was given, else fallback_mask (the
+    prompt's). An encoder-decoder's states are its encoder's (where image and text are fused;
+    generate runs the encoder on its own, before the first forward). Where no row's spec
+    (specs: one FeatureSpec or None per row) asks for features nothing is hooked.
     """
     captured = {}
     if not wanted(specs):
@@ -41,7 +44,8 @@ def prefill_states(model, specs: Optional[list], is_encoder_decoder: bool = Fals
 
     def take(module, args, kwargs, output):
         remove()
-        captured['states'] = tuple(state.detach() for state in output.hidden_states)
+        captured['features'] = pool(output.hidden_states,
+                                    captured.get('mask', fallback_mask), specs)
 
     handles = [module.register_forward_pre_hook(ask, with_kwargs=True),
                module.register_forward_hook(take, with_kwargs=True)]

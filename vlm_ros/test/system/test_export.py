@@ -1,0 +1,111 @@
+"""vlm_export: a recording into (features, action) pairs for an action head (issue 28 item 3).
+
+The recording is the vlm_eval tests' (three frames, instructions before, between and at them)
+with a velocity command after two of the frames; the third command comes too late for its
+frame. The installed tool, the trained tiny LLaVA: each pair's features equal the engine's for
+that frame and instruction, each action is the first logged within the window after its frame.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import vlm_ros.bag.storage as bags
+from ament_index_python.packages import get_package_prefix
+from engine_fixtures import scene
+from eval_bags import (
+    COLOURS,
+    FRAME_TIMES,
+    IMAGE_TOPIC,
+    INSTRUCTION_TOPIC,
+    INSTRUCTIONS,
+    STAMPS,
+    image_fields,
+)
+from fork_server import run_tool
+from vlm_ros.engine import EngineConfig, Request
+from vlm_ros.engine.features import FeatureSpec
+from vlm_ros.engine.local import VlmEngine
+
+# (delay after its frame, linear.x) per frame: the middle one is 0.7 s late for a 0.5 s window.
+COMMANDS = [(100_000_000, 0.25), (700_000_000, 0.5), (200_000_000, -0.75)]
+
+
+def vlm_export(*args):
+    exe = pathlib.Path(get_package_prefix('vlm_ros'), 'lib', 'vlm_ros', 'vlm_export')
+    return run_tool([exe, *args], 600)
+
+
+def write_bag(path):
+    with bags.bag_writer(path) as writer:
+        images = bags.add_topic(writer, IMAGE_TOPIC, 'sensor_msgs/msg/Image')
+        text = bags.add_topic(writer, INSTRUCTION_TOPIC, bags.STRING_TYPE)
+        cmd = bags.add_topic(writer, '/cmd_vel', 'geometry_msgs/msg/Twist')
+        messages = [(when, images, bags.serialize('sensor_msgs/msg/Image',
+                                                  **image_fields(scene(colour), stamp)))
+                    for when, stamp, colour in zip(FRAME_TIMES, STAMPS, COLOURS, strict=True)]
+        messages += [(when, text, bags.serialize(bags.STRING_TYPE, data=instruction))
+                     for when, instruction in INSTRUCTIONS]
+        messages += [(when + delay, cmd, bags.serialize(
+            'geometry_msgs/msg/Twist', linear={'x': speed, 'y': 0.0, 'z': 0.0},
+            angular={'x': 0.0, 'y': 0.0, 'z': 0.125})) for when, (delay, speed) in
+            zip(FRAME_TIMES, COMMANDS, strict=True)]
+        for when, connection, data in sorted(messages, key=lambda m: m[0]):
+            writer.write(connection, when, data)
+    return path
+
+
+def test_frames_become_pairs_of_features_and_the_action_that_followed(tmp_path,
+                                                                      trained_tiny):
+    model = str(trained_tiny('llava'))
+    out = tmp_path / 'dataset'
+    done = vlm_export(write_bag(tmp_path / 'bag'), '--model', model, '--actions', '/cmd_vel',
+                      '--pooling', 'mean', '--layer', '2', '--device', 'cpu', '--dtype',
+                      'float32', '--out', out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert 'wrote' in done.stdout and '2 pairs' in done.stdout
+    data = np.load(out / 'dataset.npz')
+    manifest = json.loads((out / 'manifest.json').read_text())
+    assert manifest['pairs'] == 2 and manifest['frames_without'] == {'instruction': 0,
+                                                                     'action': 1}
+    assert manifest['actions']['columns'] == ['linear.x', 'linear.y', 'linear.z', 'angular.x',
+                                              'angular.y', 'angular.z']
+    assert list(data['frame_stamp_ns']) == [STAMPS[0], STAMPS[2]]
+    assert data['actions'][:, 0].tolist() == [0.25, -0.75] and \
+        data['actions'][:, 5].tolist() == [0.125, 0.125]
+    assert (data['action_log_ns'] - data['frame_log_ns']).tolist() == [100_000_000, 200_000_000]
+    told = [manifest['instructions'][i] for i in data['instruction']]
+    assert told == [INSTRUCTIONS[0][1], INSTRUCTIONS[3][1]]  # the one at 3.0 s counts at 3.0
+    engine = VlmEngine(EngineConfig(model=model, device='cpu', dtype='float32'))
+    engine.load()
+    try:
+        expected = [engine.run([Request('plan', scene(colour), text, 1,
+                                        features=FeatureSpec(2, 'mean'))])[0].features.data
+                    for colour, text in zip((COLOURS[0], COLOURS[2]), told, strict=True)]
+    finally:
+        engine.unload()
+    np.testing.assert_allclose(data['features'], np.stack(expected), atol=1e-4)
+
+
+@pytest.mark.parametrize('args, complaint', [
+    (['--actions', '/nope'], '--actions /nope is not in'),
+    (['--actions', INSTRUCTION_TOPIC], f'--actions {INSTRUCTION_TOPIC} is a std_msgs/msg/String'),
+    (['--actions', '/cmd_vel', '--window', '0.01'], 'no frame of /camera/image_raw has both'),
+], ids=['missing', 'not-actions', 'empty'])
+def test_a_recording_that_gives_no_pairs_names_what_is_missing(args, complaint, tmp_path):
+    out = tmp_path / 'dataset'
+    done = vlm_export(write_bag(tmp_path / 'bag'), '--model', tmp_path / 'never-loaded',
+                      '--out', out, *args)
+    assert done.returncode == 2 and complaint in done.stderr, done.stderr
+    assert not out.exists() and not (tmp_path / 'dataset.partial').exists()
+
+
+def test_an_output_folder_of_other_files_is_never_replaced(tmp_path):
+    out = tmp_path / 'mine'
+    out.mkdir()
+    (out / 'notes.txt').write_text('keep me')
+    done = vlm_export(write_bag(tmp_path / 'bag'), '--model', tmp_path / 'never-loaded',
+                      '--actions', '/cmd_vel', '--out', out)
+    assert done.returncode == 2 and 'is not a dataset of vlm_export' in done.stderr
+    assert (out / 'notes.txt').read_text() == 'keep me'

@@ -1,0 +1,48 @@
+"""The robot's commands as action vectors (eval/actions.py): joints, steps, and what is refused."""
+
+import numpy as np
+import pytest
+import vlm_ros.bag.storage as bags
+from vlm_ros.eval.actions import action_after, read_actions
+
+
+def write_bag(path, topic, msgtype, messages):
+    with bags.bag_writer(path) as writer:
+        connection = bags.add_topic(writer, topic, msgtype)
+        for when, fields in messages:
+            writer.write(connection, when, bags.serialize(msgtype, **fields))
+    return path
+
+
+def joints(when, names, positions):
+    return when, {'header': bags.header(when, 'base'), 'name': names,
+                  'position': np.asarray(positions, dtype=np.float64),
+                  'velocity': np.zeros(0), 'effort': np.zeros(0)}
+
+
+def step(when, skill):
+    return when, {'header': bags.header(when, 'camera'), 'plan_id': 'p', 'index': 0,
+                  'count': 1, 'instruction': f'{skill} it', 'skill': skill, 'target': 'it',
+                  'attempt': 0}
+
+
+def test_joint_positions_and_step_skills_become_columns(tmp_path):
+    path = write_bag(tmp_path / 'joints', '/arm/command', 'sensor_msgs/msg/JointState',
+                     [joints(10, ['a', 'b'], [0.5, -1.0]), joints(20, ['a', 'b'], [0.25, 1.5])])
+    with bags.open_bag(path) as reader:
+        actions = read_actions(reader, '/arm/command')
+    assert actions.names == ('a', 'b') and actions.vectors == [[0.5, -1.0], [0.25, 1.5]]
+    assert [action_after(actions, t, 5) for t in (5, 10, 11, 16, 21)] == [0, 0, None, 1, None]
+    path = write_bag(tmp_path / 'steps', '/step', 'vlm_ros_msgs/msg/StepCommand',
+                     [step(1, 'pick'), step(2, 'place'), step(3, 'pick')])
+    with bags.open_bag(path) as reader:
+        steps = read_actions(reader, '/step')
+    assert steps.names == ('skill',) and steps.skills == ['pick', 'place']
+    assert steps.vectors == [[0.0], [1.0], [0.0]]
+
+
+def test_joint_commands_whose_joints_change_are_refused(tmp_path):
+    path = write_bag(tmp_path / 'joints', '/arm/command', 'sensor_msgs/msg/JointState',
+                     [joints(10, ['a', 'b'], [0.5, -1.0]), joints(20, ['b'], [0.25])])
+    with bags.open_bag(path) as reader, pytest.raises(bags.BagError, match='one action layout'):
+        read_actions(reader, '/arm/command')

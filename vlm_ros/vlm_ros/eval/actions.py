@@ -1,0 +1,80 @@
+"""The robot's commands in a recording, as numbers an action head can learn: one vector each.
+
+A VLA's action head is trained on (features, action) pairs. The actions are what the robot
+was commanded while the camera saw it: a velocity (geometry_msgs/Twist or TwistStamped), joint
+targets (sensor_msgs/JointState positions), or the step a VLA head was given
+(vlm_ros_msgs/StepCommand: the index of its skill among the recording's skills, in order of
+first use). The topic is named by the user; nothing is guessed.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..bag.storage import BagError
+from ..bag.topics import describe_topics
+
+TWIST = ('linear.x', 'linear.y', 'linear.z', 'angular.x', 'angular.y', 'angular.z')
+ACTION_TYPES = ('geometry_msgs/msg/Twist', 'geometry_msgs/msg/TwistStamped',
+                'sensor_msgs/msg/JointState', 'vlm_ros_msgs/msg/StepCommand')
+
+
+@dataclass
+class Actions:
+    """One action topic's messages: log times, vectors (N x A) and what each column is."""
+
+    topic: str
+    msgtype: str
+    log_ns: list = field(default_factory=list)
+    vectors: list = field(default_factory=list)
+    names: tuple = ()  # per column; StepCommand: ('skill',), with skills the vocabulary
+    skills: list = field(default_factory=list)
+
+
+def _twist(msg) -> list:
+    return [msg.linear.x, msg.linear.y, msg.linear.z, msg.angular.x, msg.angular.y,
+            msg.angular.z]
+
+
+def read_actions(reader, topic: str) -> Actions:
+    """Read the action topic of a recording; BagError naming the topics where it cannot be."""
+    info = reader.topics.get(topic)
+    if info is None or info.msgtype not in ACTION_TYPES:
+        found = 'is not in' if info is None else f'is a {info.msgtype} topic in'
+        raise BagError(f'--actions {topic} {found} {reader.paths[0]}; need one of '
+                       f'{", ".join(ACTION_TYPES)}. Topics: {describe_topics(reader)}')
+    actions = Actions(topic, info.msgtype)
+    for connection, log_ns, raw in reader.messages([c for c in reader.connections
+                                                    if c.topic == topic]):
+        msg = reader.deserialize(raw, connection.msgtype)
+        vector, names = _vector(msg, info.msgtype, actions)
+        if actions.names and names != actions.names:
+            raise BagError(f'{topic}: message at {log_ns} ns has columns {", ".join(names)}, '
+                           f'the first had {", ".join(actions.names)}; one action layout a '
+                           'dataset')
+        actions.names = names
+        actions.log_ns.append(log_ns)
+        actions.vectors.append(vector)
+    return actions
+
+
+def _vector(msg, msgtype: str, actions: Actions) -> tuple:
+    """Return (the message's numbers, their column names)."""
+    if msgtype == 'geometry_msgs/msg/Twist':
+        return _twist(msg), TWIST
+    if msgtype == 'geometry_msgs/msg/TwistStamped':
+        return _twist(msg.twist), TWIST
+    if msgtype == 'sensor_msgs/msg/JointState':
+        return [float(v) for v in msg.position], tuple(msg.name)
+    if msg.skill not in actions.skills:
+        actions.skills.append(msg.skill)
+    return [float(actions.skills.index(msg.skill))], ('skill',)
+
+
+def action_after(actions: Actions, log_ns: int, window_ns: int):
+    """Return the index of the first action logged at or after log_ns within window_ns."""
+    times = np.asarray(actions.log_ns, dtype=np.int64)
+    index = int(np.searchsorted(times, log_ns, side='left'))
+    if index < len(times) and times[index] - log_ns <= window_ns:
+        return index
+    return None
