@@ -6,6 +6,10 @@ number a tool takes goes through these.
 
 import argparse
 import math
+import sys
+from collections.abc import Callable
+
+from ..engine import VlmError
 
 
 def _number(text: str) -> float:
@@ -51,3 +55,16 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         """Print 'prog: error: message' and where the usage is; exit 2."""
         self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
+
+
+def reported(prog: str, call: Callable):
+    """Return (0, call()), or (the exit code, None) with a VlmError's reason on stderr.
+
+    One line, 'prog: error: reason', as argparse reports bad arguments: exit 2 for bad input,
+    1 for what failed (VlmError.exit_code).
+    """
+    try:
+        return 0, call()
+    except VlmError as exc:
+        print(f'{prog}: error: {exc}', file=sys.stderr)
+        return exc.exit_code, None

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from ..bag.arguments import ArgumentParser, not_negative, positive_int
+from ..bag.arguments import ArgumentParser, not_negative, positive_int, reported
 from ..engine import Request, VlmError
 from ..tools.engine_args import add_engine_args, engine_config
 
@@ -323,11 +323,8 @@ def _image_size(text: str) -> tuple:
 def main(argv=None) -> int:
     """Console script vlm_benchmark: a table, or the reason on stderr (exit 2: bad input)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return _benchmark(args)
-    except VlmError as exc:
-        print(f'vlm_benchmark: error: {exc}', file=sys.stderr)
-        return exc.exit_code
+    code, _ = reported('vlm_benchmark', lambda: _benchmark(args))
+    return code
 
 
 def _benchmark(args) -> int:

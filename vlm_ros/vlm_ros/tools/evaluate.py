@@ -20,10 +20,9 @@ import sys
 from functools import partial
 
 from ..bag import instructions
-from ..bag.arguments import ArgumentParser, not_negative
+from ..bag.arguments import ArgumentParser, not_negative, reported
 from ..bag.instructions import add_instruction_args, check_instruction_args
 from ..bag.storage import READABLE, open_bag
-from ..engine import VlmError
 from ..eval.inputs import decode_frames, frames_by_stamp, read_inputs
 from ..eval.offline import (
     Sync,
@@ -170,11 +169,9 @@ def main(argv=None) -> int:
     fails.
     """
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        summary = evaluate(args)
-    except VlmError as exc:
-        print(f'vlm_eval: error: {exc}', file=sys.stderr)
-        return exc.exit_code
+    code, summary = reported('vlm_eval', lambda: evaluate(args))
+    if code:
+        return code
     print(format_table(summary))
     print(f'wrote {args.out}/results.jsonl, summary.json, latency.png, report.html', flush=True)
     return 0

@@ -21,7 +21,7 @@ import sys
 from functools import partial
 
 from ..bag import instructions
-from ..bag.arguments import ArgumentParser, not_negative, positive_int
+from ..bag.arguments import ArgumentParser, not_negative, positive_int, reported
 from ..bag.instructions import add_instruction_args, check_instruction_args
 from ..bag.storage import READABLE, open_bag
 from ..engine import VlmError
@@ -104,11 +104,9 @@ def export(args) -> dict:
 def main(argv=None) -> int:
     """Console script vlm_export: exit 0 with the set written, else the reason on stderr."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        manifest = export(args)
-    except VlmError as exc:
-        print(f'vlm_export: error: {exc}', file=sys.stderr)
-        return exc.exit_code
+    code, manifest = reported('vlm_export', lambda: export(args))
+    if code:
+        return code
     print(f'wrote {args.out}/dataset.npz ({manifest["pairs"]} pairs, features '
           f'{"x".join(map(str, manifest["features_shape"]))}) and manifest.json', flush=True)
     return 0
