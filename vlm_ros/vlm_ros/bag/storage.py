@@ -153,6 +153,11 @@ def header(stamp_ns: int, frame_id: str) -> dict:
             'frame_id': frame_id}
 
 
+def time_ns(stamp) -> int:
+    """Return a builtin_interfaces/Time in integer nanoseconds."""
+    return stamp.sec * 10**9 + stamp.nanosec
+
+
 def stamp_ns(msg) -> int:
     """Return a message's header stamp in integer nanoseconds."""
-    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+    return time_ns(msg.header.stamp)

@@ -8,7 +8,7 @@ per-camera frames as an offline run's.
 
 from dataclasses import dataclass, field
 
-from ..bag.storage import SOURCES_TYPE, TARGETS_TYPE, stamp_ns
+from ..bag.storage import SOURCES_TYPE, TARGETS_TYPE, stamp_ns, time_ns
 from .inputs import BagInputs, frames_by_stamp
 from .records import image_info
 
@@ -55,7 +55,7 @@ class CameraFrames:
         for camera in self._cameras:
             header = headers.get(camera.name)
             frame = None if header is None else self._by_stamp[camera.name].get(
-                header.stamp.sec * 10**9 + header.stamp.nanosec)  # a Header's own stamp
+                time_ns(header.stamp))
             images.append(image_info(camera.topic, frame, camera.name) or
                           {'camera': camera.name, 'topic': camera.topic, 'frame': None})
         return {'images': images, 'skew': float(source.skew)}

@@ -28,7 +28,7 @@ from ..engine.plan_schema import CONSTRAIN_MODES, parse_skills
 from ..engine.prompts import check_template
 
 VERIFY_BY = ('answer', 'likelihood')  # Settings.verify_by (plan_execution.py)
-FEATURE_DTYPES = ('float32', 'float16', 'bfloat16')  # Settings.features_dtype (messages.py)
+FEATURE_DTYPES = ('float32', 'float16', 'bfloat16')  # Settings.features_dtype (features_msg.py)
 
 
 @dataclass(frozen=True)

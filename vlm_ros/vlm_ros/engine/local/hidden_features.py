@@ -3,9 +3,8 @@
 The first forward of generate (vision encoder, then the whole prompt) is asked for its hidden
 states, and only that one: a hook on the model sets output_hidden_states on its first call,
 pools what the rows asked for and removes itself there, so decoding steps, compiled or
-graphed, are not changed. Each row's
-states are pooled over its own prompt tokens (attention mask), so padding in a batch changes
-nothing.
+graphed, are not changed. Each row's states are pooled over its own prompt tokens (attention
+mask), so padding in a batch changes nothing.
 """
 
 import contextlib
@@ -66,11 +65,8 @@ def pool(states: tuple, attention_mask: Optional[torch.Tensor], specs: list) -> 
     every position counts. States longer than the mask (image tokens an encoder put ahead of
     the text) count the extra leading positions as prompt.
     """
-    layers = len(states)
-    found = []
-    for row, spec in enumerate(specs):
-        found.append(None if spec is None else _row(states, attention_mask, row, spec, layers))
-    return found
+    return [None if spec is None else _row(states, attention_mask, row, spec, len(states))
+            for row, spec in enumerate(specs)]
 
 
 def _row(states: tuple, attention_mask: Optional[torch.Tensor], row: int, spec: FeatureSpec,
