@@ -133,7 +133,13 @@ class VlmNodeProcess:
                        f"the node's {topic} publisher")
 
     def plan_on_a_new_frame(self, instruction: str, what: str = 'the plan') -> Plan:
-        """Stream frames with a fresh frame_id; return a plan of instruction stamped with it.
+        """Stream frames with a fresh frame_id; return a plan of instruction stamped with it."""
+        frame_id = uuid.uuid4().hex
+        return self.plan_on_new_frames(camera(frame_id), frame_id, instruction, what)
+
+    def plan_on_new_frames(self, make_msg, frame_id: str, instruction: str,
+                           what: str = 'the plan') -> Plan:
+        """Stream make_msg's frames, stamped frame_id; return a plan of instruction made on one.
 
         The new stream replaces any earlier one (stream()), and the unique frame_id tells this
         plan from any earlier one still in flight. A frame sent is not yet a frame received:
@@ -141,8 +147,7 @@ class VlmNodeProcess:
         the instruction is sent again (one plan each time) until a plan uses the new stream.
         The frames keep coming after it returns.
         """
-        frame_id = uuid.uuid4().hex
-        self.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+        self.stream(make_msg).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
         deadline = time.monotonic() + TIMEOUT
         while True:
             known = {plan.request_id for plan in self.plans.items()}

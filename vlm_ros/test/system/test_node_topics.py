@@ -127,16 +127,10 @@ def test_malformed_images_give_bad_input_and_the_node_keeps_serving(start_vlm_no
             msg = _malformed(kind)
             msg.header.stamp, msg.header.frame_id = stamp, frame_id
             return msg
-        node.stream(make).wait_for(lambda m: True, TIMEOUT, 'a malformed frame')
-        node.instruct(INSTRUCTION)
-        plan = node.plans.wait_for(lambda p, f=frame_id: p.header.frame_id == f, TIMEOUT, kind)
-        node.stop_stream()
+        plan = node.plan_on_new_frames(make, frame_id, INSTRUCTION, kind)
         assert plan.status == Plan.STATUS_BAD_INPUT, (kind, plan.message)
         assert plan.message
-    good = uuid.uuid4().hex
-    node.stream(camera(good)).wait_for(lambda m: True, TIMEOUT, 'a good frame')
-    node.instruct(INSTRUCTION)
-    plan = node.plans.wait_for(lambda p: p.header.frame_id == good, TIMEOUT, 'the good plan')
+    plan = node.plan_on_a_new_frame(INSTRUCTION, 'the good plan')
     assert plan.status == Plan.STATUS_OK, plan.message
     values = node.wait_diag(lambda v: int(v.get('frames_invalid', 0)) >= 4, TIMEOUT, 'invalid')
     assert int(values['status_bad_input']) >= 4
