@@ -1,15 +1,16 @@
 """~/features over DDS: each plan's prompt hidden states, for an action head (issue 28 item 1).
 
-The node under test runs the trained tiny LLaVA on a streamed camera; what it publishes on
-~/features equals what the engine returns for the same frame and instruction, itself checked
-against transformers' own hidden states (test_features.py).
+The node under test runs a trained tiny model on a streamed camera (each family for the plan's
+features, LLaVA for the rest); what it publishes on ~/features equals what the engine returns
+for the same frame and instruction, itself checked against transformers' own hidden states
+(test_features.py).
 """
 
 import uuid
 
 import numpy as np
 import pytest
-from engine_fixtures import TARGETS, scene
+from engine_fixtures import FAMILIES, TARGETS, scene
 from node_harness import RELIABLE, TIMEOUT, call, camera, set_params
 from vlm_ros.engine import EngineConfig, Request
 from vlm_ros.engine.features import FeatureSpec
@@ -51,18 +52,21 @@ def engine_features(model: str, spec: FeatureSpec, task: str = 'plan', colour: s
         engine.unload()
 
 
-def test_each_plan_comes_with_the_features_of_its_own_prefill(start_vlm_node, test_node,
+@pytest.mark.parametrize('family', FAMILIES)
+def test_each_plan_comes_with_the_features_of_its_own_prefill(family, start_vlm_node, test_node,
                                                               trained_tiny):
-    node = start_vlm_node(publish_features=True, features_layer=2, features_pooling='mean')
+    model = str(trained_tiny(family))
+    node = start_vlm_node(model=model, publish_features=True, features_layer=1,
+                          features_pooling='mean')  # tiny Florence-2's encoder has one layer
     node.wait_state('active')
     features = test_node.collect(Features, '/vlm_node/features', RELIABLE)
     frame_id = stream_camera(node)
     plan, found = plan_and_features(node, features)
     assert plan.status == Plan.STATUS_OK and plan.header.frame_id == frame_id, plan
     assert found.header == plan.header and found.instruction == INSTRUCTION
-    assert (found.layer, found.pooling, found.dtype, found.problem) == (2, 'mean', 'float32', '')
-    assert found.model == plan.model and found.layers > 2 and len(found.data16) == 0
-    expected = engine_features(str(trained_tiny('llava')), FeatureSpec(2, 'mean'))
+    assert (found.layer, found.pooling, found.dtype, found.problem) == (1, 'mean', 'float32', '')
+    assert found.model == plan.model and found.layers > 1 and len(found.data16) == 0
+    expected = engine_features(model, FeatureSpec(1, 'mean'))
     assert list(found.shape) == list(expected.shape)
     np.testing.assert_allclose(np.array(found.data, dtype=np.float32), expected, atol=1e-4)
     assert '"max_image_side": 640' in found.processor
