@@ -40,6 +40,11 @@ class Camera:
     msgtype: str
     frames: list
 
+    @functools.cached_property
+    def times(self) -> list:
+        """The frames' log times, sorted (log order): looked up for every request."""
+        return [frame.bag_time_ns for frame in self.frames]
+
 
 @dataclass
 class BagInputs:
@@ -135,9 +140,10 @@ def synchronized(cameras: tuple, bag_time_ns: int, max_skew: float, wait_s: floa
     skew). A camera with no frame at or before the request has none (None), as one camera's
     request has no frame then (latest_at_or_before).
     """
-    times = [[f.bag_time_ns for f in camera.frames] for camera in cameras]
-    later = sorted({t for found in times for t in found
-                    if bag_time_ns < t <= bag_time_ns + round(wait_s * 1e9)})
+    times = [camera.times for camera in cameras]
+    until = bag_time_ns + round(wait_s * 1e9)
+    later = sorted({t for found in times for t in found[bisect.bisect_right(found, bag_time_ns):
+                                                         bisect.bisect_right(found, until)]})
     views = None
     for when in [bag_time_ns, *later]:
         picked = tuple(None if index is None else camera.frames[index] for camera, index in

@@ -16,7 +16,8 @@ from ..engine import Result
 from ..engine.features import FeatureSpec
 
 MAX_CANDIDATES = 8  # a ~/score request's candidates: one forward pass, each row its own image
-SCORE_TASKS = ('vqa', 'caption', 'plan')  # the prompts a candidate can be scored under
+# The prompts a ~/score candidate is scored under and a ~/features request is read with.
+PROMPT_TASKS = ('vqa', 'caption', 'plan')
 
 
 class Status(enum.IntEnum):

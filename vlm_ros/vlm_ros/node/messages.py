@@ -130,10 +130,15 @@ def caption_msg(outcome: Outcome, model: str) -> Caption:
                    total_time=float(outcome.total_time))
 
 
-def _fill_answered(response, outcome: Outcome) -> None:
-    """Fill what Query and Ground responses share: success, the reason, the image header."""
+def _fill_status(response, outcome: Outcome) -> None:
+    """Fill what every answered service response has: success, and the reason when not."""
     response.success = outcome.status == Status.OK
     response.message = outcome.message
+
+
+def _fill_answered(response, outcome: Outcome) -> None:
+    """Fill what Query, Ground and Score responses share: the status and the image header."""
+    _fill_status(response, outcome)
     if outcome.header is not None:
         response.image_header = outcome.header
 
@@ -148,8 +153,7 @@ def fill_query_response(response, outcome: Outcome):
 
 def fill_cameras_response(response, outcome: Outcome):
     """Fill a QueryCameras response: the answer, and the image of each camera it used."""
-    response.success = outcome.status == Status.OK
-    response.message = outcome.message
+    _fill_status(response, outcome)
     if outcome.result is not None:
         response.answer = outcome.result.text
     if outcome.header is not None:
@@ -176,14 +180,11 @@ def fill_ground_response(response, outcome: Outcome, points: Callable[[Outcome, 
 
 def fill_score_response(response, outcome: Outcome):
     """Fill a Score response: per candidate its summed and mean log-probability and tokens."""
-    response.success = outcome.status == Status.OK
-    response.message = outcome.message
+    _fill_answered(response, outcome)
     for score in outcome.scores or []:
         response.log_prob.append(-score.ce * score.tokens)
         response.mean_log_prob.append(-score.ce)
         response.tokens.append(score.tokens)
-    if outcome.header is not None:
-        response.image_header = outcome.header
     return response
 
 

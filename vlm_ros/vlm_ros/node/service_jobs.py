@@ -7,10 +7,8 @@ queue; the worker refuses what needs the node's state to judge (camera names, si
 
 from typing import Union
 
-from .jobs import SCORE_TASKS, Job
+from .jobs import PROMPT_TASKS, Job
 from .params import MAX_CAMERAS
-
-FEATURE_TASKS = ('plan', 'vqa', 'caption')  # a ~/features request's prompt
 
 
 def _image(request):
@@ -41,8 +39,8 @@ def ground_job(request) -> Job:
 def score_job(request) -> Union[Job, str]:
     """Return the Job of a ~/score request (its candidates scored), or why it is refused."""
     task = request.task.strip() or 'vqa'
-    if task not in SCORE_TASKS:
-        return f'task {task[:40]!r} cannot be scored; use one of {", ".join(SCORE_TASKS)}'
+    if task not in PROMPT_TASKS:
+        return f'task {task[:40]!r} cannot be scored; use one of {", ".join(PROMPT_TASKS)}'
     if not request.candidates:
         return 'no candidates to score'
     return Job(task, request.prompt.strip(), done=None, image_msg=_image(request),
@@ -52,8 +50,8 @@ def score_job(request) -> Union[Job, str]:
 def features_job(request) -> Union[Job, str]:
     """Return the Job of a ~/features request (its prompt's features), or why it is refused."""
     task = request.task.strip() or 'plan'
-    if task not in FEATURE_TASKS:
+    if task not in PROMPT_TASKS:
         return f'task {task[:40]!r} has no prompt to take features of; use one of ' \
-            f'{", ".join(FEATURE_TASKS)}'
+            f'{", ".join(PROMPT_TASKS)}'
     return Job(task, request.text.strip(), done=None, image_msg=_image(request),
                max_new_tokens=1, features_only=True)
