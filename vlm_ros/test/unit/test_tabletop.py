@@ -8,19 +8,21 @@ import numpy as np
 import pytest
 import yaml
 from vlm_ros.bag.storage import deserialize, open_bag, stamp_ns
-from vlm_ros.demo.tabletop import (
-    INSTRUCTIONS,
+from vlm_ros.demo.sample import (
+    CAMERA_TOPICS,
     START_NS,
     TOPICS,
-    draw_tabletop,
     references,
     write_recording,
     write_references,
 )
+from vlm_ros.demo.tabletop import INSTRUCTIONS, draw_tabletop
+from vlm_ros.demo.tabletop_views import WRIST_FRAME_ID, draw_depth, draw_wrist
 from vlm_ros.engine.plan_parser import parse_plan
 from vlm_ros.node.image_conversion import compressed_to_rgb, image_to_rgb
 
 SAMPLE = pathlib.Path(__file__).resolve().parents[3] / 'samples' / 'tabletop'
+CAMERAS_SAMPLE = SAMPLE.with_name('tabletop_cameras')
 TYPES = {TOPICS['image']: 'sensor_msgs/msg/Image',
          TOPICS['compressed']: 'sensor_msgs/msg/CompressedImage',
          TOPICS['instruction']: 'std_msgs/msg/String'}
@@ -88,23 +90,60 @@ def test_topics_can_be_renamed_or_left_out(tmp_path):
                              topics={'image': '/image', 'compressed': None})
     assert counts == {'/image': 5, TOPICS['instruction']: 1}
     assert {topic for topic, *_ in read_all(tmp_path / 'bag')} == {'/image', '/instruction'}
-    with pytest.raises(ValueError, match='depth'):
-        write_recording(tmp_path / 'other', topics={'depth': '/depth'})
+    with pytest.raises(ValueError, match='thermal'):
+        write_recording(tmp_path / 'other', topics={'thermal': '/thermal'})
 
 
-def test_committed_sample_matches_the_script(tmp_path):
-    """Message for message, so the committed bag cannot drift from tabletop.py unnoticed."""
-    write_recording(tmp_path / 'bag')
-    fresh, committed = read_all(tmp_path / 'bag'), read_all(SAMPLE / 'bag')
-    assert len(committed) == len(fresh) == 84
+@pytest.mark.parametrize('sample', [SAMPLE, CAMERAS_SAMPLE], ids=['tabletop', 'cameras'])
+def test_committed_sample_matches_the_script(tmp_path, sample):
+    """Message for message, so the committed bag cannot drift from the scene unnoticed."""
+    several = sample == CAMERAS_SAMPLE
+    write_recording(tmp_path / 'bag', topics=CAMERA_TOPICS if several else None)
+    fresh, committed = read_all(tmp_path / 'bag'), read_all(sample / 'bag')
+    assert len(committed) == len(fresh) == (204 if several else 84)
     for old, new in zip(committed, fresh, strict=True):
         assert old[:3] == new[:3]
-        assert old[3] == new[3], (f'{old[0]} at {old[2]} differs: rerun '
-                                  f'samples/make_sample_bag.py --force and commit the output')
+        assert old[3] == new[3], (f'{old[0]} at {old[2]} differs: rerun samples/'
+                                  f'make_sample_bag.py --force{" --cameras" * several} and '
+                                  'commit the output')
+    if several:
+        return
     write_references(tmp_path / 'references.yaml')
     text = (SAMPLE / 'references.yaml').read_text()
     assert text == (tmp_path / 'references.yaml').read_text()
     assert yaml.safe_load(text) == references()
+
+
+def test_the_wrist_camera_depth_and_camera_info_come_with_each_head_frame(tmp_path):
+    counts = write_recording(tmp_path / 'bag', seconds=0.8, topics=CAMERA_TOPICS)
+    assert counts == {**dict.fromkeys([*TOPICS.values(), *CAMERA_TOPICS.values()], 8),
+                      TOPICS['instruction']: 1}
+    messages = read_all(tmp_path / 'bag')
+    streams = zip(*(decode(messages, topic) for topic in (
+        TOPICS['image'], CAMERA_TOPICS['wrist'], CAMERA_TOPICS['depth'],
+        CAMERA_TOPICS['camera_info'])), strict=True)
+    for (time, image), (_, wrist), (_, depth), (_, info) in streams:
+        assert stamp_ns(wrist) == stamp_ns(depth) == stamp_ns(info) == stamp_ns(image) == time
+        assert depth.header.frame_id == info.header.frame_id == image.header.frame_id
+        assert wrist.header.frame_id == WRIST_FRAME_ID
+        assert (depth.width, depth.height, info.width, info.height) == (640, 480, 640, 480)
+        assert depth.encoding == '16UC1' and depth.step == 1280 and not depth.is_bigendian
+        millimetres = np.frombuffer(bytes(depth.data), '<u2').reshape(480, 640)
+        assert np.array_equal(millimetres, draw_depth((time - START_NS) / 10**9))
+        assert np.array_equal(image_to_rgb(wrist), draw_wrist((time - START_NS) / 10**9))
+        focal = 320 / np.tan(np.radians(30))
+        np.testing.assert_allclose(info.k, [focal, 0, 320, 0, focal, 240, 0, 0, 1])
+
+
+def test_depth_puts_each_block_at_its_front_edge_and_the_wall_behind_the_table():
+    depth = draw_depth(0.0).astype(int)
+    red_face, table_beside_its_bottom, table_in_front = depth[330, 130], depth[349, 60], \
+        depth[400, 130]
+    assert abs(red_face - table_beside_its_bottom) <= 2  # one pixel row: 2 mm of table
+    assert table_in_front < red_face < depth[175, 130]
+    assert depth[100, 600] == 2500 and depth[100, 600] > depth[175, 600]  # the wall
+    hovering = draw_wrist(0.6)  # the gripper is lowered over the red block then
+    assert (np.abs(hovering.astype(int) - (200, 36, 36)).sum(axis=-1) == 0).sum() > 5000
 
 
 def test_references_point_at_frames_and_parse():

@@ -1,42 +1,31 @@
 """
-A scripted tabletop camera recording: the sample bag of the replay and evaluation demos.
+A scripted tabletop scene: what the sample recordings' head camera sees (sample.py writes them).
 
 A real robot recording cannot ship with the repository (size, licence), and a replay test needs
 frames whose exact pixels it knows. So the scene is drawn: a wooden table, a red, a green and a
 blue block, a grey bin, and a two-finger gripper that carries out four spoken instructions, one
 after the other. Everything is axis-aligned flat colour with no noise, so each frame is a pure
-function of its time, compresses well (zstd in the MCAP, JPEG beside it) and regenerates
-byte-identically. The reference plans and captions say what a good model should answer at each
-instruction, for vlm_eval and for the demo that trains a tiny model on them. No rclpy here: bags
-are written with rosbags (see bag/storage.py), so this runs without a ROS graph.
+function of its time, compresses well and regenerates byte-identically. The reference plans and
+captions say what a good model should answer at each instruction, for vlm_eval and for the demo
+that trains a tiny model on them.
 """
 
 import json
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
-import yaml
-
-from ..bag import storage as bags
-
-START_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z: fixed, so the bag regenerates exactly
-TOPICS = {'image': '/camera/image_raw', 'compressed': '/camera/image_raw/compressed',
-          'instruction': '/instruction'}
-JPEG_QUALITY = 90
-JPEG_FORMAT = 'rgb8; jpeg compressed bgr8'  # image_transport's format string for rgb8 frames
 
 # The scene in design coordinates of a 640x480 frame, scaled to other sizes when drawn.
-_DESIGN = (640, 480)
+DESIGN = (640, 480)
 _WALL, _TABLE_EDGE, _TABLE = (214, 214, 206), (120, 84, 50), (176, 128, 80)
-_HORIZON, _SEAMS = 170, (236, 306, 392)  # where the table's back edge and plank joints lie
+HORIZON, _SEAMS = 170, (236, 306, 392)  # where the table's back edge and plank joints lie
 _BLOCK, _BLOCK_TOP = 50, 16  # front face side, height of the visible top face
-_COLOURS = {'red': ((200, 36, 36), (236, 96, 96)), 'green': ((36, 150, 64), (96, 198, 112)),
+COLOURS = {'red': ((200, 36, 36), (236, 96, 96)), 'green': ((36, 150, 64), (96, 198, 112)),
             'blue': ((40, 76, 196), (100, 130, 234))}  # (front face, lit top face)
-_FLOOR = 350  # block bottoms on the table, and the front edge of the bin
+FLOOR = 350  # block bottoms on the table, and the front edge of the bin
 _BIN_X, _BIN_RIM, _BIN_WALL, _BIN_FLOOR = (450, 620), 256, 290, 320
 _BIN_SLOTS = (480, 535, 590)  # block centres inside the bin
-_START = {'red': (130, _FLOOR), 'green': (230, _FLOOR), 'blue': (340, _FLOOR)}
+_START = {'red': (130, FLOOR), 'green': (230, FLOOR), 'blue': (340, FLOOR)}
 # Gripper pose: (centre x, fingertip y, gap between the fingers).
 _OPEN, _CLOSED = 76, 52
 _HOME, _CARRY_Y, _GRIP = (320, 150, _OPEN), 215, 4  # fingertips _GRIP above a held block's bottom
@@ -76,7 +65,7 @@ INSTRUCTIONS = (
         ('pick up the green block', 'pick', 'green block'),
         ('place it on top of the blue block', 'place', 'blue block')),
         'a green and a blue block beside a grey bin with a red block in it on a wooden table',
-        (('green', (_START['blue'][0], _FLOOR - _BLOCK)),)),
+        (('green', (_START['blue'][0], FLOOR - _BLOCK)),)),
     Instruction(2.15, 'put the blue block in the bin', _plan(
         ('pick up the green block from the blue block', 'pick', 'green block'),
         ('place it on the table', 'place', 'table'),
@@ -110,7 +99,7 @@ def _keyframes(instruction: Instruction, places: dict):
     return keys, moves
 
 
-def _state(t: float):
+def state(t: float):
     """Return the gripper pose, each block's (x, bottom) at rest and the held block at time t."""
     places = dict(_START)
     for instruction in INSTRUCTIONS:
@@ -139,7 +128,7 @@ class _Canvas:
 
     def __init__(self, width: int, height: int):
         self.image = np.zeros((height, width, 3), np.uint8)
-        self.sx, self.sy = width / _DESIGN[0], height / _DESIGN[1]
+        self.sx, self.sy = width / DESIGN[0], height / DESIGN[1]
 
     def rect(self, x0, y0, x1, y1, colour) -> None:
         top, bottom = (max(0, round(y * self.sy)) for y in (y0, y1))
@@ -147,7 +136,7 @@ class _Canvas:
         self.image[top:bottom, left:right] = colour
 
     def block(self, colour: str, x, bottom) -> None:
-        front, top = _COLOURS[colour]
+        front, top = COLOURS[colour]
         half = _BLOCK / 2
         self.rect(x - half, bottom - _BLOCK - _BLOCK_TOP, x + half, bottom - _BLOCK, top)
         self.rect(x - half, bottom - _BLOCK, x + half, bottom, front)
@@ -177,16 +166,16 @@ def draw_tabletop(t: float, width: int = 640, height: int = 480) -> np.ndarray:
     A pure function of its arguments: the recording and the tests draw the same pixels.
     """
     canvas = _Canvas(width, height)
-    canvas.rect(0, 0, _DESIGN[0], _HORIZON, _WALL)
+    canvas.rect(0, 0, DESIGN[0], HORIZON, _WALL)
     # Wood grain: each row one colour (so zstd finds the repeats), plus darker plank joints.
-    top = round(_HORIZON * canvas.sy)
+    top = round(HORIZON * canvas.sy)
     rows = np.arange(top, height) / canvas.sy
     grain = np.round(5 * np.sin(rows * 0.37) + 3 * np.sin(rows * 0.113)).astype(np.int16)
     canvas.image[top:] = (np.int16(_TABLE) + grain[:, None, None]).astype(np.uint8)
-    canvas.rect(0, _HORIZON, _DESIGN[0], _HORIZON + 6, _TABLE_EDGE)
+    canvas.rect(0, HORIZON, DESIGN[0], HORIZON + 6, _TABLE_EDGE)
     for seam in _SEAMS:
-        canvas.rect(0, seam, _DESIGN[0], seam + 2, (150, 104, 62))
-    pose, places, held = _state(t)
+        canvas.rect(0, seam, DESIGN[0], seam + 2, (150, 104, 62))
+    pose, places, held = state(t)
     x0, x1 = _BIN_X
     canvas.rect(x0, _BIN_RIM, x1, _BIN_WALL, (170, 170, 176))  # the rim around the inside
     canvas.rect(x0 + 4, _BIN_RIM + 4, x1 - 4, _BIN_WALL, (70, 70, 76))
@@ -196,7 +185,7 @@ def draw_tabletop(t: float, width: int = 640, height: int = 480) -> np.ndarray:
     gripper_in_bin = _inside_bin(pose[0], pose[1] + _GRIP)
     if gripper_in_bin:  # lowered into the bin: its front wall hides the fingertips
         canvas.gripper(pose, held)
-    canvas.rect(x0, _BIN_WALL, x1, _FLOOR, (140, 140, 146))
+    canvas.rect(x0, _BIN_WALL, x1, FLOOR, (140, 140, 146))
     canvas.rect(x0, _BIN_WALL, x1, _BIN_WALL + 4, (176, 176, 182))
     on_table = sorted((place[1], block) for block, place in places.items() if block not in in_bin)
     for _, block in reversed(on_table):  # the lower block of a stack first
@@ -204,89 +193,3 @@ def draw_tabletop(t: float, width: int = 640, height: int = 480) -> np.ndarray:
     if not gripper_in_bin:
         canvas.gripper(pose, held)
     return canvas.image
-
-
-def _frames(seconds: float, rate_hz: float, start_ns: int):
-    """Return (t, stamp_ns) of every frame: round(seconds x rate) frames from start_ns on."""
-    count = round(seconds * rate_hz)
-    return [(index / rate_hz, start_ns + round(index * 10**9 / rate_hz)) for index in range(count)]
-
-
-def _instruction_ns(instruction: Instruction, start_ns: int) -> int:
-    return start_ns + round(instruction.time * 10**9)
-
-
-def write_recording(path, storage: str = 'mcap', seconds: float = 4.0, rate_hz: float = 10.0,
-                    start_ns: int = START_NS, frame_id: str = 'camera_optical_frame',
-                    topics: dict | None = None) -> dict:
-    """
-    Write the scripted scene as a new rosbag2 directory at path; return {topic: messages}.
-
-    Every frame goes out twice at one log time, equal to its header stamp: rgb8 on the image
-    topic and JPEG on the compressed one. Instructions within the recording go out on their own
-    topic at their times. ``topics`` renames streams by role (image, compressed, instruction);
-    a role mapped to None is left out.
-    """
-    names = {**TOPICS, **(topics or {})}
-    if set(names) != set(TOPICS):
-        raise ValueError(f'unknown topic roles {sorted(set(names) - set(TOPICS))}; '
-                         f'use {sorted(TOPICS)}')
-    types = {'image': bags.IMAGE_TYPES[0], 'compressed': bags.IMAGE_TYPES[1],
-             'instruction': bags.STRING_TYPE}
-    events = []  # (log time, order, role, fields): frames before an instruction at equal times
-    for t, stamp in _frames(seconds, rate_hz, start_ns):
-        rgb = draw_tabletop(t)
-        head = bags.header(stamp, frame_id)
-        events.append((stamp, 0, 'image', {
-            'header': head, 'height': rgb.shape[0], 'width': rgb.shape[1], 'encoding': 'rgb8',
-            'is_bigendian': 0, 'step': rgb.shape[1] * 3, 'data': rgb.reshape(-1)}))
-        if names['compressed']:
-            _, jpeg = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-            events.append((stamp, 1, 'compressed',
-                           {'header': head, 'format': JPEG_FORMAT, 'data': jpeg.reshape(-1)}))
-    for instruction in INSTRUCTIONS:
-        if instruction.time < seconds:
-            events.append((_instruction_ns(instruction, start_ns), 2, 'instruction',
-                           {'data': instruction.text}))
-    counts = {}
-    with bags.bag_writer(path, storage) as writer:
-        connections = {role: bags.add_topic(writer, names[role], types[role])
-                       for role in TOPICS if names[role]}
-        for stamp, _, role, fields in sorted(events, key=lambda event: event[:2]):
-            if role in connections:
-                writer.write(connections[role], stamp, bags.serialize(types[role], **fields))
-                counts[names[role]] = counts.get(names[role], 0) + 1
-    return counts
-
-
-def references(seconds: float = 4.0, rate_hz: float = 10.0, start_ns: int = START_NS) -> list:
-    """
-    Return the reference answers of the recording, as dicts, in time order.
-
-    Each instruction gives a plan entry and a caption entry, both stamped with the header stamp
-    of the latest frame at or before it: the frame a node would have answered from.
-    """
-    stamps = [stamp for _, stamp in _frames(seconds, rate_hz, start_ns)]
-    entries = []
-    for instruction in INSTRUCTIONS:
-        when = _instruction_ns(instruction, start_ns)
-        if instruction.time >= seconds or not stamps:
-            continue
-        frame = max(stamp for stamp in stamps if stamp <= when)
-        entries.append({'stamp_ns': frame, 'task': 'plan', 'text': instruction.text,
-                        'target': instruction.plan})
-        entries.append({'stamp_ns': frame, 'task': 'caption', 'text': '',
-                        'target': instruction.caption})
-    return entries
-
-
-def write_references(path, seconds: float = 4.0, rate_hz: float = 10.0,
-                     start_ns: int = START_NS) -> list:
-    """Write references() as a YAML list to path (one line per field) and return the entries."""
-    entries = references(seconds, rate_hz, start_ns)
-    with open(path, 'w', encoding='utf-8') as out:
-        out.write('# Reference answers of the tabletop sample bag (vlm_ros.demo.tabletop); '
-                  'stamp_ns is an image header stamp.\n')
-        yaml.safe_dump(entries, out, sort_keys=False, width=10**6, allow_unicode=True)
-    return entries
