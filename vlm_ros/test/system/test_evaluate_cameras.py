@@ -114,6 +114,22 @@ def test_recorded_answers_show_every_camera_and_the_boxes(tmp_path):
     assert magenta[0].size and magenta[1].min() >= TARGET_BOX[0] - 2, 'the box, where it is'
 
 
+@pytest.mark.parametrize('companions, cameras, complaint', [
+    (False, CAMERAS, 'has no image_sources messages'),
+    (True, ['--camera', f'wrist={WRIST_TOPIC}', '--camera', f'head={IMAGE_TOPIC}'],
+     'the node named its cameras head, wrist (first: head)'),
+    (True, ['--camera', f'front={IMAGE_TOPIC}'], 'give --camera those names'),
+], ids=['no-sources', 'another-order', 'other-names'])
+def test_recorded_answers_that_cannot_give_each_camera_its_frames_are_refused(
+        tmp_path, companions, cameras, complaint):
+    out = tmp_path / 'out'
+    done = vlm_eval(write_camera_bag(tmp_path / 'bag'), '--recorded',
+                    write_recorded_bag(tmp_path / 'answers', companions=companions), *cameras,
+                    '--out', out)
+    assert done.returncode == 2 and complaint in done.stderr, done.stderr
+    assert not out.exists()
+
+
 def test_a_two_camera_recording_replays_into_a_node_with_cameras(start_vlm_node, tmp_path):
     """The user's path: vlm_replay into cameras:=[head, wrist], then vlm_eval --recorded."""
     node = start_vlm_node(cameras='[head, wrist]')

@@ -60,10 +60,16 @@ def test_frames_become_pairs_of_features_and_the_action_that_followed(tmp_path,
                                                                       trained_tiny):
     model = str(trained_tiny('llava'))
     out = tmp_path / 'dataset'
+    theirs = tmp_path / 'dataset.partial'  # a user's folder of that name is none of its own
+    theirs.mkdir()
+    (theirs / 'notes.txt').write_text('keep me')
     done = vlm_export(write_bag(tmp_path / 'bag'), '--model', model, '--actions', '/cmd_vel',
                       '--pooling', 'mean', '--layer', '2', '--device', 'cpu', '--dtype',
                       'float32', '--out', out)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (theirs / 'notes.txt').read_text() == 'keep me'
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['bag', 'dataset',
+                                                                 'dataset.partial']
     assert 'wrote' in done.stdout and '2 pairs' in done.stdout
     data = np.load(out / 'dataset.npz')
     manifest = json.loads((out / 'manifest.json').read_text())
@@ -98,7 +104,20 @@ def test_a_recording_that_gives_no_pairs_names_what_is_missing(args, complaint, 
     done = vlm_export(write_bag(tmp_path / 'bag'), '--model', tmp_path / 'never-loaded',
                       '--out', out, *args)
     assert done.returncode == 2 and complaint in done.stderr, done.stderr
-    assert not out.exists() and not (tmp_path / 'dataset.partial').exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['bag']
+
+
+@pytest.mark.parametrize('where, complaint', [
+    ('a_file', 'is a file; name a folder'),
+    ('missing/dataset', 'is not a folder'),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_the_model_loads(where, complaint,
+                                                                             tmp_path):
+    (tmp_path / 'a_file').write_text('mine')
+    done = vlm_export(write_bag(tmp_path / 'bag'), '--model', tmp_path / 'never-loaded',
+                      '--actions', '/cmd_vel', '--out', tmp_path / where)
+    assert done.returncode == 2 and complaint in done.stderr, done.stderr
+    assert 'Traceback' not in done.stderr and (tmp_path / 'a_file').read_text() == 'mine'
 
 
 def test_an_output_folder_of_other_files_is_never_replaced(tmp_path):

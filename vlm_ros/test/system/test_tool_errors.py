@@ -38,6 +38,11 @@ CASES = [
     ('vlm_eval', ['{pi}', '--model', 'm', '--camera', 'head'], 'write NAME=TOPIC'),
     ('vlm_eval', ['{pi}', '--model', '{missing}', '--camera', 'head=/nope'],
      'camera head: /nope is not in'),
+    ('vlm_eval', ['{pi}', '--model', 'm', '--camera', 'head=/a', '--camera', 'wrist=/a'],
+     '--camera topics must differ'),
+    ('vlm_eval', ['{pi}', '--model', '{missing}', '--out', '{txt}'], 'is a file; name a folder'),
+    ('vlm_export', ['{pi}', '--model', '{missing}', '--actions', '/x', '--out',
+                    '{missing}/dataset'], 'is not a folder'),
 ]
 
 

@@ -46,3 +46,23 @@ def test_joint_commands_whose_joints_change_are_refused(tmp_path):
                      [joints(10, ['a', 'b'], [0.5, -1.0]), joints(20, ['b'], [0.25])])
     with bags.open_bag(path) as reader, pytest.raises(bags.BagError, match='one action layout'):
         read_actions(reader, '/arm/command')
+
+
+@pytest.mark.parametrize('names, second, complaint', [
+    ([], joints(20, [], [0.25]), 'has columns position_0, the first had position_0, position_1'),
+    (['a', 'b'], joints(20, ['a', 'b'], [0.25]), 'names 2 joints and gives 1 positions'),
+    (['a', 'b'], joints(20, ['a', 'b'], []), 'has no joint positions'),
+], ids=['unnamed-count-changes', 'names-and-positions-differ', 'no-positions'])
+def test_joint_commands_without_one_column_per_joint_are_refused(tmp_path, names, second,
+                                                                 complaint):
+    path = write_bag(tmp_path / 'joints', '/arm/command', 'sensor_msgs/msg/JointState',
+                     [joints(10, names, [0.5, -1.0]), second])
+    with bags.open_bag(path) as reader, pytest.raises(bags.BagError, match=complaint):
+        read_actions(reader, '/arm/command')
+
+
+def test_unnamed_joints_are_numbered_columns(tmp_path):
+    path = write_bag(tmp_path / 'joints', '/arm/command', 'sensor_msgs/msg/JointState',
+                     [joints(10, [], [0.5, -1.0])])
+    with bags.open_bag(path) as reader:
+        assert read_actions(reader, '/arm/command').names == ('position_0', 'position_1')

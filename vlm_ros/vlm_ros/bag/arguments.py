@@ -6,6 +6,8 @@ number a tool takes goes through these.
 
 import argparse
 import math
+import os
+import pathlib
 import sys
 from collections.abc import Callable
 
@@ -57,14 +59,36 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
 
 
+def output_folder(text: str) -> pathlib.Path:
+    """Return --out as an absolute path; VlmError where no folder can be written there.
+
+    Checked before a model is loaded, so a typing error costs no inference run.
+    """
+    out = pathlib.Path(text).resolve()  # '.' is a folder with a name once resolved
+    if out.exists() and not out.is_dir():
+        raise VlmError('bad_input', f'--out {text} is a file; name a folder')
+    if not out.parent.is_dir():
+        raise VlmError('bad_input', f'--out {text}: {out.parent} is not a folder')
+    where = out if out.exists() else out.parent
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise VlmError('bad_input', f'--out {text}: {where} cannot be written')
+    return out
+
+
 def reported(prog: str, call: Callable):
     """Return (0, call()), or (the exit code, None) with a VlmError's reason on stderr.
 
     One line, 'prog: error: reason', as argparse reports bad arguments: exit 2 for bad input,
-    1 for what failed (VlmError.exit_code).
+    1 for what failed (VlmError.exit_code, or an OSError); Ctrl-C: 'prog: interrupted', 130.
     """
     try:
         return 0, call()
     except VlmError as exc:
         print(f'{prog}: error: {exc}', file=sys.stderr)
         return exc.exit_code, None
+    except OSError as exc:  # a file that could not be written after all (a full disk)
+        print(f'{prog}: error: {exc}', file=sys.stderr)
+        return 1, None
+    except KeyboardInterrupt:
+        print(f'{prog}: interrupted', file=sys.stderr)
+        return 130, None

@@ -2,7 +2,7 @@
 
 A VLA's action head is trained on (features, action) pairs. The actions are what the robot
 was commanded while the camera saw it: a velocity (geometry_msgs/Twist or TwistStamped), joint
-targets (sensor_msgs/JointState positions), or the step a VLA head was given
+targets (sensor_msgs/JointState positions, a column per joint), or the step a VLA head was given
 (vlm_ros_msgs/StepCommand: the index of its skill among the recording's skills, in order of
 first use). The topic is named by the user; nothing is guessed.
 """
@@ -47,7 +47,11 @@ def read_actions(reader, topic: str) -> Actions:
     for connection, log_ns, raw in reader.messages([c for c in reader.connections
                                                     if c.topic == topic]):
         msg = reader.deserialize(raw, connection.msgtype)
-        vector, names = _vector(msg, info.msgtype, actions)
+        try:
+            vector, names = _vector(msg, info.msgtype, actions)
+        except ValueError as exc:
+            raise BagError(f'{topic}: message at {log_ns} ns {exc}; one action layout a '
+                           'dataset') from None
         if actions.names and names != actions.names:
             raise BagError(f'{topic}: message at {log_ns} ns has columns {", ".join(names)}, '
                            f'the first had {", ".join(actions.names)}; one action layout a '
@@ -65,10 +69,21 @@ def _vector(msg, msgtype: str, actions: Actions) -> tuple:
     if msgtype == 'geometry_msgs/msg/TwistStamped':
         return _twist(msg.twist), TWIST
     if msgtype == 'sensor_msgs/msg/JointState':
-        return [float(v) for v in msg.position], tuple(msg.name)
+        return _joint_positions(msg)
     if msg.skill not in actions.skills:
         actions.skills.append(msg.skill)
     return [float(actions.skills.index(msg.skill))], ('skill',)
+
+
+def _joint_positions(msg) -> tuple:
+    """Return a JointState's positions and their joints (position_0... where it names none)."""
+    positions = [float(v) for v in msg.position]
+    if not positions:
+        raise ValueError('has no joint positions (only velocities or efforts?)')
+    names = tuple(msg.name) or tuple(f'position_{index}' for index in range(len(positions)))
+    if len(names) != len(positions):
+        raise ValueError(f'names {len(names)} joints and gives {len(positions)} positions')
+    return positions, names
 
 
 def action_after(actions: Actions, log_ns: int, window_ns: int):

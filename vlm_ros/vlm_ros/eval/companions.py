@@ -9,6 +9,7 @@ per-camera frames as an offline run's.
 from dataclasses import dataclass, field
 
 from ..bag.storage import SOURCES_TYPE, TARGETS_TYPE, stamp_ns, time_ns
+from ..engine import VlmError
 from .inputs import BagInputs, frames_by_stamp
 from .records import image_info
 
@@ -45,6 +46,27 @@ class CameraFrames:
         self._cameras = inputs.cameras
         self._by_stamp = {camera.name: frames_by_stamp(camera.frames)
                           for camera in inputs.cameras}
+
+    def check(self, sources: dict, path) -> None:
+        """Raise VlmError where the answers at path cannot give each --camera its frames.
+
+        The node names its cameras in image_sources, the first heading every answer (its
+        header, its boxes): the answers need them, under the names --camera gives, that one
+        first.
+        """
+        if not self._cameras:
+            return
+        if not sources:
+            raise VlmError('bad_input', f'{path} has no image_sources messages: --camera needs '
+                           'the answers of a node with several cameras, recorded with them '
+                           '(vlm_replay --record records them)')
+        named = {name for msg in sources.values() for name in msg.cameras}
+        missing = [camera.name for camera in self._cameras if camera.name not in named]
+        firsts = sorted({msg.cameras[0] for msg in sources.values() if msg.cameras})
+        if missing or self._cameras[0].name not in firsts:
+            raise VlmError('bad_input', f'the node named its cameras {", ".join(sorted(named))} '
+                           f'(first: {", ".join(firsts)}); give --camera those names, the '
+                           'first one first')
 
     def fields(self, source) -> dict:
         """Return a record's ``images`` and ``skew`` from source ({}: one camera, or none)."""

@@ -4,8 +4,8 @@ Each camera frame logged once an instruction is in force is paired with that ins
 with the first action logged at or after the frame, within a window: what the robot was told
 to do having seen it. The features are the engine's (engine/features.py) for the frame and the
 instruction's plan prompt, as vlm_node publishes them with publish_features. The set is
-written to a folder beside the output and renamed into place at the end, so a failed run
-leaves nothing half written.
+written to a new hidden folder beside the output and renamed into place at the end, so a
+failed or interrupted run leaves nothing half written.
 """
 
 import bisect
@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,20 +83,32 @@ def check_out(out: pathlib.Path) -> None:
 
 def write_dataset(out: pathlib.Path, features: np.ndarray, pairs: list, actions: Actions,
                   manifest: dict) -> None:
-    """Write dataset.npz and manifest.json into out, all or nothing (check_out first)."""
+    """Write dataset.npz and manifest.json into out, all or nothing (check_out first).
+
+    They go into a new hidden folder beside out, which then takes out's place; an earlier
+    dataset is moved aside first and removed last, so no moment lacks both.
+    """
     check_out(out)
-    partial = out.with_name(out.name + '.partial')
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    np.savez(partial / 'dataset.npz', features=features,
-             actions=np.asarray([actions.vectors[p.action] for p in pairs], dtype=np.float32),
-             frame_stamp_ns=np.asarray([p.frame.stamp_ns for p in pairs], dtype=np.int64),
-             frame_log_ns=np.asarray([p.frame.bag_time_ns for p in pairs], dtype=np.int64),
-             action_log_ns=np.asarray([actions.log_ns[p.action] for p in pairs],
-                                      dtype=np.int64),
-             instruction=np.asarray([p.instruction for p in pairs], dtype=np.int32))
-    (partial / 'manifest.json').write_text(json.dumps(manifest, indent=2) + '\n',
-                                           encoding='utf-8')
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
+    partial = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.', suffix='.partial',
+                                            dir=out.parent))
+    earlier = partial.with_suffix('.earlier')
+    try:
+        np.savez(partial / 'dataset.npz', features=features,
+                 actions=np.asarray([actions.vectors[p.action] for p in pairs],
+                                    dtype=np.float32),
+                 frame_stamp_ns=np.asarray([p.frame.stamp_ns for p in pairs], dtype=np.int64),
+                 frame_log_ns=np.asarray([p.frame.bag_time_ns for p in pairs], dtype=np.int64),
+                 action_log_ns=np.asarray([actions.log_ns[p.action] for p in pairs],
+                                          dtype=np.int64),
+                 instruction=np.asarray([p.instruction for p in pairs], dtype=np.int32))
+        (partial / 'manifest.json').write_text(json.dumps(manifest, indent=2) + '\n',
+                                               encoding='utf-8')
+        if out.exists():
+            os.replace(out, earlier)
+        os.replace(partial, out)
+    except BaseException:
+        if earlier.exists() and not out.exists():
+            os.replace(earlier, out)  # the earlier dataset stays where it was
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(earlier, ignore_errors=True)

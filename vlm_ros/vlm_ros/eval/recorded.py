@@ -88,6 +88,7 @@ def recorded_records(inputs: BagInputs, path) -> tuple:
     with contextlib.closing(open_bag(path)) as reader:
         topics = _answer_topics(reader)
         companions = read_companions(reader)
+        cameras.check(companions.sources, path)
         connections = [c for c in reader.connections if c.topic in topics]
         for connection, log_ns, raw in reader.messages(connections):
             msg = reader.deserialize(raw, connection.msgtype)

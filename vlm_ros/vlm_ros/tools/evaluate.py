@@ -15,12 +15,11 @@ self-contained report.html into --out, and prints the summary table.
 
 import argparse
 import contextlib
-import pathlib
 import sys
 from functools import partial
 
 from ..bag import instructions
-from ..bag.arguments import ArgumentParser, not_negative, reported
+from ..bag.arguments import ArgumentParser, not_negative, output_folder, reported
 from ..bag.instructions import add_instruction_args, check_instruction_args
 from ..bag.storage import READABLE, open_bag
 from ..eval.inputs import decode_frames, frames_by_stamp, read_inputs
@@ -97,6 +96,9 @@ def parse_args(argv):
     names = [name for name, _ in args.cameras]
     if len(set(names)) < len(names):
         parser.error(f'--camera names must differ: {", ".join(names)}')
+    topics = [topic for _, topic in args.cameras]
+    if len(set(topics)) < len(topics):
+        parser.error(f'--camera topics must differ (one camera a topic): {", ".join(topics)}')
     if args.cameras and (args.image_topic or args.references):
         parser.error('--camera takes the place of --image-topic, and references are scored '
                      'on one camera: not with --image-topic or --references')
@@ -110,6 +112,7 @@ def parse_args(argv):
 
 def evaluate(args) -> dict:
     """Run the evaluation args describe, write its outputs; return the summary."""
+    out = output_folder(args.out)
     sync = Sync(args.max_skew, args.wait_for_image)
     with contextlib.closing(open_bag(args.bag)) as reader:
         ask = partial(instructions.from_args, args) if instructions.given(args) else None
@@ -158,7 +161,7 @@ def evaluate(args) -> dict:
     boxes = boxes_by_frame(records)
     thumbnails = {key: thumbnail_jpeg(image, boxes=boxes.get(key, ()))
                   for key, image in images.items() if not isinstance(image, Exception)}
-    write_outputs(pathlib.Path(args.out), records, summary, thumbnails)
+    write_outputs(out, records, summary, thumbnails)
     return summary
 
 

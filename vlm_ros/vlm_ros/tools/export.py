@@ -16,12 +16,17 @@ instructions, the action columns, counts), all or nothing.
 
 import argparse
 import contextlib
-import pathlib
 import sys
 from functools import partial
 
 from ..bag import instructions
-from ..bag.arguments import ArgumentParser, not_negative, positive_int, reported
+from ..bag.arguments import (
+    ArgumentParser,
+    not_negative,
+    output_folder,
+    positive_int,
+    reported,
+)
 from ..bag.instructions import add_instruction_args, check_instruction_args
 from ..bag.storage import READABLE, open_bag
 from ..engine import VlmError
@@ -65,7 +70,8 @@ def parse_args(argv):
 
 def export(args) -> dict:
     """Build and write the training set args describe; return its manifest."""
-    check_out(pathlib.Path(args.out))
+    out = output_folder(args.out)
+    check_out(out)
     with contextlib.closing(open_bag(args.bag)) as reader:
         ask = partial(instructions.from_args, args) if instructions.given(args) else None
         inputs = read_inputs(reader, args.image_topic, args.instruction_topic, ask)
@@ -97,7 +103,7 @@ def export(args) -> dict:
                 'window_s': args.window, 'max_image_side': args.max_image_side,
                 'pairs': len(pairs), 'features_shape': list(features.shape),
                 'frames_without': without}
-    write_dataset(pathlib.Path(args.out), features, pairs, actions, manifest)
+    write_dataset(out, features, pairs, actions, manifest)
     return manifest
 
 
