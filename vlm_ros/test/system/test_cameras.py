@@ -6,11 +6,11 @@ further apart than max_skew, and max_skew's own effect: test_node_parameters.py
 (camera_harness.observe_max_skew).
 """
 
-from camera_harness import CAMERAS, Cameras, new_plan
+from camera_harness import CAMERAS, INSTRUCTION, Cameras, new_plan
 from fork_server import run_tool
 from node_harness import RELIABLE, TIMEOUT, call, node_executable, set_ok, transition
 
-from vlm_ros_msgs.msg import ImageSources, Plan
+from vlm_ros_msgs.msg import Features, ImageSources, Plan
 from vlm_ros_msgs.srv import QueryCameras
 
 
@@ -89,6 +89,30 @@ def test_a_query_asks_the_cameras_it_names_and_only_waits_for_those(start_vlm_no
                             '--camera', 'hand'], TIMEOUT)
         assert refused.returncode == 1, refused.stderr
         assert 'unknown camera hand; the cameras are head, wrist, arm' in refused.stderr
+    finally:
+        cameras.stop()
+
+
+def test_a_silent_camera_is_named_alone_and_rate_features_wait_for_it_no_longer_than_max_skew(
+        start_vlm_node, test_node):
+    """features_rate's jobs take the worker for max_skew at most, not for wait_for_image."""
+    node = start_vlm_node(cameras=CAMERAS, wait_for_image=3.0)
+    node.wait_state('active')
+    both_silent = ask(test_node, 'wrist')
+    assert not both_silent.success
+    reason = both_silent.message.split(' s: ', 1)[1]
+    assert 'nothing publishes on /wrist/image' in reason, both_silent.message
+    assert '/head/image' not in reason, 'the head camera was not asked for'
+    assert len(reason.split('; ')) == len(set(reason.split('; '))), 'each clause once'
+    features = test_node.collect(Features, '/vlm_node/features', RELIABLE)
+    cameras = Cameras(test_node, {'head': 0.0})
+    try:
+        new_plan(node, INSTRUCTION)  # the instruction whose features the rate publishes
+        set_ok(test_node, features_rate=5.0)
+        found = features.wait_for(lambda m: m.request_id == '', TIMEOUT, 'rate features')
+        assert not found.data and found.instruction == INSTRUCTION
+        assert found.problem.startswith('no image arrived from camera wrist within 0.1 s'), \
+            found.problem
     finally:
         cameras.stop()
 

@@ -148,3 +148,31 @@ def test_the_features_service_answers_without_a_plan(start_vlm_node, test_node, 
     assert not [p for p in node.plans.items()], 'no plan is published for a features request'
     values = node.wait_diag(lambda v: int(v.get('status_ok', 0)) >= 3, TIMEOUT, 'answers')
     assert values.get('status_invalid_output', '0') == '0', values
+
+
+def test_a_refused_instruction_leaves_no_instruction_for_the_rate_features(start_vlm_node,
+                                                                          test_node):
+    """The old plan was preempted: nothing is left to take features of until a new one."""
+    node = start_vlm_node(features_rate=5.0)
+    node.wait_state('active')
+    features = test_node.collect(Features, '/vlm_node/features', RELIABLE)
+    stream_camera(node)
+    node.instruct(INSTRUCTION)
+    features.wait_for(lambda m: m.request_id == '' and m.instruction == INSTRUCTION and
+                      not m.problem, TIMEOUT, 'rate features of the instruction')
+    too_long = 'x' * 5000
+    node.instruct(too_long)
+    refused = node.plans.wait_for(lambda p: p.instruction == too_long, TIMEOUT, 'its plan')
+    assert refused.status == Plan.STATUS_BAD_INPUT and 'max_text_chars' in refused.message
+    for _ in range(2):  # two /diagnostics samples (1 Hz) later: the 5 Hz rate came by often
+        next_of(node.diagnostics, 'a later /diagnostics sample')
+    assert not [m for m in features.items() if m.instruction == too_long]
+    node.instruct(INSTRUCTION)
+    next_of(features, 'rate features of the next instruction',
+            lambda m: m.request_id == '' and m.instruction == INSTRUCTION)
+
+
+def next_of(collector, what: str, predicate=lambda m: True):
+    """Wait for a message that arrives after this call and matches predicate."""
+    known = {id(m) for m in collector.items()}
+    return collector.wait_for(lambda m: id(m) not in known and predicate(m), TIMEOUT, what)

@@ -60,7 +60,8 @@ def test_without_a_cameras_parameter_there_is_one_camera_on_image():
 def runner(frames: FrameSet, now: float = 20.0, **limits) -> BatchRunner:
     """Return a BatchRunner without an engine: the jobs here are refused before one is needed."""
     values = Limits(**{'wait_for_image': 0.0, **limits})
-    return BatchRunner(None, frames, lambda: now, lambda: values, lambda: None, lambda: '')
+    return BatchRunner(None, frames, lambda: now, lambda: values, lambda: None,
+                       lambda names: '')
 
 
 def answer(batch: BatchRunner):

@@ -18,14 +18,14 @@ from .jobs import Job, Limits, Outcome, Status
 class BatchRunner:
     """Answer the jobs of one batch: those without an image at once, the rest in one engine run.
 
-    ``limits()``, ``convert()`` (explicit images to RGB) and ``no_image_hint()`` (why no frame
-    may have come) are read at each use: the node changes them at run time. ``batches`` and
+    ``limits()``, ``convert()`` (explicit images to RGB), ``no_image_hint(cameras)`` (why no
+    frame came) are read at each use: the node changes them at run time. ``batches`` and
     ``batched`` count the engine runs and the requests they answered: the batching ratio.
     """
 
     def __init__(self, engine, frames: FrameSet, now: Callable[[], float],
                  limits: Callable[[], Limits], convert: Callable[[], Callable],
-                 no_image_hint: Callable[[], str]):
+                 no_image_hint: Callable[[list], str]):
         self._engine = engine
         self._frames = frames
         self._now = now
@@ -87,8 +87,9 @@ class BatchRunner:
             return Outcome(job, Status.BAD_INPUT, str(exc))
         names = [self._frames.names[index] for index in chosen]
         limits = self._limits()
-        frames = self._frames.wait_for(self._fresh, limits.max_skew, limits.wait_for_image,
-                                       job.cancel.is_set, chosen)
+        wait = limits.wait_for_image if job.waits else min(limits.wait_for_image, limits.max_skew)
+        frames = self._frames.wait_for(self._fresh, limits.max_skew, wait, job.cancel.is_set,
+                                       chosen)
         if job.cancel.is_set():
             return Outcome(job, Status.CANCELLED, job.cancel_reason)
         several = len(self._frames.names) > 1  # named cameras: each image after its name
@@ -96,7 +97,7 @@ class BatchRunner:
             job.sources = tuple((name, frame.header)
                                 for name, frame in zip(names, frames, strict=True))
             job.skew = skew(frames)
-        refused = self._refused(job, names, frames, limits)
+        refused = self._refused(job, names, frames, limits, wait)
         if refused is not None:
             return refused
         images = []
@@ -110,12 +111,11 @@ class BatchRunner:
             images.append((name, found[1]))
         return frames[0].header, tuple(images) if several else images[0][1]
 
-    def _refused(self, job: Job, names: list, frames: list, limits: Limits):
+    def _refused(self, job: Job, names: list, frames: list, limits: Limits, wait: float):
         """Return the Outcome of frames that cannot be used (none, stale, skewed), or None."""
-        wait = limits.wait_for_image
         missing = [name for name, frame in zip(names, frames, strict=True) if frame is None]
         if missing:
-            hint = self._no_image_hint()
+            hint = self._no_image_hint(missing)
             which = f' from camera {", ".join(missing)}' if names != [''] else ''
             return Outcome(job, Status.NO_IMAGE, f'no image arrived{which} within {wait:g} s' +
                            (f': {hint}' if hint else ''))

@@ -28,20 +28,25 @@ def bfloat16_words(values: np.ndarray) -> np.ndarray:
 
 
 def features_msg(outcome: Outcome, header, request_id: str, settings, model: str) -> Features:
-    """Build the Features message of an outcome whose result carries features.
+    """Build the Features message of an outcome: its features, or why there are none.
 
     header and request_id: the Plan's, which the message is joined to ('' for ~/features'
-    own answers).
+    own answers and features_rate's). An outcome without features (no frame, cameras out of
+    sync) gives a message without values whose problem is the outcome's reason, so that a
+    head waiting for features learns why none come.
     """
-    found = outcome.result.features
     job = outcome.job
     msg = Features(header=header, request_id=request_id, instruction=job.text,
                    model=model, cameras=[name for name, _ in job.sources],
-                   images=[image for _, image in job.sources], layer=int(found.layer),
-                   layers=int(found.layers), pooling=found.pooling,
+                   images=[image for _, image in job.sources],
                    dtype=settings.features_dtype,
                    processor=json.dumps({'max_image_side': settings.max_image_side,
                                          'processor_kwargs': settings.processor_kwargs}))
+    found = outcome.result.features if outcome.result is not None else None
+    if found is None:
+        msg.problem = outcome.message or 'no features were made'
+        return msg
+    msg.layer, msg.layers, msg.pooling = int(found.layer), int(found.layers), found.pooling
     size = found.data.size * ITEM_BYTES[settings.features_dtype]
     msg.problem = found.problem or (
         f'the features take {size} bytes ({"x".join(map(str, found.data.shape))} '

@@ -167,6 +167,7 @@ class CameraInputs:
     """An ImageInput per camera of a FrameSet: NAME/image, or image for the one unnamed camera."""
 
     def __init__(self, node, frames, group):
+        self._names = tuple(frames.names)
         self._inputs = [ImageInput(node, store, group, f'{name}/image' if name else 'image')
                         for name, store in zip(frames.names, frames.stores, strict=True)]
 
@@ -196,6 +197,15 @@ class CameraInputs:
         for image_input in self._inputs:
             image_input.close()
 
-    def hint(self) -> str:
-        """Say why images may not come from any of the cameras ('' while all are fine)."""
-        return '; '.join(filter(None, (image_input.hint() for image_input in self._inputs)))
+    def hint(self, names=None) -> str:
+        """Say why images may not come from the cameras named (every one: None), or ''.
+
+        Each camera's hint names its topics and then what the graph carries, which is the
+        same for every camera: it is said once.
+        """
+        clauses = []
+        for name, image_input in zip(self._names, self._inputs, strict=True):
+            if names is None or name in names:
+                clauses += [clause for clause in image_input.hint().split('; ')
+                            if clause and clause not in clauses]
+        return '; '.join(clauses)

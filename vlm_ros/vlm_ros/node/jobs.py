@@ -58,6 +58,10 @@ class Job:
     frame_size: Optional[tuple] = None  # (width, height) of the (first) image the job used
     cameras: tuple = ()  # ~/query_cameras: the names of the cameras to use (empty: every one)
     features_only: bool = False  # ~/features (service): its features are the answer
+    # False for a timer's job (replan_period, features_rate): it waits for frames no longer
+    # than max_skew (another camera's frame of the same moment may still be on its way), not
+    # wait_for_image, holding the worker; the timer comes again with the next frame.
+    waits: bool = True
 
 
 @dataclass

@@ -174,7 +174,9 @@ SPECS = (
     ParamSpec('features_rate', 0.0, 'Hz of features (on ~/features, request_id empty) of the '
               'latest frame(s) and the last instruction, for an action head that acts faster '
               'than plans change (0 = off; features_* as with publish_features); only on new '
-              'frames, skipped while busy', applies='timers', low=0.0, high=100.0),
+              'frames, skipped while busy; waits max_skew at most for the other cameras, '
+              'and says why in problem where none are made', applies='timers', low=0.0,
+              high=100.0),
     ParamSpec('replan_period', 0.0, 'seconds between re-plans of the last instruction on '
               'fresh frames (0 = off)', applies='timers', low=0.0, high=3600.0),
     ParamSpec('queue_size', 8, 'requests that may wait; more are answered STATUS_DROPPED',

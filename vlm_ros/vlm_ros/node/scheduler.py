@@ -83,10 +83,12 @@ class Worker:
         self._engine = engine
         self._frames = frames
         self.convert = convert  # explicit images (query, goal); the node swaps it
-        self.no_image_hint: Callable[[], str] = str  # why no frame may have come ('' if unknown)
+        # Why no frame may have come from the cameras named ('' if unknown).
+        self.no_image_hint: Callable[[list], str] = lambda names: ''
         self.limits = limits
         self._runner = BatchRunner(engine, frames, now, lambda: self.limits,
-                                   lambda: self.convert, lambda: self.no_image_hint())
+                                   lambda: self.convert,
+                                   lambda names: self.no_image_hint(names))
         self._log_error = log_error
         self._queue = deque()
         self._cond = threading.Condition()

@@ -162,8 +162,9 @@ class Topics:
         if self._settings().execute_plans and execution is not None:
             # The robot stops the old plan now, not once this one is planned.
             execution.runner.preempt('preempted by a new instruction')
-        self._last_instruction = text
-        worker.submit(job)
+        # A refused or dropped instruction leaves none to re-plan or take features of: the
+        # robot was told something new, and the old plan was preempted.
+        self._last_instruction = text if worker.submit(job) else ''
 
     def caption_due(self) -> None:
         """Caption the latest frame, unless it was captioned or the worker is busy."""
@@ -192,23 +193,23 @@ class Topics:
         due = self._fresh(self._last_planned_seq)
         if due:
             worker, self._last_planned_seq = due
-            worker.submit(Job('plan', self._last_instruction, done=self._publish_plan))
+            worker.submit(Job('plan', self._last_instruction, done=self._publish_plan,
+                              waits=False))
 
     def _on_features_due(self) -> None:
         due = self._fresh(self._last_featured_seq)
         if due:
             worker, self._last_featured_seq = due
             worker.submit(Job('plan', self._last_instruction, done=self._publish_features,
-                              max_new_tokens=1, features_only=True))
+                              max_new_tokens=1, features_only=True, waits=False))
 
     # Outputs (called on the worker thread) ---------------------------------------------
 
     def _publish_features(self, outcome) -> None:
-        """Publish the features of a features_rate job (nothing where none were made)."""
+        """Publish the features of a features_rate job, or why there are none (problem)."""
         self._serving.record(outcome)
         publisher = self._companion_pubs.get('features')
-        if publisher is not None and outcome.result is not None and \
-                outcome.result.features is not None:
+        if publisher is not None:
             publisher.publish(self._serving.features(outcome))
 
     def _execute_plan(self, outcome) -> None:
