@@ -36,6 +36,8 @@ setup(
             'vlm_replay = vlm_ros.tools.replay:main',
             'vlm_eval = vlm_ros.tools.evaluate:main',
             'vlm_export = vlm_ros.tools.export:main',
+            'vlm_train_head = vlm_ros.tools.train_head:main',
+            'vlm_action_head = vlm_ros.tools.action_head:main',
             'scripted_vla_head = vlm_ros.tools.scripted_vla_head:main',
         ],
     },

@@ -17,10 +17,12 @@ from doc_blocks import block
 from engine_fixtures import offline_hub_env
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
-TOOLS = ('vlm_node', 'vlm_client', 'vlm_replay', 'vlm_eval', 'vlm_benchmark')
+TOOLS = tuple(re.findall(r"'(\w+) = vlm_ros\.", (REPO / 'vlm_ros' / 'setup.py').read_text()))
 
 
 def test_tools_are_reachable_by_name_inside_with_env():
+    """Every console script of setup.py, as the docs call them."""
+    assert {'vlm_node', 'vlm_eval', 'vlm_train_head', 'vlm_action_head'} <= set(TOOLS)
     script = ' && '.join(f'command -v {tool}' for tool in TOOLS)
     result = subprocess.run([str(REPO / 'scripts' / 'with-env'), 'bash', '-c', script],
                             capture_output=True, text=True, timeout=60)

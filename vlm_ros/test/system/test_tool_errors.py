@@ -43,6 +43,8 @@ CASES = [
     ('vlm_eval', ['{pi}', '--model', '{missing}', '--out', '{txt}'], 'is a file; name a folder'),
     ('vlm_export', ['{pi}', '--model', '{missing}', '--actions', '/x', '--out',
                     '{missing}/dataset'], 'is not a folder'),
+    ('vlm_train_head', ['{txt}'], 'is not a dataset of vlm_export'),
+    ('vlm_train_head', ['{missing}', '--seconds', 'nan'], 'must be finite'),
 ]
 
 

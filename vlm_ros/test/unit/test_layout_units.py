@@ -1,7 +1,8 @@
 """The package's layout is its architecture: one folder per concern, imports run one way.
 
 Layers, lowest first: engine (ROS-free) < models (synthetic checkpoints) < compat (what differs
-between ROS 2 distros) < spin < node < bag < eval < demo < tools < benchmarks. A module may
+between ROS 2 distros) < spin < node < bag < eval < head (the reference action head) < demo <
+tools < benchmarks. A module may
 import its own layer and lower ones, never a higher one; the node and the tools never import
 the synthetic checkpoints or the demo, and every benchmark lives in benchmarks/; engine/
 imports no rclpy, and its top level and remote/ import no torch or transformers (checked both
@@ -15,7 +16,7 @@ import re
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / 'vlm_ros'
-LAYERS = ('engine', 'models', 'compat', 'spin', 'node', 'bag', 'eval', 'demo', 'tools',
+LAYERS = ('engine', 'models', 'compat', 'spin', 'node', 'bag', 'eval', 'head', 'demo', 'tools',
           'benchmarks')
 ROS = ('rclpy', 'rcl_interfaces', 'lifecycle_msgs', 'sensor_msgs', 'std_msgs', 'vlm_ros_msgs',
        'diagnostic_msgs', 'builtin_interfaces', 'rosgraph_msgs', 'ament_index_python')

@@ -1,0 +1,127 @@
+"""The reference action head learns what the features carry: offline, and from a recording.
+
+The datasets of head_datasets.py carry the command in their features; the recording's frames
+are red or blue scenes, each followed by the command of its colour, and its features are the
+trained tiny LLaVA's, through the installed vlm_export. Over DDS, vlm_action_head then turns the
+features vlm_node publishes for a streamed scene into that scene's command.
+"""
+
+import pathlib
+import subprocess
+import uuid
+
+import numpy as np
+import pytest
+import vlm_ros.bag.storage as bags
+from engine_fixtures import TARGETS, scene
+from eval_bags import image_fields
+from fork_server import run_tool
+from geometry_msgs.msg import Twist
+from head_datasets import TWIST, clusters, write_dataset
+from node_harness import TIMEOUT, node_executable
+from ros_harness import stop_process
+from vlm_ros.head import training
+from vlm_ros.node.image_conversion import rgb_to_image
+from waiting import wait_until
+
+INSTRUCTION = TARGETS['plan'][0]
+T0 = 1_767_225_600 * 10**9
+FRAMES = 12
+COLOURS = ('red', 'blue')
+SPEEDS = {'red': 0.5, 'blue': -0.5}  # what the robot was commanded after seeing each scene
+
+
+def test_a_twist_head_learns_the_command_each_cluster_of_features_had(tmp_path):
+    features, which = clusters()
+    speeds = np.where(which == 0, 0.5, -0.5)
+    actions = np.stack([speeds, 0 * speeds, 0 * speeds, 0 * speeds, 0 * speeds,
+                        0.1 + 0 * speeds], axis=1)
+    folder = write_dataset(tmp_path / 'set', features, actions, 'geometry_msgs/msg/Twist', TWIST)
+    head, report = training.train(folder, hidden=32, chunk=2, seconds=30, epochs=200)
+    assert report['validation_pairs'] == 8 and report['epochs'] == 200
+    # The held-out pairs include the instruction's last one, whose chunk repeats its action
+    # where the features say the next one differs: 1/48 of the targets, 0.042 of loss.
+    assert report['validation_loss'] < 0.3 * report['baseline_loss'], report
+    loaded = training.load(training.save(head, tmp_path / 'head.pt'))
+    for row in (0, 1):
+        chunk = loaded.act(features[row])
+        assert len(chunk) == 2 and chunk == head.act(features[row])
+        assert chunk[0][0] == pytest.approx(speeds[row], abs=0.1)
+        assert chunk[1][0] == pytest.approx(-speeds[row], abs=0.1)  # the next pair's
+        assert chunk[0][5] == pytest.approx(0.1, abs=1e-3)  # a constant column stays
+    assert loaded.columns == list(TWIST) and loaded.source['pooling'] == 'mean'
+
+
+def test_a_step_head_chooses_the_skill_each_cluster_of_features_had(tmp_path):
+    features, which = clusters()
+    folder = write_dataset(tmp_path / 'set', features, which[:, None],
+                           'vlm_ros_msgs/msg/StepCommand', ['skill'], ['pick', 'place'])
+    head, report = training.train(folder, hidden=32, seconds=30, epochs=300)
+    assert report['kind'] == 'skills' and report['validation_loss'] < report['baseline_loss']
+    assert [head.act(features[row])[0] for row in range(4)] == ['pick', 'place', 'pick', 'place']
+
+
+def write_colour_bag(path) -> pathlib.Path:
+    """Red and blue scenes in turn, 0.5 s apart, each followed 0.1 s later by its command."""
+    with bags.bag_writer(path) as writer:
+        images = bags.add_topic(writer, '/camera/image_raw', 'sensor_msgs/msg/Image')
+        text = bags.add_topic(writer, '/instruction', bags.STRING_TYPE)
+        cmd = bags.add_topic(writer, '/cmd_vel', 'geometry_msgs/msg/Twist')
+        writer.write(text, T0, bags.serialize(bags.STRING_TYPE, data=INSTRUCTION))
+        for index in range(FRAMES):
+            when, colour = T0 + (index + 1) * 500_000_000, COLOURS[index % 2]
+            writer.write(images, when, bags.serialize('sensor_msgs/msg/Image',
+                                                      **image_fields(scene(colour), when)))
+            writer.write(cmd, when + 100_000_000, bags.serialize(
+                'geometry_msgs/msg/Twist', linear={'x': SPEEDS[colour], 'y': 0.0, 'z': 0.0},
+                angular={'x': 0.0, 'y': 0.0, 'z': 0.0}))
+    return path
+
+
+def scene_stream(colour: str):
+    """Make camera messages of one colour's scene, stamped now."""
+    def make(stamp):
+        msg = rgb_to_image(scene(colour))
+        msg.header.stamp, msg.header.frame_id = stamp, f'{colour}-{uuid.uuid4().hex}'
+        return msg
+    return make
+
+
+def test_a_head_trained_on_a_recording_drives_from_the_nodes_features(start_vlm_node, test_node,
+                                                                       tmp_path, trained_tiny):
+    """The user's path: vlm_export, vlm_train_head, then vlm_action_head beside vlm_node."""
+    exported = run_tool([node_executable('vlm_export'), write_colour_bag(tmp_path / 'bag'),
+                         '--model', trained_tiny('llava'), '--actions', '/cmd_vel',
+                         '--pooling', 'mean', '--device', 'cpu', '--dtype', 'float32',
+                         '--out', tmp_path / 'dataset'], 600)
+    assert exported.returncode == 0 and f'{FRAMES} pairs' in exported.stdout, exported.stderr
+    trained = run_tool([node_executable('vlm_train_head'), tmp_path / 'dataset', '--out',
+                        tmp_path / 'head.pt', '--hidden', '64', '--epochs', '300'], 600)
+    assert trained.returncode == 0, trained.stderr
+    header, values = trained.stdout.splitlines()[0], trained.stdout.splitlines()[2]
+    report = dict(zip(header.strip('| ').split(' | '), values.strip('| ').split(' | '),
+                      strict=True))
+    assert float(report['validation_loss']) < 0.5 * float(report['baseline_loss']), report
+
+    node = start_vlm_node(features_rate=5.0, features_pooling='mean')
+    node.wait_state('active')
+    actions = test_node.collect(Twist, '/action')
+    head = subprocess.Popen([node_executable('vlm_action_head'), '--ros-args', '-p',
+                             f'head:={tmp_path / "head.pt"}'], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: actions.subscription.get_publisher_count() > 0, TIMEOUT,
+                   "the head's action publisher")
+        node.stream(scene_stream('red')).wait_for(lambda m: True, TIMEOUT, 'a frame')
+        node.instruct(INSTRUCTION)  # features_rate takes the last instruction's features
+        for colour in ('red', 'blue', 'red'):
+            node.stream(scene_stream(colour)).wait_for(lambda m: True, TIMEOUT, 'a frame')
+            known = {id(m) for m in actions.items()}
+            actions.wait_for(lambda m, k=known, c=colour: id(m) not in k and
+                             abs(m.linear.x - SPEEDS[c]) < 0.2, TIMEOUT, f'the {colour} command')
+    finally:
+        code, _, err = stop_process(head)
+    assert code == 0, err[-2000:]
+    refused = run_tool([node_executable('vlm_action_head'), '--ros-args', '-p',
+                        f'head:={tmp_path / "dataset" / "manifest.json"}'], TIMEOUT)
+    assert refused.returncode == 2 and 'is not a head of vlm_train_head' in refused.stderr

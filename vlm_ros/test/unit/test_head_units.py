@@ -1,0 +1,59 @@
+"""The reference action head (vlm_ros/head): its training targets, and what it refuses.
+
+What it learns: system/test_head.py (a unit test trains no model).
+"""
+
+
+import numpy as np
+import pytest
+from head_datasets import TWIST, write_dataset
+from vlm_ros.engine import VlmError
+from vlm_ros.head import training
+from vlm_ros.head.policy import SKILLS, ActionNet, Head
+from vlm_ros.tools.action_head import feature_values, mismatch
+
+from vlm_ros_msgs.msg import Features
+
+
+def test_chunks_are_the_actions_after_each_pair_within_its_instruction():
+    actions = np.arange(5, dtype=np.float32)[:, None]
+    chunks = training.chunk_targets(actions, np.array([0, 0, 0, 1, 1]), 3)[..., 0]
+    assert chunks.tolist() == [[0, 1, 2], [1, 2, 2], [2, 2, 2], [3, 4, 4], [4, 4, 4]]
+
+
+@pytest.mark.parametrize('make, complaint', [
+    (lambda folder: folder.mkdir(), 'is not a dataset of vlm_export: no dataset.npz or'),
+    (lambda folder: write_dataset(folder, np.zeros((0, 4), np.float32), np.zeros((0, 6)),
+                                  'geometry_msgs/msg/Twist', TWIST), 'no pairs'),
+    (lambda folder: write_dataset(folder, np.full((3, 4), np.nan, np.float32), np.zeros((3, 6)),
+                                  'geometry_msgs/msg/Twist', TWIST), 'not finite'),
+], ids=['empty-folder', 'no-pairs', 'nan'])
+def test_a_folder_that_is_no_usable_dataset_is_refused(tmp_path, make, complaint):
+    make(tmp_path / 'set')
+    with pytest.raises(VlmError, match=complaint):
+        training.train(tmp_path / 'set', seconds=1)
+
+
+def test_a_file_that_is_no_head_is_refused(tmp_path):
+    (tmp_path / 'head.pt').write_bytes(b'not a head')
+    with pytest.raises(VlmError, match='is not a head of vlm_train_head'):
+        training.load(tmp_path / 'head.pt')
+
+
+def test_16_bit_features_decode_and_features_made_otherwise_are_named():
+    values = np.array([1.5, -2.25, 0.125], np.float32)
+    half = Features(dtype='float16', data16=values.astype(np.float16).view(np.uint16).tolist())
+    brain = Features(dtype='bfloat16', data16=(values.view(np.uint32) >> 16).astype(
+        np.uint16).tolist())
+    assert feature_values(half).tolist() == feature_values(brain).tolist() == values.tolist()
+    with pytest.raises(ValueError, match='unknown dtype'):
+        feature_values(Features(dtype='int8'))
+    head = Head(ActionNet(3, 2, 8, 1), SKILLS, {'model': 'm', 'layer': -1, 'pooling': 'mean',
+                                                'max_image_side': 640},
+                'vlm_ros_msgs/msg/StepCommand', ['skill'], ['pick', 'place'])
+    assert mismatch(Features(layer=2, layers=3, pooling='mean'), head, 3) == ''  # -1 is 2
+    assert 'the head was trained on layer -1, pooling mean' in mismatch(
+        Features(layer=1, layers=3, pooling='mean'), head, 3)
+    assert mismatch(Features(layer=-1, layers=3, pooling='mean'), head, 4) == \
+        '4 values; the head takes 3'
+    assert 'no values: no image' in mismatch(Features(problem='no image'), head, 0)
