@@ -7,7 +7,7 @@ and instructions with a wrist camera, the head camera's aligned depth and its ca
 reference answers are samples/tabletop/references.yaml.
 
 The committed output must equal what this script writes (test_tabletop.py checks it message by
-message), so change the scene in vlm_ros/vlm_ros/tabletop.py, rerun this with --force, and
+message), so change the scene in vlm_ros/vlm_ros/demo/tabletop.py, rerun this with --force, and
 commit both. Run it inside the environment: scripts/with-env python samples/make_sample_bag.py
 """
 
