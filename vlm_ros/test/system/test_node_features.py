@@ -139,6 +139,8 @@ def test_the_features_service_answers_without_a_plan(start_vlm_node, test_node, 
     np.testing.assert_allclose(np.array(given.features.data, dtype=np.float32),
                                engine_features(model, FeatureSpec(2, 'mean'), 'vqa', 'blue',
                                                question), atol=1e-4)
+    caption = ask(task='caption', text='not in a caption prompt')
+    assert caption.success and caption.features.instruction == '', caption.message
     refused = ask(task='dance', text='x')
     assert not refused.success and "task 'dance' has no prompt" in refused.message
     assert all(r.successful for r in set_params(test_node, features_layer=99))
@@ -146,7 +148,7 @@ def test_the_features_service_answers_without_a_plan(start_vlm_node, test_node, 
     assert not missing.success and missing.message.startswith('feature layer 99 is not')
     assert missing.features.problem == missing.message and len(missing.features.data) == 0
     assert not [p for p in node.plans.items()], 'no plan is published for a features request'
-    values = node.wait_diag(lambda v: int(v.get('status_ok', 0)) >= 3, TIMEOUT, 'answers')
+    values = node.wait_diag(lambda v: int(v.get('status_ok', 0)) >= 4, TIMEOUT, 'answers')
     assert values.get('status_invalid_output', '0') == '0', values
 
 

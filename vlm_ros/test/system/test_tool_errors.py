@@ -41,6 +41,7 @@ CASES = [
     ('vlm_eval', ['{pi}', '--model', 'm', '--camera', 'head=/a', '--camera', 'wrist=/a'],
      '--camera topics must differ'),
     ('vlm_eval', ['{pi}', '--model', '{missing}', '--out', '{txt}'], 'is a file; name a folder'),
+    ('vlm_eval', ['{pi}', '--model', 'm', '--max-skew', '0.2'], 'go with --camera'),
     ('vlm_export', ['{pi}', '--model', '{missing}', '--actions', '/x', '--out',
                     '{missing}/dataset'], 'is not a folder'),
     ('vlm_train_head', ['{txt}'], 'is not a dataset of vlm_export'),

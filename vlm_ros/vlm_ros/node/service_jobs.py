@@ -53,5 +53,7 @@ def features_job(request) -> Union[Job, str]:
     if task not in PROMPT_TASKS:
         return f'task {task[:40]!r} has no prompt to take features of; use one of ' \
             f'{", ".join(PROMPT_TASKS)}'
-    return Job(task, request.text.strip(), done=None, image_msg=_image(request),
-               max_new_tokens=1, features_only=True)
+    # A caption's prompt holds no text: none is echoed as the features' instruction.
+    text = '' if task == 'caption' else request.text.strip()
+    return Job(task, text, done=None, image_msg=_image(request), max_new_tokens=1,
+               features_only=True)

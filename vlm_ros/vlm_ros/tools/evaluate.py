@@ -71,13 +71,13 @@ def parse_args(argv):
                         help="one of several cameras (repeat; the first is the plan's image), as "
                         "vlm_node's cameras: each request gets a frame of each, each enters the "
                         'prompt after its name; in place of --image-topic')
-    parser.add_argument('--max-skew', type=not_negative, default=NODE_DEFAULTS['max_skew'],
+    parser.add_argument('--max-skew', type=not_negative,
                         help="with --camera: seconds the frames' stamps may lie apart, as "
-                        "vlm_node's max_skew (0 = no limit)")
+                        f"vlm_node's max_skew (0 = no limit; default {NODE_DEFAULTS['max_skew']})")
     parser.add_argument('--wait-for-image', type=not_negative,
-                        default=NODE_DEFAULTS['wait_for_image'],
                         help='with --camera: seconds after a request in which closer frames '
-                        "are looked for, as vlm_node's wait_for_image")
+                        "are looked for, as vlm_node's wait_for_image (default "
+                        f"{NODE_DEFAULTS['wait_for_image']})")
     parser.add_argument('--instruction-topic', help='default: the one std_msgs/String topic '
                         'named .../instruction')
     add_instruction_args(parser)
@@ -96,6 +96,13 @@ def parse_args(argv):
     names = [name for name, _ in args.cameras]
     if len(set(names)) < len(names):
         parser.error(f'--camera names must differ: {", ".join(names)}')
+    if not args.cameras and (args.max_skew, args.wait_for_image) != (None, None):
+        parser.error('--max-skew and --wait-for-image go with --camera: one camera takes the '
+                     'latest frame at or before each request')
+    if args.max_skew is None:
+        args.max_skew = NODE_DEFAULTS['max_skew']
+    if args.wait_for_image is None:
+        args.wait_for_image = NODE_DEFAULTS['wait_for_image']
     topics = [topic for _, topic in args.cameras]
     if len(set(topics)) < len(topics):
         parser.error(f'--camera topics must differ (one camera a topic): {", ".join(topics)}')
