@@ -1,14 +1,22 @@
 """Every tool answers bad input with one line on stderr naming the problem, and exit code 2.
 
 A traceback tells a user nothing they can act on; a zero exit after doing nothing tells a
-script that all went well. Each tool runs as the installed script, forked from the fork server.
+script that all went well. Each tool runs as the installed script, forked from the fork server;
+so does Ctrl-C in the middle of a run.
 """
+
+import pathlib
+import signal
+import subprocess
 
 import pytest
 from engine_fixtures import scene
+from eval_bags import write_input_bag
 from fork_server import run_tool
 from node_harness import TIMEOUT, node_executable
 from recordings import write_ros1_bag, write_ros1_custom_bag
+from ros_harness import stop_process
+from waiting import wait_until
 
 CASES = [
     ('vlm_replay', ['{txt}'], 'is not a recording'),
@@ -83,3 +91,21 @@ def test_ros_arguments_rcl_cannot_read_say_how_to_quote_and_exit_2(fork_server):
     assert "vlm_node: the ROS arguments cannot be read (failed to initialize rcl: Couldn't " \
         "parse parameter override rule: '-p prompt_ground:={phrase}'" in done.stderr
     assert 'needs quotes: -p "prompt_plan:=' in done.stderr
+
+
+def test_ctrl_c_in_the_middle_of_a_run_is_one_line_and_writes_nothing(tmp_path,
+                                                                      untrained_llava):
+    """A run interrupted once torch is loaded (its model loading or answering): exit 130."""
+    out = tmp_path / 'out'
+    running = subprocess.Popen(
+        [node_executable('vlm_eval'), write_input_bag(tmp_path / 'bag'), '--model',
+         untrained_llava, '--device', 'cpu', '--max-new-tokens', '4096', '--out', out],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    maps = pathlib.Path(f'/proc/{running.pid}/maps')
+    wait_until(lambda: running.poll() is not None or 'libtorch' in maps.read_text(), TIMEOUT,
+               'vlm_eval to load torch')
+    assert running.poll() is None, 'the untrained model answers 4096 tokens a request'
+    code, _, err = stop_process(running, signal.SIGINT, TIMEOUT)
+    assert code == 130 and 'Traceback' not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == 'vlm_eval: interrupted'
+    assert not out.exists()
