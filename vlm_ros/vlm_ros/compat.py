@@ -70,11 +70,18 @@ class ActionClient(action.ActionClient):
 
     Sending a goal, result or cancel request and recording its sequence number happen under
     one lock, and so does reading replies (execute), on every distro (ros2/rclpy#1123).
+
+    It can also be made beside a spinning executor. Kilted's rclpy adds the client to its node's
+    waitables before it creates the client's ``_lock``, and an executor that counts the
+    node's entities in between died of "'ActionClient' object has no attribute '_lock'" (seen
+    once in CI: the test's spin thread ended, and its goal was never accepted). The lock
+    exists before rclpy's constructor runs; rclpy's own replaces it, unlocked, at the end.
     """
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
         self._request_lock = threading.RLock()
+        super().__init__(*args, **kwargs)
 
     def send_goal_async(self, *args, **kwargs):
         """Send a goal (see rclpy); its reply cannot be read before it is recorded."""

@@ -1,4 +1,7 @@
-"""A goal's reply read before its request is recorded still completes (ros2/rclpy#1123).
+"""vlm_ros.compat.ActionClient closes two races of rclpy's action client.
+
+A goal's reply read before its request is recorded still completes (ros2/rclpy#1123), and a
+client made beside a spinning executor is whole when the executor first counts it.
 
 Jazzy's and Humble's rclpy record a goal request after sending it: a reply taken in between
 on the executor's thread was dropped ("Ignoring unexpected goal response") and vlm_client
@@ -66,3 +69,24 @@ def test_a_goal_reply_taken_before_the_request_is_recorded_is_not_lost(test_node
     finally:
         client.destroy()
         server.destroy()
+
+
+class _CountingNode:
+    """A node whose add_waitable counts the waitable's entities at once, as an executor may."""
+
+    def __init__(self, node):
+        self._node = node
+
+    def __getattr__(self, name):
+        return getattr(self._node, name)
+
+    def add_waitable(self, waitable):
+        self._node.add_waitable(waitable)
+        waitable.get_num_entities()  # a spinning executor's wait set, in the same instant
+
+
+def test_a_client_counted_while_it_is_made_is_whole(test_node):
+    """Kilted's rclpy adds the client before it makes its _lock: counting it then raised."""
+    client = ActionClient(_CountingNode(test_node.node), GeneratePlan,
+                          f'made_{uuid.uuid4().hex[:8]}')
+    client.destroy()

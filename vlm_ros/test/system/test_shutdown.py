@@ -14,9 +14,10 @@ import uuid
 
 import pytest
 from node_harness import TIMEOUT, camera, send_goal, transition
-from rclpy.action import ActionClient, ActionServer
+from rclpy.action import ActionServer
 from rclpy.node import Node
 from ros_harness import start_process, stop_process, wait_future
+from vlm_ros.compat import ActionClient
 from vlm_ros.node import shutdown
 from vlm_ros.spin import SpinThread, TrackingExecutor
 from waiting import wait_until
