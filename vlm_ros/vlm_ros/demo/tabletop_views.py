@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from ..bag import storage as bags
 from . import tabletop as scene
 
 WRIST_SIZE = (320, 240)  # width, height of a wrist frame
@@ -76,8 +77,6 @@ def draw_depth(t: float, width: int = 640, height: int = 480) -> np.ndarray:
 def camera_info_fields(stamp_ns: int, frame_id: str, width: int = 640,
                        height: int = 480) -> dict:
     """Return the head camera's sensor_msgs/CameraInfo as fields for bag.storage.serialize."""
-    from ..bag import storage as bags
-
     focal = width / 2 / math.tan(math.radians(FIELD_OF_VIEW) / 2)
     cx, cy = width / 2, height / 2
     return {'header': bags.header(stamp_ns, frame_id), 'height': height, 'width': width,

@@ -20,7 +20,7 @@ class ActionNet(torch.nn.Module):
 
     def __init__(self, inputs: int, outputs: int, hidden: int, chunk: int):
         super().__init__()
-        self.chunk, self.outputs = chunk, outputs
+        self.inputs, self.outputs, self.hidden, self.chunk = inputs, outputs, hidden, chunk
         self.layers = torch.nn.Sequential(
             torch.nn.LayerNorm(inputs), torch.nn.Linear(inputs, hidden), torch.nn.GELU(),
             torch.nn.Linear(hidden, hidden), torch.nn.GELU(),
@@ -62,8 +62,7 @@ class Head:
         return {'state': self.net.state_dict(), 'kind': self.kind, 'source': self.source,
                 'action_type': self.action_type, 'columns': self.columns,
                 'skills': self.skills, 'chunk': self.net.chunk, 'outputs': self.net.outputs,
-                'inputs': self.net.layers[0].normalized_shape[0],
-                'hidden': self.net.layers[1].out_features,
+                'inputs': self.net.inputs, 'hidden': self.net.hidden,
                 'mean': None if self.mean is None else self.mean.tolist(),
                 'scale': None if self.scale is None else self.scale.tolist()}
 

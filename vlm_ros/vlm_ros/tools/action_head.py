@@ -72,9 +72,8 @@ def mismatch(msg: Features, head, size: int) -> str:
     if layer(msg.layer) != layer(source['layer']) or msg.pooling != source['pooling']:
         return (f'features of layer {msg.layer}, pooling {msg.pooling}; the head was trained '
                 f'on layer {source["layer"]}, pooling {source["pooling"]}')
-    inputs = head.net.layers[0].normalized_shape[0]
-    if size != inputs:
-        return f'{size} values; the head takes {inputs}'
+    if size != head.net.inputs:
+        return f'{size} values; the head takes {head.net.inputs}'
     return ''
 
 
