@@ -146,8 +146,11 @@ class PlanConstraint(LogitsProcessor):
             rows.append(row)
         if rows:
             self._mask(rows, scores)
-        for row in near:
-            self._close_in_time(row, scores, last[row] if last is not None else None)
+        if near:  # the token each row would now take: one pick over the batch, not one a row
+            chosen = scores.argmax(dim=-1).tolist() if self._greedy else [None] * len(scores)
+            for row in near:
+                self._close_in_time(row, scores, chosen[row],
+                                    last[row] if last is not None else None)
         self._step += 1
         return scores
 
@@ -163,9 +166,9 @@ class PlanConstraint(LogitsProcessor):
                                               axis=1, count=width, bitorder='little') == 0
         scores.masked_fill_(torch.from_numpy(blocked).to(scores.device), float('-inf'))
 
-    def _close_in_time(self, row: int, scores: torch.FloatTensor, last: Optional[int]) -> None:
-        """Leave row only the closing token where the model's would leave its plan cut."""
-        chosen = int(scores[row].argmax()) if self._greedy else None
+    def _close_in_time(self, row: int, scores: torch.FloatTensor, chosen: Optional[int],
+                       last: Optional[int]) -> None:
+        """Leave row only the closing token where chosen (greedy's pick) would cut its plan."""
         token = self._closings[row].token(self._matchers[row], self._budgets[row] - self._step,
                                           chosen if chosen is not None and chosen < self._vocab
                                           else None, last)

@@ -191,8 +191,7 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
     eos = eos_token_ids(loaded.model, tokenizer)
     graphed = graphs is not None and max_new_tokens > 1 and graphs.takes(sampling)
     streamer = _Streamer(tokenizer, on_texts, eos, held=graphed)
-    recorder = TokenLogProbs(batch)
-    processors = [recorder, constraint] if constraint else [recorder]
+    recorder = TokenLogProbs(batch, then=constraint)  # the grammar masks after it records
     start = time.perf_counter()
     try:
         with torch.inference_mode(), prefill_states(loaded.model, features,
@@ -200,10 +199,10 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
                                                     loaded.is_encoder_decoder) as captured:
             if graphed:
                 new, logprobs = _graphed(loaded, inputs, max_new_tokens, sampling, graphs,
-                                         streamer, processors, cancels, eos, constraint)
+                                         streamer, recorder, cancels, eos, constraint)
             else:
                 output = _generate(loaded, inputs, max_new_tokens, sampling, streamer,
-                                   processors, cancels)
+                                   recorder, cancels)
                 ids = _new_tokens(loaded, inputs, output)
                 logprobs = (recorder.finish(ids[:, -1]) if ids.shape[1]
                             else [[] for _ in range(batch)])
@@ -227,13 +226,13 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
 
 
 def _generate(loaded, inputs, max_new_tokens: int, sampling: dict, streamer: '_Streamer',
-              processors: list, cancels: list):
+              recorder: TokenLogProbs, cancels: list):
     """Run transformers' generate, cancellable per row and in its first forward."""
     with _interruptible_first_forward(loaded.model, cancels, streamer):
         return loaded.model.generate(
             **inputs, max_new_tokens=max_new_tokens, streamer=streamer,
             stopping_criteria=StoppingCriteriaList([_Cancelled(cancels)]),
-            logits_processor=LogitsProcessorList(processors),
+            logits_processor=LogitsProcessorList([recorder]),
             pad_token_id=loaded.processor.tokenizer.pad_token_id, **sampling)
 
 
@@ -245,19 +244,19 @@ def _new_tokens(loaded, inputs, output):
 
 
 def _graphed(loaded, inputs, max_new_tokens: int, sampling: dict, graphs, streamer,
-             processors: list, cancels: list, eos: set, constraint) -> tuple:
+             recorder: TokenLogProbs, cancels: list, eos: set, constraint) -> tuple:
     """Make the first token with generate into a graph slot's cache, the others by its graph.
 
-    ``processors`` are generate's (TokenLogProbs first); a plan grammar (``constraint``, the
-    last of them) masks the first token in generate and every later one.
+    ``recorder`` is generate's processor; a plan grammar (``constraint``, which the recorder
+    calls) masks the first token in generate and every later one.
     """
     slot = graphs.slot(*inputs['input_ids'].shape, max_new_tokens)
     at_least = int(sampling.get('min_new_tokens') or 0)
     first_only = {'do_sample': False, 'disable_compile': True, 'min_new_tokens': min(at_least, 1),
                   cache_keyword(loaded.model.forward): slot.cache}
-    output = _generate(loaded, inputs, 1, first_only, streamer, processors, cancels)
+    output = _generate(loaded, inputs, 1, first_only, streamer, recorder, cancels)
     first = output[:, -1]
-    heads = processors[0].finish(first)
+    heads = recorder.finish(first)
     slot.start(first, inputs['attention_mask'], max(at_least - 1, 0))
     firsts = first.tolist()
     stopped = [token in eos or event.is_set() for token, event in zip(firsts, cancels,

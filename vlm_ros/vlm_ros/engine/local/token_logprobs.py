@@ -5,6 +5,9 @@ the next step (the last column of the ids): it keeps one step's log-softmax, rea
 token's entry from it a step later, and the last step's after generate returns. It runs first
 among the batch's processors, so the plan grammar's mask (constrain.py) does not change what
 the model itself believed; generate's own processors (none under greedy decoding) run before it.
+The grammar is called by the recorder (``then``) rather than listed beside it: transformers'
+LogitsProcessorList reads each listed processor's signature at every step (about 10 µs each on
+a CPU), which on the tiny test models is a share of a step worth saving.
 """
 
 import torch
@@ -14,16 +17,17 @@ from transformers import LogitsProcessor
 class TokenLogProbs(LogitsProcessor):
     """Record, per row, the natural-log probability of every token the row takes."""
 
-    def __init__(self, batch: int):
+    def __init__(self, batch: int, then=None):
         self.rows = [[] for _ in range(batch)]
         self._last = None  # the previous step's log-softmax, batch x vocabulary
+        self._then = then  # the processor that runs next (the plan grammar), or None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor):
         """Read the previous step's log-probability of each row's token; keep this step's."""
         if self._last is not None:
             self._take(input_ids[:, -1])
         self._last = torch.log_softmax(scores.float(), dim=-1)
-        return scores
+        return scores if self._then is None else self._then(input_ids, scores)
 
     def finish(self, last_tokens: torch.LongTensor) -> list:
         """Add the last step's tokens (no call follows them); return the rows' lists."""
