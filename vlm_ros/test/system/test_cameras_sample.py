@@ -3,8 +3,8 @@
 vlm_replay plays the sample into a node started as docs/RECORDINGS.md shows: cameras:=[head,
 wrist] and use_depth, the sample's topics remapped onto the cameras'. Every plan names a frame
 of both cameras from the sample, and a ~/ground box in the head camera's frame gets its 3D
-point from the sample's own depth and camera_info. vlm_eval --camera evaluates the same
-recording offline with both cameras.
+point from the sample's own depth and camera_info, which its detection (vision_msgs) carries
+too. vlm_eval --camera evaluates the same recording offline with both cameras.
 """
 
 import math
@@ -14,13 +14,14 @@ import subprocess
 import cv2
 import pytest
 from engine_fixtures import GROUND, scene
-from node_harness import TIMEOUT, call, node_executable
+from node_harness import RELIABLE, TIMEOUT, call, node_executable
 from test_evaluate import read_jsonl, vlm_eval
 from vlm_ros.bag.storage import open_bag, time_ns
 from vlm_ros.demo.sample import CAMERA_TOPICS, START_NS, TOPICS
 from vlm_ros.demo.tabletop import INSTRUCTIONS
 from vlm_ros.demo.tabletop_views import FIELD_OF_VIEW, WRIST_FRAME_ID, draw_depth
 from vlm_ros.node.depth import box_depth
+from vlm_ros.node.detections import vision_msgs
 from vlm_ros.node.image_conversion import rgb_to_image
 
 from vlm_ros_msgs.srv import Ground
@@ -74,6 +75,8 @@ def test_the_sample_replayed_into_a_node_with_both_cameras_and_depth(start_vlm_n
     image = rgb_to_image(cv2.resize(scene('red'), (640, 480), interpolation=cv2.INTER_NEAREST))
     image.header.stamp.sec, image.header.stamp.nanosec = divmod(max(FRAME_STAMPS), 10**9)
     image.header.frame_id = 'camera_optical_frame'
+    types = vision_msgs()
+    detections = types and test_node.collect(types.Detection2DArray, '/detections', RELIABLE)
     grounded = call(test_node, Ground, '/vlm_node/ground',
                     Ground.Request(phrase=GROUND[0], image=image))
     assert grounded.success, grounded.message
@@ -86,6 +89,10 @@ def test_the_sample_replayed_into_a_node_with_both_cameras_and_depth(start_vlm_n
     assert (point.point.x, point.point.y, point.point.z) == pytest.approx(
         ((centre[0] - 320) * metres / focal, (centre[1] - 240) * metres / focal, metres),
         abs=1e-3)
+    if types is not None:  # scripts/bootstrap builds it where ../shared/vision_msgs is
+        found = detections.wait_for(lambda d: d.header == grounded.image_header, TIMEOUT,
+                                    "the ground answer's detections")
+        assert found.detections[0].results[0].pose.pose.position == point.point
 
 
 def test_vlm_eval_answers_each_instruction_of_the_sample_from_both_cameras(tmp_path,

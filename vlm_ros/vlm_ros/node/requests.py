@@ -75,8 +75,9 @@ class Serving:
     diagnostics; ``model_name()`` is the model answers are attributed to; ``header()`` is the
     fallback header of plans that used no image; ``companions(outcome, plan)`` publishes what
     goes out just before a Plan (its PlanConfidence and PlanArguments), or with plan None, the
-    AnswerConfidence of a ~/query answer; ``points(outcome, boxes)`` the 3D point (or why
-    none) of each box of a ~/ground answer or a plan's targets, with use_depth ([] without);
+    AnswerConfidence of a ~/query answer or the detections of a ~/ground answer;
+    ``points(outcome, boxes)`` the 3D point (or why none) of each box of a ~/ground answer or a
+    plan's targets, with use_depth ([] without);
     ``features(outcome)`` the Features message of a ~/features answer.
     """
 
@@ -180,8 +181,10 @@ class RequestEndpoints:
             response.success, response.message = False, 'no answer in time'
             return response
         self._record(outcome)
-        if job.task == 'vqa' and outcome.status == Status.OK and not job.features_only:
-            self._serving.companions(outcome, None)  # its AnswerConfidence, just before it
+        if job.task in ('vqa', 'ground') and outcome.status == Status.OK and \
+                not job.features_only:
+            # A query's AnswerConfidence, a ~/ground answer's detections, just before it
+            self._serving.companions(outcome, None)
         return fill(response, outcome)
 
     def _expire_queries(self) -> None:

@@ -13,18 +13,9 @@ from typing import Optional
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
-from vlm_ros_msgs.msg import (
-    AnswerConfidence,
-    Caption,
-    Features,
-    ImageSources,
-    Plan,
-    PlanArguments,
-    PlanConfidence,
-    PlanTargets,
-)
+from vlm_ros_msgs.msg import Caption, Plan
 
-from .companions import companion_messages
+from .companions import companion_messages, companion_publishers
 from .frames import FrameStore
 from .jobs import Job, Outcome, Status
 from .messages import caption_msg, plan_msg
@@ -72,6 +63,7 @@ class Topics:
         self._logger = node.get_logger()
         self._plan_pub = self._caption_pub = self.vla_pub = None
         self._companion_pubs = {}  # what goes out before a Plan or answer, while open
+        self._detection_types = None  # vision_msgs.msg while open, where it is installed
         self._sub = None
         self._periodic = []  # caption, features and replan timers
         self._last_instruction = ''
@@ -82,13 +74,8 @@ class Topics:
     def open(self, qos: QoSProfile) -> list:
         """Create the publishers (configure); return them, for the node to close at cleanup."""
         self._plan_pub = self._create_publisher(Plan, 'plan', qos)
-        self._companion_pubs = {
-            'plan': self._create_publisher(PlanConfidence, 'plan_confidence', qos),
-            'arguments': self._create_publisher(PlanArguments, 'plan_arguments', qos),
-            'targets': self._create_publisher(PlanTargets, 'plan_targets', qos),
-            'answer': self._create_publisher(AnswerConfidence, 'answer_confidence', qos),
-            'sources': self._create_publisher(ImageSources, 'image_sources', qos),
-            'features': self._create_publisher(Features, '~/features', qos)}
+        self._companion_pubs, self._detection_types = companion_publishers(
+            self._create_publisher, qos, self._logger)
         self._caption_pub = self._create_publisher(Caption, 'caption', 10)
         self.vla_pub = self._create_publisher(String, 'vla_instruction', qos)
         return [self._plan_pub, *self._companion_pubs.values(), self._caption_pub,
@@ -105,13 +92,16 @@ class Topics:
         while cleanup destroys the publishers: the answer matters, its companions are then
         left out.
         """
-        messages = companion_messages(outcome, plan, self._settings(), self._serving.points)
+        messages = companion_messages(outcome, plan, self._settings(), self._serving.points,
+                                      self._detection_types)
         for kind, message in messages.items():
             publisher = self._companion_pubs.get(kind)
             if publisher is None:
                 continue
             try:
-                publisher.publish(message())
+                made = message()
+                if made is not None:
+                    publisher.publish(made)
             except Exception as exc:  # noqa: BLE001 - destroyed under us; the answer still goes
                 self._logger.warning(f'{outcome.job.task} {outcome.job.request_id}: no {kind} '
                                      f'published: {exc!r}', throttle_duration_sec=1.0)
