@@ -37,7 +37,7 @@ def test_joint_positions_and_step_skills_become_columns(tmp_path):
                      [step(1, 'pick'), step(2, 'place'), step(3, 'pick')])
     with bags.open_bag(path) as reader:
         steps = read_actions(reader, '/step')
-    assert steps.names == ('skill',) and steps.skills == ['pick', 'place']
+    assert steps.names == ('skill',) and steps.skills == ['pick it', 'place it']
     assert steps.vectors == [[0.0], [1.0], [0.0]]
 
 

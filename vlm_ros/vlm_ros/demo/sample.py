@@ -39,7 +39,7 @@ def _instruction_ns(instruction: Instruction, start_ns: int) -> int:
     return start_ns + round(instruction.time * 10**9)
 
 
-def _image_fields(head: dict, pixels: np.ndarray, encoding: str) -> dict:
+def image_fields(head: dict, pixels: np.ndarray, encoding: str) -> dict:
     """Return a sensor_msgs/Image's fields (rgb8 HxWx3 or 16UC1 HxW, little-endian)."""
     return {'header': head, 'height': pixels.shape[0], 'width': pixels.shape[1],
             'encoding': encoding, 'is_bigendian': 0,
@@ -53,17 +53,17 @@ def _frame_events(names: dict, t: float, stamp: int, frame_id: str) -> list:
     """Return the (log time, role, fields) of one frame time's messages, roles in names."""
     head = bags.header(stamp, frame_id)
     rgb = draw_tabletop(t)
-    events = [(stamp, 'image', _image_fields(head, rgb, 'rgb8'))]
+    events = [(stamp, 'image', image_fields(head, rgb, 'rgb8'))]
     if names['compressed']:
         _, jpeg = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                                [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         events.append((stamp, 'compressed',
                        {'header': head, 'format': JPEG_FORMAT, 'data': jpeg.reshape(-1)}))
     if names['wrist']:
-        events.append((stamp, 'wrist', _image_fields(bags.header(stamp, WRIST_FRAME_ID),
+        events.append((stamp, 'wrist', image_fields(bags.header(stamp, WRIST_FRAME_ID),
                                                      draw_wrist(t), 'rgb8')))
     if names['depth']:
-        events.append((stamp, 'depth', _image_fields(head, draw_depth(t), '16UC1')))
+        events.append((stamp, 'depth', image_fields(head, draw_depth(t), '16UC1')))
     if names['camera_info']:
         events.append((stamp, 'camera_info', camera_info_fields(stamp, frame_id)))
     return events

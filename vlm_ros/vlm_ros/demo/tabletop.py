@@ -19,22 +19,22 @@ import numpy as np
 DESIGN = (640, 480)
 _WALL, _TABLE_EDGE, _TABLE = (214, 214, 206), (120, 84, 50), (176, 128, 80)
 HORIZON, _SEAMS = 170, (236, 306, 392)  # where the table's back edge and plank joints lie
-_BLOCK, _BLOCK_TOP = 50, 16  # front face side, height of the visible top face
+BLOCK, _BLOCK_TOP = 50, 16  # front face side, height of the visible top face
 COLOURS = {'red': ((200, 36, 36), (236, 96, 96)), 'green': ((36, 150, 64), (96, 198, 112)),
             'blue': ((40, 76, 196), (100, 130, 234))}  # (front face, lit top face)
 FLOOR = 350  # block bottoms on the table, and the front edge of the bin
-_BIN_X, _BIN_RIM, _BIN_WALL, _BIN_FLOOR = (450, 620), 256, 290, 320
-_BIN_SLOTS = (480, 535, 590)  # block centres inside the bin
-_START = {'red': (130, FLOOR), 'green': (230, FLOOR), 'blue': (340, FLOOR)}
+_BIN_X, _BIN_RIM, _BIN_WALL, BIN_FLOOR = (450, 620), 256, 290, 320
+BIN_SLOTS = (480, 535, 590)  # block centres inside the bin
+START = {'red': (130, FLOOR), 'green': (230, FLOOR), 'blue': (340, FLOOR)}
 # Gripper pose: (centre x, fingertip y, gap between the fingers).
-_OPEN, _CLOSED = 76, 52
-_HOME, _CARRY_Y, _GRIP = (320, 150, _OPEN), 215, 4  # fingertips _GRIP above a held block's bottom
+_OPEN, CLOSED = 76, 52
+HOME, CARRY_Y, _GRIP = (320, 150, _OPEN), 215, 4  # fingertips _GRIP above a held block's bottom
 _FINGER, _FINGER_W, _PALM, _ARM = 56, 12, 16, 10
 _REACT, _DURATION, _WORKING = 0.05, 0.8, 0.85  # seconds after the instruction; share not homing
 # One pick and place: (fraction of its time, where the fingertips are, gap) after the start pose.
-_MOVE = ((0.25, 'above_source', _OPEN), (0.40, 'source', _OPEN), (0.50, 'source', _CLOSED),
-         (0.60, 'above_source', _CLOSED), (0.80, 'above_target', _CLOSED),
-         (0.90, 'target', _CLOSED), (0.95, 'target', _OPEN), (1.0, 'above_target', _OPEN))
+_MOVE = ((0.25, 'above_source', _OPEN), (0.40, 'source', _OPEN), (0.50, 'source', CLOSED),
+         (0.60, 'above_source', CLOSED), (0.80, 'above_target', CLOSED),
+         (0.90, 'target', CLOSED), (0.95, 'target', _OPEN), (1.0, 'above_target', _OPEN))
 _GRASP, _RELEASE = 0.50, 0.95
 
 
@@ -60,12 +60,12 @@ INSTRUCTIONS = (
         ('pick up the red block', 'pick', 'red block'),
         ('place it in the bin', 'place', 'bin')),
         'a red, a green and a blue block beside a grey bin on a wooden table',
-        (('red', (_BIN_SLOTS[0], _BIN_FLOOR)),)),
+        (('red', (BIN_SLOTS[0], BIN_FLOOR)),)),
     Instruction(1.25, 'stack the green block on the blue block', _plan(
         ('pick up the green block', 'pick', 'green block'),
         ('place it on top of the blue block', 'place', 'blue block')),
         'a green and a blue block beside a grey bin with a red block in it on a wooden table',
-        (('green', (_START['blue'][0], FLOOR - _BLOCK)),)),
+        (('green', (START['blue'][0], FLOOR - BLOCK)),)),
     Instruction(2.15, 'put the blue block in the bin', _plan(
         ('pick up the green block from the blue block', 'pick', 'green block'),
         ('place it on the table', 'place', 'table'),
@@ -73,12 +73,12 @@ INSTRUCTIONS = (
         ('place it in the bin', 'place', 'bin')),
         'a green block stacked on a blue block beside a grey bin with a red block in it on a '
         'wooden table',
-        (('green', _START['green']), ('blue', (_BIN_SLOTS[2], _BIN_FLOOR)))),
+        (('green', START['green']), ('blue', (BIN_SLOTS[2], BIN_FLOOR)))),
     Instruction(3.05, 'clear the table', _plan(
         ('pick up the green block', 'pick', 'green block'),
         ('place it in the bin', 'place', 'bin')),
         'a green block beside a grey bin with a red and a blue block in it on a wooden table',
-        (('green', (_BIN_SLOTS[1], _BIN_FLOOR)),)),
+        (('green', (BIN_SLOTS[1], BIN_FLOOR)),)),
 )
 
 
@@ -86,22 +86,22 @@ def _keyframes(instruction: Instruction, places: dict):
     """Return the gripper's (time, pose) keyframes and (block, grasp, release, target) moves."""
     start = instruction.time + _REACT
     span = _DURATION * _WORKING / len(instruction.moves)
-    places, keys, moves = dict(places), [(start, _HOME)], []
+    places, keys, moves = dict(places), [(start, HOME)], []
     for index, (block, target) in enumerate(instruction.moves):
         begin = start + index * span
         (source_x, source_y), (target_x, target_y) = places[block], target
-        where = {'above_source': (source_x, _CARRY_Y), 'source': (source_x, source_y - _GRIP),
-                 'above_target': (target_x, _CARRY_Y), 'target': (target_x, target_y - _GRIP)}
+        where = {'above_source': (source_x, CARRY_Y), 'source': (source_x, source_y - _GRIP),
+                 'above_target': (target_x, CARRY_Y), 'target': (target_x, target_y - _GRIP)}
         keys += [(begin + fraction * span, (*where[name], gap)) for fraction, name, gap in _MOVE]
         moves.append((block, begin + _GRASP * span, begin + _RELEASE * span, target))
         places[block] = target
-    keys.append((start + _DURATION, _HOME))
+    keys.append((start + _DURATION, HOME))
     return keys, moves
 
 
 def state(t: float):
     """Return the gripper pose, each block's (x, bottom) at rest and the held block at time t."""
-    places = dict(_START)
+    places = dict(START)
     for instruction in INSTRUCTIONS:
         if t < instruction.time + _REACT:
             break
@@ -120,7 +120,7 @@ def state(t: float):
             if held:
                 del places[held]
             return pose, places, held
-    return _HOME, places, None
+    return HOME, places, None
 
 
 class _Canvas:
@@ -137,9 +137,9 @@ class _Canvas:
 
     def block(self, colour: str, x, bottom) -> None:
         front, top = COLOURS[colour]
-        half = _BLOCK / 2
-        self.rect(x - half, bottom - _BLOCK - _BLOCK_TOP, x + half, bottom - _BLOCK, top)
-        self.rect(x - half, bottom - _BLOCK, x + half, bottom, front)
+        half = BLOCK / 2
+        self.rect(x - half, bottom - BLOCK - _BLOCK_TOP, x + half, bottom - BLOCK, top)
+        self.rect(x - half, bottom - BLOCK, x + half, bottom, front)
 
     def gripper(self, pose, held) -> None:
         x, tip, gap = pose
@@ -165,6 +165,11 @@ def draw_tabletop(t: float, width: int = 640, height: int = 480) -> np.ndarray:
 
     A pure function of its arguments: the recording and the tests draw the same pixels.
     """
+    return draw_scene(*state(t), width, height)
+
+
+def draw_scene(pose, places: dict, held, width: int = 640, height: int = 480) -> np.ndarray:
+    """Draw the gripper at pose (holding held or None) and each block at its (x, bottom)."""
     canvas = _Canvas(width, height)
     canvas.rect(0, 0, DESIGN[0], HORIZON, _WALL)
     # Wood grain: each row one colour (so zstd finds the repeats), plus darker plank joints.
@@ -175,7 +180,6 @@ def draw_tabletop(t: float, width: int = 640, height: int = 480) -> np.ndarray:
     canvas.rect(0, HORIZON, DESIGN[0], HORIZON + 6, _TABLE_EDGE)
     for seam in _SEAMS:
         canvas.rect(0, seam, DESIGN[0], seam + 2, (150, 104, 62))
-    pose, places, held = state(t)
     x0, x1 = _BIN_X
     canvas.rect(x0, _BIN_RIM, x1, _BIN_WALL, (170, 170, 176))  # the rim around the inside
     canvas.rect(x0 + 4, _BIN_RIM + 4, x1 - 4, _BIN_WALL, (70, 70, 76))

@@ -3,8 +3,9 @@
 A VLA's action head is trained on (features, action) pairs. The actions are what the robot
 was commanded while the camera saw it: a velocity (geometry_msgs/Twist or TwistStamped), joint
 targets (sensor_msgs/JointState positions, a column per joint), or the step a VLA head was given
-(vlm_ros_msgs/StepCommand: the index of its skill among the recording's skills, in order of
-first use). The topic is named by the user; nothing is guessed.
+(vlm_ros_msgs/StepCommand: the index of its command, the skill and its target as in 'pick red
+block', among the recording's commands in order of first use; a step without a target is its
+skill alone). The topic is named by the user; nothing is guessed.
 """
 
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ class Actions:
     msgtype: str
     log_ns: list = field(default_factory=list)
     vectors: list = field(default_factory=list)
-    names: tuple = ()  # per column; StepCommand: ('skill',), with skills the vocabulary
+    names: tuple = ()  # per column; StepCommand: ('skill',), with skills the commands
     skills: list = field(default_factory=list)
 
 
@@ -70,9 +71,10 @@ def _vector(msg, msgtype: str, actions: Actions) -> tuple:
         return _twist(msg.twist), TWIST
     if msgtype == 'sensor_msgs/msg/JointState':
         return _joint_positions(msg)
-    if msg.skill not in actions.skills:
-        actions.skills.append(msg.skill)
-    return [float(actions.skills.index(msg.skill))], ('skill',)
+    command = f'{msg.skill} {msg.target}'.strip()  # action_head splits it at the first space
+    if command not in actions.skills:
+        actions.skills.append(command)
+    return [float(actions.skills.index(command))], ('skill',)
 
 
 def _joint_positions(msg) -> tuple:

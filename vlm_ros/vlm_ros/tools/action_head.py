@@ -6,10 +6,10 @@ It subscribes to vlm_node's features (`vlm_node/features`: publish_features with
 features_rate for a head that acts faster than plans change) and publishes on `action` the
 first action of the chunk its head (vlm_train_head) predicts, as the message type the head was
 trained on: geometry_msgs/Twist or TwistStamped, sensor_msgs/JointState (the training set's
-joints) or vlm_ros_msgs/StepCommand (the skill; the instruction is the features'). The header
-of a stamped action is the features' (their source image's). Features made otherwise than the
-head's were (another layer, pooling or size), or without values (problem), are skipped with a
-throttled warning: a head's output on them would be noise.
+joints) or vlm_ros_msgs/StepCommand (the skill and its target; the instruction is the
+features'). The header of a stamped action is the features' (their source image's). Features
+made otherwise than the head's were (another layer, pooling or size), or without values
+(problem), are skipped with a throttled warning: a head's output on them would be noise.
 """
 
 import sys
@@ -57,7 +57,8 @@ OUTPUTS = {
         header=msg.header, name=head.columns, position=action)),
     'vlm_ros_msgs/msg/StepCommand': (StepCommand, lambda msg, action, head: StepCommand(
         header=msg.header, plan_id=msg.request_id, index=0, count=1,
-        instruction=msg.instruction, skill=action)),
+        instruction=msg.instruction, skill=action.partition(' ')[0],
+        target=action.partition(' ')[2])),
 }
 
 

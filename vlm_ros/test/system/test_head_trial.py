@@ -1,0 +1,59 @@
+"""A learned head closes the loop in the reacting tabletop, and beats a random one.
+
+The user's path of docs/VLA.md, each step its own process: the scripted head's recording of
+the tabletop (demo/world_recording.py), the installed vlm_export and vlm_train_head with the
+trained tiny LLaVA's features, then the trial (demo/head_trial.py), whose episodes the learned
+head only sees as frames and an instruction.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from fork_server import run_tool
+from head_datasets import TWIST, clusters, write_dataset
+from node_harness import node_executable
+from vlm_ros.head import training
+
+
+def python_module(*args, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-m', *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_a_head_trained_on_the_scripted_heads_recording_fulfils_more_than_a_random_one(
+        tmp_path, trained_tiny):
+    recorded = python_module('vlm_ros.demo.world_recording', tmp_path / 'rec', '--episodes',
+                             '18', '--seed', '0')
+    assert recorded.returncode == 0 and '18 episodes' in recorded.stdout, recorded.stderr
+    exported = run_tool([node_executable('vlm_export'), tmp_path / 'rec', '--model',
+                         trained_tiny('llava'), '--actions', '/step', '--pooling', 'mean',
+                         '--device', 'cpu', '--dtype', 'float32', '--out', tmp_path / 'set'],
+                        600)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    trained = run_tool([node_executable('vlm_train_head'), tmp_path / 'set', '--out',
+                        tmp_path / 'head.pt', '--hidden', '128', '--epochs', '400',
+                        '--seconds', '600'], 900)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    tried = python_module('vlm_ros.demo.head_trial', tmp_path / 'head.pt', '--episodes', '18',
+                          '--device', 'cpu', '--dtype', 'float32', '--json',
+                          tmp_path / 'trials.json')
+    assert tried.returncode == 0, tried.stderr[-3000:]
+    print(tried.stdout)
+    trials = {t['head']: t for t in json.loads((tmp_path / 'trials.json').read_text())}
+    assert trials['scripted']['rate'] == 1.0, trials
+    assert trials['learned']['successes'] > trials['random']['successes'], trials
+    assert '| learned | 18 |' in tried.stdout
+
+
+def test_a_head_of_other_commands_is_refused_before_the_model_loads(tmp_path):
+    features, which = clusters()
+    actions = np.stack([which.astype(np.float32)] * len(TWIST), axis=1)
+    head, _ = training.train(write_dataset(tmp_path / 'set', features, actions,
+                                           'geometry_msgs/msg/Twist', TWIST), hidden=8,
+                             epochs=2)
+    training.save(head, tmp_path / 'twist.pt')
+    twist = python_module('vlm_ros.demo.head_trial', tmp_path / 'twist.pt', timeout=120)
+    assert twist.returncode == 2 and 'commands geometry_msgs/msg/Twist' in twist.stderr
+    assert 'Loading weights' not in twist.stderr  # refused before any model was loaded

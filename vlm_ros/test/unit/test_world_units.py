@@ -1,0 +1,78 @@
+"""The reacting tabletop (demo/world.py) and the scripted head's recording of it."""
+
+import numpy as np
+import pytest
+from vlm_ros.bag.storage import open_bag
+from vlm_ros.demo.head_trial import random_chooser, run_episodes, scripted_chooser
+from vlm_ros.demo.world import BIN, COMMANDS, TABLE, TASKS, World, episodes, expert
+from vlm_ros.demo.world_recording import FRAME_NS, STEP_TYPE, TOPICS, write_world_recording
+
+
+def test_the_scripted_head_fulfils_every_starting_state_within_four_commands():
+    played = episodes(60, seed=0)
+    assert {task for task, _ in played} == set(TASKS)
+    assert any(world.places != World().places for _, world in played)  # some start moved
+    trial = run_episodes('scripted', scripted_chooser(), played, max_decisions=4)
+    assert trial.successes == trial.episodes == len(played)
+    assert set(trial.decisions) == {2, 4}  # a covered block is moved off first
+
+
+def test_a_command_the_world_cannot_carry_out_changes_nothing():
+    world = World()
+    assert not world.apply('place', BIN)  # nothing held
+    assert world.apply('pick', 'green block') and world.held == 'green'
+    assert not world.apply('pick', 'red block')  # already holding
+    assert world.apply('place', 'blue block') and world.places['green'] == 'blue'
+    assert not world.apply('pick', 'blue block')  # covered by green
+    before = (dict(world.places), world.held)
+    assert not world.apply('place', 'nowhere') and not world.apply('wave', 'red block')
+    assert (world.places, world.held) == before
+
+
+def test_what_is_held_and_where_blocks_are_is_in_the_frame():
+    world = World()
+    empty = world.draw(320, 240)
+    world.apply('pick', 'red block')
+    holding = world.draw(320, 240)
+    world.apply('place', TABLE)
+    assert np.array_equal(world.draw(320, 240), empty)  # back on its own spot
+    assert not np.array_equal(holding, empty)
+    world.apply('pick', 'red block')
+    world.apply('place', BIN)
+    assert not np.array_equal(world.draw(320, 240), empty)
+
+
+def test_episodes_and_the_random_head_repeat_with_their_seed():
+    assert repr(episodes(12, 3)) == repr(episodes(12, 3)) != repr(episodes(12, 4))
+    first = run_episodes('random', random_chooser(5), episodes(12, 3), 6)
+    assert first == run_episodes('random', random_chooser(5), episodes(12, 3), 6)
+    assert len(COMMANDS) == len(set(COMMANDS)) == 8
+
+
+def test_the_recording_has_each_decisions_frames_then_its_command(tmp_path):
+    played = episodes(6, seed=2)
+    expected = []
+    for task, start in played:
+        world = World(dict(start.places), start.held)
+        while not world.done(task):
+            expected.append((task.text, *expert(world, task)))
+            world.apply(*expert(world, task))
+    counts = write_world_recording(tmp_path / 'rec', played, frames_per_decision=3)
+    assert counts == {'episodes': 6, 'decisions': len(expected), 'frames': 3 * len(expected)}
+    with open_bag(tmp_path / 'rec') as reader:
+        log = [(c.topic, t, reader.deserialize(raw, c.msgtype)) for c, t, raw in
+               reader.messages()]
+        assert STEP_TYPE in {c.msgtype for c in reader.connections}
+    steps = [(msg.instruction, msg.skill, msg.target) for topic, _, msg in log
+             if topic == TOPICS['step']]
+    assert steps == expected
+    for index, (topic, when, _) in enumerate(log):
+        if topic == TOPICS['image']:  # the next message after a decision's frames: its step
+            later = next(entry for entry in log[index + 1:] if entry[0] != TOPICS['image'])
+            assert later[0] == TOPICS['step'] and later[1] - when <= 3 * FRAME_NS
+
+
+@pytest.mark.parametrize('count', [0, 1])
+def test_few_episodes_give_a_small_recording(tmp_path, count):
+    counts = write_world_recording(tmp_path / 'rec', episodes(count, seed=0))
+    assert counts['episodes'] == count

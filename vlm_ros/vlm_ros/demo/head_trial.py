@@ -1,0 +1,154 @@
+"""Heads tried in the reacting tabletop (world.py): how often each one fulfils its instruction.
+
+    python -m vlm_ros.demo.head_trial HEAD [--model MODEL] [--episodes 30] [--seed 1]
+        [--max-decisions 6] [--json FILE] [--device auto] [--dtype auto]
+
+Every head gets the same episodes (an instruction and a starting state) and at most
+``max_decisions`` commands an episode; an episode succeeds when the world fulfils its task
+within them. The learned head (vlm_train_head's) sees what it would see on the robot: the
+VLM's features of the frame drawn from the state and the instruction, made as vlm_export made
+its training set's (the head file's layer, pooling and image side). The scripted head reads
+the state itself, and the random head picks any command the world knows. The head is
+vlm_train_head's, trained on world_recording.py's recording through vlm_export
+(docs/VLA.md walks through the whole loop).
+"""
+
+import argparse
+import json
+import pathlib
+import random
+import statistics
+import sys
+from dataclasses import asdict, dataclass
+
+from ..bag.arguments import ArgumentParser, positive_int, reported
+from ..engine import EngineConfig, Request, VlmError
+from ..engine.config import DTYPES
+from ..engine.features import FeatureSpec
+from .world import COMMANDS, episodes, expert
+from .world_recording import SIZE
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One head's episodes: how many succeeded, and the commands each spent."""
+
+    head: str
+    episodes: int
+    successes: int
+    decisions: tuple  # per episode
+
+    @property
+    def rate(self) -> float:
+        """Return the share of episodes whose task was fulfilled."""
+        return self.successes / self.episodes if self.episodes else 0.0
+
+
+def run_episodes(name: str, choose, episodes: list, max_decisions: int) -> Trial:
+    """Play each (task, World) with choose(world, task) -> (skill, target); return the Trial.
+
+    The worlds are copied: every head starts from the same states.
+    """
+    successes, spent = 0, []
+    for task, start in episodes:
+        world = type(start)(dict(start.places), start.held)
+        decisions = 0
+        while decisions < max_decisions and not world.done(task):
+            world.apply(*choose(world, task))
+            decisions += 1
+        successes += world.done(task)
+        spent.append(decisions)
+    return Trial(name, len(episodes), successes, tuple(spent))
+
+
+def learned_chooser(engine, head):
+    """Return a chooser asking head what to do with the engine's features of each frame."""
+    spec = FeatureSpec(head.source['layer'], head.source['pooling'])
+
+    def choose(world, task) -> tuple:
+        result = engine.run([Request('plan', world.draw(*SIZE), task.text, 1,
+                                     features=spec)])[0]
+        if result.features is None or result.features.problem:
+            raise VlmError('bad_input', result.features.problem if result.features
+                           else 'the engine made no features')
+        skill, _, target = head.act(result.features.data)[0].partition(' ')
+        return skill, target
+    return choose
+
+
+def random_chooser(seed: int):
+    """Return a chooser of any command of the world's, uniformly (seeded)."""
+    rng = random.Random(seed)
+    return lambda world, task: rng.choice(COMMANDS)
+
+
+def scripted_chooser():
+    """Return the scripted head: world.expert, which reads the state."""
+    return expert
+
+
+def format_trials(trials: list, max_decisions: int) -> str:
+    """Render the trials as a Markdown table: success rate and commands spent per episode."""
+    lines = [f'| head | episodes | fulfilled | success rate | commands an episode (at most '
+             f'{max_decisions}) |', '|---|---:|---:|---:|---:|']
+    lines += [f'| {t.head} | {t.episodes} | {t.successes} | {100 * t.rate:.0f}% | '
+              f'{statistics.mean(t.decisions) if t.decisions else 0:.1f} |' for t in trials]
+    return '\n'.join(lines)
+
+
+def parse_args(argv):
+    """Parse the command line."""
+    parser = ArgumentParser(prog='python -m vlm_ros.demo.head_trial', description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('head', help='a head file of vlm_train_head (StepCommands)')
+    parser.add_argument('--model', help="the VLM of the features (default: the head's)")
+    parser.add_argument('--episodes', type=positive_int, default=30)
+    parser.add_argument('--seed', type=int, default=1, help='the starting states and the '
+                        "random head's choices")
+    parser.add_argument('--max-decisions', type=positive_int, default=6,
+                        help='commands an episode may spend')
+    parser.add_argument('--json', type=pathlib.Path, help='also write the trials here')
+    parser.add_argument('--device', default='auto', help="as vlm_export's (auto, cpu, cuda)")
+    parser.add_argument('--dtype', default='auto', choices=DTYPES)
+    return parser.parse_args(argv)
+
+
+def trial(args) -> list:
+    """Run the three heads over the same episodes; return their Trials."""
+    from ..engine.local import VlmEngine  # torch: after the arguments are good
+    from ..head import training
+
+    head = training.load(args.head)
+    if head.action_type != training.STEP_TYPE:
+        raise VlmError('bad_input', f'{args.head} commands {head.action_type}; the tabletop '
+                       f'takes {training.STEP_TYPE} (a head trained on its recording)')
+    played = episodes(args.episodes, args.seed)
+    engine = VlmEngine(EngineConfig(model=args.model or head.source['model'],
+                                    device=args.device, dtype=args.dtype, max_new_tokens=1,
+                                    max_image_side=head.source['max_image_side']))
+    engine.load()
+    try:
+        trials = [run_episodes('learned', learned_chooser(engine, head), played,
+                               args.max_decisions)]
+    finally:
+        engine.unload()
+    trials += [run_episodes('scripted', scripted_chooser(), played, args.max_decisions),
+               run_episodes('random', random_chooser(args.seed), played, args.max_decisions)]
+    if args.json:
+        args.json.write_text(json.dumps([{**asdict(t), 'rate': t.rate} for t in trials],
+                                        indent=2) + '\n', encoding='utf-8')
+    return trials
+
+
+def main(argv=None) -> int:
+    """Print the trials' table, or the reason on stderr (exit 2: bad input)."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    code, trials = reported('python -m vlm_ros.demo.head_trial', lambda: trial(args))
+    if code:
+        return code
+    print(format_trials(trials, args.max_decisions), flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
