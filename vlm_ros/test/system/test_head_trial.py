@@ -3,7 +3,9 @@
 The user's path of docs/VLA.md, each step its own process: the scripted head's recording of
 the tabletop (demo/world_recording.py), the installed vlm_export and vlm_train_head with the
 trained tiny LLaVA's features, then the trial (demo/head_trial.py), whose episodes the learned
-head only sees as frames and an instruction.
+head only sees as frames and an instruction. Then the same head over DDS: the tabletop as a
+node (demo/world_node.py), vlm_node's features_rate and vlm_action_head between them; it
+spends the very commands it spent in process, episode by episode.
 """
 
 import json
@@ -13,8 +15,14 @@ import sys
 import numpy as np
 from fork_server import run_tool
 from head_datasets import TWIST, clusters, write_dataset
-from node_harness import node_executable
+from node_harness import TIMEOUT, node_executable
+from ros_harness import stop_process
 from vlm_ros.head import training
+from waiting import wait_until
+
+from vlm_ros_msgs.msg import StepCommand
+
+OVER_DDS = 6  # the trial's first episodes, played again over DDS
 
 
 def python_module(*args, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -23,7 +31,7 @@ def python_module(*args, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def test_a_head_trained_on_the_scripted_heads_recording_fulfils_more_than_a_random_one(
-        tmp_path, trained_tiny):
+        tmp_path, trained_tiny, start_vlm_node, test_node):
     recorded = python_module('vlm_ros.demo.world_recording', tmp_path / 'rec', '--episodes',
                              '18', '--seed', '0')
     assert recorded.returncode == 0 and '18 episodes' in recorded.stdout, recorded.stderr
@@ -45,6 +53,24 @@ def test_a_head_trained_on_the_scripted_heads_recording_fulfils_more_than_a_rand
     assert trials['scripted']['rate'] == 1.0, trials
     assert trials['learned']['successes'] > trials['random']['successes'], trials
     assert '| learned | 18 |' in tried.stdout
+
+    node = start_vlm_node(features_rate=5.0, features_pooling='mean', max_new_tokens=16)
+    node.wait_state('active')
+    commands = test_node.collect(StepCommand, '/action')
+    head = subprocess.Popen([node_executable('vlm_action_head'), '--ros-args', '-p',
+                             f'head:={tmp_path / "head.pt"}'], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: commands.subscription.get_publisher_count() > 0, TIMEOUT,
+                   "the head's action publisher")
+        played = python_module('vlm_ros.demo.world_node', '--episodes', OVER_DDS, '--json',
+                               tmp_path / 'dds.json', timeout=OVER_DDS * 60)
+    finally:
+        code, _, err = stop_process(head)
+    assert played.returncode == 0 and code == 0, played.stderr[-3000:] + err[-2000:]
+    over_dds = json.loads((tmp_path / 'dds.json').read_text())
+    assert over_dds['decisions'] == trials['learned']['decisions'][:OVER_DDS], over_dds
+    assert '| learned, over DDS | 6 |' in played.stdout
 
 
 def test_a_head_of_other_commands_is_refused_before_the_model_loads(tmp_path):
