@@ -1,7 +1,10 @@
-"""vlm_replay as a real process: timing, selection, remapping, and recording a live vlm_node."""
+"""vlm_replay as a real process: order, bytes, selection, remapping, recording a live vlm_node.
+
+How closely it keeps the recorded gaps is timing, which a test never asserts: the benchmark
+measures it (python -m vlm_ros.benchmarks.replay_timing; docs/BENCHMARKS.md).
+"""
 
 import pathlib
-import statistics
 import subprocess
 import threading
 import time
@@ -27,8 +30,6 @@ from vlm_ros.bag.storage import (
 )
 from waiting import wait_exit
 
-# Replay keeps the recorded gaps within milliseconds: measured with the machine to itself.
-pytestmark = pytest.mark.alone
 T0 = 1_767_225_600 * 10**9  # 2026-01-01: recordings are replayed long after they were made
 IMAGE, INSTRUCTION = '/camera/image_raw', '/instruction'
 
@@ -130,24 +131,8 @@ def per_topic(items: list) -> dict:
     return topics
 
 
-def gap_errors_ms(written: list, received: list, rate: float = 1.0) -> list:
-    """Per consecutive recorded pair: |received gap - recorded gap / rate| in milliseconds.
-
-    Each written message is matched with its receipt by topic and position in that topic, so
-    that two topics taken in swapped order still compare the right times.
-    """
-    arrivals = {}
-    for when, topic, _ in received:
-        arrivals.setdefault(topic, []).append(when)
-    arrivals = {topic: iter(times) for topic, times in arrivals.items()}
-    times = [next(arrivals[topic]) for _, topic, _ in written]
-    recorded = np.diff([w[0] for w in written]) / 1e6 / rate
-    measured = np.diff(times) * 1e3
-    return list(np.abs(measured - recorded))
-
-
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
-def test_replay_keeps_recorded_timing_and_bytes(test_node, tmp_path, storage):
+def test_replay_plays_every_message_in_order_with_its_bytes(test_node, tmp_path, storage):
     written = write_bag(tmp_path / 'bag', irregular_events(), storage)
     listener = RawListener(test_node.node, {IMAGE: Image, INSTRUCTION: String})
     proc = start_replay(tmp_path / 'bag', '--wait-for-subscribers', TIMEOUT)
@@ -155,12 +140,10 @@ def test_replay_keeps_recorded_timing_and_bytes(test_node, tmp_path, storage):
     code, _, err = stop_process(proc, timeout=TIMEOUT)
     assert code == 0, err
     assert per_topic(received) == per_topic(written)
-    errors = gap_errors_ms(written, received)
-    assert statistics.median(errors) <= 5.0, f'gap errors (ms): {errors}'
     assert f'played {len(written)} messages' in err
 
 
-def test_rate_start_and_remap(test_node, tmp_path):
+def test_start_topics_and_remap_choose_what_is_played_and_where(test_node, tmp_path):
     written = write_bag(tmp_path / 'bag', irregular_events())
     skip_s = 1.0
     kept = [w for w in written if w[0] >= written[0][0] + skip_s * 1e9]
@@ -173,8 +156,6 @@ def test_rate_start_and_remap(test_node, tmp_path):
     code, _, err = stop_process(proc, timeout=TIMEOUT)
     assert code == 0, err
     assert [m for _, m in decoded(received)] == [m for _, m in decoded(images)]
-    as_recorded = [(when, IMAGE, data) for when, _, data in received]  # undo the remap
-    assert statistics.median(gap_errors_ms(images, as_recorded, rate=2.0)) <= 5.0
 
 
 def test_loop_plays_again_until_interrupted(test_node, tmp_path):
@@ -225,12 +206,9 @@ def test_replay_into_live_node_records_one_plan_per_instruction(start_vlm_node, 
     assert sorted(p.instruction for p in plans) == sorted(texts)
     for plan in plans:
         # The worker answers from the latest frame when it starts: the one replayed just before
-        # the instruction (50 ms earlier, the next is 450 ms away), unless the machine stalls.
+        # the instruction, or a later one when the worker starts later (timing: not asserted).
         before = max(stamp for stamp in frames if stamp <= asked[plan.instruction])
         assert stamp_ns(plan) in frames and stamp_ns(plan) >= before
-    on_time = sum(stamp_ns(p) == max(s for s in frames if s <= asked[p.instruction])
-                  for p in plans)
-    assert on_time >= 2, [(p.instruction, stamp_ns(p)) for p in plans]
     info = yaml.safe_load((out / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
     assert info['storage_identifier'] == 'mcap' and info['version'] == 8
     definitions = {t['topic_metadata']['name']: t['topic_metadata']
