@@ -107,7 +107,7 @@ def observe_use_depth(node, test_node):
     pairs = list(zip(publishers, (depth, info), strict=True))
     timer = test_node.node.create_timer(0.05, lambda: [pub.publish(msg) for pub, msg in pairs])
     image = rgb_to_image(scene('red'))
-    image.header.stamp = stamp  # the depth's own stamp: an aligned pair
+    image.header.stamp, image.header.frame_id = stamp, DEPTH_FRAME  # an aligned pair
     request = Ground.Request(phrase=GROUND[0], image=image)
     try:
         assert list(call(test_node, Ground, '/vlm_node/ground', request).points) == []
@@ -124,5 +124,9 @@ def observe_use_depth(node, test_node):
         assert (point.point.x, point.point.y, point.point.z) == pytest.approx(
             ((centre[0] - CX) * 0.5 / FX, (centre[1] - CY) * 0.5 / FY, 0.5), abs=0.01)
         assert answered['last'].point_problems == ['']
+        image.header.frame_id = 'my_photo'  # a caller's own image: not the depth camera's
+        other = call(test_node, Ground, '/vlm_node/ground', request)
+        assert other.success and other.points[0].header.frame_id == ''
+        assert "the image of 'my_photo': not aligned" in other.point_problems[0], other
     finally:
         test_node.node.destroy_timer(timer)

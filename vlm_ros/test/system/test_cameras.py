@@ -6,12 +6,14 @@ further apart than max_skew, and max_skew's own effect: test_node_parameters.py
 (camera_harness.observe_max_skew).
 """
 
+import pytest
 from camera_harness import CAMERAS, INSTRUCTION, Cameras, new_plan
+from engine_fixtures import GROUND, RED_BLOCK
 from fork_server import run_tool
 from node_harness import RELIABLE, TIMEOUT, call, node_executable, set_ok, transition
 
 from vlm_ros_msgs.msg import Features, ImageSources, Plan
-from vlm_ros_msgs.srv import QueryCameras
+from vlm_ros_msgs.srv import Ground, QueryCameras
 
 
 def test_a_plan_uses_a_frame_of_each_camera_and_names_them_all(start_vlm_node, test_node):
@@ -46,6 +48,11 @@ def test_a_silent_camera_is_named_in_the_answer(start_vlm_node, test_node):
         assert 'from camera wrist within 0.5 s' in plan.message
         assert 'nothing publishes on /wrist/image' in plan.message, plan.message
         assert 'nothing publishes on /head/image' not in plan.message
+        # ~/ground's boxes are in the first camera's pixels: it is shown that camera alone.
+        grounded = call(test_node, Ground, '/vlm_node/ground', Ground.Request(phrase=GROUND[0]))
+        assert grounded.success, grounded.message
+        assert grounded.image_header.frame_id == cameras.frame_ids['head']
+        assert list(grounded.boxes) == pytest.approx(RED_BLOCK, abs=1.0)
     finally:
         cameras.stop()
 

@@ -15,6 +15,7 @@ from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, node_executable
 from rclpy.task import Future
 from vlm_ros.tools.client_ops import NO_REPLY, ClientError, Remote
+from waiting import wait_exit
 
 CLIENT = node_executable('vlm_client')
 
@@ -77,6 +78,8 @@ def test_a_node_whose_configure_failed_says_why_and_is_recovered_by_the_client(
     query = _client('query', TARGETS['vqa'][0])
     assert (query.returncode, _reason(query)) == (3, 'vlm_client: /vlm_node is unconfigured')
     assert _client('shutdown').stdout == 'finalized\n'
+    code, _, _ = wait_exit(node.proc, TIMEOUT, 'the end after the shutdown transition')
+    assert code == 0, node.log_text()[-3000:]  # as after SIGINT: the process ends, exit 0
 
 
 def test_answers_that_are_not_ok_and_parameters_that_are_refused(start_vlm_node):

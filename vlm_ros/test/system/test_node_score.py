@@ -44,6 +44,7 @@ def test_the_models_own_answer_ranks_first_and_scores_equal_the_engines(
     assert response.success and response.message == '', response.message
     assert response.image_header.frame_id == request.image.header.frame_id
     assert int(np.argmax(response.log_prob)) == candidates.index(answer), response.log_prob
+    assert 'no answer published' not in node.log_text()  # a score is no answer to publish
 
     engine = VlmEngine(EngineConfig(model=str(trained_tiny('llava')), device='cpu',
                                     dtype='float32'))
@@ -101,6 +102,10 @@ def test_hostile_requests_are_refused_with_the_reason_and_the_node_serves_on(
     good = call(test_node, Score, SERVICE, Score.Request(prompt=prompt, candidates=['blue'],
                                                          image=image))
     assert good.success and len(good.log_prob) == 1, good.message
+    # A client's text, even past the model's positions, is the client's error: no model fault.
+    values = node.wait_diag(lambda v: int(v.get('status_ok', 0)) >= 1,
+                            TIMEOUT, 'the good answer counted')
+    assert values['errors_model'] == '0' and values['last_error_kind'] == '', values
 
     assert transition(test_node, 'deactivate')
     inactive = call(test_node, Score, SERVICE, Score.Request(prompt=prompt, candidates=['blue'],

@@ -11,7 +11,12 @@ import json
 import pytest
 import torch
 from vlm_ros.engine.local import constrain
-from vlm_ros.engine.plan_schema import MAX_INSTRUCTION_CHARS, MAX_STEPS, MAX_TARGET_CHARS
+from vlm_ros.engine.plan_schema import (
+    MAX_BOX_VALUE,
+    MAX_INSTRUCTION_CHARS,
+    MAX_STEPS,
+    MAX_TARGET_CHARS,
+)
 from vlm_ros.models.tokenizer import build_tokenizer
 
 SKILLS = ('pick', 'place', 'push')
@@ -30,9 +35,16 @@ def _valid_plan(text: str) -> bool:
     plan = json.loads(text)
     steps = plan['steps']
     return list(plan) == ['steps'] and 1 <= len(steps) <= MAX_STEPS and all(
-        list(step) == ['instruction', 'skill', 'target'] and step['skill'] in SKILLS
+        list(step) in (['instruction', 'skill', 'target'],
+                       ['instruction', 'skill', 'target', 'bbox_2d'])
+        and step['skill'] in SKILLS
         and 1 <= len(step['instruction']) <= MAX_INSTRUCTION_CHARS
-        and len(step['target']) <= MAX_TARGET_CHARS for step in steps)
+        and len(step['target']) <= MAX_TARGET_CHARS
+        and _box(step.get('bbox_2d', [0, 0, 0, 0])) for step in steps)
+
+
+def _box(values) -> bool:
+    return len(values) == 4 and all(type(v) is int and 0 <= v <= MAX_BOX_VALUE for v in values)
 
 
 def _drive(cache, tokenizer, prefer, budget: int, greedy: bool = True):
@@ -73,9 +85,12 @@ ADVERSARIES = {'lowest-id': lambda ids, width: -torch.arange(width, dtype=torch.
 
 
 def test_every_prefix_of_a_plan_closes_into_a_valid_plan(grammars):
-    """Cut after each byte, one token a byte: also inside a character of several bytes."""
+    """Cut after each byte, one token a byte: inside a character of several bytes too.
+
+    Also inside a step's box, where a cut one needs its other numbers.
+    """
     cache, tokenizer = grammars
-    plan = PLAN.replace('red block"}', 'red blöck → 左"}')
+    plan = PLAN.replace('red block"}', 'red blöck → 左", "bbox_2d": [12, 345, 6789, 0]}')
     tokens = [token for byte in plan.encode() for token in cache.tokenizer.tokenize_bytes(
         bytes([byte]))]
     assert len(tokens) == len(plan.encode()) > len(plan)

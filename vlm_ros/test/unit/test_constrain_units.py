@@ -65,3 +65,29 @@ def test_a_complete_plan_allows_only_its_end_and_counts_as_followed(grammars):
     assert allowed == [tokenizer.eos_token_id]  # no text after the plan: it ends
     _step(constraint, [[tokenizer.eos_token_id], [0]], width)
     assert constraint.followed == [True, False]  # the caption row was never constrained
+
+
+def _word_level():
+    """Return a tokenizer of whole words, which llguidance cannot read (no bytes behind them)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({'<unk>': 0, '</s>': 1, 'pick': 2}, unk_token='<unk>'))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token='<unk>', eos_token='</s>')
+
+
+@pytest.mark.parametrize('mode', ['auto', 'on', 'off'])
+def test_each_mode_constrains_where_it_can_and_auto_says_why_it_cannot(grammars, mode):
+    from vlm_ros.engine import EngineConfig, VlmError
+
+    config = EngineConfig(model='m', constrain_plans=mode, skills=SKILLS)
+    readable = constrain.resolve(config, grammars[1], {grammars[1].eos_token_id})
+    assert (readable[0] is None, readable[1]) == (mode == 'off', '')
+    if mode == 'on':
+        with pytest.raises(VlmError, match='constrained decoding cannot use this tokenizer'):
+            constrain.resolve(config, _word_level(), {1})
+        return
+    cache, why = constrain.resolve(config, _word_level(), {1})
+    assert cache is None
+    assert why.startswith('constrained decoding cannot use this tokenizer') == (mode == 'auto')

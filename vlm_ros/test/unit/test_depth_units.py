@@ -12,12 +12,13 @@ BLOCK = (21.0, 16.0, 32.0, 32.0)
 SIZE = (64, 48)
 
 
-def depth_image(metres: np.ndarray, encoding: str = '16UC1', sec: int = 10) -> Image:
-    """Encode metres as a depth Image (16UC1: millimetres; 32FC1: metres)."""
+def depth_image(metres: np.ndarray, encoding: str = '16UC1', sec: int = 10,
+                nanosec: int = 0) -> Image:
+    """Encode metres as a depth Image (16UC1: millimetres; 32FC1: metres), in frame color."""
     values = (metres * 1000).astype('<u2') if encoding == '16UC1' else metres.astype('<f4')
     msg = Image(height=metres.shape[0], width=metres.shape[1], encoding=encoding,
                 step=metres.shape[1] * values.itemsize, data=values.tobytes())
-    msg.header.stamp = Time(sec=sec)
+    msg.header.stamp, msg.header.frame_id = Time(sec=sec, nanosec=nanosec), 'color'
     return msg
 
 
@@ -64,7 +65,7 @@ def test_the_boxs_depth_is_the_median_of_its_central_half():
 
 
 def test_the_point_is_the_boxs_centre_at_its_depth_in_the_optical_frame():
-    (point, why), = points_of([BLOCK], image_header(), SIZE, depth_image(scene_depth()),
+    (point, why), = points_of([BLOCK], image_header(), SIZE, [depth_image(scene_depth())],
                               camera_info(), 0.1)
     assert why == '' and point.header.frame_id == 'optical' and point.header.stamp.sec == 10
     assert (point.point.x, point.point.y, point.point.z) == pytest.approx(
@@ -74,8 +75,11 @@ def test_the_point_is_the_boxs_centre_at_its_depth_in_the_optical_frame():
 @pytest.mark.parametrize('change, why', [
     ({'depth': None}, 'no depth image has arrived'),
     ({'info': None}, 'no camera_info has arrived'),
-    ({'header': image_header(10, 300_000_000)}, 'the depth image is 0.300 s from the image '
-                                               '(max_skew 0.1 s)'),
+    ({'header': image_header(10, 300_000_000)}, 'the nearest depth image is 0.300 s from the '
+                                               'image (max_skew 0.1 s)'),
+    ({'header': Header(stamp=Time(sec=10), frame_id='my_photo')}, "the depth image is of frame "
+                                                                  "'color', the image of "
+                                                                  "'my_photo': not aligned"),
     ({'info': camera_info(size=(32, 24))}, 'the camera_info is 32x24, the image 64x48: not '
                                            'aligned to it'),
     ({'depth': depth_image(np.ones((24, 32), np.float32))}, 'the depth image is 32x24, the '
@@ -86,12 +90,21 @@ def test_the_point_is_the_boxs_centre_at_its_depth_in_the_optical_frame():
 def test_each_reason_for_no_point_is_given(change, why):
     given = {'header': image_header(), 'depth': depth_image(scene_depth()),
              'info': camera_info(), **change}
-    (point, said), = points_of([BLOCK], given['header'], SIZE, given['depth'], given['info'],
-                               0.1)
+    depths = [given['depth']] if given['depth'] is not None else []
+    (point, said), = points_of([BLOCK], given['header'], SIZE, depths, given['info'], 0.1)
     assert point is None and said.startswith(why), said
 
 
 def test_points_need_the_size_of_the_image_used():
-    assert points_of([BLOCK], image_header(), None, None, None, 0.1) == \
+    assert points_of([BLOCK], image_header(), None, (), None, 0.1) == \
         [(None, 'the size of the image used is not known')]
-    assert points_of([], image_header(), SIZE, None, None, 0.1) == []
+    assert points_of([], image_header(), SIZE, (), None, 0.1) == []
+
+
+def test_the_depth_image_nearest_the_images_stamp_is_used_not_the_newest():
+    """An image answered a frame late still gets the depth of its own stamp."""
+    far, own, newest = (depth_image(scene_depth() * scale, sec=10, nanosec=nanosec)
+                        for scale, nanosec in ((3.0, 0), (2.0, 100_000_000), (1.0, 200_000_000)))
+    (point, why), = points_of([BLOCK], image_header(10, 100_000_000), SIZE,
+                              (far, own, newest), camera_info(), 0.05)
+    assert why == '' and point.point.z == pytest.approx(1.0)  # the block at 0.5 m x 2

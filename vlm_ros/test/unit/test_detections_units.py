@@ -84,7 +84,7 @@ def test_a_boxes_3d_point_is_its_hypothesis_position():
     assert (position.x, position.y, position.z) == (0.1, 0.2, 0.5)
     assert first.results[0].pose.covariance[0] == 0.0
     assert second.results[0].pose.covariance[0] == NO_POSE_COVARIANCE
-    assert first.results[0].hypothesis.score == 0.0  # no step confidence given: unknown
+    assert math.isnan(first.results[0].hypothesis.score)  # no step confidence given: unknown
 
 
 def test_a_ground_answer_gives_every_box_its_phrase_even_none():
@@ -111,6 +111,6 @@ def test_detections_go_with_plans_and_ground_answers_only_where_vision_msgs_is()
     assert companion_messages(ground, None, settings, no_points) == {}
 
 
-def test_score_is_the_mean_tokens_probability_and_zero_when_unknown():
+def test_score_is_the_mean_tokens_probability_and_nan_when_unknown():
     assert score(0.0) == 1.0 and score(math.log(0.25)) == pytest.approx(0.25)
-    assert score(float('nan')) == 0.0 and score(float('-inf')) == 0.0
+    assert math.isnan(score(float('nan'))) and score(float('-inf')) == 0.0

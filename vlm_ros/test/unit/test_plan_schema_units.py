@@ -118,9 +118,11 @@ def _plan(*steps, **extra) -> str:
                                  for step in steps], **extra})
 
 
+BOXED = '{"steps": [{"instruction": "pick it", "skill": "pick", "target": "cup", "bbox_2d": %s}]}'
 FOLLOWED = [_plan(('pick up the cup', 'pick', 'cup')),
             _plan(('wait here', 'place', '')),  # '': no object
-            _plan(*[('push it', 'push', 'box')] * MAX_STEPS)]
+            _plan(*[('push it', 'push', 'box')] * MAX_STEPS),
+            BOXED % '[0, 12, 640, 9999]']  # a box is optional: a server can ground its steps
 NOT_FOLLOWED = [
     '', 'pick up the cup', '{"steps": ', _plan(), _plan(('pick up the cup', 'grab', 'cup')),
     _plan(*[('push it', 'push', 'box')] * (MAX_STEPS + 1)), _plan(('', 'pick', 'cup')),
@@ -129,7 +131,9 @@ NOT_FOLLOWED = [
     '{"steps": [{"instruction": "pick it", "skill": "pick"}]}',  # target missing
     '{"steps": [{"instruction": 1, "skill": "pick", "target": "cup"}]}',
     '{"steps": [{"instruction": "pick it", "skill": ["pick"], "target": "cup"}]}',
-    _plan(('pick up the cup', 'pick', 'cup')) + ' and then', '[' * 100000]
+    _plan(('pick up the cup', 'pick', 'cup')) + ' and then', '[' * 100000,
+    BOXED % '[0, 12, 640]', BOXED % '[0.5, 12, 640, 480]', BOXED % '[-1, 12, 640, 480]',
+    BOXED % '[0, 12, 640, 10000]', BOXED % '[true, 12, 640, 480]']
 
 
 @pytest.mark.parametrize('text', FOLLOWED)

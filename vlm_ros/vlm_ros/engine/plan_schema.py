@@ -20,6 +20,8 @@ MAX_ARGS = 8  # arguments of one skill
 MAX_STEPS = 8
 MAX_INSTRUCTION_CHARS = 64
 MAX_TARGET_CHARS = 32
+MAX_BOX_VALUE = 9999  # a box's whole-number coordinates: pixels, or 0-1000 (grounding.py)
+BOX_KEY = 'bbox_2d'  # a step's optional box, as Qwen2.5-VL writes it (grounding.BOX_KEYS)
 _NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_\-]{0,47}')
 
 
@@ -56,8 +58,8 @@ def _skill(entry: str) -> Skill:
     name = name.strip()
     if not _NAME.fullmatch(name) or (rest and not rest.rstrip().endswith(')')):
         raise VlmError('bad_input', f'skill {entry[:60]!r} is not a name (letters, digits, _ '
-                       'and -, starting with a letter or _), optionally with its argument '
-                       "names in brackets: 'place(object, location)'")
+                       'and -, starting with a letter or _, at most 48 characters), optionally '
+                       "with its argument names in brackets: 'place(object, location)'")
     args = tuple(arg.strip() for arg in rest.rstrip()[:-1].split(',')) if rest else ()
     args = () if args == ('',) else args
     bad = [arg for arg in args if not _NAME.fullmatch(arg)]
@@ -83,6 +85,9 @@ def plan_schema(entries: tuple = ()) -> dict:
     follows the prompt is not pushed off its own answer. A skill with arguments gets a step of
     its own kind, with ``"args": {name: value, ...}`` after them (every argument required, ''
     where the model gives none); the skills without arguments share one kind without ``args``.
+    Every step may end with its target's box, ``"bbox_2d": [x1, y1, x2, y2]`` (not required),
+    whole numbers as Qwen2.5-VL writes them (a model with random weights writes fractions
+    without end): a server that honours the schema can still ground its steps (plan_targets).
     """
     skills = parse_skills(entries)
     plain = [skill.name for skill in skills if not skill.args]
@@ -104,7 +109,10 @@ def _step(skill: dict, args: tuple = ()) -> dict:
         properties['args'] = {'type': 'object', 'additionalProperties': False,
                               'required': list(args),
                               'properties': {arg: _string(MAX_TARGET_CHARS, 0) for arg in args}}
-    return {'type': 'object', 'additionalProperties': False, 'required': list(properties),
+    required = list(properties)
+    properties[BOX_KEY] = {'type': 'array', 'minItems': 4, 'maxItems': 4, 'items': {
+        'type': 'integer', 'minimum': 0, 'maximum': MAX_BOX_VALUE}}
+    return {'type': 'object', 'additionalProperties': False, 'required': required,
             'properties': properties}
 
 
@@ -136,6 +144,9 @@ def _accepts(schema: dict, value) -> bool:
     if kind == 'string':
         return isinstance(value, str) and \
             schema['minLength'] <= len(value) <= schema['maxLength']
+    if kind == 'integer':
+        return isinstance(value, int) and not isinstance(value, bool) and \
+            schema['minimum'] <= value <= schema['maximum']
     if kind == 'array':
         return isinstance(value, list) and \
             schema['minItems'] <= len(value) <= schema['maxItems'] and \

@@ -15,6 +15,15 @@ from .frames import FrameSet, skew
 from .jobs import Job, Limits, Outcome, Status
 
 
+def cameras_asked(job: Job, names: tuple) -> tuple:
+    """Return the names of the cameras job is answered from (none: every camera).
+
+    A ~/ground answer's boxes are mapped to the first camera's pixels (and its depth): the
+    model is shown that camera alone, and no other camera is waited for.
+    """
+    return names[:1] if job.task == 'ground' and len(names) > 1 else job.cameras
+
+
 class BatchRunner:
     """Answer the jobs of one batch: those without an image at once, the rest in one engine run.
 
@@ -82,7 +91,7 @@ class BatchRunner:
                 return job.image_msg.header, job.converted
             return self._converted(job, job.image_msg.header, self._convert(), job.image_msg)
         try:
-            chosen = self._frames.select(job.cameras)
+            chosen = self._frames.select(cameras_asked(job, self._frames.names))
         except ValueError as exc:
             return Outcome(job, Status.BAD_INPUT, str(exc))
         names = [self._frames.names[index] for index in chosen]

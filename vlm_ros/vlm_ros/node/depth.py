@@ -6,8 +6,11 @@ and the camera's intrinsics, the target's distance is the median of the valid de
 box's central half (a box around an object also holds what lies behind its edges), and its
 point is the box's centre deprojected at that distance (pinhole model, camera_info's K), in
 the camera's optical frame. Whatever keeps a point from being right gives no point and a
-reason instead: no depth or camera_info yet, a depth image of another size or encoding, one
-taken too long before or after the image, no intrinsics, too few valid depths in the box.
+reason instead: no depth or camera_info yet, a depth image of another optical frame, size or
+encoding, none taken within max_skew of the image, no intrinsics, too few valid depths in the
+box. The depth images are kept for a while (DEPTH_HISTORY), and the one nearest the image's
+stamp is used: a request is often answered from a frame older than the newest depth image,
+and with the newest alone a depth of the very same stamp was already replaced.
 """
 
 from typing import Optional
@@ -20,6 +23,7 @@ from .messages import stamp_seconds
 
 DEPTH_SCALE = {'16UC1': 0.001, '32FC1': 1.0}  # encoding -> metres per unit (mm, or m)
 MIN_VALID = 0.1  # of the box's central pixels that must have a depth
+DEPTH_HISTORY = 10  # depth images kept per camera (1 s at 10 Hz): the image's own among them
 
 
 def depth_metres(msg) -> np.ndarray:
@@ -60,15 +64,25 @@ class _NoPointError(Exception):
     """Why no box of an image gets a point (the same reason for every box)."""
 
 
+def nearest(depths, header):
+    """Return the depth image of depths whose stamp is nearest the image's (None: none)."""
+    when = stamp_seconds(header.stamp)
+    return min(depths, key=lambda depth: abs(stamp_seconds(depth.header.stamp) - when),
+               default=None)
+
+
 def _aligned_depth(header, frame_size: tuple, depth_msg, info, max_skew: float) -> np.ndarray:
     """Return the depth in metres aligned to the image of header; _NoPointError why not."""
     if depth_msg is None or info is None:
         missing = 'depth image' if depth_msg is None else 'camera_info'
         raise _NoPointError(f'no {missing} has arrived')
+    if depth_msg.header.frame_id != header.frame_id:  # e.g. a caller's own image
+        raise _NoPointError(f'the depth image is of frame {depth_msg.header.frame_id[:80]!r}, '
+                            f'the image of {header.frame_id[:80]!r}: not aligned to it')
     apart = abs(stamp_seconds(depth_msg.header.stamp) - stamp_seconds(header.stamp))
     if max_skew > 0 and apart > max_skew:
-        raise _NoPointError(f'the depth image is {apart:.3f} s from the image (max_skew '
-                            f'{max_skew:g} s)')
+        raise _NoPointError(f'the nearest depth image is {apart:.3f} s from the image '
+                            f'(max_skew {max_skew:g} s)')
     sizes = {'depth image': (depth_msg.width, depth_msg.height),
              'camera_info': (info.width, info.height)}
     for what, size in sizes.items():
@@ -97,20 +111,21 @@ def _point(box: tuple, depth: np.ndarray, header, info) -> tuple:
     return stamped, ''
 
 
-def points_of(boxes: list, header, frame_size: Optional[tuple], depth_msg, info,
+def points_of(boxes: list, header, frame_size: Optional[tuple], depths, info,
               max_skew: float) -> list:
     """Return (PointStamped or None, why there is none) for each box in the image of header.
 
-    ``frame_size`` is the image's (width, height); ``depth_msg`` and ``info`` the newest depth
-    Image and CameraInfo (None before the first); ``max_skew`` bounds how far the depth's stamp
-    may lie from the image's (0: any). The depth is checked and converted once for all boxes.
+    ``frame_size`` is the image's (width, height); ``depths`` the recent depth Images (the one
+    nearest the image's stamp is used) and ``info`` the newest CameraInfo (None before the
+    first); ``max_skew`` bounds how far the depth's stamp may lie from the image's (0: any).
+    The depth is checked and converted once for all boxes.
     """
     if not boxes:
         return []
     try:
         if frame_size is None:
             raise _NoPointError('the size of the image used is not known')
-        depth = _aligned_depth(header, frame_size, depth_msg, info, max_skew)
+        depth = _aligned_depth(header, frame_size, nearest(depths, header), info, max_skew)
     except _NoPointError as exc:
         return [(None, str(exc)) for _ in boxes]
     return [_point(box, depth, header, info) for box in boxes]

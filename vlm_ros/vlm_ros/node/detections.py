@@ -27,8 +27,11 @@ def vision_msgs():
 
 
 def score(mean_log_prob: float) -> float:
-    """Return a detection's score: the probability of its answer's mean token (0 when unknown)."""
-    return math.exp(mean_log_prob) if math.isfinite(mean_log_prob) else 0.0
+    """Return a detection's score: its answer's mean token probability (NaN when unknown).
+
+    NaN, as the confidence topics have it: a 0 would read as a sure miss.
+    """
+    return math.exp(mean_log_prob) if not math.isnan(mean_log_prob) else math.nan
 
 
 def plan_detections(types, plan, targets, step_confidence: tuple):
@@ -37,7 +40,7 @@ def plan_detections(types, plan, targets, step_confidence: tuple):
     Each step's label is its target word, or its instruction where it names none.
     """
     found = [(index, step.target or step.instruction, target.box,
-              score(step_confidence[index][0]) if index < len(step_confidence) else 0.0,
+              score(step_confidence[index][0]) if index < len(step_confidence) else math.nan,
               target.point)
              for index, (step, target) in enumerate(zip(plan.steps, targets.steps, strict=True))
              if len(target.box) == 4]

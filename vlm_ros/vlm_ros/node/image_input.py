@@ -24,7 +24,7 @@ from rclpy.utilities import get_rmw_implementation_identifier
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..spin import FAST_DDS, large_frames_profile, profile_variable
-from .depth import points_of
+from .depth import DEPTH_HISTORY, points_of
 from .image_conversion import compressed_to_rgb, image_to_rgb
 from .messages import stamp_seconds
 
@@ -71,7 +71,7 @@ class ImageInput:
         self._topic_names_and_types = node.get_topic_names_and_types
         self._frames = frames
         self._subs, self._depth_subs = [], []
-        self.depth = self.info = None  # the newest depth Image and CameraInfo (use_depth)
+        self.depths, self.info = (), None  # recent depth Images, newest CameraInfo (use_depth)
         self._last_raw = -float('inf')
         self._received = 0  # frames since the last subscribe()
         self._fix = transport_fix(get_rmw_implementation_identifier())
@@ -107,10 +107,11 @@ class ImageInput:
         for sub in self._subs + self._depth_subs:
             self._destroy_subscription(sub)
         self._subs, self._depth_subs = [], []  # hint() looks at the image's (_subs) alone
-        self.depth = self.info = None  # the newest depth Image and CameraInfo
+        self.depths, self.info = (), None
 
     def _on_depth(self, msg) -> None:
-        self.depth = msg
+        # A new tuple each time: the worker reads it while this callback replaces it.
+        self.depths = (*self.depths[1 - DEPTH_HISTORY:], msg)
 
     def _on_info(self, msg) -> None:
         self.info = msg
@@ -184,12 +185,12 @@ class CameraInputs:
     def target_points(self, boxes: list, outcome, settings) -> list:
         """Return (PointStamped or None, reason) per box in outcome's image, with use_depth.
 
-        From the first camera's newest depth Image and CameraInfo (depth.py).
+        From the first camera's recent depth Images and newest CameraInfo (depth.py).
         """
         if not settings.use_depth:
             return []
         first = self._inputs[0]
-        return points_of(boxes, outcome.header, outcome.job.frame_size, first.depth,
+        return points_of(boxes, outcome.header, outcome.job.frame_size, first.depths,
                          first.info, settings.max_skew)
 
     def close(self) -> None:

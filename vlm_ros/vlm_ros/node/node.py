@@ -11,6 +11,8 @@ callback.
 import gc
 import os
 import sys
+import threading
+from collections.abc import Callable
 from functools import partial
 
 from rcl_interfaces.msg import SetParametersResult
@@ -36,11 +38,26 @@ from .topics import Topics, deep_qos
 ANSWER_MARGIN = 600.0  # s a query waits beyond wait_for_image before its job is cancelled
 
 
+def _loaded_engine(settings: Settings, log: Callable[[str], None]):
+    """Load the settings' model; VlmError why not, also where it cannot take every camera."""
+    engine = make_engine(settings.engine_config())
+    log(f'loading {engine.config.model} ({engine.config.backend} backend)')
+    engine.load()
+    if len(settings.cameras) > 1:  # never one camera dropped from the prompt
+        try:
+            engine.check_cameras(settings.cameras)
+        except VlmError as exc:
+            engine.unload()
+            raise VlmError(exc.kind, f'cameras {", ".join(settings.cameras)}: {exc}') from exc
+    return engine
+
+
 class VlmNode(LifecycleNode):
     """Images and instructions in; plans, captions, answers and diagnostics out."""
 
     def __init__(self, **kwargs):
         super().__init__('vlm_node', **kwargs)
+        self.done, self.code = threading.Event(), 0  # set once shut down: spin_main exits 0
         for spec in params.SPECS:
             self.declare_parameter(spec.name, params.declared_default(spec),
                                    params.descriptor(spec))
@@ -118,18 +135,9 @@ class VlmNode(LifecycleNode):
         if self._refused:
             return self._configure_failed('; '.join(self._refused.values()))
         try:
-            engine = make_engine(self.settings.engine_config())
-            self.get_logger().info(f'loading {engine.config.model} ({engine.config.backend} '
-                                   'backend)')
-            engine.load()
+            engine = _loaded_engine(self.settings, self.get_logger().info)
         except VlmError as exc:
             return self._configure_failed(str(exc))
-        try:
-            if len(self.settings.cameras) > 1:  # never one camera dropped from the prompt
-                engine.check_cameras(self.settings.cameras)
-        except VlmError as exc:
-            engine.unload()
-            return self._configure_failed(f'cameras {", ".join(self.settings.cameras)}: {exc}')
         self.configure_error = ''
         self.engine = engine
         # The model, torch and transformers are millions of long-lived objects: a full garbage
@@ -187,9 +195,11 @@ class VlmNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
-        """Answer what is pending (CANCELLED), then free everything."""
+        """Answer what is pending (CANCELLED), free everything, then end the process."""
         self._stop_io('node shutting down')
-        return self.on_cleanup(state)
+        result = self.on_cleanup(state)
+        shutdown.end_when_drained(self.done, self._answering, self.executor.tasks_done)
+        return result
 
     def shutdown_gracefully(self) -> None:
         """Run the shutdown transition on SIGINT/SIGTERM, while the executor still spins.
@@ -197,10 +207,13 @@ class VlmNode(LifecycleNode):
         spin_main calls this before it stops the executor (its TrackingExecutor), so the
         queries and goals answered here still get their responses sent.
         """
-        shutdown.shutdown_gracefully(
-            self._state_machine.current_state[1], self.trigger_shutdown,
-            lambda: self.requests.busy() or self.execute_server.busy(),
-            self.executor.tasks_done)
+        self.done.set()  # spin_main no longer looks: on_shutdown leaves the end to it
+        shutdown.shutdown_gracefully(self._state_machine.current_state[1],
+                                     self.trigger_shutdown, self._answering,
+                                     self.executor.tasks_done)
+
+    def _answering(self) -> bool:
+        return self.requests.busy() or self.execute_server.busy()
 
     def destroy_node(self) -> None:
         """Destroy the request endpoints with the node."""

@@ -182,7 +182,7 @@ class RequestEndpoints:
             return response
         self._record(outcome)
         if job.task in ('vqa', 'ground') and outcome.status == Status.OK and \
-                not job.features_only:
+                not job.features_only and not job.candidates:  # a score has no answer text
             # A query's AnswerConfidence, a ~/ground answer's detections, just before it
             self._serving.companions(outcome, None)
         return fill(response, outcome)

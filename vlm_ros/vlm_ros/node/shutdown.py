@@ -5,6 +5,7 @@ clients: the outputs close only once acknowledged, and the executor keeps spinni
 answers are sent. Each function gets what it needs from the node, called when needed.
 """
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -41,8 +42,18 @@ def shutdown_gracefully(state: str, trigger_shutdown: Callable[[], object],
     """
     if state in ('unconfigured', 'inactive', 'active'):
         trigger_shutdown()
+    drain(busy, tasks_done)
+
+
+def drain(busy: Callable[[], bool], tasks_done: Callable[[], bool],
+          answered: bool = False) -> None:
+    """Return once what was answered has gone out: GRACE s without work (DRAIN_TIMEOUT at most).
+
+    answered: something was answered already (the shutdown transition's own response), so the
+    executor serves for GRACE at least; otherwise it returns at once when nothing is pending.
+    """
     start = time.monotonic()
-    deadline, answered, quiet_since = start + DRAIN_TIMEOUT, False, start
+    deadline, quiet_since = start + DRAIN_TIMEOUT, start
     while time.monotonic() < deadline:
         now = time.monotonic()
         if busy() or not tasks_done():
@@ -50,3 +61,19 @@ def shutdown_gracefully(state: str, trigger_shutdown: Callable[[], object],
         elif not answered or now - quiet_since >= GRACE:
             return
         time.sleep(0.01)
+
+
+def end_when_drained(done: threading.Event, busy: Callable[[], bool],
+                     tasks_done: Callable[[], bool]) -> None:
+    """After the lifecycle shutdown transition, set done once its answers have gone out.
+
+    They include the transition's own response, so the executor serves GRACE s at least. Where
+    done is set already, a signal's shutdown_gracefully is ending the process itself.
+    """
+    if done.is_set():
+        return
+
+    def end() -> None:
+        drain(busy, tasks_done, answered=True)
+        done.set()
+    threading.Thread(target=end, name='shutdown', daemon=True).start()

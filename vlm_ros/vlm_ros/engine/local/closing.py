@@ -12,11 +12,12 @@ required), so wherever it does not fit, the model's own ending could not fit eit
 
 from typing import Optional
 
-# Tried in this order where the grammar forces no bytes: closers first, then the bytes that
-# can start a required value (a string's first character, the rest of a skill's name), then
-# UTF-8 continuation bytes, which end a character whose first bytes a token left open (the
-# least second byte of each lead byte is one of 0x80, 0x90 and 0xa0).
-_CANDIDATES = (b'"', b']', b'}') + tuple(
+# Tried in this order where the grammar forces no bytes: closers first, then the separator of
+# an array that needs more items (a box's four numbers), then the bytes that can start a
+# required value (a string's first character, a digit, the rest of a skill's name), then UTF-8
+# continuation bytes, which end a character whose first bytes a token left open (the least
+# second byte of each lead byte is one of 0x80, 0x90 and 0xa0).
+_CANDIDATES = (b'"', b']', b'}', b',') + tuple(
     bytes([byte]) for byte in b'abcdefghijklmnopqrstuvwxyz0123456789_-ABCDEFGHIJKLMNOPQRSTUVWXYZ '
 ) + (b'\x80', b'\x90', b'\xa0')
 MAX_CLOSING_BYTES = 256  # beyond any completion of the plan schema (plan_schema.py)

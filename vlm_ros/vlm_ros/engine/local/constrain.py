@@ -177,26 +177,27 @@ class PlanConstraint(LogitsProcessor):
             scores[row, token] = 0.0
             self.closed += 1
 
-def resolve(config, tokenizer, eos_ids: set) -> Optional[GrammarCache]:
-    """Return the GrammarCache of config.constrain_plans, its skills compiled, or None (off).
+def resolve(config, tokenizer, eos_ids: set) -> tuple:
+    """Return (config.constrain_plans' GrammarCache or None, why plans are free or '').
 
-    'auto' constrains wherever llguidance reads the tokenizer; 'on' raises VlmError where it
-    cannot; 'off' never constrains. Skills the grammar engine refuses raise VlmError.
+    The cache has the skills' grammar compiled. 'auto' constrains wherever llguidance reads
+    the tokenizer, and otherwise says why not; 'on' raises VlmError where it cannot; 'off'
+    never constrains. Skills the grammar engine refuses raise VlmError.
     """
     mode = config.constrain_plans
     if mode not in CONSTRAIN_MODES:
         raise VlmError('bad_input', f'constrain_plans must be one of '
                        f'{", ".join(CONSTRAIN_MODES)}; got {mode!r}')
     if mode == 'off':
-        return None
+        return None, ''
     try:
         grammars = GrammarCache(tokenizer, eos_ids)
-    except VlmError:
+    except VlmError as exc:
         if mode == 'on':
             raise
-        return None
+        return None, str(exc)
     grammars.grammar(tuple(config.skills))
-    return grammars
+    return grammars, ''
 
 
 def for_batch(grammars: Optional[GrammarCache], skills: tuple, tasks: list,

@@ -38,6 +38,7 @@ class VlmEngine(EngineBase):
         self._loaded: Optional[loader.LoadedModel] = None
         self.decoding = decoding.Decoding()  # the decode mode, resolved at load()
         self._grammars: Optional[constrain.GrammarCache] = None  # None: plans not constrained
+        self._free_plans = ''  # why constrain_plans 'auto' left plans free ('' otherwise)
         self._stage = InputStage()  # the processor, its lock and the frame cache (inputs.py)
 
     @property
@@ -61,7 +62,8 @@ class VlmEngine(EngineBase):
     def describe(self) -> str:
         """Say what is loaded and where, for a log line."""
         loaded = self.loaded
-        constrained = 'constrained' if self._grammars is not None else 'unconstrained'
+        constrained = 'constrained' if self._grammars is not None else \
+            f'unconstrained{f" ({self._free_plans})" if self._free_plans else ""}'
         return (f'{loaded.name} on {loaded.device} ({loaded.dtype}, {self.decoding.mode} '
                 f'decoding, {constrained} plans, warm-up {self.decoding.warm_up_seconds:.1f} s)')
 
@@ -96,8 +98,8 @@ class VlmEngine(EngineBase):
             tokenizer.padding_side = 'left'  # new tokens follow the last prompt token per row
         self._loaded = loaded
         try:  # a load that fails on the way leaves nothing loaded
-            self._grammars = constrain.resolve(self.config, tokenizer,
-                                               eos_token_ids(loaded.model, tokenizer))
+            self._grammars, self._free_plans = constrain.resolve(
+                self.config, tokenizer, eos_token_ids(loaded.model, tokenizer))
             self.decoding.prepare(loaded, self.preprocess, self.config)
         except VlmError:
             self.unload()
@@ -214,6 +216,8 @@ class VlmEngine(EngineBase):
         inputs = self._inputs(requests)
         try:
             return teacher_forcing.score_batch(loaded.model, loaded.processor, inputs, targets)
+        except VlmError:
+            raise  # a target too long for the model's positions: the caller's, not the model's
         except Exception as exc:  # noqa: BLE001 - the caller gets a kind, not a crash
             raise loader.model_failure('scoring', exc, self.config.model, loaded.device) from exc
 

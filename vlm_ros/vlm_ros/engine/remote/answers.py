@@ -5,6 +5,8 @@ transformers serve does, with a warning. So a plan is never trusted to follow th
 is checked (plan_schema.follows), and the Result says what happened instead.
 """
 
+from dataclasses import replace
+
 from .. import plan_schema
 from ..config import EngineConfig
 from ..grounding import view_of
@@ -20,7 +22,8 @@ def answer_result(request, answer: Answer, cancelled: bool, start: float, total:
 
     A plan that follows it has form 'constrained'. One that does not (the server ignored
     response_format) is read as free text with a note saying so; under constrain_plans 'on'
-    it is not valid, and the note says why.
+    it is not valid and keeps no steps (a Plan of STATUS_INVALID_OUTPUT carries none), and the
+    note says why.
     """
     text = ''.join(answer.pieces)
     asked = schema_asked(request, config) and not cancelled
@@ -38,5 +41,7 @@ def answer_result(request, answer: Answer, cancelled: bool, start: float, total:
             'steps read from free text'
         result.note = (f'{config.remote.base_url} did not follow the plan schema '
                        f'(response_format): {then}')
-        result.valid = result.valid and not refused
+        if refused:  # its steps are not to be executed: none are passed on
+            result = replace(result, valid=False, steps=(), step_confidence=(), boxes=(),
+                             box_problems=())
     return result
