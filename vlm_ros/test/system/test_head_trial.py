@@ -40,6 +40,11 @@ def test_a_head_trained_on_the_scripted_heads_recording_fulfils_more_than_a_rand
                          '--device', 'cpu', '--dtype', 'float32', '--out', tmp_path / 'set'],
                         600)
     assert exported.returncode == 0, exported.stderr[-3000:]
+    # Every frame is paired with the command that followed it, within the recording's decision.
+    frames = int(recorded.stdout.split(' decisions, ')[1].split(' frames')[0])
+    with np.load(tmp_path / 'set' / 'dataset.npz') as pairs:
+        gaps = pairs['action_log_ns'] - pairs['frame_log_ns']
+    assert len(gaps) == frames and 0 < gaps.min() and gaps.max() < 0.5e9, (frames, gaps)
     trained = run_tool([node_executable('vlm_train_head'), tmp_path / 'set', '--out',
                         tmp_path / 'head.pt', '--hidden', '128', '--epochs', '400',
                         '--seconds', '600'], 900)
