@@ -301,18 +301,20 @@ def typed(name: str, value):
         return 'on' if value else 'off'  # ROS reads a bare on/off as a bool (descriptor)
     if not isinstance(spec.default, tuple):
         return value
-    return spec.default if value is None else tuple(value) if isinstance(value, list) else value
+    if value is None:
+        return spec.default
+    return tuple(value) if isinstance(value, (list, tuple, bytes)) or hasattr(value, 'tolist') \
+        else value
 
 
 def declared_default(spec: ParamSpec):
-    """Return what the node declares spec with: its default, or the type of a string array.
+    """Return what the node declares spec with: its default, or None for a string array.
 
-    A string array declared by type and given no value is unset (get_parameter raises): the
-    node then sets it to default_parameter, so every parameter reads as a value.
+    A string array is dynamically typed (descriptor), which rclpy declares without a type: one
+    given no value is unset, and the node then sets it to default_parameter, so every
+    parameter reads as a value.
     """
-    from rclpy.parameter import Parameter
-
-    return Parameter.Type.STRING_ARRAY if isinstance(spec.default, tuple) else spec.default
+    return None if isinstance(spec.default, tuple) else spec.default
 
 
 def default_parameter(spec: ParamSpec):
@@ -334,6 +336,8 @@ def validate(name: str, value, model_loaded: bool = False) -> Optional[str]:
     if type(value) is not type(spec.default):
         return (f'{name} must be {type(spec.default).__name__}, '
                 f'got {type(value).__name__} {value!r}')
+    if isinstance(value, tuple) and not all(isinstance(item, str) for item in value):
+        return f'{name} must be a list of strings; got {list(value)!r}'[:300]
     if spec.choices and value not in spec.choices:
         return f'{name} must be one of {", ".join(spec.choices)}; got {value!r}'
     if spec.low is not None and not spec.low <= value <= spec.high:
@@ -366,8 +370,12 @@ def descriptor(spec: ParamSpec):
     text = f'{spec.description} [{APPLIES[spec.applies]}]'
     if spec.choices:
         text += f" [one of: {', '.join(spec.choices)}]"
+    # Typed by validate() instead of rclpy: a bare on/off arrives as a bool, and an empty
+    # list as a byte or bool array (rclpy's and ros2 param set's guess for []), which a
+    # string array's declared type would refuse: skills could never be emptied again.
     result = ParameterDescriptor(description=text, read_only=spec.applies == 'launch',
-                                 dynamic_typing=_ON_OFF <= set(spec.choices))
+                                 dynamic_typing=_ON_OFF <= set(spec.choices) or
+                                 isinstance(spec.default, tuple))
     if spec.low is not None and isinstance(spec.default, int):
         result.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high),
                                              step=0)]
