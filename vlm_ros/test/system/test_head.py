@@ -7,7 +7,6 @@ features vlm_node publishes for a streamed scene into that scene's command.
 """
 
 import pathlib
-import subprocess
 import uuid
 
 import numpy as np
@@ -18,11 +17,10 @@ from eval_bags import image_fields
 from fork_server import run_tool
 from geometry_msgs.msg import Twist
 from head_datasets import TWIST, clusters, write_dataset
+from head_harness import action_head
 from node_harness import TIMEOUT, node_executable
-from ros_harness import stop_process
 from vlm_ros.head import training
 from vlm_ros.node.image_conversion import rgb_to_image
-from waiting import wait_until
 
 INSTRUCTION = TARGETS['plan'][0]
 T0 = 1_767_225_600 * 10**9
@@ -105,13 +103,7 @@ def test_a_head_trained_on_a_recording_drives_from_the_nodes_features(start_vlm_
 
     node = start_vlm_node(features_rate=5.0, features_pooling='mean')
     node.wait_state('active')
-    actions = test_node.collect(Twist, '/action')
-    head = subprocess.Popen([node_executable('vlm_action_head'), '--ros-args', '-p',
-                             f'head:={tmp_path / "head.pt"}'], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: actions.subscription.get_publisher_count() > 0, TIMEOUT,
-                   "the head's action publisher")
+    with action_head(test_node, tmp_path / 'head.pt', Twist) as actions:
         node.stream(scene_stream('red')).wait_for(lambda m: True, TIMEOUT, 'a frame')
         node.instruct(INSTRUCTION)  # features_rate takes the last instruction's features
         for colour in ('red', 'blue', 'red'):
@@ -119,9 +111,6 @@ def test_a_head_trained_on_a_recording_drives_from_the_nodes_features(start_vlm_
             known = {id(m) for m in actions.items()}
             actions.wait_for(lambda m, k=known, c=colour: id(m) not in k and
                              abs(m.linear.x - SPEEDS[c]) < 0.2, TIMEOUT, f'the {colour} command')
-    finally:
-        code, _, err = stop_process(head)
-    assert code == 0, err[-2000:]
     refused = run_tool([node_executable('vlm_action_head'), '--ros-args', '-p',
                         f'head:={tmp_path / "dataset" / "manifest.json"}'], TIMEOUT)
     assert refused.returncode == 2 and 'is not a head of vlm_train_head' in refused.stderr

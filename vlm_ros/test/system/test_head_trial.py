@@ -15,10 +15,9 @@ import sys
 import numpy as np
 from fork_server import run_tool
 from head_datasets import TWIST, clusters, write_dataset
-from node_harness import TIMEOUT, node_executable
-from ros_harness import stop_process
+from head_harness import action_head
+from node_harness import node_executable
 from vlm_ros.head import training
-from waiting import wait_until
 
 from vlm_ros_msgs.msg import StepCommand
 
@@ -61,18 +60,10 @@ def test_a_head_trained_on_the_scripted_heads_recording_fulfils_more_than_a_rand
 
     node = start_vlm_node(features_rate=5.0, features_pooling='mean', max_new_tokens=16)
     node.wait_state('active')
-    commands = test_node.collect(StepCommand, '/action')
-    head = subprocess.Popen([node_executable('vlm_action_head'), '--ros-args', '-p',
-                             f'head:={tmp_path / "head.pt"}'], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: commands.subscription.get_publisher_count() > 0, TIMEOUT,
-                   "the head's action publisher")
+    with action_head(test_node, tmp_path / 'head.pt', StepCommand):
         played = python_module('vlm_ros.demo.world_node', '--episodes', OVER_DDS, '--json',
                                tmp_path / 'dds.json', timeout=OVER_DDS * 60)
-    finally:
-        code, _, err = stop_process(head)
-    assert played.returncode == 0 and code == 0, played.stderr[-3000:] + err[-2000:]
+    assert played.returncode == 0, played.stderr[-3000:]
     over_dds = json.loads((tmp_path / 'dds.json').read_text())
     assert over_dds['decisions'] == trials['learned']['decisions'][:OVER_DDS], over_dds
     assert '| learned, over DDS | 6 |' in played.stdout
