@@ -69,7 +69,6 @@ def companion_messages(outcome, plan: Optional[Plan], settings,
     return messages
 
 
-
 def companion_publishers(create_publisher: Callable, qos, logger) -> tuple:
     """Create a publisher per kind of companion; return them with vision_msgs.msg (or None).
 
