@@ -36,8 +36,26 @@ def test_a_steps_box_key_wins_and_bbox_2d_is_in_the_views_pixels():
         ViewBox(64, 48, 128, 96, pixels=True, notation='bbox_2d')
     assert step_box({'box': [0.5, 0.5, 1, 1], 'target': '[0.1, 0.1, 0.2, 0.2]'}).x1 == 0.5
     assert step_box({'target': 'cup<loc_0><loc_0><loc_499><loc_499>'}).notation == 'florence2'
-    assert step_box({'box': [0.1, 0.2, True, 0.4]}) is None  # not numbers
-    assert step_box({'box': 'nowhere'}) is None
+    # A box key whose value is no box, and no box in the text: malformed, and said so.
+    for value in ([0.1, 0.2, True, 0.4], 'nowhere', [1, 2, 3]):
+        malformed = step_box({'instruction': 'pick', 'box': value})
+        assert box_problem(malformed, WHOLE) == \
+            f'malformed: box {json.dumps(value)} is not four numbers'
+    assert step_box({'box': 'nowhere', 'target': '[0.1, 0.1, 0.2, 0.2]'}).x1 == 0.1
+    assert step_box({'instruction': 'pick', 'target': 'cup'}) is None  # no box: no problem
+    assert step_box({'instruction': 'pick', 'box': None, 'bbox_2d': []}) is None  # said so
+
+
+def test_a_malformed_box_is_none_with_its_reason_in_plans_and_ground_answers():
+    plan = make_result('plan', json.dumps({'steps': [{'instruction': 'pick it', 'skill': 'pick',
+                                                      'target': 'cup', 'bbox_2d': [1, 2]}]}),
+                       5, 0.1, 0.2, False, view=WHOLE)
+    assert plan.valid and plan.boxes == (None,)
+    (problem,) = plan.box_problems
+    assert problem.startswith('malformed: bbox_2d [1') and problem.endswith('not four numbers')
+    ground = make_result('ground', '{"bbox_2d": "on the left"}', 5, 0.1, 0.2, False,
+                         view=WHOLE)
+    assert not ground.valid and ground.box_problems[0].startswith('malformed: bbox_2d')
 
 
 def test_boxes_map_through_a_crop_and_a_resize_to_the_frames_pixels():

@@ -26,6 +26,7 @@ _PALIGEMMA = re.compile(r'<loc(\d{4})>' * 4)
 _QWEN2 = re.compile(r'<\|box_start\|>\s*\(' + _NUMBER + ',' + _NUMBER + r'\)\s*,\s*\(' +
                     _NUMBER + ',' + _NUMBER + r'\)\s*<\|box_end\|>')
 _PLAIN = re.compile(r'\[' + ','.join([_NUMBER] * 4) + r'\]')
+MALFORMED = 'malformed '  # a ViewBox notation: a box key whose value is no box (step_box)
 BOX_KEYS = ('bbox_2d', 'box', 'bbox')  # step keys that carry a box, bbox_2d in pixels
 
 
@@ -88,7 +89,12 @@ def _written_boxes(text: str) -> list:
 
 
 def step_box(item: dict) -> Optional[ViewBox]:
-    """Return the box of a plan step's JSON object: under a box key, or in its target text."""
+    """Return the box of a plan step's JSON object: under a box key, or in its target text.
+
+    A box key whose value is not four numbers, with no box in the text either, gives a box
+    marked malformed (MALFORMED): box_problem then says so, where nothing would say why.
+    """
+    written = None
     for key in BOX_KEYS:
         value = item.get(key)
         if isinstance(value, list) and len(value) == 4 and \
@@ -97,8 +103,13 @@ def step_box(item: dict) -> Optional[ViewBox]:
             if key == 'bbox_2d':
                 return ViewBox(*values, pixels=True, notation='bbox_2d')
             return _plain(values)
+        if value not in (None, [], '') and written is None:  # null, [], '': no box at all
+            written = f'{key} {json.dumps(value)[:60]}'
     texts = [v for v in item.values() if isinstance(v, str)]
-    return next((box for box in map(parse_box, texts) if box is not None), None)
+    found = next((box for box in map(parse_box, texts) if box is not None), None)
+    if found is None and written is not None:
+        return ViewBox(math.nan, math.nan, math.nan, math.nan, notation=MALFORMED + written)
+    return found
 
 
 def _plain(values: list) -> Optional[ViewBox]:
@@ -133,6 +144,8 @@ class View:
 
 def box_problem(box: ViewBox, view: View) -> str:
     """Say why a box is no box in view's frame ('' when it is one)."""
+    if box.notation.startswith(MALFORMED):
+        return f'malformed: {box.notation[len(MALFORMED):]} is not four numbers'
     values = (box.x1, box.y1, box.x2, box.y2)
     if not all(math.isfinite(v) for v in values):
         return 'a coordinate is not a number'
