@@ -25,8 +25,7 @@ from ..bag.arguments import ArgumentParser, positive_int, reported
 from ..engine import EngineConfig, Request, VlmError
 from ..engine.config import DTYPES
 from ..engine.features import FeatureSpec
-from .world import COMMANDS, episodes, expert
-from .world_recording import SIZE
+from .world import COMMANDS, SIZE, episodes, expert
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from .tabletop import BIN_FLOOR, BIN_SLOTS, BLOCK, CARRY_Y, CLOSED, HOME, START, draw_scene
 
 BLOCKS = ('red', 'green', 'blue')
+# The camera a head sees the world through: the recording, the trial and the node alike.
+SIZE, FRAME_ID = (320, 240), 'camera_optical_frame'
 BIN, TABLE = 'bin', 'table'
 # Every command a head may give: (skill, target), in the order of a head's vocabulary.
 COMMANDS = tuple([('pick', f'{block} block') for block in BLOCKS] +

@@ -30,8 +30,7 @@ from vlm_ros_msgs.msg import StepCommand
 from ..bag.arguments import positive, positive_int
 from ..spin import spin_main
 from .head_trial import Trial, format_trials
-from .world import World, episodes
-from .world_recording import FRAME_ID, SIZE
+from .world import FRAME_ID, SIZE, World, episodes
 
 INSTRUCTION_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL,
                              reliability=ReliabilityPolicy.RELIABLE)  # as vlm_node takes them

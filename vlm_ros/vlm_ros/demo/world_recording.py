@@ -13,13 +13,11 @@ import sys
 
 from ..bag import storage as bags
 from .sample import START_NS, image_fields
-from .world import episodes, expert
+from .world import FRAME_ID, SIZE, episodes, expert
 
 FRAME_NS = 100_000_000  # 10 Hz
 TOPICS = {'image': '/camera/image_raw', 'instruction': '/instruction', 'step': '/step'}
 STEP_TYPE = 'vlm_ros_msgs/msg/StepCommand'
-SIZE = (320, 240)  # what the trial draws too (head_trial.py)
-FRAME_ID = 'camera_optical_frame'
 
 
 def write_world_recording(path, episodes: list, frames_per_decision: int = 4,
