@@ -8,7 +8,7 @@ Every head gets the same episodes (an instruction and a starting state) and at m
 within them. The learned head (vlm_train_head's) sees what it would see on the robot: the
 VLM's features of the frame drawn from the state and the instruction, made as vlm_export made
 its training set's (the head file's layer, pooling and image side). The scripted head reads
-the state itself, and the random head picks any command the world knows. The head is
+the state itself (world.expert), and the random head picks any command the world knows. The head is
 vlm_train_head's, trained on world_recording.py's recording through vlm_export
 (docs/VLA.md walks through the whole loop).
 """
@@ -25,22 +25,37 @@ from ..bag.arguments import ArgumentParser, positive_int, reported
 from ..engine import EngineConfig, Request, VlmError
 from ..engine.config import DTYPES
 from ..engine.features import FeatureSpec
+from ..eval.dataset import features_data
 from .world import COMMANDS, SIZE, episodes, expert
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One head's episodes: how many succeeded, and the commands each spent."""
+    """One head's episodes: whether each was fulfilled, and the commands each spent."""
 
     head: str
-    episodes: int
-    successes: int
+    fulfilled: tuple  # per episode
     decisions: tuple  # per episode
+
+    @property
+    def episodes(self) -> int:
+        """Return how many episodes were played."""
+        return len(self.fulfilled)
+
+    @property
+    def successes(self) -> int:
+        """Return how many episodes' tasks were fulfilled."""
+        return sum(self.fulfilled)
 
     @property
     def rate(self) -> float:
         """Return the share of episodes whose task was fulfilled."""
         return self.successes / self.episodes if self.episodes else 0.0
+
+    def record(self) -> dict:
+        """Return the trial as --json writes it: its fields, counts and rate."""
+        return {**asdict(self), 'episodes': self.episodes, 'successes': self.successes,
+                'rate': self.rate}
 
 
 def run_episodes(name: str, choose, episodes: list, max_decisions: int) -> Trial:
@@ -48,16 +63,16 @@ def run_episodes(name: str, choose, episodes: list, max_decisions: int) -> Trial
 
     The worlds are copied: every head starts from the same states.
     """
-    successes, spent = 0, []
+    fulfilled, spent = [], []
     for task, start in episodes:
-        world = type(start)(dict(start.places), start.held)
+        world = start.copy()
         decisions = 0
         while decisions < max_decisions and not world.done(task):
             world.apply(*choose(world, task))
             decisions += 1
-        successes += world.done(task)
+        fulfilled.append(world.done(task))
         spent.append(decisions)
-    return Trial(name, len(episodes), successes, tuple(spent))
+    return Trial(name, tuple(fulfilled), tuple(spent))
 
 
 def learned_chooser(engine, head):
@@ -67,10 +82,7 @@ def learned_chooser(engine, head):
     def choose(world, task) -> tuple:
         result = engine.run([Request('plan', world.draw(*SIZE), task.text, 1,
                                      features=spec)])[0]
-        if result.features is None or result.features.problem:
-            raise VlmError('bad_input', result.features.problem if result.features
-                           else 'the engine made no features')
-        skill, _, target = head.act(result.features.data)[0].partition(' ')
+        skill, _, target = head.act(features_data(result))[0].partition(' ')
         return skill, target
     return choose
 
@@ -79,11 +91,6 @@ def random_chooser(seed: int):
     """Return a chooser of any command of the world's, uniformly (seeded)."""
     rng = random.Random(seed)
     return lambda world, task: rng.choice(COMMANDS)
-
-
-def scripted_chooser():
-    """Return the scripted head: world.expert, which reads the state."""
-    return expert
 
 
 def format_trials(trials: list, max_decisions: int) -> str:
@@ -131,11 +138,11 @@ def trial(args) -> list:
                                args.max_decisions)]
     finally:
         engine.unload()
-    trials += [run_episodes('scripted', scripted_chooser(), played, args.max_decisions),
+    trials += [run_episodes('scripted', expert, played, args.max_decisions),
                run_episodes('random', random_chooser(args.seed), played, args.max_decisions)]
     if args.json:
-        args.json.write_text(json.dumps([{**asdict(t), 'rate': t.rate} for t in trials],
-                                        indent=2) + '\n', encoding='utf-8')
+        args.json.write_text(json.dumps([t.record() for t in trials], indent=2) + '\n',
+                             encoding='utf-8')
     return trials
 
 

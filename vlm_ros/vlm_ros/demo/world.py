@@ -45,6 +45,10 @@ class World:
     places: dict = field(default_factory=lambda: dict.fromkeys(BLOCKS, TABLE))
     held: str = None
 
+    def copy(self) -> 'World':
+        """Return a world in the same state: every head plays an episode from its own."""
+        return World(dict(self.places), self.held)
+
     def covered(self, block: str) -> bool:
         """Tell whether another block sits on block."""
         return block in self.places.values()

@@ -17,10 +17,8 @@ import json
 import pathlib
 import sys
 import threading
-from dataclasses import asdict
 
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
@@ -28,12 +26,11 @@ from std_msgs.msg import String
 from vlm_ros_msgs.msg import StepCommand
 
 from ..bag.arguments import positive, positive_int
+from ..node.image_conversion import rgb_to_image
+from ..node.topics import INSTRUCTIONS_QOS
 from ..spin import spin_main
 from .head_trial import Trial, format_trials
-from .world import FRAME_ID, SIZE, World, episodes
-
-INSTRUCTION_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL,
-                             reliability=ReliabilityPolicy.RELIABLE)  # as vlm_node takes them
+from .world import FRAME_ID, SIZE, episodes
 
 
 class WorldNode(Node):
@@ -46,10 +43,10 @@ class WorldNode(Node):
         self._episodes = episodes(args.episodes, args.seed)
         self._lock = threading.Lock()
         self._index = -1
-        self._world = self._task = self._since = self._started = None
+        self._world = self._task = self._since = self._started = self._frame = None
         self._decisions, self._outcomes = 0, []  # (fulfilled, decisions) per episode
         self._image = self.create_publisher(Image, 'image', 10)
-        self._instruction = self.create_publisher(String, 'instruction', INSTRUCTION_QOS)
+        self._instruction = self.create_publisher(String, 'instruction', INSTRUCTIONS_QOS)
         self._action = self.create_subscription(StepCommand, 'action', self._on_action, 10)
         self.create_timer(1.0 / args.rate, self._tick)
 
@@ -62,12 +59,12 @@ class WorldNode(Node):
             if (now - self._started).nanoseconds > self._args.episode_timeout * 1e9:
                 self._end()
                 return
-            msg = Image(height=SIZE[1], width=SIZE[0], encoding='rgb8', step=3 * SIZE[0],
-                        data=self._world.draw(*SIZE).tobytes())
-            msg.header.stamp, msg.header.frame_id = now.to_msg(), FRAME_ID
-            self._image.publish(msg)
-            if self._since is None:
+            if self._since is None:  # the state's first frame: drawn once, then sent again
                 self._since = now.nanoseconds
+                self._frame = rgb_to_image(self._world.draw(*SIZE))
+                self._frame.header.frame_id = FRAME_ID
+            self._frame.header.stamp = now.to_msg()
+            self._image.publish(self._frame)
 
     def _start(self, now: Time) -> bool:
         listening = (self._image.get_subscription_count() and
@@ -77,7 +74,7 @@ class WorldNode(Node):
             return False
         self._index += 1
         self._task, start = self._episodes[self._index]
-        self._world = World(dict(start.places), start.held)
+        self._world = start.copy()
         self._since, self._started, self._decisions = None, now, 0
         self._instruction.publish(String(data=self._task.text))
         return True
@@ -101,14 +98,12 @@ class WorldNode(Node):
             self._finish()
 
     def _finish(self) -> None:
-        trial = Trial('learned, over DDS', len(self._outcomes),
-                      sum(fulfilled for fulfilled, _ in self._outcomes),
-                      tuple(decisions for _, decisions in self._outcomes))
+        fulfilled, decisions = zip(*self._outcomes, strict=True)
+        trial = Trial('learned, over DDS', fulfilled, decisions)
         print(format_trials([trial], self._args.max_decisions), flush=True)
         if self._args.json:
-            self._args.json.write_text(json.dumps({**asdict(trial), 'rate': trial.rate,
-                                                   'fulfilled': [f for f, _ in self._outcomes]},
-                                                  indent=2) + '\n', encoding='utf-8')
+            self._args.json.write_text(json.dumps(trial.record(), indent=2) + '\n',
+                                       encoding='utf-8')
         self.done.set()
 
 

@@ -63,12 +63,16 @@ def features_of(engine: Engine, inputs: BagInputs, pairs: list, images: dict,
         results = engine.run([Request('plan', images[p.frame.index],
                                       inputs.instructions[p.instruction].text, 1,
                                       features=spec) for p in batch])
-        for result in results:
-            if result.features is None or result.features.problem:
-                raise VlmError('bad_input', result.features.problem if result.features
-                               else 'the engine made no features')
-            rows.append(result.features.data)
+        rows += [features_data(result) for result in results]
     return np.stack(rows)
+
+
+def features_data(result) -> np.ndarray:
+    """Return the features vector of an engine Result asked for them; VlmError where none."""
+    if result.features is None or result.features.problem:
+        raise VlmError('bad_input', result.features.problem if result.features
+                       else 'the engine made no features')
+    return result.features.data
 
 
 DATASET_FILES = {'dataset.npz', 'manifest.json'}
