@@ -84,7 +84,7 @@ FX = FY = 50.0
 CX, CY = 32.0, 24.0
 
 
-def depth_of_scene(stamp) -> tuple:
+def depth_of_scene(stamp, frame_id: str = DEPTH_FRAME) -> tuple:
     """Return the depth Image (16UC1, mm) and CameraInfo of scene('red'), stamped stamp."""
     millimetres = np.full((48, 64), 1000, np.uint16)
     x1, y1, x2, y2 = (int(v) for v in RED_BLOCK)
@@ -94,8 +94,24 @@ def depth_of_scene(stamp) -> tuple:
     info = CameraInfo(height=48, width=64, k=[FX, 0.0, CX, 0.0, FY, CY, 0.0, 0.0, 1.0])
     for msg in (depth, info):
         msg.header.stamp = stamp
-        msg.header.frame_id = DEPTH_FRAME
+        msg.header.frame_id = frame_id
     return depth, info
+
+
+def stream_depth(test_node, prefix: str, frame_id: str):
+    """Publish depth_of_scene on PREFIXdepth/image and PREFIXcamera_info at 20 Hz, stamped now.
+
+    Return the timer; destroy it to stop.
+    """
+    node = test_node.node
+    publishers = [node.create_publisher(kind, f'{prefix}{topic}', 10)
+                  for kind, topic in ((Image, 'depth/image'), (CameraInfo, 'camera_info'))]
+
+    def tick():
+        for publisher, msg in zip(publishers, depth_of_scene(node.get_clock().now().to_msg(),
+                                                             frame_id), strict=True):
+            publisher.publish(msg)
+    return node.create_timer(0.05, tick)
 
 
 def observe_use_depth(node, test_node):

@@ -181,13 +181,15 @@ def _write_ros1(path, frames: list) -> None:
 
 
 TARGET_BOX = (10.0, 12.0, 30.0, 40.0)  # plan 1's first step, in the head frame's pixels
+WRIST_BOX = (15.0, 10.0, 25.0, 20.0)  # its second step's, in the wrist frame's (40x30)
 
 
 def _companions(store, writer) -> list:
     """Return the messages a node with cameras [head, wrist] publishes beside its answers.
 
-    Plan 1's PlanTargets (a box on its first step) and the ImageSources of plans 1 and 2 and
-    of the first caption; plan 2's wrist stamp is of no frame in the input recording.
+    Plan 1's PlanTargets (a box on its first step in the head camera's image, one on its second
+    in the wrist camera's) and the ImageSources of plans 1 and 2 and of the first caption;
+    plan 2's wrist stamp is of no frame in the input recording.
     """
     types = store.types
 
@@ -204,8 +206,9 @@ def _companions(store, writer) -> list:
     point = types['geometry_msgs/msg/PointStamped'](
         header=header(0), point=types['geometry_msgs/msg/Point'](x=0.0, y=0.0, z=0.0))
     steps = [types['vlm_ros_msgs/msg/StepTarget'](box=np.array(box, dtype=np.float32),
-                                                  problem='', point=point, point_problem='')
-             for box in (TARGET_BOX, ())]
+                                                  camera=camera, problem='', point=point,
+                                                  point_problem='')
+             for box, camera in ((TARGET_BOX, 'head'), (WRIST_BOX, 'wrist'))]
     targets = bags.add_topic(writer, '/robot1/plan_targets', 'vlm_ros_msgs/msg/PlanTargets')
     images = bags.add_topic(writer, '/robot1/image_sources', 'vlm_ros_msgs/msg/ImageSources')
     return [(1.79, targets, bags.serialize('vlm_ros_msgs/msg/PlanTargets',

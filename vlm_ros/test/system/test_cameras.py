@@ -7,10 +7,11 @@ further apart than max_skew, and max_skew's own effect: test_node_parameters.py
 """
 
 import pytest
-from camera_harness import CAMERAS, INSTRUCTION, Cameras, new_plan
+from camera_harness import CAMERAS, INSTRUCTION, Cameras, new_plan, stream_depth
 from engine_fixtures import GROUND, RED_BLOCK
 from fork_server import run_tool
 from node_harness import RELIABLE, TIMEOUT, call, node_executable, set_ok, transition
+from waiting import wait_until
 
 from vlm_ros_msgs.msg import Features, ImageSources, Plan
 from vlm_ros_msgs.srv import Ground, QueryCameras
@@ -48,7 +49,7 @@ def test_a_silent_camera_is_named_in_the_answer(start_vlm_node, test_node):
         assert 'from camera wrist within 0.5 s' in plan.message
         assert 'nothing publishes on /wrist/image' in plan.message, plan.message
         assert 'nothing publishes on /head/image' not in plan.message
-        # ~/ground's boxes are in the first camera's pixels: it is shown that camera alone.
+        # ~/ground looks in the first camera's image unless it names another: that one alone.
         grounded = call(test_node, Ground, '/vlm_node/ground', Ground.Request(phrase=GROUND[0]))
         assert grounded.success, grounded.message
         assert grounded.image_header.frame_id == cameras.frame_ids['head']
@@ -145,3 +146,35 @@ def test_camera_names_that_cannot_be_topics_fail_configure(start_vlm_node):
     node = start_vlm_node(cameras="['head', 'wrist/../x']")
     values = node.wait_state('unconfigured')
     assert 'camera names must be a letter' in values['configure_error'], values
+
+
+def test_ground_looks_in_the_camera_it_names_with_that_cameras_depth(start_vlm_node, test_node):
+    node = start_vlm_node(cameras=CAMERAS, use_depth=True)
+    node.wait_state('active')
+    cameras = Cameras(test_node, {'head': 0.0, 'wrist': 0.0})
+    timer = stream_depth(test_node, 'wrist/', cameras.frame_ids['wrist'])  # the wrist's alone
+
+    def ground(camera: str) -> Ground.Response:
+        return call(test_node, Ground, '/vlm_node/ground',
+                    Ground.Request(phrase=GROUND[0], camera=camera))
+    try:
+        answered = {}
+
+        def pointed() -> bool:
+            answered['wrist'] = ground('wrist')
+            return answered['wrist'].points[0].header.frame_id != ''
+        wait_until(pointed, TIMEOUT, "a 3D point from the wrist's depth", poll=0.0)
+        wrist = answered['wrist']
+        assert wrist.image_header.frame_id == cameras.frame_ids['wrist'], wrist.message
+        assert list(wrist.boxes) == pytest.approx(RED_BLOCK, abs=1.0)
+        assert wrist.points[0].point.z == pytest.approx(0.5) and wrist.point_problems == ['']
+        head = ground('')  # the first camera, which has no depth camera beside it
+        assert head.success and head.image_header.frame_id == cameras.frame_ids['head']
+        assert head.points[0].header.frame_id == ''
+        assert head.point_problems == ['no depth image has arrived'], head.point_problems
+        refused = ground('elbow')
+        assert not refused.success, refused
+        assert 'unknown camera elbow; the cameras are head, wrist' in refused.message
+    finally:
+        test_node.node.destroy_timer(timer)
+        cameras.stop()

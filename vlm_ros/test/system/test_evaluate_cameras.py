@@ -24,6 +24,7 @@ from eval_bags import (
     STAMPS,
     T0,
     TARGET_BOX,
+    WRIST_BOX,
     WRIST_STAMPS,
     WRIST_TOPIC,
     image_fields,
@@ -108,10 +109,12 @@ def test_recorded_answers_show_every_camera_and_the_boxes(tmp_path):
     thumbs = dict(re.findall(r'<img class="thumb" alt="(\w+ frame \d+)" '
                              r'src="data:image/jpeg;base64,([^"]+)"', page))
     assert {'head frame 0', 'wrist frame 0', 'head frame 1'} <= set(thumbs)
-    drawn = cv2.imdecode(np.frombuffer(base64.b64decode(thumbs['head frame 0']), np.uint8),
-                         cv2.IMREAD_COLOR)[:, :, ::-1].astype(int)
-    magenta = np.nonzero(np.abs(drawn - BOX_COLOUR).sum(axis=2) < 90)
-    assert magenta[0].size and magenta[1].min() >= TARGET_BOX[0] - 2, 'the box, where it is'
+    for thumb, box in (('head frame 0', TARGET_BOX), ('wrist frame 0', WRIST_BOX)):
+        drawn = cv2.imdecode(np.frombuffer(base64.b64decode(thumbs[thumb]), np.uint8),
+                             cv2.IMREAD_COLOR)[:, :, ::-1].astype(int)
+        magenta = np.nonzero(np.abs(drawn - BOX_COLOUR).sum(axis=2) < 90)
+        assert magenta[0].size and magenta[1].min() >= box[0] - 2, f'{thumb}: the box, there'
+    assert (first['steps'][1]['box'], first['steps'][1]['camera']) == (list(WRIST_BOX), 'wrist')
 
 
 @pytest.mark.parametrize('companions, cameras, complaint', [

@@ -28,6 +28,7 @@ TYPES = vision_msgs()
 pytestmark = pytest.mark.skipif(TYPES is None, reason='vision_msgs is not installed (scripts/'
                                 'bootstrap builds it where ../shared/vision_msgs is)')
 WHOLE = View((640, 480), (0.0, 0.0, 640.0, 480.0), (640, 480))  # a model that saw it all
+ONE = (('', WHOLE),)  # the request's one image
 PLAN = json.dumps({'steps': [
     {'instruction': 'pick up the cup', 'skill': 'pick', 'target': 'cup', 'box': [0.25, 0.5, 0.5,
                                                                                  1.0]},
@@ -39,7 +40,7 @@ OPTICAL = PointStamped(header=Header(frame_id='cam_optical'), point=Point(x=0.1,
 def _outcome(task: str, text: str, request_id: str) -> Outcome:
     return Outcome(Job(task, 'the cup' if task == 'ground' else 'tidy up', done=None,
                        request_id=request_id), Status.OK, header=Header(frame_id='cam'),
-                   result=make_result(task, text, 30, 0.1, 0.2, False, (640, 480), view=WHOLE,
+                   result=make_result(task, text, 30, 0.1, 0.2, False, (640, 480), views=ONE,
                                       logprobs=(-0.5,) * 30,
                                       ends=tuple(len(text) * (i + 1) // 30 for i in range(30))))
 
@@ -54,7 +55,7 @@ def test_a_plans_boxed_steps_become_detections_named_by_their_targets():
     outcome = _outcome('plan', PLAN, 'r-1')
     plan = plan_msg(outcome, 'tiny', Header())
     found = plan_detections(TYPES, plan, targets_msg(outcome, plan), outcome.result.
-                            step_confidence)
+                            step_confidence, outcome.header_of)
     assert found.header.frame_id == 'cam'
     assert [d.id for d in found.detections] == ['r-1/0', 'r-1/2']  # the wait step has no box
     assert [d.results[0].hypothesis.class_id for d in found.detections] == \
@@ -72,14 +73,15 @@ def test_a_plan_without_boxes_has_no_detections():
     text = json.dumps({'steps': [{'instruction': 'wait', 'skill': 'wait', 'target': 'cup'}]})
     outcome = _outcome('plan', text, 'r-2')
     plan = plan_msg(outcome, 'tiny', Header())
-    assert plan_detections(TYPES, plan, targets_msg(outcome, plan), ()) is None
+    assert plan_detections(TYPES, plan, targets_msg(outcome, plan), (),
+                           outcome.header_of) is None
 
 
 def test_a_boxes_3d_point_is_its_hypothesis_position():
     outcome = _outcome('plan', PLAN, 'r-3')
     plan = plan_msg(outcome, 'tiny', Header())
     targets = targets_msg(outcome, plan, lambda answer, boxes: [(OPTICAL, ''), (None, 'no depth')])
-    first, second = plan_detections(TYPES, plan, targets, ()).detections
+    first, second = plan_detections(TYPES, plan, targets, (), outcome.header_of).detections
     position = first.results[0].pose.pose.position
     assert (position.x, position.y, position.z) == (0.1, 0.2, 0.5)
     assert first.results[0].pose.covariance[0] == 0.0

@@ -17,6 +17,7 @@ from eval_bags import (
     INSTRUCTIONS,
     STAMPS,
     TARGET_BOX,
+    WRIST_BOX,
     WRIST_STAMPS,
     WRIST_TOPIC,
     wrist_scene,
@@ -163,8 +164,10 @@ def test_recorded_answers_carry_their_cameras_frames_and_boxes(inputs, tmp_path)
     assert [(i['camera'], i['frame'], i['stamp_ns']) for i in first['images']] == [
         ('head', 0, STAMPS[0]), ('wrist', 0, WRIST_STAMPS[0])]
     assert first['skew'] == pytest.approx(0.03)
-    assert [step['box'] for step in first['steps']] == [list(TARGET_BOX), None]
-    assert boxes_by_frame(records) == {0: [list(TARGET_BOX)], 1: [], 2: []}
+    assert [(step['box'], step['camera']) for step in first['steps']] == [
+        (list(TARGET_BOX), 'head'), (list(WRIST_BOX), 'wrist')]
+    # Each box is drawn on its own camera's frame.
+    assert boxes_by_frame(records) == {0: [list(TARGET_BOX)], ('wrist', 0): [list(WRIST_BOX)]}
     hostile = next(r for r in records if r['text'] == '<i>junk</i>')
     assert [i['frame'] for i in hostile['images']] == [1, None]  # no such wrist frame
     caption = next(r for r in records if r['task'] == 'caption')

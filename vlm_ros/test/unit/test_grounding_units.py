@@ -9,6 +9,7 @@ from vlm_ros.engine.plan_parser import parse_plan
 from vlm_ros.engine.results import make_result
 
 WHOLE = View((640, 480), (0.0, 0.0, 640.0, 480.0), (640, 480))  # a frame shown whole
+ONE = (('', WHOLE),)  # the request's one image
 
 
 @pytest.mark.parametrize('text, box', [
@@ -49,12 +50,12 @@ def test_a_steps_box_key_wins_and_bbox_2d_is_in_the_views_pixels():
 def test_a_malformed_box_is_none_with_its_reason_in_plans_and_ground_answers():
     plan = make_result('plan', json.dumps({'steps': [{'instruction': 'pick it', 'skill': 'pick',
                                                       'target': 'cup', 'bbox_2d': [1, 2]}]}),
-                       5, 0.1, 0.2, False, view=WHOLE)
+                       5, 0.1, 0.2, False, views=ONE)
     assert plan.valid and plan.boxes == (None,)
     (problem,) = plan.box_problems
     assert problem.startswith('malformed: bbox_2d [1') and problem.endswith('not four numbers')
     ground = make_result('ground', '{"bbox_2d": "on the left"}', 5, 0.1, 0.2, False,
-                         view=WHOLE)
+                         views=ONE)
     assert not ground.valid and ground.box_problems[0].startswith('malformed: bbox_2d')
 
 
@@ -67,8 +68,9 @@ def test_boxes_map_through_a_crop_and_a_resize_to_the_frames_pixels():
 
 
 @pytest.mark.parametrize('box, problem', [
-    (ViewBox(1.5, 0.1, 2.0, 0.2), 'empty in the frame'),  # wholly outside
-    (ViewBox(0.1, 0.1, 0.1, 0.5), 'empty in the frame'),  # no width
+    (ViewBox(1.5, 0.1, 2.0, 0.2),
+     'the box (960.0, 48.0, 1280.0, 96.0) is outside the 640x480 frame'),
+    (ViewBox(0.1, 0.1, 0.1, 0.5), 'the box (64.0, 48.0, 64.0, 240.0) has no size'),
     (ViewBox(math.nan, 0.1, 0.2, 0.2), 'not a number'),
     (ViewBox(0.1, 0.1, 0.2, 0.2), '')])
 def test_a_box_that_is_none_says_why(box, problem):
@@ -82,9 +84,9 @@ def test_plan_steps_carry_their_boxes_in_the_frames_pixels():
         {'instruction': 'place it', 'skill': 'place', 'target': 'tray<loc_2000>'},
         {'instruction': 'push it', 'skill': 'push', 'target': 'box', 'box': [2, 2, 3, 3]}]})
     assert parse_plan(text).steps[0].box == ViewBox(0.25, 0.5, 0.5, 1.0)
-    result = make_result('plan', text, 10, 0.1, 0.2, False, (640, 480), view=WHOLE)
+    result = make_result('plan', text, 10, 0.1, 0.2, False, (640, 480), views=ONE)
     assert result.boxes == ((160.0, 240.0, 320.0, 480.0), None, None)
-    assert result.box_problems[:2] == ('', '') and 'empty' in result.box_problems[2]
+    assert result.box_problems == ('', '', 'the box (1.3, 1.0, 1.9, 1.4) has no size')
     assert make_result('plan', text, 10, 0.1, 0.2, False).boxes == (None, None, None)
 
 
@@ -103,10 +105,55 @@ def test_a_grounding_answer_gives_every_box_it_wrote_in_one_notation():
 
 def test_a_ground_result_is_valid_when_one_box_it_wrote_is_in_the_frame():
     found = make_result('ground', '[100, 200, 300, 400], [2000, 0, 3000, 1]', 5, 0.1, 0.2,
-                        False, view=WHOLE)
+                        False, views=ONE)
     assert found.valid and found.steps == () and found.boxes == ((64.0, 96.0, 192.0, 192.0),)
-    outside = make_result('ground', '[0, 0, 0, 0]', 5, 0.1, 0.2, False, view=WHOLE)
+    outside = make_result('ground', '[0, 0, 0, 0]', 5, 0.1, 0.2, False, views=ONE)
     assert not outside.valid and outside.boxes == (None,)
-    assert outside.box_problems[0].startswith('empty in the frame')
-    none = make_result('ground', 'blue', 1, 0.1, 0.2, False, view=WHOLE)
+    assert outside.box_problems == ('the box (0.0, 0.0, 0.0, 0.0) has no size',)
+    none = make_result('ground', 'blue', 1, 0.1, 0.2, False, views=ONE)
     assert not none.valid and none.boxes == () and none.text == 'blue'
+
+
+def test_a_point_is_a_box_of_no_size_in_every_notation_that_writes_one():
+    assert step_box({'point_2d': [320, 240]}) == ViewBox(320, 240, 320, 240, pixels=True,
+                                                         notation='point_2d', point=True)
+    assert step_box({'point': [0.5, 0.25]}) == ViewBox(0.5, 0.25, 0.5, 0.25, point=True)
+    assert step_box({'point': [500, 250]}) == ViewBox(0.5, 0.25, 0.5, 0.25, point=True)
+    molmo = parse_boxes('<point x="25.0" y="50.0" alt="cup">cup</point>')
+    assert molmo == [ViewBox(0.25, 0.5, 0.25, 0.5, notation='molmo', point=True)]
+    assert WHOLE.to_pixels(molmo[0]) == (160.0, 240.0, 160.0, 240.0)
+    assert box_problem(ViewBox(0.5, 0.5, 0.5, 0.5, point=True), WHOLE) == ''
+    assert box_problem(ViewBox(1.5, 0.5, 1.5, 0.5, point=True), WHOLE) == \
+        'the point (960.0, 240.0) is outside the 640x480 frame'
+    assert box_problem(step_box({'point_2d': [1, 2, 3]}), WHOLE) == \
+        'malformed: point_2d [1, 2, 3] is not two numbers'
+    # A box key wins over a point key; a box written as four equal numbers is no point.
+    assert not step_box({'point': [0.5, 0.5], 'box': [0.1, 0.1, 0.2, 0.2]}).point
+    assert box_problem(step_box({'box': [0.5, 0.5, 0.5, 0.5]}), WHOLE) == \
+        'the box (320.0, 240.0, 320.0, 240.0) has no size'
+
+
+HEAD = View((640, 480), (0.0, 0.0, 640.0, 480.0), (640, 480))
+WRIST = View((320, 240), (0.0, 0.0, 320.0, 240.0), (160, 120))  # given to the model halved
+CAMERAS = (('head', HEAD), ('wrist', WRIST))
+
+
+def test_a_steps_box_is_in_the_image_of_the_camera_it_names_the_first_by_default():
+    text = json.dumps({'steps': [
+        {'instruction': 'pick the cup', 'camera': 'wrist', 'bbox_2d': [40, 30, 80, 60]},
+        {'instruction': 'look at the tray', 'bbox_2d': [40, 30, 80, 60]},
+        {'instruction': 'push it', 'camera': 'elbow', 'bbox_2d': [40, 30, 80, 60]},
+        {'instruction': 'wait', 'camera': 'head'}]})
+    result = make_result('plan', text, 10, 0.1, 0.2, False, views=CAMERAS)
+    assert result.boxes == ((80.0, 60.0, 160.0, 120.0), (40.0, 30.0, 80.0, 60.0), None, None)
+    assert result.box_cameras == ('wrist', 'head', '', '')
+    assert result.box_problems[2] == "camera 'elbow' is not one of the images (head, wrist)"
+    # One image: the camera's name is not needed, and not checked.
+    alone = make_result('plan', text, 10, 0.1, 0.2, False, views=ONE)
+    assert alone.boxes[2] == (40.0, 30.0, 80.0, 60.0) and alone.box_cameras[:3] == ('',) * 3
+
+
+def test_a_ground_answers_boxes_are_in_the_first_images_pixels():
+    found = make_result('ground', '{"bbox_2d": [40, 30, 80, 60]}', 5, 0.1, 0.2, False,
+                        views=CAMERAS[::-1])
+    assert found.boxes == ((80.0, 60.0, 160.0, 120.0),) and found.box_cameras == ('wrist',)

@@ -22,7 +22,8 @@ def _answered(request_id: str) -> Outcome:
     view = View((640, 480), (0.0, 0.0, 640.0, 480.0), (640, 480))
     return Outcome(Job('plan', 'tidy up', done=None, request_id=request_id), Status.OK,
                    header=Header(frame_id='cam'),
-                   result=make_result('plan', TEXT, 30, 0.1, 0.2, False, (640, 480), view=view))
+                   result=make_result('plan', TEXT, 30, 0.1, 0.2, False, (640, 480),
+                                      views=(('', view),)))
 
 
 def test_each_step_gets_its_box_in_pixels_or_none_and_why():
@@ -33,7 +34,8 @@ def test_each_step_gets_its_box_in_pixels_or_none_and_why():
     assert len(targets.steps) == len(plan.steps) == 3
     assert list(targets.steps[0].box) == pytest.approx([160.32, 240.24, 319.68, 479.76])
     assert targets.steps[0].problem == '' and list(targets.steps[1].box) == []
-    assert list(targets.steps[2].box) == [] and 'empty' in targets.steps[2].problem
+    assert list(targets.steps[2].box) == []
+    assert targets.steps[2].problem == 'the box (1.0, 0.0, 1.3, 0.5) has no size'
 
 
 def test_a_plan_without_an_answer_has_no_targets():
@@ -47,12 +49,12 @@ def test_with_use_depth_each_boxed_step_gets_its_point_or_why_not():
     outcome = _answered('r-3')
     asked = []
 
-    def points(answer, boxes):  # as ImageInputs.target_points: one (point, why) per box
-        asked.append((answer, boxes))
+    def points(answer, placed):  # as CameraInputs.target_points: one (point, why) per box
+        asked.append((answer, placed))
         return [(PointStamped(header=Header(frame_id='cam_optical'),
                               point=Point(x=0.1, y=0.2, z=0.5)), '')]
     targets = targets_msg(outcome, plan_msg(outcome, 'tiny', Header()), points)
-    assert asked == [(outcome, [outcome.result.boxes[0]])]  # only the step with a box
+    assert asked == [(outcome, [(outcome.result.boxes[0], '')])]  # only the step with a box
     first, second, third = targets.steps
     assert first.point.header.frame_id == 'cam_optical' and first.point.point.z == 0.5
     assert first.point_problem == ''

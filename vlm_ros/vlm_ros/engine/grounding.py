@@ -8,10 +8,14 @@ Grounding models name a step's target with a box, each family in its own notatio
 - PaliGemma: ``<locY1><locX1><locY2><locX2>``, four digits each, 0-1023 (y first);
 - plain ``[x1, y1, x2, y2]`` (a step's ``box`` or ``bbox``, or in its text), 0-1 or 0-1000.
 
+A target may be a point instead: Qwen2.5-VL's ``"point_2d": [x, y]`` (pixels), Molmo's
+``<point x="…" y="…">`` (percent), or a step's ``point`` ``[x, y]``, 0-1 or 0-1000. A point is
+a box of no size (x1 = x2, y1 = y2) from here on, in every message that carries boxes.
+
 Each becomes a box in the model's view, as fractions of its width and height (or its pixels,
-for ``bbox_2d``), then ``View.to_pixels`` maps it through what the view did to the frame (a
-crop, a resize) to the frame's own pixels. A box that is malformed, empty or outside the image
-is no box, and ``box_problem`` says why.
+for ``bbox_2d`` and ``point_2d``), then ``View.to_pixels`` maps it through what the view did to
+the frame (a crop, a resize) to the frame's own pixels. A box that is malformed, empty or
+outside the image is no box, and ``box_problem`` says why.
 """
 
 import json
@@ -20,14 +24,18 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from .preprocess import fitted_size
+
 _NUMBER = r'\s*(-?\d{1,6}(?:\.\d{1,8})?)\s*'
 _FLORENCE = re.compile(r'<loc_(\d{1,3})>' * 4)
 _PALIGEMMA = re.compile(r'<loc(\d{4})>' * 4)
 _QWEN2 = re.compile(r'<\|box_start\|>\s*\(' + _NUMBER + ',' + _NUMBER + r'\)\s*,\s*\(' +
                     _NUMBER + ',' + _NUMBER + r'\)\s*<\|box_end\|>')
 _PLAIN = re.compile(r'\[' + ','.join([_NUMBER] * 4) + r'\]')
+_MOLMO = re.compile(r'<point\s+x="' + _NUMBER + r'"\s+y="' + _NUMBER + '"')
 MALFORMED = 'malformed '  # a ViewBox notation: a box key whose value is no box (step_box)
 BOX_KEYS = ('bbox_2d', 'box', 'bbox')  # step keys that carry a box, bbox_2d in pixels
+POINT_KEYS = ('point_2d', 'point')  # step keys that carry a point, point_2d in pixels
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,7 @@ class ViewBox:
     y2: float
     pixels: bool = False  # Qwen2.5-VL's bbox_2d: the pixels of the image the model was given
     notation: str = 'plain'
+    point: bool = False  # a point the model wrote (x1 = x2, y1 = y2), not a box of no size
 
 
 def parse_box(text: str) -> Optional[ViewBox]:
@@ -84,6 +93,10 @@ def _written_boxes(text: str) -> list:
     found = _QWEN2.findall(text)
     if found:
         return [ViewBox(*(float(v) / 1000 for v in box), notation='qwen2') for box in found]
+    found = _MOLMO.findall(text)
+    if found:  # percent of the width and height
+        return [ViewBox(*(float(v) / 100 for v in point * 2), notation='molmo', point=True)
+                for point in found]
     plain = (_plain([float(v) for v in box]) for box in _PLAIN.findall(text))
     return [box for box in plain if box is not None]
 
@@ -91,20 +104,23 @@ def _written_boxes(text: str) -> list:
 def step_box(item: dict) -> Optional[ViewBox]:
     """Return the box of a plan step's JSON object: under a box key, or in its target text.
 
-    A box key whose value is not four numbers, with no box in the text either, gives a box
+    A point key (point_2d, point) gives a point where no box key gives a box. A box or point
+    key whose value is not four (two) numbers, with nothing in the text either, gives a box
     marked malformed (MALFORMED): box_problem then says so, where nothing would say why.
     """
     written = None
-    for key in BOX_KEYS:
+    for key in BOX_KEYS + POINT_KEYS:
         value = item.get(key)
-        if isinstance(value, list) and len(value) == 4 and \
+        count = 4 if key in BOX_KEYS else 2
+        if isinstance(value, list) and len(value) == count and \
                 all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            values = [float(v) for v in value]
-            if key == 'bbox_2d':
-                return ViewBox(*values, pixels=True, notation='bbox_2d')
-            return _plain(values)
+            values = [float(v) for v in value] * (4 // count)  # a point: a box of no size
+            if key in ('bbox_2d', 'point_2d'):
+                return ViewBox(*values, pixels=True, notation=key, point=count == 2)
+            return _plain(values, point=count == 2)
         if value not in (None, [], '') and written is None:  # null, [], '': no box at all
-            written = f'{key} {json.dumps(value)[:60]}'
+            written = f'{key} {json.dumps(value)[:60]} is not {("", "two", "four")[count // 2]}' \
+                ' numbers'
     texts = [v for v in item.values() if isinstance(v, str)]
     found = next((box for box in map(parse_box, texts) if box is not None), None)
     if found is None and written is not None:
@@ -112,11 +128,11 @@ def step_box(item: dict) -> Optional[ViewBox]:
     return found
 
 
-def _plain(values: list) -> Optional[ViewBox]:
+def _plain(values: list, point: bool = False) -> Optional[ViewBox]:
     """Read [x1, y1, x2, y2] as fractions (all at most 1) or thousandths (at most 1000)."""
     top = max(abs(v) for v in values)
     scale = 1.0 if top <= 1.0 else 1000.0 if top <= 1000.0 else None
-    return None if scale is None else ViewBox(*(v / scale for v in values))
+    return None if scale is None else ViewBox(*(v / scale for v in values), point=point)
 
 
 @dataclass(frozen=True)
@@ -131,29 +147,75 @@ class View:
     region: tuple
     size: tuple
 
-    def to_pixels(self, box: ViewBox) -> tuple:
+    def to_pixels(self, box: ViewBox, clip: bool = True) -> tuple:
         """Return the box in the frame's pixels, (x1, y1, x2, y2), clipped to the frame."""
         x0, y0, width, height = self.region
         sx, sy = (width / self.size[0], height / self.size[1]) if box.pixels else (width, height)
         x1, x2 = sorted((x0 + box.x1 * sx, x0 + box.x2 * sx))
         y1, y2 = sorted((y0 + box.y1 * sy, y0 + box.y2 * sy))
+        if not clip:
+            return x1, y1, x2, y2
         frame_w, frame_h = self.frame
         return (min(max(x1, 0.0), frame_w), min(max(y1, 0.0), frame_h),
                 min(max(x2, 0.0), frame_w), min(max(y2, 0.0), frame_h))
 
 
 def box_problem(box: ViewBox, view: View) -> str:
-    """Say why a box is no box in view's frame ('' when it is one)."""
+    """Say why a box (or point) is none in view's frame ('' when it is one).
+
+    The message gives the box as the model placed it, before clipping: clipped, a box beside
+    the frame would read as one of no size on its edge.
+    """
     if box.notation.startswith(MALFORMED):
-        return f'malformed: {box.notation[len(MALFORMED):]} is not four numbers'
+        return f'malformed: {box.notation[len(MALFORMED):]}'
     values = (box.x1, box.y1, box.x2, box.y2)
     if not all(math.isfinite(v) for v in values):
         return 'a coordinate is not a number'
+    placed = view.to_pixels(box, clip=False)
     x1, y1, x2, y2 = view.to_pixels(box)
-    if x2 - x1 < 1.0 or y2 - y1 < 1.0:
-        return f'empty in the frame ({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}): outside it, ' \
-            'or of no size'
-    return ''
+    frame = f'the {view.frame[0]:.0f}x{view.frame[1]:.0f} frame'
+    if box.point:
+        inside = (x1, y1) == placed[:2]
+        return '' if inside else f'the point ({placed[0]:.1f}, {placed[1]:.1f}) is outside {frame}'
+    if x2 - x1 >= 1.0 and y2 - y1 >= 1.0:
+        return ''
+    where = ', '.join(f'{v:.1f}' for v in placed)
+    if placed[2] - placed[0] < 1.0 or placed[3] - placed[1] < 1.0:
+        return f'the box ({where}) has no size'
+    return f'the box ({where}) is outside {frame}'
+
+
+def place(box: Optional[ViewBox], camera: str, views: tuple) -> tuple:
+    """Return (box in its frame's pixels or None, problem or '', camera) for one written box.
+
+    ``views`` are the request's (camera name, View or None) pairs, in prompt order; a lone
+    image's name is ''. ``camera`` is the camera a step names (its ``camera`` key), '' for the
+    first: with several images a box is in one of them, and the model says which. With a
+    lone image the name is not needed, and not checked.
+    """
+    if box is None:
+        return None, '', ''
+    if not views:
+        return None, "the model's view of the frame is not known", ''
+    names = [name for name, _ in views]
+    name = camera if camera and names != [''] else names[0]
+    if name not in names:
+        return None, f'camera {camera[:48]!r} is not one of the images ({", ".join(names)})', ''
+    view = dict(views)[name]
+    if view is None:
+        return None, "the model's view of the frame is not known", name
+    problem = box_problem(box, view)
+    return (None if problem else view.to_pixels(box)), problem, name
+
+
+def views_of(image_processor, request, max_side: int) -> tuple:
+    """Return (camera name, View or None) of each of request's images (Request.views).
+
+    Each image as the engine gives it to the processor: its longer side at most max_side.
+    """
+    return tuple((name, view_of(image_processor, image.shape[1::-1],
+                                fitted_size(image, max_side)))
+                 for name, image in request.views())
 
 
 def view_of(image_processor, frame: tuple, given: tuple) -> Optional[View]:

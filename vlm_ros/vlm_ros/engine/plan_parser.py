@@ -19,7 +19,8 @@ class PlanStep:
     """One step for the policy; skill and target stay '' when the model did not give them.
 
     args: the skill's arguments as (name, value) pairs, in the model's order ('args' object).
-    box: the target's box in the model's view, where the model wrote one (grounding.py).
+    box: the target's box (or point) in the model's view, where the model wrote one
+    (grounding.py); camera: the camera whose image it is in, where the step names one.
     """
 
     instruction: str
@@ -27,6 +28,7 @@ class PlanStep:
     target: str = ''
     args: tuple = ()
     box: Optional[ViewBox] = None
+    camera: str = ''
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ def _step(item) -> PlanStep:
                 {})
     return PlanStep(fields.get(used, ''), skill, target,
                     tuple((k, v.strip()) for k, v in args.items() if isinstance(v, str)),
-                    step_box(item))
+                    step_box(item), fields.get('camera', ''))
 
 
 def _steps(items: list) -> tuple[PlanStep, ...]:

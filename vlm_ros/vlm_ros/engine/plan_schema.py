@@ -22,6 +22,9 @@ MAX_INSTRUCTION_CHARS = 64
 MAX_TARGET_CHARS = 32
 MAX_BOX_VALUE = 9999  # a box's whole-number coordinates: pixels, or 0-1000 (grounding.py)
 BOX_KEY = 'bbox_2d'  # a step's optional box, as Qwen2.5-VL writes it (grounding.BOX_KEYS)
+POINT_KEY = 'point_2d'  # or its point (grounding.POINT_KEYS)
+CAMERA_KEY = 'camera'  # the camera whose image the box is in (several cameras)
+MAX_CAMERA_CHARS = 48  # a camera's name (the cameras parameter)
 _NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_\-]{0,47}')
 
 
@@ -85,9 +88,11 @@ def plan_schema(entries: tuple = ()) -> dict:
     follows the prompt is not pushed off its own answer. A skill with arguments gets a step of
     its own kind, with ``"args": {name: value, ...}`` after them (every argument required, ''
     where the model gives none); the skills without arguments share one kind without ``args``.
-    Every step may end with its target's box, ``"bbox_2d": [x1, y1, x2, y2]`` (not required),
-    whole numbers as Qwen2.5-VL writes them (a model with random weights writes fractions
-    without end): a server that honours the schema can still ground its steps (plan_targets).
+    Every step may end with the camera its target is seen in (``"camera": NAME``, with several
+    cameras) and its target's box, ``"bbox_2d": [x1, y1, x2, y2]``, or point, ``"point_2d":
+    [x, y]`` (none required), whole numbers as Qwen2.5-VL writes them (a model with random
+    weights writes fractions without end): a server that honours the schema can still ground
+    its steps (plan_targets).
     """
     skills = parse_skills(entries)
     plain = [skill.name for skill in skills if not skill.args]
@@ -110,8 +115,10 @@ def _step(skill: dict, args: tuple = ()) -> dict:
                               'required': list(args),
                               'properties': {arg: _string(MAX_TARGET_CHARS, 0) for arg in args}}
     required = list(properties)
-    properties[BOX_KEY] = {'type': 'array', 'minItems': 4, 'maxItems': 4, 'items': {
-        'type': 'integer', 'minimum': 0, 'maximum': MAX_BOX_VALUE}}
+    properties[CAMERA_KEY] = _string(MAX_CAMERA_CHARS)
+    for key, count in ((BOX_KEY, 4), (POINT_KEY, 2)):
+        properties[key] = {'type': 'array', 'minItems': count, 'maxItems': count, 'items': {
+            'type': 'integer', 'minimum': 0, 'maximum': MAX_BOX_VALUE}}
     return {'type': 'object', 'additionalProperties': False, 'required': required,
             'properties': properties}
 

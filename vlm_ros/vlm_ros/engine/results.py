@@ -11,7 +11,7 @@ from typing import Optional
 
 from . import confidence
 from .features import Features, FeatureSpec
-from .grounding import View, box_problem, parse_boxes
+from .grounding import parse_boxes, place
 from .plan_parser import parse_plan
 from .plan_schema import PLAN_TASKS
 
@@ -82,8 +82,10 @@ class Result:
     # Per step: its target's box in the frame's pixels, (x1, y1, x2, y2), or None where the
     # model wrote none; box_problems: why a box the model wrote is none ('' otherwise). A
     # 'ground' answer: each box it wrote, in order (valid when one of them is a box).
+    # box_cameras: the camera whose image each box is in ('' for a lone image).
     boxes: tuple = ()
     box_problems: tuple = ()
+    box_cameras: tuple = ()
     # The request's features (features.py) from the prefill of this answer; None unless asked.
     features: Optional[Features] = None
 
@@ -129,25 +131,25 @@ def parse_output(task: str, text: str, constrained: bool = False) -> tuple:
 def make_result(task: str, text: str, output_tokens: int, time_to_first_token: float,
                 total_time: float, cancelled: bool, image_size: tuple = (0, 0),
                 constrained: bool = False, logprobs: tuple = (), ends: tuple = (),
-                view: Optional[View] = None, features: Optional[Features] = None) -> Result:
+                views: tuple = (), features: Optional[Features] = None) -> Result:
     """Parse text and wrap it with its timings: every backend's answers end here alike.
 
     logprobs: the log-probability of each of the text's tokens (none: unknown); ends: where
-    each token's text ends in text, for the steps' confidences (none: unknown). view: what
-    the model saw of the frame (grounding.View), to map the steps' boxes to its pixels.
+    each token's text ends in text, for the steps' confidences (none: unknown). views: what
+    the model saw of each frame, (camera name, grounding.View) pairs, to map the boxes to the
+    frames' pixels: a step's box to the camera it names, a 'ground' answer's to the first.
     """
     steps, valid, form = parse_output(task, text, constrained)
     steps_confidence = confidence.of_steps(text, list(ends), list(logprobs), [
         step.instruction for step in steps]) if ends and len(ends) == len(logprobs) else \
         tuple(confidence.UNKNOWN for _ in steps)
-    written = parse_boxes(text) if task == 'ground' else [step.box for step in steps]
-    problems = tuple(box_problem(box, view) if box and view else
-                     "the model's view of the frame is not known" if box else ''
-                     for box in written)
-    boxes = tuple(view.to_pixels(box) if box and not problem else None
-                  for box, problem in zip(written, problems, strict=True))
+    written = [(box, '') for box in parse_boxes(text)] if task == 'ground' else \
+        [(step.box, step.camera) for step in steps]
+    placed = [place(box, camera, views) for box, camera in written]
+    boxes, problems, cameras = (tuple(item[i] for item in placed) for i in range(3))
     if task == 'ground':
         valid = any(box is not None for box in boxes)
     return Result(task, text, steps, valid, form, output_tokens, time_to_first_token, total_time,
                   cancelled, image_size, tuple(logprobs), confidence.summary(logprobs),
-                  steps_confidence, boxes=boxes, box_problems=problems, features=features)
+                  steps_confidence, boxes=boxes, box_problems=problems, box_cameras=cameras,
+                  features=features)

@@ -18,7 +18,8 @@ from .records import image_info
 class Companions:
     """The boxes per Plan (request_id) and the ImageSources per Plan or per Caption."""
 
-    boxes: dict = field(default_factory=dict)  # request_id -> per step: (x1, y1, x2, y2) or None
+    # request_id -> ((x1, y1, x2, y2) or None per step, the camera of each box per step)
+    boxes: dict = field(default_factory=dict)
     sources: dict = field(default_factory=dict)  # request_id, or (stamp_ns, task) -> message
 
 
@@ -31,9 +32,10 @@ def read_companions(reader) -> Companions:
     for connection, _, raw in reader.messages(connections):
         msg = reader.deserialize(raw, connection.msgtype)
         if connection.msgtype == TARGETS_TYPE:
-            found.boxes[msg.request_id] = tuple(
-                tuple(float(v) for v in step.box) if len(step.box) == 4 else None
-                for step in msg.steps)
+            found.boxes[msg.request_id] = (
+                tuple(tuple(float(v) for v in step.box) if len(step.box) == 4 else None
+                      for step in msg.steps),
+                tuple(getattr(step, 'camera', '') for step in msg.steps))  # older: none
         else:
             found.sources[msg.request_id or (stamp_ns(msg), msg.task)] = msg
     return found

@@ -209,7 +209,7 @@ def run_engine(engine: Engine, inputs: BagInputs, pending: list, images: dict,
                     output_tokens=result.output_tokens,
                     time_to_first_token=result.time_to_first_token,
                     total_time=result.total_time, batch=batch, confidence=result.confidence,
-                    boxes=result.boxes)
+                    boxes=result.boxes, box_cameras=result.box_cameras)
     return records, seconds
 
 

@@ -43,10 +43,11 @@ def _answer_topics(reader) -> dict:
     return chosen
 
 
-def _plan_record(msg, inputs: BagInputs, frame, pending: dict, boxes: tuple = ()) -> dict:
+def _plan_record(msg, inputs: BagInputs, frame, pending: dict, targets: tuple = ((), ())
+                 ) -> dict:
     """Record one recorded Plan; its bag time is that of the instruction it answered.
 
-    ``boxes``: its steps' boxes, from its PlanTargets (companions.py).
+    ``targets``: its steps' boxes and their cameras, from its PlanTargets (companions.py).
     """
     status = STATUS_NAMES.get(msg.status, f'UNKNOWN_{msg.status}')
     queue = pending.get(msg.instruction)
@@ -61,7 +62,7 @@ def _plan_record(msg, inputs: BagInputs, frame, pending: dict, boxes: tuple = ()
         form=parse_plan(msg.text).form if answered else 'none',
         output_tokens=int(msg.output_tokens) if answered else None,
         time_to_first_token=float(msg.time_to_first_token) if answered else None,
-        total_time=float(msg.total_time), boxes=boxes)
+        total_time=float(msg.total_time), boxes=targets[0], box_cameras=targets[1])
 
 
 def _caption_record(msg, inputs: BagInputs, frame) -> dict:
@@ -95,7 +96,7 @@ def recorded_records(inputs: BagInputs, path) -> tuple:
             frame = by_stamp.get(stamp_ns(msg))
             if topics[connection.topic] == PLAN_TYPE:
                 records.append({**_plan_record(msg, inputs, frame, pending,
-                                               companions.boxes.get(msg.request_id, ())),
+                                               companions.boxes.get(msg.request_id, ((), ()))),
                                 **cameras.fields(companions.sources.get(msg.request_id))})
             else:
                 records.append({**_caption_record(msg, inputs, frame), **cameras.fields(

@@ -42,7 +42,7 @@ def result_record(task: str, request: str, image: Optional[dict], bag_time_ns: O
                   start_ns: int, status: str, message: str = '', text: str = '', steps=(),
                   valid: bool = False, form: str = 'none', output_tokens=None,
                   time_to_first_token=None, total_time=None, batch=None,
-                  confidence=None, boxes=()) -> dict:
+                  confidence=None, boxes=(), box_cameras=()) -> dict:
     """Build the record of one request; timings and tokens stay None where nothing ran.
 
     ``confidence`` is the answer's (mean, min) token log-probability (engine Result); it is
@@ -51,7 +51,8 @@ def result_record(task: str, request: str, image: Optional[dict], bag_time_ns: O
 
     ``steps`` are PlanSteps of the engine or of a recorded Plan (both have the three fields);
     ``boxes`` (engine Result) the steps' target boxes in the frame's pixels, each step's
-    ``box`` [x1, y1, x2, y2] or None;
+    ``box`` [x1, y1, x2, y2] or None, and ``box_cameras`` the camera whose frame each is in,
+    each step's ``camera`` ('' for the one camera, or no box);
     ``bag_time_s`` counts from the start of the input recording, for plots. ``tokens_per_s``
     is output tokens per second of total_time: what the requester waited for, so on a live
     node it includes the time the request queued.
@@ -62,7 +63,8 @@ def result_record(task: str, request: str, image: Optional[dict], bag_time_ns: O
         'bag_time_s': None if bag_time_ns is None else (bag_time_ns - start_ns) / 1e9,
         'status': status, 'message': message, 'text': text,
         'steps': [{'instruction': s.instruction, 'skill': s.skill, 'target': s.target,
-                   'box': list(boxes[i]) if i < len(boxes) and boxes[i] else None}
+                   'box': list(boxes[i]) if i < len(boxes) and boxes[i] else None,
+                   'camera': box_cameras[i] if i < len(box_cameras) and boxes[i] else ''}
                   for i, s in enumerate(steps)],
         'valid': valid, 'form': form, 'output_tokens': output_tokens,
         'time_to_first_token': time_to_first_token, 'total_time': total_time,

@@ -68,12 +68,23 @@ def thumbnail_jpeg(rgb, side: int = THUMB_SIDE, boxes=()) -> bytes:
 
 
 def boxes_by_frame(records: list) -> dict:
-    """Map the first camera's frame index to the boxes its records' plan steps grounded."""
+    """Map each frame's thumbnail key to the boxes the records' plan steps grounded in it.
+
+    The keys are _frame's: the first camera's frame index, (camera, frame index) for the
+    others; a step's box is drawn on the frame of the camera it names (the first: none).
+    """
     boxes = {}
     for record in records:
-        if record['kind'] == 'result' and record['image']:
-            boxes.setdefault(record['image']['frame'], []).extend(
-                step['box'] for step in record['steps'] if step.get('box'))
+        if record['kind'] != 'result' or not record['image']:
+            continue
+        views = {view['camera']: view for view in record.get('images') or [] if view}
+        first = (record.get('images') or [None])[0]
+        for step in record['steps']:
+            view = views.get(step.get('camera'))
+            if step.get('box'):
+                key = record['image']['frame'] if view is None or view is first else \
+                    (view['camera'], view['frame'])
+                boxes.setdefault(key, []).append(step['box'])
     return boxes
 
 

@@ -18,10 +18,12 @@ from .jobs import Job, Limits, Outcome, Status
 def cameras_asked(job: Job, names: tuple) -> tuple:
     """Return the names of the cameras job is answered from (none: every camera).
 
-    A ~/ground answer's boxes are mapped to the first camera's pixels (and its depth): the
-    model is shown that camera alone, and no other camera is waited for.
+    A ~/ground answer's boxes are in one camera's image: the model is shown that camera alone
+    (the one the request names, or the first), and no other camera is waited for.
     """
-    return names[:1] if job.task == 'ground' and len(names) > 1 else job.cameras
+    if job.task == 'ground':
+        return job.cameras[:1] or (names[:1] if len(names) > 1 else ())
+    return job.cameras
 
 
 class BatchRunner:
@@ -170,7 +172,7 @@ class BatchRunner:
         limit = self._engine.config.max_new_tokens
         tokens = min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else 0
         cameras = image if isinstance(image, tuple) else ()
-        job.frame_size = (cameras[0][1] if cameras else image).shape[1::-1]
+        job.frame_sizes = tuple((name, rgb.shape[1::-1]) for name, rgb in cameras or [('', image)])
         limits = self._limits()
         asked = job.features_only or (job.task in PLAN_TASKS and limits.publish_features)
         features = limits.features if asked else None

@@ -27,6 +27,7 @@ from .messages import (
     answer_confidence_msg,
     arguments_msg,
     confidence_msg,
+    placed_boxes,
     sources_msg,
     targets_msg,
 )
@@ -47,7 +48,7 @@ def companion_messages(outcome, plan: Optional[Plan], settings,
         if detection_types is None:
             return {}
         return {'detections': lambda: ground_detections(detection_types, outcome, points(
-            outcome, [box for box in outcome.result.boxes if box is not None]))}
+            outcome, placed_boxes(outcome.result)))}
     if plan is None:
         messages = {'answer': lambda: answer_confidence_msg(outcome)}
     else:
@@ -57,7 +58,8 @@ def companion_messages(outcome, plan: Optional[Plan], settings,
         if detection_types is not None:
             messages['detections'] = lambda: plan_detections(
                 detection_types, plan, targets(),
-                outcome.result.step_confidence if outcome.result is not None else ())
+                outcome.result.step_confidence if outcome.result is not None else (),
+                outcome.header_of)
         if takes_arguments(settings.skills):
             messages['arguments'] = lambda: arguments_msg(outcome, plan)
         if outcome.result is not None and outcome.result.features is not None:

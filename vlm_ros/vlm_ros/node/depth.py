@@ -3,14 +3,16 @@
 A grounded target's box is in the colour image's own pixels. With a depth image aligned to
 that image (the same size and optical frame: what RGB-D drivers publish as their aligned depth)
 and the camera's intrinsics, the target's distance is the median of the valid depths in the
-box's central half (a box around an object also holds what lies behind its edges), and its
-point is the box's centre deprojected at that distance (pinhole model, camera_info's K), in
-the camera's optical frame. Whatever keeps a point from being right gives no point and a
-reason instead: no depth or camera_info yet, a depth image of another optical frame, size or
-encoding, none taken within max_skew of the image, no intrinsics, too few valid depths in the
-box. The depth images are kept for a while (DEPTH_HISTORY), and the one nearest the image's
-stamp is used: a request is often answered from a frame older than the newest depth image,
-and with the newest alone a depth of the very same stamp was already replaced.
+box's central half (a box around an object also holds what lies behind its edges; a point's
+depth is that of the pixels around it), and its point is the box's centre deprojected at that
+distance (pinhole model, camera_info's K), in the camera's optical frame. Whatever keeps a
+point from being right gives no point and a reason instead: no depth or camera_info yet, a
+depth image of another optical frame, size or encoding, none taken within max_skew of the
+image, no intrinsics, too few valid depths in the box. The depth images are kept for a while
+(DEPTH_HISTORY), and the one nearest the image's stamp is used: a request is often answered
+from a frame older than the newest depth image, and with the newest alone a depth of the very
+same stamp was already replaced. With several cameras, each camera's depth serves the boxes
+drawn in its image.
 """
 
 from typing import Optional
@@ -23,6 +25,7 @@ from .messages import stamp_seconds
 
 DEPTH_SCALE = {'16UC1': 0.001, '32FC1': 1.0}  # encoding -> metres per unit (mm, or m)
 MIN_VALID = 0.1  # of the box's central pixels that must have a depth
+POINT_RADIUS = 3  # pixels around a point whose depths give its distance
 DEPTH_HISTORY = 10  # depth images kept per camera (1 s at 10 Hz): the image's own among them
 
 
@@ -46,17 +49,24 @@ def depth_metres(msg) -> np.ndarray:
 
 
 def box_depth(depth: np.ndarray, box: tuple) -> tuple:
-    """Return (metres, '') for box's central half in depth, or (None, why there is none)."""
+    """Return (metres, '') for box's central half in depth, or (None, why there is none).
+
+    A point (a box of no size) takes the depths within POINT_RADIUS pixels of it.
+    """
     x1, y1, x2, y2 = box
+    point = x1 == x2 and y1 == y2
     cx, cy, half_w, half_h = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 4, (y2 - y1) / 4
+    if point:
+        half_w = half_h = POINT_RADIUS
     height, width = depth.shape
     left, right = int(max(cx - half_w, 0)), int(min(np.ceil(cx + half_w), width))
     top, bottom = int(max(cy - half_h, 0)), int(min(np.ceil(cy + half_h), height))
     inside = depth[top:bottom, left:right]
     valid = inside[inside > 0]
     if inside.size == 0 or valid.size < MIN_VALID * inside.size:
+        where = 'around the point' if point else 'of its central half'
         return None, (f'too few valid depths in the box ({valid.size} of {inside.size} '
-                      'pixels of its central half)')
+                      f'pixels {where})')
     return float(np.median(valid)), ''
 
 

@@ -3,15 +3,19 @@
 vision_msgs is installed on every ROS 2 distro but is no requirement of the node: where it is
 missing, the node has no detections topic and says so once at configure, and the boxes still
 go out on plan_targets and in ~/ground's responses. Each Detection2D carries one box: its
-centre and size in the source image's pixels, the phrase or step target as class_id, the
+centre and size in the source image's pixels (a point: size 0), its header that image's (with
+several cameras, of the camera the box is in), the phrase or step target as class_id, the
 answer's confidence as score, and, where use_depth found one, the box's 3D point as the
 hypothesis pose's position (in the camera's optical frame, the header's frame_id).
 """
 
 import math
+from collections.abc import Callable
 from typing import Optional
 
 from geometry_msgs.msg import PoseWithCovariance
+
+from .messages import placed_boxes
 
 # covariance[0] of a hypothesis without a 3D point: unknown, as sensor_msgs/Imu marks it
 NO_POSE_COVARIANCE = -1.0
@@ -34,14 +38,15 @@ def score(mean_log_prob: float) -> float:
     return math.exp(mean_log_prob) if not math.isnan(mean_log_prob) else math.nan
 
 
-def plan_detections(types, plan, targets, step_confidence: tuple):
+def plan_detections(types, plan, targets, step_confidence: tuple, header_of: Callable):
     """Build the Detection2DArray of a Plan's boxed steps from its PlanTargets (None: no box).
 
-    Each step's label is its target word, or its instruction where it names none.
+    Each step's label is its target word, or its instruction where it names none;
+    ``header_of(camera)`` gives the header of the image of the camera its box is in.
     """
     found = [(index, step.target or step.instruction, target.box,
               score(step_confidence[index][0]) if index < len(step_confidence) else math.nan,
-              target.point)
+              target.point, header_of(target.camera))
              for index, (step, target) in enumerate(zip(plan.steps, targets.steps, strict=True))
              if len(target.box) == 4]
     return detections_msg(types, plan.header, plan.request_id, found) if found else None
@@ -52,23 +57,24 @@ def ground_detections(types, outcome, points: list):
 
     points holds each box's (PointStamped or None, reason), as the response gets them.
     """
-    boxes = [box for box in outcome.result.boxes if box is not None]
+    placed = placed_boxes(outcome.result)
     confidence = score(outcome.result.confidence[0])
-    pointed = [point for point, _ in points] + [None] * (len(boxes) - len(points))  # no depth
+    pointed = [point for point, _ in points] + [None] * (len(placed) - len(points))  # no depth
     return detections_msg(types, outcome.header, outcome.job.request_id, [
-        (index, outcome.job.text, box, confidence, point)
-        for index, (box, point) in enumerate(zip(boxes, pointed, strict=True))])
+        (index, outcome.job.text, box, confidence, point, outcome.header_of(camera))
+        for index, ((box, camera), point) in enumerate(zip(placed, pointed, strict=True))])
 
 
 def detections_msg(types, header, request_id: str, found: list):
-    """Build a Detection2DArray of found: (index, label, box, score, PointStamped or None).
+    """Build a Detection2DArray of found: (index, label, box, score, point, header).
 
-    box is (x1, y1, x2, y2) in the image's pixels; a detection's id is request_id/index, which
-    joins it to its Plan or ~/ground answer and names the step (or the answer's box) it is.
+    box is (x1, y1, x2, y2) in the pixels of the image of header; point a PointStamped or
+    None. A detection's id is request_id/index, which joins it to its Plan or ~/ground answer
+    and names the step (or the answer's box) it is.
     """
     return types.Detection2DArray(header=header, detections=[
-        _detection(types, header, f'{request_id}/{index}', label, box, confidence, point)
-        for index, label, box, confidence, point in found])
+        _detection(types, image_header, f'{request_id}/{index}', label, box, confidence, point)
+        for index, label, box, confidence, point, image_header in found])
 
 
 def _detection(types, header, ident: str, label: str, box, confidence: float,

@@ -174,24 +174,28 @@ class CameraInputs:
 
     def subscribe(self, transport: str, reliable: bool, max_pixels: int,
                   depth: bool = False) -> None:
-        """(Re)subscribe every camera (ImageInput.subscribe); depth: the first camera's only.
+        """(Re)subscribe every camera (ImageInput.subscribe), with depth each one's depth too."""
+        for image_input in self._inputs:
+            image_input.subscribe(transport, reliable, max_pixels, depth)
 
-        Points are made in the first camera's image (target_points), so no other camera's
-        depth is taken: a depth image is as large as its colour image.
-        """
-        for index, image_input in enumerate(self._inputs):
-            image_input.subscribe(transport, reliable, max_pixels, depth and index == 0)
+    def target_points(self, outcome, placed: list, settings) -> list:
+        """Return (PointStamped or None, reason) per (box, camera) of outcome, with use_depth.
 
-    def target_points(self, boxes: list, outcome, settings) -> list:
-        """Return (PointStamped or None, reason) per box in outcome's image, with use_depth.
-
-        From the first camera's recent depth Images and newest CameraInfo (depth.py).
+        Each box's point from its camera's recent depth Images and newest CameraInfo, beside
+        the image of that camera the job used (depth.py); camera '' is the first (or only).
         """
         if not settings.use_depth:
             return []
-        first = self._inputs[0]
-        return points_of(boxes, outcome.header, outcome.job.frame_size, first.depths,
-                         first.info, settings.max_skew)
+        sizes = dict(outcome.job.frame_sizes)
+        found = {}
+        for camera in dict.fromkeys(camera for _, camera in placed):
+            image_input = self._inputs[self._names.index(camera) if camera in self._names
+                                       else 0]
+            indices = [i for i, (_, named) in enumerate(placed) if named == camera]
+            found.update(zip(indices, points_of(
+                [placed[i][0] for i in indices], outcome.header_of(camera), sizes.get(camera),
+                image_input.depths, image_input.info, settings.max_skew), strict=True))
+        return [found[i] for i in range(len(placed))]
 
     def close(self) -> None:
         """Destroy every camera's subscriptions."""

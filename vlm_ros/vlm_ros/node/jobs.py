@@ -55,7 +55,7 @@ class Job:
     candidates: tuple = ()  # a ~/score request: texts scored as answers, nothing generated
     sources: tuple = ()  # several cameras: each camera's (name, header) of the frames taken
     skew: float = 0.0  # s between those frames' stamps
-    frame_size: Optional[tuple] = None  # (width, height) of the (first) image the job used
+    frame_sizes: tuple = ()  # (camera name, (width, height)) of each image used ('': a lone one)
     cameras: tuple = ()  # ~/query_cameras: the names of the cameras to use (empty: every one)
     features_only: bool = False  # ~/features (service): its features are the answer
     # False for a timer's job (replan_period, features_rate): it waits for frames no longer
@@ -77,6 +77,10 @@ class Outcome:
     header: object = None
     result: Optional[Result] = None
     scores: Optional[list] = None  # a ~/score request's: one engine Score per candidate
+
+    def header_of(self, camera: str):
+        """Return the header of the image the job used from camera ('' or unknown: header)."""
+        return dict(self.job.sources).get(camera, self.header)
 
     @property
     def total_time(self) -> float:

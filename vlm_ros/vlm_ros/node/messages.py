@@ -74,26 +74,34 @@ def arguments_msg(outcome: Outcome, plan: Plan) -> PlanArguments:
 
 
 def targets_msg(outcome: Outcome, plan: Plan,
-                points: Callable[[Outcome, list], list] = lambda outcome, boxes: []
+                points: Callable[[Outcome, list], list] = lambda outcome, placed: []
                 ) -> PlanTargets:
     """Build the PlanTargets of plan, the Plan answering outcome's job: one per step.
 
-    ``points(outcome, boxes)`` gives each box's (PointStamped or None, reason), with use_depth
-    ([] without), as for ~/ground.
+    ``points(outcome, placed)`` gives each (box, camera)'s (PointStamped or None, reason),
+    with use_depth ([] without), as for ~/ground.
     """
     result = outcome.result
     count = len(plan.steps)
     boxes = list(result.boxes)[:count] if result is not None else []
     problems = list(result.box_problems) if result is not None else []
+    cameras = list(result.box_cameras) if result is not None else []
     boxed = [index for index, box in enumerate(boxes) if box]
-    found = dict(zip(boxed, points(outcome, [boxes[i] for i in boxed]), strict=False)) \
-        if boxed and outcome.status == Status.OK else {}
+    found = dict(zip(boxed, points(outcome, [(boxes[i], cameras[i]) for i in boxed]),
+                     strict=False)) if boxed and outcome.status == Status.OK else {}
     pointed = [found.get(i, (None, '')) for i in range(count)]
     return PlanTargets(header=plan.header, request_id=plan.request_id, steps=[
         StepTarget(box=[float(v) for v in boxes[i]] if i in boxed else [],
+                   camera=cameras[i] if i in boxed else '',
                    problem=problems[i] if i < len(problems) else '',
                    point=pointed[i][0] or PointStamped(), point_problem=pointed[i][1])
         for i in range(count)])
+
+
+def placed_boxes(result) -> list:
+    """Return the (box, camera) of each box of result that is one (a ~/ground answer's)."""
+    return [(box, camera) for box, camera in zip(result.boxes, result.box_cameras, strict=True)
+            if box is not None]
 
 
 def step_arguments_msg(header, plan_id: str, index: int, attempt: int, step) -> StepArguments:
@@ -164,15 +172,16 @@ def fill_cameras_response(response, outcome: Outcome):
 def fill_ground_response(response, outcome: Outcome, points: Callable[[Outcome, list], list]):
     """Fill a Ground response: success, the reason when not, the boxes (4 floats each).
 
-    ``points(outcome, boxes)`` gives each box's (PointStamped or None, reason), with use_depth.
+    ``points(outcome, placed)`` gives each (box, camera)'s (PointStamped or None, reason),
+    with use_depth.
     """
     _fill_answered(response, outcome)
     if outcome.result is None:
         return response
     response.text = outcome.result.text
-    boxes = [box for box in outcome.result.boxes if box is not None]
-    response.boxes = [float(v) for box in boxes for v in box]
-    found = points(outcome, boxes) if outcome.status == Status.OK else []
+    placed = placed_boxes(outcome.result)
+    response.boxes = [float(v) for box, _ in placed for v in box]
+    found = points(outcome, placed) if outcome.status == Status.OK else []
     response.points = [point or PointStamped() for point, _ in found]
     response.point_problems = [problem for _, problem in found]
     return response

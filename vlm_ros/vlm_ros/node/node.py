@@ -87,8 +87,8 @@ class VlmNode(LifecycleNode):
         serving = Serving(lambda: self.worker, self.not_ready, self.diagnostics.record,
                           self.model_name, self._fallback_header,
                           lambda outcome, plan: self.topics.publish_companions(outcome, plan),
-                          lambda outcome, boxes: self.images.target_points(
-                              boxes, outcome, self.settings) if self.images else [],
+                          lambda outcome, placed: self.images.target_points(
+                              outcome, placed, self.settings) if self.images else [],
                           lambda outcome: features_msg(outcome, outcome.header or Header(), '',
                                                        self.settings, self.model_name()))
         self.requests = RequestEndpoints(

@@ -109,9 +109,9 @@ SPECS = (
               '(depth 1: the node keeps only the latest frame)', applies='images',
               choices=('best_effort', 'reliable')),
     ParamSpec('use_depth', False, "subscribe to the camera's aligned depth image (depth/image: "
-              '16UC1 millimetres or 32FC1 metres) and camera_info (with cameras: the first '
+              '16UC1 millimetres or 32FC1 metres) and camera_info (with cameras: each '
               "camera's NAME/depth/image and NAME/camera_info), so each ~/ground box and each "
-              "plan step's box (plan_targets) also gets a 3D point in the camera's optical "
+              "plan step's box (plan_targets) also gets a 3D point in its camera's optical "
               'frame', applies='images'),
     ParamSpec('cameras', (), 'camera names, e.g. [head, wrist]: each camera takes images from '
               'NAME/image (NAME/image/compressed, by image_transport), and every camera request '

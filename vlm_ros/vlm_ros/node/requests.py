@@ -76,8 +76,8 @@ class Serving:
     fallback header of plans that used no image; ``companions(outcome, plan)`` publishes what
     goes out just before a Plan (its PlanConfidence and PlanArguments), or with plan None, the
     AnswerConfidence of a ~/query answer or the detections of a ~/ground answer;
-    ``points(outcome, boxes)`` the 3D point (or why none) of each box of a ~/ground answer or a
-    plan's targets, with use_depth ([] without);
+    ``points(outcome, placed)`` the 3D point (or why none) of each (box, camera) of a ~/ground
+    answer or a plan's targets, with use_depth ([] without);
     ``features(outcome)`` the Features message of a ~/features answer.
     """
 

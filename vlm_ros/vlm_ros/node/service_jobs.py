@@ -32,8 +32,13 @@ def cameras_job(request) -> Union[Job, str]:
 
 
 def ground_job(request) -> Job:
-    """Return the Job of a ~/ground request: the boxes of what its phrase names."""
-    return Job('ground', request.phrase.strip(), done=None, image_msg=_image(request))
+    """Return the Job of a ~/ground request: the boxes of what its phrase names.
+
+    In the image of the camera the request names (the first where it names none).
+    """
+    camera = request.camera.strip()
+    return Job('ground', request.phrase.strip(), done=None, image_msg=_image(request),
+               cameras=(camera,) if camera else ())
 
 
 def score_job(request) -> Union[Job, str]:

@@ -12,7 +12,7 @@ from ..base import CancelSignal, EngineBase
 from ..chat import render_prompt
 from ..config import EngineConfig
 from ..errors import VlmError
-from ..grounding import view_of
+from ..grounding import views_of
 from ..plan_schema import PLAN_TASKS
 from ..preprocess import fitted_size
 from ..results import make_result
@@ -233,8 +233,7 @@ def _results(loaded, requests: list, texts: list, rows: list, generated, followe
                                                                      max_image_side),
                         constrained, *text_logprobs(tokenizer, tokens, logprobs, eos,
                                                     request.task in PLAN_TASKS),
-                        view=view_of(image_processor, request.image.shape[1::-1],
-                                     fitted_size(request.image, max_image_side)),
+                        views=views_of(image_processor, request, max_image_side),
                         features=features)
             for request, text, tokens, cancelled, constrained, logprobs, features in zip(
                 requests, texts, rows, generated.cancelled, followed, generated.logprobs,

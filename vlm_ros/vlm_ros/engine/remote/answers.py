@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from .. import plan_schema
 from ..config import EngineConfig
-from ..grounding import view_of
+from ..grounding import views_of
 from ..preprocess import fitted_size
 from ..results import Result, make_result
 from .payload import schema_asked
@@ -33,8 +33,7 @@ def answer_result(request, answer: Answer, cancelled: bool, start: float, total:
                          answer.first_at - start if answer.first_at else total, total,
                          cancelled, fitted_size(request.image, config.max_image_side),
                          followed, *answer.text_logprobs(),
-                         view=view_of(None, request.image.shape[1::-1],
-                                      fitted_size(request.image, config.max_image_side)))
+                         views=views_of(None, request, config.max_image_side))
     if asked and not followed:
         refused = config.constrain_plans == 'on'
         then = 'constrain_plans is on, so it is not used' if refused else \
@@ -43,5 +42,5 @@ def answer_result(request, answer: Answer, cancelled: bool, start: float, total:
                        f'(response_format): {then}')
         if refused:  # its steps are not to be executed: none are passed on
             result = replace(result, valid=False, steps=(), step_confidence=(), boxes=(),
-                             box_problems=())
+                             box_problems=(), box_cameras=())
     return result
