@@ -14,8 +14,9 @@ import pytest
 from engine_fixtures import GROUND, TARGETS, scene
 from loop_harness import LOOP_OBSERVERS
 from node_harness import TIMEOUT, call, camera, set_ok, set_params, transition
-from rclpy.qos import QoSReliabilityPolicy
+from rclpy.qos import QoSReliabilityPolicy, qos_profile_sensor_data
 from ros_harness import wait_future
+from sensor_msgs.msg import Image
 from vlm_ros.engine.prompts import load_templates
 from vlm_ros.node import params
 from vlm_ros.node.image_conversion import rgb_to_image
@@ -89,9 +90,27 @@ def observe_image_reliability(node, test_node):
         return [info.qos_profile.reliability
                 for info in test_node.node.get_subscriptions_info_by_topic('/image')]
     assert reliability() == [QoSReliabilityPolicy.BEST_EFFORT]
-    set_ok(test_node, image_reliability='reliable')
+    set_ok(test_node, image_reliability='reliable', wait_for_image=0.3)
     wait_until(lambda: reliability() == [QoSReliabilityPolicy.RELIABLE], TIMEOUT,
                'a reliable image subscription')
+    # A best-effort camera's frames never reach it, and the answer says so.
+    camera_pub = test_node.node.create_publisher(Image, '/image', qos_profile_sensor_data)
+    frame = rgb_to_image(scene('red'))
+    timer = test_node.node.create_timer(0.05, lambda: camera_pub.publish(frame))
+    said = {}
+
+    def told() -> bool:
+        said['plan'] = _plan(node)
+        return 'publishes best effort' in said['plan'].message
+    try:
+        wait_until(told, TIMEOUT, 'the reason no frame arrives', poll=0.0)
+        assert said['plan'].status == Plan.STATUS_NO_IMAGE
+        assert said['plan'].message.endswith(
+            'best effort, which a reliable subscription never receives; set '
+            'image_reliability:=best_effort'), said['plan'].message
+    finally:
+        test_node.node.destroy_timer(timer)
+        test_node.node.destroy_publisher(camera_pub)
 
 
 def observe_max_image_age(node, test_node):

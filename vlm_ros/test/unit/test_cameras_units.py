@@ -117,6 +117,7 @@ def test_frames_further_apart_than_max_skew_are_unsynchronized_with_the_skew():
     assert outcome.message.startswith("the cameras' latest frames are 0.300 s apart (head "
                                       '19.900, wrist 19.600); max_skew is 0.1 s')
     assert outcome.header.frame_id == 'head@19.9'
+    assert 'stopped' not in outcome.message  # behind, but sending
     assert [(name, header.frame_id) for name, header in job.sources] == \
         [('head', 'head@19.9'), ('wrist', 'wrist@19.6')]
     assert job.skew == pytest.approx(0.3)
@@ -147,3 +148,14 @@ def test_camera_names_that_cannot_be_topics_or_words_are_refused(names, reason):
 def test_camera_names_that_can_be_topics_are_taken():
     check_camera_names(('head', 'wrist_left', 'Cam2'))
     assert validate('cameras', ()) is None
+
+
+def test_a_camera_that_stopped_is_named_as_the_one_behind():
+    frames = FrameSet(('head', 'wrist'))
+    put(frames, 'head', 19.9)
+    put(frames, 'wrist', 12.5)  # its last frame, 7.5 s ago
+    _, outcome = answer(runner(frames, max_skew=0.1))
+    assert outcome.status == Status.UNSYNCHRONIZED
+    assert outcome.message.endswith('; camera wrist sent nothing newer for 7.5 s: has it '
+                                    'stopped? (max_image_age answers its frames '
+                                    'STATUS_STALE_IMAGE)'), outcome.message

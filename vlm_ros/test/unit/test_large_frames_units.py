@@ -43,8 +43,13 @@ def test_the_hint_names_the_publishers_and_the_fix_for_their_driver():
     said = lost_hint({'/image': {'/camera/driver'}}, fix)
     assert said.startswith('/image (/camera/driver) has a publisher, but no frame has arrived '
                            'since the node subscribed')
-    assert "Fast DDS's default transport loses most frames over 512 KB" in said
+    assert "; if its frames are over 512 KB, Fast DDS's default transport loses most of them" \
+        in said
     assert said.endswith(f'start the camera driver with {fix}')
     both = lost_hint({'/image': {'/b', '/a'}, '/image/compressed': {'/a'}}, '')
     assert both == ('/image (/a, /b), /image/compressed (/a) have publishers, but no frame has '
                     'arrived since the node subscribed: what is published is lost on the way')
+    # A best-effort publisher and a reliable subscription never match: that, and no guess.
+    unmatched = lost_hint({'/image': {'/camera/driver'}}, fix, ('/image (/camera/driver)',))
+    assert unmatched.endswith(': /image (/camera/driver) publishes best effort, which a reliable '
+                              'subscription never receives; set image_reliability:=best_effort')

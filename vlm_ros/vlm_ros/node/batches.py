@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from ..engine import Request, Result, VlmError
 from ..engine.plan_schema import PLAN_TASKS
-from .frames import FrameSet, skew
+from .frames import FrameSet, StampGaps, skew
 from .jobs import Job, Limits, Outcome, Status
 
 
@@ -67,14 +67,14 @@ class BatchRunner:
                 return outcomes + self._answered(ready)
             except Exception as exc:  # noqa: BLE001 - answered as statuses, never silence
                 if not (isinstance(exc, VlmError) and exc.kind == 'bad_input'):
-                    return outcomes + [self._failed(job, header, exc)
+                    return outcomes + [failed(job, header, exc)
                                        for job, header, _ in ready]
                 # One request the processor refused fails its batch: answer each on its own.
         for item in ready:
             try:
                 outcomes += self._answered([item])
             except Exception as exc:  # noqa: BLE001 - answered as a status, never silence
-                outcomes.append(self._failed(item[0], item[1], exc))
+                outcomes.append(failed(item[0], item[1], exc))
         return outcomes
 
     def _fresh(self, frame) -> bool:
@@ -91,7 +91,7 @@ class BatchRunner:
         if job.image_msg is not None:
             if job.converted is not None:  # by the look-ahead
                 return job.image_msg.header, job.converted
-            return self._converted(job, job.image_msg.header, self._convert(), job.image_msg)
+            return converted(job, job.image_msg.header, self._convert(), job.image_msg)
         try:
             chosen = self._frames.select(cameras_asked(job, self._frames.names))
         except ValueError as exc:
@@ -114,7 +114,7 @@ class BatchRunner:
         images = []
         for name, index, frame in zip(names, chosen, frames, strict=True):
             store = self._frames.stores[index]
-            found = self._converted(job, frame.header, store.image, frame)
+            found = converted(job, frame.header, store.image, frame)
             if isinstance(found, Outcome):
                 if several:
                     found.message = f'camera {name}: {found.message}'
@@ -141,19 +141,16 @@ class BatchRunner:
                            f'{wait:g} s', frames[0].header)
         if len(frames) > 1 and 0 < limits.max_skew < job.skew:
             stamps = ', '.join(f'{name} {frame.stamp:.3f}' for name, frame in named)
+            behind, oldest = min(named, key=lambda item: item[1].stamp)
+            age = self._now() - oldest.stamp
+            stopped = f'; camera {behind} sent nothing newer for {age:.1f} s: has it stopped? ' \
+                '(max_image_age answers its frames STATUS_STALE_IMAGE)' \
+                if age > max(wait, StampGaps.PAUSE) else ''
             return Outcome(job, Status.UNSYNCHRONIZED, f"the cameras' latest frames are "
                            f'{job.skew:.3f} s apart ({stamps}); max_skew is '
-                           f'{limits.max_skew:g} s and no closer ones arrived within {wait:g} s',
-                           frames[0].header)
+                           f'{limits.max_skew:g} s and no closer ones arrived within {wait:g} s'
+                           f'{stopped}', frames[0].header)
         return None
-
-    @staticmethod
-    def _converted(job: Job, header, convert: Callable, source):
-        """Return (header, rgb), or a BAD_INPUT outcome that still names the bad image."""
-        try:
-            return header, convert(source)
-        except VlmError as exc:
-            return Outcome(job, Status.BAD_INPUT, str(exc), header)
 
     def _prepared(self, job: Job):
         """Return (job, header, Request) ready to run, or the Outcome that answers job now."""
@@ -167,7 +164,7 @@ class BatchRunner:
             if job.cancel.is_set():  # e.g. while the frame was converted
                 return Outcome(job, Status.CANCELLED, job.cancel_reason, header)
         except Exception as exc:  # noqa: BLE001 - answered as a model error, never silence
-            return self._failed(job, None, exc)
+            return failed(job, None, exc)
         # A request may ask for fewer tokens than the node allows, never for more.
         limit = self._engine.config.max_new_tokens
         tokens = min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else 0
@@ -194,15 +191,8 @@ class BatchRunner:
         try:
             scores = self._engine.score([request] * len(job.candidates), list(job.candidates))
         except Exception as exc:  # noqa: BLE001 - answered as a status, never silence
-            return self._failed(job, header, exc)
+            return failed(job, header, exc)
         return Outcome(job, Status.OK, '', header, scores=scores)
-
-    @staticmethod
-    def _failed(job: Job, header, exc: Exception) -> Outcome:
-        if isinstance(exc, VlmError):
-            status = Status.BAD_INPUT if exc.kind == 'bad_input' else Status.MODEL_ERROR
-            return Outcome(job, status, str(exc), header)
-        return Outcome(job, Status.MODEL_ERROR, f'inference failed: {exc!r}', header)
 
     def _outcome(self, job: Job, header, result: Result) -> Outcome:
         if result.cancelled:
@@ -225,6 +215,22 @@ class BatchRunner:
             note = '; '.join(filter(None, (note, 'confidence unknown (the server sent no '
                                            'logprobs): min_confidence not applied')))
         return Outcome(job, Status.OK, note, header, result)
+
+
+def converted(job: Job, header, convert: Callable, source):
+    """Return (header, rgb), or a BAD_INPUT outcome that still names the bad image."""
+    try:
+        return header, convert(source)
+    except VlmError as exc:
+        return Outcome(job, Status.BAD_INPUT, str(exc), header)
+
+
+def failed(job: Job, header, exc: Exception) -> Outcome:
+    """Return the outcome of a job the engine failed: its kind's status, and the reason."""
+    if isinstance(exc, VlmError):
+        status = Status.BAD_INPUT if exc.kind == 'bad_input' else Status.MODEL_ERROR
+        return Outcome(job, status, str(exc), header)
+    return Outcome(job, Status.MODEL_ERROR, f'inference failed: {exc!r}', header)
 
 
 def _nothing_read(task: str, result: Result) -> str:

@@ -37,23 +37,37 @@ def _type_name(msg_type) -> str:
     return f'{msg_type.__module__.split(".")[0]}/msg/{msg_type.__name__}'
 
 
+def _node_name(info) -> str:
+    """Return the full name of the node of a graph endpoint: /namespace/name."""
+    return f'{info.node_namespace.rstrip("/")}/{info.node_name}'
+
+
 def transport_fix(rmw: str) -> str:
     """Return the environment to start a camera driver with ('' when no profile applies)."""
     path = large_frames_profile()
     return f'{profile_variable()}={path}' if rmw in FAST_DDS and path else ''
 
 
-def lost_hint(publishers: dict, fix: str) -> str:
-    """Say that frames are published (topic -> publishing nodes) but none arrived, and why."""
+def lost_hint(publishers: dict, fix: str, best_effort: tuple = ()) -> str:
+    """Say that frames are published (topic -> publishing nodes) but none arrived, and why.
+
+    ``best_effort``: the publishers ('TOPIC (NODE)') that are best effort while the subscription
+    is reliable (image_reliability): DDS never matches them, which is then the reason.
+    """
     named = ', '.join(f'{topic} ({", ".join(sorted(nodes))})'
                       for topic, nodes in sorted(publishers.items()))
     many = len(publishers) > 1 or any(len(nodes) > 1 for nodes in publishers.values())
     text = f'{named} {"have publishers" if many else "has a publisher"}, but no frame has ' \
-        'arrived since the node subscribed: what is published is lost on the way'
+        'arrived since the node subscribed'
+    if best_effort:
+        return (f'{text}: {", ".join(best_effort)} publish{"" if len(best_effort) > 1 else "es"}'
+                ' best effort, which a reliable subscription never receives; set '
+                'image_reliability:=best_effort')
+    text += ': what is published is lost on the way'
     if not fix:
         return text
-    return (f"{text} (Fast DDS's default transport loses most frames over 512 KB); start the "
-            f'camera driver with {fix}')
+    return (f"{text}; if its frames are over 512 KB, Fast DDS's default transport loses most "
+            f'of them: start the camera driver with {fix}')
 
 
 class ImageInput:
@@ -74,6 +88,7 @@ class ImageInput:
         self.depths, self.info = (), None  # recent depth Images, newest CameraInfo (use_depth)
         self._last_raw = -float('inf')
         self._received = 0  # frames since the last subscribe()
+        self._reliable = False  # image_reliability: best-effort publishers never match it
         self._fix = transport_fix(get_rmw_implementation_identifier())
 
     def subscribe(self, transport: str, reliable: bool, max_pixels: int,
@@ -84,6 +99,7 @@ class ImageInput:
         """
         self.close()
         self._received = 0
+        self._reliable = reliable
         qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                          reliability=ReliabilityPolicy.RELIABLE if reliable
                          else ReliabilityPolicy.BEST_EFFORT)
@@ -144,12 +160,15 @@ class ImageInput:
             return self._silent_hint(silent)
         if not self._subs or self._received:
             return ''
-        publishers = {sub.topic_name: {
-            f'{info.node_namespace.rstrip("/")}/{info.node_name}'
-            for info in self._publishers_info(sub.topic_name)
-            if info.topic_type == _type_name(sub.msg_type)} for sub in self._subs}
-        return lost_hint({topic: nodes for topic, nodes in publishers.items() if nodes},
-                         self._fix)
+        found = {sub.topic_name: [info for info in self._publishers_info(sub.topic_name)
+                                  if info.topic_type == _type_name(sub.msg_type)]
+                 for sub in self._subs}
+        publishers = {topic: {_node_name(info) for info in infos}
+                      for topic, infos in found.items() if infos}
+        best_effort = tuple(sorted(
+            f'{topic} ({_node_name(info)})' for topic, infos in found.items() for info in infos
+            if self._reliable and info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT))
+        return lost_hint(publishers, self._fix, best_effort)
 
     def _silent_hint(self, silent: list) -> str:
         """Name the silent topics and the topics on the graph that carry images."""
