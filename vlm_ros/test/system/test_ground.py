@@ -46,6 +46,7 @@ def test_the_block_is_found_in_the_images_own_pixels(start_vlm_node, test_node, 
     assert response.success, response.message
     assert response.text == GROUND[1] and response.image_header.frame_id == frame_id
     assert list(response.boxes) == pytest.approx(EXPECTED[backend], abs=1.0)
+    assert list(response.labels) == [''], 'its answer names no label'
 
 
 def test_without_an_image_the_newest_frame_is_used(start_vlm_node, test_node):

@@ -97,6 +97,11 @@ def test_a_ground_answer_gives_every_box_its_phrase_even_none():
     assert _box(found.detections[0]) == pytest.approx((160, 240, 320, 480), abs=0.5)
     assert found.detections[0].results[0].pose.pose.position.z == 0.5
     assert found.detections[0].results[0].hypothesis.score == pytest.approx(math.exp(-0.5))
+    labelled = _outcome('ground', json.dumps([{'bbox_2d': [0, 0, 64, 48], 'label': 'red block'},
+                                              {'bbox_2d': [64, 48, 128, 96]}]), 'r-8')
+    named = ground_detections(TYPES, labelled, [])
+    assert [d.results[0].hypothesis.class_id for d in named.detections] == ['red block',
+                                                                            'the cup']
     unboxed = _outcome('ground', 'somewhere on the left', 'r-5')
     assert ground_detections(TYPES, unboxed, []).detections == []
 

@@ -21,7 +21,7 @@ outside the image is no box, and ``box_problem`` says why.
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from .preprocess import fitted_size
@@ -35,6 +35,7 @@ _PLAIN = re.compile(r'\[' + ','.join([_NUMBER] * 4) + r'\]')
 _MOLMO = re.compile(r'<point\s+x="' + _NUMBER + r'"\s+y="' + _NUMBER + '"')
 MALFORMED = 'malformed '  # a ViewBox notation: a box key whose value is no box (step_box)
 BOX_KEYS = ('bbox_2d', 'box', 'bbox')  # step keys that carry a box, bbox_2d in pixels
+MAX_LABEL_CHARS = 128  # of a box's label
 POINT_KEYS = ('point_2d', 'point')  # step keys that carry a point, point_2d in pixels
 
 
@@ -49,6 +50,7 @@ class ViewBox:
     pixels: bool = False  # Qwen2.5-VL's bbox_2d: the pixels of the image the model was given
     notation: str = 'plain'
     point: bool = False  # a point the model wrote (x1 = x2, y1 = y2), not a box of no size
+    label: str = ''  # what the model named it, where it did (Qwen2.5-VL's "label")
 
 
 def parse_box(text: str) -> Optional[ViewBox]:
@@ -63,8 +65,15 @@ def parse_boxes(text: str) -> list:
     ``bbox_2d`` (or ``box``), or several boxes in one notation. Malformed ones are left out.
     """
     items = _json_objects(text)
-    boxes = [box for box in map(step_box, items) if box is not None]
+    boxes = [replace(box, label=_label(item)) for box, item in zip(
+        map(step_box, items), items, strict=True) if box is not None]
     return boxes or _written_boxes(text)
+
+
+def _label(item: dict) -> str:
+    """Return what a grounding answer's JSON object names its box ('' where nothing)."""
+    label = item.get('label')
+    return label.strip()[:MAX_LABEL_CHARS] if isinstance(label, str) else ''
 
 
 def _json_objects(text: str) -> list:

@@ -82,10 +82,12 @@ class Result:
     # Per step: its target's box in the frame's pixels, (x1, y1, x2, y2), or None where the
     # model wrote none; box_problems: why a box the model wrote is none ('' otherwise). A
     # 'ground' answer: each box it wrote, in order (valid when one of them is a box).
-    # box_cameras: the camera whose image each box is in ('' for a lone image).
+    # box_cameras: the camera whose image each box is in ('' for a lone image); box_labels:
+    # what the model named each box ('' where it did not: Qwen2.5-VL's "label").
     boxes: tuple = ()
     box_problems: tuple = ()
     box_cameras: tuple = ()
+    box_labels: tuple = ()
     # The request's features (features.py) from the prefill of this answer; None unless asked.
     features: Optional[Features] = None
 
@@ -152,4 +154,5 @@ def make_result(task: str, text: str, output_tokens: int, time_to_first_token: f
     return Result(task, text, steps, valid, form, output_tokens, time_to_first_token, total_time,
                   cancelled, image_size, tuple(logprobs), confidence.summary(logprobs),
                   steps_confidence, boxes=boxes, box_problems=problems, box_cameras=cameras,
+                  box_labels=tuple(box.label if box else '' for box, _ in written),
                   features=features)

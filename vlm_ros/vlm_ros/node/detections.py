@@ -4,9 +4,10 @@ vision_msgs is installed on every ROS 2 distro but is no requirement of the node
 missing, the node has no detections topic and says so once at configure, and the boxes still
 go out on plan_targets and in ~/ground's responses. Each Detection2D carries one box: its
 centre and size in the source image's pixels (a point: size 0), its header that image's (with
-several cameras, of the camera the box is in), the phrase or step target as class_id, the
-answer's confidence as score, and, where use_depth found one, the box's 3D point as the
-hypothesis pose's position (in the camera's optical frame, the header's frame_id).
+several cameras, of the camera the box is in), the phrase (or the label the model gave the
+box) or step target as class_id, the answer's confidence as score, and, where use_depth found
+one, the box's 3D point as the hypothesis pose's position (in the camera's optical frame, the
+header's frame_id).
 """
 
 import math
@@ -15,7 +16,7 @@ from typing import Optional
 
 from geometry_msgs.msg import PoseWithCovariance
 
-from .messages import placed_boxes
+from .messages import box_labels, placed_boxes
 
 # covariance[0] of a hypothesis without a 3D point: unknown, as sensor_msgs/Imu marks it
 NO_POSE_COVARIANCE = -1.0
@@ -55,14 +56,17 @@ def plan_detections(types, plan, targets, step_confidence: tuple, header_of: Cal
 def ground_detections(types, outcome, points: list):
     """Build the Detection2DArray of a ~/ground answer: every box, even none, for its phrase.
 
-    points holds each box's (PointStamped or None, reason), as the response gets them.
+    points holds each box's (PointStamped or None, reason), as the response gets them. A box's
+    label is what the model named it (several boxes: 'red block', 'blue block'), else the phrase.
     """
     placed = placed_boxes(outcome.result)
+    labels = box_labels(outcome.result)
     confidence = score(outcome.result.confidence[0])
     pointed = [point for point, _ in points] + [None] * (len(placed) - len(points))  # no depth
     return detections_msg(types, outcome.header, outcome.job.request_id, [
-        (index, outcome.job.text, box, confidence, point, outcome.header_of(camera))
-        for index, ((box, camera), point) in enumerate(zip(placed, pointed, strict=True))])
+        (index, label or outcome.job.text, box, confidence, point, outcome.header_of(camera))
+        for index, ((box, camera), label, point) in enumerate(zip(placed, labels, pointed,
+                                                                  strict=True))])
 
 
 def detections_msg(types, header, request_id: str, found: list):

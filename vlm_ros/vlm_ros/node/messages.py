@@ -104,6 +104,12 @@ def placed_boxes(result) -> list:
             if box is not None]
 
 
+def box_labels(result) -> list:
+    """Return what the model named each box of result that is one ('' where it did not)."""
+    return [label for box, label in zip(result.boxes, result.box_labels, strict=True)
+            if box is not None]
+
+
 def step_arguments_msg(header, plan_id: str, index: int, attempt: int, step) -> StepArguments:
     """Build the StepArguments of one StepCommand: the step's skill arguments."""
     return StepArguments(header=header, plan_id=plan_id, index=index, attempt=attempt,
@@ -181,6 +187,7 @@ def fill_ground_response(response, outcome: Outcome, points: Callable[[Outcome, 
     response.text = outcome.result.text
     placed = placed_boxes(outcome.result)
     response.boxes = [float(v) for box, _ in placed for v in box]
+    response.labels = box_labels(outcome.result)
     found = points(outcome, placed) if outcome.status == Status.OK else []
     response.points = [point or PointStamped() for point, _ in found]
     response.point_problems = [problem for _, problem in found]

@@ -42,5 +42,5 @@ def answer_result(request, answer: Answer, cancelled: bool, start: float, total:
                        f'(response_format): {then}')
         if refused:  # its steps are not to be executed: none are passed on
             result = replace(result, valid=False, steps=(), step_confidence=(), boxes=(),
-                             box_problems=(), box_cameras=())
+                             box_problems=(), box_cameras=(), box_labels=())
     return result
