@@ -64,11 +64,9 @@ def test_a_megabyte_instruction_is_bad_input_at_once(start_vlm_node):
     node = start_vlm_node()
     node.wait_state('active')
     text = 'pick ' * 200_000  # 1 MB
-    started = time.monotonic()
-    node.instruct(text)
-    plan = node.plans.wait_for(lambda p: p.status == Plan.STATUS_BAD_INPUT, TIMEOUT, 'BAD_INPUT')
-    assert time.monotonic() - started < 1.0 + 0.5  # + DDS of 1 MB on a busy machine
-    assert 'max_text_chars is 4096' in plan.message
+    node.instruct(text)  # no camera: refused before a wait for an image, not NO_IMAGE after it
+    plan = node.plans.wait_for(lambda p: True, TIMEOUT, 'its plan')
+    assert plan.status == Plan.STATUS_BAD_INPUT and 'max_text_chars is 4096' in plan.message
     _still_plans_after_camera(node)
 
 
@@ -86,9 +84,7 @@ def test_query_token_limit_is_clamped_to_the_node_limit(start_vlm_node, untraine
         request = Query.Request(question='what?', image=rgb_to_image(scene('red')),
                                 max_new_tokens=max_new_tokens)
         return call(test_node, Query, '/vlm_node/query', request)
-    started = time.monotonic()
     huge = ask(2**32 - 1)
-    assert time.monotonic() - started < 30, 'not clamped: it generated for long'
     assert huge.answer == ask(0).answer  # greedy: the node's 8 tokens either way
     assert len(ask(3).answer) < len(huge.answer)  # asking for fewer still works
 

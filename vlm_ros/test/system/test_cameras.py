@@ -8,9 +8,10 @@ further apart than max_skew, and max_skew's own effect: test_node_parameters.py
 
 import pytest
 from camera_harness import CAMERAS, INSTRUCTION, Cameras, new_plan, stream_depth
-from engine_fixtures import GROUND, RED_BLOCK
+from engine_fixtures import GROUND, RED_BLOCK, scene
 from fork_server import run_tool
 from node_harness import RELIABLE, TIMEOUT, call, node_executable, set_ok, transition
+from vlm_ros.node.image_conversion import rgb_to_image
 from waiting import wait_until
 
 from vlm_ros_msgs.msg import Features, ImageSources, Plan
@@ -171,10 +172,25 @@ def test_ground_looks_in_the_camera_it_names_with_that_cameras_depth(start_vlm_n
         head = ground('')  # the first camera, which has no depth camera beside it
         assert head.success and head.image_header.frame_id == cameras.frame_ids['head']
         assert head.points[0].header.frame_id == ''
-        assert head.point_problems == ['no depth image has arrived'], head.point_problems
+        assert head.point_problems == ['no depth image has arrived on head/depth/image']
         refused = ground('elbow')
         assert not refused.success, refused
         assert 'unknown camera elbow; the cameras are head, wrist' in refused.message
+        # A caller's own image, named as the wrist camera's, takes the wrist's depth.
+        own = rgb_to_image(scene('red'))
+        own.header.frame_id = cameras.frame_ids['wrist']
+
+        def given(camera: str) -> Ground.Response:
+            own.header.stamp = test_node.node.get_clock().now().to_msg()
+            answered['own'] = call(test_node, Ground, '/vlm_node/ground',
+                                   Ground.Request(phrase=GROUND[0], image=own, camera=camera))
+            return answered['own']
+        wait_until(lambda: given('wrist').points[0].header.frame_id != '', TIMEOUT,
+                   "the wrist's depth for a caller's image", poll=0.0)
+        assert answered['own'].image_header == own.header
+        assert answered['own'].points[0].point.z == pytest.approx(0.5)
+        unknown = given('elbow')
+        assert not unknown.success and 'unknown camera elbow' in unknown.message
     finally:
         test_node.node.destroy_timer(timer)
         cameras.stop()

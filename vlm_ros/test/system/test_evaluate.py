@@ -99,7 +99,8 @@ def test_engine_records_pair_and_answer(engine_run):
     assert red['status'] == 'OK' and red['valid'] and red['form'] == 'constrained'
     assert red['text'] == PLAN_JSON
     assert red['steps'][0] == {'instruction': 'pick up the red block', 'skill': 'pick',
-                               'target': 'red block', 'box': None}  # the model drew none
+                               'target': 'red block', 'box': None,
+                               'camera': ''}  # the model drew none
     red_caption = next(c for c in captions if c['image']['frame'] == 0)
     assert red_caption['text'] == TARGETS['caption'][1] and red_caption['valid']
     answered = [r for r in records if r['status'] in ('OK', 'INVALID_OUTPUT')]
@@ -151,7 +152,7 @@ def test_recorded_answers_make_the_same_records(tmp_path):
     assert [p['valid'] for p in plans] == [False, True, False, True]
     assert [p['form'] for p in plans] == ['none', 'json', 'none', 'json']
     assert plans[1]['steps'][1] == {'instruction': 'place it in the bin', 'skill': 'place',
-                                    'target': 'bin', 'box': None}
+                                    'target': 'bin', 'box': None, 'camera': ''}
     assert [p['total_time'] for p in plans] == pytest.approx([0.001, 0.25, 0.375, 0.5])
     assert plans[1]['time_to_first_token'] == pytest.approx(0.0625)
     assert plans[0]['time_to_first_token'] is None and plans[1]['output_tokens'] == 7

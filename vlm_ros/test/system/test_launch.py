@@ -6,7 +6,6 @@ launch_harness.py) and watches its node over DDS, by the node's own namespace.
 
 import re
 import subprocess
-import time
 import uuid
 
 import pytest
@@ -56,11 +55,10 @@ def test_launch_remaps_plans_and_exits_cleanly_on_ctrl_c(launches, test_node, tr
     tasks.publish(String(data=TARGETS['plan'][0]))
     plan = plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the plan')
     assert plan.status == Plan.STATUS_OK and plan.text == TARGETS['plan'][1], plan.message
-    started = time.monotonic()
     code, out = launch.stop()
     assert code == 0 and 'terminate called' not in out, out[-3000:]
     assert 'process has finished cleanly' in out, out[-3000:]
-    assert time.monotonic() - started < 5.0  # well before launch escalates to SIGTERM
+    assert 'escalating to' not in out, 'it outlived the SIGINT: launch escalated'
     assert '[DEBUG]' in out  # log_level reached the node
 
 

@@ -124,10 +124,8 @@ def observe_max_image_age(node, test_node):
 def observe_wait_for_image(node, test_node):
     set_ok(test_node, wait_for_image=60.0)
     set_ok(test_node, wait_for_image=0.3)
-    started = time.monotonic()
-    plan = _plan(node)
+    plan = _plan(node)  # the value before would wait 60 s, past _plan's TIMEOUT
     assert plan.status == Plan.STATUS_NO_IMAGE and 'within 0.3 s' in plan.message
-    assert time.monotonic() - started < 30.0  # the value before would wait 60 s
 
 
 def observe_caption_rate(node, test_node):
@@ -135,13 +133,9 @@ def observe_caption_rate(node, test_node):
     # A frame sent is not yet received: with none, the first caption waits for the timer.
     node.wait_diag(lambda v: int(v['frames_received']) > 0, TIMEOUT, 'a frame received')
     assert node.captions.items() == []
-    period = 20.0
-    set_ok(test_node, caption_rate=1 / period)
-    started = time.monotonic()
-    node.captions.wait_for(lambda c: True, TIMEOUT, 'a caption')
-    took = time.monotonic() - started
-    # The first caption comes at once, not one period later: by far within the period.
-    assert took < period / 2, f'first caption after {took:.2f} s'
+    # The first caption comes at once, not one period later: the wait ends long before.
+    set_ok(test_node, caption_rate=1 / (10 * TIMEOUT))
+    node.captions.wait_for(lambda c: True, TIMEOUT, 'a caption before the first period')
 
 
 def observe_skills(node, test_node):
@@ -229,11 +223,10 @@ def observe_prompt_caption(node, test_node):
 
 
 def observe_max_text_chars(node, test_node):
-    set_ok(test_node, max_text_chars=10, wait_for_image=60.0)  # no camera: a wait would be long
-    started = time.monotonic()
+    # No camera: a request that waited for an image would be answered after 60 s, past TIMEOUT.
+    set_ok(test_node, max_text_chars=10, wait_for_image=60.0)
     plan = _plan(node, text='x' * 11)
     assert plan.status == Plan.STATUS_BAD_INPUT and 'max_text_chars is 10' in plan.message
-    assert time.monotonic() - started < 30.0  # refused before it waits for an image
 
 
 def observe_max_image_pixels(node, test_node):

@@ -7,7 +7,6 @@ the server does, without being reloaded.
 
 import pathlib
 import threading
-import time
 
 import pytest
 from engine_fixtures import PLAN_JSON, TARGETS, scene
@@ -63,11 +62,9 @@ def test_stopped_server_refuses_then_recovers(connect, fault_server):
 def test_blocked_server_times_out_after_retries_then_recovers(connect, fault_server):
     engine = connect(max_retries=1, request_timeout=1.0)
     fault_server.block()
-    start = time.monotonic()
     error = _fails(engine)
     assert error.kind == 'backend_timeout'
     assert 'request_timeout 1 s' in str(error) and '(after 2 attempts)' in str(error)
-    assert time.monotonic() - start >= 1.0 + 0.5 + 1.0  # timeout, backoff, timeout
     assert engine.reachable is False
     fault_server.unblock()
     _recovers(engine)

@@ -9,7 +9,6 @@ import pathlib
 import re
 import signal
 import threading
-import time
 import uuid
 
 import pytest
@@ -44,9 +43,6 @@ def test_signal_exits_cleanly(test_node, sig):
 # Each answer: seconds of generation. Free text: a plan under the schema's grammar would end
 # after its last step.
 LONG = {'max_new_tokens': 4096, 'wait_for_image': 30.0, 'constrain_plans': 'off'}
-# s from a signal or deactivate to its end, while generating: far less than the 4096-token
-# generation it interrupts (seconds at 1 ms a token), so it did not wait for it.
-EXIT_LIMIT = 3.0
 
 
 def _busy_node(start_vlm_node, untrained_llava, waiting: int):
@@ -63,26 +59,24 @@ def _busy_node(start_vlm_node, untrained_llava, waiting: int):
     return node, texts
 
 
-def _signal_and_time(node, sig):
-    started = time.monotonic()
-    code, err = node.stop(sig)
-    return code, err, time.monotonic() - started
+def _interrupted(plan: Plan) -> bool:
+    """Tell whether plan's generation was stopped before its LONG budget: not waited for."""
+    return plan.status == Plan.STATUS_CANCELLED and plan.output_tokens < LONG['max_new_tokens']
 
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
 def test_signal_while_generating_answers_every_instruction(start_vlm_node, untrained_llava,
                                                            sig):
     node, texts = _busy_node(start_vlm_node, untrained_llava, waiting=6)
-    code, err, took = _signal_and_time(node, sig)
+    code, err = node.stop(sig)
     assert 'terminate called' not in err
     assert code == 0, err[-3000:]
-    assert took < EXIT_LIMIT, f'exit took {took:.2f} s'
     answered = [p for p in node.plans.items() if p.instruction in texts]
     assert sorted(p.instruction for p in answered) == sorted(texts), 'one Plan each'
     cancelled = [p for p in answered if p.status == Plan.STATUS_CANCELLED]
     assert len(cancelled) >= 6 and all('shutting down' in p.message for p in cancelled)
-    assert any('during generation' in p.message for p in cancelled), \
-        [p.message for p in cancelled]
+    running = [p for p in cancelled if 'during generation' in p.message]
+    assert running and all(map(_interrupted, running)), [p.message for p in cancelled]
 
 
 def test_signal_answers_a_running_goal_and_a_waiting_query(start_vlm_node, untrained_llava,
@@ -97,11 +91,10 @@ def test_signal_answers_a_running_goal_and_a_waiting_query(start_vlm_node, untra
     assert query.wait_for_service(timeout_sec=TIMEOUT)
     response = query.call_async(Query.Request(question='what is there?'))
     node.wait_diag(lambda v: v.get('queue_length') == '1', TIMEOUT, 'the query queued')
-    code, err, took = _signal_and_time(node, signal.SIGTERM)
+    code, err = node.stop(signal.SIGTERM)
     assert code == 0 and 'terminate called' not in err, err[-3000:]
-    assert took < EXIT_LIMIT, f'exit took {took:.2f} s'
     result = wait_future(result, TIMEOUT, 'the goal result')
-    assert result.result.plan.status == Plan.STATUS_CANCELLED, result.result.plan.message
+    assert _interrupted(result.result.plan), result.result.plan
     answer = wait_future(response, TIMEOUT, 'the query response')
     assert not answer.success and 'shutting down' in answer.message
     client.destroy()
@@ -193,15 +186,11 @@ def test_a_result_asked_for_after_its_goal_ended_on_the_way_out_is_still_sent(te
     client.destroy()
 
 
-LAUNCH_SIGTERM_TIMEOUT = 5.0  # s launch waits after SIGINT before it sends SIGTERM (default)
-
-
-def test_idle_node_exits_before_launch_escalates(start_vlm_node):
+def test_idle_node_exits_0_on_sigint(start_vlm_node):
     node = start_vlm_node()
     node.wait_state('active')
-    code, err, took = _signal_and_time(node, signal.SIGINT)
+    code, err = node.stop(signal.SIGINT)
     assert code == 0, err[-3000:]
-    assert took < LAUNCH_SIGTERM_TIMEOUT, f'idle exit took {took:.2f} s'
 
 
 SEGMENT = re.compile(r'/dev/shm/fast(dds|rtps)_[0-9a-f]{16}')  # not the shared port files
@@ -234,11 +223,8 @@ def test_deactivate_wakes_a_query_waiting_for_an_image(start_vlm_node, test_node
     assert query.wait_for_service(timeout_sec=TIMEOUT)
     response = query.call_async(Query.Request(question='anything?'))
     node.wait_diag(lambda v: v.get('requests_in_progress') == '1', TIMEOUT, 'the query waiting')
-    started = time.monotonic()
-    assert transition(test_node, 'deactivate')
-    took = time.monotonic() - started
+    assert transition(test_node, 'deactivate')  # else the query waits its 60 s, past TIMEOUT
     answer = wait_future(response, TIMEOUT, 'the query response')
-    assert took < 1.0, f'deactivate took {took:.2f} s'
     assert not answer.success and 'deactivated' in answer.message, answer.message
 
 
@@ -248,12 +234,9 @@ def test_deactivate_gives_a_running_goal_its_result(start_vlm_node, untrained_ll
     streaming = threading.Event()
     client, _, handle = send_goal(test_node, 'keep going', lambda _: streaming.set())
     assert streaming.wait(TIMEOUT), 'no feedback: not generating'
-    started = time.monotonic()
     assert transition(test_node, 'deactivate')
-    took = time.monotonic() - started
     result = wait_future(handle.get_result_async(), TIMEOUT, 'the goal result')
-    assert took < 1.0, f'deactivate took {took:.2f} s'
-    assert result.result.plan.status == Plan.STATUS_CANCELLED
+    assert _interrupted(result.result.plan), result.result.plan
     assert 'deactivated' in result.result.plan.message
     rejected = wait_future(client.send_goal_async(GeneratePlan.Goal(instruction='x')), TIMEOUT,
                            'the goal response of an inactive node')
@@ -264,12 +247,9 @@ def test_deactivate_gives_a_running_goal_its_result(start_vlm_node, untrained_ll
 def test_deactivate_while_generating_answers_every_instruction_without_waiting(
         start_vlm_node, untrained_llava, test_node):
     node, texts = _busy_node(start_vlm_node, untrained_llava, waiting=6)
-    started = time.monotonic()
     assert transition(test_node, 'deactivate')
-    took = time.monotonic() - started
-    assert took < EXIT_LIMIT, f'deactivate took {took:.2f} s'
     answered = [node.plans.wait_for(lambda p, t=text: p.instruction == t, TIMEOUT, text)
                 for text in texts]
-    assert all(p.status == Plan.STATUS_CANCELLED and 'deactivated' in p.message
-               for p in answered), [p.message for p in answered]
+    assert all(_interrupted(p) and 'deactivated' in p.message for p in answered), \
+        [p.message for p in answered]
     assert len([p for p in node.plans.items() if p.instruction in texts]) == len(texts)

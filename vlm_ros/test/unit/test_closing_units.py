@@ -13,6 +13,7 @@ import torch
 from vlm_ros.engine.local import constrain
 from vlm_ros.engine.plan_schema import (
     MAX_BOX_VALUE,
+    MAX_CAMERA_CHARS,
     MAX_INSTRUCTION_CHARS,
     MAX_STEPS,
     MAX_TARGET_CHARS,
@@ -35,16 +36,23 @@ def _valid_plan(text: str) -> bool:
     plan = json.loads(text)
     steps = plan['steps']
     return list(plan) == ['steps'] and 1 <= len(steps) <= MAX_STEPS and all(
-        list(step) in (['instruction', 'skill', 'target'],
-                       ['instruction', 'skill', 'target', 'bbox_2d'])
+        list(step)[:3] == ['instruction', 'skill', 'target']
+        and _in_order(list(step)[3:], ['camera', 'bbox_2d', 'point_2d'])
         and step['skill'] in SKILLS
         and 1 <= len(step['instruction']) <= MAX_INSTRUCTION_CHARS
         and len(step['target']) <= MAX_TARGET_CHARS
-        and _box(step.get('bbox_2d', [0, 0, 0, 0])) for step in steps)
+        and 1 <= len(step.get('camera', 'head')) <= MAX_CAMERA_CHARS
+        and _box(step.get('bbox_2d', [0, 0, 0, 0]), 4)
+        and _box(step.get('point_2d', [0, 0]), 2) for step in steps)
 
 
-def _box(values) -> bool:
-    return len(values) == 4 and all(type(v) is int and 0 <= v <= MAX_BOX_VALUE for v in values)
+def _in_order(keys: list, optional: list) -> bool:
+    return keys == [key for key in optional if key in keys]
+
+
+def _box(values, count: int) -> bool:
+    return len(values) == count and all(type(v) is int and 0 <= v <= MAX_BOX_VALUE
+                                        for v in values)
 
 
 def _drive(cache, tokenizer, prefer, budget: int, greedy: bool = True):
@@ -100,7 +108,9 @@ def test_every_prefix_of_a_plan_closes_into_a_valid_plan(grammars):
         rest = cache.closer.closing_tokens(matcher)
         text = cache.tokenizer.decode_bytes(tokens[:cut] + rest).decode()
         assert _valid_plan(text), (cut, text)
-        assert matcher.is_accepting() == (cut == len(tokens))  # the search ran on a copy
+        # The search rolled back what it tried: the matcher takes the rest of the plan.
+        assert matcher.is_accepting() == (cut == len(tokens))
+        assert matcher.consume_tokens(tokens[cut:]) and matcher.is_accepting()
     assert rest == []  # a complete plan needs nothing more
 
 

@@ -64,6 +64,16 @@ def test_the_boxs_depth_is_the_median_of_its_central_half():
     assert depth is None and why.startswith('too few valid depths in the box (0 of')
 
 
+def test_a_points_depth_is_of_the_pixels_around_it_and_a_depth_some_pixel_has():
+    metres = np.zeros((48, 64), np.float32)
+    metres[17:24, 27:34] = 0.7  # exactly the 7x7 pixels around the pixel (30, 20)
+    assert box_depth(metres, (30.5, 20.9, 30.5, 20.9)) == (pytest.approx(0.7), '')
+    assert box_depth(metres, (40.0, 20.0, 40.0, 20.0))[1] == \
+        'too few valid depths in the box (0 of 49 pixels around the point)'
+    metres[:, :4], metres[:, 4:] = 1.0, 0.4  # an edge through a box's central half (8 pixels)
+    assert box_depth(metres, (0.0, 0.0, 8.0, 4.0)) == (pytest.approx(0.4), '')  # not 0.7
+
+
 def test_the_point_is_the_boxs_centre_at_its_depth_in_the_optical_frame():
     (point, why), = points_of([BLOCK], image_header(), SIZE, [depth_image(scene_depth())],
                               camera_info(), 0.1)
@@ -73,9 +83,9 @@ def test_the_point_is_the_boxs_centre_at_its_depth_in_the_optical_frame():
 
 
 @pytest.mark.parametrize('change, why', [
-    ({'depth': None}, 'no depth image has arrived'),
-    ({'info': None}, 'no camera_info has arrived'),
-    ({'header': image_header(10, 300_000_000)}, 'the nearest depth image is 0.300 s from the '
+    ({'depth': None}, 'no depth image has arrived on depth/image'),
+    ({'info': None}, 'no camera_info has arrived on camera_info'),
+    ({'header': image_header(10, 300_000_000)}, 'the nearest depth image is 0.3000 s from the '
                                                'image (max_skew 0.1 s)'),
     ({'header': Header(stamp=Time(sec=10), frame_id='my_photo')}, "the depth image is of frame "
                                                                   "'color', the image of "

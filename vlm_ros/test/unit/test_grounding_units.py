@@ -4,7 +4,15 @@ import json
 import math
 
 import pytest
-from vlm_ros.engine.grounding import View, ViewBox, box_problem, parse_box, parse_boxes, step_box
+from vlm_ros.engine.grounding import (
+    View,
+    ViewBox,
+    box_problem,
+    parse_box,
+    parse_boxes,
+    step_box,
+    without_boxes,
+)
 from vlm_ros.engine.plan_parser import parse_plan
 from vlm_ros.engine.results import make_result
 
@@ -148,6 +156,19 @@ def test_a_steps_box_is_in_the_image_of_the_camera_it_names_the_first_by_default
     assert result.boxes == ((80.0, 60.0, 160.0, 120.0), (40.0, 30.0, 80.0, 60.0), None, None)
     assert result.box_cameras == ('wrist', 'head', '', '')
     assert result.box_problems[2] == "camera 'elbow' is not one of the images (head, wrist)"
+    # A camera that is no name names no camera; null names none (the first).
+    odd = make_result('plan', json.dumps({'steps': [
+        {'instruction': 'pick', 'camera': 5, 'bbox_2d': [40, 30, 80, 60]},
+        {'instruction': 'pick', 'camera': ['wrist'], 'bbox_2d': [40, 30, 80, 60]},
+        {'instruction': 'pick', 'camera': None, 'bbox_2d': [40, 30, 80, 60]},
+        {'instruction': 'pick', 'camera': 'wrist', 'bbox_2d': [400, 30, 480, 60]}]}),
+        10, 0.1, 0.2, False, views=CAMERAS)
+    assert odd.box_problems[:3] == (
+        "camera '5.0' is not one of the images (head, wrist)",  # as the parser reads it
+        'camera \'["wrist"]\' is not one of the images (head, wrist)', '')
+    assert odd.box_cameras == ('', '', 'head', 'wrist')
+    assert odd.box_problems[3] == \
+        'camera wrist: the box (800.0, 60.0, 960.0, 120.0) is outside the 320x240 frame'
     # One image: the camera's name is not needed, and not checked.
     alone = make_result('plan', text, 10, 0.1, 0.2, False, views=ONE)
     assert alone.boxes[2] == (40.0, 30.0, 80.0, 60.0) and alone.box_cameras[:3] == ('',) * 3
@@ -157,3 +178,11 @@ def test_a_ground_answers_boxes_are_in_the_first_images_pixels():
     found = make_result('ground', '{"bbox_2d": [40, 30, 80, 60]}', 5, 0.1, 0.2, False,
                         views=CAMERAS[::-1])
     assert found.boxes == ((80.0, 60.0, 160.0, 120.0),) and found.box_cameras == ('wrist',)
+
+
+def test_a_targets_words_are_kept_without_the_boxes_written_in_them():
+    assert without_boxes('cup<point x="25.0" y="50.0" alt="cup">cup</point>') == 'cup cup'
+    assert without_boxes('red block<loc_250><loc_500><loc_749><loc_999>') == 'red block'
+    assert without_boxes('<|box_start|>(1,2),(3,4)<|box_end|> tray, left') == 'tray, left'
+    assert without_boxes('the cup at [0.1, 0.2, 0.3, 0.4]') == 'the cup at'
+    assert without_boxes('  bin ') == 'bin'

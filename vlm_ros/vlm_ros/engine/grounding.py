@@ -33,6 +33,8 @@ _QWEN2 = re.compile(r'<\|box_start\|>\s*\(' + _NUMBER + ',' + _NUMBER + r'\)\s*,
                     _NUMBER + ',' + _NUMBER + r'\)\s*<\|box_end\|>')
 _PLAIN = re.compile(r'\[' + ','.join([_NUMBER] * 4) + r'\]')
 _MOLMO = re.compile(r'<point\s+x="' + _NUMBER + r'"\s+y="' + _NUMBER + '"')
+_MARKUP = re.compile(r'<point\b[^<>]{0,300}>|</point>|<loc_?\d{1,4}>|' + _QWEN2.pattern + '|' +
+                     _PLAIN.pattern)
 MALFORMED = 'malformed '  # a ViewBox notation: a box key whose value is no box (step_box)
 BOX_KEYS = ('bbox_2d', 'box', 'bbox')  # step keys that carry a box, bbox_2d in pixels
 MAX_LABEL_CHARS = 128  # of a box's label
@@ -51,6 +53,11 @@ class ViewBox:
     notation: str = 'plain'
     point: bool = False  # a point the model wrote (x1 = x2, y1 = y2), not a box of no size
     label: str = ''  # what the model named it, where it did (Qwen2.5-VL's "label")
+
+
+def without_boxes(text: str) -> str:
+    """Return text without the box and point notations in it: a target's words alone."""
+    return ' '.join(_MARKUP.sub(' ', text).split())
 
 
 def parse_box(text: str) -> Optional[ViewBox]:
@@ -172,8 +179,8 @@ class View:
 def box_problem(box: ViewBox, view: View) -> str:
     """Say why a box (or point) is none in view's frame ('' when it is one).
 
-    The message gives the box as the model placed it, before clipping: clipped, a box beside
-    the frame would read as one of no size on its edge.
+    The message gives the box in the frame's pixels before clipping: clipped, a box beside the
+    frame would read as one of no size on its edge.
     """
     if box.notation.startswith(MALFORMED):
         return f'malformed: {box.notation[len(MALFORMED):]}'
@@ -185,13 +192,19 @@ def box_problem(box: ViewBox, view: View) -> str:
     frame = f'the {view.frame[0]:.0f}x{view.frame[1]:.0f} frame'
     if box.point:
         inside = (x1, y1) == placed[:2]
-        return '' if inside else f'the point ({placed[0]:.1f}, {placed[1]:.1f}) is outside {frame}'
+        return '' if inside else \
+            f'the point ({_pixel(placed[0])}, {_pixel(placed[1])}) is outside {frame}'
     if x2 - x1 >= 1.0 and y2 - y1 >= 1.0:
         return ''
-    where = ', '.join(f'{v:.1f}' for v in placed)
+    where = ', '.join(map(_pixel, placed))
     if placed[2] - placed[0] < 1.0 or placed[3] - placed[1] < 1.0:
         return f'the box ({where}) has no size'
     return f'the box ({where}) is outside {frame}'
+
+
+def _pixel(value: float) -> str:
+    """Write a coordinate for a message: one decimal, or short where the model wrote 1e300."""
+    return f'{value:.1f}' if abs(value) < 1e6 else f'{value:.3g}'
 
 
 def place(box: Optional[ViewBox], camera: str, views: tuple) -> tuple:
@@ -214,6 +227,8 @@ def place(box: Optional[ViewBox], camera: str, views: tuple) -> tuple:
     if view is None:
         return None, "the model's view of the frame is not known", name
     problem = box_problem(box, view)
+    if problem and name:
+        problem = f'camera {name}: {problem}'
     return (None if problem else view.to_pixels(box)), problem, name
 
 

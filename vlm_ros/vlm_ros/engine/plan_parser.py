@@ -7,6 +7,7 @@ parser is tolerant and total: it never raises, never evaluates the text, and run
 linear in its length (a hand-written scanner; no regular expression here can backtrack badly).
 """
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Optional
@@ -212,7 +213,19 @@ def _step(item) -> PlanStep:
                 {})
     return PlanStep(fields.get(used, ''), skill, target,
                     tuple((k, v.strip()) for k, v in args.items() if isinstance(v, str)),
-                    step_box(item), fields.get('camera', ''))
+                    step_box(item), _camera(item))
+
+
+def _camera(item: dict) -> str:
+    """Return the camera a step names: its name, '' for none, or a non-name as JSON text.
+
+    A value that is not a string (5, ["wrist"]) is kept as its JSON text, which names no camera,
+    so its box is reported as in no camera's image rather than placed in the first one's.
+    """
+    value = next((v for k, v in item.items() if _norm(k) == 'camera'), None)
+    if value is None or isinstance(value, str):
+        return (value or '').strip()
+    return json.dumps(value)[:60]
 
 
 def _steps(items: list) -> tuple[PlanStep, ...]:

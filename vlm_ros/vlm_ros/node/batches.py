@@ -89,9 +89,7 @@ class BatchRunner:
         camera's header (sources) and their skew.
         """
         if job.image_msg is not None:
-            if job.converted is not None:  # by the look-ahead
-                return job.image_msg.header, job.converted
-            return converted(job, job.image_msg.header, self._convert(), job.image_msg)
+            return self._given(job)
         try:
             chosen = self._frames.select(cameras_asked(job, self._frames.names))
         except ValueError as exc:
@@ -122,6 +120,23 @@ class BatchRunner:
             images.append((name, found[1]))
         return frames[0].header, tuple(images) if several else images[0][1]
 
+    def _given(self, job: Job):
+        """Return (header, rgb) of job's own image, or the Outcome saying why it is refused.
+
+        A job that names a camera (~/ground's camera) takes its image as that camera's, so its
+        boxes get that camera's depth: ((name, rgb),) then, with the name checked.
+        """
+        header = job.image_msg.header
+        found = (header, job.converted) if job.converted is not None else \
+            converted(job, header, self._convert(), job.image_msg)  # unless the look-ahead did
+        if isinstance(found, Outcome) or not job.cameras:
+            return found
+        try:
+            self._frames.select(job.cameras[:1])
+        except ValueError as exc:
+            return Outcome(job, Status.BAD_INPUT, str(exc), header)
+        return header, ((job.cameras[0], found[1]),)
+
     def _refused(self, job: Job, names: list, frames: list, limits: Limits, wait: float):
         """Return the Outcome of frames that cannot be used (none, stale, skewed), or None."""
         missing = [name for name, frame in zip(names, frames, strict=True) if frame is None]
@@ -140,16 +155,7 @@ class BatchRunner:
                            f'{limits.max_image_age:g} s) and no fresh one arrived within '
                            f'{wait:g} s', frames[0].header)
         if len(frames) > 1 and 0 < limits.max_skew < job.skew:
-            stamps = ', '.join(f'{name} {frame.stamp:.3f}' for name, frame in named)
-            behind, oldest = min(named, key=lambda item: item[1].stamp)
-            age = self._now() - oldest.stamp
-            stopped = f'; camera {behind} sent nothing newer for {age:.1f} s: has it stopped? ' \
-                '(max_image_age answers its frames STATUS_STALE_IMAGE)' \
-                if age > max(wait, StampGaps.PAUSE) else ''
-            return Outcome(job, Status.UNSYNCHRONIZED, f"the cameras' latest frames are "
-                           f'{job.skew:.3f} s apart ({stamps}); max_skew is '
-                           f'{limits.max_skew:g} s and no closer ones arrived within {wait:g} s'
-                           f'{stopped}', frames[0].header)
+            return unsynchronized(job, named, limits.max_skew, wait, self._now())
         return None
 
     def _prepared(self, job: Job):
@@ -215,6 +221,23 @@ class BatchRunner:
             note = '; '.join(filter(None, (note, 'confidence unknown (the server sent no '
                                            'logprobs): min_confidence not applied')))
         return Outcome(job, Status.OK, note, header, result)
+
+
+def unsynchronized(job: Job, named: list, max_skew: float, wait: float, now: float) -> Outcome:
+    """Return the UNSYNCHRONIZED outcome of job's (camera name, Frame) pairs, with the skew.
+
+    The camera behind is named where it sent nothing newer for longer than the wait: a camera
+    that stopped is the likelier cause then, which max_skew alone cannot tell.
+    """
+    stamps = ', '.join(f'{name} {frame.stamp:.3f}' for name, frame in named)
+    behind, oldest = min(named, key=lambda item: item[1].stamp)
+    age = now - oldest.stamp
+    stopped = f'; camera {behind} sent nothing newer for {age:.1f} s: has it stopped? ' \
+        '(max_image_age answers its frames STATUS_STALE_IMAGE)' \
+        if age > max(wait, StampGaps.PAUSE) else ''
+    return Outcome(job, Status.UNSYNCHRONIZED, f"the cameras' latest frames are {job.skew:.3f} "
+                   f's apart ({stamps}); max_skew is {max_skew:g} s and no closer ones arrived '
+                   f'within {wait:g} s{stopped}', named[0][1].header)
 
 
 def converted(job: Job, header, convert: Callable, source):

@@ -51,23 +51,29 @@ def depth_metres(msg) -> np.ndarray:
 def box_depth(depth: np.ndarray, box: tuple) -> tuple:
     """Return (metres, '') for box's central half in depth, or (None, why there is none).
 
-    A point (a box of no size) takes the depths within POINT_RADIUS pixels of it.
+    A point (a box of no size) takes the depths within POINT_RADIUS pixels of the pixel it is
+    in. The median of an even count is its lower middle value: a depth some pixel has, never
+    the mean of two surfaces at an edge.
     """
     x1, y1, x2, y2 = box
     point = x1 == x2 and y1 == y2
-    cx, cy, half_w, half_h = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 4, (y2 - y1) / 4
-    if point:
-        half_w = half_h = POINT_RADIUS
     height, width = depth.shape
-    left, right = int(max(cx - half_w, 0)), int(min(np.ceil(cx + half_w), width))
-    top, bottom = int(max(cy - half_h, 0)), int(min(np.ceil(cy + half_h), height))
-    inside = depth[top:bottom, left:right]
+    if point:
+        column, row = int(x1), int(y1)
+        left, right = max(column - POINT_RADIUS, 0), min(column + POINT_RADIUS + 1, width)
+        top, bottom = max(row - POINT_RADIUS, 0), min(row + POINT_RADIUS + 1, height)
+    else:
+        cx, cy, half_w, half_h = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 4, (y2 - y1) / 4
+        left, right = int(max(cx - half_w, 0)), int(min(np.ceil(cx + half_w), width))
+        top, bottom = int(max(cy - half_h, 0)), int(min(np.ceil(cy + half_h), height))
+    inside = depth[max(top, 0):bottom, max(left, 0):right]
     valid = inside[inside > 0]
     if inside.size == 0 or valid.size < MIN_VALID * inside.size:
         where = 'around the point' if point else 'of its central half'
         return None, (f'too few valid depths in the box ({valid.size} of {inside.size} '
                       f'pixels {where})')
-    return float(np.median(valid)), ''
+    middle = (valid.size - 1) // 2
+    return float(np.partition(valid, middle)[middle]), ''
 
 
 class _NoPointError(Exception):
@@ -81,17 +87,19 @@ def nearest(depths, header):
                default=None)
 
 
-def _aligned_depth(header, frame_size: tuple, depth_msg, info, max_skew: float) -> np.ndarray:
+def _aligned_depth(header, frame_size: tuple, depth_msg, info, max_skew: float,
+                   topics: tuple) -> np.ndarray:
     """Return the depth in metres aligned to the image of header; _NoPointError why not."""
     if depth_msg is None or info is None:
-        missing = 'depth image' if depth_msg is None else 'camera_info'
-        raise _NoPointError(f'no {missing} has arrived')
+        missing, topic = ('depth image', topics[0]) if depth_msg is None else \
+            ('camera_info', topics[1])
+        raise _NoPointError(f'no {missing} has arrived on {topic}')
     if depth_msg.header.frame_id != header.frame_id:  # e.g. a caller's own image
         raise _NoPointError(f'the depth image is of frame {depth_msg.header.frame_id[:80]!r}, '
                             f'the image of {header.frame_id[:80]!r}: not aligned to it')
     apart = abs(stamp_seconds(depth_msg.header.stamp) - stamp_seconds(header.stamp))
     if max_skew > 0 and apart > max_skew:
-        raise _NoPointError(f'the nearest depth image is {apart:.3f} s from the image '
+        raise _NoPointError(f'the nearest depth image is {apart:.4f} s from the image '
                             f'(max_skew {max_skew:g} s)')
     sizes = {'depth image': (depth_msg.width, depth_msg.height),
              'camera_info': (info.width, info.height)}
@@ -122,7 +130,7 @@ def _point(box: tuple, depth: np.ndarray, header, info) -> tuple:
 
 
 def points_of(boxes: list, header, frame_size: Optional[tuple], depths, info,
-              max_skew: float) -> list:
+              max_skew: float, topics: tuple = ('depth/image', 'camera_info')) -> list:
     """Return (PointStamped or None, why there is none) for each box in the image of header.
 
     ``frame_size`` is the image's (width, height); ``depths`` the recent depth Images (the one
@@ -135,7 +143,8 @@ def points_of(boxes: list, header, frame_size: Optional[tuple], depths, info,
     try:
         if frame_size is None:
             raise _NoPointError('the size of the image used is not known')
-        depth = _aligned_depth(header, frame_size, nearest(depths, header), info, max_skew)
+        depth = _aligned_depth(header, frame_size, nearest(depths, header), info, max_skew,
+                               topics)
     except _NoPointError as exc:
         return [(None, str(exc)) for _ in boxes]
     return [_point(box, depth, header, info) for box in boxes]

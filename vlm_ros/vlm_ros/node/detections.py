@@ -16,6 +16,7 @@ from typing import Optional
 
 from geometry_msgs.msg import PoseWithCovariance
 
+from ..engine.grounding import without_boxes
 from .messages import box_labels, placed_boxes
 
 # covariance[0] of a hypothesis without a 3D point: unknown, as sensor_msgs/Imu marks it
@@ -42,10 +43,11 @@ def score(mean_log_prob: float) -> float:
 def plan_detections(types, plan, targets, step_confidence: tuple, header_of: Callable):
     """Build the Detection2DArray of a Plan's boxed steps from its PlanTargets (None: no box).
 
-    Each step's label is its target word, or its instruction where it names none;
+    Each step's label is its target's words (without the box the model wrote in it), or its
+    instruction where it names none;
     ``header_of(camera)`` gives the header of the image of the camera its box is in.
     """
-    found = [(index, step.target or step.instruction, target.box,
+    found = [(index, without_boxes(step.target) or step.instruction, target.box,
               score(step_confidence[index][0]) if index < len(step_confidence) else math.nan,
               target.point, header_of(target.camera))
              for index, (step, target) in enumerate(zip(plan.steps, targets.steps, strict=True))

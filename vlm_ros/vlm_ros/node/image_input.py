@@ -112,11 +112,19 @@ class ImageInput:
         if transport in ('compressed', 'auto'):
             self._subs.append(self._subscribe(CompressedImage, f'{self._topic}/compressed',
                                               self._on_compressed, qos))
-        if depth:  # image -> depth/image and camera_info; head/image -> head/depth/...
-            prefix = self._topic[:-len('image')]
-            self._depth_subs = [
-                self._subscribe(Image, f'{prefix}depth/image', self._on_depth, qos),
-                self._subscribe(CameraInfo, f'{prefix}camera_info', self._on_info, qos)]
+        if depth:
+            depth_topic, info_topic = self.depth_topics
+            self._depth_subs = [self._subscribe(Image, depth_topic, self._on_depth, qos),
+                                self._subscribe(CameraInfo, info_topic, self._on_info, qos)]
+
+    @property
+    def depth_topics(self) -> tuple:
+        """Return the aligned depth image's and camera_info's topics beside this camera's.
+
+        image -> depth/image and camera_info; head/image -> head/depth/image, head/camera_info.
+        """
+        prefix = self._topic[:-len('image')]
+        return f'{prefix}depth/image', f'{prefix}camera_info'
 
     def close(self) -> None:
         """Destroy the subscriptions (deactivate, or before subscribing anew)."""
@@ -213,7 +221,8 @@ class CameraInputs:
             indices = [i for i, (_, named) in enumerate(placed) if named == camera]
             found.update(zip(indices, points_of(
                 [placed[i][0] for i in indices], outcome.header_of(camera), sizes.get(camera),
-                image_input.depths, image_input.info, settings.max_skew), strict=True))
+                image_input.depths, image_input.info, settings.max_skew,
+                image_input.depth_topics), strict=True))
         return [found[i] for i in range(len(placed))]
 
     def close(self) -> None:

@@ -41,7 +41,9 @@ ANSWER_MARGIN = 600.0  # s a query waits beyond wait_for_image before its job is
 def _loaded_engine(settings: Settings, log: Callable[[str], None]):
     """Load the settings' model; VlmError why not, also where it cannot take every camera."""
     engine = make_engine(settings.engine_config())
-    log(f'loading {engine.config.model} ({engine.config.backend} backend)')
+    config = engine.config
+    remote = config.backend == 'openai' and config.remote.model
+    log(f'loading {remote or config.model} ({config.backend} backend)')
     engine.load()
     if len(settings.cameras) > 1:  # never one camera dropped from the prompt
         try:
