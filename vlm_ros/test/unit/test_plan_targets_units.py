@@ -72,3 +72,29 @@ def test_without_use_depth_no_step_has_a_point_or_a_problem():
                           lambda answer, boxes: [])
     assert all(step.point == PointStamped() and step.point_problem == ''
                for step in targets.steps)
+
+
+def test_with_several_cameras_each_target_names_its_camera_and_gets_its_point():
+    head = View((640, 480), (0.0, 0.0, 640.0, 480.0), (640, 480))
+    wrist = View((320, 240), (0.0, 0.0, 320.0, 240.0), (320, 240))
+    text = json.dumps({'steps': [
+        {'instruction': 'pick the cup', 'camera': 'wrist', 'bbox_2d': [10, 20, 30, 40]},
+        {'instruction': 'look at the bin', 'bbox_2d': [100, 100, 200, 200]},
+        {'instruction': 'push it', 'camera': 'wrist', 'bbox_2d': [400, 20, 500, 40]},
+        {'instruction': 'wave', 'camera': 'elbow', 'bbox_2d': [1, 2, 3, 4]}]})
+    outcome = Outcome(Job('plan', 'tidy up', done=None, request_id='r-9'), Status.OK,
+                      header=Header(frame_id='head'),
+                      result=make_result('plan', text, 30, 0.1, 0.2, False, (640, 480),
+                                         views=(('head', head), ('wrist', wrist))))
+    asked = []
+
+    def points(answer, placed):
+        asked.extend(placed)
+        return [(None, f'no depth in {camera}') for _, camera in placed]
+    targets = targets_msg(outcome, plan_msg(outcome, 'tiny', Header()), points)
+    assert [step.camera for step in targets.steps] == ['wrist', 'head', 'wrist', '']
+    assert asked == [((10.0, 20.0, 30.0, 40.0), 'wrist'), ((100.0, 100.0, 200.0, 200.0), 'head')]
+    assert [step.point_problem for step in targets.steps] == ['no depth in wrist',
+                                                               'no depth in head', '', '']
+    assert targets.steps[2].problem.startswith('camera wrist: the box (400.0')
+    assert targets.steps[3].problem == "camera 'elbow' is not one of the images (head, wrist)"

@@ -92,7 +92,7 @@ def targets_msg(outcome: Outcome, plan: Plan,
     pointed = [found.get(i, (None, '')) for i in range(count)]
     return PlanTargets(header=plan.header, request_id=plan.request_id, steps=[
         StepTarget(box=[float(v) for v in boxes[i]] if i in boxed else [],
-                   camera=cameras[i] if i in boxed else '',
+                   camera=cameras[i] if i < len(cameras) else '',
                    problem=problems[i] if i < len(problems) else '',
                    point=pointed[i][0] or PointStamped(), point_problem=pointed[i][1])
         for i in range(count)])
