@@ -191,6 +191,11 @@ def test_ground_looks_in_the_camera_it_names_with_that_cameras_depth(start_vlm_n
         assert answered['own'].points[0].point.z == pytest.approx(0.5)
         unknown = given('elbow')
         assert not unknown.success and 'unknown camera elbow' in unknown.message
+        shown = run_tool([node_executable('vlm_client'), 'ground', GROUND[0], '--camera',
+                          'wrist'], TIMEOUT)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.startswith(f'1 found in {cameras.frame_ids["wrist"]} ')
+        assert ' point ' in shown.stdout and ' 0.500 (' in shown.stdout, shown.stdout
     finally:
         test_node.node.destroy_timer(timer)
         cameras.stop()

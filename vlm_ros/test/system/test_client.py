@@ -4,7 +4,8 @@ import subprocess
 import uuid
 
 import cv2
-from engine_fixtures import TARGETS, scene
+import pytest
+from engine_fixtures import GROUND, RED_BLOCK, TARGETS, scene
 from node_harness import TIMEOUT, camera, node_executable, set_params
 from serve_harness import both_backends
 
@@ -38,6 +39,21 @@ def test_plan_query_and_caption(start_vlm_node, tmp_path):
     caption = _client('caption')
     assert caption.returncode == 0, caption.stderr
     assert TARGETS['caption'][1] in caption.stdout
+
+
+def test_ground_prints_each_box_in_the_images_pixels_or_why_none(start_vlm_node, tmp_path):
+    node = start_vlm_node()
+    node.wait_state('active')
+    image = tmp_path / 'red.png'
+    cv2.imwrite(str(image), cv2.cvtColor(scene('red'), cv2.COLOR_RGB2BGR))
+    found = _client('ground', GROUND[0], '--image', str(image))
+    assert found.returncode == 0, found.stderr
+    first, box = found.stdout.splitlines()
+    assert first.startswith(f'1 found in {image} ')
+    assert [float(v) for v in box.split()[1:5]] == pytest.approx(RED_BLOCK, abs=1.0), box
+    one_camera = _client('ground', GROUND[0], '--image', str(image), '--camera', 'wrist')
+    assert one_camera.returncode == 1, one_camera.stderr
+    assert 'this node has one camera' in one_camera.stderr
 
 
 def test_missing_node_and_bad_image_fail_with_reason(tmp_path, rclpy_context):

@@ -233,6 +233,24 @@ def format_plan(plan: Plan) -> str:
     return '\n'.join(lines)
 
 
+def format_ground(response) -> str:
+    """Render a Ground response for a terminal: the image, then a line per box."""
+    stamp = response.image_header.stamp
+    lines = [f'{len(response.boxes) // 4} found in {response.image_header.frame_id or "-"} '
+             f'{stamp.sec}.{stamp.nanosec:09d}']
+    for index in range(len(response.boxes) // 4):
+        x1, y1, x2, y2 = response.boxes[4 * index:4 * index + 4]
+        label = response.labels[index] if index < len(response.labels) else ''
+        line = f'  {index + 1}. {x1:.1f} {y1:.1f} {x2:.1f} {y2:.1f}' + (f'  {label}' if label
+                                                                        else '')
+        if index < len(response.points):
+            point, why = response.points[index], response.point_problems[index]
+            line += f'  point {point.point.x:.3f} {point.point.y:.3f} {point.point.z:.3f} ' \
+                f'({point.header.frame_id})' if point.header.frame_id else f'  no point: {why}'
+        lines.append(line)
+    return '\n'.join(lines)
+
+
 def format_caption(msg: Caption) -> str:
     """Render a Caption for a terminal: source image stamp and frame, then the text."""
     stamp = f'{msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}'

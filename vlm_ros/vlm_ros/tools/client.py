@@ -2,6 +2,7 @@
 
 vlm_client plan "pick up the red block"            # streams the text, prints the plan
 vlm_client query "what is on the table?" [--image FILE]
+vlm_client ground "the red block" [--image FILE] [--camera NAME]   # its boxes and 3D points
 vlm_client caption [--follow]                      # the next caption, or every caption
 vlm_client state                                   # the lifecycle state, e.g. active
 vlm_client configure|activate|deactivate|cleanup|shutdown
@@ -22,11 +23,11 @@ from rclpy.utilities import remove_ros_args
 
 from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.msg import Caption, Plan
-from vlm_ros_msgs.srv import Query, QueryCameras
+from vlm_ros_msgs.srv import Ground, Query, QueryCameras
 
 from ..bag.arguments import ArgumentParser, positive
 from ..compat import ActionClient
-from ..node.messages import format_caption, format_plan
+from ..node.messages import format_caption, format_ground, format_plan
 from ..spin import spin_main
 from .client_ops import (
     BAD_INPUT,
@@ -134,12 +135,24 @@ class Client(Node):
             if self.args.image:
                 request.image = read_image(self.args.image)
             response = self.remote.call(Query, 'query', request, None)
+        self._check_answered(response)
+        print(response.answer, flush=True)
+
+    def _ground(self) -> None:
+        request = Ground.Request(phrase=self.args.text, camera=self.args.camera)
+        if self.args.image:
+            request.image = read_image(self.args.image)
+        response = self.remote.call(Ground, 'ground', request, None)
+        self._check_answered(response)
+        print(format_ground(response), flush=True)
+
+    def _check_answered(self, response) -> None:
+        """Raise why a service's answer is not one: the node is not active, or it said why."""
         if not response.success:
             failed = self.remote.not_active('could not answer')
             if failed.code == NOT_ACTIVE:
                 raise failed
             raise ClientError(NOT_OK, f'{self.remote.name} could not answer: {response.message}')
-        print(response.answer, flush=True)
 
     def _caption(self) -> None:
         """Check that the node is active and captions at all (caption_rate 0 is the default).
@@ -213,6 +226,13 @@ def parse_args(argv):
     query.add_argument('--camera', dest='cameras', action='append', default=[], metavar='NAME',
                        help="with the node's cameras parameter: ask on the newest frame of "
                        'this camera (repeat, in prompt order) instead of every camera')
+    ground = commands.add_parser('ground', help='print the boxes of what a phrase names',
+                                 parents=[after])
+    ground.add_argument('text', metavar='phrase', help='what to find, e.g. "the red block"')
+    ground.add_argument('--image', help='image file to use instead of the camera frame')
+    ground.add_argument('--camera', default='', metavar='NAME',
+                        help="with the node's cameras parameter: look in this camera's image "
+                        '(default the first); with --image, the camera whose depth serves it')
     caption = commands.add_parser('caption', help='print captions', parents=[after])
     caption.add_argument('--follow', action='store_true', help='keep printing every caption')
     caption.add_argument('--topic', default='caption', help='caption topic (default caption)')
@@ -228,7 +248,7 @@ def parse_args(argv):
     setter.add_argument('name')
     setter.add_argument('value')
     args = parser.parse_args(argv)
-    if getattr(args, 'cameras', None) and args.image:
+    if args.command == 'query' and args.cameras and args.image:
         parser.error('--camera asks on camera frames: not with --image')
     return args
 
