@@ -172,7 +172,7 @@ def test_ground_looks_in_the_camera_it_names_with_that_cameras_depth(start_vlm_n
         head = ground('')  # the first camera, which has no depth camera beside it
         assert head.success and head.image_header.frame_id == cameras.frame_ids['head']
         assert head.points[0].header.frame_id == ''
-        assert head.point_problems == ['no depth image has arrived on head/depth/image']
+        assert head.point_problems == ['no depth image has arrived on /head/depth/image']
         refused = ground('elbow')
         assert not refused.success, refused
         assert 'unknown camera elbow; the cameras are head, wrist' in refused.message

@@ -126,6 +126,10 @@ class ImageInput:
         prefix = self._topic[:-len('image')]
         return f'{prefix}depth/image', f'{prefix}camera_info'
 
+    def depth_names(self) -> tuple:
+        """Return the depth topics as subscribed, remaps applied: the names a user must fix."""
+        return tuple(sub.topic_name for sub in self._depth_subs) or self.depth_topics
+
     def close(self) -> None:
         """Destroy the subscriptions (deactivate, or before subscribing anew)."""
         for sub in self._subs + self._depth_subs:
@@ -222,7 +226,7 @@ class CameraInputs:
             found.update(zip(indices, points_of(
                 [placed[i][0] for i in indices], outcome.header_of(camera), sizes.get(camera),
                 image_input.depths, image_input.info, settings.max_skew,
-                image_input.depth_topics), strict=True))
+                image_input.depth_names()), strict=True))
         return [found[i] for i in range(len(placed))]
 
     def close(self) -> None:
