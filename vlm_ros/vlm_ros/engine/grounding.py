@@ -38,6 +38,7 @@ _MARKUP = re.compile(r'<point\b[^<>]{0,300}>|</point>|<loc_?\d{1,4}>|' + _QWEN2.
 MALFORMED = 'malformed '  # a ViewBox notation: a box key whose value is no box (step_box)
 BOX_KEYS = ('bbox_2d', 'box', 'bbox')  # step keys that carry a box, bbox_2d in pixels
 MAX_LABEL_CHARS = 128  # of a box's label
+UNKNOWN_VIEW = "the model's view of the frame is not known"  # place's problem: no View
 POINT_KEYS = ('point_2d', 'point')  # step keys that carry a point, point_2d in pixels
 
 
@@ -135,8 +136,8 @@ def step_box(item: dict) -> Optional[ViewBox]:
                 return ViewBox(*values, pixels=True, notation=key, point=count == 2)
             return _plain(values, point=count == 2)
         if value not in (None, [], '') and written is None:  # null, [], '': no box at all
-            written = f'{key} {json.dumps(value)[:60]} is not {("", "two", "four")[count // 2]}' \
-                ' numbers'
+            written = f'{key} {json.dumps(value)[:60]} is not ' \
+                f'{"four" if count == 4 else "two"} numbers'
     texts = [v for v in item.values() if isinstance(v, str)]
     found = next((box for box in map(parse_box, texts) if box is not None), None)
     if found is None and written is not None:
@@ -218,14 +219,14 @@ def place(box: Optional[ViewBox], camera: str, views: tuple) -> tuple:
     if box is None:
         return None, '', ''
     if not views:
-        return None, "the model's view of the frame is not known", ''
+        return None, UNKNOWN_VIEW, ''
     names = [name for name, _ in views]
     name = camera if camera and names != [''] else names[0]
     if name not in names:
         return None, f'camera {camera[:48]!r} is not one of the images ({", ".join(names)})', ''
     view = dict(views)[name]
     if view is None:
-        return None, "the model's view of the frame is not known", name
+        return None, UNKNOWN_VIEW, name
     problem = box_problem(box, view)
     if problem and name:
         problem = f'camera {name}: {problem}'

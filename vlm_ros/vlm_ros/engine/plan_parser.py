@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .grounding import ViewBox, parse_box, step_box
+from .plan_schema import CAMERA_KEY
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ def _camera(item: dict) -> str:
     A value that is not a string (5, ["wrist"]) is kept as its JSON text, which names no camera,
     so its box is reported as in no camera's image rather than placed in the first one's.
     """
-    value = next((v for k, v in item.items() if _norm(k) == 'camera'), None)
+    value = next((v for k, v in item.items() if _norm(k) == CAMERA_KEY), None)
     if value is None or isinstance(value, str):
         return (value or '').strip()
     return json.dumps(value)[:60]

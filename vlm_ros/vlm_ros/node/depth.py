@@ -66,7 +66,7 @@ def box_depth(depth: np.ndarray, box: tuple) -> tuple:
         cx, cy, half_w, half_h = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 4, (y2 - y1) / 4
         left, right = int(max(cx - half_w, 0)), int(min(np.ceil(cx + half_w), width))
         top, bottom = int(max(cy - half_h, 0)), int(min(np.ceil(cy + half_h), height))
-    inside = depth[max(top, 0):bottom, max(left, 0):right]
+    inside = depth[top:bottom, left:right]
     valid = inside[inside > 0]
     if inside.size == 0 or valid.size < MIN_VALID * inside.size:
         where = 'around the point' if point else 'of its central half'

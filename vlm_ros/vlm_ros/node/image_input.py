@@ -179,7 +179,8 @@ class ImageInput:
                       for topic, infos in found.items() if infos}
         best_effort = tuple(sorted(
             f'{topic} ({_node_name(info)})' for topic, infos in found.items() for info in infos
-            if self._reliable and info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT))
+            if info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT)) \
+            if self._reliable else ()
         return lost_hint(publishers, self._fix, best_effort)
 
     def _silent_hint(self, silent: list) -> str:
