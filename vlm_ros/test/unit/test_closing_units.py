@@ -160,3 +160,45 @@ def _ends_a_plan(text: str) -> bool:
         return _valid_plan(text)
     except (ValueError, KeyError, TypeError):
         return False
+
+
+class _Forgetful(constrain.closing.Closer):
+    """A Closer that never recalls a completion: every decision rests on its own search."""
+
+    def recalled(self, matcher, before: list, room: int):
+        return None
+
+
+class _Counting(constrain.closing.Closer):
+    """A Closer that counts the completions it recalled instead of searching."""
+
+    hits = 0
+
+    def recalled(self, matcher, before: list, room: int):
+        found = super().recalled(matcher, before, room)
+        self.hits += found is not None
+        return found
+
+
+@pytest.mark.parametrize('name', ['lowest-id', 'highest-id', 'letters', 'follower'])
+def test_recalling_completions_saves_searches_and_changes_no_token(name):
+    """A recalled completion is only kept where it completes the text, and never forced.
+
+    So plans decode token for token as with a search at every decision. The recall is used
+    where the model writes past its plan's end (a model that writes the plan itself, the
+    follower, keeps the completion it started with).
+    """
+    tokenizer = build_tokenizer(bos_token=None, eos_token='</s>', pad_token='<pad>')
+    prefer = {'letters': _letters(tokenizer), 'follower': _follower(tokenizer, PLAN)[0],
+              **ADVERSARIES}[name]
+    caches = {}
+    for kind in (_Forgetful, _Counting):
+        cache = constrain.GrammarCache(tokenizer, {tokenizer.eos_token_id})
+        cache.closer = kind(cache.tokenizer)
+        caches[kind] = cache
+    least = caches[_Counting].window(caches[_Counting].grammar(SKILLS)) - 2
+    for budget in (least, least + 3, 40, 64, 128):
+        decoded = [_drive(caches[kind], tokenizer, prefer, budget) for kind in caches]
+        (forgetful, closed), (counting, recalling) = decoded
+        assert counting == forgetful and recalling.closed == closed.closed, budget
+    assert (caches[_Counting].closer.hits > 0) == (name != 'follower')

@@ -22,6 +22,7 @@ _CANDIDATES = (b'"', b']', b'}', b',') + tuple(
 ) + (b'\x80', b'\x90', b'\xa0')
 MAX_CLOSING_BYTES = 256  # beyond any completion of the plan schema (plan_schema.py)
 MAX_CACHED = 4096  # texts whose tokens a Closer keeps (the pieces of a schema's completions)
+MAX_RECALLED = 8  # completions a Closer remembers: the same few come back in every row and step
 
 
 class Closer:
@@ -37,6 +38,7 @@ class Closer:
         self._tokenizer = tokenizer
         self.eos = tokenizer.eos_token
         self._tokens: dict = {}
+        self._recent: tuple = ()  # the completions searches found last, newest first
         self._candidates = [(candidate, tokens) for candidate in _CANDIDATES
                             if (tokens := tokenizer.tokenize_bytes(candidate))]
 
@@ -75,7 +77,24 @@ class Closer:
         tokens = self.tokens(text) if text else []
         # The text as one piece is tokenized at least as tightly as piece by piece; check that
         # the grammar takes those tokens (it judges bytes: any tokenization of allowed text).
-        return tokens if matcher.validate_tokens(tokens) == len(tokens) else None
+        if matcher.validate_tokens(tokens) != len(tokens):
+            return None
+        if tokens and tokens not in self._recent:
+            self._recent = (tokens, *self._recent[:MAX_RECALLED - 1])  # one tuple: thread-safe
+        return tokens
+
+    def recalled(self, matcher, before: list, room: int) -> Optional[list]:
+        """Return a completion found before that fits room and completes the text after before.
+
+        A search costs 100-250 µs (each piece it consumes about 12), checking a completion 1-4:
+        the completions of a schema are few (the closers of each nesting, the required keys
+        left), and rows and steps come back to the same ones. One recalled is not known to be
+        the shortest, so the row searches before it forces a token (RowClosing.token).
+        """
+        for tokens in self._recent:
+            if len(tokens) <= room and self.completes(matcher, [*before, *tokens]):
+                return tokens
+        return None
 
     def completes(self, matcher, tokens: list) -> bool:
         """Tell whether tokens, after matcher's text, make a whole plan (matcher unchanged).
@@ -107,8 +126,10 @@ class RowClosing:
     """Close one row's plan in time, keeping a known completion from one token to the next.
 
     A known completion (tokens that complete the row's text) is checked again after a token in
-    a few µs, where searching the shortest one takes about 60: the search runs only where the
-    known one would not fit, or no longer completes the text.
+    a few µs, where searching the shortest one takes 100-250: where the known one no longer
+    completes the text, a completion found before that does is kept (Closer.recalled), and the
+    search runs only where none does, or where the row must take the completion's first token
+    now, which only the shortest may decide.
     """
 
     def __init__(self, closer: Closer):
@@ -130,6 +151,8 @@ class RowClosing:
         closer = self._closer
         if known is not None and last != self._expected and not closer.completes(matcher, known):
             known = None  # a sampled token changed what completes the text
+        if known is None:
+            known, shortest = closer.recalled(matcher, [], left - 1), False
         if known is None or len(known) >= left and not shortest:
             known, shortest = closer.closing_tokens(matcher), True
         if not known:
@@ -142,6 +165,9 @@ class RowClosing:
             return self._keep(known[1:], chosen, shortest)  # the model closes it itself
         if closer.completes(matcher, [chosen, *known]):
             return self._keep(known, chosen)  # it fits after the model's token: left - 1 more
+        rest = closer.recalled(matcher, [chosen], left - 1)
+        if rest is not None:
+            return self._keep(rest, chosen)
         rest = self._after(matcher, chosen)
         if rest is not None and len(rest) <= left - 1:
             return self._keep(rest, chosen, True)

@@ -111,6 +111,7 @@ class PlanConstraint(LogitsProcessor):
         self._bitmask = torch.full((len(matchers), (vocab_size + 31) // 32), -1,
                                    dtype=torch.int32)
         self._row_bytes = self._bitmask.shape[1] * 4
+        self._mask_at = self._bitmask.data_ptr()  # the buffer is never reallocated
         self.checked = 0  # row-steps under the grammar (vlm_benchmark's share constrained)
         self.masked = 0  # of those, the row-steps whose logits had to be masked
         self.closed = 0  # row-steps that took the closing token instead of the model's
@@ -141,13 +142,14 @@ class PlanConstraint(LogitsProcessor):
                     matcher.validate_tokens([best[row]]) == 1:
                 continue
             # Once the plan is complete (stopped), the mask allows only the end of the text.
-            matcher.unsafe_compute_mask_ptr(self._bitmask.data_ptr() + row * self._row_bytes,
+            matcher.unsafe_compute_mask_ptr(self._mask_at + row * self._row_bytes,
                                             self._row_bytes)
             rows.append(row)
         if rows:
             self._mask(rows, scores)
         if near:  # the token each row would now take: one pick over the batch, not one a row
-            chosen = scores.argmax(dim=-1).tolist() if self._greedy else [None] * len(scores)
+            chosen = [None] * len(scores) if not self._greedy else \
+                scores.argmax(dim=-1).tolist() if rows else best  # unmasked: still the best
             for row in near:
                 self._close_in_time(row, scores, chosen[row],
                                     last[row] if last is not None else None)
