@@ -222,7 +222,9 @@ def test_sigterm_answers_an_executing_goal_preempted_before_the_exit(loop, head,
     results = handle.get_result_async()
     code, err = running.node.stop(signal.SIGTERM)
     assert code == 0, err[-3000:]
-    result = wait_future(results, 5.0, 'the result, sent before the exit')
+    assert 'shutdown: the requests pending were answered' in err, err[-3000:]
+    result = wait_future(results, 5.0, f'the result, sent before the exit; node log:\n'
+                         f'{err[-3000:]}')
     assert result.status == GoalStatus.STATUS_ABORTED
     assert result.result.progress.state == PREEMPTED
     assert 'shutting down' in result.result.progress.message
