@@ -4,7 +4,8 @@
         [--sig TERM]
 
 Each run starts a vlm_node process on a random-weight tiny LLaVA (it rarely stops, so every
-answer generates max_new_tokens = 4096 tokens, seconds on a CPU), streams a camera, publishes
+answer generates max_new_tokens = 4096 tokens, seconds on a CPU; plans unconstrained, since the
+plan grammar ends a plan at the schema's limits), streams a camera, publishes
 1 + waiting instructions, waits until /diagnostics shows one generating and `waiting` queued,
 then signals the node. A run passes when the process exits 0 without rclpy's abort and every
 instruction got exactly one Plan. Reported: exit time after the signal, Plans per run.
@@ -36,7 +37,8 @@ def run_once(peer: Peer, model: str, waiting: int, sig) -> dict:
     with peer.lock:
         peer.plans, peer.diag = [], {}
     proc = subprocess.Popen([NODE, '--ros-args', '-p', f'model:={model}', '-p', 'device:=cpu',
-                             '-p', 'max_new_tokens:=4096', '-p', f'queue_size:={waiting + 2}'],
+                             '-p', 'max_new_tokens:=4096', '-p', f'queue_size:={waiting + 2}',
+                             '-p', 'constrain_plans:=off'],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert peer.wait(lambda p: p.diag.get('state') == 'active', 120), 'never active'
