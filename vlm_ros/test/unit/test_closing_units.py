@@ -13,7 +13,6 @@ import torch
 from vlm_ros.engine.local import constrain
 from vlm_ros.engine.plan_schema import (
     MAX_BOX_VALUE,
-    MAX_CAMERA_CHARS,
     MAX_INSTRUCTION_CHARS,
     MAX_STEPS,
     MAX_TARGET_CHARS,
@@ -37,11 +36,10 @@ def _valid_plan(text: str) -> bool:
     steps = plan['steps']
     return list(plan) == ['steps'] and 1 <= len(steps) <= MAX_STEPS and all(
         list(step)[:3] == ['instruction', 'skill', 'target']
-        and _in_order(list(step)[3:], ['camera', 'bbox_2d', 'point_2d'])
+        and _in_order(list(step)[3:], ['bbox_2d', 'point_2d'])  # no cameras: none named
         and step['skill'] in SKILLS
         and 1 <= len(step['instruction']) <= MAX_INSTRUCTION_CHARS
         and len(step['target']) <= MAX_TARGET_CHARS
-        and 1 <= len(step.get('camera', 'head')) <= MAX_CAMERA_CHARS
         and _box(step.get('bbox_2d', [0, 0, 0, 0]), 4)
         and _box(step.get('point_2d', [0, 0]), 2) for step in steps)
 

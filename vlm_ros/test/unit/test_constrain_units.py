@@ -91,3 +91,19 @@ def test_each_mode_constrains_where_it_can_and_auto_says_why_it_cannot(grammars,
     cache, why = constrain.resolve(config, _word_level(), {1})
     assert cache is None
     assert why.startswith('constrained decoding cannot use this tokenizer') == (mode == 'auto')
+
+
+@pytest.mark.parametrize(('name', 'followed'), [('wrist', [True, False, False]),
+                                              ('right', [False, True, False])])
+def test_a_row_names_only_its_own_cameras_and_a_lone_image_none(grammars, name, followed):
+    """One batch, each row with its request's cameras: a row of one image has none to name."""
+    cache, tokenizer = grammars
+    rows = [('head', 'wrist'), ('left', 'right'), ()]
+    constraint = constrain.for_batch(cache, SKILLS, ['plan'] * 3, cameras=rows)
+    width = cache.tokenizer.vocab_size
+    _step(constraint, [[0]] * 3, width)
+    text = f'{{"steps": [{{"instruction": "go", "skill": "pick", "target": "cup", "camera": ' \
+        f'"{name}"}}]}}'
+    for token in tokenizer.encode(text, add_special_tokens=False):
+        _step(constraint, [[token]] * 3, width)
+    assert constraint.followed == followed

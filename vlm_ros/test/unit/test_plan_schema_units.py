@@ -36,8 +36,20 @@ def test_a_plan_of_the_schema_parses_as_json():
     assert plan.valid and plan.form == 'json' and plan.steps[0].skill == 'pick'
 
 
-def test_the_cache_key_changes_with_the_skills_only():
+def test_the_cache_key_changes_with_the_skills_and_the_cameras():
     assert schema_key(('pick',)) == schema_key(('pick',)) != schema_key(('place',))
+    assert schema_key(('pick',), ('head',)) not in (schema_key(('pick',)),
+                                                     schema_key(('pick',), ('wrist',)))
+
+
+def test_a_step_names_one_of_the_requests_cameras_and_a_lone_image_none():
+    step = plan_schema(('pick',), ('head', 'wrist'))['properties']['steps']['items']
+    assert step['properties']['camera'] == {'enum': ['head', 'wrist']}
+    assert 'camera' not in plan_schema(('pick',))['properties']['steps']['items']['properties']
+    named = {'instruction': 'go', 'skill': 'pick', 'target': 'cup', 'camera': 'wrist'}
+    assert follows(json.dumps({'steps': [named]}), ('pick',), ('head', 'wrist'))
+    assert not follows(json.dumps({'steps': [named]}), ('pick',), ('left', 'right'))
+    assert not follows(json.dumps({'steps': [named]}), ('pick',))
 
 
 @pytest.mark.parametrize(('skills', 'reason'), [

@@ -55,6 +55,18 @@ def test_several_cameras_go_to_the_server_each_after_its_name():
     assert parts[1] != parts[3] and 'what is it?' in parts[4]['text']
 
 
+def test_a_plan_of_several_cameras_asks_for_steps_that_name_one_of_them():
+    request = Request('plan', None, 'push the box', cameras=(('head', FRAME), ('wrist', FRAME)))
+    payload = chat_payload(request, _config(), load_templates(), 'm')
+    schema = payload['response_format']['json_schema']['schema']
+    assert schema == plan_schema(('pick', 'push'), ('head', 'wrist'))
+    step = {'instruction': 'push the box', 'skill': 'push', 'target': 'box'}
+    for camera, followed in (('wrist', True), ('hand', False)):
+        text = json.dumps({'steps': [{**step, 'camera': camera}]})
+        result = answer_result(request, Answer(pieces=[text]), False, 0.0, 0.1, _config())
+        assert (result.form == 'constrained') is followed, camera
+
+
 class _Stream:
     """The chunks of one streamed answer, as the openai client yields them."""
 

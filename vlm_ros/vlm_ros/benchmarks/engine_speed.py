@@ -140,7 +140,7 @@ def time_batch(engine: 'VlmEngine', new_tokens: int, frames: list,
                                                  for frame in ahead or []])
     preparing.start()
     timer = VisionTimer(loaded.model, loaded.device)
-    constraint = (engine.plan_constraint([r.task for r in requests], [new_tokens] * batch)
+    constraint = (engine.plan_constraint(requests, [new_tokens] * batch)
                   if constrained else None)
     generating = time.perf_counter()
     try:
@@ -363,7 +363,7 @@ def _benchmark(args) -> int:
 
             print(profile_request(engine, args.new_tokens, (height, width)), flush=True)
         if args.constraint_cost:
-            if engine.plan_constraint(['plan']) is None:
+            if engine.plan_constraint([Request('plan', None)]) is None:
                 raise VlmError('unsupported', 'plans are not constrained with this model and '
                                '--constrain-plans: no cost to measure')
             rows = constraint_cost(engine, args.batch_sizes, args.new_tokens, args.repeats,

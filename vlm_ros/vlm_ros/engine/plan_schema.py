@@ -24,7 +24,6 @@ MAX_BOX_VALUE = 9999  # a box's whole-number coordinates: pixels, or 0-1000 (gro
 BOX_KEY = 'bbox_2d'  # a step's optional box, as Qwen2.5-VL writes it (grounding.BOX_KEYS)
 POINT_KEY = 'point_2d'  # or its point (grounding.POINT_KEYS)
 CAMERA_KEY = 'camera'  # the camera whose image the box is in (several cameras)
-MAX_CAMERA_CHARS = 48  # a camera's name (the cameras parameter)
 _NAME = re.compile(r'[A-Za-z_][A-Za-z0-9_\-]{0,47}')
 
 
@@ -81,33 +80,38 @@ def _string(max_chars: int, min_chars: int = 1) -> dict:
     return {'type': 'string', 'minLength': min_chars, 'maxLength': max_chars}
 
 
-def plan_schema(entries: tuple = ()) -> dict:
+def plan_schema(entries: tuple = (), cameras: tuple = ()) -> dict:
     """Return the JSON schema of a plan: ``{"steps": [step, ...]}``, 1 to MAX_STEPS steps.
 
     The keys are those the plan prompt asks for, in its order (prompts.yaml), so a model that
     follows the prompt is not pushed off its own answer. A skill with arguments gets a step of
     its own kind, with ``"args": {name: value, ...}`` after them (every argument required, ''
     where the model gives none); the skills without arguments share one kind without ``args``.
-    Every step may end with the camera its target is seen in (``"camera": NAME``, with several
-    cameras) and its target's box, ``"bbox_2d": [x1, y1, x2, y2]``, or point, ``"point_2d":
-    [x, y]`` (none required), whole numbers as Qwen2.5-VL writes them (a model with random
-    weights writes fractions without end): a server that honours the schema can still ground
-    its steps (plan_targets).
+    Every step may end with the camera its target is seen in (``"camera": NAME``, one of the
+    request's ``cameras``; a request of one image has none) and its target's box, ``"bbox_2d":
+    [x1, y1, x2, y2]``, or point, ``"point_2d": [x, y]`` (none required), whole numbers as
+    Qwen2.5-VL writes them (a model with random weights writes fractions without end): a server
+    that honours the schema can still ground its steps (plan_targets).
     """
     skills = parse_skills(entries)
     plain = [skill.name for skill in skills if not skill.args]
-    kinds = [_step({'enum': plain})] if plain or not skills else []
-    kinds += [_step({'enum': [skill.name]}, skill.args) for skill in skills if skill.args]
+    kinds = [_step({'enum': plain}, (), cameras)] if plain or not skills else []
+    kinds += [_step({'enum': [skill.name]}, skill.args, cameras) for skill in skills
+              if skill.args]
     if not skills:
-        kinds = [_step(_string(MAX_TARGET_CHARS, 0))]
+        kinds = [_step(_string(MAX_TARGET_CHARS, 0), (), cameras)]
     return {'type': 'object', 'additionalProperties': False, 'required': ['steps'],
             'properties': {'steps': {'type': 'array', 'minItems': 1, 'maxItems': MAX_STEPS,
                                      'items': kinds[0] if len(kinds) == 1 else
                                      {'anyOf': kinds}}}}
 
 
-def _step(skill: dict, args: tuple = ()) -> dict:
-    """Return the schema of one kind of step: its skill schema, and its arguments if any."""
+def _step(skill: dict, args: tuple, cameras: tuple) -> dict:
+    """Return the schema of one kind of step: its skill schema, its arguments if any.
+
+    A step's camera is one of cameras: a name not among them would make its box a problem
+    (grounding.place), and a model with random weights writes any name it can.
+    """
     properties = {'instruction': _string(MAX_INSTRUCTION_CHARS), 'skill': skill,
                   'target': _string(MAX_TARGET_CHARS, 0)}  # '': no object ('wait')
     if args:
@@ -115,7 +119,8 @@ def _step(skill: dict, args: tuple = ()) -> dict:
                               'required': list(args),
                               'properties': {arg: _string(MAX_TARGET_CHARS, 0) for arg in args}}
     required = list(properties)
-    properties[CAMERA_KEY] = _string(MAX_CAMERA_CHARS)
+    if cameras:
+        properties[CAMERA_KEY] = {'enum': list(cameras)}
     for key, count in ((BOX_KEY, 4), (POINT_KEY, 2)):
         properties[key] = {'type': 'array', 'minItems': count, 'maxItems': count, 'items': {
             'type': 'integer', 'minimum': 0, 'maximum': MAX_BOX_VALUE}}
@@ -123,13 +128,13 @@ def _step(skill: dict, args: tuple = ()) -> dict:
             'properties': properties}
 
 
-def schema_key(skills: tuple) -> str:
+def schema_key(skills: tuple, cameras: tuple = ()) -> str:
     """Return the schema as canonical text: the key its compiled grammar is cached under."""
-    return json.dumps(plan_schema(skills), sort_keys=True)
+    return json.dumps(plan_schema(skills, cameras), sort_keys=True)
 
 
-def follows(text: str, skills: tuple = ()) -> bool:
-    """Tell whether text is exactly one JSON value that plan_schema(skills) accepts.
+def follows(text: str, skills: tuple = (), cameras: tuple = ()) -> bool:
+    """Tell whether text is exactly one JSON value that plan_schema(skills, cameras) accepts.
 
     What a remote server's structured output is checked with: a server may ignore
     ``response_format`` (transformers serve does) and answer free text, which may still parse.
@@ -138,7 +143,7 @@ def follows(text: str, skills: tuple = ()) -> bool:
         value = json.loads(text)
     except (ValueError, RecursionError):
         return False
-    return _accepts(plan_schema(skills), value)
+    return _accepts(plan_schema(skills, cameras), value)
 
 
 def _accepts(schema: dict, value) -> bool:

@@ -52,6 +52,10 @@ class Request:
         """Return the request's images as (camera name, image) pairs: '' for a lone image."""
         return tuple(self.cameras) or (('', self.image),)
 
+    def camera_names(self) -> tuple:
+        """Return the names of the request's cameras, which a plan step may name (none alone)."""
+        return tuple(name for name, _ in self.cameras)
+
 
 @dataclass
 class Result:

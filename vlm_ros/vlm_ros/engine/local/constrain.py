@@ -25,6 +25,7 @@ from . import closing
 # The plan prompt's own layout: no free whitespace, which a model with random weights would
 # otherwise write until its token budget ends.
 JSON_OPTIONS = {'whitespace_flexible': False, 'item_separator': ', ', 'key_separator': ': '}
+MAX_GRAMMARS = 64  # compiled grammars kept (skills x the cameras requests name)
 
 
 def _llguidance():
@@ -61,13 +62,19 @@ class GrammarCache:
         self.closer = closing.Closer(self.tokenizer)
         self._lock = threading.Lock()
 
-    def grammar(self, skills: tuple) -> str:
-        """Return the compiled grammar of the skills' plan schema; VlmError if refused."""
-        key = schema_key(skills)
+    def grammar(self, skills: tuple, cameras: tuple = ()) -> str:
+        """Return the compiled grammar of the plan schema of skills and a request's cameras.
+
+        Raises VlmError where the grammar engine refuses it. The grammars are kept: at most
+        MAX_GRAMMARS, since requests may each name other cameras.
+        """
+        key = schema_key(skills, cameras)
         with self._lock:
             if key not in self._grammars:
+                if len(self._grammars) >= MAX_GRAMMARS:
+                    self._grammars, self._windows = {}, {}
                 grammar = self._lib.LLMatcher.grammar_from_json_schema(
-                    json.dumps(plan_schema(skills)), overrides=JSON_OPTIONS)
+                    json.dumps(plan_schema(skills, cameras)), overrides=JSON_OPTIONS)
                 error = self._lib.LLMatcher.validate_grammar(grammar, self.tokenizer)
                 if error:
                     raise VlmError('bad_input', f'the plan schema of skills {skills} is refused '
@@ -203,17 +210,21 @@ def resolve(config, tokenizer, eos_ids: set) -> tuple:
 
 
 def for_batch(grammars: Optional[GrammarCache], skills: tuple, tasks: list,
-              greedy: bool = False, budgets: Optional[list] = None):
+              greedy: bool = False, budgets: Optional[list] = None,
+              cameras: Optional[list] = None):
     """Return the PlanConstraint of a batch's rows (plan rows constrained), or None.
 
     greedy: the batch decodes greedily (no sampling), so a row whose best token the grammar
     allows needs no mask, and the token a row is about to take is known. budgets: each row's
     max_new_tokens, within which its plan is closed (None: plans are cut where generate stops).
+    cameras: each row's camera names (Request.camera_names), which its steps may name.
     """
     if grammars is None or not any(task in PLAN_TASKS for task in tasks):
         return None
-    grammar = grammars.grammar(tuple(skills))
-    return PlanConstraint([grammars.matcher(grammar) if task in PLAN_TASKS else None
-                           for task in tasks], grammars.tokenizer.vocab_size, greedy,
-                          budgets, grammars.closer if budgets is not None else None,
-                          grammars.window(grammar))
+    cameras = cameras or [()] * len(tasks)
+    rows = [grammars.grammar(tuple(skills), tuple(names)) if task in PLAN_TASKS else None
+            for task, names in zip(tasks, cameras, strict=True)]
+    return PlanConstraint([grammars.matcher(grammar) if grammar else None for grammar in rows],
+                          grammars.tokenizer.vocab_size, greedy, budgets,
+                          grammars.closer if budgets is not None else None,
+                          max(grammars.window(grammar) for grammar in rows if grammar))

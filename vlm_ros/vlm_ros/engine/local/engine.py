@@ -164,10 +164,11 @@ class VlmEngine(EngineBase):
             cancels = [CancelSignal(r.cancel or cancel, stop) for r in requests]
             return self._run(requests, on_text, cancels)
 
-    def plan_constraint(self, tasks: list, budgets: Optional[list] = None):
+    def plan_constraint(self, requests: list, budgets: Optional[list] = None):
         """Return the processor keeping a batch's plans in the schema (and budgets) or None."""
-        return constrain.for_batch(self._grammars, self.config.skills, tasks,
-                                   greedy=not self.config.do_sample, budgets=budgets)
+        return constrain.for_batch(self._grammars, self.config.skills, [r.task for r in requests],
+                                   not self.config.do_sample, budgets,
+                                   [r.camera_names() for r in requests])
 
     def _run(self, requests: list, on_text, cancels: list) -> list:
         loaded = self.loaded
@@ -179,7 +180,7 @@ class VlmEngine(EngineBase):
         limits = [r.max_new_tokens or self.config.max_new_tokens for r in requests]
         on_texts = [r.on_text or on_text for r in requests]
         try:
-            constraint = self.plan_constraint([r.task for r in requests], limits)
+            constraint = self.plan_constraint(requests, limits)
             generated = generate(loaded, inputs, max(limits), self.generate_kwargs(), on_texts,
                                  cancels, constraint, self.decoding.graphs,
                                  [r.features for r in requests])

@@ -27,7 +27,8 @@ def answer_result(request, answer: Answer, cancelled: bool, start: float, total:
     """
     text = ''.join(answer.pieces)
     asked = schema_asked(request, config) and not cancelled
-    followed = asked and plan_schema.follows(text, tuple(config.skills))
+    followed = asked and plan_schema.follows(text, tuple(config.skills),
+                                             request.camera_names())
     result = make_result(request.task, text,
                          len(answer.pieces) if answer.tokens is None else answer.tokens,
                          answer.first_at - start if answer.first_at else total, total,

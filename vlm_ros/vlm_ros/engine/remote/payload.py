@@ -31,7 +31,8 @@ def chat_payload(request, config: EngineConfig, templates: dict, model: str) -> 
                **sampling}
     if schema_asked(request, config):
         payload['response_format'] = {'type': 'json_schema', 'json_schema': {
-            'name': 'plan', 'strict': True, 'schema': plan_schema(tuple(config.skills))}}
+            'name': 'plan', 'strict': True,
+            'schema': plan_schema(tuple(config.skills), request.camera_names())}}
     return payload
 
 
