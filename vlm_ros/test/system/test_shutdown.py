@@ -9,7 +9,9 @@ import pathlib
 import re
 import signal
 import threading
+import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
 from node_harness import TIMEOUT, camera, send_goal, transition
@@ -150,13 +152,34 @@ def test_a_goal_result_still_being_made_on_the_way_out_is_sent(test_node):
     client.destroy()
 
 
-def test_a_result_asked_for_after_its_goal_ended_on_the_way_out_is_still_sent(test_node):
+class _HeldClock:
+    """The drain's clock, held still until the test lets it run past every bound at once.
+
+    So the drain ends only when the test says: whether it was still serving when a result
+    arrived depends on what it decided, not on how fast a loaded machine sent the result.
+    """
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def release(self) -> None:
+        self.now += shutdown.DRAIN_TIMEOUT + shutdown.GRACE + 1.0
+
+
+def test_a_result_asked_for_after_its_goal_ended_on_the_way_out_is_still_sent(test_node,
+                                                                             monkeypatch):
     """A result is sent when its client asks: a request still in flight is served too.
 
     The client asks for the result only once the goal has ended in the drain (as a request
     sent just before the signal but taken late would): the drain must still be serving when
-    the result arrives (shutdown.GRACE), not have let the node go.
+    the result arrives (for shutdown.GRACE, held here), not have let the node go.
     """
+    clock = _HeldClock()
+    monkeypatch.setattr(shutdown, 'time', SimpleNamespace(monotonic=clock.monotonic,
+                                                          sleep=time.sleep))
     ended = threading.Event()
     payload = uuid.uuid4().hex
 
@@ -176,11 +199,14 @@ def test_a_result_asked_for_after_its_goal_ended_on_the_way_out_is_still_sent(te
     drain = threading.Thread(target=shutdown.shutdown_gracefully, args=(
         'active', accepted.execute, lambda: not ended.is_set(), tasks_done))
     drain.start()
-    assert quiet.wait(TIMEOUT)
-    result = wait_future(handle.get_result_async(), TIMEOUT, 'the goal result')
-    serving = drain.is_alive()
-    drain.join()
-    spinner.stop()
+    try:
+        assert quiet.wait(TIMEOUT)
+        result = wait_future(handle.get_result_async(), TIMEOUT, 'the goal result')
+        serving = drain.is_alive()
+    finally:
+        clock.release()
+        drain.join()
+        spinner.stop()
     assert result.result.plan.message == payload
     assert serving, 'the drain ended before the result asked for after the goal ended was sent'
     client.destroy()
