@@ -221,10 +221,12 @@ def for_batch(grammars: Optional[GrammarCache], skills: tuple, tasks: list,
     """
     if grammars is None or not any(task in PLAN_TASKS for task in tasks):
         return None
-    cameras = cameras or [()] * len(tasks)
-    rows = [grammars.grammar(tuple(skills), tuple(names)) if task in PLAN_TASKS else None
-            for task, names in zip(tasks, cameras, strict=True)]
-    return PlanConstraint([grammars.matcher(grammar) if grammar else None for grammar in rows],
+    cameras = [tuple(names) for names in cameras or [()] * len(tasks)]
+    # One grammar per distinct camera list: its cache key is the whole schema as text.
+    grammar_of = {names: grammars.grammar(tuple(skills), names)
+                  for task, names in zip(tasks, cameras, strict=True) if task in PLAN_TASKS}
+    return PlanConstraint([grammars.matcher(grammar_of[names]) if task in PLAN_TASKS else None
+                           for task, names in zip(tasks, cameras, strict=True)],
                           grammars.tokenizer.vocab_size, greedy, budgets,
                           grammars.closer if budgets is not None else None,
-                          max(grammars.window(grammar) for grammar in rows if grammar))
+                          max(grammars.window(grammar) for grammar in grammar_of.values()))
