@@ -160,43 +160,66 @@ def _ends_a_plan(text: str) -> bool:
         return False
 
 
-class _Forgetful(constrain.closing.Closer):
-    """A Closer that never recalls a completion: every decision rests on its own search."""
-
-    def recalled(self, matcher, before: list, room: int):
-        return None
-
-
-class _Counting(constrain.closing.Closer):
-    """A Closer that counts the completions it recalled instead of searching."""
-
-    hits = 0
-
-    def recalled(self, matcher, before: list, room: int):
-        found = super().recalled(matcher, before, room)
-        self.hits += found is not None
-        return found
+# Optional keys after the required ones: a search completes with the first key its candidates
+# reach (bbox_2d, four numbers) where point_2d (two) is shorter.
+BOXED = ('{"steps": [{"instruction": "a", "skill": "push", "target": "", "bbox_2d": [1, 2, 3, '
+         '4], "point_2d": [5, 6]}, {"instruction": "b", "skill": "push", "target": "", '
+         '"point_2d": [7, 8]}, {"instruction": "c", "skill": "pick", "target": "d"}]}')
 
 
-@pytest.mark.parametrize('name', ['lowest-id', 'highest-id', 'letters', 'follower'])
-def test_recalling_completions_saves_searches_and_changes_no_token(name):
-    """A recalled completion is only kept where it completes the text, and never forced.
+def test_a_follower_of_a_plan_with_optional_keys_closes_at_every_budget(grammars):
+    """Every budget from the least plan's up to the whole plan's: a whole plan within it."""
+    cache, tokenizer = grammars
+    prefer, length = _follower(tokenizer, BOXED)
+    for budget in range(cache.window(cache.grammar(SKILLS)) - 2, length + 1):
+        text, _ = _drive(cache, tokenizer, prefer, budget)
+        assert _ends_a_plan(text), (budget, text)
+        assert len(tokenizer.encode(text, add_special_tokens=False)) <= budget
 
-    So plans decode token for token as with a search at every decision. The recall is used
-    where the model writes past its plan's end (a model that writes the plan itself, the
-    follower, keeps the completion it started with).
+
+def test_what_other_plans_closed_before_changes_no_plan(grammars):
+    """A row decodes the same after any other plans: a batch's answers are a single one's."""
+    cache, tokenizer = grammars
+    before, before_length = _follower(tokenizer, '{"steps": [{"instruction": "a", "skill": '
+                                      '"push", "target": "", "bbox_2d": [1, 2, 3, 4], '
+                                      '"point_2d": [5, 6]}]}')
+    prefer, length = _follower(tokenizer, '{"steps": [{"instruction": "b", "skill": "push", '
+                               '"target": "", "point_2d": [7, 8]}]}')
+    for budget in range(cache.window(cache.grammar(SKILLS)) - 2, length + 1):
+        fresh = constrain.GrammarCache(tokenizer, {tokenizer.eos_token_id})
+        alone, _ = _drive(fresh, tokenizer, prefer, budget)
+        _drive(fresh, tokenizer, before, before_length)  # closes it with point_2d's keys
+        after, _ = _drive(fresh, tokenizer, prefer, budget)
+        assert _ends_a_plan(alone) and after == alone, (budget, alone, after)
+
+
+class _Unsteady(constrain.closing.Closer):
+    """A Closer whose searches after its first spell their completions a byte a token.
+
+    Its first search (where the row enters its last tokens) finds what the real one finds;
+    every later one a longer completion, as a search does where it takes a longer key.
     """
+
+    searched = False
+
+    def closing_tokens(self, matcher):
+        tokens = super().closing_tokens(matcher)
+        if not tokens or not self.searched:
+            self.searched = True
+            return tokens
+        spelt = [token for byte in self._tokenizer.decode_bytes(tokens)
+                 for token in self._tokenizer.tokenize_bytes(bytes([byte]))]
+        return spelt if matcher.validate_tokens(spelt) == len(spelt) else tokens
+
+
+@pytest.mark.parametrize('name', ['lowest-id', 'highest-id', 'letters'])
+def test_a_search_longer_than_the_completion_known_does_not_cut_the_plan(name):
+    """Where the row must close now, it takes the shorter of the known and the searched one."""
     tokenizer = build_tokenizer(bos_token=None, eos_token='</s>', pad_token='<pad>')
-    prefer = {'letters': _letters(tokenizer), 'follower': _follower(tokenizer, PLAN)[0],
-              **ADVERSARIES}[name]
-    caches = {}
-    for kind in (_Forgetful, _Counting):
-        cache = constrain.GrammarCache(tokenizer, {tokenizer.eos_token_id})
-        cache.closer = kind(cache.tokenizer)
-        caches[kind] = cache
-    least = caches[_Counting].window(caches[_Counting].grammar(SKILLS)) - 2
-    for budget in (least, least + 3, 40, 64, 128):
-        decoded = [_drive(caches[kind], tokenizer, prefer, budget) for kind in caches]
-        (forgetful, closed), (counting, recalling) = decoded
-        assert counting == forgetful and recalling.closed == closed.closed, budget
-    assert (caches[_Counting].closer.hits > 0) == (name != 'follower')
+    cache = constrain.GrammarCache(tokenizer, {tokenizer.eos_token_id})
+    least = cache.window(cache.grammar(SKILLS)) - 2
+    prefer = _letters(tokenizer) if name == 'letters' else ADVERSARIES[name]
+    for budget in range(least, least + 24):
+        cache.closer = _Unsteady(cache.tokenizer)  # one row: its first search is the real one
+        text, _ = _drive(cache, tokenizer, prefer, budget)
+        assert _ends_a_plan(text), (budget, text)

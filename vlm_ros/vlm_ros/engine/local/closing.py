@@ -5,9 +5,12 @@ random weights, or a small one that rambles, writes its strings until the budget
 plan constraint (constrain.py) asks this module, in a row's last tokens only, what completing
 the plan would take now and after the token the model is about to write; where that token would
 leave too few, the row takes the first token of the completion instead. A plan that ends within
-its budget on its own is never touched: the completion found is the shortest the grammar allows
-from each state (closing strings, arrays and objects first, the shortest value where one is
-required), so wherever it does not fit, the model's own ending could not fit either.
+its budget on its own is never touched: the completion found closes strings, arrays and objects
+first and gives the shortest value where one is required, so wherever it does not fit, the
+model's own ending could not fit either. It is not always the shortest: where the grammar offers
+keys or enum values, the search takes the first its candidates reach (``bbox_2d``, four
+numbers, before ``point_2d``, two), so a completion known from earlier may be shorter, and a
+row keeps whichever is shorter.
 """
 
 from typing import Optional
@@ -22,7 +25,6 @@ _CANDIDATES = (b'"', b']', b'}', b',') + tuple(
 ) + (b'\x80', b'\x90', b'\xa0')
 MAX_CLOSING_BYTES = 256  # beyond any completion of the plan schema (plan_schema.py)
 MAX_CACHED = 4096  # texts whose tokens a Closer keeps (the pieces of a schema's completions)
-MAX_RECALLED = 8  # completions a Closer remembers: the same few come back in every row and step
 
 
 class Closer:
@@ -38,7 +40,6 @@ class Closer:
         self._tokenizer = tokenizer
         self.eos = tokenizer.eos_token
         self._tokens: dict = {}
-        self._recent: tuple = ()  # the completions searches found last, newest first
         self._candidates = [(candidate, tokens) for candidate in _CANDIDATES
                             if (tokens := tokenizer.tokenize_bytes(candidate))]
 
@@ -79,22 +80,7 @@ class Closer:
         # the grammar takes those tokens (it judges bytes: any tokenization of allowed text).
         if matcher.validate_tokens(tokens) != len(tokens):
             return None
-        if tokens and tokens not in self._recent:
-            self._recent = (tokens, *self._recent[:MAX_RECALLED - 1])  # one tuple: thread-safe
         return tokens
-
-    def recalled(self, matcher, before: list, room: int) -> Optional[list]:
-        """Return a completion found before that fits room and completes the text after before.
-
-        A search costs 100-250 µs (each piece it consumes about 12), checking a completion 1-4:
-        the completions of a schema are few (the closers of each nesting, the required keys
-        left), and rows and steps come back to the same ones. One recalled is not known to be
-        the shortest, so the row searches before it forces a token (RowClosing.token).
-        """
-        for tokens in self._recent:
-            if len(tokens) <= room and self.completes(matcher, [*before, *tokens]):
-                return tokens
-        return None
 
     def completes(self, matcher, tokens: list) -> bool:
         """Tell whether tokens, after matcher's text, make a whole plan (matcher unchanged).
@@ -126,17 +112,17 @@ class RowClosing:
     """Close one row's plan in time, keeping a known completion from one token to the next.
 
     A known completion (tokens that complete the row's text) is checked again after a token in
-    a few µs, where searching the shortest one takes 100-250: where the known one no longer
-    completes the text, a completion found before that does is kept (Closer.recalled), and the
-    search runs only where none does, or where the row must take the completion's first token
-    now, which only the shortest may decide.
+    a few µs, where a search takes 100-250: the search runs only where the known one would not
+    fit, or no longer completes the text. Where the row must take a completion's first token
+    now, the shorter of the known one and the search's decides. Nothing is shared between
+    rows: a row decodes the same whatever other rows and plans were closed before it.
     """
 
     def __init__(self, closer: Closer):
         self._closer = closer
         self._known = None  # tokens completing the text as the last decision left it
         self._expected = None  # the token that decision let through or forced; None: any
-        self._shortest = False  # whether known is the shortest completion found by a search
+        self._shortest = False  # whether a search from here finds no shorter one than known
 
     def token(self, matcher, left: int, chosen: Optional[int],
               last: Optional[int]) -> Optional[int]:
@@ -151,10 +137,8 @@ class RowClosing:
         closer = self._closer
         if known is not None and last != self._expected and not closer.completes(matcher, known):
             known = None  # a sampled token changed what completes the text
-        if known is None:
-            known, shortest = closer.recalled(matcher, [], left - 1), False
         if known is None or len(known) >= left and not shortest:
-            known, shortest = closer.closing_tokens(matcher), True
+            known, shortest = self._search(matcher, known), True
         if not known:
             return self._keep(None, None)  # complete (only its end is allowed), or not found
         if len(known) >= left:
@@ -165,18 +149,25 @@ class RowClosing:
             return self._keep(known[1:], chosen, shortest)  # the model closes it itself
         if closer.completes(matcher, [chosen, *known]):
             return self._keep(known, chosen)  # it fits after the model's token: left - 1 more
-        rest = closer.recalled(matcher, [chosen], left - 1)
-        if rest is not None:
-            return self._keep(rest, chosen)
         rest = self._after(matcher, chosen)
         if rest is not None and len(rest) <= left - 1:
             return self._keep(rest, chosen, True)
         if not shortest:
-            known, shortest = closer.closing_tokens(matcher) or known, True
+            known, shortest = self._search(matcher, known) or known, True
         return self._take(known, shortest)
 
+    def _search(self, matcher, known: Optional[list]) -> Optional[list]:
+        """Return the search's completion, or known where that is shorter (or none is found).
+
+        Known completes the text too, and fits the tokens left: taking a longer one at the last
+        moment would cut the plan.
+        """
+        found = self._closer.closing_tokens(matcher)
+        return known if found is None or known is not None and len(known) < len(found) \
+            else found
+
     def _after(self, matcher, chosen: int) -> Optional[list]:
-        """Return the shortest completion after chosen (None: none), matcher left as it was."""
+        """Return the search's completion after chosen (None: none), matcher as it was."""
         if matcher.try_consume_tokens([chosen]) != 1:
             return None
         try:
