@@ -22,6 +22,7 @@ from eval_bags import (
     write_recorded_bag,
 )
 from fork_server import run_tool
+from vlm_ros.engine.plan_parser import CLEAN_FORMS
 
 EXPECTED_FRAME = [None, 0, 1, 2]
 
@@ -124,8 +125,8 @@ def test_engine_summary_matches_records(engine_run):
     assert summary['captions'] == 3
     assert summary['by_status']['NO_IMAGE'] == 1
     assert sum(summary['by_status'].values()) == len(records)
-    assert summary['plan_validity_rate'] == pytest.approx(
-        sum(p['valid'] for p in plans) / len(plans))
+    assert summary['plan_validity_rate'] == pytest.approx(  # the plans the model meant
+        sum(p['valid'] and p['form'] in CLEAN_FORMS for p in plans) / len(plans))
     assert summary['caption_nonempty_rate'] == 1.0
     assert summary['latency_p50_s'] in latencies and summary['latency_p95_s'] in latencies
     assert summary['latency_p50_s'] <= summary['latency_p95_s']
@@ -225,11 +226,13 @@ def test_reference_without_a_frame_names_its_stamp(tmp_path):
     assert not (tmp_path / 'out').exists()
 
 
-@pytest.mark.parametrize(('options', 'form', 'skills', 'settings'), [
-    (['--constrain-plans', 'off'], 'json', {'pick', 'place'}, {'constrain_plans': 'off'}),
-    (['--skills', 'push', 'wait'], 'constrained', {'push', 'wait'}, {'skills': ['push', 'wait']}),
+@pytest.mark.parametrize(('options', 'forms', 'skills', 'settings'), [
+    (['--constrain-plans', 'off'], ('json',), {'pick', 'place'}, {'constrain_plans': 'off'}),
+    # Pushed off the skills it was trained on, the model may run into its budget: closed.
+    (['--skills', 'push', 'wait'], ('constrained', 'constrained_closed'), {'push', 'wait'},
+     {'skills': ['push', 'wait']}),
 ], ids=['off', 'skills'])
-def test_plans_follow_constrain_plans_and_skills(tmp_path, trained_tiny, options, form, skills,
+def test_plans_follow_constrain_plans_and_skills(tmp_path, trained_tiny, options, forms, skills,
                                                  settings):
     done = vlm_eval(write_input_bag(tmp_path / 'bag'), '--model', str(trained_tiny('llava')),
                     '--device', 'cpu', '--dtype', 'float32', '--max-new-tokens', 96,
@@ -237,7 +240,7 @@ def test_plans_follow_constrain_plans_and_skills(tmp_path, trained_tiny, options
     assert done.returncode == 0, done.stderr[-3000:]
     plan = next(r for r in read_jsonl(tmp_path / 'out' / 'results.jsonl')
                 if r['task'] == 'plan' and r['status'] == 'OK')
-    assert plan['form'] == form and plan['steps'], plan
+    assert plan['form'] in forms and plan['steps'], plan
     assert {step['skill'] for step in plan['steps']} <= skills, plan
     values = json.loads((tmp_path / 'out' / 'summary.json').read_text())['settings']['values']
     assert {key: values.get(key) for key in settings} == settings, values

@@ -50,10 +50,19 @@ def _streaming(node, fmt='raw', stamp_offset=0.0) -> str:
 
 def observe_max_new_tokens(node, test_node):
     _streaming(node)
-    assert _plan(node).output_tokens > 3
+    whole = _plan(node)
+    assert whole.output_tokens > 3 and whole.form == Plan.FORM_CONSTRAINED, whole
     set_ok(test_node, max_new_tokens=3)
     plan = _plan(node)
     assert plan.output_tokens == 3 and TARGETS['plan'][1].startswith(plan.text.strip()), plan
+    # A few tokens short of the model's plan (its count has the closing EOS): the plan grammar
+    # closes it, and the Plan says so.
+    set_ok(test_node, max_new_tokens=whole.output_tokens - 3)
+    closed = _plan(node)
+    assert (closed.status, closed.form) == (Plan.STATUS_OK, Plan.FORM_CONSTRAINED_CLOSED), closed
+    assert closed.steps and closed.output_tokens < whole.output_tokens, closed
+    assert re.fullmatch(r'max_new_tokens ran out: the plan grammar wrote the last \d+ of its '
+                        r'\d+ tokens to close it, .*', closed.message), closed.message
 
 
 def observe_min_confidence(node, test_node):

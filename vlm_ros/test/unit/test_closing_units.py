@@ -129,10 +129,15 @@ def test_a_plan_that_fits_its_budget_is_never_touched(grammars):
     prefer, length = _follower(tokenizer, PLAN)
     for budget in (length, length + 1, length + 20):
         text, constraint = _drive(cache, tokenizer, prefer, budget)
-        assert text == PLAN and constraint.closed == 0, budget
+        assert text == PLAN and constraint.closed == 0 and constraint.closed_at == [None], budget
     text, constraint = _drive(cache, tokenizer, prefer, length - 1)  # one token short
     assert _valid_plan(text) and constraint.closed > 0, text
     assert json.loads(text)['steps'][0] == json.loads(PLAN)['steps'][0], text
+    # Where the grammar's tokens began: the model's own up to there (its plan's prefix).
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    at = constraint.closed_at[0]
+    assert 0 < at < len(ids) and PLAN.startswith(tokenizer.decode(ids[:at])), at
+    assert not PLAN.startswith(tokenizer.decode(ids[:at + 1]))
 
 
 def test_sampling_is_closed_at_the_last_moment(grammars):

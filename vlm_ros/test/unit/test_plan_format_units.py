@@ -1,5 +1,6 @@
 """How vlm_client and vlm_replay --echo print a Plan: the reason or the note, and the steps."""
 
+from vlm_ros.engine.results import make_result, mark_closed
 from vlm_ros.node.messages import format_plan
 
 from vlm_ros_msgs.msg import Plan, PlanStep
@@ -25,3 +26,25 @@ def test_an_ok_plan_with_a_message_shows_it_as_a_note():
 def test_an_ok_plan_without_a_message_shows_no_line_for_it():
     assert format_plan(_plan(Plan.STATUS_OK, '')).splitlines()[1] == \
         '  1. push the box  [push box]'
+
+
+def test_a_plan_the_grammar_closed_says_so_and_is_not_taken_for_the_models():
+    text = '{"steps": [{"instruction": "push the box", "skill": "push", "target": "box"}]}'
+    closed = make_result('plan', text, 40, 0.1, 0.5, False, constrained=True)
+    mark_closed(closed, 6)
+    assert (closed.form, closed.note) == ('constrained_closed', (
+        'max_new_tokens ran out: the plan grammar wrote the last 6 of its 40 tokens to close '
+        'it, so its last step may hold a skill or target the model did not write; raise '
+        'max_new_tokens'))
+    whole = make_result('plan', text, 40, 0.1, 0.5, False, constrained=True)
+    mark_closed(whole, 0)  # nothing forced
+    assert (whole.form, whole.note) == ('constrained', '')
+    free = make_result('plan', text[:30], 40, 0.1, 0.5, False)
+    mark_closed(free, 6)  # not written under the grammar: its own form says what it is
+    assert (free.form, free.note) == ('json_truncated', '')
+
+    plan = _plan(Plan.STATUS_OK, closed.note)
+    plan.form = Plan.FORM_CONSTRAINED_CLOSED
+    assert format_plan(plan).splitlines()[1:3] == [
+        f'  note: {closed.note}', '  form: constrained_closed (not the complete plan the model '
+        'meant)']

@@ -134,6 +134,22 @@ def parse_output(task: str, text: str, constrained: bool = False) -> tuple:
     return (), bool(text.strip()), 'text'
 
 
+def mark_closed(result: Result, forced: int) -> None:
+    """Say that the plan grammar wrote a constrained plan's last ``forced`` tokens.
+
+    Where max_new_tokens ran out first, the grammar closes the plan (local/closing.py): it
+    parses and its skills are the robot's, but the step those tokens fall in, its last, may
+    hold a skill or target the model never wrote, and a robot must not take it for the
+    model's. So its form is 'constrained_closed', not among the plans the model meant
+    (CLEAN_FORMS), and its note says so and what to change.
+    """
+    if forced > 0 and result.form == 'constrained':
+        result.form = 'constrained_closed'
+        result.note = (f'max_new_tokens ran out: the plan grammar wrote the last {forced} of '
+                       f'its {result.output_tokens} tokens to close it, so its last step may '
+                       f'hold a skill or target the model did not write; raise max_new_tokens')
+
+
 def make_result(task: str, text: str, output_tokens: int, time_to_first_token: float,
                 total_time: float, cancelled: bool, image_size: tuple = (0, 0),
                 constrained: bool = False, logprobs: tuple = (), ends: tuple = (),

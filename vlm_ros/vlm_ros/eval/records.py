@@ -114,7 +114,8 @@ def summarize(records: list, run: dict, mean=None) -> dict:
         'plans': sum(r['task'] == 'plan' for r in results), 'plans_answered': len(plans),
         'captions': sum(r['task'] == 'caption' for r in results),
         'by_status': dict(sorted(Counter(r['status'] for r in results).items())),
-        # A plan salvaged from cut or malformed JSON has steps, yet not the plan the model meant.
+        # A plan salvaged from cut or malformed JSON, or one the plan grammar closed, has steps,
+        # yet not the plan the model meant.
         'plan_validity_rate': _rate(sum(r['valid'] and r['form'] in CLEAN_FORMS for r in plans),
                                     len(plans)),
         'plans_by_form': dict(sorted(Counter(r['form'] for r in plans).items())),

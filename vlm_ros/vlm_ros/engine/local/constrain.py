@@ -122,6 +122,7 @@ class PlanConstraint(LogitsProcessor):
         self.checked = 0  # row-steps under the grammar (vlm_benchmark's share constrained)
         self.masked = 0  # of those, the row-steps whose logits had to be masked
         self.closed = 0  # row-steps that took the closing token instead of the model's
+        self.closed_at = [None] * len(matchers)  # per row: its first such step (its token index)
 
     @property
     def followed(self) -> list:
@@ -185,6 +186,8 @@ class PlanConstraint(LogitsProcessor):
             scores[row] = float('-inf')
             scores[row, token] = 0.0
             self.closed += 1
+            if self.closed_at[row] is None:
+                self.closed_at[row] = self._step
 
 def resolve(config, tokenizer, eos_ids: set) -> tuple:
     """Return (config.constrain_plans' GrammarCache or None, why plans are free or '').

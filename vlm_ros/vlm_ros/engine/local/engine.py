@@ -15,7 +15,7 @@ from ..errors import VlmError
 from ..grounding import views_of
 from ..plan_schema import PLAN_TASKS
 from ..preprocess import fitted_size
-from ..results import make_result
+from ..results import make_result, mark_closed
 from . import constrain, decoding, loader, teacher_forcing
 from .generate import eos_token_ids, generate
 from .inputs import InputStage
@@ -190,8 +190,7 @@ class VlmEngine(EngineBase):
         except Exception as exc:  # noqa: BLE001 - the caller answers with a status, not a crash
             raise loader.model_failure('generation', exc, self.config.model,
                                        loaded.device) from exc
-        followed = constraint.followed if constraint else [False] * len(requests)
-        return _results(loaded, requests, texts, rows, generated, followed,
+        return _results(loaded, requests, texts, rows, generated, constraint,
                         self.config.max_image_side)
 
     def _inputs(self, requests: list):
@@ -223,19 +222,29 @@ class VlmEngine(EngineBase):
             raise loader.model_failure('scoring', exc, self.config.model, loaded.device) from exc
 
 
-def _results(loaded, requests: list, texts: list, rows: list, generated, followed: list,
+def _results(loaded, requests: list, texts: list, rows: list, generated, constraint,
              max_image_side: int) -> list:
-    """Parse each row's text into its Result, with its tokens' log-probabilities."""
+    """Parse each row's text into its Result, with its tokens' log-probabilities.
+
+    constraint: the batch's PlanConstraint (None: no plan grammar), which says which rows
+    followed it to their end and where it closed a row's plan (results.mark_closed).
+    """
     tokenizer = loaded.processor.tokenizer
     eos = eos_token_ids(loaded.model, tokenizer)
     image_processor = getattr(loaded.processor, 'image_processor', None)
-    return [make_result(request.task, text, len(tokens), generated.time_to_first_token,
-                        generated.total_time, cancelled, fitted_size(request.image,
-                                                                     max_image_side),
-                        constrained, *text_logprobs(tokenizer, tokens, logprobs, eos,
-                                                    request.task in PLAN_TASKS),
-                        views=views_of(image_processor, request, max_image_side),
-                        features=features)
-            for request, text, tokens, cancelled, constrained, logprobs, features in zip(
-                requests, texts, rows, generated.cancelled, followed, generated.logprobs,
-                generated.features or [None] * len(requests), strict=True)]
+    followed = constraint.followed if constraint else [False] * len(requests)
+    results = [make_result(request.task, text, len(tokens), generated.time_to_first_token,
+                           generated.total_time, cancelled, fitted_size(request.image,
+                                                                        max_image_side),
+                           constrained, *text_logprobs(tokenizer, tokens, logprobs, eos,
+                                                       request.task in PLAN_TASKS),
+                           views=views_of(image_processor, request, max_image_side),
+                           features=features)
+               for request, text, tokens, cancelled, constrained, logprobs, features in zip(
+                   requests, texts, rows, generated.cancelled, followed, generated.logprobs,
+                   generated.features or [None] * len(requests), strict=True)]
+    for result, tokens, closed_at in zip(results, rows, constraint.closed_at if constraint
+                                         else [None] * len(requests), strict=True):
+        if closed_at is not None:
+            mark_closed(result, len(tokens) - closed_at)
+    return results
