@@ -1,6 +1,7 @@
 """How vlm_client and vlm_replay --echo print a Plan: the reason or the note, and the steps."""
 
-from vlm_ros.engine.results import make_result, mark_closed
+from vlm_ros.engine.grounding import View
+from vlm_ros.engine.results import CLOSED_BOX, make_result, mark_closed
 from vlm_ros.node.messages import format_plan
 
 from vlm_ros_msgs.msg import Plan, PlanStep
@@ -31,16 +32,16 @@ def test_an_ok_plan_without_a_message_shows_no_line_for_it():
 def test_a_plan_the_grammar_closed_says_so_and_is_not_taken_for_the_models():
     text = '{"steps": [{"instruction": "push the box", "skill": "push", "target": "box"}]}'
     closed = make_result('plan', text, 40, 0.1, 0.5, False, constrained=True)
-    mark_closed(closed, 6)
+    mark_closed(closed, 6, '"}]}')
     assert (closed.form, closed.note) == ('constrained_closed', (
         'max_new_tokens ran out: the plan grammar wrote the last 6 of its 40 tokens to close '
         'it, so its last step may hold a skill or target the model did not write; raise '
         'max_new_tokens'))
     whole = make_result('plan', text, 40, 0.1, 0.5, False, constrained=True)
-    mark_closed(whole, 0)  # nothing forced
+    mark_closed(whole, 0, '')  # nothing forced
     assert (whole.form, whole.note) == ('constrained', '')
     free = make_result('plan', text[:30], 40, 0.1, 0.5, False)
-    mark_closed(free, 6)  # not written under the grammar: its own form says what it is
+    mark_closed(free, 6, '"}]}')  # not written under the grammar: its own form says what it is
     assert (free.form, free.note) == ('json_truncated', '')
 
     plan = _plan(Plan.STATUS_OK, closed.note)
@@ -48,3 +49,22 @@ def test_a_plan_the_grammar_closed_says_so_and_is_not_taken_for_the_models():
     assert format_plan(plan).splitlines()[1:3] == [
         f'  note: {closed.note}', '  form: constrained_closed (not the complete plan the model '
         'meant)']
+
+
+def _boxed(text: str, written: str):
+    view = View((640, 480), (0.0, 0.0, 640.0, 480.0), (640, 480))
+    result = make_result('plan', text, 60, 0.1, 0.5, False, constrained=True,
+                         views=(('', view),))
+    assert result.boxes[-1] is not None
+    mark_closed(result, 4, written)
+    return result.boxes[-1], result.box_problems[-1]
+
+
+def test_a_box_the_grammar_wrote_numbers_of_is_dropped_with_the_reason():
+    step = '{"steps": [{"instruction": "push", "skill": "push", "target": "box", "bbox_2d": '
+    assert _boxed(step + '[10, 20, 0, 0]}]}', ', 0, 0]}]}') == (None, CLOSED_BOX)
+    # A number the model was writing, ended by the grammar: 40 may have been 405.
+    assert _boxed(step + '[10, 20, 30, 40]}]}', ']}]}') == (None, CLOSED_BOX)
+    # The model's whole box, then the grammar's closing brackets: the box is the model's.
+    box, problem = _boxed(step + '[10, 20, 30, 40]}]}', '}]}')
+    assert box is not None and problem == ''

@@ -134,20 +134,33 @@ def parse_output(task: str, text: str, constrained: bool = False) -> tuple:
     return (), bool(text.strip()), 'text'
 
 
-def mark_closed(result: Result, forced: int) -> None:
-    """Say that the plan grammar wrote a constrained plan's last ``forced`` tokens.
+CLOSED_BOX = 'the plan grammar wrote numbers of this box when max_new_tokens ran out'
+
+
+def mark_closed(result: Result, forced: int, written: str) -> None:
+    """Say that the plan grammar wrote a constrained plan's last ``forced`` tokens, ``written``.
 
     Where max_new_tokens ran out first, the grammar closes the plan (local/closing.py): it
     parses and its skills are the robot's, but the step those tokens fall in, its last, may
     hold a skill or target the model never wrote, and a robot must not take it for the
     model's. So its form is 'constrained_closed', not among the plans the model meant
-    (CLEAN_FORMS), and its note says so and what to change.
+    (CLEAN_FORMS), and its note says so and what to change. The schema's only numbers are a
+    box's or a point's: where the grammar wrote a digit, or ended a number the model was
+    writing, the last step's box is not the model's either, and is dropped with the reason
+    (plan_targets).
     """
-    if forced > 0 and result.form == 'constrained':
-        result.form = 'constrained_closed'
-        result.note = (f'max_new_tokens ran out: the plan grammar wrote the last {forced} of '
-                       f'its {result.output_tokens} tokens to close it, so its last step may '
-                       f'hold a skill or target the model did not write; raise max_new_tokens')
+    if forced <= 0 or result.form != 'constrained':
+        return
+    result.form = 'constrained_closed'
+    result.note = (f'max_new_tokens ran out: the plan grammar wrote the last {forced} of its '
+                   f'{result.output_tokens} tokens to close it, so its last step may hold a '
+                   f'skill or target the model did not write; raise max_new_tokens')
+    before = result.text[:len(result.text) - len(written)] if result.text.endswith(written) \
+        else ''
+    if (any(char.isdigit() for char in written) or before[-1:].isdigit()) and result.boxes \
+            and result.boxes[-1] is not None:
+        result.boxes = (*result.boxes[:-1], None)
+        result.box_problems = (*result.box_problems[:-1], CLOSED_BOX)
 
 
 def make_result(task: str, text: str, output_tokens: int, time_to_first_token: float,

@@ -246,5 +246,6 @@ def _results(loaded, requests: list, texts: list, rows: list, generated, constra
     for result, tokens, closed_at in zip(results, rows, constraint.closed_at if constraint
                                          else [None] * len(requests), strict=True):
         if closed_at is not None:
-            mark_closed(result, len(tokens) - closed_at)
+            mark_closed(result, len(tokens) - closed_at,
+                        tokenizer.decode(tokens[closed_at:], skip_special_tokens=True))
     return results
