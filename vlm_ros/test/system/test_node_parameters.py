@@ -154,7 +154,10 @@ def observe_skills(node, test_node):
         {'pick', 'place'}, before  # what the model was trained to write
     set_ok(test_node, skills=['push', 'wait'])
     after = _plan(node)
-    assert after.status == Plan.STATUS_OK and after.form == Plan.FORM_CONSTRAINED, after
+    # Pushed off the skills it was trained on, the model may write until its budget runs out,
+    # and the plan grammar then closes the plan.
+    assert after.status == Plan.STATUS_OK and after.form in (
+        Plan.FORM_CONSTRAINED, Plan.FORM_CONSTRAINED_CLOSED), after
     assert after.steps and {s.skill for s in after.steps} <= {'push', 'wait'}, after.steps
     refused = set_params(test_node, skills=['pick', 'pick'])[0]
     assert not refused.successful and 'pick more than once' in refused.reason

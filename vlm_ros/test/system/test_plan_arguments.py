@@ -31,7 +31,10 @@ def test_every_plan_carries_its_arguments_while_a_skill_names_them(start_vlm_nod
 
     set_ok(test_node, skills=SKILLS)
     plan = node.plan_on_a_new_frame(TARGETS['plan'][0], 'a plan in the skills')
-    assert plan.status == Plan.STATUS_OK and plan.form == Plan.FORM_CONSTRAINED, plan
+    # Pushed off what it was trained to write (no arguments), the model may write until its
+    # budget runs out, and the plan grammar then closes the plan.
+    assert plan.status == Plan.STATUS_OK and plan.form in (
+        Plan.FORM_CONSTRAINED, Plan.FORM_CONSTRAINED_CLOSED), plan
     _check(arguments.wait_for(lambda a: a.request_id == plan.request_id, TIMEOUT,
                               "the plan's arguments"), plan)
     result = goal_plan(test_node, TARGETS['plan'][0])
