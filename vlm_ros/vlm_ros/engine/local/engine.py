@@ -243,9 +243,9 @@ def _results(loaded, requests: list, texts: list, rows: list, generated, constra
                for request, text, tokens, cancelled, constrained, logprobs, features in zip(
                    requests, texts, rows, generated.cancelled, followed, generated.logprobs,
                    generated.features or [None] * len(requests), strict=True)]
-    for result, tokens, closed_at in zip(results, rows, constraint.closed_at if constraint
-                                         else [None] * len(requests), strict=True):
-        if closed_at is not None:
-            mark_closed(result, len(tokens) - closed_at,
-                        tokenizer.decode(tokens[closed_at:], skip_special_tokens=True))
+    if constraint is not None:  # where the grammar closed a row's plan: its last tokens
+        for result, tokens, closed_at in zip(results, rows, constraint.closed_at, strict=True):
+            if closed_at is not None:
+                mark_closed(result, len(tokens) - closed_at,
+                            tokenizer.decode(tokens[closed_at:], skip_special_tokens=True))
     return results
