@@ -109,3 +109,20 @@ def test_ctrl_c_in_the_middle_of_a_run_is_one_line_and_writes_nothing(tmp_path,
     assert code == 130 and 'Traceback' not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == 'vlm_eval: interrupted'
     assert not out.exists()
+
+
+def test_a_run_that_is_aborted_says_where_each_thread_was(tmp_path, untrained_llava):
+    """SIGABRT (a supervisor's, or a test's on a run that would not stop) prints the stacks.
+
+    Without them a hung tool ends with nothing to go on but its exit code.
+    """
+    running = subprocess.Popen(
+        [node_executable('vlm_eval'), write_input_bag(tmp_path / 'bag'), '--model',
+         untrained_llava, '--device', 'cpu', '--max-new-tokens', '4096', '--out',
+         tmp_path / 'out'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    maps = pathlib.Path(f'/proc/{running.pid}/maps')
+    wait_until(lambda: running.poll() is not None or 'libtorch' in maps.read_text(), TIMEOUT,
+               'vlm_eval to load torch')
+    code, _, err = stop_process(running, signal.SIGABRT, TIMEOUT)
+    assert code == -signal.SIGABRT, err[-3000:]
+    assert 'Fatal Python error: Aborted' in err and 'most recent call first' in err, err[-3000:]

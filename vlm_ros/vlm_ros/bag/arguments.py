@@ -5,6 +5,7 @@ number a tool takes goes through these.
 """
 
 import argparse
+import faulthandler
 import math
 import os
 import pathlib
@@ -80,7 +81,10 @@ def reported(prog: str, call: Callable):
 
     One line, 'prog: error: reason', as argparse reports bad arguments: exit 2 for bad input,
     1 for what failed (VlmError.exit_code, or an OSError); Ctrl-C: 'prog: interrupted', 130.
+    An abort (a supervisor's, or a test's on a run that does not stop) prints every thread's
+    Python stack first, as vlm_node's does (spin.py), so a hang says where it was.
     """
+    faulthandler.enable()
     try:
         return 0, call()
     except VlmError as exc:
