@@ -67,6 +67,30 @@ def test_a_complete_plan_allows_only_its_end_and_counts_as_followed(grammars):
     assert constraint.followed == [True, False]  # the caption row was never constrained
 
 
+
+def test_a_row_that_ended_costs_no_grammar_call_while_the_batch_goes_on(grammars):
+    """After its EOS generate pads a row whatever its logits: the grammar leaves them be."""
+    cache, tokenizer = grammars
+    constraint = constrain.for_batch(cache, SKILLS, ['plan', 'plan'])
+    short, long = (tokenizer.encode(f'{{"steps": [{{"instruction": "{words}", "skill": "pick", '
+                                    f'"target": ""}}]}}', add_special_tokens=False)
+                   for words in ('go', 'go to the table and wait there'))
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    width = cache.tokenizer.vocab_size
+    rows = list(zip([*short, eos] + [pad] * (len(long) - len(short) - 1), long, strict=True))
+    alone = constrain.for_batch(cache, SKILLS, ['plan'])  # the long plan in a batch of its own
+    _step(constraint, [[0], [0]], width)
+    _step(alone, [[0]], width)
+    for at, (first, second) in enumerate(rows):
+        checked, masked = constraint.checked, constraint.masked
+        scores = _step(constraint, [[first], [second]], width)
+        ended = at >= len(short)
+        assert bool(torch.isfinite(scores[0]).all()) == ended  # an ended row's logits untouched
+        assert (constraint.checked - checked, constraint.masked - masked) == \
+            ((1, 1) if ended else (2, 2)), at  # not greedy: every row it checks is masked
+        assert torch.equal(scores[1], _step(alone, [[second]], width)[0])  # the other goes on
+    assert constraint.followed == [True, True]
+
 def _word_level():
     """Return a tokenizer of whole words, which llguidance cannot read (no bytes behind them)."""
     from tokenizers import Tokenizer, models, pre_tokenizers

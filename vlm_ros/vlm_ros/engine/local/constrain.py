@@ -57,6 +57,7 @@ class GrammarCache:
                            f'({type(tokenizer).__name__}: {type(exc).__name__}: '
                            f'{str(exc)[:200]}); set constrain_plans to off') from exc
         self._lib = lib
+        self.eos_ids = frozenset(eos_ids)
         self._grammars: dict = {}
         self._windows: dict = {}
         self.closer = closing.Closer(self.tokenizer)
@@ -102,12 +103,16 @@ class PlanConstraint(LogitsProcessor):
     row took at the previous step, which its matcher consumes before masking the next one.
     ``budgets`` (per row: its max_new_tokens) with ``closer`` and ``window`` (the last tokens
     that may need it) close each plan in time (closing.py); without them, a plan is cut where
-    generate stops.
+    generate stops. A row that took one of ``eos_ids`` has ended: generate pads it from then
+    on, whatever its logits, so it costs no grammar call while the batch's other rows go on.
     """
 
     def __init__(self, matchers: list, vocab_size: int, greedy: bool = False,
-                 budgets: Optional[list] = None, closer=None, window: int = 0):
+                 budgets: Optional[list] = None, closer=None, window: int = 0,
+                 eos_ids: frozenset = frozenset()):
         self._matchers = matchers
+        self._eos_ids = eos_ids
+        self._ended = [False] * len(matchers)
         self._vocab = vocab_size
         self._greedy = greedy
         self._budgets = budgets if closer is not None else None
@@ -137,11 +142,14 @@ class PlanConstraint(LogitsProcessor):
         # changes nothing, and checking one token costs far less than the mask of all of them.
         best = scores.argmax(dim=-1).tolist() if self._greedy else None
         for row, matcher in enumerate(self._matchers):
-            if matcher is None or matcher.is_error():
+            if matcher is None or self._ended[row] or matcher.is_error():
                 continue
             if last is not None and not matcher.is_stopped() and \
                     not matcher.consume_token(last[row]):
                 continue  # an error state: the row's text is no longer followed (never masked)
+            if last is not None and last[row] in self._eos_ids:
+                self._ended[row] = True
+                continue
             self.checked += 1
             if self._budgets is not None and \
                     self._budgets[row] - self._step <= self._window:
@@ -232,4 +240,5 @@ def for_batch(grammars: Optional[GrammarCache], skills: tuple, tasks: list,
                            for task, names in zip(tasks, cameras, strict=True)],
                           grammars.tokenizer.vocab_size, greedy, budgets,
                           grammars.closer if budgets is not None else None,
-                          max(grammars.window(grammar) for grammar in grammar_of.values()))
+                          max(grammars.window(grammar) for grammar in grammar_of.values()),
+                          grammars.eos_ids)
