@@ -153,6 +153,10 @@ class SpinThread:
         self._executor = executor or MultiThreadedExecutor()
         for node in self._nodes:
             self._executor.add_node(node)
+        # stop() triggers it. The executor's own wake() only has it rebuild its wait set and
+        # wait on for the rest of SPIN_CHECK (every node and tool took 0.5 s more to exit); a
+        # guard condition with a callback is work, so spin_once returns at once.
+        self._wakeup = self._nodes[0].create_guard_condition(lambda: None) if nodes else None
         self._thread = threading.Thread(target=self._spin, name='ros-spin', daemon=True)
         self._thread.start()
 
@@ -207,6 +211,9 @@ class SpinThread:
         its way out of one while the node was destroyed, so they are waited for.
         """
         self._stopping = True
+        if self._wakeup is not None:
+            self._wakeup.trigger()
+            self._wakeup = None  # destroyed with its node below: stop() may come again
         self._executor.wake()
         self._thread.join()
         self._executor.shutdown()

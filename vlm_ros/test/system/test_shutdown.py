@@ -23,6 +23,7 @@ from vlm_ros.node import shutdown
 from vlm_ros.spin import SpinThread, TrackingExecutor
 from waiting import wait_until
 
+from vlm_ros import spin
 from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.msg import Plan
 from vlm_ros_msgs.srv import Query
@@ -151,6 +152,29 @@ def test_a_goal_result_still_being_made_on_the_way_out_is_sent(test_node):
     assert wait_future(result, TIMEOUT, 'the goal result').result.plan.message == payload
     client.destroy()
 
+
+
+def test_stop_wakes_the_spinning_thread_instead_of_waiting_out_its_check(rclpy_context,
+                                                                           monkeypatch):
+    """Every vlm_ros process stops its executor on the way out: at once, not after SPIN_CHECK.
+
+    With an hour between checks, only stop()'s own wake-up can end the spinning in time.
+    """
+    monkeypatch.setattr(spin, 'SPIN_CHECK', 3600.0)
+    node = Node(f'spin_stop_{uuid.uuid4().hex[:8]}')
+    ticked = threading.Event()
+
+    def tick():  # once: a timer that goes on firing would wake the executor by itself
+        timer.cancel()
+        ticked.set()
+    timer = node.create_timer(0.01, tick)
+    spinner = SpinThread([node], TrackingExecutor(2))
+    assert ticked.wait(TIMEOUT), 'the executor never spun'
+    stopping = threading.Thread(target=spinner.stop, daemon=True)
+    stopping.start()
+    stopping.join(TIMEOUT)
+    assert not stopping.is_alive(), "stop() waited for the spin thread's next check"
+    spinner.stop()  # a second stop changes nothing
 
 class _HeldClock:
     """The drain's clock, held still until the test lets it run past every bound at once.
