@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Optional
 
 import rclpy
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.exceptions import InvalidHandle
 from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
@@ -155,8 +156,10 @@ class SpinThread:
             self._executor.add_node(node)
         # stop() triggers it. The executor's own wake() only has it rebuild its wait set and
         # wait on for the rest of SPIN_CHECK (every node and tool took 0.5 s more to exit); a
-        # guard condition with a callback is work, so spin_once returns at once.
-        self._wakeup = self._nodes[0].create_guard_condition(lambda: None) if nodes else None
+        # guard condition with a callback is work, so spin_once returns at once. Its own group:
+        # a busy callback of the node's default group cannot hold it back.
+        self._wakeup = self._nodes[0].create_guard_condition(
+            lambda: None, ReentrantCallbackGroup()) if nodes else None
         self._thread = threading.Thread(target=self._spin, name='ros-spin', daemon=True)
         self._thread.start()
 
