@@ -93,22 +93,27 @@ def test_ros_arguments_rcl_cannot_read_say_how_to_quote_and_exit_2(fork_server):
     assert 'needs quotes: -p "prompt_plan:=' in done.stderr
 
 
-def test_ctrl_c_in_the_middle_of_a_run_is_one_line_and_writes_nothing(tmp_path,
-                                                                      untrained_llava):
-    """A run interrupted once torch is loaded (its model loading or answering): exit 130."""
-    out = tmp_path / 'out'
+def _eval_with_torch_loaded(tmp_path, model) -> subprocess.Popen:
+    """Start vlm_eval on a model that never stops by itself; return it once torch is loaded."""
     running = subprocess.Popen(
-        [node_executable('vlm_eval'), write_input_bag(tmp_path / 'bag'), '--model',
-         untrained_llava, '--device', 'cpu', '--max-new-tokens', '4096', '--out', out],
+        [node_executable('vlm_eval'), write_input_bag(tmp_path / 'bag'), '--model', model,
+         '--device', 'cpu', '--max-new-tokens', '4096', '--out', tmp_path / 'out'],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     maps = pathlib.Path(f'/proc/{running.pid}/maps')
     wait_until(lambda: running.poll() is not None or 'libtorch' in maps.read_text(), TIMEOUT,
                'vlm_eval to load torch')
     assert running.poll() is None, 'the untrained model answers 4096 tokens a request'
+    return running
+
+
+def test_ctrl_c_in_the_middle_of_a_run_is_one_line_and_writes_nothing(tmp_path,
+                                                                      untrained_llava):
+    """A run interrupted once torch is loaded (its model loading or answering): exit 130."""
+    running = _eval_with_torch_loaded(tmp_path, untrained_llava)
     code, _, err = stop_process(running, signal.SIGINT, TIMEOUT)
     assert code == 130 and 'Traceback' not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == 'vlm_eval: interrupted'
-    assert not out.exists()
+    assert not (tmp_path / 'out').exists()
 
 
 def test_a_run_that_is_aborted_says_where_each_thread_was(tmp_path, untrained_llava):
@@ -116,13 +121,7 @@ def test_a_run_that_is_aborted_says_where_each_thread_was(tmp_path, untrained_ll
 
     Without them a hung tool ends with nothing to go on but its exit code.
     """
-    running = subprocess.Popen(
-        [node_executable('vlm_eval'), write_input_bag(tmp_path / 'bag'), '--model',
-         untrained_llava, '--device', 'cpu', '--max-new-tokens', '4096', '--out',
-         tmp_path / 'out'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    maps = pathlib.Path(f'/proc/{running.pid}/maps')
-    wait_until(lambda: running.poll() is not None or 'libtorch' in maps.read_text(), TIMEOUT,
-               'vlm_eval to load torch')
+    running = _eval_with_torch_loaded(tmp_path, untrained_llava)
     code, _, err = stop_process(running, signal.SIGABRT, TIMEOUT)
     assert code == -signal.SIGABRT, err[-3000:]
     assert 'Fatal Python error: Aborted' in err and 'most recent call first' in err, err[-3000:]
