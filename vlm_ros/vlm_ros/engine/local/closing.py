@@ -67,6 +67,9 @@ class Closer:
                 piece = matcher.compute_ff_bytes()
                 piece, tokens = (piece, self.tokens(piece)) if piece else \
                     self._first_allowed(matcher)
+                if tokens and self.completes(matcher, tokens):
+                    text += piece  # the last piece: consuming it would stop the matcher (30 µs)
+                    break
                 taken = matcher.try_consume_tokens(tokens) if tokens else 0
                 consumed += taken
                 if not tokens or taken != len(tokens):

@@ -25,7 +25,11 @@ from . import closing
 # The plan prompt's own layout: no free whitespace, which a model with random weights would
 # otherwise write until its token budget ends.
 JSON_OPTIONS = {'whitespace_flexible': False, 'item_separator': ', ', 'key_separator': ': '}
+_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)  # views numpy can write into
 MAX_GRAMMARS = 64  # compiled grammars kept (skills x the cameras requests name)
+# Rows one template matcher is copied for before a fresh one replaces it: the copies share its
+# lexer, whose states (1-2 kB each) would otherwise grow for the node's lifetime.
+MAX_COPIES = 4096
 
 
 def _llguidance():
@@ -42,7 +46,10 @@ class GrammarCache:
     """The tokenizer's llguidance view and the compiled grammar per schema, made once each.
 
     Wrapping a tokenizer takes up to a second and a grammar a few milliseconds; both are
-    read-only afterwards, so every request and thread shares them.
+    read-only afterwards, so every request and thread shares them. A row's matcher is a copy of
+    a kept matcher of its grammar: making a matcher takes about 0.5 ms, a copy a few µs, and
+    the copies share the lexer states that earlier copies built, so their masks and checks
+    cost less than a new matcher's (docs/BENCHMARKS.md).
     """
 
     def __init__(self, tokenizer, eos_ids: set):
@@ -60,6 +67,7 @@ class GrammarCache:
         self.eos_ids = frozenset(eos_ids)
         self._grammars: dict = {}
         self._windows: dict = {}
+        self._templates: dict = {}  # grammar: [template matcher, copies made of it]
         self.closer = closing.Closer(self.tokenizer)
         self._lock = threading.Lock()
 
@@ -73,7 +81,7 @@ class GrammarCache:
         with self._lock:
             if key not in self._grammars:
                 if len(self._grammars) >= MAX_GRAMMARS:
-                    self._grammars, self._windows = {}, {}
+                    self._grammars, self._windows, self._templates = {}, {}, {}
                 grammar = self._lib.LLMatcher.grammar_from_json_schema(
                     json.dumps(plan_schema(skills, cameras)), overrides=JSON_OPTIONS)
                 error = self._lib.LLMatcher.validate_grammar(grammar, self.tokenizer)
@@ -84,15 +92,21 @@ class GrammarCache:
             return self._grammars[key]
 
     def matcher(self, grammar: str):
-        """Return a fresh matcher of grammar, for one row of one batch."""
-        return self._lib.LLMatcher(self.tokenizer, grammar, log_level=0)
+        """Return a matcher of grammar at the start of a plan, for one row of one batch."""
+        with self._lock:
+            kept = self._templates.get(grammar)
+            if kept is None or kept[1] >= MAX_COPIES:
+                kept = self._templates[grammar] = [
+                    self._lib.LLMatcher(self.tokenizer, grammar, log_level=0), 0]
+            kept[1] += 1
+            return kept[0].deep_copy()
 
     def window(self, grammar: str) -> int:
         """Return the last tokens of a budget in which plans of grammar may need closing."""
-        with self._lock:
-            if grammar not in self._windows:
-                self._windows[grammar] = self.closer.window(self.matcher(grammar))
-            return self._windows[grammar]
+        window = self._windows.get(grammar)
+        if window is None:  # two threads may both compute it: the same number
+            window = self._windows[grammar] = self.closer.window(self.matcher(grammar))
+        return window
 
 
 class PlanConstraint(LogitsProcessor):
@@ -120,10 +134,8 @@ class PlanConstraint(LogitsProcessor):
                           for matcher in matchers]
         self._window = window
         self._step = 0  # the tokens each row has taken so far
-        self._bitmask = torch.full((len(matchers), (vocab_size + 31) // 32), -1,
-                                   dtype=torch.int32)
-        self._row_bytes = self._bitmask.shape[1] * 4
-        self._mask_at = self._bitmask.data_ptr()  # the buffer is never reallocated
+        self._words = (vocab_size + 31) // 32  # of a mask llguidance writes
+        self._bitmask = None  # per row: its mask, or all ones (allowed); made at the first step
         self.checked = 0  # row-steps under the grammar (vlm_benchmark's share constrained)
         self.masked = 0  # of those, the row-steps whose logits had to be masked
         self.closed = 0  # row-steps that took the closing token instead of the model's
@@ -137,10 +149,15 @@ class PlanConstraint(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor):
         """Advance each constrained row's matcher by its last token; mask its next logits."""
         rows, near = [], []
+        if self._bitmask is None:  # one word per 32 of the model's ids, which may be more
+            self._bitmask = np.full((len(scores), max(self._words, -(-scores.shape[1] // 32))),
+                                    -1, dtype=np.int32)
+            self._mask_at = self._bitmask.ctypes.data  # its address: never reallocated
+        row_bytes, mask_at = self._bitmask.shape[1] * 4, self._mask_at
         last = input_ids[:, -1].tolist() if self._step else None
         # Greedy decoding takes the best token: where the grammar allows it, masking the others
         # changes nothing, and checking one token costs far less than the mask of all of them.
-        best = scores.argmax(dim=-1).tolist() if self._greedy else None
+        best = _best(scores) if self._greedy else None
         for row, matcher in enumerate(self._matchers):
             if matcher is None or self._ended[row] or matcher.is_error():
                 continue
@@ -158,14 +175,13 @@ class PlanConstraint(LogitsProcessor):
                     matcher.validate_tokens([best[row]]) == 1:
                 continue
             # Once the plan is complete (stopped), the mask allows only the end of the text.
-            matcher.unsafe_compute_mask_ptr(self._mask_at + row * self._row_bytes,
-                                            self._row_bytes)
+            matcher.unsafe_compute_mask_ptr(mask_at + row * row_bytes, self._words * 4)
             rows.append(row)
         if rows:
             self._mask(rows, scores)
         if near:  # the token each row would now take: one pick over the batch, not one a row
             chosen = [None] * len(scores) if not self._greedy else \
-                scores.argmax(dim=-1).tolist() if rows else best  # unmasked: still the best
+                _best(scores) if rows else best  # unmasked: still the best
             for row in near:
                 self._close_in_time(row, scores, chosen[row],
                                     last[row] if last is not None else None)
@@ -173,16 +189,20 @@ class PlanConstraint(LogitsProcessor):
         return scores
 
     def _mask(self, rows: list, scores: torch.FloatTensor) -> None:
-        """Set the logits the grammar refuses to -inf: one fill over the batch, rows masked."""
+        """Set the logits the grammar refuses to -inf: one fill over the batch."""
         self.masked += len(rows)
+        bits = self._bitmask
+        if bits.shape[1] > self._words:  # ids beyond the tokenizer's words: no tokens
+            bits[rows, self._words:] = 0
         # llguidance's masks are 32-bit words, token i at bit i % 32 of word i // 32: as
-        # little-endian bytes, bit i % 8 of byte i // 8.
-        width = min(self._vocab, scores.shape[1])
-        blocked = np.zeros(tuple(scores.shape), dtype=bool)
-        blocked[rows, width:] = True  # ids beyond the tokenizer: no tokens
-        blocked[rows, :width] = np.unpackbits(self._bitmask.numpy()[rows].view(np.uint8),
-                                              axis=1, count=width, bitorder='little') == 0
-        scores.masked_fill_(torch.from_numpy(blocked).to(scores.device), float('-inf'))
+        # little-endian bytes, bit i % 8 of byte i // 8. The rows not masked are all ones.
+        blocked = np.unpackbits(bits.view(np.uint8), axis=1, count=scores.shape[1],
+                                bitorder='little') == 0
+        bits.fill(-1)  # all allowed again, until a row's grammar writes its next mask
+        if scores.device.type == 'cpu' and scores.dtype in _NUMPY_FLOATS:
+            np.putmask(scores.numpy(), blocked, -np.inf)  # in place: no tensor op's overhead
+        else:
+            scores.masked_fill_(torch.from_numpy(blocked).to(scores.device), float('-inf'))
 
     def _close_in_time(self, row: int, scores: torch.FloatTensor, chosen: Optional[int],
                        last: Optional[int]) -> None:
@@ -196,6 +216,14 @@ class PlanConstraint(LogitsProcessor):
             self.closed += 1
             if self.closed_at[row] is None:
                 self.closed_at[row] = self._step
+
+
+def _best(scores: torch.FloatTensor) -> list:
+    """Return each row's best token; numpy's argmax where it can read the logits (faster)."""
+    if scores.device.type == 'cpu' and scores.dtype in _NUMPY_FLOATS:
+        return scores.numpy().argmax(axis=1).tolist()
+    return scores.argmax(dim=-1).tolist()
+
 
 def resolve(config, tokenizer, eos_ids: set) -> tuple:
     """Return (config.constrain_plans' GrammarCache or None, why plans are free or '').
