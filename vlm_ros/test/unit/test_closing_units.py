@@ -228,3 +228,33 @@ def test_a_search_longer_than_the_completion_known_does_not_cut_the_plan(name):
         cache.closer = _Unsteady(cache.tokenizer)  # one row: its first search is the real one
         text, _ = _drive(cache, tokenizer, prefer, budget)
         assert _ends_a_plan(text), (budget, text)
+
+
+class _Counting(constrain.closing.Closer):
+    """A Closer that counts its searches."""
+
+    searches = 0
+
+    def closing_tokens(self, matcher):
+        self.searches += 1
+        return super().closing_tokens(matcher)
+
+
+def test_a_token_that_begins_the_known_completion_leaves_its_rest_unsearched(grammars):
+    """The model's `"` where the completion known begins with `",`: the rest is `, "skill"...`."""
+    cache, tokenizer = grammars
+    closer = _Counting(cache.tokenizer)
+    prefix = tokenizer.encode('{"steps": [{"instruction": "go', add_special_tokens=False)
+    matcher = cache.matcher(cache.grammar(SKILLS))
+    assert matcher.consume_tokens(prefix)
+    known = closer.closing_tokens(matcher)
+    quote, letter = (cache.tokenizer.tokenize_bytes(text)[0] for text in (b'"', b'x'))
+    assert known[0] != quote  # this tokenizer writes `",` as one token
+    rest = closer.rest_after(matcher, quote, known)
+    assert _valid_plan(tokenizer.decode(prefix + [quote] + rest))
+    assert closer.rest_after(matcher, letter, known) is None  # not how the completion begins
+    row = constrain.closing.RowClosing(closer)
+    closer.searches = 0
+    assert row.token(matcher, 2 * len(known), None, None) is None  # enters its window: a search
+    assert row.token(matcher, 2 * len(known), quote, None) is None  # the `"` fits: let through
+    assert closer.searches == 1
