@@ -126,7 +126,7 @@ class PlanConstraint(LogitsProcessor):
                  eos_ids: frozenset = frozenset()):
         self._matchers = matchers
         self._eos_ids = eos_ids
-        self._ended = [False] * len(matchers)
+        self._done = [False] * len(matchers)  # per row: ended, or its text left the grammar
         self._vocab = vocab_size
         self._greedy = greedy
         self._budgets = budgets if closer is not None else None
@@ -159,13 +159,14 @@ class PlanConstraint(LogitsProcessor):
         # changes nothing, and checking one token costs far less than the mask of all of them.
         best = _best(scores) if self._greedy else None
         for row, matcher in enumerate(self._matchers):
-            if matcher is None or self._ended[row] or matcher.is_error():
+            if matcher is None or self._done[row]:
                 continue
             if last is not None and not matcher.is_stopped() and \
                     not matcher.consume_token(last[row]):
-                continue  # an error state: the row's text is no longer followed (never masked)
+                self._done[row] = True  # an error state: the row's text is no longer followed
+                continue
             if last is not None and last[row] in self._eos_ids:
-                self._ended[row] = True
+                self._done[row] = True
                 continue
             self.checked += 1
             if self._budgets is not None and \
