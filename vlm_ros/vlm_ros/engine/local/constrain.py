@@ -153,11 +153,16 @@ class PlanConstraint(LogitsProcessor):
             self._bitmask = np.full((len(scores), max(self._words, -(-scores.shape[1] // 32))),
                                     -1, dtype=np.int32)
             self._mask_at = self._bitmask.ctypes.data  # its address: never reallocated
-        row_bytes, mask_at = self._bitmask.shape[1] * 4, self._mask_at
-        last = input_ids[:, -1].tolist() if self._step else None
+            # numpy reads and writes CPU tensors in place, without a tensor op's overhead
+            self._numpy = scores.device.type == 'cpu' and scores.dtype in _NUMPY_FLOATS
+        row_bytes, mask_at, numpy = self._bitmask.shape[1] * 4, self._mask_at, self._numpy
+        if self._step:
+            last = (input_ids.numpy() if numpy else input_ids)[:, -1].tolist()
+        else:
+            last = None
         # Greedy decoding takes the best token: where the grammar allows it, masking the others
         # changes nothing, and checking one token costs far less than the mask of all of them.
-        best = _best(scores) if self._greedy else None
+        best = _best(scores, numpy) if self._greedy else None
         for row, matcher in enumerate(self._matchers):
             if matcher is None or self._done[row]:
                 continue
@@ -182,7 +187,7 @@ class PlanConstraint(LogitsProcessor):
             self._mask(rows, scores)
         if near:  # the token each row would now take: one pick over the batch, not one a row
             chosen = [None] * len(scores) if not self._greedy else \
-                _best(scores) if rows else best  # unmasked: still the best
+                _best(scores, numpy) if rows else best  # unmasked: still the best
             for row in near:
                 self._close_in_time(row, scores, chosen[row],
                                     last[row] if last is not None else None)
@@ -200,8 +205,8 @@ class PlanConstraint(LogitsProcessor):
         blocked = np.unpackbits(bits.view(np.uint8), axis=1, count=scores.shape[1],
                                 bitorder='little') == 0
         bits.fill(-1)  # all allowed again, until a row's grammar writes its next mask
-        if scores.device.type == 'cpu' and scores.dtype in _NUMPY_FLOATS:
-            np.putmask(scores.numpy(), blocked, -np.inf)  # in place: no tensor op's overhead
+        if self._numpy:
+            np.putmask(scores.numpy(), blocked, -np.inf)
         else:
             scores.masked_fill_(torch.from_numpy(blocked).to(scores.device), float('-inf'))
 
@@ -219,11 +224,9 @@ class PlanConstraint(LogitsProcessor):
                 self.closed_at[row] = self._step
 
 
-def _best(scores: torch.FloatTensor) -> list:
-    """Return each row's best token; numpy's argmax where it can read the logits (faster)."""
-    if scores.device.type == 'cpu' and scores.dtype in _NUMPY_FLOATS:
-        return scores.numpy().argmax(axis=1).tolist()
-    return scores.argmax(dim=-1).tolist()
+def _best(scores: torch.FloatTensor, numpy: bool) -> list:
+    """Return each row's best token (numpy: through a numpy view of the logits)."""
+    return (scores.numpy().argmax(axis=1) if numpy else scores.argmax(dim=-1)).tolist()
 
 
 def resolve(config, tokenizer, eos_ids: set) -> tuple:
