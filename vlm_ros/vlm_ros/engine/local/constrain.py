@@ -27,8 +27,8 @@ from . import closing
 JSON_OPTIONS = {'whitespace_flexible': False, 'item_separator': ', ', 'key_separator': ': '}
 _NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)  # views numpy can write into
 MAX_GRAMMARS = 64  # compiled grammars kept (skills x the cameras requests name)
-# Rows one template matcher is copied for before a fresh one replaces it: the copies share its
-# lexer, whose states (1-2 kB each) would otherwise grow for the node's lifetime.
+# Rows a kept matcher is copied for before a new one replaces it: the copies share its lexer,
+# whose states (1-2 kB each) would otherwise grow for as long as the node runs.
 MAX_COPIES = 4096
 
 
@@ -67,7 +67,7 @@ class GrammarCache:
         self.eos_ids = frozenset(eos_ids)
         self._grammars: dict = {}
         self._windows: dict = {}
-        self._templates: dict = {}  # grammar: [template matcher, copies made of it]
+        self._kept: dict = {}  # grammar: [the matcher rows copy, copies made of it]
         self.closer = closing.Closer(self.tokenizer)
         self._lock = threading.Lock()
 
@@ -81,7 +81,7 @@ class GrammarCache:
         with self._lock:
             if key not in self._grammars:
                 if len(self._grammars) >= MAX_GRAMMARS:
-                    self._grammars, self._windows, self._templates = {}, {}, {}
+                    self._grammars, self._windows, self._kept = {}, {}, {}
                 grammar = self._lib.LLMatcher.grammar_from_json_schema(
                     json.dumps(plan_schema(skills, cameras)), overrides=JSON_OPTIONS)
                 error = self._lib.LLMatcher.validate_grammar(grammar, self.tokenizer)
@@ -94,9 +94,9 @@ class GrammarCache:
     def matcher(self, grammar: str):
         """Return a matcher of grammar at the start of a plan, for one row of one batch."""
         with self._lock:
-            kept = self._templates.get(grammar)
+            kept = self._kept.get(grammar)
             if kept is None or kept[1] >= MAX_COPIES:
-                kept = self._templates[grammar] = [
+                kept = self._kept[grammar] = [
                     self._lib.LLMatcher(self.tokenizer, grammar, log_level=0), 0]
             kept[1] += 1
             return kept[0].deep_copy()
@@ -136,6 +136,7 @@ class PlanConstraint(LogitsProcessor):
         self._step = 0  # the tokens each row has taken so far
         self._words = (vocab_size + 31) // 32  # of a mask llguidance writes
         self._bitmask = None  # per row: its mask, or all ones (allowed); made at the first step
+        self._mask_at, self._numpy = 0, False  # its address, and whether numpy views the logits
         self.checked = 0  # row-steps under the grammar (vlm_benchmark's share constrained)
         self.masked = 0  # of those, the row-steps whose logits had to be masked
         self.closed = 0  # row-steps that took the closing token instead of the model's
@@ -152,7 +153,7 @@ class PlanConstraint(LogitsProcessor):
         if self._bitmask is None:  # one word per 32 of the model's ids, which may be more
             self._bitmask = np.full((len(scores), max(self._words, -(-scores.shape[1] // 32))),
                                     -1, dtype=np.int32)
-            self._mask_at = self._bitmask.ctypes.data  # its address: never reallocated
+            self._mask_at = self._bitmask.ctypes.data  # never reallocated
             # numpy reads and writes CPU tensors in place, without a tensor op's overhead
             self._numpy = scores.device.type == 'cpu' and scores.dtype in _NUMPY_FLOATS
         row_bytes, mask_at, numpy = self._bitmask.shape[1] * 4, self._mask_at, self._numpy
