@@ -22,7 +22,9 @@ collects them. Without it every vlm_node run left its segments behind, in RAM, u
 import faulthandler
 import gc
 import os
+import select
 import signal
+import socket
 import sys
 import threading
 import traceback
@@ -51,6 +53,9 @@ STUCK_STOP_DUMP = 15.0
 # s a spinning thread waits for work before it looks whether stop() was called (stop() also
 # wakes it at once).
 SPIN_CHECK = 0.5
+# s spin_main's main thread waits before it looks whether the node is done (a signal or the
+# spinning thread's end wakes it at once).
+MAIN_CHECK = 0.1
 PROFILE = 'fastdds_large_frames.xml'  # in share/vlm_ros/config
 FAST_DDS = ('rmw_fastrtps_cpp', 'rmw_fastrtps_dynamic_cpp')
 # A profiles file Fast DDS reads by itself: one named by either variable (Fast DDS 3 reads the
@@ -247,6 +252,44 @@ class SpinThread:
                 traceback.print_exception(exc)
 
 
+class _MainWake:
+    """Wake spin_main's waiting main thread from a signal handler or another thread, lock-free.
+
+    A Python signal handler runs in the main thread between two of its bytecodes: one that set
+    a threading.Event found, once in about 1100 node stops (CI, 2 cores), the Event's lock held
+    by the very wait it had interrupted, and waited for it for ever. Here the interpreter's own
+    C handler writes the signal's byte to a socket (signal.set_wakeup_fd), another thread
+    writes one with set(), and the main thread waits on the socket: no lock on either side.
+    """
+
+    def __init__(self):
+        self._read, self._write = socket.socketpair()
+        for end in (self._read, self._write):
+            end.setblocking(False)
+        self._previous = signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
+
+    def set(self) -> None:
+        """Wake the main thread's wait (any thread)."""
+        try:
+            self._write.send(b'\0')
+        except OSError:  # full (a wake-up is pending anyway) or closed (no one waits)
+            pass
+
+    def wait(self, timeout: float) -> None:
+        """Return when woken, or after timeout s; every pending wake-up is taken."""
+        select.select([self._read], [], [], timeout)
+        try:
+            while self._read.recv(512):
+                pass
+        except OSError:  # nothing more to take
+            pass
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous)
+        self._read.close()
+        self._write.close()
+
+
 def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
               num_threads: Optional[int] = None) -> int:
     """Run one node until SIGINT, SIGTERM, an external shutdown, or the node is done.
@@ -276,12 +319,16 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
               flush=True)
         return 2
     rclpy.logging.get_logger('vlm_ros').debug(f'transport: {transport}')
-    stop = threading.Event()
+    stop = threading.Event()  # the spinning thread ended
     received = []
+    wake = _MainWake()
 
     def on_signal(number, _frame):
-        received.append(signal.Signals(number).name)  # printed outside the handler
+        received.append(signal.Signals(number).name)  # nothing that locks: see _MainWake
+
+    def on_exit():
         stop.set()
+        wake.set()
     # Kept after the return too: the caller exits next, and a SIGINT or SIGTERM that arrives
     # meanwhile (a launch system's, a test's) asks for what is happening anyway. Python's own
     # handlers would turn it into a KeyboardInterrupt or a death by signal, not exit 0.
@@ -292,11 +339,12 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
     try:
         node = make_node()
         done = getattr(node, 'done', threading.Event())
-        spinner = SpinThread([node], TrackingExecutor(num_threads), on_exit=stop.set)
-        while not stop.wait(0.1):  # timed: a missed wake-up costs 0.1 s, not a hang
+        spinner = SpinThread([node], TrackingExecutor(num_threads), on_exit=on_exit)
+        while not (received or stop.is_set()):
             if done.is_set():
                 code = node.code
                 break
+            wake.wait(MAIN_CHECK)
         else:
             if received:
                 print(f'vlm_ros.spin: {received[0]}: stopping', file=sys.stderr, flush=True)
@@ -307,6 +355,7 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
     finally:
         if spinner is not None:
             spinner.stop()
+        wake.close()
         rclpy.try_shutdown()
         node = spinner = None
         gc.collect()  # frees the participant and its shared memory (module docstring)
