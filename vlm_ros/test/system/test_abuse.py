@@ -131,8 +131,7 @@ def test_an_executor_that_dies_or_stops_unasked_exits_non_zero(callback, error):
             f'    node.create_timer(0.01, lambda: {callback})\n'
             '    return node\n'
             'raise SystemExit(spin_main(make))\n')
-    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                            timeout=60)
+    result = _python(code)
     assert result.returncode == 1 and error in result.stderr, result.stderr
 
 
@@ -151,9 +150,40 @@ def test_a_signal_after_a_tool_finished_still_exits_0():
             'os.kill(os.getpid(), signal.SIGTERM)\n'
             'time.sleep(0.2)\n'
             'raise SystemExit(result)\n')
-    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                            timeout=60)
+    result = _python(code)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_signal_while_the_main_thread_holds_an_events_lock_still_stops_the_process():
+    """A handler runs between two bytecodes of the main thread: inside a lock it holds too.
+
+    Here every wait the main thread makes on an Event raises SIGINT while holding the Event's
+    lock, which real signals did once in about 1100 stops; a second SIGINT comes from a timer.
+    A handler that set an Event then waited for that lock for ever.
+    """
+    code = ('import os, signal, sys, threading\n'
+            'from rclpy.node import Node\n'
+            'from vlm_ros.spin import spin_main\n'
+            'wait = threading.Event.wait\n'
+            'def interrupted(self, timeout=None):\n'
+            '    if threading.current_thread() is threading.main_thread() and \\\n'
+            '            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:\n'
+            '        with self._cond:\n'
+            '            signal.raise_signal(signal.SIGINT)\n'
+            '    return wait(self, timeout)\n'
+            'timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))\n'
+            'timer.daemon = True\n'
+            'timer.start()\n'
+            'threading.Event.wait = interrupted\n'
+            'raise SystemExit(spin_main(lambda: Node("interrupted")))\n')
+    result = _python(code)
+    assert result.returncode == 0 and 'SIGINT: stopping' in result.stderr, result.stderr
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    """Run code in an interpreter of its own: spin_main's signal handlers are per process."""
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_lifecycle_storm_with_traffic_keeps_the_node_alive(start_vlm_node, test_node,
