@@ -153,7 +153,6 @@ def test_a_goal_result_still_being_made_on_the_way_out_is_sent(test_node):
     client.destroy()
 
 
-
 def test_stop_wakes_the_spinning_thread_instead_of_waiting_out_its_check(rclpy_context,
                                                                            monkeypatch):
     """Every vlm_ros process stops its executor on the way out: at once, not after SPIN_CHECK.
@@ -175,6 +174,7 @@ def test_stop_wakes_the_spinning_thread_instead_of_waiting_out_its_check(rclpy_c
     stopping.join(TIMEOUT)
     assert not stopping.is_alive(), "stop() waited for the spin thread's next check"
     spinner.stop()  # a second stop changes nothing
+
 
 class _HeldClock:
     """The drain's clock, held still until the test lets it run past every bound at once.

@@ -105,8 +105,7 @@ class Closer:
         if not text.startswith(start):
             return None
         rest = self.tokens(text[len(start):]) if len(text) > len(start) else []
-        return rest if matcher.validate_tokens([chosen, *rest, self.eos]) == len(rest) + 2 \
-            else None
+        return rest if self.completes(matcher, [chosen, *rest]) else None
 
     def _first_allowed(self, matcher) -> tuple:
         for candidate, tokens in self._candidates:
