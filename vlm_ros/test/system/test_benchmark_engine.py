@@ -61,6 +61,9 @@ def test_constraint_cost_times_free_and_constrained_decoding_side_by_side():
     # Random weights never finish a plan in 8 tokens: every row-step was constrained.
     assert all(float(row[1]) > 0 and float(row[2]) > 0 and row[4] == '100%' for row in rows), \
         stdout
+    # One repeat: the cost is that pair's ratio (the printed times are rounded to 0.01 ms)
+    assert all(abs(float(row[3].rstrip('%')) - 100 * (float(row[2]) / float(row[1]) - 1)) < 2
+               for row in rows), stdout
 
 
 def test_features_cost_times_plans_with_and_without_features():

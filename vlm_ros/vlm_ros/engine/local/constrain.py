@@ -20,7 +20,7 @@ from transformers import LogitsProcessor
 
 from ..errors import VlmError
 from ..plan_schema import CONSTRAIN_MODES, PLAN_TASKS, plan_schema, schema_key
-from . import closing
+from . import closing, grammar_tokenizer
 
 # The plan prompt's own layout: no free whitespace, which a model with random weights would
 # otherwise write until its token budget ends.
@@ -46,7 +46,9 @@ class GrammarCache:
     """The tokenizer's llguidance view and the compiled grammar per schema, made once each.
 
     Wrapping a tokenizer takes up to a second and a grammar a few milliseconds; both are
-    read-only afterwards, so every request and thread shares them. A row's matcher is a copy of
+    read-only afterwards, so every request and thread shares them. The view keeps the
+    tokenizations llguidance asks for (grammar_tokenizer.py), most of a mask's cost where the
+    grammar forces bytes. A row's matcher is a copy of
     a kept matcher of its grammar: making a matcher takes about 0.5 ms, a copy a few µs, and
     the copies share the lexer states that earlier copies built, so their masks and checks
     cost less than a new matcher's (docs/BENCHMARKS.md).
@@ -58,11 +60,15 @@ class GrammarCache:
             raise VlmError('unsupported', 'constrained decoding needs the llguidance package '
                            '(pip install llguidance); or set constrain_plans to off')
         try:
-            self.tokenizer = lib.hf.from_tokenizer(tokenizer, eos_token=sorted(eos_ids))
+            view = lib.hf.from_tokenizer(tokenizer, eos_token=sorted(eos_ids))
         except Exception as exc:  # noqa: BLE001 - any tokenizer llguidance cannot read
             raise VlmError('unsupported', f'constrained decoding cannot use this tokenizer '
                            f'({type(tokenizer).__name__}: {type(exc).__name__}: '
                            f'{str(exc)[:200]}); set constrain_plans to off') from exc
+        try:
+            self.tokenizer = grammar_tokenizer.kept_view(lib, tokenizer, view, sorted(eos_ids))
+        except Exception:  # noqa: BLE001 - any tokenizer it cannot copy: llguidance's own view
+            self.tokenizer = view
         self._lib = lib
         self.eos_ids = frozenset(eos_ids)
         self._grammars: dict = {}
