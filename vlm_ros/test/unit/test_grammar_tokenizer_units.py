@@ -105,3 +105,22 @@ def test_a_tokenizer_the_kept_view_cannot_copy_still_constrains(monkeypatch):
     matcher = cache.matcher(cache.grammar(SKILLS))
     assert matcher.consume_tokens(cache.tokenizer.tokenize_bytes(b'{"steps": [{"'))
     assert not matcher.is_error()
+
+
+def test_a_tokenization_that_raises_leaves_the_row_out_of_the_grammar_not_the_process():
+    hf_tokenizer = _byte_level()
+    lib, view, _ = _views(hf_tokenizer)
+
+    class Failing:
+        def encode(self, text, add_special_tokens=False):
+            raise RuntimeError(f'cannot tokenize {text!r}')
+
+    kept = lib.LLTokenizer(grammar_tokenizer.KeptTokenizations(view, Failing()),
+                           eos_token=[hf_tokenizer.eos_token_id])
+    matcher = lib.LLMatcher(kept, _grammar(lib), log_level=0)
+    # a forced position: llguidance tokenizes the forced bytes to write its mask
+    assert matcher.consume_tokens(view.tokenize_bytes(b'{"steps": [{"instruction": "a", "ski'))
+    words = (view.vocab_size + 31) // 32
+    mask = np.zeros(words, dtype=np.int32)
+    matcher.unsafe_compute_mask_ptr(mask.ctypes.data, words * 4)
+    assert matcher.is_error() and 'cannot tokenize' in matcher.get_error()
