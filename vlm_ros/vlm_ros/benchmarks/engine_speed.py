@@ -210,10 +210,10 @@ def constraint_cost(engine: 'VlmEngine', batch_sizes, new_tokens: int, repeats: 
     The two alternate, and the cost is the median of each constrained run's ratio to the free
     run just before it: a machine that drifts mid-run (this 2-core one moves by 5 % from one
     run to the next) moves both of a pair alike, where medians taken side by side would keep
-    the drift between them. 'checked' is the
-    share of row-steps under the grammar (a row it lost, e.g. to min_new_tokens after its plan
-    ended, is free from then on); 'masked', of those, the share whose best token the grammar
-    refused, so that every logit had to be masked (the others cost one token's check).
+    the drift between them. 'checked' is the share of row-steps under the grammar (a row it
+    lost, e.g. to min_new_tokens after its plan ended, is free from then on); 'masked', of
+    those, the share whose best token the grammar refused, so that every logit had to be
+    masked (the others cost one token's check).
     """
     image = scene(*image_hw)
     rows = []

@@ -48,10 +48,10 @@ class GrammarCache:
     Wrapping a tokenizer takes up to a second and a grammar a few milliseconds; both are
     read-only afterwards, so every request and thread shares them. The view keeps the
     tokenizations llguidance asks for (grammar_tokenizer.py), most of a mask's cost where the
-    grammar forces bytes. A row's matcher is a copy of
-    a kept matcher of its grammar: making a matcher takes about 0.5 ms, a copy a few µs, and
-    the copies share the lexer states that earlier copies built, so their masks and checks
-    cost less than a new matcher's (docs/BENCHMARKS.md).
+    grammar forces bytes. A row's matcher is a copy of a kept matcher of its grammar: making
+    a matcher takes about 0.5 ms, a copy a few µs, and the copies share the lexer states that
+    earlier copies built, so their masks and checks cost less than a new matcher's
+    (docs/BENCHMARKS.md).
     """
 
     def __init__(self, tokenizer, eos_ids: set):
