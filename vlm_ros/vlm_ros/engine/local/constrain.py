@@ -59,14 +59,15 @@ class GrammarCache:
         if lib is None:
             raise VlmError('unsupported', 'constrained decoding needs the llguidance package '
                            '(pip install llguidance); or set constrain_plans to off')
+        eos = sorted(eos_ids)
         try:
-            view = lib.hf.from_tokenizer(tokenizer, eos_token=sorted(eos_ids))
+            view = lib.hf.from_tokenizer(tokenizer, eos_token=eos)
         except Exception as exc:  # noqa: BLE001 - any tokenizer llguidance cannot read
             raise VlmError('unsupported', f'constrained decoding cannot use this tokenizer '
                            f'({type(tokenizer).__name__}: {type(exc).__name__}: '
                            f'{str(exc)[:200]}); set constrain_plans to off') from exc
         try:
-            self.tokenizer = grammar_tokenizer.kept_view(lib, tokenizer, view, sorted(eos_ids))
+            self.tokenizer = grammar_tokenizer.kept_view(lib, tokenizer, view, eos)
         except Exception:  # noqa: BLE001 - any tokenizer it cannot copy: llguidance's own view
             self.tokenizer = view
         self._lib = lib
