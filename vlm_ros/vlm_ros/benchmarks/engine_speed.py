@@ -230,11 +230,15 @@ def constraint_cost(engine: 'VlmEngine', batch_sizes, new_tokens: int, repeats: 
                        for mode in (False, True))
         rows.append({'batch': batch, 'free_ms': statistics.median(free),
                      'constrained_ms': statistics.median(bound),
-                     'overhead_pct': 100 * (statistics.median(
-                         b / a for a, b in zip(free, bound, strict=True)) - 1),
+                     'overhead_pct': paired_cost_pct(free, bound),
                      **{f'{part}_pct': 100 * statistics.median(r[part] for r in runs[True])
                         for part in ('checked', 'masked')}})
     return rows
+
+
+def paired_cost_pct(free: list, bound: list) -> float:
+    """Return the median of each bound time's ratio to its free pair, as a % added."""
+    return 100 * (statistics.median(b / a for a, b in zip(free, bound, strict=True)) - 1)
 
 
 def format_cost_table(title: str, rows: list) -> str:
