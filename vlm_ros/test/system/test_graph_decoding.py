@@ -8,10 +8,12 @@ the captured graphs the same way.
 import threading
 
 import pytest
+import torch
 from decoding_harness import batched_and_single, eager_of, start_engine
 from engine_fixtures import scene
 from vlm_ros.engine import Request, VlmError
-from vlm_ros.engine.local.decoding import graph_decoder
+from vlm_ros.engine.features import FeatureSpec
+from vlm_ros.engine.local.decoding import compiled_graphs, graph_decoder, warm_up
 from vlm_ros.engine.local.generate import eos_token_ids, generate
 from vlm_ros.engine.local.graph_decode import CHUNK, GraphDecoder
 
@@ -98,20 +100,73 @@ def test_graph_decoding_stops_a_row_when_its_cancel_is_set_and_keeps_the_others(
         engine.unload()
 
 
-def test_compiled_graph_steps_answer_as_generate(trained_tiny):
-    """On CUDA the graphed step is compiled first (fused kernels): the same tokens."""
+@pytest.fixture(scope='module')
+def compiled(trained_tiny):
+    """Yield a tiny Idefics3 engine and a GraphDecoder compiled as on CUDA, warmed up."""
     engine = start_engine(trained_tiny('idefics3'), 'static')
+    loaded = engine.loaded
+    graphs = GraphDecoder(loaded.model, eos_token_ids(loaded.model, loaded.processor.tokenizer),
+                          compiled=True)
+    warm_up(loaded, engine.preprocess, engine.generate_kwargs(), engine.config.max_image_side,
+            graphs)
+    yield engine, graphs
+    engine.unload()
+
+
+def test_compiled_steps_and_prefill_answer_as_generate_and_compile_only_in_the_warm_up(
+        compiled):
+    """On CUDA the graphed step and the first forward's decoder run compiled (fused kernels).
+
+    The answers are generate's, and no request after the warm-up compiles again, whatever its
+    batch size, prompt length or cache length (each compile takes seconds on a GPU).
+    """
+    engine, graphs = compiled
+    made = compiled_graphs()
+    colours = ('red', 'blue', 'red', 'blue')
+    for batch, tokens in ((3, 30), (1, 30), (2, 300), (4, 20), (1, 5)):
+        inputs = engine.preprocess([Request('vqa', scene(colour), 'what colour? ' * (row + 1))
+                                    for row, colour in enumerate(colours[:batch])])
+        expected = generate(engine.loaded, inputs, tokens,
+                            {**engine.generate_kwargs(), 'min_new_tokens': tokens})
+        answered = generate(engine.loaded, inputs, tokens,
+                            {'do_sample': False, 'min_new_tokens': tokens}, graphs=graphs)
+        assert answered.tokens == expected.tokens
+        assert answered.logprobs == [pytest.approx(row, abs=1e-5)
+                                     for row in expected.logprobs]
+    assert compiled_graphs() == made
+
+
+def test_cancel_after_vision_encoding_stops_before_the_compiled_decoder(compiled):
+    """The compiled decoder is checked once, before it runs (its layers run inside a graph)."""
+    engine, graphs = compiled
+    vision = [layer for name, module in engine.loaded.model.named_modules()
+              if isinstance(module, torch.nn.ModuleList) and 'vision' in name for layer in module]
+    cancel = threading.Event()
+    decoder_ran = []
+    ran = graphs.prefill.compiled.register_forward_hook(lambda *args: decoder_ran.append(1))
+    cancelling = vision[-1].register_forward_hook(lambda *args: cancel.set())
+    inputs = engine.preprocess([Request('caption', scene('red'))])
     try:
-        loaded = engine.loaded
-        eos = eos_token_ids(loaded.model, loaded.processor.tokenizer)
-        graphs = GraphDecoder(loaded.model, eos, compiled=True)
-        for batch in (3, 2):  # one compile (dynamic shapes; batch 1 would make a second)
-            inputs = engine.preprocess([Request('caption', scene(colour))
-                                        for colour in ('red', 'blue', 'red')[:batch]])
-            expected = generate(engine.loaded, inputs, 30, engine.generate_kwargs())
-            answered = generate(engine.loaded, inputs, 30, {'do_sample': False}, graphs=graphs)
-            assert answered.tokens == expected.tokens
-            assert answered.logprobs == [pytest.approx(row, abs=1e-5)
-                                         for row in expected.logprobs]
+        cancelled = generate(engine.loaded, inputs, 20, {'do_sample': False}, cancels=[cancel],
+                             graphs=graphs)
+        cancelling.remove()
+        assert cancelled.cancelled == [True] and cancelled.tokens == [[]] and decoder_ran == []
+        answered = generate(engine.loaded, inputs, 20, {'do_sample': False}, graphs=graphs)
     finally:
-        engine.unload()
+        cancelling.remove()
+        ran.remove()
+    assert len(answered.tokens[0]) > 3 and decoder_ran == [1], 'the prefill ran it, once'
+
+
+def test_features_take_the_eager_prefill_and_equal_eagers(compiled):
+    """output_hidden_states would compile another graph: a features request runs eagerly."""
+    engine, graphs = compiled
+    made = compiled_graphs()
+    inputs = engine.preprocess([Request('caption', scene('blue'))])
+    specs = [FeatureSpec(-1, 'mean')]
+    expected = generate(engine.loaded, inputs, 10, engine.generate_kwargs(), features=specs)
+    answered = generate(engine.loaded, inputs, 10, {'do_sample': False}, graphs=graphs,
+                        features=specs)
+    assert answered.tokens == expected.tokens
+    assert answered.features[0].data == pytest.approx(expected.features[0].data, abs=1e-5)
+    assert compiled_graphs() == made

@@ -6,7 +6,7 @@ device/dtype resolution, preprocessing on the GPU (the same inputs as on the CPU
 bit for bit, at its real sizes, with TF32 on and off), batched ==
 single greedy tokens on the GPU (float32), streaming, memory given back by unload(), the
 default decoding from CUDA graphs (answers and log-probabilities as eager, graphs captured
-at load, cancel, memory given back), compiled decoding (answers as eager, compiled at load
+at load, the prefill compiled, cancel, memory given back), compiled decoding (answers as eager, compiled at load
 only), and a real CUDA out-of-memory error mapped to its kind.
 
     PYTHONPATH=vlm_ros python3 -m vlm_ros.benchmarks.cuda_checks --same-tokens MODEL_DIR
@@ -83,12 +83,15 @@ def _check_graphs(path, requests, eager) -> list:
                        {'do_sample': False, 'min_new_tokens': 4000}, cancels=[cancel],
                        graphs=graph_decoder('graphs', engine.loaded))
     shapes = engine.status()['cuda_graphs']
+    prefill = engine.decoding.graphs.prefill is not None
     engine.unload()
     after = torch.cuda.memory_allocated()
     name = path.name
     return [check(f'{name}: auto decodes from CUDA graphs, as eager', engine.decoding.mode ==
-                  'graphs' and same and [a.text for a in single] == [a.text for a in answers],
-                  f'{engine.decoding.mode}, {captured} graphs at load, {shapes} after, '
+                  'graphs' and prefill and same and
+                  [a.text for a in single] == [a.text for a in answers],
+                  f'{engine.decoding.mode}, prefill compiled: {prefill}, {captured} graphs at '
+                  f'load, {shapes} after, '
                   f'warm-up {engine.decoding.warm_up_seconds:.2f} s'),
             check(f'{name}: graph log-probabilities as eager', gap < 1e-4, f'max diff {gap:.2e}'),
             check(f'{name}: graph stream concatenation', ''.join(pieces) == streamed),
@@ -112,7 +115,7 @@ def _check_graph_plans(path, requests) -> bool:
 
 
 def _same_tokens(path: str) -> int:
-    """Greedy token ids of the default (graph) decoding against the static cache and eager.
+    """Greedy token ids of the default decoding (compiled prefill, graphs) against the others.
 
     bf16, 64 tokens, EOS allowed, four 640x480 frames one at a time and as one batch. The
     static cache runs the same attention over the same cache as the graphs; eager's dynamic

@@ -53,10 +53,11 @@ SPECS = (
     ParamSpec('attn_implementation', '', "attention kernel ('' = transformers default, "
               "'sdpa', 'eager', 'flash_attention_2')", applies='reload'),
     ParamSpec('decode_mode', 'auto', "in-process backend: 'auto' = on CUDA 'graphs' (greedy "
-              "steps compiled and replayed from CUDA graphs; LLaVA, Idefics3/SmolVLM) or else "
-              "'compiled' (transformers' compiled static cache), both prepared while "
-              "configuring; eager elsewhere; 'static' = static cache, not compiled; 'compiled' "
-              "and 'graphs' also on a CPU", applies='reload', choices=DECODE_MODES),
+              "steps compiled and replayed from CUDA graphs, the prefill compiled; LLaVA, "
+              "Idefics3/SmolVLM) or else 'compiled' (transformers' compiled static cache), "
+              "both prepared while configuring; eager elsewhere; 'static' = static cache, not "
+              "compiled; 'compiled' and 'graphs' also on a CPU", applies='reload',
+              choices=DECODE_MODES),
     ParamSpec('trust_remote_code', False, 'run model code from the hub (off: safer); decides '
               'what code runs, so it is set at launch only', applies='launch'),
     ParamSpec('local_files_only', False, 'never download; use the local cache only',

@@ -5,7 +5,7 @@ what a robot feels) and feeds each row's text increments to that row's callback,
 stopping criterion lets another thread cancel one row of a batch between two steps. The first
 forward (vision encoder, then prefill of the whole prompt) can take seconds on a large input:
 until the first token, a check before every layer interrupts it too, once every row is
-cancelled.
+cancelled (a compiled prefill's decoder, once before it: compiled_prefill.py).
 """
 
 import contextlib
@@ -20,7 +20,7 @@ from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from .graph_decode import cache_keyword
-from .hidden_features import prefill_states
+from .hidden_features import prefill_states, wanted
 from .token_logprobs import TokenLogProbs
 
 
@@ -126,27 +126,33 @@ class _InterruptedError(Exception):
 
 
 @contextlib.contextmanager
-def _interruptible_first_forward(model, cancels: list, streamer: _Streamer):
+def _interruptible_first_forward(model, cancels: list, streamer: _Streamer, prefill=None):
     """Until the first token, stop before any layer once every row is cancelled.
 
     Vision encoders, text encoders and decoders all keep their layers in ModuleLists, so this
     covers preprocessing -> vision encoding -> prefill in every family without knowing its
     module names. The hooks are removed at the first token, so decoding steps do not pay for
-    them; the stopping criterion takes over, which keeps the tokens decoded so far.
+    them; the stopping criterion takes over, which keeps the tokens decoded so far. With a
+    compiled ``prefill`` (compiled_prefill.py) in place, its decoder is checked once, before
+    it runs: hooks on its layers would be traced into the compiled graph.
     """
     def check(module, args):
         if all(event.is_set() for event in cancels):
             raise _InterruptedError()
 
-    handles = [layer.register_forward_pre_hook(check) for module in model.modules()
-               if isinstance(module, torch.nn.ModuleList) for layer in module]
+    layers = [layer for module in model.modules() if isinstance(module, torch.nn.ModuleList)
+              for layer in module]
+    if prefill is not None:
+        layers = prefill.outside(layers) + [prefill.compiled]
+    handles = [layer.register_forward_pre_hook(check) for layer in layers]
 
     def remove():
         for handle in handles:
             handle.remove()
     streamer.on_first_token = remove
     try:
-        yield
+        with prefill.in_place() if prefill is not None else contextlib.nullcontext():
+            yield
     finally:
         remove()
 
@@ -198,8 +204,9 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
                                                     inputs['attention_mask'],
                                                     loaded.is_encoder_decoder) as captured:
             if graphed:
+                prefill = None if wanted(features) else graphs.prefill
                 new, logprobs = _graphed(loaded, inputs, max_new_tokens, sampling, graphs,
-                                         streamer, recorder, cancels, eos, constraint)
+                                         streamer, recorder, cancels, eos, constraint, prefill)
             else:
                 output = _generate(loaded, inputs, max_new_tokens, sampling, streamer,
                                    recorder, cancels)
@@ -226,9 +233,12 @@ def generate(loaded, inputs, max_new_tokens: int, sampling: dict,
 
 
 def _generate(loaded, inputs, max_new_tokens: int, sampling: dict, streamer: '_Streamer',
-              recorder: TokenLogProbs, cancels: list):
-    """Run transformers' generate, cancellable per row and in its first forward."""
-    with _interruptible_first_forward(loaded.model, cancels, streamer):
+              recorder: TokenLogProbs, cancels: list, prefill=None):
+    """Run transformers' generate, cancellable per row and in its first forward.
+
+    ``prefill`` (compiled_prefill.py) runs the first forward's decoder compiled.
+    """
+    with _interruptible_first_forward(loaded.model, cancels, streamer, prefill):
         return loaded.model.generate(
             **inputs, max_new_tokens=max_new_tokens, streamer=streamer,
             stopping_criteria=StoppingCriteriaList([_Cancelled(cancels)]),
@@ -244,17 +254,18 @@ def _new_tokens(loaded, inputs, output):
 
 
 def _graphed(loaded, inputs, max_new_tokens: int, sampling: dict, graphs, streamer,
-             recorder: TokenLogProbs, cancels: list, eos: set, constraint) -> tuple:
+             recorder: TokenLogProbs, cancels: list, eos: set, constraint, prefill) -> tuple:
     """Make the first token with generate into a graph slot's cache, the others by its graph.
 
     ``recorder`` is generate's processor; a plan grammar (``constraint``, which the recorder
-    calls) masks the first token in generate and every later one.
+    calls) masks the first token in generate and every later one. ``prefill``, where given,
+    runs the first forward's decoder compiled (compiled_prefill.py).
     """
     slot = graphs.slot(*inputs['input_ids'].shape, max_new_tokens)
     at_least = int(sampling.get('min_new_tokens') or 0)
     first_only = {'do_sample': False, 'disable_compile': True, 'min_new_tokens': min(at_least, 1),
                   cache_keyword(loaded.model.forward): slot.cache}
-    output = _generate(loaded, inputs, 1, first_only, streamer, recorder, cancels)
+    output = _generate(loaded, inputs, 1, first_only, streamer, recorder, cancels, prefill)
     first = output[:, -1]
     heads = recorder.finish(first)
     slot.start(first, inputs['attention_mask'], max(at_least - 1, 0))

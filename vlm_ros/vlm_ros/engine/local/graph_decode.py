@@ -9,7 +9,8 @@ forward, the greedy pick and its log-probability (greedy_step), captured once as
 whose buffers feed its next replay. The host queues CHUNK replays at a time, two chunks ahead,
 and reads the tokens of the older chunk (EOS, cancels, streaming) while the GPU works. On
 CUDA the step is compiled first: replayed eagerly, each layer's dozens of small elementwise
-kernels took as long as its matrix products (docs/BENCHMARKS.md, 2026-12-04).
+kernels took as long as its matrix products (docs/BENCHMARKS.md, 2026-12-04); so is the
+first forward's decoder (compiled_prefill.py).
 
 Under a plan grammar the host reads every step's tokens, since the grammar needs them before it
 masks the next step's scores (constrain.py); the step is still one replay. Only where that
@@ -25,6 +26,8 @@ import inspect
 
 import torch
 from transformers import GenerationConfig, StaticCache
+
+from .compiled_prefill import CompiledPrefill
 
 CHUNK = 4  # steps between two reads of the tokens; up to 2 x CHUNK steps run past a stop
 BUCKET = 256  # cache lengths are rounded up to a multiple: few distinct graphs
@@ -94,6 +97,7 @@ class GraphDecoder:
         self._model, self._eos_ids = model, frozenset(eos_ids)
         # torch.compile fuses each layer's elementwise kernels (norms, rotary, activations)
         self._step = torch.compile(greedy_step, dynamic=True) if compiled else greedy_step
+        self.prefill = CompiledPrefill(model) if compiled else None  # the first forward's
         self._slots = collections.OrderedDict()
         self.captures = 0  # graphs captured since load: none in steady state (benchmarks)
 
@@ -197,6 +201,7 @@ class GraphDecoder:
     def close(self) -> None:
         """Drop every cache and graph (their memory goes back with the allocator's cache)."""
         self._slots.clear()
+        self.prefill = None
 
 
 class _Slot:
@@ -206,6 +211,13 @@ class _Slot:
         device = model.device
         self._step_function = step
         self.cache = StaticCache(config=model.config, max_cache_len=length)
+        # made now, not at the first prefill: a compiled prefill would compile apart for a
+        # cache that is not made yet (compiled_prefill.py)
+        text = model.config.get_text_config()
+        self.cache.early_initialization(
+            batch, text.num_key_value_heads,
+            getattr(text, 'head_dim', None) or text.hidden_size // text.num_attention_heads,
+            model.dtype, device)
         self._decoder, self._head = model.get_decoder(), model.get_output_embeddings()
         self._cache_argument = cache_keyword(self._decoder.forward)
         self.on_gpu = device.type == 'cuda'
