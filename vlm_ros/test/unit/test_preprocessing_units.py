@@ -24,6 +24,9 @@ def test_only_the_newest_frames_are_kept():
     assert calls == [1, 1, 1, 1]  # green kept (a hit), red dropped when green came
     cache([[frames[0]]], size=2)  # other options: preprocessed again
     assert (cache.frames_processed, cache.frames_reused) == (5, 1)
+    # a GPU's kept tensors are marked as read where the model runs (inputs.py): these two
+    assert len(cache.kept_values()) == 2
+    assert cache.kept_values()[-1] is cache([[frames[0]]], size=2)['pixel_values']
 
 
 def test_a_layout_without_one_entry_per_frame_gets_the_processors_own_call():

@@ -6,7 +6,8 @@ device/dtype resolution, preprocessing on the GPU (the same inputs as on the CPU
 bit for bit, at its real sizes, with TF32 on and off), batched ==
 single greedy tokens on the GPU (float32), streaming, memory given back by unload(), the
 default decoding from CUDA graphs (answers and log-probabilities as eager, graphs captured
-at load, the prefill compiled, cancel, memory given back), compiled decoding (answers as eager, compiled at load
+at load, the prefill compiled, cancel, memory given back), frames prepared ahead on their own
+stream while a batch decodes, compiled decoding (answers as eager, compiled at load
 only), and a real CUDA out-of-memory error mapped to its kind.
 
     PYTHONPATH=vlm_ros python3 -m vlm_ros.benchmarks.cuda_checks --same-tokens MODEL_DIR
@@ -179,6 +180,32 @@ def _check_exact_idefics3(images: list) -> list:
     return results
 
 
+def _check_prepared_beside_decoding(path, image: np.ndarray) -> bool:
+    """Check a frame prepared on its own stream while a batch decodes: the CPU's inputs.
+
+    prepare() (the node's look-ahead) queues its kernels beside the decoding steps; the frame
+    cache then hands its outputs to the run that answers the frame.
+    """
+    engine = _loaded_on_cuda(path, decode_mode='eager')
+    other = engine.preprocess([Request('caption', image[::-1].copy())])
+    busy = threading.Thread(target=generate, args=(engine.loaded, other, 2000, {
+        'do_sample': False, 'min_new_tokens': 2000}))
+    busy.start()
+    engine.prepare([image])
+    during = busy.is_alive()
+    busy.join()
+    before = engine.status()['frames_reused']
+    inputs = engine.preprocess([Request('caption', image)])
+    reused = engine.status()['frames_reused'] - before
+    on_cpu = build_inputs(engine.loaded.processor, [Image.fromarray(image)], ['x'], device='cpu')
+    equal = torch.equal(inputs['pixel_values'].cpu(),
+                        on_cpu['pixel_values'].to(inputs['pixel_values'].dtype))
+    engine.unload()
+    return check(f'{path.name}: frames prepared on their own stream beside decoding',
+                 equal and reused == 1 and during,
+                 f'prepared while decoding: {during}, reused {reused}')
+
+
 def _check_gpu_preprocessing(family: str, processor, images: list) -> bool:
     """Where the processor can preprocess on the GPU, its inputs equal the CPU's (to 0.05).
 
@@ -272,8 +299,12 @@ def main(argv=None) -> int:
                                                          if r.task == 'plan']))
             if family in ('llava', 'florence2') and not only_graphs:
                 compiled.append((path, batched))
+            if family == 'idefics3' and not only_graphs:  # after the memory checks: its
+                prepared = path  # thread and stream get a cuBLAS workspace of their own
         for path, batched in compiled:
             results.append(_check_compiled(path, requests, batched))
+        if not only_graphs:
+            results.append(_check_prepared_beside_decoding(prepared, images[0]))
     try:
         torch.empty(1 << 45, dtype=torch.uint8, device='cuda')  # 32 TiB: more than any card
         results.append(check('cuda OOM raised', False))

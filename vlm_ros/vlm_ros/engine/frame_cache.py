@@ -113,6 +113,11 @@ class FrameCache:
             while len(self._frames) > self._kept:
                 self._frames.popitem(last=False)
 
+    def kept_values(self) -> list:
+        """Return every value of the kept outputs (a GPU's are marked where they are read)."""
+        with self._lock:
+            return [value for outputs in self._frames.values() for value in outputs.values()]
+
     def clear(self) -> None:
         """Forget the kept outputs (they may hold GPU memory) and stop the threads."""
         with self._lock:

@@ -7,8 +7,16 @@ runs under a lock (a fast tokenizer refuses calls from two threads at once), and
 the image processor. Tiling processors get the size the frames need (tiling.py), and processors
 that can preprocess on the model's GPU do so (gpu_preprocess.py; SmolVLM/Idefics3's through
 exact_idefics3.py), unless processor_kwargs say otherwise.
+
+On a GPU, prepare() runs on a CUDA stream of its own. The decoding steps of the batch that
+generates meanwhile are queued on the default stream, a few ahead of the host: on the same
+stream the frames' kernels would wait behind them, then delay the next ones. The outputs are
+complete before prepare() lets go of the processor, and marked as used on the default stream,
+where the model reads them, so their memory is not handed out again before that work is done.
 """
 
+import contextlib
+import functools
 import threading
 from typing import Optional
 
@@ -47,8 +55,12 @@ class InputStage:
             self.frames.clear()
             self.frames = None
 
-    def encode(self, loaded, requests: list, config: EngineConfig, templates: dict):
-        """Run the processor over requests' images and rendered prompts (one call at a time)."""
+    def encode(self, loaded, requests: list, config: EngineConfig, templates: dict,
+               ahead: bool = False):
+        """Run the processor over requests' images and rendered prompts (one call at a time).
+
+        ``ahead``: for requests still waiting (prepare), on the preprocessing stream.
+        """
         views = [tuple((name, resize_max_side(image, config.max_image_side))
                        for name, image in r.views()) for r in requests]
         images = [row if len(row) > 1 else row[0][1] for row in views]  # cameras: named
@@ -58,18 +70,49 @@ class InputStage:
         kwargs = {**fitted_size_kwargs(loaded.processor, every, own),
                   **device_kwargs(loaded.processor, str(loaded.device), own), **own}
         with self._lock:
-            return build_inputs(loaded.processor, images, prompts, **kwargs)
+            if not (ahead and loaded.device.type == 'cuda'):
+                return build_inputs(loaded.processor, images, prompts, **kwargs)
+            with _preprocessing_stream(loaded.device):
+                encoded = build_inputs(loaded.processor, images, prompts, **kwargs)
+            if self.frames is not None:
+                _read_on_default_stream(self.frames.kept_values(), loaded.device)
+            return encoded
 
     def prepare(self, loaded, images: list, config: EngineConfig, templates: dict) -> None:
         """Encode frames ahead into the cache; VlmError('bad_input') when the processor refuses."""
         try:
             self.encode(loaded, [Request('caption', image) for image in images], config,
-                        templates)
+                        templates, ahead=True)
         except VlmError:
             raise
         except Exception as exc:  # noqa: BLE001 - the processor refused this input
             raise VlmError('bad_input', f'preprocessing failed: {exc!r}', config.model,
                            config.device, exc) from exc
+
+
+@contextlib.contextmanager
+def _preprocessing_stream(device: torch.device):
+    """Queue the block's kernels on the device's preprocessing stream; wait for them after."""
+    stream = _stream(device.index if device.index is not None else torch.cuda.current_device())
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    finally:  # also after a refusal: outputs kept by then are complete before they are read
+        stream.synchronize()
+
+
+@functools.cache
+def _stream(index: int) -> 'torch.cuda.Stream':
+    """One stream per device: cuBLAS keeps a workspace for each stream it has run on."""
+    return torch.cuda.Stream(index)
+
+
+def _read_on_default_stream(values: list, device: torch.device) -> None:
+    """Mark the kept CUDA tensors as read on the default stream, where the model reads them."""
+    default = torch.cuda.default_stream(device)
+    for value in values:
+        if isinstance(value, torch.Tensor) and value.is_cuda:
+            value.record_stream(default)
 
 
 def _cache_frames(processor, device: torch.device) -> Optional[FrameCache]:
