@@ -78,19 +78,52 @@ def test_smolvlm_sizes_give_the_pil_processors_pixel_values(size, frame):
         assert torch.equal(got[name], want[name]), name
 
 
-def test_the_tiny_model_gets_the_same_inputs_through_the_frame_cache(trained_tiny):
-    frames = [scene('red'), scene('blue'), scene('green', 30, 30)]
+@pytest.mark.parametrize('rows', [
+    [[noise(60, 80, 1)], [ramp(50, 40)], [noise(60, 80, 2)], [noise(60, 80, 3)]],
+    [[noise(60, 80, 4), ramp(50, 40)], [ramp(40, 50), noise(60, 80, 5)]],  # two cameras a row
+])
+def test_frames_of_one_size_go_through_together_as_the_processor_takes_them(rows):
+    """Frames of one size are resized, tiled and normalised as one batch: nothing changes."""
+    processor = Idefics3ImageProcessorPil(size={'longest_edge': 96},
+                                          max_image_size={'longest_edge': 32})
+    frames = [[Image.fromarray(frame) for frame in row] for row in rows]
+    want = processor(frames, return_row_col_info=True, return_tensors='pt')
+    got = ExactIdefics3(processor, 'cpu')(frames, return_row_col_info=True, return_tensors='pt')
+    assert got['rows'] == want['rows'] and got['cols'] == want['cols']
+    for name in ('pixel_values', 'pixel_attention_mask'):
+        assert torch.equal(got[name], want[name]), name
+
+
+class CountingExact(ExactIdefics3):
+    """ExactIdefics3, keeping the number of frames in each call."""
+
+    def __call__(self, images, **kwargs):
+        self.calls.append(len(images))
+        return super().__call__(images, **kwargs)
+
+
+@pytest.mark.parametrize('threads, batched, calls', [
+    (8, False, [1, 1, 1, 1, 1]),  # the CPU's way: each missing frame alone, in threads
+    (1, True, [2, 2, 1]),  # the GPU's: the missing frames of one size in one call
+])
+def test_the_tiny_model_gets_the_same_inputs_through_the_frame_cache(trained_tiny, threads,
+                                                                     batched, calls):
+    frames = [scene('red'), scene('blue'), scene('green', 30, 30), scene('blue', 30, 30),
+              scene('green')]
     plain = transformers.AutoProcessor.from_pretrained(trained_tiny('idefics3'))
     exact = transformers.AutoProcessor.from_pretrained(trained_tiny('idefics3'))
-    exact.image_processor = FrameCache(ExactIdefics3(exact.image_processor, 'cpu'),
-                                       concatenate_rows)
-    for batch in ([0], [0, 1, 0], [2, 1], [1]):
+    counting = CountingExact(exact.image_processor, 'cpu')
+    counting.calls = []
+    exact.image_processor = FrameCache(counting, concatenate_rows, threads=threads,
+                                       batched=batched)
+    for batch in ([0, 1, 0, 1], [2, 4, 3, 1], [1]):
         prompts = [f'question {row}' for row in range(len(batch))]
         want = build_inputs(plain, [frames[i] for i in batch], prompts)
         got = build_inputs(exact, [frames[i] for i in batch], prompts)
         assert set(got) == set(want)
         for name, value in want.items():
             assert torch.equal(got[name], value), f'{batch}: {name} differs'
+    assert sorted(counting.calls) == sorted(calls)
     assert repr(exact) == repr(plain)  # transformers deep-copies the processor to show it
 
 
@@ -128,6 +161,7 @@ def test_only_a_gpu_engine_preprocesses_idefics3_as_tensors(trained_tiny, device
     stage.attach(processor, device)  # no CUDA call until a frame comes
     assert isinstance(stage.frames.wrapped, ExactIdefics3) is exact
     assert (stage.frames.threads == 1) is exact  # a cuBLAS workspace per thread otherwise
+    assert stage.frames.batched is exact  # frames of one size in one call
     llava = transformers.AutoProcessor.from_pretrained(trained_tiny('llava'))  # bicubic
     stage.attach(llava, device)
     assert not isinstance(stage.frames.wrapped, ExactIdefics3)

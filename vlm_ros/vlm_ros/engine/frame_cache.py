@@ -13,6 +13,10 @@ Frames are keyed by their pixels (a SHA-1 digest of the array, 0.5 ms for 640x48
 an unstamped camera, repeats stamps, not pixels. Where frames cannot be put together (their
 sizes differ, so the processor pads them to each other; or a layout without one entry per
 frame, like Qwen2-VL's flattened patches) the processor's own call runs instead.
+
+A processor on a GPU (``batched``) gets the missing frames of one size in one call instead,
+and its outputs are split by row: it pads only frames of different sizes to each other, and
+one call launches its kernels once for all of them, not once per frame.
 """
 
 import copy
@@ -38,11 +42,12 @@ class FrameCache:
     """
 
     def __init__(self, image_processor, concatenate, kept: int = KEPT_FRAMES,
-                 threads: int = THREADS):
+                 threads: int = THREADS, batched: bool = False):
         self.wrapped = image_processor
         self._concatenate = concatenate
         self._kept = kept
         self.threads = threads
+        self.batched = batched  # frames of one size in one call (a GPU's processor)
         self._pool = None  # made at the first batch with several new frames
         self._splits = True  # False once its outputs proved not to have one entry per frame
         self._frames: OrderedDict = OrderedDict()  # (digest, options) -> that frame's outputs
@@ -95,7 +100,9 @@ class FrameCache:
 
     def _preprocess(self, rows: list, kwargs: dict):
         """Preprocess each row's frame alone, in parallel; None unless one entry per frame."""
-        if len(rows) > 1 and self.threads > 1:
+        if len(rows) > 1 and self.batched:
+            outputs = self._together(rows, kwargs)
+        elif len(rows) > 1 and self.threads > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, 'vlm-preprocess')
             outputs = list(self._pool.map(lambda row: self.wrapped([row], **kwargs), rows))
@@ -103,6 +110,18 @@ class FrameCache:
             outputs = [self.wrapped([row], **kwargs) for row in rows]
         self._splits = all(_one_per_frame(output) for output in outputs)
         return outputs if self._splits else None
+
+    def _together(self, rows: list, kwargs: dict) -> list:
+        """Preprocess the rows' frames of each size in one call; split its outputs by row."""
+        sizes = {}
+        for index, frame in enumerate(_frames(rows)):
+            sizes.setdefault(frame.size, []).append(index)
+        outputs = [None] * len(rows)
+        for indices in sizes.values():
+            batch = self.wrapped([rows[index] for index in indices], **kwargs)
+            for index, output in zip(indices, _split(batch, len(indices)), strict=True):
+                outputs[index] = output
+        return outputs
 
     def _keep(self, keys: list, known: dict) -> None:
         """Keep the batch's frames as the newest, dropping the oldest beyond ``kept``."""
@@ -159,6 +178,17 @@ def _one_per_frame(outputs) -> bool:
             if len(value) != 1:
                 return False
     return True
+
+
+def _split(outputs, count: int) -> list:
+    """Split a call's outputs into count rows' (values without count entries stay whole)."""
+    rows = [copy.copy(outputs) for _ in range(count)]
+    for name, value in outputs.items():
+        sized = isinstance(value, (list, tuple)) or getattr(value, 'ndim', 0) > 0
+        if sized and len(value) == count:
+            for index, row in enumerate(rows):
+                row[name] = value[index:index + 1]
+    return rows
 
 
 def _combine(rows: list, concatenate):

@@ -122,9 +122,10 @@ def _cache_frames(processor, device: torch.device) -> Optional[FrameCache]:
         return None
     if device.type == 'cuda' and applies(image_processor):
         # One thread: the GPU gains nothing from more, and each thread would keep a cuBLAS
-        # workspace of its own (34 MiB) after the model is unloaded.
+        # workspace of its own (34 MiB) after the model is unloaded. Frames of one size go
+        # through as one batch instead.
         processor.image_processor = FrameCache(ExactIdefics3(image_processor, device),
-                                               concatenate_rows, threads=1)
+                                               concatenate_rows, threads=1, batched=True)
     else:
         processor.image_processor = FrameCache(image_processor, concatenate_rows)
     return processor.image_processor

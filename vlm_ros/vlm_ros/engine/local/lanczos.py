@@ -88,21 +88,22 @@ class LanczosResizer:
         self._lock = threading.Lock()  # the frame cache preprocesses frames in threads
 
     def resize(self, image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Return the (C, height, width) uint8 resize of a (C, H, W) uint8 image.
+        """Return the (..., C, height, width) uint8 resize of a (..., C, H, W) uint8 image.
 
         As Pillow: the horizontal pass first, each pass skipped where its size is unchanged,
-        and each pass's result rounded and clipped to 8 bits.
+        and each pass's result rounded and clipped to 8 bits. Leading dimensions are frames of
+        one size, resized together: the same arithmetic for each.
         """
-        channels, in_height, in_width = image.shape
+        *lead, in_height, in_width = image.shape
         pixels = image.to(torch.float32)
         if width != in_width:
             parts = self._coefficients(in_width, width)  # (3 * W', W)
-            sums = pixels.reshape(-1, in_width) @ parts.T  # (C * H, 3 * W')
-            pixels = _round(sums.reshape(-1, 3, width), dim=1).reshape(channels, in_height, width)
+            sums = pixels.reshape(-1, in_width) @ parts.T  # (... * H, 3 * W')
+            pixels = _round(sums.reshape(-1, 3, width), dim=1).reshape(*lead, in_height, width)
         if height != in_height:
             parts = self._coefficients(in_height, height)  # (3 * H', H)
-            sums = parts @ pixels  # (C, 3 * H', W')
-            pixels = _round(sums.reshape(channels, 3, height, -1), dim=1)
+            sums = parts @ pixels  # (..., 3 * H', W')
+            pixels = _round(sums.reshape(*lead, 3, height, width), dim=-3)
         return pixels.to(torch.uint8)
 
     def prepare(self, shape: tuple, size: tuple) -> None:
