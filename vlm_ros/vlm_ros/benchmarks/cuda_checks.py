@@ -3,12 +3,12 @@
     PYTHONPATH=vlm_ros python3 -m vlm_ros.benchmarks.cuda_checks
 
 device/dtype resolution, preprocessing on the GPU (the same inputs as on the CPU; SmolVLM's
-bit for bit, at its real sizes, with TF32 on and off), batched ==
-single greedy tokens on the GPU (float32), streaming, memory given back by unload(), the
-default decoding from CUDA graphs (answers and log-probabilities as eager, graphs captured
-at load, the prefill compiled, cancel, memory given back), frames prepared ahead on their own
-stream while a batch decodes, compiled decoding (answers as eager, compiled at load
-only), and a real CUDA out-of-memory error mapped to its kind.
+bit for bit, at its real sizes, with TF32 on and off), batched == single greedy tokens on the
+GPU (float32), streaming, memory given back by unload(), the default decoding from CUDA graphs
+(answers and log-probabilities as eager, graphs captured at load, the prefill compiled,
+cancel, memory given back), frames prepared ahead on their own stream while a batch decodes,
+compiled decoding (answers as eager, compiled at load only), and a real CUDA out-of-memory
+error mapped to its kind.
 
     PYTHONPATH=vlm_ros python3 -m vlm_ros.benchmarks.cuda_checks --same-tokens MODEL_DIR
 
