@@ -1,12 +1,13 @@
 """The prompt's pass through the decoder, compiled: no recompiling as prompts and batches vary.
 
-On an H200, SmolVLM-2B's eager prefill took 24 ms for about 370 prompt positions, of which
-the arithmetic needs a few: like the eager decoding step, each layer launches dozens of small
-kernels from Python (docs/BENCHMARKS.md, 2026-12-04). generate still runs the first forward
-(vision encoder, merging the image features in, the first token's processors, the streamer);
-only its call of the decoder goes to a torch.compile'd copy for that forward. Shapes are
-dynamic, so prompt length, batch size (batch 1 is compiled apart) and static cache length
-change without a recompile; the warm-up (decoding.py) compiles both graphs in configure.
+On an H200, SmolVLM-2B's eager prefill took 24 ms for one frame's 5 tiles (405 image
+positions) and the prompt (docs/BENCHMARKS.md, 2026-12-04): some 1.5 TFLOP, 2 ms at the card's
+bf16 rate. Like the eager decoding step, each layer launches dozens of small kernels from
+Python. generate still runs the first forward (vision encoder, merging the image features in,
+the first token's processors, the streamer); only its call of the decoder goes to a
+torch.compile'd copy for that forward. Shapes are dynamic, so prompt length, batch size
+(batch 1 is compiled apart) and static cache length change without a recompile; the warm-up
+(decoding.py) compiles it in configure.
 
 The per-layer cancel hooks of the first forward (generate.py) would be traced into the graph
 and recompile it for every batch size: the compiled decoder is checked once, before it runs.
