@@ -15,7 +15,7 @@ from PIL import Image
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 from vlm_ros.engine.chat import build_inputs
 from vlm_ros.engine.frame_cache import FrameCache
-from vlm_ros.engine.local.exact_idefics3 import ExactIdefics3
+from vlm_ros.engine.local.exact_idefics3 import BATCH_BYTES, ExactIdefics3
 from vlm_ros.engine.local.inputs import InputStage, concatenate_rows
 from vlm_ros.engine.local.lanczos import LanczosResizer, TooManyTapsError, pillow_coefficients
 
@@ -78,17 +78,40 @@ def test_smolvlm_sizes_give_the_pil_processors_pixel_values(size, frame):
         assert torch.equal(got[name], want[name]), name
 
 
-@pytest.mark.parametrize('rows', [
-    [[noise(60, 80, 1)], [ramp(50, 40)], [noise(60, 80, 2)], [noise(60, 80, 3)]],
-    [[noise(60, 80, 4), ramp(50, 40)], [ramp(40, 50), noise(60, 80, 5)]],  # two cameras a row
+class ChunkCounting(ExactIdefics3):
+    """ExactIdefics3, keeping how many frames go through each step at once."""
+
+    def _tiles(self, frames, options):
+        self.chunks.append(len(frames))
+        return super()._tiles(frames, options)
+
+
+ONE_SIZE = [[noise(60, 80, 1)], [ramp(50, 40)], [noise(60, 80, 2)], [noise(60, 80, 3)]]
+TWO_CAMERAS = [[noise(60, 80, 4), ramp(50, 40)], [noise(60, 80, 5), ramp(50, 40)],
+               [noise(60, 80, 6)]]
+ROOM_FOR_TWO = 2 * 192 * 96 * 96  # 96x96: the largest size these frames pass through
+
+
+@pytest.mark.parametrize('rows, batch_bytes, chunks', [
+    (ONE_SIZE, BATCH_BYTES, [3, 1]),  # the three 60x80 frames as one batch, the ramp alone
+    (ONE_SIZE, ROOM_FOR_TWO, [2, 1, 1]),
+    (TWO_CAMERAS, BATCH_BYTES, [3, 2]),  # rows of two frames: two cameras
+    (TWO_CAMERAS, ROOM_FOR_TWO, [2, 1, 2]),
 ])
-def test_frames_of_one_size_go_through_together_as_the_processor_takes_them(rows):
-    """Frames of one size are resized, tiled and normalised as one batch: nothing changes."""
+def test_frames_of_one_size_go_through_together_as_the_processor_takes_them(rows, batch_bytes,
+                                                                            chunks):
+    """Frames of one size are resized, tiled and normalised as one batch: nothing changes.
+
+    Their temporaries are bounded (BATCH_BYTES): more frames go through a few at a time.
+    """
     processor = Idefics3ImageProcessorPil(size={'longest_edge': 96},
                                           max_image_size={'longest_edge': 32})
     frames = [[Image.fromarray(frame) for frame in row] for row in rows]
     want = processor(frames, return_row_col_info=True, return_tensors='pt')
-    got = ExactIdefics3(processor, 'cpu')(frames, return_row_col_info=True, return_tensors='pt')
+    exact = ChunkCounting(processor, 'cpu', batch_bytes)
+    exact.chunks = []
+    got = exact(frames, return_row_col_info=True, return_tensors='pt')
+    assert exact.chunks == chunks
     assert got['rows'] == want['rows'] and got['cols'] == want['cols']
     for name in ('pixel_values', 'pixel_attention_mask'):
         assert torch.equal(got[name], want[name]), name

@@ -31,6 +31,11 @@ try:  # transformers 5: the PIL backend's size rule, a function of the image's s
 except ImportError:  # pragma: no cover - transformers 4 has no PIL backend module
     get_resize_output_image_size = None
 
+# Frames resized together keep their sums within this: a batch of 8 of the node's 640x480
+# frames (768x768 at most on the way) goes through at once, 8 at SmolVLM's own 1456 px would
+# hold some 2.4 GB of temporaries (on a Jetson, the model's memory too) and go 3 at a time.
+BATCH_BYTES = 2**30
+BYTES_PER_PIXEL = 192  # about: 3 channels x 3 parts x (float32 sums + int64 rounding steps)
 OPTIONS = ('do_resize', 'size', 'resample', 'do_rescale', 'rescale_factor', 'do_normalize',
            'image_mean', 'image_std', 'do_pad', 'do_convert_rgb', 'do_image_splitting',
            'max_image_size')
@@ -46,10 +51,11 @@ def applies(image_processor) -> bool:
 class ExactIdefics3:
     """An Idefics3 image processor whose outputs are made on ``device``; otherwise the same."""
 
-    def __init__(self, image_processor, device):
+    def __init__(self, image_processor, device, batch_bytes: int = BATCH_BYTES):
         self.wrapped = image_processor
         self.device = torch.device(device)
         self._resizer = LanczosResizer(self.device)
+        self._batch_bytes = batch_bytes
 
     def __getattr__(self, name):
         """Everything else is the wrapped processor's (sizes, fetch_images, patch counts...)."""
@@ -113,11 +119,25 @@ class ExactIdefics3:
             sizes.setdefault(frame.size, []).append(index)
         done = [None] * len(frames)
         for indices in sizes.values():
-            for index, result in zip(indices, self._tiles([frames[i] for i in indices], options),
-                                     strict=True):
-                done[index] = result
+            step = self._batch(frames[indices[0]], options)
+            for start in range(0, len(indices), step):
+                chunk = indices[start:start + step]
+                for index, result in zip(chunk, self._tiles([frames[i] for i in chunk], options),
+                                         strict=True):
+                    done[index] = result
         ends = np.cumsum([len(row) for row in images])
         return [done[end - len(row):end] for row, end in zip(images, ends, strict=True)]
+
+    def _batch(self, frame, options: dict) -> int:
+        """Return how many frames of this one's size go through at once (BATCH_BYTES)."""
+        shape = (frame.height, frame.width)
+        sizes = [shape]
+        if options['do_resize']:
+            sizes.append(_first_size(shape, options['size']))
+        if options['do_image_splitting']:
+            sizes.append(_vision_encoder_size(sizes[-1], _edge(options['max_image_size'])))
+        largest = max(height * width for height, width in sizes)
+        return max(1, self._batch_bytes // (BYTES_PER_PIXEL * largest))
 
     def _upload(self, frames: list) -> torch.Tensor:
         """Copy frames' bytes to the device once, from pinned memory: an (N, 3, H, W) uint8."""
