@@ -20,6 +20,10 @@ import contextlib
 
 import torch
 
+# Inductor keeps eager's bf16/fp16 roundings between the operations it fuses (by default it
+# skips them), so the compiled prefill and step pick the tokens eager decoding picks.
+EAGER_ROUNDING = {'emulate_precision_casts': True}
+
 
 class CompiledPrefill:
     """A model's decoder compiled with dynamic shapes, put in place for one forward at a time."""
@@ -27,7 +31,7 @@ class CompiledPrefill:
     def __init__(self, model):
         self.decoder = model.get_decoder()
         self._parent, self._name = _parent_of(model, self.decoder)
-        self.compiled = torch.compile(self.decoder, dynamic=True)
+        self.compiled = torch.compile(self.decoder, dynamic=True, options=EAGER_ROUNDING)
         self._inside = frozenset(id(module) for module in self.decoder.modules())
 
     def outside(self, modules: list) -> list:

@@ -27,7 +27,7 @@ import inspect
 import torch
 from transformers import GenerationConfig, StaticCache
 
-from .compiled_prefill import CompiledPrefill
+from .compiled_prefill import EAGER_ROUNDING, CompiledPrefill
 
 CHUNK = 4  # steps between two reads of the tokens; up to 2 x CHUNK steps run past a stop
 BUCKET = 256  # cache lengths are rounded up to a multiple: few distinct graphs
@@ -96,7 +96,8 @@ class GraphDecoder:
     def __init__(self, model, eos_ids: set, compiled: bool = False):
         self._model, self._eos_ids = model, frozenset(eos_ids)
         # torch.compile fuses each layer's elementwise kernels (norms, rotary, activations)
-        self._step = torch.compile(greedy_step, dynamic=True) if compiled else greedy_step
+        self._step = torch.compile(greedy_step, dynamic=True, options=EAGER_ROUNDING) \
+            if compiled else greedy_step
         self.prefill = CompiledPrefill(model) if compiled else None  # the first forward's
         self._slots = collections.OrderedDict()
         self.captures = 0  # graphs captured since load: none in steady state (benchmarks)
