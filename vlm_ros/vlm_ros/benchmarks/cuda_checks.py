@@ -31,8 +31,8 @@ from ..engine.local import VlmEngine
 from ..engine.local.decoding import compiled_graphs, graph_decoder
 from ..engine.local.exact_idefics3 import ExactIdefics3
 from ..engine.local.generate import generate
-from ..engine.local.graph_decode import capture_stream
 from ..engine.local.loader import classify_error, resolve_device, resolve_dtype
+from ..engine.local.streams import side_stream
 from ..models import build_tiny
 
 
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     # keeps it: make that happen before the memory baseline, so unload() is judged on the model.
     warm = torch.randn(64, 64, device=device)
     (warm @ warm).sum().item()
-    with torch.cuda.stream(capture_stream(device)):  # the graphs' stream keeps one too
+    with torch.cuda.stream(side_stream(device, 'capture')):  # the graphs' stream keeps one too
         (warm @ warm).sum().item()
     only_graphs = argv == ['--graphs']
     if not only_graphs:

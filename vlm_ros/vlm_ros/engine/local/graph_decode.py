@@ -21,13 +21,13 @@ but min_new_tokens. On a CPU the same steps run eagerly
 """
 
 import collections
-import functools
 import inspect
 
 import torch
 from transformers import GenerationConfig, StaticCache
 
 from .compiled_prefill import EAGER_ROUNDING, CompiledPrefill
+from .streams import side_stream
 
 CHUNK = 4  # steps between two reads of the tokens; up to 2 x CHUNK steps run past a stop
 BUCKET = 256  # cache lengths are rounded up to a multiple: few distinct graphs
@@ -77,17 +77,6 @@ def greedy_step(decoder, head, cache: dict, ids, attended, positions, cache_posi
                      cache_position=cache_position, use_cache=True, **cache).last_hidden_state
     logits = head(hidden[:, -1]).float().masked_fill(eos_blocked, float('-inf'))
     return logits.argmax(-1, keepdim=True), logits, torch.log_softmax(logits, -1)
-
-
-def capture_stream(device) -> 'torch.cuda.Stream':
-    """Return the one stream graphs are captured on: cuBLAS keeps a workspace per stream."""
-    index = torch.device(device).index
-    return _stream(torch.cuda.current_device() if index is None else index)
-
-
-@functools.cache
-def _stream(index: int) -> 'torch.cuda.Stream':
-    return torch.cuda.Stream(index)
 
 
 class GraphDecoder:
@@ -321,7 +310,7 @@ class _Slot:
         state = [self._ids, self._positions, self._cache_position, self._step]
         state += [layer.cumulative_length for layer in self.cache.layers]
         saved = [tensor.clone() for tensor in state]
-        side = capture_stream(self._ids.device)
+        side = side_stream(self._ids.device, 'capture')
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             self._forward()

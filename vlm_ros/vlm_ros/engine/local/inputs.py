@@ -16,7 +16,6 @@ where the model reads them, so their memory is not handed out again before that 
 """
 
 import contextlib
-import functools
 import threading
 from typing import Optional
 
@@ -33,6 +32,7 @@ from ..prompts import render_task
 from ..results import Request
 from ..tiling import fitted_size_kwargs
 from .exact_idefics3 import ExactIdefics3, applies
+from .streams import side_stream
 
 
 class InputStage:
@@ -93,18 +93,12 @@ class InputStage:
 @contextlib.contextmanager
 def _preprocessing_stream(device: torch.device):
     """Queue the block's kernels on the device's preprocessing stream; wait for them after."""
-    stream = _stream(device.index if device.index is not None else torch.cuda.current_device())
+    stream = side_stream(device, 'preprocessing')
     try:
         with torch.cuda.stream(stream):
             yield
     finally:  # also after a refusal: outputs kept by then are complete before they are read
         stream.synchronize()
-
-
-@functools.cache
-def _stream(index: int) -> 'torch.cuda.Stream':
-    """One stream per device: cuBLAS keeps a workspace for each stream it has run on."""
-    return torch.cuda.Stream(index)
 
 
 def _read_on_default_stream(values: list, device: torch.device) -> None:
