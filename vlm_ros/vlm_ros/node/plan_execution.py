@@ -26,7 +26,7 @@ from .plan_runner import Execution, Outputs, PlanRunner
 from .scheduler import Worker, cancel_job
 from .settings import Settings
 
-TICK_PERIOD = 0.05  # s between step_timeout checks
+TICK_PERIOD = 0.05  # s between step_timeout checks, while a step awaits feedback
 VERDICTS = ('yes', 'no')  # the answers a step check scores, with verify_by likelihood
 FEEDBACK_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -53,6 +53,8 @@ class PlanExecution:
         self._subscribe = partial(node.create_subscription, StepFeedback, 'step_feedback',
                                   self._on_feedback, FEEDBACK_QOS)
         self._tick_timer = partial(steady_timer, node, TICK_PERIOD)
+        # A timer reset from another thread is first waited on when the executor next wakes.
+        self._wake = lambda: node.executor is not None and node.executor.wake()
         self._destroy_subscription = node.destroy_subscription
         self._destroy_timer = node.destroy_timer
         self._pending = None  # the re-plan or verify Job in flight
@@ -63,17 +65,23 @@ class PlanExecution:
         self._watchers = {}  # plan_id -> callback(PlanProgress): ~/execute_plan goals
 
     def activate(self, group) -> None:
-        """Take feedback and watch step timeouts."""
+        """Take feedback; make the step timeouts' timer, cancelled until a step goes out."""
         self._sub = self._subscribe(callback_group=group)
-        self._timer = self._tick_timer(self.runner.tick, group)
+        self._timer = self._tick_timer(self._tick, group)
+        self._timer.cancel()
+
+    def ticking(self) -> bool:
+        """Tell whether step timeouts are being watched (a step awaits feedback)."""
+        return self._timer is not None and not self._timer.is_canceled()
 
     def deactivate(self, reason: str) -> None:
         """End the running plan PREEMPTED (published), then stop the input and the timer."""
         self.runner.preempt(reason)
-        if self._sub is not None:
-            self._destroy_subscription(self._sub)
-            self._destroy_timer(self._timer)
-            self._sub = self._timer = None
+        with self.runner.lock:  # a tick in flight then finds no timer to cancel
+            if self._sub is not None:
+                self._destroy_subscription(self._sub)
+                self._destroy_timer(self._timer)
+                self._sub = self._timer = None
 
     def publishers(self) -> list:
         """Return the publishers the node closes at cleanup."""
@@ -119,9 +127,25 @@ class PlanExecution:
                 **{f'plans_{state.name.lower()}': count
                    for state, count in runner.finished.items()}}
 
+    def _tick(self) -> None:
+        """Check the step's timeout; stop ticking once no step awaits feedback.
+
+        An idle node would otherwise wake its executor TICK_PERIOD after TICK_PERIOD (a few
+        percent of a core on a robot's CPU, for nothing).
+        """
+        runner = self.runner
+        with runner.lock:  # _command's reset cannot come between the look and the cancel
+            runner.tick()
+            ex = runner.current
+            if (ex is None or ex.deadline is None) and self._timer is not None:
+                self._timer.cancel()
+
     # Runner outputs --------------------------------------------------------------------
 
     def _command(self, ex: Execution) -> None:
+        if self._timer is not None and self._timer.is_canceled():
+            self._timer.reset()
+            self._wake()
         step = ex.step
         if takes_arguments(self._settings().skills):
             self.arguments_pub.publish(step_arguments_msg(ex.header, ex.plan_id, ex.index,

@@ -1,0 +1,55 @@
+"""Step timeouts are watched while a step awaits feedback; otherwise the node sleeps.
+
+Watching them always woke an idle node's executor every TICK_PERIOD (20 times a second): a
+few percent of a robot's core, for nothing. The PlanExecution, its timer and the executor
+that spins it are the real ones, in this process. There is no worker, so a re-plan is
+answered CANCELLED at once.
+"""
+
+import threading
+import uuid
+
+from rclpy.qos import QoSProfile
+from std_msgs.msg import Header, String
+from vlm_ros.engine.plan_parser import PlanStep
+from vlm_ros.node.plan_execution import PlanExecution
+from vlm_ros.node.plan_runner import Feedback, State
+from vlm_ros.node.settings import Settings
+from waiting import wait_until
+
+TIMEOUT = 20.0
+
+
+def test_the_timer_runs_from_a_step_command_to_the_end_of_its_plan(test_node):
+    node = test_node.node
+    settings = [Settings.from_values({'step_timeout': 0.1, 'max_replans': 1})]
+    vla = node.create_publisher(String, f'vla_{uuid.uuid4().hex[:8]}', 10)
+    execution = PlanExecution(node, QoSProfile(depth=10), vla, lambda: settings[0],
+                              lambda: None, lambda outcome: None)
+    runner = execution.runner
+    execution.activate(None)
+    try:
+        assert not execution.ticking(), 'an active node without a plan watches a timeout'
+        silent = run_plan(execution, 'put the cup in the sink')
+        assert silent.wait(TIMEOUT), 'no step timeout was seen: the timer did not run'
+        with runner.lock:  # the tick that ended the plan has finished
+            assert runner.finished[State.FAILED] == 1 and not execution.ticking()
+
+        settings[0] = Settings.from_values({'step_timeout': 30.0})
+        answered = run_plan(execution, 'wipe the table')
+        assert execution.ticking(), 'a cancelled timer was not started again'
+        runner.feedback(runner.current.plan_id, 0, 0, Feedback.SUCCEEDED, '')
+        assert answered.wait(TIMEOUT) and runner.finished[State.DONE] == 1
+        wait_until(lambda: not execution.ticking(), TIMEOUT, 'the next tick to stop the timer')
+    finally:
+        execution.deactivate('the test is over')
+
+
+def run_plan(execution, instruction: str) -> threading.Event:
+    """Start a one-step plan of instruction; return an Event set when its execution ends."""
+    plan_id = f'plan-{uuid.uuid4().hex[:8]}'
+    ended = threading.Event()
+    execution.watch(plan_id, lambda progress: progress.state != 0 and ended.set())
+    execution.runner.start(plan_id, instruction, Header(), [PlanStep(instruction, '', '')])
+    return ended
+
