@@ -130,7 +130,7 @@ def test_demo_report_shows_steps_answer_speeds_and_node_settings(demo_run):
     settings = summary['settings']
     assert settings['source'] == 'parameters of /vlm_node', settings
     assert settings['values'] == {
-        'model': str(out / 'tiny_model'), 'device': 'cpu', 'caption_rate': 1.0,
+        'model': str(out / 'tiny_model'), 'device': 'cpu', 'caption_rate': 0.5,
         'execute_plans': True, 'processor_kwargs': '{"do_image_splitting": false}'}, settings
     assert settings['defaults']['execute_plans'] is False
     assert summary['device'] == 'cpu (live vlm_node)'
