@@ -81,17 +81,17 @@ def test_silence_replans_after_step_timeout_then_fails_after_max_replans():
     loop = Loop(max_replans=1)
     loop.runner.start('p1', 'put it away', 'header', STEPS)
     loop.now = 4.9
-    loop.runner.tick()
+    assert loop.runner.tick()  # the step still awaits feedback: keep ticking
     loop.report(0, Feedback.RUNNING)  # alive: the timeout starts again
     loop.now = 9.8
     loop.runner.tick()
     assert not loop.asks
     loop.now = 10.0
-    loop.runner.tick()
+    assert not loop.runner.tick()  # waiting for the VLM's re-plan: nothing to time out
     assert loop.asks[0][0] == 'replan' and 'within step_timeout 5 s' in loop.progress[-1][2]
     loop.runner.replanned(loop.asks[0][1], 'h', STEPS, '')
     loop.now = 20.0
-    loop.runner.tick()
+    assert not loop.runner.tick()  # the execution has ended
     assert loop.states()[-1] == State.FAILED
     assert 'no re-plan left (max_replans 1)' in loop.progress[-1][2]
 

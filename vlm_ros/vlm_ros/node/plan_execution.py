@@ -133,11 +133,8 @@ class PlanExecution:
         An idle node would otherwise wake its executor TICK_PERIOD after TICK_PERIOD (a few
         percent of a core on a robot's CPU, for nothing).
         """
-        runner = self.runner
-        with runner.lock:  # _command's reset cannot come between the look and the cancel
-            runner.tick()
-            ex = runner.current
-            if (ex is None or ex.deadline is None) and self._timer is not None:
+        with self.runner.lock:  # _command's reset cannot come between the look and the cancel
+            if not self.runner.tick() and self._timer is not None:
                 self._timer.cancel()
 
     # Runner outputs --------------------------------------------------------------------

@@ -159,14 +159,18 @@ class PlanRunner:
             ex.header, ex.steps, ex.index = header, list(steps), 0
             self._command()
 
-    def tick(self) -> None:
-        """Re-plan when the head has said nothing about the current step within step_timeout."""
+    def tick(self) -> bool:
+        """Re-plan when the head has said nothing about the current step within step_timeout.
+
+        Return whether a step still awaits feedback: only then does the clock need to tick.
+        """
         with self.lock:
             ex = self.current
             if ex is not None and ex.deadline is not None and self._now() > ex.deadline:
                 timeout = self._settings().step_timeout
                 self._replan(f'no feedback on step {ex.index + 1} ({ex.step.instruction!r}) '
                              f'within step_timeout {timeout:g} s')
+            return self.current is not None and self.current.deadline is not None
 
     # Internals, called locked ----------------------------------------------------------
 
