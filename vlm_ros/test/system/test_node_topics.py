@@ -7,13 +7,14 @@ import pytest
 import rclpy
 from builtin_interfaces.msg import Time
 from engine_fixtures import TARGETS, scene
-from node_harness import TIMEOUT, camera
+from node_harness import TIMEOUT, call, camera
 from sensor_msgs.msg import CompressedImage
 from serve_harness import both_backends
 from vlm_ros.node.image_conversion import rgb_to_image
 from waiting import wait_until
 
 from vlm_ros_msgs.msg import Plan
+from vlm_ros_msgs.srv import Query
 
 INSTRUCTION = TARGETS['plan'][0]
 
@@ -234,6 +235,47 @@ def test_captions_at_caption_rate(start_vlm_node):
     assert all(_stamp_key(c.header.stamp) in stamps for c in captions)
     assert np.all(np.diff([c.header.stamp.sec + c.header.stamp.nanosec * 1e-9
                            for c in captions[:3]]) > 0)
+
+
+def test_a_periodic_re_plan_yields_to_the_next_instruction(start_vlm_node, untrained_llava):
+    """The old instruction's re-plan is answered CANCELLED at once, not finished first.
+
+    The first instruction comes before any frame (answered NO_IMAGE at once, yet re-planned
+    on the frames that follow), so only the re-plan runs 4096 tokens of a never-ending model.
+    """
+    node = start_vlm_node(model=str(untrained_llava), replan_period=0.2, max_new_tokens=4096,
+                          constrain_plans='off', wait_for_image=0.1)
+    node.wait_state('active')
+    first, second = (f'instruction {uuid.uuid4().hex}' for _ in range(2))
+    node.instruct(first)
+    assert node.plans.wait_for(lambda p: p.instruction == first, TIMEOUT,
+                               'the first plan').status == Plan.STATUS_NO_IMAGE
+    node.stream(camera(uuid.uuid4().hex))
+    node.wait_diag(lambda v: v.get('requests_served') == '1' and
+                   v.get('requests_in_progress') == '1', TIMEOUT, 'a re-plan running')
+    node.instruct(second)
+    re_plan = node.plans.wait_for(lambda p: p.instruction == first and
+                                  p.status != Plan.STATUS_NO_IMAGE, TIMEOUT, 'the re-plan')
+    assert re_plan.status == Plan.STATUS_CANCELLED, re_plan
+    assert 'yielded' not in node.log_text(), 'an expected cancel is not a warning'
+    node.stop()  # the next plan, 4096 tokens, is cancelled
+    planned = node.plans.wait_for(lambda p: p.instruction == second, TIMEOUT, 'the next plan')
+    assert re_plan.message == f'yielded to plan request {planned.request_id} during generation'
+
+
+def test_a_periodic_caption_yields_to_a_query(start_vlm_node, untrained_llava, test_node):
+    """The caption, 4096 tokens of a model that never ends one, is cancelled for the query."""
+    node = start_vlm_node(model=str(untrained_llava), caption_rate=2.0, max_new_tokens=4096)
+    node.wait_state('active')
+    node.stream(camera(uuid.uuid4().hex))
+    node.wait_diag(lambda v: v.get('requests_in_progress') == '1', TIMEOUT, 'a caption running')
+    question = f'what is there? {uuid.uuid4().hex}'
+    answer = call(test_node, Query, '/vlm_node/query',
+                  Query.Request(question=question, max_new_tokens=2))
+    assert 'yielded' not in answer.message and 'cancelled' not in answer.message, answer
+    values = node.wait_diag(lambda v: v.get('captions_yielded') == '1', TIMEOUT,
+                            'the caption counted as yielded')
+    assert int(values['status_cancelled']) >= 1
 
 
 def test_undecodable_compressed_frame_is_bad_input(start_vlm_node):

@@ -127,6 +127,8 @@ class DiagnosticsReporter:
             'frames_invalid': _total(frames, lambda store: store.invalid),
             'frames_lost_estimate': _total(frames, lambda store: store.gaps.lost),
             'captions_skipped': stats.captions_skipped,
+            # Periodic captions cancelled for a request that came before they were done.
+            'captions_yielded': stats.captions_yielded,
             # Objects the garbage collector no longer walks: the model and libraries (node.py).
             'gc_frozen_objects': sources.frozen_objects(),
             'last_image_size': self.last_image_size,

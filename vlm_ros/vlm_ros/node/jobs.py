@@ -62,6 +62,10 @@ class Job:
     # than max_skew (another camera's frame of the same moment may still be on its way), not
     # wait_for_image, holding the worker; the timer comes again with the next frame.
     waits: bool = True
+    # True for a timer's caption or re-plan (caption_rate, replan_period): best-effort, so a
+    # request that comes while it waits or runs cancels it (scheduler.py) instead of waiting.
+    yields: bool = False
+    yielded_to: str = ''  # the request it was cancelled for ('': none)
 
 
 @dataclass

@@ -98,7 +98,7 @@ class VlmNode(LifecycleNode):
             lambda: self.executor)
         self.execute_server = ExecutePlanServer(self, serving, lambda: self.execution)
         self.topics = Topics(self, serving, lambda: self.settings, lambda: self.frames.primary,
-                             lambda: self.execution, self.diagnostics.stats.skip_caption)
+                             lambda: self.execution, self.diagnostics.stats)
 
     def not_ready(self) -> str:
         """Say why requests cannot be served now, or '' when they can (readiness.not_ready)."""

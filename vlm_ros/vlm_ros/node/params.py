@@ -171,7 +171,8 @@ SPECS = (
     ParamSpec('wait_for_image', 2.0, 'seconds a request may wait for a first or fresh frame',
               applies='limits', low=0.0, high=600.0),
     ParamSpec('caption_rate', 0.0, 'Hz of captions of the latest frame (0 = off); skipped '
-              'while busy', applies='timers', low=0.0, high=100.0),
+              'while busy, and cancelled (none published) by any request that comes before '
+              'it is done', applies='timers', low=0.0, high=100.0),
     ParamSpec('features_rate', 0.0, 'Hz of features (on ~/features, request_id empty) of the '
               'latest frame(s) and the last instruction, for an action head that acts faster '
               'than plans change (0 = off; features_* as with publish_features); only on new '
@@ -179,7 +180,9 @@ SPECS = (
               'and says why in problem where none are made', applies='timers', low=0.0,
               high=100.0),
     ParamSpec('replan_period', 0.0, 'seconds between re-plans of the last instruction on '
-              'fresh frames (0 = off)', applies='timers', low=0.0, high=3600.0),
+              'fresh frames (0 = off); skipped while busy, and cancelled (a STATUS_CANCELLED '
+              'Plan) by any request that comes before it is done', applies='timers', low=0.0,
+              high=3600.0),
     ParamSpec('queue_size', 8, 'requests that may wait; more are answered STATUS_DROPPED',
               applies='limits', low=1, high=1000),
     ParamSpec('execute_plans', False, "execute each OK instruction Plan with a VLA action head: "

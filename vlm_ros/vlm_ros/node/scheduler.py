@@ -66,13 +66,34 @@ def gather(cond: threading.Condition, queued: Callable[[], int], size: int, wait
     return time.monotonic() - start if held else 0.0
 
 
+def yield_to(job: Job, queue: deque, running: list) -> tuple:
+    """Cancel the yielding jobs (Job.yields) that job would wait for, unless it yields too.
+
+    ``running`` holds the jobs being served where job would wait for them (no thread free).
+    Returns the queue without the yielding ones, those taken off it (to be answered
+    CANCELLED) and the running ones cancelled (their thread answers them, at the next check).
+    """
+    if job.yields:
+        return queue, [], []
+    waiting = [other for other in queue if other.yields]
+    stopped = [other for other in running if other.yields]
+    for other in waiting + stopped:
+        other.yielded_to = f'{job.task} request {job.request_id}'
+        other.cancel_reason = f'yielded to {other.yielded_to}'
+        other.cancel.set()
+    if waiting:
+        queue = deque(other for other in queue if not other.yields)
+    return queue, waiting, stopped
+
+
 class Worker:
     """A bounded FIFO of jobs served by ``threads`` threads; every job gets exactly one outcome.
 
     Jobs start in FIFO order; with more than one thread they may finish out of order. With one
     thread (an in-process model), the thread takes up to ``limits.max_batch_size`` waiting
     jobs at once and answers them with one batched generate; each keeps its own image, status,
-    text stream and cancel. Meanwhile a look-ahead thread preprocesses the images that waiting
+    text stream and cancel. A yielding job (Job.yields) is cancelled by any other job that
+    would wait for it. Meanwhile a look-ahead thread preprocesses the images that waiting
     jobs carry (``limits.preprocess_ahead``), so the next batch starts generating sooner.
     """
 
@@ -94,6 +115,7 @@ class Worker:
         self._cond = threading.Condition()
         self._current = {}  # id -> job being served (a Job compares by value: no set)
         self.last_batch_wait = 0.0  # s the last batch was held for company (gather)
+        self._slots = threads  # jobs served at once, beyond which a new one waits
         self._running = True
         self._threads = [threading.Thread(target=self._loop, name=f'vlm-worker-{index}',
                                           daemon=True) for index in range(threads)]
@@ -126,10 +148,17 @@ class Worker:
             self._finish(Outcome(job, Status.BAD_INPUT, refused))
             return False
         with self._cond:
+            busy = self._running and len(self._current) >= self._slots  # job would wait
+            self._queue, waiting, running = yield_to(
+                job, self._queue, list(self._current.values()) if busy else [])
             accepted = self._running and len(self._queue) < self.limits.queue_size
             if accepted:
                 self._queue.append(job)
                 self._cond.notify_all()  # a worker thread, and the look-ahead while busy
+        if running:
+            self._frames.wake()  # it may be waiting for a frame
+        for other in waiting:
+            self._finish(Outcome(other, Status.CANCELLED, other.cancel_reason))
         if not accepted:
             reason = (f'request queue full (queue_size={self.limits.queue_size})'
                       if self._running else 'node is not active')

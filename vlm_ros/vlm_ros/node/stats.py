@@ -13,6 +13,7 @@ class Stats:
         self._latencies = deque(maxlen=window)
         self.by_status = Counter()
         self.captions_skipped = 0
+        self.captions_yielded = 0
 
     def record(self, status_name: str, latency: float) -> None:
         """Count one answered request and its latency (seconds)."""
@@ -24,6 +25,11 @@ class Stats:
         """Count a caption that was due while the worker was busy."""
         with self._lock:
             self.captions_skipped += 1
+
+    def yield_caption(self) -> None:
+        """Count a caption cancelled for a request that came before it was done."""
+        with self._lock:
+            self.captions_yielded += 1
 
     def percentile(self, q: float) -> float:
         """Return the q-th percentile (0-100, nearest rank) of recent latencies (0: none)."""

@@ -4,6 +4,8 @@ Each instruction becomes a plan request for the worker; its Plan goes out on `pl
 first step on `vla_instruction` (or, with execute_plans, the whole plan to PlanExecution).
 Timers caption the latest frame (caption_rate), take the features of the last instruction on
 fresh frames (features_rate) and re-plan it (replan_period), skipped while the worker is busy.
+A timer's caption or re-plan yields to any request that comes before it is done (Job.yields):
+an instruction, a step's re-plan or a query never waits for one.
 """
 
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from .messages import caption_msg, plan_msg
 from .plan_execution import PlanExecution
 from .requests import Serving
 from .settings import Settings
+from .stats import Stats
 
 # Every instruction is kept until taken: with KEEP_LAST a burst overwrites the oldest ones
 # before the callback drains them, and those never get their Plan. With KEEP_ALL, DDS flow
@@ -42,18 +45,19 @@ class Topics:
     ``node`` lends the operations that create and destroy them; the node itself is not kept.
     Requests go to ``serving.worker()``; ``settings()`` is the node's current Settings,
     ``frames()`` its first camera's FrameStore and ``execution()`` its PlanExecution (None
-    while it has none); ``skip_caption()`` counts a caption skipped while busy.
+    while it has none); ``captions`` (stats.Stats) counts the captions skipped while busy and
+    those that yielded to a request.
     """
 
     def __init__(self, node, serving: Serving, settings: Callable[[], Settings],
                  frames: Callable[[], Optional[FrameStore]],
                  execution: Callable[[], Optional[PlanExecution]],
-                 skip_caption: Callable[[], None]):
+                 captions: Stats):
         self._serving = serving
         self._settings = settings
         self._frames = frames
         self._execution = execution
-        self._skip_caption = skip_caption
+        self._captions = captions
         self._create_publisher = node.create_publisher
         self._subscribe = partial(node.create_subscription, String, 'instruction',
                                   self._on_instruction, INSTRUCTIONS_QOS)
@@ -157,15 +161,19 @@ class Topics:
         self._last_instruction = text if worker.submit(job) else ''
 
     def caption_due(self) -> None:
-        """Caption the latest frame, unless it was captioned or the worker is busy."""
+        """Caption the latest frame, unless it was captioned or the worker is busy.
+
+        The caption yields: a request that comes before it is done cancels it (no Caption is
+        published), so instructions, re-plans and queries never wait for a periodic caption.
+        """
         frame, worker = self._frames().latest(), self._serving.worker()
         if frame is None or frame.seq == self._last_captioned_seq or worker is None:
             return
         if not worker.idle():
-            self._skip_caption()
+            self._captions.skip_caption()
             return
         self._last_captioned_seq = frame.seq
-        worker.submit(Job('caption', '', done=self._publish_caption))
+        worker.submit(Job('caption', '', done=self._publish_caption, yields=True))
 
     def _fresh(self, last_seq: int):
         """Return (worker, frame seq) when the replan and features timers act, else None.
@@ -184,7 +192,7 @@ class Topics:
         if due:
             worker, self._last_planned_seq = due
             worker.submit(Job('plan', self._last_instruction, done=self._publish_plan,
-                              waits=False))
+                              waits=False, yields=True))
 
     def _on_features_due(self) -> None:
         due = self._fresh(self._last_featured_seq)
@@ -217,7 +225,7 @@ class Topics:
         if outcome.status == Status.OK and plan.steps and not self._settings().execute_plans:
             self.vla_pub.publish(String(data=plan.steps[0].instruction))
         self._serving.record(outcome)
-        if outcome.status != Status.OK:
+        if outcome.status != Status.OK and not outcome.job.yielded_to:  # that one is expected
             self._logger.warning(
                 f'plan {plan.request_id}: {outcome.status.name}: {outcome.message}',
                 throttle_duration_sec=1.0)
@@ -225,6 +233,8 @@ class Topics:
 
     def _publish_caption(self, outcome) -> None:
         self._serving.record(outcome)
+        if outcome.status == Status.CANCELLED and outcome.job.yielded_to:
+            self._captions.yield_caption()
         if outcome.status == Status.OK:
             self.publish_companions(outcome)
             self._caption_pub.publish(caption_msg(outcome, self._serving.model_name()))
