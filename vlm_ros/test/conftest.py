@@ -37,6 +37,13 @@ os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
 # place as the trained checkpoints (support/model_cache.py), so a fresh clone starts empty.
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 os.environ.setdefault('TORCHINDUCTOR_CACHE_DIR', str(_ROOT / '.cache' / 'torchinductor'))
+# One torch (OpenMP) thread per process. A test run keeps both cores busy (four workers, and
+# the nodes and tools they start), and there a process's second thread mostly spins waiting for
+# the first: a tiny LLaVA's 256 tokens took 6.3 s with two threads and 0.7 s with one under a
+# run's load, and the Kilted leg's tests 9m40s instead of over 13 minutes. Read when torch
+# loads, so set before any test imports it; no test measures time, and the README's demo
+# command runs with torch's default (test_demo.py).
+os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 
 def _file_seconds() -> dict:

@@ -5,6 +5,7 @@ it was started: arguments, working directory, environment, output, exit status a
 """
 
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -41,7 +42,11 @@ def _both(fork_server, args, act=lambda proc, log: None):
         with tempfile.TemporaryFile('w+') as log:
             proc = start(log)
             act(proc, log)
-            code = proc.wait(30.0)
+            try:
+                code = proc.wait(30.0)
+            except subprocess.TimeoutExpired as exc:  # say whether it ended, unreported
+                raise AssertionError(f'{_whereabouts(proc.pid)}; its output: {_read(log)!r}') \
+                    from exc
             log.seek(0)
             results.append((code, log.read()))
     return results
@@ -73,6 +78,17 @@ def test_a_signal_ends_a_forked_script_as_it_ends_an_execd_one(fork_server, scri
 
 def _read(log) -> str:
     return os.pread(log.fileno(), 1 << 16, 0).decode()
+
+
+def _whereabouts(pid: int) -> str:
+    """Say what became of a process that was not seen to end (seen once in CI, under load)."""
+    try:
+        stat = pathlib.Path(f'/proc/{pid}/stat').read_text()
+        wchan = pathlib.Path(f'/proc/{pid}/wchan').read_text()
+    except OSError:
+        return f'process {pid} is gone, but its end was never reported'
+    state = stat.rsplit(')', 1)[1].split()[0]
+    return f'process {pid} is still there, state {state}, waiting in {wchan or "-"}'
 
 
 def test_a_changed_environment_gets_a_server_that_imported_in_it(monkeypatch):
