@@ -80,14 +80,27 @@ def held_caption(answers: Answers, yields: bool, released: threading.Event) -> t
     return Job('caption', '', answers.done, on_text=first_piece, yields=yields), streaming
 
 
-def test_a_running_periodic_caption_is_cancelled_by_a_request(worker):
+def while_a_caption_runs(worker, yields: bool, make_next) -> tuple:
+    """Submit a held caption, then the job make_next(done) once it generates; release it.
+
+    Return the Answers, the caption and the next job.
+    """
     answers, released = Answers(), threading.Event()
-    caption, streaming = held_caption(answers, True, released)
+    caption, streaming = held_caption(answers, yields, released)
     worker.submit(caption)
     assert streaming.wait(TIMEOUT), 'the caption never started generating'
-    query = Job('vqa', 'what is there?', answers.done, max_new_tokens=3)
-    worker.submit(query)
+    following = make_next(answers.done)
+    worker.submit(following)
     released.set()
+    return answers, caption, following
+
+
+def a_query(done) -> Job:
+    return Job('vqa', 'what is there?', done, max_new_tokens=3)
+
+
+def test_a_running_periodic_caption_is_cancelled_by_a_request(worker):
+    answers, caption, query = while_a_caption_runs(worker, True, a_query)
     cancelled, answered = answers.of(caption), answers.of(query)
     assert cancelled.status == Status.CANCELLED and caption.yielded_to
     assert cancelled.message == f'yielded to vqa request {query.request_id} during generation'
@@ -98,13 +111,7 @@ def test_a_running_periodic_caption_is_cancelled_by_a_request(worker):
 
 def test_a_requested_caption_is_not_cancelled_by_the_next_request(worker):
     """A ~/query or goal caption is somebody's answer: it yields to nothing."""
-    answers, released = Answers(), threading.Event()
-    caption, streaming = held_caption(answers, False, released)
-    worker.submit(caption)
-    assert streaming.wait(TIMEOUT), 'the caption never started generating'
-    query = Job('vqa', 'what is there?', answers.done, max_new_tokens=3)
-    worker.submit(query)
-    released.set()
+    answers, caption, query = while_a_caption_runs(worker, False, a_query)
     finished = answers.of(caption)
     assert finished.status != Status.CANCELLED and finished.result.output_tokens == BUDGET
     assert not caption.yielded_to and answers.of(query).result.output_tokens == 3
@@ -131,13 +138,8 @@ def test_a_waiting_periodic_caption_leaves_the_queue_for_a_request(worker):
 
 
 def test_a_periodic_caption_does_not_cancel_another(worker):
-    answers, released = Answers(), threading.Event()
-    first, streaming = held_caption(answers, True, released)
-    worker.submit(first)
-    assert streaming.wait(TIMEOUT), 'the caption never started generating'
-    second = Job('caption', '', answers.done, yields=True)
-    worker.submit(second)
-    released.set()
+    answers, first, second = while_a_caption_runs(
+        worker, True, lambda done: Job('caption', '', done, yields=True))
     assert answers.of(first).result.output_tokens == BUDGET
     assert answers.of(second).result.output_tokens == BUDGET
     assert not first.yielded_to and not second.yielded_to
