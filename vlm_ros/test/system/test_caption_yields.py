@@ -13,14 +13,15 @@ import time
 
 import pytest
 from engine_fixtures import scene
-from node_harness import TIMEOUT
-from vlm_ros.engine import EngineConfig
+from serve_harness import remote_config
+from vlm_ros.engine import EngineConfig, make_engine
 from vlm_ros.engine.local import VlmEngine
 from vlm_ros.node.frames import FrameSet
 from vlm_ros.node.jobs import Job, Limits, Status
 from vlm_ros.node.scheduler import Worker
 
 BUDGET = 40  # tokens of a generation that is not cancelled
+TIMEOUT = 60.0
 
 
 @pytest.fixture(scope='module')
@@ -53,18 +54,23 @@ class Answers:
             return next(o for o in self.outcomes if o.job is job)
 
 
-@pytest.fixture
-def worker(engine):
-    """Yield a one-thread worker with a camera frame, as an active node has one."""
+def serving(engine):
+    """Yield a worker of the engine with a camera frame, as an active node has them."""
     frames = FrameSet()
     frames.primary.set_converters({'raw': lambda image: image})
     frames.primary.put(None, time.monotonic(), scene('red'), 'raw')
     errors = []
-    serving = Worker(engine, frames, lambda image: image, time.monotonic, Limits(),
-                     errors.append)
-    yield serving
-    serving.stop('test over')
+    worker = Worker(engine, frames, lambda image: image, time.monotonic, Limits(),
+                    errors.append, engine.concurrency)
+    yield worker
+    worker.stop('test over')
     assert errors == []
+
+
+@pytest.fixture
+def worker(engine):
+    """Yield a one-thread worker (an in-process model's)."""
+    yield from serving(engine)
 
 
 def held_caption(answers: Answers, yields: bool, released: threading.Event) -> tuple:
@@ -143,3 +149,32 @@ def test_a_periodic_caption_does_not_cancel_another(worker):
     assert answers.of(first).result.output_tokens == BUDGET
     assert answers.of(second).result.output_tokens == BUDGET
     assert not first.yielded_to and not second.yielded_to
+
+
+def test_with_a_thread_free_a_periodic_caption_is_not_cancelled(fault_server):
+    """An inference server's engine runs max_concurrency requests at once, a thread each.
+
+    A request that a free thread takes at once waits for no caption; the next one would. The
+    server is frozen meanwhile, so what runs stays running.
+    """
+    engine = make_engine(remote_config(fault_server, max_concurrency=2))
+    engine.load()
+    answers = Answers()
+    caption = Job('caption', '', answers.done, yields=True)
+    query, last = a_query(answers.done), a_query(answers.done)
+    fault_server.block()
+    try:
+        for worker in serving(engine):
+            worker.submit(caption)
+            fault_server.wait_for_request(count=1)
+            worker.submit(query)
+            fault_server.wait_for_request(count=2)
+            assert worker.serving() == 2 and not caption.cancel.is_set(), 'a thread was free'
+            worker.submit(last)
+            assert caption.yielded_to == f'vqa request {last.request_id}'
+            assert answers.of(caption).status == Status.CANCELLED
+            fault_server.unblock()
+            assert [answers.of(job).status for job in (query, last)] == [Status.OK] * 2
+    finally:
+        fault_server.unblock()
+        engine.unload()
