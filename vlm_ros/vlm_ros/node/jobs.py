@@ -87,6 +87,14 @@ class Outcome:
         return dict(self.job.sources).get(camera, self.header)
 
     @property
+    def yielded(self) -> bool:
+        """Tell whether this is a yielding job cancelled for another request (scheduler.py).
+
+        Not one that ended before it saw the cancel: that one's status is its own.
+        """
+        return self.status == Status.CANCELLED and bool(self.job.yielded_to)
+
+    @property
     def total_time(self) -> float:
         """Seconds from the request's arrival to now (the outcome is published right away)."""
         return time.monotonic() - self.job.received

@@ -225,7 +225,7 @@ class Topics:
         if outcome.status == Status.OK and plan.steps and not self._settings().execute_plans:
             self.vla_pub.publish(String(data=plan.steps[0].instruction))
         self._serving.record(outcome)
-        if outcome.status != Status.OK and not outcome.job.yielded_to:  # that one is expected
+        if outcome.status != Status.OK and not outcome.yielded:  # that one is expected
             self._logger.warning(
                 f'plan {plan.request_id}: {outcome.status.name}: {outcome.message}',
                 throttle_duration_sec=1.0)
@@ -233,7 +233,7 @@ class Topics:
 
     def _publish_caption(self, outcome) -> None:
         self._serving.record(outcome)
-        if outcome.status == Status.CANCELLED and outcome.job.yielded_to:
+        if outcome.yielded:
             self._captions.yield_caption()
         if outcome.status == Status.OK:
             self.publish_companions(outcome)
