@@ -40,9 +40,8 @@ os.environ.setdefault('TORCHINDUCTOR_CACHE_DIR', str(_ROOT / '.cache' / 'torchin
 # One torch (OpenMP) thread per process. A test run keeps both cores busy (four workers, and
 # the nodes and tools they start), and there a process's second thread mostly spins waiting for
 # the first: a tiny LLaVA's 256 tokens took 6.3 s with two threads and 0.7 s with one under a
-# run's load, and the Kilted leg's tests 9m40s instead of over 13 minutes. Read when torch
-# loads, so set before any test imports it; no test measures time, and the README's demo
-# command runs with torch's default (test_demo.py).
+# run's load. Read when torch loads, so set before any test imports it; no test measures time,
+# and the README's demo command runs with torch's default (test_demo.py).
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 

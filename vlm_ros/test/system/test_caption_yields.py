@@ -8,6 +8,7 @@ piece until the other request is submitted: it is running then, whatever the mac
 No DDS: the node's part is test_node_topics.py's.
 """
 
+import contextlib
 import threading
 import time
 
@@ -54,23 +55,30 @@ class Answers:
             return next(o for o in self.outcomes if o.job is job)
 
 
+@contextlib.contextmanager
 def serving(engine):
-    """Yield a worker of the engine with a camera frame, as an active node has them."""
+    """Give a worker of the engine with a camera frame, as an active node has them.
+
+    It is stopped on the way out, also when the test failed, and must have logged no error.
+    """
     frames = FrameSet()
     frames.primary.set_converters({'raw': lambda image: image})
     frames.primary.put(None, time.monotonic(), scene('red'), 'raw')
     errors = []
     worker = Worker(engine, frames, lambda image: image, time.monotonic, Limits(),
                     errors.append, engine.concurrency)
-    yield worker
-    worker.stop('test over')
+    try:
+        yield worker
+    finally:
+        worker.stop('test over')
     assert errors == []
 
 
 @pytest.fixture
 def worker(engine):
     """Yield a one-thread worker (an in-process model's)."""
-    yield from serving(engine)
+    with serving(engine) as one:
+        yield one
 
 
 def held_caption(answers: Answers, yields: bool, released: threading.Event) -> tuple:
@@ -164,7 +172,7 @@ def test_with_a_thread_free_a_periodic_caption_is_not_cancelled(fault_server):
     query, last = a_query(answers.done), a_query(answers.done)
     fault_server.block()
     try:
-        for worker in serving(engine):
+        with serving(engine) as worker:
             worker.submit(caption)
             fault_server.wait_for_request(count=1)
             worker.submit(query)
