@@ -4,6 +4,7 @@ The engine modes use no ROS (the tool imports none of it there), so they run on 
 of scripts/test only; the --node mode is in test_benchmark_tool.py.
 """
 
+import os
 import re
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ def test_engine_mode_compiles_before_it_measures():
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     code, stdout, err = wait_exit(proc, 600)
     assert code == 0, err[-3000:]
+    assert f"CPU threads {os.environ['OMP_NUM_THREADS']}," in stdout, stdout  # conftest's
     warm_up = re.search(r'decode compiled \(warm-up ([0-9.]+) s\)', stdout)
     assert warm_up and float(warm_up.group(1)) > 0, stdout
     rows = [line.split('|') for line in stdout.splitlines() if line.startswith('| ') and
@@ -40,10 +42,11 @@ def test_engine_mode_times_distinct_shared_and_queued_frames():
     proc = start_tool([BENCHMARK, '--random', 'tiny:idefics3',
                        '--device', 'cpu', '--batch-sizes', '3', '--new-tokens', '2',
                        '--repeats', '1', '--image', '48x64', '--frames', 'distinct', 'shared',
-                       'queued'])
+                       'queued', '--cpu-threads', '3'])
     code, stdout, err = wait_exit(proc, 600)
     assert code == 0, err[-3000:]
     titles = [line for line in stdout.splitlines() if line.startswith('### ')]
+    assert all(', CPU threads 3,' in title for title in titles), titles
     assert [t.split(', ')[-2] for t in titles] == ['distinct frames', 'shared frames',
                                                    'queued frames'], stdout
 

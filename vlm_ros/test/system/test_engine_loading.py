@@ -80,3 +80,32 @@ def test_a_processor_that_does_not_tile_is_left_as_it_is(trained_tiny):
     image = resize_max_side(scene('red', 20, 20), 0)
     assert fitted_size_kwargs(engine.loaded.processor, [image], {}) == {}
     assert engine.run([Request('caption', scene('red', 20, 20))])[0].output_tokens > 0
+
+
+def test_cpu_threads_are_what_a_request_computes_with_and_0_gives_them_back(trained_tiny):
+    import threading
+
+    import torch
+    from engine_fixtures import scene
+    from vlm_ros.engine import Request
+    from vlm_ros.engine.local.loader import STARTING_THREADS
+
+    def threads_while_generating(cpu_threads: int) -> set:
+        """Load with cpu_threads, caption in another thread (as the node's worker does)."""
+        engine = VlmEngine(EngineConfig(model=str(trained_tiny('llava')), device='cpu',
+                                        cpu_threads=cpu_threads, max_new_tokens=8))
+        engine.load()
+        seen = set()
+        worker = threading.Thread(target=engine.run, args=([Request('caption', scene('red'))],),
+                                  kwargs={'on_text': lambda piece: seen.add(
+                                      torch.get_num_threads())})
+        worker.start()
+        worker.join()
+        assert engine.status()['cpu_threads'] == next(iter(seen)), seen
+        engine.unload()
+        return seen
+
+    assert threads_while_generating(STARTING_THREADS + 1) == {STARTING_THREADS + 1}
+    assert threads_while_generating(0) == {STARTING_THREADS}
+    with pytest.raises(VlmError, match='cpu_threads must be 0'):
+        load(EngineConfig(model=str(trained_tiny('llava')), device='cpu', cpu_threads=-1))

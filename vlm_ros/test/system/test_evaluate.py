@@ -227,7 +227,8 @@ def test_reference_without_a_frame_names_its_stamp(tmp_path):
 
 
 @pytest.mark.parametrize(('options', 'forms', 'skills', 'settings'), [
-    (['--constrain-plans', 'off'], ('json',), {'pick', 'place'}, {'constrain_plans': 'off'}),
+    (['--constrain-plans', 'off', '--cpu-threads', '2'], ('json',), {'pick', 'place'},
+     {'constrain_plans': 'off', 'cpu_threads': 2}),
     # Pushed off the skills it was trained on, the model may run into its budget: closed.
     (['--skills', 'push', 'wait'], ('constrained', 'constrained_closed'), {'push', 'wait'},
      {'skills': ['push', 'wait']}),

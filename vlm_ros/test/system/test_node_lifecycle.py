@@ -48,6 +48,20 @@ def test_manual_lifecycle_with_a_bad_then_good_model(start_vlm_node, test_node, 
     assert values['model_loaded'] == 'False' and values['gc_frozen_objects'] == '0'
 
 
+def test_cpu_threads_apply_at_configure_and_0_gives_back_the_starting_count(start_vlm_node,
+                                                                            test_node):
+    starting = int(os.environ['OMP_NUM_THREADS'])  # conftest sets it for every process
+    node = start_vlm_node(cpu_threads=starting + 1)
+    assert node.wait_state('active')['cpu_threads'] == str(starting + 1)
+    refused = set_params(test_node, cpu_threads=0)[0]
+    assert not refused.successful and 'reload' in refused.reason
+    assert transition(test_node, 'deactivate') and transition(test_node, 'cleanup')
+    node.wait_state('unconfigured')
+    assert all(r.successful for r in set_params(test_node, cpu_threads=0))
+    assert transition(test_node, 'configure')
+    assert node.wait_state('inactive')['cpu_threads'] == str(starting)
+
+
 def test_autostart_false_stays_unconfigured(start_vlm_node, test_node):
     node = start_vlm_node(autostart=False)
     assert node.wait_state('unconfigured')['model_loaded'] == 'False'

@@ -98,6 +98,9 @@ class EngineConfig:
     prompts: dict = field(default_factory=dict)  # task -> template overrides
     processor_kwargs: dict = field(default_factory=dict)  # e.g. {'do_image_splitting': False}
     decode_mode: str = 'auto'  # one of DECODE_MODES
+    # Threads torch computes with on the CPU, for the whole process (0 = as it started:
+    # OMP_NUM_THREADS, else one per core); fewer leave cores to the robot's other processes.
+    cpu_threads: int = 0
     # Plans written under a grammar of the plan schema (local/constrain.py): 'auto', 'on', 'off'.
     constrain_plans: str = 'auto'
     skills: tuple = ()  # the robot's skills, 'pick' or 'place(object, location)' (plan_schema)

@@ -58,6 +58,10 @@ SPECS = (
               "both prepared while configuring; eager elsewhere; 'static' = static cache, not "
               "compiled; 'compiled' and 'graphs' also on a CPU", applies='reload',
               choices=DECODE_MODES),
+    ParamSpec('cpu_threads', 0, 'in-process backend: threads torch computes with on the CPU, '
+              'for the whole process (0 = as the process started: OMP_NUM_THREADS, else one '
+              "per core); fewer leave cores to the robot's other processes, more answer "
+              'faster on a CPU', applies='reload', low=0, high=1024),
     ParamSpec('trust_remote_code', False, 'run model code from the hub (off: safer); decides '
               'what code runs, so it is set at launch only', applies='launch'),
     ParamSpec('local_files_only', False, 'never download; use the local cache only',

@@ -32,6 +32,7 @@ class Settings:
     dtype: str
     attn_implementation: str
     decode_mode: str
+    cpu_threads: int
     trust_remote_code: bool
     local_files_only: bool
     backend: str
@@ -146,7 +147,8 @@ class Settings:
             attn_implementation=self.attn_implementation or None,
             trust_remote_code=self.trust_remote_code, local_files_only=self.local_files_only,
             processor_kwargs=params.processor_kwargs(self.processor_kwargs),
-            decode_mode=self.decode_mode, constrain_plans=self.constrain_plans,
+            decode_mode=self.decode_mode, cpu_threads=self.cpu_threads,
+            constrain_plans=self.constrain_plans,
             backend=self.backend, remote=remote,
             **self.run_time_engine_fields())
 

@@ -1,7 +1,8 @@
 """The engine's command-line options, shared by the tools that load a model (benchmark, eval).
 
-One definition keeps --device, --dtype and --processor-kwargs spelled, checked and documented
-alike in every tool, and one builder turns them into the EngineConfig each tool loads.
+One definition keeps --device, --dtype, --cpu-threads and --processor-kwargs spelled, checked
+and documented alike in every tool, and one builder turns them into the EngineConfig each tool
+loads.
 """
 
 import argparse
@@ -19,6 +20,13 @@ def _processor_kwargs(text: str) -> dict:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _threads(text: str) -> int:
+    """Parse --cpu-threads: a count of 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f'a count of threads, 0 or more; not {text!r}')
+    return int(text)
+
+
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     """Add the options of where and how a model runs (the model itself is each tool's own)."""
     parser.add_argument('--device', default='auto', help=DEVICES_HELP)
@@ -30,6 +38,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         "where the family allows, else transformers' compiled static cache "
                         "(compiled), prepared at load; eager elsewhere; 'static' = static "
                         "cache, not compiled")
+    parser.add_argument('--cpu-threads', type=_threads, default=0, metavar='N',
+                        help="threads torch computes with on the CPU (0 = torch's default: "
+                        'OMP_NUM_THREADS, else one per core)')
     parser.add_argument('--constrain-plans', default='auto', choices=CONSTRAIN_MODES,
                         help="plans under the plan schema's grammar: auto = wherever the "
                         "tokenizer allows (vlm_node's default), on = or fail, off = free text")
@@ -41,5 +52,6 @@ def engine_config(args: argparse.Namespace, model: str, **fields) -> EngineConfi
     """Build the EngineConfig of model from add_engine_args' options plus the tool's fields."""
     return EngineConfig(model=model, device=args.device, dtype=args.dtype,
                         processor_kwargs=args.processor_kwargs, decode_mode=args.decode_mode,
+                        cpu_threads=args.cpu_threads,
                         constrain_plans=args.constrain_plans, skills=tuple(args.skills),
                         **fields)

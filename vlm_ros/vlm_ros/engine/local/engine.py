@@ -65,14 +65,15 @@ class VlmEngine(EngineBase):
         constrained = 'constrained' if self._grammars is not None else \
             f'unconstrained{f" ({self._free_plans})" if self._free_plans else ""}'
         return (f'{loaded.name} on {loaded.device} ({loaded.dtype}, {self.decoding.mode} '
-                f'decoding, {constrained} plans, warm-up {self.decoding.warm_up_seconds:.1f} s)')
+                f'decoding, {constrained} plans, {self.status()["cpu_threads"]} CPU threads, '
+                f'warm-up {self.decoding.warm_up_seconds:.1f} s)')
 
     def check_cameras(self, names: tuple) -> None:
         """Place one image per camera in a prompt, as run() would; VlmError where it cannot."""
         render_prompt(self.loaded.processor, 'cameras', tuple(names))
 
     def status(self) -> dict:
-        """Plain values for diagnostics: the device, and GPU memory when on a GPU.
+        """Plain values for diagnostics: the device, torch's CPU threads, GPU memory on a GPU.
 
         Empty once unloaded: the node's diagnostics timer may ask while a shutdown unloads.
         """
@@ -83,7 +84,7 @@ class VlmEngine(EngineBase):
                 'constrained_plans': str(self._grammars is not None).lower(),
                 'frames_preprocessed': getattr(frames, 'frames_processed', 0),
                 'frames_reused': getattr(frames, 'frames_reused', 0),
-                **loader.gpu_memory(loaded.device)}
+                **loader.compute_status(loaded.device)}
 
     def load(self) -> None:
         """Load weights and processor (downloads from the hub when model is a hub id).

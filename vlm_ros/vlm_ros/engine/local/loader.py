@@ -25,6 +25,9 @@ from ..errors import VlmError
 _AUTO_CLASSES = ('AutoModelForImageTextToText', 'AutoModelForVision2Seq', 'AutoModelForSeq2SeqLM')
 HUB_PROBE_TIMEOUT = 5.0  # s for one HEAD request to the hub before a download
 _DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+# torch's CPU threads when this process started (OMP_NUM_THREADS, else one per core): what
+# cpu_threads 0 gives back, so a load after one with a cap is not left capped.
+STARTING_THREADS = torch.get_num_threads()
 
 
 @dataclass
@@ -180,10 +183,24 @@ def locate(config: EngineConfig) -> str:
     return name
 
 
+def set_cpu_threads(threads: int) -> None:
+    """Have torch compute on the CPU with ``threads`` threads (0: as the process started).
+
+    The count is the process's (every thread that runs torch uses it), and it matters on a
+    CPU robot: a real-size model answers faster on more cores, but every one it takes is
+    taken from the robot's other processes (docs/BENCHMARKS.md, CPU threads).
+    """
+    if threads < 0:
+        raise VlmError('bad_input', f'cpu_threads must be 0 (as torch starts) or more; got '
+                       f'{threads}')
+    torch.set_num_threads(threads or STARTING_THREADS)
+
+
 def load(config: EngineConfig) -> LoadedModel:
     """Load model and processor onto the configured device, in eval mode."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
+    set_cpu_threads(config.cpu_threads)
     source = locate(config)
     try:
         processor = transformers.AutoProcessor.from_pretrained(
@@ -201,11 +218,13 @@ def load(config: EngineConfig) -> LoadedModel:
     return LoadedModel(model, processor, device, dtype, config.model)
 
 
-def gpu_memory(device: torch.device) -> dict:
-    """Allocated and reserved CUDA memory in MiB on a GPU; nothing on a CPU."""
+def compute_status(device: torch.device) -> dict:
+    """Return the CPU threads torch computes with, and on a GPU its CUDA memory in MiB."""
+    threads = {'cpu_threads': torch.get_num_threads()}
     if device.type != 'cuda':
-        return {}
-    return {'gpu_memory_allocated_mib': round(torch.cuda.memory_allocated(device) / 2**20),
+        return threads
+    return {**threads,
+            'gpu_memory_allocated_mib': round(torch.cuda.memory_allocated(device) / 2**20),
             'gpu_memory_reserved_mib': round(torch.cuda.memory_reserved(device) / 2**20)}
 
 
