@@ -159,30 +159,58 @@ def test_a_periodic_caption_does_not_cancel_another(worker):
     assert not first.yielded_to and not second.yielded_to
 
 
-def test_with_a_thread_free_a_periodic_caption_is_not_cancelled(fault_server):
-    """An inference server's engine runs max_concurrency requests at once, a thread each.
+@contextlib.contextmanager
+def caption_at_a_frozen_server(fault_server):
+    """Yield a worker of an inference server's engine (2 threads), ask() and a caption.
 
-    A request that a free thread takes at once waits for no caption; the next one would. The
-    server is frozen meanwhile, so what runs stays running.
+    The periodic caption is at the server, which stays frozen until the block ends, so what
+    runs stays running; ask() submits a query and returns it. On the way out the caption must
+    have been cancelled and, the server unfrozen, every query answered.
     """
     engine = make_engine(remote_config(fault_server, max_concurrency=2))
     engine.load()
-    answers = Answers()
+    answers, asked = Answers(), []
     caption = Job('caption', '', answers.done, yields=True)
-    query, last = a_query(answers.done), a_query(answers.done)
+
+    def ask() -> Job:
+        asked.append(a_query(answers.done))
+        worker.submit(asked[-1])
+        return asked[-1]
     fault_server.block()
     try:
         with serving(engine) as worker:
             worker.submit(caption)
             fault_server.wait_for_request(count=1)
-            worker.submit(query)
-            fault_server.wait_for_request(count=2)
-            assert worker.serving() == 2 and not caption.cancel.is_set(), 'a thread was free'
-            worker.submit(last)
-            assert caption.yielded_to == f'vqa request {last.request_id}'
+            yield worker, ask, caption
             assert answers.of(caption).status == Status.CANCELLED
             fault_server.unblock()
-            assert [answers.of(job).status for job in (query, last)] == [Status.OK] * 2
+            assert [answers.of(job).status for job in asked] == [Status.OK] * len(asked)
     finally:
         fault_server.unblock()
         engine.unload()
+
+
+def test_with_a_thread_free_a_periodic_caption_is_not_cancelled(fault_server):
+    """An inference server's engine runs max_concurrency requests at once, a thread each.
+
+    A request that a free thread takes at once waits for no caption; the next one would.
+    """
+    with caption_at_a_frozen_server(fault_server) as (worker, ask, caption):
+        ask()
+        fault_server.wait_for_request(count=2)
+        assert worker.serving() == 2 and not caption.cancel.is_set(), 'a thread was free'
+        last = ask()
+        assert caption.yielded_to == f'vqa request {last.request_id}'
+
+
+def test_the_second_of_two_requests_for_one_free_thread_cancels_a_periodic_caption(
+        fault_server):
+    """Submitted back to back: the first takes the free thread, the second would wait.
+
+    Whether or not a thread has taken the first by then, the second counts it as ahead.
+    """
+    with caption_at_a_frozen_server(fault_server) as (_, ask, caption):
+        ask()
+        assert not caption.cancel.is_set(), 'the free thread is for the first'
+        last = ask()
+        assert caption.yielded_to == f'vqa request {last.request_id}'

@@ -69,7 +69,8 @@ def gather(cond: threading.Condition, queued: Callable[[], int], size: int, wait
 def yield_to(job: Job, queue: deque, running: list) -> tuple:
     """Cancel the yielding jobs (Job.yields) that job would wait for, unless it yields too.
 
-    ``running`` holds the jobs being served where job would wait for them (no thread free).
+    ``running`` holds the jobs being served where job would wait for them (no thread free for
+    it, counting those the jobs queued ahead of it take).
     Returns the queue without the yielding ones, those taken off it (to be answered
     CANCELLED) and the running ones cancelled (their thread answers them, at the next check).
     """
@@ -148,7 +149,10 @@ class Worker:
             self._finish(Outcome(job, Status.BAD_INPUT, refused))
             return False
         with self._cond:
-            busy = self._running and len(self._current) >= self._slots  # job would wait
+            # job would wait: no thread left for it once the jobs ahead of it are taken (a
+            # yielding one ahead leaves the queue for it)
+            ahead = len(self._current) + sum(not other.yields for other in self._queue)
+            busy = self._running and ahead >= self._slots
             self._queue, waiting, running = yield_to(
                 job, self._queue, list(self._current.values()) if busy else [])
             accepted = self._running and len(self._queue) < self.limits.queue_size
