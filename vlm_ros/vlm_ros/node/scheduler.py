@@ -66,25 +66,29 @@ def gather(cond: threading.Condition, queued: Callable[[], int], size: int, wait
     return time.monotonic() - start if held else 0.0
 
 
-def yield_to(job: Job, queue: deque, running: list) -> tuple:
-    """Cancel the yielding jobs (Job.yields) that job would wait for, unless it yields too.
+def admit(job: Job, queue: deque, running: list, slots: int, queue_size: int) -> tuple:
+    """Decide whether job enters the queue, and which yielding jobs (Job.yields) give way to it.
 
-    ``running`` holds the jobs being served where job would wait for them (no thread free for
-    it, counting those the jobs queued ahead of it take).
-    Returns the queue without the yielding ones, those taken off it (to be answered
-    CANCELLED) and the running ones cancelled (their thread answers them, at the next check).
+    A job that does not yield takes the place of the yielding ones waiting, and of those
+    running when no thread would be free for it: ``slots`` threads serve ``running``, and the
+    jobs queued ahead of it take the free ones first. Nothing gives way to a job that the full
+    queue drops, nor to one that yields itself. Returns (accepted, the queue, the waiting ones
+    taken off it, to be answered CANCELLED, and the running ones cancelled, which their thread
+    answers at its next check).
     """
+    ahead = list(queue) if job.yields else [other for other in queue if not other.yields]
+    if len(ahead) >= queue_size:
+        return False, queue, [], []
     if job.yields:
-        return queue, [], []
+        return True, deque([*queue, job]), [], []
     waiting = [other for other in queue if other.yields]
-    stopped = [other for other in running if other.yields]
+    stopped = [other for other in running if other.yields] \
+        if len(running) + len(ahead) >= slots else []
     for other in waiting + stopped:
         other.yielded_to = f'{job.task} request {job.request_id}'
         other.cancel_reason = f'yielded to {other.yielded_to}'
         other.cancel.set()
-    if waiting:
-        queue = deque(other for other in queue if not other.yields)
-    return queue, waiting, stopped
+    return True, deque([*ahead, job]), waiting, stopped
 
 
 class Worker:
@@ -149,15 +153,12 @@ class Worker:
             self._finish(Outcome(job, Status.BAD_INPUT, refused))
             return False
         with self._cond:
-            # job would wait: no thread left for it once the jobs ahead of it are taken (a
-            # yielding one ahead leaves the queue for it)
-            ahead = len(self._current) + sum(not other.yields for other in self._queue)
-            busy = self._running and ahead >= self._slots
-            self._queue, waiting, running = yield_to(
-                job, self._queue, list(self._current.values()) if busy else [])
-            accepted = self._running and len(self._queue) < self.limits.queue_size
+            accepted, waiting, running = False, [], []
+            if self._running:
+                accepted, self._queue, waiting, running = admit(
+                    job, self._queue, list(self._current.values()), self._slots,
+                    self.limits.queue_size)
             if accepted:
-                self._queue.append(job)
                 self._cond.notify_all()  # a worker thread, and the look-ahead while busy
         if running:
             self._frames.wake()  # it may be waiting for a frame
