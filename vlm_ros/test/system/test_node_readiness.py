@@ -76,6 +76,29 @@ def test_a_misspelt_parameter_in_a_params_file_fails_configure(start_vlm_node, t
     assert lifecycle_state(test_node) == 'unconfigured'
 
 
+def test_launch_values_ros_refuses_fail_configure_until_changed(start_vlm_node, test_node,
+                                                                tmp_path):
+    """Out of range, or of another type: ROS refuses them as the node declares them.
+
+    The process stays up (it had ended with a traceback), unconfigured, saying why; setting
+    the parameters right lets the lifecycle go on.
+    """
+    params = tmp_path / 'robot.yaml'
+    params.write_text('/**:\n  ros__parameters:\n    queue_size: 99999\n')
+    node = start_vlm_node(ros_args=['--params-file', str(params)], max_new_tokens=0,
+                          min_confidence=1)
+    values = node.wait_diag(lambda v: v.get('configure_error'), TIMEOUT, 'the configure error')
+    assert lifecycle_state(test_node) == 'unconfigured' and node.proc.poll() is None
+    assert values['configure_error'] == (
+        'max_new_tokens must be within [1, 4096]; got 0; min_confidence must be a double, '
+        'written with a decimal point (e.g. 1.0); got 1; queue_size must be within [1, 1000]; '
+        'got 99999'), values['configure_error']
+    assert query(test_node).message.endswith(f"configure failed: {values['configure_error']}")
+    set_ok(test_node, max_new_tokens=8, min_confidence=0.5, queue_size=4)
+    assert transition(test_node, 'configure')
+    assert node.wait_state('inactive')['model_loaded'] == 'True'
+
+
 def test_a_misspelt_launch_argument_fails_the_launch(trained_tiny):
     result = subprocess.run([*launch_command(), 'vlm_ros', 'vlm.launch.py',
                              f'modle:={trained_tiny("llava")}', 'device:=cpu'],

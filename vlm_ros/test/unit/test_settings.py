@@ -41,7 +41,10 @@ def test_a_change_makes_new_settings_and_leaves_the_old_ones():
 
 @pytest.mark.parametrize(('values', 'loaded', 'reason'), [
     ({'queue_size': 0}, False, 'queue_size must be within [1, 1000]'),
-    ({'queue_size': 3, 'caption_rate': 1}, False, 'caption_rate must be float, got int 1'),
+    ({'queue_size': 3, 'caption_rate': 1}, False,
+     'caption_rate must be a double, written with a decimal point (e.g. 1.0); got 1'),
+    ({'skills': 'pick'}, False, "skills must be a string array, e.g. [pick, place]; got 'pick'"),
+    ({'max_new_tokens': 'abc'}, False, "max_new_tokens must be an integer; got 'abc'"),
     ({'dtype': 'float8'}, False, 'dtype must be one of'),
     ({'processor_kwargs': '[1]'}, False, 'processor_kwargs must be a JSON object'),
     ({'prompt_plan': 'no placeholder'}, False, 'prompt template'),

@@ -60,15 +60,14 @@ class VlmNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__('vlm_node', **kwargs)
         self.done, self.code = threading.Event(), 0  # set once shut down: spin_main exits 0
+        # A launch value ROS or params.validate refuses fails configure until a change fixes it
+        refused = parameter_changes.declare_all(self.declare_parameter, self._parameter_overrides)
         for spec in params.SPECS:
-            self.declare_parameter(spec.name, params.declared_default(spec),
-                                   params.descriptor(spec))
             if self.get_parameter_or(spec.name).value is None:  # an array nobody gave
                 self.set_parameters([params.default_parameter(spec)])
-        # A launch value params.validate refuses fails every configure until a change fixes it.
         self.settings, self._refused = parameter_changes.launch_settings(
             {spec.name: params.typed(spec.name, self.get_parameter(spec.name).value)
-             for spec in params.SPECS})
+             for spec in params.SPECS}, refused)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.engine = None
         self.worker = None
@@ -221,9 +220,10 @@ class VlmNode(LifecycleNode):
         return self.requests.busy() or self.execute_server.busy()
 
     def destroy_node(self) -> None:
-        """Destroy the request endpoints with the node."""
-        self.requests.destroy()
-        self.execute_server.destroy()
+        """Destroy the request endpoints with the node (those made: __init__ may have raised)."""
+        for part in ('requests', 'execute_server'):
+            if hasattr(self, part):
+                getattr(self, part).destroy()
         super().destroy_node()
 
     def _stop_io(self, reason: str) -> None:

@@ -8,20 +8,42 @@ from collections.abc import Callable
 from typing import Optional
 
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 
 from . import params
 from .settings import Settings, SettingsError
 
 
-def launch_settings(values: dict) -> tuple[Settings, dict]:
+def declare_all(declare: Callable, overrides: dict) -> dict:
+    """Declare every parameter with ``declare`` (the node's); return why ROS refused a value.
+
+    rclpy checks a launch value (``overrides``: command line, params files, launch files)
+    against the descriptor's type and range as it declares the parameter, and raises: the
+    process ended with a traceback before the node could say why. Such a parameter is declared
+    with its default instead, and the reason (params.validate's, by name) fails every
+    configure, as launch_settings' own do, until a parameter change replaces the value.
+    """
+    refused = {}
+    for spec in params.SPECS:
+        default, descriptor = params.declared_default(spec), params.descriptor(spec)
+        try:
+            declare(spec.name, default, descriptor)
+        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            declare(spec.name, default, descriptor, ignore_override=True)
+            given = params.typed(spec.name, overrides[spec.name].value)
+            refused[spec.name] = params.validate(spec.name, given) or str(exc)
+    return refused
+
+
+def launch_settings(values: dict, refused: dict) -> tuple[Settings, dict]:
     """Build the first Settings from the launch values (ROS checked types and ranges).
 
-    Returns it and, by name, the reasons of the values params.validate refuses: such a value
-    keeps its default here and fails every configure, with the reason, until a parameter
-    change replaces it (accept).
+    ``refused`` holds why ROS refused a value (declare_all). Returns the Settings and, by name,
+    those reasons and the ones params.validate gives: such a value keeps its default here and
+    fails every configure, with the reason, until a parameter change replaces it (accept).
     """
-    refused = {name: reason for name, value in values.items()
-               if (reason := params.validate(name, value)) is not None}
+    refused = {**refused, **{name: reason for name, value in values.items()
+                             if (reason := params.validate(name, value)) is not None}}
     settings = Settings.from_values(
         {name: value for name, value in values.items() if name not in refused})
     return settings, refused

@@ -225,6 +225,10 @@ APPLIES = {
     'plans': 'applies from the next step, feedback or re-plan',
 }
 BY_NAME = {spec.name: spec for spec in SPECS}
+# What a value of each spec's type is, as a refusal says it (ROS's types, as ros2 param writes)
+TYPE_WORDS = {bool: 'true or false', int: 'an integer', str: 'a string',
+              float: 'a double, written with a decimal point (e.g. 1.0)',
+              tuple: 'a string array, e.g. [pick, place]'}
 _ON_OFF = {'on', 'off'}  # choices ROS may hand over as a bool (typed)
 RUN_TIME = tuple(spec.name for spec in SPECS if spec.applies not in ('reload', 'launch'))
 PROMPT_PARAMS = {'prompt_caption': 'caption', 'prompt_vqa': 'vqa', 'prompt_plan': 'plan',
@@ -341,11 +345,10 @@ def validate(name: str, value, model_loaded: bool = False) -> Optional[str]:
         return None  # not ours (e.g. use_sim_time): rclpy validates it
     if spec.applies == 'reload' and model_loaded:
         return f'{name} needs a model reload: deactivate and cleanup the node, then set it'
-    if type(value) is not type(spec.default):
-        return (f'{name} must be {type(spec.default).__name__}, '
-                f'got {type(value).__name__} {value!r}')
-    if isinstance(value, tuple) and not all(isinstance(item, str) for item in value):
-        return f'{name} must be a list of strings; got {list(value)!r}'[:300]
+    if type(value) is not type(spec.default) or (
+            isinstance(value, tuple) and not all(isinstance(item, str) for item in value)):
+        shown = list(value) if isinstance(value, tuple) else value
+        return f'{name} must be {TYPE_WORDS[type(spec.default)]}; got {shown!r}'[:300]
     if spec.choices and value not in spec.choices:
         return f'{name} must be one of {", ".join(spec.choices)}; got {value!r}'
     if spec.low is not None and not spec.low <= value <= spec.high:
