@@ -1,13 +1,15 @@
 """vlm_client, the CLI for machines without ros2cli, against a live vlm_node."""
 
+import signal
 import subprocess
 import uuid
 
 import cv2
 import pytest
 from engine_fixtures import GROUND, RED_BLOCK, TARGETS, scene
-from node_harness import TIMEOUT, camera, node_executable, set_params
+from node_harness import TIMEOUT, camera, node_executable, set_params, transition
 from serve_harness import both_backends
+from waiting import wait_exit, wait_until
 
 CLIENT = node_executable('vlm_client')
 
@@ -60,8 +62,15 @@ def test_missing_node_and_bad_image_fail_with_reason(tmp_path, rclpy_context):
     missing = _client('--node', f'/absent_{uuid.uuid4().hex[:6]}', '--timeout', '1', 'query',
                       'anything')
     assert missing.returncode == 2 and 'no /absent_' in missing.stderr
-    bad = _client('query', 'x', '--image', str(tmp_path / 'nope.png'))
-    assert bad.returncode == 2 and 'cannot read image' in bad.stderr
+    for path, why in ((tmp_path / 'nope.png', 'No such file or directory'),
+                      (tmp_path, 'Is a directory'),
+                      (tmp_path / 'noise.png', 'not an image file OpenCV decodes')):
+        if path.suffix and why.startswith('not'):
+            path.write_bytes(uuid.uuid4().bytes * 10)
+        bad = _client('--timeout', '1', 'query', 'x', '--image', str(path))
+        assert bad.returncode == 2, bad.stderr
+        assert bad.stderr.startswith(f'vlm_client: cannot read image {str(path)!r}: {why}')
+        assert len(bad.stderr.splitlines()) == 1, bad.stderr  # no OpenCV warning beside it
 
 
 def test_caption_says_when_the_node_does_not_caption_and_honours_timeout(start_vlm_node,
@@ -74,3 +83,33 @@ def test_caption_says_when_the_node_does_not_caption_and_honours_timeout(start_v
     waited = _client('--timeout', '8', 'caption')  # captioning, but no camera: no caption
     assert waited.returncode == 1 and 'no caption on caption within 8 s' in waited.stderr, \
         waited.stderr
+
+
+def test_caption_follow_prints_captions_until_the_node_stops_captioning(start_vlm_node,
+                                                                         test_node, tmp_path):
+    """Exit 3 when the node leaves the active state, 4 when it goes away; not silence."""
+    node = start_vlm_node(caption_rate=4.0)
+    node.wait_state('active')
+    node.stream(camera('follow')).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+
+    def following(name: str) -> tuple:
+        """Start vlm_client caption --follow; return it and its output, once it printed two."""
+        out = tmp_path / name
+        with out.open('w') as stdout:
+            proc = subprocess.Popen([CLIENT, 'caption', '--follow'], stdout=stdout,
+                                    stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: out.read_text().count(TARGETS['caption'][1]) >= 2, TIMEOUT,
+                   'two captions followed')
+        return proc, out
+
+    proc, _ = following('until_inactive.txt')
+    assert transition(test_node, 'deactivate')
+    code, _, err = wait_exit(proc, TIMEOUT, 'the deactivate')
+    assert (code, err) == (3, 'vlm_client: /vlm_node is inactive\n')
+    assert transition(test_node, 'activate')
+    node.wait_state('active')
+    proc, _ = following('until_gone.txt')
+    node.stop(signal.SIGKILL)  # no shutdown transition: the node is just gone
+    code, _, err = wait_exit(proc, TIMEOUT, 'the kill')
+    # gone from the graph, or gone while its state was being asked
+    assert code == 4 and err.startswith('vlm_client: /vlm_node went away'), (code, err)

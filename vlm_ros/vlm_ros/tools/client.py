@@ -43,17 +43,30 @@ from .client_ops import (
 )
 
 PLAN_STATUS = {v: k for k, v in vars(Plan).items() if k.startswith('STATUS_')}
+FOLLOW_CHECK = 1.0  # s between two looks at the state of a node whose captions are followed
 
 
 def read_image(path: str):
-    """Load an image file as a sensor_msgs/Image (rgb8), or fail with the reason."""
+    """Load an image file as a sensor_msgs/Image (rgb8), or fail with the reason.
+
+    The file is read here, not by cv2.imread, which says nothing of why it failed and prints
+    a warning of its own.
+    """
     import cv2
+    import numpy as np
 
     from ..node.image_conversion import rgb_to_image
 
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    try:
+        with open(path, 'rb') as file:
+            data = np.frombuffer(file.read(), np.uint8)
+    except OSError as exc:  # no such file, a directory, no permission
+        raise ClientError(BAD_INPUT, f'cannot read image {path!r}: '
+                          f'{exc.strerror or one_line(exc)}') from exc
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is None:
-        raise ClientError(BAD_INPUT, f'cannot read image {path!r}')
+        raise ClientError(BAD_INPUT, f'cannot read image {path!r}: not an image file OpenCV '
+                          f'decodes (PNG, JPEG, BMP, ...), {data.size} bytes')
     msg = rgb_to_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     msg.header.frame_id = path
     return msg
@@ -172,8 +185,8 @@ class Client(Node):
         if not self._first_caption.wait(remote.timeout):
             raise ClientError(NOT_OK, f'no caption on {self.args.topic} within '
                               f'{remote.timeout:g} s')
-        if self.args.follow:
-            threading.Event().wait()  # until a signal ends the process
+        if self.args.follow:  # until a signal ends the process, or the node stops captioning
+            raise remote.until_not_active(FOLLOW_CHECK)
 
     def _on_caption(self, msg: Caption) -> None:
         if self.args.follow or not self._first_caption.is_set():

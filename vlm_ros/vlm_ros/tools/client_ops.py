@@ -117,6 +117,27 @@ class Remote:
             error = values.get('last_error')
         return f'{self.name} is {state}' + (f': configure failed: {error}' if error else '')
 
+    def until_not_active(self, period: float) -> ClientError:
+        """Look every period s whether the node is there and active; return why it stopped being.
+
+        NOT_ACTIVE with its state (deactivated, shut down), or NO_REPLY once its get_state
+        service has been gone GONE_AFTER s (the process ended).
+        """
+        client = self.ros.create_client(GetState, f'{self.name}/get_state')
+        gone_since = None
+        while True:
+            time.sleep(period)
+            if not client.service_is_ready():
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since > GONE_AFTER:
+                    return ClientError(NO_REPLY, f'{self.name} went away')
+                continue
+            gone_since = None
+            state = self.wait(client.call_async(GetState.Request()), 'get_state', self.timeout,
+                              client.service_is_ready).current_state.label
+            if state != 'active':
+                return ClientError(NOT_ACTIVE, self.describe(state))
+
     def not_active(self, refused: str) -> ClientError:
         """Explain a refusal: NOT_ACTIVE with the state and reason, else NOT_OK."""
         state = self.state()
