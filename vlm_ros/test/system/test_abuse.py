@@ -15,6 +15,8 @@ import zlib
 import pytest
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, call, camera, set_params, transition
+from rcl_interfaces.msg import ParameterType
+from rcl_interfaces.srv import DescribeParameters
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from ros_harness import wait_future
 from sensor_msgs.msg import CompressedImage
@@ -48,6 +50,13 @@ def test_hostile_parameter_values_are_refused_and_the_node_lives(start_vlm_node,
     for template in HOSTILE_TEMPLATES:
         result = set_params(test_node, prompt_plan=template)[0]
         assert not result.successful and 'prompt template' in result.reason, template[:40]
+    # Dynamically typed ones: a refused value of another type leaves the type described alone.
+    for name, value in (('skills', [1, 2]), ('skills', 'pick'), ('constrain_plans', 5)):
+        assert not set_params(test_node, **{name: value})[0].successful, (name, value)
+    described = call(test_node, DescribeParameters, '/vlm_node/describe_parameters',
+                     DescribeParameters.Request(names=['skills', 'constrain_plans']))
+    assert [d.type for d in described.descriptors] == [ParameterType.PARAMETER_STRING_ARRAY,
+                                                       ParameterType.PARAMETER_STRING]
     _still_plans(node)
     assert transition(test_node, 'deactivate') and transition(test_node, 'cleanup')
     deep = '{"a": [[[[[[[[[1]]]]]]]]]}'

@@ -104,8 +104,8 @@ def test_answers_that_are_not_ok_and_parameters_that_are_refused(start_vlm_node)
         'out of range' in reason, reason
     wrong_type = _client('param', 'set', 'caption_rate', 'often')
     assert wrong_type.returncode == 1, wrong_type.stderr
-    assert _reason(wrong_type).startswith("vlm_client: /vlm_node refused caption_rate = "
-                                          "'often': Wrong parameter type")
+    assert _reason(wrong_type) == ("vlm_client: /vlm_node refused caption_rate = 'often': the "
+                                   'value must be a double; it reads as a string')
     assert _client('param', 'get', 'max_new_tokens').stdout == '96\n'  # unchanged
 
     # A whole number for a double, as ros2 param set would refuse it: typed like the parameter.

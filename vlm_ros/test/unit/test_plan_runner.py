@@ -137,6 +137,22 @@ def test_a_new_plan_preempts_and_answers_for_the_old_one_are_ignored():
     assert loop.states()[-1] == State.DONE
 
 
+def test_a_step_reported_with_an_unknown_status_times_out_naming_it():
+    loop = Loop()
+    loop.runner.start('p1', 'put it away', 'header', STEPS)
+    loop.report(0, 99)
+    assert loop.runner.feedback_ignored == 1
+    loop.now = 5.1
+    loop.runner.tick()
+    assert loop.progress[-1][2].endswith(
+        'within step_timeout 5 s (its head reported status 99, which is none of RUNNING 0, '
+        'SUCCEEDED 1, FAILED 2)')
+    loop.runner.replanned(loop.asks[0][1], 'h', STEPS, '')
+    loop.now = 10.2
+    loop.runner.tick()  # the new attempt's step heard nothing at all
+    assert loop.progress[-1][2].endswith('within step_timeout 5 s'), loop.progress[-1]
+
+
 def test_hostile_feedback_is_ignored():
     loop = Loop()
     loop.runner.start('p1', 'put it away', 'header', STEPS)

@@ -69,9 +69,7 @@ class VlmNode(LifecycleNode):
             {spec.name: params.typed(spec.name, self.get_parameter(spec.name).value)
              for spec in params.SPECS}, refused)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.engine = None
-        self.worker = None
-        self.frames = None
+        self.engine, self.worker, self.frames = None, None, None
         self._outputs = []
         self.images = None
         self.execution = None  # closed-loop plans (execute_plans), from configure to cleanup
@@ -109,6 +107,8 @@ class VlmNode(LifecycleNode):
         result, self.settings = parameter_changes.accept(
             self.settings, changes, self._refused, self.engine is not None, self._apply,
             self.get_logger().error)
+        if not result.successful:
+            parameter_changes.keep_types(changes, self.describe_parameter, self.get_parameter)
         return result
 
     def _apply(self, settings: Settings, values: dict) -> None:

@@ -72,6 +72,19 @@ def accept(settings: Settings, changes, refused: dict, model_loaded: bool,
     return SetParametersResult(successful=True), changed
 
 
+def keep_types(changes, describe: Callable, current: Callable) -> None:
+    """Give the parameters of a refused change their own type back in their descriptors.
+
+    rclpy types a dynamically typed parameter's descriptor (a string array, an on/off choice)
+    by the value it is asked to take before the node can refuse it: ``ros2 param describe``
+    then told the refused value's type, beside the value kept.
+    """
+    for change in changes:
+        descriptor = describe(change.name)
+        if descriptor.dynamic_typing:
+            descriptor.type = current(change.name).type_.value
+
+
 def apply(settings: Settings, values: dict, engine, worker, topics,
           subscribe_images: Optional[Callable[[Settings], None]]) -> None:
     """Apply the groups of the changed values to the engine, limits, timers or images.

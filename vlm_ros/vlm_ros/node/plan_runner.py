@@ -66,6 +66,9 @@ class Execution:
     deadline: Optional[float] = None  # None while waiting for the VLM (re-plan or verify)
     ticket: int = 0  # which re-plan or verify answer is awaited
     message: str = ''
+    # The last status the head reported for this step that is none of Feedback's: ignored,
+    # and named if the step then times out (the head and the node disagree on the message).
+    unknown_status: Optional[int] = None
 
     @property
     def step(self):
@@ -118,8 +121,11 @@ class PlanRunner:
         """Take a head's report on the current step; anything else is counted and ignored."""
         with self.lock:
             ex = self.current
-            if ex is None or (plan_id, index, attempt) != (ex.plan_id, ex.index, ex.attempt) or \
-                    ex.deadline is None or status not in _FEEDBACK:
+            ours = ex is not None and ex.deadline is not None and \
+                (plan_id, index, attempt) == (ex.plan_id, ex.index, ex.attempt)
+            if not ours or status not in _FEEDBACK:
+                if ours:
+                    ex.unknown_status = status
                 self.feedback_ignored += 1
                 return
             if status == Feedback.RUNNING:
@@ -168,8 +174,11 @@ class PlanRunner:
             ex = self.current
             if ex is not None and ex.deadline is not None and self._now() > ex.deadline:
                 timeout = self._settings().step_timeout
+                unknown = '' if ex.unknown_status is None else (
+                    f' (its head reported status {ex.unknown_status}, which is none of '
+                    f'{", ".join(f"{status.name} {status.value}" for status in Feedback)})')
                 self._replan(f'no feedback on step {ex.index + 1} ({ex.step.instruction!r}) '
-                             f'within step_timeout {timeout:g} s')
+                             f'within step_timeout {timeout:g} s{unknown}')
             return self.current is not None and self.current.deadline is not None
 
     # Internals, called locked ----------------------------------------------------------
@@ -181,6 +190,7 @@ class PlanRunner:
     def _command(self) -> None:
         ex = self.current
         ex.deadline = self._now() + self._settings().step_timeout
+        ex.unknown_status = None
         ex.message = f'step {ex.index + 1} of {len(ex.steps)}: {ex.step.instruction}'
         self._out.command(ex)
         self._out.progress(ex)

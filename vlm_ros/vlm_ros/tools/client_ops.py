@@ -7,6 +7,7 @@ goal or a query, or a transition fails, the reason a user needs is its lifecycle
 ``<node>: vlm``, key ``configure_error``; older nodes: ``last_error``).
 """
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,15 @@ EXIT_CODES = """exit status:
   4  no reply: the node went away or did not answer within --timeout, or the exchange failed
 """
 TRANSITIONS = ('configure', 'activate', 'deactivate', 'cleanup', 'shutdown')
+# rcl_interfaces/ParameterType's values, as a user writes the types (ros2 param describe)
+TYPE_NAMES = {ParameterType.PARAMETER_BOOL: 'a boolean', ParameterType.PARAMETER_INTEGER:
+              'an integer', ParameterType.PARAMETER_DOUBLE: 'a double',
+              ParameterType.PARAMETER_STRING: 'a string',
+              ParameterType.PARAMETER_BYTE_ARRAY: 'a byte array',
+              ParameterType.PARAMETER_BOOL_ARRAY: 'a boolean array',
+              ParameterType.PARAMETER_INTEGER_ARRAY: 'an integer array',
+              ParameterType.PARAMETER_DOUBLE_ARRAY: 'a double array',
+              ParameterType.PARAMETER_STRING_ARRAY: 'a string array'}
 # s: /diagnostics comes once a second; a bit more covers a late message.
 DIAGNOSTICS_WAIT = 2.5
 # s without the node's server in the graph before a reply awaited without deadline is given
@@ -182,7 +192,7 @@ class Remote:
             raise ClientError(NO_REPLY, f'{self.name} answered set_parameters with no result')
         if not results[0].successful:
             raise ClientError(NOT_OK, f'{self.name} refused {name} = {text!r}: '
-                              f'{results[0].reason or "no reason given"}')
+                              f'{readable(results[0].reason) or "no reason given"}')
 
     # Diagnostics -----------------------------------------------------------------------
 
@@ -220,6 +230,15 @@ def typed(value: ParameterValue, current: int, text: str) -> ParameterValue:
         return ParameterValue(type=current,
                               double_array_value=[float(v) for v in value.integer_array_value])
     return value
+
+
+def readable(reason: str) -> str:
+    """Say rclpy's type refusal ("expected '2' got '4'") with the types' names."""
+    match = re.fullmatch(r"Wrong parameter type, expected '(\d+)' got '(\d+)'", reason)
+    if match is None:
+        return reason
+    expected, got = (TYPE_NAMES.get(int(code), f'type {code}') for code in match.groups())
+    return f'the value must be {expected}; it reads as {got}'
 
 
 def format_value(value: ParameterValue) -> str:
