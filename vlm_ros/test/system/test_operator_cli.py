@@ -18,10 +18,11 @@ import uuid
 import pytest
 import ros_harness
 import yaml
+from diagnostic_msgs.msg import DiagnosticArray
 from doc_blocks import blocks
 from engine_fixtures import DEFAULT_MODEL, TARGETS
 from launch_harness import Launch, launch_command
-from node_harness import TIMEOUT, camera
+from node_harness import TIMEOUT, camera, diag_values
 from sensor_msgs.msg import Image
 from waiting import wait_until
 
@@ -102,8 +103,18 @@ def test_operator_block_runs_as_typed(operator):
     listener = subprocess.Popen(echo[:-1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=os.environ.copy())
     seen = test_node.collect(Plan, '/plan')  # says which side lost it, should echo get none
-    wait_until(lambda: test_node.node.count_subscribers('/plan') > 1
-               or listener.poll() is not None, TIMEOUT, 'ros2 topic echo to subscribe to /plan')
+    diagnostics = test_node.collect(DiagnosticArray, '/diagnostics')
+
+    def matched(msg) -> bool:
+        """Whether the node's publisher matched every subscription this process sees.
+
+        Seen here is not yet matched there: on a loaded machine each process discovers at its
+        own pace, and a plan published before the match never reached echo (ci128, Jazzy).
+        """
+        graph = test_node.node.count_subscribers('/plan')  # `seen` and echo, once discovered
+        return graph > 1 and int(diag_values(msg).get('plan_subscribers', -1)) == graph
+    listening = diagnostics.wait_for(lambda msg: listener.poll() is not None or matched(msg),
+                                     TIMEOUT, 'the node to match ros2 topic echo on /plan')
     assert publish[4:6] == ['--keep-alive', '1.0'], publish
     _ok(publish, 'publishing #1')
     try:
@@ -113,6 +124,9 @@ def test_operator_block_runs_as_typed(operator):
         pytest.fail(f'ros2 topic echo printed no plan in {TIMEOUT} s; this process saw '
                     f'{len(seen.items())} on /plan: {seen.items()}')
     assert listener.returncode == 0, err
+    subscribers = int(diag_values(listening).get('plan_subscribers', 0))
+    diagnostics.wait_for(lambda msg: int(diag_values(msg).get('plan_subscribers', -1))
+                         < subscribers, TIMEOUT, 'the node to count echo gone from /plan')
     plan = yaml.safe_load(out.split('\n---')[0])
     assert plan['instruction'] == TARGETS['plan'][0] == yaml.safe_load(publish[-1])['data']
     # echo shortens strings to 128 characters (text: '{"steps": ... in the bi...'); the steps

@@ -43,6 +43,7 @@ class Sources:
     execution: Callable[[], Optional[PlanExecution]]
     # Counted once at gc.freeze(): counting walks every frozen object (45 ms for 340 000).
     frozen_objects: Callable[[], int]
+    subscribers: Callable[[], dict]  # matched subscriptions of the outputs, while open
 
 
 def _total(frames: Optional[FrameSet], count: Callable) -> int:
@@ -141,6 +142,7 @@ class DiagnosticsReporter:
             values['frames_received_by_camera'] = ', '.join(
                 f'{name} {store.received}'
                 for name, store in zip(frames.names, frames.stores, strict=True))
+        values.update(sources.subscribers())
         execution = sources.execution()
         if execution is not None:
             values.update(execution.values())

@@ -82,7 +82,7 @@ class VlmNode(LifecycleNode):
             lambda: self.configure_error, self.model_name, lambda: self.engine,
             lambda: self.worker, lambda: self.frames,
             lambda: self.images.hint() if self.images else '', lambda: self.execution,
-            lambda: self._frozen_objects))
+            lambda: self._frozen_objects, lambda: self.topics.subscribers()))
         serving = Serving(lambda: self.worker, self.not_ready, self.diagnostics.record,
                           self.model_name, self._fallback_header,
                           lambda outcome, plan: self.topics.publish_companions(outcome, plan),

@@ -53,11 +53,8 @@ class Topics:
                  frames: Callable[[], Optional[FrameStore]],
                  execution: Callable[[], Optional[PlanExecution]],
                  captions: Stats):
-        self._serving = serving
-        self._settings = settings
-        self._frames = frames
-        self._execution = execution
-        self._captions = captions
+        self._serving, self._settings, self._frames = serving, settings, frames
+        self._execution, self._captions = execution, captions
         self._create_publisher = node.create_publisher
         self._subscribe = partial(node.create_subscription, String, 'instruction',
                                   self._on_instruction, INSTRUCTIONS_QOS)
@@ -71,9 +68,7 @@ class Topics:
         self._sub = None
         self._periodic = []  # caption, features and replan timers
         self._last_instruction = ''
-        self._last_planned_seq = 0
-        self._last_captioned_seq = 0
-        self._last_featured_seq = 0
+        self._last_planned_seq = self._last_captioned_seq = self._last_featured_seq = 0
 
     def open(self, qos: QoSProfile) -> list:
         """Create the publishers (configure); return them, for the node to close at cleanup."""
@@ -88,6 +83,11 @@ class Topics:
     def close(self) -> None:
         """Forget the publishers (cleanup destroys them): an action's late plan sends none."""
         self._companion_pubs = {}
+
+    def subscribers(self) -> dict:
+        """Say how many subscriptions the plan publisher matched (while open): who gets plans."""
+        return {'plan_subscribers': self._plan_pub.get_subscription_count()} \
+            if self._companion_pubs else {}  # none from cleanup, which destroys the publishers
 
     def publish_companions(self, outcome, plan: Optional[Plan] = None) -> None:
         """Publish what goes out just before an answer (nothing once cleaned up).

@@ -233,11 +233,18 @@ def typed(value: ParameterValue, current: int, text: str) -> ParameterValue:
 
 
 def readable(reason: str) -> str:
-    """Say rclpy's type refusal ("expected '2' got '4'") with the types' names."""
-    match = re.fullmatch(r"Wrong parameter type, expected '(\d+)' got '(\d+)'", reason)
+    """Say rclpy's type refusal with the types' names.
+
+    Kilted's rclpy writes the types' numbers (expected '3' got '4'), Jazzy's their enum names
+    (expected 'Type.DOUBLE' got 'Type.STRING').
+    """
+    match = re.fullmatch(r"Wrong parameter type, expected '(?:Type\.)?(\w+)' got "
+                         r"'(?:Type\.)?(\w+)'", reason)
     if match is None:
         return reason
-    expected, got = (TYPE_NAMES.get(int(code), f'type {code}') for code in match.groups())
+    expected, got = (TYPE_NAMES.get(int(kind) if kind.isdigit() else
+                                    getattr(ParameterType, f'PARAMETER_{kind}', None),
+                                    f'type {kind}') for kind in match.groups())
     return f'the value must be {expected}; it reads as {got}'
 
 
