@@ -84,7 +84,7 @@ class VlmEngine(EngineBase):
                 'constrained_plans': str(self._grammars is not None).lower(),
                 'frames_preprocessed': getattr(frames, 'frames_processed', 0),
                 'frames_reused': getattr(frames, 'frames_reused', 0),
-                **loader.compute_status(loaded.device)}
+                **loader.compute_status(loaded)}
 
     def load(self) -> None:
         """Load weights and processor (downloads from the hub when model is a hub id).

@@ -39,6 +39,9 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     name: str
+    # torch's CPU threads, as set at load: what threads started since compute with. Asked
+    # in another thread, torch answers that thread's own count, fixed at its first call.
+    cpu_threads: int = 0
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -183,24 +186,27 @@ def locate(config: EngineConfig) -> str:
     return name
 
 
-def set_cpu_threads(threads: int) -> None:
+def set_cpu_threads(threads: int) -> int:
     """Have torch compute on the CPU with ``threads`` threads (0: as the process started).
 
-    The count is the process's (every thread that runs torch uses it), and it matters on a
-    CPU robot: a real-size model answers faster on more cores, but every one it takes is
-    taken from the robot's other processes (docs/BENCHMARKS.md, CPU threads).
+    Return the count. torch keeps it for the process, and each thread takes it at its first
+    torch call: this one, and the threads made after the load (the node's worker threads,
+    made at activate), compute with it. It matters on a CPU robot: a real-size model answers
+    faster on more cores, but every one it takes is taken from the robot's other processes
+    (docs/BENCHMARKS.md, CPU threads).
     """
     if threads < 0:
         raise VlmError('bad_input', f'cpu_threads must be 0 (as torch starts) or more; got '
                        f'{threads}')
     torch.set_num_threads(threads or STARTING_THREADS)
+    return threads or STARTING_THREADS
 
 
 def load(config: EngineConfig) -> LoadedModel:
     """Load model and processor onto the configured device, in eval mode."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    set_cpu_threads(config.cpu_threads)
+    threads = set_cpu_threads(config.cpu_threads)
     source = locate(config)
     try:
         processor = transformers.AutoProcessor.from_pretrained(
@@ -215,12 +221,12 @@ def load(config: EngineConfig) -> LoadedModel:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise VlmError(kind, f'cannot load the model: {kind.replace("_", " ")}: {first_line}',
                        config.model, str(device), exc) from exc
-    return LoadedModel(model, processor, device, dtype, config.model)
+    return LoadedModel(model, processor, device, dtype, config.model, threads)
 
 
-def compute_status(device: torch.device) -> dict:
+def compute_status(loaded: LoadedModel) -> dict:
     """Return the CPU threads torch computes with, and on a GPU its CUDA memory in MiB."""
-    threads = {'cpu_threads': torch.get_num_threads()}
+    threads, device = {'cpu_threads': loaded.cpu_threads}, loaded.device
     if device.type != 'cuda':
         return threads
     return {**threads,

@@ -206,8 +206,9 @@ class RemoteEngine(EngineBase):
                 except Exception as exc:  # noqa: BLE001 - every client failure is a VlmError
                     kind, cause, transient = classify(exc, answer.responded, self._key,
                                                       self.remote.request_timeout)
-                    if kind in ('backend_unreachable', 'backend_timeout'):
-                        self._reach(False, cause)
+                    # Any other failure came from the server: it is there (an earlier check
+                    # may have found it away, while it restarted).
+                    self._reach(kind not in ('backend_unreachable', 'backend_timeout'), cause)
                     first = first or cause
                     if not transient or attempt == attempts or answer.pieces:
                         if first != cause:  # e.g. reset mid-request, then refused
