@@ -41,15 +41,24 @@ def not_negative(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """Parse a whole number >= 1 (a count)."""
+def _whole(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f'not a whole number: {text}') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be >= 1, got {text}')
+    if value < low:
+        raise argparse.ArgumentTypeError(f'must be >= {low}, got {text}')
     return value
+
+
+def positive_int(text: str) -> int:
+    """Parse a whole number >= 1 (a count)."""
+    return _whole(text, 1)
+
+
+def not_negative_int(text: str) -> int:
+    """Parse a whole number >= 0 (a count where 0 means a default)."""
+    return _whole(text, 0)
 
 
 class ArgumentParser(argparse.ArgumentParser):

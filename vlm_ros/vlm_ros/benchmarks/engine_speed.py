@@ -361,7 +361,7 @@ def _benchmark(args) -> int:
                        (height, width), frames)
             title = (f'{args.random or args.model}: {params:.2f} M params, {loaded.device} '
                      f'{str(loaded.dtype).replace("torch.", "")}, '
-                     f'CPU threads {engine.status()["cpu_threads"]}, attn {args.attn or "default"}'
+                     f'CPU threads {loaded.cpu_threads}, attn {args.attn or "default"}'
                      f', decode {engine.decoding.mode} '
                      f'(warm-up {engine.decoding.warm_up_seconds:.1f} s)'
                      f'{", " + json.dumps(args.processor_kwargs) if args.processor_kwargs else ""}'

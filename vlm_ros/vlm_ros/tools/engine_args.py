@@ -7,6 +7,7 @@ loads.
 
 import argparse
 
+from ..bag.arguments import not_negative_int
 from ..engine import EngineConfig, VlmError
 from ..engine.config import DECODE_MODES, DEVICES_HELP, DTYPES, parse_processor_kwargs
 from ..engine.plan_schema import CONSTRAIN_MODES
@@ -20,13 +21,6 @@ def _processor_kwargs(text: str) -> dict:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _threads(text: str) -> int:
-    """Parse --cpu-threads: a count of 0 or more."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f'a count of threads, 0 or more; not {text!r}')
-    return int(text)
-
-
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     """Add the options of where and how a model runs (the model itself is each tool's own)."""
     parser.add_argument('--device', default='auto', help=DEVICES_HELP)
@@ -38,7 +32,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         "where the family allows, else transformers' compiled static cache "
                         "(compiled), prepared at load; eager elsewhere; 'static' = static "
                         "cache, not compiled")
-    parser.add_argument('--cpu-threads', type=_threads, default=0, metavar='N',
+    parser.add_argument('--cpu-threads', type=not_negative_int, default=0, metavar='N',
                         help="threads torch computes with on the CPU (0 = torch's default: "
                         'OMP_NUM_THREADS, else one per core)')
     parser.add_argument('--constrain-plans', default='auto', choices=CONSTRAIN_MODES,

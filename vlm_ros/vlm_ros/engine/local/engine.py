@@ -65,7 +65,7 @@ class VlmEngine(EngineBase):
         constrained = 'constrained' if self._grammars is not None else \
             f'unconstrained{f" ({self._free_plans})" if self._free_plans else ""}'
         return (f'{loaded.name} on {loaded.device} ({loaded.dtype}, {self.decoding.mode} '
-                f'decoding, {constrained} plans, {self.status()["cpu_threads"]} CPU threads, '
+                f'decoding, {constrained} plans, {loaded.cpu_threads} CPU threads, '
                 f'warm-up {self.decoding.warm_up_seconds:.1f} s)')
 
     def check_cameras(self, names: tuple) -> None:

@@ -198,8 +198,9 @@ def set_cpu_threads(threads: int) -> int:
     if threads < 0:
         raise VlmError('bad_input', f'cpu_threads must be 0 (as torch starts) or more; got '
                        f'{threads}')
-    torch.set_num_threads(threads or STARTING_THREADS)
-    return threads or STARTING_THREADS
+    count = threads or STARTING_THREADS
+    torch.set_num_threads(count)
+    return count
 
 
 def load(config: EngineConfig) -> LoadedModel:
