@@ -298,7 +298,8 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
     the CPU count) spins on a background thread, so services, actions and parameter callbacks
     stay responsive while another callback group is busy. A node with a ``done`` Event (a
     one-shot tool such as vlm_client) ends the process when it is set, with the node's
-    ``code`` as exit status; a signal means a clean exit, 0, an executor that dies of an
+    ``code`` as exit status; a signal means a clean exit, the node's ``code`` after its
+    ``shutdown_gracefully()`` (0 unless the node says otherwise), an executor that dies of an
     exception means 1 (the traceback is printed), ROS arguments rcl cannot read mean 2
     (the reason is printed). On a signal, a node's
     ``shutdown_gracefully()`` (vlm_node: the lifecycle shutdown transition) runs first, while
@@ -350,6 +351,7 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
                 print(f'vlm_ros.spin: {received[0]}: stopping', file=sys.stderr, flush=True)
                 faulthandler.dump_traceback_later(STUCK_STOP_DUMP)
             getattr(node, 'shutdown_gracefully', lambda: None)()
+            code = getattr(node, 'code', 0)  # 0 unless it says otherwise (vlm_replay: 130)
             if spinner.error is not None:
                 code = 1  # the executor died of an exception (printed): not a clean stop
     finally:

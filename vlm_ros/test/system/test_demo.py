@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import re
+import signal
 import subprocess
 
 import numpy as np
@@ -17,7 +18,7 @@ from vlm_ros.bag.storage import PLAN_TYPE, open_bag
 from vlm_ros.demo import model as demo_model
 from vlm_ros.demo.tabletop import draw_tabletop
 from vlm_ros.eval.screenshot import CHROMIUM, screenshot
-from waiting import wait_exit
+from waiting import wait_exit, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 SAMPLE = ROOT / 'samples' / 'tabletop'
@@ -88,15 +89,21 @@ def demo_run(tmp_path_factory):
     return out, stdout, json.loads((out / 'report' / 'summary.json').read_text())
 
 
-def run_demo(env: dict, timeout: float = 600) -> tuple:
-    """Run ./scripts/demo as the README writes it, from the repository root.
+def start_demo(env: dict) -> subprocess.Popen:
+    """Start ./scripts/demo as the README writes it, from the repository root, in its own group.
 
     With torch's default threads, not the one thread conftest.py gives the test run.
     """
     env = {name: value for name, value in env.items() if name != 'OMP_NUM_THREADS'}
-    proc = subprocess.Popen('./scripts/demo', shell=True, cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return wait_exit(proc, timeout)
+    # exec: the shell becomes the demo, whose exit status a terminal's shell would show.
+    return subprocess.Popen('exec ./scripts/demo', shell=True, cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def run_demo(env: dict, timeout: float = 600) -> tuple:
+    """Run ./scripts/demo to its end; return (exit code, stdout, stderr)."""
+    return wait_exit(start_demo(env), timeout)
 
 
 def test_demo_command_runs_offline_with_model_tiny(demo_run):
@@ -165,6 +172,24 @@ def test_a_failed_demo_run_keeps_the_previous_report(demo_run, tmp_path):
     assert f"model directory '{missing}' does not exist" in \
         (out / 'partial' / 'node.log').read_text()
     assert 'MODEL=tiny' not in err  # the hint is for a hub model that cannot be had offline
+
+
+def test_ctrl_c_during_the_replay_says_where_the_partial_output_is(demo_run):
+    """Ctrl-C in a terminal signals the demo's whole process group, as killpg does here."""
+    out, _, _ = demo_run
+    before = {p: p.read_bytes() for p in (out / 'report').iterdir()}
+    env = {**os.environ, 'MODEL': 'tiny', 'OUT': str(out), 'DEVICE': 'cpu', 'RATE': '0.01'}
+    proc = start_demo(env)
+    log = out / 'partial' / 'node.log'
+    wait_until(lambda: log.is_file() and 'active' in log.read_text(), 300,
+               "the demo's vlm_node to be active")
+    os.killpg(proc.pid, signal.SIGINT)
+    code, _, err = wait_exit(proc, 120)
+    assert code == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith('demo: failed (exit 130)') and f'{out}/partial' in last, err[-3000:]
+    assert {p: p.read_bytes() for p in (out / 'report').iterdir()} == before
+    assert 'vlm_replay: played' in err and 'interrupted' in err, err[-3000:]
 
 
 def test_demo_default_model_offline_and_not_cached_says_to_use_model_tiny(tmp_path):

@@ -4,6 +4,7 @@ How closely it keeps the recorded gaps is timing, which a test never asserts: th
 measures it (python -m vlm_ros.benchmarks.replay_timing; docs/BENCHMARKS.md).
 """
 
+import json
 import pathlib
 import subprocess
 import threading
@@ -18,6 +19,7 @@ from engine_fixtures import scene
 from node_harness import RELIABLE, TIMEOUT
 from rclpy.serialization import deserialize_message
 from ros_harness import stop_process
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from vlm_ros.bag.storage import (
@@ -137,7 +139,7 @@ def test_replay_plays_every_message_in_order_with_its_bytes(test_node, tmp_path,
     listener = RawListener(test_node.node, {IMAGE: Image, INSTRUCTION: String})
     proc = start_replay(tmp_path / 'bag', '--wait-for-subscribers', TIMEOUT)
     received = listener.wait_count(len(written))
-    code, _, err = stop_process(proc, timeout=TIMEOUT)
+    code, _, err = wait_exit(proc, TIMEOUT)  # played to the end, it ends by itself
     assert code == 0, err
     assert per_topic(received) == per_topic(written)
     assert f'played {len(written)} messages' in err
@@ -153,7 +155,7 @@ def test_start_topics_and_remap_choose_what_is_played_and_where(test_node, tmp_p
                         '--remap', f'{IMAGE}:={topic}', '--wait-for-subscribers', TIMEOUT)
     images = [w for w in kept if w[1] == IMAGE]
     received = listener.wait_count(len(images))
-    code, _, err = stop_process(proc, timeout=TIMEOUT)
+    code, _, err = wait_exit(proc, TIMEOUT)
     assert code == 0, err
     assert [m for _, m in decoded(received)] == [m for _, m in decoded(images)]
 
@@ -172,17 +174,67 @@ def test_loop_plays_again_until_interrupted(test_node, tmp_path):
         assert heard[topic][:2 * len(played[topic])] == played[topic] * 2
 
 
-def test_unknown_topic_and_missing_bag_are_refused(tmp_path):
-    write_bag(tmp_path / 'bag', irregular_events(4))
-    proc = start_replay(tmp_path / 'bag', '--topics', '/nope')
+def test_clock_publishes_the_bag_time_being_played(test_node, tmp_path):
+    written = write_bag(tmp_path / 'bag', irregular_events())
+    ticks = []
+    heard = threading.Event()
+
+    def on_clock(msg):
+        ticks.append(msg.clock.sec * 10**9 + msg.clock.nanosec)
+        if len(ticks) >= 5:
+            heard.set()
+    test_node.node.create_subscription(Clock, '/clock', on_clock, 10)
+    proc = start_replay(tmp_path / 'bag', '--clock', 50, '--rate', 0.5, '--topics', INSTRUCTION,
+                        '--wait-for-subscribers', 0)
+    assert heard.wait(TIMEOUT), f'{len(ticks)} /clock messages'
     code, _, err = wait_exit(proc, TIMEOUT)
-    assert code == 2 and '/nope' in err and IMAGE in err, err
-    proc = start_replay(tmp_path / 'missing')
-    code, _, err = wait_exit(proc, TIMEOUT)
+    assert code == 0, err
+    first, last = written[0][0], written[-1][0]
+    assert all(first <= t <= last + 10**9 for t in ticks), (ticks, first, last)
+    assert ticks == sorted(ticks)
+
+
+@pytest.mark.parametrize('options, reason', [
+    (['--topics', '/nope'], "topics ['/nope'] are not in the recording"),
+    (['--remap', '/camera/typo:=/image'], '/camera/typo is not a topic of the recording'),
+    (['--echo'], '--echo go with --record OUT'),
+    (['--linger', 3, '--storage', 'sqlite3'], '--storage, --linger go with --record OUT'),
+    (['--image-topic', IMAGE], '--image-topic goes with --instruction TEXT'),
+    (['--rate', '1e-300'], '--rate must be >= 0.001, got 1e-300'),
+    (['--instruction', 'pick it', '--at', 0.5, '--start', 1],
+     'every instruction is asked before --start 1 s: none would be played'),
+], ids=['topic', 'remap', 'echo', 'recording', 'image_topic', 'rate', 'start'])
+def test_options_that_cannot_work_are_refused_with_the_reason(tmp_path, options, reason):
+    write_bag(tmp_path / 'bag', irregular_events(20))
+    code, _, err = wait_exit(start_replay(tmp_path / 'bag', *options), TIMEOUT)
+    assert code == 2 and reason in err, err
+    assert 'Traceback' not in err
+
+
+def test_missing_and_empty_recordings_are_refused(tmp_path):
+    code, _, err = wait_exit(start_replay(tmp_path / 'missing'), TIMEOUT)
     assert code == 2 and 'no recording at' in err, err
+    write_bag(tmp_path / 'empty', [])
+    code, _, err = wait_exit(start_replay(tmp_path / 'empty'), TIMEOUT)
+    assert code == 2 and f'{tmp_path / "empty"} holds no messages: nothing to play' in err, err
 
 
-def test_replay_into_live_node_records_one_plan_per_instruction(start_vlm_node, tmp_path):
+def test_instructions_without_a_plan_end_the_replay_with_1(tmp_path):
+    """No node answers: the recording is kept, and the exit status says it is not whole."""
+    write_bag(tmp_path / 'bag', irregular_events(8))
+    out = tmp_path / 'answers'
+    proc = start_replay(tmp_path / 'bag', '--rate', 4, '--record', out,
+                        '--wait-for-subscribers', 0, '--linger', 0.5)
+    code, _, err = wait_exit(proc, TIMEOUT)
+    assert code == 1, err
+    assert '0 Plans for 2 instructions after waiting 0.5 s (--linger)' in err, err
+    assert (out / 'metadata.yaml').is_file()
+
+
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+def test_replay_into_live_node_records_one_plan_per_instruction(start_vlm_node, tmp_path,
+                                                                 storage):
+    """The node runs before the replay starts, as on a robot; the settings are stored too."""
     node = start_vlm_node()
     node.wait_state('active')
     colours = ['red', 'blue', 'green', 'red', 'blue', 'green']
@@ -194,10 +246,13 @@ def test_replay_into_live_node_records_one_plan_per_instruction(start_vlm_node, 
     write_bag(tmp_path / 'bag', events)
     out = tmp_path / 'answers'
     proc = start_replay(tmp_path / 'bag', '--remap', f'{IMAGE}:=/image',
-                        f'{INSTRUCTION}:=/instruction', '--record', out,
+                        f'{INSTRUCTION}:=/instruction', '--record', out, '--storage', storage,
                         '--wait-for-subscribers', TIMEOUT, '--linger', TIMEOUT)
     code, _, err = wait_exit(proc, 2 * TIMEOUT)  # it ends once every instruction has a Plan
     assert code == 0, err
+    assert 'no settings recorded' not in err, err
+    settings = json.loads((out / 'settings.json').read_text())
+    assert settings['node'] == '/vlm_node' and settings['parameters']['max_new_tokens'] == 96
     with open_bag(out) as reader:
         types = {c.topic: c.msgtype for c in reader.connections}
         plans = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()
@@ -210,7 +265,7 @@ def test_replay_into_live_node_records_one_plan_per_instruction(start_vlm_node, 
         before = max(stamp for stamp in frames if stamp <= asked[plan.instruction])
         assert stamp_ns(plan) in frames and stamp_ns(plan) >= before
     info = yaml.safe_load((out / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
-    assert info['storage_identifier'] == 'mcap' and info['version'] == 8
+    assert info['storage_identifier'] == storage and info['version'] == 8
     definitions = {t['topic_metadata']['name']: t['topic_metadata']
                    for t in info['topics_with_message_count']}
     assert definitions['/plan']['type'] == 'vlm_ros_msgs/msg/Plan'

@@ -1,10 +1,12 @@
-"""How vlm_client and vlm_replay --echo print a Plan: the reason or the note, and the steps."""
+"""How vlm_client and vlm_replay --echo print a Plan (reason or note, steps) and its companions."""
 
+from builtin_interfaces.msg import Time
+from std_msgs.msg import Header
 from vlm_ros.engine.grounding import View
 from vlm_ros.engine.results import CLOSED_BOX, make_result, mark_closed
-from vlm_ros.node.messages import format_plan
+from vlm_ros.node.messages import format_plan, format_sources, format_targets
 
-from vlm_ros_msgs.msg import Plan, PlanStep
+from vlm_ros_msgs.msg import ImageSources, Plan, PlanStep, PlanTargets, StepTarget
 
 
 def _plan(status: int, message: str) -> Plan:
@@ -68,3 +70,20 @@ def test_a_box_the_grammar_wrote_numbers_of_is_dropped_with_the_reason():
     # The model's whole box, then the grammar's closing brackets: the box is the model's.
     box, problem = _boxed(step + '[10, 20, 30, 40]}]}', '}]}')
     assert box is not None and problem == ''
+
+
+def test_plan_targets_print_each_steps_box_in_one_line():
+    targets = PlanTargets(request_id='r7', steps=[
+        StepTarget(box=[10.0, 20.5, 30.0, 40.25], camera='wrist'),
+        StepTarget(problem='outside the image'), StepTarget()])
+    assert format_targets(targets) == ('r7: 1. 10.0 20.5 30.0 40.2 in wrist; '
+                                       '2. no box (outside the image); 3. no box')
+
+
+def test_image_sources_print_each_cameras_image_and_the_skew():
+    sources = ImageSources(request_id='r8', task='plan', cameras=['head', 'wrist'], skew=0.0125,
+                           images=[Header(frame_id='head_optical', stamp=Time(sec=5, nanosec=1)),
+                                   Header(frame_id='', stamp=Time(sec=6))])
+    assert format_sources(sources) == ('plan r8: head head_optical 5.000000001, '
+                                       'wrist - 6.000000000; skew 0.013 s')
+

@@ -14,10 +14,13 @@ def test_playback_rules():
     clock = Clock(first_ns=T0, rate=2.0, started=100.0)
     assert clock.deadline(T0 + 1_000_000_000) == pytest.approx(100.5)
     assert clock.bag_time(101.0) == T0 + 2_000_000_000
-    assert parse_remaps(['/a:=/b', 'c:=d']) == {'/a': '/b', 'c': 'd'}
+    recorded = {'/a', 'c'}
+    assert parse_remaps(['/a:=/b', 'c:=d'], recorded) == {'/a': '/b', 'c': 'd'}
     for bad in ('/a', ':=/b', '/a:='):
         with pytest.raises(BagError, match='FROM:=TO'):
-            parse_remaps([bad])
+            parse_remaps([bad], recorded)
+    with pytest.raises(BagError, match='/typo is not a topic of the recording'):
+        parse_remaps(['/typo:=/image'], recorded)
 
     class Conn:
         def __init__(self, topic):

@@ -17,6 +17,7 @@ import pathlib
 from dataclasses import dataclass
 from typing import Optional
 
+from . import topics
 from .arguments import not_negative, positive_int
 from .entries import bad, parse_entries, read_text
 from .storage import BagError
@@ -62,6 +63,24 @@ def from_args(args, start_ns: int, end_ns: int, frame_times: list) -> list:
     if args.instructions is not None:
         return from_file(args.instructions, start_ns, end_ns)
     return repeated(args.instruction, frame_times, start_ns, end_ns, args.every, args.at)
+
+
+def for_replay(reader, args) -> list:
+    """Return what --instructions / --instruction ask vlm_replay, at bag times.
+
+    BagError when every one of them falls before --start: none would be played.
+    """
+    frame_times = []
+    if args.instruction is not None and args.at is None:  # asked at camera frames
+        camera = topics.image_topic(reader, args.image_topic)
+        frame_times = [log_ns for _, log_ns, _ in reader.messages(
+            [c for c in reader.connections if c.topic == camera])]
+    asked = from_args(args, reader.start_time, reader.end_time, frame_times)
+    start_ns = reader.start_time + int(args.start * 1e9)
+    if all(i.bag_time_ns < start_ns for i in asked):
+        raise BagError(f'every instruction is asked before --start {args.start:g} s: none '
+                       'would be played')
+    return asked
 
 
 def from_file(path, start_ns: int, end_ns: int) -> list:

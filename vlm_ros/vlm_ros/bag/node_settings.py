@@ -24,6 +24,7 @@ from .storage import BagError
 SETTINGS_FILE = 'settings.json'
 MAX_PARAMETERS = 1000  # a node with more is not one of ours; the rest is left out
 MAX_VALUE_CHARS = 10_000  # of one string value (a prompt template is far shorter)
+UNKNOWN = '_NODE_NAME_UNKNOWN_'  # rclpy's name of a node discovery has not named yet
 
 
 def _plain(value):
@@ -71,6 +72,28 @@ def fetch_parameters(node, target: str, timeout: float, stop: threading.Event) -
             for name, value in zip(names, got.values, strict=True)}
 
 
+def _publisher(node, topic: str, deadline: float, stop: threading.Event) -> str:
+    """Return the name ('/ns/name') of the one node publishing topic, once discovery names it.
+
+    DDS discovers a publisher before the ROS graph information that names its node: until
+    then rclpy calls it _NODE_NAME_UNKNOWN_, for a node that was running before vlm_replay
+    started as much as for one that starts later.
+    """
+    while True:
+        publishers = {f'{i.node_namespace.rstrip("/")}/{i.node_name}'
+                      for i in node.get_publishers_info_by_topic(topic)}
+        named = len(publishers) == 1 and UNKNOWN not in next(iter(publishers))
+        if named or stop.is_set() or time.monotonic() > deadline:
+            break
+        stop.wait(0.05)
+    if len(publishers) != 1:
+        raise BagError(f'{len(publishers)} nodes publish {topic} '
+                       f'({", ".join(sorted(publishers)) or "none"}); settings need one')
+    if not named:
+        raise BagError(f'the node publishing {topic} was not named by discovery in time')
+    return publishers.pop()
+
+
 def record_settings(node, topic: str, directory, stop: threading.Event,
                     timeout: float = 5.0) -> str:
     """Write the parameters of the node publishing topic into directory/settings.json.
@@ -78,13 +101,9 @@ def record_settings(node, topic: str, directory, stop: threading.Event,
     Returns the node's name; BagError says why nothing was written (no or several publishers,
     no answer within timeout seconds).
     """
-    publishers = {f'{i.node_namespace.rstrip("/")}/{i.node_name}'
-                  for i in node.get_publishers_info_by_topic(topic)}
-    if len(publishers) != 1:
-        raise BagError(f'{len(publishers)} nodes publish {topic} '
-                       f'({", ".join(sorted(publishers)) or "none"}); settings need one')
-    target = publishers.pop()
-    parameters = fetch_parameters(node, target, timeout, stop)
+    deadline = time.monotonic() + timeout
+    target = _publisher(node, topic, deadline, stop)
+    parameters = fetch_parameters(node, target, deadline - time.monotonic(), stop)
     path = pathlib.Path(directory) / SETTINGS_FILE
     path.write_text(json.dumps({'node': target, 'parameters': parameters}, indent=1) + '\n',
                     encoding='utf-8')

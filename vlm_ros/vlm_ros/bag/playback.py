@@ -14,13 +14,20 @@ from dataclasses import dataclass
 from .storage import BagError
 
 
-def parse_remaps(items: list) -> dict:
-    """Turn ['FROM:=TO', ...] (ros2 bag play's --remap syntax) into {FROM: TO}."""
+def parse_remaps(items: list, known: set) -> dict:
+    """Turn ['FROM:=TO', ...] (ros2 bag play's --remap syntax) into {FROM: TO}.
+
+    FROM must be a topic of the recording (``known``): a misspelt one would leave the topic
+    played under its recorded name, and the node waiting for it.
+    """
     remaps = {}
     for item in items:
         source, sep, target = item.partition(':=')
         if not sep or not source or not target:
             raise BagError(f'bad remap {item!r}; write FROM:=TO, e.g. /camera/image_raw:=/image')
+        if source not in known:
+            raise BagError(f'--remap {item}: {source} is not a topic of the recording; it has '
+                           f'{sorted(known)}')
         remaps[source] = target
     return remaps
 

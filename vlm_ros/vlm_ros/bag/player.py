@@ -43,8 +43,12 @@ class Replay(Node):
         self.done = threading.Event()
         self.code = 0
         self._stop = threading.Event()
-        self._thread = self._recorder = self._clock = self._reader = None
+        self._thread = self._recorder = self._timing = self._reader = None
+        self._interrupted = False
+        self._played = threading.Event()  # played and lingered: a signal cuts nothing short
         self._reader = open_bag(args.bag)
+        if not self._reader.message_count:
+            raise BagError(f'{args.bag} holds no messages: nothing to play')
         length = (self._reader.end_time - self._reader.start_time) / 1e9
         if args.start > length:
             raise BagError(f'--start {args.start:g} is past the end of {args.bag} '
@@ -52,10 +56,10 @@ class Replay(Node):
         self._connections = select_connections(self._reader.connections, args.topics)
         self._asked = []  # instructions the command line gives: published on ASKED_TOPIC
         if instructions.given(args):
-            self._asked = self._instructions_from_args()
+            self._asked = instructions.for_replay(self._reader, args)
             recorded = topics.instruction_topic(self._reader, None, required=False)
             self._connections = [c for c in self._connections if c.topic != recorded]
-        remaps = parse_remaps(args.remap)
+        remaps = parse_remaps(args.remap, {c.topic for c in self._reader.connections})
         self._outputs, types = {}, {}
         for connection in self._connections:
             topic = remaps.get(connection.topic, connection.topic)
@@ -81,16 +85,6 @@ class Replay(Node):
         self._thread = threading.Thread(target=self._run, name='replay', daemon=True)
         self._thread.start()
 
-    def _instructions_from_args(self) -> list:
-        """Return what --instructions / --instruction ask, at bag times (bag/instructions.py)."""
-        reader, args = self._reader, self.args
-        frame_times = []
-        if args.instruction is not None and args.at is None:  # asked at camera frames
-            camera = topics.image_topic(reader, args.image_topic)
-            frame_times = [log_ns for _, log_ns, _ in reader.messages(
-                [c for c in reader.connections if c.topic == camera])]
-        return instructions.from_args(args, reader.start_time, reader.end_time, frame_times)
-
     def _run(self) -> None:
         try:
             self._wait_for_peers()
@@ -100,8 +94,12 @@ class Replay(Node):
                 self._play_once()
                 if not self.args.loop:
                     break
+            played = time.monotonic() - started
             self._linger()
-            self._report(time.monotonic() - started)
+            self._played.set()
+            self._report(played)
+            if self._recorder is not None:
+                self._recorder.close()  # a write that failed is known here: exit 1
         except BagError as exc:
             self.get_logger().error(str(exc))
             self.code = 1
@@ -112,19 +110,9 @@ class Replay(Node):
             self.done.set()
 
     def _unsubscribed(self) -> list:
-        """Return what vlm_node consumes and nobody subscribes to: instructions, or the camera.
-
-        One camera topic subscribed is enough, and a camera's other topics (camera_info, a
-        second camera) have no subscriber where the node is the only listener: waiting for
-        them held playback for all of --wait-for-subscribers. A recording of neither camera
-        nor instructions waits for every topic it plays.
-        """
-        lonely = [t for t, p in self._outputs.items() if not p.get_subscription_count()]
-        if not self._cameras and not self._inputs:
-            return lonely
-        cameras = [t for t in self._cameras if t in lonely]
-        return [t for t in self._inputs if t in lonely] + (
-            cameras if len(cameras) == len(self._cameras) else [])
+        """Return what vlm_node consumes and nobody subscribes to (topics.unheard)."""
+        return topics.unheard({t: p.get_subscription_count() for t, p in self._outputs.items()},
+                              self._cameras, self._inputs)
 
     def _wait_for_peers(self) -> None:
         """Wait (bounded) for discovery, so the first messages are not lost to an empty graph."""
@@ -134,7 +122,7 @@ class Replay(Node):
             if not self._unsubscribed() and (self._recorder is None or self._recorder.matched()):
                 return
         lonely = self._unsubscribed()
-        if lonely:
+        if lonely and not self._stop.is_set():
             self.get_logger().warning(f'playing although nothing subscribes to {lonely} after '
                                       f'{time.monotonic() - started:.1f} s')
 
@@ -147,13 +135,14 @@ class Replay(Node):
         try:
             record_settings(self, plans[0], self.args.record, self._stop)
         except BagError as exc:  # the answers are still worth recording
-            self.get_logger().warning(f'no settings recorded: {exc}')
+            if not self._stop.is_set():
+                self.get_logger().warning(f'no settings recorded: {exc}')
 
     def _play_once(self) -> None:
         start_ns = self._reader.start_time + int(self.args.start * 1e9)
         progress = Progress((self._reader.end_time - start_ns) / 1e9,
                             None if self.args.progress else False)
-        clock = self._clock = Clock(start_ns, self.args.rate, time.monotonic())
+        clock = self._timing = Clock(start_ns, self.args.rate, time.monotonic())
         count = 0
         recorded = ((log_ns, 0, connection, data) for connection, log_ns, data in
                     self._reader.messages(self._connections, start=start_ns))
@@ -178,7 +167,7 @@ class Replay(Node):
 
     def _publish_clock(self) -> None:
         """Publish the bag time now being played (as ros2 bag play --clock does)."""
-        clock = self._clock
+        clock = self._timing  # not _clock: rclpy.Node keeps its ROS clock there
         if clock is not None and not self.done.is_set():
             now_ns = clock.bag_time(time.monotonic())
             self._clock_pub.publish(ClockMsg(clock=Time(sec=now_ns // 10**9,
@@ -202,19 +191,34 @@ class Replay(Node):
                 self.get_logger().warning(
                     f'plans still executing after {self.args.linger} s (--linger): '
                     f'{", ".join(sorted(self._recorder.executing))}')
-        else:
+        elif not self._stop.is_set():
             got = self._recorder.count(PLAN_TYPE)
-            self.get_logger().warning(f'{got} Plans for {wanted} instructions after waiting '
-                                      f'{self.args.linger} s (--linger)')
+            self.get_logger().error(f'{got} Plans for {wanted} instructions after waiting '
+                                    f'{self.args.linger} s (--linger): is vlm_node active '
+                                    'and subscribed to the replayed topics?')
+            self.code = 1
 
     def _report(self, seconds: float) -> None:
         sent = ', '.join(f'{topic} {n}' for topic, n in sorted(self.sent.items()))
+        cut = ', interrupted' if self._interrupted else ''
         print(f'vlm_replay: played {sum(self.sent.values())} messages in {seconds:.2f} s '
-              f'({sent})', file=sys.stderr, flush=True)
+              f'({sent or "nothing"}){cut}', file=sys.stderr, flush=True)
         if self._recorder is not None:
             got = ', '.join(f'{t} {n}' for t, n in sorted(self._recorder.counts.items()))
             print(f'vlm_replay: recorded {got or "nothing"} into {self.args.record}',
                   file=sys.stderr, flush=True)
+
+    def shutdown_gracefully(self) -> None:
+        """On SIGINT or SIGTERM: stop playing, report, finish the recorded bag.
+
+        A replay cut short exits 130, as an interrupted vlm_eval does, so that a script does
+        not take its recording for a whole one; --loop plays until interrupted: 0.
+        """
+        self._interrupted = not self._played.is_set() and not self.args.loop
+        self._stop.set()
+        self._thread.join()
+        if self._interrupted and not self.code:
+            self.code = 130
 
     def destroy_node(self) -> None:
         """Stop playback, finish the recorded bag and close the recording, then the node."""
@@ -222,7 +226,10 @@ class Replay(Node):
         if self._thread is not None:
             self._thread.join()
         if self._recorder is not None:
-            self._recorder.close()
+            try:
+                self._recorder.close()  # done already, unless __init__ failed after making it
+            except BagError as exc:
+                self.get_logger().error(str(exc))
         if self._reader is not None:
             self._reader.close()
         super().destroy_node()

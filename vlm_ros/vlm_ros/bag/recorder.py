@@ -10,17 +10,22 @@ import importlib
 import threading
 import time
 from collections import Counter
-from contextlib import ExitStack
 from functools import partial
 
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 
-from vlm_ros_msgs.msg import Caption, Plan, PlanProgress
+from vlm_ros_msgs.msg import Caption, ImageSources, Plan, PlanProgress, PlanTargets
 
 from ..compat import publisher_count
-from ..node.messages import format_caption, format_plan, format_progress
+from ..node.messages import (
+    format_caption,
+    format_plan,
+    format_progress,
+    format_sources,
+    format_targets,
+)
 from .storage import (
     CAPTION_TYPE,
     PLAN_TYPE,
@@ -29,9 +34,8 @@ from .storage import (
     STRING_TYPE,
     TARGETS_TYPE,
     BagError,
-    add_topic,
-    bag_writer,
 )
+from .writer_thread import WriterThread
 
 # vlm_node's outputs: their types are known before the node is up.
 KNOWN_TYPES = {'plan': PLAN_TYPE, 'caption': CAPTION_TYPE, 'vla_instruction': STRING_TYPE,
@@ -64,13 +68,15 @@ def topic_type(node: Node, topic: str) -> str:
     return known
 
 
+FORMATS = {Plan: format_plan, Caption: format_caption, PlanProgress: format_progress,
+           PlanTargets: format_targets, ImageSources: format_sources}
+
+
 def _format(msg) -> str:
-    if isinstance(msg, Plan):
-        return format_plan(msg)
-    if isinstance(msg, Caption):
-        return format_caption(msg)
-    if isinstance(msg, PlanProgress):
-        return format_progress(msg)
+    """Render a recorded message for --echo: vlm_node's outputs as vlm_client prints them."""
+    render = FORMATS.get(type(msg))
+    if render is not None:
+        return render(msg)
     return str(getattr(msg, 'data', msg))  # std_msgs/String (vla_instruction): just the text
 
 
@@ -83,26 +89,22 @@ class Recorder:
         self._cond = threading.Condition()
         self.counts = Counter()
         self._echo = echo
-        self._stack = ExitStack()
-        self._writer = self._stack.enter_context(bag_writer(out, storage))
-        self._subscriptions = []
+        self._closed = False
         self.executing = set()  # plan_ids whose recorded PlanProgress has not ended yet
-        self.types = {}
-        for topic in topics:
-            msgtype = topic_type(node, topic)
-            resolved = node.resolve_topic_name(topic)
-            connection = add_topic(self._writer, resolved, msgtype)
-            cls = message_class(msgtype)
-            self.types[resolved] = msgtype
-            self._subscriptions.append(node.create_subscription(
-                cls, resolved, partial(self._on_message, connection, cls), RECORD_QOS,
-                raw=True))
+        # Every type is known before the bag is made: a topic refused leaves no file behind.
+        self.types = {node.resolve_topic_name(topic): topic_type(node, topic)
+                      for topic in topics}
+        classes = {topic: message_class(msgtype) for topic, msgtype in self.types.items()}
+        self._file = WriterThread(out, storage, self.types)
+        self._subscriptions = [node.create_subscription(
+            cls, topic, partial(self._on_message, self._file.connections[topic], cls),
+            RECORD_QOS, raw=True) for topic, cls in classes.items()]
 
     def _on_message(self, connection, cls, data: bytes) -> None:
         with self._cond:
-            if self._writer is None:
+            if self._closed:
                 return
-            self._writer.write(connection, time.time_ns(), data)
+            self._file.write(connection, time.time_ns(), data)
             self.counts[connection.topic] += 1
             if cls is PlanProgress:
                 progress = deserialize_message(data, cls)
@@ -147,7 +149,12 @@ class Recorder:
         return True
 
     def close(self) -> None:
-        """Finish the bag (metadata.yaml and the MCAP summary); later messages are ignored."""
+        """Finish the bag (metadata.yaml and the MCAP summary); later messages are ignored.
+
+        Only the first call finishes it (BagError if a write failed); later ones do nothing.
+        """
         with self._cond:
-            self._writer = None
-        self._stack.close()
+            if self._closed:
+                return
+            self._closed = True
+        self._file.close()

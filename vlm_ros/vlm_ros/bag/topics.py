@@ -71,3 +71,21 @@ def instruction_topic(reader, wanted: Optional[str] = None,
                    f'{reader.paths[0]}; name one with --instruction-topic, or give the '
                    'instructions with --instructions FILE or --instruction TEXT. Topics: '
                    f'{describe_topics(reader)}')
+
+
+def unheard(subscribers: dict, cameras: list, inputs: list) -> list:
+    """Return the played topics vlm_node consumes that nobody subscribes to yet.
+
+    ``subscribers``: {played topic: its subscription count}; ``cameras`` and ``inputs``: the
+    played image and instruction topics. One camera topic subscribed is enough, and a
+    camera's other topics (camera_info, a second camera) have no subscriber where the node is
+    the only listener: waiting for them held playback for all of --wait-for-subscribers. A
+    recording of neither camera nor instructions waits for every topic it plays.
+    """
+    lonely = [topic for topic, count in subscribers.items() if not count]
+    if not cameras and not inputs:
+        return lonely
+    quiet = [topic for topic in cameras if topic in lonely]
+    return [topic for topic in inputs if topic in lonely] + (
+        quiet if len(quiet) == len(cameras) else [])
+

@@ -262,3 +262,26 @@ def format_progress(msg: PlanProgress) -> str:
     state = {v: k for k, v in vars(PlanProgress).items() if k.startswith('STATE_')}.get(
         msg.state, str(msg.state))
     return f'{state[len("STATE_"):]} {msg.plan_id} (attempt {msg.attempt}): {msg.message}'
+
+
+def _stamp(header) -> str:
+    return f'{header.stamp.sec}.{header.stamp.nanosec:09d}'
+
+
+def format_targets(msg: PlanTargets) -> str:
+    """Render a PlanTargets in one line: each step's box (and camera), or why it has none."""
+    def target(step) -> str:
+        if len(step.box) != 4:
+            return f'no box ({step.problem})' if step.problem else 'no box'
+        where = f' in {step.camera}' if step.camera else ''
+        return ' '.join(f'{v:.1f}' for v in step.box) + where
+    steps = '; '.join(f'{i}. {target(step)}' for i, step in enumerate(msg.steps, 1))
+    return f'{msg.request_id}: {steps or "no steps"}'
+
+
+def format_sources(msg: ImageSources) -> str:
+    """Render an ImageSources in one line: the task, then each camera's image and the skew."""
+    images = ', '.join(f'{camera} {image.frame_id or "-"} {_stamp(image)}'
+                       for camera, image in zip(msg.cameras, msg.images, strict=False))
+    return f'{msg.task} {msg.request_id or "-"}: {images}; skew {msg.skew:.3f} s'
+

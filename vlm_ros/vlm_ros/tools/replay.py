@@ -25,6 +25,9 @@ from ..bag.storage import READABLE, STORAGES
 from ..engine import VlmError
 from ..spin import spin_main
 
+MIN_RATE = 0.001
+RECORD_DEFAULTS = {'record_topics': list(RECORD_TOPICS), 'storage': 'mcap', 'linger': 30.0}
+
 
 def parse_args(argv):
     """Parse the command line (ROS arguments removed)."""
@@ -42,18 +45,20 @@ def parse_args(argv):
     parser.add_argument('--no-progress', dest='progress', action='store_false',
                         help='no progress bar (it is drawn only on a terminal anyway)')
     parser.add_argument('--wait-for-subscribers', type=not_negative, default=5.0,
-                        metavar='SECONDS', help='wait up to this long for every played topic '
-                        'to have a subscriber before playing (default 5)')
+                        metavar='SECONDS', help='wait up to this long before playing for '
+                        "vlm_node's inputs among the played topics (instructions, a camera; "
+                        'else every topic) to have a subscriber, and with --record for the '
+                        'recorded topics to have a publisher (default 5)')
     parser.add_argument('--clock', type=positive, nargs='?', const=40.0, metavar='HZ',
                         help='publish the bag time on /clock (default 40 Hz) for nodes '
                         'started with use_sim_time:=true')
     parser.add_argument('--record', metavar='OUT', help='record answers into a new bag OUT')
-    parser.add_argument('--record-topics', nargs='+', default=list(RECORD_TOPICS),
+    parser.add_argument('--record-topics', nargs='+',
                         help=f'topics to record (default: {" ".join(RECORD_TOPICS)}); '
                         'vlm_eval --recorded reads the boxes and cameras from the last two')
-    parser.add_argument('--storage', choices=sorted(STORAGES), default='mcap',
+    parser.add_argument('--storage', choices=sorted(STORAGES),
                         help='storage of the recorded bag (default mcap)')
-    parser.add_argument('--linger', type=not_negative, default=30.0, metavar='SECONDS',
+    parser.add_argument('--linger', type=not_negative, metavar='SECONDS',
                         help='with --record: wait up to this long after playback for a Plan '
                         'per replayed instruction (default 30)')
     parser.add_argument('--echo', action='store_true',
@@ -63,6 +68,18 @@ def parse_args(argv):
                         'frames it is asked at (default: found as vlm_eval finds it)')
     args = parser.parse_args(argv)
     check_instruction_args(parser, args)
+    if args.rate < MIN_RATE:  # a deadline further away than a wait can take
+        parser.error(f'--rate must be >= {MIN_RATE:g}, got {args.rate:g}')
+    if args.image_topic is not None and (args.instruction is None or args.at is not None):
+        parser.error('--image-topic goes with --instruction TEXT (asked at its frames)')
+    recording = {'--record-topics': args.record_topics, '--storage': args.storage,
+                 '--linger': args.linger, '--echo': args.echo or None}
+    if args.record is None and any(v is not None for v in recording.values()):
+        parser.error(f'{", ".join(o for o, v in recording.items() if v is not None)} '
+                     'go with --record OUT')
+    for option, default in RECORD_DEFAULTS.items():
+        if getattr(args, option) is None:
+            setattr(args, option, default)
     return args
 
 
