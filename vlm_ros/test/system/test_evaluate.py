@@ -11,11 +11,13 @@ import pathlib
 import struct
 
 import pytest
+import vlm_ros.bag.storage as bags
 from ament_index_python.packages import get_package_prefix
 from engine_fixtures import PLAN_JSON, TARGETS
 from eval_bags import (
     FRAME_TIMES,
     INSTRUCTIONS,
+    REC0,
     SECOND,
     STAMPS,
     write_input_bag,
@@ -173,6 +175,55 @@ def test_recorded_answers_make_the_same_records(tmp_path):
     assert all(r['confidence_mean'] is None for r in records)
     check_report(out, frames_used=[0, 1, 2])
     assert '&lt;i&gt;junk&lt;/i&gt;' in (out / 'report.html').read_text()
+
+
+CLOSED_PLAN = json.dumps({'steps': [{'instruction': 'tip the red block over', 'skill': 'push',
+                                     'target': 'red block'}]})
+
+
+def write_cut_answers(path):
+    """Write a live node's Plans for the first three instructions only: the replay was cut.
+
+    The second plan is one the plan grammar closed at max_new_tokens (its text is complete
+    JSON all the same); the third's form is empty, as in a recording made before Plan had one.
+    """
+    step = bags.typestore().types['vlm_ros_msgs/msg/PlanStep'](
+        instruction='tip the red block over', skill='push', target='red block')
+    plans = [(REC0 + 10**9, INSTRUCTIONS[0][1], 2, [], '', 'none'),
+             (STAMPS[0], INSTRUCTIONS[1][1], 0, [step], CLOSED_PLAN, 'constrained_closed'),
+             (STAMPS[1], INSTRUCTIONS[2][1], 0, [step], CLOSED_PLAN, '')]
+    with bags.bag_writer(path) as writer:
+        topic = bags.add_topic(writer, '/robot1/plan', 'vlm_ros_msgs/msg/Plan')
+        for number, (stamp, text, status, steps, raw, form) in enumerate(plans):
+            writer.write(topic, REC0 + (number + 2) * SECOND, bags.serialize(
+                'vlm_ros_msgs/msg/Plan', header=bags.header(stamp, 'camera'),
+                request_id=f'cut-{number}', instruction=text, status=status, message='',
+                steps=steps, form=form, text=raw, model='tiny-cut', time_to_first_token=0.125,
+                total_time=0.5, output_tokens=9 if raw else 0))
+    return path
+
+
+def test_recorded_plans_keep_their_form_and_unanswered_instructions_are_reported(tmp_path):
+    out = tmp_path / 'out'
+    done = vlm_eval(write_input_bag(tmp_path / 'input'), '--recorded',
+                    write_cut_answers(tmp_path / 'answers'), '--out', out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plans = [r for r in read_jsonl(out / 'results.jsonl') if r['task'] == 'plan']
+    assert [p['status'] for p in plans] == ['NO_IMAGE', 'OK', 'OK', 'NOT_ANSWERED']
+    assert [p['form'] for p in plans] == ['none', 'constrained_closed', 'json', 'none']
+    cut = plans[3]
+    assert (cut['request'], cut['bag_time_ns']) == (INSTRUCTIONS[3][1], INSTRUCTIONS[3][0])
+    assert cut['image']['frame'] == 2  # the frame the node would have answered it with
+    assert 'holds no Plan for this instruction' in cut['message']
+    assert cut['total_time'] is None and not cut['valid']
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['by_status'] == {'NO_IMAGE': 1, 'NOT_ANSWERED': 1, 'OK': 2}
+    assert (summary['plans'], summary['plans_answered']) == (4, 2)
+    assert summary['plan_validity_rate'] == 0.5  # the closed plan is not the one meant
+    assert summary['plans_by_form'] == {'constrained_closed': 1, 'json': 1}
+    assert 'NOT_ANSWERED 1' in done.stdout
+    page = (out / 'report.html').read_text()
+    assert '&#10007; invalid (NOT_ANSWERED)' in page and 'holds no Plan for this' in page
 
 
 WRONG_PLAN = json.dumps({'steps': [{'instruction': 'throw the table out of the window',

@@ -10,8 +10,9 @@ import signal
 import subprocess
 
 import pytest
+import vlm_ros.bag.storage as bags
 from engine_fixtures import scene
-from eval_bags import write_input_bag
+from eval_bags import image_fields, write_input_bag
 from fork_server import run_tool
 from node_harness import TIMEOUT, node_executable
 from recordings import write_ros1_bag, write_ros1_custom_bag
@@ -54,7 +55,54 @@ CASES = [
                     '{missing}/dataset'], 'is not a folder'),
     ('vlm_train_head', ['{txt}'], 'is not a dataset of vlm_export'),
     ('vlm_train_head', ['{missing}', '--seconds', 'nan'], 'must be finite'),
+    # Bytes that are no message of their topic's type: which message, not rosbags' traceback.
+    ('vlm_eval', ['{undecodable}', '--model', '{missing}'],
+     "undecodable: message 2 of /camera/image_raw, logged 0.100 s after the start, cannot be "
+     "read (Could not deserialize 'sensor_msgs/msg/Image'"),
+    ('vlm_export', ['{undecodable}', '--model', '{missing}', '--actions', '/cmd_vel'],
+     'message 2 of /camera/image_raw, logged 0.100 s after the start, cannot be read'),
+    ('vlm_eval', ['{pi}', '--instruction', 'go', '--recorded', '{undecodable_plans}'],
+     'message 1 of /robot/plan, logged 0.000 s after the start, cannot be read'),
+    # vlm_node's limits: a request it would refuse is refused here too.
+    ('vlm_eval', ['{pi}', '--model', 'm', '--max-new-tokens', '0'],
+     'argument --max-new-tokens: must be >= 1, got 0'),
+    ('vlm_eval', ['{pi}', '--model', 'm', '--max-new-tokens', '4097'],
+     "argument --max-new-tokens: must be <= 4096, as vlm_node's max_new_tokens; got 4097"),
+    ('vlm_eval', ['{pi}', '--model', 'm', '--max-image-side', '-3'],
+     'argument --max-image-side: must be >= 0, got -3'),
+    ('vlm_export', ['{pi}', '--model', 'm', '--actions', '/x', '--max-image-side', '-1'],
+     'argument --max-image-side: must be >= 0, got -1'),
+    ('vlm_export', ['{pi}', '--model', 'm', '--actions', '/x', '--max-image-side', '8193'],
+     "argument --max-image-side: must be <= 8192, as vlm_node's max_image_side"),
+    # Options that would change nothing are refused, not ignored.
+    ('vlm_eval', ['{pi}', '--recorded', '{pi}', '--model', 'm', '--device', 'cuda',
+                  '--batch-size', '7', '--no-captions', '--max-new-tokens', '3'],
+     "--no-captions, --max-new-tokens, --model, --device, --batch-size: no effect with "
+     "--recorded, whose answers are the live vlm_node's; a model runs only to score "
+     '--references'),
+    ('vlm_eval', ['{pi}', '--recorded', '{pi}', '--references', '{txt}', '--model', 'm',
+                  '--device', 'cpu', '--batch-size', '2', '--skills', 'pick'],
+     "error: --skills: no effect with --recorded, whose answers are the live vlm_node's; "
+     'the model only scores --references'),
+    ('vlm_export', ['{pi}', '--model', 'm', '--actions', '/x', '--skills', 'pick', 'place'],
+     'unrecognized arguments: --skills pick place'),
+    ('vlm_export', ['{pi}', '--model', 'm', '--actions', '/x', '--constrain-plans', 'off'],
+     'unrecognized arguments: --constrain-plans off'),
+    ('vlm_export', ['{pi}', '--model', 'm', '--actions', '/x', '--decode-mode', 'static'],
+     'unrecognized arguments: --decode-mode static'),
 ]
+
+
+def write_undecodable_bag(path, topic: str, msgtype: str, sound: tuple = ()) -> None:
+    """Write a rosbag2 recording whose topic of msgtype holds a String's bytes after sound.
+
+    ``sound``: messages of msgtype that decode, logged first, 0.1 s apart.
+    """
+    with bags.bag_writer(path) as writer:
+        connection = bags.add_topic(writer, topic, msgtype)
+        bags.add_topic(writer, '/robot/instruction', bags.STRING_TYPE)
+        for number, data in enumerate([*sound, bags.serialize(bags.STRING_TYPE, data='x')]):
+            writer.write(connection, 10**18 + number * 10**8, data)
 
 
 @pytest.fixture(scope='module')
@@ -65,8 +113,13 @@ def inputs(tmp_path_factory):
     write_ros1_bag(where / 'pi.bag', [(10**18 + k * 10**8, scene('red'), f'f{k}')
                                       for k in range(3)])
     write_ros1_custom_bag(where / 'custom.bag')
+    write_undecodable_bag(where / 'undecodable', '/camera/image_raw', 'sensor_msgs/msg/Image',
+                          [bags.serialize('sensor_msgs/msg/Image',
+                                          **image_fields(scene('blue'), 10**18))])
+    write_undecodable_bag(where / 'undecodable_plans', '/robot/plan', 'vlm_ros_msgs/msg/Plan')
     return {'txt': where / 'notes.txt', 'garbage': where / 'garbage.bag',
-            'custom': where / 'custom.bag',
+            'custom': where / 'custom.bag', 'undecodable': where / 'undecodable',
+            'undecodable_plans': where / 'undecodable_plans',
             'pi': where / 'pi.bag', 'missing': where / 'missing-model'}
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..bag.storage import BagError
 from ..bag.topics import describe_topics
+from .messages import read_messages
 
 TWIST = ('linear.x', 'linear.y', 'linear.z', 'angular.x', 'angular.y', 'angular.z')
 ACTION_TYPES = ('geometry_msgs/msg/Twist', 'geometry_msgs/msg/TwistStamped',
@@ -45,9 +46,8 @@ def read_actions(reader, topic: str) -> Actions:
         raise BagError(f'--actions {topic} {found} {reader.paths[0]}; need one of '
                        f'{", ".join(ACTION_TYPES)}. Topics: {describe_topics(reader)}')
     actions = Actions(topic, info.msgtype)
-    for connection, log_ns, raw in reader.messages([c for c in reader.connections
-                                                    if c.topic == topic]):
-        msg = reader.deserialize(raw, connection.msgtype)
+    for _, log_ns, msg in read_messages(reader, [c for c in reader.connections
+                                                 if c.topic == topic]):
         try:
             vector, names = _vector(msg, info.msgtype, actions)
         except ValueError as exc:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ..bag.storage import SOURCES_TYPE, TARGETS_TYPE, stamp_ns, time_ns
 from ..engine import VlmError
 from .inputs import BagInputs, frames_by_stamp
+from .messages import read_messages
 from .records import image_info
 
 
@@ -29,8 +30,7 @@ def read_companions(reader) -> Companions:
     connections = [c for c in reader.connections if c.msgtype in (TARGETS_TYPE, SOURCES_TYPE)]
     if not connections:  # rosbags reads every message for an empty list
         return found
-    for connection, _, raw in reader.messages(connections):
-        msg = reader.deserialize(raw, connection.msgtype)
+    for connection, _, msg in read_messages(reader, connections):
         if connection.msgtype == TARGETS_TYPE:
             found.boxes[msg.request_id] = (
                 tuple(tuple(float(v) for v in step.box) if len(step.box) == 4 else None

@@ -9,6 +9,7 @@ how the execution ended; vlm_eval --recorded puts them in summary.json and the r
 from collections import Counter
 
 from ..bag.storage import PROGRESS_TYPE
+from .messages import read_messages
 
 STATES = {0: 'EXECUTING', 1: 'DONE', 2: 'FAILED', 3: 'PREEMPTED'}
 
@@ -32,8 +33,7 @@ def read_executions(reader) -> list:
     if not connections:  # reader.messages([]) would read every message
         return []
     executions = {}
-    for connection, log_ns, raw in reader.messages(connections):
-        msg = reader.deserialize(raw, connection.msgtype)
+    for _, log_ns, msg in read_messages(reader, connections):
         ex = executions.setdefault(msg.plan_id, {
             'plan_id': msg.plan_id, 'instruction': msg.instruction, 'steps': [],
             'replans': [], 'outcome': 'EXECUTING', 'message': '', 'done': []})

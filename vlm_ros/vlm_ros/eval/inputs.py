@@ -18,6 +18,7 @@ from ..bag import topics
 from ..bag.instructions import Instruction
 from ..bag.storage import IMAGE_TYPES, stamp_ns
 from ..node.image_conversion import ImageConversionError, compressed_to_rgb, image_to_rgb
+from .messages import read_messages
 
 IMAGE_TYPE = IMAGE_TYPES[0]  # raw frames; IMAGE_TYPES[1] is CompressedImage
 
@@ -84,8 +85,7 @@ def read_inputs(reader, image_topic: Optional[str] = None,
     instructions = []
     wanted = [c for c in reader.connections if c.topic in frames or
               (ask is None and c.topic == instruction_topic)]
-    for connection, log_ns, raw in reader.messages(wanted):
-        msg = reader.deserialize(raw, connection.msgtype)
+    for connection, log_ns, msg in read_messages(reader, wanted):
         if connection.topic in frames:
             found = frames[connection.topic]
             found.append(FrameRef(len(found), log_ns, stamp_ns(msg)))

@@ -5,8 +5,11 @@ it.
 """
 
 import json
+import os
 import pathlib
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -228,13 +231,25 @@ def score_references(engine: Engine, inputs: BagInputs, entries: list, frames: l
 
 
 def write_outputs(out: pathlib.Path, records: list, summary: dict, thumbnails: dict) -> None:
-    """Write results.jsonl, summary.json, latency.png and report.html into out."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / 'results.jsonl', 'w', encoding='utf-8') as stream:
-        for record in records:
-            stream.write(json.dumps(record, ensure_ascii=False) + '\n')
-    (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n', encoding='utf-8')
+    """Write results.jsonl, summary.json, latency.png and report.html into out, all or none.
+
+    An earlier run's report in out is never left mixed with this one's: every file is made
+    first, then written into a hidden folder in out (a full disk fails there), and only then
+    do the four replace their namesakes, by renames, which need no space. Other files in out
+    are left alone: --out may be a folder of the user's.
+    """
     plot = latency_png(records, f'{summary["model"]} on {summary["device"]}')
-    (out / 'latency.png').write_bytes(plot)
-    (out / 'report.html').write_text(render(summary, records, thumbnails, plot),
-                                     encoding='utf-8')
+    made = {'results.jsonl': ''.join(json.dumps(record, ensure_ascii=False) + '\n'
+                                     for record in records).encode('utf-8'),
+            'summary.json': (json.dumps(summary, indent=2) + '\n').encode('utf-8'),
+            'latency.png': plot,
+            'report.html': render(summary, records, thumbnails, plot).encode('utf-8')}
+    out.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix='.vlm_eval.', suffix='.partial', dir=out))
+    try:
+        for name, data in made.items():
+            (staging / name).write_bytes(data)
+        for name in made:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -5,8 +5,10 @@ robot gets (queueing, dropped frames, the node's own pairing), where running the
 measures the model alone. Both make the same records, so one report format serves both.
 Answers are matched to input frames by header stamp, which the node copies from the frame it
 used, and Plans to input instructions by text in order, since every instruction gets exactly
-one Plan; log times of the two bags come from different clocks and are never compared. What
-the node published beside them (steps' boxes, each camera's image) is joined in by companions.py.
+one Plan; an instruction left without one (the replay was interrupted, the node stopped) is a
+NOT_ANSWERED record. Log times of the two bags come from different clocks and are never
+compared. What the node published beside them (steps' boxes, each camera's image) is joined in
+by companions.py.
 """
 
 import contextlib
@@ -18,9 +20,11 @@ from ..bag.topics import describe_topics
 from ..engine import parse_plan
 from .companions import CameraFrames, read_companions
 from .executions import execution_summary, read_executions
-from .inputs import BagInputs, frames_by_stamp
+from .inputs import BagInputs, frames_by_stamp, latest_at_or_before
+from .messages import read_messages
 from .records import (
     ANSWERED,
+    NOT_ANSWERED,
     STATUS_NAMES,
     image_info,
     result_record,
@@ -47,6 +51,10 @@ def _plan_record(msg, inputs: BagInputs, frame, pending: dict, targets: tuple = 
                  ) -> dict:
     """Record one recorded Plan; its bag time is that of the instruction it answered.
 
+    Its form is the one the node recorded: the text of a plan the plan grammar closed parses
+    as complete JSON, yet it is not the plan the model meant. A recording made before Plan
+    had the field has none (its own definition): its text is parsed, as is an empty field.
+
     ``targets``: its steps' boxes and their cameras, from its PlanTargets (companions.py).
     """
     status = STATUS_NAMES.get(msg.status, f'UNKNOWN_{msg.status}')
@@ -59,10 +67,28 @@ def _plan_record(msg, inputs: BagInputs, frame, pending: dict, targets: tuple = 
     return result_record(
         'plan', msg.instruction, image_info(inputs.image_topic, frame), bag_time, inputs.start_ns,
         status, message=msg.message, text=msg.text, steps=msg.steps, valid=status == 'OK',
-        form=parse_plan(msg.text).form if answered else 'none',
+        form=(getattr(msg, 'form', '') or parse_plan(msg.text).form) if answered else 'none',
         output_tokens=int(msg.output_tokens) if answered else None,
         time_to_first_token=float(msg.time_to_first_token) if answered else None,
         total_time=float(msg.total_time), boxes=targets[0], box_cameras=targets[1])
+
+
+def _unanswered(inputs: BagInputs, pending: dict) -> list:
+    """Record each input instruction that no recorded Plan answered: NOT_ANSWERED.
+
+    The replay was interrupted, or the node stopped, before it answered; the record's frame is
+    the one the node would have answered with (the latest logged at or before), so the report
+    shows what was asked, and on what.
+    """
+    left = sorted((bag_time, text) for text, queue in pending.items() for bag_time in queue)
+    frames = latest_at_or_before([f.bag_time_ns for f in inputs.frames], [t for t, _ in left])
+    return [result_record('plan', text, image_info(inputs.image_topic, None if index is None
+                                                   else inputs.frames[index]),
+                          bag_time, inputs.start_ns, NOT_ANSWERED,
+                          message='the recording of the answers holds no Plan for this '
+                          'instruction: the replay ended, or the node stopped, before it was '
+                          'answered')
+            for (bag_time, text), index in zip(left, frames, strict=True)]
 
 
 def _caption_record(msg, inputs: BagInputs, frame) -> dict:
@@ -91,8 +117,7 @@ def recorded_records(inputs: BagInputs, path) -> tuple:
         companions = read_companions(reader)
         cameras.check(companions.sources, path)
         connections = [c for c in reader.connections if c.topic in topics]
-        for connection, log_ns, raw in reader.messages(connections):
-            msg = reader.deserialize(raw, connection.msgtype)
+        for connection, log_ns, msg in read_messages(reader, connections):
             frame = by_stamp.get(stamp_ns(msg))
             if topics[connection.topic] == PLAN_TYPE:
                 records.append({**_plan_record(msg, inputs, frame, pending,
@@ -105,6 +130,7 @@ def recorded_records(inputs: BagInputs, path) -> tuple:
             if records[-1]['status'] in ANSWERED:
                 spans.append((log_ns - int(msg.total_time * 1e9), log_ns))
         executions = read_executions(reader)
+    records += _unanswered(inputs, pending)
     seconds = (max(end for _, end in spans) - min(start for start, _ in spans)) / 1e9 \
         if spans else 0.0
     settings = node_settings(read_settings(path))

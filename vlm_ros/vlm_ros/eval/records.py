@@ -4,7 +4,8 @@ One record per request (kind 'result') and one per reference (kind 'score'), as 
 so that a run of the evaluator and a recording of the live node compare line by line, and the
 summary, the printed table and the HTML report are all computed from the records alone.
 Status names are vlm_ros_msgs/Plan's STATUS_* constants without the prefix, read from the
-message definition so they cannot drift from what the node publishes.
+message definition so they cannot drift from what the node publishes, and one of vlm_eval's
+own: NOT_ANSWERED, an instruction a recording of the node holds no Plan for.
 """
 
 import math
@@ -19,6 +20,7 @@ from ..node.stats import Stats
 STATUS_NAMES = {value: name.removeprefix('STATUS_')
                 for name, _, value in typestore().fielddefs[PLAN_TYPE][0]}
 ANSWERED = ('OK', 'INVALID_OUTPUT')  # the statuses under which the model produced the text
+NOT_ANSWERED = 'NOT_ANSWERED'  # --recorded: the replay or the node stopped before this Plan
 
 
 def stamp_text(ns: int) -> str:

@@ -10,7 +10,8 @@
 Every instruction in the bag is answered with the latest camera frame logged at or before it,
 as the live node would have seen it, and every frame so used is also captioned. Writes
 results.jsonl (one record per request and per reference), summary.json, latency.png and a
-self-contained report.html into --out, and prints the summary table.
+self-contained report.html into --out, and prints the summary table. With --recorded the
+answers are the live node's: options that would steer a model's are refused, not ignored.
 """
 
 import argparse
@@ -19,9 +20,16 @@ import sys
 from functools import partial
 
 from ..bag import instructions
-from ..bag.arguments import ArgumentParser, not_negative, output_folder, reported
+from ..bag.arguments import (
+    ArgumentParser,
+    not_negative,
+    output_folder,
+    positive_int,
+    reported,
+)
 from ..bag.instructions import add_instruction_args, check_instruction_args
 from ..bag.storage import READABLE, open_bag
+from ..engine import VlmError
 from ..eval.inputs import decode_frames, frames_by_stamp, read_inputs
 from ..eval.offline import (
     Sync,
@@ -37,11 +45,19 @@ from ..eval.references import load_references, reference_frames
 from ..eval.report import boxes_by_frame, thumbnail_jpeg
 from ..eval.settings import engine_settings
 from ..node.params import BY_NAME
-from .engine_args import add_engine_args, engine_config
+from .engine_args import add_engine_args, add_limit_arg, engine_config
 
 # The live node's defaults: offline answers are comparable only under the same limits.
-NODE_DEFAULTS = {name: BY_NAME[name].default
-                 for name in ('max_new_tokens', 'max_image_side', 'max_skew', 'wait_for_image')}
+NODE_DEFAULTS = {name: BY_NAME[name].default for name in ('max_skew', 'wait_for_image')}
+# (option, dest) of what steers only how a model answers, and of what loads and runs one: with
+# --recorded the answers are the live node's, and a model runs only to score --references.
+ANSWERING = (('--no-captions', 'captions'), ('--max-new-tokens', 'max_new_tokens'),
+             ('--decode-mode', 'decode_mode'), ('--constrain-plans', 'constrain_plans'),
+             ('--skills', 'skills'), ('--max-skew', 'max_skew'),
+             ('--wait-for-image', 'wait_for_image'))
+MODEL = (('--model', 'model'), ('--device', 'device'), ('--dtype', 'dtype'),
+         ('--processor-kwargs', 'processor_kwargs'), ('--cpu-threads', 'cpu_threads'),
+         ('--batch-size', 'batch_size'), ('--max-image-side', 'max_image_side'))
 
 
 def camera_argument(text: str) -> tuple:
@@ -82,17 +98,16 @@ def parse_args(argv):
                         'named .../instruction')
     add_instruction_args(parser)
     parser.add_argument('--out', default='eval_out', help='output directory')
-    parser.add_argument('--batch-size', type=int, default=4)
+    parser.add_argument('--batch-size', type=positive_int, default=4)
     parser.add_argument('--no-captions', dest='captions', action='store_false',
                         help='skip captioning the frames the instructions used')
     add_engine_args(parser)
-    parser.add_argument('--max-new-tokens', type=int, default=NODE_DEFAULTS['max_new_tokens'],
-                        help='generation limit per request (as vlm_node)')
-    parser.add_argument('--max-image-side', type=int,
-                        default=NODE_DEFAULTS['max_image_side'],
-                        help="longer image side fed to the model, pixels (as vlm_node's)")
+    add_limit_arg(parser, 'max_new_tokens')
+    add_limit_arg(parser, 'max_image_side')
     args = parser.parse_args(argv)
     check_instruction_args(parser, args)
+    if args.recorded:
+        _check_recorded(parser, args)
     names = [name for name, _ in args.cameras]
     if len(set(names)) < len(names):
         parser.error(f'--camera names must differ: {", ".join(names)}')
@@ -109,12 +124,25 @@ def parse_args(argv):
     if args.cameras and (args.image_topic or args.references):
         parser.error('--camera takes the place of --image-topic, and references are scored '
                      'on one camera: not with --image-topic or --references')
-    if args.batch_size < 1:
-        parser.error(f'--batch-size must be at least 1, not {args.batch_size}')
     if args.model is None and (args.recorded is None or args.references):
         parser.error('--model is required' + (' to score --references' if args.recorded
                                                else ' (or --recorded ANSWERS_BAG)'))
     return args
+
+
+def _check_recorded(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse the options given with --recorded that would change nothing, naming them.
+
+    A user who asks for --max-new-tokens 3 on a recording believes the report shows its
+    effect; it would show the node's answers, made under the node's settings.
+    """
+    unused = ANSWERING + (() if args.references else MODEL)
+    given = [option for option, dest in unused if getattr(args, dest) != parser.get_default(dest)]
+    model = 'the model only scores --references' if args.references else \
+        'a model runs only to score --references'
+    if given:
+        parser.error(f'{", ".join(given)}: no effect with --recorded, whose answers are the '
+                     f"live vlm_node's; {model}")
 
 
 def evaluate(args) -> dict:
@@ -126,6 +154,11 @@ def evaluate(args) -> dict:
         inputs = read_inputs(reader, args.image_topic, args.instruction_topic, ask,
                              tuple(args.cameras))
         entries = load_references(args.references) if args.references else []
+        if not (inputs.instructions or entries):
+            raise VlmError('bad_input', f'nothing to evaluate: {inputs.path} holds no '
+                           f'instruction on {inputs.instruction_topic} ({len(inputs.frames)} '
+                           f'frames on {inputs.image_topic}); ask some with --instruction or '
+                           '--instructions, or give --references to score')
         ref_frames = reference_frames(entries, frames_by_stamp(inputs.frames), inputs.image_topic)
         if args.recorded:
             records, run = recorded_records(inputs, args.recorded)

@@ -34,8 +34,7 @@ from ..engine.features import FeatureSpec
 from ..eval.actions import read_actions
 from ..eval.dataset import check_out, features_of, pair_frames, write_dataset
 from ..eval.inputs import decode_frames, read_inputs
-from ..node.params import BY_NAME
-from .engine_args import add_engine_args, engine_config
+from .engine_args import add_limit_arg, add_model_args, model_config
 
 
 def parse_args(argv):
@@ -60,9 +59,10 @@ def parse_args(argv):
     parser.add_argument('--window', type=not_negative, default=0.5,
                         help='seconds after a frame in which its action must be logged')
     parser.add_argument('--batch-size', type=positive_int, default=4)
-    add_engine_args(parser)
-    parser.add_argument('--max-image-side', type=int, default=BY_NAME['max_image_side'].default,
-                        help="longer image side fed to the model, pixels (as vlm_node's)")
+    # Not --decode-mode, --constrain-plans nor --skills: they shape generated text, and the
+    # features are the prompt's hidden states.
+    add_model_args(parser)
+    add_limit_arg(parser, 'max_image_side')
     args = parser.parse_args(argv)
     check_instruction_args(parser, args)
     return args
@@ -86,8 +86,8 @@ def export(args) -> dict:
         images = decode_frames(reader, inputs, [p.frame.index for p in pairs])
     from ..engine.local import VlmEngine  # torch: only once the recording is good
 
-    engine = VlmEngine(engine_config(args, args.model, max_new_tokens=1,
-                                     max_image_side=args.max_image_side))
+    engine = VlmEngine(model_config(args, args.model, max_new_tokens=1,
+                                    max_image_side=args.max_image_side))
     engine.load()
     try:
         features = features_of(engine, inputs, pairs, images,
