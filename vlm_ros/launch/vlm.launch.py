@@ -12,12 +12,16 @@ forwarding=False, launch_configurations={...}), so that only this file's argumen
 """
 
 import difflib
+import os
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+from rclpy.exceptions import InvalidNamespaceException, InvalidTopicNameException
+from rclpy.validate_namespace import validate_namespace
+from rclpy.validate_topic_name import validate_topic_name
 
 # argument -> (parameter type, description); '' (the default) = as the params file says
 OVERRIDES = {
@@ -30,6 +34,7 @@ OVERRIDES = {
     'use_sim_time': (bool, 'true: take time from /clock (replayed bags with --clock)'),
 }
 BOOLEANS = {'true': True, 'false': False}
+LOG_LEVELS = ('debug', 'info', 'warn', 'error', 'fatal')
 ARGUMENTS = ('namespace', 'params_file', *OVERRIDES, 'image', 'instruction', 'log_level')
 
 
@@ -47,6 +52,32 @@ def _check_arguments(given) -> None:
                        'params_file)')
 
 
+def _check_values(value) -> None:
+    """Raise naming every argument whose value would be dropped or end the node.
+
+    launch_ros only warns about a params_file that is not a file and starts the node on its
+    defaults (another model, no API key); rcl ends the node on a bad topic or log level.
+    """
+    problems = []
+    if not os.path.isfile(value('params_file')):
+        problems.append(f"params_file {value('params_file')!r} is not a file")
+    if value('log_level').lower() not in LOG_LEVELS:
+        problems.append(f"log_level must be one of {', '.join(LOG_LEVELS)}, got "
+                        f"{value('log_level')!r}")
+    checks = [('image', validate_topic_name, InvalidTopicNameException),
+              ('instruction', validate_topic_name, InvalidTopicNameException)]
+    if value('namespace'):
+        checks.append(('namespace', lambda ns: validate_namespace('/' + ns.lstrip('/')),
+                       InvalidNamespaceException))
+    for name, validate, error in checks:
+        try:
+            validate(value(name))
+        except error as exc:
+            problems.append(f'{name} {value(name)!r}: {str(exc).splitlines()[0]}')
+    if problems:
+        raise ValueError(f"vlm.launch.py: {'; '.join(problems)}")
+
+
 def _typed(name: str, kind: type, text: str):
     if kind is bool:
         if text.lower() not in BOOLEANS:
@@ -60,6 +91,7 @@ def _node(context):
         return LaunchConfiguration(name).perform(context)
 
     _check_arguments(context.launch_configurations)
+    _check_values(value)
     overrides = {name: _typed(name, kind, value(name))
                  for name, (kind, _) in OVERRIDES.items() if value(name) != ''}
     image = value('image')

@@ -9,11 +9,12 @@ import uuid
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from engine_fixtures import TARGETS, scene
-from node_harness import TIMEOUT, camera, set_ok, transition
+from node_harness import TIMEOUT, call, camera, set_ok, transition
 from vlm_ros.node.health import RECUR
 from vlm_ros.node.image_conversion import rgb_to_image
 
 from vlm_ros_msgs.msg import Plan
+from vlm_ros_msgs.srv import Query
 
 INSTRUCTION = TARGETS['plan'][0]
 LEVELS = {DiagnosticStatus.OK: 'OK', DiagnosticStatus.WARN: 'WARN',
@@ -91,6 +92,12 @@ def test_corrupt_frames_warn_then_error_and_healthy_frames_end_it(start_vlm_node
     age = float(values['last_error_age_s'])
     _wait_level(node, 'OK', lambda v: v['last_error_kind'] == 'image' and
                 float(v['last_error_age_s']) > age, 'an older fault')
+    # A client's blank question is its own error, not a fault of the camera: the level stays.
+    blank = call(node.test_node, Query, '/vlm_node/query', Query.Request(question='  '))
+    assert not blank.success and blank.message.endswith('vqa needs a non-empty question')
+    _, after = _wait_level(node, 'OK', lambda v: v['status_bad_input'] ==
+                           str(int(values['status_bad_input']) + 1), 'the refused question')
+    assert after['errors_image'] == values['errors_image']
 
 
 def test_server_outage_is_an_error_until_it_is_back_and_answers(start_vlm_node, fault_server):

@@ -8,6 +8,7 @@ an operator's tools would (the lifecycle, parameter, query and action services).
 import subprocess
 import uuid
 
+import pytest
 from engine_fixtures import TARGETS, scene
 from launch_harness import launch_command
 from node_harness import (
@@ -99,13 +100,23 @@ def test_launch_values_ros_refuses_fail_configure_until_changed(start_vlm_node, 
     assert node.wait_state('inactive')['model_loaded'] == 'True'
 
 
-def test_a_misspelt_launch_argument_fails_the_launch(trained_tiny):
-    result = subprocess.run([*launch_command(), 'vlm_ros', 'vlm.launch.py',
-                             f'modle:={trained_tiny("llava")}', 'device:=cpu'],
+@pytest.mark.parametrize('argument, reason', [
+    ('modle:={model}', "vlm.launch.py has no argument 'modle' (did you mean 'model'?)"),
+    ('params_file:=/nonexistent/vlm_remote.yaml',
+     "params_file '/nonexistent/vlm_remote.yaml' is not a file"),
+    ('log_level:=verbose', "log_level must be one of debug, info, warn, error, fatal, got "
+     "'verbose'"),
+    ('image:=camera 1/image', "image 'camera 1/image': Invalid topic name: topic name must not "
+     'contain characters other than'),
+    ('namespace:=robot-1', "namespace 'robot-1': Invalid namespace"),
+], ids=['misspelt', 'params_file', 'log_level', 'topic', 'namespace'])
+def test_a_launch_argument_that_cannot_work_fails_the_launch(trained_tiny, argument, reason):
+    result = subprocess.run([*launch_command(), 'vlm_ros', 'vlm.launch.py', 'device:=cpu',
+                             argument.format(model=trained_tiny('llava'))],
                             capture_output=True, text=True, timeout=120)
     out = result.stdout + result.stderr
     assert result.returncode != 0, out[-3000:]
-    assert "vlm.launch.py has no argument 'modle' (did you mean 'model'?)" in out, out[-3000:]
+    assert reason in out, out[-3000:]
     assert 'process started' not in out, out[-3000:]  # no node was started with defaults
 
 

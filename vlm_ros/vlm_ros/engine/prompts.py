@@ -68,6 +68,11 @@ def check_template(task: str, template: str) -> None:
             raise VlmError('bad_input', f'prompt template for {task!r} must contain {{{name}}}')
 
 
+def text_field(task: str) -> str:
+    """Name what a request of task must say ('instruction', 'question', ...); '' if nothing."""
+    return (_FIELDS.get(task) or ('',))[0]
+
+
 def render_task(templates: Mapping, task: str, text: str = '',
                 context: Optional[Mapping] = None) -> str:
     """Fill the task's template: its first placeholder with text, the others from context."""

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Optional
 
+from ..engine.prompts import text_field
 from .batches import BatchRunner
 from .frames import FrameSet
 from .jobs import MAX_CANDIDATES, Job, Limits, Outcome, Status
@@ -28,7 +29,14 @@ def cancel_job(worker, job: Job, reason: str) -> None:
 
 
 def refusal(job: Job, max_text_chars: int) -> str:
-    """Say why job is refused before it is queued (too much text), or ''."""
+    """Say why job is refused before it is queued (no or too much text), or ''.
+
+    Before a camera frame is taken: a client's blank question is its own error, which
+    /diagnostics must not count as a fault of the node's camera.
+    """
+    field = text_field(job.task)
+    if field and not job.text.strip():
+        return f'{job.task} needs a non-empty {field}'
     if len(job.text) > max_text_chars:
         return (f'{job.task} text has {len(job.text)} characters; max_text_chars is '
                 f'{max_text_chars}')
