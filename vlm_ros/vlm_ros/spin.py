@@ -314,9 +314,11 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     except _rclpy.RCLError as exc:  # the command line's ROS arguments: say so, exit 2
         tool = os.path.basename(sys.argv[0]) or 'vlm_ros'
-        print(f'{tool}: the ROS arguments cannot be read ({str(exc).split(", at ")[0]}); '
-              'a value that YAML reads as something else (braces, brackets, ": ") needs '
-              'quotes: -p "prompt_plan:=\'{instruction}, in steps\'"', file=sys.stderr,
+        reason = str(exc).split(', at ')[0]
+        hint = ('; a value that YAML reads as something else (braces, brackets, ": ") needs '
+                'quotes: -p "prompt_plan:=\'{instruction}, in steps\'"'
+                if 'parameter' in reason else '')  # not for a remap or a log level
+        print(f'{tool}: the ROS arguments cannot be read ({reason}){hint}', file=sys.stderr,
               flush=True)
         return 2
     rclpy.logging.get_logger('vlm_ros').debug(f'transport: {transport}')

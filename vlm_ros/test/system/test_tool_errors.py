@@ -144,6 +144,11 @@ def test_ros_arguments_rcl_cannot_read_say_how_to_quote_and_exit_2(fork_server):
     assert "vlm_node: the ROS arguments cannot be read (failed to initialize rcl: Couldn't " \
         "parse parameter override rule: '-p prompt_ground:={phrase}'" in done.stderr
     assert 'needs quotes: -p "prompt_plan:=' in done.stderr
+    # A remap rcl cannot read is no YAML: no word of quoting.
+    done = run_tool([node_executable('vlm_node'), '--ros-args', '-r', 'image:=camera 1'],
+                    2 * TIMEOUT)
+    assert done.returncode == 2 and "Couldn't parse remap rule" in done.stderr, done.stderr
+    assert 'quotes' not in done.stderr and 'Traceback' not in done.stderr, done.stderr
 
 
 def _eval_with_torch_loaded(tmp_path, model) -> subprocess.Popen:
