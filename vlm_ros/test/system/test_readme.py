@@ -57,6 +57,15 @@ def test_requirements_sections_print_pins(section):
     assert has_torch == (section == 'local'), pins
 
 
+@pytest.mark.parametrize('args, code, out', [
+    (['--help'], 0, 'usage: '), (['-x'], 2, 'requirements: no section [-x] (sections: ros node'),
+    ([], 2, 'usage: ')])
+def test_requirements_says_its_usage_and_its_sections(args, code, out):
+    result = subprocess.run([str(REPO / 'scripts' / 'requirements'), *args],
+                            capture_output=True, text=True)
+    assert result.returncode == code and (result.stdout + result.stderr).startswith(out), result
+
+
 def test_gen_parameters_doc_writes_the_committed_document(tmp_path):
     """scripts/gen-parameters-doc renders the source tree's specs: what docs/ must hold."""
     out = tmp_path / 'PARAMETERS.md'
