@@ -1,6 +1,8 @@
 """vlm_node on the openai backend when its server fails, and with an API key.
 
 The server is a real transformers serve process (fault_server); the node is never restarted.
+What a server sends inside an answer (past max_tokens, keep-alive comments only, a plan not in
+the schema) comes from a real HTTP server that a test scripts (sse_server.py).
 """
 
 import os
@@ -10,6 +12,7 @@ import uuid
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, call, camera, set_ok
 from ros_harness import start_process, stop_process, wait_future
+from sse_server import ScriptedServer
 from vlm_ros.compat import ActionClient
 from vlm_ros.node.image_conversion import rgb_to_image
 
@@ -198,3 +201,49 @@ def test_a_plan_the_server_did_not_write_in_the_skills_says_so_until_the_skills_
     again = node.plans.wait_for(lambda p: p.request_id != plan.request_id, TIMEOUT, 'a plan')
     assert (again.status, again.form, again.message) == (Plan.STATUS_OK, Plan.FORM_CONSTRAINED,
                                                          ''), again
+
+
+def test_a_query_is_answered_within_its_max_new_tokens_when_the_server_ignores_them(
+        start_vlm_node, test_node):
+    word = uuid.uuid4().hex[:8] + ' '
+    with ScriptedServer() as server:
+        server.play(lambda reply: reply.flood(word))
+        _remote_node(start_vlm_node, server)
+        response = call(test_node, Query, '/vlm_node/query', Query.Request(
+            question=TARGETS['vqa'][0], image=rgb_to_image(scene('blue')), max_new_tokens=5))
+    assert response.success and response.answer == word * 5, response.message[:300]
+    assert response.message == f'{server.base_url} ignored max_tokens 5: it sent more, and ' \
+        'the answer was cut there'
+
+
+def test_a_plan_with_no_steps_outside_the_schema_says_that_none_were_read(start_vlm_node):
+    text = f'I see no {uuid.uuid4().hex[:8]} to pick up.'
+    with ScriptedServer() as server:
+        server.play(lambda reply: reply.piece(text) and reply.finish())
+        node = _remote_node(start_vlm_node, server)
+        frame_id = uuid.uuid4().hex
+        node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+        node.instruct(INSTRUCTION)
+        plan = node.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the plan')
+    assert (plan.status, plan.text, len(plan.steps)) == (Plan.STATUS_INVALID_OUTPUT, text, 0)
+    assert plan.message == f'model output invalid: {server.base_url} did not follow the plan ' \
+        'schema (response_format); no plan steps could be parsed'
+
+
+def test_a_server_sending_only_keep_alive_comments_times_out_and_frees_its_slot(
+        start_vlm_node):
+    with ScriptedServer() as server:
+        server.play(lambda reply: reply.keep_alive(), lambda reply: reply.piece(
+            TARGETS['plan'][1]) and reply.finish())
+        node = _remote_node(start_vlm_node, server, max_concurrency=1, max_retries=0,
+                            request_timeout=1.0)
+        frame_id = uuid.uuid4().hex
+        node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+        node.instruct(INSTRUCTION)
+        plan = node.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the plan')
+        assert plan.status == Plan.STATUS_MODEL_ERROR, plan.message
+        assert 'request_timeout 1 s' in plan.message and server.base_url in plan.message
+        node.instruct(INSTRUCTION)  # the one slot is free again: the server answers this one
+        again = node.plans.wait_for(lambda p: p.request_id != plan.request_id, TIMEOUT,
+                                    'the next plan')
+    assert (again.status, again.text) == (Plan.STATUS_OK, TARGETS['plan'][1]), again.message

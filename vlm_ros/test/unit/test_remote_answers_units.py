@@ -115,7 +115,8 @@ def _chunk(text, logprobs=None, finish=None) -> dict:
 
 def _read(chunks) -> Answer:
     answer = Answer()
-    done = asyncio.run(read_answer(_Client(chunks), {}, answer, None, _never()))
+    done = asyncio.run(read_answer(_Client(chunks), {'max_tokens': 64}, answer, None, _never(),
+                                   timeout=10.0))
     assert done
     return answer
 
@@ -152,6 +153,18 @@ def test_a_plan_outside_the_schema_says_the_server_did_not_follow_it(mode, valid
     assert 'http://127.0.0.1:9/v1 did not follow the plan schema' in result.note
     assert ('not used' if mode == 'on' else 'steps read from free text') in result.note
     assert all(math.isnan(value) for value in result.confidence)  # no logprobs were sent
+
+
+@pytest.mark.parametrize('mode, then', [
+    ('auto', '; no plan steps could be parsed'),
+    ('on', ': constrain_plans is on, so it is not used')])
+def test_a_plan_with_no_steps_outside_the_schema_never_says_steps_were_read(mode, then):
+    answer = _read([_chunk('There is no box to push here.'), _chunk('', finish='stop')])
+    result = answer_result(Request('plan', FRAME, 'push the box'), answer, False, 0.0, 1.0,
+                           _config(constrain_plans=mode))
+    assert (result.valid, result.steps) == (False, ())
+    assert result.note == 'http://127.0.0.1:9/v1 did not follow the plan schema ' \
+        f'(response_format){then}'
 
 
 def test_under_off_a_free_plan_has_no_note():

@@ -197,7 +197,8 @@ class RemoteEngine(EngineBase):
         async with self._slots:
             for attempt in range(1, attempts + 1):
                 try:
-                    if not await read_answer(self._client, payload, answer, on_text, cancel):
+                    if not await read_answer(self._client, payload, answer, on_text, cancel,
+                                             self.remote.request_timeout):
                         raise self._error('backend_bad_response', 'the answer stream ended '
                                           'without a finish_reason (not a chat completion '
                                           'stream, or cut short)', 1)

@@ -6,6 +6,7 @@ which anyone on the DDS domain reads, so the API key and any token a server echo
 redacted from every one of them.
 """
 
+import asyncio
 import re
 
 import openai
@@ -38,7 +39,8 @@ def classify(exc: Exception, responded: bool, key: str, request_timeout: float) 
 
 
 def _describe(exc: Exception, responded: bool, key: str, request_timeout: float) -> tuple:
-    if isinstance(exc, openai.APITimeoutError):
+    # The client's timeout of one read, or read_answer's of the data (streaming.py).
+    if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError)):
         return 'backend_timeout', f'no answer within request_timeout {request_timeout:g} s', True
     if isinstance(exc, openai.APIConnectionError):
         cause = exc  # the innermost error says most: ConnectionRefusedError, not 'Connection'
