@@ -59,7 +59,8 @@ class RemoteConfig:
     what vLLM and SGLang serve a hub id as). The API key is read from the environment variable
     named by ``api_key_env`` when the engine loads, so it is never a parameter, never in a
     launch file, and never in a log; '' means the server needs none. ``request_timeout`` bounds
-    the wait for a connection and for each streamed piece, not the whole answer, so a long
+    the wait for a connection and for each streamed data event (SSE comments do not count),
+    not the whole answer, so a long
     answer that keeps streaming is never cut. Images go as JPEG: a 640x480 frame is 922 kB of
     raw RGB, and tens of kB at ``jpeg_quality`` 90 (10 kB for the benchmark's frame).
     """

@@ -80,7 +80,8 @@ SPECS = (
               'only, so nobody on the DDS domain can send another variable as a key',
               applies='launch'),
     ParamSpec('request_timeout', 30.0, 'openai backend: seconds to wait for a connection and for '
-              'each streamed piece of an answer', applies='reload', low=0.1, high=3600.0),
+              'each data event of an answer (SSE comments do not count)', applies='reload',
+              low=0.1, high=3600.0),
     ParamSpec('max_retries', 2, 'openai backend: retries of a refused, timed-out, 429 or 5xx '
               'request before any text arrived, with exponential backoff from 0.5 s',
               applies='reload', low=0, high=10),
