@@ -9,8 +9,9 @@ import os
 import signal
 import uuid
 
+from diagnostic_msgs.msg import DiagnosticStatus
 from engine_fixtures import TARGETS, scene
-from node_harness import TIMEOUT, call, camera, set_ok
+from node_harness import TIMEOUT, call, camera, diag_values, set_ok
 from ros_harness import start_process, stop_process, wait_future
 from sse_server import ScriptedServer
 from vlm_ros.compat import ActionClient
@@ -175,6 +176,25 @@ def test_api_key_comes_from_the_environment_and_is_never_shown(start_vlm_node, t
     assert key not in str(values)
     code, err = node.stop()
     assert code == 0 and 'loaded' in err and key not in err  # the node's log output
+
+
+def test_a_base_url_without_v1_warns_before_any_request_and_requests_say_why(
+        start_vlm_node, tiny_server, test_node):
+    root = tiny_server.base_url.removesuffix('/v1')  # the usual slip: the server, not its API
+    node = start_vlm_node(backend='openai', base_url=root, model=tiny_server.model,
+                          max_retries=0)
+    msg = node.diagnostics.wait_for(
+        lambda m: 'API root' in diag_values(m).get('backend_problem', ''), TIMEOUT,
+        'the problem found by the reachability check')
+    status = next(s for s in msg.status if s.name == '/vlm_node: vlm')
+    assert status.level == DiagnosticStatus.WARN, status.message
+    assert status.message.startswith(
+        f'active: the inference server answers, but GET {root}/models answered HTTP 404: '
+        'base_url must be the API root, up to and including /v1'), status.message
+    response = call(test_node, Query, '/vlm_node/query', Query.Request(
+        question=TARGETS['vqa'][0], image=rgb_to_image(scene('blue'))))
+    assert not response.success and 'HTTP 404' in response.message
+    assert 'base_url must be the API root, up to and including /v1' in response.message
 
 
 def test_unset_key_variable_fails_configure_naming_it(start_vlm_node, tiny_server):

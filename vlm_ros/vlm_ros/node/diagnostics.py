@@ -173,7 +173,8 @@ class DiagnosticsReporter:
             return
         level, why = self.health.assess(values['state'], values['configure_error'],
                                         values.get('backend_reachable'),
-                                        values.get('backend_checked', ''))
+                                        values.get('backend_checked', ''),
+                                        values.get('backend_problem', ''))
         summary = f"{why}; {values['requests_served']} requests served"
         self._pub.publish(diagnostics_msg(self._name, level, summary, values,
                                           self._clock.now().to_msg()))

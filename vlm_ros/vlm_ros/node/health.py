@@ -7,7 +7,8 @@ configure. A healthy answer is a request answered OK. The rule, first match wins
 - ERROR: unconfigured after a failed configure; the inference server unreachable now; or
   RECUR faults or more within the last WINDOW s with no healthy answer since the first of them.
 - WARN: not active (unconfigured, inactive, ...): the node serves nothing; or a fault within
-  the last WINDOW s with no healthy answer since.
+  the last WINDOW s with no healthy answer since; or the inference server answers, but so
+  that its requests will fail (GET /models HTTP 404: base_url is not its API root).
 - OK: active, and no fault since the last healthy answer or within the last WINDOW s.
 
 So a glitch an hour ago is history, shown as the last error and its age, not a fault now; one
@@ -76,11 +77,13 @@ class Health:
             return sum(1 for at in self._recent if at > since)
 
     def assess(self, state: str, configure_error: str = '',
-               backend_reachable=None, backend_checked: str = '') -> tuple:
+               backend_reachable=None, backend_checked: str = '',
+               backend_problem: str = '') -> tuple:
         """Return (level, why) for the node in lifecycle state, by the rule of this module.
 
         backend_reachable: False when the inference server is unreachable now (openai
-        backend), with backend_checked saying how that was found.
+        backend), with backend_checked saying how that was found; backend_problem: why its
+        requests will fail although it answers (a base_url that is not its API root).
         """
         if state == 'unconfigured' and configure_error:
             return ERROR, f'unconfigured: configure failed: {configure_error}'
@@ -89,6 +92,8 @@ class Health:
         if backend_reachable is False:
             return ERROR, f'active: the inference server is unreachable: {backend_checked}'
         faults = self.current_faults()
+        if not faults and backend_problem:
+            return WARN, f'active: the inference server answers, but {backend_problem}'
         if not faults:
             return OK, 'active'
         values = self.values()

@@ -31,7 +31,7 @@ from ..preprocess import check_image
 from .answers import answer_result
 from .failures import NO_KEY, classify, failure
 from .payload import chat_payload
-from .probe import check_forever
+from .probe import ANSWERED, Reach, check_forever
 from .streaming import Answer, read_answer, run_all
 
 FIRST_BACKOFF = 0.5  # s before the first retry, doubled before each next one
@@ -50,8 +50,7 @@ class RemoteEngine(EngineBase):
     def __init__(self, config: EngineConfig):
         super().__init__(config)
         self.remote = config.remote
-        self.reachable: Optional[bool] = None
-        self.checked = 'not checked yet'
+        self._seen = Reach()
         self._client: Optional[openai.AsyncOpenAI] = None
         self._key = NO_KEY
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -63,6 +62,11 @@ class RemoteEngine(EngineBase):
     def concurrency(self) -> int:
         """How many run() calls may usefully overlap: the server batches them."""
         return self.remote.max_concurrency
+
+    @property
+    def reachable(self) -> Optional[bool]:
+        """Tell whether the server answered HTTP at the last check or request (None: unknown)."""
+        return self._seen.reachable
 
     @property
     def model_name(self) -> str:
@@ -83,9 +87,8 @@ class RemoteEngine(EngineBase):
 
     def status(self) -> dict:
         """Plain values for diagnostics: the server, and whether it answered lately."""
-        reachable = 'unknown' if self.reachable is None else self.reachable
         return {'device': self.remote.base_url, 'base_url': self.remote.base_url,
-                'backend_reachable': reachable, 'backend_checked': self.checked}
+                **self._seen.status()}
 
     def load(self) -> None:
         """Read the key, start the client and the reachability check; the server may be down."""
@@ -101,6 +104,7 @@ class RemoteEngine(EngineBase):
                                self.model_name)
         self._client = openai.AsyncOpenAI(base_url=self.remote.base_url, api_key=self._key,
                                           timeout=self.remote.request_timeout, max_retries=0)
+        self._seen = Reach()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name='vlm-remote',
                                         daemon=True)
@@ -124,7 +128,7 @@ class RemoteEngine(EngineBase):
     async def _start(self) -> None:
         self._slots = asyncio.Semaphore(self.remote.max_concurrency)
         self._probe = asyncio.create_task(check_forever(self._client, self.remote, self._key,
-                                                        self._reach))
+                                                        self._seen))
 
     async def _stop(self) -> None:
         self._probe.cancel()
@@ -209,7 +213,7 @@ class RemoteEngine(EngineBase):
                                                       self.remote.request_timeout)
                     # Any other failure came from the server: it is there (an earlier check
                     # may have found it away, while it restarted).
-                    self._reach(kind not in ('backend_unreachable', 'backend_timeout'), cause)
+                    self._seen(kind not in ('backend_unreachable', 'backend_timeout'), cause)
                     first = first or cause
                     if not transient or attempt == attempts or answer.pieces:
                         if first != cause:  # e.g. reset mid-request, then refused
@@ -218,13 +222,9 @@ class RemoteEngine(EngineBase):
                     await asyncio.sleep(min(FIRST_BACKOFF * 2 ** (attempt - 1), MAX_BACKOFF))
                     answer.responded = False
                 else:
-                    self._reach(True, 'answered a request')
+                    self._seen(True, ANSWERED, '')
                     return
 
     def _error(self, kind: str, cause: str, attempts: int) -> VlmError:
         """Make the VlmError of a failed request (failures.py), naming this server and model."""
         return failure(kind, cause, attempts, self.remote.base_url, self.model_name, self._key)
-
-    def _reach(self, reachable: bool, note: str) -> None:
-        """Record what the last check or request showed (status() reports it)."""
-        self.reachable, self.checked = reachable, note
