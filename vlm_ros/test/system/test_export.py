@@ -68,6 +68,7 @@ def test_frames_become_pairs_of_features_and_the_action_that_followed(tmp_path,
                       'float32', '--out', out)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (theirs / 'notes.txt').read_text() == 'keep me'
+    assert out.stat().st_mode == theirs.stat().st_mode  # made as mkdir makes a folder
     assert sorted(path.name for path in tmp_path.iterdir()) == ['bag', 'dataset',
                                                                  'dataset.partial']
     assert 'wrote' in done.stdout and '2 pairs' in done.stdout

@@ -13,7 +13,7 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,8 +93,10 @@ def write_dataset(out: pathlib.Path, features: np.ndarray, pairs: list, actions:
     dataset is moved aside first and removed last, so no moment lacks both.
     """
     check_out(out)
-    partial = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.', suffix='.partial',
-                                            dir=out.parent))
+    # mkdir, not tempfile.mkdtemp: the folder becomes the dataset, with the user's umask's
+    # mode, where mkdtemp's 0700 hid it from every other user.
+    partial = out.parent / f'.{out.name}.{uuid.uuid4().hex[:8]}.partial'
+    partial.mkdir()
     earlier = partial.with_suffix('.earlier')
     try:
         np.savez(partial / 'dataset.npz', features=features,
