@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from vlm_ros.engine import EngineConfig, VlmError, make_engine
+from vlm_ros.engine import EngineConfig, Request, VlmError, make_engine
 from vlm_ros.engine.local import VlmEngine
 from vlm_ros.engine.local.loader import classify_error, load, resolve_device, resolve_dtype
 from vlm_ros.engine.preprocess import check_image, encode_jpeg, resize_max_side
@@ -127,3 +127,39 @@ def test_run_time_update_changes_the_next_request_only_with_valid_templates():
     assert render_task(engine.templates, 'plan', 'x') == 'Do: x'  # unchanged
     with pytest.raises(VlmError, match='cannot change'):
         engine.update(model='other')
+
+
+@pytest.mark.parametrize('backend', ['transformers', 'openai'])
+def test_values_no_request_could_be_answered_under_are_refused_and_change_nothing(backend):
+    with pytest.raises(VlmError, match="skills must be a list of names; got 'pick'") as info:
+        make_engine(EngineConfig(model='m', backend=backend, skills='pick'))
+    assert info.value.kind == 'bad_input'
+    engine = make_engine(EngineConfig(model='m', backend=backend, skills=('pick',)))
+    for fields, reason in (({'max_new_tokens': -5}, 'max_new_tokens must be a whole number >= 1'),
+                           ({'max_new_tokens': '8'}, "got '8'"),
+                           ({'max_image_side': -1}, 'max_image_side must be a whole number >= 0'),
+                           ({'skills': 'place'}, "skills must be a list of names; got 'place'")):
+        with pytest.raises(VlmError, match=reason) as info:
+            engine.update(**fields)
+        assert info.value.kind == 'bad_input'
+    assert (engine.config.max_new_tokens, engine.config.max_image_side, engine.config.skills) \
+        == (64, 640, ('pick',))
+    engine.update(skills=['pick', 'place'])
+    assert engine.config.skills == ('pick', 'place')
+
+
+@pytest.mark.parametrize('backend', ['transformers', 'openai'])
+def test_a_batch_run_cannot_take_is_the_callers_error_before_anything_runs(backend):
+    """Refused whether or not a model is loaded: no AttributeError from deep inside."""
+    engine = make_engine(EngineConfig(model='m', backend=backend))
+    request = Request('vqa', np.zeros((8, 8, 3), np.uint8), 'what is it?')
+    for args, kwargs, reason in (
+            ((request,), {}, 'requests must be a list of vlm_ros.engine.Request; got a Request'),
+            (([request, None],), {}, 'it holds NoneType'),
+            (([request],), {'cancel': True}, 'cancel must be a threading.Event; got True'),
+            (([request, request],), {'on_text': print}, 'on_text streams a single request'),
+            (([Request('vqa', request.image, 'x', -1)],), {},
+             'Request.max_new_tokens must be a whole number >= 0; got -1')):
+        with pytest.raises(VlmError, match=reason) as info:
+            engine.run(*args, **kwargs)
+        assert info.value.kind == 'bad_input'

@@ -40,6 +40,14 @@ def test_anything_else_is_no_box(text):
     assert parse_box(text) is None
 
 
+def test_an_answer_nested_deeper_than_json_can_read_is_no_box_not_an_error():
+    """A ground answer of 2000 brackets (well within max_new_tokens, or any server's answer)."""
+    nested = '[' * 1000 + ']' * 1000
+    assert parse_boxes(nested) == []
+    result = make_result('ground', nested, 2000, 0.1, 0.5, False, views=ONE)
+    assert not result.valid and result.boxes == ()
+
+
 def test_a_steps_box_key_wins_and_bbox_2d_is_in_the_views_pixels():
     assert step_box({'instruction': 'pick', 'bbox_2d': [64, 48, 128, 96]}) == \
         ViewBox(64, 48, 128, 96, pixels=True, notation='bbox_2d')

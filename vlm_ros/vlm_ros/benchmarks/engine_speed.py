@@ -311,6 +311,8 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.constraint_cost and args.constrain_plans == 'off':
         parser.error('--constraint-cost times constrained plans: not with --constrain-plans off')
+    if args.new_tokens < 2:  # the first token is timed apart: decoding needs a second one
+        parser.error(f'--new-tokens must be >= 2, got {args.new_tokens}')
     if args.random is not None:  # the names import torch: only once the rest is good
         from ..models import FAMILIES
         from ..models.real_size import SIZES
@@ -323,8 +325,9 @@ def parse_args(argv):
 
 def _image_size(text: str) -> tuple:
     height, sep, width = text.partition('x')
-    if not (sep and height.isdigit() and width.isdigit() and int(height) and int(width)):
-        raise argparse.ArgumentTypeError(f'write HEIGHTxWIDTH in pixels, e.g. 480x640, not {text}')
+    if not (sep and height.isdigit() and width.isdigit() and min(int(height), int(width)) >= 8):
+        raise argparse.ArgumentTypeError(f'write HEIGHTxWIDTH in pixels, at least 8x8 (each '
+                                         f'frame is numbered in its first 8), not {text}')
     return int(height), int(width)
 
 

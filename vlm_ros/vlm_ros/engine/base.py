@@ -36,10 +36,45 @@ class CancelSignal:
         return any(event.is_set() for event in self._events)
 
 
+def _whole(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise VlmError('bad_input', f'{name} must be a whole number >= {low}; got {value!r}'[:200])
+
+
+def check_values(config: EngineConfig) -> None:
+    """Refuse (VlmError 'bad_input') run-time values no request could be answered under.
+
+    Checked when an engine is made and on every update(): a max_new_tokens of 0 failed every
+    later request as the model's failure, and a skills string was read letter by letter.
+    """
+    _whole('max_new_tokens', config.max_new_tokens, 1)
+    _whole('max_image_side', config.max_image_side, 0)
+    parse_skills(config.skills)
+
+
+def check_batch(requests, on_text=None, cancel=None) -> None:
+    """Refuse (VlmError 'bad_input') what run() cannot take: the caller's error, not a crash."""
+    what = 'requests must be a list of vlm_ros.engine.Request'
+    if not isinstance(requests, (list, tuple)):
+        raise VlmError('bad_input', f'{what}; got a {type(requests).__name__}')
+    wrong = sorted({type(r).__name__ for r in requests if not isinstance(r, Request)})
+    if wrong:
+        raise VlmError('bad_input', f'{what}; it holds {", ".join(wrong)}')
+    if on_text is not None and len(requests) > 1:
+        raise VlmError('bad_input', 'on_text streams a single request; give each request of '
+                       'a batch its own Request.on_text')
+    if cancel is not None and not callable(getattr(cancel, 'is_set', None)):
+        raise VlmError('bad_input', f'cancel must be a threading.Event; got {cancel!r}'[:200])
+    for request in requests:
+        if request.max_new_tokens is not None:  # 0: the engine's max_new_tokens
+            _whole('Request.max_new_tokens', request.max_new_tokens, 0)
+
+
 class EngineBase(Engine):
     """The config and templates of an engine; subclasses load a model and answer requests."""
 
     def __init__(self, config: EngineConfig):
+        check_values(config)
         self.config = config
         self.templates = load_templates(config.prompts)
         self._running: set = set()  # one Event per run() in progress, set by cancel()
@@ -55,10 +90,11 @@ class EngineBase(Engine):
             raise VlmError('bad_input', f'{sorted(unknown)} cannot change while a model is '
                            f'loaded; only {RUN_TIME_FIELDS} can')
         templates = load_templates(fields['prompts']) if 'prompts' in fields else self.templates
+        config = dataclasses.replace(self.config, **fields)
+        check_values(config)
         if 'skills' in fields:
-            fields['skills'] = tuple(fields['skills'])
-            parse_skills(fields['skills'])
-        self.config = dataclasses.replace(self.config, **fields)
+            config = dataclasses.replace(config, skills=tuple(fields['skills']))
+        self.config = config
         self.templates = templates
 
     def stream(self, request: Request, on_text: Callable[[str], None],

@@ -91,7 +91,7 @@ def _json_objects(text: str) -> list:
         return []
     try:
         value = json.loads(text[start:text.rfind(']' if text[start] == '[' else '}') + 1])
-    except ValueError:
+    except (ValueError, RecursionError):  # JSONDecodeError, or nested too deep
         return []
     values = value if isinstance(value, list) else [value]
     return [item for item in values if isinstance(item, dict)]

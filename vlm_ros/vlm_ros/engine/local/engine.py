@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Optional
 
-from ..base import CancelSignal, EngineBase
+from ..base import CancelSignal, EngineBase, check_batch
 from ..chat import render_prompt
 from ..config import EngineConfig
 from ..errors import VlmError
@@ -156,11 +156,9 @@ class VlmEngine(EngineBase):
         ('bad_input' for a bad image or text, 'out_of_memory' or 'generation_failed' for the
         model), never a bare exception.
         """
+        check_batch(requests, on_text, cancel)
         if not requests:
             return []
-        if on_text is not None and len(requests) != 1:
-            raise VlmError('bad_input', 'on_text streams a single request; give each request '
-                           'of a batch its own Request.on_text', self.config.model)
         with self.running() as stop:  # cancel() sets stop
             cancels = [CancelSignal(r.cancel or cancel, stop) for r in requests]
             return self._run(requests, on_text, cancels)
@@ -210,6 +208,7 @@ class VlmEngine(EngineBase):
         Prompts go through preprocess(), so a model is scored on exactly the inputs it answers
         at run time (teacher_forcing.py). Errors as the interface declares (interface.py).
         """
+        check_batch(requests)
         teacher_forcing.check_targets(requests, targets, self.config.model)
         if not requests:
             return []

@@ -134,6 +134,9 @@ def target_log_probs(model, logits: torch.Tensor,
 
 def check_targets(requests: Sequence, targets: Sequence, model: str) -> None:
     """Refuse (VlmError 'bad_input') anything but one non-empty target string per request."""
+    if not isinstance(targets, (list, tuple)):
+        raise VlmError('bad_input', f'targets must be a list of strings; got a '
+                       f'{type(targets).__name__}', model)
     if len(requests) != len(targets):
         raise VlmError('bad_input', f'{len(requests)} requests but {len(targets)} targets: '
                        'score needs one target per request', model)

@@ -24,7 +24,7 @@ from typing import Optional
 
 import openai
 
-from ..base import CancelSignal, EngineBase
+from ..base import CancelSignal, EngineBase, check_batch
 from ..config import EngineConfig
 from ..errors import NOT_LOADED, VlmError
 from ..preprocess import check_image
@@ -148,12 +148,11 @@ class RemoteEngine(EngineBase):
         'backend_unreachable', 'backend_timeout', 'backend_http_error' or
         'backend_bad_response', with the cause in the message.
         """
+        check_batch(requests, on_text, cancel)
         if not requests:
             return []
         if self._client is None:
             raise VlmError(NOT_LOADED, 'the openai backend is not loaded', self.model_name)
-        if on_text is not None and len(requests) != 1:
-            raise VlmError('bad_input', 'streaming needs a batch of one request')
         if any(request.features is not None for request in requests):
             raise VlmError('unsupported', 'the openai backend cannot give features: a chat '
                            "completion returns text, not the model's hidden states; use the "
