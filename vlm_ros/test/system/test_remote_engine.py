@@ -123,7 +123,7 @@ def test_bad_input_fails_before_any_request(remote, tiny_server):
     with pytest.raises(VlmError, match='HxWx3') as info:
         remote.run([Request('caption', np.zeros((4, 4), np.uint8))])
     assert info.value.kind == 'bad_input'
-    with pytest.raises(VlmError, match='one request'):
+    with pytest.raises(VlmError, match='on_text streams a single request'):
         remote.run(_requests()[:2], on_text=print)
     engine = make_engine(remote_config(tiny_server, base_url='127.0.0.1:8000/v1'))
     with pytest.raises(VlmError, match='http:// or https://'):
