@@ -163,3 +163,12 @@ def test_a_batch_run_cannot_take_is_the_callers_error_before_anything_runs(backe
         with pytest.raises(VlmError, match=reason) as info:
             engine.run(*args, **kwargs)
         assert info.value.kind == 'bad_input'
+
+
+def test_a_model_path_or_device_that_is_no_string_is_refused_saying_what_to_pass(tmp_path):
+    with pytest.raises(VlmError, match=r'model must be a string; got PosixPath .* \(pass '
+                       r'str\(path\)\)') as info:
+        make_engine(EngineConfig(model=tmp_path / 'model'))
+    assert info.value.kind == 'bad_input'
+    with pytest.raises(VlmError, match='device must be a string; got NoneType None'):
+        make_engine(EngineConfig(model='m', device=None))

@@ -47,6 +47,11 @@ def check_values(config: EngineConfig) -> None:
     Checked when an engine is made and on every update(): a max_new_tokens of 0 failed every
     later request as the model's failure, and a skills string was read letter by letter.
     """
+    for name in ('model', 'device'):  # a pathlib.Path or None failed deep inside load()
+        if not isinstance(getattr(config, name), str):
+            raise VlmError('bad_input', f'{name} must be a string; got '
+                           f'{type(getattr(config, name)).__name__} {getattr(config, name)!r}'
+                           + (' (pass str(path))' if name == 'model' else ''))
     _whole('max_new_tokens', config.max_new_tokens, 1)
     _whole('max_image_side', config.max_image_side, 0)
     parse_skills(config.skills)
