@@ -280,7 +280,8 @@ def parse_args(argv):
     source.add_argument('--random', help='random weights: a real-size config name, or '
                         'tiny:FAMILY for a test checkpoint')
     add_engine_args(parser)
-    parser.add_argument('--attn', default='sdpa', help="attn_implementation (default sdpa; '' = the model's own default)")
+    parser.add_argument('--attn', default='sdpa',
+                        help="attn_implementation (default sdpa; '' = the model's own)")
     parser.add_argument('--batch-sizes', type=positive_int, nargs='+', default=[1, 4, 8])
     parser.add_argument('--new-tokens', type=positive_int, default=64)
     parser.add_argument('--repeats', type=positive_int, default=3)
