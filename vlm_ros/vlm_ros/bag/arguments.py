@@ -41,7 +41,8 @@ def not_negative(text: str) -> float:
     return value
 
 
-def _whole(text: str, low: int) -> int:
+def whole(text: str, low: int) -> int:
+    """Parse a whole number >= low (argparse.ArgumentTypeError saying why not)."""
     try:
         value = int(text)
     except ValueError:
@@ -53,12 +54,12 @@ def _whole(text: str, low: int) -> int:
 
 def positive_int(text: str) -> int:
     """Parse a whole number >= 1 (a count)."""
-    return _whole(text, 1)
+    return whole(text, 1)
 
 
 def not_negative_int(text: str) -> int:
     """Parse a whole number >= 0 (a count where 0 means a default)."""
-    return _whole(text, 0)
+    return whole(text, 0)
 
 
 class ArgumentParser(argparse.ArgumentParser):

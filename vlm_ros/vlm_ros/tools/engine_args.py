@@ -11,7 +11,7 @@ vlm_node would.
 
 import argparse
 
-from ..bag.arguments import not_negative_int, positive_int
+from ..bag.arguments import not_negative_int, whole
 from ..engine import EngineConfig, VlmError
 from ..engine.config import DECODE_MODES, DEVICES_HELP, DTYPES, parse_processor_kwargs
 from ..engine.plan_schema import CONSTRAIN_MODES
@@ -55,10 +55,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
 def _node_limited(name: str):
     """Return the argparse type of the node's whole-number parameter name, in its range."""
     spec = BY_NAME[name]
-    parse = positive_int if spec.low == 1 else not_negative_int
 
     def limited(text: str) -> int:
-        value = parse(text)
+        value = whole(text, spec.low)
         if value > spec.high:
             raise argparse.ArgumentTypeError(f"must be <= {spec.high}, as vlm_node's {name}; "
                                              f'got {text}')
