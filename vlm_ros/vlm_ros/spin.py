@@ -28,7 +28,7 @@ import socket
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Optional
 
 import rclpy
@@ -38,6 +38,7 @@ from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedEx
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
+from rclpy.utilities import remove_ros_args
 
 from .compat import distro
 
@@ -288,6 +289,43 @@ class _MainWake:
         signal.set_wakeup_fd(self._previous)
         self._read.close()
         self._write.close()
+
+
+def ros_arguments_only(about: str, parameters: Collection[str],
+                       args: Optional[list] = None) -> Optional[int]:
+    """Answer the command line of a node set by its parameters; None when it holds no other.
+
+    rcl reads ``vlm_node model:=DIR`` (``--ros-args -p`` forgotten) as a remap in the
+    deprecated syntax, so the node started with the default model; rclpy ignores the rest,
+    so ``vlm_node --help`` started the node. Now -h/--help prints the usage and ``about``
+    (0); a bare NAME:=VALUE that names one of the node's ``parameters``, or any argument
+    that is not a ROS argument, is refused with the way to write it (2). Bare remaps of other
+    names stay rcl's; ROS arguments rcl cannot read are left to rclpy.init, which says why.
+    """
+    argv = list(sys.argv if args is None else args)
+    tool = os.path.basename(argv[0] if argv else '') or 'vlm_ros'
+    own, inside = [], False  # inside: within --ros-args ... [--]
+    for arg in argv[1:]:  # before rcl, which would log the remap it reads there
+        inside = arg == '--ros-args' or (inside and arg != '--')
+        name = arg.split(':=')[0]
+        if not inside and ':=' in arg and (name in parameters or name == 'use_sim_time'):
+            own = [arg]
+            break
+    try:
+        own = own or remove_ros_args(argv)[1:]
+    except Exception:  # noqa: BLE001 - malformed ROS arguments: rclpy.init reports them
+        return None
+    if own and own[0] in ('-h', '--help'):
+        print(f'usage: {tool} [--ros-args -p NAME:=VALUE ... --params-file FILE ...]\n\n'
+              f'{about.strip()}')
+        return 0
+    if not own:
+        return None
+    hint = (f': a parameter goes after --ros-args, {tool} --ros-args -p {own[0]}'
+            if ':=' in own[0] else ' (--help says what it takes)')
+    print(f'{tool}: {own[0]!r} is not a ROS argument, and {tool} takes no other{hint}',
+          file=sys.stderr, flush=True)
+    return 2
 
 
 def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,

@@ -93,6 +93,16 @@ CASES = [
      'unrecognized arguments: --constrain-plans off'),
     ('vlm_export', ['{pi}', '--model', 'm', '--actions', '/x', '--decode-mode', 'static'],
      'unrecognized arguments: --decode-mode static'),
+    # The nodes take ROS arguments only: a parameter without --ros-args -p is no remap.
+    ('vlm_node', ['model:={missing}'],
+     'is not a ROS argument, and vlm_node takes no other: a parameter goes after --ros-args, '
+     'vlm_node --ros-args -p model:='),
+    ('vlm_node', ['--ros-args', '-p', 'model:={missing}', '--', 'use_sim_time:=true'],
+     'vlm_node --ros-args -p use_sim_time:=true'),
+    ('vlm_node', ['--model', '{missing}'], "'--model' is not a ROS argument"),
+    ('vlm_action_head', ['head:=head.pt'], 'vlm_action_head --ros-args -p head:=head.pt'),
+    ('scripted_vla_head', ['fail'],
+     "'fail' is not a ROS argument, and scripted_vla_head takes no other (--help says what"),
 ]
 
 
@@ -152,6 +162,17 @@ def test_ros_arguments_rcl_cannot_read_say_how_to_quote_and_exit_2(fork_server):
                     2 * TIMEOUT)
     assert done.returncode == 2 and "Couldn't parse remap rule" in done.stderr, done.stderr
     assert 'quotes' not in done.stderr and 'Traceback' not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(('tool', 'says'), [('vlm_node', 'docs/PARAMETERS.md'),
+                                            ('vlm_action_head', '-p head:=head.pt'),
+                                            ('scripted_vla_head', '`step_time`')])
+def test_help_of_a_node_says_how_to_set_its_parameters_and_starts_nothing(fork_server, tool,
+                                                                         says):
+    done = run_tool([node_executable(tool), '--help'], 2 * TIMEOUT)
+    assert done.returncode == 0 and done.stderr == '', done.stderr
+    assert done.stdout.startswith(f'usage: {tool} [--ros-args -p NAME:=VALUE ...')
+    assert says in done.stdout
 
 
 def _eval_with_torch_loaded(tmp_path, model) -> subprocess.Popen:

@@ -21,7 +21,7 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from std_msgs.msg import Header
 
 from ..engine import VlmError, make_engine
-from ..spin import spin_main
+from ..spin import ros_arguments_only, spin_main
 from . import parameter_changes, params, readiness, shutdown
 from .diagnostics import DiagnosticsReporter, Sources
 from .execute_action import ExecutePlanServer
@@ -35,6 +35,14 @@ from .scheduler import Worker
 from .settings import Settings
 from .topics import Topics, deep_qos
 
+USAGE = """
+Every setting is a ROS parameter (docs/PARAMETERS.md; on a running node, `ros2 param describe
+/vlm_node NAME`):
+
+    vlm_node --ros-args -p model:=DIR -p device:=cuda
+    vlm_node --ros-args --params-file config/vlm_gpu.yaml
+    ros2 launch vlm_ros vlm.launch.py model:=DIR
+"""
 ANSWER_MARGIN = 600.0  # s a query waits beyond wait_for_image before its job is cancelled
 
 
@@ -260,6 +268,10 @@ def main(args=None) -> None:
 
     Exits the process with spin_main's code (0 on SIGINT/SIGTERM) instead of returning.
     """
+    refused = ros_arguments_only(__doc__ + USAGE, params.BY_NAME, args)
+    if refused is not None:
+        sys.exit(refused)
+
     def make():
         node = VlmNode()
         if node.settings.autostart:

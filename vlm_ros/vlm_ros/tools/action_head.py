@@ -25,7 +25,7 @@ from sensor_msgs.msg import JointState
 from vlm_ros_msgs.msg import Features, StepCommand
 
 from ..engine import VlmError
-from ..spin import spin_main
+from ..spin import ros_arguments_only, spin_main
 
 FEATURES_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                           reliability=ReliabilityPolicy.RELIABLE)  # as vlm_node publishes them
@@ -121,7 +121,8 @@ class ActionHeadNode(Node):
 
 def main(args=None) -> None:
     """Console script vlm_action_head (exit 0 on SIGINT/SIGTERM, 2 without a usable head)."""
-    sys.exit(spin_main(ActionHeadNode, args))
+    refused = ros_arguments_only(__doc__, ('head',), args)
+    sys.exit(refused if refused is not None else spin_main(ActionHeadNode, args))
 
 
 if __name__ == '__main__':

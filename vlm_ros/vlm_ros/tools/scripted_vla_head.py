@@ -19,7 +19,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from vlm_ros_msgs.msg import StepCommand, StepFeedback
 
-from ..spin import spin_main
+from ..spin import ros_arguments_only, spin_main
 
 OUTCOMES = ('succeed', 'fail', 'silent')
 RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
@@ -91,7 +91,8 @@ class ScriptedHead(Node):
 
 def main(args=None) -> None:
     """Console script scripted_vla_head (exit 0 on SIGINT/SIGTERM)."""
-    sys.exit(spin_main(ScriptedHead, args))
+    refused = ros_arguments_only(__doc__, ('step_time', 'script'), args)
+    sys.exit(refused if refused is not None else spin_main(ScriptedHead, args))
 
 
 if __name__ == '__main__':
