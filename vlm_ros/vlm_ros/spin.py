@@ -293,34 +293,28 @@ class _MainWake:
 
 def ros_arguments_only(about: str, parameters: Collection[str],
                        args: Optional[list] = None) -> Optional[int]:
-    """Answer the command line of a node set by its parameters; None when it holds no other.
+    """Answer -h (0) or refuse (2) what is not a ROS argument; None when nothing else is there.
 
-    rcl reads ``vlm_node model:=DIR`` (``--ros-args -p`` forgotten) as a remap in the
-    deprecated syntax, so the node started with the default model; rclpy ignores the rest,
-    so ``vlm_node --help`` started the node. Now -h/--help prints the usage and ``about``
-    (0); a bare NAME:=VALUE that names one of the node's ``parameters``, or any argument
-    that is not a ROS argument, is refused with the way to write it (2). Bare remaps of other
-    names stay rcl's; ROS arguments rcl cannot read are left to rclpy.init, which says why.
+    rcl reads ``vlm_node model:=DIR`` (``-p`` forgotten) as a remap: the default model loaded;
+    rclpy ignores the rest (``--help`` started the node). Bare remaps of other names stay rcl's.
     """
     argv = list(sys.argv if args is None else args)
     tool = os.path.basename(argv[0] if argv else '') or 'vlm_ros'
     own, inside = [], False  # inside: within --ros-args ... [--]
     for arg in argv[1:]:  # before rcl, which would log the remap it reads there
         inside = arg == '--ros-args' or (inside and arg != '--')
-        name = arg.split(':=')[0]
-        if not inside and ':=' in arg and (name in parameters or name == 'use_sim_time'):
+        if not inside and arg.split(':=')[0] in {*parameters, 'use_sim_time'} and ':=' in arg:
             own = [arg]
             break
     try:
         own = own or remove_ros_args(argv)[1:]
     except Exception:  # noqa: BLE001 - malformed ROS arguments: rclpy.init reports them
         return None
-    if own and own[0] in ('-h', '--help'):
-        print(f'usage: {tool} [--ros-args -p NAME:=VALUE ... --params-file FILE ...]\n\n'
-              f'{about.strip()}')
-        return 0
-    if not own:
-        return None
+    if not own or own[0] in ('-h', '--help'):
+        if own:
+            print(f'usage: {tool} [--ros-args -p NAME:=VALUE ... --params-file FILE ...]\n\n'
+                  f'{about.strip()}')
+        return 0 if own else None
     hint = (f': a parameter goes after --ros-args, {tool} --ros-args -p {own[0]}'
             if ':=' in own[0] else ' (--help says what it takes)')
     print(f'{tool}: {own[0]!r} is not a ROS argument, and {tool} takes no other{hint}',

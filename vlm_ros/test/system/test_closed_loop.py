@@ -96,6 +96,9 @@ def test_silence_replans_after_step_timeout_then_fails_with_the_reason(loop, hea
     assert end.state == FAILED, end
     assert 'within step_timeout 1 s' in end.message and 'max_replans 2' in end.message
     assert running.commands_of(plan.request_id) == [(a, 0, PICK[0]) for a in range(3)]
+    running.node.wait_diag(lambda v: (v.get('plans_failed'), v.get('plan_replans'),
+                                      v.get('plan_executing')) == ('1', '2', ''),
+                           10.0, 'the failed plan and its re-plans counted, none executing')
 
 
 def test_a_new_instruction_preempts_the_running_plan(loop, head):
@@ -113,6 +116,9 @@ def test_a_new_instruction_preempts_the_running_plan(loop, head):
     assert end.state == PREEMPTED and 'new instruction' in end.message
     assert running.step(second.request_id, 0).instruction == PICK[0]
     assert running.ended(second.request_id).state == DONE
+    running.node.wait_diag(lambda v: (v.get('plans_preempted'), v.get('plans_done'),
+                                      v.get('plan_executing')) == ('1', '1', ''),
+                           10.0, 'both ends counted, and no plan executing any more')
 
 
 def test_verify_steps_turns_an_unconfirmed_success_into_a_replan(loop):
@@ -197,7 +203,13 @@ def test_the_execute_plan_action_streams_progress_and_succeeds_when_done(loop, h
     assert [(p.state, p.index) for p in feedback()] == [(0, 0), (0, 1), (0, 2), (DONE, 2)]
     assert running.commands_of(result.result.progress.plan_id) == [
         (0, i, s) for i, s in enumerate(STEPS)]
+    # An instruction that gets no OK plan ends its goal aborted, with the plan's status.
+    second, refused, _ = _execute_goal(test_node, '   ')
+    result = wait_future(refused.get_result_async(), 30.0, 'the result of a refused goal')
+    assert result.status == GoalStatus.STATUS_ABORTED and result.result.progress.state == FAILED
+    assert result.result.progress.message.startswith('no plan to execute: BAD_INPUT: ')
     client.destroy()
+    second.destroy()
 
 
 def test_cancelling_an_execute_plan_goal_preempts_its_plan(loop, head, test_node):

@@ -11,6 +11,7 @@ import uuid
 
 import numpy as np
 import pytest
+import torch
 import vlm_ros.bag.storage as bags
 from engine_fixtures import TARGETS, scene
 from eval_bags import image_fields
@@ -57,6 +58,36 @@ def test_a_step_head_chooses_the_skill_each_cluster_of_features_had(tmp_path):
     head, report = training.train(folder, hidden=32, seconds=30, epochs=300)
     assert report['kind'] == 'skills' and report['validation_loss'] < report['baseline_loss']
     assert [head.act(features[row])[0] for row in range(4)] == ['pick', 'place', 'pick', 'place']
+
+
+def test_the_command_line_sets_width_chunk_epochs_time_and_seed(tmp_path, fork_server):
+    """vlm_train_head's options, each observed in the head it writes or the report it prints."""
+    features, which = clusters()
+    folder = write_dataset(tmp_path / 'set', features, np.where(which == 0, 0.5, -0.5)[:, None],
+                           'geometry_msgs/msg/Twist', ['linear.x'])
+
+    def trained(name: str, *options) -> tuple:
+        done = run_tool([node_executable('vlm_train_head'), folder, '--out', tmp_path / name,
+                         *options], 600)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        report = dict(zip(lines[0].strip('| ').split(' | '), lines[2].strip('| ').split(' | '),
+                          strict=True))
+        return training.load(tmp_path / name), report
+    head, report = trained('a.pt', '--hidden', '12', '--chunk', '3', '--epochs', '7',
+                           '--seed', '1')
+    assert (head.net.hidden, head.net.chunk, report['epochs']) == (12, 3, '7')
+    assert len(head.act(features[0])) == 3
+    weights = {name: value.clone() for name, value in head.net.state_dict().items()}
+    again, _ = trained('b.pt', '--hidden', '12', '--chunk', '3', '--epochs', '7', '--seed', '1')
+    other, _ = trained('c.pt', '--hidden', '12', '--chunk', '3', '--epochs', '7', '--seed', '2')
+    assert all(torch.equal(weights[name], value)
+               for name, value in again.net.state_dict().items())
+    assert not all(torch.equal(weights[name], value)
+                   for name, value in other.net.state_dict().items())
+    # --seconds ends the training long before a million passes could run.
+    _, bounded = trained('d.pt', '--hidden', '12', '--seconds', '0.2', '--epochs', '1000000')
+    assert 0 < int(bounded['epochs']) < 1_000_000
 
 
 def write_colour_bag(path) -> pathlib.Path:

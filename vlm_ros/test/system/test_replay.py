@@ -22,6 +22,7 @@ from ros_harness import stop_process
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
+from vlm_ros.bag.recorder import RECORD_TOPICS
 from vlm_ros.bag.storage import (
     add_topic,
     bag_writer,
@@ -174,6 +175,16 @@ def test_loop_plays_again_until_interrupted(test_node, tmp_path):
         assert heard[topic][:2 * len(played[topic])] == played[topic] * 2
 
 
+def test_ctrl_c_in_the_middle_of_one_pass_exits_130_and_says_so(test_node, tmp_path):
+    """Without --loop the bag was not played to its end: a script must not read success."""
+    write_bag(tmp_path / 'bag', irregular_events(8))  # about 0.6 s of messages
+    listener = RawListener(test_node.node, {IMAGE: Image, INSTRUCTION: String})
+    proc = start_replay(tmp_path / 'bag', '--rate', 0.01, '--wait-for-subscribers', TIMEOUT)
+    listener.wait_count(1)  # the rest comes over a minute
+    code, _, err = stop_process(proc, timeout=TIMEOUT)
+    assert code == 130 and 'interrupted' in err and 'Traceback' not in err, err
+
+
 def test_clock_publishes_the_bag_time_being_played(test_node, tmp_path):
     written = write_bag(tmp_path / 'bag', irregular_events())
     ticks = []
@@ -231,10 +242,14 @@ def test_instructions_without_a_plan_end_the_replay_with_1(tmp_path):
     assert (out / 'metadata.yaml').is_file()
 
 
-@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+@pytest.mark.parametrize(('storage', 'topics'), [
+    ('mcap', ()), ('sqlite3', ('plan', 'caption'))])
 def test_replay_into_live_node_records_one_plan_per_instruction(start_vlm_node, tmp_path,
-                                                                 storage):
-    """The node runs before the replay starts, as on a robot; the settings are stored too."""
+                                                                 storage, topics):
+    """The node runs before the replay starts, as on a robot; the settings are stored too.
+
+    --record-topics chooses what is recorded: by default, each of vlm_node's outputs.
+    """
     node = start_vlm_node()
     node.wait_state('active')
     colours = ['red', 'blue', 'green', 'red', 'blue', 'green']
@@ -247,7 +262,8 @@ def test_replay_into_live_node_records_one_plan_per_instruction(start_vlm_node, 
     out = tmp_path / 'answers'
     proc = start_replay(tmp_path / 'bag', '--remap', f'{IMAGE}:=/image',
                         f'{INSTRUCTION}:=/instruction', '--record', out, '--storage', storage,
-                        '--wait-for-subscribers', TIMEOUT, '--linger', TIMEOUT)
+                        '--wait-for-subscribers', TIMEOUT, '--linger', TIMEOUT,
+                        *(('--record-topics', *topics) if topics else ()))
     code, _, err = wait_exit(proc, 2 * TIMEOUT)  # it ends once every instruction has a Plan
     assert code == 0, err
     assert 'no settings recorded' not in err, err
@@ -257,6 +273,7 @@ def test_replay_into_live_node_records_one_plan_per_instruction(start_vlm_node, 
         types = {c.topic: c.msgtype for c in reader.connections}
         plans = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()
                  if c.msgtype == 'vlm_ros_msgs/msg/Plan']
+    assert sorted(types) == sorted(f'/{topic}' for topic in topics or RECORD_TOPICS)
     assert types['/plan'] == 'vlm_ros_msgs/msg/Plan'
     assert sorted(p.instruction for p in plans) == sorted(texts)
     for plan in plans:

@@ -6,6 +6,7 @@ so does Ctrl-C in the middle of a run.
 """
 
 import pathlib
+import shutil
 import signal
 import subprocess
 
@@ -173,6 +174,20 @@ def test_help_of_a_node_says_how_to_set_its_parameters_and_starts_nothing(fork_s
     assert done.returncode == 0 and done.stderr == '', done.stderr
     assert done.stdout.startswith(f'usage: {tool} [--ros-args -p NAME:=VALUE ...')
     assert says in done.stdout
+
+
+def test_a_model_that_cannot_be_loaded_exits_1_with_the_reason(tmp_path, untrained_llava,
+                                                               fork_server):
+    """The model failed, not the user's arguments: 1, as every tool says a failure."""
+    broken = tmp_path / 'broken'
+    shutil.copytree(untrained_llava, broken)
+    weights = broken / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:4096])  # a copy cut short
+    done = run_tool([node_executable('vlm_eval'), write_input_bag(tmp_path / 'bag'), '--model',
+                     broken, '--device', 'cpu', '--out', tmp_path / 'out'], 2 * TIMEOUT)
+    assert done.returncode == 1 and 'Traceback' not in done.stderr, done.stderr
+    assert done.stderr.startswith('vlm_eval: error: ') and str(broken) in done.stderr
+    assert not (tmp_path / 'out').exists()
 
 
 def _eval_with_torch_loaded(tmp_path, model) -> subprocess.Popen:

@@ -1,6 +1,7 @@
 """The level of /diagnostics from recent faults (node/health.py), on a clock the test turns."""
 
 import pytest
+from vlm_ros.engine.remote.probe import ANSWERED, Reach
 from vlm_ros.node.health import ERROR, MAX_RECENT, OK, RECUR, WARN, WINDOW, Health
 
 
@@ -131,3 +132,23 @@ def test_an_unknown_fault_kind_is_refused_and_nothing_is_counted(health):
     with pytest.raises(ValueError, match="'disk'"):
         health.fault('disk', 'full')
     assert health.values()['last_error'] == '' and health.assess('active')[0] == OK
+
+
+def test_a_check_answered_404_warns_until_a_request_is_answered(health):
+    """A base_url that is not the API root warns from the first check, until an answer.
+
+    Once a request has been answered, the check's 404 is no longer a problem (REMOTE.md).
+    """
+    reach = Reach()
+    problem = 'GET http://h:8000/models answered HTTP 404: base_url must be the API root'
+    assert reach.status() == {'backend_reachable': 'unknown',
+                              'backend_checked': 'not checked yet', 'backend_problem': ''}
+    reach(True, 'GET /models answered HTTP 404', problem)
+    level, why = health.assess('active', **reach.status())
+    assert (level, why) == (WARN, f'active: the inference server answers, but {problem}')
+    reach(False, 'cannot reach the server (refused)')  # a failed request says nothing of it
+    assert reach.status()['backend_problem'] == problem
+    reach(True, ANSWERED, '')  # as the engine tells it of an answered request
+    assert health.assess('active', **reach.status()) == (OK, 'active')
+    reach(True, 'GET /models answered HTTP 404', problem)  # a server without /models
+    assert reach.status()['backend_problem'] == ''
