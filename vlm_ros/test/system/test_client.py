@@ -11,6 +11,8 @@ from node_harness import TIMEOUT, camera, node_executable, set_params, transitio
 from serve_harness import both_backends
 from waiting import wait_exit, wait_until
 
+from vlm_ros_msgs.msg import Caption
+
 CLIENT = node_executable('vlm_client')
 
 
@@ -83,6 +85,16 @@ def test_caption_says_when_the_node_does_not_caption_and_honours_timeout(start_v
     waited = _client('--timeout', '8', 'caption')  # captioning, but no camera: no caption
     assert waited.returncode == 1 and 'no caption on caption within 8 s' in waited.stderr, \
         waited.stderr
+    # --topic: captions remapped elsewhere (here the test's own, published every 0.2 s).
+    topic, text = f'/robot_{uuid.uuid4().hex[:8]}/caption', f'caption {uuid.uuid4().hex}'
+    publisher = test_node.node.create_publisher(Caption, topic, 10)
+    timer = test_node.node.create_timer(0.2, lambda: publisher.publish(Caption(text=text)))
+    try:
+        elsewhere = _client('--timeout', '8', 'caption', '--topic', topic)
+    finally:
+        test_node.node.destroy_timer(timer)
+        test_node.node.destroy_publisher(publisher)
+    assert elsewhere.returncode == 0 and text in elsewhere.stdout, elsewhere.stderr
 
 
 def test_caption_follow_prints_captions_until_the_node_stops_captioning(start_vlm_node,

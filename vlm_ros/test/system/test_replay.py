@@ -175,6 +175,34 @@ def test_loop_plays_again_until_interrupted(test_node, tmp_path):
         assert heard[topic][:2 * len(played[topic])] == played[topic] * 2
 
 
+@pytest.mark.parametrize('how', ['file', 'at'])
+def test_instructions_given_to_the_replay_go_out_when_they_say(test_node, tmp_path, how):
+    """--instructions FILE and --instruction TEXT --at S put instructions between the frames.
+
+    The frames are 0.2 s apart and played at half speed: 0.2 s on either side of each
+    instruction, so DDS's order across two topics is the order they were played in.
+    """
+    write_bag(tmp_path / 'bag', [(T0 + k * 200_000_000, IMAGE, np.full((24, 32, 3), k, np.uint8))
+                                 for k in range(6)])
+    texts = [f'{how} {uuid.uuid4().hex}' for _ in range(2 if how == 'file' else 1)]
+    if how == 'file':
+        (tmp_path / 'asked.jsonl').write_text(''.join(
+            json.dumps({'time': at, 'text': text}) + '\n'
+            for at, text in zip((0.3, 0.7), texts, strict=True)))
+        given = ['--instructions', tmp_path / 'asked.jsonl']
+        expected = [0, 1, texts[0], 2, 3, texts[1], 4, 5]
+    else:
+        given, expected = ['--instruction', texts[0], '--at', 0.5], [0, 1, 2, texts[0], 3, 4, 5]
+    listener = RawListener(test_node.node, {IMAGE: Image, INSTRUCTION: String})
+    proc = start_replay(tmp_path / 'bag', *given, '--rate', 0.5, '--wait-for-subscribers',
+                        TIMEOUT)
+    received = listener.wait_count(len(expected))
+    code, _, err = wait_exit(proc, TIMEOUT)
+    assert code == 0, err
+    assert [msg.data if topic == INSTRUCTION else int(msg.data[0])
+            for topic, msg in decoded(received)] == expected
+
+
 def test_ctrl_c_in_the_middle_of_one_pass_exits_130_and_says_so(test_node, tmp_path):
     """Without --loop the bag was not played to its end: a script must not read success."""
     write_bag(tmp_path / 'bag', irregular_events(8))  # about 0.6 s of messages
