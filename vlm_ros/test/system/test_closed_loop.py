@@ -58,7 +58,7 @@ def head():
 
 def test_three_steps_go_out_in_order_and_the_plan_ends_done(loop, head):
     running = loop()
-    head(running)
+    process = head(running)
     plan = running.instruct()
     assert plan.status == Plan.STATUS_OK and [s.instruction for s in plan.steps] == STEPS
     end = running.ended(plan.request_id)
@@ -70,6 +70,9 @@ def test_three_steps_go_out_in_order_and_the_plan_ends_done(loop, head):
     assert texts[-3:] == STEPS  # heads that take plain text get every step too
     values = running.node.wait_diag(lambda v: v.get('plans_done') == '1', 10.0, 'plans_done')
     assert values['plan_executing'] == ''
+    stop_head(process)  # the head goes: only the test's own subscription is left
+    running.node.wait_diag(lambda v: v.get('step_subscribers') == '1', 30.0,
+                           'the node to see the head gone')
 
 
 def test_a_failed_second_step_replans_with_the_first_done_and_resumes(loop, head):
