@@ -4,6 +4,7 @@ import subprocess
 import threading
 import uuid
 
+from action_msgs.msg import GoalStatus
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, ActionFeedback, call, camera, node_executable, send_goal
 from ros_harness import wait_future
@@ -12,8 +13,8 @@ from vlm_ros.compat import ActionClient
 from vlm_ros.node.image_conversion import rgb_to_image
 from waiting import wait_until
 
-from vlm_ros_msgs.action import GeneratePlan
-from vlm_ros_msgs.msg import Plan
+from vlm_ros_msgs.action import ExecutePlan, GeneratePlan
+from vlm_ros_msgs.msg import Plan, PlanProgress
 from vlm_ros_msgs.srv import Query
 
 QUESTION = TARGETS['vqa'][0]
@@ -78,8 +79,11 @@ def test_action_cancel_stops_generation(start_vlm_node, test_node):
     client.destroy()
 
 
-def test_goal_of_a_killed_client_is_cancelled_and_frees_the_worker(start_vlm_node):
-    """vlm_client sends a goal that waits for a camera, and is killed: nobody takes the result."""
+def test_goal_of_a_killed_client_is_cancelled_and_frees_the_worker(start_vlm_node, test_node):
+    """vlm_client sends a goal that waits for a camera, and is killed: nobody takes the result.
+
+    Then an ~/execute_plan goal is cancelled while its plan waits: CANCELED, no plan ran.
+    """
     node = start_vlm_node(wait_for_image=600.0)
     node.wait_state('active')
     client = subprocess.Popen([node_executable('vlm_client'), 'plan', uuid.uuid4().hex],
@@ -95,6 +99,19 @@ def test_goal_of_a_killed_client_is_cancelled_and_frees_the_worker(start_vlm_nod
     node.wait_diag(lambda v: int(v['status_cancelled']) == 1 and
                    int(v['requests_in_progress']) == 0, TIMEOUT + 30.0,
                    'the orphaned goal cancelled, the worker free')
+    # An ~/execute_plan goal cancelled while its plan still waits for a frame: no plan ran.
+    executor = ActionClient(test_node.node, ExecutePlan, '/vlm_node/execute_plan')
+    assert executor.wait_for_server(timeout_sec=TIMEOUT), 'execute_plan never appeared'
+    handle = wait_future(executor.send_goal_async(ExecutePlan.Goal(
+        instruction=uuid.uuid4().hex)), TIMEOUT, 'goal acceptance')
+    node.wait_diag(lambda v: int(v['requests_in_progress']) == 1, TIMEOUT, 'its plan waits')
+    wait_future(handle.cancel_goal_async(), TIMEOUT, 'the cancel response')
+    result = wait_future(handle.get_result_async(), TIMEOUT, 'the result')
+    assert result.status == GoalStatus.STATUS_CANCELED
+    assert result.result.progress.state == PlanProgress.STATE_PREEMPTED
+    assert result.result.progress.message == \
+        'no plan to execute: CANCELLED: cancelled by the action client'
+    executor.destroy()
     plan = node.plan_on_a_new_frame(TARGETS['plan'][0], 'the next plan')
     assert plan.status == Plan.STATUS_OK, plan.message
 
