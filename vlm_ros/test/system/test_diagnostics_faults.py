@@ -113,7 +113,8 @@ def test_server_outage_is_an_error_until_it_is_back_and_answers(start_vlm_node, 
     node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
     failed = _plan(node, frame_id)
     assert failed.status == Plan.STATUS_MODEL_ERROR, failed.message
-    node.wait_diag(lambda v: v['last_error'] == failed.message, TIMEOUT, 'the model error')
+    node.wait_diag(lambda v: v['last_error'] == failed.message and
+                   v['status_model_error'] == '1', TIMEOUT, 'the model error, counted')
 
     fault_server.start()
     node.wait_diag(lambda v: v.get('backend_reachable') == 'True', TIMEOUT, 'reachable again')
