@@ -168,7 +168,9 @@ def test_api_key_comes_from_the_environment_and_is_never_shown(start_vlm_node, t
                                                                test_node, monkeypatch):
     key = f'sk-vlm-node-{uuid.uuid4().hex}'
     monkeypatch.setenv('VLM_NODE_TEST_KEY', key)  # the node process inherits it
-    node = _remote_node(start_vlm_node, tiny_server, api_key_env='VLM_NODE_TEST_KEY')
+    # device is the in-process backend's: set here, it is named as having no effect.
+    node = _remote_node(start_vlm_node, tiny_server, api_key_env='VLM_NODE_TEST_KEY',
+                        device='cuda')
     response = call(test_node, Query, '/vlm_node/query', Query.Request(
         question=TARGETS['vqa'][0], image=rgb_to_image(scene('blue'))))
     assert response.success and response.answer == TARGETS['vqa'][1], response.message
@@ -176,6 +178,7 @@ def test_api_key_comes_from_the_environment_and_is_never_shown(start_vlm_node, t
     assert key not in str(values)
     code, err = node.stop()
     assert code == 0 and 'loaded' in err and key not in err  # the node's log output
+    assert 'the openai backend does not use device:=cuda, ' in err, err  # dtype: the harness'
 
 
 def test_a_base_url_without_v1_warns_before_any_request_and_requests_say_why(

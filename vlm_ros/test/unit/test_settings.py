@@ -115,3 +115,12 @@ def test_fields_that_drift_from_the_specs_fail_the_import(monkeypatch):
     monkeypatch.setattr(params, 'SPECS', retyped)
     with pytest.raises(TypeError, match='queue_size'):
         settings._check_fields_match_specs()
+
+
+def test_settings_the_backend_does_not_read_are_named_once_set():
+    assert Settings.from_values().unused_by_backend() == []
+    assert Settings.from_values({'device': 'cuda', 'jpeg_quality': 50}).unused_by_backend() == \
+        ['jpeg_quality:=50']
+    remote = Settings.from_values({'backend': 'openai', 'device': 'cuda', 'base_url': 'http://h/v1',
+                                   'decode_mode': 'auto', 'processor_kwargs': '{"a": 1}'})
+    assert remote.unused_by_backend() == ['device:=cuda', 'processor_kwargs:={"a": 1}']

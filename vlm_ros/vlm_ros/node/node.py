@@ -143,6 +143,10 @@ class VlmNode(LifecycleNode):
             return self._configure_failed(unknown)
         if self._refused:
             return self._configure_failed('; '.join(self._refused.values()))
+        unused = self.settings.unused_by_backend()
+        if unused:
+            self.get_logger().warning(f'the {self.settings.backend} backend does not use '
+                                      f'{", ".join(unused)}: no effect')
         try:
             engine = _loaded_engine(self.settings, self.get_logger().info)
         except VlmError as exc:

@@ -18,6 +18,14 @@ from ..engine.features import FeatureSpec
 from . import params
 from .jobs import Limits
 
+# What one backend reads and the other never does: the engine configuration's in-process
+# fields (EngineConfig) and its RemoteConfig.
+BACKEND_ONLY = {'transformers': ('device', 'dtype', 'attn_implementation', 'decode_mode',
+                                 'cpu_threads', 'trust_remote_code', 'local_files_only',
+                                 'processor_kwargs'),
+                'openai': ('base_url', 'remote_model', 'api_key_env', 'request_timeout',
+                           'max_retries', 'max_concurrency', 'jpeg_quality')}
+
 
 class SettingsError(ValueError):
     """Values that are no parameter of vlm_node, or that their specs refuse (and why)."""
@@ -135,6 +143,16 @@ class Settings:
         """Return the engine settings a running engine takes (EngineBase.update)."""
         return {'max_new_tokens': self.max_new_tokens, 'max_image_side': self.max_image_side,
                 'prompts': self.prompts(), 'skills': self.skills}
+
+    def unused_by_backend(self) -> list:
+        """Return 'name:=value' of each setting away from its default that the backend ignores.
+
+        ``device:=cuda`` with the openai backend, or a base_url with the in-process one, would
+        otherwise look as if it were used.
+        """
+        return [f'{name}:={getattr(self, name)}' for backend, names in BACKEND_ONLY.items()
+                if backend != self.backend for name in names
+                if getattr(self, name) != params.BY_NAME[name].default]
 
     def engine_config(self) -> EngineConfig:
         """Return the engine's whole configuration."""
