@@ -40,11 +40,28 @@ def test_a_plan_uses_a_frame_of_each_camera_and_names_them_all(start_vlm_node, t
         cameras.stop()
 
 
-def test_a_silent_camera_is_named_in_the_answer(start_vlm_node, test_node):
+def _received_by_camera(values: dict) -> dict:
+    """Return frames_received_by_camera ('head 5, wrist 0') as {camera: count}."""
+    return {name: int(count) for name, count in (
+        part.rsplit(' ', 1) for part in values.get('frames_received_by_camera', '').split(', ')
+        if part)}
+
+
+def test_a_silent_camera_is_named_in_the_answer_and_in_diagnostics_until_it_publishes(
+        start_vlm_node, test_node):
     node = start_vlm_node(cameras=CAMERAS, wait_for_image=0.5)
     node.wait_state('active')
     cameras = Cameras(test_node, {'head': 0.0})
+    wrist = None
     try:
+        said = node.wait_diag(lambda v: _received_by_camera(v).get('head', 0) > 0 and
+                              v['image_input'].startswith('nothing publishes on /wrist/'),
+                              TIMEOUT, 'the silent wrist camera in /diagnostics')
+        silent, where = said['image_input'].split('; ')  # the head camera adds no clause
+        assert silent == 'nothing publishes on /wrist/image or /wrist/image/compressed'
+        assert where.startswith('images are published on /head/image (Image)') and \
+            where.endswith(': remap wrist/image:=TOPIC for Image, wrist/image/compressed:=TOPIC '
+                           'for CompressedImage'), where
         plan = new_plan(node)
         assert plan.status == Plan.STATUS_NO_IMAGE, plan
         assert 'from camera wrist within 0.5 s' in plan.message
@@ -55,8 +72,13 @@ def test_a_silent_camera_is_named_in_the_answer(start_vlm_node, test_node):
         assert grounded.success, grounded.message
         assert grounded.image_header.frame_id == cameras.frame_ids['head']
         assert list(grounded.boxes) == pytest.approx(RED_BLOCK, abs=1.0)
+        wrist = Cameras(test_node, {'wrist': 0.0})
+        node.wait_diag(lambda v: _received_by_camera(v).get('wrist', 0) > 0 and
+                       v['image_input'] == '', TIMEOUT, 'the hint to clear once the wrist sends')
     finally:
         cameras.stop()
+        if wrist is not None:
+            wrist.stop()
 
 
 def ask(test_node, *cameras: str) -> QueryCameras.Response:

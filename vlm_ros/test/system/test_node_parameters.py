@@ -117,6 +117,15 @@ def observe_image_reliability(node, test_node):
         assert said['plan'].message.endswith(
             'best effort, which a reliable subscription never receives; set '
             'image_reliability:=best_effort'), said['plan'].message
+        # /diagnostics says it too, and no more once the subscription is best effort again.
+        hint = node.wait_diag(lambda v: 'publishes best effort' in v['image_input'], TIMEOUT,
+                              'the reason in /diagnostics')['image_input']
+        assert hint.startswith('/image (') and hint.endswith(
+            'best effort, which a reliable subscription never receives; set '
+            'image_reliability:=best_effort'), hint
+        set_ok(test_node, image_reliability='best_effort')
+        node.wait_diag(lambda v: int(v['frames_received']) > 0 and v['image_input'] == '',
+                       TIMEOUT, "the best-effort camera's frames, and the reason gone")
     finally:
         test_node.node.destroy_timer(timer)
         test_node.node.destroy_publisher(camera_pub)

@@ -7,8 +7,8 @@ import pytest
 import rclpy
 from builtin_interfaces.msg import Time
 from engine_fixtures import TARGETS, scene
-from node_harness import TIMEOUT, call, camera
-from sensor_msgs.msg import CompressedImage
+from node_harness import TIMEOUT, call, camera, diag_values
+from sensor_msgs.msg import CompressedImage, Image
 from serve_harness import both_backends
 from vlm_ros.node.image_conversion import rgb_to_image
 from waiting import wait_until
@@ -184,8 +184,28 @@ def test_auto_transport_prefers_raw_frames_when_a_camera_publishes_both(start_vl
     assert plan.status == Plan.STATUS_OK and plan.header.frame_id.startswith('raw-')
 
 
-def test_a_camera_on_another_topic_is_named_when_no_image_comes(start_vlm_node):
-    """A camera under its own name, and one remapped onto image with the wrong type."""
+def _diag_from_now(node):
+    """Return wait(predicate, what): wait_diag over the /diagnostics messages yet to come.
+
+    What the hint said once may be said again later: a wait for the later one must not take
+    the first. (A message on its way already is taken too: wait for a state the one before
+    it cannot match.)
+    """
+    known = {id(msg) for msg in node.diagnostics.items()}
+
+    def wait(predicate, what: str) -> dict:
+        return diag_values(node.diagnostics.wait_for(
+            lambda m: id(m) not in known and predicate(diag_values(m)), TIMEOUT, what))
+    return wait
+
+
+def test_a_camera_hint_is_said_until_frames_come_and_again_when_the_camera_goes(
+        start_vlm_node):
+    """A camera under its own name, and one remapped onto image with the wrong type, are named.
+
+    A camera of the right type on image is named next, until its first frame arrives; once
+    that camera's publisher is gone, nothing publishes there again, until it is back.
+    """
     node = start_vlm_node(wait_for_image=0.5)
     node.wait_state('active')
     for publisher in (node.image_pub, node.compressed_pub):  # the harness's own camera
@@ -212,6 +232,31 @@ def test_a_camera_on_another_topic_is_named_when_no_image_comes(start_vlm_node):
     assert 'nothing publishes on /image or /image/compressed' in plan.message, plan.message
     assert '/image (CompressedImage), /raspicam/image/compressed (CompressedImage)' in \
         plan.message, plan.message
+    wait = _diag_from_now(node)  # the hint says nothing publishes on /image: none there
+    node.image_pub = node.ros.create_publisher(Image, 'image', 10)
+    driver = node.ros.get_fully_qualified_name()
+    said = wait(lambda v: f'/image ({driver}) has a publisher' in v['image_input'],
+                'the hint to name the camera on /image')['image_input']
+    assert said.startswith(f'/image ({driver}) has a publisher, but no frame has arrived '
+                           'since the node subscribed') and 'nothing publishes' not in said, said
+    node.stream(camera(uuid.uuid4().hex))
+    node.wait_diag(lambda v: int(v['frames_received']) > 0 and v['image_input'] == '', TIMEOUT,
+                   'the hint to clear once a frame has arrived')
+    # The camera goes (its driver stopped), and comes back.
+    node.stop_stream()
+    node.ros.destroy_publisher(node.image_pub)
+    gone = node.wait_diag(lambda v: int(v['frames_received']) > 0 and v['image_input'],
+                          TIMEOUT, 'the hint once the camera has gone')
+    assert gone['image_input'].startswith(
+        'nothing publishes on /image or /image/compressed; '), gone['image_input']
+    wait = _diag_from_now(node)
+    node.image_pub = node.ros.create_publisher(Image, 'image', 10)
+    # Back, but no frame yet (a restarted driver whose frames are lost): still named.
+    wait(lambda v: f'/image ({driver}) has a publisher, but no frame has arrived' in
+         v['image_input'], 'the hint to name the camera back without frames')
+    node.stream(camera(uuid.uuid4().hex))
+    node.wait_diag(lambda v: int(v['frames_received']) > int(gone['frames_received']) and
+                   v['image_input'] == '', TIMEOUT, 'the hint to clear once frames are back')
 
 
 def test_empty_instruction_is_bad_input(start_vlm_node):

@@ -87,7 +87,7 @@ class ImageInput:
         self._subs, self._depth_subs = [], []
         self.depths, self.info = (), None  # recent depth Images, newest CameraInfo (use_depth)
         self._last_raw = -float('inf')
-        self._received = 0  # frames since the last subscribe()
+        self._received = 0  # frames since subscribe(), or since the camera was last silent
         self._reliable = False  # image_reliability: best-effort publishers never match it
         self._fix = transport_fix(get_rmw_implementation_identifier())
 
@@ -166,9 +166,14 @@ class ImageInput:
                            self._publishers_info(sub.topic_name))]
 
     def hint(self) -> str:
-        """Say why no image may come ('' while a publisher is there and frames have come)."""
+        """Say why no image may come ('' while a publisher is there and frames have come).
+
+        A camera that went silent must send frames again before the hint clears: a restarted
+        driver whose frames are lost (large frames without the transport profile) is named.
+        """
         silent = self.silent_topics()
         if silent and len(silent) == len(self._subs):
+            self._received = 0
             return self._silent_hint(silent)
         if not self._subs or self._received:
             return ''
