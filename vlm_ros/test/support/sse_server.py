@@ -78,6 +78,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: 'ScriptedServer'
 
     def do_GET(self):  # noqa: N802 - http.server's handler names
+        self.server.checked.set()
         body = json.dumps({'object': 'list', 'data': [{'id': MODEL, 'object': 'model'}]})
         self.send_response(200)
         self.send_header('Content-Type', 'application/json')
@@ -100,7 +101,8 @@ class ScriptedServer(http.server.ThreadingHTTPServer):
 
     ``model`` is the one model it names (it answers for any). ``requests``: every chat
     request's JSON body, in order; ``gone`` is set once a client closed an answer the server
-    was still sending or holding open.
+    was still sending or holding open; ``checked`` once a client asked GET /models (a
+    reachability check).
     """
 
     daemon_threads = True
@@ -110,6 +112,7 @@ class ScriptedServer(http.server.ThreadingHTTPServer):
         self.model = MODEL
         self.requests = []
         self.gone = threading.Event()
+        self.checked = threading.Event()
         self.closing = threading.Event()
         self._scripts = []
         self._lock = threading.Lock()

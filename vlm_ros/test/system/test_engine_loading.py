@@ -109,3 +109,25 @@ def test_cpu_threads_are_what_a_request_computes_with_and_0_gives_them_back(trai
     assert threads_while_generating(0) == {STARTING_THREADS}
     with pytest.raises(VlmError, match='cpu_threads must be 0'):
         load(EngineConfig(model=str(trained_tiny('llava')), device='cpu', cpu_threads=-1))
+
+
+@pytest.mark.parametrize('dtype, attention', [('bfloat16', 'eager'), ('float32', 'sdpa')])
+def test_dtype_and_attn_implementation_are_what_the_model_is_loaded_with(trained_tiny, dtype,
+                                                                         attention):
+    import torch
+    from engine_fixtures import scene
+    from vlm_ros.engine import Request
+
+    # Each case differs from the other in both (vlm_node passes its parameters of these names).
+    config = EngineConfig(model=str(trained_tiny('llava')), device='cpu', dtype=dtype,
+                          attn_implementation=attention, max_new_tokens=4)
+    engine = VlmEngine(config)
+    engine.load()
+    try:
+        model = engine.loaded.model
+        assert {parameter.dtype for parameter in model.parameters()} == {getattr(torch, dtype)}
+        configs = [model.config, model.config.text_config, model.config.vision_config]
+        assert [c._attn_implementation for c in configs] == [attention] * 3
+        assert engine.run([Request('caption', scene('red'))])[0].output_tokens > 0
+    finally:
+        engine.unload()

@@ -16,6 +16,7 @@ from node_harness import RELIABLE, TIMEOUT, camera, wait_matched
 from ros_harness import stopped_cleanly
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
+from sse_server import ScriptedServer
 from std_msgs.msg import String
 
 from vlm_ros_msgs.msg import Plan
@@ -91,9 +92,24 @@ def test_default_launch_uses_the_default_model(launches, hub_home):
     assert launch.wait_state('active', timeout=120)['model'] == DEFAULT_MODEL
 
 
-def test_use_sim_time_takes_time_from_clock(launches, test_node, trained_tiny):
-    launch = launches(f'model:={trained_tiny("llava")}', 'device:=cpu', 'use_sim_time:=true')
-    launch.wait_state('active')
+@pytest.fixture
+def scripted():
+    """Return a real OpenAI-compatible server in this process (sse_server.py).
+
+    Asked for before launches, it closes after the launch has stopped.
+    """
+    with ScriptedServer() as server:
+        yield server
+
+
+def test_backend_and_base_url_pick_the_server_and_use_sim_time_the_clock(scripted, launches,
+                                                                          test_node):
+    launch = launches(f'model:={uuid.uuid4().hex}', 'backend:=openai',
+                      f'base_url:={scripted.base_url}', 'use_sim_time:=true')
+    values = launch.wait_diag(lambda v: v.get('state') == 'active' and
+                              v.get('backend_reachable') == 'True', 'the server to be reached')
+    assert (values['backend'], values['base_url']) == ('openai', scripted.base_url)
+    assert scripted.checked.is_set()  # its reachability check came to this server
     clock = test_node.node.create_publisher(Clock, '/clock', 10)
     test_node.node.create_timer(0.05, lambda: clock.publish(Clock(clock=Time(sec=4242))))
     plans = launch.plans()

@@ -6,12 +6,15 @@ sending that; the engine must answer every request within its bounds and keep no
 answer than the request asked for.
 """
 
+import base64
+import io
 import json
 import threading
 import uuid
 
 import numpy as np
 import pytest
+from PIL import Image
 from sse_server import MODEL, ScriptedServer
 from vlm_ros.engine import EngineConfig, RemoteConfig, Request, VlmError, make_engine
 from vlm_ros.engine.remote.streaming import CHARS_PER_TOKEN
@@ -140,3 +143,44 @@ def test_a_whole_answer_is_kept_when_the_server_keeps_the_stream_open(engine, se
     assert result.text == ''.join(pieces) and result.valid
     assert result.output_tokens == (usage or len(pieces))
     assert server.gone.wait(LIVENESS), 'the stream was not closed'
+
+
+def _asked(server, model=MODEL, remote_model='', image=FRAME, jpeg_quality=90) -> dict:
+    """Return the chat request the server got for one vqa request, as vlm_node configures it.
+
+    (vlm_node's model, remote_model and jpeg_quality: node/settings.py's engine_config.)
+    """
+    config = EngineConfig(model=model, backend='openai', remote=RemoteConfig(
+        base_url=server.base_url, model=remote_model, jpeg_quality=jpeg_quality,
+        max_retries=0, probe_period=3600.0))
+    server.play(lambda reply: reply.finish())
+    engine = make_engine(config)
+    engine.load()
+    try:
+        engine.run([Request('vqa', image, 'what is it?')])
+    finally:
+        engine.unload()
+    return server.requests[-1]
+
+
+def test_the_server_is_asked_for_remote_model_else_for_model(server):
+    model, served = f'org/{uuid.uuid4().hex[:8]}', f'served-{uuid.uuid4().hex[:8]}'
+    assert _asked(server, model, remote_model=served)['model'] == served
+    assert _asked(server, model)['model'] == model
+
+
+def test_jpeg_quality_is_the_quality_of_the_image_sent(server):
+    noise = np.random.default_rng(7).integers(0, 256, (48, 64, 3), np.uint8)  # no flat areas
+
+    def sent(quality: int) -> bytes:
+        body = _asked(server, image=noise, jpeg_quality=quality)
+        url = next(part['image_url']['url'] for part in body['messages'][0]['content']
+                   if part['type'] == 'image_url')
+        return base64.b64decode(url.removeprefix('data:image/jpeg;base64,'))
+
+    low, high = sent(10), sent(95)
+    assert len(low) < len(high) // 2, (len(low), len(high))
+    pixels = [np.asarray(Image.open(io.BytesIO(jpeg)), dtype=int) for jpeg in (low, high)]
+    assert [image.shape for image in pixels] == [noise.shape] * 2
+    errors = [np.abs(image - noise).mean() for image in pixels]
+    assert errors[1] < errors[0], errors  # the higher quality is the closer one

@@ -1,6 +1,7 @@
 """Engine stages alone: loading errors, images (resize, JPEG), prompts, backends, no ROS."""
 
 import io
+import uuid
 
 import numpy as np
 import pytest
@@ -21,12 +22,14 @@ def test_missing_model_directory_names_model_and_device(tmp_path):
     assert missing in str(info.value) and "'cpu'" in str(info.value)
 
 
-def test_unknown_hub_id_offline_is_not_found():
+def test_a_hub_id_not_cached_under_local_files_only_is_not_found_saying_so():
+    # Ignored, the loader would say HF_HUB_OFFLINE, or try the hub (no network here), instead.
+    model = f'vlm-ros-test/{uuid.uuid4().hex}'
+    config = EngineConfig(model=model, device='cpu', local_files_only=True)
     with pytest.raises(VlmError) as info:
-        load(EngineConfig(model='vlm-ros-test/does-not-exist', device='cpu',
-                          local_files_only=True))
+        load(config)
     assert info.value.kind == 'not_found'
-    assert 'vlm-ros-test/does-not-exist' in str(info.value)
+    assert model in str(info.value) and 'local_files_only is set' in str(info.value)
 
 
 def test_out_of_memory_is_classified():

@@ -12,7 +12,6 @@ import gc
 import os
 import sys
 import threading
-from collections.abc import Callable
 from functools import partial
 
 from rcl_interfaces.msg import SetParametersResult
@@ -46,12 +45,16 @@ Every setting is a ROS parameter (docs/PARAMETERS.md; on a running node, `ros2 p
 ANSWER_MARGIN = 600.0  # s a query waits beyond wait_for_image before its job is cancelled
 
 
-def _loaded_engine(settings: Settings, log: Callable[[str], None]):
+def _loaded_engine(settings: Settings, logger):
     """Load the settings' model; VlmError why not, also where it cannot take every camera."""
+    unused = settings.unused_by_backend()
+    if unused:
+        logger.warning(f'the {settings.backend} backend does not use {", ".join(unused)}: '
+                       'no effect')
     engine = make_engine(settings.engine_config())
     config = engine.config
     remote = config.backend == 'openai' and config.remote.model
-    log(f'loading {remote or config.model} ({config.backend} backend)')
+    logger.info(f'loading {remote or config.model} ({config.backend} backend)')
     engine.load()
     if len(settings.cameras) > 1:  # never one camera dropped from the prompt
         try:
@@ -143,12 +146,8 @@ class VlmNode(LifecycleNode):
             return self._configure_failed(unknown)
         if self._refused:
             return self._configure_failed('; '.join(self._refused.values()))
-        unused = self.settings.unused_by_backend()
-        if unused:
-            self.get_logger().warning(f'the {self.settings.backend} backend does not use '
-                                      f'{", ".join(unused)}: no effect')
         try:
-            engine = _loaded_engine(self.settings, self.get_logger().info)
+            engine = _loaded_engine(self.settings, self.get_logger())
         except VlmError as exc:
             return self._configure_failed(str(exc))
         self.configure_error = ''
