@@ -5,21 +5,27 @@ exactly at frame times, so pairing is checked against known answers; the model i
 checkpoint trained to answer the red scene, so validity and reference scores are known too.
 """
 
+import dataclasses
 import json
 import math
 import pathlib
 import struct
+import uuid
 
+import numpy as np
 import pytest
 import vlm_ros.bag.storage as bags
 from ament_index_python.packages import get_package_prefix
 from engine_fixtures import PLAN_JSON, TARGETS
 from eval_bags import (
     FRAME_TIMES,
+    IMAGE_TOPIC,
+    INSTRUCTION_TOPIC,
     INSTRUCTIONS,
     REC0,
     SECOND,
     STAMPS,
+    image_fields,
     write_input_bag,
     write_recorded_bag,
 )
@@ -281,8 +287,9 @@ def test_reference_without_a_frame_names_its_stamp(tmp_path):
     (['--constrain-plans', 'off', '--cpu-threads', '2'], ('json',), {'pick', 'place'},
      {'constrain_plans': 'off', 'cpu_threads': 2}),
     # Pushed off the skills it was trained on, the model may run into its budget: closed.
-    (['--skills', 'push', 'wait'], ('constrained', 'constrained_closed'), {'push', 'wait'},
-     {'skills': ['push', 'wait']}),
+    # In bfloat16 too: the grammar holds whatever the logits' precision.
+    (['--skills', 'push', 'wait', '--dtype', 'bfloat16'], ('constrained', 'constrained_closed'),
+     {'push', 'wait'}, {'skills': ['push', 'wait'], 'dtype': 'bfloat16'}),
 ], ids=['off', 'skills'])
 def test_plans_follow_constrain_plans_and_skills(tmp_path, trained_tiny, options, forms, skills,
                                                  settings):
@@ -294,5 +301,99 @@ def test_plans_follow_constrain_plans_and_skills(tmp_path, trained_tiny, options
                 if r['task'] == 'plan' and r['status'] == 'OK')
     assert plan['form'] in forms and plan['steps'], plan
     assert {step['skill'] for step in plan['steps']} <= skills, plan
-    values = json.loads((tmp_path / 'out' / 'summary.json').read_text())['settings']['values']
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    values = summary['settings']['values']
     assert {key: values.get(key) for key in settings} == settings, values
+    assert summary['dtype'] == values['dtype']  # the weights as loaded, not the option's copy
+
+
+LEFT_TOPIC, OPERATOR_TOPIC = '/left/image_raw', '/operator/instruction'
+# Noise: what a model sees of it changes with every resize and every preprocessing step.
+LEFT_FRAMES = [np.random.default_rng(seed).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+               for seed in (11, 12, 13)]
+
+
+def write_two_feed_bag(path, asked: list):
+    """Write two cameras and two instruction topics: only the options tell which to use.
+
+    The default topics carry grey scenes and an instruction of their own; LEFT_TOPIC the
+    noise frames, OPERATOR_TOPIC the asked texts, half a second after each frame.
+    """
+    with bags.bag_writer(path) as writer:
+        cameras = {topic: bags.add_topic(writer, topic, 'sensor_msgs/msg/Image')
+                   for topic in (IMAGE_TOPIC, LEFT_TOPIC)}
+        feeds = {topic: bags.add_topic(writer, topic, bags.STRING_TYPE)
+                 for topic in (INSTRUCTION_TOPIC, OPERATOR_TOPIC)}
+        messages = [(FRAME_TIMES[0] + SECOND // 2, feeds[INSTRUCTION_TOPIC],
+                     bags.serialize(bags.STRING_TYPE, data='not this one'))]
+        for number, text in enumerate(asked):
+            when, stamp = FRAME_TIMES[number], STAMPS[number]
+            messages += [(when, cameras[topic], bags.serialize(
+                'sensor_msgs/msg/Image', **image_fields(rgb, stamp + offset)))
+                for topic, rgb, offset in ((IMAGE_TOPIC, np.full_like(LEFT_FRAMES[0], 128), 0),
+                                           (LEFT_TOPIC, LEFT_FRAMES[number], 1000))]
+            messages.append((when + SECOND // 2, feeds[OPERATOR_TOPIC],
+                             bags.serialize(bags.STRING_TYPE, data=text)))
+        for when, connection, data in sorted(messages, key=lambda m: m[0]):
+            writer.write(connection, when, data)
+    return path
+
+
+def test_the_options_choose_the_feeds_the_limit_and_what_the_model_sees(tmp_path,
+                                                                         untrained_llava):
+    """--image-topic, --instruction-topic, --max-new-tokens, --max-image-side, --processor-kwargs.
+
+    A model that never ends runs every answer to the limit, and each answer is the engine's
+    under the same limits and processor options, not under the defaults.
+    """
+    from vlm_ros.engine import EngineConfig, Request
+    from vlm_ros.engine.local import VlmEngine
+
+    asked = [f'stack the noise #{uuid.uuid4().hex[:8]}' for _ in range(2)]
+    kwargs = {'do_normalize': False}
+    done = vlm_eval(write_two_feed_bag(tmp_path / 'bag', asked), '--model', untrained_llava,
+                    '--image-topic', LEFT_TOPIC, '--instruction-topic', OPERATOR_TOPIC,
+                    '--max-new-tokens', 12, '--max-image-side', 8, '--processor-kwargs',
+                    json.dumps(kwargs), '--decode-mode', 'static', '--batch-size', 1,
+                    '--device', 'cpu', '--dtype', 'float32', '--out', tmp_path / 'out')
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = read_jsonl(tmp_path / 'out' / 'results.jsonl')
+    assert [(r['task'], r['request']) for r in records] == [
+        ('caption', ''), ('plan', asked[0]), ('caption', ''), ('plan', asked[1])]
+    assert [(r['image']['topic'], r['image']['stamp_ns']) for r in records] == [
+        (LEFT_TOPIC, STAMPS[n] + 1000) for n in (0, 0, 1, 1)]
+    assert [r['output_tokens'] for r in records] == [12] * 4
+    assert [r['batch'] for r in records] == [0, 1, 2, 3]
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    assert (summary['image_topic'], summary['instruction_topic']) == (LEFT_TOPIC,
+                                                                     OPERATOR_TOPIC)
+    values = summary['settings']['values']
+    assert {key: values.get(key) for key in ('max_new_tokens', 'max_image_side',
+                                             'processor_kwargs', 'decode_mode')} == {
+        'max_new_tokens': 12, 'max_image_side': 8, 'processor_kwargs': json.dumps(kwargs),
+        'decode_mode': 'static'}, values
+
+    def answers(engine):
+        results = [engine.run([Request(r['task'], LEFT_FRAMES[r['image']['frame']],
+                                       r['request'])])[0] for r in records]
+        return [r.text for r in results], [c for r in results for c in r.confidence]
+
+    config = EngineConfig(model=str(untrained_llava), device='cpu', dtype='float32',
+                          max_new_tokens=12, max_image_side=8, decode_mode='static')
+    confidences = [r[key] for r in records for key in ('confidence_mean', 'confidence_min')]
+    unbent = VlmEngine(config)  # the processor's defaults
+    unbent.load()
+    try:
+        assert answers(unbent)[1] != pytest.approx(confidences, abs=1e-5)
+    finally:
+        unbent.unload()
+    engine = VlmEngine(dataclasses.replace(config, processor_kwargs=kwargs))
+    engine.load()
+    try:
+        texts, same = answers(engine)
+        assert texts == [r['text'] for r in records]
+        assert same == pytest.approx(confidences, abs=1e-5)
+        engine.update(max_image_side=640)  # the frames as they are
+        assert answers(engine)[1] != pytest.approx(confidences, abs=1e-5)
+    finally:
+        engine.unload()

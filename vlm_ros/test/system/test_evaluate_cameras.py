@@ -81,16 +81,21 @@ def test_every_request_is_answered_from_both_cameras_at_the_defaults(tmp_path, t
 
 
 def test_a_ros1_recording_whose_cameras_drift_apart_is_unsynchronized(tmp_path, trained_tiny):
+    """--wait-for-image 0.3: the third instruction's closer frames come 0.4 s later, too late."""
     out = tmp_path / 'out'
     done = vlm_eval(write_camera_bag(tmp_path / 'cameras.bag', ros1=True), '--model',
                     str(trained_tiny('llava')), *CAMERAS, *MODEL_ARGS, '--max-skew', '0.05',
-                    '--no-captions', '--out', out)
+                    '--wait-for-image', '0.3', '--no-captions', '--out', out)
     assert done.returncode == 0, done.stderr[-3000:]
     plans = read_jsonl(out / 'results.jsonl')
     assert [p['status'] for p in plans][:2] == ['NO_IMAGE', 'OK']
     assert [p['status'] for p in plans][2:] == ['UNSYNCHRONIZED'] * 2
-    assert "the cameras' frames are 0.100 s apart" in plans[2]['message']
-    assert 'max_skew is 0.05 s' in plans[2]['message'] and plans[2]['batch'] is None
+    # Waiting 2 s (the default) would have found frames [2, 2], 0.1 s apart.
+    assert [[i['frame'] for i in p['images']] for p in plans[2:]] == [[1, 1], [2, 2]]
+    assert "the cameras' frames are 0.400 s apart" in plans[2]['message']
+    assert "the cameras' frames are 0.100 s apart" in plans[3]['message']
+    assert 'max_skew is 0.05 s and no closer ones were logged within 0.3 s' in \
+        plans[2]['message'] and plans[2]['batch'] is None
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['by_status'] == {'NO_IMAGE': 1, 'OK': 1, 'UNSYNCHRONIZED': 2}
 

@@ -8,6 +8,7 @@ that frame and instruction, each action is the first logged within the window af
 
 import json
 import pathlib
+import uuid
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from eval_bags import (
     image_fields,
 )
 from fork_server import run_tool
+from test_evaluate import LEFT_FRAMES, LEFT_TOPIC, OPERATOR_TOPIC
 from vlm_ros.engine import EngineConfig, Request
 from vlm_ros.engine.features import FeatureSpec
 from vlm_ros.engine.local import VlmEngine
@@ -37,7 +39,12 @@ def vlm_export(*args):
     return run_tool([exe, *args], 600)
 
 
-def write_bag(path):
+def write_bag(path, decoys: bool = False):
+    """Write the frames, instructions and commands; decoys: a second camera and instructions.
+
+    The second camera (LEFT_TOPIC) has noise frames stamped 1 us after the first's, the second
+    instruction topic one instruction: only --image-topic and --instruction-topic then choose.
+    """
     with bags.bag_writer(path) as writer:
         images = bags.add_topic(writer, IMAGE_TOPIC, 'sensor_msgs/msg/Image')
         text = bags.add_topic(writer, INSTRUCTION_TOPIC, bags.STRING_TYPE)
@@ -45,6 +52,14 @@ def write_bag(path):
         messages = [(when, images, bags.serialize('sensor_msgs/msg/Image',
                                                   **image_fields(scene(colour), stamp)))
                     for when, stamp, colour in zip(FRAME_TIMES, STAMPS, COLOURS, strict=True)]
+        if decoys:
+            left = bags.add_topic(writer, LEFT_TOPIC, 'sensor_msgs/msg/Image')
+            messages += [(when, left, bags.serialize('sensor_msgs/msg/Image', **image_fields(
+                frame, stamp + 1000))) for when, stamp, frame in zip(FRAME_TIMES, STAMPS,
+                                                                     LEFT_FRAMES, strict=True)]
+            other = bags.add_topic(writer, OPERATOR_TOPIC, bags.STRING_TYPE)
+            messages.append((FRAME_TIMES[0], other, bags.serialize(bags.STRING_TYPE,
+                                                                   data='not this one')))
         messages += [(when, text, bags.serialize(bags.STRING_TYPE, data=instruction))
                      for when, instruction in INSTRUCTIONS]
         messages += [(when + delay, cmd, bags.serialize(
@@ -63,9 +78,10 @@ def test_frames_become_pairs_of_features_and_the_action_that_followed(tmp_path,
     theirs = tmp_path / 'dataset.partial'  # a user's folder of that name is none of its own
     theirs.mkdir()
     (theirs / 'notes.txt').write_text('keep me')
-    done = vlm_export(write_bag(tmp_path / 'bag'), '--model', model, '--actions', '/cmd_vel',
-                      '--pooling', 'mean', '--layer', '2', '--device', 'cpu', '--dtype',
-                      'float32', '--out', out)
+    done = vlm_export(write_bag(tmp_path / 'bag', decoys=True), '--model', model, '--actions',
+                      '/cmd_vel', '--pooling', 'mean', '--layer', '2', '--device', 'cpu',
+                      '--dtype', 'float32', '--image-topic', IMAGE_TOPIC, '--instruction-topic',
+                      INSTRUCTION_TOPIC, '--out', out)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (theirs / 'notes.txt').read_text() == 'keep me'
     assert out.stat().st_mode == theirs.stat().st_mode  # made as mkdir makes a folder
@@ -76,6 +92,8 @@ def test_frames_become_pairs_of_features_and_the_action_that_followed(tmp_path,
     manifest = json.loads((out / 'manifest.json').read_text())
     assert manifest['pairs'] == 2 and manifest['frames_without'] == {'instruction': 0,
                                                                      'action': 1}
+    assert (manifest['image_topic'], manifest['instruction_topic']) == (IMAGE_TOPIC,
+                                                                       INSTRUCTION_TOPIC)
     assert manifest['actions']['columns'] == ['linear.x', 'linear.y', 'linear.z', 'angular.x',
                                               'angular.y', 'angular.z']
     assert list(data['frame_stamp_ns']) == [STAMPS[0], STAMPS[2]]
@@ -93,6 +111,41 @@ def test_frames_become_pairs_of_features_and_the_action_that_followed(tmp_path,
     finally:
         engine.unload()
     np.testing.assert_allclose(data['features'], np.stack(expected), atol=1e-4)
+
+
+def test_an_instruction_from_the_command_line_is_paired_with_the_chosen_cameras_frames(
+        tmp_path, trained_tiny):
+    """--instruction at --every 2nd frame of --image-topic, seen at --max-image-side 8."""
+    model = str(trained_tiny('llava'))
+    told = f'sweep the noise #{uuid.uuid4().hex[:8]}'
+    out = tmp_path / 'dataset'
+    done = vlm_export(write_bag(tmp_path / 'bag', decoys=True), '--model', model, '--actions',
+                      '/cmd_vel', '--image-topic', LEFT_TOPIC, '--instruction', told, '--every',
+                      2, '--max-image-side', 8, '--device', 'cpu', '--dtype', 'float32',
+                      '--out', out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = np.load(out / 'dataset.npz')
+    manifest = json.loads((out / 'manifest.json').read_text())
+    assert (manifest['image_topic'], manifest['instructions']) == (LEFT_TOPIC, [told])
+    assert manifest['max_image_side'] == 8
+    # --every 2 asks at the second frame: the first had no instruction in force, and the
+    # second's action came too late.
+    assert manifest['frames_without'] == {'instruction': 1, 'action': 1}
+    assert list(data['frame_stamp_ns']) == [STAMPS[2] + 1000]
+    assert data['instruction'].tolist() == [0]
+    engine = VlmEngine(EngineConfig(model=model, device='cpu', dtype='float32',
+                                    max_image_side=8))
+    engine.load()
+    try:
+        def features():
+            return engine.run([Request('plan', LEFT_FRAMES[2], told, 1, features=FeatureSpec(
+                -1, 'last'))])[0].features.data
+
+        np.testing.assert_allclose(data['features'][0], features(), atol=1e-4)
+        engine.update(max_image_side=640)  # the frames as they are: other features
+        assert not np.allclose(data['features'][0], features(), atol=1e-3)
+    finally:
+        engine.unload()
 
 
 @pytest.mark.parametrize('args, complaint', [
