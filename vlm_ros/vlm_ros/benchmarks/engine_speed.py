@@ -24,7 +24,9 @@ import numpy as np
 
 from ..bag.arguments import ArgumentParser, not_negative, positive_int, reported
 from ..engine import Request, VlmError
+from ..engine.plan_parser import parse_plan
 from ..tools.engine_args import add_engine_args, engine_config
+from .vision_timer import VisionTimer
 
 if TYPE_CHECKING:  # torch takes seconds to import: not before the arguments are checked
     from ..engine.local import VlmEngine
@@ -48,50 +50,6 @@ def scene(height: int, width: int) -> np.ndarray:
     image[..., 1] = np.linspace(0, 255, height, dtype=np.uint8)[:, None]
     image[height // 3:height // 2, width // 3:width // 2] = (220, 30, 30)
     return image
-
-
-class VisionTimer:
-    """Time the vision encoder inside the first forward, and that forward's end.
-
-    The vision encoder: before its first layer, after its last; the layers are the ModuleList
-    elements under a module named like 'vision' (every tested family). ``prefilled``: when the
-    model's first forward (the prefill; an encoder-decoder's first decoder step) returned, so
-    the time to first token splits into ... + prefill + first token (logits processing,
-    sampling, the streamer). On a GPU each mark synchronizes, so the marks are exact and the
-    run slightly slower.
-    """
-
-    def __init__(self, model, device):
-        import torch
-
-        layers = [layer for name, module in model.named_modules()
-                  if 'vision' in name and isinstance(module, torch.nn.ModuleList)
-                  for layer in module]
-        self._sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' \
-            else (lambda: None)
-        self.start = self.end = self.prefilled = None
-        self._handles = [layers[0].register_forward_pre_hook(self._mark_start),
-                         layers[-1].register_forward_hook(self._mark_end)] if layers else []
-        self._handles.append(model.register_forward_hook(self._mark_prefilled))
-
-    def _mark_start(self, *args) -> None:
-        if self.start is None:
-            self._sync()
-            self.start = time.perf_counter()
-
-    def _mark_end(self, *args) -> None:
-        self._sync()
-        self.end = time.perf_counter()  # the last call: encoders may run per tile
-
-    def _mark_prefilled(self, *args) -> None:
-        if self.prefilled is None:
-            self._sync()
-            self.prefilled = time.perf_counter()
-
-    def close(self) -> None:
-        """Remove the hooks."""
-        for handle in self._handles:
-            handle.remove()
 
 
 _FRAME_NUMBERS = itertools.count()
@@ -119,7 +77,8 @@ def time_batch(engine: 'VlmEngine', new_tokens: int, frames: list,
     encoder, and the rest up to the first token (projector, prefill, sampling). With ``ahead``,
     those frames (the next batch's) are preprocessed on a second thread while this batch
     generates, as vlm_node's look-ahead does; the total includes waiting for it to finish.
-    ``constrained``: the plans are written under the plan schema's grammar.
+    ``constrained``: the plans are written under the plan schema's grammar; 'skills' are those
+    its plans' steps name. 'image' is the frames' HxW, 'threads' torch's CPU threads here.
     """
     import torch
 
@@ -153,7 +112,11 @@ def time_batch(engine: 'VlmEngine', new_tokens: int, frames: list,
     total = time.perf_counter() - start
     vision = timer.end - timer.start if timer.start and timer.end else float('nan')
     prefilled = timer.prefilled - generating if timer.prefilled else out.time_to_first_token
+    decode = loaded.processor.tokenizer.decode
+    skills = {step.skill for row in out.tokens if constrained
+              for step in parse_plan(decode(row, skip_special_tokens=True)).steps} - {''}
     return {'ttft': prep + out.time_to_first_token, 'total': total, 'prep': prep,
+            'image': frames[0].shape[:2], 'threads': torch.get_num_threads(), 'skills': skills,
             'vision': vision,
             'prefill': prefilled - (vision if vision == vision else 0.0),  # NaN: no encoder
             'first': out.time_to_first_token - prefilled,
@@ -199,7 +162,8 @@ def run(engine: 'VlmEngine', batch_sizes, new_tokens: int, repeats: int, image_h
                      'recompiles': _graphs_made(engine) - graphs,
                      'total_ms': 1000 * total, 'images_s': batch / total,
                      'peak_mib': peak_memory_mib(engine.loaded.device),
-                     'tokens': runs[0]['tokens'] // batch})
+                     'tokens': runs[0]['tokens'] // batch, 'runs': len(runs),
+                     'image': runs[0]['image'], 'threads': runs[-1]['threads']})
     return rows
 
 
@@ -213,7 +177,7 @@ def constraint_cost(engine: 'VlmEngine', batch_sizes, new_tokens: int, repeats: 
     the drift between them. 'checked' is the share of row-steps under the grammar (a row it
     lost, e.g. to min_new_tokens after its plan ended, is free from then on); 'masked', of
     those, the share whose best token the grammar refused, so that every logit had to be
-    masked (the others cost one token's check).
+    masked (the others cost one token's check); 'skills', those the constrained plans named.
     """
     image = scene(*image_hw)
     rows = []
@@ -230,7 +194,8 @@ def constraint_cost(engine: 'VlmEngine', batch_sizes, new_tokens: int, repeats: 
                        for mode in (False, True))
         rows.append({'batch': batch, 'free_ms': statistics.median(free),
                      'constrained_ms': statistics.median(bound),
-                     'overhead_pct': paired_cost_pct(free, bound),
+                     'overhead_pct': paired_cost_pct(free, bound), 'pairs': len(free),
+                     'skills': sorted(set().union(*(r['skills'] for r in runs[True]))),
                      **{f'{part}_pct': 100 * statistics.median(r[part] for r in runs[True])
                         for part in ('checked', 'masked')}})
     return rows
@@ -244,11 +209,16 @@ def paired_cost_pct(free: list, bound: list) -> float:
 def format_cost_table(title: str, rows: list) -> str:
     """Render constraint_cost's rows as a Markdown table."""
     lines = [f'### {title}', '', '| batch | free ms/step | constrained ms/step | cost (pairs) | '
-             'row-steps under the grammar | of them masked |', '|---:|---:|---:|---:|---:|---:|']
+             "row-steps under the grammar | of them masked | plans' skills |",
+             '|---:|---:|---:|---:|---:|---:|---|']
     lines += [f"| {r['batch']} | {r['free_ms']:.2f} | {r['constrained_ms']:.2f} | "
-              f"{r['overhead_pct']:+.1f}% | {r['checked_pct']:.0f}% | {r['masked_pct']:.0f}% |"
-              for r in rows]
+              f"{r['overhead_pct']:+.1f}% | {r['checked_pct']:.0f}% | {r['masked_pct']:.0f}% | "
+              f"{', '.join(r['skills']) or '-'} |" for r in rows]
     return '\n'.join(lines)
+
+
+def _count(number: int, noun: str) -> str:
+    return f'{number} {noun}' + ('' if number == 1 else 's')
 
 
 def _graphs_made(engine: 'VlmEngine') -> int:
@@ -302,7 +272,8 @@ def parse_args(argv):
     parser.add_argument('--node', action='store_true',
                         help='measure a vlm_node process instead of the engine: --streams '
                         'concurrent instruction streams, the node at each --batch-sizes value '
-                        '(its max_batch_size)')
+                        '(its max_batch_size); --frames, --repeats, --attn, --profile, '
+                        '--constraint-cost, --constrain-plans and --skills time the engine alone')
     parser.add_argument('--streams', type=positive_int, default=8,
                         help='with --node: concurrent instruction streams (default 8)')
     parser.add_argument('--requests', type=positive_int, default=4,
@@ -310,6 +281,7 @@ def parse_args(argv):
     parser.add_argument('--batch-wait', type=not_negative, default=0.005,
                         help="with --node: the node's batch_wait, s (default 0.005)")
     args = parser.parse_args(argv)
+    _refuse_unused(parser, args)
     if args.constraint_cost and args.constrain_plans == 'off':
         parser.error('--constraint-cost times constrained plans: not with --constrain-plans off')
     if args.new_tokens < 2:  # the first token is timed apart: decoding needs a second one
@@ -322,6 +294,29 @@ def parse_args(argv):
         if args.random not in known:
             parser.error(f'--random {args.random}: choose one of {", ".join(known)}')
     return args
+
+
+# The options that change nothing in the other mode: the node's, and the engine tables' own.
+_NODE_ONLY = (('--streams', 'streams'), ('--requests', 'requests'), ('--batch-wait', 'batch_wait'))
+_ENGINE_ONLY = (('--frames', 'frames'), ('--repeats', 'repeats'), ('--attn', 'attn'),
+                ('--profile', 'profile'), ('--constraint-cost', 'constraint_cost'))
+_GRAMMAR = (('--constrain-plans', 'constrain_plans'), ('--skills', 'skills'))
+
+
+def _refuse_unused(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse the options given that would change nothing in the mode chosen, naming them."""
+    def given(options: tuple) -> list:
+        return [name for name, dest in options if getattr(args, dest) != parser.get_default(dest)]
+    if args.node:
+        refused = [(given(_ENGINE_ONLY + _GRAMMAR), 'with --node: its vlm_node plans under its '
+                    'own constrain_plans and skills, and is timed once per batch size')]
+    else:
+        refused = [(given(_NODE_ONLY), 'without --node'),
+                    ([] if args.constraint_cost else given(_GRAMMAR),
+                     'without --constraint-cost: the other tables time free decoding')]
+    said = [f'{", ".join(names)}: no effect {why}' for names, why in refused if names]
+    if said:
+        parser.error('; '.join(said))
 
 
 def _image_size(text: str) -> tuple:
@@ -360,16 +355,20 @@ def _benchmark(args) -> int:
         load_s = time.perf_counter() - start
         height, width = args.image
         params = sum(p.numel() for p in loaded.model.parameters()) / 1e6
+        # As the model has them: its weights' dtype and attention, torch's threads while timed.
+        dtype = str(next(loaded.model.parameters()).dtype).replace('torch.', '')
+        attn = getattr(loaded.model.config, '_attn_implementation', None) or 'default'
+        attn += '' if args.attn else " (the model's own)"
         for frames in args.frames:
             rows = run(engine, args.batch_sizes, args.new_tokens, args.repeats,
                        (height, width), frames)
             title = (f'{args.random or args.model}: {params:.2f} M params, {loaded.device} '
-                     f'{str(loaded.dtype).replace("torch.", "")}, '
-                     f'CPU threads {loaded.cpu_threads}, attn {args.attn or "default"}'
+                     f"{dtype}, CPU threads {rows[0]['threads']}, attn {attn}"
                      f', decode {engine.decoding.mode} '
                      f'(warm-up {engine.decoding.warm_up_seconds:.1f} s)'
                      f'{", " + json.dumps(args.processor_kwargs) if args.processor_kwargs else ""}'
-                     f', {width}x{height} image, {frames} frames, load {load_s:.1f} s')
+                     f", median of {_count(rows[0]['runs'], 'run')}, {rows[0]['image'][1]}x"
+                     f"{rows[0]['image'][0]} image, {frames} frames, load {load_s:.1f} s")
             print(format_table(title, rows), flush=True)
         if args.profile:
             from .request_profile import profile_request
@@ -383,7 +382,8 @@ def _benchmark(args) -> int:
                                    (height, width))
             print(format_cost_table(f'{args.random or args.model}: plan grammar cost per '
                                     f'decoding step, {loaded.device}, {args.new_tokens} '
-                                    f'tokens', rows), flush=True)
+                                    f"tokens, median of {_count(rows[0]['pairs'], 'pair')}", rows),
+                  flush=True)
     return 0
 
 

@@ -31,6 +31,7 @@ from std_msgs.msg import String
 
 from vlm_ros_msgs.msg import Plan
 
+from ..bag.node_settings import fetch_parameters
 from ..node.image_conversion import rgb_to_image
 from ..spin import SWITCH_INTERVAL, SpinThread, large_frames_transport
 
@@ -148,7 +149,7 @@ def _node_params(model: str, args) -> dict:
             'processor_kwargs': json.dumps(json.dumps(args.processor_kwargs)
                                            if args.processor_kwargs else ''),
             'queue_size': args.streams + 1, 'wait_for_image': 10.0,
-            'batch_wait': args.batch_wait}
+            'batch_wait': args.batch_wait, 'cpu_threads': args.cpu_threads}
 
 
 def run_node_benchmark(model: str, args) -> str:
@@ -190,20 +191,25 @@ def run_node_benchmark(model: str, args) -> str:
                 after = driver.engine_counts()
                 measured['per_run'] = (after[1] - requests) / max(1, after[0] - runs)
                 rows.append((size, measured))
+            # As the node has them (a parameter it did not take would keep its default).
             decoding = driver.diagnostics.get('decode_mode', '?')
+            threads = driver.diagnostics.get('cpu_threads', '?')
+            batch_wait = fetch_parameters(driver, f'{namespace}/vlm_node', 30,
+                                          threading.Event())['batch_wait']
         finally:
             spinner.stop()
             rclpy.try_shutdown()
             proc.terminate()
             proc.wait(timeout=60)
-    return _table(model, args, rows, f'{decoding} decoding, {transport}')
+    return _table(model, args, rows, batch_wait,
+                  f'{decoding} decoding, {threads} CPU threads, {transport}')
 
 
-def _table(model: str, args, rows: list, setup: str) -> str:
+def _table(model: str, args, rows: list, batch_wait: float, setup: str) -> str:
     base = rows[0][1]['per_s'] if rows else float('nan')
     lines = [f'vlm_node on {model}: {args.streams} concurrent instruction streams x '
              f'{args.requests} each, {args.new_tokens} new tokens max, batch_wait '
-             f'{args.batch_wait:g} s, '
+             f'{batch_wait:g} s, '
              f'{args.image[1]}x{args.image[0]} camera, device {args.device}, {setup}', '',
              '| max_batch_size | requests per engine run | answers | other | answers/s | '
              'vs first row | TTFT p50 (node) | end-to-end p50 | p95 |',
