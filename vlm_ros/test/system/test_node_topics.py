@@ -64,6 +64,8 @@ def test_burst_of_20_with_queue_4_answers_each_exactly_once(start_vlm_node):
     dropped = [p for p in plans if p.status == Plan.STATUS_DROPPED]
     assert dropped and all('queue full' in p.message for p in dropped)
     assert len(dropped) <= 20 - 4 - 1  # 4 wait, 1 runs: those are never dropped
+    node.wait_diag(lambda v: v['status_dropped'] == str(len(dropped)), TIMEOUT,
+                   'each dropped answer counted')
 
 
 def test_no_image_answers_within_wait_for_image(start_vlm_node):
@@ -72,6 +74,7 @@ def test_no_image_answers_within_wait_for_image(start_vlm_node):
     node.instruct(INSTRUCTION)
     plan = node.plans.wait_for(lambda p: True, TIMEOUT, 'the NO_IMAGE plan')
     assert plan.status == Plan.STATUS_NO_IMAGE and 'no image arrived within 1 s' in plan.message
+    node.wait_diag(lambda v: v['status_no_image'] == '1', TIMEOUT, 'the NO_IMAGE answer counted')
 
 
 def test_old_stamp_is_stale(start_vlm_node):
@@ -88,6 +91,7 @@ def test_old_stamp_is_stale(start_vlm_node):
     plan = node.plans.wait_for(lambda p: True, TIMEOUT, 'the STALE plan')
     assert plan.status == Plan.STATUS_STALE_IMAGE, plan.message
     assert plan.header.frame_id == frame_id and 'old' in plan.message
+    node.wait_diag(lambda v: v['status_stale_image'] == '1', TIMEOUT, 'the STALE answer counted')
 
 
 @pytest.mark.parametrize('fmt', ['png', 'jpeg'])

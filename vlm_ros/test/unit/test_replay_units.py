@@ -1,6 +1,8 @@
 """vlm_replay as a real process: timing, selection, remapping, and recording a live vlm_node."""
 
 
+import io
+
 import pytest
 from vlm_ros.bag.playback import Clock, Progress, parse_remaps, select_connections
 from vlm_ros.bag.storage import (
@@ -32,3 +34,23 @@ def test_playback_rules():
     with pytest.raises(BagError, match=r"\['/c'\]"):
         select_connections(connections, ['/c'])
     assert Progress(10.0, enabled=False).line(5.0, 3).startswith('[' + '#' * 15 + '.' * 15)
+
+
+class Terminal(io.StringIO):
+    """stderr as a terminal shows it: the progress bar is drawn only there."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(('stream', 'enabled', 'drawn'), [
+    (Terminal, None, True), (Terminal, False, False), (io.StringIO, None, False)],
+    ids=['terminal', 'no-progress', 'not-a-terminal'])
+def test_the_progress_bar_is_drawn_on_a_terminal_unless_turned_off(stream, enabled, drawn):
+    """vlm_replay gives enabled False for --no-progress, else None (whether stderr is a tty)."""
+    where = stream()
+    progress = Progress(4.0, enabled, where)
+    progress.update(1.0, 2)
+    progress.update(4.0, 9, final=True)
+    assert where.getvalue() == ('\r' + progress.line(1.0, 2) + '\r' + progress.line(4.0, 9) +
+                                '\n' if drawn else '')
