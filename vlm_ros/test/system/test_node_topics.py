@@ -256,8 +256,9 @@ def test_a_camera_hint_is_said_until_frames_come_and_again_when_the_camera_goes(
     wait = _diag_from_now(node)
     node.image_pub = node.ros.create_publisher(Image, 'image', 10)
     # Back, but no frame yet (a restarted driver whose frames are lost): still named.
-    wait(lambda v: f'/image ({driver}) has a publisher, but no frame has arrived' in
-         v['image_input'], 'the hint to name the camera back without frames')
+    back = wait(lambda v: f'/image ({driver}) has a publisher, but no frame has arrived' in
+                v['image_input'], 'the hint to name the camera back without frames')
+    assert 'no frame has arrived since the camera was last silent' in back['image_input']
     node.stream(camera(uuid.uuid4().hex))
     node.wait_diag(lambda v: int(v['frames_received']) > int(gone['frames_received']) and
                    v['image_input'] == '', TIMEOUT, 'the hint to clear once frames are back')

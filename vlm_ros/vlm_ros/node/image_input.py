@@ -48,7 +48,8 @@ def transport_fix(rmw: str) -> str:
     return f'{profile_variable()}={path}' if rmw in FAST_DDS and path else ''
 
 
-def lost_hint(publishers: dict, fix: str, best_effort: tuple = ()) -> str:
+def lost_hint(publishers: dict, fix: str, best_effort: tuple = (),
+              since: str = 'the node subscribed') -> str:
     """Say that frames are published (topic -> publishing nodes) but none arrived, and why.
 
     ``best_effort``: the publishers ('TOPIC (NODE)') that are best effort while the subscription
@@ -58,7 +59,7 @@ def lost_hint(publishers: dict, fix: str, best_effort: tuple = ()) -> str:
                       for topic, nodes in sorted(publishers.items()))
     many = len(publishers) > 1 or any(len(nodes) > 1 for nodes in publishers.values())
     text = f'{named} {"have publishers" if many else "has a publisher"}, but no frame has ' \
-        'arrived since the node subscribed'
+        f'arrived since {since}'
     if best_effort:
         return (f'{text}: {", ".join(best_effort)} publish{"" if len(best_effort) > 1 else "es"}'
                 ' best effort, which a reliable subscription never receives; set '
@@ -88,6 +89,7 @@ class ImageInput:
         self.depths, self.info = (), None  # recent depth Images, newest CameraInfo (use_depth)
         self._last_raw = -float('inf')
         self._received = 0  # frames since subscribe(), or since the camera was last silent
+        self._since = 'the node subscribed'  # what _received counts from, for the hint
         self._reliable = False  # image_reliability: best-effort publishers never match it
         self._fix = transport_fix(get_rmw_implementation_identifier())
 
@@ -98,7 +100,7 @@ class ImageInput:
         With depth, also to the aligned depth image and camera_info beside it (depth.py).
         """
         self.close()
-        self._received = 0
+        self._received, self._since = 0, 'the node subscribed'
         self._reliable = reliable
         qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                          reliability=ReliabilityPolicy.RELIABLE if reliable
@@ -173,7 +175,8 @@ class ImageInput:
         """
         silent = self.silent_topics()
         if silent and len(silent) == len(self._subs):
-            self._received = 0
+            if self._received:  # frames came, then the camera went
+                self._received, self._since = 0, 'the camera was last silent'
             return self._silent_hint(silent)
         if not self._subs or self._received:
             return ''
@@ -186,7 +189,7 @@ class ImageInput:
             f'{topic} ({_node_name(info)})' for topic, infos in found.items() for info in infos
             if info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT)) \
             if self._reliable else ()
-        return lost_hint(publishers, self._fix, best_effort)
+        return lost_hint(publishers, self._fix, best_effort, self._since)
 
     def _silent_hint(self, silent: list) -> str:
         """Name the silent topics and the topics on the graph that carry images."""
