@@ -114,8 +114,11 @@ def test_a_query_asks_the_cameras_it_names_and_only_waits_for_those(start_vlm_no
             assert not refused.success and reason in refused.message, refused.message
         assert ask(test_node, 'head').success, 'the node is alive and still answers'
         client = run_tool([node_executable('vlm_client'), 'query', 'what colour is it?',
-                           '--camera', 'wrist'], TIMEOUT)
+                           '--camera', 'head', '--camera', 'wrist'], TIMEOUT)
         assert client.returncode == 0 and client.stdout.strip(), client.stderr
+        # In the order given (the service calls above asked wrist, head): the prompt's order.
+        sources.wait_for(lambda m: list(m.cameras) == ['head', 'wrist'], TIMEOUT,
+                         "the client's two cameras, in its order")
         refused = run_tool([node_executable('vlm_client'), 'query', 'what colour is it?',
                             '--camera', 'hand'], TIMEOUT)
         assert refused.returncode == 1, refused.stderr
