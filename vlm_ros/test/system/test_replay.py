@@ -159,6 +159,7 @@ def test_start_topics_and_remap_choose_what_is_played_and_where(test_node, tmp_p
     code, _, err = wait_exit(proc, TIMEOUT)
     assert code == 0, err
     assert [m for _, m in decoded(received)] == [m for _, m in decoded(images)]
+    assert f'vlm_replay: played {len(images)} messages in ' in err, err  # no instruction
 
 
 def test_loop_plays_again_until_interrupted(test_node, tmp_path):
