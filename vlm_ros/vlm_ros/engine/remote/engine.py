@@ -209,7 +209,8 @@ class RemoteEngine(EngineBase):
                     raise
                 except Exception as exc:  # noqa: BLE001 - every client failure is a VlmError
                     kind, cause, transient = classify(exc, answer.responded, self._key,
-                                                      self.remote.request_timeout)
+                                                      self.remote.request_timeout,
+                                                      len(answer.pieces))
                     # Any other failure came from the server: it is there (an earlier check
                     # may have found it away, while it restarted).
                     self._seen(kind not in ('backend_unreachable', 'backend_timeout'), cause)

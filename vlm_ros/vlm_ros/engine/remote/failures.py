@@ -28,19 +28,25 @@ def redact(text: str, key: str) -> str:
     return SECRET_PATTERN.sub(lambda m: m.group(1) + '<redacted>', text)
 
 
-def classify(exc: Exception, responded: bool, key: str, request_timeout: float) -> tuple:
+def classify(exc: Exception, responded: bool, key: str, request_timeout: float,
+             pieces: int = 0) -> tuple:
     """Return (kind, cause, transient) for a failed request, secrets redacted.
 
     ``responded`` says whether the answer's headers had arrived: a connection lost after that
-    cut an answer off, before it the server was not reached.
+    cut an answer off, before it the server was not reached. ``pieces``: of text streamed.
     """
-    kind, cause, transient = _describe(exc, responded, key, request_timeout)
+    kind, cause, transient = _describe(exc, responded, key, request_timeout, pieces)
     return kind, redact(cause, key), transient
 
 
-def _describe(exc: Exception, responded: bool, key: str, request_timeout: float) -> tuple:
+def _describe(exc: Exception, responded: bool, key: str, request_timeout: float,
+              pieces: int) -> tuple:
     # The client's timeout of one read, or read_answer's of the data (streaming.py).
     if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError)):
+        if pieces:  # the answer had begun: it stopped, it did not fail to come
+            return 'backend_timeout', (f'the answer stopped after {pieces} piece'
+                                       f'{"s" if pieces > 1 else ""} of text: no more within '
+                                       f'request_timeout {request_timeout:g} s'), True
         return 'backend_timeout', f'no answer within request_timeout {request_timeout:g} s', True
     if isinstance(exc, openai.APIConnectionError):
         cause = exc  # the innermost error says most: ConnectionRefusedError, not 'Connection'
