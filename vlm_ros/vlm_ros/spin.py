@@ -300,21 +300,21 @@ def ros_arguments_only(about: str, parameters: Collection[str],
     """
     argv = list(sys.argv if args is None else args)
     tool = os.path.basename(argv[0] if argv else '') or 'vlm_ros'
-    own, inside = [], False  # inside: within --ros-args ... [--]
+    names, inside, bare = {*parameters, 'use_sim_time'}, False, []  # inside: --ros-args ... [--]
     for arg in argv[1:]:  # before rcl, which would log the remap it reads there
         inside = arg == '--ros-args' or (inside and arg != '--')
-        if not inside and arg.split(':=')[0] in {*parameters, 'use_sim_time'} and ':=' in arg:
-            own = [arg]
-            break
+        if not inside and ':=' in arg and arg.split(':=')[0] in names:
+            bare.append(arg)
     try:
-        own = own or remove_ros_args(argv)[1:]
+        own = bare or remove_ros_args(argv)[1:]
     except Exception:  # noqa: BLE001 - malformed ROS arguments: rclpy.init reports them
         return None
-    if not own or own[0] in ('-h', '--help'):
-        if own:
-            print(f'usage: {tool} [--ros-args -p NAME:=VALUE ... --params-file FILE ...]\n\n'
-                  f'{about.strip()}')
-        return 0 if own else None
+    if not own:
+        return None
+    if own[0] in ('-h', '--help'):
+        print(f'usage: {tool} [--ros-args -p NAME:=VALUE ... --params-file FILE ...]\n\n'
+              f'{about.strip()}')
+        return 0
     hint = (f': a parameter goes after --ros-args, {tool} --ros-args -p {own[0]}'
             if ':=' in own[0] else ' (--help says what it takes)')
     print(f'{tool}: {own[0]!r} is not a ROS argument, and {tool} takes no other{hint}',
