@@ -36,6 +36,16 @@ class Collector:
         with self._cond:
             return list(self._items)
 
+    def from_now(self):
+        """Return wait(predicate, timeout, what): wait_for over the items that come after this.
+
+        A state said once may be said again later: a wait for the later one must not take the
+        earlier one. (An item on its way already counts as later: wait for what it cannot be.)
+        """
+        known = {id(item) for item in self.items()}  # the items are kept: no id is reused
+        return lambda predicate, timeout, what: self.wait_for(
+            lambda item: id(item) not in known and predicate(item), timeout, what)
+
     def wait_for(self, predicate, timeout: float, what: str):
         """Return the first item matching predicate; fail the test after timeout seconds."""
         deadline = time.monotonic() + timeout

@@ -139,9 +139,8 @@ def test_a_head_trained_on_a_recording_drives_from_the_nodes_features(start_vlm_
         node.instruct(INSTRUCTION)  # features_rate takes the last instruction's features
         for colour in ('red', 'blue', 'red'):
             node.stream(scene_stream(colour)).wait_for(lambda m: True, TIMEOUT, 'a frame')
-            known = {id(m) for m in actions.items()}
-            actions.wait_for(lambda m, k=known, c=colour: id(m) not in k and
-                             abs(m.linear.x - SPEEDS[c]) < 0.2, TIMEOUT, f'the {colour} command')
+            actions.from_now()(lambda m, c=colour: abs(m.linear.x - SPEEDS[c]) < 0.2, TIMEOUT,
+                               f'the {colour} command')
     refused = run_tool([node_executable('vlm_action_head'), '--ros-args', '-p',
                         f'head:={tmp_path / "dataset" / "manifest.json"}'], TIMEOUT)
     assert refused.returncode == 2 and 'is not a head of vlm_train_head' in refused.stderr

@@ -176,5 +176,4 @@ def test_a_refused_instruction_leaves_no_instruction_for_the_rate_features(start
 
 def next_of(collector, what: str, predicate=lambda m: True):
     """Wait for a message that arrives after this call and matches predicate."""
-    known = {id(m) for m in collector.items()}
-    return collector.wait_for(lambda m: id(m) not in known and predicate(m), TIMEOUT, what)
+    return collector.from_now()(predicate, TIMEOUT, what)

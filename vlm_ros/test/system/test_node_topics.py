@@ -189,18 +189,10 @@ def test_auto_transport_prefers_raw_frames_when_a_camera_publishes_both(start_vl
 
 
 def _diag_from_now(node):
-    """Return wait(predicate, what): wait_diag over the /diagnostics messages yet to come.
-
-    What the hint said once may be said again later: a wait for the later one must not take
-    the first. (A message on its way already is taken too: wait for a state the one before
-    it cannot match.)
-    """
-    known = {id(msg) for msg in node.diagnostics.items()}
-
-    def wait(predicate, what: str) -> dict:
-        return diag_values(node.diagnostics.wait_for(
-            lambda m: id(m) not in known and predicate(diag_values(m)), TIMEOUT, what))
-    return wait
+    """Return wait(predicate, what): wait_diag over the /diagnostics messages yet to come."""
+    wait = node.diagnostics.from_now()
+    return lambda predicate, what: diag_values(
+        wait(lambda m: predicate(diag_values(m)), TIMEOUT, what))
 
 
 def test_a_camera_hint_is_said_until_frames_come_and_again_when_the_camera_goes(
