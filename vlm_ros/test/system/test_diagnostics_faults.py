@@ -98,6 +98,23 @@ def test_corrupt_frames_warn_then_error_and_healthy_frames_end_it(start_vlm_node
     _, after = _wait_level(node, 'OK', lambda v: v['status_bad_input'] ==
                            str(int(values['status_bad_input']) + 1), 'the refused question')
     assert after['errors_image'] == values['errors_image']
+    # So is an instruction too long for the model's positions, though a camera frame came
+    # with it; the instruction sent beside it (batched with it or not) is answered.
+    long_text = ''.join(uuid.uuid4().hex for _ in range(60))  # ~ a token a character: > 1024
+    before = {p.request_id for p in node.plans.items()}
+    node.instruct(long_text)
+    node.instruct(INSTRUCTION)
+    too_long = node.plans.wait_for(lambda p: p.instruction == long_text, TIMEOUT, 'its plan')
+    assert too_long.status == Plan.STATUS_BAD_INPUT, too_long.message
+    assert 'more than the 1024 positions the model reads; shorten the text' in too_long.message
+    assert too_long.header.frame_id == good  # answered from the camera's frame
+    beside = node.plans.wait_for(lambda p: p.instruction == INSTRUCTION and
+                                 p.request_id not in before, TIMEOUT, 'the one beside it')
+    assert beside.status == Plan.STATUS_OK, beside.message
+    _, later = _wait_level(node, 'OK', lambda v: v['status_bad_input'] ==
+                           str(int(after['status_bad_input']) + 1), 'the refused instruction')
+    assert later['errors_image'] == values['errors_image'], later
+    assert later['last_error'] == plan.message, later  # still the camera's, as history
 
 
 def test_server_outage_is_an_error_until_it_is_back_and_answers(start_vlm_node, fault_server):

@@ -6,12 +6,14 @@ real processors, real ``generate``, the real parser.
 """
 
 import threading
+import uuid
 
 import pytest
 import torch
 from engine_fixtures import FAMILIES, PLAN_JSON, TARGETS, scene
-from vlm_ros.engine import EngineConfig, Request
+from vlm_ros.engine import EngineConfig, Request, VlmError
 from vlm_ros.engine.local import VlmEngine
+from vlm_ros.engine.local.positions import position_limit
 
 # Needs no ROS: scripts/test runs it on the first leg only.
 pytestmark = pytest.mark.distro_independent
@@ -119,3 +121,30 @@ def test_per_request_token_limit(engine):
     request = _requests()[2]
     request.max_new_tokens = 3
     assert engine.run([request])[0].output_tokens == 3
+
+
+def test_a_prompt_past_the_models_positions_is_refused_as_the_texts_fault(engine):
+    limit = position_limit(engine.loaded.model)
+    long_text = ''.join(uuid.uuid4().hex for _ in range(limit // 16 + 8))  # ~ a token a char
+    with pytest.raises(VlmError) as refused:  # a model error, for the whole batch, until now
+        engine.run([_requests()[1], Request('vqa', scene('red'), long_text)])
+    assert refused.value.kind == 'bad_input' and refused.value.about == 'text'
+    assert str(refused.value).startswith('request 1 of 2: a prompt of '), refused.value
+    assert f'more than the {limit} positions the model reads' in str(refused.value)
+    assert str(refused.value).endswith('; shorten the text'), refused.value
+    assert engine.run(_requests()[1:2])[0].text == TARGETS['vqa'][1]  # the other, alone
+
+
+def test_a_token_limit_past_the_models_positions_is_refused(engine):
+    limit = position_limit(engine.loaded.model)
+    request = _requests()[1]
+    request.max_new_tokens = limit + 1  # past the decoder's positions, even after no prompt
+    with pytest.raises(VlmError, match='lower max_new_tokens$') as refused:
+        engine.run([request])
+    assert refused.value.kind == 'bad_input' and refused.value.about == 'text'
+    request.max_new_tokens = limit - 1  # fits alone; with the prompt only a decoder-only's
+    if engine.loaded.model.config.is_encoder_decoder:
+        assert engine.run([request])[0].text == TARGETS['vqa'][1]
+    else:
+        with pytest.raises(VlmError, match='; shorten the text, or lower max_new_tokens$'):
+            engine.run([request])

@@ -20,11 +20,12 @@ class VlmError(Exception):
     ('not_found', 'unsupported', 'out_of_memory', 'load_failed', 'bad_input',
     'generation_failed', and for a remote server 'backend_unreachable', 'backend_timeout',
     'backend_http_error', 'backend_bad_response'). Which operation may raise which kind is
-    declared in interface.CONTRACT.
+    declared in interface.CONTRACT. ``about`` is 'text' where a 'bad_input' is the request's
+    text (too long for the model): a node then does not take it for a bad camera frame.
     """
 
     def __init__(self, kind: str, message: str, model: str = '', device: str = '',
-                 cause: Optional[BaseException] = None):
+                 cause: Optional[BaseException] = None, about: str = ''):
         where = ', '.join(part for part in (f'model {model!r}' if model else '',
                                             f'device {device!r}' if device else '') if part)
         super().__init__(f'{message} ({where})' if where else message)
@@ -32,6 +33,7 @@ class VlmError(Exception):
         self.model = model
         self.device = device
         self.__cause__ = cause
+        self.about = about
 
     @property
     def exit_code(self) -> int:

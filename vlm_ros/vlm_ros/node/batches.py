@@ -252,7 +252,7 @@ def failed(job: Job, header, exc: Exception) -> Outcome:
     """Return the outcome of a job the engine failed: its kind's status, and the reason."""
     if isinstance(exc, VlmError):
         status = Status.BAD_INPUT if exc.kind == 'bad_input' else Status.MODEL_ERROR
-        return Outcome(job, status, str(exc), header)
+        return Outcome(job, status, str(exc), header, text_refused=exc.about == 'text')
     return Outcome(job, Status.MODEL_ERROR, f'inference failed: {exc!r}', header)
 
 

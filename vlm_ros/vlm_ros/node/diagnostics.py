@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 
 from ..compat import distro, steady_timer
 from .frames import FrameSet
@@ -70,8 +71,10 @@ class DiagnosticsReporter:
         self._clock = node.get_clock()
         self._pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
         # Wall time: with use_sim_time and no /clock yet (a bag not playing), a monitor must
-        # still hear from the node.
-        steady_timer(node, 1.0, self.publish)
+        # still hear from the node. Its own callback group: in the node's default one, with the
+        # lifecycle services, nothing was published while a transition ran (minutes of
+        # silence while configure loads or downloads a model, never a 'configuring').
+        steady_timer(node, 1.0, self.publish, MutuallyExclusiveCallbackGroup())
 
     def fault(self, kind: str, message: str) -> None:
         """Record a fault now: 'model', 'image' or 'configure' (health.KINDS), and why."""
@@ -81,7 +84,8 @@ class DiagnosticsReporter:
         """Count one answered request: OK is a healthy answer, some failures are faults.
 
         A model error is a fault, and so is a camera frame the node could not use (BAD_INPUT
-        on the latest frame); a bad image or text a client sent is that client's error.
+        on the latest frame, unless its text was refused); a bad image or text a client sent
+        is that client's error.
         """
         # Health first: a message that counts this answer has its effect on the level too.
         if outcome.status == Status.OK:
@@ -89,7 +93,7 @@ class DiagnosticsReporter:
         elif outcome.status == Status.MODEL_ERROR:
             self.fault('model', outcome.message)
         elif outcome.status == Status.BAD_INPUT and outcome.job.image_msg is None and \
-                outcome.header is not None:
+                outcome.header is not None and not outcome.text_refused:
             self.fault('image', outcome.message)
         self.stats.record(outcome.status.name, outcome.total_time)
         if outcome.result is not None and outcome.result.image_size != (0, 0):

@@ -81,6 +81,7 @@ class Outcome:
     header: object = None
     result: Optional[Result] = None
     scores: Optional[list] = None  # a ~/score request's: one engine Score per candidate
+    text_refused: bool = False  # BAD_INPUT for the request's text, whatever image it had
 
     def header_of(self, camera: str):
         """Return the header of the image the job used from camera ('' or unknown: header)."""

@@ -19,6 +19,7 @@ from ..results import make_result, mark_closed
 from . import constrain, decoding, loader, teacher_forcing
 from .generate import eos_token_ids, generate
 from .inputs import InputStage
+from .positions import check_prompts
 from .token_logprobs import text_logprobs
 
 
@@ -177,6 +178,7 @@ class VlmEngine(EngineBase):
                                 fitted_size(r.image, self.config.max_image_side))
                     for r in requests]
         limits = [r.max_new_tokens or self.config.max_new_tokens for r in requests]
+        check_prompts(loaded.model, inputs['attention_mask'], max(limits))
         on_texts = [r.on_text or on_text for r in requests]
         try:
             constraint = self.plan_constraint(requests, limits)

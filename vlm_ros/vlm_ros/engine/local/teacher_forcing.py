@@ -19,6 +19,7 @@ import torch
 from ..chat import build_inputs
 from ..errors import VlmError
 from ..results import Score
+from .positions import overflow
 
 IGNORE_INDEX = -100  # the label of a position outside every answer, as transformers uses it
 # Model inputs with one entry per prompt token; all others (pixels, tiles) are per image.
@@ -87,19 +88,13 @@ def with_targets(processor, model, inputs, targets: Sequence[str]) -> dict:
 def _check_context(model, prompt_lengths: list, answers: list) -> None:
     """Refuse (VlmError 'bad_input') a target the model cannot read after its prompt.
 
-    Past max_position_embeddings a model either fails on a position it has no embedding for
-    or scores from positions it never learnt: neither is a score.
+    Past its positions a model either fails or scores from positions it never learnt: neither
+    is a score (positions.py).
     """
-    limit = getattr(model.config.get_text_config(), 'max_position_embeddings', None)
-    if not isinstance(limit, int):
-        return
-    decoder_only = not model.config.is_encoder_decoder
     for index, (prompt, answer) in enumerate(zip(prompt_lengths, answers, strict=True)):
-        tokens = len(answer) + (prompt if decoder_only else 0)
-        if tokens > limit:
-            raise VlmError('bad_input', f'target {index} is {len(answer)} tokens' +
-                           (f' after a prompt of {prompt}' if decoder_only else '') +
-                           f': {tokens} in all, more than the {limit} positions the model reads')
+        reason = overflow(model, prompt, len(answer), 'target tokens')
+        if reason:
+            raise VlmError('bad_input', f'target {index}: {reason}')
 
 
 def teacher_forced_batch(processor, model, samples: Sequence[tuple]) -> dict:
