@@ -30,11 +30,12 @@ def overflow(model, prompt: int, after: int, what: str) -> Optional[str]:
         return None
     if not model.config.is_encoder_decoder:
         total = prompt + after
-        return (f'a prompt of {prompt} tokens (image and text) and {after} {what} are {total} in all, more than '
-                f'the {limit} positions the model reads') if total > limit else None
+        return (f'a prompt of {prompt} tokens (image and text) and {after} {what} are {total} '
+                f'in all, more than the {limit} positions the model reads'
+                ) if total > limit else None
     if prompt > limit:
-        return (f'a prompt of {prompt} tokens (image and text) is more than the {limit} positions the model '
-                'reads in its encoder')
+        return (f'a prompt of {prompt} tokens (image and text) is more than the {limit} '
+                'positions the model reads in its encoder')
     if after > limit:
         return f'{after} {what} are more than the {limit} positions the model reads in its decoder'
     return None
