@@ -49,7 +49,9 @@ def _received_by_camera(values: dict) -> dict:
 
 def test_a_silent_camera_is_named_in_the_answer_and_in_diagnostics_until_it_publishes(
         start_vlm_node, test_node):
-    node = start_vlm_node(cameras=CAMERAS, wait_for_image=0.5)
+    # image:= is the one camera's topic: with cameras set, nothing reads it.
+    node = start_vlm_node(cameras=CAMERAS, wait_for_image=0.5,
+                          ros_args=('-r', 'image:=/camera/color/image_raw'))
     node.wait_state('active')
     cameras = Cameras(test_node, {'head': 0.0})
     wrist = None
@@ -75,6 +77,9 @@ def test_a_silent_camera_is_named_in_the_answer_and_in_diagnostics_until_it_publ
         wrist = Cameras(test_node, {'wrist': 0.0})
         node.wait_diag(lambda v: _received_by_camera(v).get('wrist', 0) > 0 and
                        v['image_input'] == '', TIMEOUT, 'the hint to clear once the wrist sends')
+        code, err = node.stop()
+        assert code == 0 and 'image:=/camera/color/image_raw has no effect: with cameras set, ' \
+            'images come from head/image, wrist/image; remap those (NAME/image:=TOPIC)' in err, err
     finally:
         cameras.stop()
         if wrist is not None:

@@ -211,6 +211,8 @@ class CameraInputs:
         self._names = tuple(frames.names)
         self._inputs = [ImageInput(node, store, group, f'{name}/image' if name else 'image')
                         for name, store in zip(frames.names, frames.stores, strict=True)]
+        if any(self._names):
+            _warn_unread_remaps(node, [f'{name}/image' for name in self._names])
 
     def subscribe(self, transport: str, reliable: bool, max_pixels: int,
                   depth: bool = False) -> None:
@@ -255,3 +257,18 @@ class CameraInputs:
                 clauses += [clause for clause in image_input.hint().split('; ')
                             if clause and clause not in clauses]
         return '; '.join(clauses)
+
+
+def _warn_unread_remaps(node, topics: list) -> None:
+    """Warn of image:=TOPIC (or image/compressed:=) when named cameras read NAME/image instead.
+
+    rcl ignores a remap that no topic of the node uses: the camera the user pointed at would
+    never be read, and the hint would only say that the cameras' own topics are silent.
+    """
+    resolve = node.resolve_topic_name
+    remapped = [f'{topic}:={resolve(topic)}' for topic in ('image', 'image/compressed')
+                if resolve(topic) != resolve(topic, only_expand=True)]
+    if remapped:
+        node.get_logger().warning(
+            f'{", ".join(remapped)} has no effect: with cameras set, images come from '
+            f'{", ".join(topics)}; remap those (NAME/image:=TOPIC)')
