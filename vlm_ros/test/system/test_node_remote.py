@@ -11,7 +11,7 @@ import uuid
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from engine_fixtures import TARGETS, scene
-from node_harness import TIMEOUT, call, camera, diag_values, set_ok
+from node_harness import TIMEOUT, call, camera, diag_values, set_ok, transition
 from ros_harness import start_process, stop_process, wait_future
 from sse_server import ScriptedServer
 from vlm_ros.compat import ActionClient
@@ -198,6 +198,41 @@ def test_a_base_url_without_v1_warns_before_any_request_and_requests_say_why(
         question=TARGETS['vqa'][0], image=rgb_to_image(scene('blue'))))
     assert not response.success and 'HTTP 404' in response.message
     assert 'base_url must be the API root, up to and including /v1' in response.message
+
+
+def test_a_remote_model_the_server_does_not_list_warns_before_any_request_until_fixed(
+        start_vlm_node, tiny_server, test_node):
+    wrong = f'llava-{uuid.uuid4().hex[:8]}'  # not the name the server serves its model under
+    node = start_vlm_node(backend='openai', base_url=tiny_server.base_url,
+                          model=tiny_server.model, remote_model=wrong, max_retries=0)
+    problem = f"(GET /models), not remote_model '{wrong}'"
+    msg = node.diagnostics.wait_for(
+        lambda m: diag_values(m).get('state') == 'active' and
+        diag_values(m).get('backend_problem', '').endswith(problem), TIMEOUT,
+        'the unlisted model found by the reachability check')
+    status = next(s for s in msg.status if s.name == '/vlm_node: vlm')
+    assert status.level == DiagnosticStatus.WARN, status.message
+    assert status.message.startswith(  # what the server lists: its one model, by its path
+        'active: the inference server answers, but '
+        f"{tiny_server.base_url} serves '{tiny_server.model[:60]}"), status.message
+    assert problem in status.message, status.message
+    response = call(test_node, Query, '/vlm_node/query', Query.Request(
+        question=TARGETS['vqa'][0], image=rgb_to_image(scene('blue'))))
+    assert not response.success and 'HTTP 400' in response.message, response.message
+    assert f"requested '{wrong}'" in response.message  # transformers serve's words for it
+    node.wait_diag(lambda v: wrong in v.get('last_error', '') and
+                   v.get('backend_problem', '').endswith(problem), TIMEOUT,
+                   'the problem kept after a failed request')
+
+    assert transition(test_node, 'deactivate') and transition(test_node, 'cleanup')
+    set_ok(test_node, remote_model='')  # requests name the model parameter, which it lists
+    assert transition(test_node, 'configure') and transition(test_node, 'activate')
+    node.wait_diag(lambda v: v.get('state') == 'active' and
+                   v.get('backend_checked') == 'GET /models answered' and
+                   v.get('backend_problem') == '', TIMEOUT, 'the problem gone')
+    response = call(test_node, Query, '/vlm_node/query', Query.Request(
+        question=TARGETS['vqa'][0], image=rgb_to_image(scene('blue'))))
+    assert response.success and response.answer == TARGETS['vqa'][1], response.message
 
 
 def test_unset_key_variable_fails_configure_naming_it(start_vlm_node, tiny_server):

@@ -128,7 +128,7 @@ class RemoteEngine(EngineBase):
     async def _start(self) -> None:
         self._slots = asyncio.Semaphore(self.remote.max_concurrency)
         self._probe = asyncio.create_task(check_forever(self._client, self.remote, self._key,
-                                                        self._seen))
+                                                        self._seen, self.model_name))
 
     async def _stop(self) -> None:
         self._probe.cancel()

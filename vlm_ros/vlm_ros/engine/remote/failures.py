@@ -58,8 +58,9 @@ def _describe(exc: Exception, responded: bool, key: str, request_timeout: float,
         return 'backend_unreachable', f'cannot reach the server ({cause})', True
     if isinstance(exc, openai.APIStatusError):  # redacted before it is cut short
         body = redact(' '.join(exc.response.text.split()), key)[:300]
-        hint = ('; base_url must be the API root, up to and including /v1, and the model one '
-                'the server serves') if exc.status_code == 404 else ''
+        hint = ('; base_url must be the API root, up to and including /v1, and remote_model '
+                "(or model, when remote_model is '') a name the server serves: GET /models "
+                'lists them') if exc.status_code == 404 else ''
         return ('backend_http_error', f'HTTP {exc.status_code}: {body}{hint}',
                 exc.status_code in RETRY_STATUS)
     if isinstance(exc, openai.APIError):  # an error event inside a 200 stream
