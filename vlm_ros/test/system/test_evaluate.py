@@ -9,12 +9,14 @@ import dataclasses
 import json
 import math
 import pathlib
+import re
 import struct
 import uuid
 
 import numpy as np
 import pytest
 import vlm_ros.bag.storage as bags
+import yaml
 from ament_index_python.packages import get_package_prefix
 from engine_fixtures import PLAN_JSON, TARGETS
 from eval_bags import (
@@ -30,6 +32,9 @@ from eval_bags import (
     write_recorded_bag,
 )
 from fork_server import run_tool
+from vlm_ros.engine import EngineConfig, Request
+from vlm_ros.engine.local import VlmEngine
+from vlm_ros.engine.local.loader import STARTING_THREADS
 from vlm_ros.engine.plan_parser import CLEAN_FORMS
 
 EXPECTED_FRAME = [None, 0, 1, 2]
@@ -62,8 +67,6 @@ def check_pairing(records):
 
 def check_report(out, frames_used):
     """report.html links nothing, has a data: JPEG per used frame, and escapes model text."""
-    import re
-
     page = (out / 'report.html').read_text()
     sources = re.findall(r'src="([^"]*)"', page)
     assert sources and all(s.startswith('data:image/') for s in sources), sources[:3]
@@ -237,8 +240,6 @@ WRONG_PLAN = json.dumps({'steps': [{'instruction': 'throw the table out of the w
 
 
 def test_references_are_scored(tmp_path, trained_tiny):
-    import yaml
-
     references = [
         {'stamp_ns': STAMPS[0], 'task': 'plan', 'text': TARGETS['plan'][0], 'target': PLAN_JSON},
         {'stamp_ns': STAMPS[0], 'task': 'plan', 'text': TARGETS['plan'][0],
@@ -284,8 +285,8 @@ def test_reference_without_a_frame_names_its_stamp(tmp_path):
 
 
 @pytest.mark.parametrize(('options', 'forms', 'skills', 'settings'), [
-    (['--constrain-plans', 'off', '--cpu-threads', '2'], ('json',), {'pick', 'place'},
-     {'constrain_plans': 'off', 'cpu_threads': 2}),
+    (['--constrain-plans', 'off', '--cpu-threads', STARTING_THREADS + 1], ('json',),
+     {'pick', 'place'}, {'constrain_plans': 'off', 'cpu_threads': STARTING_THREADS + 1}),
     # Pushed off the skills it was trained on, the model may run into its budget: closed.
     # In bfloat16 too: the grammar holds whatever the logits' precision.
     (['--skills', 'push', 'wait', '--dtype', 'bfloat16'], ('constrained', 'constrained_closed'),
@@ -305,6 +306,8 @@ def test_plans_follow_constrain_plans_and_skills(tmp_path, trained_tiny, options
     values = summary['settings']['values']
     assert {key: values.get(key) for key in settings} == settings, values
     assert summary['dtype'] == values['dtype']  # the weights as loaded, not the option's copy
+    assert summary['cpu_threads'] == settings.get('cpu_threads', STARTING_THREADS), summary
+    assert re.search(rf"(?m)^CPU threads +{summary['cpu_threads']}$", done.stdout), done.stdout
 
 
 LEFT_TOPIC, OPERATOR_TOPIC = '/left/image_raw', '/operator/instruction'
@@ -346,9 +349,6 @@ def test_the_options_choose_the_feeds_the_limit_and_what_the_model_sees(tmp_path
     A model that never ends runs every answer to the limit, and each answer is the engine's
     under the same limits and processor options, not under the defaults.
     """
-    from vlm_ros.engine import EngineConfig, Request
-    from vlm_ros.engine.local import VlmEngine
-
     asked = [f'stack the noise #{uuid.uuid4().hex[:8]}' for _ in range(2)]
     kwargs = {'do_normalize': False}
     done = vlm_eval(write_two_feed_bag(tmp_path / 'bag', asked), '--model', untrained_llava,

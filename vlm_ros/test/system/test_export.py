@@ -29,6 +29,7 @@ from test_evaluate import LEFT_FRAMES, LEFT_TOPIC, OPERATOR_TOPIC
 from vlm_ros.engine import EngineConfig, Request
 from vlm_ros.engine.features import FeatureSpec
 from vlm_ros.engine.local import VlmEngine
+from vlm_ros.engine.local.loader import STARTING_THREADS
 
 # (delay after its frame, linear.x) per frame: the middle one is 0.7 s late for a 0.5 s window.
 COMMANDS = [(100_000_000, 0.25), (700_000_000, 0.5), (200_000_000, -0.75)]
@@ -81,13 +82,17 @@ def test_frames_become_pairs_of_features_and_the_action_that_followed(tmp_path,
     done = vlm_export(write_bag(tmp_path / 'bag', decoys=True), '--model', model, '--actions',
                       '/cmd_vel', '--pooling', 'mean', '--layer', '2', '--device', 'cpu',
                       '--dtype', 'float32', '--image-topic', IMAGE_TOPIC, '--instruction-topic',
-                      INSTRUCTION_TOPIC, '--out', out)
+                      INSTRUCTION_TOPIC, '--batch-size', 1, '--cpu-threads',
+                      STARTING_THREADS + 1, '--out', out)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (theirs / 'notes.txt').read_text() == 'keep me'
     assert out.stat().st_mode == theirs.stat().st_mode  # made as mkdir makes a folder
     assert sorted(path.name for path in tmp_path.iterdir()) == ['bag', 'dataset',
                                                                  'dataset.partial']
     assert 'wrote' in done.stdout and '2 pairs' in done.stdout
+    # Two pairs in batches of one, on more threads than torch starts with: as asked.
+    assert done.stdout.endswith(f'the model ran in 2 batches on {STARTING_THREADS + 1} CPU '
+                                'threads\n'), done.stdout
     data = np.load(out / 'dataset.npz')
     manifest = json.loads((out / 'manifest.json').read_text())
     assert manifest['pairs'] == 2 and manifest['frames_without'] == {'instruction': 0,
@@ -128,6 +133,7 @@ def test_an_instruction_from_the_command_line_is_paired_with_the_chosen_cameras_
     manifest = json.loads((out / 'manifest.json').read_text())
     assert (manifest['image_topic'], manifest['instructions']) == (LEFT_TOPIC, [told])
     assert manifest['max_image_side'] == 8
+    assert f'ran in 1 batch on {STARTING_THREADS} CPU thread' in done.stdout  # the defaults
     # --every 2 asks at the second frame: the first had no instruction in force, and the
     # second's action came too late.
     assert manifest['frames_without'] == {'instruction': 1, 'action': 1}

@@ -260,13 +260,20 @@ def test_missing_and_empty_recordings_are_refused(tmp_path):
 
 
 def test_instructions_without_a_plan_end_the_replay_with_1(tmp_path):
-    """No node answers: the recording is kept, and the exit status says it is not whole."""
+    """No node answers: the recording is kept, and the exit status says it is not whole.
+
+    --wait-for-subscribers 0 plays at once, saying that nothing subscribes (the default would
+    wait 5 s for a subscriber to the instructions, here on a topic of this test's own).
+    """
     write_bag(tmp_path / 'bag', irregular_events(8))
     out = tmp_path / 'answers'
-    proc = start_replay(tmp_path / 'bag', '--rate', 4, '--record', out,
-                        '--wait-for-subscribers', 0, '--linger', 0.5)
+    asked = f'/unheard_{uuid.uuid4().hex[:8]}/instruction'
+    proc = start_replay(tmp_path / 'bag', '--rate', 4, '--record', out, '--remap',
+                        f'{INSTRUCTION}:={asked}', '--wait-for-subscribers', 0, '--linger', 0.5)
     code, _, err = wait_exit(proc, TIMEOUT)
     assert code == 1, err
+    unheard = f"although nothing subscribes to ['{asked}'"
+    assert f'playing at once (--wait-for-subscribers 0) {unheard}' in err, err
     assert '0 Plans for 2 instructions after waiting 0.5 s (--linger)' in err, err
     assert (out / 'metadata.yaml').is_file()
 

@@ -2,9 +2,16 @@
 
 
 import io
+import threading
 
 import pytest
-from vlm_ros.bag.playback import Clock, Progress, parse_remaps, select_connections
+from vlm_ros.bag.playback import (
+    Clock,
+    Progress,
+    parse_remaps,
+    select_connections,
+    wait_for_peers,
+)
 from vlm_ros.bag.storage import (
     BagError,
 )
@@ -54,3 +61,24 @@ def test_the_progress_bar_is_drawn_on_a_terminal_unless_turned_off(stream, enabl
     progress.update(4.0, 9, final=True)
     assert where.getvalue() == ('\r' + progress.line(1.0, 2) + '\r' + progress.line(4.0, 9) +
                                 '\n' if drawn else '')
+
+
+def test_the_wait_for_subscribers_asks_until_they_are_there_and_0_asks_once():
+    """vlm_replay's --wait-for-subscribers: the seconds it keeps asking; 0 plays at once."""
+    asked = []
+
+    def there_on_third_ask() -> bool:
+        asked.append(True)
+        return len(asked) == 3
+
+    assert wait_for_peers(there_on_third_ask, lambda: [], 60.0, threading.Event()) == ''
+    assert len(asked) == 3
+    asked.clear()
+    warning = wait_for_peers(lambda: asked.append(True), lambda: ['/instruction'], 0.0,
+                             threading.Event())
+    assert len(asked) == 1 and warning == (
+        "playing at once (--wait-for-subscribers 0) although nothing subscribes to "
+        "['/instruction'] yet: what is played before a subscriber appears is lost")
+    stopped = threading.Event()  # Ctrl-C while waiting: no warning about what was not played
+    stopped.set()
+    assert wait_for_peers(lambda: False, lambda: ['/instruction'], 60.0, stopped) == ''

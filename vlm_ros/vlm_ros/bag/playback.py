@@ -1,4 +1,4 @@
-"""The timing and selection rules of vlm_replay, apart from ROS so they can be tested alone.
+"""The timing, selection and waiting rules of vlm_replay, apart from ROS to be tested alone.
 
 A recording is played on its own clock: message k is published when the wall clock has advanced
 (t_k - t_first) / rate since playback began, where t are the bag's log times. Sleeping until
@@ -9,6 +9,7 @@ accumulating into drift over a long bag.
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .storage import BagError
@@ -41,6 +42,27 @@ def select_connections(connections, topics: list) -> list:
     if missing:
         raise BagError(f'topics {missing} are not in the recording; it has {sorted(known)}')
     return [connection for connection in connections if connection.topic in topics]
+
+
+def wait_for_peers(ready: Callable[[], bool], lonely: Callable[[], list], wait_s: float,
+                   stop: threading.Event) -> str:
+    """Wait up to wait_s seconds until ready(); return the warning to log before playing, or ''.
+
+    ``lonely`` lists the played topics nobody subscribes to yet. wait_s 0
+    (--wait-for-subscribers 0) waits for nothing: playback starts at once, and the warning says
+    so, not after how long, as nothing was waited for. No warning once stop is set.
+    """
+    started = time.monotonic()
+    while not stop.is_set() and not ready() and time.monotonic() - started < wait_s:
+        stop.wait(0.05)
+    unheard = lonely()
+    if not unheard or stop.is_set():
+        return ''
+    if wait_s:
+        return (f'playing although nothing subscribes to {unheard} after '
+                f'{time.monotonic() - started:.1f} s')
+    return ('playing at once (--wait-for-subscribers 0) although nothing subscribes to '
+            f'{unheard} yet: what is played before a subscriber appears is lost')
 
 
 @dataclass

@@ -23,7 +23,7 @@ from std_msgs.msg import String
 
 from . import instructions, topics
 from .node_settings import record_settings
-from .playback import Clock, Progress, parse_remaps, select_connections
+from .playback import Clock, Progress, parse_remaps, select_connections, wait_for_peers
 from .recorder import Recorder, message_class
 from .storage import IMAGE_TYPES, PLAN_TYPE, STRING_TYPE, BagError, cdr_converter, open_bag
 
@@ -116,15 +116,12 @@ class Replay(Node):
 
     def _wait_for_peers(self) -> None:
         """Wait (bounded) for discovery, so the first messages are not lost to an empty graph."""
-        started = time.monotonic()
-        deadline = started + self.args.wait_for_subscribers
-        while not self._stop.wait(0.05) and time.monotonic() < deadline:
-            if not self._unsubscribed() and (self._recorder is None or self._recorder.matched()):
-                return
-        lonely = self._unsubscribed()
-        if lonely and not self._stop.is_set():
-            self.get_logger().warning(f'playing although nothing subscribes to {lonely} after '
-                                      f'{time.monotonic() - started:.1f} s')
+        warning = wait_for_peers(
+            lambda: not self._unsubscribed() and (
+                self._recorder is None or self._recorder.matched()),
+            self._unsubscribed, self.args.wait_for_subscribers, self._stop)
+        if warning:
+            self.get_logger().warning(warning)
 
     def _record_settings(self) -> None:
         """With --record, store the answering node's parameters beside its answers."""

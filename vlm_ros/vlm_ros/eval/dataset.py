@@ -51,9 +51,13 @@ def pair_frames(inputs: BagInputs, actions: Actions, window_ns: int) -> tuple:
 
 
 def features_of(engine: Engine, inputs: BagInputs, pairs: list, images: dict,
-                spec: FeatureSpec, batch_size: int) -> np.ndarray:
-    """Return the features of every pair (N x hidden), in batches; VlmError where none."""
-    rows = []
+                spec: FeatureSpec, batch_size: int) -> tuple:
+    """Return (the features of every pair, N x hidden; the engine batches they took).
+
+    The batches are counted as the engine is asked, so that vlm_export can say what ran.
+    VlmError where a frame cannot be decoded or the engine made no features.
+    """
+    rows, batches = [], 0
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start:start + batch_size]
         for pair in batch:
@@ -63,8 +67,9 @@ def features_of(engine: Engine, inputs: BagInputs, pairs: list, images: dict,
         results = engine.run([Request('plan', images[p.frame.index],
                                       inputs.instructions[p.instruction].text, 1,
                                       features=spec) for p in batch])
+        batches += 1
         rows += [features_data(result) for result in results]
-    return np.stack(rows)
+    return np.stack(rows), batches
 
 
 def features_data(result) -> np.ndarray:

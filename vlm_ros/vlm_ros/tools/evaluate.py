@@ -10,7 +10,8 @@
 Every instruction in the bag is answered with the latest camera frame logged at or before it,
 as the live node would have seen it, and every frame so used is also captioned. Writes
 results.jsonl (one record per request and per reference), summary.json, latency.png and a
-self-contained report.html into --out, and prints the summary table. With --recorded the
+self-contained report.html into --out, and prints the summary table (with the CPU threads torch
+computed with, as --cpu-threads set them, where a model ran). With --recorded the
 answers are the live node's: options that would steer a model's are refused, not ignored.
 """
 
@@ -192,6 +193,11 @@ def evaluate(args) -> dict:
         scored, mean = score_references(engine, inputs, entries, ref_frames, images,
                                         args.batch_size)
         records += scored
+    if engine is not None:
+        import torch  # loaded with the engine
+
+        # Asked in this thread, which ran the model: the threads it computed with.
+        run['cpu_threads'] = torch.get_num_threads()
     if inputs.cameras:
         run['cameras'] = {camera.name: camera.topic for camera in inputs.cameras}
     run.update(bag=inputs.path, image_topic=inputs.image_topic,

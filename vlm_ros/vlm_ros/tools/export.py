@@ -11,7 +11,8 @@ within --window seconds: a geometry_msgs/Twist or TwistStamped, a sensor_msgs/Jo
 hidden states of the frame and the instruction's plan prompt, as vlm_node publishes them with
 publish_features. Writes OUT/dataset.npz (features, actions, frame_stamp_ns, frame_log_ns,
 action_log_ns, instruction) and OUT/manifest.json (model, layer, pooling, topics, the
-instructions, the action columns, counts), all or nothing.
+instructions, the action columns, counts), all or nothing, and says how the model ran: in how
+many batches of --batch-size and on how many CPU threads (--cpu-threads) torch computed.
 """
 
 import argparse
@@ -84,14 +85,18 @@ def export(args) -> dict:
                            f'instruction, {without["action"]} without an action); nothing '
                            'written')
         images = decode_frames(reader, inputs, [p.frame.index for p in pairs])
-    from ..engine.local import VlmEngine  # torch: only once the recording is good
+    import torch  # torch and the engine: imported only once the recording is good
+
+    from ..engine.local import VlmEngine
 
     engine = VlmEngine(model_config(args, args.model, max_new_tokens=1,
                                     max_image_side=args.max_image_side))
     engine.load()
     try:
-        features = features_of(engine, inputs, pairs, images,
-                               FeatureSpec(args.layer, args.pooling), args.batch_size)
+        features, batches = features_of(engine, inputs, pairs, images,
+                                        FeatureSpec(args.layer, args.pooling), args.batch_size)
+        # Asked in this thread, which ran the model: the threads it computed with.
+        threads = torch.get_num_threads()
     finally:
         engine.unload()
     manifest = {'model': args.model, 'layer': args.layer, 'pooling': args.pooling,
@@ -102,7 +107,7 @@ def export(args) -> dict:
                             'columns': list(actions.names), 'skills': actions.skills},
                 'window_s': args.window, 'max_image_side': args.max_image_side,
                 'pairs': len(pairs), 'features_shape': list(features.shape),
-                'frames_without': without}
+                'frames_without': without, 'batches': batches, 'cpu_threads': threads}
     write_dataset(out, features, pairs, actions, manifest)
     return manifest
 
@@ -114,8 +119,15 @@ def main(argv=None) -> int:
     if code:
         return code
     print(f'wrote {args.out}/dataset.npz ({manifest["pairs"]} pairs, features '
-          f'{"x".join(map(str, manifest["features_shape"]))}) and manifest.json', flush=True)
+          f'{"x".join(map(str, manifest["features_shape"]))}) and manifest.json; the model '
+          f'ran in {_count(manifest["batches"], "batch", "batches")} on '
+          f'{_count(manifest["cpu_threads"], "CPU thread", "CPU threads")}', flush=True)
     return 0
+
+
+def _count(number: int, one: str, many: str) -> str:
+    """Return '1 batch' or '2 batches': the summary line reads as a sentence."""
+    return f'{number} {one if number == 1 else many}'
 
 
 if __name__ == '__main__':

@@ -48,7 +48,8 @@ def parse_args(argv):
                         metavar='SECONDS', help='wait up to this long before playing for '
                         "vlm_node's inputs among the played topics (instructions, a camera; "
                         'else every topic) to have a subscriber, and with --record for the '
-                        'recorded topics to have a publisher (default 5)')
+                        'recorded topics to have a publisher (default 5; 0 plays at once, '
+                        'warning of the inputs nobody subscribes to yet)')
     parser.add_argument('--clock', type=positive, nargs='?', const=40.0, metavar='HZ',
                         help='publish the bag time on /clock (default 40 Hz) for nodes '
                         'started with use_sim_time:=true')
