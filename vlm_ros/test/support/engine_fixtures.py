@@ -135,7 +135,9 @@ def never_ending(model_dir: pathlib.Path) -> pathlib.Path:
     eos.add(AutoTokenizer.from_pretrained(model_dir).eos_token_id)
     weights_file = model_dir / 'model.safetensors'
     weights = load_file(weights_file)
-    heads = [name for name in weights if name.endswith('lm_head.weight')]
+    # Florence-2's BART ties its output layer to the shared embeddings, saved once as those.
+    heads = [name for name in weights if name.endswith('lm_head.weight')] or \
+        [name for name in weights if name.endswith('language_model.shared.weight')]
     assert len(heads) == 1, f'expected one output layer in {sorted(weights)}'
     for token in eos - {None}:
         weights[heads[0]][token] = 0.0

@@ -106,7 +106,7 @@ def test_corrupt_frames_warn_then_error_and_healthy_frames_end_it(start_vlm_node
     node.instruct(INSTRUCTION)
     too_long = node.plans.wait_for(lambda p: p.instruction == long_text, TIMEOUT, 'its plan')
     assert too_long.status == Plan.STATUS_BAD_INPUT, too_long.message
-    assert 'more than the 1024 positions the model reads; shorten the text' in too_long.message
+    assert 'the 1024 positions the model reads; shorten the text' in too_long.message
     assert too_long.header.frame_id == good  # answered from the camera's frame
     beside = node.plans.wait_for(lambda p: p.instruction == INSTRUCTION and
                                  p.request_id not in before, TIMEOUT, 'the one beside it')

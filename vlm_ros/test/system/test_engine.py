@@ -10,10 +10,11 @@ import uuid
 
 import pytest
 import torch
-from engine_fixtures import FAMILIES, PLAN_JSON, TARGETS, scene
+from engine_fixtures import FAMILIES, PLAN_JSON, TARGETS, never_ending, scene
 from vlm_ros.engine import EngineConfig, Request, VlmError
 from vlm_ros.engine.local import VlmEngine
 from vlm_ros.engine.local.positions import position_limit
+from vlm_ros.models import build_tiny
 
 # Needs no ROS: scripts/test runs it on the first leg only.
 pytestmark = pytest.mark.distro_independent
@@ -130,21 +131,33 @@ def test_a_prompt_past_the_models_positions_is_refused_as_the_texts_fault(engine
         engine.run([_requests()[1], Request('vqa', scene('red'), long_text)])
     assert refused.value.kind == 'bad_input' and refused.value.about == 'text'
     assert str(refused.value).startswith('request 1 of 2: a prompt of '), refused.value
-    assert f'more than the {limit} positions the model reads' in str(refused.value)
+    assert f'the {limit} positions the model reads' in str(refused.value)
     assert str(refused.value).endswith('; shorten the text'), refused.value
     assert engine.run(_requests()[1:2])[0].text == TARGETS['vqa'][1]  # the other, alone
 
 
-def test_a_token_limit_past_the_models_positions_is_refused(engine):
+@pytest.fixture(scope='module', params=['llava', 'florence2'])
+def never_ending_engine(request, untrained_llava, tmp_path_factory):
+    """Return a loaded random-weight model that never ends by itself (decoder-only, enc-dec)."""
+    model = untrained_llava if request.param == 'llava' else never_ending(
+        build_tiny('florence2', tmp_path_factory.mktemp('never_ending')))
+    eng = VlmEngine(EngineConfig(model=str(model), device='cpu', dtype='float32'))
+    eng.load()
+    yield eng
+    eng.unload()
+
+
+def test_an_answer_stops_where_the_models_positions_end(never_ending_engine):
+    engine = never_ending_engine
     limit = position_limit(engine.loaded.model)
-    request = _requests()[1]
-    request.max_new_tokens = limit + 1  # past the decoder's positions, even after no prompt
-    with pytest.raises(VlmError, match='lower max_new_tokens$') as refused:
-        engine.run([request])
-    assert refused.value.kind == 'bad_input' and refused.value.about == 'text'
-    request.max_new_tokens = limit - 1  # fits alone; with the prompt only a decoder-only's
-    if engine.loaded.model.config.is_encoder_decoder:
-        assert engine.run([request])[0].text == TARGETS['vqa'][1]
-    else:
-        with pytest.raises(VlmError, match='; shorten the text, or lower max_new_tokens$'):
-            engine.run([request])
+    text = 'x'
+    while _prompt_tokens(engine, text + ' x' * 8) < limit - 2:  # a prompt that leaves 2 to 10
+        text += ' x' * 8
+    request = Request('vqa', scene('red'), text, max_new_tokens=4096)  # the node's highest
+    room = limit if engine.loaded.model.config.is_encoder_decoder else \
+        limit - _prompt_tokens(engine, text)
+    assert engine.run([request])[0].output_tokens == room  # generated into every position
+
+
+def _prompt_tokens(engine, text: str) -> int:
+    return int(engine.preprocess([Request('vqa', scene('red'), text)])['attention_mask'].sum())

@@ -19,7 +19,7 @@ from ..results import make_result, mark_closed
 from . import constrain, decoding, loader, teacher_forcing
 from .generate import eos_token_ids, generate
 from .inputs import InputStage
-from .positions import check_prompts
+from .positions import fitted_limits
 from .token_logprobs import text_logprobs
 
 
@@ -177,8 +177,8 @@ class VlmEngine(EngineBase):
             return [make_result(r.task, '', 0, 0.0, 0.0, True,
                                 fitted_size(r.image, self.config.max_image_side))
                     for r in requests]
-        limits = [r.max_new_tokens or self.config.max_new_tokens for r in requests]
-        check_prompts(loaded.model, inputs['attention_mask'], max(limits))
+        limits = fitted_limits(loaded.model, inputs['attention_mask'],
+                               [r.max_new_tokens or self.config.max_new_tokens for r in requests])
         on_texts = [r.on_text or on_text for r in requests]
         try:
             constraint = self.plan_constraint(requests, limits)

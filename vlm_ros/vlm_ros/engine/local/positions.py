@@ -2,10 +2,10 @@
 
 Past max_position_embeddings a model with learnt positions (Florence-2's BART) fails with an
 IndexError, which would fail every request batched with the long one as a model fault; a model
-with rotary positions (Llama, Qwen2) answers from positions it never learnt. Either way the input
-is the caller's to change, so it is refused as 'bad_input' before the model runs, with the
-numbers a user needs. Token counts include the image's tokens: the processors put them in
-input_ids.
+with rotary positions (Llama, Qwen2) answers from positions it never learnt. So a prompt that
+leaves no room is refused as 'bad_input' (the caller's text to change) before the model runs,
+with the numbers a user needs, an answer stops where the positions end, and a scored target
+must fit whole. Token counts include the image's tokens: the processors put them in input_ids.
 """
 
 from typing import Optional
@@ -19,47 +19,52 @@ def position_limit(model) -> Optional[int]:
     return limit if isinstance(limit, int) and limit > 0 else None
 
 
-def overflow(model, prompt: int, after: int, what: str) -> Optional[str]:
-    """Return why a prompt of ``prompt`` tokens and ``after`` more do not fit, or None.
+def overflow(model, prompt: int, target: int) -> Optional[str]:
+    """Return why a prompt of ``prompt`` tokens and a target of ``target`` do not fit, or None.
 
-    what names the tokens after the prompt ('new tokens', 'target tokens'). An encoder-decoder
-    reads the prompt in its encoder and the rest in its decoder, each with its own positions.
+    An encoder-decoder reads the prompt in its encoder and the target in its decoder, each
+    with its own positions.
     """
     limit = position_limit(model)
     if limit is None:
         return None
     if not model.config.is_encoder_decoder:
-        total = prompt + after
-        return (f'a prompt of {prompt} tokens (image and text) and {after} {what} are {total} '
-                f'in all, more than the {limit} positions the model reads'
+        total = prompt + target
+        return (f'a prompt of {prompt} tokens (image and text) and {target} target tokens are '
+                f'{total} in all, more than the {limit} positions the model reads'
                 ) if total > limit else None
     if prompt > limit:
         return (f'a prompt of {prompt} tokens (image and text) is more than the {limit} '
                 'positions the model reads in its encoder')
-    if after > limit:
-        return f'{after} {what} are more than the {limit} positions the model reads in its decoder'
+    if target > limit:
+        return (f'{target} target tokens are more than the {limit} positions the model reads '
+                'in its decoder')
     return None
 
 
-def check_prompts(model, attention_mask, new_tokens: int) -> None:
-    """Refuse a batch in which a request's prompt and new_tokens more do not fit.
+def fitted_limits(model, attention_mask, limits: list) -> list:
+    """Return each request's token limit cut to the positions its prompt leaves.
 
-    new_tokens is the batch's longest limit: every row is generated that far (the shorter
-    ones are cut afterwards), so that is the length each row's positions must hold.
+    An answer stops there as it would at max_new_tokens: a high max_new_tokens that short
+    answers never reach keeps working. A prompt that leaves no position for an answer is
+    refused, about the text. Rows of one batch are generated as far as the longest limit,
+    which rotary positions take past the limit harmlessly (those tokens are cut), and learnt
+    decoder positions in an encoder-decoder never reach: they count the answer alone.
     """
+    limit = position_limit(model)
+    if limit is None:
+        return limits
+    encoder_decoder = model.config.is_encoder_decoder
     prompts = attention_mask.sum(-1).tolist()
-    for index, prompt in enumerate(prompts):
-        reason = overflow(model, prompt, new_tokens, 'new tokens (max_new_tokens)')
-        if reason:
+    fitted = []
+    for index, (prompt, wanted) in enumerate(zip(prompts, limits, strict=True)):
+        room = limit if encoder_decoder else limit - prompt
+        if prompt > limit or room < 1:
             which = f'request {index} of {len(prompts)}: ' if len(prompts) > 1 else ''
-            raise VlmError('bad_input', f'{which}{reason}; {_remedy(model, prompt, new_tokens)}',
-                           about='text')
-
-
-def _remedy(model, prompt: int, new_tokens: int) -> str:
-    """Say which of the two to change: the one that cannot fit even alone, else either."""
-    if overflow(model, prompt, 0, '') is not None:
-        return 'shorten the text'
-    if overflow(model, 0, new_tokens, '') is not None:
-        return 'lower max_new_tokens'
-    return 'shorten the text, or lower max_new_tokens'
+            where = ('is more than the {} positions the model reads in its encoder'
+                     if encoder_decoder else
+                     'leaves no room for an answer in the {} positions the model reads')
+            raise VlmError('bad_input', f'{which}a prompt of {prompt} tokens (image and text) '
+                           f'{where.format(limit)}; shorten the text', about='text')
+        fitted.append(min(wanted, room))
+    return fitted

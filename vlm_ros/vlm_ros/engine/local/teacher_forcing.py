@@ -92,7 +92,7 @@ def _check_context(model, prompt_lengths: list, answers: list) -> None:
     is a score (positions.py).
     """
     for index, (prompt, answer) in enumerate(zip(prompt_lengths, answers, strict=True)):
-        reason = overflow(model, prompt, len(answer), 'target tokens')
+        reason = overflow(model, prompt, len(answer))
         if reason:
             raise VlmError('bad_input', f'target {index}: {reason}')
 
