@@ -158,6 +158,14 @@ def untrained_llava(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def own_code_llava(trained_tiny, tmp_path_factory):
+    """Return the trained tiny LLaVA as a repository with its own model code (auto_map)."""
+    from engine_fixtures import with_own_code
+
+    return with_own_code(trained_tiny('llava'), tmp_path_factory.mktemp('own_code'))
+
+
+@pytest.fixture(scope='session')
 def closed_loop_llava():
     """Return a tiny LLaVA trained on the usual answers and the closed-loop prompts."""
     from engine_fixtures import closed_loop_samples, training_samples

@@ -143,3 +143,39 @@ def never_ending(model_dir: pathlib.Path) -> pathlib.Path:
         weights[heads[0]][token] = 0.0
     save_file(weights, weights_file, metadata={'format': 'pt'})
     return model_dir
+
+
+OWN_CODE = """from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+
+class OwnLlavaConfig(LlavaConfig):
+    model_type = 'vlm_ros_own_llava'
+
+
+class OwnLlava(LlavaForConditionalGeneration):
+    config_class = OwnLlavaConfig
+"""
+
+
+def with_own_code(source: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
+    """Copy a LLaVA checkpoint into folder as a repository with Python code of its own.
+
+    Like the hub's models whose config.json names their own classes (auto_map) under a
+    model_type transformers does not know: they load only with trust_remote_code.
+    """
+    from safetensors.torch import save_file
+    from transformers import LlavaForConditionalGeneration
+
+    out = shutil.copytree(source, folder / 'own_llava')
+    # The weights under the names the classes of this transformers have: it renames a
+    # checkpoint's older names only for the model types it knows.
+    model = LlavaForConditionalGeneration.from_pretrained(source)
+    save_file({name: weight.clone() for name, weight in model.state_dict().items()},
+              out / 'model.safetensors', metadata={'format': 'pt'})
+    (out / 'own_llava.py').write_text(OWN_CODE)
+    config = json.loads((out / 'config.json').read_text())
+    config.update(model_type='vlm_ros_own_llava', auto_map={
+        'AutoConfig': 'own_llava.OwnLlavaConfig',
+        'AutoModelForImageTextToText': 'own_llava.OwnLlava'})
+    (out / 'config.json').write_text(json.dumps(config))
+    return out

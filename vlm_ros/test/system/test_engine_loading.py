@@ -5,7 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from vlm_ros.engine import EngineConfig, VlmError
+from engine_fixtures import TARGETS, scene
+from vlm_ros.engine import EngineConfig, Request, VlmError
 from vlm_ros.engine.local import VlmEngine
 from vlm_ros.engine.local.loader import load
 from vlm_ros.engine.preprocess import resize_max_side
@@ -131,3 +132,22 @@ def test_dtype_and_attn_implementation_are_what_the_model_is_loaded_with(trained
         assert engine.run([Request('caption', scene('red'))])[0].output_tokens > 0
     finally:
         engine.unload()
+
+
+def test_a_model_with_its_own_code_loads_only_where_it_is_trusted(own_code_llava):
+    untrusted = VlmEngine(EngineConfig(model=str(own_code_llava), device='cpu'))
+    with pytest.raises(VlmError) as refused:
+        untrusted.load()
+    assert refused.value.kind == 'unsupported' and refused.value.exit_code == 2
+    assert f'{own_code_llava} holds Python code of its own (auto_map in its configuration), ' \
+        "which runs only where it is trusted: vlm_node's trust_remote_code:=true, the tools' " \
+        '--trust-remote-code' in str(refused.value), refused.value
+    trusted = VlmEngine(EngineConfig(model=str(own_code_llava), device='cpu',
+                                     trust_remote_code=True))
+    trusted.load()
+    try:
+        assert type(trusted.loaded.model).__name__ == 'OwnLlava'  # the repository's class
+        answer = trusted.run([Request('vqa', scene('blue'), TARGETS['vqa'][0])])[0]
+        assert answer.text == TARGETS['vqa'][1]  # with the trained weights
+    finally:
+        trusted.unload()

@@ -377,3 +377,16 @@ def test_launch_only_parameters_are_refused_at_run_time(start_vlm_node, test_nod
     assert transition(test_node, 'deactivate') and transition(test_node, 'cleanup')
     for name in launch_only:  # not after a cleanup either
         assert not set_params(test_node, **{name: hostile[name]})[0].successful, name
+
+
+def test_trust_remote_code_decides_whether_a_models_own_code_runs(start_vlm_node, test_node,
+                                                                  own_code_llava):
+    untrusted = start_vlm_node(model=str(own_code_llava))
+    values = untrusted.wait_diag(lambda v: v.get('configure_error'), TIMEOUT, 'the refusal')
+    assert "holds Python code of its own (auto_map in its configuration), which runs only where " \
+        "it is trusted: vlm_node's trust_remote_code:=true" in values['configure_error'], values
+    untrusted.stop()
+    start_vlm_node(model=str(own_code_llava), trust_remote_code=True).wait_state('active')
+    answer = call(test_node, Query, '/vlm_node/query', Query.Request(
+        question=TARGETS['vqa'][0], image=rgb_to_image(scene('blue'))))
+    assert answer.success and answer.answer == TARGETS['vqa'][1], answer.message

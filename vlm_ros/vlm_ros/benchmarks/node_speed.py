@@ -149,7 +149,8 @@ def _node_params(model: str, args) -> dict:
             'processor_kwargs': json.dumps(json.dumps(args.processor_kwargs)
                                            if args.processor_kwargs else ''),
             'queue_size': args.streams + 1, 'wait_for_image': 10.0,
-            'batch_wait': args.batch_wait, 'cpu_threads': args.cpu_threads}
+            'batch_wait': args.batch_wait, 'cpu_threads': args.cpu_threads,
+            'trust_remote_code': args.trust_remote_code}
 
 
 def run_node_benchmark(model: str, args) -> str:

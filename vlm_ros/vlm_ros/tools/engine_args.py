@@ -35,6 +35,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--cpu-threads', type=not_negative_int, default=0, metavar='N',
                         help="threads torch computes with on the CPU (0 = torch's default: "
                         'OMP_NUM_THREADS, else one per core)')
+    parser.add_argument('--trust-remote-code', action='store_true',
+                        help="run the model repository's own Python code (auto_map), as "
+                        "vlm_node's trust_remote_code does: read it first")
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +81,7 @@ def model_config(args: argparse.Namespace, model: str, **fields) -> EngineConfig
     """Build the EngineConfig of model from add_model_args' options plus the tool's fields."""
     return EngineConfig(model=model, device=args.device, dtype=args.dtype,
                         processor_kwargs=args.processor_kwargs, cpu_threads=args.cpu_threads,
-                        **fields)
+                        trust_remote_code=args.trust_remote_code, **fields)
 
 
 def engine_config(args: argparse.Namespace, model: str, **fields) -> EngineConfig:

@@ -58,7 +58,8 @@ ANSWERING = (('--no-captions', 'captions'), ('--max-new-tokens', 'max_new_tokens
              ('--wait-for-image', 'wait_for_image'))
 MODEL = (('--model', 'model'), ('--device', 'device'), ('--dtype', 'dtype'),
          ('--processor-kwargs', 'processor_kwargs'), ('--cpu-threads', 'cpu_threads'),
-         ('--batch-size', 'batch_size'), ('--max-image-side', 'max_image_side'))
+         ('--trust-remote-code', 'trust_remote_code'), ('--batch-size', 'batch_size'),
+         ('--max-image-side', 'max_image_side'))
 
 
 def camera_argument(text: str) -> tuple:

@@ -4,6 +4,7 @@ One loader serves real models and the tests' tiny checkpoints, so the tests exer
 a robot uses. Failures become ``VlmError`` naming the model, the device and the cause.
 """
 
+import json
 import os
 import urllib.error
 import urllib.request
@@ -209,6 +210,8 @@ def load(config: EngineConfig) -> LoadedModel:
     dtype = resolve_dtype(config.dtype, device)
     threads = set_cpu_threads(config.cpu_threads)
     source = locate(config)
+    if not config.trust_remote_code and _has_own_code(source):  # before transformers' warnings
+        raise _untrusted(source, config, device)
     try:
         processor = transformers.AutoProcessor.from_pretrained(
             source, trust_remote_code=config.trust_remote_code,
@@ -218,11 +221,37 @@ def load(config: EngineConfig) -> LoadedModel:
             model.to(device)
         model.eval()
     except Exception as exc:  # noqa: BLE001 - every loader failure becomes a VlmError
+        if 'trust_remote_code=True' in str(exc):  # a processor's own code, say
+            raise _untrusted(source, config, device) from exc
         kind = classify_error(exc)
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise VlmError(kind, f'cannot load the model: {kind.replace("_", " ")}: {first_line}',
                        config.model, str(device), exc) from exc
     return LoadedModel(model, processor, device, dtype, config.model, threads)
+
+
+def _has_own_code(source: str) -> bool:
+    """Tell whether source's config.json names classes of its own for a type transformers lacks.
+
+    Such a repository loads only by running its Python code (auto_map); a local directory's or
+    a cached hub model's config.json is read here, others are left to transformers.
+    """
+    path = os.path.join(source, 'config.json') if os.path.isdir(source) else \
+        try_to_load_from_cache(source, 'config.json')
+    try:
+        with open(path, encoding='utf-8') as file:
+            found = json.load(file)
+    except (OSError, TypeError, ValueError):  # no file, no cached copy, not JSON
+        return False
+    return isinstance(found, dict) and 'auto_map' in found and \
+        found.get('model_type') not in transformers.CONFIG_MAPPING
+
+
+def _untrusted(source: str, config: EngineConfig, device) -> VlmError:
+    return VlmError('unsupported', f'cannot load the model: {source} holds Python code of its '
+                    'own (auto_map in its configuration), which runs only where it is trusted: '
+                    "vlm_node's trust_remote_code:=true, the tools' --trust-remote-code; read "
+                    'it first, as it runs with their rights', config.model, str(device))
 
 
 def compute_status(loaded: LoadedModel) -> dict:
