@@ -3,8 +3,9 @@
 transformers serve (serve_harness.py) behaves: the faults done to it are a process's (stopped,
 frozen, killed). What a server sends inside an answer cannot be made of it: more pieces than
 max_tokens, one huge piece, keep-alive comments and no data, a whole answer and then an open
-stream. This server is real HTTP and SSE on a loopback port, in the test's process; only what
-it answers is scripted, and the openai client talks to it as to any server.
+stream, a request refused in the words of vLLM, SGLang or TGI. This server is real HTTP and SSE
+on a loopback port, in the test's process; only what it answers is scripted, and the openai
+client talks to it as to any server.
 
 Each chat request takes the next script given to play() (the last one again when none is left)
 and calls it with a Reply, which writes the answer's events. GET /v1/models answers one model,
@@ -21,15 +22,31 @@ MODEL = 'scripted-model'
 
 
 class Reply:
-    """One answer being streamed: each write tells whether the client is still reading."""
+    """One answer being streamed: each write tells whether the client is still reading.
+
+    The stream's headers (HTTP 200) go out with its first event; refuse() answers an HTTP
+    error instead.
+    """
 
     def __init__(self, handler: http.server.BaseHTTPRequestHandler, server: 'ScriptedServer'):
         self._handler = handler
         self._server = server
-        handler.send_response(200)
-        handler.send_header('Content-Type', 'text/event-stream')
-        handler.send_header('Connection', 'close')
-        handler.end_headers()
+        self._sent = False  # the headers: of the stream, or of refuse()'s error
+
+    def refuse(self, status: int, body) -> None:
+        """Answer HTTP status with body instead of a stream: a dict as JSON, a str as it is."""
+        data = (body if isinstance(body, str) else json.dumps(body)).encode()
+        self._sent = True
+        self._handler.send_response(status)
+        self._handler.send_header('Content-Type', 'application/json')
+        self._handler.send_header('Content-Length', str(len(data)))
+        self._handler.send_header('Connection', 'close')
+        self._handler.end_headers()
+        self._handler.wfile.write(data)
+
+    def error(self, error) -> bool:
+        """Send an error event inside the stream, as SGLang refuses a request after HTTP 200."""
+        return self._write(f'data: {json.dumps({"error": error})}\n\n')
 
     def piece(self, text: str, finish=None, usage=None) -> bool:
         """Send one chunk of text (and a finish_reason, a usage report); False: client gone."""
@@ -57,14 +74,25 @@ class Reply:
 
     def hold(self) -> None:
         """Send nothing more and keep the stream open until the client closes it."""
+        self.start_stream()
         sock = self._handler.connection
         while not self._server.closing.is_set():
             if select.select([sock], [], [], 0.05)[0] and not sock.recv(1, socket.MSG_PEEK):
                 self._server.gone.set()
                 return
 
+    def start_stream(self) -> None:
+        """Send the stream's headers, unless they (or refuse()'s) went out already."""
+        if not self._sent:
+            self._sent = True
+            self._handler.send_response(200)
+            self._handler.send_header('Content-Type', 'text/event-stream')
+            self._handler.send_header('Connection', 'close')
+            self._handler.end_headers()
+
     def _write(self, text: str) -> bool:
         try:
+            self.start_stream()
             self._handler.wfile.write(text.encode())
             self._handler.wfile.flush()
         except OSError:  # the client closed the stream
@@ -89,7 +117,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 - http.server's handler names
         request = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
         script = self.server.next_script(request)
-        script(Reply(self, self.server))
+        reply = Reply(self, self.server)
+        script(reply)
+        reply.start_stream()  # a script that sent nothing answers an empty stream
         self.close_connection = True
 
     def log_message(self, *args):

@@ -144,7 +144,8 @@ class RemoteEngine(EngineBase):
         Each request's own ``Request.on_text`` and ``Request.cancel`` (or cancel()) serve the
         same way for that request alone, also inside a batch.
         Timings start after JPEG encoding, as in-process ones start after preprocessing.
-        Raises VlmError: 'bad_input' for a bad image or text, and for the server
+        Raises VlmError: 'bad_input' for a bad image or text (also a text the server's model
+        cannot read with max_new_tokens more, about 'text', never retried), and for the server
         'backend_unreachable', 'backend_timeout', 'backend_http_error' or
         'backend_bad_response', with the cause in the message.
         """
