@@ -49,6 +49,7 @@ def test_random_weights_plan_only_in_the_robots_skills(random_llava, record_prop
     """
     engine = _engine(random_llava, skills=SKILLS)
     try:
+        assert engine.status()['constrained_plans'] == 'true'  # as /diagnostics reports it
         requests = _instructions(50)
         batched = [result for start in range(0, 50, 8)
                    for result in engine.run(requests[start:start + 8])]
@@ -92,12 +93,16 @@ def test_skills_with_argument_names_give_every_step_its_skills_arguments(random_
 
 
 def test_free_text_from_random_weights_is_rarely_a_plan(random_llava):
+    """constrain_plans 'off': constrained_plans false in /diagnostics, while it is loaded."""
     engine = _engine(random_llava, skills=SKILLS, constrain_plans='off')
     try:
+        assert engine.status()['constrained_plans'] == 'false'
+        assert 'unconstrained plans' in engine.describe()
         results = [engine.run([request])[0] for request in _instructions(10)]
     finally:
         engine.unload()
     assert sum(r.valid for r in results) <= 2, [r.text for r in results]
+    assert 'constrained_plans' not in engine.status()  # nothing loaded, nothing to say
 
 
 def test_skills_change_at_run_time_and_bad_ones_change_nothing(random_llava):

@@ -5,12 +5,19 @@ Each system test runs the installed vlm_node in its own process and talks to it 
 an operator's tools would (the lifecycle, parameter, query and action services).
 """
 
+import http.server
+import os
 import subprocess
+import threading
 import uuid
+from types import SimpleNamespace
 
 import pytest
+from diagnostic_msgs.msg import DiagnosticStatus
 from engine_fixtures import TARGETS, scene
 from launch_harness import launch_command
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
 from node_harness import (
     TIMEOUT,
     call,
@@ -51,6 +58,39 @@ def goal_accepted(test_node, action: str, action_type, goal) -> bool:
         return wait_future(client.send_goal_async(goal), TIMEOUT, 'the goal response').accepted
     finally:
         client.destroy()
+
+
+@pytest.fixture
+def held_hub():
+    """Yield a Hugging Face hub endpoint that holds each download until released, then 404s.
+
+    What configure meets on a robot downloading gigabytes: the load waits on the network.
+    """
+    asked, release = threading.Event(), threading.Event()
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            if self.path != '/':  # '/': loader.py's look whether the hub answers at all
+                asked.set()
+                release.wait(TIMEOUT)
+            self.send_response(200 if self.path == '/' else 404)
+            self.send_header('Content-Length', '0')
+            self.end_headers()
+
+        do_GET = do_HEAD = answer  # noqa: N815 - http.server's handler names
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield SimpleNamespace(url=f'http://127.0.0.1:{server.server_port}', asked=asked,
+                              release=release)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_misspelt_parameter_on_the_command_line_fails_configure(start_vlm_node, test_node,
@@ -121,16 +161,46 @@ def test_a_launch_argument_that_cannot_work_fails_the_launch(trained_tiny, argum
 
 
 def test_requests_before_the_node_is_ready_say_why_and_the_lifecycle_recovers(
-        start_vlm_node, test_node, tmp_path, trained_tiny):
-    missing = str(tmp_path / f'missing_{uuid.uuid4().hex[:6]}')
-    node = start_vlm_node(model=missing)
-    node.wait_diag(lambda v: missing in v.get('configure_error', v.get('last_error', '')),
-                   TIMEOUT, 'the configure error')
+        start_vlm_node, test_node, held_hub, tmp_path, trained_tiny):
+    """Refusals and /diagnostics say the state, configuring included, and the reason it failed.
+
+    configure waits on a model download here: the lifecycle services and the /diagnostics
+    timer once shared a callback group, and a monitor heard nothing until configure ended.
+    """
+    model = f'vlm-ros-test/held-{uuid.uuid4().hex[:8]}'
+    held = str(int(TIMEOUT))  # huggingface_hub's own timeouts: the test releases it first
+    node = start_vlm_node(env={**os.environ, 'HF_ENDPOINT': held_hub.url, 'HF_HUB_OFFLINE': '0',
+                               'HF_HOME': str(tmp_path / 'hf_home'), 'HF_HUB_ETAG_TIMEOUT': held,
+                               'HF_HUB_DOWNLOAD_TIMEOUT': held},
+                          model=model, autostart=False)
+    node.wait_state('unconfigured')
+    client = test_node.node.create_client(ChangeState, '/vlm_node/change_state')
+    try:
+        assert client.wait_for_service(timeout_sec=TIMEOUT), 'change_state never appeared'
+        configured = client.call_async(ChangeState.Request(
+            transition=Transition(id=Transition.TRANSITION_CONFIGURE)))
+        assert held_hub.asked.wait(TIMEOUT), 'configure never asked the hub for the model'
+        sample = node.diagnostics.wait_for(
+            lambda m: diag_values(m).get('state') == 'configuring', TIMEOUT,
+            '/diagnostics while configure downloads')
+        status = next(s for s in sample.status if s.name == '/vlm_node: vlm')
+        assert status.level == DiagnosticStatus.WARN, status
+        assert status.message.startswith('configuring: not serving requests'), status.message
+        refused = query(test_node)
+        assert not refused.success and refused.message == '/vlm_node is configuring', refused
+        after = node.diagnostics.from_now()
+        held_hub.release.set()
+        assert not wait_future(configured, TIMEOUT, 'the configure response').success
+    finally:
+        test_node.node.destroy_client(client)
+    values = diag_values(after(lambda m: diag_values(m).get('state') != 'configuring', TIMEOUT,
+                               'a state after configure'))
+    assert values['state'] == 'unconfigured' and model in values['configure_error'], values
 
     refused = query(test_node)
     assert not refused.success
-    assert refused.message.startswith('/vlm_node is unconfigured: configure failed: model '
-                                      f'directory {missing!r} does not exist'), refused.message
+    assert refused.message == '/vlm_node is unconfigured: configure failed: ' + \
+        values['configure_error'], refused.message
     plan_goal = GeneratePlan.Goal(instruction=TARGETS['plan'][0])
     assert not goal_accepted(test_node, '/vlm_node/generate_plan', GeneratePlan, plan_goal)
     execute_goal = ExecutePlan.Goal(instruction=TARGETS['plan'][0])
@@ -159,9 +229,11 @@ def test_forty_waiting_queries_park_no_executor_thread(start_vlm_node, test_node
     """40 queries at once (again, until a sample sees 10 wait), instructions at 2 Hz: all answered.
 
     The node spins 4 executor threads: a query that held one until its answer would stop the
-    instructions, the timers and /diagnostics until the queries ahead of it were answered.
+    instructions, the timers and /diagnostics until the queries ahead of it were answered. The
+    caption timer goes on: captions due while the queries wait are skipped, and counted
+    (captions_skipped); once the worker is idle, it captions again.
     """
-    node = start_vlm_node(queue_size=100, max_new_tokens=24)
+    node = start_vlm_node(queue_size=100, max_new_tokens=24, caption_rate=2.0)
     node.wait_state('active')
     node.stream(camera(uuid.uuid4().hex), rate_hz=10.0).wait_for(lambda m: True, TIMEOUT,
                                                                    'a frame')
@@ -178,12 +250,18 @@ def test_forty_waiting_queries_park_no_executor_thread(start_vlm_node, test_node
         return next((diag_values(m) for m in node.diagnostics.items()
                      if int(diag_values(m).get('queue_length', 0)) >= 10), None)
 
+    def skipped() -> int:
+        """Return the most captions_skipped any /diagnostics sample counted (0 before any)."""
+        return max((int(diag_values(m).get('captions_skipped', 0))
+                    for m in node.diagnostics.items()), default=0)
+
     def seen_busy() -> bool:
-        # /diagnostics samples at 1 Hz; an idle machine can answer 40 queries in less, and
-        # then no sample finds them waiting: ask 40 more until one does.
-        if busy() is None and all(future.done() for future in futures):
+        # /diagnostics samples at 1 Hz, captions are due at 2 Hz; an idle machine can answer
+        # 40 queries in less, and then no sample finds them waiting, nor a caption skipped:
+        # ask 40 more until one does.
+        if (busy() is None or not skipped()) and all(future.done() for future in futures):
             ask_forty()
-        return busy() is not None
+        return busy() is not None and skipped() > 0
 
     texts = []
 
@@ -191,7 +269,8 @@ def test_forty_waiting_queries_park_no_executor_thread(start_vlm_node, test_node
         texts.append(f'{TARGETS["plan"][0]} #{uuid.uuid4().hex[:8]}')
         node.instruction_pub.publish(String(data=texts[-1]))
     ask_forty()
-    wait_until(seen_busy, TIMEOUT, '/diagnostics while at least 10 queries wait')
+    wait_until(seen_busy, TIMEOUT, '/diagnostics while at least 10 queries wait, and a '
+               'caption skipped')
     assert busy()['state'] == 'active'
     node.instruct(f'{TARGETS["plan"][0]} #first')
     texts.append(f'{TARGETS["plan"][0]} #first')
@@ -214,3 +293,4 @@ def test_forty_waiting_queries_park_no_executor_thread(start_vlm_node, test_node
                    v.get('requests_in_progress') == '0', TIMEOUT, 'an idle worker')
     plans = [plan.instruction for plan in node.plans.items()]
     assert sorted(plans) == sorted(sent), 'every instruction answered exactly once'
+    node.captions.from_now()(lambda c: True, TIMEOUT, 'a caption once the worker is idle')

@@ -31,7 +31,11 @@ def test_a_new_node_with_no_fault_is_ok_when_active(health):
                                'errors_model': 0, 'errors_image': 0, 'errors_configure': 0}
 
 
-@pytest.mark.parametrize('state', ['unconfigured', 'inactive', 'finalized', 'activating'])
+# The primary states but active, and the transitions between them (/diagnostics reports
+# them while one runs: test_node_readiness.py sees configuring).
+@pytest.mark.parametrize('state', ['unconfigured', 'inactive', 'finalized', 'configuring',
+                                   'activating', 'deactivating', 'cleaningup', 'shuttingdown',
+                                   'errorprocessing'])
 def test_a_node_that_is_not_active_warns_and_says_it_serves_nothing(health, state):
     assert health.assess(state) == (WARN, f'{state}: not serving requests')
 
