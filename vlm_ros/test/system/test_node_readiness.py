@@ -7,6 +7,7 @@ an operator's tools would (the lifecycle, parameter, query and action services).
 
 import http.server
 import os
+import signal
 import subprocess
 import threading
 import uuid
@@ -16,8 +17,6 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 from engine_fixtures import TARGETS, scene
 from launch_harness import launch_command
-from lifecycle_msgs.msg import Transition
-from lifecycle_msgs.srv import ChangeState
 from node_harness import (
     TIMEOUT,
     call,
@@ -93,6 +92,30 @@ def held_hub():
         server.server_close()
 
 
+def _downloading_node(start_vlm_node, held_hub, tmp_path):
+    """Start vlm_node with its defaults on a hub model; return it once configure downloads."""
+    model = f'vlm-ros-test/held-{uuid.uuid4().hex[:8]}'
+    held = str(int(TIMEOUT))  # huggingface_hub's own timeouts: the test releases it first
+    node = start_vlm_node(env={**os.environ, 'HF_ENDPOINT': held_hub.url, 'HF_HUB_OFFLINE': '0',
+                               'HF_HOME': str(tmp_path / 'hf_home'), 'HF_HUB_ETAG_TIMEOUT': held,
+                               'HF_HUB_DOWNLOAD_TIMEOUT': held}, model=model)
+    assert held_hub.asked.wait(TIMEOUT), 'configure never asked the hub for the model'
+    node.model = model
+    return node
+
+
+def test_a_signal_during_the_start_up_download_ends_the_node_without_activating_it(
+        start_vlm_node, held_hub, tmp_path):
+    node = _downloading_node(start_vlm_node, held_hub, tmp_path)
+    node.diagnostics.wait_for(lambda m: diag_values(m).get('state') == 'configuring', TIMEOUT,
+                              'configuring, while the signal comes')
+    node.proc.send_signal(signal.SIGINT)
+    held_hub.release.set()  # configure ends (the hub has no such model), then the process
+    code, err = node.stop()
+    assert code == 0 and 'SIGINT: stopping' in err, err
+    assert 'active' not in [diag_values(m).get('state') for m in node.diagnostics.items()]
+
+
 def test_a_misspelt_parameter_on_the_command_line_fails_configure(start_vlm_node, test_node,
                                                                   trained_tiny):
     node = start_vlm_node(model=None, modle=str(trained_tiny('llava')))
@@ -164,35 +187,22 @@ def test_requests_before_the_node_is_ready_say_why_and_the_lifecycle_recovers(
         start_vlm_node, test_node, held_hub, tmp_path, trained_tiny):
     """Refusals and /diagnostics say the state, configuring included, and the reason it failed.
 
-    configure waits on a model download here: the lifecycle services and the /diagnostics
-    timer once shared a callback group, and a monitor heard nothing until configure ended.
+    configure waits on a model download here, started by autostart as a user starts the node:
+    the lifecycle services and the /diagnostics timer once shared a callback group, and
+    autostart configured before the executor spun: a monitor heard nothing until it ended.
     """
-    model = f'vlm-ros-test/held-{uuid.uuid4().hex[:8]}'
-    held = str(int(TIMEOUT))  # huggingface_hub's own timeouts: the test releases it first
-    node = start_vlm_node(env={**os.environ, 'HF_ENDPOINT': held_hub.url, 'HF_HUB_OFFLINE': '0',
-                               'HF_HOME': str(tmp_path / 'hf_home'), 'HF_HUB_ETAG_TIMEOUT': held,
-                               'HF_HUB_DOWNLOAD_TIMEOUT': held},
-                          model=model, autostart=False)
-    node.wait_state('unconfigured')
-    client = test_node.node.create_client(ChangeState, '/vlm_node/change_state')
-    try:
-        assert client.wait_for_service(timeout_sec=TIMEOUT), 'change_state never appeared'
-        configured = client.call_async(ChangeState.Request(
-            transition=Transition(id=Transition.TRANSITION_CONFIGURE)))
-        assert held_hub.asked.wait(TIMEOUT), 'configure never asked the hub for the model'
-        sample = node.diagnostics.wait_for(
-            lambda m: diag_values(m).get('state') == 'configuring', TIMEOUT,
-            '/diagnostics while configure downloads')
-        status = next(s for s in sample.status if s.name == '/vlm_node: vlm')
-        assert status.level == DiagnosticStatus.WARN, status
-        assert status.message.startswith('configuring: not serving requests'), status.message
-        refused = query(test_node)
-        assert not refused.success and refused.message == '/vlm_node is configuring', refused
-        after = node.diagnostics.from_now()
-        held_hub.release.set()
-        assert not wait_future(configured, TIMEOUT, 'the configure response').success
-    finally:
-        test_node.node.destroy_client(client)
+    node = _downloading_node(start_vlm_node, held_hub, tmp_path)
+    model = node.model
+    sample = node.diagnostics.wait_for(
+        lambda m: diag_values(m).get('state') == 'configuring', TIMEOUT,
+        '/diagnostics while configure downloads')
+    status = next(s for s in sample.status if s.name == '/vlm_node: vlm')
+    assert status.level == DiagnosticStatus.WARN, status
+    assert status.message.startswith('configuring: not serving requests'), status.message
+    refused = query(test_node)
+    assert not refused.success and refused.message == '/vlm_node is configuring', refused
+    after = node.diagnostics.from_now()
+    held_hub.release.set()
     values = diag_values(after(lambda m: diag_values(m).get('state') != 'configuring', TIMEOUT,
                                'a state after configure'))
     assert values['state'] == 'unconfigured' and model in values['configure_error'], values

@@ -19,6 +19,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from std_msgs.msg import Header
 
+from ..compat import steady_timer
 from ..engine import VlmError, make_engine
 from ..spin import ros_arguments_only, spin_main
 from . import parameter_changes, params, readiness, shutdown
@@ -266,6 +267,21 @@ class VlmNode(LifecycleNode):
         return Header(stamp=self.get_clock().now().to_msg())
 
 
+def start_when_spinning(node: VlmNode) -> None:
+    """Configure and activate node once its executor spins (autostart), from a one-shot timer.
+
+    Not before: a start-up download takes minutes, in which /diagnostics said nothing, the
+    lifecycle services did not answer and a signal went unheard until the node was active. A
+    signal meanwhile ends the process once configure returns, without activating.
+    """
+    def start() -> None:
+        timer.cancel()
+        node.trigger_configure()
+        if node.engine is not None and not node.done.is_set():
+            node.trigger_activate()
+    timer = steady_timer(node, 0.0, start)
+
+
 def main(args=None) -> None:
     """Console script vlm_node: run the node; with autostart, configure and activate it.
 
@@ -278,9 +294,7 @@ def main(args=None) -> None:
     def make():
         node = VlmNode()
         if node.settings.autostart:
-            node.trigger_configure()
-            if node.engine is not None:
-                node.trigger_activate()
+            start_when_spinning(node)
         return node
     # No callback waits for the model (queries await their answer as coroutines, goals use
     # accepted/execute), so a few threads serve any number of waiting requests.
