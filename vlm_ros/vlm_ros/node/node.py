@@ -88,18 +88,19 @@ class VlmNode(LifecycleNode):
         self.configure_error = ''  # why the last configure failed; '' once one succeeds
         self._frozen_objects = 0  # gc.freeze()'s count while the model is loaded
         self._input_group = MutuallyExclusiveCallbackGroup()
-        # The parts get what they need, each read when needed; none of them keeps the node.
+        # The parts get what they need, each read when needed (once: a transition may set it
+        # to None between two reads); none of them keeps the node.
         self.diagnostics = DiagnosticsReporter(self, Sources(
             lambda: self.settings, lambda: self._state_machine.current_state[1],
             lambda: self.configure_error, self.model_name, lambda: self.engine,
             lambda: self.worker, lambda: self.frames,
-            lambda: self.images.hint() if self.images else '', lambda: self.execution,
+            lambda: images.hint() if (images := self.images) else '', lambda: self.execution,
             lambda: self._frozen_objects, lambda: self.topics.subscribers()))
         serving = Serving(lambda: self.worker, self.not_ready, self.diagnostics.record,
                           self.model_name, self._fallback_header,
                           lambda outcome, plan: self.topics.publish_companions(outcome, plan),
-                          lambda outcome, placed: self.images.target_points(
-                              outcome, placed, self.settings) if self.images else [],
+                          lambda outcome, placed: images.target_points(
+                              outcome, placed, self.settings) if (images := self.images) else [],
                           lambda outcome: features_msg(outcome, outcome.header or Header(), '',
                                                        self.settings, self.model_name()))
         self.requests = RequestEndpoints(
@@ -196,10 +197,10 @@ class VlmNode(LifecycleNode):
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
         """Close the outputs once the last answers are acknowledged (bounded); free the model."""
+        self.execution = None  # first: /diagnostics reads its publishers, destroyed next
         self.topics.close()
         shutdown.close_outputs(self._outputs, self.destroy_publisher)
         self._outputs = []
-        self.execution = None
         if self.engine is not None:
             self.engine.unload()
             self.engine = None
