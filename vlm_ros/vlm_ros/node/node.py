@@ -88,8 +88,7 @@ class VlmNode(LifecycleNode):
         self.configure_error = ''  # why the last configure failed; '' once one succeeds
         self._frozen_objects = 0  # gc.freeze()'s count while the model is loaded
         self._input_group = MutuallyExclusiveCallbackGroup()
-        # The parts get what they need, each read when needed (once: a transition may set it
-        # to None between two reads); none of them keeps the node.
+        # The parts get what they need, each read once when needed; none keeps the node.
         self.diagnostics = DiagnosticsReporter(self, Sources(
             lambda: self.settings, lambda: self._state_machine.current_state[1],
             lambda: self.configure_error, self.model_name, lambda: self.engine,

@@ -13,6 +13,7 @@ class Stats:
         self._latencies = deque(maxlen=window)
         self.by_status = Counter()
         self.captions_skipped = 0
+        self._skipped_seq = None  # the frame counted last
         self.captions_yielded = 0
 
     def record(self, status_name: str, latency: float) -> None:
@@ -21,10 +22,15 @@ class Stats:
             self.by_status[status_name] += 1
             self._latencies.append(latency)
 
-    def skip_caption(self) -> None:
-        """Count a caption that was due while the worker was busy."""
+    def skip_caption(self, frame_seq: int) -> None:
+        """Count a frame whose caption was due while the worker was busy, once per frame.
+
+        The timer comes again while the same frame waits: that is no caption more skipped.
+        """
         with self._lock:
-            self.captions_skipped += 1
+            if frame_seq != self._skipped_seq:
+                self._skipped_seq = frame_seq
+                self.captions_skipped += 1
 
     def yield_caption(self) -> None:
         """Count a caption cancelled for a request that came before it was done."""

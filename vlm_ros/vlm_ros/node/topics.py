@@ -69,7 +69,6 @@ class Topics:
         self._periodic = []  # caption, features and replan timers
         self._last_instruction = ''
         self._last_planned_seq = self._last_captioned_seq = self._last_featured_seq = 0
-        self._last_skipped_seq = 0  # a frame whose caption was skipped is counted once
 
     def open(self, qos: QoSProfile) -> list:
         """Create the publishers (configure); return them, for the node to close at cleanup."""
@@ -171,9 +170,7 @@ class Topics:
         if frame is None or frame.seq == self._last_captioned_seq or worker is None:
             return
         if not worker.idle():
-            if frame.seq != self._last_skipped_seq:  # not each tick the same frame waits
-                self._last_skipped_seq = frame.seq
-                self._captions.skip_caption()
+            self._captions.skip_caption(frame.seq)
             return
         self._last_captioned_seq = frame.seq
         worker.submit(Job('caption', '', done=self._publish_caption, yields=True))
