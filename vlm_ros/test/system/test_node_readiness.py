@@ -206,6 +206,7 @@ def test_requests_before_the_node_is_ready_say_why_and_the_lifecycle_recovers(
     values = diag_values(after(lambda m: diag_values(m).get('state') != 'configuring', TIMEOUT,
                                'a state after configure'))
     assert values['state'] == 'unconfigured' and model in values['configure_error'], values
+    assert f'the hub answered HTTP 404 for {held_hub.url}/{model}/' in values['configure_error']
 
     refused = query(test_node)
     assert not refused.success

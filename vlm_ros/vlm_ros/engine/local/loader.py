@@ -224,10 +224,27 @@ def load(config: EngineConfig) -> LoadedModel:
         if 'trust_remote_code=True' in str(exc):  # a processor's own code, say
             raise _untrusted(source, config, device) from exc
         kind = classify_error(exc)
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first_line = _http_404(exc) or (str(exc).strip().splitlines() or
+                                        [type(exc).__name__])[0]
         raise VlmError(kind, f'cannot load the model: {kind.replace("_", " ")}: {first_line}',
                        config.model, str(device), exc) from exc
     return LoadedModel(model, processor, device, dtype, config.model, threads)
+
+
+def _http_404(exc: BaseException) -> str:
+    """Say which file the hub (or a mirror at HF_ENDPOINT) answered 404 for, if one did.
+
+    transformers reports it as "We couldn't connect to ...", which sends a user to check the
+    network when the model id (or the mirror) is what to check.
+    """
+    seen = 0
+    while exc is not None and seen < 16:  # bounded: a cycle of causes ends too
+        response = getattr(exc, 'response', None)
+        if getattr(response, 'status_code', None) == 404:
+            return (f'the hub answered HTTP 404 for {getattr(response, "url", "?")}: no such '
+                    'model, or no such file in it (check the model id)')
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return ''
 
 
 def _has_own_code(source: str) -> bool:
