@@ -361,9 +361,12 @@ def test_run_time_parameter_takes_effect(name, start_vlm_node, test_node, reques
     OBSERVERS[name](node, test_node)
 
 
-def test_launch_only_parameters_are_refused_at_run_time(start_vlm_node, test_node):
-    node = start_vlm_node()
+def test_launch_only_parameters_are_refused_and_switched_off_ones_said(start_vlm_node, test_node):
+    node = start_vlm_node(batch_wait=0.05, verify_by='likelihood')
     node.wait_state('active')
+    # Set, but switched off by another setting: said once at configure, and accepted
+    assert 'no effect: batch_wait:=0.05 while max_batch_size:=1 (no batch waits for company); ' \
+        'verify_by:=likelihood while verify_steps:=false' in node.log_text(), node.log_text()
     launch_only = [spec.name for spec in params.SPECS if spec.applies == 'launch']
     # What decides which code runs and where images and keys go is never set over DDS.
     assert sorted(launch_only) == ['api_key_env', 'autostart', 'backend', 'base_url',

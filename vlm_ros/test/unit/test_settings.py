@@ -124,3 +124,55 @@ def test_settings_the_backend_does_not_read_are_named_once_set():
     remote = Settings.from_values({'backend': 'openai', 'device': 'cuda', 'base_url': 'http://h/v1',
                                    'decode_mode': 'auto', 'processor_kwargs': '{"a": 1}'})
     assert remote.unused_by_backend() == ['device:=cuda', 'processor_kwargs:={"a": 1}']
+
+
+THREADS = 'backend:=openai with max_concurrency > 1'
+ONE_THREAD = {'backend': 'openai', 'max_concurrency': 1}
+# Each switch of settings.SWITCHED_OFF: (a value away from the setting's default, settings
+# that throw the switch, settings that do not).
+SWITCHES = {
+    ('max_batch_size', THREADS): (8, {'backend': 'openai'}, ({}, ONE_THREAD)),
+    ('batch_wait', 'max_batch_size:=1'): (0.05, {}, ({'max_batch_size': 4},)),
+    ('batch_wait', THREADS): (0.05, {'backend': 'openai', 'max_batch_size': 4},
+                              ({'max_batch_size': 4}, {**ONE_THREAD, 'max_batch_size': 4})),
+    ('preprocess_ahead', THREADS): (True, {'backend': 'openai', 'max_concurrency': 2},
+                                    ({}, ONE_THREAD)),
+    **{(name, 'backend:=openai'): (value, {'backend': 'openai'}, ({},))
+       for name, value in (('features_layer', 3), ('features_pooling', 'mean'),
+                           ('features_dtype', 'float16'), ('max_feature_bytes', 2048))},
+    ('verify_by', 'verify_steps:=false'): ('likelihood', {}, ({'verify_steps': True},)),
+    ('prompt_verify', 'verify_steps:=false'): ('Is {step} done?', {},
+                                               ({'verify_steps': True},)),
+}
+
+
+def test_every_switch_that_turns_a_setting_off_is_tested():
+    assert sorted(SWITCHES) == sorted((name, switch) for name, switches in
+                                      settings.SWITCHED_OFF.items() for switch, _, _ in switches)
+
+
+def _said_of(name: str, values: dict) -> list:
+    return [clause for clause in Settings.from_values(values).switched_off()
+            if clause.startswith(f'{name}:=')]
+
+
+@pytest.mark.parametrize('name, switch', sorted(SWITCHES))
+def test_a_setting_switched_off_by_another_is_said_only_while_it_is_set_and_off(name, switch):
+    value, thrown, kept = SWITCHES[name, switch]
+    shown = str(value).lower() if isinstance(value, bool) else value
+    said = _said_of(name, {**thrown, name: value})
+    assert len(said) == 1 and said[0].startswith(f'{name}:={shown} while {switch} ('), said
+    assert _said_of(name, thrown) == []  # at its default it is not set: nothing to say
+    for values in kept:  # the switch does not hold: the value acts
+        assert _said_of(name, {**values, name: value}) == [], values
+
+
+def test_each_setting_switched_off_is_said_once_with_its_switch_and_why():
+    assert Settings.from_values().switched_off() == []
+    assert Settings.from_values({'batch_wait': 0.05, 'verify_by': 'likelihood',
+                                 'preprocess_ahead': True}).switched_off() == \
+        ['batch_wait:=0.05 while max_batch_size:=1 (no batch waits for company)',
+         'verify_by:=likelihood while verify_steps:=false (only step checks read it)']
+    # Both of batch_wait's switches hold: the first is said
+    assert _said_of('batch_wait', {'backend': 'openai', 'batch_wait': 0.05}) == \
+        ['batch_wait:=0.05 while max_batch_size:=1 (no batch waits for company)']

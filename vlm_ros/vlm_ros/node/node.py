@@ -52,6 +52,9 @@ def _loaded_engine(settings: Settings, logger):
     if unused:
         logger.warning(f'the {settings.backend} backend does not use {", ".join(unused)}: '
                        'no effect')
+    switched_off = settings.switched_off()
+    if switched_off:
+        logger.warning(f'no effect: {"; ".join(switched_off)}')
     engine = make_engine(settings.engine_config())
     config = engine.config
     remote = config.backend == 'openai' and config.remote.model

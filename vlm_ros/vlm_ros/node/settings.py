@@ -25,6 +25,30 @@ BACKEND_ONLY = {'transformers': ('device', 'dtype', 'attn_implementation', 'deco
                                  'processor_kwargs'),
                 'openai': ('base_url', 'remote_model', 'api_key_env', 'request_timeout',
                            'max_retries', 'max_concurrency', 'jpeg_quality')}
+# Settings another one's value switches off, whichever backend: name -> ((the switch as the
+# warning says it, whether a Settings throws it, why the setting then does nothing), ...).
+# Only one worker thread batches and looks ahead (scheduler.Worker: the openai backend has
+# max_concurrency), the openai backend makes no features (remote/engine.py), and only step
+# checks read verify_by and prompt_verify (plan_runner.py; ~/execute_plan checks steps too).
+_THREADS = ('backend:=openai with max_concurrency > 1',
+            lambda settings: settings.backend == 'openai' and settings.max_concurrency > 1)
+_OPENAI = ('backend:=openai', lambda settings: settings.backend == 'openai')
+_NO_CHECKS = ('verify_steps:=false', lambda settings: not settings.verify_steps)
+_NO_FEATURES = 'that backend makes no features; ~/features answers that it cannot'
+SWITCHED_OFF = {
+    'max_batch_size': ((*_THREADS, 'each request starts on a thread of its own, and the '
+                        'server batches them'),),
+    'batch_wait': (('max_batch_size:=1', lambda settings: settings.max_batch_size == 1,
+                    'no batch waits for company'),
+                   (*_THREADS, 'each request starts on a thread of its own')),
+    'preprocess_ahead': ((*_THREADS, 'only a single worker thread looks ahead'),),
+    'features_layer': ((*_OPENAI, _NO_FEATURES),),
+    'features_pooling': ((*_OPENAI, _NO_FEATURES),),
+    'features_dtype': ((*_OPENAI, _NO_FEATURES),),
+    'max_feature_bytes': ((*_OPENAI, _NO_FEATURES),),
+    'verify_by': ((*_NO_CHECKS, 'only step checks read it'),),
+    'prompt_verify': ((*_NO_CHECKS, 'only step checks use it'),),
+}
 
 
 class SettingsError(ValueError):
@@ -150,9 +174,29 @@ class Settings:
         ``device:=cuda`` with the openai backend, or a base_url with the in-process one, would
         otherwise look as if it were used.
         """
-        return [f'{name}:={getattr(self, name)}' for backend, names in BACKEND_ONLY.items()
+        return [self._said(name) for backend, names in BACKEND_ONLY.items()
                 if backend != self.backend for name in names
                 if getattr(self, name) != params.BY_NAME[name].default]
+
+    def switched_off(self) -> list:
+        """Return 'name:=value while switch (why)' of each setting another one switches off.
+
+        Each is set away from its default and changes nothing while the switch holds
+        (SWITCHED_OFF): a params file shared across robots may carry it, so it is said, not
+        refused; ``batch_wait:=0.05`` with ``max_batch_size:=1`` would otherwise look used.
+        """
+        said = []
+        for name, switches in SWITCHED_OFF.items():
+            if getattr(self, name) == params.BY_NAME[name].default:
+                continue
+            thrown = [(switch, why) for switch, holds, why in switches if holds(self)]
+            said += [f'{self._said(name)} while {switch} ({why})' for switch, why in thrown[:1]]
+        return said
+
+    def _said(self, name: str) -> str:
+        """Return 'name:=value' as it is written on the command line (true, not True)."""
+        value = getattr(self, name)
+        return f'{name}:={str(value).lower() if isinstance(value, bool) else value}'
 
     def engine_config(self) -> EngineConfig:
         """Return the engine's whole configuration."""
