@@ -139,18 +139,18 @@ SPECS = (
               "(vlm_ros_msgs/Features: the prompt's hidden states at features_layer, pooled by "
               "features_pooling, from the plan's own prefill) for a VLA action head; "
               'in-process backend', applies='limits'),
-    ParamSpec('features_layer', -1, "with publish_features: the hidden state taken, as "
+    ParamSpec('features_layer', -1, "any features output: the hidden state taken, as "
               "transformers counts them: 0 = the input embeddings, 1 = the first layer's "
               'output, -1 = the last layer (after the final norm); a layer the model lacks '
               'gives features with no values and the reason', applies='limits', low=-1000,
               high=1000),
-    ParamSpec('features_pooling', 'last', "with publish_features: 'last' = the prompt's last "
+    ParamSpec('features_pooling', 'last', "any features output: 'last' = the prompt's last "
               "token, 'mean' = the mean over its tokens, 'tokens' = every token's state",
               applies='limits', choices=POOLINGS),
-    ParamSpec('features_dtype', 'float32', "with publish_features: 'float32' values, or "
+    ParamSpec('features_dtype', 'float32', "any features output: 'float32' values, or "
               "'float16' or 'bfloat16' as raw 16-bit words (half the bytes)", applies='limits',
               choices=FEATURE_DTYPES),
-    ParamSpec('max_feature_bytes', 4_194_304, 'with publish_features: features larger than '
+    ParamSpec('max_feature_bytes', 4_194_304, 'any features output: features larger than '
               'this are published without values, saying so', applies='limits', low=1024,
               high=268_435_456),
     ParamSpec('max_batch_size', 1, 'in-process backend: up to this many waiting requests are '
