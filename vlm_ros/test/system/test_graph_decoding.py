@@ -102,14 +102,18 @@ def test_graph_decoding_stops_a_row_when_its_cancel_is_set_and_keeps_the_others(
 
 @pytest.fixture(scope='module')
 def compiled(trained_tiny):
-    """Yield a tiny Idefics3 engine and a GraphDecoder compiled as on CUDA, warmed up."""
+    """Yield a tiny Idefics3 engine, a GraphDecoder compiled as on CUDA, and its warm-up's graphs.
+
+    The graphs the warm-up made are counted here: the worker may have compiled others before.
+    """
     engine = start_engine(trained_tiny('idefics3'), 'static')
     loaded = engine.loaded
     graphs = GraphDecoder(loaded.model, eos_token_ids(loaded.model, loaded.processor.tokenizer),
                           compiled=True)
+    before = compiled_graphs()
     warm_up(loaded, engine.preprocess, engine.generate_kwargs(), engine.config.max_image_side,
             graphs)
-    yield engine, graphs
+    yield engine, graphs, compiled_graphs() - before
     engine.unload()
 
 
@@ -117,10 +121,13 @@ def test_compiled_steps_and_prefill_answer_as_generate_and_compile_only_in_the_w
         compiled):
     """On CUDA the graphed step and the first forward's decoder run compiled (fused kernels).
 
-    The answers are generate's, and no request after the warm-up compiles again, whatever its
-    batch size, prompt length or cache length (each compile takes seconds on a GPU).
+    The warm-up compiles each of them for batch 1 and for any batch, no more (this model has
+    two KV heads: a first batch of two rows would add a prefill for batch 2 alone). The answers
+    are generate's, and no request after the warm-up compiles again, whatever its batch size,
+    prompt length or cache length (each compile takes seconds on a GPU).
     """
-    engine, graphs = compiled
+    engine, graphs, warm_up_graphs = compiled
+    assert warm_up_graphs == 4, 'prefill and step, each for batch 1 and for any batch'
     made = compiled_graphs()
     colours = ('red', 'blue', 'red', 'blue')
     for batch, tokens in ((3, 30), (1, 30), (2, 300), (4, 20), (1, 5)):
@@ -138,7 +145,7 @@ def test_compiled_steps_and_prefill_answer_as_generate_and_compile_only_in_the_w
 
 def test_cancel_after_vision_encoding_stops_before_the_compiled_decoder(compiled):
     """The compiled decoder is checked once, before it runs (its layers run inside a graph)."""
-    engine, graphs = compiled
+    engine, graphs, _ = compiled
     vision = [layer for name, module in engine.loaded.model.named_modules()
               if isinstance(module, torch.nn.ModuleList) and 'vision' in name for layer in module]
     cancel = threading.Event()
@@ -160,7 +167,7 @@ def test_cancel_after_vision_encoding_stops_before_the_compiled_decoder(compiled
 
 def test_features_take_the_eager_prefill_and_equal_eagers(compiled):
     """output_hidden_states would compile another graph: a features request runs eagerly."""
-    engine, graphs = compiled
+    engine, graphs, _ = compiled
     made = compiled_graphs()
     inputs = engine.preprocess([Request('caption', scene('blue'))])
     specs = [FeatureSpec(-1, 'mean')]
