@@ -23,6 +23,7 @@ import threading
 from importlib import metadata
 
 from rclpy import action
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.clock import Clock, ClockType
 
 # rclpy's major version per distro (ros2/rclpy's release branches).
@@ -100,3 +101,20 @@ class ActionClient(action.ActionClient):
         """Handle replies and feedback (see rclpy) once no request is half-recorded."""
         with self._request_lock:
             await super().execute(taken_data)
+
+
+def execute_goal(handle) -> None:
+    """Run an accepted goal's execute callback, also where a cancel comes at the same moment.
+
+    rclpy's ServerGoalHandle.execute() skips the EXECUTING state for a goal already CANCELING,
+    but checks then acts: a cancel accepted on an executor thread in between (the node's
+    cancel callbacks wake the worker, which answers at once) made EXECUTE from CANCELING
+    invalid, the execute callback never ran and the client never got its result (one CI run
+    in some thirty). The goal is CANCELING then, so a second call skips the state and runs it.
+    """
+    try:
+        handle.execute()
+    except RCLError:  # 'attempted invalid transition from state CANCELING'
+        if not handle.is_cancel_requested:
+            raise
+        handle.execute()

@@ -16,6 +16,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from vlm_ros_msgs.action import ExecutePlan
 from vlm_ros_msgs.msg import PlanProgress
 
+from ..compat import execute_goal
 from .jobs import Job, Status
 from .messages import plan_msg
 from .plan_execution import PlanExecution
@@ -99,12 +100,12 @@ class ExecutePlanServer:
         goal.handle.publish_feedback(ExecutePlan.Feedback(progress=progress))
         if progress.state != PlanProgress.STATE_EXECUTING:
             goal.result = progress
-            goal.handle.execute()
+            execute_goal(goal.handle)
 
     def _finish(self, goal: _Goal, state: int, message: str) -> None:
         goal.result = PlanProgress(state=state, instruction=goal.job.text, message=message,
                                    plan_id=goal.job.request_id)
-        goal.handle.execute()
+        execute_goal(goal.handle)
 
     def _on_cancel(self, handle) -> CancelResponse:
         with self._lock:

@@ -31,7 +31,7 @@ from std_msgs.msg import Header
 from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.srv import GetFeatures, Ground, Query, QueryCameras, Score
 
-from ..compat import steady_timer
+from ..compat import execute_goal, steady_timer
 from .features_msg import fill_features_response
 from .jobs import Job, Outcome, Status
 from .messages import (
@@ -219,7 +219,7 @@ class RequestEndpoints:
         def answered(outcome):
             with self._lock:
                 self._goals[key][1] = outcome
-            goal_handle.execute()
+            execute_goal(goal_handle)
 
         job = Job('plan', goal.instruction.strip(), done=answered, on_text=feedback,
                   image_msg=goal.image if goal.image.width else None)
