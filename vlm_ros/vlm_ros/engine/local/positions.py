@@ -61,10 +61,9 @@ def fitted_limits(model, attention_mask, limits: list) -> list:
         room = limit if encoder_decoder else limit - prompt
         if prompt > limit or room < 1:
             which = f'request {index} of {len(prompts)}: ' if len(prompts) > 1 else ''
-            where = ('is more than the {} positions the model reads in its encoder'
-                     if encoder_decoder else
-                     'leaves no room for an answer in the {} positions the model reads')
-            raise VlmError('bad_input', f'{which}a prompt of {prompt} tokens (image and text) '
-                           f'{where.format(limit)}; shorten the text', about='text')
+            reason = overflow(model, prompt, 0) if encoder_decoder else (
+                f'a prompt of {prompt} tokens (image and text) leaves no room for an answer in '
+                f'the {limit} positions the model reads')
+            raise VlmError('bad_input', f'{which}{reason}; shorten the text', about='text')
         fitted.append(min(wanted, room))
     return fitted

@@ -117,14 +117,17 @@ def context_overflow(body) -> str:
     return said or f'error code {coded[0]}'
 
 
+def cut(text: str, limit: int) -> str:
+    """Return text, or its first limit characters and '...': what a server sent, kept short."""
+    return text if len(text) <= limit else text[:limit] + '...'
+
+
 def _too_long(source: str, said: str, key: str) -> str:
     """Say that the request's text is the user's to change, with the server's own numbers.
 
     What the server said is redacted before it is cut short, so no part of a key is left.
     """
-    said = redact(said, key)
-    if len(said) > SAID_CHARS:
-        said = said[:SAID_CHARS] + '...'
+    said = cut(redact(said, key), SAID_CHARS)
     return (f"the prompt (image and text) and max_new_tokens are more tokens than the server's "
             f'model reads ({source}: {said}); shorten the text, or lower max_new_tokens')
 

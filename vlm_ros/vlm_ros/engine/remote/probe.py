@@ -16,7 +16,7 @@ from typing import Optional
 import openai
 
 from ..config import RemoteConfig
-from .failures import classify, redact
+from .failures import classify, cut, redact
 
 PROBE_TIMEOUT = 5.0  # s a reachability check may take (capped by request_timeout)
 ANSWERED = 'answered a request'
@@ -81,17 +81,13 @@ def unlisted_model(data, model: str, remote_model: str, base_url: str, key: str)
            if isinstance(item, str)]
     if not ids or any(same_model(listed, model) for listed in ids):
         return ''
-    shown = ', '.join(repr(_cut(redact(listed, key))) for listed in ids[:SHOWN_IDS])
+    shown = ', '.join(repr(cut(redact(listed, key), ID_CHARS)) for listed in ids[:SHOWN_IDS])
     if len(ids) > SHOWN_IDS:
         shown += f' and {len(ids) - SHOWN_IDS} more'
     if remote_model:
         return f'{base_url} serves {shown} (GET /models), not remote_model {model!r}'
     return (f'{base_url} serves {shown} (GET /models), not model {model!r} (remote_model is '
             'empty: set it to the served name)')
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= ID_CHARS else text[:ID_CHARS] + '...'
 
 
 async def check_forever(client: openai.AsyncOpenAI, remote: RemoteConfig, key: str,
