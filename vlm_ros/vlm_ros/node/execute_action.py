@@ -6,7 +6,6 @@ PlanProgress of its execution is the goal's feedback, and the last one its resul
 accepted/execute pattern, like ~/generate_plan: no executor thread waits for the robot.
 """
 
-import threading
 from collections.abc import Callable
 from typing import Optional
 
@@ -17,10 +16,11 @@ from vlm_ros_msgs.action import ExecutePlan
 from vlm_ros_msgs.msg import PlanProgress
 
 from ..compat import execute_goal
+from .goal_book import GoalBook
 from .jobs import Job, Status
 from .messages import plan_msg
 from .plan_execution import PlanExecution
-from .requests import REQUESTS_QOS, Serving
+from .requests import CANCELLED_BY_CLIENT, REQUESTS_QOS, Serving
 from .scheduler import cancel_job
 
 
@@ -45,8 +45,7 @@ class ExecutePlanServer:
                  execution: Callable[[], Optional[PlanExecution]]):
         self._serving = serving
         self._execution = execution
-        self._lock = threading.Lock()
-        self._goals = {}  # goal id -> _Goal
+        self._goals = GoalBook()  # records: _Goal
         self._server = ActionServer(
             node, ExecutePlan, '~/execute_plan', execute_callback=self._execute,
             goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
@@ -56,8 +55,7 @@ class ExecutePlanServer:
 
     def busy(self) -> bool:
         """Tell whether a goal still waits for its result to be sent."""
-        with self._lock:
-            return bool(self._goals)
+        return self._goals.busy()
 
     def destroy(self) -> None:
         """Destroy the action server (with the node)."""
@@ -68,13 +66,13 @@ class ExecutePlanServer:
         return GoalResponse.ACCEPT if active else GoalResponse.REJECT
 
     def _on_accepted(self, handle) -> None:
-        key = bytes(handle.goal_id.uuid)
         goal = _Goal(handle, Job('plan', handle.request.instruction.strip(), done=None))
         goal.job.done = lambda outcome: self._planned(goal, outcome)
-        with self._lock:
-            self._goals[key] = goal
         worker = self._serving.worker()
-        if worker is None:
+        if not self._goals.enter(handle, goal):
+            self._finish(goal, PlanProgress.STATE_PREEMPTED,
+                         f'no plan to execute: CANCELLED: {CANCELLED_BY_CLIENT}')
+        elif worker is None:
             self._finish(goal, PlanProgress.STATE_PREEMPTED,
                          self._serving.not_ready() or 'not active')
         else:
@@ -108,25 +106,21 @@ class ExecutePlanServer:
         execute_goal(goal.handle)
 
     def _on_cancel(self, handle) -> CancelResponse:
-        with self._lock:
-            goal = self._goals.get(bytes(handle.goal_id.uuid))
-        if goal is None:
-            return CancelResponse.REJECT
+        accept, goal = self._goals.cancel(handle)
         execution = self._execution()
-        if goal.plan_id and execution is not None:
-            execution.preempt(goal.plan_id, 'cancelled by the action client')
-        else:
-            cancel_job(self._serving.worker(), goal.job, 'cancelled by the action client')
-        return CancelResponse.ACCEPT
+        if goal is not None and goal.plan_id and execution is not None:
+            execution.preempt(goal.plan_id, CANCELLED_BY_CLIENT)
+        elif goal is not None:
+            cancel_job(self._serving.worker(), goal.job, CANCELLED_BY_CLIENT)
+        return CancelResponse.ACCEPT if accept else CancelResponse.REJECT
 
     def _execute(self, handle):
         """Return the final PlanProgress; runs once the goal's execution has ended."""
-        with self._lock:
-            goal = self._goals.pop(bytes(handle.goal_id.uuid))
+        goal, cancelled = self._goals.finish(handle)
         result = goal.result
         if result.state == PlanProgress.STATE_DONE:
             handle.succeed()
-        elif result.state == PlanProgress.STATE_PREEMPTED and handle.is_cancel_requested:
+        elif result.state == PlanProgress.STATE_PREEMPTED and cancelled:
             handle.canceled()
         else:
             handle.abort()

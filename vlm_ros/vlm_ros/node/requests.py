@@ -33,6 +33,7 @@ from vlm_ros_msgs.srv import GetFeatures, Ground, Query, QueryCameras, Score
 
 from ..compat import execute_goal, steady_timer
 from .features_msg import fill_features_response
+from .goal_book import GoalBook
 from .jobs import Job, Outcome, Status
 from .messages import (
     fill_cameras_response,
@@ -54,6 +55,7 @@ REQUESTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=Reliabilit
 FEEDBACK_TOPIC = '~/generate_plan/_action/feedback'
 CLIENT_CHECK_PERIOD = 1.0  # s between looks at the graph while goals run
 ORPHAN_CHECKS = 2  # looks in a row without a client before goals are cancelled
+CANCELLED_BY_CLIENT = 'cancelled by the action client'
 
 
 @dataclass
@@ -108,7 +110,7 @@ class RequestEndpoints:
         self._answer_timeout = answer_timeout
         self._executor = executor
         self._lock = threading.Lock()
-        self._goals = {}  # goal id -> [job, outcome or None]
+        self._goals = GoalBook()  # records: [job, outcome or None]
         self._queries = {}  # id(job) -> _Query, while unanswered
         group = ReentrantCallbackGroup()
         # Each service: its type, name, the Job a request asks for (service_jobs.py), and
@@ -137,7 +139,8 @@ class RequestEndpoints:
     def busy(self) -> bool:
         """Tell whether a query or goal still waits for its answer to be sent."""
         with self._lock:
-            return bool(self._goals) or bool(self._queries)
+            queries = bool(self._queries)
+        return queries or self._goals.busy()
 
     def destroy(self) -> None:
         """Destroy the services and the action server (when the node is destroyed)."""
@@ -208,7 +211,6 @@ class RequestEndpoints:
 
     def _on_accepted(self, goal_handle) -> None:
         goal = goal_handle.request
-        key = bytes(goal_handle.goal_id.uuid)
         pieces = []
 
         def feedback(text):
@@ -217,26 +219,25 @@ class RequestEndpoints:
                                                                tokens=len(pieces)))
 
         def answered(outcome):
-            with self._lock:
-                self._goals[key][1] = outcome
+            record[1] = outcome
             execute_goal(goal_handle)
 
         job = Job('plan', goal.instruction.strip(), done=answered, on_text=feedback,
                   image_msg=goal.image if goal.image.width else None)
-        with self._lock:
-            self._goals[key] = [job, None]
+        record = [job, None]
         worker = self._worker()
-        if worker is None:  # deactivated between the goal's acceptance and now
+        if not self._goals.enter(goal_handle, record):
+            answered(Outcome(job, Status.CANCELLED, CANCELLED_BY_CLIENT))
+        elif worker is None:  # deactivated between the goal's acceptance and now
             answered(Outcome(job, Status.CANCELLED, self._not_ready() or 'not active'))
         else:
             worker.submit(job)
 
     def _on_cancel(self, goal_handle) -> CancelResponse:
-        with self._lock:
-            entry = self._goals.get(bytes(goal_handle.goal_id.uuid))
-        if entry is not None:
-            cancel_job(self._worker(), entry[0], 'cancelled by the action client')
-        return CancelResponse.ACCEPT
+        accept, record = self._goals.cancel(goal_handle)
+        if record is not None:
+            cancel_job(self._worker(), record[0], CANCELLED_BY_CLIENT)
+        return CancelResponse.ACCEPT if accept else CancelResponse.REJECT
 
     def _every_period(self) -> None:
         self._expire_queries()
@@ -251,8 +252,7 @@ class RequestEndpoints:
         taken for gone. With several clients a vanished one's goals run on until the last
         client leaves: a goal does not say which client sent it.
         """
-        with self._lock:
-            jobs = [job for job, outcome in self._goals.values() if outcome is None]
+        jobs = [job for job, outcome in self._goals.records() if outcome is None]
         if not jobs or self._clients() > 0:
             self._clientless = 0
             return
@@ -266,13 +266,12 @@ class RequestEndpoints:
 
     def _execute(self, goal_handle):
         """Turn the worker's outcome into the result; runs once the goal has its answer."""
-        with self._lock:
-            _, outcome = self._goals.pop(bytes(goal_handle.goal_id.uuid))
+        (_, outcome), cancelled = self._goals.finish(goal_handle)
         self._record(outcome)
         result = GeneratePlan.Result()
         result.plan = plan_msg(outcome, self._serving.model_name(), self._serving.header())
         self._serving.companions(outcome, result.plan)
-        if outcome.status == Status.CANCELLED and goal_handle.is_cancel_requested:
+        if outcome.status == Status.CANCELLED and cancelled:
             goal_handle.canceled()
         elif outcome.status == Status.OK:
             goal_handle.succeed()

@@ -1,0 +1,88 @@
+"""The goals an action server has accepted and not yet finished, and their clients' cancels.
+
+Shared by ~/generate_plan and ~/execute_plan, which answer goals from the worker's thread
+(accepted/execute). rclpy leaves two windows around a cancel, each hit under load (Jazzy,
+2 cores: 2 of 3 runs of 40 cancels in a row; a CI run's goal that never got its result):
+
+- it sends a goal's acceptance before it calls handle_accepted_callback, so a client that
+  cancels at once can reach the cancel callback before the goal is entered here: the cancel
+  was rejected and the goal ran on (a plan waiting minutes for a camera frame);
+- it marks a goal CANCELING only once the cancel callback has returned ACCEPT, and the worker
+  answers a cancelled job at once, from its own thread or inside the cancel callback: the
+  execute callback could run while the goal was still EXECUTING, and it ended ABORTED though
+  its client's cancel had been accepted.
+
+The book accepts the first cancel (``enter`` says so, and the goal is answered CANCELLED
+without being started) and waits out the second (``finish``: microseconds, on another thread).
+"""
+
+import threading
+import time
+from typing import Optional
+
+from action_msgs.msg import GoalStatus
+
+SETTLE_TIMEOUT = 1.0  # s finish waits for rclpy to mark a goal whose cancel it accepted
+SETTLE_CHECK = 0.001  # s between looks
+
+
+def _key(handle) -> bytes:
+    return bytes(handle.goal_id.uuid)
+
+
+class GoalBook:
+    """Each accepted goal's record (the server's own object), by goal id, until finished."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._records = {}  # goal id -> record
+        self._cancelled = set()  # goal ids whose client's cancel was accepted
+
+    def enter(self, handle, record) -> bool:
+        """Keep record (handle_accepted_callback); False when the goal is cancelled already.
+
+        A goal cancelled before it was entered is to be answered CANCELLED, not started.
+        """
+        key = _key(handle)
+        with self._lock:
+            self._records[key] = record
+            return key not in self._cancelled
+
+    def cancel(self, handle) -> tuple[bool, Optional[object]]:
+        """Take a client's cancel (cancel_callback): (whether to accept it, the goal's record).
+
+        Accepted unless the goal is finished; the record is None for a goal not yet entered.
+        """
+        key = _key(handle)
+        with self._lock:
+            record = self._records.get(key)
+            if record is None and handle.status != GoalStatus.STATUS_ACCEPTED:
+                return False, None  # answered: its execute callback has taken it
+            self._cancelled.add(key)
+            return True, record
+
+    def finish(self, handle) -> tuple[object, bool]:
+        """Take the goal's record (execute_callback): (record, whether it may end CANCELED).
+
+        It may where its client's cancel was accepted and rclpy has marked it CANCELING, which
+        is awaited here (SETTLE_TIMEOUT at most: the rest of the cancel callback).
+        """
+        key = _key(handle)
+        with self._lock:
+            record = self._records.pop(key)
+            cancelled = key in self._cancelled
+            self._cancelled.discard(key)
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while cancelled and not handle.is_cancel_requested and time.monotonic() < deadline:
+            time.sleep(SETTLE_CHECK)
+        return record, cancelled and handle.is_cancel_requested
+
+    def records(self) -> list:
+        """Return the records of the goals not yet finished."""
+        with self._lock:
+            return list(self._records.values())
+
+    def busy(self) -> bool:
+        """Tell whether a goal still waits for its result to be sent."""
+        with self._lock:
+            return bool(self._records)
