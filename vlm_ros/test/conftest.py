@@ -97,6 +97,23 @@ def pytest_terminal_summary(terminalreporter):
                 terminalreporter.write_line(f'{report.nodeid}: {name} = {value}')
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Add the log of each process a failed test started (stopped_cleanly) to its report.
+
+    A timeout in the test says what did not come; the node's log says why: in a CI log it is
+    the only trace of a failure seen once in many runs.
+    """
+    report = (yield).get_result()
+    if report.when != 'call' or not report.failed:
+        return
+    for index, process in enumerate(getattr(item, 'started_processes', ())):
+        log_text = getattr(process, 'log_text', None)
+        if log_text is not None:
+            report.sections.append((f'log of process {index} (the last 8000 characters)',
+                                    log_text()[-8000:]))
+
+
 @pytest.fixture(scope='session')
 def rclpy_context():
     """Initialise rclpy once for the test process, and shut it down cleanly at the end."""
@@ -149,12 +166,14 @@ def untrained_llava(tmp_path_factory):
     A generation runs as long as max_new_tokens allows (about 1 ms a token here): long enough
     to signal or deactivate a node in the middle of it. Random weights alone end about one
     prompt in four early (measured), so the end-of-sequence row of the output layer is zeroed:
-    its logit is then 0, below the largest of the other 490 random logits.
+    its logit is then 0, below the largest of the other 490 random logits. Its positions are
+    widened past the node's highest max_new_tokens (4096), where an answer would stop first.
     """
-    from engine_fixtures import never_ending
+    from engine_fixtures import never_ending, with_positions
     from vlm_ros.models import build_tiny
 
-    return never_ending(build_tiny('llava', tmp_path_factory.mktemp('untrained_llava')))
+    model = never_ending(build_tiny('llava', tmp_path_factory.mktemp('untrained_llava')))
+    return with_positions(model, 8192)
 
 
 @pytest.fixture(scope='session')
@@ -287,4 +306,4 @@ def start_vlm_node(test_node, trained_tiny, backend, fork_server, request):
         spawn = server.start if server.serves(env) else None
         return VlmNodeProcess(test_node, env, ros_args, spawn, **params)
 
-    yield from stopped_cleanly(start)
+    yield from stopped_cleanly(start, request)

@@ -145,6 +145,21 @@ def never_ending(model_dir: pathlib.Path) -> pathlib.Path:
     return model_dir
 
 
+def with_positions(model_dir: pathlib.Path, positions: int) -> pathlib.Path:
+    """Set the positions a checkpoint's text side reads (its config), in place.
+
+    An answer stops where the model's positions end: a never-ending tiny model built with 1024
+    ends near 900 new tokens, in about a second, which is sooner than a test that signals or
+    deactivates a node in the middle of a generation may come. A rotary model (LLaVA's Mistral
+    decoder) reads any number of positions, so raising the count only moves that end.
+    """
+    config_file = model_dir / 'config.json'
+    config = json.loads(config_file.read_text())
+    config.get('text_config', config)['max_position_embeddings'] = positions
+    config_file.write_text(json.dumps(config, indent=2))
+    return model_dir
+
+
 OWN_CODE = """from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 

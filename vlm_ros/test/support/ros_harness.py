@@ -101,13 +101,16 @@ def stop_process(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 20.
     return wait_exit(proc, timeout, f'{sig!r}')
 
 
-def stopped_cleanly(make):
+def stopped_cleanly(make, request=None):
     """Fixture body: yield a starter of processes (make's), then stop each one still running.
 
     Every stop must end the process cleanly: exit 0, without rclpy's abort, so every test that
     starts a process also checks its shutdown. Use as ``yield from stopped_cleanly(make)``.
+    With the fixture's request, a failed test's report shows each process's log (conftest).
     """
     started = []
+    if request is not None:
+        request.node.started_processes = started
 
     def start(*args, **kwargs):
         started.append(make(*args, **kwargs))

@@ -137,10 +137,9 @@ def test_a_prompt_past_the_models_positions_is_refused_as_the_texts_fault(engine
 
 
 @pytest.fixture(scope='module', params=['llava', 'florence2'])
-def never_ending_engine(request, untrained_llava, tmp_path_factory):
+def never_ending_engine(request, tmp_path_factory):
     """Return a loaded random-weight model that never ends by itself (decoder-only, enc-dec)."""
-    model = untrained_llava if request.param == 'llava' else never_ending(
-        build_tiny('florence2', tmp_path_factory.mktemp('never_ending')))
+    model = never_ending(build_tiny(request.param, tmp_path_factory.mktemp('never_ending')))
     eng = VlmEngine(EngineConfig(model=str(model), device='cpu', dtype='float32'))
     eng.load()
     yield eng
