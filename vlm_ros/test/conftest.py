@@ -43,6 +43,10 @@ os.environ.setdefault('TORCHINDUCTOR_CACHE_DIR', str(_ROOT / '.cache' / 'torchin
 # run's load. Read when torch loads, so set before any test imports it; no test measures time,
 # and the README's demo command runs with torch's default (test_demo.py).
 os.environ.setdefault('OMP_NUM_THREADS', '1')
+# torch.compile's C++ kernels are compiled in the compiling process, not in a pool of one
+# worker process per core: beside the run's other processes the pool only adds its start-up
+# (the graph-decoding compile of a tiny LLaVA: 41.5 s of CPU with the pool, 35.8 s without).
+os.environ.setdefault('TORCHINDUCTOR_COMPILE_THREADS', '1')
 
 
 def _file_seconds() -> dict:

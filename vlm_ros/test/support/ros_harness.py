@@ -120,3 +120,9 @@ def stopped_cleanly(make, request=None):
         if item.proc.poll() is None:
             code, output = item.stop()
             assert code == 0 and 'terminate called' not in output, output[-3000:]
+        elif item.proc.returncode != 0 and not getattr(item.proc, 'exit_seen', False):
+            # It ended during the test, which did not look (wait_exit): a crash, say, that
+            # the test went on without.
+            log = getattr(item, 'log_text', lambda: '')()
+            raise AssertionError(f'{item.proc.args[0]} ended with exit status '
+                                 f'{item.proc.returncode} during the test: {log[-3000:]}')

@@ -33,4 +33,5 @@ def wait_exit(proc: subprocess.Popen, timeout: float, after: str = 'its start'):
             proc.kill()
         _, err = proc.communicate()
         raise AssertionError(f'no exit within {timeout} s of {after}: {err}') from exc
+    proc.exit_seen = True  # the caller has the exit status (stopped_cleanly)
     return proc.returncode, out, err

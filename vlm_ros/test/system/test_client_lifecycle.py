@@ -133,7 +133,7 @@ def test_a_plan_whose_node_dies_before_answering_ends_with_4(start_vlm_node):
     try:
         node.wait_diag(lambda v: int(v['requests_in_progress']) == 1, TIMEOUT, 'the goal runs')
         node.proc.send_signal(signal.SIGKILL)
-        node.proc.wait()
+        assert wait_exit(node.proc, TIMEOUT, 'SIGKILL')[0] == -signal.SIGKILL
         # Gone from the graph once its DDS participant's lease (20 s) runs out.
         out, err = client.communicate(timeout=TIMEOUT + 30.0)
     finally:
