@@ -6,6 +6,7 @@ The node is the console script colcon installed (lib/vlm_ros/vlm_node), started 
 """
 
 import pathlib
+import re
 import signal
 import subprocess
 import tempfile
@@ -32,6 +33,15 @@ from vlm_ros_msgs.msg import Caption, Plan
 
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 TIMEOUT = 60.0
+
+
+SEGMENT = re.compile(r'/dev/shm/fast(dds|rtps)_[0-9a-f]{16}')  # not the shared port files
+
+
+def shared_memory_of(pid: int) -> set:
+    """Fast DDS's shared-memory segments (/dev/shm files) that a process has mapped."""
+    with open(f'/proc/{pid}/maps') as maps:
+        return {line.split()[-1] for line in maps if SEGMENT.fullmatch(line.split()[-1])}
 
 
 def node_executable(name: str = 'vlm_node') -> str:

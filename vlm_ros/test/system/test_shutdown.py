@@ -6,7 +6,6 @@ process must exit 0 without rclpy's abort ("terminate called ..."), and fast.
 
 import os
 import pathlib
-import re
 import signal
 import threading
 import time
@@ -14,7 +13,7 @@ import uuid
 from types import SimpleNamespace
 
 import pytest
-from node_harness import TIMEOUT, camera, send_goal, transition
+from node_harness import TIMEOUT, camera, send_goal, shared_memory_of, transition
 from rclpy.action import ActionServer
 from rclpy.node import Node
 from ros_harness import start_process, stop_process, wait_future
@@ -241,15 +240,6 @@ def test_idle_node_exits_0_on_sigint(start_vlm_node):
     node.wait_state('active')
     code, err = node.stop(signal.SIGINT)
     assert code == 0, err[-3000:]
-
-
-SEGMENT = re.compile(r'/dev/shm/fast(dds|rtps)_[0-9a-f]{16}')  # not the shared port files
-
-
-def shared_memory_of(pid: int) -> set:
-    """Fast DDS's shared-memory segments (/dev/shm files) that a process has mapped."""
-    with open(f'/proc/{pid}/maps') as maps:
-        return {line.split()[-1] for line in maps if SEGMENT.fullmatch(line.split()[-1])}
 
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])

@@ -29,6 +29,7 @@ from .features_msg import features_msg
 from .frames import FrameSet
 from .image_conversion import image_to_rgb
 from .image_input import CameraInputs
+from .loading import LoadStoppedError, load_unless_stopped
 from .plan_execution import PlanExecution
 from .requests import RequestEndpoints, Serving
 from .scheduler import Worker
@@ -46,8 +47,11 @@ Every setting is a ROS parameter (docs/PARAMETERS.md; on a running node, `ros2 p
 ANSWER_MARGIN = 600.0  # s a query waits beyond wait_for_image before its job is cancelled
 
 
-def _loaded_engine(settings: Settings, logger):
-    """Load the settings' model; VlmError why not, also where it cannot take every camera."""
+def _loaded_engine(settings: Settings, logger, stop: threading.Event):
+    """Load the settings' model; VlmError why not, also where it cannot take every camera.
+
+    None when stop is set meanwhile (loading.py): the load is left to the process's exit.
+    """
     unused = settings.unused_by_backend()
     if unused:
         logger.warning(f'the {settings.backend} backend does not use {", ".join(unused)}: '
@@ -59,7 +63,11 @@ def _loaded_engine(settings: Settings, logger):
     config = engine.config
     remote = config.backend == 'openai' and config.remote.model
     logger.info(f'loading {remote or config.model} ({config.backend} backend)')
-    engine.load()
+    try:
+        load_unless_stopped(engine.load, stop)
+    except LoadStoppedError as exc:
+        logger.info(f'configure stopped: {exc}')
+        return None
     if len(settings.cameras) > 1:  # never one camera dropped from the prompt
         try:
             engine.check_cameras(settings.cameras)
@@ -151,9 +159,11 @@ class VlmNode(LifecycleNode):
         if self._refused:
             return self._configure_failed('; '.join(self._refused.values()))
         try:
-            engine = _loaded_engine(self.settings, self.get_logger())
+            engine = _loaded_engine(self.settings, self.get_logger(), self.done)
         except VlmError as exc:
             return self._configure_failed(str(exc))
+        if engine is None:  # a signal stopped the load: the node ends, nothing failed
+            return TransitionCallbackReturn.FAILURE
         self.configure_error = ''
         self.engine = engine
         # The model, torch and transformers are millions of long-lived objects: a full garbage
@@ -253,8 +263,6 @@ class VlmNode(LifecycleNode):
             self.worker.stop(reason)
             self.worker = None
 
-    # Inputs ----------------------------------------------------------------------------
-
     def _subscribe_images(self, settings: Settings) -> None:
         """(Re)subscribe to the camera with the settings' transport and reliability."""
         limit = settings.max_image_pixels
@@ -275,7 +283,8 @@ def start_when_spinning(node: VlmNode) -> None:
 
     Not before: a start-up download takes minutes, in which /diagnostics said nothing, the
     lifecycle services did not answer and a signal went unheard until the node was active. A
-    signal meanwhile ends the process once configure returns, without activating.
+    signal meanwhile ends the process at once, without activating: configure stops waiting for
+    the load (loading.py).
     """
     def start() -> None:
         timer.cancel()
