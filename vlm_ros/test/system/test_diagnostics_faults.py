@@ -134,7 +134,12 @@ def test_server_outage_is_an_error_until_it_is_back_and_answers(start_vlm_node, 
                    v['status_model_error'] == '1', TIMEOUT, 'the model error, counted')
 
     fault_server.start()
-    node.wait_diag(lambda v: v.get('backend_reachable') == 'True', TIMEOUT, 'reachable again')
+    # Reachable again, the outage is over, but its two faults (the server unreachable, the
+    # model error) are not: WARN until an answer is OK, neither ERROR nor OK.
+    level, why, _ = _status(node.diagnostics.wait_for(
+        lambda m: _status(m)[2].get('backend_reachable') == 'True', TIMEOUT, 'reachable again'))
+    assert level == 'WARN' and why.startswith('active: a fault ') and \
+        'no answer OK since: model: ' in why, (level, why)
     assert _plan(node, frame_id).status == Plan.STATUS_OK
     why, values = _wait_level(node, 'OK', lambda v: v['status_ok'] == '1', 'the OK answer')
     assert why.startswith('active;') and values['backend_reachable'] == 'True', why
