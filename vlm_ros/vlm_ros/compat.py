@@ -108,9 +108,10 @@ def execute_goal(handle) -> None:
 
     rclpy's ServerGoalHandle.execute() skips the EXECUTING state for a goal already CANCELING,
     but checks then acts: a cancel accepted on an executor thread in between (the node's
-    cancel callbacks wake the worker, which answers at once) made EXECUTE from CANCELING
-    invalid, the execute callback never ran and the client never got its result (one CI run
-    in some thirty). The goal is CANCELING then, so a second call skips the state and runs it.
+    cancel callbacks wake the worker, which answers at once) makes EXECUTE from CANCELING
+    invalid, and the execute callback would never run: the client would never get its result
+    (forced in that order with rclpy, in a script). The goal is CANCELING then, so a second
+    call skips the state and runs it.
     """
     try:
         handle.execute()
