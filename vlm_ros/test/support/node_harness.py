@@ -116,6 +116,17 @@ class VlmNodeProcess:
         return diag_values(self.diagnostics.wait_for(lambda m: predicate(diag_values(m)),
                                                      timeout, what))
 
+    def diag_from_now(self):
+        """Return wait(predicate, timeout, what): wait_diag over the messages yet to come.
+
+        wait_diag takes the first match ever received, so a state said earlier in the test (a
+        request in progress, a server reachable) satisfies it at once: a wait for it to be
+        said again must start before what makes it so.
+        """
+        wait = self.diagnostics.from_now()
+        return lambda predicate, timeout, what: diag_values(
+            wait(lambda m: predicate(diag_values(m)), timeout, what))
+
     def instruct(self, text: str) -> None:
         """Publish one instruction, once the node's subscription is matched."""
         wait_matched(self.instruction_pub, 'the instruction subscription')

@@ -13,7 +13,7 @@ from action_msgs.msg import GoalStatus
 from doc_blocks import block
 from engine_fixtures import CLOSE, LOOP_INSTRUCTION, PICK, PLACE
 from loop_harness import DONE, FAILED, PREEMPTED, Loop, start_head, stop_head
-from node_harness import ActionFeedback, diag_values
+from node_harness import ActionFeedback
 from ros_harness import stop_process, wait_future
 from vlm_ros.compat import ActionClient
 from waiting import wait_until
@@ -70,10 +70,9 @@ def test_three_steps_go_out_in_order_and_the_plan_ends_done(loop, head):
     assert texts[-3:] == STEPS  # heads that take plain text get every step too
     values = running.node.wait_diag(lambda v: v.get('plans_done') == '1', 10.0, 'plans_done')
     assert values['plan_executing'] == ''
-    later = running.node.diagnostics.from_now()  # before the head came, it was '1' too
+    later = running.node.diag_from_now()  # before the head came, it was '1' too
     stop_head(process)  # the head goes: only the test's own subscription is left
-    later(lambda m: diag_values(m).get('step_subscribers') == '1', 30.0,
-          'the node to see the head gone')
+    later(lambda v: v.get('step_subscribers') == '1', 30.0, 'the node to see the head gone')
 
 
 def test_a_failed_second_step_replans_with_the_first_done_and_resumes(loop, head):

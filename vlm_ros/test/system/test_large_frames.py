@@ -12,7 +12,7 @@ profile variable in the environment.
 import cv2
 import numpy as np
 from engine_fixtures import TARGETS, scene
-from node_harness import TIMEOUT, diag_values
+from node_harness import TIMEOUT
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from recordings import jpeg, write_ros1_bag
 from ros_harness import Collector
@@ -143,10 +143,10 @@ def test_a_camera_whose_frames_do_not_arrive_is_named_with_the_fix(start_vlm_nod
         msg = rgb_to_image(rgb)
         msg.header.stamp = stamp
         return msg
-    later = node.diagnostics.from_now()  # not a message from before the hint was said
+    later = node.diag_from_now()  # not a message from before the hint was said
     sent = node.stream(frame, rate_hz=10.0)
-    arrived = diag_values(later(lambda m: diag_values(m)['image_input'] == '', 2 * TIMEOUT,
-                                'the hint to stop once a frame has arrived'))
+    arrived = later(lambda v: v['image_input'] == '', 2 * TIMEOUT,
+                    'the hint to stop once a frame has arrived')
     node.stop_stream()
     record_property('frames_arrived_without_profile',
                     f'{arrived["frames_received"]} of {len(sent.items())} sent')

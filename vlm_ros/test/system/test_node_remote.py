@@ -100,10 +100,9 @@ def test_server_killed_mid_request_then_the_next_instruction_succeeds(start_vlm_
                             'the server seen as unreachable')
     assert fault_server.base_url in values['last_error'] and values['state'] == 'active'
 
-    later = node.diagnostics.from_now()  # not the message that said 'reachable' at the start
+    later = node.diag_from_now()  # not the message that said 'reachable' at the start
     fault_server.start()
-    later(lambda m: diag_values(m).get('backend_reachable') == 'True', TIMEOUT,
-          'reachable again')
+    later(lambda v: v.get('backend_reachable') == 'True', TIMEOUT, 'reachable again')
     node.instruct(INSTRUCTION)  # the trained instruction: the plan must be the trained one
     again = node.plans.wait_for(lambda p: p.request_id != plan.request_id, TIMEOUT, 'a plan')
     assert again.status == Plan.STATUS_OK and again.text == TARGETS['plan'][1], again.message

@@ -11,7 +11,6 @@ from node_harness import (
     ActionFeedback,
     call,
     camera,
-    diag_values,
     node_executable,
     send_goal,
 )
@@ -112,10 +111,10 @@ def test_goal_of_a_killed_client_is_cancelled_and_frees_the_worker(start_vlm_nod
     assert executor.wait_for_server(timeout_sec=TIMEOUT), 'execute_plan never appeared'
     # Not the messages of the first goal, in progress too: this wait once took one of those
     # and cancelled the goal as soon as it was accepted (goal_book.py's first window).
-    later = node.diagnostics.from_now()
+    later = node.diag_from_now()
     handle = wait_future(executor.send_goal_async(ExecutePlan.Goal(
         instruction=uuid.uuid4().hex)), TIMEOUT, 'goal acceptance')
-    later(lambda m: int(diag_values(m)['requests_in_progress']) == 1, TIMEOUT, 'its plan waits')
+    later(lambda v: int(v['requests_in_progress']) == 1, TIMEOUT, 'its plan waits')
     wait_future(handle.cancel_goal_async(), TIMEOUT, 'the cancel response')
     result = wait_future(handle.get_result_async(), TIMEOUT, 'the result')
     assert result.status == GoalStatus.STATUS_CANCELED

@@ -7,7 +7,7 @@ import pytest
 import rclpy
 from builtin_interfaces.msg import Time
 from engine_fixtures import TARGETS, scene
-from node_harness import TIMEOUT, call, camera, diag_values
+from node_harness import TIMEOUT, call, camera
 from sensor_msgs.msg import CompressedImage, Image
 from serve_harness import both_backends
 from vlm_ros.node.image_conversion import rgb_to_image
@@ -188,13 +188,6 @@ def test_auto_transport_prefers_raw_frames_when_a_camera_publishes_both(start_vl
     assert plan.status == Plan.STATUS_OK and plan.header.frame_id.startswith('raw-')
 
 
-def _diag_from_now(node):
-    """Return wait(predicate, what): wait_diag over the /diagnostics messages yet to come."""
-    wait = node.diagnostics.from_now()
-    return lambda predicate, what: diag_values(
-        wait(lambda m: predicate(diag_values(m)), TIMEOUT, what))
-
-
 def test_a_camera_hint_is_said_until_frames_come_and_again_when_the_camera_goes(
         start_vlm_node):
     """A camera under its own name, and one remapped onto image with the wrong type, are named.
@@ -228,10 +221,10 @@ def test_a_camera_hint_is_said_until_frames_come_and_again_when_the_camera_goes(
     assert 'nothing publishes on /image or /image/compressed' in plan.message, plan.message
     assert '/image (CompressedImage), /raspicam/image/compressed (CompressedImage)' in \
         plan.message, plan.message
-    wait = _diag_from_now(node)  # the hint says nothing publishes on /image: none there
+    wait = node.diag_from_now()  # the hint says nothing publishes on /image: none there
     node.image_pub = node.ros.create_publisher(Image, 'image', 10)
     driver = node.ros.get_fully_qualified_name()
-    said = wait(lambda v: f'/image ({driver}) has a publisher' in v['image_input'],
+    said = wait(lambda v: f'/image ({driver}) has a publisher' in v['image_input'], TIMEOUT,
                 'the hint to name the camera on /image')['image_input']
     assert said.startswith(f'/image ({driver}) has a publisher, but no frame has arrived '
                            'since the node subscribed') and 'nothing publishes' not in said, said
@@ -239,18 +232,18 @@ def test_a_camera_hint_is_said_until_frames_come_and_again_when_the_camera_goes(
     node.wait_diag(lambda v: int(v['frames_received']) > 0 and v['image_input'] == '', TIMEOUT,
                    'the hint to clear once a frame has arrived')
     # The camera goes (its driver stopped), and comes back.
-    wait = _diag_from_now(node)  # not a message from before the first frame's hint cleared
+    wait = node.diag_from_now()  # not a message from before the first frame's hint cleared
     node.stop_stream()
     node.ros.destroy_publisher(node.image_pub)
-    gone = wait(lambda v: int(v['frames_received']) > 0 and v['image_input'],
+    gone = wait(lambda v: int(v['frames_received']) > 0 and v['image_input'], TIMEOUT,
                 'the hint once the camera has gone')
     assert gone['image_input'].startswith(
         'nothing publishes on /image or /image/compressed; '), gone['image_input']
-    wait = _diag_from_now(node)
+    wait = node.diag_from_now()
     node.image_pub = node.ros.create_publisher(Image, 'image', 10)
     # Back, but no frame yet (a restarted driver whose frames are lost): still named.
     back = wait(lambda v: f'/image ({driver}) has a publisher, but no frame has arrived' in
-                v['image_input'], 'the hint to name the camera back without frames')
+                v['image_input'], TIMEOUT, 'the hint to name the camera back without frames')
     assert 'no frame has arrived since the camera was last silent' in back['image_input']
     node.stream(camera(uuid.uuid4().hex))
     node.wait_diag(lambda v: int(v['frames_received']) > int(gone['frames_received']) and
