@@ -6,14 +6,7 @@ import uuid
 
 from action_msgs.msg import GoalStatus
 from engine_fixtures import TARGETS, scene
-from node_harness import (
-    TIMEOUT,
-    ActionFeedback,
-    call,
-    camera,
-    node_executable,
-    send_goal,
-)
+from node_harness import TIMEOUT, ActionFeedback, call, camera, node_executable, send_goal
 from ros_harness import wait_future
 from serve_harness import both_backends
 from vlm_ros.compat import ActionClient

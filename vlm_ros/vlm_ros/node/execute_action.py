@@ -17,7 +17,7 @@ from vlm_ros_msgs.msg import PlanProgress
 
 from ..compat import execute_goal
 from .goal_book import GoalBook
-from .jobs import Job, Status
+from .jobs import Job, Outcome, Status
 from .messages import plan_msg
 from .plan_execution import PlanExecution
 from .requests import CANCELLED_BY_CLIENT, REQUESTS_QOS, Serving
@@ -69,9 +69,8 @@ class ExecutePlanServer:
         goal = _Goal(handle, Job('plan', handle.request.instruction.strip(), done=None))
         goal.job.done = lambda outcome: self._planned(goal, outcome)
         worker = self._serving.worker()
-        if not self._goals.enter(handle, goal):
-            self._finish(goal, PlanProgress.STATE_PREEMPTED,
-                         f'no plan to execute: CANCELLED: {CANCELLED_BY_CLIENT}')
+        if not self._goals.enter(handle, goal):  # answered as the worker answers a cancel
+            self._planned(goal, Outcome(goal.job, Status.CANCELLED, CANCELLED_BY_CLIENT))
         elif worker is None:
             self._finish(goal, PlanProgress.STATE_PREEMPTED,
                          self._serving.not_ready() or 'not active')
