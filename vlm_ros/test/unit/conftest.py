@@ -16,6 +16,19 @@ def _refuse(what: str):
     return refuse
 
 
+@pytest.fixture(scope='session', autouse=True)
+def font_list():
+    """Let matplotlib list the machine's fonts, before the limits: once per machine, by fc-list.
+
+    It runs fc-list (a process) the first time it loads on a machine and keeps the list, so
+    the report's drawing tests failed where nothing had drawn before: a fresh clone's first
+    ``scripts/test --unit``.
+    """
+    from matplotlib import font_manager
+
+    return font_manager.fontManager
+
+
 @pytest.fixture(autouse=True)
 def unit_tier_limits(monkeypatch):
     """Refuse child processes, rclpy.init and backward passes for the test's duration."""
