@@ -43,10 +43,12 @@ class Loop:
             image.header.stamp, image.header.frame_id = stamp, frame_id
             return image
         self.node.stream(make).wait_for(lambda m: True, TIMEOUT, f'a {colour} frame')
-        received = int(self.node.wait_diag(lambda v: True, TIMEOUT, 'diagnostics')
-                       ['frames_received'])
-        self.node.wait_diag(lambda v: int(v['frames_received']) > received + 1, TIMEOUT,
-                            f'the node to receive {colour} frames')
+        # Not a count said before this stream (the test's first, say): the frames of the one
+        # before pass it, and the wait would end before the node has a frame of this one.
+        later = self.node.diag_from_now()
+        received = int(later(lambda v: True, TIMEOUT, 'diagnostics')['frames_received'])
+        later(lambda v: int(v['frames_received']) > received + 1, TIMEOUT,
+              f'the node to receive {colour} frames')
 
     def instruct(self, text: str = LOOP_INSTRUCTION):
         """Send an instruction; return its Plan."""

@@ -63,6 +63,10 @@ def test_three_steps_go_out_in_order_and_the_plan_ends_done(loop, head):
     assert plan.status == Plan.STATUS_OK and [s.instruction for s in plan.steps] == STEPS
     end = running.ended(plan.request_id)
     assert end.state == DONE and list(end.done) == STEPS, end
+    # Other topics than /plan_progress: nothing orders their arrival here before DONE's.
+    running.steps.wait_for(lambda s: s.plan_id == plan.request_id and s.index == 2, 10.0,
+                           'the last StepCommand')
+    running.node.vla.wait_for(lambda m: m.data == STEPS[-1], 10.0, 'the last vla_instruction')
     assert running.commands_of(plan.request_id) == [(0, i, s) for i, s in enumerate(STEPS)]
     commands = [s for s in running.steps.items() if s.plan_id == plan.request_id]
     assert all(s.header == plan.header and s.count == 3 for s in commands)

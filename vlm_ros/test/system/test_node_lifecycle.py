@@ -41,10 +41,14 @@ def test_manual_lifecycle_with_a_bad_then_good_model(start_vlm_node, test_node, 
     plan = node.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the plan')
     assert plan.status == Plan.STATUS_OK and plan.text == TARGETS['plan'][1]
 
+    # Not the states said on the way up: the 'unconfigured' of the start, before any model
+    # was loaded, would pass the checks of the cleanup at once.
+    later = node.diag_from_now()
     assert transition(test_node, 'deactivate')
-    node.wait_state('inactive')
+    later(lambda v: v.get('state') == 'inactive', TIMEOUT, "state 'inactive' again")
     assert transition(test_node, 'cleanup')
-    values = node.wait_state('unconfigured')
+    values = later(lambda v: v.get('state') == 'unconfigured', TIMEOUT,
+                   "state 'unconfigured' again")
     assert values['model_loaded'] == 'False' and values['gc_frozen_objects'] == '0'
 
 
@@ -55,11 +59,16 @@ def test_cpu_threads_apply_at_configure_and_0_gives_back_the_starting_count(star
     assert node.wait_state('active')['cpu_threads'] == str(starting + 1)
     refused = set_params(test_node, cpu_threads=0)[0]
     assert not refused.successful and 'reload' in refused.reason
+    # Each state as said after its transition: an 'inactive' between autostart's configure
+    # and activate, or between deactivate and cleanup, has the first count.
+    later = node.diag_from_now()
     assert transition(test_node, 'deactivate') and transition(test_node, 'cleanup')
-    node.wait_state('unconfigured')
+    later(lambda v: v.get('state') == 'unconfigured', TIMEOUT, "state 'unconfigured'")
     assert all(r.successful for r in set_params(test_node, cpu_threads=0))
+    later = node.diag_from_now()
     assert transition(test_node, 'configure')
-    assert node.wait_state('inactive')['cpu_threads'] == str(starting)
+    assert later(lambda v: v.get('state') == 'inactive', TIMEOUT, "state 'inactive'")[
+        'cpu_threads'] == str(starting)
 
 
 def test_autostart_false_stays_unconfigured(start_vlm_node, test_node):

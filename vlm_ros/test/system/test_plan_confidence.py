@@ -76,9 +76,11 @@ def test_min_confidence_is_never_passed_silently_where_the_confidence_is_unknown
     assert plan.message == 'confidence unknown (the server sent no logprobs): min_confidence ' \
         'not applied'
     set_ok(test_node, min_confidence=0.0)
-    # The first plan's frames keep coming, so the next plan is told apart by its request.
+    # The first plan's frames keep coming, so the next plan is the first to come after this:
+    # not any plan of another request (plan_on_a_new_frame may have asked more than once).
+    later = node.plans.from_now()
     node.instruct(TARGETS['plan'][0])
-    again = node.plans.wait_for(lambda p: p.request_id != plan.request_id, TIMEOUT, 'a plan')
+    again = later(lambda p: p.instruction == TARGETS['plan'][0], TIMEOUT, 'the next plan')
     assert (again.status, again.message) == (Plan.STATUS_OK, ''), again
 
 
