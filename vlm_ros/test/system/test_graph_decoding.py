@@ -1,8 +1,9 @@
 """decode_mode 'graphs': greedy steps replayed from CUDA graphs (graph_decode.py).
 
 On a CPU the same steps run eagerly (compiled on request): the tokens, log-probabilities,
-streams and cancels must be generate's. On CUDA, vlm_ros.benchmarks.cuda_checks --graphs checks
-the captured graphs the same way.
+streams and cancels must be generate's, with the decoder's projections fused
+(fused_projections.py) against eager decoding without. On CUDA,
+vlm_ros.benchmarks.cuda_checks --graphs checks the captured graphs the same way.
 """
 
 import threading
@@ -14,6 +15,7 @@ from engine_fixtures import scene
 from vlm_ros.engine import Request, VlmError
 from vlm_ros.engine.features import FeatureSpec
 from vlm_ros.engine.local.decoding import compiled_graphs, graph_decoder, warm_up
+from vlm_ros.engine.local.fused_projections import FusedPart
 from vlm_ros.engine.local.generate import eos_token_ids, generate
 from vlm_ros.engine.local.graph_decode import CHUNK, GraphDecoder
 
@@ -34,6 +36,9 @@ def test_graph_decoding_answers_equal_eager_answers(family, trained_tiny, eager_
     engine = start_engine(trained_tiny(family), 'graphs')
     try:
         assert engine.decoding.mode == 'graphs' and 'graphs decoding' in engine.describe()
+        layer = engine.loaded.model.get_decoder().layers[-1]  # q/k/v and gate/up: one product
+        assert isinstance(layer.self_attn.v_proj, FusedPart) and isinstance(layer.mlp.up_proj,
+                                                                             FusedPart)
         assert batched_and_single(engine) == eager_answers[family]
     finally:
         engine.unload()

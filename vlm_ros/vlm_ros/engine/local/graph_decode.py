@@ -10,7 +10,8 @@ whose buffers feed its next replay. The host queues CHUNK replays at a time, two
 and reads the tokens of the older chunk (EOS, cancels, streaming) while the GPU works. On
 CUDA the step is compiled first: replayed eagerly, each layer's dozens of small elementwise
 kernels took as long as its matrix products (docs/BENCHMARKS.md, 2026-12-04); so is the
-first forward's decoder (compiled_prefill.py).
+first forward's decoder (compiled_prefill.py). The products that share an input run as one
+(fused_projections.py): the decoder's weights are read in fewer, wider products.
 
 Under a plan grammar the host reads every step's tokens, since the grammar needs them before it
 masks the next step's scores (constrain.py); the step is still one replay. Only where that
@@ -27,6 +28,7 @@ import torch
 from transformers import GenerationConfig, StaticCache
 
 from .compiled_prefill import EAGER_ROUNDING, CompiledPrefill
+from .fused_projections import fuse_projections
 from .streams import side_stream
 
 CHUNK = 4  # steps between two reads of the tokens; up to 2 x CHUNK steps run past a stop
@@ -84,6 +86,8 @@ class GraphDecoder:
 
     def __init__(self, model, eos_ids: set, compiled: bool = False):
         self._model, self._eos_ids = model, frozenset(eos_ids)
+        # one product for q, k, v and one for gate, up: fewer, wider reads of the weights
+        fuse_projections(model.get_decoder())
         # torch.compile fuses each layer's elementwise kernels (norms, rotary, activations)
         self._step = torch.compile(greedy_step, dynamic=True, options=EAGER_ROUNDING) \
             if compiled else greedy_step
