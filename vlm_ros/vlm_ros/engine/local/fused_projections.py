@@ -13,9 +13,10 @@ weight is a view of the stacked one (no second copy of any weight), and the firs
 called with an input computes the whole product; the others take their columns of it for the
 same input. Called with another input, a part computes again, so the results are the separate
 products' whatever the calling order. The product is kept between the calls of one forward, so
-two forwards must not run at once on one model: the engine runs one at a time (its worker). The columns of one product are the same dot products as
-the separate products' (equal bit for bit on the CPU, test_fused_projections.py); on a GPU
-cuda_checks compares the greedy tokens with eager decoding's.
+two forwards must not run at once on one model: the engine runs one at a time (its worker).
+The columns of one product are the same dot products as the separate products' (equal bit for
+bit on the CPU, test_fused_projections_units.py); on a GPU cuda_checks compares the greedy
+tokens with eager decoding's.
 """
 
 import torch
