@@ -367,6 +367,12 @@ def test_launch_only_parameters_are_refused_and_switched_off_ones_said(start_vlm
     # Set, but switched off by another setting: said once at configure, and accepted
     assert 'no effect: batch_wait:=0.05 while max_batch_size:=1 (no batch waits for company); ' \
         'verify_by:=likelihood while verify_steps:=false' in node.log_text(), node.log_text()
+    # Set at run time: said as it is made, not at the next configure (the log is written
+    # before the change's answer is sent)
+    template = f'is {{step}} done ({uuid.uuid4().hex})? answer yes or no'
+    assert set_params(test_node, prompt_verify=template)[0].successful
+    assert f'no effect: prompt_verify:={template} while verify_steps:=false (only step checks ' \
+        'use it)' in node.log_text(), node.log_text()[-3000:]
     launch_only = [spec.name for spec in params.SPECS if spec.applies == 'launch']
     # What decides which code runs and where images and keys go is never set over DDS.
     assert sorted(launch_only) == ['api_key_env', 'autostart', 'backend', 'base_url',

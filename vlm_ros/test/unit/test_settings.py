@@ -124,6 +124,11 @@ def test_settings_the_backend_does_not_read_are_named_once_set():
     remote = Settings.from_values({'backend': 'openai', 'device': 'cuda', 'base_url': 'http://h/v1',
                                    'decode_mode': 'auto', 'processor_kwargs': '{"a": 1}'})
     assert remote.unused_by_backend() == ['device:=cuda', 'processor_kwargs:={"a": 1}']
+    # One warning says both kinds: the backend's unused values, then those switched off
+    assert Settings.from_values({'backend': 'openai', 'device': 'cuda', 'batch_wait': 0.05,
+                                 'max_concurrency': 1}).without_effect() == \
+        ['device:=cuda (the openai backend does not use it)',
+         'batch_wait:=0.05 while max_batch_size:=1 (no batch waits for company)']
 
 
 THREADS = 'backend:=openai with max_concurrency > 1'

@@ -52,13 +52,9 @@ def _loaded_engine(settings: Settings, logger, stop: threading.Event):
 
     None when stop is set meanwhile (loading.py): the load is left to the process's exit.
     """
-    unused = settings.unused_by_backend()
-    if unused:
-        logger.warning(f'the {settings.backend} backend does not use {", ".join(unused)}: '
-                       'no effect')
-    switched_off = settings.switched_off()
-    if switched_off:
-        logger.warning(f'no effect: {"; ".join(switched_off)}')
+    without_effect = settings.without_effect()
+    if without_effect:
+        logger.warning(f'no effect: {"; ".join(without_effect)}')
     engine = make_engine(settings.engine_config())
     config = engine.config
     remote = config.backend == 'openai' and config.remote.model
@@ -129,7 +125,7 @@ class VlmNode(LifecycleNode):
         """Keep the Settings parameter_changes.accept returns: the new one, or else the old."""
         result, self.settings = parameter_changes.accept(
             self.settings, changes, self._refused, self.engine is not None, self._apply,
-            self.get_logger().error)
+            self.get_logger())
         if not result.successful:
             parameter_changes.keep_types(changes, self.describe_parameter, self.get_parameter)
         return result

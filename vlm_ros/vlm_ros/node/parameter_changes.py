@@ -51,11 +51,13 @@ def launch_settings(values: dict, refused: dict) -> tuple[Settings, dict]:
 
 def accept(settings: Settings, changes, refused: dict, model_loaded: bool,
            apply: Callable[[Settings, dict], None],
-           log_error: Callable[[str], None]) -> tuple[SetParametersResult, Settings]:
+           logger) -> tuple[SetParametersResult, Settings]:
     """Build the new Settings, apply each run-time group (params.APPLIES); return the one to keep.
 
     A change refused (by validation, or because applying it failed) returns settings, so the
-    parts read what they read before. An accepted change takes its names out of refused.
+    parts read what they read before. An accepted change takes its names out of refused, and
+    a value it leaves without effect (another setting switches it off, the backend does not
+    use it) is said now, as configure says the launch values', not at the next configure.
     """
     values = {change.name: params.typed(change.name, change.value) for change in changes
               if change.name in params.BY_NAME}  # not use_sim_time: rclpy checks that
@@ -65,10 +67,14 @@ def accept(settings: Settings, changes, refused: dict, model_loaded: bool,
     except SettingsError as exc:
         return SetParametersResult(successful=False, reason=str(exc)), settings
     except Exception as exc:  # noqa: BLE001 - refused with the reason; the node lives on
-        log_error(f'applying {sorted(values)} failed: {exc!r}')
+        logger.error(f'applying {sorted(values)} failed: {exc!r}')
         return SetParametersResult(successful=False, reason=f'cannot apply: {exc!r}'), settings
     for name in values:
         refused.pop(name, None)
+    before = set(settings.without_effect())
+    newly = [clause for clause in changed.without_effect() if clause not in before]
+    if newly:
+        logger.warning(f'no effect: {"; ".join(newly)}')
     return SetParametersResult(successful=True), changed
 
 

@@ -193,6 +193,12 @@ class Settings:
             said += [f'{self._said(name)} while {switch} ({why})' for switch, why in thrown[:1]]
         return said
 
+    def without_effect(self) -> list:
+        """Return what unused_by_backend and switched_off say, as clauses of one warning."""
+        unused = [f'{said} (the {self.backend} backend does not use it)'
+                  for said in self.unused_by_backend()]
+        return unused + self.switched_off()
+
     def _said(self, name: str) -> str:
         """Return 'name:=value' as it is written on the command line (true, not True)."""
         value = getattr(self, name)
