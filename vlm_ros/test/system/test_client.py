@@ -97,6 +97,26 @@ def test_caption_says_when_the_node_does_not_caption_and_honours_timeout(start_v
     assert elsewhere.returncode == 0 and text in elsewhere.stdout, elsewhere.stderr
 
 
+@pytest.mark.parametrize('follow', [[], ['--follow']])
+def test_caption_prints_no_caption_of_a_node_it_did_not_find(test_node, follow):
+    """Captions on the topic, but no such node: it says so and prints none of them.
+
+    It took captions while it still asked for the node's state, so a node killed meanwhile
+    (or one not there) left its captions printed above 'no /vlm_node node'.
+    """
+    topic, text = f'/robot_{uuid.uuid4().hex[:8]}/caption', f'caption {uuid.uuid4().hex}'
+    publisher = test_node.node.create_publisher(Caption, topic, 10)
+    timer = test_node.node.create_timer(0.1, lambda: publisher.publish(Caption(text=text)))
+    try:
+        absent = _client('--timeout', '3', 'caption', '--topic', topic, *follow)
+    finally:
+        test_node.node.destroy_timer(timer)
+        test_node.node.destroy_publisher(publisher)
+    assert absent.returncode == 2, (absent.stdout, absent.stderr)
+    assert absent.stderr == 'vlm_client: no /vlm_node node: its get_state service did not ' \
+        'appear within 3 s\n' and text not in absent.stdout, (absent.stdout, absent.stderr)
+
+
 def test_caption_follow_prints_captions_until_the_node_stops_captioning(start_vlm_node,
                                                                          test_node, tmp_path):
     """Exit 3 when the node leaves the active state, 4 when it goes away; not silence."""

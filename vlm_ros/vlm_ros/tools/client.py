@@ -170,10 +170,11 @@ class Client(Node):
     def _caption(self) -> None:
         """Check that the node is active and captions at all (caption_rate 0 is the default).
 
-        --timeout bounds the wait for the node and for the first caption.
+        --timeout bounds the wait for the node and for the first caption. Captions are taken
+        once the checks pass: one printed while the node's state was still being asked (its
+        service not yet discovered) came before a failure that said there was no such node.
         """
         remote = self.remote
-        self.create_subscription(Caption, self.args.topic, self._on_caption, 10)
         state = remote.state()
         if state != 'active':
             raise ClientError(NOT_ACTIVE, remote.describe(state))
@@ -182,6 +183,7 @@ class Client(Node):
             node = '' if remote.name == '/vlm_node' else f' --node {remote.name}'
             raise ClientError(BAD_INPUT, f'{remote.name} publishes no captions: its caption_rate '
                               f'is 0 (start it with: vlm_client{node} param set caption_rate 1)')
+        self.create_subscription(Caption, self.args.topic, self._on_caption, 10)
         if not self._first_caption.wait(remote.timeout):
             raise ClientError(NOT_OK, f'no caption on {self.args.topic} within '
                               f'{remote.timeout:g} s')
