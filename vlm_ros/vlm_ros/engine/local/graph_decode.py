@@ -87,7 +87,8 @@ class GraphDecoder:
     def __init__(self, model, eos_ids: set, compiled: bool = False):
         self._model, self._eos_ids = model, frozenset(eos_ids)
         # one product for q, k, v and one for gate, up: fewer, wider reads of the weights
-        fuse_projections(model.get_decoder())
+        if fuse_projections(model.get_decoder()) and model.device.type == 'cuda':
+            torch.cuda.empty_cache()  # the separate weights' freed blocks: not kept reserved
         # torch.compile fuses each layer's elementwise kernels (norms, rotary, activations)
         self._step = torch.compile(greedy_step, dynamic=True, options=EAGER_ROUNDING) \
             if compiled else greedy_step
