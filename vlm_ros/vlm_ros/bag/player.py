@@ -16,6 +16,7 @@ import traceback
 from collections import Counter
 
 from builtin_interfaces.msg import Time
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock as ClockMsg
@@ -32,6 +33,7 @@ from .storage import IMAGE_TYPES, PLAN_TYPE, STRING_TYPE, BagError, cdr_converte
 PLAY_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 ASKED_TOPIC = 'instruction'  # vlm_node's input, relative: a namespaced replay follows it
 GRACE_S = 0.5  # recording time after the last Plan, for the messages published along with it
+ACKED_S = 5.0  # the longest wait for reliable subscribers to acknowledge what was played
 
 
 class Replay(Node):
@@ -95,6 +97,7 @@ class Replay(Node):
                 if not self.args.loop:
                     break
             played = time.monotonic() - started
+            self._delivered()
             self._linger()
             self._played.set()
             self._report(played)
@@ -169,6 +172,25 @@ class Replay(Node):
             now_ns = clock.bag_time(time.monotonic())
             self._clock_pub.publish(ClockMsg(clock=Time(sec=now_ns // 10**9,
                                                         nanosec=now_ns % 10**9)))
+
+    def _delivered(self) -> None:
+        """Wait (ACKED_S at most) until reliable subscribers acknowledge every message played.
+
+        A reliable message is sent again until its subscriber acknowledges it, but only while
+        its publisher lives. A subscriber whose side of the match was still under way when the
+        last message went out (a node activated as the replay started) got nothing once the
+        process had ended: an instruction without a Plan (seen in CI; ros2 bag play has
+        --wait-for-all-acked for it). Best-effort subscribers (cameras) acknowledge nothing and
+        are not waited for.
+        """
+        deadline = time.monotonic() + ACKED_S
+        for topic, publisher in self._outputs.items():
+            left = deadline - time.monotonic()
+            if self._stop.is_set():
+                return
+            if not publisher.wait_for_all_acked(Duration(seconds=max(left, 0.0))):
+                self.get_logger().warning(f'{topic}: not every message played was acknowledged '
+                                          f'by its subscribers within {ACKED_S:g} s')
 
     def _linger(self) -> None:
         """With --record, wait until every replayed instruction has been answered by a Plan.
