@@ -10,6 +10,7 @@ from vlm_ros.bag.playback import (
     Progress,
     parse_remaps,
     select_connections,
+    wait_acknowledged,
     wait_for_peers,
 )
 from vlm_ros.bag.storage import (
@@ -82,3 +83,31 @@ def test_the_wait_for_subscribers_asks_until_they_are_there_and_0_asks_once():
     stopped = threading.Event()  # Ctrl-C while waiting: no warning about what was not played
     stopped.set()
     assert wait_for_peers(lambda: False, lambda: ['/instruction'], 60.0, stopped) == ''
+
+
+class Acking:
+    """A publisher whose subscribers acknowledge (or not) within the time it is given."""
+
+    def __init__(self, acked: bool):
+        self.acked, self.given = acked, []
+
+    def wait_for_all_acked(self, timeout) -> bool:
+        self.given.append(timeout.nanoseconds / 1e9)
+        return self.acked
+
+
+def test_playback_ends_once_acknowledged_and_names_each_topic_that_was_not():
+    acked, late = Acking(True), Acking(False)
+    warnings = wait_acknowledged({'instruction': acked, '/usb_cam/info': late}, 5.0,
+                                 threading.Event())
+    assert warnings == ['/usb_cam/info: not every message played was acknowledged by its '
+                        'subscribers within 5 s']
+    assert 0 < late.given[0] <= acked.given[0] <= 5.0  # one deadline for all of them
+
+
+def test_a_stopped_playback_waits_for_no_acknowledgement():
+    stop = threading.Event()
+    stop.set()
+    publisher = Acking(False)
+    assert wait_acknowledged({'instruction': publisher}, 5.0, stop) == []
+    assert publisher.given == []

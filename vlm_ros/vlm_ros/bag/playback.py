@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rclpy.duration import Duration
+
 from .storage import BagError
 
 
@@ -63,6 +65,27 @@ def wait_for_peers(ready: Callable[[], bool], lonely: Callable[[], list], wait_s
                 f'{time.monotonic() - started:.1f} s')
     return ('playing at once (--wait-for-subscribers 0) although nothing subscribes to '
             f'{unheard} yet: what is played before a subscriber appears is lost')
+
+
+def wait_acknowledged(publishers: dict, wait_s: float, stop: threading.Event) -> list:
+    """Wait up to wait_s seconds until reliable subscribers acknowledge all that was played.
+
+    ``publishers`` maps topic to publisher; returns a warning per topic not acknowledged in
+    time. A reliable message is sent again until its subscriber acknowledges it, but only while
+    its publisher lives: a subscriber whose side of the match was still under way when the
+    last message went out (a node activated as the replay started) got nothing once the process
+    had ended, an instruction without a Plan (ros2 bag play has --wait-for-all-acked for it).
+    Best-effort subscribers (cameras) acknowledge nothing and are not waited for.
+    """
+    deadline, warnings = time.monotonic() + wait_s, []
+    for topic, publisher in publishers.items():
+        if stop.is_set():
+            break
+        left = max(deadline - time.monotonic(), 0.0)
+        if not publisher.wait_for_all_acked(Duration(seconds=left)):
+            warnings.append(f'{topic}: not every message played was acknowledged by its '
+                            f'subscribers within {wait_s:g} s')
+    return warnings
 
 
 @dataclass

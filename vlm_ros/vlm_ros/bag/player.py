@@ -16,7 +16,6 @@ import traceback
 from collections import Counter
 
 from builtin_interfaces.msg import Time
-from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock as ClockMsg
@@ -24,7 +23,14 @@ from std_msgs.msg import String
 
 from . import instructions, topics
 from .node_settings import record_settings
-from .playback import Clock, Progress, parse_remaps, select_connections, wait_for_peers
+from .playback import (
+    Clock,
+    Progress,
+    parse_remaps,
+    select_connections,
+    wait_acknowledged,
+    wait_for_peers,
+)
 from .recorder import Recorder, message_class
 from .storage import IMAGE_TYPES, PLAN_TYPE, STRING_TYPE, BagError, cdr_converter, open_bag
 
@@ -97,7 +103,8 @@ class Replay(Node):
                 if not self.args.loop:
                     break
             played = time.monotonic() - started
-            self._delivered()
+            for warning in wait_acknowledged(self._outputs, ACKED_S, self._stop):
+                self.get_logger().warning(warning)
             self._linger()
             self._played.set()
             self._report(played)
@@ -172,25 +179,6 @@ class Replay(Node):
             now_ns = clock.bag_time(time.monotonic())
             self._clock_pub.publish(ClockMsg(clock=Time(sec=now_ns // 10**9,
                                                         nanosec=now_ns % 10**9)))
-
-    def _delivered(self) -> None:
-        """Wait (ACKED_S at most) until reliable subscribers acknowledge every message played.
-
-        A reliable message is sent again until its subscriber acknowledges it, but only while
-        its publisher lives. A subscriber whose side of the match was still under way when the
-        last message went out (a node activated as the replay started) got nothing once the
-        process had ended: an instruction without a Plan (seen in CI; ros2 bag play has
-        --wait-for-all-acked for it). Best-effort subscribers (cameras) acknowledge nothing and
-        are not waited for.
-        """
-        deadline = time.monotonic() + ACKED_S
-        for topic, publisher in self._outputs.items():
-            left = deadline - time.monotonic()
-            if self._stop.is_set():
-                return
-            if not publisher.wait_for_all_acked(Duration(seconds=max(left, 0.0))):
-                self.get_logger().warning(f'{topic}: not every message played was acknowledged '
-                                          f'by its subscribers within {ACKED_S:g} s')
 
     def _linger(self) -> None:
         """With --record, wait until every replayed instruction has been answered by a Plan.
