@@ -47,6 +47,10 @@ DIAGNOSTICS_WAIT = 2.5
 # s without the node's server in the graph before a reply awaited without deadline is given
 # up: the node went away (crashed, killed) and will never answer.
 GONE_AFTER = 3.0
+# s without the node's /diagnostics (said every second, in every state) after which a pending
+# get_state of a followed node no longer counts as alive: the DDS graph keeps a killed node's
+# services until its lease ends, some 20 s.
+SILENT_AFTER = 3.0
 
 
 class ClientError(Exception):
@@ -131,7 +135,8 @@ class Remote:
         """Look every period s whether the node is there and active; return why it stopped being.
 
         NOT_ACTIVE with its state (deactivated, shut down), or NO_REPLY once its get_state
-        service has been gone GONE_AFTER s (the process ended).
+        service has been gone GONE_AFTER s (the process ended), or its get_state goes
+        unanswered with /diagnostics silent (killed: the graph still lists it for ~20 s).
         """
         client = self.ros.create_client(GetState, f'{self.name}/get_state')
         gone_since = None
@@ -144,7 +149,8 @@ class Remote:
                 continue
             gone_since = None
             state = self.wait(client.call_async(GetState.Request()), 'get_state', self.timeout,
-                              client.service_is_ready).current_state.label
+                              lambda: client.service_is_ready() and self.heard_lately()
+                              ).current_state.label
             if state != 'active':
                 return ClientError(NOT_ACTIVE, self.describe(state))
 
@@ -202,6 +208,12 @@ class Remote:
                 with self._diag_lock:
                     self._diag = ({kv.key: kv.value for kv in status.values}, time.monotonic())
                     self._diag_lock.notify_all()
+
+    def heard_lately(self) -> bool:
+        """Whether the node's /diagnostics came within SILENT_AFTER s (true if never heard)."""
+        with self._diag_lock:
+            received = self._diag[1]
+        return not received or time.monotonic() - received < SILENT_AFTER
 
     def diagnostics(self, since: float = 0.0) -> dict:
         """Return the node's latest /diagnostics values received after since ({} if none)."""
