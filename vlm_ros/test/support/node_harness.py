@@ -127,6 +127,17 @@ class VlmNodeProcess:
         return lambda predicate, timeout, what: diag_values(
             wait(lambda m: predicate(diag_values(m)), timeout, what))
 
+    def state_from_now(self):
+        """Return wait(state, timeout=TIMEOUT): wait_state over the messages yet to come.
+
+        wait_state takes the first match ever received: a state said again (active after a
+        re-activate, unconfigured after a cleanup) is waited for from before the transition.
+        """
+        later = self.diag_from_now()
+        return lambda state, timeout=TIMEOUT: later(
+            lambda values: values.get('state') == state, timeout,
+            f'the node to report state {state!r} again')
+
     def instruct(self, text: str) -> None:
         """Publish one instruction, once the node's subscription is matched."""
         wait_matched(self.instruction_pub, 'the instruction subscription')

@@ -63,9 +63,9 @@ def test_hostile_parameter_values_are_refused_and_the_node_lives(start_vlm_node,
     for kwargs in ['[' * 100_000, '{"a": ' * 1000 + '1' + '}' * 1000, deep]:
         result = set_params(test_node, processor_kwargs=kwargs)[0]
         assert not result.successful and 'processor_kwargs' in result.reason, result.reason
-    later = node.diag_from_now()  # wait_state would take the 'active' of the start
+    again = node.state_from_now()  # wait_state would take the 'active' of the start
     assert transition(test_node, 'configure') and transition(test_node, 'activate')
-    later(lambda v: v.get('state') == 'active', TIMEOUT, "state 'active' again")
+    again('active')
     node.stream(camera(uuid.uuid4().hex)).wait_for(lambda m: True, TIMEOUT, 'a frame')
     _still_plans(node)
 
@@ -227,7 +227,7 @@ def test_lifecycle_storm_with_traffic_keeps_the_node_alive(start_vlm_node, test_
                     f'{STORM_CYCLES}, least squares)')
     assert per_cycle < MAX_GROWTH_PER_CYCLE, rss
     # Said after the storm: wait_state would take the 'active' of the start.
-    node.diag_from_now()(lambda v: v.get('state') == 'active', TIMEOUT, "state 'active' again")
+    node.state_from_now()('active')
     _still_plans(node)
 
 

@@ -138,9 +138,9 @@ def test_caption_follow_prints_captions_until_the_node_stops_captioning(start_vl
     assert transition(test_node, 'deactivate')
     code, _, err = wait_exit(proc, TIMEOUT, 'the deactivate')
     assert (code, err) == (3, 'vlm_client: /vlm_node is inactive\n')
-    later = node.diag_from_now()  # wait_state would take the 'active' of the start
+    again = node.state_from_now()  # wait_state would take the 'active' of the start
     assert transition(test_node, 'activate')
-    later(lambda v: v.get('state') == 'active', TIMEOUT, "state 'active' again")
+    again('active')
     proc, _ = following('until_gone.txt')
     node.stop(signal.SIGKILL)  # no shutdown transition: the node is just gone
     code, _, err = wait_exit(proc, TIMEOUT, 'the kill')

@@ -43,12 +43,11 @@ def test_manual_lifecycle_with_a_bad_then_good_model(start_vlm_node, test_node, 
 
     # Not the states said on the way up: the 'unconfigured' of the start, before any model
     # was loaded, would pass the checks of the cleanup at once.
-    later = node.diag_from_now()
+    later = node.state_from_now()
     assert transition(test_node, 'deactivate')
-    later(lambda v: v.get('state') == 'inactive', TIMEOUT, "state 'inactive' again")
+    later('inactive')
     assert transition(test_node, 'cleanup')
-    values = later(lambda v: v.get('state') == 'unconfigured', TIMEOUT,
-                   "state 'unconfigured' again")
+    values = later('unconfigured')
     assert values['model_loaded'] == 'False' and values['gc_frozen_objects'] == '0'
 
 
@@ -61,14 +60,13 @@ def test_cpu_threads_apply_at_configure_and_0_gives_back_the_starting_count(star
     assert not refused.successful and 'reload' in refused.reason
     # Each state as said after its transition: an 'inactive' between autostart's configure
     # and activate, or between deactivate and cleanup, has the first count.
-    later = node.diag_from_now()
+    later = node.state_from_now()
     assert transition(test_node, 'deactivate') and transition(test_node, 'cleanup')
-    later(lambda v: v.get('state') == 'unconfigured', TIMEOUT, "state 'unconfigured'")
+    later('unconfigured')
     assert all(r.successful for r in set_params(test_node, cpu_threads=0))
-    later = node.diag_from_now()
+    later = node.state_from_now()
     assert transition(test_node, 'configure')
-    assert later(lambda v: v.get('state') == 'inactive', TIMEOUT, "state 'inactive'")[
-        'cpu_threads'] == str(starting)
+    assert later('inactive')['cpu_threads'] == str(starting)
 
 
 def test_autostart_false_stays_unconfigured(start_vlm_node, test_node):
