@@ -59,8 +59,8 @@ class _Product:
 class FusedPart(nn.Linear):
     """One projection of a group: a Linear over its rows of the stacked weight."""
 
-    def __init__(self, product: _Product, index: int, start: int):
-        size = product.sizes[index]
+    def __init__(self, product: _Product, index: int):
+        start, size = sum(product.sizes[:index]), product.sizes[index]
         nn.Module.__init__(self)
         self.in_features, self.out_features = product.weight.shape[1], size
         self.weight = _frozen(product.weight[start:start + size])
@@ -87,10 +87,8 @@ def fuse_projections(decoder) -> int:
                 continue
             with torch.no_grad():
                 product = _Product(linears)
-            start = 0
             for index, name in enumerate(names):
-                setattr(owner, name, FusedPart(product, index, start))
-                start += product.sizes[index]
+                setattr(owner, name, FusedPart(product, index))
             made += 1
     return made
 
