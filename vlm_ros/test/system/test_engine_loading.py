@@ -5,11 +5,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from engine_fixtures import TARGETS, scene
 from vlm_ros.engine import EngineConfig, Request, VlmError
 from vlm_ros.engine.local import VlmEngine
 from vlm_ros.engine.local.loader import load
 from vlm_ros.engine.preprocess import resize_max_side
+from vlm_ros.models.families import QWEN2_5_VL_TINY, build_qwen2_vl
 
 # Needs no ROS: scripts/test runs it on the first leg only.
 pytestmark = pytest.mark.distro_independent
@@ -151,3 +153,27 @@ def test_a_model_with_its_own_code_loads_only_where_it_is_trusted(own_code_llava
         assert answer.text == TARGETS['vqa'][1]  # with the trained weights
     finally:
         trusted.unload()
+
+
+def test_a_qwen2_5_vl_checkpoint_answers_in_a_batch_as_it_does_alone(tmp_path):
+    """Qwen2.5-VL loads like Qwen2-VL (a family of the tests), windowed attention in its ViT.
+
+    Random weights: what is checked is that it loads, without the video processor a machine
+    without torchvision cannot build, and that frames of other sizes batch without changing
+    any answer.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(25)
+        path = build_qwen2_vl(tmp_path / 'qwen2_5_vl', QWEN2_5_VL_TINY)
+    engine = VlmEngine(EngineConfig(model=str(path), device='cpu', max_new_tokens=8))
+    engine.load()
+    try:
+        assert type(engine.loaded.model).__name__ == 'Qwen2_5_VLForConditionalGeneration'
+        assert type(engine.loaded.processor).__name__ == 'Qwen2_5_VLProcessor'
+        requests = [Request('caption', scene('red')), Request('vqa', scene('blue', 30, 90), 'go?'),
+                    Request('plan', scene('green', 100, 60), TARGETS['plan'][0])]
+        batched = engine.run(requests)
+        assert [r.text for r in batched] == [engine.run([r])[0].text for r in requests]
+        assert all(r.output_tokens > 0 and not r.cancelled for r in batched)
+    finally:
+        engine.unload()

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from engine_fixtures import TARGETS, scene
+from engine_fixtures import FAMILIES, TARGETS, scene
 from vlm_ros.engine import EngineConfig, Request, VlmError
 from vlm_ros.engine.features import FeatureSpec
 from vlm_ros.engine.local import VlmEngine
@@ -34,7 +34,7 @@ def _reference(engine: VlmEngine, request: Request, spec: FeatureSpec) -> np.nda
     return {'last': state[-1], 'mean': state.mean(dim=0), 'tokens': state}[spec.pooling].numpy()
 
 
-@pytest.mark.parametrize('family', ['llava', 'idefics3', 'idefics2', 'mllama', 'florence2'])
+@pytest.mark.parametrize('family', FAMILIES)
 def test_batched_features_equal_the_models_own_hidden_states(family, trained_tiny):
     engine = VlmEngine(EngineConfig(model=str(trained_tiny(family)), device='cpu',
                                     dtype='float32', max_new_tokens=8))

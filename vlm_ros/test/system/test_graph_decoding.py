@@ -77,7 +77,7 @@ def test_graph_decoding_keeps_eos_away_for_min_new_tokens(trained_tiny):
         engine.unload()
 
 
-@pytest.mark.parametrize('family', ['florence2', 'mllama', 'idefics2'])
+@pytest.mark.parametrize('family', ['florence2', 'mllama', 'idefics2', 'qwen2_vl'])
 def test_graph_decoding_refuses_the_families_it_cannot_run_exactly(family, trained_tiny):
     with pytest.raises(VlmError, match="decode_mode 'graphs' decodes the families llava"):
         start_engine(trained_tiny(family), 'graphs')

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import transformers
 from vlm_ros.engine.grounding import ViewBox, parse_box, view_of
+from vlm_ros.engine.local.processors import load_processor
 from vlm_ros.engine.preprocess import fitted_size, resize_max_side
 
 # Needs no ROS: scripts/test runs it on the first leg only.
@@ -28,10 +29,23 @@ def _frame() -> np.ndarray:
 
 def _view_pixels(family: str, processor, image) -> np.ndarray:
     """Return the model's view as (H, W, 3) floats: the global tile for Idefics3."""
-    values = processor.image_processor([[image]], return_tensors='np')['pixel_values']
+    out = processor.image_processor([[image]], return_tensors='np')
+    values = out['pixel_values']
+    if family == 'qwen2_vl':
+        return _unpatched(processor.image_processor, values, out['image_grid_thw'][0])
     view = {'llava': lambda v: v[0], 'florence2': lambda v: v[0],
             'idefics2': lambda v: v[0, 0], 'idefics3': lambda v: v[0, -1]}[family](values)
     return np.moveaxis(np.asarray(view, dtype=np.float32), 0, -1)
+
+
+def _unpatched(image_processor, patches: np.ndarray, grid) -> np.ndarray:
+    """Return Qwen2-VL's image from its flattened patches (each 2x2 merge's 4 patches in a row)."""
+    _, rows, cols = (int(n) for n in grid)
+    merge, patch = image_processor.merge_size, image_processor.patch_size
+    frames = image_processor.temporal_patch_size
+    grid = patches.reshape(rows // merge, cols // merge, merge, merge, 3, frames, patch, patch)
+    image = grid[:, :, :, :, :, 0].transpose(0, 2, 5, 1, 3, 6, 4)  # rows, y, cols, x, channel
+    return image.reshape(rows * patch, cols * patch, 3).astype(np.float32)
 
 
 def _found(view: np.ndarray) -> tuple:
@@ -58,24 +72,27 @@ def _notations(x1, y1, x2, y2) -> dict:
         'thousandths': f'[{x1 * 1000:.0f}, {y1 * 1000:.0f}, {x2 * 1000:.0f}, {y2 * 1000:.0f}]'}
 
 
-@pytest.mark.parametrize('family', ['llava', 'florence2', 'idefics2', 'idefics3'])
+@pytest.mark.parametrize('family', ['llava', 'florence2', 'idefics2', 'idefics3', 'qwen2_vl'])
 @pytest.mark.parametrize('max_image_side', [0, 100])  # the engine's own resize first, or not
 def test_every_notation_maps_back_onto_the_drawn_rectangle(family, max_image_side,
                                                            trained_tiny):
-    processor = transformers.AutoProcessor.from_pretrained(trained_tiny(family))
+    processor = load_processor(str(trained_tiny(family)))
     frame = _frame()
     given = resize_max_side(frame, max_image_side)
-    view_box = _found(_view_pixels(family, processor, given))
+    pixels = _view_pixels(family, processor, given)
+    view_box = _found(pixels)
     view = view_of(processor.image_processor, FRAME, fitted_size(frame, max_image_side))
     # One pixel of the view, in the frame's pixels, plus the resampling's edge.
     tolerance = 1.5 * max(view.region[2] / view.size[0], view.region[3] / view.size[1]) + 1
     for notation, text in _notations(*view_box).items():
         mapped = view.to_pixels(parse_box(text))
         assert mapped == pytest.approx(RECT, abs=tolerance), (notation, text, mapped, view)
-    width, height = view.size  # bbox_2d: the pixels of the image the model was given
+    if family in ('idefics2', 'idefics3'):
+        return  # their views' pixel sizes are not modelled: they write no bbox_2d
+    height, width = pixels.shape[:2]  # bbox_2d: the pixels of the image the model was given
     x1, y1, x2, y2 = view_box
-    pixels = ViewBox(x1 * width, y1 * height, x2 * width, y2 * height, pixels=True)
-    assert view.to_pixels(pixels) == pytest.approx(RECT, abs=tolerance), (family, view)
+    box = ViewBox(x1 * width, y1 * height, x2 * width, y2 * height, pixels=True)
+    assert view.to_pixels(box) == pytest.approx(RECT, abs=tolerance), (family, view)
 
 
 def test_mllamas_padded_tiles_leave_its_boxes_unmapped(trained_tiny):

@@ -26,7 +26,7 @@ def _engine(model) -> VlmEngine:
     return engine
 
 
-@pytest.mark.parametrize('family', ['llava', 'idefics3', 'idefics2', 'mllama'])
+@pytest.mark.parametrize('family', ['llava', 'idefics3', 'idefics2', 'mllama', 'qwen2_vl'])
 def test_every_camera_reaches_the_model_after_its_name(family, trained_tiny):
     engine = _engine(trained_tiny(family))
     try:

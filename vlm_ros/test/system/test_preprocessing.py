@@ -8,13 +8,13 @@ import threading
 
 import pytest
 import torch
-import transformers
 from engine_fixtures import FAMILIES, scene
 from vlm_ros.engine import EngineConfig, Request
 from vlm_ros.engine.chat import build_inputs
 from vlm_ros.engine.frame_cache import FrameCache
 from vlm_ros.engine.local import VlmEngine
 from vlm_ros.engine.local.inputs import concatenate_rows
+from vlm_ros.engine.local.processors import load_processor
 
 # Needs no ROS: scripts/test runs it on the first leg only.
 pytestmark = pytest.mark.distro_independent
@@ -27,8 +27,8 @@ BATCHES = ([0, 1, 0], [0], [0], [1, 1], [2, 0, 1, 2], [0, 1, 0], [3, 0, 3])
 @pytest.mark.parametrize('family', FAMILIES)
 def test_cached_inputs_equal_the_processors_own_for_every_mix_of_frames(family, trained_tiny):
     frames = [scene(colour) for colour in ('red', 'blue', 'green')] + [scene('red', 30, 30)]
-    plain = transformers.AutoProcessor.from_pretrained(trained_tiny(family))
-    cached = transformers.AutoProcessor.from_pretrained(trained_tiny(family))
+    plain = load_processor(str(trained_tiny(family)))
+    cached = load_processor(str(trained_tiny(family)))
     cached.image_processor = FrameCache(cached.image_processor, concatenate_rows)
     for batch in BATCHES:
         prompts = [f'question {row} ' * (row + 1) for row in range(len(batch))]

@@ -11,8 +11,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText
 from vlm_ros.engine.chat import build_inputs, render_prompt
+from vlm_ros.engine.local.processors import load_processor
 from vlm_ros.models import FAMILIES, build_tiny, train_tiny
 
 # Needs no ROS: scripts/test runs it on the first leg only.
@@ -24,6 +25,7 @@ CLASSES = {
     'idefics2': ('Idefics2Processor', 'Idefics2ForConditionalGeneration'),
     'mllama': ('MllamaProcessor', 'MllamaForConditionalGeneration'),
     'florence2': ('Florence2Processor', 'Florence2ForConditionalGeneration'),
+    'qwen2_vl': ('Qwen2VLProcessor', 'Qwen2VLForConditionalGeneration'),
 }
 # Three requests of different prompt lengths and image sizes, so a batch needs padding.
 REQUESTS = (
@@ -56,7 +58,7 @@ def tiny(request, tmp_path_factory):
 
 def load(path):
     """Load a checkpoint the way the node loads a hub model."""
-    return (AutoProcessor.from_pretrained(path),
+    return (load_processor(str(path)),
             AutoModelForImageTextToText.from_pretrained(path).eval())
 
 

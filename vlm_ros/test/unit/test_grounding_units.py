@@ -8,6 +8,7 @@ from vlm_ros.engine.grounding import (
     View,
     ViewBox,
     box_problem,
+    grid_resize,
     parse_box,
     parse_boxes,
     step_box,
@@ -194,3 +195,18 @@ def test_a_targets_words_are_kept_without_the_boxes_written_in_them():
     assert without_boxes('<|box_start|>(1,2),(3,4)<|box_end|> tray, left') == 'tray, left'
     assert without_boxes('the cup at [0.1, 0.2, 0.3, 0.4]') == 'the cup at'
     assert without_boxes('  bin ') == 'bin'
+
+
+def test_the_patch_grid_resize_is_qwen2_vls_own():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    budgets = [(28, 28 * 28 * 4, 28 * 28 * 16), (28, 56 * 56, 28 * 28 * 1280),
+               (28, 3136, 1003520), (32, 4096, 10 ** 6)]  # Qwen3-VL's patches are 16 px
+    for height in (1, 13, 28, 48, 120, 479, 480, 720, 1080, 2160):
+        for width in (30, 64, 160, 640, 1280, 1920, 3840):
+            for factor, least, most in budgets:
+                if max(height, width) / min(height, width) > 200:
+                    continue  # transformers refuses those
+                assert grid_resize(height, width, factor, least, most) == smart_resize(
+                    height, width, factor=factor, min_pixels=least, max_pixels=most), \
+                    (height, width, factor, least, most)

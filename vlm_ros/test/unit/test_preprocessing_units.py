@@ -30,21 +30,46 @@ def test_only_the_newest_frames_are_kept():
 
 
 def test_a_layout_without_one_entry_per_frame_gets_the_processors_own_call():
-    # Qwen2-VL flattens every frame's patches into one tensor: its rows cannot be copied out.
+    # Patches flattened into one tensor with nothing that counts each frame's rows.
     calls = []
 
     def flattening(images, **kwargs):
         calls.append(len(images))
-        return {'pixel_values': np.arange(4 * len(images)).reshape(4 * len(images), 1),
-                'image_grid_thw': np.ones((len(images), 3))}
+        return {'pixel_values': np.arange(4 * len(images)).reshape(4 * len(images), 1)}
 
     cache = FrameCache(flattening, np.concatenate)
     red = Image.fromarray(scene('red'))
-    out = cache([[red], [red]])
-    assert out['pixel_values'].shape == (8, 1) and out['image_grid_thw'].shape == (2, 3)
+    assert cache([[red], [red]])['pixel_values'].shape == (8, 1)
     assert cache.frames_reused == 0
     cache([[red], [red]])  # known now: no per-frame try before the processor's own call
     assert calls == [1, 2, 2] and cache.frames_processed == 4
+
+
+def _grid_flattening(calls):
+    """Qwen2-VL's layout: every frame's patches in one tensor, a grid row a frame counting them."""
+    def process(images, **kwargs):
+        frames = [row[0] for row in images]
+        calls.append(len(frames))
+        grids = [(1, frame.height // 8, frame.width // 8) for frame in frames]
+        pixels = [np.full((h * w, 2), frame.getpixel((w * 4, h * 4))[0])
+                  for frame, (_, h, w) in zip(frames, grids, strict=True)]
+        return {'pixel_values': np.concatenate(pixels), 'image_grid_thw': np.array(grids)}
+    return process
+
+
+@pytest.mark.parametrize('batched', [False, True])
+def test_patches_flattened_across_frames_are_put_together_by_their_grid(batched):
+    own, calls = _grid_flattening([]), []
+    cache = FrameCache(_grid_flattening(calls), np.concatenate, batched=batched, threads=1)
+    frames = [Image.fromarray(scene('red')), Image.fromarray(scene('blue', 32, 16)),
+              Image.fromarray(scene('green'))]
+    for batch in ([0, 1, 2], [2, 1, 1, 0], [1]):
+        rows = [[frames[index]] for index in batch]
+        got, want = cache(rows), own(rows)
+        assert set(got) == set(want)
+        assert all(np.array_equal(got[name], want[name]) for name in want)
+    assert cache.frames_processed == 3 and cache.frames_reused == 5
+    assert calls == ([2, 1] if batched else [1, 1, 1])  # a GPU's: frames of one size together
 
 
 def test_other_image_layouts_pass_straight_through():

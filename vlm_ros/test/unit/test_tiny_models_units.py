@@ -7,13 +7,14 @@ trainable to exact target texts. Each of those properties is checked here for ev
 """
 
 
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText
+from vlm_ros.engine.local.processors import load_processor
 from vlm_ros.models.__main__ import main
 
 
 def load(path):
     """Load a checkpoint the way the node loads a hub model."""
-    return (AutoProcessor.from_pretrained(path),
+    return (load_processor(str(path)),
             AutoModelForImageTextToText.from_pretrained(path).eval())
 
 

@@ -7,7 +7,7 @@ class VisionTimer:
     """Time the vision encoder inside the first forward, and that forward's end.
 
     The vision encoder: before its first layer, after its last; the layers are the ModuleList
-    elements under a module named like 'vision' (every tested family). ``prefilled``: when the
+    elements under a module named like 'vision' or 'visual' (Qwen2-VL's). ``prefilled``: when the
     model's first forward (the prefill; an encoder-decoder's first decoder step) returned, so
     the time to first token splits into ... + prefill + first token (logits processing,
     sampling, the streamer). On a GPU each mark synchronizes, so the marks are exact and the
@@ -18,7 +18,8 @@ class VisionTimer:
         import torch
 
         layers = [layer for name, module in model.named_modules()
-                  if 'vision' in name and isinstance(module, torch.nn.ModuleList)
+                  if ('vision' in name or 'visual' in name) and
+                  isinstance(module, torch.nn.ModuleList)
                   for layer in module]
         self._sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' \
             else (lambda: None)

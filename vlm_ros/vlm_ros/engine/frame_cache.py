@@ -12,7 +12,9 @@ Frames are keyed by their pixels (a SHA-1 digest of the array, 0.5 ms for 640x48
 ``chat.build_inputs`` makes the PIL image), not by their header stamps: a bag played twice, or
 an unstamped camera, repeats stamps, not pixels. Where frames cannot be put together (their
 sizes differ, so the processor pads them to each other; or a layout without one entry per
-frame, like Qwen2-VL's flattened patches) the processor's own call runs instead.
+frame) the processor's own call runs instead. Qwen2-VL's layout flattens every frame's patches
+into one ``pixel_values``, the frame's ``image_grid_thw`` row counting its patches: its frames
+are put together (and split) by those counts, of any sizes, as its processor concatenates them.
 
 A processor on a GPU (``batched``) gets the missing frames of one size in one call instead,
 and its outputs are split by row: it pads only frames of different sizes to each other, and
@@ -32,6 +34,10 @@ from PIL import Image
 DIGEST = 'vlm_ros_frame_digest'  # the attribute of a PIL image that carries frame_digest()
 KEPT_FRAMES = 8  # frames whose outputs are kept: a batch of max_batch_size 8 hits after the first
 THREADS = min(8, os.cpu_count() or 1)
+# Patches flattened across frames (Qwen2-VL and its successors): the grid's rows, one a frame,
+# count each frame's rows of the flattened values.
+GRID = 'image_grid_thw'
+FLATTENED = ('pixel_values',)
 
 
 class FrameCache:
@@ -171,10 +177,17 @@ def _frames(images):
     return frames
 
 
+def _flattened(outputs) -> tuple:
+    """Return the names of outputs whose rows the grid counts (none without a grid)."""
+    return tuple(name for name in FLATTENED if name in outputs) if GRID in outputs else ()
+
+
 def _one_per_frame(outputs) -> bool:
     """Tell whether every value of one frame's outputs has one entry (or is a scalar)."""
-    for value in outputs.values():
-        if isinstance(value, (list, tuple)) or getattr(value, 'ndim', 0) > 0:
+    flattened = _flattened(outputs)
+    for name, value in outputs.items():
+        if name not in flattened and \
+                (isinstance(value, (list, tuple)) or getattr(value, 'ndim', 0) > 0):
             if len(value) != 1:
                 return False
     return True
@@ -183,9 +196,15 @@ def _one_per_frame(outputs) -> bool:
 def _split(outputs, count: int) -> list:
     """Split a call's outputs into count rows' (values without count entries stay whole)."""
     rows = [copy.copy(outputs) for _ in range(count)]
+    flattened = _flattened(outputs)
+    if flattened:
+        ends = np.cumsum([int(np.prod(grid)) for grid in outputs[GRID]])
+        for name in flattened:
+            for row, start, end in zip(rows, [0, *ends[:-1]], ends, strict=True):
+                row[name] = outputs[name][start:end]
     for name, value in outputs.items():
         sized = isinstance(value, (list, tuple)) or getattr(value, 'ndim', 0) > 0
-        if sized and len(value) == count:
+        if sized and len(value) == count and name not in flattened:
             for index, row in enumerate(rows):
                 row[name] = value[index:index + 1]
     return rows
@@ -194,12 +213,15 @@ def _split(outputs, count: int) -> list:
 def _combine(rows: list, concatenate):
     """Put per-frame outputs together along the batch; None where their shapes differ."""
     result = copy.copy(rows[0])  # the processor pops entries: the kept outputs stay whole
+    flattened = _flattened(rows[0])
     for name, value in rows[0].items():
         values = [row[name] for row in rows]
         if isinstance(value, (list, tuple)):
             result[name] = [entry for each in values for entry in each]
         elif getattr(value, 'ndim', 0) > 0:
-            if any(each.shape != value.shape for each in values):
+            # A grid's flattened values differ in length: only their rows must agree.
+            start = 1 if name in flattened else 0
+            if any(each.shape[start:] != value.shape[start:] for each in values):
                 return None
             result[name] = concatenate(values) if len(values) > 1 else value
         elif any(each != value for each in values):

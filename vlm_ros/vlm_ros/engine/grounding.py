@@ -157,7 +157,9 @@ class View:
     """What the model saw of a frame: a region of it, given to the model at some size.
 
     ``region`` is (x0, y0, width, height) in the frame's pixels (the whole frame unless the
-    processor crops it); ``size`` the (width, height) of the image the model was given.
+    processor crops it); ``size`` the (width, height) of the image the model was given, which
+    ``bbox_2d`` pixels are in (Idefics2's and Idefics3's own resizes are not modelled: they
+    write no pixel boxes).
     """
 
     frame: tuple  # (width, height) of the frame as received
@@ -273,7 +275,44 @@ def view_of(image_processor, frame: tuple, given: tuple) -> Optional[View]:
                     (crop_w, crop_h))
     size = short if short and short.get('height') and short.get('width') else None
     return View(frame, (0.0, 0.0, float(frame_w), float(frame_h)),
-                (size['width'], size['height']) if size else (width, height))
+                (size['width'], size['height']) if size else
+                _patch_grid_size(image_processor, short, width, height))
+
+
+def _patch_grid_size(image_processor, budget: Optional[dict], width: int, height: int) -> tuple:
+    """Return (width, height) the image is given to the model at: as given, or on a patch grid.
+
+    Qwen2-VL's processors (and its successors') resize to multiples of patch x merge size
+    within a budget of pixels (their ``size``'s shortest and longest "edge" are pixel counts):
+    a 160x120 frame is seen at 112x84 by a budget of 12544, and Qwen2.5-VL's ``bbox_2d`` is
+    in those pixels.
+    """
+    merge = getattr(image_processor, 'merge_size', None)
+    patch = getattr(image_processor, 'patch_size', None)
+    if not (merge and patch and getattr(image_processor, 'temporal_patch_size', None) and
+            budget and budget.get('shortest_edge') and budget.get('longest_edge')):
+        return width, height
+    new_height, new_width = grid_resize(height, width, patch * merge, budget['shortest_edge'],
+                                        budget['longest_edge'])
+    return new_width, new_height
+
+
+def grid_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple:
+    """Return (height, width) as Qwen2-VL's ``smart_resize`` gives them (test_grounding_units).
+
+    The engine's model-free side cannot import transformers: the rule is written out here and
+    a unit test compares it with transformers' own for sizes, aspects and budgets.
+    """
+    rows, cols = round(height / factor) * factor, round(width / factor) * factor
+    if rows * cols > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        return (max(factor, math.floor(height / beta / factor) * factor),
+                max(factor, math.floor(width / beta / factor) * factor))
+    if rows * cols < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        return (math.ceil(height * beta / factor) * factor,
+                math.ceil(width * beta / factor) * factor)
+    return rows, cols
 
 
 def _get(image_processor, name: str) -> Optional[dict]:

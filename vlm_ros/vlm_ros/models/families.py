@@ -8,8 +8,8 @@ images), its real processor with the slow (PIL) image processor, and a small byt
 tokenizer, then writes everything with save_pretrained so that AutoProcessor and
 AutoModelForImageTextToText load it back like a hub checkpoint.
 
-Qwen2-VL is not built: its processor requires Qwen2VLVideoProcessor, which needs torchvision.
-Idefics3 is the dynamic-resolution family instead (images are split into a grid of tiles).
+Qwen2-VL's processor is saved less its video processor, which transformers builds only with
+torchvision, as the engine loads it (engine.local.processors).
 """
 
 import pathlib
@@ -42,8 +42,16 @@ from transformers import (
     MllamaForConditionalGeneration,
     MllamaImageProcessorPil,
     MllamaProcessor,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
+    Qwen2VLProcessor,
 )
 
+from ..engine.local.processors import images_only
 from .tokenizer import build_tokenizer
 
 # Decoder sizes shared by the families: enough capacity to memorise a few JSON plans quickly.
@@ -86,6 +94,17 @@ MLLAMA_TEMPLATE = (
     "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
     '{% endfor %}<|eot_id|>{% endfor %}'
     '{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}'
+)
+QWEN2_VL_TEMPLATE = (
+    '{% for message in messages %}'
+    "{% if loop.first and message['role'] != 'system' %}"
+    '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}'
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    '{% endfor %}<|im_end|>\n{% endfor %}'
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 
@@ -220,6 +239,66 @@ def build_mllama(out_dir) -> pathlib.Path:
                  ['<|eot_id|>', '<|end_of_text|>'])
 
 
+QWEN2_VL_TINY = {
+    'text': {**TEXT_SIZES, 'rope_scaling': {'type': 'mrope', 'mrope_section': [2, 3, 3]}},
+    'vision': {'depth': 2, 'embed_dim': 32, 'num_heads': 2, 'mlp_ratio': 2, 'patch_size': 14,
+               'spatial_merge_size': 2, 'temporal_patch_size': 2},
+    # Pixel counts: a 64x48 scene becomes 56x56, 4x4 patches, 4 tokens after the 2x2 merge.
+    'min_pixels': 28 * 28 * 4, 'max_pixels': 28 * 28 * 16,
+}
+# Qwen2.5-VL: the same processor and decoder; its ViT attends within windows (of 56 px here)
+# but in its full-attention layers, and names its widths as a ViT's config does.
+QWEN2_5_VL_TINY = {
+    **QWEN2_VL_TINY, 'version': 'qwen2_5_vl',
+    'vision': {'depth': 2, 'hidden_size': 32, 'intermediate_size': 64, 'num_heads': 2,
+               'patch_size': 14, 'spatial_merge_size': 2, 'temporal_patch_size': 2,
+               'window_size': 56, 'fullatt_block_indexes': [1]},
+}
+# version -> configuration, model and processor classes, and the vision config's key for the
+# width its merger hands the decoder.
+_QWEN = {
+    'qwen2_vl': (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor,
+                 'hidden_size'),
+    'qwen2_5_vl': (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                   'out_hidden_size'),
+}
+
+
+def build_qwen2_vl(out_dir, sizes: dict = QWEN2_VL_TINY, dtype=torch.float32) -> pathlib.Path:
+    """
+    Decoder-only at native resolution: patches of any image size, 3-D rotary positions (M-RoPE).
+
+    The image is resized to a multiple of 28 px within a pixel budget (min_pixels, max_pixels)
+    and each 2x2 of its 14 px patches becomes one token; the text's rotary positions are split
+    into time, height and width sections. sizes holds the text and vision configuration and the
+    pixel budget (tiny by default, real_size.py passes Qwen2-VL-2B's), and its 'version'
+    ('qwen2_5_vl': QWEN2_5_VL_TINY) the architecture.
+    """
+    config_class, model_class, processor_class, width = _QWEN[sizes.get('version', 'qwen2_vl')]
+    tokenizer = build_tokenizer(
+        bos_token=None, eos_token='<|im_end|>', pad_token='<|endoftext|>',
+        special_tokens=['<|im_start|>', '<|vision_start|>', '<|vision_end|>', '<|image_pad|>',
+                        '<|video_pad|>'])
+    ids = tokenizer.convert_tokens_to_ids
+    text = {**sizes['text'], **_token_ids(tokenizer), **sizes.get('vocab', {})}
+    config = config_class(text_config=text,
+                          vision_config={**sizes['vision'], width: text['hidden_size']},
+                          image_token_id=ids('<|image_pad|>'),
+                          video_token_id=ids('<|video_pad|>'),
+                          vision_start_token_id=ids('<|vision_start|>'),
+                          vision_end_token_id=ids('<|vision_end|>'),
+                          tie_word_embeddings=sizes.get('tie_word_embeddings', False))
+    vision = sizes['vision']
+    image_processor = Qwen2VLImageProcessorPil(
+        size={'shortest_edge': sizes['min_pixels'], 'longest_edge': sizes['max_pixels']},
+        patch_size=vision['patch_size'], merge_size=vision['spatial_merge_size'],
+        temporal_patch_size=vision['temporal_patch_size'])
+    processor = images_only(processor_class)(image_processor=image_processor,
+                                             tokenizer=tokenizer, chat_template=QWEN2_VL_TEMPLATE)
+    return _save(model_class(config).to(dtype), processor, out_dir,
+                 ['<|im_end|>', '<|endoftext|>'])
+
+
 FLORENCE2_TINY = {
     'vision': {'depths': (1, 1, 1, 1), 'embed_dim': (8, 16, 32, 64), 'num_heads': (1, 1, 2, 2),
                'num_groups': (1, 1, 2, 2), 'window_size': 2, 'drop_path_rate': 0.0,
@@ -266,6 +345,7 @@ FAMILIES: dict[str, Callable[..., pathlib.Path]] = {
     'idefics2': build_idefics2,
     'mllama': build_mllama,
     'florence2': build_florence2,
+    'qwen2_vl': build_qwen2_vl,
 }
 
 

@@ -5,16 +5,14 @@ configuration (layers, widths, heads, image resolution, visual tokens per image)
 the real one on a GPU, with nothing downloaded. The builders are the tiny families' own
 (tested), given real sizes. Only the tokenizer is the tiny one; the embedding and output
 matrices keep the real vocabulary size. Weights are saved in bfloat16 (half the bytes to write
-and read back); the loader casts them to whatever dtype is asked for. Qwen2-VL is left out: its
-processor needs torchvision, which cannot be installed beside this torch; SmolVLM-Instruct
-(2.2 B, Idefics3) is the 2 B-class decoder-only model instead.
+and read back); the loader casts them to whatever dtype is asked for.
 """
 
 import pathlib
 
 import torch
 
-from .families import build_florence2, build_idefics3, build_tiny
+from .families import build_florence2, build_idefics3, build_qwen2_vl, build_tiny
 
 # The parts of each hub checkpoint's config.json that set the cost.
 SIZES = {
@@ -34,6 +32,17 @@ SIZES = {
         'vision': {'hidden_size': 1152, 'intermediate_size': 4304, 'num_hidden_layers': 27,
                    'num_attention_heads': 16, 'image_size': 384, 'patch_size': 14},
         'scale_factor': 3, 'longest_edge': 1536}),
+    # Qwen2-VL-2B-Instruct: Qwen2-1.5B's decoder (tied embeddings), a 32-layer 1280-wide ViT,
+    # 3136 to 12845056 pixels a frame (a 640x480 frame: 476x644 px, 391 image tokens).
+    'qwen2-vl-2b': (build_qwen2_vl, {
+        'text': {'hidden_size': 1536, 'intermediate_size': 8960, 'num_hidden_layers': 28,
+                 'num_attention_heads': 12, 'num_key_value_heads': 2, 'rope_theta': 1000000.0,
+                 'max_position_embeddings': 32768,
+                 'rope_scaling': {'type': 'mrope', 'mrope_section': [16, 24, 24]}},
+        'vocab': {'vocab_size': 151936},
+        'vision': {'depth': 32, 'embed_dim': 1280, 'num_heads': 16, 'mlp_ratio': 4,
+                   'patch_size': 14, 'spatial_merge_size': 2, 'temporal_patch_size': 2},
+        'min_pixels': 3136, 'max_pixels': 12845056, 'tie_word_embeddings': True}),
     # Florence-2-base: DaViT with Florence2VisionConfig's defaults, BART 6+6 layers, 768 px.
     'florence-2-base': (build_florence2, {
         'vision': {'projection_dim': 768},

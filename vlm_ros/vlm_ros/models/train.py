@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText
 
+from ..engine.local.processors import load_processor
 from ..engine.local.teacher_forcing import target_log_probs, teacher_forced_batch
 
 # Measured over seeds 0-11 of every family: three targets, two of them for one prompt and told
@@ -67,7 +68,7 @@ def train_tiny(model_dir, samples: Sequence[tuple[np.ndarray, str, str]],
     run and the seconds taken.
     """
     model_dir = pathlib.Path(model_dir)
-    processor = AutoProcessor.from_pretrained(model_dir)
+    processor = load_processor(str(model_dir))
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     model.eval()
     batch = teacher_forced_batch(processor, model, samples)

@@ -20,6 +20,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from ..config import DEVICES_HELP, DTYPES, EngineConfig
 from ..errors import VlmError
+from .processors import load_processor
 
 # Tried in order: decoder-only and cross-attention families map to ImageTextToText; some
 # encoder-decoder families are registered only as Vision2Seq or Seq2SeqLM.
@@ -213,9 +214,8 @@ def load(config: EngineConfig) -> LoadedModel:
     if not config.trust_remote_code and _has_own_code(source):  # before transformers' warnings
         raise _untrusted(source, config, device)
     try:
-        processor = transformers.AutoProcessor.from_pretrained(
-            source, trust_remote_code=config.trust_remote_code,
-            local_files_only=config.local_files_only)
+        processor = load_processor(source, trust_remote_code=config.trust_remote_code,
+                                   local_files_only=config.local_files_only)
         model = _load_model(source, _kwargs(config, device, dtype))
         if device.type != 'cuda':
             model.to(device)
