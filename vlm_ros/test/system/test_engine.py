@@ -11,6 +11,7 @@ import uuid
 import pytest
 import torch
 from engine_fixtures import FAMILIES, PLAN_JSON, TARGETS, never_ending, scene
+from vlm_ros.benchmarks.vision_timer import vision_layers
 from vlm_ros.engine import EngineConfig, Request, VlmError
 from vlm_ros.engine.local import VlmEngine
 from vlm_ros.engine.local.positions import position_limit
@@ -80,7 +81,7 @@ def test_cancel_during_vision_encoding_runs_no_further_layer(engine):
     """A long prefill is interruptible: no layer runs after the cancel, not even the decoder."""
     layers = [(name, layer) for name, module in engine.loaded.model.named_modules()
               if isinstance(module, torch.nn.ModuleList) for layer in module]
-    vision = [layer for name, layer in layers if 'vision' in name or 'visual' in name]
+    vision = vision_layers(engine.loaded.model)
     assert vision, 'every family has a vision encoder with layers'
     cancel = threading.Event()
     ran_after_cancel = []

@@ -9,20 +9,18 @@ vlm_ros.benchmarks.cuda_checks --graphs checks the captured graphs the same way.
 import threading
 
 import pytest
-import torch
 from decoding_harness import batched_and_single, eager_of, start_engine
 from engine_fixtures import scene
 from vlm_ros.engine import Request, VlmError
-from vlm_ros.engine.features import FeatureSpec
-from vlm_ros.engine.local.decoding import compiled_graphs, graph_decoder, warm_up
+from vlm_ros.engine.local.decoding import graph_decoder
 from vlm_ros.engine.local.fused_projections import FusedPart
-from vlm_ros.engine.local.generate import eos_token_ids, generate
-from vlm_ros.engine.local.graph_decode import CHUNK, GraphDecoder
+from vlm_ros.engine.local.generate import generate
+from vlm_ros.engine.local.graph_decode import CHUNK
 
 pytestmark = pytest.mark.distro_independent
 
 
-GRAPH_FAMILIES = ['llava', 'idefics3']  # decoder-only, one position per token, no window
+GRAPH_FAMILIES = ['llava', 'idefics3', 'qwen2_vl']  # decoder-only, one position a token
 
 
 @pytest.fixture(scope='module')
@@ -44,8 +42,9 @@ def test_graph_decoding_answers_equal_eager_answers(family, trained_tiny, eager_
         engine.unload()
 
 
-def test_graph_decoding_gives_generates_log_probabilities_and_stream(trained_tiny):
-    model = trained_tiny('idefics3')
+@pytest.mark.parametrize('family', ['idefics3', 'qwen2_vl'])  # 1-D and 3-D rotary positions
+def test_graph_decoding_gives_generates_log_probabilities_and_stream(family, trained_tiny):
+    model = trained_tiny(family)
     eager, graphs = start_engine(model, 'eager'), start_engine(model, 'graphs')
     try:
         request = Request('caption', scene('red'))  # a plan would decode under its grammar
@@ -77,7 +76,7 @@ def test_graph_decoding_keeps_eos_away_for_min_new_tokens(trained_tiny):
         engine.unload()
 
 
-@pytest.mark.parametrize('family', ['florence2', 'mllama', 'idefics2', 'qwen2_vl'])
+@pytest.mark.parametrize('family', ['florence2', 'mllama', 'idefics2'])
 def test_graph_decoding_refuses_the_families_it_cannot_run_exactly(family, trained_tiny):
     with pytest.raises(VlmError, match="decode_mode 'graphs' decodes the families llava"):
         start_engine(trained_tiny(family), 'graphs')
@@ -103,82 +102,3 @@ def test_graph_decoding_stops_a_row_when_its_cancel_is_set_and_keeps_the_others(
         assert len(generated.tokens[1]) == 200
     finally:
         engine.unload()
-
-
-@pytest.fixture(scope='module')
-def compiled(trained_tiny):
-    """Yield a tiny Idefics3 engine, a GraphDecoder compiled as on CUDA, and its warm-up's graphs.
-
-    The graphs the warm-up made are counted here: the worker may have compiled others before.
-    """
-    engine = start_engine(trained_tiny('idefics3'), 'static')
-    loaded = engine.loaded
-    graphs = GraphDecoder(loaded.model, eos_token_ids(loaded.model, loaded.processor.tokenizer),
-                          compiled=True)
-    before = compiled_graphs()
-    warm_up(loaded, engine.preprocess, engine.generate_kwargs(), engine.config.max_image_side,
-            graphs)
-    yield engine, graphs, compiled_graphs() - before
-    engine.unload()
-
-
-def test_compiled_steps_and_prefill_answer_as_generate_and_compile_only_in_the_warm_up(
-        compiled):
-    """On CUDA the graphed step and the first forward's decoder run compiled (fused kernels).
-
-    The warm-up compiles each of them for batch 1 and for any batch, no more (this model has
-    two KV heads: a first batch of two rows would add a prefill for batch 2 alone). The answers
-    are generate's, and no request after the warm-up compiles again, whatever its batch size,
-    prompt length or cache length (each compile takes seconds on a GPU).
-    """
-    engine, graphs, warm_up_graphs = compiled
-    assert warm_up_graphs == 4, 'prefill and step, each for batch 1 and for any batch'
-    made = compiled_graphs()
-    colours = ('red', 'blue', 'red', 'blue')
-    for batch, tokens in ((3, 30), (1, 30), (2, 300), (4, 20), (1, 5)):
-        inputs = engine.preprocess([Request('vqa', scene(colour), 'what colour? ' * (row + 1))
-                                    for row, colour in enumerate(colours[:batch])])
-        expected = generate(engine.loaded, inputs, tokens,
-                            {**engine.generate_kwargs(), 'min_new_tokens': tokens})
-        answered = generate(engine.loaded, inputs, tokens,
-                            {'do_sample': False, 'min_new_tokens': tokens}, graphs=graphs)
-        assert answered.tokens == expected.tokens
-        assert answered.logprobs == [pytest.approx(row, abs=1e-5)
-                                     for row in expected.logprobs]
-    assert compiled_graphs() == made
-
-
-def test_cancel_after_vision_encoding_stops_before_the_compiled_decoder(compiled):
-    """The compiled decoder is checked once, before it runs (its layers run inside a graph)."""
-    engine, graphs, _ = compiled
-    vision = [layer for name, module in engine.loaded.model.named_modules()
-              if isinstance(module, torch.nn.ModuleList) and 'vision' in name for layer in module]
-    cancel = threading.Event()
-    decoder_ran = []
-    ran = graphs.prefill.compiled.register_forward_hook(lambda *args: decoder_ran.append(1))
-    cancelling = vision[-1].register_forward_hook(lambda *args: cancel.set())
-    inputs = engine.preprocess([Request('caption', scene('red'))])
-    try:
-        cancelled = generate(engine.loaded, inputs, 20, {'do_sample': False}, cancels=[cancel],
-                             graphs=graphs)
-        cancelling.remove()
-        assert cancelled.cancelled == [True] and cancelled.tokens == [[]] and decoder_ran == []
-        answered = generate(engine.loaded, inputs, 20, {'do_sample': False}, graphs=graphs)
-    finally:
-        cancelling.remove()
-        ran.remove()
-    assert len(answered.tokens[0]) > 3 and decoder_ran == [1], 'the prefill ran it, once'
-
-
-def test_features_take_the_eager_prefill_and_equal_eagers(compiled):
-    """output_hidden_states would compile another graph: a features request runs eagerly."""
-    engine, graphs, _ = compiled
-    made = compiled_graphs()
-    inputs = engine.preprocess([Request('caption', scene('blue'))])
-    specs = [FeatureSpec(-1, 'mean')]
-    expected = generate(engine.loaded, inputs, 10, engine.generate_kwargs(), features=specs)
-    answered = generate(engine.loaded, inputs, 10, {'do_sample': False}, graphs=graphs,
-                        features=specs)
-    assert answered.tokens == expected.tokens
-    assert answered.features[0].data == pytest.approx(expected.features[0].data, abs=1e-5)
-    assert compiled_graphs() == made

@@ -33,7 +33,10 @@ from ..engine.local.exact_idefics3 import ExactIdefics3
 from ..engine.local.generate import generate
 from ..engine.local.loader import classify_error, resolve_device, resolve_dtype
 from ..engine.local.streams import side_stream
-from ..models import build_tiny
+from ..models import FAMILIES, build_tiny
+
+# Tiny families whose greedy steps the 'graphs' mode replays (1-D and 3-D rotary positions).
+GRAPHED = ('llava', 'idefics3', 'qwen2_vl')
 
 
 def check(name: str, ok: bool, detail: str = '') -> bool:
@@ -268,8 +271,7 @@ def main(argv=None) -> int:
     if not only_graphs:
         results.extend(_check_exact_idefics3([Image.fromarray(image) for image in images]))
     compiled = []  # checked after the memory checks: compiling allocates for the whole process
-    families = ('llava', 'idefics3') if only_graphs else (
-        'llava', 'idefics3', 'idefics2', 'mllama', 'florence2')
+    families = GRAPHED if only_graphs else tuple(FAMILIES)
     with tempfile.TemporaryDirectory() as scratch:
         for family in families:
             path = build_tiny(family, f'{scratch}/{family}')
@@ -293,7 +295,7 @@ def main(argv=None) -> int:
             # and the torchvision backend its normalisation constants (1 KiB): not the model.
             results.append(check(f'{family}: unload frees memory', after <= before + 2**21,
                                  f'{before} -> {loaded} -> {after} bytes'))
-            if family in ('llava', 'idefics3'):
+            if family in GRAPHED:
                 results.extend(_check_graphs(path, requests, answers))
                 results.append(_check_graph_plans(path, [r for r in requests
                                                          if r.task == 'plan']))

@@ -17,10 +17,7 @@ class VisionTimer:
     def __init__(self, model, device):
         import torch
 
-        layers = [layer for name, module in model.named_modules()
-                  if ('vision' in name or 'visual' in name) and
-                  isinstance(module, torch.nn.ModuleList)
-                  for layer in module]
+        layers = vision_layers(model)
         self._sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' \
             else (lambda: None)
         self.start = self.end = self.prefilled = None
@@ -46,3 +43,12 @@ class VisionTimer:
         """Remove the hooks."""
         for handle in self._handles:
             handle.remove()
+
+
+def vision_layers(model) -> list:
+    """Return the vision encoder's layers: ModuleList elements under 'vision' or 'visual'."""
+    import torch
+
+    return [layer for name, module in model.named_modules()
+            if ('vision' in name or 'visual' in name) and isinstance(module, torch.nn.ModuleList)
+            for layer in module]

@@ -54,7 +54,8 @@ SPECS = (
               "'sdpa', 'eager', 'flash_attention_2')", applies='reload'),
     ParamSpec('decode_mode', 'auto', "in-process backend: 'auto' = on CUDA 'graphs' (greedy "
               "steps compiled and replayed from CUDA graphs, the prefill compiled; LLaVA, "
-              "Idefics3/SmolVLM) or else 'compiled' (transformers' compiled static cache), "
+              "Idefics3/SmolVLM, Qwen2-VL, Qwen2.5-VL) or else 'compiled' (transformers' "
+              "compiled static cache), "
               "both prepared while configuring; eager elsewhere; 'static' = static cache, not "
               "compiled; 'compiled' and 'graphs' also on a CPU", applies='reload',
               choices=DECODE_MODES),

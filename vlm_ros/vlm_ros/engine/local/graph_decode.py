@@ -16,8 +16,8 @@ first forward's decoder (compiled_prefill.py). The products that share an input 
 Under a plan grammar the host reads every step's tokens, since the grammar needs them before it
 masks the next step's scores (constrain.py); the step is still one replay. Only where that
 equals generate: greedy decoding, decoder-only families with one position per token and no
-sliding window (LLaVA, Idefics3/SmolVLM), and generation configs that add no logits processor
-but min_new_tokens. On a CPU the same steps run eagerly
+sliding window (LLaVA, Idefics3/SmolVLM, Qwen2-VL and Qwen2.5-VL), and generation configs that
+add no logits processor but min_new_tokens. On a CPU the same steps run eagerly
 (compiled on request); the tests check tokens and log-probabilities against generate.
 """
 
@@ -34,7 +34,9 @@ from .streams import side_stream
 CHUNK = 4  # steps between two reads of the tokens; up to 2 x CHUNK steps run past a stop
 BUCKET = 256  # cache lengths are rounded up to a multiple: few distinct graphs
 MAX_SLOTS = 4  # (batch size, cache length) states kept; the least recently used goes
-FAMILIES = ('llava', 'idefics3', 'smolvlm')  # Idefics2's Mistral: a sliding window cache
+# Idefics2's Mistral: a sliding window cache. Qwen2-VL: 3-D rotary positions, one a token
+# after the prompt, the same in each section (the prompt's own offset: rope_deltas).
+FAMILIES = ('llava', 'idefics3', 'smolvlm', 'qwen2_vl', 'qwen2_5_vl')
 GROWING_ROPE = ('dynamic', 'longrope')  # rotary tables that change with the length: not graphed
 # Generation-config fields that add logits processors to generate (they must be the default).
 PROCESSOR_FIELDS = ('repetition_penalty', 'encoder_repetition_penalty', 'no_repeat_ngram_size',
@@ -214,6 +216,7 @@ class _Slot:
             getattr(text, 'head_dim', None) or text.hidden_size // text.num_attention_heads,
             model.dtype, device)
         self._decoder, self._head = model.get_decoder(), model.get_output_embeddings()
+        self._base = getattr(model, 'model', None)  # where Qwen2-VL keeps its rope_deltas
         self._cache_argument = cache_keyword(self._decoder.forward)
         self.on_gpu = device.type == 'cuda'
         self._graph = None
@@ -250,6 +253,11 @@ class _Slot:
         prompt = attention_mask.shape[1]
         self._ids.copy_(first.view(-1, 1))
         self._positions.copy_(attention_mask.long().sum(-1, keepdim=True))
+        # 3-D rotary positions: an image's tokens take fewer positions than their count, so
+        # the text after it continues from the prompt's offset, set by its prefill
+        deltas = getattr(self._base, 'rope_deltas', None)
+        if deltas is not None:
+            self._positions.add_(deltas.view(-1, 1))
         self._cache_position.fill_(prompt)
         self._step.zero_()
         self._min_steps.fill_(min_steps)
