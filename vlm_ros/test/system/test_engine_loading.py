@@ -159,21 +159,31 @@ def test_a_qwen2_5_vl_checkpoint_answers_in_a_batch_as_it_does_alone(tmp_path):
     """Qwen2.5-VL loads like Qwen2-VL (a family of the tests), windowed attention in its ViT.
 
     Random weights: what is checked is that it loads, without the video processor a machine
-    without torchvision cannot build, and that frames of other sizes batch without changing
-    any answer.
+    without torchvision cannot build, that frames of other sizes batch without changing any
+    answer, and that the graphs decode mode (auto's on CUDA) gives eager's tokens and
+    log-probabilities.
     """
     with torch.random.fork_rng():
         torch.manual_seed(25)
         path = build_qwen2_vl(tmp_path / 'qwen2_5_vl', QWEN2_5_VL_TINY)
-    engine = VlmEngine(EngineConfig(model=str(path), device='cpu', max_new_tokens=8))
-    engine.load()
-    try:
-        assert type(engine.loaded.model).__name__ == 'Qwen2_5_VLForConditionalGeneration'
-        assert type(engine.loaded.processor).__name__ == 'Qwen2_5_VLProcessor'
-        requests = [Request('caption', scene('red')), Request('vqa', scene('blue', 30, 90), 'go?'),
-                    Request('plan', scene('green', 100, 60), TARGETS['plan'][0])]
-        batched = engine.run(requests)
-        assert [r.text for r in batched] == [engine.run([r])[0].text for r in requests]
-        assert all(r.output_tokens > 0 and not r.cancelled for r in batched)
-    finally:
-        engine.unload()
+    requests = [Request('caption', scene('red')), Request('vqa', scene('blue', 30, 90), 'go?'),
+                Request('plan', scene('green', 100, 60), TARGETS['plan'][0])]
+    answers = {}
+    for mode in ('eager', 'graphs'):
+        engine = VlmEngine(EngineConfig(model=str(path), device='cpu', max_new_tokens=8,
+                                        decode_mode=mode))
+        engine.load()
+        try:
+            assert type(engine.loaded.model).__name__ == 'Qwen2_5_VLForConditionalGeneration'
+            assert type(engine.loaded.processor).__name__ == 'Qwen2_5_VLProcessor'
+            assert engine.decoding.mode == mode
+            answers[mode] = engine.run(requests)
+            alone = [engine.run([request])[0].text for request in requests]
+            assert [r.text for r in answers[mode]] == alone
+        finally:
+            engine.unload()
+    eager, graphs = answers['eager'], answers['graphs']
+    assert all(r.output_tokens > 3 for r in eager)
+    assert [r.text for r in graphs] == [r.text for r in eager]
+    for got, expected in zip(graphs, eager, strict=True):
+        assert got.token_logprobs == pytest.approx(expected.token_logprobs, abs=1e-5)
