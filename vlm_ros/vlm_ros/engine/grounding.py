@@ -33,8 +33,11 @@ _QWEN2 = re.compile(r'<\|box_start\|>\s*\(' + _NUMBER + ',' + _NUMBER + r'\)\s*,
                     _NUMBER + ',' + _NUMBER + r'\)\s*<\|box_end\|>')
 _PLAIN = re.compile(r'\[' + ','.join([_NUMBER] * 4) + r'\]')
 _MOLMO = re.compile(r'<point\s+x="' + _NUMBER + r'"\s+y="' + _NUMBER + '"')
-_MARKUP = re.compile(r'<point\b[^<>]{0,300}>|</point>|<loc_?\d{1,4}>|' + _QWEN2.pattern + '|' +
-                     _PLAIN.pattern)
+# Qwen2-VL names what a box is of between object_ref markers; its tokenizer makes them, and the
+# box markers, special tokens (as Florence-2's makes its location bins): local/answer_text.py.
+_MARKUP_TOKEN = re.compile(r'<loc_?\d{1,4}>|<\|(?:box|object_ref|quad)_(?:start|end)\|>')
+_MARKUP = re.compile(r'<point\b[^<>]{0,300}>|</point>|' + _QWEN2.pattern + '|' +
+                     _MARKUP_TOKEN.pattern + '|' + _PLAIN.pattern)
 MALFORMED = 'malformed '  # a ViewBox notation: a box key whose value is no box (step_box)
 BOX_KEYS = ('bbox_2d', 'box', 'bbox')  # step keys that carry a box, bbox_2d in pixels
 MAX_LABEL_CHARS = 128  # of a box's label
@@ -54,6 +57,11 @@ class ViewBox:
     notation: str = 'plain'
     point: bool = False  # a point the model wrote (x1 = x2, y1 = y2), not a box of no size
     label: str = ''  # what the model named it, where it did (Qwen2.5-VL's "label")
+
+
+def is_markup_token(token: str) -> bool:
+    """Tell whether a tokenizer's token is part of a box notation (kept in an answer's text)."""
+    return bool(_MARKUP_TOKEN.fullmatch(token))
 
 
 def without_boxes(text: str) -> str:

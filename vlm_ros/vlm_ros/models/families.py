@@ -278,7 +278,8 @@ def build_qwen2_vl(out_dir, sizes: dict = QWEN2_VL_TINY, dtype=torch.float32) ->
     tokenizer = build_tokenizer(
         bos_token=None, eos_token='<|im_end|>', pad_token='<|endoftext|>',
         special_tokens=['<|im_start|>', '<|vision_start|>', '<|vision_end|>', '<|image_pad|>',
-                        '<|video_pad|>'])
+                        '<|video_pad|>', '<|object_ref_start|>', '<|object_ref_end|>',
+                        '<|box_start|>', '<|box_end|>'])  # special, as Qwen2-VL's own
     ids = tokenizer.convert_tokens_to_ids
     text = {**sizes['text'], **_token_ids(tokenizer), **sizes.get('vocab', {})}
     config = config_class(text_config=text,

@@ -17,6 +17,7 @@ from ..plan_schema import PLAN_TASKS
 from ..preprocess import fitted_size
 from ..results import make_result, mark_closed
 from . import constrain, decoding, loader, teacher_forcing
+from .answer_text import answer_text
 from .generate import eos_token_ids, generate
 from .inputs import InputStage
 from .positions import fitted_limits
@@ -186,8 +187,7 @@ class VlmEngine(EngineBase):
                                  cancels, constraint, self.decoding.graphs,
                                  [r.features for r in requests])
             rows = [row[:limit] for limit, row in zip(limits, generated.tokens, strict=True)]
-            texts = [loaded.processor.tokenizer.decode(tokens, skip_special_tokens=True)
-                     for tokens in rows]
+            texts = [answer_text(loaded.processor.tokenizer, tokens) for tokens in rows]
         except Exception as exc:  # noqa: BLE001 - the caller answers with a status, not a crash
             raise loader.model_failure('generation', exc, self.config.model,
                                        loaded.device) from exc
@@ -249,5 +249,5 @@ def _results(loaded, requests: list, texts: list, rows: list, generated, constra
         for result, tokens, closed_at in zip(results, rows, constraint.closed_at, strict=True):
             if closed_at is not None:
                 mark_closed(result, len(tokens) - closed_at,
-                            tokenizer.decode(tokens[closed_at:], skip_special_tokens=True))
+                            answer_text(tokenizer, tokens[closed_at:]))
     return results

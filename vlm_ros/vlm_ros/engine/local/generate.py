@@ -19,6 +19,7 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from .answer_text import answer_text
 from .graph_decode import cache_keyword
 from .hidden_features import prefill_states, wanted
 from .token_logprobs import TokenLogProbs
@@ -55,7 +56,7 @@ class _RowText:
         self.emit(final=self.done)
 
     def emit(self, final: bool) -> None:
-        text = self._tokenizer.decode(self._tokens, skip_special_tokens=True)
+        text = answer_text(self._tokenizer, self._tokens)
         if not final and text.endswith('\ufffd'):
             return
         if text.startswith(self._emitted) and len(text) > len(self._emitted):

@@ -13,6 +13,8 @@ a CPU), which on the tiny test models is a share of a step worth saving.
 import torch
 from transformers import LogitsProcessor
 
+from .answer_text import answer_text
+
 
 class TokenLogProbs(LogitsProcessor):
     """Record, per row, the natural-log probability of every token the row takes."""
@@ -51,6 +53,6 @@ def text_logprobs(tokenizer, tokens: list, logprobs: list, eos: set, steps: bool
     count = len(tokens) - (1 if tokens and tokens[-1] in eos else 0)
     if not steps:
         return tuple(logprobs[:count]), ()
-    ends = tuple(len(tokenizer.decode(tokens[:index + 1], skip_special_tokens=True))
+    ends = tuple(len(answer_text(tokenizer, tokens[:index + 1]))
                  for index in range(count))
     return tuple(logprobs[:count]), ends
