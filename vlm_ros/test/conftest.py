@@ -1,32 +1,49 @@
 """Shared fixtures: an isolated, loopback-only DDS domain and an rclpy node per test module."""
 
+import fcntl
 import os
 import pathlib
 import random
 import statistics
+import tempfile
 import warnings
 
 import pytest
 from vlm_ros.compat import loopback_discovery
 
+DOMAINS = range(1, 102)  # the ROS 2 domain ids whose ports stay clear of Linux's ephemeral ones
+_claimed = []  # the open lock file of this process's domain: held until the process ends
+
 
 def _domain_id() -> str:
-    """Return this test process's DDS domain: random per run, one per pytest-xdist worker.
+    """Return this test process's DDS domain: one no other test process on this machine holds.
 
-    Workers of one run take consecutive domains from a base drawn from the run's id, so two of
-    them never share one (each starts nodes of the same names); a serial run keeps a domain
-    the caller set.
+    Each pytest-xdist worker (and a serial run) claims a random free domain by an exclusive
+    lock on a file named after it, held for the process's life: two runs on one machine (a
+    developer's and CI's, or two legs) drew the same domain from a run's random base before,
+    and each test then got the other run's messages. A serial run keeps a domain the caller
+    set.
     """
     workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
     if workers == 1 and 'ROS_DOMAIN_ID' in os.environ:
         return os.environ['ROS_DOMAIN_ID']
-    run = os.environ.get('PYTEST_XDIST_TESTRUNUID', str(os.getpid()))
-    worker = int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0')[len('gw'):])
-    return str(random.Random(run).randint(1, 102 - workers) + worker)
+    for domain in random.sample(DOMAINS, len(DOMAINS)):
+        lock = open(os.path.join(tempfile.gettempdir(), f'vlm_ros-test-domain-{domain}.lock'),
+                    'w')
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        _claimed.append(lock)
+        return str(domain)
+    raise RuntimeError(f'every ROS domain id {DOMAINS.start}-{DOMAINS.stop - 1} is held by '
+                       'another test process on this machine')
 
 
-# Each test run gets its own DDS domain, and discovery stays on this machine: concurrent runs
-# (a developer's and CI's) never see each other's topics, and nothing goes onto the network.
+# Each test process gets a DDS domain of its own, and discovery stays on this machine:
+# concurrent runs (a developer's and CI's) never see each other's topics, and nothing goes onto
+# the network.
 os.environ['ROS_DOMAIN_ID'] = _domain_id()
 for _name, _value in loopback_discovery().items():  # the distro's own variable, not both
     os.environ.setdefault(_name, _value)
@@ -86,7 +103,7 @@ def pytest_report_header(config):
     from vlm_ros.compat import distro
 
     return (f'ROS 2 {distro()} (rclpy from {os.path.dirname(rclpy.__file__)}), '
-            f'ROS_DOMAIN_ID {os.environ["ROS_DOMAIN_ID"]}')
+            f'ROS_DOMAIN_ID {os.environ["ROS_DOMAIN_ID"]} (each xdist worker holds its own)')
 
 
 def pytest_terminal_summary(terminalreporter):
