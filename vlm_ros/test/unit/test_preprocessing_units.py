@@ -8,6 +8,7 @@ import types
 
 import numpy as np
 import pytest
+import torch
 from engine_fixtures import scene
 from PIL import Image
 from vlm_ros.engine.frame_cache import FrameCache
@@ -45,7 +46,7 @@ def test_a_layout_without_one_entry_per_frame_gets_the_processors_own_call():
     assert calls == [1, 2, 2] and cache.frames_processed == 4
 
 
-def _grid_flattening(calls):
+def _grid_flattening(calls, tensor=np.asarray):
     """Qwen2-VL's layout: every frame's patches in one tensor, a grid row a frame counting them."""
     def process(images, **kwargs):
         frames = [row[0] for row in images]
@@ -53,21 +54,25 @@ def _grid_flattening(calls):
         grids = [(1, frame.height // 8, frame.width // 8) for frame in frames]
         pixels = [np.full((h * w, 2), frame.getpixel((w * 4, h * 4))[0])
                   for frame, (_, h, w) in zip(frames, grids, strict=True)]
-        return {'pixel_values': np.concatenate(pixels), 'image_grid_thw': np.array(grids)}
+        return {'pixel_values': tensor(np.concatenate(pixels)),
+                'image_grid_thw': tensor(np.array(grids))}
     return process
 
 
 @pytest.mark.parametrize('batched', [False, True])
-def test_patches_flattened_across_frames_are_put_together_by_their_grid(batched):
-    own, calls = _grid_flattening([]), []
-    cache = FrameCache(_grid_flattening(calls), np.concatenate, batched=batched, threads=1)
+@pytest.mark.parametrize('tensor', [np.asarray, torch.as_tensor])  # a GPU's processor: torch's
+def test_patches_flattened_across_frames_are_put_together_by_their_grid(batched, tensor):
+    own, calls = _grid_flattening([], tensor), []
+    join = np.concatenate if tensor is np.asarray else torch.cat
+    cache = FrameCache(_grid_flattening(calls, tensor), join, batched=batched, threads=1)
     frames = [Image.fromarray(scene('red')), Image.fromarray(scene('blue', 32, 16)),
               Image.fromarray(scene('green'))]
     for batch in ([0, 1, 2], [2, 1, 1, 0], [1]):
         rows = [[frames[index]] for index in batch]
         got, want = cache(rows), own(rows)
         assert set(got) == set(want)
-        assert all(np.array_equal(got[name], want[name]) for name in want)
+        assert all(np.array_equal(np.asarray(got[name]), np.asarray(want[name]))
+                   for name in want)
     assert cache.frames_processed == 3 and cache.frames_reused == 5
     assert calls == ([2, 1] if batched else [1, 1, 1])  # a GPU's: frames of one size together
 

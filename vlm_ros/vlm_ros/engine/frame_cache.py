@@ -198,7 +198,7 @@ def _split(outputs, count: int) -> list:
     rows = [copy.copy(outputs) for _ in range(count)]
     flattened = _flattened(outputs)
     if flattened:
-        ends = np.cumsum([int(np.prod(grid)) for grid in outputs[GRID]])
+        ends = np.cumsum([int(grid.prod()) for grid in outputs[GRID]])  # numpy or torch
         for name in flattened:
             for row, start, end in zip(rows, [0, *ends[:-1]], ends, strict=True):
                 row[name] = outputs[name][start:end]
