@@ -26,6 +26,10 @@ _COLOURS = {'red': (220, 30, 30), 'blue': (30, 60, 220), 'green': (30, 200, 60)}
 # the block's own pixels, RED_BLOCK.
 GROUND = ('the red block', '[271, 333, 500, 667]')
 RED_BLOCK = (21.0, 16.0, 32.0, 32.0)  # x1, y1, x2, y2 in the scene's pixels (scene())
+# The same block as Qwen2-VL writes a box: the phrase between its object markers, then the box
+# in thousandths of the whole 64x48 scene between its box markers (special tokens of its own).
+QWEN2_GROUND = ('<|object_ref_start|>the red block<|object_ref_end|>'
+                '<|box_start|>(328,333),(500,667)<|box_end|>')
 
 
 def scene(colour: str, height: int = 48, width: int = 64) -> np.ndarray:

@@ -7,7 +7,7 @@ coordinates and lose what says they are a box.
 
 import pytest
 import torch
-from engine_fixtures import RED_BLOCK, scene
+from engine_fixtures import QWEN2_GROUND, RED_BLOCK, scene
 from vlm_ros.engine import EngineConfig, Request
 from vlm_ros.engine.local import VlmEngine
 from vlm_ros.engine.prompts import load_templates, render_task
@@ -16,9 +16,7 @@ from vlm_ros.models import build_tiny, train_tiny
 # Needs no ROS: scripts/test runs it on the first leg only.
 pytestmark = pytest.mark.distro_independent
 PHRASE = 'the red block'
-# The red block in thousandths of the whole 64x48 scene, as Qwen2-VL writes a box.
-ANSWER = ('<|object_ref_start|>the red block<|object_ref_end|>'
-          '<|box_start|>(328,333),(500,667)<|box_end|>')
+ANSWER = QWEN2_GROUND
 
 
 def test_qwen2_vls_box_tokens_reach_the_answer_and_map_onto_the_block(tmp_path):

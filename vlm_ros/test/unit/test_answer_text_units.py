@@ -1,13 +1,12 @@
 """An answer's text keeps the box markup its tokenizer makes special tokens, and nothing else."""
 
 import pytest
+from engine_fixtures import QWEN2_GROUND
 from vlm_ros.engine.grounding import is_markup_token, parse_box, without_boxes
 from vlm_ros.engine.local.answer_text import answer_text
 from vlm_ros.models.tokenizer import build_tokenizer
 
 QWEN_MARKERS = ['<|object_ref_start|>', '<|object_ref_end|>', '<|box_start|>', '<|box_end|>']
-QWEN_BOX = ('<|object_ref_start|>the red block<|object_ref_end|>'
-            '<|box_start|>(328,333),(500,667)<|box_end|>')
 
 
 def _qwen_tokenizer():
@@ -23,7 +22,7 @@ def _florence_tokenizer():
 
 
 @pytest.mark.parametrize('tokenizer, text', [
-    (_qwen_tokenizer(), QWEN_BOX),
+    (_qwen_tokenizer(), QWEN2_GROUND),
     (_florence_tokenizer(), 'red block<loc_328><loc_333><loc_500><loc_667>'),
 ])
 def test_box_markup_stays_and_end_of_text_and_padding_go(tokenizer, text):
@@ -50,4 +49,4 @@ def test_markup_tokens_are_box_notations_only():
 
 
 def test_a_targets_words_leave_qwen2_vls_markers_out():
-    assert without_boxes(QWEN_BOX) == 'the red block'
+    assert without_boxes(QWEN2_GROUND) == 'the red block'

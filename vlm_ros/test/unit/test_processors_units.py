@@ -14,7 +14,7 @@ from engine_fixtures import scene
 from PIL import Image
 from vlm_ros.engine.local.processors import images_only, load_processor
 from vlm_ros.models import build_tiny
-from vlm_ros.models.families import QWEN2_VL_TEMPLATE
+from vlm_ros.models.families import QWEN2_5_VL_TINY, build_qwen2_vl
 
 
 def test_a_processor_without_video_loads_as_autoprocessor_gives_it(tmp_path):
@@ -45,14 +45,8 @@ def test_qwen2_vl_loads_without_its_video_processor_under_its_own_name(tmp_path)
 
 
 def test_qwen2_5_vl_takes_the_same_way(tmp_path):
-    tiny = load_processor(str(build_tiny('qwen2_vl', tmp_path / 'tiny')))
-    config = transformers.Qwen2_5_VLConfig(text_config={'hidden_size': 64}, vision_config={})
-    processor = images_only(transformers.Qwen2_5_VLProcessor)(
-        image_processor=tiny.image_processor, tokenizer=tiny.tokenizer,
-        chat_template=QWEN2_VL_TEMPLATE)
-    config.save_pretrained(tmp_path / 'qwen2_5_vl')
-    processor.save_pretrained(tmp_path / 'qwen2_5_vl')
-    loaded = load_processor(str(tmp_path / 'qwen2_5_vl'))
+    path = build_qwen2_vl(tmp_path / 'qwen2_5_vl', QWEN2_5_VL_TINY)
+    loaded = load_processor(str(path))
     assert isinstance(loaded, transformers.Qwen2_5_VLProcessor)
     assert loaded.get_attributes() == ['image_processor', 'tokenizer']
 
