@@ -12,5 +12,23 @@ if(rosidl_default_generators_FOUND)
   macro(rosidl_generate_interfaces)
     list(FILTER AMENT_EXTENSIONS_rosidl_generate_idl_interfaces EXCLUDE REGEX "_cpp:")
     _rosidl_generate_interfaces(${ARGN})
+    # The generated C files of one library all include the same runtime headers, which cost
+    # more to compile than the files' own code: compiled as unity batches (eight files to a
+    # translation unit), vlm_ros_msgs builds in 25 s instead of 40 s here. Each
+    # __description.c defines file-level statics that other interfaces' files define too, so
+    # those are compiled alone.
+    get_directory_property(_vlm_targets BUILDSYSTEM_TARGETS)
+    foreach(_vlm_target IN LISTS _vlm_targets)
+      get_target_property(_vlm_type ${_vlm_target} TYPE)
+      if(_vlm_type MATCHES "^(SHARED|MODULE|STATIC)_LIBRARY$")
+        set_target_properties(${_vlm_target} PROPERTIES UNITY_BUILD ON)
+        get_target_property(_vlm_sources ${_vlm_target} SOURCES)
+        foreach(_vlm_source IN LISTS _vlm_sources)
+          if(_vlm_source MATCHES "__description\\.c$")
+            set_source_files_properties(${_vlm_source} PROPERTIES SKIP_UNITY_BUILD_INCLUSION ON)
+          endif()
+        endforeach()
+      endif()
+    endforeach()
   endmacro()
 endif()
