@@ -16,7 +16,6 @@ from vlm_ros.models import build_tiny, train_tiny
 # Needs no ROS: scripts/test runs it on the first leg only.
 pytestmark = pytest.mark.distro_independent
 PHRASE = 'the red block'
-ANSWER = QWEN2_GROUND
 
 
 def test_qwen2_vls_box_tokens_reach_the_answer_and_map_onto_the_block(tmp_path):
@@ -24,7 +23,7 @@ def test_qwen2_vls_box_tokens_reach_the_answer_and_map_onto_the_block(tmp_path):
         torch.manual_seed(7)
         path = build_tiny('qwen2_vl', tmp_path / 'qwen2_vl')
         train_tiny(path, [(scene('red'), render_task(load_templates(), 'ground', PHRASE),
-                           ANSWER)])
+                           QWEN2_GROUND)])
     engine = VlmEngine(EngineConfig(model=str(path), device='cpu', max_new_tokens=40))
     engine.load()
     try:
@@ -32,6 +31,6 @@ def test_qwen2_vls_box_tokens_reach_the_answer_and_map_onto_the_block(tmp_path):
         result = engine.run([Request('ground', scene('red'), PHRASE)], on_text=pieces.append)[0]
     finally:
         engine.unload()
-    assert result.text == ANSWER and ''.join(pieces) == ANSWER
+    assert result.text == QWEN2_GROUND and ''.join(pieces) == QWEN2_GROUND
     assert result.valid and result.box_problems == ('',)
     assert result.boxes[0] == pytest.approx(RED_BLOCK, abs=0.1)
