@@ -103,11 +103,28 @@ class RawListener:
             self._cond.notify_all()
 
     def wait_count(self, count: int, timeout: float = TIMEOUT) -> list:
+        """Return what was received once ``count`` messages are in, of any topics."""
+        return self._wait(lambda: len(self.received) >= count,
+                          lambda: f'{len(self.received)} of {count} messages', timeout)
+
+    def wait_per_topic(self, counts: dict, timeout: float = TIMEOUT) -> list:
+        """Return what was received once each topic has its count of messages.
+
+        A total is not enough where topics' order matters: the executor takes one message
+        per ready subscription in turn, so after a stall the topic with the shorter backlog
+        gets ahead of the other.
+        """
+        def heard() -> dict:
+            return {t: sum(1 for _, topic, _ in self.received if topic == t) for t in counts}
+        return self._wait(lambda: all(heard()[t] >= n for t, n in counts.items()),
+                          lambda: f'{heard()} of {counts} messages', timeout)
+
+    def _wait(self, done, progress, timeout: float) -> list:
         deadline = time.monotonic() + timeout
         with self._cond:
-            while len(self.received) < count:
+            while not done():
                 left = deadline - time.monotonic()
-                assert left > 0, f'{len(self.received)} of {count} messages after {timeout} s'
+                assert left > 0, f'{progress()} after {timeout} s'
                 self._cond.wait(left)
             return list(self.received)
 
@@ -167,11 +184,15 @@ def test_loop_plays_again_until_interrupted(test_node, tmp_path):
     listener = RawListener(test_node.node, {IMAGE: Image, INSTRUCTION: String})
     proc = start_replay(tmp_path / 'bag', '--loop', '--rate', 4, '--wait-for-subscribers',
                         TIMEOUT)
-    received = listener.wait_count(2 * len(written) + 1)
+    played = per_topic(written)
+    # Two passes, and the first message of a third: the replay did not stop after the second.
+    counts = {topic: 2 * len(messages) for topic, messages in played.items()}
+    counts[written[0][1]] += 1
+    received = listener.wait_per_topic(counts)
     code, _, err = stop_process(proc, timeout=TIMEOUT)
     assert code == 0 and 'terminate called' not in err, err
     # The last of one pass and the first of the next are published back to back.
-    played, heard = per_topic(written), per_topic(received)
+    heard = per_topic(received)
     for topic in (IMAGE, INSTRUCTION):
         assert heard[topic][:2 * len(played[topic])] == played[topic] * 2
 
