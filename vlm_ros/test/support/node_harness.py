@@ -144,6 +144,15 @@ class VlmNodeProcess:
         self.wait_outputs()
         self.instruction_pub.publish(String(data=text))
 
+    def answers(self, texts: list, timeout: float = TIMEOUT) -> list:
+        """Return the first Plan of each instruction in texts, waiting for each one.
+
+        A look at what has arrived misses Plans on their way: another topic's message (the
+        diagnostics' count) or the node's exit says nothing about when this topic's arrive.
+        """
+        return [self.plans.wait_for(lambda p, t=text: p.instruction == t, timeout, text)
+                for text in texts]
+
     def activate_once_heard(self) -> None:
         """Configure and activate a node started with autostart:=false, its outputs heard first.
 
