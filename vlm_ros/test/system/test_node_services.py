@@ -149,19 +149,21 @@ def test_goals_cancelled_as_soon_as_they_are_accepted_each_end_canceled(start_vl
 
 def test_goals_batched_together_each_stream_their_own_text(start_vlm_node, test_node):
     """Three goals in one batched generate: per-row feedback, results and image headers."""
-    node = start_vlm_node(max_batch_size=3, batch_wait=1.0)  # waits until all three are in
+    # The batch starts once all three are in; batch_wait (its largest) bounds each wait.
+    node = start_vlm_node(max_batch_size=3, batch_wait=1.0)
     node.wait_state('active')
     client = ActionClient(test_node.node, GeneratePlan, '/vlm_node/generate_plan')
     assert client.wait_for_server(timeout_sec=TIMEOUT)
     asked = [('red', TARGETS['plan'][0]), ('blue', TARGETS['plan'][0]),
              ('red', TARGETS['vqa'][0])]
     recorded = ActionFeedback(test_node, '/vlm_node/generate_plan', GeneratePlan)
-    goals, handles = [], []
-    for colour, text in asked:
+    goals, sent = [], []
+    for colour, text in asked:  # all sent before any acceptance is waited for
         goal = GeneratePlan.Goal(instruction=text, image=rgb_to_image(scene(colour)))
         goal.image.header.frame_id = uuid.uuid4().hex
         goals.append(goal)
-        handles.append(wait_future(client.send_goal_async(goal), TIMEOUT, 'goal acceptance'))
+        sent.append(client.send_goal_async(goal))
+    handles = [wait_future(future, TIMEOUT, 'goal acceptance') for future in sent]
     plans = [wait_future(h.get_result_async(), TIMEOUT, 'a result').result.plan for h in handles]
     values = node.wait_diag(lambda v: int(v['engine_requests']) >= 3, TIMEOUT, 'the batch')
     assert (int(values['engine_runs']), int(values['engine_requests'])) == (1, 3)

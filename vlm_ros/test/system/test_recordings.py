@@ -116,5 +116,8 @@ def test_playback_waits_for_a_camera_and_instruction_subscriber_not_for_camera_i
     test_node.node.create_subscription(String, ROS1_INSTRUCTION, texts, RELIABLE)
     code, _, err = wait_exit(proc, 2 * TIMEOUT)
     assert code == 0 and 'nothing subscribes' not in err, err
+    # Acknowledged before the replay ended: in this process, maybe not yet collected.
+    texts.wait_for(lambda m: m.data == told, TIMEOUT, 'the instruction')
+    frames.wait_for(lambda m: m.header.frame_id == 'pi-2', TIMEOUT, 'the last frame')
     assert [m.data for m in texts.items()] == [told]
     assert [m.header.frame_id for m in frames.items()] == ['pi-0', 'pi-1', 'pi-2']

@@ -303,7 +303,9 @@ def test_replay_into_live_node_records_one_plan_per_instruction(start_vlm_node, 
     frames = [T0 + k * 500_000_000 for k in range(len(colours))]
     events = [(stamp, IMAGE, scene(c)) for stamp, c in zip(frames, colours, strict=True)]
     texts = [f'put the red block in the bin #{uuid.uuid4().hex[:8]}' for _ in range(3)]
-    asked = {text: frames[2 * k] + 50_000_000 for k, text in enumerate(texts)}
+    # Half-way between two frames: the node takes a frame and an instruction that arrive
+    # together (after a stall) in either order.
+    asked = {text: frames[2 * k] + 250_000_000 for k, text in enumerate(texts)}
     events += [(when, INSTRUCTION, text) for text, when in asked.items()]
     write_bag(tmp_path / 'bag', events)
     out = tmp_path / 'answers'
