@@ -13,6 +13,7 @@ import uuid
 from engine_fixtures import LOOP_INSTRUCTION, LOOP_REPLAN, OTHER_VERIFY, PICK, PLACE
 from node_harness import RELIABLE, TIMEOUT, node_executable, set_ok
 from ros_harness import stop_process
+from waiting import wait_until
 
 from vlm_ros_msgs.msg import PlanProgress, StepCommand, StepFeedback
 
@@ -81,10 +82,17 @@ class Loop:
             lambda p: p.plan_id == plan_id and p.message.startswith('re-plan'), TIMEOUT,
             'a re-plan')
 
-    def commands_of(self, plan_id: str) -> list:
-        """(attempt, index, instruction) of every StepCommand of plan_id so far."""
-        return [(s.attempt, s.index, s.instruction) for s in self.steps.items()
-                if s.plan_id == plan_id]
+    def commands_of(self, plan_id: str, count: int = 0) -> list:
+        """(attempt, index, instruction) of plan_id's StepCommands, once count have come.
+
+        Commands and progress are two topics: the end of a plan may be taken here before its
+        last command, so a test that saw the end names how many commands to wait for.
+        """
+        def commands() -> list:
+            return [(s.attempt, s.index, s.instruction) for s in self.steps.items()
+                    if s.plan_id == plan_id]
+        wait_until(lambda: len(commands()) >= count, TIMEOUT, f'{count} step commands')
+        return commands()
 
 
 def start_head(script: str = '', step_time: float = 0.2) -> subprocess.Popen:
@@ -132,7 +140,7 @@ def observe_max_replans(node, test_node):
     plan = loop.instruct()
     end = loop.ended(plan.request_id)
     assert end.state == FAILED and 'max_replans 1' in end.message, end
-    assert [a for a, _, _ in loop.commands_of(plan.request_id)] == [0, 1]
+    assert [a for a, _, _ in loop.commands_of(plan.request_id, 2)] == [0, 1]
 
 
 def _verified_pick(node, test_node, colour: str) -> PlanProgress:

@@ -67,7 +67,7 @@ def test_three_steps_go_out_in_order_and_the_plan_ends_done(loop, head):
     running.steps.wait_for(lambda s: s.plan_id == plan.request_id and s.index == 2, 10.0,
                            'the last StepCommand')
     running.node.vla.wait_for(lambda m: m.data == STEPS[-1], 10.0, 'the last vla_instruction')
-    assert running.commands_of(plan.request_id) == [(0, i, s) for i, s in enumerate(STEPS)]
+    assert running.commands_of(plan.request_id, 3) == [(0, i, s) for i, s in enumerate(STEPS)]
     commands = [s for s in running.steps.items() if s.plan_id == plan.request_id]
     assert all(s.header == plan.header and s.count == 3 for s in commands)
     texts = [m.data for m in running.node.vla.items()]
@@ -89,7 +89,7 @@ def test_a_failed_second_step_replans_with_the_first_done_and_resumes(loop, head
     end = running.ended(plan.request_id)
     assert end.state == DONE and end.attempt == 1, end
     # The model answers LOOP_REPLAN only to the prompt that lists step 1 as done.
-    assert running.commands_of(plan.request_id) == [
+    assert running.commands_of(plan.request_id, 4) == [
         (0, 0, PICK[0]), (0, 1, PLACE[0]), (1, 0, PLACE[0]), (1, 1, CLOSE[0])]
     assert [s.instruction for s in end.steps] == [PLACE[0], CLOSE[0]]
     assert list(end.done) == STEPS
@@ -102,7 +102,7 @@ def test_silence_replans_after_step_timeout_then_fails_with_the_reason(loop, hea
     end = running.ended(plan.request_id)
     assert end.state == FAILED, end
     assert 'within step_timeout 1 s' in end.message and 'max_replans 2' in end.message
-    assert running.commands_of(plan.request_id) == [(a, 0, PICK[0]) for a in range(3)]
+    assert running.commands_of(plan.request_id, 3) == [(a, 0, PICK[0]) for a in range(3)]
     running.node.wait_diag(lambda v: (v.get('plans_failed'), v.get('plan_replans'),
                                       v.get('plan_executing')) == ('1', '2', ''),
                            10.0, 'the failed plan and its re-plans counted, none executing')
@@ -208,7 +208,7 @@ def test_the_execute_plan_action_streams_progress_and_succeeds_when_done(loop, h
     # Feedback is a topic and the result a service: the last progress may land after it.
     wait_until(lambda: len(feedback()) == 4, 10.0, 'the DONE progress as feedback')
     assert [(p.state, p.index) for p in feedback()] == [(0, 0), (0, 1), (0, 2), (DONE, 2)]
-    assert running.commands_of(result.result.progress.plan_id) == [
+    assert running.commands_of(result.result.progress.plan_id, 3) == [
         (0, i, s) for i, s in enumerate(STEPS)]
     # An instruction that gets no OK plan ends its goal aborted, with the plan's status.
     second, refused, _ = _execute_goal(test_node, '   ')
