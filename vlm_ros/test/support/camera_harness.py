@@ -47,6 +47,25 @@ class Cameras:
     def stop(self) -> None:
         self._destroy(self._timer)
 
+    def heard_by(self, node) -> None:
+        """Wait until the node counts frames of each of these cameras, from now.
+
+        Their publishers are new: a request sent at once can reach the node before it has
+        discovered them, and a short wait_for_image then answers NO_IMAGE on a busy machine.
+        """
+        def heard(values: dict) -> bool:
+            counts = received_by_camera(values) or {  # a node of one camera counts in total
+                name: int(values['frames_received']) for name in self._pubs}
+            return all(counts.get(name, 0) > 0 for name in self._pubs)
+        node.diag_from_now()(heard, TIMEOUT, f'frames of {", ".join(self._pubs)} at the node')
+
+
+def received_by_camera(values: dict) -> dict:
+    """Return frames_received_by_camera ('head 5, wrist 0') as {camera: count}."""
+    return {name: int(count) for name, count in (
+        part.rsplit(' ', 1) for part in values.get('frames_received_by_camera', '').split(', ')
+        if part)}
+
 
 def new_plan(node, instruction: str = INSTRUCTION) -> Plan:
     """Send instruction; return the node's next Plan."""
@@ -63,6 +82,7 @@ def observe_max_skew(node, test_node):
     sources = test_node.collect(ImageSources, '/image_sources', RELIABLE)
     cameras = Cameras(test_node, {'head': 0.0, 'wrist': 0.5})  # the wrist 0.5 s behind
     try:
+        cameras.heard_by(node)
         plan = new_plan(node)
         assert plan.status == Plan.STATUS_UNSYNCHRONIZED, plan
         assert 'max_skew is 0.1 s' in plan.message and 'wrist' in plan.message, plan.message

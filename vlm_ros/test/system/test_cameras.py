@@ -7,7 +7,14 @@ further apart than max_skew, and max_skew's own effect: test_node_parameters.py
 """
 
 import pytest
-from camera_harness import CAMERAS, INSTRUCTION, Cameras, new_plan, stream_depth
+from camera_harness import (
+    CAMERAS,
+    INSTRUCTION,
+    Cameras,
+    new_plan,
+    received_by_camera,
+    stream_depth,
+)
 from engine_fixtures import GROUND, RED_BLOCK, scene
 from fork_server import run_tool
 from node_harness import RELIABLE, TIMEOUT, call, node_executable, set_ok, transition
@@ -24,6 +31,7 @@ def test_a_plan_uses_a_frame_of_each_camera_and_names_them_all(start_vlm_node, t
     sources = test_node.collect(ImageSources, '/image_sources', RELIABLE)
     cameras = Cameras(test_node, {'head': 0.0, 'wrist': 0.0})
     try:
+        cameras.heard_by(node)
         plan = new_plan(node)
         assert plan.status == Plan.STATUS_OK, plan.message
         assert plan.header.frame_id == cameras.frame_ids['head'], 'the first camera heads it'
@@ -40,13 +48,6 @@ def test_a_plan_uses_a_frame_of_each_camera_and_names_them_all(start_vlm_node, t
         cameras.stop()
 
 
-def _received_by_camera(values: dict) -> dict:
-    """Return frames_received_by_camera ('head 5, wrist 0') as {camera: count}."""
-    return {name: int(count) for name, count in (
-        part.rsplit(' ', 1) for part in values.get('frames_received_by_camera', '').split(', ')
-        if part)}
-
-
 def test_a_silent_camera_is_named_in_the_answer_and_in_diagnostics_until_it_publishes(
         start_vlm_node, test_node):
     # image:= is the one camera's topic: with cameras set, nothing reads it.
@@ -56,7 +57,7 @@ def test_a_silent_camera_is_named_in_the_answer_and_in_diagnostics_until_it_publ
     cameras = Cameras(test_node, {'head': 0.0})
     wrist = None
     try:
-        said = node.wait_diag(lambda v: _received_by_camera(v).get('head', 0) > 0 and
+        said = node.wait_diag(lambda v: received_by_camera(v).get('head', 0) > 0 and
                               v['image_input'].startswith('nothing publishes on /wrist/'),
                               TIMEOUT, 'the silent wrist camera in /diagnostics')
         silent, where = said['image_input'].split('; ')  # the head camera adds no clause
@@ -75,7 +76,7 @@ def test_a_silent_camera_is_named_in_the_answer_and_in_diagnostics_until_it_publ
         assert grounded.image_header.frame_id == cameras.frame_ids['head']
         assert list(grounded.boxes) == pytest.approx(RED_BLOCK, abs=1.0)
         wrist = Cameras(test_node, {'wrist': 0.0})
-        node.wait_diag(lambda v: _received_by_camera(v).get('wrist', 0) > 0 and
+        node.wait_diag(lambda v: received_by_camera(v).get('wrist', 0) > 0 and
                        v['image_input'] == '', TIMEOUT, 'the hint to clear once the wrist sends')
         code, err = node.stop()
         assert code == 0 and 'image:=/camera/color/image_raw has no effect: with cameras set, ' \
@@ -98,6 +99,7 @@ def test_a_query_asks_the_cameras_it_names_and_only_waits_for_those(start_vlm_no
     sources = test_node.collect(ImageSources, '/image_sources', RELIABLE)
     cameras = Cameras(test_node, {'head': 0.0, 'wrist': 0.0})  # the arm camera is silent
     try:
+        cameras.heard_by(node)
         answer = ask(test_node, 'wrist', 'head')
         assert answer.success and answer.answer, answer.message
         assert list(answer.sources.cameras) == ['wrist', 'head']
@@ -166,6 +168,7 @@ def test_a_model_that_takes_one_image_a_prompt_fails_configure_naming_the_camera
     assert transition(test_node, 'configure') and transition(test_node, 'activate')
     cameras = Cameras(test_node, {'head': 0.0})
     try:
+        cameras.heard_by(node)
         plan = new_plan(node)
         assert plan.header.frame_id == cameras.frame_ids['head'], plan
         assert plan.status != Plan.STATUS_NO_IMAGE, plan.message
