@@ -24,7 +24,7 @@ from vlm_ros.engine import EngineConfig, RemoteConfig
 from waiting import wait_until
 
 STARTUP_TIMEOUT = 120.0  # s; about 10 s on an idle 2-core machine
-# A chat request for a test frame is about 1.6 kB (the JPEG data URL alone is over 1 kB);
+# A chat request for a test frame is 1.6 to 2.4 kB (the JPEG data URL alone is over 1 kB);
 # a reachability check (GET /models) is about 200 bytes.
 CHAT_REQUEST_BYTES = 1000
 
@@ -115,21 +115,24 @@ class ServedModel:
         with urllib.request.urlopen(request, timeout=30):
             pass
 
-    def unread_bytes(self) -> int:
-        """Bytes clients sent that the server has not read yet (Linux /proc/net/tcp).
+    def requests_unread(self) -> int:
+        """Count the connections whose request the server has not read (Linux /proc/net/tcp).
 
-        While the server is blocked this is how a test knows a request has reached it.
+        While the server is blocked this is how a test knows a request has reached it. A client
+        sends one request at a time on a connection, so chat requests in flight are connections
+        with a chat request's bytes waiting; a total of bytes is no count of requests (one
+        caption's 2.4 kB were once taken for two requests).
         """
-        total = 0
+        waiting = 0
         for table in ('/proc/net/tcp', '/proc/net/tcp6'):
             for line in pathlib.Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
                 established = fields[3] == '01'
                 if established and int(fields[1].rsplit(':', 1)[1], 16) == self.port:
-                    total += int(fields[4].split(':')[1], 16)
-        return total
+                    waiting += int(fields[4].split(':')[1], 16) > CHAT_REQUEST_BYTES
+        return waiting
 
     def wait_for_request(self, count: int = 1, timeout: float = 30.0) -> None:
         """Wait until count chat requests sit unread in the blocked server's sockets."""
-        wait_until(lambda: self.unread_bytes() > count * CHAT_REQUEST_BYTES, timeout,
+        wait_until(lambda: self.requests_unread() >= count, timeout,
                    f'{count} chat request(s) to reach the blocked server')
