@@ -135,8 +135,8 @@ def test_a_signal_during_the_start_up_download_ends_the_node_at_once(start_vlm_n
 def test_a_misspelt_parameter_on_the_command_line_fails_configure(start_vlm_node, test_node,
                                                                   trained_tiny):
     node = start_vlm_node(model=None, modle=str(trained_tiny('llava')))
-    node.wait_diag(lambda v: 'modle' in v.get('configure_error', v.get('last_error', '')),
-                   TIMEOUT, 'the configure error naming modle')
+    node.wait_diag(lambda v: 'modle' in v.get('configure_error', v.get('last_error', '')) and
+                   v['state'] == 'unconfigured', TIMEOUT, 'the configure error naming modle')
     assert lifecycle_state(test_node) == 'unconfigured'
     refused = query(test_node)
     assert not refused.success
@@ -290,11 +290,14 @@ def test_forty_waiting_queries_park_no_executor_thread(start_vlm_node, test_node
             ask_forty()
         return busy() is not None and skipped() > 0
 
-    texts = []
+    # A tick may be running as the timer is destroyed: what it sends after that must count.
+    texts, sending, stopped = [], threading.Lock(), threading.Event()
 
     def instruct():
-        texts.append(f'{TARGETS["plan"][0]} #{uuid.uuid4().hex[:8]}')
-        node.instruction_pub.publish(String(data=texts[-1]))
+        with sending:
+            if not stopped.is_set():
+                texts.append(f'{TARGETS["plan"][0]} #{uuid.uuid4().hex[:8]}')
+                node.instruction_pub.publish(String(data=texts[-1]))
     ask_forty()
     wait_until(seen_busy, TIMEOUT, '/diagnostics while at least 10 queries wait, and a '
                'caption skipped')
@@ -307,6 +310,8 @@ def test_forty_waiting_queries_park_no_executor_thread(start_vlm_node, test_node
             response = wait_future(future, 120.0, 'a query response')
             assert response.success and response.answer == ANSWER, response.message
     finally:
+        with sending:
+            stopped.set()
         test_node.node.destroy_timer(timer)
     sent = list(texts)
     # The plans queued behind the queries: each within TIMEOUT of the one before, as many as
@@ -316,8 +321,8 @@ def test_forty_waiting_queries_park_no_executor_thread(start_vlm_node, test_node
         answered = node.plans.wait_for(lambda p: p.instruction in pending, TIMEOUT,
                                        f'a plan of the {len(pending)} instructions left')
         pending.discard(answered.instruction)
-    node.wait_diag(lambda v: v.get('queue_length') == '0' and
-                   v.get('requests_in_progress') == '0', TIMEOUT, 'an idle worker')
+    node.diag_from_now()(lambda v: v.get('queue_length') == '0' and
+                         v.get('requests_in_progress') == '0', TIMEOUT, 'an idle worker')
     plans = [plan.instruction for plan in node.plans.items()]
     assert sorted(plans) == sorted(sent), 'every instruction answered exactly once'
     node.captions.from_now()(lambda c: True, TIMEOUT, 'a caption once the worker is idle')

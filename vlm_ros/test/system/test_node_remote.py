@@ -53,9 +53,9 @@ def test_openai_backend_runs_where_torch_and_transformers_cannot_be_imported(
 
     # The same environment really has no torch: the in-process backend cannot load there.
     blocked = start_vlm_node(env=env, backend='transformers')
-    values = blocked.wait_diag(lambda v: 'needs torch and transformers' in
-                               v.get('last_error', ''), TIMEOUT, 'the configure failure')
-    assert values['state'] == 'unconfigured', values
+    # The error is said while configure is still on its way back: wait for its end too.
+    blocked.wait_diag(lambda v: 'needs torch and transformers' in v.get('last_error', '') and
+                      v['state'] == 'unconfigured', TIMEOUT, 'the configure failure')
 
 
 def test_a_server_that_echoes_the_key_never_gets_it_into_any_output(start_vlm_node):
@@ -188,8 +188,9 @@ def test_a_base_url_without_v1_warns_before_any_request_and_requests_say_why(
     node = start_vlm_node(backend='openai', base_url=root, model=tiny_server.model,
                           max_retries=0)
     msg = node.diagnostics.wait_for(
-        lambda m: 'API root' in diag_values(m).get('backend_problem', ''), TIMEOUT,
-        'the problem found by the reachability check')
+        lambda m: diag_values(m).get('state') == 'active' and
+        'API root' in diag_values(m).get('backend_problem', ''), TIMEOUT,
+        'the problem found by the reachability check, once active')
     status = next(s for s in msg.status if s.name == '/vlm_node: vlm')
     assert status.level == DiagnosticStatus.WARN, status.message
     assert status.message.startswith(
@@ -239,9 +240,9 @@ def test_a_remote_model_the_server_does_not_list_warns_before_any_request_until_
 def test_unset_key_variable_fails_configure_naming_it(start_vlm_node, tiny_server):
     name = f'VLM_ABSENT_{uuid.uuid4().hex[:8].upper()}'
     node = start_vlm_node(backend='openai', base_url=tiny_server.base_url, api_key_env=name)
-    values = node.wait_diag(lambda v: name in v.get('last_error', ''), TIMEOUT,
-                            'the configure error')
-    assert values['state'] == 'unconfigured' and values['model_loaded'] == 'False'
+    values = node.wait_diag(lambda v: name in v.get('last_error', '') and
+                            v['state'] == 'unconfigured', TIMEOUT, 'the failed configure')
+    assert values['model_loaded'] == 'False'
 
 
 def test_a_plan_the_server_did_not_write_in_the_skills_says_so_until_the_skills_fit(
