@@ -10,7 +10,7 @@ import uuid
 from diagnostic_msgs.msg import DiagnosticStatus
 from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, call, camera, set_ok, transition
-from vlm_ros.node.health import RECUR
+from vlm_ros.node.health import RECUR, WINDOW
 from vlm_ros.node.image_conversion import rgb_to_image
 
 from vlm_ros_msgs.msg import Plan
@@ -135,11 +135,17 @@ def test_server_outage_is_an_error_until_it_is_back_and_answers(start_vlm_node, 
 
     fault_server.start()
     # Reachable again, the outage is over, but its two faults (the server unreachable, the
-    # model error) are not: WARN until an answer is OK, neither ERROR nor OK.
-    level, why, _ = _status(node.diagnostics.wait_for(
+    # model error) are not: WARN until an answer is OK, neither ERROR nor OK. Unless the
+    # restart took longer than WINDOW (it takes about 10 s; a loaded machine may take more):
+    # then they are history, and the rule says OK.
+    level, why, values = _status(node.diagnostics.wait_for(
         lambda m: _status(m)[2].get('backend_reachable') == 'True', TIMEOUT, 'reachable again'))
-    assert level == 'WARN' and why.startswith('active: a fault ') and \
-        'no answer OK since: model: ' in why, (level, why)
+    age = float(values['last_error_age_s'])  # read a moment apart from the level
+    if age < WINDOW - 0.5:
+        assert level == 'WARN' and why.startswith('active: a fault ') and \
+            'no answer OK since: model: ' in why, (level, why)
+    elif age > WINDOW + 0.5:
+        assert (level, why) == ('OK', 'active'), (level, why, age)
     assert _plan(node, frame_id).status == Plan.STATUS_OK
     why, values = _wait_level(node, 'OK', lambda v: v['status_ok'] == '1', 'the OK answer')
     assert why.startswith('active;') and values['backend_reachable'] == 'True', why
