@@ -112,6 +112,9 @@ def test_backend_and_base_url_pick_the_server_and_use_sim_time_the_clock(scripte
     assert scripted.checked.is_set()  # its reachability check came to this server
     clock = test_node.node.create_publisher(Clock, '/clock', 10)
     test_node.node.create_timer(0.05, lambda: clock.publish(Clock(clock=Time(sec=4242))))
+    # The node's own clock says it has the simulated time: an instruction sooner meets none.
+    launch.diagnostics.wait_for(lambda m: m.header.stamp.sec == 4242, TIMEOUT,
+                                '/diagnostics stamped with the simulated time')
     plans = launch.plans()
     tasks = test_node.node.create_publisher(String, launch.topic('instruction'), RELIABLE)
     wait_matched(tasks, 'the instruction subscription')

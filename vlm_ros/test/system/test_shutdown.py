@@ -92,7 +92,9 @@ def test_signal_answers_a_running_goal_and_a_waiting_query(start_vlm_node, untra
     query = test_node.node.create_client(Query, '/vlm_node/query')
     assert query.wait_for_service(timeout_sec=TIMEOUT)
     response = query.call_async(Query.Request(question='what is there?'))
-    node.wait_diag(lambda v: v.get('queue_length') == '1', TIMEOUT, 'the query queued')
+    # Not the goal's moment in the queue before a thread took it: the query behind it.
+    node.wait_diag(lambda v: v.get('requests_in_progress') == '1' and
+                   v.get('queue_length') == '1', TIMEOUT, 'the query queued')
     code, err = node.stop(signal.SIGTERM)
     assert code == 0 and 'terminate called' not in err, err[-3000:]
     result = wait_future(result, TIMEOUT, 'the goal result')
