@@ -9,6 +9,7 @@ from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, ActionFeedback, call, camera, node_executable, send_goal
 from ros_harness import wait_future
 from serve_harness import both_backends
+from sse_server import ScriptedServer
 from vlm_ros.compat import ActionClient
 from vlm_ros.node.image_conversion import rgb_to_image
 from waiting import wait_until
@@ -66,17 +67,31 @@ def test_action_streams_feedback_before_the_result(start_vlm_node, test_node):
 
 
 @both_backends
-def test_action_cancel_stops_generation(start_vlm_node, test_node):
-    node = start_vlm_node()
-    node.wait_state('active')
-    first = threading.Event()
-    client, _, handle = send_goal(test_node, TARGETS['plan'][0], lambda _: first.set())
-    assert first.wait(TIMEOUT), 'no feedback arrived'
-    wait_future(handle.cancel_goal_async(), TIMEOUT, 'the cancel response')
-    plan = wait_future(handle.get_result_async(), TIMEOUT, 'the result').result.plan
+def test_action_cancel_stops_generation(start_vlm_node, test_node, untrained_llava, backend):
+    """A cancel ends a generation that would not end by itself, so it never races the end.
+
+    In process, the never-ending tiny LLaVA with a 4096-token budget (the trained one answers
+    in about 50 tokens: under load, before the cancel came); from a server, one piece and then
+    only keep-alive comments.
+    """
+    with ScriptedServer() as server:
+        server.play(lambda reply: reply.piece('{"steps": [') and reply.keep_alive())
+        if backend == 'openai':
+            node = start_vlm_node(base_url=server.base_url, model=server.model)
+        else:
+            node = start_vlm_node(model=str(untrained_llava), max_new_tokens=4096,
+                                  constrain_plans='off')
+        node.wait_state('active')
+        first = threading.Event()
+        client, _, handle = send_goal(test_node, TARGETS['plan'][0], lambda _: first.set())
+        try:
+            assert first.wait(TIMEOUT), 'no feedback arrived'
+            wait_future(handle.cancel_goal_async(), TIMEOUT, 'the cancel response')
+            plan = wait_future(handle.get_result_async(), TIMEOUT, 'the result').result.plan
+        finally:
+            client.destroy()  # a client left on the graph keeps other tests' goals alive
     assert plan.status == Plan.STATUS_CANCELLED, plan.message
-    assert plan.text != TARGETS['plan'][1]
-    client.destroy()
+    assert plan.output_tokens < 4096 and plan.text != TARGETS['plan'][1]
 
 
 def test_goal_of_a_killed_client_is_cancelled_and_frees_the_worker(start_vlm_node, test_node):
