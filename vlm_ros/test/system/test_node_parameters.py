@@ -284,7 +284,7 @@ def observe_batch_wait(node, test_node):
 
     Requests sent together join one batch. That those which keep coming, each within
     batch_wait of the one before, join it even after batch_wait has passed since the first
-    is scheduler.gather's (test_scheduler_units.py): paced from here, a stall of the sender
+    is scheduler.gather's (test_gather_units.py): paced from here, a stall of the sender
     longer than the slack would split the batch.
     """
     _streaming(node)
