@@ -127,6 +127,17 @@ class VlmNodeProcess:
         return lambda predicate, timeout, what: diag_values(
             wait(lambda m: predicate(diag_values(m)), timeout, what))
 
+    def wait_configure_failed(self, text: str = '', field: str = 'configure_error',
+                              timeout: float = TIMEOUT) -> dict:
+        """Wait until configure has failed and is over: field says text; return the values.
+
+        The error is said while configure is still on its way back (state 'configuring'):
+        a sample with the error alone does not mean the node is unconfigured yet.
+        """
+        return self.wait_diag(lambda v: bool(v.get(field)) and text in v[field] and
+                              v.get('state') == 'unconfigured', timeout,
+                              f'a failed configure, {text!r} in {field}, and its end')
+
     def state_from_now(self):
         """Return wait(state, timeout=TIMEOUT): wait_state over the messages yet to come.
 

@@ -35,8 +35,7 @@ def test_a_node_whose_configure_failed_says_why_and_is_recovered_by_the_client(
         start_vlm_node, trained_tiny, tmp_path):
     missing = f'/tmp/does-not-exist-{uuid.uuid4().hex}'
     node = start_vlm_node(model=missing)  # autostart: configure runs, and fails
-    node.wait_diag(lambda v: missing in v.get('configure_error', '') and
-                   v['state'] == 'unconfigured', TIMEOUT, 'the failed configure in /diagnostics')
+    node.wait_configure_failed(missing)
     why = f'/vlm_node is unconfigured: configure failed: model directory {missing!r}'
 
     plan = _client('plan', TARGETS['plan'][0])

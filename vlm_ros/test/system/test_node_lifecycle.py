@@ -100,9 +100,7 @@ def test_node_reports_the_mode_and_a_failed_warm_up_says_what_to_set(start_vlm_n
     env = {**os.environ, 'CXX': str(tmp_path / 'no-compiler'),
            'TORCHINDUCTOR_CACHE_DIR': str(tmp_path / 'inductor')}
     failed = start_vlm_node(env=env, decode_mode='compiled')
-    values = failed.wait_diag(lambda v: 'warm up' in v.get('last_error', '') and
-                              v['state'] == 'unconfigured', 120.0,
-                              'the failed warm-up in last_error, configure over')
+    values = failed.wait_configure_failed('warm up', 'last_error', 120.0)
     assert values['model_loaded'] == 'False'
     assert "set decode_mode to 'eager'" in values['last_error']
     static = start_vlm_node(decode_mode='static')

@@ -135,8 +135,7 @@ def test_a_signal_during_the_start_up_download_ends_the_node_at_once(start_vlm_n
 def test_a_misspelt_parameter_on_the_command_line_fails_configure(start_vlm_node, test_node,
                                                                   trained_tiny):
     node = start_vlm_node(model=None, modle=str(trained_tiny('llava')))
-    node.wait_diag(lambda v: 'modle' in v.get('configure_error', v.get('last_error', '')) and
-                   v['state'] == 'unconfigured', TIMEOUT, 'the configure error naming modle')
+    node.wait_configure_failed('modle')
     assert lifecycle_state(test_node) == 'unconfigured'
     refused = query(test_node)
     assert not refused.success
@@ -167,7 +166,7 @@ def test_launch_values_ros_refuses_fail_configure_until_changed(start_vlm_node, 
     params.write_text('/**:\n  ros__parameters:\n    queue_size: 99999\n')
     node = start_vlm_node(ros_args=['--params-file', str(params)], max_new_tokens=0,
                           min_confidence=1)
-    values = node.wait_diag(lambda v: v.get('configure_error'), TIMEOUT, 'the configure error')
+    values = node.wait_configure_failed()
     assert lifecycle_state(test_node) == 'unconfigured' and node.proc.poll() is None
     assert values['configure_error'] == (
         'max_new_tokens must be within [1, 4096]; got 0; min_confidence must be a double, '

@@ -53,9 +53,7 @@ def test_openai_backend_runs_where_torch_and_transformers_cannot_be_imported(
 
     # The same environment really has no torch: the in-process backend cannot load there.
     blocked = start_vlm_node(env=env, backend='transformers')
-    # The error is said while configure is still on its way back: wait for its end too.
-    blocked.wait_diag(lambda v: 'needs torch and transformers' in v.get('last_error', '') and
-                      v['state'] == 'unconfigured', TIMEOUT, 'the configure failure')
+    blocked.wait_configure_failed('needs torch and transformers', 'last_error')
 
 
 def test_a_server_that_echoes_the_key_never_gets_it_into_any_output(start_vlm_node):
@@ -240,8 +238,7 @@ def test_a_remote_model_the_server_does_not_list_warns_before_any_request_until_
 def test_unset_key_variable_fails_configure_naming_it(start_vlm_node, tiny_server):
     name = f'VLM_ABSENT_{uuid.uuid4().hex[:8].upper()}'
     node = start_vlm_node(backend='openai', base_url=tiny_server.base_url, api_key_env=name)
-    values = node.wait_diag(lambda v: name in v.get('last_error', '') and
-                            v['state'] == 'unconfigured', TIMEOUT, 'the failed configure')
+    values = node.wait_configure_failed(name, 'last_error')
     assert values['model_loaded'] == 'False'
 
 
