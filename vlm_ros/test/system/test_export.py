@@ -188,3 +188,49 @@ def test_an_output_folder_of_other_files_is_never_replaced(tmp_path):
                       '--actions', '/cmd_vel', '--out', out)
     assert done.returncode == 2 and 'is not a dataset of vlm_export' in done.stderr
     assert (out / 'notes.txt').read_text() == 'keep me'
+
+
+def test_instructions_from_a_file_or_at_a_time_seen_with_the_processors_options(
+        tmp_path, trained_tiny):
+    """--instructions (time after the start, or bag stamp), --at, and --processor-kwargs.
+
+    The recording's own instructions are left aside for the ones given; each frame is paired
+    under the instruction in force when it was logged, and its features are the engine's
+    under the same processor options, not under the processor's defaults.
+    """
+    model = str(trained_tiny('llava'))
+    bag = write_bag(tmp_path / 'bag')
+    first, second = (f'{verb} the noise #{uuid.uuid4().hex[:8]}' for verb in ('sort', 'sweep'))
+    start_ns = INSTRUCTIONS[0][0]  # the recording's first message
+    asked = tmp_path / 'asked.jsonl'
+    asked.write_text(json.dumps({'time': 0.25, 'text': first}) + '\n' +  # before frame 0
+                     json.dumps({'stamp': (start_ns + 2 * 10**9) / 1e9, 'text': second}))
+    kwargs = {'do_normalize': False}
+    done = vlm_export(bag, '--model', model, '--actions', '/cmd_vel', '--instructions', asked,
+                      '--processor-kwargs', json.dumps(kwargs), '--out', tmp_path / 'file')
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = np.load(tmp_path / 'file' / 'dataset.npz')
+    manifest = json.loads((tmp_path / 'file' / 'manifest.json').read_text())
+    assert manifest['instructions'] == [first, second]
+    assert manifest['frames_without'] == {'instruction': 0, 'action': 1}  # frame 1's is late
+    assert list(data['frame_stamp_ns']) == [STAMPS[0], STAMPS[2]]
+    assert data['instruction'].tolist() == [0, 1]
+    # --at 1.6 s: in force from between frames 1 and 2, so frame 2 alone is paired.
+    done = vlm_export(bag, '--model', model, '--actions', '/cmd_vel', '--instruction', first,
+                      '--at', 1.6, '--out', tmp_path / 'at')
+    assert done.returncode == 0, done.stderr[-3000:]
+    at = json.loads((tmp_path / 'at' / 'manifest.json').read_text())
+    assert at['frames_without'] == {'instruction': 2, 'action': 0}
+    assert list(np.load(tmp_path / 'at' / 'dataset.npz')['frame_stamp_ns']) == [STAMPS[2]]
+
+    def features(**config) -> np.ndarray:
+        engine = VlmEngine(EngineConfig(model=model, device='cpu', dtype='float32', **config))
+        engine.load()
+        try:
+            return np.stack([engine.run([Request('plan', scene(colour), text, 1, features=(
+                FeatureSpec(-1, 'last')))])[0].features.data for colour, text in
+                ((COLOURS[0], first), (COLOURS[2], second))])
+        finally:
+            engine.unload()
+    np.testing.assert_allclose(data['features'], features(processor_kwargs=kwargs), atol=1e-4)
+    assert not np.allclose(data['features'], features(), atol=1e-3)

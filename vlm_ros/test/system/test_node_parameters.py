@@ -74,6 +74,9 @@ def observe_min_confidence(node, test_node):
     assert re.fullmatch(r'confidence 0\.\d{3} \(geometric mean token probability\) is below '
                         r'min_confidence 1', low.message), low.message
     node.wait_diag(lambda v: v.get('status_low_confidence') == '1', TIMEOUT, 'it counted')
+    set_ok(test_node, min_confidence=0.0)  # off again: the same plan is OK again
+    again = _plan(node)
+    assert again.status == Plan.STATUS_OK and again.steps == sure.steps, again
 
 
 def observe_max_image_side(node, test_node):
@@ -136,6 +139,8 @@ def observe_max_image_age(node, test_node):
     set_ok(test_node, max_image_age=1.0)
     plan = _plan(node)
     assert plan.status == Plan.STATUS_STALE_IMAGE and 'max_image_age 1 s' in plan.message
+    set_ok(test_node, max_image_age=60.0)  # the same 10 s old frames, young enough now
+    assert _plan(node).status == Plan.STATUS_OK
 
 
 def observe_wait_for_image(node, test_node):
@@ -199,6 +204,9 @@ def observe_queue_size(node, test_node):
     dropped = dropped_plans()
     assert all('queue_size=1' in p.message for p in dropped)
     assert texts[0] not in {p.instruction for p in dropped}  # the first always gets in
+    _streaming(node)  # the waiting request gets its frame: the worker and the queue empty
+    assert node.answers(texts[:1])[0].status == Plan.STATUS_OK
+    assert _plan(node).status == Plan.STATUS_OK  # one at a time, none is dropped
 
 
 def observe_prompt_plan(node, test_node):
@@ -305,6 +313,10 @@ def observe_batch_wait(node, test_node):
     node.answers(texts)
     values = node.wait_diag(lambda v: int(v['engine_requests']) == 6, TIMEOUT, '6 requests')
     assert values['engine_runs'] == '3', values  # the two plans above, then one batch of 4
+    set_ok(test_node, batch_wait=0.0)  # a lone request runs at once again
+    assert _plan(node).status == Plan.STATUS_OK
+    assert node.wait_diag(lambda v: int(v['engine_requests']) == 7, TIMEOUT, '7 requests')[
+        'last_batch_wait_s'] == '0.000'
 
 
 def observe_preprocess_ahead(node, test_node):
@@ -385,15 +397,3 @@ def test_launch_only_parameters_are_refused_and_switched_off_ones_said(start_vlm
     for name in launch_only:  # not after a cleanup either
         assert not set_params(test_node, **{name: hostile[name]})[0].successful, name
 
-
-def test_trust_remote_code_decides_whether_a_models_own_code_runs(start_vlm_node, test_node,
-                                                                  own_code_llava):
-    untrusted = start_vlm_node(model=str(own_code_llava))
-    values = untrusted.wait_diag(lambda v: v.get('configure_error'), TIMEOUT, 'the refusal')
-    assert "holds Python code of its own (auto_map in its configuration), which runs only where " \
-        "it is trusted: vlm_node's trust_remote_code:=true" in values['configure_error'], values
-    untrusted.stop()
-    start_vlm_node(model=str(own_code_llava), trust_remote_code=True).wait_state('active')
-    answer = call(test_node, Query, '/vlm_node/query', Query.Request(
-        question=TARGETS['vqa'][0], image=rgb_to_image(scene('blue'))))
-    assert answer.success and answer.answer == TARGETS['vqa'][1], answer.message

@@ -54,8 +54,6 @@ CASES = [
     ('vlm_eval', ['{pi}', '--model', 'm', '--camera', 'head=/a', '--camera', 'wrist=/a'],
      '--camera topics must differ'),
     ('vlm_eval', ['{pi}', '--model', '{missing}', '--out', '{txt}'], 'is a file; name a folder'),
-    ('vlm_eval', ['{pi}', '--model', '{own_code}', '--instruction', 'go'],
-     "the tools' --trust-remote-code; read it"),
     ('vlm_eval', ['{pi}', '--model', 'm', '--max-skew', '0.2'], 'go with --camera'),
     ('vlm_export', ['{pi}', '--model', '{missing}', '--actions', '/x', '--out',
                     '{missing}/dataset'], 'is not a folder'),
@@ -122,7 +120,7 @@ def write_undecodable_bag(path, topic: str, msgtype: str, sound: tuple = ()) -> 
 
 
 @pytest.fixture(scope='module')
-def inputs(tmp_path_factory, own_code_llava):
+def inputs(tmp_path_factory):
     where = tmp_path_factory.mktemp('inputs')
     (where / 'notes.txt').write_text('not a recording\n')
     (where / 'garbage.bag').write_bytes(b'#ROSBAG V2.0\n' + bytes(range(256)) * 4)
@@ -136,8 +134,7 @@ def inputs(tmp_path_factory, own_code_llava):
     return {'txt': where / 'notes.txt', 'garbage': where / 'garbage.bag',
             'custom': where / 'custom.bag', 'undecodable': where / 'undecodable',
             'undecodable_plans': where / 'undecodable_plans',
-            'pi': where / 'pi.bag', 'missing': where / 'missing-model',
-            'own_code': own_code_llava}
+            'pi': where / 'pi.bag', 'missing': where / 'missing-model'}
 
 
 @pytest.mark.parametrize(('tool', 'args', 'reason'), CASES,
