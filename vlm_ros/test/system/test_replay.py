@@ -5,7 +5,10 @@ measures it (python -m vlm_ros.benchmarks.replay_timing; docs/BENCHMARKS.md).
 """
 
 import json
+import os
 import pathlib
+import pty
+import select
 import subprocess
 import threading
 import time
@@ -60,14 +63,17 @@ def image_fields(stamp: int, rgb: np.ndarray, frame_id: str = 'camera') -> dict:
 def write_bag(path, events, storage: str = 'mcap') -> list:
     """Write (log_ns, topic, payload) events: payload an RGB array (Image) or str (String).
 
-    Images are stamped with their log time, as a camera driver recorded live would be. Returns
-    (log_ns, topic, serialized bytes) in log-time order.
+    Images are stamped with their log time, as a camera driver recorded live would be; a topic
+    other than IMAGE and INSTRUCTION is a second camera. Returns (log_ns, topic, serialized
+    bytes) in log-time order.
     """
     written = []
     with bag_writer(path, storage) as writer:
         connections = {IMAGE: add_topic(writer, IMAGE, 'sensor_msgs/msg/Image'),
                        INSTRUCTION: add_topic(writer, INSTRUCTION, 'std_msgs/msg/String')}
         for log_ns, topic, payload in sorted(events, key=lambda e: e[0]):
+            if topic not in connections:
+                connections[topic] = add_topic(writer, topic, 'sensor_msgs/msg/Image')
             data = serialize('std_msgs/msg/String', data=payload) if isinstance(payload, str) \
                 else serialize('sensor_msgs/msg/Image', **image_fields(log_ns, payload))
             writer.write(connections[topic], log_ns, data)
@@ -213,6 +219,59 @@ def test_instructions_given_to_the_replay_go_out_when_they_say(test_node, tmp_pa
     assert code == 0, err
     assert [msg.data if topic == INSTRUCTION else int(msg.data[0])
             for topic, msg in decoded(received)] == expected
+
+
+@pytest.mark.parametrize('chosen', [IMAGE, '/left/image_raw'])
+def test_an_instruction_every_nth_frame_is_asked_at_the_chosen_cameras_frames(test_node,
+                                                                               tmp_path, chosen):
+    """--instruction --every 2 --image-topic: after every second frame of that camera alone.
+
+    The two cameras' frames alternate, 0.1 s apart, played at half speed: asked at the other
+    camera's frames, each instruction would come one frame later or earlier.
+    """
+    left = '/left/image_raw'
+    write_bag(tmp_path / 'bag', [(T0 + k * 100_000_000, left if k % 2 else IMAGE,
+                                  np.full((24, 32, 3), k, np.uint8)) for k in range(8)])
+    text = f'every second frame {uuid.uuid4().hex}'
+    given = ['--instruction', text, '--every', 2]
+    code, _, err = wait_exit(start_replay(tmp_path / 'bag', *given), TIMEOUT)
+    assert code == 2 and 'pick one with --image-topic' in err, err  # two cameras: which?
+    listener = RawListener(test_node.node, {IMAGE: Image, left: Image, INSTRUCTION: String})
+    proc = start_replay(tmp_path / 'bag', *given, '--image-topic', chosen, '--rate', 0.5,
+                        '--wait-for-subscribers', TIMEOUT)
+    expected = [0, 1, 2, 3, text, 4, 5, 6, 7, text] if chosen == left else \
+        [0, 1, 2, text, 3, 4, 5, 6, text, 7]
+    received = listener.wait_count(len(expected))
+    code, _, err = wait_exit(proc, TIMEOUT)
+    assert code == 0, err
+    assert [msg.data if topic == INSTRUCTION else int(msg.data[0])
+            for topic, msg in decoded(received)] == expected
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_unless_no_progress(tmp_path):
+    write_bag(tmp_path / 'bag', irregular_events(8))
+
+    def stderr_on_a_terminal(*options) -> str:
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen([replay_executable(), tmp_path / 'bag', '--wait-for-subscribers',
+                                 '0', *options], stdout=subprocess.DEVNULL, stderr=follower)
+        os.close(follower)
+        said, deadline = b'', time.monotonic() + TIMEOUT
+        try:
+            while select.select([leader], [], [], max(deadline - time.monotonic(), 0))[0]:
+                said += os.read(leader, 4096)  # EIO once the replay has closed the terminal
+        except OSError:
+            pass
+        finally:
+            os.close(leader)
+            proc.kill()  # nothing to kill once it has ended
+        assert proc.wait(TIMEOUT) == 0, said
+        return said.decode()
+    bar = '\r[' + '#' * 30 + ']'  # redrawn in place, and whole at the end
+    drawn = stderr_on_a_terminal()
+    assert bar in drawn and 'played 8 messages' in drawn, drawn
+    plain = stderr_on_a_terminal('--no-progress')
+    assert '\r[' not in plain and 'played 8 messages' in plain, plain
 
 
 def test_ctrl_c_in_the_middle_of_one_pass_exits_130_and_says_so(test_node, tmp_path):
