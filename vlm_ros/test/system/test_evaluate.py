@@ -367,11 +367,11 @@ def test_the_options_choose_the_feeds_the_limit_and_what_the_model_sees(tmp_path
     summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
     assert (summary['image_topic'], summary['instruction_topic']) == (LEFT_TOPIC,
                                                                      OPERATOR_TOPIC)
-    values = summary['settings']['values']
+    values = {**summary['settings']['values'], 'decoding': summary['decoding']}  # as it ran
     assert {key: values.get(key) for key in ('max_new_tokens', 'max_image_side',
-                                             'processor_kwargs', 'decode_mode')} == {
+                                             'processor_kwargs', 'decode_mode', 'decoding')} == {
         'max_new_tokens': 12, 'max_image_side': 8, 'processor_kwargs': json.dumps(kwargs),
-        'decode_mode': 'static'}, values
+        'decode_mode': 'static', 'decoding': 'static'}, values
 
     def answers(engine):
         results = [engine.run([Request(r['task'], LEFT_FRAMES[r['image']['frame']],

@@ -5,6 +5,7 @@ the tools' --trust-remote-code. Trusted, each runs the trained tiny LLaVA behind
 own (engine_fixtures.OWN_CODE) to what the same weights give without them.
 """
 
+import json
 import pathlib
 
 import numpy as np
@@ -61,6 +62,7 @@ def test_vlm_eval_answers_as_the_trained_weights(bag, own_code_llava, tmp_path):
     refused_then_trusted('vlm_eval', bag, '--model', own_code_llava, '--instruction',
                          TARGETS['plan'][0], '--out', out)
     records = read_jsonl(out / 'results.jsonl')
+    assert json.loads((out / 'summary.json').read_text())['decoding'] == 'eager'  # auto, CPU
     assert sorted((r['task'], r['status'], r['text'], r['image']['frame']) for r in records) == [
         ('caption', 'OK', TARGETS['caption'][1], 0), ('plan', 'OK', PLAN_JSON, 0)]
 

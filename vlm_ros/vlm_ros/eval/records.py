@@ -99,9 +99,9 @@ def _median(values: list) -> Optional[float]:
 def summarize(records: list, run: dict, mean=None) -> dict:
     """Compute the summary of a run from its records.
 
-    ``run`` holds what records cannot tell (mode, model, device, the CPU threads torch
-    computed with, bag, topics, and answered requests per second of the run); ``mean`` is the
-    pooled Score of the references, if any.
+    ``run`` holds what records cannot tell (mode, model, device, the decode mode that ran, the
+    CPU threads torch computed with, bag, topics, and answered requests per second of the
+    run); ``mean`` is the pooled Score of the references, if any.
     Rates count only answered requests: a plan that had no image says nothing of the model.
     """
     results = [r for r in records if r['kind'] == 'result']
@@ -152,7 +152,7 @@ def _value(value) -> str:
 
 
 _ROWS = (('mode', 'mode'), ('model', 'model'), ('device', 'device'),
-         ('CPU threads', 'cpu_threads'), ('bag', 'bag'),
+         ('decoding', 'decoding'), ('CPU threads', 'cpu_threads'), ('bag', 'bag'),
          ('image topic', 'image_topic'), ('cameras', 'cameras'),
          ('instruction topic', 'instruction_topic'),
          ('requests', 'requests'), ('answered by the model', 'answered'),
