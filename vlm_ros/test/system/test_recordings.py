@@ -59,27 +59,35 @@ def _vlm_eval(*args) -> subprocess.CompletedProcess:
     return run_tool([node_executable('vlm_eval'), *args], 10 * TIMEOUT)
 
 
-@pytest.mark.parametrize('how', ['every', 'jsonl', 'lines'])
+@pytest.mark.parametrize('how, frames', [('every', [2, 5]), ('at', [2]), ('jsonl', [2, 4]),
+                                         ('lines', [1, 3])])
 def test_vlm_eval_asks_a_ros1_recording_what_the_command_line_gives(trained_tiny, tmp_path,
-                                                                     how):
+                                                                     how, frames):
+    """Each instruction is asked about the last frame at or before its time (0.2 s apart)."""
     write_ros1_bag(tmp_path / 'pi.bag', _frames(6))
     if how == 'every':
         given = ['--instruction', INSTRUCTION, '--every', 3]
+    elif how == 'at':
+        given = ['--instruction', INSTRUCTION, '--at', 0.5]
     elif how == 'jsonl':
         (tmp_path / 'asked.jsonl').write_text(
             json.dumps({'time': 0.5, 'text': INSTRUCTION}) + '\n' +
             json.dumps({'stamp': (T0 + 900_000_000) / 1e9, 'text': INSTRUCTION}) + '\n')
         given = ['--instructions', tmp_path / 'asked.jsonl']
-    else:
+    else:  # spread over the recording's 1 s: at 1/3 and 2/3 of it
         (tmp_path / 'asked.txt').write_text(f'{INSTRUCTION}\n\n{INSTRUCTION}\n')
         given = ['--instructions', tmp_path / 'asked.txt']
     done = _vlm_eval(tmp_path / 'pi.bag', '--model', trained_tiny('llava'), '--out',
                      tmp_path / 'out', '--no-captions', *given)
     assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in
+               (tmp_path / 'out' / 'results.jsonl').read_text().splitlines()]
+    assert [r['image']['frame'] for r in records] == frames
     summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
-    assert summary['plans'] == 2 and summary['by_status'] == {'OK': 2}
+    assert summary['plans'] == len(frames) and summary['by_status'] == {'OK': len(frames)}
     assert summary['image_topic'] == ROS1_CAMERA
-    assert summary['plan_validity_rate'] == 1.0 and summary['plans_by_form'] == {'constrained': 2}
+    assert summary['plan_validity_rate'] == 1.0 and summary['plans_by_form'] == {
+        'constrained': len(frames)}
 
 
 @pytest.mark.parametrize(('storage', 'suffix'), [('mcap', '.mcap'), ('sqlite3', '.db3')])
