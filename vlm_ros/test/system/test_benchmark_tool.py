@@ -22,7 +22,7 @@ def test_node_mode_drives_a_vlm_node_at_each_batch_size(rclpy_context):
     assert all(int(row[3]) + int(row[4]) == 6 for row in rows), stdout  # 3 streams x 2 each
     assert 'concurrent instruction streams' in stdout
     # What the node reported, from --decode-mode and --cpu-threads (its default here:
-    # conftest's OMP_NUM_THREADS, 1), and its batch_wait parameter as the node has it.
-    assert 'static decoding, 2 CPU threads,' in stdout, stdout
+    # conftest's OMP_NUM_THREADS, 1), and its batch_wait and processor_kwargs as it has them.
+    assert 'static decoding, 2 CPU threads, processor {"truncation": false},' in stdout, stdout
     assert 'batch_wait 0.0125 s,' in stdout, stdout
     assert 'DDS profile fastdds_large_frames.xml' in stdout  # raw frames over shared memory

@@ -195,15 +195,16 @@ def run_node_benchmark(model: str, args) -> str:
             # As the node has them (a parameter it did not take would keep its default).
             decoding = driver.diagnostics.get('decode_mode', '?')
             threads = driver.diagnostics.get('cpu_threads', '?')
-            batch_wait = fetch_parameters(driver, f'{namespace}/vlm_node', 30,
-                                          threading.Event())['batch_wait']
+            values = fetch_parameters(driver, f'{namespace}/vlm_node', 30, threading.Event())
+            batch_wait, processor = values['batch_wait'], values['processor_kwargs']
         finally:
             spinner.stop()
             rclpy.try_shutdown()
             proc.terminate()
             proc.wait(timeout=60)
     return _table(model, args, rows, batch_wait,
-                  f'{decoding} decoding, {threads} CPU threads, {transport}')
+                  f'{decoding} decoding, {threads} CPU threads'
+                  f'{", processor " + processor if processor else ""}, {transport}')
 
 
 def _table(model: str, args, rows: list, batch_wait: float, setup: str) -> str:
