@@ -26,6 +26,7 @@ def write_dataset(folder, features, actions, action_type, columns, skills=(), in
              else np.asarray(instruction, np.int32))
     (folder / 'manifest.json').write_text(json.dumps({
         'model': 'm', 'layer': -1, 'pooling': 'mean', 'max_image_side': 640,
+        'processor_kwargs': {},
         'actions': {'topic': '/a', 'type': action_type, 'columns': list(columns),
                     'skills': list(skills)}}))
     return folder

@@ -132,7 +132,7 @@ def test_an_instruction_from_the_command_line_is_paired_with_the_chosen_cameras_
     data = np.load(out / 'dataset.npz')
     manifest = json.loads((out / 'manifest.json').read_text())
     assert (manifest['image_topic'], manifest['instructions']) == (LEFT_TOPIC, [told])
-    assert manifest['max_image_side'] == 8
+    assert (manifest['max_image_side'], manifest['processor_kwargs']) == (8, {})
     assert f'ran in 1 batch on {STARTING_THREADS} CPU thread' in done.stdout  # the defaults
     # --every 2 asks at the second frame: the first had no instruction in force, and the
     # second's action came too late.
@@ -211,7 +211,7 @@ def test_instructions_from_a_file_or_at_a_time_seen_with_the_processors_options(
     assert done.returncode == 0, done.stderr[-3000:]
     data = np.load(tmp_path / 'file' / 'dataset.npz')
     manifest = json.loads((tmp_path / 'file' / 'manifest.json').read_text())
-    assert manifest['instructions'] == [first, second]
+    assert (manifest['instructions'], manifest['processor_kwargs']) == ([first, second], kwargs)
     assert manifest['frames_without'] == {'instruction': 0, 'action': 1}  # frame 1's is late
     assert list(data['frame_stamp_ns']) == [STAMPS[0], STAMPS[2]]
     assert data['instruction'].tolist() == [0, 1]

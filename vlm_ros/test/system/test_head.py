@@ -19,9 +19,10 @@ from fork_server import run_tool
 from geometry_msgs.msg import Twist
 from head_datasets import TWIST, clusters, write_dataset
 from head_harness import action_head
-from node_harness import TIMEOUT, node_executable
+from node_harness import TIMEOUT, node_executable, set_ok
 from vlm_ros.head import training
 from vlm_ros.node.image_conversion import rgb_to_image
+from waiting import wait_until
 
 INSTRUCTION = TARGETS['plan'][0]
 T0 = 1_767_225_600 * 10**9
@@ -141,6 +142,16 @@ def test_a_head_trained_on_a_recording_drives_from_the_nodes_features(start_vlm_
             node.stream(scene_stream(colour)).wait_for(lambda m: True, TIMEOUT, 'a frame')
             actions.from_now()(lambda m, c=colour: abs(m.linear.x - SPEEDS[c]) < 0.2, TIMEOUT,
                                f'the {colour} command')
+        # Images processed otherwise give other features: no action, and the head says why,
+        # until the node processes them as the training set's were again.
+        set_ok(test_node, max_image_side=32)
+        wait_until(lambda: 'no action: features of images at max_image_side 32, processor_kwargs '
+                   '{}; the head was trained on max_image_side 640, processor_kwargs {}' in
+                   actions.log(), TIMEOUT, "the head's reason")
+        set_ok(test_node, max_image_side=640)
+        node.stream(scene_stream('blue'))
+        actions.from_now()(lambda m: abs(m.linear.x - SPEEDS['blue']) < 0.2, TIMEOUT,
+                           'the blue command again')
     refused = run_tool([node_executable('vlm_action_head'), '--ros-args', '-p',
                         f'head:={tmp_path / "dataset" / "manifest.json"}'], TIMEOUT)
     assert refused.returncode == 2 and 'is not a head of vlm_train_head' in refused.stderr

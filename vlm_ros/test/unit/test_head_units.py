@@ -4,8 +4,11 @@ What it learns: system/test_head.py (a unit test trains no model).
 """
 
 
+import json
+
 import numpy as np
 import pytest
+import torch
 from head_datasets import TWIST, write_dataset
 from vlm_ros.engine import VlmError
 from vlm_ros.head import training
@@ -38,6 +41,24 @@ def test_a_file_that_is_no_head_is_refused(tmp_path):
     (tmp_path / 'head.pt').write_bytes(b'not a head')
     with pytest.raises(VlmError, match='is not a head of vlm_train_head'):
         training.load(tmp_path / 'head.pt')
+    # One that does not say what its features were made with could not check them.
+    stored = _head().to_file()
+    del stored['source']['processor_kwargs']
+    torch.save(stored, tmp_path / 'head.pt')
+    with pytest.raises(VlmError, match="is not a head of vlm_train_head: KeyError: "
+                       "'processor_kwargs'"):
+        training.load(tmp_path / 'head.pt')
+
+
+def _head() -> Head:
+    return Head(ActionNet(3, 2, 8, 1), SKILLS, {'model': 'm', 'layer': -1, 'pooling': 'mean',
+                                                'max_image_side': 640, 'processor_kwargs': {}},
+                'vlm_ros_msgs/msg/StepCommand', ['skill'], ['pick', 'place'])
+
+
+def _made(side: int = 640, kwargs: str = '') -> str:
+    """Return Features.processor as vlm_node says it: its parameters' values."""
+    return json.dumps({'max_image_side': side, 'processor_kwargs': kwargs})
 
 
 def test_16_bit_features_decode_and_features_made_otherwise_are_named():
@@ -48,12 +69,34 @@ def test_16_bit_features_decode_and_features_made_otherwise_are_named():
     assert feature_values(half).tolist() == feature_values(brain).tolist() == values.tolist()
     with pytest.raises(ValueError, match='unknown dtype'):
         feature_values(Features(dtype='int8'))
-    head = Head(ActionNet(3, 2, 8, 1), SKILLS, {'model': 'm', 'layer': -1, 'pooling': 'mean',
-                                                'max_image_side': 640},
-                'vlm_ros_msgs/msg/StepCommand', ['skill'], ['pick', 'place'])
-    assert mismatch(Features(layer=2, layers=3, pooling='mean'), head, 3) == ''  # -1 is 2
+    head = _head()
+    assert mismatch(Features(layer=2, layers=3, pooling='mean', processor=_made()), head,
+                    3) == ''  # -1 is 2
     assert 'the head was trained on layer -1, pooling mean' in mismatch(
-        Features(layer=1, layers=3, pooling='mean'), head, 3)
-    assert mismatch(Features(layer=-1, layers=3, pooling='mean'), head, 4) == \
+        Features(layer=1, layers=3, pooling='mean', processor=_made()), head, 3)
+    assert mismatch(Features(layer=-1, layers=3, pooling='mean', processor=_made()), head, 4) == \
         '4 values; the head takes 3'
     assert 'no values: no image' in mismatch(Features(problem='no image'), head, 0)
+
+
+@pytest.mark.parametrize('side, kwargs, said', [
+    (320, '', 'max_image_side 320, processor_kwargs {}'),
+    (640, '{"do_image_splitting": false}',
+     'max_image_side 640, processor_kwargs {"do_image_splitting": false}'),
+])
+def test_features_of_images_processed_otherwise_are_named(side, kwargs, said):
+    """Other pixels in, other hidden states out: the head was trained at 640 with no options."""
+    features = Features(layer=-1, layers=3, pooling='mean', processor=_made(side, kwargs))
+    assert mismatch(features, _head(), 3) == f'features of images at {said}; the head was ' \
+        'trained on max_image_side 640, processor_kwargs {}'
+
+
+@pytest.mark.parametrize('processor', ['', '[1', '{"max_image_side": 640}', '[]',
+                                       '{"max_image_side": 640, "processor_kwargs": 7}',
+                                       '[' * 100_000])
+def test_features_that_do_not_say_how_they_were_made_are_refused(processor):
+    """Anything on the DDS domain can publish Features: a ValueError, which the node logs."""
+    features = Features(layer=-1, layers=3, pooling='mean', processor=processor)
+    with pytest.raises(ValueError, match='the features do not say how their images were '
+                       'processed'):
+        mismatch(features, _head(), 3)

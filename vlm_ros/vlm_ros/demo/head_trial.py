@@ -131,7 +131,8 @@ def trial(args) -> list:
     played = episodes(args.episodes, args.seed)
     engine = VlmEngine(EngineConfig(model=args.model or head.source['model'],
                                     device=args.device, dtype=args.dtype, max_new_tokens=1,
-                                    max_image_side=head.source['max_image_side']))
+                                    max_image_side=head.source['max_image_side'],
+                                    processor_kwargs=head.source['processor_kwargs']))
     engine.load()
     try:
         trials = [run_episodes('learned', learned_chooser(engine, head), played,

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 
 SKILLS = 'skills'  # a head that chooses a skill per action (StepCommand datasets)
+# What the features were made with: a head reads only features made alike (vlm_action_head).
+SOURCE = ('model', 'layer', 'pooling', 'max_image_side', 'processor_kwargs')
 VALUES = 'values'  # a head that regresses each action's columns
 
 
@@ -35,9 +37,10 @@ class ActionNet(torch.nn.Module):
 class Head:
     """A trained head and what it needs to be used: its features' source, its actions' form.
 
-    ``source``: the model, layer, pooling and image side the features were made with (a head
-    reads only features made alike). ``columns``: the action's columns (values), ``skills``
-    the skill names (skills). ``mean``/``scale``: the values' normalisation.
+    ``source``: the model, layer, pooling, image side and processor options the features were
+    made with (SOURCE: a head reads only features made alike). ``columns``: the action's
+    columns (values), ``skills`` the skill names (skills). ``mean``/``scale``: the values'
+    normalisation.
     """
 
     net: ActionNet
@@ -74,5 +77,6 @@ class Head:
         net.eval()
         arrays = {key: None if stored[key] is None else np.asarray(stored[key], np.float32)
                   for key in ('mean', 'scale')}
-        return cls(net, stored['kind'], stored['source'], stored['action_type'],
+        source = {key: stored['source'][key] for key in SOURCE}
+        return cls(net, stored['kind'], source, stored['action_type'],
                    stored['columns'], stored['skills'], **arrays)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..engine import VlmError
-from .policy import SKILLS, VALUES, ActionNet, Head
+from .policy import SKILLS, SOURCE, VALUES, ActionNet, Head
 
 STEP_TYPE = 'vlm_ros_msgs/msg/StepCommand'
 
@@ -32,7 +32,7 @@ def load_dataset(folder) -> tuple:
         manifest = json.loads((folder / 'manifest.json').read_text(encoding='utf-8'))
         with np.load(folder / 'dataset.npz') as stored:
             arrays = {key: stored[key] for key in ('features', 'actions', 'instruction')}
-        source = {key: manifest[key] for key in ('model', 'layer', 'pooling', 'max_image_side')}
+        source = {key: manifest[key] for key in SOURCE}
         action_type = manifest['actions']['type']
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise VlmError('bad_input', f'{folder}: cannot read the dataset ({exc})') from None

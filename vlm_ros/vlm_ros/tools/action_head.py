@@ -12,6 +12,7 @@ made otherwise than the head's were (another layer, pooling or size), or without
 (problem), are skipped with a throttled warning: a head's output on them would be noise.
 """
 
+import json
 import sys
 import threading
 
@@ -62,6 +63,17 @@ OUTPUTS = {
 }
 
 
+def processing(msg: Features) -> tuple:
+    """Return (max_image_side, processor kwargs) of msg.processor; ValueError if unreadable."""
+    try:
+        said = json.loads(msg.processor)
+        kwargs = said['processor_kwargs']  # the node's parameter: a JSON object's text, or ''
+        return said['max_image_side'], json.loads(kwargs) if kwargs.strip() else {}
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise ValueError(f'the features do not say how their images were processed '
+                         f'(processor {msg.processor[:200]!r}: {exc!r})') from None
+
+
 def mismatch(msg: Features, head, size: int) -> str:
     """Say how msg's features differ from those the head was trained on, or ''."""
     source = head.source
@@ -73,6 +85,12 @@ def mismatch(msg: Features, head, size: int) -> str:
     if layer(msg.layer) != layer(source['layer']) or msg.pooling != source['pooling']:
         return (f'features of layer {msg.layer}, pooling {msg.pooling}; the head was trained '
                 f'on layer {source["layer"]}, pooling {source["pooling"]}')
+    made = processing(msg)
+    trained = (source['max_image_side'], source['processor_kwargs'])
+    if made != trained:  # other pixels in, other hidden states out
+        return (f'features of images at max_image_side {made[0]}, processor_kwargs '
+                f'{json.dumps(made[1])}; the head was trained on max_image_side {trained[0]}, '
+                f'processor_kwargs {json.dumps(trained[1])}')
     if size != head.net.inputs:
         return f'{size} values; the head takes {head.net.inputs}'
     return ''

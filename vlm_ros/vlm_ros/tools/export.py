@@ -106,6 +106,7 @@ def export(args) -> dict:
                 'actions': {'topic': actions.topic, 'type': actions.msgtype,
                             'columns': list(actions.names), 'skills': actions.skills},
                 'window_s': args.window, 'max_image_side': args.max_image_side,
+                'processor_kwargs': args.processor_kwargs,
                 'pairs': len(pairs), 'features_shape': list(features.shape),
                 'frames_without': without, 'batches': batches, 'cpu_threads': threads}
     write_dataset(out, features, pairs, actions, manifest)
