@@ -273,18 +273,24 @@ def test_a_query_is_answered_within_its_max_new_tokens_when_the_server_ignores_t
         'the answer was cut there'
 
 
-def test_a_plan_with_no_steps_outside_the_schema_says_that_none_were_read(start_vlm_node):
+def test_a_plan_outside_the_schema_says_no_steps_were_read_and_the_next_plans_again(
+        start_vlm_node):
     text = f'I see no {uuid.uuid4().hex[:8]} to pick up.'
+    again = f'{INSTRUCTION} #{uuid.uuid4().hex[:8]}'
     with ScriptedServer() as server:
-        server.play(lambda reply: reply.piece(text) and reply.finish())
+        server.play(lambda reply: reply.piece(text) and reply.finish(),
+                    lambda reply: reply.piece(TARGETS['plan'][1]) and reply.finish())
         node = _remote_node(start_vlm_node, server)
         frame_id = uuid.uuid4().hex
         node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
         node.instruct(INSTRUCTION)
         plan = node.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the plan')
+        node.instruct(again)  # the next answer that follows the schema is a plan again
+        valid = node.answers([again])[0]
     assert (plan.status, plan.text, len(plan.steps)) == (Plan.STATUS_INVALID_OUTPUT, text, 0)
     assert plan.message == f'model output invalid: {server.base_url} did not follow the plan ' \
         'schema (response_format); no plan steps could be parsed'
+    assert (valid.status, valid.text, len(valid.steps)) == (Plan.STATUS_OK, TARGETS['plan'][1], 2)
 
 
 def test_a_server_sending_only_keep_alive_comments_times_out_and_frees_its_slot(
