@@ -93,6 +93,7 @@ def test_features_of_images_processed_otherwise_are_named(side, kwargs, said):
 
 @pytest.mark.parametrize('processor', ['', '[1', '{"max_image_side": 640}', '[]',
                                        '{"max_image_side": 640, "processor_kwargs": 7}',
+                                       '{"max_image_side": 640, "processor_kwargs": "[1]"}',
                                        '[' * 100_000])
 def test_features_that_do_not_say_how_they_were_made_are_refused(processor):
     """Anything on the DDS domain can publish Features: a ValueError, which the node logs."""

@@ -8,8 +8,9 @@ first action of the chunk its head (vlm_train_head) predicts, as the message typ
 trained on: geometry_msgs/Twist or TwistStamped, sensor_msgs/JointState (the training set's
 joints) or vlm_ros_msgs/StepCommand (the skill and its target; the instruction is the
 features'). The header of a stamped action is the features' (their source image's). Features
-made otherwise than the head's were (another layer, pooling or size), or without values
-(problem), are skipped with a throttled warning: a head's output on them would be noise.
+made otherwise than the head's were (another layer, pooling or size, or of images processed at
+another max_image_side or with other processor_kwargs), or without values (problem), are
+skipped with a throttled warning: a head's output on them would be noise.
 """
 
 import json
@@ -26,6 +27,7 @@ from sensor_msgs.msg import JointState
 from vlm_ros_msgs.msg import Features, StepCommand
 
 from ..engine import VlmError
+from ..engine.config import parse_processor_kwargs
 from ..spin import ros_arguments_only, spin_main
 
 FEATURES_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
@@ -67,9 +69,9 @@ def processing(msg: Features) -> tuple:
     """Return (max_image_side, processor kwargs) of msg.processor; ValueError if unreadable."""
     try:
         said = json.loads(msg.processor)
-        kwargs = said['processor_kwargs']  # the node's parameter: a JSON object's text, or ''
-        return said['max_image_side'], json.loads(kwargs) if kwargs.strip() else {}
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        kwargs = said['processor_kwargs']  # the node's parameter, read as the node reads it
+        return said['max_image_side'], parse_processor_kwargs(kwargs) if kwargs.strip() else {}
+    except (VlmError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ValueError(f'the features do not say how their images were processed '
                          f'(processor {msg.processor[:200]!r}: {exc!r})') from None
 
