@@ -6,15 +6,13 @@ own (engine_fixtures.OWN_CODE) to what the same weights give without them.
 """
 
 import json
-import pathlib
 
 import numpy as np
 import pytest
-from ament_index_python.packages import get_package_prefix
 from engine_fixtures import PLAN_JSON, TARGETS, scene
 from eval_bags import COLOURS
 from fork_server import run_tool
-from node_harness import call
+from node_harness import call, node_executable
 from test_evaluate import read_jsonl
 from test_export import write_bag
 from vlm_ros.engine import EngineConfig, Request
@@ -47,7 +45,7 @@ def bag(tmp_path_factory):
 
 def refused_then_trusted(tool: str, *args):
     """Run tool without --trust-remote-code (refused: exit 2), then with it; return that run."""
-    exe = pathlib.Path(get_package_prefix('vlm_ros'), 'lib', 'vlm_ros', tool)
+    exe = node_executable(tool)
     refused = run_tool([exe, *args], 600)
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-3000:]

@@ -17,6 +17,7 @@ from recordings import ROS1_CAMERA, ROS1_INSTRUCTION, write_ros1_bag
 from ros_harness import Collector
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import String
+from test_evaluate import read_jsonl
 from test_replay import irregular_events, start_replay, write_bag
 from vlm_ros.bag.storage import open_bag, stamp_ns
 from waiting import wait_exit, wait_until
@@ -80,8 +81,7 @@ def test_vlm_eval_asks_a_ros1_recording_what_the_command_line_gives(trained_tiny
     done = _vlm_eval(tmp_path / 'pi.bag', '--model', trained_tiny('llava'), '--out',
                      tmp_path / 'out', '--no-captions', *given)
     assert done.returncode == 0, done.stderr[-3000:]
-    records = [json.loads(line) for line in
-               (tmp_path / 'out' / 'results.jsonl').read_text().splitlines()]
+    records = read_jsonl(tmp_path / 'out' / 'results.jsonl')
     assert [r['image']['frame'] for r in records] == frames
     summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
     assert summary['plans'] == len(frames) and summary['by_status'] == {'OK': len(frames)}

@@ -5,10 +5,7 @@ measures it (python -m vlm_ros.benchmarks.replay_timing; docs/BENCHMARKS.md).
 """
 
 import json
-import os
 import pathlib
-import pty
-import select
 import subprocess
 import threading
 import time
@@ -35,7 +32,7 @@ from vlm_ros.bag.storage import (
     serialize,
     stamp_ns,
 )
-from waiting import wait_exit
+from waiting import run_on_a_terminal, wait_exit
 
 T0 = 1_767_225_600 * 10**9  # 2026-01-01: recordings are replayed long after they were made
 IMAGE, INSTRUCTION = '/camera/image_raw', '/instruction'
@@ -151,6 +148,12 @@ def decoded(items: list) -> list:
             for _, topic, data in items]
 
 
+def played(items: list) -> list:
+    """Each frame's number (its first pixel value) and each instruction's text, in order."""
+    return [msg.data if topic == INSTRUCTION else int(msg.data[0])
+            for topic, msg in decoded(items)]
+
+
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
 def test_replay_plays_every_message_in_order_with_its_bytes(test_node, tmp_path, storage):
     written = write_bag(tmp_path / 'bag', irregular_events(), storage)
@@ -217,8 +220,7 @@ def test_instructions_given_to_the_replay_go_out_when_they_say(test_node, tmp_pa
     received = listener.wait_count(len(expected))
     code, _, err = wait_exit(proc, TIMEOUT)
     assert code == 0, err
-    assert [msg.data if topic == INSTRUCTION else int(msg.data[0])
-            for topic, msg in decoded(received)] == expected
+    assert played(received) == expected
 
 
 @pytest.mark.parametrize('chosen', [IMAGE, '/left/image_raw'])
@@ -244,29 +246,17 @@ def test_an_instruction_every_nth_frame_is_asked_at_the_chosen_cameras_frames(te
     received = listener.wait_count(len(expected))
     code, _, err = wait_exit(proc, TIMEOUT)
     assert code == 0, err
-    assert [msg.data if topic == INSTRUCTION else int(msg.data[0])
-            for topic, msg in decoded(received)] == expected
+    assert played(received) == expected
 
 
 def test_the_progress_bar_is_drawn_on_a_terminal_unless_no_progress(tmp_path):
     write_bag(tmp_path / 'bag', irregular_events(8))
 
     def stderr_on_a_terminal(*options) -> str:
-        leader, follower = pty.openpty()
-        proc = subprocess.Popen([replay_executable(), tmp_path / 'bag', '--wait-for-subscribers',
-                                 '0', *options], stdout=subprocess.DEVNULL, stderr=follower)
-        os.close(follower)
-        said, deadline = b'', time.monotonic() + TIMEOUT
-        try:
-            while select.select([leader], [], [], max(deadline - time.monotonic(), 0))[0]:
-                said += os.read(leader, 4096)  # EIO once the replay has closed the terminal
-        except OSError:
-            pass
-        finally:
-            os.close(leader)
-            proc.kill()  # nothing to kill once it has ended
-        assert proc.wait(TIMEOUT) == 0, said
-        return said.decode()
+        code, said = run_on_a_terminal([replay_executable(), tmp_path / 'bag',
+                                        '--wait-for-subscribers', 0, *options], TIMEOUT)
+        assert code == 0, said
+        return said
     bar = '\r[' + '#' * 30 + ']'  # redrawn in place, and whole at the end
     drawn = stderr_on_a_terminal()
     assert bar in drawn and 'played 8 messages' in drawn, drawn
