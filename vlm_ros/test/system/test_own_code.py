@@ -23,7 +23,7 @@ from vlm_ros.node.image_conversion import rgb_to_image
 from vlm_ros_msgs.srv import Query
 
 ADVICE = "holds Python code of its own (auto_map in its configuration), which runs only where " \
-    "it is trusted: vlm_node's trust_remote_code:=true, the tools' --trust-remote-code"
+    "it is trusted: vlm_node's trust_remote_code:=true, the tools' --trust-remote-code; read it"
 
 
 def test_vlm_node_configures_it_with_trust_remote_code_only(start_vlm_node, test_node,
