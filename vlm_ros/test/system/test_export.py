@@ -25,10 +25,9 @@ from eval_bags import (
     image_fields,
 )
 from fork_server import run_tool
+from reference_features import engine_features
 from test_evaluate import LEFT_FRAMES, LEFT_TOPIC, OPERATOR_TOPIC
-from vlm_ros.engine import EngineConfig, Request
 from vlm_ros.engine.features import FeatureSpec
-from vlm_ros.engine.local import VlmEngine
 from vlm_ros.engine.local.loader import STARTING_THREADS
 
 # (delay after its frame, linear.x) per frame: the middle one is 0.7 s late for a 0.5 s window.
@@ -107,15 +106,10 @@ def test_frames_become_pairs_of_features_and_the_action_that_followed(tmp_path,
     assert (data['action_log_ns'] - data['frame_log_ns']).tolist() == [100_000_000, 200_000_000]
     told = [manifest['instructions'][i] for i in data['instruction']]
     assert told == [INSTRUCTIONS[0][1], INSTRUCTIONS[3][1]]  # the one at 3.0 s counts at 3.0
-    engine = VlmEngine(EngineConfig(model=model, device='cpu', dtype='float32'))
-    engine.load()
-    try:
-        expected = [engine.run([Request('plan', scene(colour), text, 1,
-                                        features=FeatureSpec(2, 'mean'))])[0].features.data
-                    for colour, text in zip((COLOURS[0], COLOURS[2]), told, strict=True)]
-    finally:
-        engine.unload()
-    np.testing.assert_allclose(data['features'], np.stack(expected), atol=1e-4)
+    asked = [(scene(colour), text) for colour, text in zip((COLOURS[0], COLOURS[2]), told,
+                                                            strict=True)]
+    np.testing.assert_allclose(data['features'], engine_features(model, asked, FeatureSpec(
+        2, 'mean')), atol=1e-4)
 
 
 def test_an_instruction_from_the_command_line_is_paired_with_the_chosen_cameras_frames(
@@ -139,19 +133,11 @@ def test_an_instruction_from_the_command_line_is_paired_with_the_chosen_cameras_
     assert manifest['frames_without'] == {'instruction': 1, 'action': 1}
     assert list(data['frame_stamp_ns']) == [STAMPS[2] + 1000]
     assert data['instruction'].tolist() == [0]
-    engine = VlmEngine(EngineConfig(model=model, device='cpu', dtype='float32',
-                                    max_image_side=8))
-    engine.load()
-    try:
-        def features():
-            return engine.run([Request('plan', LEFT_FRAMES[2], told, 1, features=FeatureSpec(
-                -1, 'last'))])[0].features.data
-
-        np.testing.assert_allclose(data['features'][0], features(), atol=1e-4)
-        engine.update(max_image_side=640)  # the frames as they are: other features
-        assert not np.allclose(data['features'][0], features(), atol=1e-3)
-    finally:
-        engine.unload()
+    asked, last = [(LEFT_FRAMES[2], told)], FeatureSpec(-1, 'last')
+    np.testing.assert_allclose(data['features'], engine_features(model, asked, last,
+                                                                 max_image_side=8), atol=1e-4)
+    # The frames as they are: other features.
+    assert not np.allclose(data['features'], engine_features(model, asked, last), atol=1e-3)
 
 
 @pytest.mark.parametrize('args, complaint', [
@@ -224,13 +210,8 @@ def test_instructions_from_a_file_or_at_a_time_seen_with_the_processors_options(
     assert list(np.load(tmp_path / 'at' / 'dataset.npz')['frame_stamp_ns']) == [STAMPS[2]]
 
     def features(**config) -> np.ndarray:
-        engine = VlmEngine(EngineConfig(model=model, device='cpu', dtype='float32', **config))
-        engine.load()
-        try:
-            return np.stack([engine.run([Request('plan', scene(colour), text, 1, features=(
-                FeatureSpec(-1, 'last')))])[0].features.data for colour, text in
-                ((COLOURS[0], first), (COLOURS[2], second))])
-        finally:
-            engine.unload()
+        asked = [(scene(COLOURS[0]), first), (scene(COLOURS[2]), second)]
+        return engine_features(model, asked, FeatureSpec(-1, 'last'), **config)
+
     np.testing.assert_allclose(data['features'], features(processor_kwargs=kwargs), atol=1e-4)
     assert not np.allclose(data['features'], features(), atol=1e-3)

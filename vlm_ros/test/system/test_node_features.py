@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from engine_fixtures import FAMILIES, TARGETS, scene
 from node_harness import RELIABLE, TIMEOUT, call, camera, set_params
-from vlm_ros.engine import EngineConfig, Request
+from reference_features import engine_features
 from vlm_ros.engine.features import FeatureSpec
-from vlm_ros.engine.local import VlmEngine
 from vlm_ros.node.features_msg import bfloat16_words
 from vlm_ros.node.image_conversion import rgb_to_image
 
@@ -22,6 +21,7 @@ from vlm_ros_msgs.msg import Features, Plan
 from vlm_ros_msgs.srv import GetFeatures
 
 INSTRUCTION = TARGETS['plan'][0]
+RED = [(scene('red'), INSTRUCTION)]  # what stream_camera streams, and the instruction
 
 
 def stream_camera(node) -> str:
@@ -41,17 +41,6 @@ def plan_and_features(node, features) -> tuple:
     return plan, found
 
 
-def engine_features(model: str, spec: FeatureSpec, task: str = 'plan', colour: str = 'red',
-                    text: str = INSTRUCTION) -> np.ndarray:
-    engine = VlmEngine(EngineConfig(model=model, device='cpu', dtype='float32',
-                                    max_new_tokens=96))
-    engine.load()
-    try:
-        return engine.run([Request(task, scene(colour), text, features=spec)])[0].features.data
-    finally:
-        engine.unload()
-
-
 @pytest.mark.parametrize('family', FAMILIES)
 def test_each_plan_comes_with_the_features_of_its_own_prefill(family, start_vlm_node, test_node,
                                                               trained_tiny):
@@ -66,7 +55,7 @@ def test_each_plan_comes_with_the_features_of_its_own_prefill(family, start_vlm_
     assert found.header == plan.header and found.instruction == INSTRUCTION
     assert (found.layer, found.pooling, found.dtype, found.problem) == (1, 'mean', 'float32', '')
     assert found.model == plan.model and found.layers > 1 and len(found.data16) == 0
-    expected = engine_features(model, FeatureSpec(1, 'mean'))
+    expected = engine_features(model, RED, FeatureSpec(1, 'mean'))[0]
     assert list(found.shape) == list(expected.shape)
     np.testing.assert_allclose(np.array(found.data, dtype=np.float32), expected, atol=1e-4)
     assert '"max_image_side": 640' in found.processor
@@ -81,7 +70,7 @@ def test_half_precision_features_are_the_values_rounded(dtype, start_vlm_node, t
     features = test_node.collect(Features, '/vlm_node/features', RELIABLE)
     stream_camera(node)
     _, found = plan_and_features(node, features)
-    expected = engine_features(str(trained_tiny('llava')), FeatureSpec(-1, 'tokens'))
+    expected = engine_features(trained_tiny('llava'), RED, FeatureSpec(-1, 'tokens'))[0]
     assert found.dtype == dtype and len(found.data) == 0 and list(found.shape) == \
         list(expected.shape) and len(found.shape) == 2
     words = np.array(found.data16, dtype=np.uint16).reshape(expected.shape)
@@ -132,13 +121,13 @@ def test_the_features_service_answers_without_a_plan(start_vlm_node, test_node, 
     assert found.header.frame_id == frame_id and found.request_id == '' and \
         found.instruction == INSTRUCTION and (found.layer, found.pooling) == (2, 'mean')
     np.testing.assert_allclose(np.array(found.data, dtype=np.float32),
-                               engine_features(model, FeatureSpec(2, 'mean')), atol=1e-4)
+                               engine_features(model, RED, FeatureSpec(2, 'mean'))[0], atol=1e-4)
     question = TARGETS['vqa'][0]
     given = ask(task='vqa', text=question, image=rgb_to_image(scene('blue')))
     assert given.success, given.message
     np.testing.assert_allclose(np.array(given.features.data, dtype=np.float32),
-                               engine_features(model, FeatureSpec(2, 'mean'), 'vqa', 'blue',
-                                               question), atol=1e-4)
+                               engine_features(model, [(scene('blue'), question)],
+                                               FeatureSpec(2, 'mean'), 'vqa')[0], atol=1e-4)
     caption = ask(task='caption', text='not in a caption prompt')
     assert caption.success and caption.features.instruction == '', caption.message
     refused = ask(task='dance', text='x')

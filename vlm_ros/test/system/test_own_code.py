@@ -13,11 +13,10 @@ from engine_fixtures import PLAN_JSON, TARGETS, scene
 from eval_bags import COLOURS
 from fork_server import run_tool
 from node_harness import call, node_executable
+from reference_features import engine_features
 from test_evaluate import read_jsonl
 from test_export import write_bag
-from vlm_ros.engine import EngineConfig, Request
 from vlm_ros.engine.features import FeatureSpec
-from vlm_ros.engine.local import VlmEngine
 from vlm_ros.node.image_conversion import rgb_to_image
 
 from vlm_ros_msgs.srv import Query
@@ -72,15 +71,9 @@ def test_vlm_export_pairs_the_features_of_the_trained_weights(bag, own_code_llav
                          '--instruction', TARGETS['plan'][0], '--out', out)
     data = np.load(out / 'dataset.npz')
     assert data['actions'][:, 0].tolist() == [0.25, -0.75]  # frames 0 and 2 (test_export.py)
-    engine = VlmEngine(EngineConfig(model=str(trained_tiny('llava')), device='cpu'))
-    engine.load()
-    try:
-        expected = [engine.run([Request('plan', scene(colour), TARGETS['plan'][0], 1,
-                                        features=FeatureSpec(-1, 'last'))])[0].features.data
-                    for colour in (COLOURS[0], COLOURS[2])]
-    finally:
-        engine.unload()
-    np.testing.assert_allclose(data['features'], np.stack(expected), atol=1e-4)
+    asked = [(scene(colour), TARGETS['plan'][0]) for colour in (COLOURS[0], COLOURS[2])]
+    np.testing.assert_allclose(data['features'], engine_features(
+        trained_tiny('llava'), asked, FeatureSpec(-1, 'last')), atol=1e-4)
 
 
 def test_vlm_benchmark_measures_it(own_code_llava):
