@@ -90,8 +90,8 @@ def test_frames_become_pairs_of_features_and_the_action_that_followed(tmp_path,
                                                                  'dataset.partial']
     assert 'wrote' in done.stdout and '2 pairs' in done.stdout
     # Two pairs in batches of one, on more threads than torch starts with: as asked.
-    assert done.stdout.endswith(f'the model ran in 2 batches on {STARTING_THREADS + 1} CPU '
-                                'threads\n'), done.stdout
+    assert done.stdout.endswith(f'the model (float32 on cpu) ran in 2 batches on '
+                                f'{STARTING_THREADS + 1} CPU threads\n'), done.stdout
     data = np.load(out / 'dataset.npz')
     manifest = json.loads((out / 'manifest.json').read_text())
     assert manifest['pairs'] == 2 and manifest['frames_without'] == {'instruction': 0,
@@ -127,7 +127,8 @@ def test_an_instruction_from_the_command_line_is_paired_with_the_chosen_cameras_
     manifest = json.loads((out / 'manifest.json').read_text())
     assert (manifest['image_topic'], manifest['instructions']) == (LEFT_TOPIC, [told])
     assert (manifest['max_image_side'], manifest['processor_kwargs']) == (8, {})
-    assert f'ran in 1 batch on {STARTING_THREADS} CPU thread' in done.stdout  # the defaults
+    assert f'(float32 on cpu) ran in 1 batch on {STARTING_THREADS} CPU thread' in \
+        done.stdout  # the defaults: --device and --dtype auto on a CPU, --cpu-threads 0
     # --every 2 asks at the second frame: the first had no instruction in force, and the
     # second's action came too late.
     assert manifest['frames_without'] == {'instruction': 1, 'action': 1}
@@ -144,8 +145,10 @@ def test_an_instruction_from_the_command_line_is_paired_with_the_chosen_cameras_
     (['--actions', '/nope'], '--actions /nope is not in'),
     (['--actions', INSTRUCTION_TOPIC], f'--actions {INSTRUCTION_TOPIC} is a std_msgs/msg/String'),
     (['--actions', '/cmd_vel', '--window', '0.01'], 'no frame of /camera/image_raw has both'),
-], ids=['missing', 'not-actions', 'empty'])
-def test_a_recording_that_gives_no_pairs_names_what_is_missing(args, complaint, tmp_path):
+    (['--actions', '/cmd_vel', '--device', 'cuda:99'], "device 'cuda:99' asked for, but "),
+], ids=['missing', 'not-actions', 'empty', 'no-such-device'])
+def test_no_pairs_or_no_such_device_names_what_is_missing_and_writes_nothing(args, complaint,
+                                                                             tmp_path):
     out = tmp_path / 'dataset'
     done = vlm_export(write_bag(tmp_path / 'bag'), '--model', tmp_path / 'never-loaded',
                       '--out', out, *args)
@@ -178,11 +181,12 @@ def test_an_output_folder_of_other_files_is_never_replaced(tmp_path):
 
 def test_instructions_from_a_file_or_at_a_time_seen_with_the_processors_options(
         tmp_path, trained_tiny):
-    """--instructions (time after the start, or bag stamp), --at, and --processor-kwargs.
+    """--instructions (time after the start, or bag stamp), --at, --processor-kwargs, --dtype.
 
     The recording's own instructions are left aside for the ones given; each frame is paired
     under the instruction in force when it was logged, and its features are the engine's
-    under the same processor options, not under the processor's defaults.
+    under the same processor options and weights' precision, not under the defaults; the
+    manifest says which precision and device the model ran in.
     """
     model = str(trained_tiny('llava'))
     bag = write_bag(tmp_path / 'bag')
@@ -201,17 +205,24 @@ def test_instructions_from_a_file_or_at_a_time_seen_with_the_processors_options(
     assert manifest['frames_without'] == {'instruction': 0, 'action': 1}  # frame 1's is late
     assert list(data['frame_stamp_ns']) == [STAMPS[0], STAMPS[2]]
     assert data['instruction'].tolist() == [0, 1]
-    # --at 1.6 s: in force from between frames 1 and 2, so frame 2 alone is paired.
+    assert (manifest['device'], manifest['dtype']) == ('cpu', 'float32')  # auto, on a CPU
+    last = FeatureSpec(-1, 'last')
+    asked = [(scene(COLOURS[0]), first), (scene(COLOURS[2]), second)]
+    np.testing.assert_allclose(data['features'], engine_features(
+        model, asked, last, processor_kwargs=kwargs), atol=1e-4)
+    assert not np.allclose(data['features'], engine_features(model, asked, last), atol=1e-3)
+    # --at 1.6 s: in force from between frames 1 and 2, so frame 2 alone is paired; in bfloat16
+    # weights, whose features are the engine's in bfloat16.
     done = vlm_export(bag, '--model', model, '--actions', '/cmd_vel', '--instruction', first,
-                      '--at', 1.6, '--out', tmp_path / 'at')
+                      '--at', 1.6, '--dtype', 'bfloat16', '--out', tmp_path / 'at')
     assert done.returncode == 0, done.stderr[-3000:]
     at = json.loads((tmp_path / 'at' / 'manifest.json').read_text())
     assert at['frames_without'] == {'instruction': 2, 'action': 0}
-    assert list(np.load(tmp_path / 'at' / 'dataset.npz')['frame_stamp_ns']) == [STAMPS[2]]
-
-    def features(**config) -> np.ndarray:
-        asked = [(scene(COLOURS[0]), first), (scene(COLOURS[2]), second)]
-        return engine_features(model, asked, FeatureSpec(-1, 'last'), **config)
-
-    np.testing.assert_allclose(data['features'], features(processor_kwargs=kwargs), atol=1e-4)
-    assert not np.allclose(data['features'], features(), atol=1e-3)
+    assert (at['device'], at['dtype']) == ('cpu', 'bfloat16') and '(bfloat16 on cpu)' in \
+        done.stdout
+    data = np.load(tmp_path / 'at' / 'dataset.npz')
+    assert list(data['frame_stamp_ns']) == [STAMPS[2]]
+    asked = [(scene(COLOURS[2]), first)]
+    np.testing.assert_allclose(data['features'], engine_features(model, asked, last,
+                                                                 dtype='bfloat16'), atol=1e-4)
+    assert not np.allclose(data['features'], engine_features(model, asked, last), atol=1e-3)

@@ -67,6 +67,14 @@ CASES = [
      'message 2 of /camera/image_raw, logged 0.100 s after the start, cannot be read'),
     ('vlm_eval', ['{pi}', '--instruction', 'go', '--recorded', '{undecodable_plans}'],
      'message 1 of /robot/plan, logged 0.000 s after the start, cannot be read'),
+    # --device reaches the engine, which refuses a device this machine lacks before loading
+    # (vlm_export's: test_export.py).
+    ('vlm_eval', ['{pi}', '--model', '{missing}', '--instruction', 'go', '--device',
+                  'cuda:99'], "device 'cuda:99' asked for, but "),
+    ('vlm_benchmark', ['--random', 'tiny:llava', '--device', 'cuda:99'],  # before any weights
+     "device 'cuda:99' asked for, but "),
+    ('vlm_benchmark', ['--node', '--random', 'tiny:llava', '--device', 'cuda:99'],
+     "device 'cuda:99' asked for, but "),
     # vlm_node's limits: a request it would refuse is refused here too.
     ('vlm_eval', ['{pi}', '--model', 'm', '--max-new-tokens', '0'],
      'argument --max-new-tokens: must be >= 1, got 0'),

@@ -336,8 +336,12 @@ def main(argv=None) -> int:
 
 def _benchmark(args) -> int:
     from ..engine.local import VlmEngine
+    from ..engine.local.loader import resolve_device
     from ..models.real_size import build_random
 
+    # A device this machine lacks is refused before --random writes weights (gigabytes for
+    # the real sizes), and before a --node's vlm_node starts on it.
+    resolve_device(args.device)
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model
         if args.random:

@@ -97,9 +97,13 @@ def export(args) -> dict:
                                         FeatureSpec(args.layer, args.pooling), args.batch_size)
         # Asked in this thread, which ran the model: the threads it computed with.
         threads = torch.get_num_threads()
+        # Where and in which precision the model ran, as --device and --dtype auto chose:
+        # features of other weights' precision differ by more than their rounding.
+        ran = {'device': str(engine.loaded.device),
+               'dtype': str(engine.loaded.dtype).replace('torch.', '')}
     finally:
         engine.unload()
-    manifest = {'model': args.model, 'layer': args.layer, 'pooling': args.pooling,
+    manifest = {'model': args.model, **ran, 'layer': args.layer, 'pooling': args.pooling,
                 'bag': inputs.path, 'image_topic': inputs.image_topic,
                 'instruction_topic': inputs.instruction_topic,
                 'instructions': [i.text for i in inputs.instructions],
@@ -121,7 +125,8 @@ def main(argv=None) -> int:
         return code
     print(f'wrote {args.out}/dataset.npz ({manifest["pairs"]} pairs, features '
           f'{"x".join(map(str, manifest["features_shape"]))}) and manifest.json; the model '
-          f'ran in {_count(manifest["batches"], "batch", "batches")} on '
+          f'({manifest["dtype"]} on {manifest["device"]}) ran in '
+          f'{_count(manifest["batches"], "batch", "batches")} on '
           f'{_count(manifest["cpu_threads"], "CPU thread", "CPU threads")}', flush=True)
     return 0
 
