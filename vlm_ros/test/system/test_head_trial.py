@@ -17,11 +17,14 @@ from fork_server import run_tool
 from head_datasets import TWIST, clusters, write_dataset
 from head_harness import action_head
 from node_harness import node_executable
+from vlm_ros.demo import head_trial
+from vlm_ros.demo.world import episodes
 from vlm_ros.head import training
 
 from vlm_ros_msgs.msg import StepCommand
 
 OVER_DDS = 6  # the trial's first episodes, played again over DDS
+SEED = 3  # the trial's and the tabletop node's episodes; their default is 1
 
 
 def python_module(*args, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -30,7 +33,7 @@ def python_module(*args, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def test_a_head_trained_on_the_scripted_heads_recording_fulfils_more_than_a_random_one(
-        tmp_path, trained_tiny, start_vlm_node, test_node):
+        tmp_path, trained_tiny, start_vlm_node, test_node, capfd):
     recorded = python_module('vlm_ros.demo.world_recording', tmp_path / 'rec', '--episodes',
                              '18', '--seed', '0')
     assert recorded.returncode == 0 and '18 episodes' in recorded.stdout, recorded.stderr
@@ -48,25 +51,50 @@ def test_a_head_trained_on_the_scripted_heads_recording_fulfils_more_than_a_rand
                         tmp_path / 'head.pt', '--hidden', '128', '--epochs', '400',
                         '--seconds', '600'], 900)
     assert trained.returncode == 0, trained.stderr[-3000:]
+    # The trial's and the tabletop node's own episodes (--seed) and command limit: the
+    # scripted head needs two commands an episode.
+    trial_args = ['--seed', SEED, '--max-decisions', '5']
+    model = tmp_path / 'vlm'  # --model: the head file's, by another path
+    model.symlink_to(trained_tiny('llava'))
     tried = python_module('vlm_ros.demo.head_trial', tmp_path / 'head.pt', '--episodes', '18',
-                          '--device', 'cpu', '--dtype', 'float32', '--json',
-                          tmp_path / 'trials.json')
+                          *trial_args, '--model', model, '--device', 'cpu', '--dtype',
+                          'float32', '--json', tmp_path / 'trials.json')
     assert tried.returncode == 0, tried.stderr[-3000:]
     print(tried.stdout)
+    assert tried.stdout.startswith(f'features of {model} on cpu (float32), layer -1, mean '
+                                   'pooling\n'), tried.stdout
     trials = {t['head']: t for t in json.loads((tmp_path / 'trials.json').read_text())}
     assert trials['scripted']['rate'] == 1.0, trials
     assert trials['learned']['successes'] > trials['random']['successes'], trials
-    assert '| learned | 18 |' in tried.stdout
+    assert '| learned | 18 |' in tried.stdout and '(at most 5) |' in tried.stdout
+    assert max(trials['learned']['decisions']) <= 5 and max(trials['random']['decisions']) == 5
+    assert trials['learned']['starts'] == starts_of(18, SEED) != starts_of(18, 1), trials
 
     node = start_vlm_node(features_rate=5.0, features_pooling='mean', max_new_tokens=16)
     node.wait_state('active')
     with action_head(test_node, tmp_path / 'head.pt', StepCommand):
-        played = python_module('vlm_ros.demo.world_node', '--episodes', OVER_DDS, '--json',
-                               tmp_path / 'dds.json', timeout=OVER_DDS * 60)
+        played = python_module('vlm_ros.demo.world_node', '--episodes', OVER_DDS, *trial_args,
+                               '--json', tmp_path / 'dds.json', timeout=OVER_DDS * 60)
     assert played.returncode == 0, played.stderr[-3000:]
     over_dds = json.loads((tmp_path / 'dds.json').read_text())
+    assert over_dds['starts'] == trials['learned']['starts'][:OVER_DDS], over_dds
     assert over_dds['decisions'] == trials['learned']['decisions'][:OVER_DDS], over_dds
-    assert '| learned, over DDS | 6 |' in played.stdout
+    assert '| learned, over DDS | 6 |' in played.stdout and '(at most 5) |' in played.stdout
+
+    # The features in bfloat16 weights, on the device asked for, or none on one this machine
+    # lacks: the trial in this process.
+    capfd.readouterr()  # what was printed before
+    assert head_trial.main([str(tmp_path / 'head.pt'), '--episodes', '1', '--dtype',
+                            'bfloat16']) == 0
+    assert capfd.readouterr().out.startswith(f"features of {trained_tiny('llava')} on cpu "
+                                              '(bfloat16), ')
+    assert head_trial.main([str(tmp_path / 'head.pt'), '--device', 'cuda:99']) == 2
+    assert "device 'cuda:99' asked for, but " in capfd.readouterr().err
+
+
+def starts_of(count: int, seed: int) -> list:
+    """Return the blocks' starting places of the tabletop's episodes(count, seed), as JSON."""
+    return [dict(start.places) for _, start in episodes(count, seed)]
 
 
 def test_a_head_of_other_commands_is_refused_before_the_model_loads(tmp_path):

@@ -22,3 +22,12 @@ def test_command_line_builds_a_loadable_checkpoint(tmp_path, capsys):
     main(['llava', str(tmp_path / 'llava')])
     assert capsys.readouterr().out.strip() == str(tmp_path / 'llava')
     assert type(load(tmp_path / 'llava')[1]).__name__ == 'LlavaForConditionalGeneration'
+
+
+def test_the_command_lines_seed_chooses_the_weights(tmp_path):
+    """--seed 0 is the default; the same seed gives the same weights, another seed others."""
+    for name, seed in (('default', []), ('zero', ['--seed', '0']), ('one', ['--seed', '1'])):
+        main(['llava', str(tmp_path / name), *seed])
+    weights = {name: (tmp_path / name / 'model.safetensors').read_bytes()
+               for name in ('default', 'zero', 'one')}
+    assert weights['default'] == weights['zero'] != weights['one']

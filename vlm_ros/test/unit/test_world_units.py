@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from vlm_ros.bag.storage import open_bag
+from vlm_ros.demo import world_recording
 from vlm_ros.demo.head_trial import random_chooser, run_episodes
 from vlm_ros.demo.world import BIN, COMMANDS, TABLE, TASKS, World, episodes, expert
 from vlm_ros.demo.world_recording import FRAME_NS, STEP_TYPE, TOPICS, write_world_recording
@@ -70,6 +71,21 @@ def test_the_recording_has_each_decisions_frames_then_its_command(tmp_path):
         if topic == TOPICS['image']:  # the next message after a decision's frames: its step
             later = next(entry for entry in log[index + 1:] if entry[0] != TOPICS['image'])
             assert later[0] == TOPICS['step'] and later[1] - when <= 3 * FRAME_NS
+
+
+def test_the_command_line_records_the_episodes_of_its_seed(tmp_path, capsys):
+    assert world_recording.main([str(tmp_path / 'cli'), '--episodes', '4', '--seed', '2']) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'cli'}: 4 episodes, ")
+    write_world_recording(tmp_path / 'two', episodes(4, seed=2))
+    write_world_recording(tmp_path / 'zero', episodes(4, seed=0))  # --seed's default
+    recorded = {name: recording(tmp_path / name) for name in ('cli', 'two', 'zero')}
+    assert recorded['cli'] == recorded['two'] != recorded['zero']
+
+
+def recording(path) -> list:
+    """Return a recording's messages as (topic, log time, serialized bytes)."""
+    with open_bag(path) as reader:
+        return [(c.topic, t, bytes(raw)) for c, t, raw in reader.messages()]
 
 
 @pytest.mark.parametrize('count', [0, 1])

@@ -36,6 +36,7 @@ class Trial:
     head: str
     fulfilled: tuple  # per episode
     decisions: tuple  # per episode
+    starts: tuple = ()  # per episode, each block's place at its start: the --seed's episodes
 
     @property
     def episodes(self) -> int:
@@ -72,7 +73,12 @@ def run_episodes(name: str, choose, episodes: list, max_decisions: int) -> Trial
             decisions += 1
         fulfilled.append(world.done(task))
         spent.append(decisions)
-    return Trial(name, tuple(fulfilled), tuple(spent))
+    return Trial(name, tuple(fulfilled), tuple(spent), starts(episodes))
+
+
+def starts(episodes: list) -> tuple:
+    """Return each episode's starting places of the blocks, as a Trial keeps them."""
+    return tuple(dict(start.places) for _, start in episodes)
 
 
 def learned_chooser(engine, head):
@@ -119,8 +125,8 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def trial(args) -> list:
-    """Run the three heads over the same episodes; return their Trials."""
+def trial(args) -> tuple:
+    """Run the three heads over the same episodes; return what made the features, and Trials."""
     from ..engine.local import VlmEngine  # torch: after the arguments are good
     from ..head import training
 
@@ -134,6 +140,10 @@ def trial(args) -> list:
                                     max_image_side=head.source['max_image_side'],
                                     processor_kwargs=head.source['processor_kwargs']))
     engine.load()
+    # Where the features came from, as the loaded model has it: --model, --device, --dtype.
+    made = (f"features of {engine.config.model} on {engine.loaded.device} "
+            f"({str(engine.loaded.dtype).replace('torch.', '')}), layer {head.source['layer']}, "
+            f"{head.source['pooling']} pooling")
     try:
         trials = [run_episodes('learned', learned_chooser(engine, head), played,
                                args.max_decisions)]
@@ -144,16 +154,17 @@ def trial(args) -> list:
     if args.json:
         args.json.write_text(json.dumps([t.record() for t in trials], indent=2) + '\n',
                              encoding='utf-8')
-    return trials
+    return made, trials
 
 
 def main(argv=None) -> int:
     """Print the trials' table, or the reason on stderr (exit 2: bad input)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    code, trials = reported('python -m vlm_ros.demo.head_trial', lambda: trial(args))
+    code, ran = reported('python -m vlm_ros.demo.head_trial', lambda: trial(args))
     if code:
         return code
-    print(format_trials(trials, args.max_decisions), flush=True)
+    made, trials = ran
+    print(f'{made}\n\n{format_trials(trials, args.max_decisions)}', flush=True)
     return 0
 
 

@@ -29,7 +29,7 @@ from ..bag.arguments import positive, positive_int
 from ..node.image_conversion import rgb_to_image
 from ..node.topics import INSTRUCTIONS_QOS
 from ..spin import spin_main
-from .head_trial import Trial, format_trials
+from .head_trial import Trial, format_trials, starts
 from .world import FRAME_ID, SIZE, episodes
 
 
@@ -99,7 +99,7 @@ class WorldNode(Node):
 
     def _finish(self) -> None:
         fulfilled, decisions = zip(*self._outcomes, strict=True)
-        trial = Trial('learned, over DDS', fulfilled, decisions)
+        trial = Trial('learned, over DDS', fulfilled, decisions, starts(self._episodes))
         print(format_trials([trial], self._args.max_decisions), flush=True)
         if self._args.json:
             self._args.json.write_text(json.dumps(trial.record(), indent=2) + '\n',
