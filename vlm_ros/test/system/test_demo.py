@@ -7,6 +7,7 @@ import pathlib
 import re
 import signal
 import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ import yaml
 from ament_index_python.packages import get_package_prefix
 from fork_server import start_tool
 from model_cache import cached_model
+from node_harness import TIMEOUT
+from vlm_ros.bag.node_settings import fetch_parameters
 from vlm_ros.bag.storage import PLAN_TYPE, open_bag
 from vlm_ros.demo import model as demo_model
 from vlm_ros.demo.tabletop import draw_tabletop
@@ -174,15 +177,24 @@ def test_a_failed_demo_run_keeps_the_previous_report(demo_run, tmp_path):
     assert 'MODEL=tiny' not in err  # the hint is for a hub model that cannot be had offline
 
 
-def test_ctrl_c_during_the_replay_says_where_the_partial_output_is(demo_run):
-    """Ctrl-C in a terminal signals the demo's whole process group, as killpg does here."""
+def test_ctrl_c_during_the_replay_says_where_the_partial_output_is(demo_run, test_node):
+    """Ctrl-C in a terminal signals the demo's whole process group, as killpg does here.
+
+    This run's node and head take the demo's other settings: each reaches its process.
+    """
     out, _, _ = demo_run
     before = {p: p.read_bytes() for p in (out / 'report').iterdir()}
-    env = {**os.environ, 'MODEL': 'tiny', 'OUT': str(out), 'DEVICE': 'cpu', 'RATE': '0.01'}
+    env = {**os.environ, 'MODEL': 'tiny', 'OUT': str(out), 'DEVICE': 'cpu', 'RATE': '0.01',
+           'CAPTION_RATE': '0.25', 'EXECUTE': 'false', 'PROCESSOR_KWARGS': '',
+           'HEAD_SCRIPT': 'fail,succeed', 'STEP_TIME': '0.05'}
     proc = start_demo(env)
-    log = out / 'partial' / 'node.log'
-    wait_until(lambda: log.is_file() and 'active' in log.read_text(), 300,
-               "the demo's vlm_node to be active")
+    settings = out / 'partial' / 'answers' / 'settings.json'  # the node's, once it answers
+    wait_until(settings.is_file, 300, "the demo's vlm_node to be active and answering")
+    node = {name: value for name, value in json.loads(settings.read_text())['parameters'].items()
+            if name in ('caption_rate', 'execute_plans', 'processor_kwargs')}
+    assert node == {'caption_rate': 0.25, 'execute_plans': False, 'processor_kwargs': ''}, node
+    head = fetch_parameters(test_node.node, '/scripted_vla_head', TIMEOUT, threading.Event())
+    assert (head['script'], head['step_time']) == ('fail,succeed', 0.05), head
     os.killpg(proc.pid, signal.SIGINT)
     code, _, err = wait_exit(proc, 120)
     assert code == 130, err[-3000:]
@@ -190,6 +202,20 @@ def test_ctrl_c_during_the_replay_says_where_the_partial_output_is(demo_run):
     assert last.startswith('demo: failed (exit 130)') and f'{out}/partial' in last, err[-3000:]
     assert {p: p.read_bytes() for p in (out / 'report').iterdir()} == before
     assert 'vlm_replay: played' in err and 'interrupted' in err, err[-3000:]
+
+
+@pytest.mark.parametrize('missing', ['BAG', 'REFERENCES'])
+def test_a_recording_or_references_file_that_is_not_there_is_named(missing, demo_run, tmp_path):
+    """BAG is replayed into the node, REFERENCES trains MODEL=tiny (where OUT has none yet)."""
+    out = demo_run[0] if missing == 'BAG' else tmp_path / 'demo'
+    path = tmp_path / f'no_{missing.lower()}'
+    code, _, err = run_demo({**os.environ, 'MODEL': 'tiny', 'OUT': str(out), 'DEVICE': 'cpu',
+                             missing: str(path)})
+    said = {'BAG': f'vlm_replay: no recording at {path}',
+            'REFERENCES': f'python -m vlm_ros.demo.model: error: {path}: cannot read the '
+                          'references file'}
+    assert code == 2 and said[missing] in err and 'Traceback' not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith('demo: failed (exit 2)'), err[-3000:]
 
 
 def test_demo_default_model_offline_and_not_cached_says_to_use_model_tiny(tmp_path):

@@ -105,8 +105,11 @@ def record_settings(node, topic: str, directory, stop: threading.Event,
     target = _publisher(node, topic, deadline, stop)
     parameters = fetch_parameters(node, target, deadline - time.monotonic(), stop)
     path = pathlib.Path(directory) / SETTINGS_FILE
-    path.write_text(json.dumps({'node': target, 'parameters': parameters}, indent=1) + '\n',
-                    encoding='utf-8')
+    # Written beside and renamed into place: whoever finds the file finds all of it.
+    partial = path.with_name(f'.{SETTINGS_FILE}.partial')
+    partial.write_text(json.dumps({'node': target, 'parameters': parameters}, indent=1) + '\n',
+                       encoding='utf-8')
+    partial.replace(path)
     return target
 
 

@@ -17,6 +17,7 @@ import json
 import pathlib
 import sys
 
+from ..bag.arguments import reported
 from ..bag.storage import open_bag
 from ..engine.prompts import load_templates, render_task
 from ..eval.inputs import decode_frames, frames_by_stamp, read_inputs
@@ -74,7 +75,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if pathlib.Path(args.out).exists():
         parser.error(f'{args.out} exists already')
-    report = build(args.out, args.bag, args.references)
+    # A recording or references file that cannot be read: one line naming it (scripts/demo's
+    # BAG and REFERENCES), not a traceback.
+    code, report = reported(parser.prog, lambda: build(args.out, args.bag, args.references))
+    if code:
+        return code
     print(f'demo model: tiny {FAMILY} in {args.out}, {report["steps"]} steps, loss '
           f'{report["initial_loss"]:.3f} -> {report["loss"]:.4f}, '
           f'{report["seconds"]:.1f} s')
