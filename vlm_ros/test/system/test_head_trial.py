@@ -16,7 +16,9 @@ import numpy as np
 from fork_server import run_tool
 from head_datasets import TWIST, clusters, write_dataset
 from head_harness import action_head
-from node_harness import node_executable
+from node_harness import RELIABLE, node_executable
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
 from vlm_ros.demo import head_trial
 from vlm_ros.demo.world import episodes
 from vlm_ros.head import training
@@ -95,6 +97,23 @@ def test_a_head_trained_on_the_scripted_heads_recording_fulfils_more_than_a_rand
 def starts_of(count: int, seed: int) -> list:
     """Return the blocks' starting places of the tabletop's episodes(count, seed), as JSON."""
     return [dict(start.places) for _, start in episodes(count, seed)]
+
+
+def test_an_episode_no_command_ends_fails_after_the_episode_timeout(test_node, tmp_path):
+    """A head that sees every frame and instruction but never commands: each episode fails."""
+    frames = test_node.collect(Image, 'image')
+    told = test_node.collect(String, 'instruction', RELIABLE)
+    silent = test_node.node.create_publisher(StepCommand, 'action', 10)
+    try:
+        played = python_module('vlm_ros.demo.world_node', '--episodes', 2, '--episode-timeout',
+                               0.5, '--json', tmp_path / 'silent.json', timeout=60)
+    finally:
+        test_node.node.destroy_publisher(silent)
+    assert played.returncode == 0, played.stderr[-3000:]
+    trial = json.loads((tmp_path / 'silent.json').read_text())
+    assert (trial['fulfilled'], trial['decisions']) == ([False, False], [0, 0]), trial
+    assert [m.data for m in told.items()] == [task.text for task, _ in episodes(2, 1)]
+    assert frames.items(), 'the states were shown'
 
 
 def test_a_head_of_other_commands_is_refused_before_the_model_loads(tmp_path):
