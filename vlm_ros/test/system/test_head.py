@@ -119,9 +119,15 @@ def scene_stream(colour: str):
 
 def test_a_head_trained_on_a_recording_drives_from_the_nodes_features(start_vlm_node, test_node,
                                                                        tmp_path, trained_tiny):
-    """The user's path: vlm_export, vlm_train_head, then vlm_action_head beside vlm_node."""
+    """The user's path: vlm_export, vlm_train_head, then vlm_action_head beside vlm_node.
+
+    The set is exported from the node's model by another name (a link to its folder): the
+    head acts on the node's features and says, once, that they name another model.
+    """
+    alias = tmp_path / 'exported_model'
+    alias.symlink_to(trained_tiny('llava'))
     exported = run_tool([node_executable('vlm_export'), write_colour_bag(tmp_path / 'bag'),
-                         '--model', trained_tiny('llava'), '--actions', '/cmd_vel',
+                         '--model', alias, '--actions', '/cmd_vel',
                          '--pooling', 'mean', '--device', 'cpu', '--dtype', 'float32',
                          '--out', tmp_path / 'dataset'], 600)
     assert exported.returncode == 0 and f'{FRAMES} pairs' in exported.stdout, exported.stderr
@@ -142,6 +148,9 @@ def test_a_head_trained_on_a_recording_drives_from_the_nodes_features(start_vlm_
             node.stream(scene_stream(colour)).wait_for(lambda m: True, TIMEOUT, 'a frame')
             actions.from_now()(lambda m, c=colour: abs(m.linear.x - SPEEDS[c]) < 0.2, TIMEOUT,
                                f'the {colour} command')
+        told = f"acting on features of model {trained_tiny('llava')}; the head was trained on " \
+            f'features of {alias}: if these are not the same weights'
+        assert actions.log().count(told) == 1, actions.log()
         # Images processed otherwise give other features: no action, and the head says why,
         # until the node processes them as the training set's were again.
         set_ok(test_node, max_image_side=32)

@@ -10,7 +10,8 @@ joints) or vlm_ros_msgs/StepCommand (the skill and its target; the instruction i
 features'). The header of a stamped action is the features' (their source image's). Features
 made otherwise than the head's were (another layer, pooling or size, or of images processed at
 another max_image_side or with other processor_kwargs), or without values (problem), are
-skipped with a throttled warning: a head's output on them would be noise.
+skipped with a throttled warning: a head's output on them would be noise. Features of a
+model by another name than the head file's are acted on, with a warning naming both.
 """
 
 import json
@@ -119,6 +120,7 @@ class ActionHeadNode(Node):
             self.code = 2
             self.done.set()
             return
+        self._model_told = ''
         self._pub = self.create_publisher(msg_type, 'action', 10)
         self.create_subscription(Features, 'vlm_node/features', self._on_features, FEATURES_QOS)
         self.get_logger().info(f'{path}: {self._head.kind} head of {self._head.action_type}, '
@@ -135,8 +137,26 @@ class ActionHeadNode(Node):
         if wrong:
             self.get_logger().warning(f'no action: {wrong}', throttle_duration_sec=5.0)
             return
+        self._say_model(msg.model)
         action = self._head.act(values)[0]
         self._pub.publish(self._build(msg, action, self._head))
+
+    def _say_model(self, model: str) -> None:
+        """Warn once per change when the features name another model than the head's.
+
+        Not refused: the same weights go by other names (a hub id, a folder, a link), and act
+        alike. Other weights of the same size would give actions of features the head never
+        saw, so the user is told which two models it is (the last name told is kept: anything
+        on the DDS domain can publish here, so no set of names grows).
+        """
+        trained = self._head.source['model']
+        if model in (trained, self._model_told):
+            return
+        self._model_told = model
+        self.get_logger().warning(
+            f'acting on features of model {model[:200]}; the head was trained on features of '
+            f'{trained}: if these are not the same weights, export and train again with '
+            f'vlm_export --model {model[:200]}')
 
 
 def main(args=None) -> None:
