@@ -6,7 +6,10 @@ carries its full message definition from storage.typestore(), which is what lets
 and ``ros2 bag play`` open the result on a machine with ROS 2 installed.
 """
 
+import contextlib
 import importlib
+import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -114,7 +117,24 @@ class Recorder:
                     self.executing.discard(progress.plan_id)
             self._cond.notify_all()
         if self._echo:
-            print(f'[{connection.topic}] {_format(deserialize_message(data, cls))}', flush=True)
+            self._print(f'[{connection.topic}] {_format(deserialize_message(data, cls))}')
+
+    def _print(self, line: str) -> None:
+        """Echo a line; once standard output is closed (`--echo | head`), echo no more.
+
+        The recording goes on: it is what the run is for, and the echo a view of it. Before,
+        the error ended the thread that spins the subscriptions, and nothing more was recorded.
+        """
+        try:
+            print(line, flush=True)
+        except OSError as exc:  # BrokenPipeError: the reader is gone
+            self._echo = False
+            with contextlib.suppress(OSError):  # nothing left to flush at exit either
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            self._node.get_logger().warning(f'--echo stopped: standard output is closed '
+                                            f'({exc.strerror}); the recording goes on')
 
     def matched(self) -> bool:
         """Tell whether every recorded topic has a publisher."""
