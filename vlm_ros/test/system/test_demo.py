@@ -1,5 +1,6 @@
 """The sample recording end to end: offline evaluation with the demo model, and ./scripts/demo."""
 
+import contextlib
 import inspect
 import json
 import os
@@ -18,6 +19,7 @@ from model_cache import cached_model
 from node_harness import TIMEOUT
 from vlm_ros.bag.node_settings import fetch_parameters
 from vlm_ros.bag.storage import PLAN_TYPE, open_bag
+from vlm_ros.compat import loopback_discovery
 from vlm_ros.demo import model as demo_model
 from vlm_ros.demo.tabletop import draw_tabletop
 from vlm_ros.eval.screenshot import CHROMIUM, screenshot
@@ -106,7 +108,17 @@ def start_demo(env: dict) -> subprocess.Popen:
 
 def run_demo(env: dict, timeout: float = 600) -> tuple:
     """Run ./scripts/demo to its end; return (exit code, stdout, stderr)."""
-    return wait_exit(start_demo(env), timeout)
+    proc = start_demo(env)
+    try:
+        return wait_exit(proc, timeout)
+    finally:
+        end_group(proc)
+
+
+def end_group(proc: subprocess.Popen) -> None:
+    """Kill what is left of the demo's process group: a failed test leaves no node running."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_demo_command_runs_offline_with_model_tiny(demo_run):
@@ -180,28 +192,53 @@ def test_a_failed_demo_run_keeps_the_previous_report(demo_run, tmp_path):
 def test_ctrl_c_during_the_replay_says_where_the_partial_output_is(demo_run, test_node):
     """Ctrl-C in a terminal signals the demo's whole process group, as killpg does here.
 
-    This run's node and head take the demo's other settings: each reaches its process.
+    This run's node and head take the demo's other settings: each reaches its process. The
+    discovery range is left to the demo, which keeps it on this machine.
     """
     out, _, _ = demo_run
     before = {p: p.read_bytes() for p in (out / 'report').iterdir()}
     env = {**os.environ, 'MODEL': 'tiny', 'OUT': str(out), 'DEVICE': 'cpu', 'RATE': '0.01',
            'CAPTION_RATE': '0.25', 'EXECUTE': 'false', 'PROCESSOR_KWARGS': '',
            'HEAD_SCRIPT': 'fail,succeed', 'STEP_TIME': '0.05'}
+    for name in loopback_discovery():  # the distro's variable: a range, or localhost only
+        env.pop(name)
     proc = start_demo(env)
-    settings = out / 'partial' / 'answers' / 'settings.json'  # the node's, once it answers
-    wait_until(settings.is_file, 300, "the demo's vlm_node to be active and answering")
-    node = {name: value for name, value in json.loads(settings.read_text())['parameters'].items()
-            if name in ('caption_rate', 'execute_plans', 'processor_kwargs')}
-    assert node == {'caption_rate': 0.25, 'execute_plans': False, 'processor_kwargs': ''}, node
-    head = fetch_parameters(test_node.node, '/scripted_vla_head', TIMEOUT, threading.Event())
-    assert (head['script'], head['step_time']) == ('fail,succeed', 0.05), head
-    os.killpg(proc.pid, signal.SIGINT)
-    code, _, err = wait_exit(proc, 120)
+    try:
+        settings = out / 'partial' / 'answers' / 'settings.json'  # the node's, once it answers
+        wait_until(settings.is_file, 300, "the demo's vlm_node to be active and answering")
+        node = {name: value for name, value in
+                json.loads(settings.read_text())['parameters'].items()
+                if name in ('caption_rate', 'execute_plans', 'processor_kwargs')}
+        assert node == {'caption_rate': 0.25, 'execute_plans': False, 'processor_kwargs': ''}
+        head = fetch_parameters(test_node.node, '/scripted_vla_head', TIMEOUT,
+                                threading.Event())
+        assert (head['script'], head['step_time']) == ('fail,succeed', 0.05), head
+        discovery = environment_of(proc.pid, 'vlm_node')
+        assert {name: discovery.get(name) for name in loopback_discovery()} == \
+            loopback_discovery()
+        os.killpg(proc.pid, signal.SIGINT)
+        code, _, err = wait_exit(proc, 120)
+    finally:
+        end_group(proc)
     assert code == 130, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith('demo: failed (exit 130)') and f'{out}/partial' in last, err[-3000:]
     assert {p: p.read_bytes() for p in (out / 'report').iterdir()} == before
     assert 'vlm_replay: played' in err and 'interrupted' in err, err[-3000:]
+
+
+def environment_of(group: int, program: str) -> dict:
+    """Return the environment of a process of the group whose command line names program."""
+    for entry in pathlib.Path('/proc').iterdir():
+        try:
+            if not entry.name.isdigit() or os.getpgid(int(entry.name)) != group or \
+                    program not in (entry / 'cmdline').read_bytes().decode(errors='replace'):
+                continue
+            variables = (entry / 'environ').read_bytes().decode(errors='replace').split('\0')
+        except OSError:  # ended meanwhile
+            continue
+        return dict(item.split('=', 1) for item in variables if '=' in item)
+    raise AssertionError(f'no process of group {group} runs {program}')
 
 
 @pytest.mark.parametrize('missing', ['BAG', 'REFERENCES'])
