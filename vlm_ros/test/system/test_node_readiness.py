@@ -320,8 +320,9 @@ def test_forty_waiting_queries_park_no_executor_thread(start_vlm_node, test_node
         answered = node.plans.wait_for(lambda p: p.instruction in pending, TIMEOUT,
                                        f'a plan of the {len(pending)} instructions left')
         pending.discard(answered.instruction)
-    node.diag_from_now()(lambda v: v.get('queue_length') == '0' and
-                         v.get('requests_in_progress') == '0', TIMEOUT, 'an idle worker')
+    # Nothing waits any more. Not 'no request in progress': captions are due at 2 Hz, and on a
+    # loaded machine one takes about as long, so a 1 Hz sample may find one running every time.
+    node.diag_from_now()(lambda v: v.get('queue_length') == '0', TIMEOUT, 'an empty queue')
     plans = [plan.instruction for plan in node.plans.items()]
     assert sorted(plans) == sorted(sent), 'every instruction answered exactly once'
     node.captions.from_now()(lambda c: True, TIMEOUT, 'a caption once the worker is idle')
