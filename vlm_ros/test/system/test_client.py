@@ -1,5 +1,6 @@
 """vlm_client, the CLI for machines without ros2cli, against a live vlm_node."""
 
+import select
 import signal
 import subprocess
 import uuid
@@ -134,6 +135,18 @@ def test_caption_follow_prints_captions_until_the_node_stops_captioning(start_vl
                    'two captions followed')
         return proc, out
 
+    # `vlm_client caption --follow | head -1`: once the reader has ended, so does the client.
+    proc = subprocess.Popen([CLIENT, 'caption', '--follow'], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert select.select([proc.stdout], [], [], TIMEOUT)[0], 'no caption followed'
+        assert TARGETS['caption'][1] in proc.stdout.readline()
+        proc.stdout.close()
+        code = proc.wait(TIMEOUT)  # at the next caption it cannot print
+    finally:
+        proc.kill()
+    said = proc.stderr.read()
+    assert code == 0 and 'Traceback' not in said, said
     proc, _ = following('until_inactive.txt')
     assert transition(test_node, 'deactivate')
     code, _, err = wait_exit(proc, TIMEOUT, 'the deactivate')

@@ -6,10 +6,7 @@ carries its full message definition from storage.typestore(), which is what lets
 and ``ros2 bag play`` open the result on a machine with ROS 2 installed.
 """
 
-import contextlib
 import importlib
-import os
-import sys
 import threading
 import time
 from collections import Counter
@@ -29,6 +26,7 @@ from ..node.messages import (
     format_sources,
     format_targets,
 )
+from .arguments import print_line
 from .storage import (
     CAPTION_TYPE,
     PLAN_TYPE,
@@ -116,25 +114,12 @@ class Recorder:
                 else:
                     self.executing.discard(progress.plan_id)
             self._cond.notify_all()
-        if self._echo:
-            self._print(f'[{connection.topic}] {_format(deserialize_message(data, cls))}')
-
-    def _print(self, line: str) -> None:
-        """Echo a line; once standard output is closed (`--echo | head`), echo no more.
-
-        The recording goes on: it is what the run is for, and the echo a view of it. Before,
-        the error ended the thread that spins the subscriptions, and nothing more was recorded.
-        """
-        try:
-            print(line, flush=True)
-        except OSError as exc:  # BrokenPipeError: the reader is gone
+        if self._echo and not print_line(f'[{connection.topic}] '
+                                         f'{_format(deserialize_message(data, cls))}'):
+            # `--echo | head`: the recording goes on, which is what the run is for.
             self._echo = False
-            with contextlib.suppress(OSError):  # nothing left to flush at exit either
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-                os.close(devnull)
-            self._node.get_logger().warning(f'--echo stopped: standard output is closed '
-                                            f'({exc.strerror}); the recording goes on')
+            self._node.get_logger().warning('--echo stopped: standard output is closed; the '
+                                            'recording goes on')
 
     def matched(self) -> bool:
         """Tell whether every recorded topic has a publisher."""

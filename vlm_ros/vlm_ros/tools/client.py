@@ -25,7 +25,7 @@ from vlm_ros_msgs.action import GeneratePlan
 from vlm_ros_msgs.msg import Caption, Plan
 from vlm_ros_msgs.srv import Ground, Query, QueryCameras
 
-from ..bag.arguments import ArgumentParser, positive
+from ..bag.arguments import ArgumentParser, positive, print_line
 from ..compat import ActionClient
 from ..node.messages import format_caption, format_ground, format_plan
 from ..spin import spin_main
@@ -126,7 +126,7 @@ class Client(Node):
         plan = result.result.plan
         if self._streamed:
             print('', file=sys.stderr)  # ends the progress line
-        print(format_plan(plan), flush=True)
+        print_line(format_plan(plan))
         if result.status != GoalStatus.STATUS_SUCCEEDED and plan.status == Plan.STATUS_OK:
             raise ClientError(NOT_OK, f'{remote.name} ended the goal with status {result.status} '
                               'and no plan')
@@ -149,7 +149,7 @@ class Client(Node):
                 request.image = read_image(self.args.image)
             response = self.remote.call(Query, 'query', request, None)
         self._check_answered(response)
-        print(response.answer, flush=True)
+        print_line(response.answer)
 
     def _ground(self) -> None:
         request = Ground.Request(phrase=self.args.text, camera=self.args.camera)
@@ -157,7 +157,7 @@ class Client(Node):
             request.image = read_image(self.args.image)
         response = self.remote.call(Ground, 'ground', request, None)
         self._check_answered(response)
-        print(format_ground(response), flush=True)
+        print_line(format_ground(response))
 
     def _check_answered(self, response) -> None:
         """Raise why a service's answer is not one: the node is not active, or it said why."""
@@ -191,26 +191,27 @@ class Client(Node):
             raise remote.until_not_active(FOLLOW_CHECK)
 
     def _on_caption(self, msg: Caption) -> None:
-        if self.args.follow or not self._first_caption.is_set():
-            print(format_caption(msg), flush=True)
+        if (self.args.follow or not self._first_caption.is_set()) and \
+                not print_line(format_caption(msg)):
+            self.done.set()  # `caption --follow | head`: the reader has what it wanted
         self._first_caption.set()
 
     # state, transitions, parameters ----------------------------------------------------
 
     def _state(self) -> None:
         state = self.remote.state()
-        print(state, flush=True)
+        print_line(state)
         if state == 'unconfigured':
             why = self.remote.describe(state)
             if ': configure failed: ' in why:
                 print(f'vlm_client: {why}', file=sys.stderr, flush=True)
 
     def _transition(self) -> None:
-        print(self.remote.transition(self.args.command), flush=True)
+        print_line(self.remote.transition(self.args.command))
 
     def _param(self) -> None:
         if self.args.action == 'get':
-            print(format_value(self.remote.parameter(self.args.name)), flush=True)
+            print_line(format_value(self.remote.parameter(self.args.name)))
         else:
             self.remote.set_parameter(self.args.name, self.args.value)
 
