@@ -197,15 +197,14 @@ def observe_queue_size(node, test_node):
         node.instruct(text)
     # One waits in the worker, at most one in the queue: at least two of four are dropped
     # (three when the second arrives before the worker took the first).
-    def dropped_plans():
-        return [p for p in node.plans.items()
-                if p.instruction in texts and p.status == Plan.STATUS_DROPPED]
-    wait_until(lambda: len(dropped_plans()) >= 2, TIMEOUT, 'two of four instructions dropped')
-    dropped = dropped_plans()
-    assert all('queue_size=1' in p.message for p in dropped)
-    assert texts[0] not in {p.instruction for p in dropped}  # the first always gets in
-    _streaming(node)  # the waiting request gets its frame: the worker and the queue empty
-    assert node.answers(texts[:1])[0].status == Plan.STATUS_OK
+    wait_until(lambda: sum(p.instruction in texts and p.status == Plan.STATUS_DROPPED
+                           for p in node.plans.items()) >= 2, TIMEOUT, 'two of four dropped')
+    _streaming(node)  # the first gets its frame; the queued one's answer comes after it
+    answered = {p.instruction: p for p in node.answers(texts)}  # then nothing waits
+    dropped = [p for p in answered.values() if p.status == Plan.STATUS_DROPPED]
+    assert answered[texts[0]].status == Plan.STATUS_OK, answered  # the first always gets in
+    assert len(dropped) >= 2 and all('queue_size=1' in p.message for p in dropped), dropped
+    assert {p.status for p in answered.values()} == {Plan.STATUS_OK, Plan.STATUS_DROPPED}
     assert _plan(node).status == Plan.STATUS_OK  # one at a time, none is dropped
 
 
