@@ -109,22 +109,17 @@ def reported(prog: str, call: Callable):
         return 130, None
 
 
-_stdout = {'closed': False}
-
-
 def print_line(text: str) -> bool:
-    """Print a line on standard output; False once that is closed (`vlm_client ... | head`).
+    """Print a line on standard output; False when that is closed (`vlm_client ... | head`).
 
-    A closed output is a reader that has what it wanted, not an error: nothing more is printed
-    there, and no traceback ends the thread that printed (a ROS callback's ended the spinning).
+    A closed output is a reader that has what it wanted, not an error: what follows goes to
+    /dev/null, and no traceback ends the thread that printed (a ROS callback's ended the
+    spinning).
     """
-    if _stdout['closed']:
-        return False
     try:
         print(text, flush=True)
         return True
     except OSError:  # BrokenPipeError
-        _stdout['closed'] = True
         with contextlib.suppress(OSError):  # nothing left to flush at exit either
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())

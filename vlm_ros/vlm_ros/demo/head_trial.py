@@ -141,8 +141,8 @@ def trial(args) -> tuple:
                                     processor_kwargs=head.source['processor_kwargs']))
     engine.load()
     # Where the features came from, as the loaded model has it: --model, --device, --dtype.
-    made = (f"features of {engine.config.model} on {engine.loaded.device} "
-            f"({str(engine.loaded.dtype).replace('torch.', '')}), layer {head.source['layer']}, "
+    made = (f'features of {engine.config.model} on {engine.loaded.device} '
+            f"({engine.loaded.dtype_name}), layer {head.source['layer']}, "
             f"{head.source['pooling']} pooling")
     try:
         trials = [run_episodes('learned', learned_chooser(engine, head), played,

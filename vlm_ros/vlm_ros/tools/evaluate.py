@@ -184,7 +184,7 @@ def evaluate(args) -> dict:
         engine.load()
         # decoding: the mode that ran, which --decode-mode auto leaves to the device
         run.update(model=args.model, device=str(engine.loaded.device),
-                   dtype=str(engine.loaded.dtype).replace('torch.', ''),
+                   dtype=engine.loaded.dtype_name,
                    decoding=engine.decoding.mode)
         if pending:  # the settings the answers were made under (scores have none of their own)
             run['settings'] = engine_settings(config)

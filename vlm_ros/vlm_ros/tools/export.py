@@ -100,7 +100,7 @@ def export(args) -> dict:
         # Where and in which precision the model ran, as --device and --dtype auto chose:
         # features of other weights' precision differ by more than their rounding.
         ran = {'device': str(engine.loaded.device),
-               'dtype': str(engine.loaded.dtype).replace('torch.', '')}
+               'dtype': engine.loaded.dtype_name}
     finally:
         engine.unload()
     manifest = {'model': args.model, **ran, 'layer': args.layer, 'pooling': args.pooling,

@@ -46,6 +46,11 @@ class LoadedModel:
     cpu_threads: int = 0
 
     @property
+    def dtype_name(self) -> str:
+        """Name the weights' dtype as --dtype spells it ('bfloat16'): what the tools report."""
+        return str(self.dtype).replace('torch.', '')
+
+    @property
     def is_encoder_decoder(self) -> bool:
         """Tell whether generate returns only new tokens (encoder-decoder) or prompt + new."""
         return bool(getattr(self.model.config, 'is_encoder_decoder', False))
