@@ -59,6 +59,23 @@ def test_engine_mode_times_each_frames_kind_as_the_options_load_and_run_the_mode
     assert 'aten::' in profile, stdout  # torch.profiler's operators
 
 
+
+def test_a_reader_that_has_gone_ends_the_benchmark_with_exit_0():
+    """`vlm_benchmark ... | head`: once the reader has its lines, the benchmark stops, exit 0."""
+    proc = subprocess.Popen([BENCHMARK, '--random', 'tiny:llava', '--device', 'cpu',
+                             '--batch-sizes', '1', '--new-tokens', '2', '--repeats', '1',
+                             '--image', '48x64', '--frames', 'distinct', 'shared', 'queued'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()  # the first table's title
+        proc.stdout.close()
+        code = proc.wait(600)  # at the second table, which it cannot print
+    finally:
+        proc.kill()
+    said = proc.stderr.read()
+    assert first.startswith('### tiny:llava: ') and ', distinct frames, load ' in first, first
+    assert code == 0 and 'rror' not in said and 'Traceback' not in said, said[-3000:]
+
 def test_constraint_cost_times_free_and_constrained_decoding_side_by_side():
     proc = start_tool([BENCHMARK, '--random', 'tiny:llava', '--device',
                        'cpu', '--batch-sizes', '1', '2', '--new-tokens', '32', '--repeats', '1',

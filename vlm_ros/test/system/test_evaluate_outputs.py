@@ -6,6 +6,7 @@ The installed executable on the vlm_eval tests' recordings (support/eval_bags.py
 come from a recording (--recorded), so no model runs.
 """
 
+import os
 import pathlib
 import subprocess
 
@@ -67,3 +68,18 @@ def test_a_run_that_fails_while_writing_leaves_the_earlier_report_whole(tmp_path
     assert done.returncode == 1, done.stderr[-3000:]
     assert done.stderr.strip().splitlines() == ['vlm_eval: error: [Errno 27] File too large']
     assert folder(out) == earlier
+
+
+def test_a_reader_that_has_gone_changes_neither_the_exit_status_nor_the_report(tmp_path):
+    """`vlm_eval ... | head -0`: the table has no reader; the report is written all the same."""
+    args = [write_input_bag(tmp_path / 'input'), '--recorded',
+            write_recorded_bag(tmp_path / 'answers')]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader ended before vlm_eval printed its table
+    try:
+        done = subprocess.run([EXE, *args, '--out', tmp_path / 'out'], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=600)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0 and 'rror' not in done.stderr, done.stderr[-3000:]
+    assert sorted(folder(tmp_path / 'out')) == sorted(OUTPUTS)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from ..bag.arguments import ArgumentParser, not_negative, positive_int, reported
+from ..bag.arguments import ArgumentParser, not_negative, positive_int, print_line, reported
 from ..engine import Request, VlmError
 from ..engine.plan_parser import parse_plan
 from ..tools.engine_args import add_engine_args, engine_config
@@ -349,7 +349,7 @@ def _benchmark(args) -> int:
         if args.node:  # imported here: the engine's benchmark runs where ROS 2 is not installed
             from .node_speed import run_node_benchmark
 
-            print(run_node_benchmark(model, args), flush=True)
+            print_line(run_node_benchmark(model, args))
             return 0
         engine = VlmEngine(engine_config(args, model, attn_implementation=args.attn or None,
                                          max_image_side=640))
@@ -360,34 +360,35 @@ def _benchmark(args) -> int:
         height, width = args.image
         params = sum(p.numel() for p in loaded.model.parameters()) / 1e6
         # As the model has them: its weights' dtype and attention, torch's threads while timed.
-        dtype = str(next(loaded.model.parameters()).dtype).replace('torch.', '')
         attn = getattr(loaded.model.config, '_attn_implementation', None) or 'default'
         attn += '' if args.attn else " (the model's own)"
         for frames in args.frames:
             rows = run(engine, args.batch_sizes, args.new_tokens, args.repeats,
                        (height, width), frames)
             title = (f'{args.random or args.model}: {params:.2f} M params, {loaded.device} '
-                     f"{dtype}, CPU threads {rows[0]['threads']}, attn {attn}"
+                     f"{loaded.dtype_name}, CPU threads {rows[0]['threads']}, attn {attn}"
                      f', decode {engine.decoding.mode} '
                      f'(warm-up {engine.decoding.warm_up_seconds:.1f} s)'
                      f'{", " + json.dumps(args.processor_kwargs) if args.processor_kwargs else ""}'
                      f", median of {_count(rows[0]['runs'], 'run')}, {rows[0]['image'][1]}x"
                      f"{rows[0]['image'][0]} image, {frames} frames, load {load_s:.1f} s")
-            print(format_table(title, rows), flush=True)
+            if not print_line(format_table(title, rows)):
+                return 0  # the reader has gone (| head): no one reads the next tables
         if args.profile:
             from .request_profile import profile_request
 
-            print(profile_request(engine, args.new_tokens, (height, width)), flush=True)
+            if not print_line(profile_request(engine, args.new_tokens, (height, width))):
+                return 0
         if args.constraint_cost:
             if engine.plan_constraint([Request('plan', None)]) is None:
                 raise VlmError('unsupported', 'plans are not constrained with this model and '
                                '--constrain-plans: no cost to measure')
             rows = constraint_cost(engine, args.batch_sizes, args.new_tokens, args.repeats,
                                    (height, width))
-            print(format_cost_table(f'{args.random or args.model}: plan grammar cost per '
-                                    f'decoding step, {loaded.device}, {args.new_tokens} '
-                                    f"tokens, median of {_count(rows[0]['pairs'], 'pair')}", rows),
-                  flush=True)
+            print_line(format_cost_table(f'{args.random or args.model}: plan grammar cost per '
+                                         f'decoding step, {loaded.device}, {args.new_tokens} '
+                                         f"tokens, median of {_count(rows[0]['pairs'], 'pair')}",
+                                         rows))
     return 0
 
 

@@ -21,7 +21,7 @@ import statistics
 import sys
 from dataclasses import asdict, dataclass
 
-from ..bag.arguments import ArgumentParser, positive_int, reported
+from ..bag.arguments import ArgumentParser, positive_int, print_line, reported
 from ..engine import EngineConfig, Request, VlmError
 from ..engine.config import DTYPES
 from ..engine.features import FeatureSpec
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     if code:
         return code
     made, trials = ran
-    print(f'{made}\n\n{format_trials(trials, args.max_decisions)}', flush=True)
+    print_line(f'{made}\n\n{format_trials(trials, args.max_decisions)}')
     return 0
 
 

@@ -17,7 +17,7 @@ import json
 import pathlib
 import sys
 
-from ..bag.arguments import reported
+from ..bag.arguments import print_line, reported
 from ..bag.storage import open_bag
 from ..engine.prompts import load_templates, render_task
 from ..eval.inputs import decode_frames, frames_by_stamp, read_inputs
@@ -80,9 +80,9 @@ def main(argv=None) -> int:
     code, report = reported(parser.prog, lambda: build(args.out, args.bag, args.references))
     if code:
         return code
-    print(f'demo model: tiny {FAMILY} in {args.out}, {report["steps"]} steps, loss '
-          f'{report["initial_loss"]:.3f} -> {report["loss"]:.4f}, '
-          f'{report["seconds"]:.1f} s')
+    print_line(f'demo model: tiny {FAMILY} in {args.out}, {report["steps"]} steps, loss '
+               f'{report["initial_loss"]:.3f} -> {report["loss"]:.4f}, '
+               f'{report["seconds"]:.1f} s')
     return 0 if report['min_answer_prob'] >= 0.5 else 1
 
 

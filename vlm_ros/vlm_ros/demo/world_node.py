@@ -25,7 +25,7 @@ from std_msgs.msg import String
 
 from vlm_ros_msgs.msg import StepCommand
 
-from ..bag.arguments import positive, positive_int
+from ..bag.arguments import positive, positive_int, print_line
 from ..node.image_conversion import rgb_to_image
 from ..node.topics import INSTRUCTIONS_QOS
 from ..spin import spin_main
@@ -100,7 +100,7 @@ class WorldNode(Node):
     def _finish(self) -> None:
         fulfilled, decisions = zip(*self._outcomes, strict=True)
         trial = Trial('learned, over DDS', fulfilled, decisions, starts(self._episodes))
-        print(format_trials([trial], self._args.max_decisions), flush=True)
+        print_line(format_trials([trial], self._args.max_decisions))
         if self._args.json:
             self._args.json.write_text(json.dumps(trial.record(), indent=2) + '\n',
                                        encoding='utf-8')

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from ..bag import storage as bags
+from ..bag.arguments import print_line
 from .sample import START_NS, image_fields
 from .world import FRAME_ID, SIZE, episodes, expert
 
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
     counts = write_world_recording(args.out, episodes(args.episodes, args.seed))
-    print(f'{args.out}: ' + ', '.join(f'{count} {name}' for name, count in counts.items()))
+    print_line(f'{args.out}: ' + ', '.join(f'{count} {name}' for name, count in counts.items()))
     return 0
 
 

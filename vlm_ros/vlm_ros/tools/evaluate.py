@@ -26,6 +26,7 @@ from ..bag.arguments import (
     not_negative,
     output_folder,
     positive_int,
+    print_line,
     reported,
 )
 from ..bag.instructions import add_instruction_args, check_instruction_args
@@ -224,8 +225,8 @@ def main(argv=None) -> int:
     code, summary = reported('vlm_eval', lambda: evaluate(args))
     if code:
         return code
-    print(format_table(summary))
-    print(f'wrote {args.out}/results.jsonl, summary.json, latency.png, report.html', flush=True)
+    if print_line(format_table(summary)):  # else the reader has gone (| head): the report stays
+        print_line(f'wrote {args.out}/results.jsonl, summary.json, latency.png, report.html')
     return 0
 
 

@@ -26,6 +26,7 @@ from ..bag.arguments import (
     not_negative,
     output_folder,
     positive_int,
+    print_line,
     reported,
 )
 from ..bag.instructions import add_instruction_args, check_instruction_args
@@ -123,11 +124,11 @@ def main(argv=None) -> int:
     code, manifest = reported('vlm_export', lambda: export(args))
     if code:
         return code
-    print(f'wrote {args.out}/dataset.npz ({manifest["pairs"]} pairs, features '
-          f'{"x".join(map(str, manifest["features_shape"]))}) and manifest.json; the model '
-          f'({manifest["dtype"]} on {manifest["device"]}) ran in '
-          f'{_count(manifest["batches"], "batch", "batches")} on '
-          f'{_count(manifest["cpu_threads"], "CPU thread", "CPU threads")}', flush=True)
+    print_line(f'wrote {args.out}/dataset.npz ({manifest["pairs"]} pairs, features '
+               f'{"x".join(map(str, manifest["features_shape"]))}) and manifest.json; the '
+               f'model ({manifest["dtype"]} on {manifest["device"]}) ran in '
+               f'{_count(manifest["batches"], "batch", "batches")} on '
+               f'{_count(manifest["cpu_threads"], "CPU thread", "CPU threads")}')
     return 0
 
 

@@ -14,7 +14,7 @@ vlm_action_head needs.
 import argparse
 import sys
 
-from ..bag.arguments import ArgumentParser, positive, positive_int, reported
+from ..bag.arguments import ArgumentParser, positive, positive_int, print_line, reported
 
 
 def parse_args(argv):
@@ -49,11 +49,9 @@ def main(argv=None) -> int:
     code, report = reported('vlm_train_head', lambda: fit(args))
     if code:
         return code
-    print('| ' + ' | '.join(report) + ' |')
-    print('|' + '---|' * len(report))
-    print('| ' + ' | '.join(f'{v:.4g}' if isinstance(v, float) else str(v)
-                            for v in report.values()) + ' |')
-    print(f'wrote {args.out}', flush=True)
+    values = (f'{v:.4g}' if isinstance(v, float) else str(v) for v in report.values())
+    print_line('\n'.join(('| ' + ' | '.join(report) + ' |', '|' + '---|' * len(report),
+                          '| ' + ' | '.join(values) + ' |', f'wrote {args.out}')))
     return 0
 
 
