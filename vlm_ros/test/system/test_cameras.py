@@ -78,6 +78,8 @@ def test_a_silent_camera_is_named_in_the_answer_and_in_diagnostics_until_it_publ
         wrist = Cameras(test_node, {'wrist': 0.0})
         node.wait_diag(lambda v: received_by_camera(v).get('wrist', 0) > 0 and
                        v['image_input'] == '', TIMEOUT, 'the hint to clear once the wrist sends')
+        answered = new_plan(node)  # and the answers no longer say NO_IMAGE
+        assert answered.status == Plan.STATUS_OK, answered.message
         code, err = node.stop()
         assert code == 0 and 'image:=/camera/color/image_raw has no effect: with cameras set, ' \
             'images come from head/image, wrist/image; remap those (NAME/image:=TOPIC)' in err, err

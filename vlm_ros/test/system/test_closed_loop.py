@@ -13,7 +13,7 @@ from action_msgs.msg import GoalStatus
 from doc_blocks import block
 from engine_fixtures import CLOSE, LOOP_INSTRUCTION, PICK, PLACE
 from loop_harness import DONE, FAILED, PREEMPTED, Loop, start_head, stop_head
-from node_harness import ActionFeedback
+from node_harness import ActionFeedback, transition
 from ros_harness import stop_process, wait_future
 from vlm_ros.compat import ActionClient
 from waiting import wait_until
@@ -162,6 +162,26 @@ def test_a_signal_mid_plan_publishes_preempted_and_exits_0(loop, head, sig):
     end = running.ended(plan.request_id, timeout=5.0)
     assert end.state == PREEMPTED and 'shutting down' in end.message, end
 
+
+
+def test_deactivate_mid_plan_preempts_it_and_plans_run_again_after_activate(loop, head,
+                                                                             test_node):
+    """A head that is executing a step is told the plan ended, not left waiting for ever."""
+    running = loop()
+    head(running, 'silent')
+    plan = running.instruct()
+    running.step(plan.request_id, 0)
+    assert transition(test_node, 'deactivate')
+    end = running.ended(plan.request_id)
+    assert end.state == PREEMPTED and 'node deactivated' in end.message, end
+    running.node.wait_diag(lambda v: (v.get('state'), v.get('plans_preempted'),
+                                      v.get('plan_executing')) == ('inactive', '1', ''),
+                           10.0, 'the preempted plan counted, none executing')
+    assert transition(test_node, 'activate')
+    running.camera('red')
+    again = running.instruct()
+    assert running.step(again.request_id, 0).instruction == PICK[0]
+    assert running.ended(again.request_id).state == DONE
 
 def test_the_readme_vla_head_drives_a_plan_to_done(loop, tmp_path):
     head = block('import rclpy\nfrom rclpy.executors')  # in README.md or docs/*.md

@@ -200,6 +200,9 @@ def test_a_camera_hint_is_said_until_frames_come_and_again_when_the_camera_goes(
     node.wait_state('active')
     for publisher in (node.image_pub, node.compressed_pub):  # the harness's own camera
         node.ros.destroy_publisher(publisher)
+    node.wait_diag(lambda v: v['image_input'] == 'nothing publishes on /image or '
+                   '/image/compressed; no topic on the graph carries images', TIMEOUT,
+                   'the hint with no camera on the graph')
     # Its own participant: one participant cannot use a topic name with two types.
     context = rclpy.Context()
     rclpy.init(context=context)
