@@ -3,7 +3,8 @@
 Watching them always woke an idle node's executor every TICK_PERIOD (20 times a second): a
 few percent of a robot's core, for nothing. The PlanExecution, its timer and the executor
 that spins it are the real ones, in this process. There is no worker, so a re-plan is
-answered CANCELLED at once.
+answered CANCELLED at once. A plan answered while the node deactivates is ended there, not
+left executing with nothing to report on it.
 """
 
 import threading
@@ -16,6 +17,8 @@ from vlm_ros.node.plan_execution import PlanExecution
 from vlm_ros.node.plan_runner import Feedback, State
 from vlm_ros.node.settings import Settings
 from waiting import wait_until
+
+from vlm_ros_msgs.msg import Plan, PlanProgress
 
 TIMEOUT = 20.0
 
@@ -53,3 +56,40 @@ def run_plan(execution, instruction: str) -> threading.Event:
     execution.runner.start(plan_id, instruction, Header(), [PlanStep(instruction, '', '')])
     return ended
 
+
+
+def test_a_plan_answered_while_deactivating_ends_preempted_not_unwatched(test_node):
+    """A worker's answer that races deactivate: its plan never runs with no feedback input.
+
+    The answer's start is held where it begins the plan until deactivate, from another
+    thread, has ended, or for a second: deactivate must wait for the start instead, then end
+    the plan it began. Run unwatched, the plan's step would wait for ever.
+    """
+    node = test_node.node
+    vla = node.create_publisher(String, f'vla_{uuid.uuid4().hex[:8]}', 10)
+    execution = PlanExecution(node, QoSProfile(depth=10), vla,
+                              lambda: Settings.from_values({'step_timeout': 30.0}),
+                              lambda: None, lambda outcome: None)
+    runner = execution.runner
+    execution.activate(None)
+    deactivated = threading.Event()
+
+    def deactivate():
+        execution.deactivate('the test deactivates')
+        deactivated.set()
+    deactivating = threading.Thread(target=deactivate)
+    begin = runner.start
+
+    def held_start(*args):
+        deactivating.start()
+        deactivated.wait(1.0)
+        begin(*args)
+    runner.start = held_start
+    plan = Plan(header=Header(frame_id='raced'), request_id=f'plan-{uuid.uuid4().hex[:8]}',
+                instruction='stack the cups')
+    states = []
+    execution.watch(plan.request_id, lambda progress: states.append(progress.state))
+    execution.start(plan, [PlanStep('stack the cups', '', '')])
+    deactivating.join(TIMEOUT)
+    assert deactivated.is_set() and runner.current is None, 'a plan executes, unwatched'
+    assert states == [PlanProgress.STATE_EXECUTING, PlanProgress.STATE_PREEMPTED], states

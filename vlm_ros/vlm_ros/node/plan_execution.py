@@ -76,8 +76,10 @@ class PlanExecution:
 
     def deactivate(self, reason: str) -> None:
         """End the running plan PREEMPTED (published), then stop the input and the timer."""
-        self.runner.preempt(reason)
-        with self.runner.lock:  # a tick in flight then finds no timer to cancel
+        # One hold of the lock: a tick in flight then finds no timer to cancel, and a start
+        # (an answer that came while deactivating) either ends here or finds no input.
+        with self.runner.lock:
+            self.runner.preempt(reason)
             if self._sub is not None:
                 self._destroy_subscription(self._sub)
                 self._destroy_timer(self._timer)
@@ -104,16 +106,18 @@ class PlanExecution:
         steps: the engine's steps of the Plan, which carry the skills' arguments (the Plan's
         own PlanStep messages have none).
         """
-        if self._sub is None:  # answered while deactivating: nobody would report on it
-            watcher = self._watchers.pop(plan.request_id, None)
-            if watcher is not None:
-                watcher(PlanProgress(header=plan.header, plan_id=plan.request_id,
-                                     instruction=plan.instruction,
-                                     state=PlanProgress.STATE_PREEMPTED,
-                                     message='the node stopped before it could execute'))
-            return
-        self.runner.start(plan.request_id, plan.instruction, plan.header,
-                          list(plan.steps if steps is None else steps))
+        with self.runner.lock:  # deactivate cannot come between the look and the start
+            if self._sub is not None:
+                self.runner.start(plan.request_id, plan.instruction, plan.header,
+                                  list(plan.steps if steps is None else steps))
+                return
+        # Answered while deactivating: nobody would report on it.
+        watcher = self._watchers.pop(plan.request_id, None)
+        if watcher is not None:
+            watcher(PlanProgress(header=plan.header, plan_id=plan.request_id,
+                                 instruction=plan.instruction,
+                                 state=PlanProgress.STATE_PREEMPTED,
+                                 message='the node stopped before it could execute'))
 
     def values(self) -> dict:
         """Diagnostics: the plan executing, and what the runner counted."""
