@@ -206,7 +206,13 @@ def _compressed(fmt, data):
 
 @pytest.mark.parametrize('msg,reason', [
     (_compressed('jpeg', b'not a jpeg'), "could not decode 10 bytes of 'jpeg' compressed image "
-                                         'data (starts with 6e 6f 74 20 61 20 6a 70)'),
+                                         'data (starts with 6e 6f 74 20 61 20 6a 70, which is '
+                                         'neither JPEG nor PNG data)'),
+    # OpenCV would decode these, by what the bytes are: HDR and TIFF skip the size check.
+    (_compressed('jpeg', cv2.imencode('.hdr', RGB.astype(np.float32))[1].tobytes()),
+     'which is neither JPEG nor PNG data'),
+    (_compressed('png', cv2.imencode('.tiff', RGB)[1].tobytes()),
+     'which is neither JPEG nor PNG data'),
     (_compressed('png', b''), 'could not decode 0 bytes'),
     (_compressed('png', b'\x89PNG\r\n\x1a\n' + bytes(40)), 'could not decode 48 bytes'),
     (_compressed('webp', b'RIFF'), "unsupported compressed image format 'webp'; supported: "
@@ -221,6 +227,16 @@ def test_malformed_compressed_says_why(msg, reason):
         compressed_to_rgb(msg)
     assert reason in str(caught.value)
     assert caught.value.kind == 'bad_input'
+
+
+def test_a_compressed_image_whose_header_says_no_size_is_not_decoded_under_a_pixel_limit():
+    png = cv2.imencode('.png', RGB)[1].tobytes()
+    headless = _compressed('png', png[:8] + bytes(len(png) - 8))  # PNG's signature, no IHDR
+    with pytest.raises(ImageConversionError) as caught:
+        compressed_to_rgb(headless, max_pixels=10**6)
+    assert "'png' compressed image: its size cannot be read from its header" in \
+        str(caught.value)
+    assert compressed_to_rgb(_compressed('png', png), max_pixels=35).shape == RGB.shape
 
 
 @pytest.mark.parametrize('call,reason', [

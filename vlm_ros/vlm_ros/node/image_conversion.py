@@ -42,6 +42,10 @@ _ENCODE = {'rgb8': None, 'bgr8': cv2.COLOR_RGB2BGR, 'rgba8': cv2.COLOR_RGB2RGBA,
            'bgra8': cv2.COLOR_RGB2BGRA, 'mono8': cv2.COLOR_RGB2GRAY}
 
 
+_JPEG_MAGIC = b'\xff\xd8\xff'  # how each format's data starts
+_PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
 class ImageConversionError(VlmError):
     """A message that cannot become an RGB array; the text says which field is wrong and how."""
 
@@ -83,15 +87,21 @@ def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
             f'max_image_pixels {max_pixels / 1e6:.1f} MP; send smaller frames or raise the limit')
 
 
-def _compressed_size(buffer: np.ndarray, what: str):
-    """Return (width, height) from a JPEG/PNG header without decoding, or None if unreadable."""
+def _compressed_size(buffer: np.ndarray, what: str) -> tuple:
+    """Return (width, height) from a JPEG/PNG header without decoding.
+
+    A header that says no size is refused: OpenCV would decode up to its own limit of a
+    gigapixel, 3 GB for one frame.
+    """
     try:
         with PilImage.open(io.BytesIO(buffer.tobytes())) as image:
             return image.size
     except PilImage.DecompressionBombError as exc:  # over PIL's own limit (178 MP)
         raise ImageConversionError(f'{what} is too large to decode: {exc}', exc) from exc
-    except Exception:  # noqa: BLE001 - not PIL-readable: OpenCV decides below
-        return None
+    except Exception as exc:  # noqa: BLE001 - any reason PIL gives: the header is unreadable
+        raise ImageConversionError(
+            f'{what}: its size cannot be read from its header ({exc}), so it is not decoded '
+            f'(max_image_pixels)', exc) from exc
 
 
 def image_to_rgb(msg, copy: bool = False, max_pixels: int = 0) -> np.ndarray:
@@ -158,11 +168,13 @@ def compressed_to_rgb(msg, max_pixels: int = 0) -> np.ndarray:
             f'formats such as "rgb8; jpeg compressed bgr8" included)')
     buffer = byte_buffer(data)
     what = f'{fmt!r} compressed image'
-    size = _compressed_size(buffer, what) if max_pixels else None
-    if size is not None:
-        check_pixels(*size, max_pixels, what)
+    # OpenCV decodes what the bytes are, whatever the format field says: HDR, TIFF, ... pass
+    # no JPEG/PNG size check, and a few MB of them decode to gigabytes.
+    ours = bytes(buffer[:len(_PNG_MAGIC)]).startswith((_JPEG_MAGIC, _PNG_MAGIC))
+    if ours and max_pixels:
+        check_pixels(*_compressed_size(buffer, what), max_pixels, what)
     try:
-        decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+        decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if ours else None
     except cv2.error as exc:
         decoded, cause = None, exc
     else:
@@ -170,7 +182,9 @@ def compressed_to_rgb(msg, max_pixels: int = 0) -> np.ndarray:
     if decoded is None:
         raise ImageConversionError(
             f'could not decode {buffer.size} bytes of {fmt!r} compressed image data (starts '
-            f'with {bytes(buffer[:8]).hex(" ") or "nothing"}); is the format field right?', cause)
+            f'with {bytes(buffer[:8]).hex(" ") or "nothing"}'
+            f'{"" if ours else ", which is neither JPEG nor PNG data"}); is the format field '
+            f'right?', cause)
     # image_transport marks data compressed from RGB channels ('compressed rgb8'): already RGB.
     return decoded if 'compressed rgb' in lowered else cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
