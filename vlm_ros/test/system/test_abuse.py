@@ -53,6 +53,8 @@ def test_hostile_parameter_values_are_refused_and_the_node_lives(start_vlm_node,
     # Dynamically typed ones: a refused value of another type leaves the type described alone.
     for name, value in (('skills', [1, 2]), ('skills', 'pick'), ('constrain_plans', 5)):
         assert not set_params(test_node, **{name: value})[0].successful, (name, value)
+    refused = set_params(test_node, replan_period=1e-9)[0]  # a timer that only burns a core
+    assert not refused.successful and '0.01 s at least' in refused.reason, refused.reason
     described = call(test_node, DescribeParameters, '/vlm_node/describe_parameters',
                      DescribeParameters.Request(names=['skills', 'constrain_plans']))
     assert [d.type for d in described.descriptors] == [ParameterType.PARAMETER_STRING_ARRAY,

@@ -34,8 +34,8 @@ def test_settings_are_frozen():
 
 def test_a_change_makes_new_settings_and_leaves_the_old_ones():
     old = Settings.from_values({'queue_size': 5})
-    new = old.changed({'queue_size': 6, 'execute_plans': True})
-    assert (new.queue_size, new.execute_plans) == (6, True)
+    new = old.changed({'queue_size': 6, 'execute_plans': True, 'replan_period': 0.01})
+    assert (new.queue_size, new.execute_plans, new.replan_period) == (6, True, 0.01)
     assert (old.queue_size, old.execute_plans) == (5, False)
 
 
@@ -48,6 +48,8 @@ def test_a_change_makes_new_settings_and_leaves_the_old_ones():
     ({'dtype': 'float8'}, False, 'dtype must be one of'),
     ({'processor_kwargs': '[1]'}, False, 'processor_kwargs must be a JSON object'),
     ({'prompt_plan': 'no placeholder'}, False, 'prompt template'),
+    # A timer that fires all the time burns a core: a period of 0 (off) or 0.01 s at least.
+    ({'replan_period': 1e-9}, False, 'replan_period must be 0 (off) or 0.01 s at least: 1e-09'),
     ({'model': '/elsewhere'}, True, 'model needs a model reload'),
     ({'modle': '/elsewhere'}, False, "'modle' (did you mean 'model'?)"),
 ])

@@ -186,9 +186,9 @@ SPECS = (
               'and says why in problem where none are made', applies='timers', low=0.0,
               high=100.0),
     ParamSpec('replan_period', 0.0, 'seconds between re-plans of the last instruction on '
-              'fresh frames (0 = off); skipped while busy, and cancelled (a STATUS_CANCELLED '
-              'Plan) by any request that comes before it is done', applies='timers', low=0.0,
-              high=3600.0),
+              'fresh frames (0 = off, else at least 0.01); skipped while busy, and cancelled (a '
+              'STATUS_CANCELLED Plan) by any request that comes before it is done',
+              applies='timers', low=0.0, high=3600.0),
     ParamSpec('queue_size', 8, 'requests that may wait; more are answered STATUS_DROPPED',
               applies='limits', low=1, high=1000),
     ParamSpec('execute_plans', False, "execute each OK instruction Plan with a VLA action head: "
@@ -234,8 +234,7 @@ TYPE_WORDS = {bool: 'true or false', int: 'an integer', str: 'a string',
 _ON_OFF = {'on', 'off'}  # choices ROS may hand over as a bool (typed)
 RUN_TIME = tuple(spec.name for spec in SPECS if spec.applies not in ('reload', 'launch'))
 PROMPT_PARAMS = {'prompt_caption': 'caption', 'prompt_vqa': 'vqa', 'prompt_plan': 'plan',
-                 'prompt_replan': 'replan', 'prompt_verify': 'verify',
-                 'prompt_ground': 'ground'}
+                 'prompt_replan': 'replan', 'prompt_verify': 'verify', 'prompt_ground': 'ground'}
 
 
 # Parameters every rclpy node has, besides ours; qos_overrides.* configure publishers and
@@ -290,8 +289,10 @@ def check_camera_names(names: tuple) -> None:
 
 
 def _check_value(name: str, value) -> None:
-    """Raise VlmError when a parameter's text does not parse (JSON, prompt templates)."""
-    if name == 'cameras':
+    """Raise VlmError when a parameter's text does not parse, or a period only burns a core."""
+    if name == 'replan_period' and 0 < value < 0.01:  # as caption_rate's 100 Hz at most
+        raise VlmError('bad_input', f'replan_period must be 0 (off) or 0.01 s at least: {value!r}')
+    elif name == 'cameras':
         check_camera_names(value)
     elif name == 'processor_kwargs':
         processor_kwargs(value)
