@@ -1,5 +1,7 @@
 """A box's 3D point from aligned depth and camera_info, and every reason there is none."""
 
+import math
+
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
@@ -95,6 +97,10 @@ def test_the_point_is_the_boxs_centre_at_its_depth_in_the_optical_frame():
     ({'depth': depth_image(np.ones((24, 32), np.float32))}, 'the depth image is 32x24, the '
                                                            'image 64x48'),
     ({'info': camera_info(k=(0.0,) * 9)}, 'camera_info has no intrinsics (K is zero'),
+    ({'info': camera_info(k=(math.nan, 0.0, 32.0, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0))},
+     'camera_info K is not finite: fx nan, fy 50.0'),
+    ({'info': camera_info(k=(50.0, 0.0, math.inf, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0))},
+     'camera_info K is not finite: fx 50.0, fy 50.0, cx inf'),
     ({'depth': depth_image(scene_depth(), 'rgb8')}, "depth encoding 'rgb8' is not one of"),
 ])
 def test_each_reason_for_no_point_is_given(change, why):

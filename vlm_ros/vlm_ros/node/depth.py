@@ -15,6 +15,7 @@ same stamp was already replaced. With several cameras, each camera's depth serve
 drawn in its image.
 """
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -107,8 +108,11 @@ def _aligned_depth(header, frame_size: tuple, depth_msg, info, max_skew: float,
         if tuple(size) != tuple(frame_size):
             raise _NoPointError(f'the {what} is {size[0]}x{size[1]}, the image '
                                 f'{frame_size[0]}x{frame_size[1]}: not aligned to it')
-    if float(info.k[0]) <= 0 or float(info.k[4]) <= 0:
+    fx, cx, fy, cy = (float(info.k[i]) for i in (0, 2, 4, 5))
+    if fx <= 0 or fy <= 0:
         raise _NoPointError('camera_info has no intrinsics (K is zero: an uncalibrated camera)')
+    if not math.isfinite(fx + cx + fy + cy):  # NaN passes the test above; no point is NaN
+        raise _NoPointError(f'camera_info K is not finite: fx {fx}, fy {fy}, cx {cx}, cy {cy}')
     try:
         return depth_metres(depth_msg)
     except ImageConversionError as exc:
