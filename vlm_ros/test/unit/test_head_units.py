@@ -5,6 +5,7 @@ What it learns: system/test_head.py (a unit test trains no model).
 
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -12,8 +13,8 @@ import torch
 from head_datasets import TWIST, write_dataset
 from vlm_ros.engine import VlmError
 from vlm_ros.head import training
-from vlm_ros.head.policy import SKILLS, ActionNet, Head
-from vlm_ros.tools.action_head import feature_values, mismatch
+from vlm_ros.head.policy import SKILLS, VALUES, ActionNet, Head
+from vlm_ros.tools.action_head import act_on, feature_values, mismatch
 
 from vlm_ros_msgs.msg import Features
 
@@ -101,3 +102,19 @@ def test_features_that_do_not_say_how_they_were_made_are_refused(processor):
     with pytest.raises(ValueError, match='the features do not say how their images were '
                        'processed'):
         mismatch(features, _head(), 3)
+
+
+@pytest.mark.parametrize('head', [
+    _head(), Head(ActionNet(3, 6, 8, 1), VALUES, _head().source, 'geometry_msgs/msg/Twist',
+                  TWIST, mean=np.zeros(6), scale=np.ones(6))], ids=['skills', 'values'])
+def test_no_action_comes_of_features_that_are_not_finite_or_that_make_none(head):
+    """Anything on the DDS domain can publish features: no NaN command reaches a robot."""
+    made = {'layer': -1, 'layers': 3, 'pooling': 'mean', 'processor': _made(),
+            'dtype': 'float32'}
+    action, why = act_on(Features(**made, data=[0.5, -0.25, 1.0]), head)
+    assert why == '' and action is not None
+    assert act_on(Features(**made, data=[0.5, math.nan, 1.0]), head) == \
+        (None, 'features that are not finite')
+    # Finite, but far beyond any training set's: LayerNorm overflows, the output is NaN.
+    assert act_on(Features(**made, data=[3e38, -3e38, 3e38]), head) == (
+        None, 'the head computes no finite action from these features (values up to 3e+38)')

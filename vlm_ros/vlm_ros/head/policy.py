@@ -53,9 +53,15 @@ class Head:
     scale: np.ndarray = None
 
     def act(self, features: np.ndarray) -> list:
-        """Return the chunk of actions for one features vector: value lists, or skill names."""
+        """Return the chunk of actions for one features vector: value lists, or skill names.
+
+        ValueError when the network's output is not finite: no NaN reaches a robot.
+        """
         with torch.no_grad():
             out = self.net(torch.as_tensor(features, dtype=torch.float32).view(1, -1))[0]
+        if not torch.isfinite(out).all():  # finite features far beyond the training set's
+            raise ValueError('the head computes no finite action from these features (values '
+                             f'up to {float(np.abs(features).max()):.3g})')
         if self.kind == SKILLS:
             return [self.skills[int(index)] for index in out.argmax(-1).tolist()]
         return (out.numpy() * self.scale + self.mean).tolist()

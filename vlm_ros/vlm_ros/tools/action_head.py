@@ -99,6 +99,18 @@ def mismatch(msg: Features, head, size: int) -> str:
     return ''
 
 
+def act_on(msg: Features, head) -> tuple:
+    """Return (the head's first action for msg's features, '') or (None, why there is none)."""
+    try:  # anything on the DDS domain can publish here
+        values = feature_values(msg)
+        wrong = mismatch(msg, head, values.size)
+        if not wrong and not np.isfinite(values).all():
+            wrong = 'features that are not finite'
+        return (None, wrong) if wrong else (head.act(values)[0], '')
+    except ValueError as exc:
+        return None, str(exc)
+
+
 class ActionHeadNode(Node):
     """Publish the head's action for each Features message that matches its training."""
 
@@ -127,18 +139,11 @@ class ActionHeadNode(Node):
                                f'features of {self._head.source["model"]}')
 
     def _on_features(self, msg: Features) -> None:
-        try:
-            values = feature_values(msg)
-            wrong = mismatch(msg, self._head, values.size)
-            if not wrong and not np.isfinite(values).all():
-                wrong = 'features that are not finite'
-        except ValueError as exc:  # anything on the DDS domain can publish here
-            wrong = str(exc)
+        action, wrong = act_on(msg, self._head)
         if wrong:
             self.get_logger().warning(f'no action: {wrong}', throttle_duration_sec=5.0)
             return
         self._say_model(msg.model)
-        action = self._head.act(values)[0]
         self._pub.publish(self._build(msg, action, self._head))
 
     def _say_model(self, model: str) -> None:
