@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+from builtin_interfaces.msg import Time as Stamp
 from vlm_ros.bag.storage import open_bag
 from vlm_ros.demo import world_recording
 from vlm_ros.demo.head_trial import random_chooser, run_episodes
 from vlm_ros.demo.world import BIN, COMMANDS, TABLE, TASKS, World, episodes, expert
+from vlm_ros.demo.world_node import decided_since
 from vlm_ros.demo.world_recording import FRAME_NS, STEP_TYPE, TOPICS, write_world_recording
 
 
@@ -92,3 +94,11 @@ def recording(path) -> list:
 def test_few_episodes_give_a_small_recording(tmp_path, count):
     counts = write_world_recording(tmp_path / 'rec', episodes(count, seed=0))
     assert counts['episodes'] == count
+
+
+def test_a_command_decided_before_the_state_or_stamped_before_1970_is_not_taken():
+    """world_node takes commands from anyone on the DDS domain: a negative stamp ends nothing."""
+    since = 5 * 10**9  # the state's first frame
+    assert decided_since(Stamp(sec=5, nanosec=0), since)
+    assert not decided_since(Stamp(sec=4, nanosec=999_999_999), since)
+    assert not decided_since(Stamp(sec=-2**31, nanosec=0), since)

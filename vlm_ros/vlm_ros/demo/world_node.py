@@ -33,6 +33,15 @@ from .head_trial import Trial, format_trials, starts
 from .world import FRAME_ID, SIZE, episodes
 
 
+def decided_since(stamp, since_ns: int) -> bool:
+    """Tell whether a command stamped stamp was decided on a frame taken since since_ns.
+
+    In integers: rclpy's Time refuses a negative stamp with ValueError, which would end the
+    node, and anything on the DDS domain can publish on `action`.
+    """
+    return stamp.sec * 1_000_000_000 + stamp.nanosec >= since_ns
+
+
 class WorldNode(Node):
     """Play episodes of the reacting tabletop with the commands that arrive on `action`."""
 
@@ -82,8 +91,7 @@ class WorldNode(Node):
     def _on_action(self, msg: StepCommand) -> None:
         with self._lock:
             if self._world is None or msg.instruction != self._task.text or \
-                    self._since is None or Time.from_msg(msg.header.stamp).nanoseconds < \
-                    self._since:
+                    self._since is None or not decided_since(msg.header.stamp, self._since):
                 return  # another episode's, or decided on a frame of an earlier state
             self._world.apply(msg.skill, msg.target)
             self._decisions += 1
