@@ -44,6 +44,10 @@ KNOWN_TYPES = {'plan': PLAN_TYPE, 'caption': CAPTION_TYPE, 'vla_instruction': ST
                'image_sources': SOURCES_TYPE}
 RECORD_TOPICS = tuple(KNOWN_TYPES)  # vlm_replay --record's default: every answer and companion
 RECORD_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+# Plans waited for at the end (wait_settled): a vlm_node executes one at a time, and anything
+# on the DDS domain can publish PlanProgress, so neither their number nor their ids grow.
+MAX_EXECUTING = 64
+MAX_PLAN_ID = 200  # characters kept of each
 
 
 def message_class(msgtype: str):
@@ -109,10 +113,11 @@ class Recorder:
             self.counts[connection.topic] += 1
             if cls is PlanProgress:
                 progress = deserialize_message(data, cls)
-                if progress.state == PlanProgress.STATE_EXECUTING:
-                    self.executing.add(progress.plan_id)
-                else:
-                    self.executing.discard(progress.plan_id)
+                plan_id = progress.plan_id[:MAX_PLAN_ID]
+                if progress.state != PlanProgress.STATE_EXECUTING:
+                    self.executing.discard(plan_id)
+                elif len(self.executing) < MAX_EXECUTING:
+                    self.executing.add(plan_id)
             self._cond.notify_all()
         if self._echo and not print_line(f'[{connection.topic}] '
                                          f'{_format(deserialize_message(data, cls))}'):
