@@ -13,7 +13,7 @@ from action_msgs.msg import GoalStatus
 from doc_blocks import block
 from engine_fixtures import CLOSE, LOOP_INSTRUCTION, PICK, PLACE
 from loop_harness import DONE, FAILED, PREEMPTED, Loop, start_head, stop_head
-from node_harness import ActionFeedback, transition
+from node_harness import TIMEOUT, ActionFeedback, transition
 from ros_harness import stop_process, wait_future
 from vlm_ros.compat import ActionClient
 from waiting import wait_until
@@ -268,3 +268,37 @@ def test_sigterm_answers_an_executing_goal_preempted_before_the_exit(loop, head,
     assert result.result.progress.state == PREEMPTED
     assert 'shutting down' in result.result.progress.message
     client.destroy()
+
+
+# A supervisor (a behaviour tree, say) that sends an ~/execute_plan goal and spins.
+SUPERVISOR = """
+import sys
+import rclpy
+from vlm_ros.compat import ActionClient
+from vlm_ros_msgs.action import ExecutePlan
+rclpy.init()
+node = rclpy.create_node('supervisor')
+client = ActionClient(node, ExecutePlan, '/vlm_node/execute_plan')
+client.wait_for_server()
+client.send_goal_async(ExecutePlan.Goal(instruction=sys.argv[1]))
+rclpy.spin(node)
+"""
+
+
+def test_a_killed_supervisors_execute_plan_goal_ends_its_plan_preempted(loop, head):
+    """Nobody would take the result, nor stop the robot: the plan ends once the client is gone.
+
+    A killed process leaves the DDS graph when its participant's lease (20 s) runs out.
+    """
+    running = loop()
+    head(running, 'silent')
+    supervisor = subprocess.Popen([sys.executable, '-c', SUPERVISOR, LOOP_INSTRUCTION],
+                                  start_new_session=True, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+    try:
+        step = running.steps.wait_for(lambda s: s.index == 0, TIMEOUT, 'the first step')
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+    end = running.ended(step.plan_id, timeout=TIMEOUT + 30.0)
+    assert end.state == PREEMPTED and end.message.endswith('the action client is gone'), end

@@ -7,6 +7,7 @@ accepted/execute pattern, like ~/generate_plan: no executor thread waits for the
 """
 
 from collections.abc import Callable
+from functools import partial
 from typing import Optional
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
@@ -15,8 +16,8 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from vlm_ros_msgs.action import ExecutePlan
 from vlm_ros_msgs.msg import PlanProgress
 
-from ..compat import execute_goal
-from .goal_book import GoalBook
+from ..compat import execute_goal, steady_timer
+from .goal_book import CLIENT_CHECK_PERIOD, CLIENT_GONE, GoalBook, Orphans
 from .jobs import Job, Outcome, Status
 from .messages import plan_msg
 from .plan_execution import PlanExecution
@@ -46,12 +47,17 @@ class ExecutePlanServer:
         self._serving = serving
         self._execution = execution
         self._goals = GoalBook()  # records: _Goal
+        group = ReentrantCallbackGroup()
         self._server = ActionServer(
             node, ExecutePlan, '~/execute_plan', execute_callback=self._execute,
             goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
             cancel_callback=self._on_cancel, goal_service_qos_profile=REQUESTS_QOS,
             result_service_qos_profile=REQUESTS_QOS, cancel_service_qos_profile=REQUESTS_QOS,
-            callback_group=ReentrantCallbackGroup())
+            callback_group=group)
+        # A supervisor (behaviour tree) that died leaves no one to stop the robot's plan.
+        self._orphans = Orphans(partial(node.count_subscribers,
+                                        '~/execute_plan/_action/feedback'))
+        steady_timer(node, CLIENT_CHECK_PERIOD, self._end_orphaned_goals, group)
 
     def busy(self) -> bool:
         """Tell whether a goal still waits for its result to be sent."""
@@ -106,12 +112,23 @@ class ExecutePlanServer:
 
     def _on_cancel(self, handle) -> CancelResponse:
         accept, goal = self._goals.cancel(handle)
-        execution = self._execution()
-        if goal is not None and goal.plan_id and execution is not None:
-            execution.preempt(goal.plan_id, CANCELLED_BY_CLIENT)
-        elif goal is not None:
-            cancel_job(self._serving.worker(), goal.job, CANCELLED_BY_CLIENT)
+        if goal is not None:
+            self._stop(goal, CANCELLED_BY_CLIENT)
         return CancelResponse.ACCEPT if accept else CancelResponse.REJECT
+
+    def _end_orphaned_goals(self) -> None:
+        """Stop the goals, planning or executing, once no action client is left on the graph."""
+        pending = [goal for goal in self._goals.records() if goal.result is None]
+        for goal in self._orphans.look(pending, lambda goal: goal.job.received):
+            self._stop(goal, CLIENT_GONE)
+
+    def _stop(self, goal: _Goal, reason: str) -> None:
+        """Preempt the goal's plan if it executes, else cancel its planning job."""
+        execution = self._execution()
+        if goal.plan_id and execution is not None:
+            execution.preempt(goal.plan_id, reason)
+        else:
+            cancel_job(self._serving.worker(), goal.job, reason)
 
     def _execute(self, handle):
         """Return the final PlanProgress; runs once the goal's execution has ended."""

@@ -18,12 +18,16 @@ without being started) and waits out the second (``finish``: microseconds, on an
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Optional
 
 from action_msgs.msg import GoalStatus
 
 SETTLE_TIMEOUT = 1.0  # s finish waits for rclpy to mark a goal whose cancel it accepted
 SETTLE_CHECK = 0.001  # s between looks
+CLIENT_CHECK_PERIOD = 1.0  # s between looks at the graph while goals run
+ORPHAN_CHECKS = 2  # looks in a row without a client before goals are ended
+CLIENT_GONE = 'the action client is gone'
 
 
 def _key(handle) -> bytes:
@@ -86,3 +90,30 @@ class GoalBook:
         """Tell whether a goal still waits for its result to be sent."""
         with self._lock:
             return bool(self._records)
+
+
+class Orphans:
+    """Tell which goals no action client is left to take the result of (every CLIENT_CHECK_PERIOD).
+
+    A client that exits leaves the graph at once; one that is killed, when DDS notices its
+    participant is gone (its lease: 20 s with Fast DDS's defaults). Goals younger than the
+    looks are kept, so a client whose feedback subscription is not yet discovered is not
+    taken for gone. With several clients a vanished one's goals run on until the last client
+    leaves: a goal does not say which client sent it. ``clients()`` counts the subscriptions
+    to the action's feedback topic.
+    """
+
+    def __init__(self, clients: Callable[[], int]):
+        self._clients = clients
+        self._looks = 0  # looks in a row that found no action client
+
+    def look(self, goals: list, received: Callable[[object], float]) -> list:
+        """Return those of goals (not yet answered) to end, by ``received`` (monotonic s)."""
+        if not goals or self._clients() > 0:
+            self._looks = 0
+            return []
+        self._looks += 1
+        if self._looks < ORPHAN_CHECKS:
+            return []
+        oldest = time.monotonic() - ORPHAN_CHECKS * CLIENT_CHECK_PERIOD
+        return [goal for goal in goals if received(goal) < oldest]

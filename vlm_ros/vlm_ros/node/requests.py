@@ -33,7 +33,7 @@ from vlm_ros_msgs.srv import GetFeatures, Ground, Query, QueryCameras, Score
 
 from ..compat import execute_goal, steady_timer
 from .features_msg import fill_features_response
-from .goal_book import GoalBook
+from .goal_book import CLIENT_CHECK_PERIOD, CLIENT_GONE, GoalBook, Orphans
 from .jobs import Job, Outcome, Status
 from .messages import (
     fill_cameras_response,
@@ -53,8 +53,6 @@ REQUESTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=Reliabilit
 # Every action client subscribes to the feedback topic, so its subscriber count is the number
 # of clients that could still take a result.
 FEEDBACK_TOPIC = '~/generate_plan/_action/feedback'
-CLIENT_CHECK_PERIOD = 1.0  # s between looks at the graph while goals run
-ORPHAN_CHECKS = 2  # looks in a row without a client before goals are cancelled
 CANCELLED_BY_CLIENT = 'cancelled by the action client'
 
 
@@ -126,14 +124,13 @@ class RequestEndpoints:
                                               qos_profile=REQUESTS_QOS, callback_group=group)
                           for kind, name, make, fill in served]
         self._destroy_service = node.destroy_service
-        self._clients = partial(node.count_subscribers, FEEDBACK_TOPIC)
+        self._orphans = Orphans(partial(node.count_subscribers, FEEDBACK_TOPIC))
         self._action = ActionServer(
             node, GeneratePlan, '~/generate_plan', execute_callback=self._execute,
             goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
             cancel_callback=self._on_cancel, goal_service_qos_profile=REQUESTS_QOS,
             result_service_qos_profile=REQUESTS_QOS, cancel_service_qos_profile=REQUESTS_QOS,
             callback_group=group)
-        self._clientless = 0  # looks in a row that found no action client
         steady_timer(node, CLIENT_CHECK_PERIOD, self._every_period, group)
 
     def busy(self) -> bool:
@@ -244,25 +241,11 @@ class RequestEndpoints:
         self._cancel_orphaned_goals()
 
     def _cancel_orphaned_goals(self) -> None:
-        """Cancel the running and queued goals once no action client is left on the graph.
-
-        A client that exits leaves the graph at once; one that is killed, when DDS notices its
-        participant is gone (its lease: 20 s with Fast DDS's defaults). Goals younger than the
-        looks are kept, so a client whose feedback subscription is not yet discovered is not
-        taken for gone. With several clients a vanished one's goals run on until the last
-        client leaves: a goal does not say which client sent it.
-        """
-        jobs = [job for job, outcome in self._goals.records() if outcome is None]
-        if not jobs or self._clients() > 0:
-            self._clientless = 0
-            return
-        self._clientless += 1
-        if self._clientless < ORPHAN_CHECKS:
-            return
-        oldest = time.monotonic() - ORPHAN_CHECKS * CLIENT_CHECK_PERIOD
+        """Cancel the running and queued goals once no action client is left on the graph."""
         worker = self._worker()
-        for job in (job for job in jobs if job.received < oldest):
-            cancel_job(worker, job, 'the action client is gone')
+        waiting = [job for job, outcome in self._goals.records() if outcome is None]
+        for job in self._orphans.look(waiting, lambda job: job.received):
+            cancel_job(worker, job, CLIENT_GONE)
 
     def _execute(self, goal_handle):
         """Turn the worker's outcome into the result; runs once the goal has its answer."""
