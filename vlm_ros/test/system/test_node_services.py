@@ -94,6 +94,35 @@ def test_action_cancel_stops_generation(start_vlm_node, test_node, untrained_lla
     assert plan.output_tokens < 4096 and plan.text != TARGETS['plan'][1]
 
 
+
+def test_a_queued_goal_cancelled_ends_canceled_unrun_and_the_running_one_goes_on(
+        start_vlm_node, test_node, untrained_llava):
+    node = start_vlm_node(model=str(untrained_llava), max_new_tokens=4096,
+                          constrain_plans='off')  # a generation that goes on until cancelled
+    node.wait_state('active')
+    first = threading.Event()
+    running_client, _, running = send_goal(test_node, TARGETS['plan'][0],
+                                           lambda _: first.set())
+    queued_client, _, queued = send_goal(test_node, f'then this {uuid.uuid4().hex}', None)
+    try:
+        assert first.wait(TIMEOUT), 'no feedback arrived'
+        node.wait_diag(lambda v: (v.get('requests_in_progress'), v.get('queue_length')) ==
+                       ('1', '1'), TIMEOUT, 'the second goal queued behind the first')
+        wait_future(queued.cancel_goal_async(), TIMEOUT, 'the cancel response')
+        result = wait_future(queued.get_result_async(), TIMEOUT, 'the queued goal result')
+        assert result.status == GoalStatus.STATUS_CANCELED
+        plan = result.result.plan
+        assert (plan.status, plan.output_tokens) == (Plan.STATUS_CANCELLED, 0), plan.message
+        assert 'cancelled by the action client' in plan.message, plan.message
+        node.wait_diag(lambda v: (v.get('requests_in_progress'), v.get('queue_length')) ==
+                       ('1', '0'), TIMEOUT, 'the first goal still generating, none queued')
+        wait_future(running.cancel_goal_async(), TIMEOUT, 'the cancel response')
+        plan = wait_future(running.get_result_async(), TIMEOUT, 'the result').result.plan
+        assert plan.status == Plan.STATUS_CANCELLED and plan.output_tokens > 0, plan.message
+    finally:
+        running_client.destroy()  # a client left on the graph keeps other tests' goals alive
+        queued_client.destroy()
+
 def test_goal_of_a_killed_client_is_cancelled_and_frees_the_worker(start_vlm_node, test_node):
     """vlm_client sends a goal that waits for a camera, and is killed: nobody takes the result.
 

@@ -1,4 +1,4 @@
-"""Shutdown contract: SIGINT, SIGTERM and deactivate answer everything pending, then stop.
+"""Shutdown contract: signals, shutdown and deactivate answer everything pending, then stop.
 
 Signals come from this (another) process while a generation runs and requests wait; every
 process must exit 0 without rclpy's abort ("terminate called ..."), and fast.
@@ -7,20 +7,28 @@ process must exit 0 without rclpy's abort ("terminate called ..."), and fast.
 import os
 import pathlib
 import signal
+import subprocess
 import threading
 import time
 import uuid
 from types import SimpleNamespace
 
 import pytest
-from node_harness import TIMEOUT, camera, send_goal, shared_memory_of, transition
+from node_harness import (
+    TIMEOUT,
+    camera,
+    node_executable,
+    send_goal,
+    shared_memory_of,
+    transition,
+)
 from rclpy.action import ActionServer
 from rclpy.node import Node
 from ros_harness import start_process, stop_process, wait_future
 from vlm_ros.compat import ActionClient
 from vlm_ros.node import shutdown
 from vlm_ros.spin import SpinThread, TrackingExecutor
-from waiting import wait_until
+from waiting import wait_exit, wait_until
 
 from vlm_ros import spin
 from vlm_ros_msgs.action import GeneratePlan
@@ -77,6 +85,23 @@ def test_signal_while_generating_answers_every_instruction(start_vlm_node, untra
     assert len([p for p in node.plans.items() if p.instruction in texts]) == len(texts)
     cancelled = [p for p in answered if p.status == Plan.STATUS_CANCELLED]
     assert len(cancelled) >= 6 and all('shutting down' in p.message for p in cancelled)
+    running = [p for p in cancelled if 'during generation' in p.message]
+    assert running and all(map(_interrupted, running)), [p.message for p in cancelled]
+
+
+def test_the_shutdown_transition_while_generating_answers_every_instruction_and_exits_0(
+        start_vlm_node, untrained_llava):
+    """`vlm_client shutdown` from active, as a mission executive ends a node: a signal's path."""
+    node, texts = _busy_node(start_vlm_node, untrained_llava, waiting=6)
+    done = subprocess.run([node_executable('vlm_client'), 'shutdown'], capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert (done.returncode, done.stdout) == (0, 'finalized\n'), done.stderr
+    code, _, _ = wait_exit(node.proc, TIMEOUT, 'the end after the shutdown transition')
+    assert code == 0, node.log_text()[-3000:]
+    answered = node.answers(texts)  # acknowledged before the exit, maybe not yet collected
+    cancelled = [p for p in answered if p.status == Plan.STATUS_CANCELLED]
+    assert len(cancelled) >= 6 and all('shutting down' in p.message for p in cancelled), \
+        [p.message for p in answered]
     running = [p for p in cancelled if 'during generation' in p.message]
     assert running and all(map(_interrupted, running)), [p.message for p in cancelled]
 
