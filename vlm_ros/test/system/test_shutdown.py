@@ -14,6 +14,7 @@ import uuid
 from types import SimpleNamespace
 
 import pytest
+from action_msgs.msg import GoalStatus
 from node_harness import (
     TIMEOUT,
     camera,
@@ -31,8 +32,8 @@ from vlm_ros.spin import SpinThread, TrackingExecutor
 from waiting import wait_exit, wait_until
 
 from vlm_ros import spin
-from vlm_ros_msgs.action import GeneratePlan
-from vlm_ros_msgs.msg import Plan
+from vlm_ros_msgs.action import ExecutePlan, GeneratePlan
+from vlm_ros_msgs.msg import Plan, PlanProgress
 from vlm_ros_msgs.srv import Query
 
 
@@ -128,6 +129,28 @@ def test_signal_answers_a_running_goal_and_a_waiting_query(start_vlm_node, untra
     assert not answer.success and 'shutting down' in answer.message
     client.destroy()
 
+
+
+def test_signal_answers_an_execute_plan_goal_whose_plan_is_being_made(start_vlm_node,
+                                                                     untrained_llava, test_node):
+    node = start_vlm_node(model=str(untrained_llava), **LONG)
+    node.wait_state('active')
+    node.stream(camera(uuid.uuid4().hex)).wait_for(lambda m: True, TIMEOUT, 'a frame')
+    client = ActionClient(test_node.node, ExecutePlan, '/vlm_node/execute_plan')
+    assert client.wait_for_server(timeout_sec=TIMEOUT), 'execute_plan never appeared'
+    handle = wait_future(client.send_goal_async(ExecutePlan.Goal(
+        instruction=f'tidy up {uuid.uuid4().hex}')), TIMEOUT, 'goal acceptance')
+    result = handle.get_result_async()
+    node.wait_diag(lambda v: v.get('requests_in_progress') == '1', TIMEOUT, 'its plan made')
+    code, err = node.stop(signal.SIGTERM)
+    assert code == 0 and 'terminate called' not in err, err[-3000:]
+    done = wait_future(result, TIMEOUT, 'the goal result')
+    progress = done.result.progress
+    assert done.status == GoalStatus.STATUS_ABORTED, progress
+    assert progress.state == PlanProgress.STATE_PREEMPTED, progress
+    assert progress.message.startswith('no plan to execute: CANCELLED: ') and \
+        'shutting down' in progress.message, progress.message
+    client.destroy()
 
 def _goal_to_drain(test_node, execute, payload: str) -> tuple:
     """Serve GeneratePlan with execute on a TrackingExecutor and send it a goal of payload.
