@@ -7,7 +7,6 @@ accepted/execute pattern, like ~/generate_plan: no executor thread waits for the
 """
 
 from collections.abc import Callable
-from functools import partial
 from typing import Optional
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
@@ -17,7 +16,7 @@ from vlm_ros_msgs.action import ExecutePlan
 from vlm_ros_msgs.msg import PlanProgress
 
 from ..compat import execute_goal, steady_timer
-from .goal_book import CLIENT_CHECK_PERIOD, CLIENT_GONE, GoalBook, Orphans
+from .goal_book import CLIENT_CHECK_PERIOD, CLIENT_GONE, GoalBook, Orphans, action_clients
 from .jobs import Job, Outcome, Status
 from .messages import plan_msg
 from .plan_execution import PlanExecution
@@ -55,8 +54,7 @@ class ExecutePlanServer:
             result_service_qos_profile=REQUESTS_QOS, cancel_service_qos_profile=REQUESTS_QOS,
             callback_group=group)
         # A supervisor (behaviour tree) that died leaves no one to stop the robot's plan.
-        self._orphans = Orphans(partial(node.count_subscribers,
-                                        '~/execute_plan/_action/feedback'))
+        self._orphans = Orphans(action_clients(node, '~/execute_plan'))
         steady_timer(node, CLIENT_CHECK_PERIOD, self._end_orphaned_goals, group)
 
     def busy(self) -> bool:

@@ -19,6 +19,7 @@ without being started) and waits out the second (``finish``: microseconds, on an
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Optional
 
 from action_msgs.msg import GoalStatus
@@ -92,6 +93,14 @@ class GoalBook:
             return bool(self._records)
 
 
+def action_clients(node, action: str) -> Callable[[], int]:
+    """Return a count of the clients of node's action that could still take a result.
+
+    Every action client subscribes to the action's feedback topic.
+    """
+    return partial(node.count_subscribers, f'{action}/_action/feedback')
+
+
 class Orphans:
     """Tell which goals no action client is left to take the result of (every CLIENT_CHECK_PERIOD).
 
@@ -99,8 +108,7 @@ class Orphans:
     participant is gone (its lease: 20 s with Fast DDS's defaults). Goals younger than the
     looks are kept, so a client whose feedback subscription is not yet discovered is not
     taken for gone. With several clients a vanished one's goals run on until the last client
-    leaves: a goal does not say which client sent it. ``clients()`` counts the subscriptions
-    to the action's feedback topic.
+    leaves: a goal does not say which client sent it. ``clients()``: action_clients.
     """
 
     def __init__(self, clients: Callable[[], int]):

@@ -33,7 +33,7 @@ from vlm_ros_msgs.srv import GetFeatures, Ground, Query, QueryCameras, Score
 
 from ..compat import execute_goal, steady_timer
 from .features_msg import fill_features_response
-from .goal_book import CLIENT_CHECK_PERIOD, CLIENT_GONE, GoalBook, Orphans
+from .goal_book import CLIENT_CHECK_PERIOD, CLIENT_GONE, GoalBook, Orphans, action_clients
 from .jobs import Job, Outcome, Status
 from .messages import (
     fill_cameras_response,
@@ -50,9 +50,6 @@ CANCEL_GRACE = 5.0  # s a given-up query waits for its cancelled job's answer
 # takes them overwrites one, and its caller waits forever. Every request is kept instead, and
 # one the worker has no room for is answered at once (STATUS_DROPPED, queue full).
 REQUESTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
-# Every action client subscribes to the feedback topic, so its subscriber count is the number
-# of clients that could still take a result.
-FEEDBACK_TOPIC = '~/generate_plan/_action/feedback'
 CANCELLED_BY_CLIENT = 'cancelled by the action client'
 
 
@@ -124,7 +121,7 @@ class RequestEndpoints:
                                               qos_profile=REQUESTS_QOS, callback_group=group)
                           for kind, name, make, fill in served]
         self._destroy_service = node.destroy_service
-        self._orphans = Orphans(partial(node.count_subscribers, FEEDBACK_TOPIC))
+        self._orphans = Orphans(action_clients(node, '~/generate_plan'))
         self._action = ActionServer(
             node, GeneratePlan, '~/generate_plan', execute_callback=self._execute,
             goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
