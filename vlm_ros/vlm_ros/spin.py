@@ -7,11 +7,8 @@ the context down first, so both races are possible. Here the order is fixed inst
 or SIGTERM the executor is stopped (running callbacks finish), the spin thread joined, the
 nodes destroyed, and only then ``rclpy.try_shutdown()`` runs; the process exits 0.
 
-Before ``rclpy.init`` every such process also takes the large-frames Fast DDS profile
-(config/fastdds_large_frames.xml) unless the user chose a transport (large_frames_transport):
-with Fast DDS's default 512 KB shared-memory segments, larger frames go out as fragmented UDP,
-and a best-effort subscriber on this machine (vlm_node's camera input) got 1 to 2 of 50 such
-frames a publisher sent at 10 Hz; with the profile on the publisher, all 50.
+Before ``rclpy.init`` every such process also takes the large-frames DDS profile
+(transport.py).
 
 On the way out the node's reference cycles are collected before returning: the DDS participant,
 and with it Fast DDS's shared-memory segments in /dev/shm (16.5 MB with the profile), is freed
@@ -33,14 +30,14 @@ from typing import Optional
 
 import rclpy
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.exceptions import InvalidHandle
+from rclpy.exceptions import InvalidHandle, ParameterException
 from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from rclpy.utilities import remove_ros_args
 
-from .compat import distro
+from .transport import large_frames_transport
 
 # s a thread holding the GIL runs before a waiting one gets it (Python's default: 0.005). A
 # worker running a model's Python-heavy decoding loop holds the GIL most of the time, and the
@@ -57,53 +54,6 @@ SPIN_CHECK = 0.5
 # s spin_main's main thread waits before it looks whether the node is done (a signal or the
 # spinning thread's end wakes it at once).
 MAIN_CHECK = 0.1
-PROFILE = 'fastdds_large_frames.xml'  # in share/vlm_ros/config
-FAST_DDS = ('rmw_fastrtps_cpp', 'rmw_fastrtps_dynamic_cpp')
-# A profiles file Fast DDS reads by itself: one named by either variable (Fast DDS 3 reads the
-# FASTDDS_ one, Fast DDS 2 the FASTRTPS_ one), or the default file in the working directory.
-PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
-DEFAULT_PROFILE_FILES = ('DEFAULT_FASTDDS_PROFILES.xml', 'DEFAULT_FASTRTPS_PROFILES.xml')
-
-
-def profile_variable() -> str:
-    """Name the profiles variable this distro's Fast DDS reads: each version ignores the other."""
-    fast_dds_2 = distro() in ('humble', 'iron', 'jazzy')
-    return PROFILE_VARIABLES[1] if fast_dds_2 else PROFILE_VARIABLES[0]
-
-
-def large_frames_profile() -> str:
-    """Return the installed large-frames profile's path ('' when vlm_ros is not installed)."""
-    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-    try:
-        return os.path.join(get_package_share_directory('vlm_ros'), 'config', PROFILE)
-    except (PackageNotFoundError, ValueError):
-        return ''
-
-
-def large_frames_transport(environ=os.environ, cwd: str = '.') -> str:
-    """Give this process (and its children) the large-frames profile unless a transport is chosen.
-
-    Chosen means: another RMW than Fast DDS, a profiles variable set (even empty: the way to
-    keep Fast DDS's built-in transports), or a default profiles file in the working directory.
-    Must run before ``rclpy.init``: Fast DDS reads the variable when the first participant is
-    created. Return what the process uses, in words, for the log.
-    """
-    rmw = environ.get('RMW_IMPLEMENTATION') or 'rmw_fastrtps_cpp'  # the distros' default
-    if rmw not in FAST_DDS:
-        return f'{rmw} with its own transports'
-    for name in PROFILE_VARIABLES:
-        if name in environ:
-            return f"DDS profile {os.path.basename(environ[name]) or 'none'} ({name}, the user's)"
-    for name in DEFAULT_PROFILE_FILES:
-        if os.path.isfile(os.path.join(cwd, name)):
-            return f'DDS profile {name} (in the working directory)'
-    path = large_frames_profile()
-    if not path or not os.path.isfile(path):
-        return f"Fast DDS's default transports ({PROFILE} is not installed)"
-    environ[profile_variable()] = path
-    return f'DDS profile {PROFILE} (via {profile_variable()})'
-
 
 def _raced(exc: Exception) -> bool:
     """Say whether exc is rclpy's executor tripping over an entity destroyed under it.
@@ -322,6 +272,17 @@ def ros_arguments_only(about: str, parameters: Collection[str],
     return 2
 
 
+def refused_parameter(exc: ParameterException) -> str:
+    """Say why rclpy refused a parameter's launch value, and how to write a double.
+
+    ``-p step_time:=1`` is an integer to rcl, and a double parameter refuses it.
+    """
+    reason = str(exc.args[0]) if exc.args else str(exc)
+    if "of type 'INTEGER', expecting type 'DOUBLE'" in reason:
+        reason += ' (a double is written with a decimal point: 1.0, not 1)'
+    return f'a parameter is refused: {reason}'
+
+
 def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
               num_threads: Optional[int] = None) -> int:
     """Run one node until SIGINT, SIGTERM, an external shutdown, or the node is done.
@@ -342,10 +303,10 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
     # on a stop that hangs) prints every thread's Python stack first, GIL held or not.
     faulthandler.enable()
     transport = large_frames_transport()
+    tool = os.path.basename(sys.argv[0]) or 'vlm_ros'
     try:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     except _rclpy.RCLError as exc:  # the command line's ROS arguments: say so, exit 2
-        tool = os.path.basename(sys.argv[0]) or 'vlm_ros'
         reason = str(exc).split(', at ')[0]
         hint = ('; a value that YAML reads as something else (braces, brackets, ": ") needs '
                 'quotes: -p "prompt_plan:=\'{instruction}, in steps\'"'
@@ -372,7 +333,11 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
     spinner = None
     code = 0
     try:
-        node = make_node()
+        try:
+            node = make_node()
+        except ParameterException as exc:  # a -p value of the wrong type or out of range
+            print(f'{tool}: {refused_parameter(exc)}', file=sys.stderr, flush=True)
+            return 2
         done = getattr(node, 'done', threading.Event())
         spinner = SpinThread([node], TrackingExecutor(num_threads), on_exit=on_exit)
         while not (received or stop.is_set()):

@@ -2,7 +2,7 @@
 
 Fast DDS's default shared-memory segments are 512 KB; a larger frame leaves as fragmented UDP,
 and a best-effort subscriber on the same machine got 1 to 2 of 50 such frames. Every process
-vlm_ros starts takes config/fastdds_large_frames.xml before rclpy.init (spin.py) unless the
+vlm_ros starts takes config/fastdds_large_frames.xml before rclpy.init (transport.py) unless the
 user chose a transport; a camera driver the project does not start is named, with the fix,
 when its frames do not arrive. The test process and the node run with a user's defaults: no
 profile variable in the environment.
@@ -20,7 +20,7 @@ from sensor_msgs.msg import Image
 from test_replay import T0, image_fields, start_replay
 from vlm_ros.bag.storage import add_topic, bag_writer, header, serialize
 from vlm_ros.node.image_conversion import rgb_to_image
-from vlm_ros.spin import (
+from vlm_ros.transport import (
     PROFILE,
     large_frames_profile,
     profile_variable,

@@ -112,6 +112,15 @@ CASES = [
     ('vlm_action_head', ['head:=head.pt'], 'vlm_action_head --ros-args -p head:=head.pt'),
     ('scripted_vla_head', ['fail'],
      "'fail' is not a ROS argument, and scripted_vla_head takes no other (--help says what"),
+    # A value rclpy refuses as the node declares it: its reason, not its traceback.
+    ('scripted_vla_head', ['--ros-args', '-p', 'step_time:=1'],
+     "a parameter is refused: Trying to set parameter 'step_time' to '1' of type 'INTEGER', "
+     "expecting type 'DOUBLE': step_time (a double is written with a decimal point: 1.0, not 1)"),
+    ('scripted_vla_head', ['--ros-args', '-p', 'step_time:=nan'],
+     'a parameter is refused: Invalid parameter value (nan) for parameter. Reason: Parameter '
+     'step_time out of range'),
+    ('vlm_action_head', ['--ros-args', '-p', 'head:=5'],
+     "a parameter is refused: Trying to set parameter 'head' to '5' of type 'INTEGER'"),
 ]
 
 

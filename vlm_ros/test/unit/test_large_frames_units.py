@@ -8,7 +8,7 @@ sends such frames between processes). Decided and worded without DDS here.
 import os
 
 from vlm_ros.node.image_input import lost_hint, transport_fix
-from vlm_ros.spin import (
+from vlm_ros.transport import (
     PROFILE,
     large_frames_profile,
     large_frames_transport,

@@ -33,7 +33,8 @@ from vlm_ros_msgs.msg import Plan
 
 from ..bag.node_settings import fetch_parameters
 from ..node.image_conversion import rgb_to_image
-from ..spin import SWITCH_INTERVAL, SpinThread, large_frames_transport
+from ..spin import SWITCH_INTERVAL, SpinThread
+from ..transport import large_frames_transport
 
 KEEP_ALL = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 INSTRUCTION = 'pick up the red block and put it in the bin'
@@ -164,7 +165,7 @@ def run_node_benchmark(model: str, args) -> str:
     # instructions sent beside them as fragmented UDP reached every subscriber up to 2.8 s late
     # (a reliable retransmission, it looks like), in a p95 otherwise of about 0.4 s. The driver
     # and the node (the variable reaches its process) take the large-frames profile as every
-    # vlm_ros process does (spin.py), before the driver's rclpy.init.
+    # vlm_ros process does (transport.py), before the driver's rclpy.init.
     transport = large_frames_transport()
     command = [executable, '--ros-args', '-r', f'__ns:={namespace}']
     for name, value in _node_params(model, args).items():

@@ -13,7 +13,7 @@ that do carry images, so the remap to write is in the message. The next most com
 publishes where the node listens, and no frame has arrived since it subscribed. With Fast DDS's
 default transport, frames over 512 KB reached a best-effort subscriber on the same machine 1 to
 2 times in 50: the hint then names the publishers and the profile to start the driver with
-(vlm_ros's own processes take it by themselves, spin.py).
+(vlm_ros's own processes take it by themselves, transport.py).
 """
 
 import time
@@ -23,7 +23,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.utilities import get_rmw_implementation_identifier
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from ..spin import FAST_DDS, large_frames_profile, profile_variable
+from ..transport import FAST_DDS, large_frames_profile, profile_variable
 from .depth import DEPTH_HISTORY, points_of
 from .image_conversion import compressed_to_rgb, image_to_rgb
 from .messages import stamp_seconds

@@ -4,16 +4,16 @@ It stands where OpenVLA, Octo or pi0 would, and implements the contract a real h
 take each StepCommand on `step`, report RUNNING on `step_feedback` at once, then SUCCEEDED or
 FAILED with the same plan_id and index; a newer StepCommand replaces the one being executed.
 
-Parameters: `step_time` (s each step "takes"), `script` (comma-separated outcomes for the
-successive commands: succeed, fail or silent; after the list, every step succeeds; e.g.
-'succeed,fail' fails the second command once). The tests and the demo use it to drive
-vlm_node's closed loop without a robot.
+Parameters: `step_time` (s each step "takes", a double from 0 to 3600), `script`
+(comma-separated outcomes for the successive commands: succeed, fail or silent; after the list,
+every step succeeds; e.g. 'succeed,fail' fails the second command once). The tests and the
+demo use it to drive vlm_node's closed loop without a robot.
 """
 
 import sys
 import threading
 
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -22,6 +22,7 @@ from vlm_ros_msgs.msg import StepCommand, StepFeedback
 from ..spin import ros_arguments_only, spin_main
 
 OUTCOMES = ('succeed', 'fail', 'silent')
+MAX_STEP_TIME = 3600.0  # s: a timer's period; rclpy refuses a NaN or negative one at the step
 RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -40,7 +41,8 @@ class ScriptedHead(Node):
     def __init__(self):
         super().__init__('scripted_vla_head')
         self.declare_parameter('step_time', 0.2, ParameterDescriptor(
-            description='s each step takes before its outcome is reported', read_only=True))
+            description='s each step takes before its outcome is reported', read_only=True,
+            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=MAX_STEP_TIME)]))
         self.declare_parameter('script', '', ParameterDescriptor(
             description='comma-separated outcomes of the successive steps: succeed, fail or '
             'silent; then every step succeeds', read_only=True))
