@@ -129,8 +129,10 @@ SPECS = (
               'request uses may lie apart; a request that finds none closer within '
               'wait_for_image is STATUS_UNSYNCHRONIZED, with the skew (0 = no limit)',
               applies='limits', low=0.0, high=60.0),
-    ParamSpec('instruction_qos_depth', 100, 'QoS depth of the plan and vla_instruction '
-              'publishers (reliable; the instruction subscription keeps every message); a QoS '
+    ParamSpec('instruction_qos_depth', 100, 'QoS depth (reliable, KEEP_LAST) of every '
+              'output but caption and /diagnostics: plan, vla_instruction, step, '
+              'step_arguments, plan_progress and the companion topics (the instruction '
+              'subscription keeps every message); a QoS '
               'change needs new endpoints, so it is set at launch', applies='launch', low=1,
               high=10000),
     ParamSpec('max_image_pixels', 33_554_432, 'largest image accepted, in pixels (width x '
@@ -183,8 +185,8 @@ SPECS = (
               'latest frame(s) and the last instruction, for an action head that acts faster '
               'than plans change (0 = off; features_* as with publish_features); only on new '
               'frames, skipped while busy; waits max_skew at most for the other cameras, '
-              'and says why in problem where none are made', applies='timers', low=0.0,
-              high=100.0),
+              'and says why in problem where none are made; in-process backend only',
+              applies='timers', low=0.0, high=100.0),
     ParamSpec('replan_period', 0.0, 'seconds between re-plans of the last instruction on '
               'fresh frames (0 = off, else at least 0.01); skipped while busy, and cancelled (a '
               'STATUS_CANCELLED Plan) by any request that comes before it is done',

@@ -7,11 +7,11 @@
 Each camera frame logged while an instruction is in force (the recording's, or --instruction
 / --instructions as vlm_eval takes them) is paired with the first action logged at or after it
 within --window seconds: a geometry_msgs/Twist or TwistStamped, a sensor_msgs/JointState
-(positions) or a vlm_ros_msgs/StepCommand (its skill's index). Its features are the model's
-hidden states of the frame and the instruction's plan prompt, as vlm_node publishes them with
-publish_features. Writes OUT/dataset.npz (features, actions, frame_stamp_ns, frame_log_ns,
-action_log_ns, instruction) and OUT/manifest.json (model, layer, pooling, topics, the
-instructions, the action columns, counts), all or nothing, and says how the model ran: in how
+(positions) or a vlm_ros_msgs/StepCommand (the index of its skill and target). Its features are
+the model's hidden states of the frame and the instruction's plan prompt, as vlm_node publishes
+them with publish_features. Writes OUT/dataset.npz (features, actions, frame_stamp_ns,
+frame_log_ns, action_log_ns, instruction) and OUT/manifest.json (model, layer, pooling, topics,
+the instructions, the action columns, counts), all or nothing, and says how the model ran: in how
 many batches of --batch-size and on how many CPU threads (--cpu-threads) torch computed.
 """
 
