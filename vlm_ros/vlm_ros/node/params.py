@@ -129,12 +129,11 @@ SPECS = (
               'request uses may lie apart; a request that finds none closer within '
               'wait_for_image is STATUS_UNSYNCHRONIZED, with the skew (0 = no limit)',
               applies='limits', low=0.0, high=60.0),
-    ParamSpec('instruction_qos_depth', 100, 'QoS depth (reliable, KEEP_LAST) of every '
-              'output but caption and /diagnostics: plan, vla_instruction, step, '
-              'step_arguments, plan_progress and the companion topics (the instruction '
-              'subscription keeps every message); a QoS '
-              'change needs new endpoints, so it is set at launch', applies='launch', low=1,
-              high=10000),
+    ParamSpec('instruction_qos_depth', 100, 'QoS depth (reliable, KEEP_LAST) of every output '
+              'but caption and /diagnostics: plan, vla_instruction, step, step_arguments, '
+              'plan_progress, the companion topics (the instruction subscription keeps every '
+              'message); a QoS change needs new endpoints, so it is set at launch',
+              applies='launch', low=1, high=10000),
     ParamSpec('max_image_pixels', 33_554_432, 'largest image accepted, in pixels (width x '
               'height, read from a compressed header before decoding); larger ones give '
               'STATUS_BAD_INPUT (0 = no limit)', applies='images', low=0, high=2**31 - 1),
@@ -153,9 +152,8 @@ SPECS = (
     ParamSpec('features_dtype', 'float32', "any features output: 'float32' values, or "
               "'float16' or 'bfloat16' as raw 16-bit words (half the bytes)", applies='limits',
               choices=FEATURE_DTYPES),
-    ParamSpec('max_feature_bytes', 4_194_304, 'any features output: features larger than '
-              'this are published without values, saying so', applies='limits', low=1024,
-              high=268_435_456),
+    ParamSpec('max_feature_bytes', 4_194_304, 'any features output: features larger than this '
+              'are published without values, saying so', applies='limits', low=1024, high=2**28),
     ParamSpec('max_batch_size', 1, 'in-process backend: up to this many waiting requests are '
               "answered by one batched generate (1 = one at a time; the openai backend's "
               'server batches by itself)', applies='limits', low=1, high=64),
@@ -184,8 +182,8 @@ SPECS = (
     ParamSpec('features_rate', 0.0, 'Hz of features (on ~/features, request_id empty) of the '
               'latest frame(s) and the last instruction, for an action head that acts faster '
               'than plans change (0 = off; features_* as with publish_features); only on new '
-              'frames, skipped while busy; waits max_skew at most for the other cameras, '
-              'and says why in problem where none are made; in-process backend only',
+              'frames, skipped while busy; waits max_skew at most for the other cameras, and '
+              'says why in problem where none are made; in-process backend',
               applies='timers', low=0.0, high=100.0),
     ParamSpec('replan_period', 0.0, 'seconds between re-plans of the last instruction on '
               'fresh frames (0 = off, else at least 0.01); skipped while busy, and cancelled (a '
