@@ -20,6 +20,7 @@ from node_harness import (
     camera,
     node_executable,
     send_goal,
+    set_ok,
     shared_memory_of,
     transition,
 )
@@ -151,6 +152,35 @@ def test_signal_answers_an_execute_plan_goal_whose_plan_is_being_made(start_vlm_
     assert progress.message.startswith('no plan to execute: CANCELLED: ') and \
         'shutting down' in progress.message, progress.message
     client.destroy()
+
+def test_sigterm_while_a_replan_generates_publishes_it_cancelled_and_exits_0(
+        start_vlm_node, untrained_llava, test_node):
+    """A re-plan (replan_period) has no client to answer: the robot learns its end on plan."""
+    node = start_vlm_node(model=str(untrained_llava), **{**LONG, 'max_new_tokens': 4})
+    node.wait_state('active')
+    node.stream(camera(uuid.uuid4().hex)).wait_for(lambda m: True, TIMEOUT, 'a frame')
+    text = f'instruction {uuid.uuid4().hex}'
+    node.instruct(text)
+    node.plans.wait_for(lambda p: p.instruction == text, TIMEOUT, 'its plan')
+    set_ok(test_node, max_new_tokens=LONG['max_new_tokens'], replan_period=0.05)
+    # One request in progress in two diagnostics in a row, and none answered between them:
+    # a re-plan of LONG's budget (the instruction's own plan has ended).
+    previous = {}
+    for _ in range(int(TIMEOUT)):
+        values = node.diag_from_now()(lambda v: True, TIMEOUT, 'the next diagnostics')
+        if values.get('requests_in_progress') == '1' and \
+                values.get('engine_requests') == previous.get('engine_requests'):
+            break
+        previous = values if values.get('requests_in_progress') == '1' else {}
+    else:
+        raise AssertionError('no re-plan ran from one diagnostics message to the next')
+    code, err = node.stop(signal.SIGTERM)
+    assert code == 0 and 'terminate called' not in err, err[-3000:]
+    cancelled = node.plans.wait_for(
+        lambda p: p.instruction == text and p.status == Plan.STATUS_CANCELLED, TIMEOUT,
+        'the re-plan cancelled')  # said before the exit, maybe not yet collected
+    assert 'shutting down' in cancelled.message and _interrupted(cancelled), cancelled.message
+
 
 def _goal_to_drain(test_node, execute, payload: str) -> tuple:
     """Serve GeneratePlan with execute on a TrackingExecutor and send it a goal of payload.
