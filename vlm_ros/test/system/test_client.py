@@ -84,7 +84,7 @@ def test_caption_says_when_the_node_does_not_caption_and_honours_timeout(start_v
     assert off.returncode == 2 and 'caption_rate is 0' in off.stderr, off.stderr
     assert set_params(test_node, caption_rate=1.0)[0].successful
     waited = _client('--timeout', '8', 'caption')  # captioning, but no camera: no caption
-    assert waited.returncode == 1 and 'no caption on caption within 8 s' in waited.stderr, \
+    assert waited.returncode == 1 and 'no caption on /caption within 8 s' in waited.stderr, \
         waited.stderr
     # --topic: captions remapped elsewhere (here the test's own, published every 0.2 s).
     topic, text = f'/robot_{uuid.uuid4().hex[:8]}/caption', f'caption {uuid.uuid4().hex}'
@@ -96,6 +96,14 @@ def test_caption_says_when_the_node_does_not_caption_and_honours_timeout(start_v
         test_node.node.destroy_timer(timer)
         test_node.node.destroy_publisher(publisher)
     assert elsewhere.returncode == 0 and text in elsewhere.stdout, elsewhere.stderr
+    # A topic of another type (the node's own /diagnostics), and a name that is none.
+    other = _client('--timeout', '8', 'caption', '--topic', '/diagnostics')
+    assert other.returncode == 2 and other.stderr == (
+        'vlm_client: /diagnostics carries diagnostic_msgs/msg/DiagnosticArray, not '
+        'vlm_ros_msgs/msg/Caption: --topic names a caption topic\n'), other.stderr
+    bad = _client('--timeout', '8', 'caption', '--topic', 'two words')
+    assert bad.returncode == 2 and bad.stderr.startswith('vlm_client: bad --topic: '), \
+        bad.stderr
 
 
 @pytest.mark.parametrize('follow', [[], ['--follow']])
@@ -147,6 +155,10 @@ def test_caption_follow_prints_captions_until_the_node_stops_captioning(start_vl
         proc.kill()
     said = proc.stderr.read()
     assert code == 0 and 'Traceback' not in said, said
+    proc, _ = following('until_sigint.txt')  # Ctrl-C: how a follow is meant to end
+    proc.send_signal(signal.SIGINT)
+    code, _, err = wait_exit(proc, TIMEOUT, 'the SIGINT')
+    assert code == 0 and 'vlm_client' not in err, err
     proc, _ = following('until_inactive.txt')
     assert transition(test_node, 'deactivate')
     code, _, err = wait_exit(proc, TIMEOUT, 'the deactivate')
@@ -159,3 +171,37 @@ def test_caption_follow_prints_captions_until_the_node_stops_captioning(start_vl
     code, _, err = wait_exit(proc, TIMEOUT, 'the kill')
     # gone from the graph, or gone while its state was being asked
     assert code == 4 and err.startswith('vlm_client: /vlm_node went away'), (code, err)
+
+
+def _client_running(test_node, *args) -> subprocess.Popen:
+    """Start vlm_client; return it once its node is in the graph (its signal handlers are set)."""
+    proc = subprocess.Popen([CLIENT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    wait_until(lambda: 'vlm_client' in test_node.node.get_node_names(), TIMEOUT,
+               'vlm_client in the graph')
+    return proc
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
+def test_a_signal_before_the_answer_exits_130_and_cancels_the_plan(start_vlm_node, test_node,
+                                                                   sig):
+    """A script must not take an interrupted verb for a done one, nor leave its plan running."""
+    waiting = _client_running(test_node, '--node', f'/absent_{uuid.uuid4().hex[:8]}', 'state')
+    waiting.send_signal(sig)
+    code, out, err = wait_exit(waiting, TIMEOUT, 'the signal')
+    assert (code, out) == (130, ''), err
+    assert err.strip().splitlines()[-1] == 'vlm_client: interrupted before the answer', err
+
+    node = start_vlm_node(wait_for_image=60.0)  # and no camera: the plan waits for a frame
+    node.wait_state('active')
+    text = f'pick up the red block {uuid.uuid4().hex[:8]}'
+    planning = _client_running(test_node, 'plan', text)
+    node.wait_diag(lambda v: v.get('requests_in_progress') == '1', TIMEOUT, 'the plan waiting')
+    planning.send_signal(sig)
+    code, out, err = wait_exit(planning, TIMEOUT, 'the signal')
+    assert (code, out) == (130, ''), err
+    assert err.strip().splitlines()[-1] == \
+        'vlm_client: interrupted before the answer; the goal was cancelled', err
+    # Answered CANCELLED, not left waiting for a frame (NO_IMAGE after wait_for_image).
+    node.wait_diag(lambda v: v.get('status_cancelled') == '1' and
+                   v.get('requests_in_progress') == '0', TIMEOUT, 'the goal cancelled')

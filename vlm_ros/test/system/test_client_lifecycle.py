@@ -107,6 +107,11 @@ def test_answers_that_are_not_ok_and_parameters_that_are_refused(start_vlm_node)
                                    'value must be a double; it reads as a string')
     assert _client('param', 'get', 'max_new_tokens').stdout == '96\n'  # unchanged
 
+    for huge in ('99999999999999999999', '[1, -99999999999999999999]'):  # no int64 holds it
+        too_big = _client('param', 'set', 'max_new_tokens', huge)
+        assert (too_big.returncode, _reason(too_big)) == (
+            2, f'vlm_client: {huge!r} holds a whole number out of the range of a 64-bit '
+            'integer'), too_big.stderr
     # A whole number for a double, as ros2 param set would refuse it: typed like the parameter.
     assert _client('param', 'set', 'caption_rate', '2').returncode == 0
     assert _client('param', 'get', 'caption_rate').stdout == '2.0\n'

@@ -119,6 +119,9 @@ CASES = [
     ('scripted_vla_head', ['--ros-args', '-p', 'step_time:=nan'],
      'a parameter is refused: Invalid parameter value (nan) for parameter. Reason: Parameter '
      'step_time out of range'),
+    ('scripted_vla_head', ['--ros-args', '-p', 'script:=succeed,sucess'],
+     "a parameter is refused: Invalid parameter value (succeed,sucess) for parameter. Reason: "
+     "script entry 'sucess' is not one of succeed, fail, silent"),
     ('vlm_action_head', ['--ros-args', '-p', 'head:=5'],
      "a parameter is refused: Trying to set parameter 'head' to '5' of type 'INTEGER'"),
 ]

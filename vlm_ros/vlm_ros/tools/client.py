@@ -18,6 +18,7 @@ import threading
 from action_msgs.msg import GoalStatus
 from rcl_interfaces.msg import ParameterType
 from rclpy.exceptions import NameValidationException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.utilities import remove_ros_args
 
@@ -32,6 +33,7 @@ from ..spin import spin_main
 from .client_ops import (
     BAD_INPUT,
     EXIT_CODES,
+    INTERRUPTED,
     NO_REPLY,
     NOT_ACTIVE,
     NOT_OK,
@@ -44,6 +46,8 @@ from .client_ops import (
 
 PLAN_STATUS = {v: k for k, v in vars(Plan).items() if k.startswith('STATUS_')}
 FOLLOW_CHECK = 1.0  # s between two looks at the state of a node whose captions are followed
+CANCEL_WAIT = 2.0  # s an interrupted plan waits for its goal's cancel to be answered
+CAPTION_TYPE = 'vlm_ros_msgs/msg/Caption'
 
 
 def read_image(path: str):
@@ -83,6 +87,9 @@ class Client(Node):
         self.args = args
         self.done = threading.Event()
         self.code = 0
+        self._lock = threading.Lock()  # done or interrupted: whichever comes first counts
+        self._interrupted = False
+        self._goal = None  # the plan's goal, once sent (a future): cancelled if interrupted
         self.remote = Remote(self, '/' + args.node.strip('/'), args.timeout)
         self._first_caption = threading.Event()
         self._streamed = False
@@ -99,12 +106,49 @@ class Client(Node):
             self._fail(BAD_INPUT, f'bad --node: {one_line(exc)}')
         except Exception as exc:  # noqa: BLE001 - one line and an exit status, no traceback
             self._fail(NO_REPLY, one_line(exc))
-        self.done.set()
+        with self._lock:
+            self.done.set()
 
     def _fail(self, code: int, reason: str) -> None:
-        """Print the reason as one line (a node's message may hold newlines); keep the code."""
-        print(f"vlm_client: {' '.join(reason.split())}", file=sys.stderr, flush=True)
-        self.code = code
+        """Print the reason as one line (a node's message may hold newlines); keep the code.
+
+        Not once interrupted: that is the reason given, and the exit status.
+        """
+        with self._lock:
+            if self._interrupted:
+                return
+            print(f"vlm_client: {' '.join(reason.split())}", file=sys.stderr, flush=True)
+            self.code = code
+
+    def shutdown_gracefully(self) -> None:
+        """On SIGINT or SIGTERM (spin_main): a verb not done exits 130, its plan cancelled.
+
+        A script must not take an interrupted plan for an answered one, and the node should not
+        go on generating for nobody. caption --follow runs until interrupted: once it printed a
+        caption, that is its end, exit 0.
+        """
+        with self._lock:
+            if self.done.is_set() or (self.args.command == 'caption' and self.args.follow and
+                                      self._first_caption.is_set()):
+                return
+            self._interrupted = True
+        print(f'vlm_client: interrupted before the answer{self._cancel_goal()}',
+              file=sys.stderr, flush=True)
+        self.code = INTERRUPTED
+
+    def _cancel_goal(self) -> str:
+        """Cancel the plan's goal, if one was sent; return what became of it, for the reason."""
+        if self._goal is None:
+            return ''
+        answered = threading.Event()
+        self._goal.add_done_callback(lambda _: answered.set())
+        if not answered.wait(CANCEL_WAIT) or self._goal.exception() is not None or \
+                self._goal.result() is None or not self._goal.result().accepted:
+            return ''  # not accepted (yet): nothing runs for this client
+        answered.clear()
+        self._goal.result().cancel_goal_async().add_done_callback(lambda _: answered.set())
+        return ('; the goal was cancelled' if answered.wait(CANCEL_WAIT) else
+                f"; the goal's cancel was not answered within {CANCEL_WAIT:g} s")
 
     # plan, query, caption --------------------------------------------------------------
 
@@ -116,8 +160,8 @@ class Client(Node):
         client = ActionClient(self, GeneratePlan, f'{remote.name}/generate_plan')
         if not client.wait_for_server(timeout_sec=remote.timeout):
             raise remote.absent('generate_plan action server')
-        handle = remote.wait(client.send_goal_async(goal, feedback_callback=self._on_feedback),
-                             'the goal', remote.timeout, client.server_is_ready)
+        self._goal = client.send_goal_async(goal, feedback_callback=self._on_feedback)
+        handle = remote.wait(self._goal, 'the goal', remote.timeout, client.server_is_ready)
         if not handle.accepted:
             raise remote.not_active('rejected the goal')
         # Generation takes as long as it takes; the node bounds it (its answer timeout).
@@ -183,12 +227,29 @@ class Client(Node):
             node = '' if remote.name == '/vlm_node' else f' --node {remote.name}'
             raise ClientError(BAD_INPUT, f'{remote.name} publishes no captions: its caption_rate '
                               f'is 0 (start it with: vlm_client{node} param set caption_rate 1)')
-        self.create_subscription(Caption, self.args.topic, self._on_caption, 10)
+        try:
+            topic = self.resolve_topic_name(self.args.topic)
+            self._check_caption_type(topic)
+            self.create_subscription(Caption, topic, self._on_caption, 10)
+        except (NameValidationException, _rclpy.RCLError) as exc:  # rcl's, without its source
+            raise ClientError(BAD_INPUT, f"bad --topic: {one_line(exc).split(', at ')[0]}") \
+                from exc
         if not self._first_caption.wait(remote.timeout):
-            raise ClientError(NOT_OK, f'no caption on {self.args.topic} within '
-                              f'{remote.timeout:g} s')
+            self._check_caption_type(topic)  # discovered meanwhile: the reason to give
+            raise ClientError(NOT_OK, f'no caption on {topic} within {remote.timeout:g} s')
         if self.args.follow:  # until a signal ends the process, or the node stops captioning
             raise remote.until_not_active(FOLLOW_CHECK)
+
+    def _check_caption_type(self, topic: str) -> None:
+        """Refuse a topic that the graph says carries other types than Caption.
+
+        Fast DDS refuses a subscription of another type where it knows the topic's (an
+        RCLError), and where it does not yet, no message comes.
+        """
+        types = dict(self.get_topic_names_and_types()).get(topic, [])
+        if types and CAPTION_TYPE not in types:
+            raise ClientError(BAD_INPUT, f'{topic} carries {", ".join(types)}, not '
+                              f'{CAPTION_TYPE}: --topic names a caption topic')
 
     def _on_caption(self, msg: Caption) -> None:
         if (self.args.follow or not self._first_caption.is_set()) and \

@@ -22,7 +22,7 @@ from rclpy.node import Node
 from rclpy.parameter import get_parameter_value, parameter_value_to_python
 
 # Exit statuses (documented in --help and docs/CLIENT.md).
-OK, NOT_OK, BAD_INPUT, NOT_ACTIVE, NO_REPLY = 0, 1, 2, 3, 4
+OK, NOT_OK, BAD_INPUT, NOT_ACTIVE, NO_REPLY, INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_CODES = """exit status:
   0  done, and the answer is OK
   1  the node answered, not OK: a plan's status, a failed query, a refused transition or
@@ -31,6 +31,8 @@ EXIT_CODES = """exit status:
      parameter, a node that does not caption
   3  the node is not active: its state, and why its last configure failed
   4  no reply: the node went away or did not answer within --timeout, or the exchange failed
+  130  interrupted (SIGINT, SIGTERM) before the answer: a plan's goal is cancelled;
+     caption --follow, which runs until interrupted, exits 0 once it printed a caption
 """
 TRANSITIONS = ('configure', 'activate', 'deactivate', 'cleanup', 'shutdown')
 # rcl_interfaces/ParameterType's values, as a user writes the types (ros2 param describe)
@@ -191,7 +193,7 @@ class Remote:
 
     def set_parameter(self, name: str, text: str) -> None:
         """Set a parameter from its command-line text, typed like its current value."""
-        value = typed(get_parameter_value(text), self.parameter(name).type, text)
+        value = parsed(text, self.parameter(name).type)
         results = self.call(SetParameters, 'set_parameters', SetParameters.Request(
             parameters=[Parameter(name=name, value=value)])).results
         if not results:
@@ -221,6 +223,23 @@ class Remote:
             self._diag_lock.wait_for(lambda: self._diag[1] > since, DIAGNOSTICS_WAIT)
             values, received = self._diag
         return values if received > since else {}
+
+
+def parsed(text: str, current: int) -> ParameterValue:
+    """Parse VALUE as ros2 param set does, typed like the current value (typed).
+
+    An integer no parameter can hold is BAD_INPUT: rclpy takes any whole number and fails
+    only as it sends it (a SystemError), or in an array as it parses it (an OverflowError).
+    """
+    try:
+        value = typed(get_parameter_value(text), current, text)
+    except OverflowError:
+        value = None
+    if value is None or (value.type == ParameterType.PARAMETER_INTEGER and
+                         not -2**63 <= value.integer_value < 2**63):
+        raise ClientError(BAD_INPUT, f'{text[:60]!r} holds a whole number out of the range of a '
+                          '64-bit integer')
+    return value
 
 
 def typed(value: ParameterValue, current: int, text: str) -> ParameterValue:

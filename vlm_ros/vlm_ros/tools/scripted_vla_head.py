@@ -14,6 +14,7 @@ import sys
 import threading
 
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
+from rclpy.exceptions import InvalidParameterValueException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -46,7 +47,11 @@ class ScriptedHead(Node):
         self.declare_parameter('script', '', ParameterDescriptor(
             description='comma-separated outcomes of the successive steps: succeed, fail or '
             'silent; then every step succeeds', read_only=True))
-        self._script = parse_script(self.get_parameter('script').value)
+        script = self.get_parameter('script').value
+        try:
+            self._script = parse_script(script)
+        except ValueError as exc:  # refused as rclpy refuses a value: spin_main says why
+            raise InvalidParameterValueException('script', script, str(exc)) from exc
         self._step_time = float(self.get_parameter('step_time').value)
         self._feedback = self.create_publisher(StepFeedback, 'step_feedback', RELIABLE)
         self.create_subscription(StepCommand, 'step', self._on_step, RELIABLE)
