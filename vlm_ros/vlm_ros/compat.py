@@ -16,7 +16,10 @@ vlm_ros calls exists alike in all three (docs/DEVELOPING.md, "ROS 2 distros"):
 - Jazzy's and Humble's ActionClient record a request after sending it, without a lock: a
   reply handled in between on the executor's thread is dropped ("Ignoring unexpected goal
   response") and its future never completes (ros2/rclpy#1123; Kilted holds a lock). Every
-  action client here is ActionClient below, which holds one.
+  action client here is ActionClient below, which holds one;
+- alike on every distro, a callback group keeps a weak reference to each entity ever added,
+  destroyed or not: nodes that create and destroy them for days (vlm_node's activations,
+  camera and timer changes at run time, a head's timer per command) take ForgetsDestroyed.
 """
 
 import threading
@@ -119,3 +122,36 @@ def execute_goal(handle) -> None:
         if not handle.is_cancel_requested:
             raise
         handle.execute()
+
+
+class ForgetsDestroyed:
+    """A Node mixin: destroying a timer, subscription or publisher drops dead group entries.
+
+    rclpy's ``CallbackGroup.add_entity`` adds a weak reference to a set that nothing prunes:
+    20,000 StepCommands to a head that made a timer for each left 20,000 entries (3.9 MB), and
+    every parameter change that made a timer anew one more. Entries whose entity is gone are
+    removed in place (one just destroyed goes at the next destroy, once its last reference
+    is): an entity another thread adds meanwhile keeps its entry.
+    """
+
+    def destroy_timer(self, timer) -> bool:
+        """Destroy as rclpy does, then forget dead entries of its group."""
+        return self._forgetting(timer, super().destroy_timer)
+
+    def destroy_subscription(self, subscription) -> bool:
+        """Destroy as rclpy does, then forget dead entries of its group."""
+        return self._forgetting(subscription, super().destroy_subscription)
+
+    def destroy_publisher(self, publisher) -> bool:
+        """Destroy as rclpy does, then forget dead entries of its event handlers' groups."""
+        return self._forgetting(publisher, super().destroy_publisher)
+
+    @staticmethod
+    def _forgetting(entity, destroy) -> bool:
+        groups = {getattr(part, 'callback_group', None)
+                  for part in (entity, *getattr(entity, 'event_handlers', ()))} - {None}
+        destroyed = destroy(entity)
+        for group in groups:
+            for ref in [ref for ref in list(group.entities) if ref() is None]:
+                group.entities.discard(ref)
+        return destroyed

@@ -1,13 +1,17 @@
 """compat: the distro differences, on the distro this leg of scripts/test runs."""
 
+import gc
 import os
 import subprocess
 import sys
 import types
+import uuid
 
+import pytest
 from node_harness import wait_matched
+from rclpy.node import Node
 from std_msgs.msg import String
-from vlm_ros.compat import loopback_discovery, publisher_count
+from vlm_ros.compat import ForgetsDestroyed, loopback_discovery, publisher_count
 from waiting import wait_until
 
 
@@ -34,3 +38,22 @@ def test_processes_start_without_discovery_warnings():
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0 and 'WARN' not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize('forgets', [False, True], ids=['rclpy', 'ForgetsDestroyed'])
+def test_destroyed_entities_leave_no_entry_in_their_callback_group(rclpy_context, forgets):
+    """A head making a timer per command, 200 times: rclpy alone keeps 200 dead entries."""
+    node = (type('Forgetting', (ForgetsDestroyed, Node), {}) if forgets else Node)(
+        f'compat_{uuid.uuid4().hex[:8]}')
+    try:
+        group = node.default_callback_group
+        before = len(group.entities)
+        for _ in range(200):
+            node.destroy_timer(node.create_timer(1.0, lambda: None))
+            sub = node.create_subscription(String, 'compat_forget', lambda _: None, 10)
+            node.destroy_subscription(sub)
+        gc.collect()
+        kept = len(group.entities) - before
+        assert kept < 10 if forgets else kept >= 400, kept  # the last ones: not yet dead
+    finally:
+        node.destroy_node()

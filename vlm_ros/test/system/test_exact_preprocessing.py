@@ -17,7 +17,12 @@ from vlm_ros.engine.chat import build_inputs
 from vlm_ros.engine.frame_cache import FrameCache
 from vlm_ros.engine.local.exact_idefics3 import BATCH_BYTES, ExactIdefics3
 from vlm_ros.engine.local.inputs import InputStage, concatenate_rows
-from vlm_ros.engine.local.lanczos import LanczosResizer, TooManyTapsError, pillow_coefficients
+from vlm_ros.engine.local.lanczos import (
+    MAX_SIZES,
+    LanczosResizer,
+    TooManyTapsError,
+    pillow_coefficients,
+)
 
 # Needs no ROS: scripts/test runs it on the first leg only.
 pytestmark = pytest.mark.distro_independent
@@ -49,6 +54,17 @@ def test_the_lanczos_resize_equals_pillows(pixels, source, target):
     got = LanczosResizer('cpu').resize(torch.from_numpy(frame).permute(2, 0, 1), *target)
     assert got.dtype == torch.uint8
     assert np.array_equal(got.permute(1, 2, 0).numpy(), want)
+
+
+def test_a_resizer_keeps_the_matrices_of_the_sizes_used_last_only():
+    """Queries may carry images of ever new sizes: each size's matrix is device memory."""
+    resizer = LanczosResizer('cpu')
+    camera = torch.zeros(3, 480, 640, dtype=torch.uint8)
+    for width in range(100, 100 + 3 * MAX_SIZES):
+        resizer.resize(camera, 360, 480)  # the camera's frames, between queries' images
+        resizer.resize(torch.zeros(3, 50, width, dtype=torch.uint8), 50, 64)
+    assert len(resizer._parts) == MAX_SIZES
+    assert (640, 480) in resizer._parts and (480, 360) in resizer._parts  # used all along
 
 
 def test_coefficients_are_pillows_22_bit_weights_and_refused_where_floats_would_round():

@@ -19,7 +19,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from std_msgs.msg import Header
 
-from ..compat import steady_timer
+from ..compat import ForgetsDestroyed, steady_timer
 from ..engine import VlmError, make_engine
 from ..spin import ros_arguments_only, spin_main
 from . import parameter_changes, params, readiness, shutdown
@@ -73,7 +73,7 @@ def _loaded_engine(settings: Settings, logger, stop: threading.Event):
     return engine
 
 
-class VlmNode(LifecycleNode):
+class VlmNode(ForgetsDestroyed, LifecycleNode):
     """Images and instructions in; plans, captions, answers and diagnostics out."""
 
     def __init__(self, **kwargs):

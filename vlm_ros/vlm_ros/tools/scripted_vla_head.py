@@ -20,6 +20,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from vlm_ros_msgs.msg import StepCommand, StepFeedback
 
+from ..compat import ForgetsDestroyed
 from ..spin import ros_arguments_only, spin_main
 
 OUTCOMES = ('succeed', 'fail', 'silent')
@@ -36,7 +37,7 @@ def parse_script(text: str) -> list:
     return outcomes
 
 
-class ScriptedHead(Node):
+class ScriptedHead(ForgetsDestroyed, Node):
     """Answers each StepCommand after step_time with the script's next outcome."""
 
     def __init__(self):

@@ -15,6 +15,7 @@ holds integers exactly. The three sums are then joined in int64 and rounded as P
 
 import math
 import threading
+from collections import OrderedDict
 from functools import lru_cache
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 PRECISION_BITS = 22  # Pillow's 8-bit resampling: 32 - 8 - 2
 SUPPORT = 3.0  # Lanczos-3
 MAX_TAPS = 256  # 255 * 255 * 256 < 2**24: the float32 sums stay exact (downscales up to 42x)
+MAX_SIZES = 16  # resizes (in, out) whose matrices a device keeps
 PART_SHIFTS = (16, 8, 0)  # the three 8-bit parts of a coefficient, most significant first
 
 
@@ -79,12 +81,15 @@ class LanczosResizer:
     """Resize uint8 images on one device as Pillow would; coefficient matrices kept per size.
 
     The matrices live on the device beside the frames, built on first use of each size (a
-    camera's frames share one), so a steady stream of frames builds none.
+    camera's frames share one), so a steady stream of frames builds none. The MAX_SIZES used
+    last are kept: images of ever new sizes (anyone may send a query's) would otherwise keep a
+    matrix each, up to 6 MB of device memory.
     """
 
     def __init__(self, device):
         self.device = torch.device(device)
-        self._parts = {}  # (in_size, out_size) -> float32 (3 * out, in) coefficient parts
+        # (in_size, out_size) -> float32 (3 * out, in) coefficient parts, least recent first
+        self._parts = OrderedDict()
         self._lock = threading.Lock()  # the frame cache preprocesses frames in threads
 
     def resize(self, image: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -117,6 +122,9 @@ class LanczosResizer:
             if key not in self._parts:
                 self._parts[key] = split_parts(pillow_coefficients(in_size, out_size)).to(
                     self.device)
+                if len(self._parts) > MAX_SIZES:
+                    self._parts.popitem(last=False)
+            self._parts.move_to_end(key)
             return self._parts[key]
 
 
