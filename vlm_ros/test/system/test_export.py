@@ -7,6 +7,7 @@ that frame and instruction, each action is the first logged within the window af
 """
 
 import json
+import math
 import pathlib
 import uuid
 
@@ -25,6 +26,7 @@ from eval_bags import (
     image_fields,
 )
 from fork_server import run_tool
+from node_harness import node_executable
 from reference_features import engine_features
 from test_evaluate import LEFT_FRAMES, LEFT_TOPIC, OPERATOR_TOPIC
 from vlm_ros.engine.features import FeatureSpec
@@ -39,11 +41,12 @@ def vlm_export(*args):
     return run_tool([exe, *args], 600)
 
 
-def write_bag(path, decoys: bool = False):
+def write_bag(path, decoys: bool = False, commands=COMMANDS, extra=()):
     """Write the frames, instructions and commands; decoys: a second camera and instructions.
 
     The second camera (LEFT_TOPIC) has noise frames stamped 1 us after the first's, the second
     instruction topic one instruction: only --image-topic and --instruction-topic then choose.
+    extra: more commands, (log time, linear.x) each.
     """
     with bags.bag_writer(path) as writer:
         images = bags.add_topic(writer, IMAGE_TOPIC, 'sensor_msgs/msg/Image')
@@ -62,10 +65,11 @@ def write_bag(path, decoys: bool = False):
                                                                    data='not this one')))
         messages += [(when, text, bags.serialize(bags.STRING_TYPE, data=instruction))
                      for when, instruction in INSTRUCTIONS]
-        messages += [(when + delay, cmd, bags.serialize(
+        sent = [(when + delay, speed) for when, (delay, speed) in
+                zip(FRAME_TIMES, commands, strict=True)] + list(extra)
+        messages += [(when, cmd, bags.serialize(
             'geometry_msgs/msg/Twist', linear={'x': speed, 'y': 0.0, 'z': 0.0},
-            angular={'x': 0.0, 'y': 0.0, 'z': 0.125})) for when, (delay, speed) in
-            zip(FRAME_TIMES, COMMANDS, strict=True)]
+            angular={'x': 0.0, 'y': 0.0, 'z': 0.125})) for when, speed in sent]
         for when, connection, data in sorted(messages, key=lambda m: m[0]):
             writer.write(connection, when, data)
     return path
@@ -154,6 +158,39 @@ def test_no_pairs_or_no_such_device_names_what_is_missing_and_writes_nothing(arg
                       '--out', out, *args)
     assert done.returncode == 2 and complaint in done.stderr, done.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ['bag']
+
+
+def test_commands_not_finite_are_left_out_and_counted(tmp_path, trained_tiny):
+    """A NaN command before frame 0's and an inf one before frame 2's: as if not recorded.
+
+    Each frame is paired with the good command after them; the set is one vlm_train_head
+    takes, and the line and the manifest say how many commands were left out.
+    """
+    model = str(trained_tiny('llava'))
+    bag = write_bag(tmp_path / 'bag', extra=[(FRAME_TIMES[0] + 50_000_000, math.nan),
+                                             (FRAME_TIMES[2] + 100_000_000, -math.inf)])
+    done = vlm_export(bag, '--model', model, '--actions', '/cmd_vel', '--out',
+                      tmp_path / 'dataset')
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert '(2 pairs, features 2x' in done.stdout and '; 2 messages of /cmd_vel left out: a ' \
+        'value not finite (NaN or inf)) and manifest.json; the model' in done.stdout
+    manifest = json.loads((tmp_path / 'dataset' / 'manifest.json').read_text())
+    assert manifest['actions']['not_finite'] == 2
+    assert manifest['frames_without'] == {'instruction': 0, 'action': 1}
+    data = np.load(tmp_path / 'dataset' / 'dataset.npz')
+    assert data['actions'][:, 0].tolist() == [0.25, -0.75]
+    trained = run_tool([node_executable('vlm_train_head'), tmp_path / 'dataset', '--out',
+                        tmp_path / 'head.pt', '--epochs', '1'], 600)
+    assert trained.returncode == 0, trained.stderr
+
+
+def test_no_pairs_for_commands_not_finite_says_so(tmp_path):
+    bag = write_bag(tmp_path / 'bag', commands=[(delay, math.nan) for delay, _ in COMMANDS])
+    done = vlm_export(bag, '--model', tmp_path / 'never-loaded', '--actions', '/cmd_vel',
+                      '--out', tmp_path / 'dataset')
+    assert done.returncode == 2 and done.stderr.endswith(
+        '(0 without an instruction, 3 without an action, 3 messages of /cmd_vel left out: a '
+        'value not finite (NaN or inf)); nothing written\n'), done.stderr
 
 
 @pytest.mark.parametrize('where, complaint', [

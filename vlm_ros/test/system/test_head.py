@@ -91,6 +91,44 @@ def test_the_command_line_sets_width_chunk_epochs_time_and_seed(tmp_path, fork_s
     assert 0 < int(bounded['epochs']) < 1_000_000
 
 
+@pytest.mark.parametrize('dataset, options, complaint', [
+    ('set', ['--out', '{tmp}/set'], '--out {tmp}/set names a folder; name the head file (as '
+     '{tmp}/set/head.pt)'),
+    ('set', ['--out', '{tmp}/missing/head.pt'], '--out {tmp}/missing/head.pt: {tmp}/missing is '
+     'not a folder'),
+    ('set', ['--hidden', '100000000'], 'argument --hidden: must be <= 8192, got 100000000'),
+    ('set', ['--chunk', '1025'], 'argument --chunk: must be <= 1024, got 1025'),
+    ('empty', [], '{tmp}/empty is not a dataset of vlm_export: its dataset.npz cannot be read '
+     '(EOFError: No data left in file)'),
+    ('cut', [], '{tmp}/cut is not a dataset of vlm_export: its dataset.npz cannot be read '
+     '(BadZipFile: '),
+], ids=['out-a-folder', 'out-in-no-folder', 'too-wide', 'too-long-a-chunk', 'empty-npz',
+        'truncated-npz'])
+def test_what_can_give_no_head_is_refused_in_a_line_before_training(tmp_path, fork_server,
+                                                                    dataset, options, complaint):
+    """A run told to train for an hour ends at once: exit 2, the reason, nothing written.
+
+    'empty' and 'cut' are the dataset with its dataset.npz cut to 0 and 300 bytes, as a copy
+    cut short leaves it.
+    """
+    features, which = clusters()
+    write_dataset(tmp_path / 'set', features, which[:, None].astype(np.float32),
+                  'geometry_msgs/msg/Twist', ['linear.x'])
+    for name, size in (('empty', 0), ('cut', 300)):
+        (tmp_path / name).mkdir()
+        for file in ('manifest.json', 'dataset.npz'):
+            data = (tmp_path / 'set' / file).read_bytes()
+            (tmp_path / name / file).write_bytes(data[:size] if file == 'dataset.npz' else data)
+    before = sorted(tmp_path.rglob('*'))
+    done = run_tool([node_executable('vlm_train_head'), tmp_path / dataset, '--out',
+                     tmp_path / 'head.pt', '--seconds', '3600', '--epochs', '1000000',
+                     *(option.format(tmp=tmp_path) for option in options)], TIMEOUT)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f'vlm_train_head: error: {complaint.format(tmp=tmp_path)}')
+    assert done.stderr.count('\n') == 1 and done.stdout == ''
+    assert sorted(tmp_path.rglob('*')) == before  # no head, no .partial beside it
+
+
 def write_colour_bag(path) -> pathlib.Path:
     """Red and blue scenes in turn, 0.5 s apart, each followed 0.1 s later by its command."""
     with bags.bag_writer(path) as writer:

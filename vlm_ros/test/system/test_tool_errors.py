@@ -58,6 +58,9 @@ CASES = [
     ('vlm_export', ['{pi}', '--model', '{missing}', '--actions', '/x', '--out',
                     '{missing}/dataset'], 'is not a folder'),
     ('vlm_train_head', ['{txt}'], 'is not a dataset of vlm_export'),
+    ('vlm_train_head', ['{missing}', '--hidden', '100000000'], 'must be <= 8192'),
+    ('vlm_train_head', ['{missing}', '--chunk', '1000000'], 'must be <= 1024'),
+    ('vlm_train_head', ['{missing}', '--out', '{missing}/head.pt'], 'is not a folder'),
     ('vlm_train_head', ['{missing}', '--seconds', 'nan'], 'must be finite'),
     # Bytes that are no message of their topic's type: which message, not rosbags' traceback.
     ('vlm_eval', ['{undecodable}', '--model', '{missing}'],

@@ -66,3 +66,28 @@ def test_unnamed_joints_are_numbered_columns(tmp_path):
                      [joints(10, [], [0.5, -1.0])])
     with bags.open_bag(path) as reader:
         assert read_actions(reader, '/arm/command').names == ('position_0', 'position_1')
+
+
+def twist(when, x):
+    return when, {'linear': {'x': x, 'y': 0.0, 'z': 0.0},
+                  'angular': {'x': 0.0, 'y': 0.0, 'z': 0.5}}
+
+
+def test_commands_with_a_value_not_finite_are_left_out_and_counted(tmp_path):
+    """One bad command among thousands: left out as if not recorded, and said, not refused.
+
+    A frame before it is paired with the next good command within the window, and the set
+    stays finite, as vlm_train_head needs it.
+    """
+    path = write_bag(tmp_path / 'twists', '/cmd_vel', 'geometry_msgs/msg/Twist',
+                     [twist(10, 0.25), twist(20, np.nan), twist(30, -0.5), twist(40, np.inf)])
+    with bags.open_bag(path) as reader:
+        actions = read_actions(reader, '/cmd_vel')
+    assert (actions.log_ns, actions.not_finite) == ([10, 30], 2)
+    assert [vector[0] for vector in actions.vectors] == [0.25, -0.5]
+    assert [action_after(actions, t, 15) for t in (15, 35)] == [1, None]
+    path = write_bag(tmp_path / 'joints', '/arm/command', 'sensor_msgs/msg/JointState',
+                     [joints(10, ['a', 'b'], [0.5, -np.inf]), joints(20, ['a', 'b'], [0.25, 1.5])])
+    with bags.open_bag(path) as reader:
+        actions = read_actions(reader, '/arm/command')
+    assert (actions.vectors, actions.not_finite) == ([[0.25, 1.5]], 1)

@@ -6,6 +6,7 @@ What it learns: system/test_head.py (a unit test trains no model).
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -31,11 +32,32 @@ def test_chunks_are_the_actions_after_each_pair_within_its_instruction():
                                   'geometry_msgs/msg/Twist', TWIST), 'no pairs'),
     (lambda folder: write_dataset(folder, np.full((3, 4), np.nan, np.float32), np.zeros((3, 6)),
                                   'geometry_msgs/msg/Twist', TWIST), 'not finite'),
-], ids=['empty-folder', 'no-pairs', 'nan'])
+    (lambda folder: _cut(folder, 0), 'is not a dataset of vlm_export: its dataset.npz cannot be '
+     'read (EOFError: No data left in file)'),
+    (lambda folder: _cut(folder, 300), 'is not a dataset of vlm_export: its dataset.npz cannot '
+     'be read (BadZipFile: '),
+    (lambda folder: _cut(folder, -40), 'is not a dataset of vlm_export: its dataset.npz cannot '
+     'be read'),
+    (lambda folder: write_dataset(folder, np.zeros((3, 4), np.float32), np.zeros((3, 6)),
+                                  'geometry_msgs/msg/Twist', TWIST, instruction=[0, 0]),
+     'no pairs of one features vector, one action and one instruction each (features (3, 4), '
+     'actions (3, 6), instruction (2,))'),
+    (lambda folder: write_dataset(folder, np.zeros((3, 4), np.float32), np.zeros(3),
+                                  'geometry_msgs/msg/Twist', TWIST), 'no pairs'),
+], ids=['empty-folder', 'no-pairs', 'nan', 'empty-file', 'truncated-file', 'cut-short',
+        'instructions-short', 'actions-not-rows'])
 def test_a_folder_that_is_no_usable_dataset_is_refused(tmp_path, make, complaint):
     make(tmp_path / 'set')
-    with pytest.raises(VlmError, match=complaint):
+    with pytest.raises(VlmError, match=re.escape(complaint)):
         training.train(tmp_path / 'set', seconds=1)
+
+
+def _cut(folder, size: int):
+    """Write a dataset, then cut its dataset.npz to size bytes (negative: that many fewer)."""
+    write_dataset(folder, np.zeros((3, 4), np.float32), np.zeros((3, 6)),
+                  'geometry_msgs/msg/Twist', TWIST)
+    data = (folder / 'dataset.npz').read_bytes()
+    (folder / 'dataset.npz').write_bytes(data[:size])
 
 
 def test_a_file_that_is_no_head_is_refused(tmp_path):

@@ -5,9 +5,12 @@ was commanded while the camera saw it: a velocity (geometry_msgs/Twist or TwistS
 targets (sensor_msgs/JointState positions, a column per joint), or the step a VLA head was given
 (vlm_ros_msgs/StepCommand: the index of its command, the skill and its target as in 'pick red
 block', among the recording's commands in order of first use; a step without a target is its
-skill alone). The topic is named by the user; nothing is guessed.
+skill alone). The topic is named by the user; nothing is guessed. A message with a value that
+is not finite (NaN or inf: one bad command among thousands) is left out and counted, as if not
+recorded; one whose columns differ from the others' is refused (which layout would be meant?).
 """
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +34,7 @@ class Actions:
     vectors: list = field(default_factory=list)
     names: tuple = ()  # per column; StepCommand: ('skill',), with skills the commands
     skills: list = field(default_factory=list)
+    not_finite: int = 0  # messages left out: a value NaN or inf
 
 
 def _twist(msg) -> list:
@@ -58,6 +62,9 @@ def read_actions(reader, topic: str) -> Actions:
                            f'the first had {", ".join(actions.names)}; one action layout a '
                            'dataset')
         actions.names = names
+        if not all(math.isfinite(value) for value in vector):
+            actions.not_finite += 1
+            continue
         actions.log_ns.append(log_ns)
         actions.vectors.append(vector)
     return actions

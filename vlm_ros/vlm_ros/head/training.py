@@ -7,10 +7,13 @@ reach (the mean action, or the most common skill), so a user sees whether the fe
 what the actions depend on.
 """
 
+import contextlib
 import json
 import pathlib
 import pickle
 import time
+import zipfile
+import zlib
 
 import numpy as np
 import torch
@@ -30,18 +33,29 @@ def load_dataset(folder) -> tuple:
                        f'{" or ".join(missing)}')
     try:
         manifest = json.loads((folder / 'manifest.json').read_text(encoding='utf-8'))
-        with np.load(folder / 'dataset.npz') as stored:
-            arrays = {key: stored[key] for key in ('features', 'actions', 'instruction')}
         source = {key: manifest[key] for key in SOURCE}
         action_type = manifest['actions']['type']
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise VlmError('bad_input', f'{folder}: cannot read the dataset ({exc})') from None
-    rows = len(arrays['features'])
-    if rows == 0 or arrays['features'].ndim != 2 or len(arrays['actions']) != rows:
-        raise VlmError('bad_input', f'{folder}: no pairs of one features vector and one action '
-                       f'each (features {arrays["features"].shape}, actions '
-                       f'{arrays["actions"].shape})')
-    if not np.isfinite(arrays['features']).all() or not np.isfinite(arrays['actions']).all():
+    try:
+        with np.load(folder / 'dataset.npz') as stored:
+            arrays = {key: stored[key] for key in ('features', 'actions', 'instruction')}
+    # An empty or truncated file (a copy cut short, a full disk): EOFError, BadZipFile, ...
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
+            zlib.error) as exc:
+        raise VlmError('bad_input', f'{folder} is not a dataset of vlm_export: its dataset.npz '
+                       f'cannot be read ({type(exc).__name__}: {str(exc)[:200]})') from None
+    features, actions, instruction = (arrays[k] for k in ('features', 'actions', 'instruction'))
+    rows = len(features) if features.ndim else 0
+    if rows == 0 or features.ndim != 2 or actions.shape[:1] != (rows,) or actions.ndim != 2 \
+            or instruction.shape != (rows,):
+        raise VlmError('bad_input', f'{folder}: no pairs of one features vector, one action and '
+                       f'one instruction each (features {features.shape}, actions '
+                       f'{actions.shape}, instruction {instruction.shape})')
+    if not all(np.issubdtype(array.dtype, np.number) for array in arrays.values()):
+        raise VlmError('bad_input', f'{folder}: features, actions or instruction that are not '
+                       'numbers')
+    if not np.isfinite(features).all() or not np.isfinite(actions).all():
         raise VlmError('bad_input', f'{folder}: features or actions that are not finite')
     return arrays, {**manifest, 'source': source, 'action_type': action_type}
 
@@ -115,11 +129,22 @@ def _baseline(kind: str, fit: torch.Tensor, check: torch.Tensor, outputs: int) -
 
 
 def save(head: Head, path) -> pathlib.Path:
-    """Write the head to path (written beside it, then renamed: never half a file)."""
+    """Write the head to path (written beside it, then renamed: never half a file).
+
+    Where that fails (path became a folder, a full disk), the file beside it goes too.
+    """
     path = pathlib.Path(path)
     partial = path.with_name(f'.{path.name}.partial')
-    torch.save(head.to_file(), partial)
-    partial.replace(path)
+    try:
+        try:
+            torch.save(head.to_file(), partial)
+        except RuntimeError as exc:  # torch's for a missing folder or a full disk
+            raise OSError(f'cannot write {partial}: {exc}') from None
+        partial.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -83,7 +83,8 @@ def export(args) -> dict:
             raise VlmError('bad_input', f'no frame of {inputs.image_topic} has both an '
                            f'instruction in force and an action on {args.actions} within '
                            f'{args.window:g} s ({without["instruction"]} without an '
-                           f'instruction, {without["action"]} without an action); nothing '
+                           f'instruction, {without["action"]} without an action'
+                           f'{_left_out(actions.not_finite, args.actions, ", ")}); nothing '
                            'written')
         images = decode_frames(reader, inputs, [p.frame.index for p in pairs])
     import torch  # torch and the engine: imported only once the recording is good
@@ -109,7 +110,8 @@ def export(args) -> dict:
                 'instruction_topic': inputs.instruction_topic,
                 'instructions': [i.text for i in inputs.instructions],
                 'actions': {'topic': actions.topic, 'type': actions.msgtype,
-                            'columns': list(actions.names), 'skills': actions.skills},
+                            'columns': list(actions.names), 'skills': actions.skills,
+                            'not_finite': actions.not_finite},
                 'window_s': args.window, 'max_image_side': args.max_image_side,
                 'processor_kwargs': args.processor_kwargs,
                 'pairs': len(pairs), 'features_shape': list(features.shape),
@@ -125,11 +127,20 @@ def main(argv=None) -> int:
     if code:
         return code
     print_line(f'wrote {args.out}/dataset.npz ({manifest["pairs"]} pairs, features '
-               f'{"x".join(map(str, manifest["features_shape"]))}) and manifest.json; the '
-               f'model ({manifest["dtype"]} on {manifest["device"]}) ran in '
+               f'{"x".join(map(str, manifest["features_shape"]))}'
+               f'{_left_out(manifest["actions"]["not_finite"], args.actions, "; ")}) and '
+               f'manifest.json; the model ({manifest["dtype"]} on {manifest["device"]}) ran in '
                f'{_count(manifest["batches"], "batch", "batches")} on '
                f'{_count(manifest["cpu_threads"], "CPU thread", "CPU threads")}')
     return 0
+
+
+def _left_out(not_finite: int, topic: str, before: str) -> str:
+    """Return what was left out of the actions for values NaN or inf ('' where none was)."""
+    if not not_finite:
+        return ''
+    return f'{before}{_count(not_finite, "message", "messages")} of {topic} left out: ' \
+        'a value not finite (NaN or inf)'
 
 
 def _count(number: int, one: str, many: str) -> str:

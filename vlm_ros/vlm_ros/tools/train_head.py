@@ -8,13 +8,32 @@ columns, or a skill among the StepCommands' ones), trained for at most --epochs 
 --seconds, whichever ends first. Every fifth pair is held out: the table gives the training
 and validation loss beside the baseline of a head blind to its features. The head file keeps
 the features' source (model, layer, pooling) and the action's type and columns, which
-vlm_action_head needs.
+vlm_action_head needs. --hidden is at most 8192 (a hidden-by-hidden layer of 256 MiB, four
+times that with its gradients and AdamW's moments) and --chunk at most 1024 (a VLA's chunks
+are tens to a few hundred actions); --out, a file whose folder exists, is checked before
+training.
 """
 
 import argparse
+import os
+import pathlib
 import sys
 
 from ..bag.arguments import ArgumentParser, positive, positive_int, print_line, reported
+from ..engine import VlmError
+
+MOST_HIDDEN = 8192
+MOST_CHUNK = 1024
+
+
+def count_up_to(most: int):
+    """Return an argparse type: a whole number from 1 to most."""
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f'must be <= {most}, got {text}')
+        return value
+    return parse
 
 
 def parse_args(argv):
@@ -23,9 +42,10 @@ def parse_args(argv):
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('dataset', help='a folder vlm_export wrote (dataset.npz, manifest.json)')
     parser.add_argument('--out', default='head.pt', help='the head file (replaced)')
-    parser.add_argument('--hidden', type=positive_int, default=256, help='hidden layer width')
-    parser.add_argument('--chunk', type=positive_int, default=1,
-                        help='actions predicted per features vector')
+    parser.add_argument('--hidden', type=count_up_to(MOST_HIDDEN), default=256,
+                        help=f'hidden layer width, at most {MOST_HIDDEN}')
+    parser.add_argument('--chunk', type=count_up_to(MOST_CHUNK), default=1,
+                        help=f'actions predicted per features vector, at most {MOST_CHUNK}')
     parser.add_argument('--seconds', type=positive, default=60.0, help='training time bound')
     parser.add_argument('--epochs', type=positive_int, default=2000,
                         help='full passes over the training pairs, at most')
@@ -33,13 +53,30 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def head_file(text: str) -> pathlib.Path:
+    """Return --out as an absolute path; VlmError where no head file can be written there.
+
+    Checked before training, so a typing error costs no minutes of it.
+    """
+    out = pathlib.Path(text).resolve()  # '.' and '/tmp/..' are folders with a name resolved
+    if out.is_dir() or text.endswith(os.sep):
+        raise VlmError('bad_input', f'--out {text} names a folder; name the head file (as '
+                       f'{pathlib.Path(text) / "head.pt"})')
+    if not out.parent.is_dir():
+        raise VlmError('bad_input', f'--out {text}: {out.parent} is not a folder')
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise VlmError('bad_input', f'--out {text}: {out.parent} cannot be written')
+    return out
+
+
 def fit(args) -> dict:
     """Train and write the head; return the training report."""
+    out = head_file(args.out)
     from ..head import training  # torch: after the arguments are good
 
     head, report = training.train(args.dataset, args.hidden, args.chunk, args.seconds,
                                   args.epochs, args.seed)
-    training.save(head, args.out)
+    training.save(head, out)
     return report
 
 
