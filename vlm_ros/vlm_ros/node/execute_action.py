@@ -16,7 +16,14 @@ from vlm_ros_msgs.action import ExecutePlan
 from vlm_ros_msgs.msg import PlanProgress
 
 from ..compat import execute_goal, steady_timer
-from .goal_book import CLIENT_CHECK_PERIOD, CLIENT_GONE, GoalBook, Orphans, action_clients
+from .goal_book import (
+    CLIENT_CHECK_PERIOD,
+    CLIENT_GONE,
+    RESULT_TIMEOUT,
+    GoalBook,
+    Orphans,
+    action_clients,
+)
 from .jobs import Job, Outcome, Status
 from .messages import plan_msg
 from .plan_execution import PlanExecution
@@ -52,7 +59,7 @@ class ExecutePlanServer:
             goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
             cancel_callback=self._on_cancel, goal_service_qos_profile=REQUESTS_QOS,
             result_service_qos_profile=REQUESTS_QOS, cancel_service_qos_profile=REQUESTS_QOS,
-            callback_group=group)
+            callback_group=group, result_timeout=RESULT_TIMEOUT)
         # A supervisor (behaviour tree) that died leaves no one to stop the robot's plan.
         self._orphans = Orphans(action_clients(node, '~/execute_plan'))
         steady_timer(node, CLIENT_CHECK_PERIOD, self._end_orphaned_goals, group)

@@ -29,6 +29,10 @@ SETTLE_CHECK = 0.001  # s between looks
 CLIENT_CHECK_PERIOD = 1.0  # s between looks at the graph while goals run
 ORPHAN_CHECKS = 2  # looks in a row without a client before goals are ended
 CLIENT_GONE = 'the action client is gone'
+# s a goal's result is kept for its client to ask for, after the goal ended (both servers). Set
+# here as the distros' defaults differ (Jazzy 900, Kilted 10), and each kept goal holds its
+# request: a goal's image of up to max_image_pixels was kept 15 minutes, whatever the count.
+RESULT_TIMEOUT = 30
 
 
 def _key(handle) -> bytes:

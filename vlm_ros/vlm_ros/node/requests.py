@@ -26,6 +26,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import Executor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
+from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from vlm_ros_msgs.action import GeneratePlan
@@ -33,7 +34,14 @@ from vlm_ros_msgs.srv import GetFeatures, Ground, Query, QueryCameras, Score
 
 from ..compat import execute_goal, steady_timer
 from .features_msg import fill_features_response
-from .goal_book import CLIENT_CHECK_PERIOD, CLIENT_GONE, GoalBook, Orphans, action_clients
+from .goal_book import (
+    CLIENT_CHECK_PERIOD,
+    CLIENT_GONE,
+    RESULT_TIMEOUT,
+    GoalBook,
+    Orphans,
+    action_clients,
+)
 from .jobs import Job, Outcome, Status
 from .messages import (
     fill_cameras_response,
@@ -127,7 +135,7 @@ class RequestEndpoints:
             goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
             cancel_callback=self._on_cancel, goal_service_qos_profile=REQUESTS_QOS,
             result_service_qos_profile=REQUESTS_QOS, cancel_service_qos_profile=REQUESTS_QOS,
-            callback_group=group)
+            callback_group=group, result_timeout=RESULT_TIMEOUT)
         steady_timer(node, CLIENT_CHECK_PERIOD, self._every_period, group)
 
     def busy(self) -> bool:
@@ -218,6 +226,7 @@ class RequestEndpoints:
 
         job = Job('plan', goal.instruction.strip(), done=answered, on_text=feedback,
                   image_msg=goal.image if goal.image.width else None)
+        goal.image = Image()  # the job has it: the goal, kept after it ends, does not
         record = [job, None]
         worker = self._worker()
         if not self._goals.enter(goal_handle, record):
