@@ -34,6 +34,18 @@ def test_unsupported_architecture(tmp_path, trained_tiny):
     assert 'not_a_real_vlm' in str(info.value)
 
 
+@pytest.mark.parametrize(('made', 'said'), [(False, 'does not exist'),
+                                            (True, 'is a file, not a checkpoint folder')])
+def test_a_model_path_that_is_no_folder_says_what_it_is(tmp_path, made, said):
+    path = tmp_path / 'model.safetensors'  # a user naming the weights file instead of its folder
+    if made:
+        path.write_bytes(b'weights')
+    with pytest.raises(VlmError) as info:
+        load(EngineConfig(model=str(path), device='cpu', local_files_only=True))
+    assert info.value.kind == 'not_found'
+    assert str(info.value).startswith(f"model directory '{path}' {said} ("), str(info.value)
+
+
 def test_engine_imports_without_rclpy():
     code = ('import sys; sys.modules["rclpy"] = None\n'
             'import vlm_ros.engine, vlm_ros.models\n'

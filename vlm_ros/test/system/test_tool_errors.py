@@ -39,6 +39,8 @@ CASES = [
     ('vlm_benchmark', ['--random', 'nosuch'], 'choose one of'),
     ('vlm_benchmark', ['--random', 'tiny:llava', '--image', '640'], 'HEIGHTxWIDTH'),
     ('vlm_benchmark', ['--random', 'tiny:llava', '--image', '4x6'], 'at least 8x8'),
+    ('vlm_benchmark', ['--random', 'tiny:llava', '--image', '100000x100000'],
+     'at most 33554432 pixels'),
     ('vlm_benchmark', ['--random', 'tiny:llava', '--new-tokens', '1', '--constraint-cost'],
      '--new-tokens must be >= 2, got 1'),
     ('vlm_benchmark', ['--random', 'tiny:llava', '--constraint-cost', '--constrain-plans', 'off'],

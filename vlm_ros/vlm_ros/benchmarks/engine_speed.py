@@ -53,6 +53,9 @@ def scene(height: int, width: int) -> np.ndarray:
 
 
 _FRAME_NUMBERS = itertools.count()
+# --image's most pixels: vlm_node's max_image_pixels default (not imported: the engine's
+# benchmark runs where ROS 2 is not installed).
+MAX_IMAGE_PIXELS = 2**25
 
 
 def new_frames(image, batch: int, shared: bool) -> list:
@@ -321,9 +324,12 @@ def _refuse_unused(parser: argparse.ArgumentParser, args) -> None:
 
 def _image_size(text: str) -> tuple:
     height, sep, width = text.partition('x')
-    if not (sep and height.isdigit() and width.isdigit() and min(int(height), int(width)) >= 8):
+    if not (sep and height.isdigit() and width.isdigit() and min(int(height), int(width)) >= 8
+            and int(height) * int(width) <= MAX_IMAGE_PIXELS):
         raise argparse.ArgumentTypeError(f'write HEIGHTxWIDTH in pixels, at least 8x8 (each '
-                                         f'frame is numbered in its first 8), not {text}')
+                                         f'frame is numbered in its first 8) and at most '
+                                         f"{MAX_IMAGE_PIXELS} pixels (vlm_node's "
+                                         f'max_image_pixels), not {text}')
     return int(height), int(width)
 
 

@@ -167,8 +167,9 @@ def locate(config: EngineConfig) -> str:
     if os.path.isdir(os.path.expanduser(name)):
         return os.path.expanduser(name)
     if _looks_like_path(name):
-        raise VlmError('not_found', f'model directory {name!r} does not exist', name,
-                       config.device)
+        what = 'is a file, not a checkpoint folder' if os.path.exists(
+            os.path.expanduser(name)) else 'does not exist'
+        raise VlmError('not_found', f'model directory {name!r} {what}', name, config.device)
     try:
         validate_repo_id(name)
     except HFValidationError as exc:
