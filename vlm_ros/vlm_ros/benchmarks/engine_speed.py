@@ -53,9 +53,7 @@ def scene(height: int, width: int) -> np.ndarray:
 
 
 _FRAME_NUMBERS = itertools.count()
-# --image's most pixels: vlm_node's max_image_pixels default (not imported: the engine's
-# benchmark runs where ROS 2 is not installed).
-MAX_IMAGE_PIXELS = 2**25
+MAX_IMAGE_PIXELS = 2**25  # --image's most: vlm_node's max_image_pixels (no ROS imported here)
 
 
 def new_frames(image, batch: int, shared: bool) -> list:
@@ -326,10 +324,9 @@ def _image_size(text: str) -> tuple:
     height, sep, width = text.partition('x')
     if not (sep and height.isdigit() and width.isdigit() and min(int(height), int(width)) >= 8
             and int(height) * int(width) <= MAX_IMAGE_PIXELS):
-        raise argparse.ArgumentTypeError(f'write HEIGHTxWIDTH in pixels, at least 8x8 (each '
-                                         f'frame is numbered in its first 8) and at most '
-                                         f"{MAX_IMAGE_PIXELS} pixels (vlm_node's "
-                                         f'max_image_pixels), not {text}')
+        raise argparse.ArgumentTypeError(
+            f'write HEIGHTxWIDTH in pixels, at least 8x8 (each frame is numbered in its first '
+            f"8) and at most {MAX_IMAGE_PIXELS} pixels (vlm_node's max_image_pixels), not {text}")
     return int(height), int(width)
 
 
