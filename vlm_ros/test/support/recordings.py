@@ -5,6 +5,8 @@ CompressedImage, format 'jpg', a relative topic name, and no instruction topic a
 helpers write such bags with rosbags' ROS 1 writer and the Noetic type store.
 """
 
+import pathlib
+
 import cv2
 import numpy as np
 from rosbags.rosbag1 import Writer as Ros1Writer
@@ -23,17 +25,21 @@ def jpeg(rgb: np.ndarray) -> np.ndarray:
 
 
 def write_ros1_bag(path, frames: list, instructions: list = (), topic: str = ROS1_CAMERA,
-                   camera_info: str = '') -> list:
+                   camera_info: str = '', compression: str = '') -> list:
     """Write (log_ns, rgb, frame_id) frames and (log_ns, text) instructions into a ROS 1 bag.
 
     Frames are stamped with their log time and numbered in the header's seq, as a ROS 1 driver
     does; with camera_info (a topic name), each frame has its CameraInfo there, as a camera
-    driver publishes it. Returns the frames' (stamp_ns, frame_id).
+    driver publishes it. compression: '' (rosbag record's default), 'bz2' or 'lz4' chunks.
+    Returns the frames' (stamp_ns, frame_id).
     """
     store = get_typestore(Stores.ROS1_NOETIC)
     types = store.types
     written = []
-    with Ros1Writer(path) as writer:
+    writer = Ros1Writer(path)
+    if compression:
+        writer.set_compression(Ros1Writer.CompressionFormat[compression.upper()])
+    with writer:
         camera = writer.add_connection(topic, 'sensor_msgs/msg/CompressedImage',
                                        typestore=store)
         info = writer.add_connection(camera_info, 'sensor_msgs/msg/CameraInfo',
@@ -82,3 +88,18 @@ def write_ros1_custom_bag(path) -> None:
         status = writer.add_connection('/status', 'my_robot/msg/Status', typestore=store)
         writer.write(status, 10**18, store.serialize_ros1(
             store.types['my_robot/msg/Status'](state='idle'), 'my_robot/msg/Status'))
+
+
+def damage(path, size: int = 2000, at: float = 1 / 3) -> pathlib.Path:
+    """Overwrite size bytes at a fraction of a recording's storage file, as a failing disk would.
+
+    path: a .bag, .mcap or .db3 file, or a rosbag2 directory (its one storage file is damaged).
+    Returns the damaged file.
+    """
+    path = pathlib.Path(path)
+    damaged = path if path.is_file() else next(
+        p for p in sorted(path.iterdir()) if p.suffix in ('.mcap', '.db3'))
+    with damaged.open('r+b') as storage:
+        storage.seek(int(damaged.stat().st_size * at))
+        storage.write(b'\xab' * size)
+    return damaged

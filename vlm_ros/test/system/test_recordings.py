@@ -2,10 +2,14 @@
 
 The recordings are written as robots make them (recordings.py): a ROS 1 bag of a Raspberry Pi
 camera publishing CompressedImage 'jpg' frames on a relative topic, and nothing else. Both
-tools get the instructions from the command line, by the same rules.
+tools get the instructions from the command line, by the same rules. A recording damaged
+inside (a failing disk) is the user's file too: one line saying where, and exit 2.
 """
 
 import json
+import pathlib
+import re
+import shutil
 import subprocess
 import uuid
 
@@ -13,7 +17,7 @@ import pytest
 from engine_fixtures import TARGETS, scene
 from fork_server import run_tool
 from node_harness import RELIABLE, TIMEOUT, node_executable
-from recordings import ROS1_CAMERA, ROS1_INSTRUCTION, write_ros1_bag
+from recordings import ROS1_CAMERA, ROS1_INSTRUCTION, damage, write_ros1_bag
 from ros_harness import Collector
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import String
@@ -26,6 +30,7 @@ from vlm_ros_msgs.msg import Plan
 
 T0 = 1_767_225_600 * 10**9
 INSTRUCTION = TARGETS['plan'][0]
+SAMPLE = pathlib.Path(__file__).resolve().parents[3] / 'samples' / 'tabletop' / 'bag'
 
 
 def _frames(count: int, period_ns: int = 200_000_000) -> list:
@@ -129,3 +134,36 @@ def test_playback_waits_for_a_camera_and_instruction_subscriber_not_for_camera_i
     frames.wait_for(lambda m: m.header.frame_id == 'pi-2', TIMEOUT, 'the last frame')
     assert [m.data for m in texts.items()] == [told]
     assert [m.header.frame_id for m in frames.items()] == ['pi-0', 'pi-1', 'pi-2']
+
+
+@pytest.fixture
+def damaged_sample(tmp_path):
+    """Return a copy of the tabletop sample, 2000 bytes of a zstd chunk of it overwritten."""
+    copy = tmp_path / 'damaged'
+    shutil.copytree(SAMPLE, copy)
+    damage(copy)
+    return copy
+
+
+@pytest.mark.parametrize(('tool', 'options'), [
+    ('vlm_eval', ['--model', 'm']), ('vlm_export', ['--model', 'm', '--actions', '/instruction'])])
+def test_a_recording_damaged_inside_is_one_line_saying_where_and_exit_2(damaged_sample, tmp_path,
+                                                                        tool, options):
+    done = run_tool([node_executable(tool), damaged_sample, *options, '--out', tmp_path / 'out'],
+                    2 * TIMEOUT)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f'{tool}: error: {damaged_sample}: the recording is damaged '
+                                  'at '), done.stderr
+    assert re.search(r' s of its 3\.900 s: Unable to decompress Zstandard data', done.stderr)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_a_replay_of_a_damaged_recording_plays_up_to_the_damage_then_exits_2(damaged_sample):
+    proc = start_replay(damaged_sample, '--wait-for-subscribers', 0, '--rate', 10)
+    code, _, err = wait_exit(proc, TIMEOUT)
+    assert code == 2 and 'Traceback' not in err, err
+    said = err.strip().splitlines()[-1]
+    assert said.startswith(f'vlm_replay: {damaged_sample}: the recording is damaged at '), err
+    assert re.search(r': Unable to decompress Zstandard data: .*; played [1-9]\d* messages '
+                     r'\(/camera/image_raw \d+, .*\) before it$', said), said
+

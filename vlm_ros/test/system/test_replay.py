@@ -303,7 +303,11 @@ def test_clock_publishes_the_bag_time_being_played(test_node, tmp_path):
     (['--rate', '1e-300'], '--rate must be >= 0.001, got 1e-300'),
     (['--instruction', 'pick it', '--at', 0.5, '--start', 1],
      'every instruction is asked before --start 1 s: none would be played'),
-], ids=['topic', 'remap', 'echo', 'recording', 'image_topic', 'rate', 'start'])
+    (['--remap', f'{INSTRUCTION}:=a b'], "--remap /instruction:=a b: 'a b' is not a valid topic"),
+    (['--remap', f'{IMAGE}:=instruction'], f'{IMAGE} (sensor_msgs/msg/Image) and {INSTRUCTION} '
+     '(std_msgs/msg/String) would both be published on /instruction'),
+], ids=['topic', 'remap', 'echo', 'recording', 'image_topic', 'rate', 'start', 'remap_name',
+        'remap_types'])
 def test_options_that_cannot_work_are_refused_with_the_reason(tmp_path, options, reason):
     write_bag(tmp_path / 'bag', irregular_events(20))
     code, _, err = wait_exit(start_replay(tmp_path / 'bag', *options), TIMEOUT)

@@ -9,6 +9,7 @@ from vlm_ros.bag.playback import (
     Clock,
     Progress,
     parse_remaps,
+    published_types,
     select_connections,
     wait_acknowledged,
     wait_for_peers,
@@ -42,6 +43,54 @@ def test_playback_rules():
     with pytest.raises(BagError, match=r"\['/c'\]"):
         select_connections(connections, ['/c'])
     assert Progress(10.0, enabled=False).line(5.0, 3).startswith('[' + '#' * 15 + '.' * 15)
+
+
+@pytest.mark.parametrize(('target', 'reason'), [
+    ('a b', "'a b' is not a valid topic name: topic name must not contain characters other "
+            "than alphanumerics, '_', '~', '{', or '}'"),
+    ('/x//y', "'/x//y' is not a valid topic name: topic name must not contain repeated '/'"),
+    ('{robot}/image', "'{robot}/image' is not a valid topic name: unknown substitution: "
+                      '{robot}'),
+], ids=['space', 'slashes', 'substitution'])
+def test_a_remap_onto_a_name_ros_refuses_is_refused_before_anything_is_published(target,
+                                                                                 reason):
+    with pytest.raises(BagError) as raised:
+        parse_remaps([f'/instruction:={target}'], {'/instruction'})
+    assert str(raised.value) == f'--remap /instruction:={target}: {reason}'
+    # Relative names, ~ and {node} are names a node accepts.
+    assert parse_remaps(['/instruction:=~/asked', '/image:={node}/image'],
+                        {'/instruction', '/image'}) == {'/instruction': '~/asked',
+                                                        '/image': '{node}/image'}
+
+
+class Recorded:
+    """A recording's connection: its topic and type."""
+
+    def __init__(self, topic: str, msgtype: str):
+        self.topic, self.msgtype = topic, msgtype
+
+
+def test_two_recorded_topics_of_different_types_on_one_name_are_refused():
+    """One publisher would carry the other topic's messages: Strings through an Image one."""
+    image = Recorded('/camera/image_raw', 'sensor_msgs/msg/Image')
+    told = Recorded('/instruction', 'std_msgs/msg/String')
+    with pytest.raises(BagError) as raised:
+        published_types([image, told], {'/camera/image_raw': '/instruction'})
+    assert str(raised.value) == (
+        '--remap /camera/image_raw:=/instruction: /camera/image_raw (sensor_msgs/msg/Image) '
+        'and /instruction (std_msgs/msg/String) would both be published on /instruction, and '
+        'a topic has one type; remap one of them elsewhere, or leave one out with --topics')
+    # Names are compared as the node expands them: 'instruction' is /instruction at the root.
+    with pytest.raises(BagError, match='would both be published on /instruction'):
+        published_types([image, told], {'/camera/image_raw': 'instruction'},
+                        lambda name: name if name.startswith('/') else f'/{name}')
+    # Not played together, or of one type (two cameras merged): nothing to refuse.
+    assert published_types([told], {'/camera/image_raw': '/instruction'}) == {
+        '/instruction': 'std_msgs/msg/String'}
+    left = Recorded('/left/image_raw', 'sensor_msgs/msg/Image')
+    assert published_types([image, left, told], {'/camera/image_raw': '/image',
+                                                 '/left/image_raw': '/image'}) == {
+        '/image': 'sensor_msgs/msg/Image', '/instruction': 'std_msgs/msg/String'}
 
 
 class Terminal(io.StringIO):

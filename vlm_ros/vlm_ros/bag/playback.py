@@ -13,6 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rclpy.duration import Duration
+from rclpy.exceptions import InvalidTopicNameException
+from rclpy.expand_topic_name import expand_topic_name
+from rclpy.validate_full_topic_name import validate_full_topic_name
+from rclpy.validate_topic_name import validate_topic_name
 
 from .storage import BagError
 
@@ -21,7 +25,8 @@ def parse_remaps(items: list, known: set) -> dict:
     """Turn ['FROM:=TO', ...] (ros2 bag play's --remap syntax) into {FROM: TO}.
 
     FROM must be a topic of the recording (``known``): a misspelt one would leave the topic
-    played under its recorded name, and the node waiting for it.
+    played under its recorded name, and the node waiting for it. TO must be a topic name ROS
+    accepts (relative, ~ and {node} included), checked before anything is published.
     """
     remaps = {}
     for item in items:
@@ -31,8 +36,39 @@ def parse_remaps(items: list, known: set) -> dict:
         if source not in known:
             raise BagError(f'--remap {item}: {source} is not a topic of the recording; it has '
                            f'{sorted(known)}')
+        try:
+            validate_topic_name(target)
+            validate_full_topic_name(expand_topic_name(target, 'vlm_replay', '/'))
+        except (InvalidTopicNameException, ValueError) as exc:
+            # rclpy's text: 'Invalid topic name: REASON:' and a caret under the name, or
+            # "topic name 'TO' is invalid: REASON, at FILE:LINE"
+            reason = str(exc).splitlines()[0].split(', at ')[0].rstrip(':').split(': ', 1)[-1]
+            raise BagError(f'--remap {item}: {target!r} is not a valid topic name: {reason}') \
+                from exc
         remaps[source] = target
     return remaps
+
+
+def published_types(connections, remaps: dict, resolve: Callable[[str], str] = str) -> dict:
+    """Return {name to publish on: message type} of the played connections under remaps.
+
+    BagError when two recorded topics of different types would be published on one topic
+    (names compared as ``resolve`` expands them: 'image' and '/image' are one topic in the root
+    namespace): a topic has one type, and one publisher would carry the other's messages.
+    """
+    types, first = {}, {}
+    for connection in connections:
+        name = remaps.get(connection.topic, connection.topic)
+        other = first.setdefault(resolve(name), connection)
+        if other.msgtype != connection.msgtype:
+            given = [f'{t}:={remaps[t]}' for t in (other.topic, connection.topic) if t in remaps]
+            remap = f'--remap {" ".join(given)}: ' if given else ''
+            raise BagError(f'{remap}{other.topic} ({other.msgtype}) and '
+                           f'{connection.topic} ({connection.msgtype}) would both be published '
+                           f'on {resolve(name)}, and a topic has one type; remap one of them '
+                           'elsewhere, or leave one out with --topics')
+        types.setdefault(name, connection.msgtype)
+    return types
 
 
 def select_connections(connections, topics: list) -> list:
@@ -136,3 +172,10 @@ class Progress:
         self._last = now
         self.stream.write('\r' + self.line(bag_s, count) + ('\n' if final else ''))
         self.stream.flush()
+
+
+def played(sent: dict, seconds=None) -> str:
+    """Return 'N messages [in S s] (topic n, ...)': what a replay has played, by topic."""
+    topics = ', '.join(f'{topic} {n}' for topic, n in sorted(sent.items()))
+    took = '' if seconds is None else f' in {seconds:.2f} s'
+    return f'{sum(sent.values())} messages{took} ({topics or "nothing"})'

@@ -27,12 +27,22 @@ from .playback import (
     Clock,
     Progress,
     parse_remaps,
+    played,
+    published_types,
     select_connections,
     wait_acknowledged,
     wait_for_peers,
 )
 from .recorder import Recorder, message_class
-from .storage import IMAGE_TYPES, PLAN_TYPE, STRING_TYPE, BagError, cdr_converter, open_bag
+from .storage import (
+    IMAGE_TYPES,
+    PLAN_TYPE,
+    STRING_TYPE,
+    BagError,
+    DamagedBagError,
+    cdr_converter,
+    open_bag,
+)
 
 # Reliable publishers reach best-effort subscribers too (a camera subscription) and lose nothing
 # on the way to reliable ones (instructions); depth covers a burst of frames on loopback.
@@ -68,13 +78,9 @@ class Replay(Node):
             recorded = topics.instruction_topic(self._reader, None, required=False)
             self._connections = [c for c in self._connections if c.topic != recorded]
         remaps = parse_remaps(args.remap, {c.topic for c in self._reader.connections})
-        self._outputs, types = {}, {}
-        for connection in self._connections:
-            topic = remaps.get(connection.topic, connection.topic)
-            if topic not in self._outputs:
-                self._outputs[topic] = self.create_publisher(
-                    message_class(connection.msgtype), topic, PLAY_QOS)
-                types[topic] = connection.msgtype
+        types = published_types(self._connections, remaps, self.resolve_topic_name)
+        self._outputs = {topic: self.create_publisher(message_class(msgtype), topic, PLAY_QOS)
+                         for topic, msgtype in types.items()}
         if self._asked:
             self._asked_pub = self.create_publisher(String, ASKED_TOPIC, PLAY_QOS)
             self._outputs.setdefault(ASKED_TOPIC, self._asked_pub)
@@ -83,7 +89,7 @@ class Replay(Node):
         self._inputs = [t for t in self._outputs if types[t] == STRING_TYPE and
                         topics.is_instruction_name(t)]
         self._targets = {c.id: remaps.get(c.topic, c.topic) for c in self._connections}
-        self._to_cdr = {c.id: cdr_converter(self._reader, c.msgtype) for c in self._connections}
+        self._to_cdr = {c.id: cdr_converter(self._reader, c) for c in self._connections}
         self.sent = Counter()
         self._recorder = Recorder(self, args.record, args.record_topics, args.storage,
                                   args.echo) if args.record else None
@@ -102,14 +108,18 @@ class Replay(Node):
                 self._play_once()
                 if not self.args.loop:
                     break
-            played = time.monotonic() - started
+            seconds = time.monotonic() - started
             for warning in wait_acknowledged(self._outputs, ACKED_S, self._stop):
                 self.get_logger().warning(warning)
             self._linger()
             self._played.set()
-            self._report(played)
+            self._report(seconds)
             if self._recorder is not None:
                 self._recorder.close()  # a write that failed is known here: exit 1
+        except DamagedBagError as exc:  # bad input, found as it is played: what was played is said
+            print(f'vlm_replay: {exc}; played {played(self.sent)} before it', file=sys.stderr,
+                  flush=True)
+            self.code = exc.exit_code
         except BagError as exc:
             self.get_logger().error(str(exc))
             self.code = 1
@@ -155,30 +165,33 @@ class Replay(Node):
                     self._reader.messages(self._connections, start=start_ns))
         asked = ((i.bag_time_ns, 1, None, i.text) for i in self._asked
                  if i.bag_time_ns >= start_ns)
-        # On equal times the recorded message goes first: a frame logged with an instruction
-        # was there to be seen, as vlm_eval pairs them.
-        for log_ns, _, connection, data in heapq.merge(recorded, asked,
-                                                       key=lambda e: e[:2]):
-            if not clock.wait(log_ns, self._stop):
-                break
-            if connection is None:
-                topic = ASKED_TOPIC
-                self._asked_pub.publish(String(data=data))
-            else:
-                topic = self._targets[connection.id]
-                self._outputs[topic].publish(self._to_cdr[connection.id](data))
-            self.sent[topic] += 1
-            count += 1
-            progress.update((log_ns - start_ns) / 1e9, count)
+        try:
+            # On equal times the recorded message goes first: a frame logged with an
+            # instruction was there to be seen, as vlm_eval pairs them.
+            for log_ns, _, connection, data in heapq.merge(recorded, asked,
+                                                           key=lambda e: e[:2]):
+                if not clock.wait(log_ns, self._stop):
+                    break
+                if connection is None:
+                    topic = ASKED_TOPIC
+                    self._asked_pub.publish(String(data=data))
+                else:
+                    topic = self._targets[connection.id]
+                    self._outputs[topic].publish(self._to_cdr[connection.id](data, log_ns))
+                self.sent[topic] += 1
+                count += 1
+                progress.update((log_ns - start_ns) / 1e9, count)
+        except DamagedBagError:  # the bar ends where the damage is, the error on its own line
+            progress.update((log_ns - start_ns) / 1e9 if count else 0.0, count, final=True)
+            raise
         progress.update((self._reader.end_time - start_ns) / 1e9, count, final=True)
 
     def _publish_clock(self) -> None:
         """Publish the bag time now being played (as ros2 bag play --clock does)."""
         clock = self._timing  # not _clock: rclpy.Node keeps its ROS clock there
         if clock is not None and not self.done.is_set():
-            now_ns = clock.bag_time(time.monotonic())
-            self._clock_pub.publish(ClockMsg(clock=Time(sec=now_ns // 10**9,
-                                                        nanosec=now_ns % 10**9)))
+            sec, nanosec = divmod(clock.bag_time(time.monotonic()), 10**9)
+            self._clock_pub.publish(ClockMsg(clock=Time(sec=sec, nanosec=nanosec)))
 
     def _linger(self) -> None:
         """With --record, wait until every replayed instruction has been answered by a Plan.
@@ -206,10 +219,8 @@ class Replay(Node):
             self.code = 1
 
     def _report(self, seconds: float) -> None:
-        sent = ', '.join(f'{topic} {n}' for topic, n in sorted(self.sent.items()))
         cut = ', interrupted' if self._interrupted else ''
-        print(f'vlm_replay: played {sum(self.sent.values())} messages in {seconds:.2f} s '
-              f'({sent or "nothing"}){cut}', file=sys.stderr, flush=True)
+        print(f'vlm_replay: played {played(self.sent, seconds)}{cut}', file=sys.stderr, flush=True)
         if self._recorder is not None:
             got = ', '.join(f'{t} {n}' for t, n in sorted(self._recorder.counts.items()))
             print(f'vlm_replay: recorded {got or "nothing"} into {self.args.record}',

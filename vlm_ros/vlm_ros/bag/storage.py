@@ -14,13 +14,21 @@ import functools
 import io
 import pathlib
 
+import apsw
 from ament_index_python.packages import get_package_share_directory
 from rosbags.convert.converter import generate_message_converter
 from rosbags.highlevel import AnyReader
-from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
+from rosbags.rosbag1 import ReaderError as Ros1ReaderError
+from rosbags.rosbag2 import CompressionFormat, CompressionMode, ReaderError, StoragePlugin, Writer
+from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from ..engine.errors import VlmError
+
+try:
+    from compression import zstd  # Python 3.14; rosbags decompresses with it where it is
+except ImportError:
+    from backports import zstd
 
 STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
@@ -34,11 +42,32 @@ TARGETS_TYPE, SOURCES_TYPE = 'vlm_ros_msgs/msg/PlanTargets', 'vlm_ros_msgs/msg/I
 BAG_VERSION = 8
 
 
+# What rosbags raises reading a recording damaged past its index, found by overwriting bytes of
+# recordings of every storage: its readers' ReaderErrors; the chunk and message decompressors'
+# (zstd's ZstdError, lz4's RuntimeError, bz2's OSError and ValueError); SQLite's apsw.Error;
+# and, where garbage is read as a length, an index or a name, OverflowError, KeyError,
+# UnicodeDecodeError (a ValueError) and the ROS 1 reader's AssertionError.
+DAMAGE = (ReaderError, Ros1ReaderError, zstd.ZstdError, RuntimeError, OSError, ValueError,
+          apsw.Error, OverflowError, KeyError, AssertionError)
+
+
 class BagError(VlmError):
     """A recording that cannot be opened or written; the text says which file and why."""
 
     def __init__(self, message: str, cause=None):
         super().__init__('bad_input', message, cause=cause)
+
+
+class DamagedBagError(BagError):
+    """A recording that opened but cannot be read on from some point: bad input, found late."""
+
+
+def damage_reason(exc: BaseException) -> str:
+    """Return what a reader said of the damage; the type where its text alone says nothing."""
+    text = str(exc)
+    if isinstance(exc, (KeyError, AssertionError, OverflowError)) or not text:
+        return f'inconsistent records ({type(exc).__name__}{": " + text if text else ""})'
+    return text
 
 
 @functools.cache
@@ -54,10 +83,37 @@ def typestore():
 
 
 class OpenBag(AnyReader):
-    """An AnyReader that open_bag has opened already: ``with`` only closes it at the end."""
+    """An AnyReader that open_bag has opened already: ``with`` only closes it at the end.
+
+    Its messages() raises DamagedBagError, saying where, for a recording damaged past its index:
+    the first message it cannot read ends the reading, and rosbags' own error names neither the
+    file nor the point of the recording.
+    """
 
     def __enter__(self):
         return self
+
+    def messages(self, connections=(), start=None, stop=None):
+        """Yield (connection, log_ns, raw bytes) as AnyReader.messages does, or DamagedBagError."""
+        source = super().messages(connections, start, stop)
+        reached = self.start_time if start is None else max(start, self.start_time)
+        with contextlib.closing(source):  # also when the caller stops reading early
+            while True:
+                try:
+                    item = next(source)
+                except StopIteration:
+                    return
+                except DAMAGE as exc:
+                    raise self.damaged(reached, damage_reason(exc), exc) from exc
+                reached = item[1]
+                yield item
+
+    def damaged(self, log_ns: int, reason: str, cause=None) -> DamagedBagError:
+        """Return the DamagedBagError of damage found at log_ns (the last time read before it)."""
+        length = (self.end_time - self.start_time) / 1e9
+        return DamagedBagError(f'{self.paths[0]}: the recording is damaged at '
+                               f'{(log_ns - self.start_time) / 1e9:.3f} s of its '
+                               f'{length:.3f} s: {reason}', cause)
 
 
 READABLE = 'a rosbag2 directory (MCAP or SQLite3), one .mcap or .db3 file, or a ROS 1 .bag'
@@ -81,21 +137,30 @@ def open_bag(path) -> OpenBag:
     return reader
 
 
-def cdr_converter(reader, msgtype: str):
-    """Return a function from one recorded message's bytes to its CDR bytes (for publishing).
+def cdr_converter(reader, connection):
+    """Return a function from a connection's recorded message (bytes, log time) to its CDR.
 
     rosbag2 stores CDR already. A ROS 1 message is decoded with the bag's own definitions and
-    encoded as the ROS 2 type of the same name (a ROS 1 Header's seq is dropped, say).
+    encoded as the ROS 2 type of the same name (a ROS 1 Header's seq is dropped, say); bytes
+    that are no such message raise the reader's DamagedBagError.
     """
     if reader.is2:
-        return bytes
+        return lambda data, _log_ns: bytes(data)
+    msgtype = connection.msgtype
     if msgtype not in typestore().fielddefs:
         raise BagError(f'{msgtype} of the ROS 1 recording has no ROS 2 counterpart here; '
                        'play the other topics with --topics')
     with contextlib.redirect_stdout(io.StringIO()):  # it prints which types it migrates
         convert = generate_message_converter(reader.typestore, typestore(), msgtype, msgtype,
                                              {}, src_is2=False, dst_is2=True)
-    return lambda data: bytes(convert(data))
+
+    def to_cdr(data, log_ns: int) -> bytes:
+        try:
+            return bytes(convert(data))
+        except SerdeError as exc:
+            raise reader.damaged(log_ns, f'a message of {connection.topic} is no {msgtype} '
+                                 f'({exc})', exc) from exc
+    return to_cdr
 
 
 @contextlib.contextmanager

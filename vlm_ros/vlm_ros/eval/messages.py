@@ -3,7 +3,9 @@
 rosbags raises AnyReaderError on bytes that are no message of their topic's type (a damaged
 recording, one written with another definition of the type), and its traceback names neither
 the topic nor the message. vlm_eval and vlm_export promise one line and exit 2 for a bad
-recording (docs/RECORDINGS.md), so every message they decode comes through here.
+recording (docs/RECORDINGS.md), so every message they decode comes through here. A recording
+whose storage cannot be read on (a damaged chunk) fails in the reader itself, with the
+DamagedBagError of storage.OpenBag.messages.
 """
 
 from collections import Counter
