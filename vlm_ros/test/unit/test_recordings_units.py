@@ -8,7 +8,8 @@ tools get the instructions from the command line, by the same rules.
 
 import pytest
 from vlm_ros.bag.instructions import from_file, repeated
-from vlm_ros.bag.storage import BagError
+from vlm_ros.bag.storage import STRING_TYPE, BagError, open_bag, serialize
+from vlm_ros.bag.writer_thread import WriterThread
 
 T0 = 1_767_225_600 * 10**9
 
@@ -48,3 +49,16 @@ def test_schedules_outside_the_recording_are_refused():
         repeated('go', [T0], T0, T0 + 10**9, at=5.0)
     with pytest.raises(BagError, match='only 2 frames'):
         repeated('go', [T0, T0 + 1], T0, T0 + 10**9, every=3)
+
+
+def test_a_recording_the_disk_cannot_keep_up_with_drops_what_would_not_fit_and_fails(tmp_path):
+    """Messages wait in memory for the disk up to a bound: the rest is dropped, and said."""
+    writer = WriterThread(tmp_path / 'bag', 'mcap', {'/plan': STRING_TYPE}, max_queued=1000)
+    plan = writer.connections['/plan']
+    writer.write(plan, 1, serialize(STRING_TYPE, data='x' * 100))
+    writer.write(plan, 2, serialize(STRING_TYPE, data='y' * 2000))  # more than may ever wait
+    with pytest.raises(BagError, match='the disk did not keep up: 1 messages dropped, beyond '
+                       '1000 bytes waiting for it'):
+        writer.close()
+    with open_bag(tmp_path / 'bag') as reader:
+        assert [log_ns for _, log_ns, _ in reader.messages()] == [1]
