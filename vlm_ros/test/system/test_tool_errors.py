@@ -23,6 +23,8 @@ from waiting import wait_until
 CASES = [
     ('vlm_replay', ['{txt}'], 'is not a recording'),
     ('vlm_replay', ['{garbage}'], 'cannot open'),
+    ('vlm_replay', ['{bad_metadata}'], 'cannot open'),  # a YAML error's lines, in one
+    ('vlm_eval', ['{pi}', '--model', 'm', '--instructions', '{bad_yaml}'], 'not valid YAML'),
     ('vlm_eval', ['{txt}', '--model', 'm'], 'is not a recording'),
     ('vlm_eval', ['{pi}', '--model', 'm'], '--instructions FILE or --instruction TEXT'),
     ('vlm_eval', ['{pi}', '--model', 'm', '--instruction', 'go', '--every', '9'],
@@ -149,6 +151,9 @@ def inputs(tmp_path_factory):
     where = tmp_path_factory.mktemp('inputs')
     (where / 'notes.txt').write_text('not a recording\n')
     (where / 'garbage.bag').write_bytes(b'#ROSBAG V2.0\n' + bytes(range(256)) * 4)
+    (where / 'bad.yaml').write_text('- text: [unclosed\n')
+    (where / 'bad_metadata').mkdir()
+    (where / 'bad_metadata' / 'metadata.yaml').write_text('rosbag2_bagfile_information: [\n')
     write_ros1_bag(where / 'pi.bag', [(10**18 + k * 10**8, scene('red'), f'f{k}')
                                       for k in range(3)])
     write_ros1_custom_bag(where / 'custom.bag')
@@ -159,7 +164,8 @@ def inputs(tmp_path_factory):
     return {'txt': where / 'notes.txt', 'garbage': where / 'garbage.bag',
             'custom': where / 'custom.bag', 'undecodable': where / 'undecodable',
             'undecodable_plans': where / 'undecodable_plans',
-            'pi': where / 'pi.bag', 'missing': where / 'missing-model'}
+            'pi': where / 'pi.bag', 'missing': where / 'missing-model',
+            'bad_yaml': where / 'bad.yaml', 'bad_metadata': where / 'bad_metadata'}
 
 
 @pytest.mark.parametrize(('tool', 'args', 'reason'), CASES,

@@ -39,7 +39,7 @@ def parse_entries(path: pathlib.Path, text: str) -> list:
     try:
         entries = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise bad(str(path), f'not valid YAML: {exc}') from exc
+        raise bad(str(path), f"not valid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(entries, list):
         raise bad(str(path), f'need a list of entries, got {type(entries).__name__}')
     return entries

@@ -133,7 +133,8 @@ def open_bag(path) -> OpenBag:
         reader = OpenBag([path], default_typestore=typestore())
         reader.open()
     except Exception as exc:  # noqa: BLE001 - rosbags raises several unrelated types
-        raise BagError(f'cannot open {path} as {READABLE}: {exc}', exc) from exc
+        raise BagError(f"cannot open {path} as {READABLE}: {' '.join(str(exc).split())}",
+                       exc) from exc  # one line: a YAML error spans several
     return reader
 
 
