@@ -9,25 +9,18 @@ accepted/execute pattern, like ~/generate_plan: no executor thread waits for the
 from collections.abc import Callable
 from typing import Optional
 
-from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.action import CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 
 from vlm_ros_msgs.action import ExecutePlan
 from vlm_ros_msgs.msg import PlanProgress
 
 from ..compat import execute_goal, steady_timer
-from .goal_book import (
-    CLIENT_CHECK_PERIOD,
-    CLIENT_GONE,
-    RESULT_TIMEOUT,
-    GoalBook,
-    Orphans,
-    action_clients,
-)
+from .goal_book import CLIENT_CHECK_PERIOD, CLIENT_GONE, GoalBook, Orphans, action_clients
 from .jobs import Job, Outcome, Status
 from .messages import plan_msg
 from .plan_execution import PlanExecution
-from .requests import CANCELLED_BY_CLIENT, REQUESTS_QOS, Serving
+from .requests import CANCELLED_BY_CLIENT, Serving, action_server
 from .scheduler import cancel_job
 
 
@@ -54,12 +47,10 @@ class ExecutePlanServer:
         self._execution = execution
         self._goals = GoalBook()  # records: _Goal
         group = ReentrantCallbackGroup()
-        self._server = ActionServer(
-            node, ExecutePlan, '~/execute_plan', execute_callback=self._execute,
+        self._server = action_server(
+            node, ExecutePlan, '~/execute_plan', group, execute_callback=self._execute,
             goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
-            cancel_callback=self._on_cancel, goal_service_qos_profile=REQUESTS_QOS,
-            result_service_qos_profile=REQUESTS_QOS, cancel_service_qos_profile=REQUESTS_QOS,
-            callback_group=group, result_timeout=RESULT_TIMEOUT)
+            cancel_callback=self._on_cancel)
         # A supervisor (behaviour tree) that died leaves no one to stop the robot's plan.
         self._orphans = Orphans(action_clients(node, '~/execute_plan'))
         steady_timer(node, CLIENT_CHECK_PERIOD, self._end_orphaned_goals, group)

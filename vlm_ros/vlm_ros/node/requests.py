@@ -58,6 +58,17 @@ CANCEL_GRACE = 5.0  # s a given-up query waits for its cancelled job's answer
 # takes them overwrites one, and its caller waits forever. Every request is kept instead, and
 # one the worker has no room for is answered at once (STATUS_DROPPED, queue full).
 REQUESTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def action_server(node, action_type, name: str, group, **callbacks) -> ActionServer:
+    """Serve an action as both of the node's servers do.
+
+    Every request is kept (REQUESTS_QOS), and an ended goal's result RESULT_TIMEOUT s.
+    """
+    return ActionServer(node, action_type, name, goal_service_qos_profile=REQUESTS_QOS,
+                        result_service_qos_profile=REQUESTS_QOS,
+                        cancel_service_qos_profile=REQUESTS_QOS, callback_group=group,
+                        result_timeout=RESULT_TIMEOUT, **callbacks)
 CANCELLED_BY_CLIENT = 'cancelled by the action client'
 
 
@@ -130,12 +141,10 @@ class RequestEndpoints:
                           for kind, name, make, fill in served]
         self._destroy_service = node.destroy_service
         self._orphans = Orphans(action_clients(node, '~/generate_plan'))
-        self._action = ActionServer(
-            node, GeneratePlan, '~/generate_plan', execute_callback=self._execute,
+        self._action = action_server(
+            node, GeneratePlan, '~/generate_plan', group, execute_callback=self._execute,
             goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
-            cancel_callback=self._on_cancel, goal_service_qos_profile=REQUESTS_QOS,
-            result_service_qos_profile=REQUESTS_QOS, cancel_service_qos_profile=REQUESTS_QOS,
-            callback_group=group, result_timeout=RESULT_TIMEOUT)
+            cancel_callback=self._on_cancel)
         steady_timer(node, CLIENT_CHECK_PERIOD, self._every_period, group)
 
     def busy(self) -> bool:
