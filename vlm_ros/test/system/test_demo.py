@@ -189,6 +189,14 @@ def test_a_failed_demo_run_keeps_the_previous_report(demo_run, tmp_path):
     assert 'MODEL=tiny' not in err  # the hint is for a hub model that cannot be had offline
 
 
+def test_a_head_setting_refused_ends_the_demo_with_the_heads_reason(demo_run):
+    """STEP_TIME=1 is an integer to rcl: the head refuses it, and the demo says so at once."""
+    code, _, err = run_demo({**os.environ, 'MODEL': 'tiny', 'OUT': str(demo_run[0]),
+                             'DEVICE': 'cpu', 'STEP_TIME': '1'})
+    assert code == 1 and 'demo: scripted_vla_head could not start' in err, err[-3000:]
+    assert '(a double is written with a decimal point: 1.0, not 1)' in err, err[-3000:]
+
+
 def test_ctrl_c_during_the_replay_says_where_the_partial_output_is(demo_run, test_node):
     """Ctrl-C in a terminal signals the demo's whole process group, as killpg does here.
 
