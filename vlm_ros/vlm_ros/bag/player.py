@@ -14,6 +14,7 @@ import threading
 import time
 import traceback
 from collections import Counter
+from types import SimpleNamespace
 
 from builtin_interfaces.msg import Time
 from rclpy.node import Node
@@ -78,13 +79,11 @@ class Replay(Node):
             recorded = topics.instruction_topic(self._reader, None, required=False)
             self._connections = [c for c in self._connections if c.topic != recorded]
         remaps = parse_remaps(args.remap, {c.topic for c in self._reader.connections})
-        types = published_types(self._connections, remaps, self.resolve_topic_name)
+        asked = [SimpleNamespace(topic=ASKED_TOPIC, msgtype=STRING_TYPE)] if self._asked else []
+        types = published_types([*self._connections, *asked], remaps, self.resolve_topic_name)
         self._outputs = {topic: self.create_publisher(message_class(msgtype), topic, PLAY_QOS)
                          for topic, msgtype in types.items()}
-        if self._asked:
-            self._asked_pub = self.create_publisher(String, ASKED_TOPIC, PLAY_QOS)
-            self._outputs.setdefault(ASKED_TOPIC, self._asked_pub)
-            types.setdefault(ASKED_TOPIC, STRING_TYPE)
+        self._asked_pub = self._outputs.get(ASKED_TOPIC)  # --instruction's, with --instruction
         self._cameras = [t for t in self._outputs if types[t] in IMAGE_TYPES]
         self._inputs = [t for t in self._outputs if types[t] == STRING_TYPE and
                         topics.is_instruction_name(t)]
