@@ -200,14 +200,14 @@ def test_a_head_setting_refused_ends_the_demo_with_the_heads_reason(demo_run):
 def test_ctrl_c_during_the_replay_says_where_the_partial_output_is(demo_run, test_node):
     """Ctrl-C in a terminal signals the demo's whole process group, as killpg does here.
 
-    This run's node and head take the demo's other settings: each reaches its process. The
-    discovery range is left to the demo, which keeps it on this machine.
+    This run's node, head and replay take the demo's other settings: each reaches its process.
+    The discovery range is left to the demo, which keeps it on this machine.
     """
     out, _, _ = demo_run
     before = {p: p.read_bytes() for p in (out / 'report').iterdir()}
     env = {**os.environ, 'MODEL': 'tiny', 'OUT': str(out), 'DEVICE': 'cpu', 'RATE': '0.01',
            'CAPTION_RATE': '0.25', 'EXECUTE': 'false', 'PROCESSOR_KWARGS': '',
-           'HEAD_SCRIPT': 'fail,succeed', 'STEP_TIME': '0.05'}
+           'HEAD_SCRIPT': 'fail,succeed', 'STEP_TIME': '0.05', 'LOAD_TIMEOUT': '77'}
     for name in loopback_discovery():  # the distro's variable: a range, or localhost only
         env.pop(name)
     proc = start_demo(env)
@@ -221,9 +221,11 @@ def test_ctrl_c_during_the_replay_says_where_the_partial_output_is(demo_run, tes
         head = fetch_parameters(test_node.node, '/scripted_vla_head', TIMEOUT,
                                 threading.Event())
         assert (head['script'], head['step_time']) == ('fail,succeed', 0.05), head
-        discovery = environment_of(proc.pid, 'vlm_node')
+        discovery, _ = process_of(proc.pid, 'vlm_node')
         assert {name: discovery.get(name) for name in loopback_discovery()} == \
             loopback_discovery()
+        _, replay = process_of(proc.pid, 'vlm_replay')
+        assert ' --rate 0.01 ' in replay and ' --wait-for-subscribers 77 ' in replay, replay
         os.killpg(proc.pid, signal.SIGINT)
         code, _, err = wait_exit(proc, 120)
     finally:
@@ -235,17 +237,23 @@ def test_ctrl_c_during_the_replay_says_where_the_partial_output_is(demo_run, tes
     assert 'vlm_replay: played' in err and 'interrupted' in err, err[-3000:]
 
 
-def environment_of(group: int, program: str) -> dict:
-    """Return the environment of a process of the group whose command line names program."""
+def process_of(group: int, program: str) -> tuple:
+    """Return (environment, command line) of a process of the group whose command names program.
+
+    The command line's words are joined by spaces, with one at each end.
+    """
     for entry in pathlib.Path('/proc').iterdir():
         try:
-            if not entry.name.isdigit() or os.getpgid(int(entry.name)) != group or \
-                    program not in (entry / 'cmdline').read_bytes().decode(errors='replace'):
+            if not entry.name.isdigit() or os.getpgid(int(entry.name)) != group:
+                continue
+            command = (entry / 'cmdline').read_bytes().decode(errors='replace').split('\0')
+            if program not in ' '.join(command):
                 continue
             variables = (entry / 'environ').read_bytes().decode(errors='replace').split('\0')
         except OSError:  # ended meanwhile
             continue
-        return dict(item.split('=', 1) for item in variables if '=' in item)
+        return (dict(item.split('=', 1) for item in variables if '=' in item),
+                f" {' '.join(command)} ")
     raise AssertionError(f'no process of group {group} runs {program}')
 
 
