@@ -20,7 +20,7 @@ def test_node_mode_drives_a_vlm_node_at_each_batch_size(rclpy_context):
             line.split('|')[1].strip().isdigit()]
     assert [row[1].strip() for row in rows] == ['1', '3'], stdout
     assert all(int(row[3]) + int(row[4]) == 6 for row in rows), stdout  # 3 streams x 2 each
-    assert 'concurrent instruction streams' in stdout
+    assert ': 3 concurrent instruction streams x 2 each, 4 new tokens max,' in stdout, stdout
     # What the node reported, from --decode-mode and --cpu-threads (its default here:
     # conftest's OMP_NUM_THREADS, 1), and its batch_wait and processor_kwargs as it has them.
     assert 'static decoding, 2 CPU threads, processor {"truncation": false},' in stdout, stdout
