@@ -30,7 +30,11 @@ from typing import Optional
 
 import rclpy
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.exceptions import InvalidHandle, ParameterException
+from rclpy.exceptions import (
+    InvalidHandle,
+    InvalidParameterTypeException,
+    InvalidParameterValueException,
+)
 from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
@@ -272,7 +276,7 @@ def ros_arguments_only(about: str, parameters: Collection[str],
     return 2
 
 
-def refused_parameter(exc: ParameterException) -> str:
+def refused_parameter(exc: Exception) -> str:
     """Say why rclpy refused a parameter's launch value, and how to write a double.
 
     ``-p step_time:=1`` is an integer to rcl, and a double parameter refuses it.
@@ -335,7 +339,7 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
     try:
         try:
             node = make_node()
-        except ParameterException as exc:  # a -p value of the wrong type or out of range
+        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:  # -p's
             print(f'{tool}: {refused_parameter(exc)}', file=sys.stderr, flush=True)
             return 2
         done = getattr(node, 'done', threading.Event())

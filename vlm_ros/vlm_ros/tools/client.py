@@ -16,6 +16,7 @@ import sys
 import threading
 
 from action_msgs.msg import GoalStatus
+from action_msgs.srv import CancelGoal
 from rcl_interfaces.msg import ParameterType
 from rclpy.exceptions import NameValidationException
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
@@ -87,8 +88,8 @@ class Client(Node):
         self.args = args
         self.done = threading.Event()
         self.code = 0
-        self._lock = threading.Lock()  # done or interrupted: whichever comes first counts
-        self._interrupted = False
+        self._lock = threading.Lock()  # answered or interrupted: whichever comes first counts
+        self._answered = self._interrupted = False
         self._goal = None  # the plan's goal, once sent (a future): cancelled if interrupted
         self.remote = Remote(self, '/' + args.node.strip('/'), args.timeout)
         self._first_caption = threading.Event()
@@ -109,27 +110,30 @@ class Client(Node):
         with self._lock:
             self.done.set()
 
-    def _fail(self, code: int, reason: str) -> None:
-        """Print the reason as one line (a node's message may hold newlines); keep the code.
+    def _answering(self) -> bool:
+        """Claim the exit for the verb's answer or failure, before it is said.
 
-        Not once interrupted: that is the reason given, and the exit status.
+        False once a signal has claimed it (shutdown_gracefully): that is then all that is said.
         """
         with self._lock:
-            if self._interrupted:
-                return
+            self._answered = not self._interrupted
+            return self._answered
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Print the reason as one line (a node's message may hold newlines); keep the code."""
+        if self._answering():
             print(f"vlm_client: {' '.join(reason.split())}", file=sys.stderr, flush=True)
             self.code = code
 
     def shutdown_gracefully(self) -> None:
-        """On SIGINT or SIGTERM (spin_main): a verb not done exits 130, its plan cancelled.
+        """On SIGINT or SIGTERM (spin_main): a verb not answered exits 130, its plan cancelled.
 
         A script must not take an interrupted plan for an answered one, and the node should not
         go on generating for nobody. caption --follow runs until interrupted: once it printed a
         caption, that is its end, exit 0.
         """
         with self._lock:
-            if self.done.is_set() or (self.args.command == 'caption' and self.args.follow and
-                                      self._first_caption.is_set()):
+            if self._answered or self.done.is_set():
                 return
             self._interrupted = True
         print(f'vlm_client: interrupted before the answer{self._cancel_goal()}',
@@ -146,9 +150,14 @@ class Client(Node):
                 self._goal.result() is None or not self._goal.result().accepted:
             return ''  # not accepted (yet): nothing runs for this client
         answered.clear()
-        self._goal.result().cancel_goal_async().add_done_callback(lambda _: answered.set())
-        return ('; the goal was cancelled' if answered.wait(CANCEL_WAIT) else
-                f"; the goal's cancel was not answered within {CANCEL_WAIT:g} s")
+        cancel = self._goal.result().cancel_goal_async()
+        cancel.add_done_callback(lambda _: answered.set())
+        if not answered.wait(CANCEL_WAIT) or cancel.exception() is not None:
+            return f"; the goal's cancel was not answered within {CANCEL_WAIT:g} s"
+        response = cancel.result()
+        if response.return_code == CancelGoal.Response.ERROR_NONE and response.goals_canceling:
+            return '; the goal was cancelled'
+        return f'; the node did not cancel the goal (code {response.return_code}: it had ended?)'
 
     # plan, query, caption --------------------------------------------------------------
 
@@ -160,7 +169,10 @@ class Client(Node):
         client = ActionClient(self, GeneratePlan, f'{remote.name}/generate_plan')
         if not client.wait_for_server(timeout_sec=remote.timeout):
             raise remote.absent('generate_plan action server')
-        self._goal = client.send_goal_async(goal, feedback_callback=self._on_feedback)
+        with self._lock:  # a signal before the goal is sent: no goal to cancel, none sent
+            if self._interrupted:
+                return
+            self._goal = client.send_goal_async(goal, feedback_callback=self._on_feedback)
         handle = remote.wait(self._goal, 'the goal', remote.timeout, client.server_is_ready)
         if not handle.accepted:
             raise remote.not_active('rejected the goal')
@@ -170,6 +182,8 @@ class Client(Node):
         plan = result.result.plan
         if self._streamed:
             print('', file=sys.stderr)  # ends the progress line
+        if not self._answering():
+            return
         print_line(format_plan(plan))
         if result.status != GoalStatus.STATUS_SUCCEEDED and plan.status == Plan.STATUS_OK:
             raise ClientError(NOT_OK, f'{remote.name} ended the goal with status {result.status} '
@@ -193,7 +207,8 @@ class Client(Node):
                 request.image = read_image(self.args.image)
             response = self.remote.call(Query, 'query', request, None)
         self._check_answered(response)
-        print_line(response.answer)
+        if self._answering():
+            print_line(response.answer)
 
     def _ground(self) -> None:
         request = Ground.Request(phrase=self.args.text, camera=self.args.camera)
@@ -201,7 +216,8 @@ class Client(Node):
             request.image = read_image(self.args.image)
         response = self.remote.call(Ground, 'ground', request, None)
         self._check_answered(response)
-        print_line(format_ground(response))
+        if self._answering():
+            print_line(format_ground(response))
 
     def _check_answered(self, response) -> None:
         """Raise why a service's answer is not one: the node is not active, or it said why."""
@@ -253,7 +269,7 @@ class Client(Node):
 
     def _on_caption(self, msg: Caption) -> None:
         if (self.args.follow or not self._first_caption.is_set()) and \
-                not print_line(format_caption(msg)):
+                not (self._answering() and print_line(format_caption(msg))):
             self.done.set()  # `caption --follow | head`: the reader has what it wanted
         self._first_caption.set()
 
@@ -261,6 +277,8 @@ class Client(Node):
 
     def _state(self) -> None:
         state = self.remote.state()
+        if not self._answering():
+            return
         print_line(state)
         if state == 'unconfigured':
             why = self.remote.describe(state)
@@ -268,11 +286,15 @@ class Client(Node):
                 print(f'vlm_client: {why}', file=sys.stderr, flush=True)
 
     def _transition(self) -> None:
-        print_line(self.remote.transition(self.args.command))
+        state = self.remote.transition(self.args.command)
+        if self._answering():
+            print_line(state)
 
     def _param(self) -> None:
         if self.args.action == 'get':
-            print_line(format_value(self.remote.parameter(self.args.name)))
+            value = format_value(self.remote.parameter(self.args.name))
+            if self._answering():
+                print_line(value)
         else:
             self.remote.set_parameter(self.args.name, self.args.value)
 
