@@ -77,6 +77,36 @@ def read_image(path: str):
     return msg
 
 
+def cancel_goal(goal) -> str:
+    """Cancel a plan's goal (a send_goal future), if it was accepted; say what became of it."""
+    answered = threading.Event()
+    goal.add_done_callback(lambda _: answered.set())
+    if not answered.wait(CANCEL_WAIT) or goal.exception() is not None or \
+            goal.result() is None or not goal.result().accepted:
+        return ''  # not accepted (yet): nothing runs for this client
+    answered.clear()
+    cancel = goal.result().cancel_goal_async()
+    cancel.add_done_callback(lambda _: answered.set())
+    if not answered.wait(CANCEL_WAIT) or cancel.exception() is not None:
+        return f"; the goal's cancel was not answered within {CANCEL_WAIT:g} s"
+    response = cancel.result()
+    if response.return_code == CancelGoal.Response.ERROR_NONE and response.goals_canceling:
+        return '; the goal was cancelled'
+    return f'; the node did not cancel the goal (code {response.return_code}: it had ended?)'
+
+
+def check_caption_type(node: Node, topic: str) -> None:
+    """Refuse a topic that the graph says carries other types than Caption.
+
+    Fast DDS refuses a subscription of another type where it knows the topic's (an RCLError),
+    and where it does not yet, no message comes.
+    """
+    types = dict(node.get_topic_names_and_types()).get(topic, [])
+    if types and CAPTION_TYPE not in types:
+        raise ClientError(BAD_INPUT, f'{topic} carries {", ".join(types)}, not {CAPTION_TYPE}: '
+                          '--topic names a caption topic')
+
+
 class Client(Node):
     """One command, run on its own thread: the executor spins while it waits on replies.
 
@@ -136,28 +166,9 @@ class Client(Node):
             if self._answered or self.done.is_set():
                 return
             self._interrupted = True
-        print(f'vlm_client: interrupted before the answer{self._cancel_goal()}',
-              file=sys.stderr, flush=True)
+        cancelled = cancel_goal(self._goal) if self._goal is not None else ''
+        print(f'vlm_client: interrupted before the answer{cancelled}', file=sys.stderr, flush=True)
         self.code = INTERRUPTED
-
-    def _cancel_goal(self) -> str:
-        """Cancel the plan's goal, if one was sent; return what became of it, for the reason."""
-        if self._goal is None:
-            return ''
-        answered = threading.Event()
-        self._goal.add_done_callback(lambda _: answered.set())
-        if not answered.wait(CANCEL_WAIT) or self._goal.exception() is not None or \
-                self._goal.result() is None or not self._goal.result().accepted:
-            return ''  # not accepted (yet): nothing runs for this client
-        answered.clear()
-        cancel = self._goal.result().cancel_goal_async()
-        cancel.add_done_callback(lambda _: answered.set())
-        if not answered.wait(CANCEL_WAIT) or cancel.exception() is not None:
-            return f"; the goal's cancel was not answered within {CANCEL_WAIT:g} s"
-        response = cancel.result()
-        if response.return_code == CancelGoal.Response.ERROR_NONE and response.goals_canceling:
-            return '; the goal was cancelled'
-        return f'; the node did not cancel the goal (code {response.return_code}: it had ended?)'
 
     # plan, query, caption --------------------------------------------------------------
 
@@ -245,27 +256,16 @@ class Client(Node):
                               f'is 0 (start it with: vlm_client{node} param set caption_rate 1)')
         try:
             topic = self.resolve_topic_name(self.args.topic)
-            self._check_caption_type(topic)
+            check_caption_type(self, topic)
             self.create_subscription(Caption, topic, self._on_caption, 10)
         except (NameValidationException, _rclpy.RCLError) as exc:  # rcl's, without its source
             raise ClientError(BAD_INPUT, f"bad --topic: {one_line(exc).split(', at ')[0]}") \
                 from exc
         if not self._first_caption.wait(remote.timeout):
-            self._check_caption_type(topic)  # discovered meanwhile: the reason to give
+            check_caption_type(self, topic)  # discovered meanwhile: the reason to give
             raise ClientError(NOT_OK, f'no caption on {topic} within {remote.timeout:g} s')
         if self.args.follow:  # until a signal ends the process, or the node stops captioning
             raise remote.until_not_active(FOLLOW_CHECK)
-
-    def _check_caption_type(self, topic: str) -> None:
-        """Refuse a topic that the graph says carries other types than Caption.
-
-        Fast DDS refuses a subscription of another type where it knows the topic's (an
-        RCLError), and where it does not yet, no message comes.
-        """
-        types = dict(self.get_topic_names_and_types()).get(topic, [])
-        if types and CAPTION_TYPE not in types:
-            raise ClientError(BAD_INPUT, f'{topic} carries {", ".join(types)}, not '
-                              f'{CAPTION_TYPE}: --topic names a caption topic')
 
     def _on_caption(self, msg: Caption) -> None:
         if (self.args.follow or not self._first_caption.is_set()) and \
