@@ -12,6 +12,7 @@ import os
 import pathlib
 import sys
 from collections.abc import Callable
+from typing import Optional
 
 from ..engine import VlmError
 
@@ -42,14 +43,16 @@ def not_negative(text: str) -> float:
     return value
 
 
-def whole(text: str, low: int) -> int:
-    """Parse a whole number >= low (argparse.ArgumentTypeError saying why not)."""
+def whole(text: str, low: int, high: Optional[int] = None) -> int:
+    """Parse a whole number from low to high (argparse.ArgumentTypeError saying why not)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f'not a whole number: {text}') from None
     if value < low:
         raise argparse.ArgumentTypeError(f'must be >= {low}, got {text}')
+    if high is not None and value > high:
+        raise argparse.ArgumentTypeError(f'must be <= {high}, got {text}')
     return value
 
 

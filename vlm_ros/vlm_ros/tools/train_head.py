@@ -18,22 +18,13 @@ import argparse
 import os
 import pathlib
 import sys
+from functools import partial
 
-from ..bag.arguments import ArgumentParser, positive, positive_int, print_line, reported
+from ..bag.arguments import ArgumentParser, positive, positive_int, print_line, reported, whole
 from ..engine import VlmError
 
 MOST_HIDDEN = 8192
 MOST_CHUNK = 1024
-
-
-def count_up_to(most: int):
-    """Return an argparse type: a whole number from 1 to most."""
-    def parse(text: str) -> int:
-        value = positive_int(text)
-        if value > most:
-            raise argparse.ArgumentTypeError(f'must be <= {most}, got {text}')
-        return value
-    return parse
 
 
 def parse_args(argv):
@@ -42,9 +33,9 @@ def parse_args(argv):
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('dataset', help='a folder vlm_export wrote (dataset.npz, manifest.json)')
     parser.add_argument('--out', default='head.pt', help='the head file (replaced)')
-    parser.add_argument('--hidden', type=count_up_to(MOST_HIDDEN), default=256,
+    parser.add_argument('--hidden', type=partial(whole, low=1, high=MOST_HIDDEN), default=256,
                         help=f'hidden layer width, at most {MOST_HIDDEN}')
-    parser.add_argument('--chunk', type=count_up_to(MOST_CHUNK), default=1,
+    parser.add_argument('--chunk', type=partial(whole, low=1, high=MOST_CHUNK), default=1,
                         help=f'actions predicted per features vector, at most {MOST_CHUNK}')
     parser.add_argument('--seconds', type=positive, default=60.0, help='training time bound')
     parser.add_argument('--epochs', type=positive_int, default=2000,
