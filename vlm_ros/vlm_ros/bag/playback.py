@@ -174,8 +174,12 @@ class Progress:
         self.stream.flush()
 
 
+def by_topic(counts: dict) -> str:
+    """Return 'topic n, ...' of counts by topic, in topic order ('' for none)."""
+    return ', '.join(f'{topic} {n}' for topic, n in sorted(counts.items()))
+
+
 def played(sent: dict, seconds=None) -> str:
     """Return 'N messages [in S s] (topic n, ...)': what a replay has played, by topic."""
-    topics = ', '.join(f'{topic} {n}' for topic, n in sorted(sent.items()))
     took = '' if seconds is None else f' in {seconds:.2f} s'
-    return f'{sum(sent.values())} messages{took} ({topics or "nothing"})'
+    return f'{sum(sent.values())} messages{took} ({by_topic(sent) or "nothing"})'

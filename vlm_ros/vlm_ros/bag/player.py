@@ -27,6 +27,7 @@ from .node_settings import record_settings
 from .playback import (
     Clock,
     Progress,
+    by_topic,
     parse_remaps,
     played,
     published_types,
@@ -221,7 +222,7 @@ class Replay(Node):
         cut = ', interrupted' if self._interrupted else ''
         print(f'vlm_replay: played {played(self.sent, seconds)}{cut}', file=sys.stderr, flush=True)
         if self._recorder is not None:
-            got = ', '.join(f'{t} {n}' for t, n in sorted(self._recorder.counts.items()))
+            got = by_topic(self._recorder.counts)
             print(f'vlm_replay: recorded {got or "nothing"} into {self.args.record}',
                   file=sys.stderr, flush=True)
 
