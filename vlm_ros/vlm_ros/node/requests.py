@@ -58,6 +58,7 @@ CANCEL_GRACE = 5.0  # s a given-up query waits for its cancelled job's answer
 # takes them overwrites one, and its caller waits forever. Every request is kept instead, and
 # one the worker has no room for is answered at once (STATUS_DROPPED, queue full).
 REQUESTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+CANCELLED_BY_CLIENT = 'cancelled by the action client'
 
 
 def action_server(node, action_type, name: str, group, **callbacks) -> ActionServer:
@@ -69,7 +70,6 @@ def action_server(node, action_type, name: str, group, **callbacks) -> ActionSer
                         result_service_qos_profile=REQUESTS_QOS,
                         cancel_service_qos_profile=REQUESTS_QOS, callback_group=group,
                         result_timeout=RESULT_TIMEOUT, **callbacks)
-CANCELLED_BY_CLIENT = 'cancelled by the action client'
 
 
 @dataclass
