@@ -41,6 +41,7 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from rclpy.utilities import remove_ros_args
 
+from .boundary import guard_rclpy_services
 from .transport import large_frames_transport
 
 # s a thread holding the GIL runs before a waiting one gets it (Python's default: 0.005). A
@@ -342,6 +343,7 @@ def spin_main(make_node: Callable[[], Node], args: Optional[list] = None,
         except (InvalidParameterTypeException, InvalidParameterValueException) as exc:  # -p's
             print(f'{tool}: {refused_parameter(exc)}', file=sys.stderr, flush=True)
             return 2
+        guard_rclpy_services(node)
         done = getattr(node, 'done', threading.Event())
         spinner = SpinThread([node], TrackingExecutor(num_threads), on_exit=on_exit)
         while not (received or stop.is_set()):

@@ -1,12 +1,12 @@
 """The package's layout is its architecture: one folder per concern, imports run one way.
 
 Layers, lowest first: engine (ROS-free) < models (synthetic checkpoints) < compat (what differs
-between ROS 2 distros) < transport (the DDS profile) < spin < node < bag < eval < head (the
-reference action head) < demo < tools < benchmarks. A module may import its own layer and
-lower ones, never a higher one; the node and the tools never import the synthetic checkpoints
-or the demo, and every benchmark lives in benchmarks/; engine/ imports no rclpy, and its top
-level and remote/ import no torch or transformers (checked both from the source text and by
-importing them where torch cannot be imported).
+between ROS 2 distros) < transport (the DDS profile) < boundary (rclpy's own handlers, guarded)
+< spin < node < bag < eval < head (the reference action head) < demo < tools < benchmarks. A
+module may import its own layer and lower ones, never a higher one; the node and the tools
+never import the synthetic checkpoints or the demo, and every benchmark lives in benchmarks/;
+engine/ imports no rclpy, and its top level and remote/ import no torch or transformers
+(checked both from the source text and by importing them where torch cannot be imported).
 """
 
 import ast
@@ -16,8 +16,8 @@ import re
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / 'vlm_ros'
-LAYERS = ('engine', 'models', 'compat', 'transport', 'spin', 'node', 'bag', 'eval', 'head', 'demo',
-          'tools', 'benchmarks')
+LAYERS = ('engine', 'models', 'compat', 'transport', 'boundary', 'spin', 'node', 'bag', 'eval',
+          'head', 'demo', 'tools', 'benchmarks')
 ROS = ('rclpy', 'rcl_interfaces', 'lifecycle_msgs', 'sensor_msgs', 'std_msgs', 'vlm_ros_msgs',
        'diagnostic_msgs', 'builtin_interfaces', 'rosgraph_msgs', 'ament_index_python')
 MODEL_RUNTIME = ('torch', 'transformers', 'tokenizers', 'accelerate', 'safetensors')
@@ -210,8 +210,8 @@ def test_tests_are_in_two_tiers_with_shared_support():
 # package's ROS layers) and the fixtures that give it a ROS context or a node.
 ROS_TEST_IMPORTS = (*ROS, 'launch', 'launch_ros', 'launch_pytest', 'launch_testing',
                     'node_harness', 'ros_harness', 'launch_harness', 'loop_harness', 'recordings',
-                    'vlm_ros.compat', 'vlm_ros.transport', 'vlm_ros.spin', 'vlm_ros.node',
-                    'vlm_ros.bag', 'vlm_ros.eval', 'vlm_ros.demo', 'vlm_ros.tools')
+                    'vlm_ros.compat', 'vlm_ros.transport', 'vlm_ros.boundary', 'vlm_ros.spin',
+                    'vlm_ros.node', 'vlm_ros.bag', 'vlm_ros.eval', 'vlm_ros.demo', 'vlm_ros.tools')
 ROS_FIXTURES = ('rclpy_context', 'test_node', 'start_vlm_node', 'node_executable')
 
 
