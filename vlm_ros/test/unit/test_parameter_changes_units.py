@@ -69,3 +69,11 @@ def test_a_refused_change_says_nothing_of_effects():
                                verify_by='likelihood')
     assert not result.successful and 'device' in result.reason
     assert kept.verify_by == 'answer' and log.warnings == [] and log.errors == []
+
+
+def test_a_change_that_unsets_a_parameter_is_refused():
+    """Else rclpy would undeclare it: every later get or set failed until the node restarted."""
+    before = Settings.from_values({'skills': ('pick', 'place')})
+    result, kept, log = change(before, skills=None, max_new_tokens=50)
+    assert not result.successful and result.reason.startswith('skills: no value given'), result
+    assert kept is before and log.warnings == [] and log.errors == []

@@ -9,6 +9,7 @@ from typing import Optional
 
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.parameter import Parameter
 
 from . import params
 from .settings import Settings, SettingsError
@@ -59,6 +60,13 @@ def accept(settings: Settings, changes, refused: dict, model_loaded: bool,
     a value it leaves without effect (another setting switches it off, the backend does not
     use it) is said now, as configure says the launch values', not at the next configure.
     """
+    # rclpy undeclares a dynamically typed parameter (skills, cameras) that a change leaves
+    # unset once the node accepts it: every later get or set then failed until a restart.
+    unset = [change.name for change in changes
+             if change.name in params.BY_NAME and change.type_ == Parameter.Type.NOT_SET]
+    if unset:
+        return SetParametersResult(successful=False, reason=(
+            f'{", ".join(unset)}: no value given (a parameter cannot be unset)')), settings
     values = {change.name: params.typed(change.name, change.value) for change in changes
               if change.name in params.BY_NAME}  # not use_sim_time: rclpy checks that
     try:
