@@ -13,7 +13,7 @@ from action_msgs.msg import GoalStatus
 from doc_blocks import block
 from engine_fixtures import CLOSE, LOOP_INSTRUCTION, PICK, PLACE
 from loop_harness import DONE, FAILED, PREEMPTED, Loop, start_head, stop_head
-from node_harness import TIMEOUT, ActionFeedback, transition
+from node_harness import TIMEOUT, ActionFeedback, set_ok, transition
 from ros_harness import stop_process, wait_future
 from vlm_ros.compat import ActionClient
 from waiting import wait_until
@@ -126,6 +126,36 @@ def test_a_new_instruction_preempts_the_running_plan(loop, head):
     running.node.wait_diag(lambda v: (v.get('plans_preempted'), v.get('plans_done'),
                                       v.get('plan_executing')) == ('1', '1', ''),
                            10.0, 'both ends counted, and no plan executing any more')
+
+
+def test_a_plan_that_is_not_whole_or_not_ok_is_not_executed_and_progress_says_why(loop):
+    """Each instruction's plan_progress ends, also when its plan is not executed.
+
+    A cut plan ran its steps and ended DONE: the robot did part of the task, or a step the
+    plan grammar wrote.
+    """
+    running = loop()
+    whole = running.instruct()
+    assert whole.form == Plan.FORM_CONSTRAINED, whole
+    running.step(whole.request_id, 0)
+    set_ok(running.node.test_node, max_new_tokens=whole.output_tokens - 3)
+    cut = running.instruct()
+    assert (cut.status, cut.form) == (Plan.STATUS_OK, Plan.FORM_CONSTRAINED_CLOSED) and \
+        cut.steps, cut
+    assert running.ended(whole.request_id).state == PREEMPTED  # by the new instruction
+    end = running.ended(cut.request_id)
+    assert end.state == FAILED and end.message.startswith(
+        'not executed: the plan is not whole (form constrained_closed): max_new_tokens ran '
+        'out') and end.message.endswith('raise max_new_tokens'), end
+    set_ok(running.node.test_node, max_new_tokens=1)  # no plan at all
+    none = running.instruct()
+    assert not none.steps, none
+    end = running.ended(none.request_id)
+    assert end.state == FAILED and end.message.startswith('no plan to execute: '), end
+    set_ok(running.node.test_node, max_new_tokens=whole.output_tokens)
+    again = running.instruct()
+    running.step(again.request_id, 0)  # after any command for the two before, on one topic
+    assert {s.plan_id for s in running.steps.items()} == {whole.request_id, again.request_id}
 
 
 def test_verify_steps_turns_an_unconfirmed_success_into_a_replan(loop):

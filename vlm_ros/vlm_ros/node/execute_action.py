@@ -69,6 +69,7 @@ class ExecutePlanServer:
 
     def _on_accepted(self, handle) -> None:
         goal = _Goal(handle, Job('plan', handle.request.instruction.strip(), done=None))
+        handle.request.instruction = ''  # the job has it: the goal is kept after it ends
         goal.job.done = lambda outcome: self._planned(goal, outcome)
         worker = self._serving.worker()
         if not self._goals.enter(handle, goal):  # answered as the worker answers a cancel
@@ -80,20 +81,18 @@ class ExecutePlanServer:
             worker.submit(goal.job)
 
     def _planned(self, goal: _Goal, outcome) -> None:
-        """Start executing an OK plan; any other answer ends the goal with its reason."""
+        """Execute the goal's plan; one that is not executed ends the goal with the reason."""
         serving = self._serving
         serving.record(outcome)
         plan = plan_msg(outcome, serving.model_name(), serving.header())
         execution = self._execution()
-        if outcome.status != Status.OK or not plan.steps or execution is None:
-            state = PlanProgress.STATE_PREEMPTED if outcome.status == Status.CANCELLED \
-                else PlanProgress.STATE_FAILED
-            self._finish(goal, state, f'no plan to execute: {Status(outcome.status).name}'
-                         + (f': {outcome.message}' if outcome.message else ''))
+        if execution is None:
+            self._finish(goal, PlanProgress.STATE_PREEMPTED, 'the node stopped before it '
+                         'could execute')
             return
         goal.plan_id = plan.request_id
         execution.watch(plan.request_id, lambda progress: self._progress(goal, progress))
-        execution.start(plan, outcome.result.steps)
+        execution.execute(plan, outcome)
 
     def _progress(self, goal: _Goal, progress: PlanProgress) -> None:
         goal.handle.publish_feedback(ExecutePlan.Feedback(progress=progress))

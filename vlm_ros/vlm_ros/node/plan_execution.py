@@ -18,6 +18,7 @@ from std_msgs.msg import String
 from vlm_ros_msgs.msg import PlanProgress, StepArguments, StepCommand, StepFeedback
 
 from ..compat import steady_timer
+from ..engine.plan_parser import CLEAN_FORMS
 from ..engine.plan_schema import takes_arguments
 from ..engine.verdict import parse_yes_no
 from .jobs import Job, Outcome, Status
@@ -28,6 +29,14 @@ from .settings import Settings
 
 TICK_PERIOD = 0.05  # s between step_timeout checks, while a step awaits feedback
 VERDICTS = ('yes', 'no')  # the answers a step check scores, with verify_by likelihood
+# Why a plan of each form the model did not write whole is not executed (not_executable).
+UNCLEAN = {'json_truncated': 'the answer reached max_new_tokens inside it, so steps may be '
+                             'missing; raise max_new_tokens',
+           'constrained_closed': 'max_new_tokens ran out and the plan grammar wrote its last '
+                                 'tokens, so its last step may hold what the model did not '
+                                 'write; raise max_new_tokens',
+           'json_salvaged': 'its JSON was malformed, and the steps come from the part that '
+                            'parsed'}
 FEEDBACK_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -100,6 +109,16 @@ class PlanExecution:
             if runner.current is not None and runner.current.plan_id == plan_id:
                 runner.preempt(reason)
 
+    def execute(self, plan, outcome) -> None:
+        """Execute an answered Plan, or end it at once (cancelled: PREEMPTED) with the reason."""
+        why = not_executable(outcome, plan)
+        if why:
+            state = PlanProgress.STATE_PREEMPTED if outcome.status == Status.CANCELLED \
+                else PlanProgress.STATE_FAILED
+            self._ended(plan, state, why)
+        else:
+            self.start(plan, outcome.result.steps)
+
     def start(self, plan, steps=None) -> None:
         """Execute an OK Plan (vlm_ros_msgs/Plan) of an instruction, unless going down.
 
@@ -112,12 +131,14 @@ class PlanExecution:
                                   list(plan.steps if steps is None else steps))
                 return
         # Answered while deactivating: nobody would report on it.
-        watcher = self._watchers.pop(plan.request_id, None)
-        if watcher is not None:
-            watcher(PlanProgress(header=plan.header, plan_id=plan.request_id,
-                                 instruction=plan.instruction,
-                                 state=PlanProgress.STATE_PREEMPTED,
-                                 message='the node stopped before it could execute'))
+        self._ended(plan, PlanProgress.STATE_PREEMPTED,
+                    'the node stopped before it could execute')
+
+    def _ended(self, plan, state: int, message: str) -> None:
+        """Say that plan's execution ended before its first step: state, and why."""
+        self._report(PlanProgress(header=plan.header, plan_id=plan.request_id,
+                                  instruction=plan.instruction, state=state,
+                                  message=message))
 
     def values(self) -> dict:
         """Diagnostics: the plan executing, and what the runner counted."""
@@ -163,11 +184,15 @@ class PlanExecution:
             state=int(ex.state), index=ex.index,
             steps=step_msgs(ex.steps),
             done=list(ex.done), attempt=ex.attempt, message=ex.message)
+        self._report(progress)
+
+    def _report(self, progress: PlanProgress) -> None:
+        """Publish progress, and tell its plan's watcher (to its end)."""
         self.progress_pub.publish(progress)
-        watcher = self._watchers.get(ex.plan_id)
+        watcher = self._watchers.get(progress.plan_id)
         if watcher is not None:
             if progress.state != PlanProgress.STATE_EXECUTING:
-                del self._watchers[ex.plan_id]
+                del self._watchers[progress.plan_id]
             watcher(progress)
 
     def _submit(self, job: Job) -> None:
@@ -183,9 +208,8 @@ class PlanExecution:
 
         def answered(outcome):
             self._record(outcome)
-            ok = outcome.status == Status.OK
-            problem = '' if ok else f'{outcome.status.name}: {outcome.message}'
-            steps = outcome.result.steps if ok else []
+            problem = not_executable(outcome)
+            steps = [] if problem else outcome.result.steps
             self.runner.replanned(ticket, outcome.header or ex.header, steps, problem)
         self._submit(Job('replan', ex.instruction, done=answered, context=context))
 
@@ -213,6 +237,26 @@ class PlanExecution:
 
     def _on_feedback(self, msg: StepFeedback) -> None:
         self.runner.feedback(msg.plan_id, msg.index, msg.attempt, msg.status, msg.message)
+
+
+def not_executable(outcome, plan=None) -> str:
+    """Say why an answered (re-)plan is not to be executed ('' when it is).
+
+    Only an OK plan the model wrote whole (a CLEAN_FORMS form) is executed: a cut one
+    (json_truncated, or constrained_closed, whose last step the grammar may have written) had
+    the robot run part of the task and report it DONE, and a salvaged one's steps come from
+    broken JSON. The instruction's plan_progress then ends at once, with the reason.
+    """
+    if outcome.status != Status.OK:
+        return f'no plan to execute: {Status(outcome.status).name}' + (
+            f': {outcome.message}' if outcome.message else '')
+    result = outcome.result
+    if not result.steps or (plan is not None and not plan.steps):
+        return 'no plan to execute: the answer has no steps'
+    if result.form in CLEAN_FORMS:
+        return ''
+    why = UNCLEAN.get(result.form, 'it is not a plan the model wrote whole')
+    return f'not executed: the plan is not whole (form {result.form}): {why}'
 
 
 def _likelier(scores: list) -> tuple:

@@ -211,12 +211,11 @@ class Topics:
             publisher.publish(self._serving.features(outcome))
 
     def _execute_plan(self, outcome) -> None:
-        """Publish an instruction's Plan; with execute_plans, start executing an OK one."""
+        """Publish an instruction's Plan; with execute_plans, execute it or say why not."""
         plan = self._publish_plan(outcome)
         execution = self._execution()
-        if plan.status == Plan.STATUS_OK and plan.steps and execution is not None and \
-                self._settings().execute_plans:
-            execution.start(plan, outcome.result.steps)
+        if execution is not None and self._settings().execute_plans:
+            execution.execute(plan, outcome)
 
     def _publish_plan(self, outcome) -> Plan:
         plan = plan_msg(outcome, self._serving.model_name(), self._serving.header())
