@@ -2,7 +2,9 @@
 
 A fault is a model error (a MODEL_ERROR answer, or the inference server turning unreachable),
 a camera frame that cannot be converted (a BAD_INPUT answer on a camera frame), or a failed
-configure. A healthy answer is a request answered OK. The rule, first match wins:
+configure. A healthy answer is a request answered OK; a configure that loads the model
+also makes the faults before it history (the cause of a failed configure is gone, and the
+model that failed is unloaded). The rule, first match wins:
 
 - ERROR: unconfigured after a failed configure; the inference server unreachable now; or
   RECUR faults or more within the last WINDOW s with no healthy answer since the first of them.

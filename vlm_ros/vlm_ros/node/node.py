@@ -160,8 +160,8 @@ class VlmNode(ForgetsDestroyed, LifecycleNode):
             return self._configure_failed(str(exc))
         if engine is None:  # a signal stopped the load: the node ends, nothing failed
             return TransitionCallbackReturn.FAILURE
-        self.configure_error = ''
-        self.engine = engine
+        self.configure_error, self.engine = '', engine
+        self.diagnostics.health.healthy()  # what failed before, a configure included, is history
         # The model, torch and transformers are millions of long-lived objects: a full garbage
         # collection walked them all (0.2 s on 2 cores), stalling every answer in flight.
         # Frozen, the collector walks only what requests create; cleanup thaws them.
