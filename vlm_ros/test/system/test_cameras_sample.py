@@ -64,10 +64,11 @@ def test_the_sample_replayed_into_a_node_with_both_cameras_and_depth(start_vlm_n
     report = tmp_path / 'report'
     done = vlm_eval(SAMPLE, '--recorded', answers, *CAMERAS, '--out', report)
     assert done.returncode == 0, done.stderr[-3000:]
-    for record in read_jsonl(report / 'results.jsonl'):
-        if record['task'] == 'plan':
-            assert [image['camera'] for image in record['images']] == ['head', 'wrist']
-            assert None not in [image['frame'] for image in record['images']], record
+    planned = [r for r in read_jsonl(report / 'results.jsonl') if r['task'] == 'plan']
+    assert len(planned) == len(plans), planned  # one record of each recorded Plan
+    for record in planned:
+        assert [image['camera'] for image in record['images']] == ['head', 'wrist']
+        assert None not in [image['frame'] for image in record['images']], record
 
     # The tiny model draws its box on the scene it was trained on, not on the sample's: that
     # scene goes in at the size and stamp of the sample's last head frame, whose depth and

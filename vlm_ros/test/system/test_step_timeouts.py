@@ -62,8 +62,9 @@ def test_a_plan_answered_while_deactivating_ends_preempted_not_unwatched(test_no
     """A worker's answer that races deactivate: its plan never runs with no feedback input.
 
     The answer's start is held where it begins the plan until deactivate, from another
-    thread, has ended, or for a second: deactivate must wait for the start instead, then end
-    the plan it began. Run unwatched, the plan's step would wait for ever.
+    thread, has ended, or waits for the runner's lock, which the start holds: deactivate must
+    wait for the start, then end the plan it began. Run unwatched, the plan's step would wait
+    for ever.
     """
     node = test_node.node
     vla = node.create_publisher(String, f'vla_{uuid.uuid4().hex[:8]}', 10)
@@ -72,17 +73,19 @@ def test_a_plan_answered_while_deactivating_ends_preempted_not_unwatched(test_no
                               lambda: None, lambda outcome: None)
     runner = execution.runner
     execution.activate(None)
-    deactivated = threading.Event()
+    deactivated, settled = threading.Event(), threading.Event()
 
     def deactivate():
         execution.deactivate('the test deactivates')
         deactivated.set()
+        settled.set()
     deactivating = threading.Thread(target=deactivate)
+    runner.lock = _Observed(runner.lock, deactivating, settled)
     begin = runner.start
 
     def held_start(*args):
         deactivating.start()
-        deactivated.wait(1.0)
+        assert settled.wait(TIMEOUT), 'deactivate neither ended nor waited for the lock'
         begin(*args)
     runner.start = held_start
     plan = Plan(header=Header(frame_id='raced'), request_id=f'plan-{uuid.uuid4().hex[:8]}',
@@ -93,3 +96,21 @@ def test_a_plan_answered_while_deactivating_ends_preempted_not_unwatched(test_no
     deactivating.join(TIMEOUT)
     assert deactivated.is_set() and runner.current is None, 'a plan executes, unwatched'
     assert states == [PlanProgress.STATE_EXECUTING, PlanProgress.STATE_PREEMPTED], states
+
+
+class _Observed:
+    """A runner's lock that sets found_taken when thread finds it held by another thread."""
+
+    def __init__(self, lock, thread: threading.Thread, found_taken: threading.Event):
+        self._lock, self._thread, self._found_taken = lock, thread, found_taken
+
+    def __enter__(self):
+        if threading.current_thread() is self._thread:
+            if self._lock.acquire(blocking=False):
+                return self
+            self._found_taken.set()
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._lock.release()

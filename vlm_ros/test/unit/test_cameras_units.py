@@ -24,32 +24,55 @@ def stamps(found: list) -> list:
     return [None if frame is None else frame.stamp for frame in found]
 
 
+def waiting(frames: FrameSet, stop=lambda: False) -> tuple:
+    """Start a wait_for of every camera's frames within 0.1 s; return (thread, its result).
+
+    It returns once it is waiting: its stop is called with the lock held, which the wait
+    releases only inside Condition.wait, so a put() or wake() after this is one it sees
+    there. Its timeout is far beyond the join's: a wait that ends is one that was woken.
+    """
+    checked, found = threading.Event(), []
+
+    def stopped():
+        answer = stop()
+        checked.set()
+        return answer
+    waiter = threading.Thread(target=lambda: found.append(
+        frames.wait_for(lambda _: True, 0.1, 600.0, stopped)), daemon=True)
+    waiter.start()
+    assert checked.wait(30.0), 'the waiter never looked at the frames'
+    return waiter, found
+
+
 def test_a_request_takes_each_cameras_newest_frame_once_they_lie_within_max_skew():
+    """The newest frames come at once within max_skew, or after the wait's bound without.
+
+    A waiting request is woken by each new frame: one that brings the frames within
+    max_skew ends its wait then, not at its timeout.
+    """
     frames = FrameSet(('head', 'wrist'))
     put(frames, 'head', 10.0)
     assert stamps(frames.wait_for(lambda _: True, 0.1, 0.0)) == [10.0, None]
     put(frames, 'wrist', 10.3)
     assert stamps(frames.wait_for(lambda _: True, 0.1, 0.0)) == [10.0, 10.3], 'latest, skewed'
     assert stamps(frames.wait_for(lambda _: True, 0.0, 0.0)) == [10.0, 10.3], '0: any skew'
-    found = []
-    waiter = threading.Thread(target=lambda: found.append(
-        frames.wait_for(lambda _: True, 0.1, 30.0)))
-    waiter.start()
+    waiter, found = waiting(frames)
     put(frames, 'head', 10.35)  # closer to the wrist's frame: the wait ends
     waiter.join(30.0)
+    assert not waiter.is_alive(), 'the new frame did not wake the waiting request'
     assert stamps(found[0]) == [10.35, 10.3]
 
 
 def test_a_waiting_request_stops_when_woken_and_told_to():
+    """wake() makes a waiting request check its stop condition, and it stops at once."""
     frames = FrameSet(('head', 'wrist'))
-    stop, found = threading.Event(), []
-    waiter = threading.Thread(target=lambda: found.append(
-        frames.wait_for(lambda _: True, 0.1, 30.0, stop.is_set)))
-    waiter.start()
+    stop = threading.Event()
+    waiter, found = waiting(frames, stop.is_set)
     stop.set()
     frames.wake()
     waiter.join(30.0)
-    assert not waiter.is_alive() and stamps(found[0]) == [None, None]
+    assert not waiter.is_alive(), 'wake() did not end the wait of a stopped request'
+    assert stamps(found[0]) == [None, None]
 
 
 def test_without_a_cameras_parameter_there_is_one_camera_on_image():

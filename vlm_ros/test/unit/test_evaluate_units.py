@@ -5,6 +5,7 @@ instructions before, between and exactly at frame times, so pairing has known an
 """
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import vlm_ros.bag.storage as bags
@@ -68,11 +69,18 @@ def test_references_file_errors_name_entry_and_field(tmp_path, entry, complaint)
         load_references(path)
 
 
-def test_failed_batches_and_bad_inputs_become_records(tmp_path):
-    """Empty instructions, undecodable frames and failing batches are records, not crashes."""
+def test_failed_batches_and_bad_inputs_become_records(tmp_path, monkeypatch):
+    """Empty instructions, undecodable frames and failing batches are records, not crashes.
+
+    The seconds in the model add up the batches that ran, the failed one too.
+    """
     from vlm_ros.engine import Result
+    from vlm_ros.eval import offline
     from vlm_ros.eval.inputs import FrameRef
     from vlm_ros.eval.offline import Pending, run_engine
+
+    clock = [100.0]  # the model's time: each batch advances it, nothing else does
+    monkeypatch.setattr(offline, 'time', SimpleNamespace(perf_counter=lambda: clock[0]))
 
     class Engine:
         def __init__(self):
@@ -80,6 +88,7 @@ def test_failed_batches_and_bad_inputs_become_records(tmp_path):
 
         def run(self, requests):
             self.calls += 1
+            clock[0] += 0.25 * self.calls
             if self.calls == 2:
                 raise VlmError('out_of_memory', 'CUDA out of memory')
             return [Result(r.task, 'ok', (), True, 'text', 1, 0.1, 0.2) for r in requests]
@@ -98,4 +107,5 @@ def test_failed_batches_and_bad_inputs_become_records(tmp_path):
         ('NO_IMAGE', None)]
     assert records[1]['message'] == 'empty instruction'
     assert records[2]['message'] == 'truncated frame'
-    assert 'CUDA out of memory' in records[3]['message'] and seconds >= 0
+    assert 'CUDA out of memory' in records[3]['message']
+    assert seconds == 0.25 + 0.5
