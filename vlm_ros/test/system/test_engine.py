@@ -14,6 +14,7 @@ from engine_fixtures import FAMILIES, PLAN_JSON, TARGETS, never_ending, scene
 from vlm_ros.benchmarks.vision_timer import vision_layers
 from vlm_ros.engine import EngineConfig, Request, VlmError
 from vlm_ros.engine.local import VlmEngine
+from vlm_ros.engine.local.inputs import special_tokens
 from vlm_ros.engine.local.positions import position_limit
 from vlm_ros.models import build_tiny
 
@@ -135,6 +136,28 @@ def test_a_prompt_past_the_models_positions_is_refused_as_the_texts_fault(engine
     assert f'the {limit} positions the model reads' in str(refused.value)
     assert str(refused.value).endswith('; shorten the text'), refused.value
     assert engine.run(_requests()[1:2])[0].text == TARGETS['vqa'][1]  # the other, alone
+
+
+def test_a_special_token_in_the_text_is_refused_as_the_texts_fault(engine):
+    """A text may not hold what the model reads as markup, and it is the text's fault.
+
+    '<image>' in an instruction was read as an image placeholder (SmolVLM's processor then
+    raised, and /diagnostics blamed the camera); a chat template's markers would end the turn.
+    """
+    special = sorted(special_tokens(engine.loaded.processor))
+    assert special, 'a tokenizer with no special token'
+    image_token = getattr(engine.loaded.processor, 'image_token', None)
+    for token in {special[0], *([image_token] if image_token else [])}:
+        text = f'put the cup {token} on the plate'
+        with pytest.raises(VlmError) as refused:
+            engine.run([_requests()[1], Request('plan', scene('red'), text)])
+        assert (refused.value.kind, refused.value.about) == ('bad_input', 'text')
+        assert str(refused.value).startswith(f'request 1 of 2: the text holds {token!r}, a '
+                                             'special token of the model'), refused.value
+        replan = Request('replan', scene('red'), 'go', context={'done': token, 'failed': ''})
+        with pytest.raises(VlmError, match='special token'):  # context is text too
+            engine.run([replan])
+    assert engine.run(_requests()[1:2])[0].text == TARGETS['vqa'][1]
 
 
 @pytest.fixture(scope='module', params=['llava', 'florence2'])

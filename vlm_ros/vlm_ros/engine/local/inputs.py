@@ -41,6 +41,7 @@ class InputStage:
     def __init__(self):
         self.frames: Optional[FrameCache] = None  # wraps the loaded image processor
         self._lock = threading.Lock()  # run() and prepare() share the processor
+        self._special = frozenset()  # the loaded model's special tokens
 
     def attach(self, processor, device) -> None:
         """Preprocess each distinct frame once from now on; no cache without an image processor.
@@ -48,6 +49,7 @@ class InputStage:
         On a GPU, SmolVLM/Idefics3's processor runs there, byte for byte (exact_idefics3.py).
         """
         self.frames = _cache_frames(processor, torch.device(device))
+        self._special = special_tokens(processor)
 
     def detach(self) -> None:
         """Drop the cached frames: the model is being unloaded."""
@@ -61,6 +63,7 @@ class InputStage:
 
         ``ahead``: for requests still waiting (prepare), on the preprocessing stream.
         """
+        refuse_special_tokens(self._special, requests, config.model)
         views = [tuple((name, resize_max_side(image, config.max_image_side))
                        for name, image in r.views()) for r in requests]
         images = [row if len(row) > 1 else row[0][1] for row in views]  # cameras: named
@@ -88,6 +91,31 @@ class InputStage:
         except Exception as exc:  # noqa: BLE001 - the processor refused this input
             raise VlmError('bad_input', f'preprocessing failed: {exc!r}', config.model,
                            config.device, exc) from exc
+
+
+def special_tokens(processor) -> frozenset:
+    """Return the special tokens of processor's tokenizer (of more than one character)."""
+    tokenizer = getattr(processor, 'tokenizer', processor)
+    special = {token.content for token in getattr(tokenizer, 'added_tokens_decoder', {}).values()
+               if token.special} | set(getattr(tokenizer, 'all_special_tokens', ()))
+    return frozenset(token for token in special if len(token) > 1)  # one character is text
+
+
+def refuse_special_tokens(special: frozenset, requests: list, model: str) -> None:
+    """Refuse a request whose text holds one of the model's special tokens (VlmError).
+
+    The processor reads '<image>' in an instruction as an image placeholder (SmolVLM's then
+    raised: its count of them no longer matched the images), and a chat template's own
+    markers would end the user's turn: the text is the client's fault, not the camera's.
+    """
+    for index, request in enumerate(requests):
+        texts = [request.text, *(str(value) for value in (request.context or {}).values())]
+        found = sorted(token for token in special if any(token in text for text in texts))
+        if found:
+            which = f'request {index} of {len(requests)}: ' if len(requests) > 1 else ''
+            raise VlmError('bad_input', f'{which}the text holds {found[0]!r}, a special token '
+                           'of the model, which it would read as such: remove it', model,
+                           about='text')
 
 
 @contextlib.contextmanager
