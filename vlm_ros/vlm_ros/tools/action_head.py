@@ -147,7 +147,7 @@ class ActionHeadNode(Node):
         self._pub.publish(self._build(msg, action, self._head))
 
     def _say_model(self, model: str) -> None:
-        """Warn once per change when the features name another model than the head's.
+        """Warn once per change (every 5 s at most) when features name another model.
 
         Not refused: the same weights go by other names (a hub id, a folder, a link), and act
         alike. Other weights of the same size would give actions of features the head never
@@ -161,7 +161,7 @@ class ActionHeadNode(Node):
         self.get_logger().warning(
             f'acting on features of model {model[:200]}; the head was trained on features of '
             f'{trained}: if these are not the same weights, export and train again with '
-            f'vlm_export --model {model[:200]}')
+            f'vlm_export --model {model[:200]}', throttle_duration_sec=5.0)  # names may alternate
 
 
 def main(args=None) -> None:

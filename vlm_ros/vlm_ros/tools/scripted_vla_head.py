@@ -25,6 +25,7 @@ from ..spin import ros_arguments_only, spin_main
 
 OUTCOMES = ('succeed', 'fail', 'silent')
 MAX_STEP_TIME = 3600.0  # s: a timer's period; rclpy refuses a NaN or negative one at the step
+LOG_THROTTLE = 0.05  # s between two step lines: a plan's steps are seconds apart, a flood not
 RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -70,8 +71,10 @@ class ScriptedHead(ForgetsDestroyed, Node):
                 self.destroy_timer(self._timer)
                 self._timer = None
             self._current = step
-            self.get_logger().info(f'step {step.index + 1}/{step.count} of {step.plan_id} '
-                                   f'(attempt {step.attempt}): {step.instruction} -> {outcome}')
+            # Anything on the DDS domain can publish on step: a line each, cut short.
+            self.get_logger().info(f'step {step.index + 1}/{step.count} of {step.plan_id[:200]} '
+                                   f'(attempt {step.attempt}): {step.instruction[:200]} -> '
+                                   f'{outcome}', throttle_duration_sec=LOG_THROTTLE)
             if outcome == 'silent':
                 return
             self._report(step, StepFeedback.STATUS_RUNNING, 'executing')
