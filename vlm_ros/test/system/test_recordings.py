@@ -17,13 +17,14 @@ import pytest
 from engine_fixtures import TARGETS, scene
 from fork_server import run_tool
 from node_harness import RELIABLE, TIMEOUT, node_executable
+from rclpy.serialization import serialize_message
 from recordings import ROS1_CAMERA, ROS1_INSTRUCTION, damage, write_ros1_bag
 from ros_harness import Collector
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import String
 from test_evaluate import read_jsonl
-from test_replay import irregular_events, start_replay, write_bag
-from vlm_ros.bag.storage import open_bag, stamp_ns
+from test_replay import image_fields, irregular_events, start_replay, write_bag
+from vlm_ros.bag.storage import PLAN_TYPE, add_topic, bag_writer, open_bag, serialize, stamp_ns
 from waiting import wait_exit, wait_until
 
 from vlm_ros_msgs.msg import Plan
@@ -109,6 +110,38 @@ def test_a_single_storage_file_without_its_directory_replays(rclpy_context, tmp_
     proc = start_replay(alone, '--wait-for-subscribers', 0, '--rate', 100)
     code, _, err = wait_exit(proc, TIMEOUT)
     assert code == 0 and f'played {len(written)} messages' in err, err
+
+
+def test_the_recorded_answers_of_the_robots_own_node_are_not_replayed_into_record(tmp_path):
+    """The node's outputs in a recording stay out of what --record takes for its answers.
+
+    A robot's recording holds its vlm_node's /plan: played, the old plans were recorded as
+    the answers, and vlm_replay said every instruction was answered with no node running.
+    """
+    old = Plan(request_id=f'old-{uuid.uuid4().hex[:8]}', instruction=INSTRUCTION,
+               status=Plan.STATUS_OK)
+    robot = tmp_path / 'robot'
+    with bag_writer(robot) as writer:
+        image = add_topic(writer, '/image', 'sensor_msgs/msg/Image')
+        said = add_topic(writer, '/instruction', 'std_msgs/msg/String')
+        plans = add_topic(writer, '/plan', PLAN_TYPE)
+        writer.write(said, T0, serialize('std_msgs/msg/String', data=INSTRUCTION))
+        for k in range(3):
+            writer.write(image, T0 + k * 10**8,
+                         serialize('sensor_msgs/msg/Image', **image_fields(T0, scene('red'))))
+            writer.write(plans, T0 + k * 10**8 + 1, serialize_message(old))
+    out = tmp_path / 'answers'
+    code, _, err = wait_exit(start_replay(robot, '--record', out, '--wait-for-subscribers', 0,
+                                          '--linger', 2), TIMEOUT)
+    assert code == 1 and '0 Plans for 1 instructions' in err, err
+    assert 'not playing /plan: --record records the answers there' in err, err
+    with open_bag(out) as reader:
+        assert not [c for c, _, _ in reader.messages() if c.msgtype == PLAN_TYPE]
+    # Named in --topics, it plays: the user asked for it.
+    code, _, err = wait_exit(start_replay(robot, '--topics', '/plan', '/instruction', '--record',
+                                          tmp_path / 'again', '--wait-for-subscribers', 0,
+                                          '--linger', TIMEOUT), TIMEOUT + 30)
+    assert code == 0 and 'not playing' not in err, err
 
 
 def test_playback_waits_for_a_camera_and_instruction_subscriber_not_for_camera_info(

@@ -82,6 +82,29 @@ def select_connections(connections, topics: list) -> list:
     return [connection for connection in connections if connection.topic in topics]
 
 
+def without_answers(connections: list, remaps: dict, args, resolve: Callable[[str], str],
+                    warn: Callable[[str], None]) -> list:
+    """With --record, leave out the recorded topics it records answers from (--topics plays them).
+
+    A robot's recording holds its own vlm_node's /plan: played, those old plans were recorded
+    as the answers, and 'every instruction answered' held with no node running.
+    """
+    if not args.record:
+        return connections
+    answers = {resolve(topic) for topic in args.record_topics}
+    kept, left = [], set()
+    for connection in connections:
+        if resolve(remaps.get(connection.topic, connection.topic)) in answers and \
+                connection.topic not in args.topics:
+            left.add(connection.topic)
+        else:
+            kept.append(connection)
+    if left:
+        warn(f'not playing {", ".join(sorted(left))}: --record records the answers there (name '
+             'a topic in --topics to play it anyway)')
+    return kept
+
+
 def wait_for_peers(ready: Callable[[], bool], lonely: Callable[[], list], wait_s: float,
                    stop: threading.Event) -> str:
     """Wait up to wait_s seconds until ready(); return the warning to log before playing, or ''.

@@ -34,6 +34,7 @@ from .playback import (
     select_connections,
     wait_acknowledged,
     wait_for_peers,
+    without_answers,
 )
 from .recorder import Recorder, message_class
 from .storage import (
@@ -80,6 +81,8 @@ class Replay(Node):
             recorded = topics.instruction_topic(self._reader, None, required=False)
             self._connections = [c for c in self._connections if c.topic != recorded]
         remaps = parse_remaps(args.remap, {c.topic for c in self._reader.connections})
+        self._connections = without_answers(self._connections, remaps, args,
+                                            self.resolve_topic_name, self.get_logger().warning)
         asked = [SimpleNamespace(topic=ASKED_TOPIC, msgtype=STRING_TYPE)] if self._asked else []
         types = published_types([*self._connections, *asked], remaps, self.resolve_topic_name)
         self._outputs = {topic: self.create_publisher(message_class(msgtype), topic, PLAY_QOS)
