@@ -79,6 +79,7 @@ def test_a_megabyte_instruction_is_bad_input_at_once(start_vlm_node):
     node.instruct(text)  # no camera: refused before a wait for an image, not NO_IMAGE after it
     plan = node.plans.wait_for(lambda p: True, TIMEOUT, 'its plan')
     assert plan.status == Plan.STATUS_BAD_INPUT and 'max_text_chars is 4096' in plan.message
+    assert plan.instruction == text[:4096]  # echoed as far as it could be read, no further
     _still_plans_after_camera(node)
 
 
@@ -148,8 +149,12 @@ def test_an_executor_that_dies_or_stops_unasked_exits_non_zero(callback, error):
 
 
 def test_a_signal_after_a_tool_finished_still_exits_0():
-    """A tool that ended by itself may get its stop signal while it exits: still exit 0."""
-    code = ('import os, signal, threading, time\n'
+    """A tool that ended by itself may get its stop signal while it exits: still exit 0.
+
+    The process exits once spin_main's handlers, which it keeps after returning, have run for
+    both signals: each wrapped to say so on a SimpleQueue, whose put may interrupt its get.
+    """
+    code = ('import os, queue, signal, threading\n'
             'from rclpy.node import Node\n'
             'from vlm_ros.spin import spin_main\n'
             'def make():\n'
@@ -158,12 +163,21 @@ def test_a_signal_after_a_tool_finished_still_exits_0():
             '    node.done.set()\n'
             '    return node\n'
             'result = spin_main(make)\n'
+            'handled = queue.SimpleQueue()\n'
+            'def telling(handler):\n'
+            '    def told(number, frame):\n'
+            '        handler(number, frame)\n'
+            '        handled.put(signal.Signals(number).name)\n'
+            '    return told\n'
+            'for sig in (signal.SIGINT, signal.SIGTERM):\n'
+            '    signal.signal(sig, telling(signal.getsignal(sig)))\n'
             'os.kill(os.getpid(), signal.SIGINT)\n'
             'os.kill(os.getpid(), signal.SIGTERM)\n'
-            'time.sleep(0.2)\n'
+            'print(sorted(handled.get(timeout=30) for _ in range(2)), flush=True)\n'
             'raise SystemExit(result)\n')
     result = _python(code)
     assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1:] == ["['SIGINT', 'SIGTERM']"], result.stdout
 
 
 def test_a_signal_while_the_main_thread_holds_an_events_lock_still_stops_the_process():

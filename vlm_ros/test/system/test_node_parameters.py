@@ -27,11 +27,12 @@ from vlm_ros_msgs.srv import Ground, Query
 INSTRUCTION = TARGETS['plan'][0]
 
 
-def _plan(node, text=INSTRUCTION) -> Plan:
-    """Send one instruction and return its Plan."""
+def _plan(node, text=INSTRUCTION, echo=None) -> Plan:
+    """Send one instruction and return its Plan (whose instruction is echo, else text)."""
     before = {p.request_id for p in node.plans.items()}
     node.instruct(text)
-    return node.plans.wait_for(lambda p: p.request_id not in before and p.instruction == text,
+    echo = text if echo is None else echo
+    return node.plans.wait_for(lambda p: p.request_id not in before and p.instruction == echo,
                                TIMEOUT, 'the plan')
 
 
@@ -253,7 +254,7 @@ def observe_prompt_caption(node, test_node):
 def observe_max_text_chars(node, test_node):
     # No camera: a request that waited for an image would be answered after 60 s, past TIMEOUT.
     set_ok(test_node, max_text_chars=10, wait_for_image=60.0)
-    plan = _plan(node, text='x' * 11)
+    plan = _plan(node, text='x' * 11, echo='x' * 10)  # its first max_text_chars characters
     assert plan.status == Plan.STATUS_BAD_INPUT and 'max_text_chars is 10' in plan.message
 
 
@@ -287,12 +288,13 @@ def observe_max_batch_size(node, test_node):
 
 
 def observe_batch_wait(node, test_node):
-    """Check that a lone request waits batch_wait for company, then runs alone.
+    """Check that a lone request is held for company with batch_wait > 0, and not with 0.
 
-    Requests sent together join one batch. That those which keep coming, each within
-    batch_wait of the one before, join it even after batch_wait has passed since the first
-    is scheduler.gather's (test_gather_units.py): paced from here, a stall of the sender
-    longer than the slack would split the batch.
+    The worker says whether it held the batch: last_batch_wait_s is exactly 0.000 when the
+    batch started at once. How long it holds one, and that requests which keep coming each
+    within batch_wait of the one before join it, are scheduler.gather's (test_gather_units.py):
+    over DDS, whether the next request comes within batch_wait (1 s at most) is the machine's
+    speed, so which batches a burst of requests forms is not specified here.
     """
     _streaming(node)
     set_ok(test_node, max_batch_size=8, batch_wait=0.0)
@@ -300,21 +302,13 @@ def observe_batch_wait(node, test_node):
     # The worker's own account, not the machine's speed: the batch started at once.
     assert node.wait_diag(lambda v: int(v['engine_requests']) >= 1, TIMEOUT, 'a run')[
         'last_batch_wait_s'] == '0.000'
-    set_ok(test_node, batch_wait=0.8)
-    plan = _plan(node)
-    assert plan.status == Plan.STATUS_OK and plan.total_time >= 0.8, plan
-    assert float(node.wait_diag(lambda v: int(v['engine_requests']) >= 2, TIMEOUT, 'two runs')[
-        'last_batch_wait_s']) >= 0.8
-    set_ok(test_node, batch_wait=1.0)
-    texts = [f'{INSTRUCTION} #{uuid.uuid4().hex[:6]}' for _ in range(4)]
-    for text in texts:
-        node.instruct(text)
-    node.answers(texts)
-    values = node.wait_diag(lambda v: int(v['engine_requests']) == 6, TIMEOUT, '6 requests')
-    assert values['engine_runs'] == '3', values  # the two plans above, then one batch of 4
+    set_ok(test_node, batch_wait=0.5)
+    assert _plan(node).status == Plan.STATUS_OK
+    assert node.wait_diag(lambda v: int(v['engine_requests']) >= 2, TIMEOUT, 'two runs')[
+        'last_batch_wait_s'] != '0.000', 'a lone request was not held for company'
     set_ok(test_node, batch_wait=0.0)  # a lone request runs at once again
     assert _plan(node).status == Plan.STATUS_OK
-    assert node.wait_diag(lambda v: int(v['engine_requests']) == 7, TIMEOUT, '7 requests')[
+    assert node.wait_diag(lambda v: int(v['engine_requests']) >= 3, TIMEOUT, 'three runs')[
         'last_batch_wait_s'] == '0.000'
 
 

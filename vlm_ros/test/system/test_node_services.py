@@ -192,22 +192,33 @@ def test_goals_cancelled_as_soon_as_they_are_accepted_each_end_canceled(start_vl
 
 
 def test_goals_batched_together_each_stream_their_own_text(start_vlm_node, test_node):
-    """Three goals in one batched generate: per-row feedback, results and image headers."""
-    # The batch starts once all three are in; batch_wait (its largest) bounds each wait.
-    node = start_vlm_node(max_batch_size=3, batch_wait=1.0)
+    """Three goals in one batched generate: per-row feedback, results and image headers.
+
+    They wait together behind a goal that holds the worker (it waits for a camera frame that
+    never comes), so the batch takes all three at once, however fast they were sent.
+    """
+    node = start_vlm_node(max_batch_size=3, wait_for_image=600.0)
     node.wait_state('active')
     client = ActionClient(test_node.node, GeneratePlan, '/vlm_node/generate_plan')
     assert client.wait_for_server(timeout_sec=TIMEOUT)
+    holder = wait_future(client.send_goal_async(GeneratePlan.Goal(
+        instruction=uuid.uuid4().hex)), TIMEOUT, "the holding goal's acceptance")
+    node.wait_diag(lambda v: int(v['requests_in_progress']) == 1, TIMEOUT,
+                   'the worker to take the holding goal')
     asked = [('red', TARGETS['plan'][0]), ('blue', TARGETS['plan'][0]),
              ('red', TARGETS['vqa'][0])]
     recorded = ActionFeedback(test_node, '/vlm_node/generate_plan', GeneratePlan)
     goals, sent = [], []
-    for colour, text in asked:  # all sent before any acceptance is waited for
+    for colour, text in asked:
         goal = GeneratePlan.Goal(instruction=text, image=rgb_to_image(scene(colour)))
         goal.image.header.frame_id = uuid.uuid4().hex
         goals.append(goal)
         sent.append(client.send_goal_async(goal))
     handles = [wait_future(future, TIMEOUT, 'goal acceptance') for future in sent]
+    node.wait_diag(lambda v: int(v['queue_length']) == 3, TIMEOUT, 'the three goals queued')
+    wait_future(holder.cancel_goal_async(), TIMEOUT, 'the cancel response')
+    ended = wait_future(holder.get_result_async(), TIMEOUT, "the holding goal's result")
+    assert ended.status == GoalStatus.STATUS_CANCELED, ended  # never ran: no engine run
     plans = [wait_future(h.get_result_async(), TIMEOUT, 'a result').result.plan for h in handles]
     values = node.wait_diag(lambda v: int(v['engine_requests']) >= 3, TIMEOUT, 'the batch')
     assert (int(values['engine_runs']), int(values['engine_requests'])) == (1, 3)

@@ -165,8 +165,8 @@ SPECS = (
               'take the frame that is newest when their batch starts); on for a GPU, off where '
               "the model's CPU threads would share the cores with it", applies='limits'),
     ParamSpec('max_text_chars', 4096, 'longest instruction or question, in characters; longer '
-              'ones are answered STATUS_BAD_INPUT at once', applies='limits', low=1,
-              high=1_000_000),
+              'ones are answered STATUS_BAD_INPUT at once (echoing this many)',
+              applies='limits', low=1, high=1_000_000),
     ParamSpec('min_confidence', 0.0, 'plans whose geometric mean token probability '
               '(exp(PlanConfidence.mean)) is below it are published STATUS_LOW_CONFIDENCE, '
               'steps carried, and never executed (0 = off); openai backend: from the '

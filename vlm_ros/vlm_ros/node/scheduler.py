@@ -158,6 +158,9 @@ class Worker:
         job.request_id = job.request_id or self.new_request_id()
         refused = refusal(job, self.limits.max_text_chars)
         if refused:  # before it costs anything
+            # The answer echoes the text: a megabyte, kept with an action's result for its
+            # client (goal_book.RESULT_TIMEOUT), would be held as often as a peer sends it.
+            job.text = job.text[:self.limits.max_text_chars]
             self._finish(Outcome(job, Status.BAD_INPUT, refused))
             return False
         with self._cond:
