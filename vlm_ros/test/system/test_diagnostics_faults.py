@@ -117,6 +117,24 @@ def test_corrupt_frames_warn_then_error_and_healthy_frames_end_it(start_vlm_node
     assert later['last_error'] == plan.message, later  # still the camera's, as history
 
 
+def test_a_camera_that_gives_no_frame_is_a_fault_until_one_comes(start_vlm_node):
+    """Every plan failed for want of a frame (a driver that stopped), and /diagnostics said OK."""
+    node = start_vlm_node(wait_for_image=0.5)
+    node.wait_state('active')
+    _wait_level(node, 'OK', lambda v: v['state'] == 'active', 'the active node')
+    missed = _plan(node)
+    assert missed.status == Plan.STATUS_NO_IMAGE, missed
+    why, values = _wait_level(node, 'WARN', lambda v: v['errors_camera'] == '1', 'one fault')
+    assert why.startswith('active: a fault') and 'no answer OK since: camera: ' in why, why
+    assert (values['last_error'], values['last_error_kind']) == (missed.message, 'camera')
+    frame_id = uuid.uuid4().hex
+    node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+    node.wait_diag(lambda v: int(v['frames_received']) > 0, TIMEOUT, 'the frame received')
+    assert _plan(node, frame_id).status == Plan.STATUS_OK
+    why, values = _wait_level(node, 'OK', lambda v: v['status_ok'] == '1', 'the OK answer')
+    assert why == 'active; 2 requests served' and values['errors_camera'] == '1', why
+
+
 def test_server_outage_is_an_error_until_it_is_back_and_answers(start_vlm_node, fault_server):
     fault_server.stop()  # its port is closed: the node starts during an outage
     node = start_vlm_node(backend='openai', base_url=fault_server.base_url,

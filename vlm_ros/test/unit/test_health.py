@@ -28,7 +28,8 @@ def health(clock):
 def test_a_new_node_with_no_fault_is_ok_when_active(health):
     assert health.assess('active') == (OK, 'active')
     assert health.values() == {'last_error': '', 'last_error_kind': '', 'last_error_age_s': '',
-                               'errors_model': 0, 'errors_image': 0, 'errors_configure': 0}
+                               'errors_model': 0, 'errors_image': 0, 'errors_camera': 0,
+                               'errors_configure': 0}
 
 
 # The primary states but active, and the transitions between them (/diagnostics reports

@@ -23,6 +23,8 @@ from .settings import Settings
 from .stats import Stats
 
 ROS_DISTRO = distro()
+# Answers that say the node's cameras gave it no usable frame: a fault of the robot's cameras.
+CAMERA_FAULTS = (Status.NO_IMAGE, Status.STALE_IMAGE, Status.UNSYNCHRONIZED)
 
 
 @dataclass(frozen=True)
@@ -77,15 +79,15 @@ class DiagnosticsReporter:
         steady_timer(node, 1.0, self.publish, MutuallyExclusiveCallbackGroup())
 
     def fault(self, kind: str, message: str) -> None:
-        """Record a fault now: 'model', 'image' or 'configure' (health.KINDS), and why."""
+        """Record a fault now: one of health.KINDS, and why."""
         self.health.fault(kind, message)
 
     def record(self, outcome: Outcome) -> None:
         """Count one answered request: OK is a healthy answer, some failures are faults.
 
         A model error is a fault, and so is a camera frame the node could not use (BAD_INPUT
-        on the latest frame, unless its text was refused); a bad image or text a client sent
-        is that client's error.
+        on the latest frame, unless its text was refused) or did not have (NO_IMAGE,
+        STALE_IMAGE, UNSYNCHRONIZED); a bad image or text a client sent is that client's error.
         """
         # Health first: a message that counts this answer has its effect on the level too.
         if outcome.status == Status.OK:
@@ -95,6 +97,8 @@ class DiagnosticsReporter:
         elif outcome.status == Status.BAD_INPUT and outcome.job.image_msg is None and \
                 outcome.header is not None and not outcome.text_refused:
             self.fault('image', outcome.message)
+        elif outcome.status in CAMERA_FAULTS and outcome.job.image_msg is None:
+            self.fault('camera', outcome.message)
         self.stats.record(outcome.status.name, outcome.total_time)
         if outcome.result is not None and outcome.result.image_size != (0, 0):
             self.last_image_size = '{}x{}'.format(*outcome.result.image_size)

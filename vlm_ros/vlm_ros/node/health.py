@@ -1,10 +1,11 @@
 """How vlm_node is doing now, from its recent faults: the level of its /diagnostics (no ROS).
 
 A fault is a model error (a MODEL_ERROR answer, or the inference server turning unreachable),
-a camera frame that cannot be converted (a BAD_INPUT answer on a camera frame), or a failed
-configure. A healthy answer is a request answered OK; a configure that loads the model
-also makes the faults before it history (the cause of a failed configure is gone, and the
-model that failed is unloaded). The rule, first match wins:
+a camera frame that cannot be converted (a BAD_INPUT answer on a camera frame), a camera that
+gave no usable frame (a NO_IMAGE, STALE_IMAGE or UNSYNCHRONIZED answer: a driver that stopped
+or froze, cameras out of step), or a failed configure. A healthy answer is a request answered
+OK; a configure that loads the model also makes the faults before it history (the cause of a
+failed configure is gone, and the model that failed is unloaded). The rule, first match wins:
 
 - ERROR: unconfigured after a failed configure; the inference server unreachable now; or
   RECUR faults or more within the last WINDOW s with no healthy answer since the first of them.
@@ -25,7 +26,7 @@ from collections import deque
 WINDOW = 30.0  # s a fault keeps the level at WARN or ERROR unless a healthy answer follows
 RECUR = 3  # faults within WINDOW, with no healthy answer between, that make it ERROR
 MAX_RECENT = 1000  # fault times kept: a fault a millisecond for a whole window stays bounded
-KINDS = ('model', 'image', 'configure')
+KINDS = ('model', 'image', 'camera', 'configure')
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 
 
