@@ -12,7 +12,7 @@ import uuid
 import cv2
 import pytest
 from engine_fixtures import TARGETS, scene
-from node_harness import TIMEOUT, node_executable
+from node_harness import TIMEOUT, node_executable, transition
 from rclpy.task import Future
 from vlm_ros.tools.client_ops import NO_REPLY, ClientError, Remote
 from waiting import wait_exit
@@ -145,6 +145,24 @@ def test_a_plan_whose_node_dies_before_answering_ends_with_4(start_vlm_node):
         client.wait()
     assert (client.returncode, out) == (4, ''), err
     assert err == 'vlm_client: /vlm_node went away before it answered the goal\n'
+
+
+def test_a_plan_whose_node_is_deactivated_before_answering_ends_with_3(start_vlm_node,
+                                                                       test_node):
+    """Not active: the code a query gets from the same node, not a plan's 'not OK' (1)."""
+    node = start_vlm_node(wait_for_image=600.0)
+    node.wait_state('active')
+    client = subprocess.Popen([CLIENT, 'plan', uuid.uuid4().hex], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        node.wait_diag(lambda v: int(v['requests_in_progress']) == 1, TIMEOUT, 'the goal runs')
+        assert transition(test_node, 'deactivate')
+        out, err = client.communicate(timeout=TIMEOUT)
+    finally:
+        client.kill()
+        client.wait()
+    assert client.returncode == 3 and out.startswith('STATUS_CANCELLED '), (out, err)
+    assert err == 'vlm_client: /vlm_node is inactive\n', err
 
 
 def test_an_exception_in_a_reply_is_one_line_and_no_reply(test_node):

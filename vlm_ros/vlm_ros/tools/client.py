@@ -199,6 +199,10 @@ class Client(Node):
         if result.status != GoalStatus.STATUS_SUCCEEDED and plan.status == Plan.STATUS_OK:
             raise ClientError(NOT_OK, f'{remote.name} ended the goal with status {result.status} '
                               'and no plan')
+        if plan.status == Plan.STATUS_CANCELLED:  # deactivated meanwhile: exit 3, as a query
+            failed = self.remote.not_active('cancelled the plan')
+            if failed.code == NOT_ACTIVE:
+                raise failed
         if plan.status != Plan.STATUS_OK:
             raise ClientError(NOT_OK, f'{PLAN_STATUS.get(plan.status, plan.status)}: '
                               f'{plan.message or "no reason given"}')

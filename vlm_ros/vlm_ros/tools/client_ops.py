@@ -29,7 +29,8 @@ EXIT_CODES = """exit status:
      parameter value, no caption within --timeout
   2  bad input: usage, an unreadable image, no such node (nothing within --timeout), no such
      parameter, a node that does not caption
-  3  the node is not active: its state, and why its last configure failed
+  3  the node is not active (or was deactivated while it answered): its state, and why
+     its last configure failed
   4  no reply: the node went away or did not answer within --timeout, or the exchange failed
   130  interrupted (SIGINT, SIGTERM) before the answer: a plan's goal is cancelled;
      caption --follow, which runs until interrupted, exits 0 once it printed a caption
