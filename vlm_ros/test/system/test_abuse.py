@@ -19,7 +19,7 @@ from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import DescribeParameters
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from ros_harness import wait_future
-from sensor_msgs.msg import CompressedImage
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from vlm_ros.benchmarks.node_peer import rss_mib
 from vlm_ros.node.image_conversion import rgb_to_image
@@ -80,6 +80,24 @@ def test_a_megabyte_instruction_is_bad_input_at_once(start_vlm_node):
     plan = node.plans.wait_for(lambda p: True, TIMEOUT, 'its plan')
     assert plan.status == Plan.STATUS_BAD_INPUT and 'max_text_chars is 4096' in plan.message
     assert plan.instruction == text[:4096]  # echoed as far as it could be read, no further
+    _still_plans_after_camera(node)
+
+
+def test_a_depth_image_larger_than_any_frame_is_not_kept(start_vlm_node, test_node):
+    """With use_depth, ten depth images of any size were kept, though none could be used."""
+    node = start_vlm_node(use_depth=True, max_image_pixels=64 * 48)
+    node.wait_state('active')
+    side = 1024  # 4 MB of 32FC1: over the 3072 pixels of the node's largest frame
+    big = Image(height=side, width=side, encoding='32FC1', step=4 * side,
+                data=bytes(4 * side * side))
+    big.header.frame_id = uuid.uuid4().hex
+    publisher = test_node.node.create_publisher(Image, 'depth/image', 10)
+    timer = test_node.node.create_timer(0.1, lambda: publisher.publish(big))
+    try:
+        wait_until(lambda: f'depth image of {side}x{side} ({4 * side * side} bytes) not kept: '
+                   'over max_image_pixels 3072' in node.log_text(), TIMEOUT, 'the refusal')
+    finally:
+        test_node.node.destroy_timer(timer)
     _still_plans_after_camera(node)
 
 

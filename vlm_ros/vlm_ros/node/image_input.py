@@ -84,6 +84,7 @@ class ImageInput:
         self._destroy_subscription = node.destroy_subscription
         self._publishers_info = node.get_publishers_info_by_topic
         self._topic_names_and_types = node.get_topic_names_and_types
+        self._logger = node.get_logger()
         self._frames = frames
         self._subs, self._depth_subs = [], []
         self.depths, self.info = (), None  # recent depth Images, newest CameraInfo (use_depth)
@@ -91,6 +92,7 @@ class ImageInput:
         self._received = 0  # frames since subscribe(), or since the camera was last silent
         self._since = 'the node subscribed'  # what _received counts from, for the hint
         self._reliable = False  # image_reliability: best-effort publishers never match it
+        self._max_pixels = 0  # max_image_pixels (0: no limit), depth images' too
         self._fix = transport_fix(get_rmw_implementation_identifier())
 
     def subscribe(self, transport: str, reliable: bool, max_pixels: int,
@@ -101,7 +103,7 @@ class ImageInput:
         """
         self.close()
         self._received, self._since = 0, 'the node subscribed'
-        self._reliable = reliable
+        self._reliable, self._max_pixels = reliable, max_pixels
         qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                          reliability=ReliabilityPolicy.RELIABLE if reliable
                          else ReliabilityPolicy.BEST_EFFORT)
@@ -140,6 +142,15 @@ class ImageInput:
         self.depths, self.info = (), None
 
     def _on_depth(self, msg) -> None:
+        # Larger than any frame the node takes, it could never be aligned to one: DEPTH_HISTORY
+        # of them, of any size, were kept. (8 bytes: a 64FC1 pixel, the widest depth one.)
+        if self._max_pixels and (msg.width * msg.height > self._max_pixels or
+                                 len(msg.data) > 8 * self._max_pixels):
+            self._logger.warning(
+                f'depth image of {msg.width}x{msg.height} ({len(msg.data)} bytes) not kept: '
+                f'over max_image_pixels {self._max_pixels}, it cannot match a frame',
+                throttle_duration_sec=5.0)
+            return
         # A new tuple each time: the worker reads it while this callback replaces it.
         self.depths = (*self.depths[1 - DEPTH_HISTORY:], msg)
 
