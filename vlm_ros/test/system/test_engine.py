@@ -14,7 +14,7 @@ from engine_fixtures import FAMILIES, PLAN_JSON, TARGETS, never_ending, scene
 from vlm_ros.benchmarks.vision_timer import vision_layers
 from vlm_ros.engine import EngineConfig, Request, VlmError
 from vlm_ros.engine.local import VlmEngine
-from vlm_ros.engine.local.inputs import special_tokens
+from vlm_ros.engine.local.inputs import reserved_tokens
 from vlm_ros.engine.local.positions import position_limit
 from vlm_ros.models import build_tiny
 
@@ -144,7 +144,7 @@ def test_a_special_token_in_the_text_is_refused_as_the_texts_fault(engine):
     '<image>' in an instruction was read as an image placeholder (SmolVLM's processor then
     raised, and /diagnostics blamed the camera); a chat template's markers would end the turn.
     """
-    special = sorted(special_tokens(engine.loaded.processor))
+    special = sorted(reserved_tokens(engine.loaded.processor))
     assert special, 'a tokenizer with no special token'
     image_token = getattr(engine.loaded.processor, 'image_token', None)
     for token in {special[0], *([image_token] if image_token else [])}:

@@ -4,6 +4,7 @@ import pytest
 from engine_fixtures import QWEN2_GROUND
 from vlm_ros.engine.grounding import is_markup_token, parse_box, without_boxes
 from vlm_ros.engine.local.answer_text import answer_text
+from vlm_ros.engine.local.inputs import reserved_tokens
 from vlm_ros.models.tokenizer import build_tokenizer
 
 QWEN_MARKERS = ['<|object_ref_start|>', '<|object_ref_end|>', '<|box_start|>', '<|box_end|>']
@@ -50,3 +51,12 @@ def test_markup_tokens_are_box_notations_only():
 
 def test_a_targets_words_leave_qwen2_vls_markers_out():
     assert without_boxes(QWEN2_GROUND) == 'the red block'
+
+
+@pytest.mark.parametrize('tokenizer, markup', [(_qwen_tokenizer(), QWEN_MARKERS),
+                                               (_florence_tokenizer(), ['<loc_0>', '<loc_999>'])])
+def test_a_text_may_hold_box_markup_but_no_other_special_token(tokenizer, markup):
+    """Re-plans and verifies quote a plan's steps, markup and all: it must not be refused."""
+    reserved = reserved_tokens(tokenizer)
+    assert not reserved & set(markup) and tokenizer.eos_token in reserved
+    assert '<|im_start|>' in reserved or tokenizer.bos_token in reserved

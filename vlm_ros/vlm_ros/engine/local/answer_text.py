@@ -14,16 +14,20 @@ from ..grounding import is_markup_token
 _DROPPED = weakref.WeakKeyDictionary()  # tokenizer -> the ids its answers' texts leave out
 
 
+def special_tokens(tokenizer) -> dict:
+    """Return {id: text} of tokenizer's special tokens: added ones marked special, its own."""
+    special = {index: getattr(token, 'content', str(token))
+               for index, token in tokenizer.added_tokens_decoder.items()
+               if getattr(token, 'special', False)}
+    special.update(zip(tokenizer.all_special_ids,
+                       tokenizer.convert_ids_to_tokens(tokenizer.all_special_ids), strict=True))
+    return special
+
+
 def dropped_ids(tokenizer) -> frozenset:
     """Return the ids of tokenizer's special tokens that are not box or location markup."""
     if tokenizer not in _DROPPED:
-        special = {index: getattr(token, 'content', str(token))
-                   for index, token in tokenizer.added_tokens_decoder.items()
-                   if getattr(token, 'special', False)}
-        special.update(zip(tokenizer.all_special_ids,
-                           tokenizer.convert_ids_to_tokens(tokenizer.all_special_ids),
-                           strict=True))
-        _DROPPED[tokenizer] = frozenset(index for index, text in special.items()
+        _DROPPED[tokenizer] = frozenset(index for index, text in special_tokens(tokenizer).items()
                                         if not is_markup_token(text))
     return _DROPPED[tokenizer]
 

@@ -27,10 +27,12 @@ from ..config import EngineConfig
 from ..errors import VlmError
 from ..frame_cache import FrameCache
 from ..gpu_preprocess import device_kwargs
+from ..grounding import is_markup_token
 from ..preprocess import resize_max_side
 from ..prompts import render_task
 from ..results import Request
 from ..tiling import fitted_size_kwargs
+from .answer_text import special_tokens
 from .exact_idefics3 import ExactIdefics3, applies
 from .streams import side_stream
 
@@ -49,7 +51,7 @@ class InputStage:
         On a GPU, SmolVLM/Idefics3's processor runs there, byte for byte (exact_idefics3.py).
         """
         self.frames = _cache_frames(processor, torch.device(device))
-        self._special = special_tokens(processor)
+        self._special = reserved_tokens(processor)
 
     def detach(self) -> None:
         """Drop the cached frames: the model is being unloaded."""
@@ -93,12 +95,15 @@ class InputStage:
                            config.device, exc) from exc
 
 
-def special_tokens(processor) -> frozenset:
-    """Return the special tokens of processor's tokenizer (of more than one character)."""
+def reserved_tokens(processor) -> frozenset:
+    """Return the special tokens a request's text may not hold.
+
+    Not box markup, which answers keep (answer_text.py) and re-plan and verify prompts quote
+    from a plan's steps, nor one character, which is text.
+    """
     tokenizer = getattr(processor, 'tokenizer', processor)
-    special = {token.content for token in getattr(tokenizer, 'added_tokens_decoder', {}).values()
-               if token.special} | set(getattr(tokenizer, 'all_special_tokens', ()))
-    return frozenset(token for token in special if len(token) > 1)  # one character is text
+    return frozenset(text for text in special_tokens(tokenizer).values()
+                     if len(text) > 1 and not is_markup_token(text))
 
 
 def refuse_special_tokens(special: frozenset, requests: list, model: str) -> None:
