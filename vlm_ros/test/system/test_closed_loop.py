@@ -156,6 +156,8 @@ def test_a_plan_that_is_not_whole_or_not_ok_is_not_executed_and_progress_says_wh
     again = running.instruct()
     running.step(again.request_id, 0)  # after any command for the two before, on one topic
     assert {s.plan_id for s in running.steps.items()} == {whole.request_id, again.request_id}
+    running.node.wait_diag(lambda v: (v.get('plans_failed'), v.get('plans_preempted')) ==
+                           ('2', '1'), 10.0, 'the two not executed counted as failed')
 
 
 def test_verify_steps_turns_an_unconfirmed_success_into_a_replan(loop):

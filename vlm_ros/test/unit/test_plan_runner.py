@@ -8,7 +8,11 @@ precisely.
 from dataclasses import dataclass
 
 import pytest
+from vlm_ros.engine.plan_parser import PlanStep
+from vlm_ros.engine.results import Result
 from vlm_ros.engine.verdict import parse_yes_no
+from vlm_ros.node.jobs import Job, Outcome, Status
+from vlm_ros.node.plan_execution import not_executable
 from vlm_ros.node.plan_runner import Feedback, Outputs, PlanRunner, Settings, State
 
 
@@ -169,3 +173,27 @@ def test_hostile_feedback_is_ignored():
     ('Done!', True), ('It isn\u2019t finished', False), ('', None), ('maybe', None)])
 def test_yes_no_is_read_from_what_models_write(text, verdict):
     assert parse_yes_no(text) is verdict
+
+
+def _answered(form: str, tokens: int, status=None):
+    result = Result(task='plan', text='1. pick it', steps=(PlanStep('pick it'),), valid=True,
+                    form=form, output_tokens=tokens, time_to_first_token=0.0, total_time=0.0)
+    return Outcome(Job('plan', 'tidy up', done=None), status or Status.OK, '', None, result)
+
+
+@pytest.mark.parametrize('form, tokens, executed', [
+    ('constrained', 128, True), ('json', 128, True), ('list', 127, True),
+    ('list', 128, False), ('json_truncated', 50, False), ('constrained_closed', 128, False),
+    ('json_salvaged', 50, False)])
+def test_only_a_whole_plan_is_executed(form, tokens, executed):
+    """A cut plan had the robot do part of the task and report it done (plan_execution.py)."""
+    why = not_executable(_answered(form, tokens), 128)
+    assert (why == '') == executed, why
+    assert executed or why.startswith(f'not executed: the plan is not whole (form {form}): ')
+
+
+def test_a_plan_that_is_not_ok_is_not_executed_and_says_its_status():
+    outcome = _answered('json', 10, Status.NO_IMAGE)
+    outcome.message = 'no image within wait_for_image 5 s'
+    assert not_executable(outcome, 128) == \
+        'no plan to execute: NO_IMAGE: no image within wait_for_image 5 s'

@@ -87,7 +87,9 @@ class DiagnosticsReporter:
 
         A model error is a fault, and so is a camera frame the node could not use (BAD_INPUT
         on the latest frame, unless its text was refused) or did not have (NO_IMAGE,
-        STALE_IMAGE, UNSYNCHRONIZED); a bad image or text a client sent is that client's error.
+        STALE_IMAGE, UNSYNCHRONIZED, for a request that waited for frames: features_rate and
+        replan_period look without waiting); a bad image or text a client sent is that
+        client's error.
         """
         # Health first: a message that counts this answer has its effect on the level too.
         if outcome.status == Status.OK:
@@ -97,7 +99,8 @@ class DiagnosticsReporter:
         elif outcome.status == Status.BAD_INPUT and outcome.job.image_msg is None and \
                 outcome.header is not None and not outcome.text_refused:
             self.fault('image', outcome.message)
-        elif outcome.status in CAMERA_FAULTS and outcome.job.image_msg is None:
+        elif outcome.status in CAMERA_FAULTS and outcome.job.image_msg is None and \
+                outcome.job.waits:  # a timer's job that may not wait asks, and is told why
             self.fault('camera', outcome.message)
         self.stats.record(outcome.status.name, outcome.total_time)
         if outcome.result is not None and outcome.result.image_size != (0, 0):

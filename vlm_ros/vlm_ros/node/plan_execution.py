@@ -23,7 +23,7 @@ from ..engine.plan_schema import takes_arguments
 from ..engine.verdict import parse_yes_no
 from .jobs import Job, Outcome, Status
 from .messages import step_arguments_msg, step_msgs
-from .plan_runner import Execution, Outputs, PlanRunner
+from .plan_runner import Execution, Outputs, PlanRunner, State
 from .scheduler import Worker, cancel_job
 from .settings import Settings
 
@@ -36,7 +36,9 @@ UNCLEAN = {'json_truncated': 'the answer reached max_new_tokens inside it, so st
                                  'tokens, so its last step may hold what the model did not '
                                  'write; raise max_new_tokens',
            'json_salvaged': 'its JSON was malformed, and the steps come from the part that '
-                            'parsed'}
+                            'parsed',
+           'list_truncated': 'the answer reached max_new_tokens, so its last step may be cut; '
+                             'raise max_new_tokens'}
 FEEDBACK_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -111,7 +113,7 @@ class PlanExecution:
 
     def execute(self, plan, outcome) -> None:
         """Execute an answered Plan, or end it at once (cancelled: PREEMPTED) with the reason."""
-        why = not_executable(outcome, plan)
+        why = not_executable(outcome, token_limit(outcome, self._settings()), plan)
         if why:
             state = PlanProgress.STATE_PREEMPTED if outcome.status == Status.CANCELLED \
                 else PlanProgress.STATE_FAILED
@@ -135,7 +137,9 @@ class PlanExecution:
                     'the node stopped before it could execute')
 
     def _ended(self, plan, state: int, message: str) -> None:
-        """Say that plan's execution ended before its first step: state, and why."""
+        """Say that plan's execution ended before its first step: state, and why (counted)."""
+        with self.runner.lock:
+            self.runner.finished[State(state)] += 1
         self._report(PlanProgress(header=plan.header, plan_id=plan.request_id,
                                   instruction=plan.instruction, state=state,
                                   message=message))
@@ -208,7 +212,7 @@ class PlanExecution:
 
         def answered(outcome):
             self._record(outcome)
-            problem = not_executable(outcome)
+            problem = not_executable(outcome, token_limit(outcome, self._settings()))
             steps = [] if problem else outcome.result.steps
             self.runner.replanned(ticket, outcome.header or ex.header, steps, problem)
         self._submit(Job('replan', ex.instruction, done=answered, context=context))
@@ -239,13 +243,19 @@ class PlanExecution:
         self.runner.feedback(msg.plan_id, msg.index, msg.attempt, msg.status, msg.message)
 
 
-def not_executable(outcome, plan=None) -> str:
+def token_limit(outcome, settings: Settings) -> int:
+    """Return the max_new_tokens outcome's request had: its own, else the node's."""
+    return outcome.job.max_new_tokens or settings.max_new_tokens
+
+
+def not_executable(outcome, limit: int, plan=None) -> str:
     """Say why an answered (re-)plan is not to be executed ('' when it is).
 
     Only an OK plan the model wrote whole (a CLEAN_FORMS form) is executed: a cut one
     (json_truncated, or constrained_closed, whose last step the grammar may have written) had
     the robot run part of the task and report it DONE, and a salvaged one's steps come from
-    broken JSON. The instruction's plan_progress then ends at once, with the reason.
+    broken JSON; a list that reached ``limit`` (the request's max_new_tokens) may end in a cut
+    step. The instruction's plan_progress then ends at once, with the reason.
     """
     if outcome.status != Status.OK:
         return f'no plan to execute: {Status(outcome.status).name}' + (
@@ -253,9 +263,11 @@ def not_executable(outcome, plan=None) -> str:
     result = outcome.result
     if not result.steps or (plan is not None and not plan.steps):
         return 'no plan to execute: the answer has no steps'
-    if result.form in CLEAN_FORMS:
+    form = 'list_truncated' if result.form == 'list' and result.output_tokens >= limit > 0 \
+        else result.form
+    if form in CLEAN_FORMS:
         return ''
-    why = UNCLEAN.get(result.form, 'it is not a plan the model wrote whole')
+    why = UNCLEAN.get(form, 'it is not a plan the model wrote whole')
     return f'not executed: the plan is not whole (form {result.form}): {why}'
 
 

@@ -160,7 +160,7 @@ class PlanRunner:
             if ex is None:
                 return
             if problem or not steps:
-                self._replan(f're-plan {ex.attempt}: {problem or "no plan to execute: no steps"}')
+                self._replan(f're-plan {ex.attempt}: {problem or "no steps"}')
                 return
             ex.header, ex.steps, ex.index = header, list(steps), 0
             self._command()

@@ -157,11 +157,12 @@ class ActionHeadNode(Node):
         trained = self._head.source['model']
         if model in (trained, self._model_told):
             return
-        self._model_told = model
-        self.get_logger().warning(
+        said = self.get_logger().warning(
             f'acting on features of model {model[:200]}; the head was trained on features of '
             f'{trained}: if these are not the same weights, export and train again with '
             f'vlm_export --model {model[:200]}', throttle_duration_sec=5.0)  # names may alternate
+        if said:  # one held back by the throttle is said at the next message
+            self._model_told = model
 
 
 def main(args=None) -> None:

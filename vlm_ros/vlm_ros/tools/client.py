@@ -200,8 +200,11 @@ class Client(Node):
             raise ClientError(NOT_OK, f'{remote.name} ended the goal with status {result.status} '
                               'and no plan')
         if plan.status == Plan.STATUS_CANCELLED:  # deactivated meanwhile: exit 3, as a query
-            failed = self.remote.not_active('cancelled the plan')
-            if failed.code == NOT_ACTIVE:
+            try:
+                failed = self.remote.not_active('cancelled the plan')
+            except ClientError:  # going down, say: the plan's own status says enough
+                failed = None
+            if failed is not None and failed.code == NOT_ACTIVE:
                 raise failed
         if plan.status != Plan.STATUS_OK:
             raise ClientError(NOT_OK, f'{PLAN_STATUS.get(plan.status, plan.status)}: '
