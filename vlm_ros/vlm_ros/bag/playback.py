@@ -100,8 +100,8 @@ def without_answers(connections: list, remaps: dict, args, resolve: Callable[[st
         else:
             kept.append(connection)
     if left:
-        warn(f'not playing {", ".join(sorted(left))}: --record records the answers there (name '
-             'a topic in --topics to play it anyway)')
+        warn(f'not playing {", ".join(sorted(left))}: --record records the answers there (to '
+             'play it anyway, name it in --topics, with every other topic to play)')
     return kept
 
 
