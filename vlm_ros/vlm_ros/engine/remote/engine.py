@@ -213,8 +213,11 @@ class RemoteEngine(EngineBase):
                                                       self.remote.request_timeout,
                                                       len(answer.pieces))
                     # Any other failure came from the server: it is there (an earlier check
-                    # may have found it away, while it restarted).
-                    self._seen(kind not in ('backend_unreachable', 'backend_timeout'), cause)
+                    # may have found it away, while it restarted), and so is one that timed
+                    # out once it had begun to answer: slow, not unreachable.
+                    began = answer.responded or bool(answer.pieces)
+                    self._seen(kind != 'backend_unreachable' and
+                               (kind != 'backend_timeout' or began), cause)
                     first = first or cause
                     if not transient or attempt == attempts or answer.pieces:
                         if first != cause:  # e.g. reset mid-request, then refused
