@@ -80,6 +80,7 @@ def observe_max_skew(node, test_node):
     The node runs with START_PARAMS.
     """
     sources = test_node.collect(ImageSources, '/image_sources', RELIABLE)
+    node.wait_outputs(sources)
     cameras = Cameras(test_node, {'head': 0.0, 'wrist': 0.5})  # the wrist 0.5 s behind
     try:
         cameras.heard_by(node)

@@ -17,6 +17,7 @@ INSTRUCTION = TARGETS['plan'][0]
 def _features(node, test_node):
     """Stream the camera; return a function that plans and returns (plan, its Features)."""
     collected = test_node.collect(Features, '/vlm_node/features', RELIABLE)
+    node.wait_outputs(collected)
     node.stream(camera(uuid.uuid4().hex)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
 
     def plan():
@@ -30,6 +31,7 @@ def _features(node, test_node):
 
 def observe_publish_features(node, test_node):
     collected = test_node.collect(Features, '/vlm_node/features', RELIABLE)
+    node.wait_outputs(collected)  # else features of the quiet plan could be missed
     node.stream(camera(uuid.uuid4().hex)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
     node.instruct(INSTRUCTION)
     quiet = node.plans.wait_for(lambda p: True, TIMEOUT, 'a plan without features')
@@ -37,6 +39,8 @@ def observe_publish_features(node, test_node):
     plan = _features(node, test_node)
     _, found = plan()
     assert found.data and found.layer == found.layers - 1
+    # On this collector too: after any features of the quiet plan, from the same publisher.
+    collected.wait_for(lambda m: m.request_id == found.request_id, TIMEOUT, 'the features')
     assert not [m for m in collected.items() if m.request_id == quiet.request_id]
 
 
@@ -81,13 +85,16 @@ def observe_max_feature_bytes(node, test_node):
 
 def observe_features_rate(node, test_node):
     collected = test_node.collect(Features, '/vlm_node/features', RELIABLE)
+    node.wait_outputs(collected)  # else features with the plan could be missed
     node.stream(camera(uuid.uuid4().hex)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
     node.instruct(INSTRUCTION)
     node.plans.wait_for(lambda p: p.instruction == INSTRUCTION, TIMEOUT, 'the plan')
-    assert not collected.items(), 'publish_features is off: no features with plans'
     set_ok(test_node, features_rate=10.0)
     first = collected.wait_for(lambda m: m.request_id == '', TIMEOUT, 'features at the rate')
     assert first.instruction == INSTRUCTION and first.data and not first.problem, first
+    # The rate's features come after any the plan had, from the same publisher.
+    assert not [m for m in collected.items() if m.request_id], \
+        'publish_features is off: no features with plans'
     later = collected.wait_for(lambda m: m.request_id == '' and m.header.stamp !=
                                first.header.stamp, TIMEOUT, "a later frame's features")
     assert later.instruction == INSTRUCTION

@@ -174,15 +174,24 @@ class VlmNodeProcess:
         self.wait_outputs()
         assert transition(self.test_node, 'activate')
 
-    def wait_outputs(self) -> None:
-        """Wait until the plan and VLA topics' collectors have the node's publishers.
+    def wait_outputs(self, *others: Collector) -> None:
+        """Wait until the plan and VLA topics' collectors, and others, have the node's publishers.
 
         What the node publishes before then is lost (volatile topics), and a node answers
-        within a second of configure: sooner than discovery, on a busy machine.
+        within a second of configure: sooner than discovery, on a busy machine. A test that
+        makes a collector of its own (plan_targets, ~/features) passes it here before it asks.
         """
-        for collector, topic in ((self.plans, 'plan'), (self.vla, 'vla_instruction')):
-            wait_until(lambda c=collector: c.subscription.get_publisher_count() > 0, TIMEOUT,
-                       f"the node's {topic} publisher")
+        for collector in (self.plans, self.vla, *others):
+            wait_heard(collector)
+
+    def wait_first_frame(self) -> None:
+        """Wait until the node counts a camera frame (of the first stream it is sent).
+
+        A frame sent is not yet a frame received: the node may discover a new publisher later
+        than a request arrives, and with a short wait_for_image it then answers NO_IMAGE.
+        """
+        self.wait_diag(lambda v: int(v.get('frames_received', '0')) > 0, TIMEOUT,
+                       'a camera frame at the node')
 
     def plan_on_a_new_frame(self, instruction: str, what: str = 'the plan') -> Plan:
         """Stream frames with a fresh frame_id; return a plan of instruction stamped with it."""
@@ -243,6 +252,15 @@ class VlmNodeProcess:
         except AssertionError as exc:  # a stop that hung: its log has the threads' stacks
             raise AssertionError(f'{exc}\nnode log:\n{self.log_text()[-6000:]}') from exc
         return code, self.log_text()
+
+
+def wait_heard(collector: Collector, timeout: float = TIMEOUT) -> None:
+    """Wait until a collector's subscription has a publisher (discovery done), with a deadline.
+
+    A volatile topic's message published before then never reaches the collector.
+    """
+    wait_until(lambda: collector.subscription.get_publisher_count() > 0, timeout,
+               f'a publisher of {collector.subscription.topic_name}')
 
 
 def wait_matched(publisher, what: str, timeout: float = 30.0) -> None:

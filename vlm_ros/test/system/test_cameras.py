@@ -29,6 +29,7 @@ def test_a_plan_uses_a_frame_of_each_camera_and_names_them_all(start_vlm_node, t
     node = start_vlm_node(cameras=CAMERAS)
     node.wait_state('active')
     sources = test_node.collect(ImageSources, '/image_sources', RELIABLE)
+    node.wait_outputs(sources)
     cameras = Cameras(test_node, {'head': 0.0, 'wrist': 0.0})
     try:
         cameras.heard_by(node)
@@ -99,6 +100,7 @@ def test_a_query_asks_the_cameras_it_names_and_only_waits_for_those(start_vlm_no
     node = start_vlm_node(cameras='[head, wrist, arm]', wait_for_image=0.5)
     node.wait_state('active')
     sources = test_node.collect(ImageSources, '/image_sources', RELIABLE)
+    node.wait_outputs(sources)
     cameras = Cameras(test_node, {'head': 0.0, 'wrist': 0.0})  # the arm camera is silent
     try:
         cameras.heard_by(node)
@@ -148,6 +150,7 @@ def test_a_silent_camera_is_named_alone_and_rate_features_wait_for_it_no_longer_
     assert '/head/image' not in reason, 'the head camera was not asked for'
     assert len(reason.split('; ')) == len(set(reason.split('; '))), 'each clause once'
     features = test_node.collect(Features, '/vlm_node/features', RELIABLE)
+    node.wait_outputs(features)
     cameras = Cameras(test_node, {'head': 0.0})
     try:
         new_plan(node, INSTRUCTION)  # the instruction whose features the rate publishes

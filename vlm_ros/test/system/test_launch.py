@@ -12,7 +12,7 @@ import pytest
 from builtin_interfaces.msg import Time
 from engine_fixtures import DEFAULT_MODEL, TARGETS, offline_hub_env
 from launch_harness import Launch, launch_command
-from node_harness import RELIABLE, TIMEOUT, camera, wait_matched
+from node_harness import RELIABLE, TIMEOUT, camera, wait_heard, wait_matched
 from ros_harness import stopped_cleanly
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
@@ -54,6 +54,10 @@ def test_launch_remaps_plans_and_exits_cleanly_on_ctrl_c(launches, test_node, tr
         make(test_node.node.get_clock().now().to_msg())))
     tasks = test_node.node.create_publisher(String, task_topic, RELIABLE)
     wait_matched(tasks, 'the remapped instruction subscription')
+    wait_heard(plans)  # a plan published sooner is lost
+    # A frame sent is not yet one received: the request waits wait_for_image (2 s) at most.
+    launch.wait_diag(lambda v: int(v.get('frames_received', '0')) > 0,
+                     'a frame of the remapped camera at the node')
     tasks.publish(String(data=TARGETS['plan'][0]))
     plan = plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the plan')
     assert plan.status == Plan.STATUS_OK and plan.text == TARGETS['plan'][1], plan.message
@@ -119,6 +123,7 @@ def test_backend_and_base_url_pick_the_server_and_use_sim_time_the_clock(scripte
     plans = launch.plans()
     tasks = test_node.node.create_publisher(String, launch.topic('instruction'), RELIABLE)
     wait_matched(tasks, 'the instruction subscription')
+    wait_heard(plans)  # a plan published sooner is lost
     text = uuid.uuid4().hex
     tasks.publish(String(data=text))  # no camera: NO_IMAGE, stamped with the node's time
     plan = plans.wait_for(lambda p: p.instruction == text, TIMEOUT, 'the plan')

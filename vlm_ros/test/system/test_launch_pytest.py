@@ -37,7 +37,15 @@ def launch_description(trained_tiny):
 def test_launch_file_brings_its_node_to_active_and_it_plans(test_node):
     from diagnostic_msgs.msg import DiagnosticArray
     from engine_fixtures import TARGETS
-    from node_harness import RELIABLE, TIMEOUT, camera, wait_matched, wait_state
+    from node_harness import (
+        RELIABLE,
+        TIMEOUT,
+        camera,
+        diag_values,
+        wait_heard,
+        wait_matched,
+        wait_state,
+    )
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
@@ -54,6 +62,11 @@ def test_launch_file_brings_its_node_to_active_and_it_plans(test_node):
         make(test_node.node.get_clock().now().to_msg())))
     tasks = test_node.node.create_publisher(String, f'/{NAMESPACE}/instruction', RELIABLE)
     wait_matched(tasks, 'the instruction subscription')
+    wait_heard(plans)  # a plan published sooner is lost
+    # A frame sent is not yet one received: the request waits wait_for_image (2 s) at most.
+    diagnostics.wait_for(
+        lambda m: int(diag_values(m, node_name).get('frames_received', '0')) > 0, TIMEOUT,
+        'a camera frame at the node')
     tasks.publish(String(data=TARGETS['plan'][0]))
     plan = plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the plan')
     assert plan.status == Plan.STATUS_OK and plan.text == TARGETS['plan'][1], plan.message

@@ -49,6 +49,7 @@ def test_each_plan_comes_with_the_features_of_its_own_prefill(family, start_vlm_
                           features_pooling='mean')  # tiny Florence-2's encoder has one layer
     node.wait_state('active')
     features = test_node.collect(Features, '/vlm_node/features', RELIABLE)
+    node.wait_outputs(features)
     frame_id = stream_camera(node)
     plan, found = plan_and_features(node, features)
     assert plan.status == Plan.STATUS_OK and plan.header.frame_id == frame_id, plan
@@ -68,6 +69,7 @@ def test_half_precision_features_are_the_values_rounded(dtype, start_vlm_node, t
                           features_pooling='tokens')
     node.wait_state('active')
     features = test_node.collect(Features, '/vlm_node/features', RELIABLE)
+    node.wait_outputs(features)
     stream_camera(node)
     _, found = plan_and_features(node, features)
     expected = engine_features(trained_tiny('llava'), RED, FeatureSpec(-1, 'tokens'))[0]
@@ -91,6 +93,7 @@ def test_too_large_features_and_a_missing_layer_say_why_and_the_plan_is_made(
                           max_feature_bytes=1024)
     node.wait_state('active')
     features = test_node.collect(Features, '/vlm_node/features', RELIABLE)
+    node.wait_outputs(features)
     stream_camera(node)
     plan, found = plan_and_features(node, features)
     assert plan.status == Plan.STATUS_OK, plan
@@ -109,6 +112,7 @@ def test_too_large_features_and_a_missing_layer_say_why_and_the_plan_is_made(
 def test_the_features_service_answers_without_a_plan(start_vlm_node, test_node, trained_tiny):
     node = start_vlm_node(features_layer=2, features_pooling='mean')  # publish_features off
     node.wait_state('active')
+    node.wait_outputs()  # else a plan could be missed, not left out
     frame_id = stream_camera(node)
     model = str(trained_tiny('llava'))
 
@@ -136,9 +140,14 @@ def test_the_features_service_answers_without_a_plan(start_vlm_node, test_node, 
     missing = ask(text=INSTRUCTION)
     assert not missing.success and missing.message.startswith('feature layer 99 is not')
     assert missing.features.problem == missing.message and len(missing.features.data) == 0
-    assert not [p for p in node.plans.items()], 'no plan is published for a features request'
     values = node.wait_diag(lambda v: int(v.get('status_ok', 0)) >= 4, TIMEOUT, 'answers')
     assert values.get('status_invalid_output', '0') == '0', values
+    # An instruction's plan comes after any plan published before it: the only one is its own.
+    last = f'{INSTRUCTION} #{uuid.uuid4().hex[:8]}'
+    node.instruct(last)
+    node.plans.wait_for(lambda p: p.instruction == last, TIMEOUT, "the instruction's plan")
+    assert [p.instruction for p in node.plans.items()] == [last], \
+        'no plan is published for a features request'
 
 
 def test_a_refused_instruction_leaves_no_instruction_for_the_rate_features(start_vlm_node,
@@ -147,22 +156,36 @@ def test_a_refused_instruction_leaves_no_instruction_for_the_rate_features(start
     node = start_vlm_node(features_rate=5.0)
     node.wait_state('active')
     features = test_node.collect(Features, '/vlm_node/features', RELIABLE)
+    node.wait_outputs(features)
     stream_camera(node)
     node.instruct(INSTRUCTION)
     features.wait_for(lambda m: m.request_id == '' and m.instruction == INSTRUCTION and
                       not m.problem, TIMEOUT, 'rate features of the instruction')
     too_long = 'x' * 5000
+
+    def of_it(text: str) -> bool:  # a refused text is echoed as far as max_text_chars
+        return bool(text) and text in too_long
     node.instruct(too_long)
-    refused = node.plans.wait_for(lambda p: p.instruction == too_long, TIMEOUT, 'its plan')
+    refused = node.plans.wait_for(lambda p: of_it(p.instruction), TIMEOUT, 'its plan')
     assert refused.status == Plan.STATUS_BAD_INPUT and 'max_text_chars' in refused.message
     for _ in range(2):  # two /diagnostics samples (1 Hz) later: the 5 Hz rate came by often
         next_of(node.diagnostics, 'a later /diagnostics sample')
-    assert not [m for m in features.items() if m.instruction == too_long]
+    known = {plan.request_id for plan in node.plans.items()}
     node.instruct(INSTRUCTION)
-    next_of(features, 'rate features of the next instruction',
-            lambda m: m.request_id == '' and m.instruction == INSTRUCTION)
+    planned = node.plans.wait_for(lambda p: p.request_id not in known, TIMEOUT, 'its plan')
+    # Rate features of the new instruction, on a frame no older than its plan's: they come
+    # after any features published while no instruction was left, from the same publisher.
+    features.wait_for(lambda m: m.request_id == '' and m.instruction == INSTRUCTION and
+                      stamp_key(m.header.stamp) >= stamp_key(planned.header.stamp), TIMEOUT,
+                      'rate features of the next instruction')
+    assert not [m for m in features.items() if of_it(m.instruction)]
 
 
 def next_of(collector, what: str, predicate=lambda m: True):
     """Wait for a message that arrives after this call and matches predicate."""
     return collector.from_now()(predicate, TIMEOUT, what)
+
+
+def stamp_key(stamp) -> tuple:
+    """Return a header stamp as a tuple that orders like the time it says."""
+    return stamp.sec, stamp.nanosec

@@ -88,6 +88,7 @@ def test_old_stamp_is_stale(start_vlm_node):
         stamp.sec -= 10
         return fresh(stamp)
     node.stream(old).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
+    node.wait_first_frame()  # else a late first frame answers NO_IMAGE
     node.instruct(INSTRUCTION)
     plan = node.plans.wait_for(lambda p: True, TIMEOUT, 'the STALE plan')
     assert plan.status == Plan.STATUS_STALE_IMAGE, plan.message
@@ -331,6 +332,7 @@ def test_undecodable_compressed_frame_is_bad_input(start_vlm_node):
         msg.data = b'\x89PNG not really an image'
         return msg
     node.stream(garbage).wait_for(lambda m: True, TIMEOUT, 'a corrupt frame')
+    node.wait_first_frame()  # else a late first frame answers NO_IMAGE
     node.instruct(INSTRUCTION)
     plan = node.plans.wait_for(lambda p: p.header.frame_id == frame_id, TIMEOUT, 'the plan')
     assert plan.status == Plan.STATUS_BAD_INPUT and 'decode' in plan.message, plan.message

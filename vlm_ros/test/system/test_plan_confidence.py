@@ -12,7 +12,6 @@ from engine_fixtures import TARGETS, scene
 from node_harness import TIMEOUT, call, camera, goal_plan, set_ok
 from serve_harness import both_backends
 from vlm_ros.node.image_conversion import rgb_to_image
-from waiting import wait_until
 
 from vlm_ros_msgs.msg import AnswerConfidence, Plan, PlanConfidence
 from vlm_ros_msgs.srv import Query
@@ -35,6 +34,7 @@ def test_every_plan_has_its_confidence_first(start_vlm_node, test_node, backend)
     node = start_vlm_node()
     node.wait_state('active')
     confidences = test_node.collect(PlanConfidence, '/plan_confidence')
+    node.wait_outputs(confidences)
     plan = node.plan_on_a_new_frame(TARGETS['plan'][0])
     assert plan.status == Plan.STATUS_OK, plan.message
     confidence = confidences.wait_for(lambda c: c.request_id == plan.request_id, TIMEOUT,
@@ -51,6 +51,7 @@ def test_a_plan_below_min_confidence_says_how_sure_it_was(start_vlm_node, test_n
     node = start_vlm_node()
     node.wait_state('active')
     confidences = test_node.collect(PlanConfidence, '/plan_confidence')
+    node.wait_outputs(confidences)
     set_ok(test_node, min_confidence=1.0)
     plan = node.plan_on_a_new_frame(TARGETS['plan'][0])
     assert plan.status == Plan.STATUS_LOW_CONFIDENCE and plan.steps, plan
@@ -96,8 +97,7 @@ def test_captions_and_query_answers_have_their_confidence(start_vlm_node, test_n
     node = start_vlm_node(caption_rate=2.0)
     node.wait_state('active')
     answers = test_node.collect(AnswerConfidence, '/answer_confidence')
-    wait_until(lambda: answers.subscription.get_publisher_count() > 0, TIMEOUT,
-               "the node's answer_confidence publisher")
+    node.wait_outputs(answers, node.captions)
     frame_id = uuid.uuid4().hex
     node.stream(camera(frame_id)).wait_for(lambda m: True, TIMEOUT, 'a camera frame')
     confidence = answers.wait_for(lambda a: a.task == AnswerConfidence.TASK_CAPTION and

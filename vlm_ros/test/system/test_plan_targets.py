@@ -21,6 +21,7 @@ def test_every_plan_has_its_targets_first(start_vlm_node, test_node):
     node = start_vlm_node()
     node.wait_state('active')
     targets = test_node.collect(PlanTargets, '/plan_targets', RELIABLE)
+    node.wait_outputs(targets)
     plan = node.plan_on_a_new_frame(TARGETS['plan'][0])
     assert plan.status == Plan.STATUS_OK, plan
     _check(targets.wait_for(lambda t: t.request_id == plan.request_id, TIMEOUT,
