@@ -128,40 +128,43 @@ def test_no_node_exits_2_within_the_timeout(rclpy_context):
     assert '3  the node is not active' in _client('--help').stdout  # the statuses, documented
 
 
-def test_a_plan_whose_node_dies_before_answering_ends_with_4(start_vlm_node):
-    """The goal waits for a camera; the node is killed: nobody will answer, and it says so."""
+def _plan_waiting_for_a_frame(start_vlm_node, meanwhile, timeout: float = TIMEOUT) -> tuple:
+    """Run `vlm_client plan` while its goal waits for a camera, and meanwhile(node).
+
+    Return the client's (exit status, stdout, stderr).
+    """
     node = start_vlm_node(wait_for_image=600.0)
     node.wait_state('active')
     client = subprocess.Popen([CLIENT, 'plan', uuid.uuid4().hex], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
         node.wait_diag(lambda v: int(v['requests_in_progress']) == 1, TIMEOUT, 'the goal runs')
-        node.proc.send_signal(signal.SIGKILL)
-        assert wait_exit(node.proc, TIMEOUT, 'SIGKILL')[0] == -signal.SIGKILL
-        # Gone from the graph once its DDS participant's lease (20 s) runs out.
-        out, err = client.communicate(timeout=TIMEOUT + 30.0)
+        meanwhile(node)
+        out, err = client.communicate(timeout=timeout)
     finally:
         client.kill()
         client.wait()
-    assert (client.returncode, out) == (4, ''), err
+    return client.returncode, out, err
+
+
+def test_a_plan_whose_node_dies_before_answering_ends_with_4(start_vlm_node):
+    """The goal waits for a camera; the node is killed: nobody will answer, and it says so."""
+    def kill(node):
+        node.proc.send_signal(signal.SIGKILL)
+        assert wait_exit(node.proc, TIMEOUT, 'SIGKILL')[0] == -signal.SIGKILL
+    # Gone from the graph once its DDS participant's lease (20 s) runs out.
+    code, out, err = _plan_waiting_for_a_frame(start_vlm_node, kill, TIMEOUT + 30.0)
+    assert (code, out) == (4, ''), err
     assert err == 'vlm_client: /vlm_node went away before it answered the goal\n'
 
 
 def test_a_plan_whose_node_is_deactivated_before_answering_ends_with_3(start_vlm_node,
                                                                        test_node):
     """Not active: the code a query gets from the same node, not a plan's 'not OK' (1)."""
-    node = start_vlm_node(wait_for_image=600.0)
-    node.wait_state('active')
-    client = subprocess.Popen([CLIENT, 'plan', uuid.uuid4().hex], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        node.wait_diag(lambda v: int(v['requests_in_progress']) == 1, TIMEOUT, 'the goal runs')
+    def deactivate(_node):
         assert transition(test_node, 'deactivate')
-        out, err = client.communicate(timeout=TIMEOUT)
-    finally:
-        client.kill()
-        client.wait()
-    assert client.returncode == 3 and out.startswith('STATUS_CANCELLED '), (out, err)
+    code, out, err = _plan_waiting_for_a_frame(start_vlm_node, deactivate)
+    assert code == 3 and out.startswith('STATUS_CANCELLED '), (out, err)
     assert err == 'vlm_client: /vlm_node is inactive\n', err
 
 
