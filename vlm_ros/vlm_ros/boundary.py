@@ -47,8 +47,8 @@ def _guarded(callback, service, logger):
 
 def unreadable_values(request) -> str:
     """Say which parameter of a set request has a value of no ParameterType ('' if none)."""
-    for parameter in getattr(request, 'parameters', ()):
-        kind = getattr(getattr(parameter, 'value', None), 'type', ParameterType.PARAMETER_NOT_SET)
+    for parameter in getattr(request, 'parameters', ()):  # SetParameters(Atomically)'s
+        kind = parameter.value.type
         if kind not in PARAMETER_TYPES:
             return (f'malformed request: parameter {parameter.name[:100]!r} has a value of type '
                     f'{kind}, which is no ParameterType (0 to {max(PARAMETER_TYPES)})')

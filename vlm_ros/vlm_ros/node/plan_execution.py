@@ -113,7 +113,7 @@ class PlanExecution:
 
     def execute(self, plan, outcome) -> None:
         """Execute an answered Plan, or end it at once (cancelled: PREEMPTED) with the reason."""
-        why = not_executable(outcome, token_limit(outcome, self._settings()), plan)
+        why = not_executable(outcome, token_limit(outcome, self._settings()))
         if why:
             state = PlanProgress.STATE_PREEMPTED if outcome.status == Status.CANCELLED \
                 else PlanProgress.STATE_FAILED
@@ -121,7 +121,7 @@ class PlanExecution:
         else:
             self.start(plan, outcome.result.steps)
 
-    def start(self, plan, steps=None) -> None:
+    def start(self, plan, steps: list) -> None:
         """Execute an OK Plan (vlm_ros_msgs/Plan) of an instruction, unless going down.
 
         steps: the engine's steps of the Plan, which carry the skills' arguments (the Plan's
@@ -129,8 +129,7 @@ class PlanExecution:
         """
         with self.runner.lock:  # deactivate cannot come between the look and the start
             if self._sub is not None:
-                self.runner.start(plan.request_id, plan.instruction, plan.header,
-                                  list(plan.steps if steps is None else steps))
+                self.runner.start(plan.request_id, plan.instruction, plan.header, list(steps))
                 return
         # Answered while deactivating: nobody would report on it.
         self._ended(plan, PlanProgress.STATE_PREEMPTED,
@@ -248,7 +247,7 @@ def token_limit(outcome, settings: Settings) -> int:
     return outcome.job.max_new_tokens or settings.max_new_tokens
 
 
-def not_executable(outcome, limit: int, plan=None) -> str:
+def not_executable(outcome, limit: int) -> str:
     """Say why an answered (re-)plan is not to be executed ('' when it is).
 
     Only an OK plan the model wrote whole (a CLEAN_FORMS form) is executed: a cut one
@@ -261,7 +260,7 @@ def not_executable(outcome, limit: int, plan=None) -> str:
         return f'no plan to execute: {Status(outcome.status).name}' + (
             f': {outcome.message}' if outcome.message else '')
     result = outcome.result
-    if not result.steps or (plan is not None and not plan.steps):
+    if not result.steps:  # the Plan's steps are these
         return 'no plan to execute: the answer has no steps'
     form = 'list_truncated' if result.form == 'list' and result.output_tokens >= limit > 0 \
         else result.form

@@ -235,8 +235,8 @@ class RequestEndpoints:
 
         job = Job('plan', goal.instruction.strip(), done=answered, on_text=feedback,
                   image_msg=goal.image if goal.image.width else None)
-        goal.image, goal.instruction = Image(), ''  # the job has them: the goal, kept after
-        # it ends (RESULT_TIMEOUT), does not
+        # The job has them: the goal, kept after it ends (RESULT_TIMEOUT), does not.
+        goal.image, goal.instruction = Image(), ''
         record = [job, None]
         worker = self._worker()
         if not self._goals.enter(goal_handle, record):
